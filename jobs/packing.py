@@ -1,0 +1,275 @@
+"""Requests: one or more jobs sent as one API call, and their answers matched back to each job.
+
+Pure. A `Request` packs jobs whose bodies differ only in `prompt` (completions) or `input`
+(embeddings) into one list-valued body. The API answers with choices (or embedding `data`) in any
+order, each carrying an `index`; for completions with `n` choices per prompt, choice index
+``prompt_position * n + j``. `split_response` gives each job a body that looks like the answer to
+that job alone: its own choices re-indexed from 0 and a share of `usage`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from jobs.job import CHAT, COMPLETIONS, EMBEDDINGS, Job
+
+
+MAX_LIST_ITEMS = 2048          # the API's longest `prompt` / `input` list
+DEFAULT_PACK_JOBS = 64         # jobs per pack while the budget is still unknown
+MAX_REQUEST_TOKENS = 200_000   # ceiling on one request's charge, whatever the budget
+RPM_MARGIN = 1.25              # pack a little more than needed so the request budget never binds
+MAX_OPEN_PACKS = 256           # partial packs held at once; the oldest is sent when exceeded
+
+
+class MissingChoices(ValueError):
+    """A 200 answer that lacks a choice (or embedding) some job of the request needs."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Request:
+    """One API call: `body` is sent as is; `jobs` are answered by it, in prompt order."""
+
+    url: str
+    body: dict[str, Any]
+    jobs: tuple[Job, ...]
+    charge: int  # tokens the API's rate limiter will charge for this call
+
+    @property
+    def model(self) -> str:
+        return self.body["model"]
+
+    @property
+    def packed(self) -> bool:
+        return len(self.jobs) > 1
+
+
+def single(job: Job, charge: int) -> Request:
+    """A request carrying one job, its body untouched."""
+    return Request(url=job.url, body=job.body, jobs=(job,), charge=charge)
+
+
+def _list_field(url: str) -> str | None:
+    return {COMPLETIONS: "prompt", EMBEDDINGS: "input"}.get(url)
+
+
+def prompt_count(job: Job) -> int:
+    """How many prompts (completions) or inputs (embeddings) a job's own body holds."""
+    field = _list_field(job.url)
+    if field is None:
+        return 1
+    value = job.body.get(field)
+    if isinstance(value, list) and value and not isinstance(value[0], int):
+        return len(value)
+    return 1
+
+
+def _choices_per_prompt(body: dict[str, Any]) -> int:
+    n = body.get("n", 1)
+    return n if isinstance(n, int) and n > 0 else 1
+
+
+def _text_len(item: Any) -> int:
+    if isinstance(item, dict):
+        if "message" in item:
+            content = (item.get("message") or {}).get("content")
+            return len(content) if isinstance(content, str) else 0
+        text = item.get("text")
+        return len(text) if isinstance(text, str) else 0
+    return 0
+
+
+def apportion(total: int, weights: Sequence[float]) -> list[int]:
+    """Split an integer `total` in proportion to `weights` (largest remainder): parts sum to total.
+
+    Equal weights are used when all weights are zero.
+    """
+    if not weights:
+        return []
+    if sum(weights) <= 0:
+        weights = [1.0] * len(weights)
+    scale = total / sum(weights)
+    raw = [w * scale for w in weights]
+    parts = [int(r) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: (parts[i] - raw[i], i))
+    for i in order[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
+def _prompt_weight(job: Job) -> float:
+    field = _list_field(job.url)
+    value = job.body.get(field) if field else None
+    if isinstance(value, str):
+        return float(len(value) or 1)
+    if isinstance(value, list):
+        return float(sum(len(v) if isinstance(v, str) else 1 for v in value) or 1)
+    return 1.0
+
+
+def split_response(request: Request, body: Any) -> list[dict[str, Any]]:
+    """Each job's own answer body, in the order of `request.jobs`.
+
+    Raises MissingChoices when the answer lacks a choice or embedding some job needs, or is not
+    the shape the endpoint answers with; the caller retries rather than writing a hole.
+    """
+    if not isinstance(body, dict):
+        raise MissingChoices("answer is not a JSON object")
+    key = "data" if request.url == EMBEDDINGS else "choices"
+    items = body.get(key)
+    if not isinstance(items, list):
+        raise MissingChoices(f"answer has no {key!r} list")
+    per_prompt = 1 if request.url == EMBEDDINGS else _choices_per_prompt(request.body)
+    counts = [prompt_count(j) for j in request.jobs] if request.url != CHAT else [1]
+    expected = sum(counts) * per_prompt
+    by_index: dict[int, dict[str, Any]] = {}
+    for item in items:
+        index = item.get("index") if isinstance(item, dict) else None
+        if isinstance(index, int) and 0 <= index < expected:
+            by_index[index] = item
+    if len(by_index) < expected:
+        missing = sorted(set(range(expected)) - by_index.keys())
+        raise MissingChoices(
+            f"answer lacks {len(missing)} of {expected} {key} (first missing index {missing[0]})")
+    if not request.packed:
+        return [{**body, key: [by_index[i] for i in range(expected)]}]
+
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    slices: list[list[dict[str, Any]]] = []
+    offset = 0
+    for count in counts:
+        width = count * per_prompt
+        slices.append([{**by_index[offset + k], "index": k} for k in range(width)])
+        offset += width
+    prompt_parts = apportion(int(usage.get("prompt_tokens", 0) or 0),
+                             [_prompt_weight(j) for j in request.jobs])
+    completion_parts = apportion(int(usage.get("completion_tokens", 0) or 0),
+                                 [float(sum(_text_len(c) for c in s)) for s in slices])
+    answers = []
+    for own, p, c in zip(slices, prompt_parts, completion_parts):
+        own_usage = {"prompt_tokens": p, "total_tokens": p + c}
+        if request.url != EMBEDDINGS:
+            own_usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        answers.append({**body, key: own, "usage": own_usage})
+    return answers
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What one model's rate limits allow: per-minute budgets and the token bucket's capacity."""
+
+    rpm: float | None
+    tpm: float | None
+    token_capacity: float | None = None
+
+
+def pack_size(job_charge: int, budget: Budget | None) -> int:
+    """Jobs per request for jobs of this charge.
+
+    Enough that the token budget, not the request budget, is what binds (tpm / rpm / charge, with a
+    margin); never more than the API's list limit, `MAX_REQUEST_TOKENS`, or what the token bucket
+    can admit at once. Packing beyond the point where tokens bind gains nothing and widens the blast
+    radius of a rejected pack.
+    """
+    charge = max(1, job_charge)
+    if budget is None or (budget.rpm is None and budget.tpm is None):
+        size = DEFAULT_PACK_JOBS
+    elif budget.tpm is None:
+        size = MAX_LIST_ITEMS  # only requests are limited: pack all the API allows
+    elif budget.rpm is None:
+        size = DEFAULT_PACK_JOBS
+    else:
+        size = math.ceil(budget.tpm / budget.rpm / charge * RPM_MARGIN)
+    ceiling = MAX_REQUEST_TOKENS
+    if budget is not None and budget.token_capacity:
+        ceiling = min(ceiling, budget.token_capacity)
+    return max(1, min(size, MAX_LIST_ITEMS, int(ceiling // charge)))
+
+
+def group_key(job: Job) -> bytes | None:
+    """Jobs with equal keys may share a request; None for a job that must go alone.
+
+    Packable: completions with a string `prompt`, embeddings with a string `input`; every other field
+    (model, n, max_tokens, temperature, stop, logprobs, ...) must be identical. Chat completions have
+    no list form and always go alone.
+    """
+    field = _list_field(job.url)
+    if field is None or not isinstance(job.body.get(field), str):
+        return None
+    rest = {k: v for k, v in job.body.items() if k != field}
+    return job.url.encode() + b" " + orjson.dumps(rest, option=orjson.OPT_SORT_KEYS)
+
+
+def pack(jobs: Sequence[Job], charge: int) -> Request:
+    """One request for jobs sharing a group key (or a single job of any kind), body built from the first."""
+    first = jobs[0]
+    if len(jobs) == 1:
+        return single(first, charge)
+    field = _list_field(first.url)
+    assert field is not None
+    body = {k: ([j.body[field] for j in jobs] if k == field else v) for k, v in first.body.items()}
+    return Request(url=first.url, body=body, jobs=tuple(jobs), charge=charge)
+
+
+@dataclass(slots=True)
+class _Open:
+    jobs: list[Job]
+    charge: int
+    size: int
+
+
+class Packer:
+    """Collects packable jobs into requests sized by `pack_size`; unpackable jobs pass straight through.
+
+    `budget(model)` tells the current limits of a model (None while unknown). Partial packs are sent by
+    `flush()`, which the dispatcher calls at the end of the input and whenever the input pauses, so
+    packing never delays the last jobs.
+    """
+
+    def __init__(self, budget: Callable[[str], Budget | None] = lambda model: None,
+                 max_open: int = MAX_OPEN_PACKS) -> None:
+        self._budget = budget
+        self._max_open = max_open
+        self._open: dict[bytes, _Open] = {}
+
+    @property
+    def held(self) -> int:
+        """Jobs waiting in partial packs."""
+        return sum(len(p.jobs) for p in self._open.values())
+
+    def add(self, job: Job, charge: int) -> list[Request]:
+        """Requests now complete (possibly none) after adding `job` with its rate-limit charge."""
+        key = group_key(job)
+        if key is None:
+            return [single(job, charge)]
+        ready: list[Request] = []
+        current = self._open.get(key)
+        if current is None:
+            if len(self._open) >= self._max_open:
+                oldest = next(iter(self._open))
+                ready.append(self._close(oldest))
+            current = self._open[key] = _Open([], 0, pack_size(charge, self._budget(job.model)))
+        current.jobs.append(job)
+        current.charge += charge
+        if len(current.jobs) >= current.size:
+            ready.append(self._close(key))
+        return ready
+
+    def flush(self) -> list[Request]:
+        """Every partial pack, as requests."""
+        return [self._close(key) for key in list(self._open)]
+
+    def _close(self, key: bytes) -> Request:
+        current = self._open.pop(key)
+        return pack(current.jobs, current.charge)
+
+
+def halves(request: Request) -> list[Request]:
+    """A rejected pack split in two, to find the guilty job(s) by bisection."""
+    mid = len(request.jobs) // 2
+    parts = (request.jobs[:mid], request.jobs[mid:])
+    total = sum(len(p) for p in parts)
+    return [pack(list(p), round(request.charge * len(p) / total)) for p in parts if p]

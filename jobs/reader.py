@@ -1,0 +1,128 @@
+"""Reading and validating job files: bytes in, jobs or precise complaints out.
+
+Pure: `parse_line` turns one raw line into a `Job`, a `BadLine`, or None (a blank line);
+`read_jobs` streams many lines and flags a second line with an already seen `custom_id` as a
+`Duplicate`. Memory grows only with the set of ids seen (one small int per id), never with the
+jobs themselves.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import orjson
+
+from jobs.job import ENDPOINTS, METHODS, Job
+
+MAX_SHOWN = 60  # characters of an offending value quoted in a message
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line that cannot become a job; `reason` says what is wrong in words a user can act on."""
+
+    path: str
+    line: int
+    reason: str
+    custom_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A valid line whose `custom_id` an earlier line (`first_line`) already used; only the first runs."""
+
+    path: str
+    line: int
+    first_line: int
+    custom_id: str
+
+    @property
+    def reason(self) -> str:
+        return (f"duplicate custom_id {_show(self.custom_id)}: line {self.line} repeats line "
+                f"{self.first_line}; only line {self.first_line} runs")
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def parse_line(raw: bytes, line: int, path: str) -> Job | BadLine | None:
+    """One raw line (with or without its newline) -> Job, BadLine, or None for a blank line."""
+    if not raw.strip():
+        return None
+
+    def bad(reason: str, custom_id: str | None = None) -> BadLine:
+        return BadLine(path, line, reason, custom_id)
+
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return bad(f"invalid UTF-8 at byte {e.start}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        stripped = raw.strip()
+        if stripped[:1] in (b"{", b"["):
+            return bad(f"malformed or truncated JSON ({e})")
+        return bad(f"not JSON: {_show(stripped.decode('utf-8'))}")
+    if not isinstance(obj, dict):
+        return bad(f"expected a JSON object, got {type(obj).__name__}")
+    custom_id = obj.get("custom_id")
+    if "custom_id" not in obj:
+        return bad("missing custom_id")
+    if not isinstance(custom_id, str):
+        return bad(f"custom_id must be a string, got {type(custom_id).__name__}")
+    if custom_id == "":
+        return bad("custom_id is empty")
+    method = obj.get("method", "POST")
+    if method not in METHODS:
+        return bad(f"unsupported method {_show(method)}; only POST", custom_id)
+    url = obj.get("url")
+    if url not in ENDPOINTS:
+        return bad(f"unsupported url {_show(url)}; expected one of {', '.join(ENDPOINTS)}", custom_id)
+    if "body" not in obj:
+        return bad("missing body", custom_id)
+    body = obj["body"]
+    if not isinstance(body, dict):
+        return bad(f"body must be a JSON object, got {type(body).__name__}", custom_id)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return bad("body.model must be a non-empty string", custom_id)
+    return Job(custom_id=custom_id, url=url, body=body, line=line)
+
+
+class JobReader:
+    """Feeds raw lines one at a time (from a sync or async source), numbering them and spotting duplicates."""
+
+    __slots__ = ("path", "line", "_first_line")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.line = 0
+        self._first_line: dict[str, int] = {}
+
+    def feed(self, raw: bytes) -> Job | BadLine | Duplicate | None:
+        """The next line's verdict; None for a blank line."""
+        self.line += 1
+        item = parse_line(raw, self.line, self.path)
+        if isinstance(item, Job):
+            seen = self._first_line.setdefault(item.custom_id, item.line)
+            if seen != item.line:
+                return Duplicate(self.path, item.line, seen, item.custom_id)
+        return item
+
+
+def read_jobs(lines: Iterable[bytes], path: str) -> Iterator[Job | BadLine | Duplicate]:
+    """Jobs, bad lines and duplicates of a stream of raw lines, in file order; blank lines skipped."""
+    reader = JobReader(path)
+    for raw in lines:
+        item = reader.feed(raw)
+        if item is not None:
+            yield item

@@ -1,0 +1,141 @@
+"""Result records in the OpenAI Batch API output format, and what an existing output says.
+
+A result line::
+
+    {"id": "batch_req_...", "custom_id": "...",
+     "response": {"status_code": 200, "request_id": "...", "body": {...}}, "error": null}
+
+A failed job keeps the final non-200 `response` (or null when no answer arrived) and an
+`"error": {"code": ..., "message": ...}`. An output may hold several lines for one id (a job retried
+by a later run appends a new line): **the last line for an id is its result**, except lines whose
+error code is `duplicate_custom_id`, which report a repeated input line and are never a job's result.
+"""
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from typing import Any
+
+DUPLICATE = "duplicate_custom_id"
+
+# Error codes of failures that a later run should retry: the job itself was fine.
+TRANSIENT_CODES = frozenset({
+    "rate_limit_exceeded", "server_error", "timeout", "connection_error", "bad_response",
+    "insufficient_quota",
+})
+# Error codes that say the job itself is wrong; kept unless --retry-failed.
+PERMANENT_CODES = frozenset({
+    "invalid_request", "not_found", "context_length_exceeded", "unprocessable", "request_too_large",
+    "content_filter", DUPLICATE,
+})
+TRANSIENT_STATUSES = frozenset({408, 409, 429})
+
+
+def new_record_id() -> str:
+    """A fresh Batch-API style record id."""
+    return "batch_req_" + os.urandom(16).hex()
+
+
+def success_record(custom_id: str, body: Mapping[str, Any], *, request_id: str | None,
+                   status: int = 200) -> dict[str, Any]:
+    """The result line of a job the API answered."""
+    return {"id": new_record_id(), "custom_id": custom_id,
+            "response": {"status_code": status, "request_id": request_id, "body": body},
+            "error": None}
+
+
+def error_record(custom_id: str, code: str, message: str, *, status: int | None = None,
+                 body: Any = None, request_id: str | None = None) -> dict[str, Any]:
+    """The result line of a job that failed; `status`/`body` are the final answer, if any."""
+    response = None if status is None else {
+        "status_code": status, "request_id": request_id, "body": body}
+    return {"id": new_record_id(), "custom_id": custom_id, "response": response,
+            "error": {"code": code, "message": message}}
+
+
+def is_transient(code: str | None, status: int | None) -> bool:
+    """Whether a failure with this error code / final status is worth retrying in a later run.
+
+    Our own codes decide first; a line written by the hosted Batch API may carry only a status:
+    408, 409, 429 and 5xx are transient, any other status permanent.
+    """
+    if code in TRANSIENT_CODES:
+        return True
+    if code in PERMANENT_CODES:
+        return False
+    if status is None:
+        return True  # no answer at all (e.g. a batch that expired): worth another try
+    return status in TRANSIENT_STATUSES or status >= 500
+
+
+class Outcome(enum.Enum):
+    DONE = "done"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+def record_outcome(record: Mapping[str, Any]) -> Outcome | None:
+    """The outcome a result line records; None for a duplicate note (not a job's result)."""
+    error = record.get("error")
+    response = record.get("response")
+    status = response.get("status_code") if isinstance(response, Mapping) else None
+    code = error.get("code") if isinstance(error, Mapping) else None
+    if code == DUPLICATE:
+        return None
+    if not error and status == 200:
+        return Outcome.DONE
+    return Outcome.TRANSIENT if is_transient(code, status) else Outcome.PERMANENT
+
+
+def failure_code(record: Mapping[str, Any]) -> str:
+    """A failure's code, for counting failures by kind (the status when no code was written)."""
+    error = record.get("error")
+    if isinstance(error, Mapping) and error.get("code"):
+        return str(error["code"])
+    response = record.get("response")
+    if isinstance(response, Mapping) and response.get("status_code") is not None:
+        return f"http_{response['status_code']}"
+    return "unknown"
+
+
+class OutputState:
+    """What an existing output says of each custom_id: the last line wins.
+
+    Holds only ids (and a failure code per failed id), never result bodies.
+    """
+
+    __slots__ = ("done", "transient", "permanent", "noted_duplicates")
+
+    def __init__(self) -> None:
+        self.done: set[str] = set()
+        self.transient: set[str] = set()
+        self.permanent: dict[str, str] = {}
+        self.noted_duplicates: set[str] = set()
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Account for one result line, in file order."""
+        custom_id = record.get("custom_id")
+        if not isinstance(custom_id, str):
+            return
+        outcome = record_outcome(record)
+        if outcome is None:
+            self.noted_duplicates.add(custom_id)
+            return
+        self.done.discard(custom_id)
+        self.transient.discard(custom_id)
+        self.permanent.pop(custom_id, None)
+        if outcome is Outcome.DONE:
+            self.done.add(custom_id)
+        elif outcome is Outcome.TRANSIENT:
+            self.transient.add(custom_id)
+        else:
+            self.permanent[custom_id] = failure_code(record)
+
+    def needs_run(self, custom_id: str, *, retry_failed: bool = False) -> bool:
+        """Resume rule: run a job unless it succeeded, or failed permanently (without --retry-failed)."""
+        if custom_id in self.done:
+            return False
+        if custom_id in self.permanent:
+            return retry_failed
+        return True
