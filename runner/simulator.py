@@ -1,0 +1,896 @@
+"""A simulated OpenAI-compatible API: the project's test double, faithful where the client can tell.
+
+Endpoints (all POST, JSON in and out):
+
+    OpenAI        /v1/chat/completions   /v1/completions   /v1/embeddings
+                  auth `Authorization: Bearer KEY`
+    Azure         /openai/deployments/{deployment}/{chat/completions|completions|embeddings}?api-version=V
+                  auth `api-key: KEY` or `Authorization: Bearer KEY`; the deployment plays the model's
+                  role (body `model` optional); a missing `api-version` is a 400
+    Azure v1      /openai/v1/{chat/completions|completions|embeddings}   (api-version optional)
+
+What a request meets, in order (the first that applies answers it):
+
+    400  Azure deployment URL without api-version (Azure's `BadRequest` body)
+    401  no key / wrong key (OpenAI body masks the key: `sk-abcde***wxyz`; Azure has its own body)
+    400  malformed JSON; unknown body field; missing or
+         ill-typed model/messages/prompt/input; a list prompt/input longer than 2048; `stream: true`
+         (the simulator does not stream); a prompt containing `config.poison`
+         (`context_length_exceeded`)
+    429  `insufficient_quota` once `config.quota_requests` requests were admitted
+    429  request larger than the whole TPM ("Request too large"), never retryable
+    429  rate limited on requests or tokens, with `retry-after` / `retry-after-ms`
+         -- from here on the request is admitted and charged; then, with probability
+         `config.fault_rate`, one of `config.faults`:
+    500 / 503 / connection reset / hang `config.hang_s` then answer / 200 with the body cut in half /
+         200 with one choice (or embedding) dropped from a multi-item answer
+    200  the answer, its choices in shuffled order (unless `config.shuffle` is False)
+
+Token charge (the server's accounting, which a client must mirror to pace itself), see
+`token_charge`: per prompt `ceil(chars / 4)` of its text (chat: the characters of all message
+contents) plus `max_tokens * n` (chat: `max_completion_tokens`, else `max_tokens`, else 0;
+completions: `max_tokens`, else 16); embeddings: `ceil(chars / 4)` per input.
+
+Rate limits are two continuously refilling token buckets per model (deployment on Azure): requests
+at `rpm / 60` per second and tokens at `tpm / 60` per second, each holding `rate * burst_s`. A request
+is admitted when both buckets hold its cost; a cost larger than a bucket's capacity is admitted when
+that bucket is full and drives it negative (debt). The buckets read an injected clock, so their
+arithmetic is tested without sleeping (`TokenBucket`, `ModelBudget`).
+
+Answers are pure functions of the input (`completion_text`, `chat_prompt`, `embedding_vector`), so a
+test can compute what each job must get back.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import math
+import random
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+# ---------------------------------------------------------------------------------------------
+# Policy numbers
+# ---------------------------------------------------------------------------------------------
+CHARS_PER_TOKEN = 4
+DEFAULT_MAX_TOKENS = {"chat": 0, "completions": 16}  # when the body names no max_tokens
+MAX_BODY_BYTES = 64 * 1024 * 1024  # aiohttp's 1 MiB default would refuse big packed requests
+MAX_LIST_ITEMS = 2048  # longest list `prompt` / `input`
+MAX_N = 128
+MAX_EMBEDDING_DIMS = 3072
+DEFAULT_EMBEDDING_DIMS = 8
+CONTEXT_LIMIT_TOKENS = 128_000  # quoted in the poison (context length) error
+LATENCY_JITTER = 0.1  # latency is latency_ms * (1 +- up to this fraction)
+ADMIT_EPSILON = 1e-9  # tolerance so a client that waited exactly retry-after is admitted
+AZURE_TOO_LARGE_RETRY_S = 86_400  # what Azure tells a request that can never fit
+SHUTDOWN_GRACE_S = 0.5  # stop() waits this long for handlers still running (e.g. a hang)
+ORGANIZATION = "org-sim"
+OPENAI_VERSION = "2020-10-01"
+AZURE_DEFAULT_API_VERSION = "v1"  # quoted in Azure v1-shape messages when no api-version is given
+
+KNOWN_FAULTS = frozenset({"500", "503", "hang", "reset", "truncated", "missing_choice"})
+
+CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
+OPENAI, AZURE, AZURE_V1 = "openai", "azure", "azure_v1"
+
+_ALLOWED_FIELDS: Mapping[str, frozenset[str]] = {
+    CHAT: frozenset({
+        "model", "messages", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+        "stop", "seed", "user", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs",
+        "top_logprobs", "response_format", "tools", "tool_choice", "parallel_tool_calls", "stream",
+        "stream_options", "metadata", "store", "service_tier", "reasoning_effort", "modalities",
+        "prediction", "audio", "functions", "function_call", "web_search_options",
+        "prompt_cache_key", "safety_identifier", "verbosity",
+    }),
+    COMPLETIONS: frozenset({
+        "model", "prompt", "suffix", "n", "max_tokens", "temperature", "top_p", "stop", "seed",
+        "user", "logprobs", "echo", "best_of", "logit_bias", "frequency_penalty",
+        "presence_penalty", "stream", "stream_options",
+    }),
+    EMBEDDINGS: frozenset({"model", "input", "encoding_format", "dimensions", "user"}),
+}
+_PROMPT_FIELD = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input"}
+_AZURE_OPERATION = {CHAT: "ChatCompletions_Create", COMPLETIONS: "Completions_Create",
+                    EMBEDDINGS: "Embeddings_Create"}
+_RATE_LIMIT_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn more."
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure answers and accounting
+# ---------------------------------------------------------------------------------------------
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def completion_text(prompt: str, j: int) -> str:
+    """The text of choice `j` for `prompt`: `"sim:" + sha256(prompt)[:12] + "#j"`."""
+    return f"sim:{_sha(prompt)[:12]}#{j}"
+
+
+def chat_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The prompt text of a chat request: all message contents concatenated with no separator.
+
+    A content given as a list of parts contributes its text parts; `None` contributes nothing.
+    `len(chat_prompt(messages))` is the character count the token charge uses.
+    """
+    out: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out.extend(part["text"] for part in content
+                       if isinstance(part, Mapping) and isinstance(part.get("text"), str))
+    return "".join(out)
+
+
+def embedding_vector(text: str, dims: int = DEFAULT_EMBEDDING_DIMS) -> list[float]:
+    """A deterministic unit-length vector of `dims` floats derived from `text`."""
+    raw: list[float] = []
+    block = 0
+    while len(raw) < dims:
+        digest = hashlib.sha256(f"{block}:{text}".encode("utf-8")).digest()
+        raw.extend(int.from_bytes(digest[k:k + 4], "big") / 2**31 - 1.0 for k in range(0, 32, 4))
+        block += 1
+    raw = raw[:dims]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
+
+
+def text_tokens(text: str) -> int:
+    """The simulator's token estimate of a text: `ceil(len(text) / 4)`."""
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
+def token_charge(kind: str, prompts: Sequence[str], *, n: int = 1,
+                 max_tokens: int | None = None) -> int:
+    """Tokens a request costs against the TPM bucket; `kind` is "chat", "completions" or "embeddings".
+
+    Per prompt: `text_tokens(prompt) + max_tokens * n`, where a missing `max_tokens` means
+    `DEFAULT_MAX_TOKENS[kind]` (chat 0, completions 16); embeddings cost `text_tokens` per input.
+    """
+    prompt_cost = sum(text_tokens(p) for p in prompts)
+    if kind == EMBEDDINGS:
+        return prompt_cost
+    out = DEFAULT_MAX_TOKENS[kind] if max_tokens is None else max_tokens
+    return prompt_cost + out * n * len(prompts)
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's duration format, rounded up to the millisecond: `0s`, `20ms`, `1.5s`, `6m0s`, `1h2m3s`."""
+    ms = max(0, math.ceil(seconds * 1000 - 1e-6))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def mask_key(key: str) -> str:
+    """A key as OpenAI shows it in errors: at most 8 leading and 4 trailing characters, never all."""
+    head = min(8, max(0, len(key) // 2 - 1))
+    tail = min(4, len(key) // 4)
+    return key[:head] + "*" * max(1, len(key) - head - tail) + (key[-tail:] if tail else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and statistics
+# ---------------------------------------------------------------------------------------------
+def _check_number(name: str, value: float, *, minimum: float, strict: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """How the simulated service behaves; checked when built (bad values raise `ValueError`).
+
+    rpm, tpm: per-model limits (None = unlimited). burst_s: each bucket holds `rate * burst_s`
+    (60 s = one minute's worth). latency_ms: mean delay before an admitted request is answered
+    (+-10 % seeded jitter). fault_rate: probability that an admitted request meets one of `faults`
+    (names from `KNOWN_FAULTS`). hang_s: how long the "hang" fault stalls. quota_requests: requests
+    admitted before every request gets `insufficient_quota`. poison: a substring that makes a
+    request fail with `context_length_exceeded`. shuffle: return choices out of order. seed: seeds
+    the simulator's random source. api_key: the only key accepted (None = any non-empty key).
+    """
+
+    rpm: int | None = None
+    tpm: int | None = None
+    burst_s: float = 60.0
+    latency_ms: float = 0.0
+    fault_rate: float = 0.0
+    faults: tuple[str, ...] = ("500", "503", "reset", "truncated")
+    hang_s: float = 30.0
+    quota_requests: int | None = None
+    poison: str | None = None
+    shuffle: bool = True
+    seed: int = 0
+    api_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "tpm", "quota_requests"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an int or None, got {value!r}")
+        for name in ("rpm", "tpm"):
+            if getattr(self, name) is not None:
+                _check_number(name, getattr(self, name), minimum=0, strict=True)
+        if self.quota_requests is not None:
+            _check_number("quota_requests", self.quota_requests, minimum=0, strict=False)
+        _check_number("burst_s", self.burst_s, minimum=0, strict=True)
+        _check_number("latency_ms", self.latency_ms, minimum=0, strict=False)
+        _check_number("hang_s", self.hang_s, minimum=0, strict=False)
+        _check_number("fault_rate", self.fault_rate, minimum=0, strict=False)
+        if self.fault_rate > 1:
+            raise ValueError(f"fault_rate must be <= 1, got {self.fault_rate!r}")
+        if isinstance(self.faults, str):
+            raise ValueError("faults must be a tuple of fault names, not a string")
+        object.__setattr__(self, "faults", tuple(self.faults))
+        unknown = sorted(set(self.faults) - KNOWN_FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault(s) {unknown}; known: {sorted(KNOWN_FAULTS)}")
+        if self.fault_rate > 0 and not self.faults:
+            raise ValueError("fault_rate > 0 needs at least one fault")
+        if self.poison is not None and (not isinstance(self.poison, str) or not self.poison):
+            raise ValueError("poison must be a non-empty string or None")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            raise ValueError("api_key must be a non-empty string or None")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+
+@dataclass(slots=True)
+class SimStats:
+    """What the simulator saw; mutated by the server, read by tests.
+
+    `answered` counts, per prompt text, the prompts whose every choice was delivered in a complete
+    200 body to a client still connected: a prompt answered twice shows a count of 2.
+    `tokens_charged` sums the token charge of admitted requests.
+    """
+
+    requests: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    rate_limited: int = 0  # every 429, including quota and too-large
+    answered: Counter[str] = field(default_factory=Counter)
+    tokens_charged: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate limiting (pure, on an injected clock)
+# ---------------------------------------------------------------------------------------------
+class TokenBucket:
+    """A bucket refilling at `rate` per second up to `capacity`, starting full; may go negative.
+
+    `wait_time(amount)` is 0 when `amount` may be taken now, else the seconds until it may: an
+    amount above the capacity may be taken once the bucket is full.
+    """
+
+    __slots__ = ("rate", "capacity", "_level", "_stamp", "_clock")
+
+    def __init__(self, rate: float, capacity: float, *, clock: Callable[[], float]) -> None:
+        if rate <= 0 or capacity <= 0:
+            raise ValueError("rate and capacity must be > 0")
+        self.rate = rate
+        self.capacity = capacity
+        self._clock = clock
+        self._level = capacity
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if now > self._stamp:
+            self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
+        self._stamp = max(self._stamp, now)
+
+    @property
+    def level(self) -> float:
+        self._refill()
+        return self._level
+
+    def wait_time(self, amount: float) -> float:
+        deficit = min(amount, self.capacity) - self.level
+        return deficit / self.rate if deficit > ADMIT_EPSILON else 0.0
+
+    def take(self, amount: float) -> None:
+        self._refill()
+        self._level -= amount
+
+    def time_to_full(self) -> float:
+        return max(0.0, (self.capacity - self.level) / self.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The verdict on one request: admitted, or refused by `limit` ("requests" / "tokens").
+
+    `retry_after_s` is the time until both buckets would admit it (0 when admitted); `too_large`
+    means the charge exceeds the whole per-minute TPM and can never be admitted.
+    """
+
+    admitted: bool
+    limit: str | None = None
+    retry_after_s: float = 0.0
+    too_large: bool = False
+
+
+class ModelBudget:
+    """The request and token buckets of one model (or Azure deployment)."""
+
+    __slots__ = ("rpm", "tpm", "requests", "tokens")
+
+    def __init__(self, rpm: int | None, tpm: int | None, burst_s: float, *,
+                 clock: Callable[[], float]) -> None:
+        self.rpm = rpm
+        self.tpm = tpm
+        self.requests = (TokenBucket(rpm / 60, rpm / 60 * burst_s, clock=clock)
+                         if rpm is not None else None)
+        self.tokens = (TokenBucket(tpm / 60, tpm / 60 * burst_s, clock=clock)
+                       if tpm is not None else None)
+
+    def admit(self, charge: int) -> Admission:
+        """Take one request and `charge` tokens if both buckets allow, else say why and how long."""
+        if self.tpm is not None and charge > self.tpm:
+            return Admission(False, "tokens", 0.0, too_large=True)
+        request_wait = self.requests.wait_time(1) if self.requests else 0.0
+        token_wait = self.tokens.wait_time(charge) if self.tokens else 0.0
+        if request_wait > 0 or token_wait > 0:
+            limit = "requests" if request_wait > 0 else "tokens"
+            return Admission(False, limit, max(request_wait, token_wait))
+        if self.requests:
+            self.requests.take(1)
+        if self.tokens:
+            self.tokens.take(charge)
+        return Admission(True)
+
+    def used(self, limit: str) -> int:
+        bucket = self.requests if limit == "requests" else self.tokens
+        return max(0, round(bucket.capacity - bucket.level)) if bucket else 0
+
+    def headers(self, shape: str) -> dict[str, str]:
+        """Rate-limit headers as the service sends them: OpenAI's six, or Azure's two remaining-*."""
+        out: dict[str, str] = {}
+        for name, limit, bucket in (("requests", self.rpm, self.requests),
+                                    ("tokens", self.tpm, self.tokens)):
+            if bucket is None:
+                continue
+            remaining = str(max(0, math.floor(bucket.level + ADMIT_EPSILON)))
+            if shape == OPENAI:
+                out[f"x-ratelimit-limit-{name}"] = str(limit)
+                out[f"x-ratelimit-remaining-{name}"] = remaining
+                out[f"x-ratelimit-reset-{name}"] = format_duration(bucket.time_to_full())
+            else:
+                out[f"x-ratelimit-remaining-{name}"] = remaining
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Request parsing (pure)
+# ---------------------------------------------------------------------------------------------
+class ApiError(Exception):
+    """An answer other than 200, carrying the status, JSON body and extra headers to send."""
+
+    def __init__(self, status: int, body: dict[str, Any],
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status, body)
+        self.status = status
+        self.body = body
+        self.headers = dict(headers or {})
+
+
+def openai_error(message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, openai_error(message, param=param, code=code))
+
+
+@dataclass(frozen=True, slots=True)
+class SimRequest:
+    """A validated request: its kind, model, prompt texts (one per prompt/input), n and options."""
+
+    kind: str
+    model: str
+    prompts: tuple[str, ...]
+    n: int = 1
+    max_tokens: int | None = None
+    echo: bool = False
+    dims: int = DEFAULT_EMBEDDING_DIMS
+    base64: bool = False
+
+    @property
+    def charge(self) -> int:
+        return token_charge(self.kind, self.prompts, n=self.n, max_tokens=self.max_tokens)
+
+
+def _int_field(body: Mapping[str, Any], name: str, *, minimum: int,
+               maximum: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"Invalid type for '{name}': expected an integer, but got "
+                   f"{type(value).__name__} instead.", name, "invalid_type")
+    if value < minimum:
+        raise _bad(f"Invalid '{name}': integer below minimum value. Expected a value >= {minimum}, "
+                   f"but got {value} instead.", name, "integer_below_min_value")
+    if maximum is not None and value > maximum:
+        raise _bad(f"Invalid '{name}': integer above maximum value. Expected a value <= {maximum}, "
+                   f"but got {value} instead.", name, "integer_above_max_value")
+    return value
+
+
+def _text_list(body: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = body.get(name)
+    if value is None:
+        raise _bad(f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(f"Invalid type for '{name}': expected a string or an array of strings.",
+                   name, "invalid_type")
+    if not value:
+        raise _bad(f"Invalid '{name}': empty array. Expected an array with minimum length 1, "
+                   "but got an empty array instead.", name, "empty_array")
+    if len(value) > MAX_LIST_ITEMS:
+        raise _bad(f"Invalid '{name}': array too long. Expected an array with maximum length "
+                   f"{MAX_LIST_ITEMS}, but got an array with length {len(value)} instead.",
+                   name, "array_above_max_length")
+    return tuple(value)
+
+
+def parse_request(kind: str, body: Any, deployment: str | None = None) -> SimRequest:
+    """Validate a request body the way the service does; raise `ApiError` (400) when it would.
+
+    `deployment` (Azure deployment URLs) stands in for the model when the body names none.
+    """
+    if not isinstance(body, dict):
+        raise _bad("Invalid request body: expected a JSON object.")
+    unknown = sorted(set(body) - _ALLOWED_FIELDS[kind])
+    if unknown:
+        plural = "s" if len(unknown) > 1 else ""
+        raise _bad(f"Unrecognized request argument{plural} supplied: {', '.join(unknown)}")
+    model = deployment or body.get("model")
+    if not model:
+        raise _bad("you must provide a model parameter")
+    if not isinstance(model, str):
+        raise _bad("Invalid type for 'model': expected a string.", "model", "invalid_type")
+    if body.get("stream"):
+        raise _bad("The simulator does not stream; send stream=false.", "stream", "unsupported_value")
+    if kind == EMBEDDINGS:
+        fmt = body.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise _bad(f"Invalid value for 'encoding_format': '{fmt}'. Supported values are: "
+                       "'float' and 'base64'.", "encoding_format", "invalid_value")
+        dims = _int_field(body, "dimensions", minimum=1, maximum=MAX_EMBEDDING_DIMS)
+        return SimRequest(kind, model, _text_list(body, "input"),
+                          dims=dims or DEFAULT_EMBEDDING_DIMS, base64=fmt == "base64")
+    n = _int_field(body, "n", minimum=1, maximum=MAX_N) or 1
+    if kind == CHAT:
+        messages = body.get("messages")
+        if messages is None:
+            raise _bad("Missing required parameter: 'messages'.", "messages",
+                       "missing_required_parameter")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise _bad("Invalid type for 'messages': expected an array of objects.", "messages",
+                       "invalid_type")
+        if not messages:
+            raise _bad("Invalid 'messages': empty array. Expected an array with minimum length 1, "
+                       "but got an empty array instead.", "messages", "empty_array")
+        max_tokens = _int_field(body, "max_completion_tokens", minimum=1)
+        if max_tokens is None:
+            max_tokens = _int_field(body, "max_tokens", minimum=1)
+        return SimRequest(kind, model, (chat_prompt(messages),), n=n, max_tokens=max_tokens)
+    return SimRequest(kind, model, _text_list(body, "prompt"), n=n,
+                      max_tokens=_int_field(body, "max_tokens", minimum=0),
+                      echo=bool(body.get("echo")))
+
+
+def build_answer(req: SimRequest, *, rng: random.Random, shuffle: bool, created: int,
+                 response_id: str) -> dict[str, Any]:
+    """The 200 body for `req`: choices (or embeddings) with correct indices, usage, OpenAI shapes."""
+    prompt_tokens = sum(text_tokens(p) for p in req.prompts)
+    if req.kind == EMBEDDINGS:
+        items: list[dict[str, Any]] = []
+        for i, text in enumerate(req.prompts):
+            vector = embedding_vector(text, req.dims)
+            embedding: Any = (base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                              if req.base64 else vector)
+            items.append({"object": "embedding", "index": i, "embedding": embedding})
+        if shuffle:
+            rng.shuffle(items)
+        return {"object": "list", "data": items, "model": req.model,
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+    choices: list[dict[str, Any]] = []
+    completion_tokens = 0
+    for position, prompt in enumerate(req.prompts):
+        for j in range(req.n):
+            text = completion_text(prompt, j)
+            completion_tokens += text_tokens(text)
+            if req.kind == CHAT:
+                choices.append({"index": j, "message": {"role": "assistant", "content": text,
+                                                        "refusal": None},
+                                "logprobs": None, "finish_reason": "stop"})
+            else:
+                choices.append({"text": prompt + text if req.echo else text,
+                                "index": position * req.n + j, "logprobs": None,
+                                "finish_reason": "stop"})
+    if shuffle:
+        rng.shuffle(choices)
+    return {"id": response_id, "object": "chat.completion" if req.kind == CHAT else "text_completion",
+            "created": created, "model": req.model, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+            "system_fingerprint": "fp_sim"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Error bodies of the two services
+# ---------------------------------------------------------------------------------------------
+def _azure_error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _rate_limited(shape: str, kind: str, model: str, api_version: str, budget: ModelBudget,
+                  verdict: Admission, charge: int) -> ApiError:
+    headers = budget.headers(shape)
+    if shape == OPENAI and verdict.too_large:
+        return ApiError(429, openai_error(
+            f"Request too large for {model} in organization {ORGANIZATION} on tokens per min (TPM): "
+            f"Limit {budget.tpm}, Requested {charge}. The input or output tokens must be reduced in "
+            f"order to run successfully. {_RATE_LIMIT_DOCS}", "tokens", None, "rate_limit_exceeded"),
+            headers)
+    wait = AZURE_TOO_LARGE_RETRY_S if verdict.too_large else verdict.retry_after_s
+    headers["retry-after"] = str(max(1, math.ceil(wait - 1e-9)))
+    headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000 - 1e-6)))
+    if shape == OPENAI:
+        unit, limit = ("RPM", budget.rpm) if verdict.limit == "requests" else ("TPM", budget.tpm)
+        requested = 1 if verdict.limit == "requests" else charge
+        return ApiError(429, openai_error(
+            f"Rate limit reached for {model} in organization {ORGANIZATION} on {verdict.limit} per "
+            f"min ({unit}): Limit {limit}, Used {budget.used(verdict.limit)}, Requested {requested}. "
+            f"Please try again in {format_duration(wait)}. {_RATE_LIMIT_DOCS}",
+            verdict.limit, None, "rate_limit_exceeded"), headers)
+    what = "call rate limit" if verdict.limit == "requests" else "token rate limit"
+    too_large = (f" This request asks for {charge} tokens, more than the limit of {budget.tpm} "
+                 "tokens per minute: it is too large to ever succeed." if verdict.too_large else "")
+    return ApiError(429, _azure_error("429", (
+        f"Requests to the {_AZURE_OPERATION[kind]} Operation under Azure OpenAI API version "
+        f"{api_version} have exceeded {what} of your current OpenAI S0 pricing tier.{too_large} "
+        f"Please retry after {headers['retry-after']} seconds. Please go here: "
+        "https://aka.ms/oai/quotaincrease if you would like to further increase the default rate "
+        "limit.")), headers)
+
+
+_QUOTA_ERROR = openai_error(
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+    "insufficient_quota", None, "insufficient_quota")
+_SERVER_ERROR = openai_error(
+    "The server had an error while processing your request. Sorry about that!", "server_error")
+_OVERLOADED_ERROR = openai_error(
+    "That model is currently overloaded with other requests. You can retry your request, or "
+    "contact us through our help center at help.openai.com if the error persists.",
+    "server_error")
+_MALFORMED_JSON = openai_error(
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+    "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
+    "valid JSON. If you have trouble figuring out how to fix this, please contact us through our "
+    "help center at help.openai.com.)")
+_NO_KEY = openai_error(
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank "
+    "username) if you're accessing the API from your browser and are prompted for a username and "
+    "password. You can obtain an API key from https://platform.openai.com/account/api-keys.")
+_AZURE_DENIED = _azure_error(
+    "401", "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+    "provide a valid key for an active subscription and use a correct regional API endpoint for "
+    "your resource.")
+
+
+def _poisoned(kind: str, tokens: int) -> ApiError:
+    asked = CONTEXT_LIMIT_TOKENS + 1 + tokens
+    return ApiError(400, openai_error(
+        f"This model's maximum context length is {CONTEXT_LIMIT_TOKENS} tokens. However, your "
+        f"{_PROMPT_FIELD[kind]} resulted in {asked} tokens. Please reduce the length of the "
+        f"{_PROMPT_FIELD[kind]}.", "invalid_request_error", _PROMPT_FIELD[kind],
+        "context_length_exceeded"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------------------------
+class _ConnectionDropped(Exception):
+    """The handler closed the connection on purpose (the "reset" fault); nothing is sent."""
+
+
+class Simulator:
+    """The simulated service: `await start()` binds it, `stats` tells what it saw, `stop()` ends it.
+
+    `clock` drives the rate-limit buckets (monotonic seconds); `rng` drives shuffling, faults and
+    latency jitter (default `random.Random(config.seed)`); `sleep` is awaited for latency and hangs;
+    `wall_clock` gives the `created` timestamps.
+    """
+
+    def __init__(self, config: SimConfig = SimConfig(), *,
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.stats = SimStats()
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random(config.seed)
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        self._budgets: dict[str, ModelBudget] = {}
+        self._admitted = 0  # toward config.quota_requests
+        self._ids = 0
+        self._runner: web.AppRunner | None = None
+        self._host = ""
+        self._port = 0
+        self.app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY_BYTES)
+        for kind, tail in ((CHAT, "chat/completions"), (COMPLETIONS, "completions"),
+                           (EMBEDDINGS, "embeddings")):
+            self.app.router.add_post(f"/v1/{tail}", self._handler(kind, OPENAI))
+            self.app.router.add_post(f"/openai/deployments/{{deployment}}/{tail}",
+                                     self._handler(kind, AZURE))
+            self.app.router.add_post(f"/openai/v1/{tail}", self._handler(kind, AZURE_V1))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Bind and serve; return the OpenAI base URL `http://HOST:PORT/v1`."""
+        runner = web.AppRunner(self.app, handler_cancellation=True,
+                               shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        self._host, self._port = runner.addresses[0][:2]
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Stop serving; handlers still running after `SHUTDOWN_GRACE_S` are cancelled."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.azure_endpoint}/v1"
+
+    @property
+    def azure_endpoint(self) -> str:
+        if not self._port:
+            raise RuntimeError("the simulator is not started")
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    def budget(self, model: str) -> ModelBudget:
+        """The rate-limit buckets of `model` (created full on first use)."""
+        if model not in self._budgets:
+            self._budgets[model] = ModelBudget(self.config.rpm, self.config.tpm,
+                                               self.config.burst_s, clock=self._clock)
+        return self._budgets[model]
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _next_id(self, prefix: str, length: int) -> str:
+        """Unique, deterministic ids (they do not draw on the rng, so faults stay reproducible)."""
+        self._ids += 1
+        return prefix + _sha(f"{self.config.seed}:{self._ids}")[:length]
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        stats = self.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        request_id = self._next_id("req_", 32)
+        try:
+            try:
+                response = await handler(request)
+            except _ConnectionDropped:
+                return web.Response(status=499)  # never written: the transport is closed
+            except web.HTTPException as exc:  # the router's 404 / 405, a body over MAX_BODY_BYTES
+                where = f"({request.method} {request.path})"
+                message = {404: f"Invalid URL {where}", 405: f"Invalid method for URL {where}"}
+                response = _json(exc.status, openai_error(message.get(exc.status, exc.reason)))
+            stats.by_status[response.status] += 1
+            if response.status == 429:
+                stats.rate_limited += 1
+            response.headers["x-request-id"] = request_id
+            if request.path.startswith("/openai/"):
+                response.headers["apim-request-id"] = request_id
+            else:
+                response.headers["openai-organization"] = ORGANIZATION
+                response.headers["openai-version"] = OPENAI_VERSION
+            return response
+        finally:
+            stats.in_flight -= 1
+
+    def _handler(self, kind: str, shape: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                return await self._serve(request, kind, shape)
+            except ApiError as err:
+                return _json(err.status, err.body, err.headers)
+        return handle
+
+    def _check_auth(self, request: web.Request, shape: str) -> None:
+        bearer = request.headers.get("Authorization", "")
+        scheme, _, token = bearer.partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else ""
+        if shape != OPENAI:
+            key = key or request.headers.get("api-key", "").strip()
+            if not key or (self.config.api_key is not None and key != self.config.api_key):
+                raise ApiError(401, _AZURE_DENIED)
+            return
+        if not key:
+            raise ApiError(401, _NO_KEY)
+        if self.config.api_key is not None and key != self.config.api_key:
+            raise ApiError(401, openai_error(
+                f"Incorrect API key provided: {mask_key(key)}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.", code="invalid_api_key"))
+
+    # -- the request path --------------------------------------------------------------------
+    async def _serve(self, request: web.Request, kind: str, shape: str) -> web.Response:
+        config = self.config
+        api_version = request.query.get("api-version", "")
+        if shape == AZURE and not api_version:
+            raise ApiError(400, _azure_error("BadRequest",
+                                             "Missing required query parameter: api-version"))
+        self._check_auth(request, shape)
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise ApiError(400, _MALFORMED_JSON) from None
+        req = parse_request(kind, body, request.match_info.get("deployment"))
+        if config.poison is not None and any(config.poison in p for p in req.prompts):
+            raise _poisoned(kind, sum(text_tokens(p) for p in req.prompts))
+        if config.quota_requests is not None and self._admitted >= config.quota_requests:
+            raise ApiError(429, _QUOTA_ERROR)
+        budget = self.budget(req.model)
+        charge = req.charge
+        verdict = budget.admit(charge)
+        if not verdict.admitted:
+            raise _rate_limited(shape, kind, req.model, api_version or AZURE_DEFAULT_API_VERSION,
+                                budget, verdict, charge)
+        headers = budget.headers(shape)
+        self._admitted += 1
+        self.stats.tokens_charged += charge
+        fault = self._pick_fault()
+        if config.latency_ms > 0:
+            jitter = 1 + self._rng.uniform(-LATENCY_JITTER, LATENCY_JITTER)
+            await self._sleep(config.latency_ms * jitter / 1000)
+        if fault == "500":
+            raise ApiError(500, _SERVER_ERROR)
+        if fault == "503":
+            raise ApiError(503, _OVERLOADED_ERROR)
+        if fault == "reset":
+            if request.transport is not None:
+                request.transport.abort()
+            raise _ConnectionDropped
+        if fault == "hang":
+            await self._sleep(config.hang_s)
+        answer = build_answer(req, rng=self._rng, shuffle=config.shuffle,
+                              created=int(self._wall_clock()),
+                              response_id=self._next_id("chatcmpl-" if kind == CHAT else "cmpl-", 29))
+        items = answer["data" if kind == EMBEDDINGS else "choices"]
+        if fault == "missing_choice" and len(items) > 1:
+            items.pop(self._rng.randrange(len(items)))
+        raw = orjson.dumps(answer)
+        if fault == "truncated":
+            raw = raw[:len(raw) // 2]
+        elif request.transport is not None and not request.transport.is_closing():
+            self._count_answered(req, items)
+        return web.Response(status=200, body=raw, content_type="application/json", headers=headers)
+
+    def _pick_fault(self) -> str | None:
+        config = self.config
+        if config.fault_rate <= 0 or self._rng.random() >= config.fault_rate:
+            return None
+        fault = self._rng.choice(config.faults)
+        self.stats.faults[fault] += 1
+        return fault
+
+    def _count_answered(self, req: SimRequest, items: list[dict[str, Any]]) -> None:
+        per_prompt = 1 if req.kind == EMBEDDINGS else req.n
+        delivered = Counter(item["index"] // per_prompt for item in items) if req.kind != CHAT \
+            else Counter({0: len(items)})
+        for position, prompt in enumerate(req.prompts):
+            if delivered[position] == per_prompt:
+                self.stats.answered[prompt] += 1
+
+
+def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers=dict(headers or {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running it outside a test's event loop
+# ---------------------------------------------------------------------------------------------
+def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until interrupted (the CLI's `runner simulate`); print the base URL on one line first."""
+    async def main() -> None:
+        sim = Simulator(config)
+        print(await sim.start(host, port), flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await sim.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+@contextlib.contextmanager
+def run_in_thread(config: SimConfig = SimConfig(), host: str = "127.0.0.1",
+                  port: int = 0) -> Iterator[str]:
+    """A simulator on its own event loop in a daemon thread; yields its base URL, stops on exit."""
+    loop = asyncio.new_event_loop()
+    sim = Simulator(config)
+    ready = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            outcome["url"] = loop.run_until_complete(sim.start(host, port))
+        except BaseException as exc:  # reported to the caller below
+            outcome["error"] = exc
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(sim.stop())
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
+
+    thread = threading.Thread(target=run, name="runner-simulator", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in outcome:
+        thread.join()
+        raise outcome["error"]
+    try:
+        yield outcome["url"]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
