@@ -1,0 +1,85 @@
+"""The output file as checkpoint: torn tail cut, state read back, appends durable, one writer."""
+import asyncio
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from jobs.results import OutputState, error_record, success_record
+from runner.checkpoint import Checkpoint, CheckpointError, RunLock, load
+
+
+def write_lines(path, records, tail=b""):
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records) + tail)
+
+
+def test_torn_last_line_is_cut_off_and_its_job_runs_again(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write_lines(out, [success_record("a", {}, request_id=None)], tail=b'{"id": "batch_req_1", "custom_id": "b", "resp')
+    state = OutputState()
+    report = load(out, state)
+    assert report.torn_bytes > 0 and report.lines == 1
+    assert out.read_bytes().endswith(b"}\n") and out.read_bytes().count(b"\n") == 1
+    assert not state.needs_run("a") and state.needs_run("b")
+
+
+def test_load_reads_state_across_chunk_boundaries(tmp_path, monkeypatch):
+    monkeypatch.setattr("runner.checkpoint.READ_CHUNK", 7)
+    out = tmp_path / "out.jsonl"
+    write_lines(out, [success_record(f"id-{i}", {"x": "y" * i}, request_id=None) for i in range(50)]
+                + [error_record("bad", "invalid_request", "m", status=400)])
+    state = OutputState()
+    report = load(out, state)
+    assert report.lines == 51 and report.torn_bytes == 0
+    assert len(state.done) == 50 and "bad" in state.permanent
+
+
+def test_non_json_lines_are_reported_and_skipped(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"not json\n" + orjson.dumps(success_record("a", {}, request_id=None)) + b"\n")
+    state = OutputState()
+    report = load(out, state)
+    assert report.bad_lines == [1] and "a" in state.done
+
+
+def test_missing_output_is_an_empty_checkpoint(tmp_path):
+    state = OutputState()
+    assert load(tmp_path / "nope.jsonl", state).lines == 0
+
+
+async def test_appended_lines_are_written_at_once_and_synced(tmp_path):
+    out = tmp_path / "sub" / "out.jsonl"
+    out.parent.mkdir()
+    synced = []
+    cp = Checkpoint(out, fsync=synced.append)
+    cp.open()
+    cp.append(success_record("a", {"k": "ü"}, request_id=None))
+    # on disk (in the OS) before any sync: a SIGKILL now loses nothing
+    assert orjson.loads(out.read_bytes())["custom_id"] == "a"
+    await cp.sync()
+    await cp.sync()  # nothing new: no second fsync
+    assert len(synced) == 1
+    cp.close()
+
+
+def test_second_run_on_the_same_output_is_refused(tmp_path):
+    out = tmp_path / "out.jsonl"
+    with RunLock(out):
+        with pytest.raises(CheckpointError, match="another run"):
+            RunLock(out).acquire()
+    RunLock(out).acquire()  # released: free again
+
+
+def test_lock_is_released_when_its_holder_is_killed(tmp_path):
+    out = tmp_path / "out.jsonl"
+    code = (f"import sys, time; sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent.parent)!r});"
+            f"from runner.checkpoint import RunLock; from pathlib import Path;"
+            f"RunLock(Path({str(out)!r})).acquire(); print('locked', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"locked"
+    with pytest.raises(CheckpointError):
+        RunLock(out).acquire()
+    proc.kill()
+    proc.wait()
+    RunLock(out).acquire()
