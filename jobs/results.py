@@ -22,7 +22,7 @@ DUPLICATE = "duplicate_custom_id"
 # Error codes of failures that a later run should retry: the job itself was fine.
 TRANSIENT_CODES = frozenset({
     "rate_limit_exceeded", "server_error", "timeout", "connection_error", "bad_response",
-    "insufficient_quota",
+    "insufficient_quota", "invalid_api_key", "permission_denied", "internal_error",
 })
 # Error codes that say the job itself is wrong; kept unless --retry-failed.
 PERMANENT_CODES = frozenset({

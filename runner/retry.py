@@ -1,0 +1,378 @@
+"""The retry policy, in one place: what a failed call means, and how long to wait before the next try.
+
+`classify()` turns what came back from one call — a status, headers and body, or the exception
+raised when nothing came back — into a `Verdict`: retry (after the server's delay, or backoff),
+fail this job, stop the whole run, or OK. The dispatcher never looks at status codes itself.
+
+Errors, for code that needs to raise (a `send` stub, the response parser, the dispatcher stopping
+the run); `classify(exc=...)` understands every one of them::
+
+    RunnerError
+     ├── APIError (status, body, request_id, headers)     an answer with a non-2xx status
+     │    ├── RateLimitError         429 rate_limit_exceeded          -> retry
+     │    ├── QuotaExceededError     429 insufficient_quota           -> stops the run
+     │    ├── AuthenticationError    401 / 403                        -> stops the run
+     │    ├── BadRequestError        400 / 404 / 422 / other 4xx      -> fails the job, no retry
+     │    └── ServerError            408 / 409 / 5xx                  -> retry
+     ├── APIConnectionError          no answer arrived                -> retry
+     │    └── APITimeoutError        ... because a timeout fired       -> retry
+     └── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
+
+Retry timing: the server's delay (`retry-after-ms`, `retry-after`, the `x-ratelimit-reset-*`
+header of the exhausted budget, or Azure's "Please retry after N seconds") wins, capped at
+`MAX_SERVER_DELAY_S`; without one, full-jitter exponential `Backoff`.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import math
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from jobs.results import TRANSIENT_CODES, is_transient
+from runner.headers import RateLimitInfo, parse_duration, parse_retry_after
+
+__all__ = [
+    "MAX_SERVER_DELAY_S", "SERVER_DELAY_JITTER_S", "BACKOFF_BASE_S", "BACKOFF_CAP_S",
+    "DEFAULT_MAX_ATTEMPTS", "MAX_MESSAGE_CHARS", "TRANSIENT_CODES", "is_transient",
+    "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
+    "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError", "BadResponseError",
+    "Action", "Verdict", "classify", "classify_bad_response", "api_error", "Backoff", "retry_delay",
+]
+
+MAX_SERVER_DELAY_S = 60.0  # a server-directed wait longer than this is cut to this
+SERVER_DELAY_JITTER_S = 0.5  # added on top of a server delay so waiters don't return in lockstep
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+DEFAULT_MAX_ATTEMPTS = 8  # tries per job (first call included) before a RETRY verdict fails it
+MAX_MESSAGE_CHARS = 500  # error messages written into result lines are trimmed to this
+
+OK_CODE = "ok"
+BAD_RESPONSE = "bad_response"
+RATE_LIMITED = "rate_limit_exceeded"
+QUOTA = "insufficient_quota"
+INVALID_API_KEY = "invalid_api_key"
+PERMISSION_DENIED = "permission_denied"
+SERVER_ERROR = "server_error"
+TIMEOUT = "timeout"
+CONNECTION_ERROR = "connection_error"
+INTERNAL_ERROR = "internal_error"  # a bug on our side, not the job's fault
+UNEXPECTED_STATUS = "unexpected_status"
+
+# Default result code of a 4xx that fails the job when the body names none.
+_CLIENT_ERROR_CODES = {400: "invalid_request", 404: "not_found", 413: "request_too_large",
+                       422: "unprocessable"}
+_RETRY_STATUSES = frozenset({408, 409})
+
+# An API key as OpenAI-style services print it ("sk-...", "sk-proj-...", masked "sk-abc***xyz").
+_API_KEY = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*.]{3,}")
+# A secret in a URL's query string ("?api-key=...", "&sig=...") as a connection error may print it.
+_SECRET_PARAM = re.compile(r"\b(api[-_]?key|key|token|sig|code)=[^&\s'\"]+", re.IGNORECASE)
+_CODE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+# Azure / OpenAI prose: "Please retry after 2 seconds", "Please try again in 1.5s" / "in 6m0s".
+_MESSAGE_DELAY = re.compile(
+    r"(?:retry after|try again in)\s+((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s)?)+)", re.IGNORECASE)
+
+
+class RunnerError(Exception):
+    """Base of every error this package raises about a call to the API."""
+
+
+class APIError(RunnerError):
+    """The API answered with a non-2xx status. `headers` are the response's, never the request's."""
+
+    def __init__(self, message: str, *, status: int, body: Any = None,
+                 request_id: str | None = None, headers: Mapping[str, str] | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.body = body
+        self.request_id = request_id
+        self.headers = dict(headers or {})
+        self.code = code
+
+
+class RateLimitError(APIError):
+    """429 rate_limit_exceeded: too many requests or tokens per minute; retried after a wait."""
+
+
+class QuotaExceededError(APIError):
+    """429 insufficient_quota: the account is out of credit; the run stops."""
+
+
+class AuthenticationError(APIError):
+    """401 or 403: the key is wrong or lacks permission; the run stops."""
+
+
+class BadRequestError(APIError):
+    """400, 404, 422 or another 4xx: the job itself is wrong; it fails without a retry."""
+
+
+class ServerError(APIError):
+    """408, 409 or 5xx: the server could not answer this time; retried."""
+
+
+class APIConnectionError(RunnerError):
+    """No answer arrived: the connection was refused, reset, or the body was cut short."""
+
+
+class APITimeoutError(APIConnectionError):
+    """No answer arrived within the connect or read timeout."""
+
+
+class BadResponseError(RunnerError):
+    """A 2xx answer whose body is truncated or malformed JSON, or lacks `choices`/`data`."""
+
+
+class Action(enum.Enum):
+    RETRY = "retry"  # try this job again, after `Verdict.delay` or a backoff
+    FAIL_JOB = "fail_job"  # write an error result for this job; no retry
+    STOP_RUN = "stop_run"  # nothing else can succeed (bad key, no quota): stop dispatching
+    OK = "ok"  # a 2xx answer; the caller still checks the JSON (see `classify_bad_response`)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do about one call.
+
+    `code` is the error code written into the job's result line ("ok" for OK); `message` is
+    human-readable, at most `MAX_MESSAGE_CHARS`, and never contains an API key. `delay` is the
+    server-directed wait in seconds, already capped at `MAX_SERVER_DELAY_S`; None means "use
+    backoff". Only RETRY verdicts carry a delay.
+    """
+
+    action: Action
+    code: str
+    message: str = ""
+    delay: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.code:
+            raise ValueError("a verdict needs a code")
+        if self.delay is not None:
+            if self.action is not Action.RETRY:
+                raise ValueError("only a RETRY verdict has a delay")
+            if not (math.isfinite(self.delay) and 0 <= self.delay <= MAX_SERVER_DELAY_S):
+                raise ValueError(f"delay must be within [0, {MAX_SERVER_DELAY_S}], got {self.delay}")
+
+
+_OK = Verdict(Action.OK, OK_CODE)
+
+
+def _clean_message(text: str) -> str:
+    """One line, no API key, at most MAX_MESSAGE_CHARS."""
+    text = _API_KEY.sub("sk-***", " ".join(text.split()))
+    text = _SECRET_PARAM.sub(r"\1=***", text)
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
+    return text
+
+
+def _error_fields(body: bytes | str | Mapping | None) -> tuple[str | None, str | None, str | None]:
+    """(code, type, message) from an error body in any of the shapes servers send.
+
+    OpenAI/Azure: {"error": {"message", "type", "code"}}; vLLM-style: {"message", "type", "code"};
+    {"error": "text"}; or non-JSON text (a proxy's HTML page). Numeric codes (Azure's "429") are
+    dropped: they repeat the status.
+    """
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        body = bytes(body).decode("utf-8", errors="replace")
+    if isinstance(body, str):
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None, None, body or None
+        if not isinstance(parsed, Mapping):
+            return None, None, body or None
+        body = parsed
+    if not isinstance(body, Mapping):
+        return None, None, None
+    error = body.get("error", body)
+    if isinstance(error, str):
+        return None, None, error
+    if not isinstance(error, Mapping):
+        return None, None, None
+    code, kind, message = error.get("code"), error.get("type"), error.get("message")
+    code = code if isinstance(code, str) and _CODE.fullmatch(code) else None
+    kind = kind if isinstance(kind, str) and kind else None
+    message = message if isinstance(message, str) and message else None
+    return code, kind, message
+
+
+def _cap(delay: float | None) -> float | None:
+    return None if delay is None else min(delay, MAX_SERVER_DELAY_S)
+
+
+def _delay_from_message(message: str | None) -> float | None:
+    if not message:
+        return None
+    match = _MESSAGE_DELAY.search(message)
+    return None if match is None else parse_duration(match.group(1))  # bare number = seconds
+
+
+def _rate_limit_delay(headers: Mapping[str, str], kind: str | None, message: str | None,
+                      now: float | None) -> float | None:
+    """Server-directed wait for a 429: retry-after*, then the exhausted budget's reset, then prose."""
+    delay = parse_retry_after(headers, now=now)
+    if delay is not None:
+        return delay
+    info = RateLimitInfo.from_headers(headers)
+    if kind is not None and kind.startswith("tokens") and info.reset_tokens is not None:
+        return info.reset_tokens
+    if kind == "requests" and info.reset_requests is not None:
+        return info.reset_requests
+    resets = [r for r in (info.reset_requests, info.reset_tokens) if r is not None]
+    if resets:
+        return max(resets)
+    return _delay_from_message(message)
+
+
+def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
+    if not isinstance(exc, Exception):
+        raise exc  # CancelledError, KeyboardInterrupt: never swallowed as a "failure"
+    if isinstance(exc, APIError):
+        return classify(exc.status, exc.headers, exc.body, now=now)
+    if isinstance(exc, BadResponseError):
+        return classify_bad_response(str(exc))
+    if isinstance(exc, aiohttp.ClientResponseError):  # raise_for_status(): we have only the status
+        return classify(exc.status, exc.headers or {}, {"error": {"message": exc.message}}, now=now)
+    try:
+        detail = str(exc)
+    except Exception:  # a broken __str__ must not hide the failure itself
+        detail = ""
+    text = _clean_message(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
+    # TimeoutError (= asyncio.TimeoutError, aiohttp.ServerTimeoutError) is an OSError: test it first.
+    if isinstance(exc, (APITimeoutError, TimeoutError)):
+        return Verdict(Action.RETRY, TIMEOUT, text)
+    if isinstance(exc, (APIConnectionError, aiohttp.ClientError, OSError)):
+        return Verdict(Action.RETRY, CONNECTION_ERROR, text)
+    return Verdict(Action.FAIL_JOB, INTERNAL_ERROR, text)
+
+
+def classify(status: int | None, headers: Mapping[str, str], body: bytes | str | Mapping | None,
+             *, exc: BaseException | None = None, now: float | None = None) -> Verdict:
+    """Decide what one call's outcome means. Pure: no I/O, no clock except an HTTP-date retry-after
+    measured from `now` (epoch seconds, default `time.time()`).
+
+    Pass the answer (`status`, response `headers` with lower-case names, raw `body`) or, when none
+    arrived, the exception (`exc` wins when given; a `BaseException` that is not an `Exception`,
+    such as `asyncio.CancelledError`, is re-raised). Rules:
+
+    - 2xx: OK (the caller still validates the JSON; see `classify_bad_response`).
+    - 429 `insufficient_quota` (error code or type): STOP_RUN "insufficient_quota".
+    - other 429: RETRY "rate_limit_exceeded", delay from retry-after-ms / retry-after, else the
+      reset header of the budget named by the body's `type` ("tokens"/"requests"; else the larger
+      reset), else "try again in 1.5s" / "retry after 2 seconds" in the message, else None.
+    - 401: STOP_RUN "invalid_api_key"; 403: STOP_RUN "permission_denied".
+    - 408: RETRY "timeout"; 409 and 5xx: RETRY "server_error"; both honour retry-after.
+    - other 4xx: FAIL_JOB with the body's error code ("context_length_exceeded" etc.) or
+      "invalid_request" (400) / "not_found" (404) / "request_too_large" (413) /
+      "unprocessable" (422) / "http_<status>".
+    - 1xx/3xx: FAIL_JOB "unexpected_status".
+    - timeouts: RETRY "timeout"; connection errors (aiohttp, OSError): RETRY "connection_error";
+      any other exception: FAIL_JOB "internal_error".
+
+    Delays are capped at `MAX_SERVER_DELAY_S`. Messages come from the body's error message,
+    trimmed to `MAX_MESSAGE_CHARS` with any API key masked; request headers are never consulted.
+    """
+    if exc is not None:
+        return _classify_exception(exc, now)
+    if status is None:
+        raise ValueError("classify() needs a status or an exception")
+    if 200 <= status < 300:
+        return _OK
+    code, kind, message = _error_fields(body)
+    text = _clean_message(message or f"HTTP {status}")
+    if status == 429:
+        if QUOTA in (code, kind):
+            return Verdict(Action.STOP_RUN, QUOTA, text)
+        return Verdict(Action.RETRY, RATE_LIMITED, text,
+                       _cap(_rate_limit_delay(headers, kind, message, now)))
+    if status == 401:
+        return Verdict(Action.STOP_RUN, INVALID_API_KEY, text)
+    if status == 403:
+        return Verdict(Action.STOP_RUN, PERMISSION_DENIED, text)
+    if status in _RETRY_STATUSES or status >= 500:
+        return Verdict(Action.RETRY, TIMEOUT if status == 408 else SERVER_ERROR, text,
+                       _cap(parse_retry_after(headers, now=now)))
+    if 400 <= status < 500:
+        return Verdict(Action.FAIL_JOB, code or _CLIENT_ERROR_CODES.get(status, f"http_{status}"),
+                       text)
+    return Verdict(Action.FAIL_JOB, UNEXPECTED_STATUS, text)
+
+
+def classify_bad_response(reason: str) -> Verdict:
+    """RETRY "bad_response": a 2xx answer whose body the caller could not use (`reason` says why)."""
+    return Verdict(Action.RETRY, BAD_RESPONSE, _clean_message(reason or "unusable response body"))
+
+
+_ERROR_CLASSES = {RATE_LIMITED: RateLimitError, QUOTA: QuotaExceededError,
+                  INVALID_API_KEY: AuthenticationError, PERMISSION_DENIED: AuthenticationError}
+
+
+def api_error(status: int, headers: Mapping[str, str], body: bytes | str | Mapping | None, *,
+              request_id: str | None = None, now: float | None = None) -> APIError:
+    """The `APIError` subclass for a non-2xx answer, carrying `classify()`'s code and message."""
+    verdict = classify(status, headers, body, now=now)
+    if verdict.action is Action.OK:
+        raise ValueError(f"status {status} is not an error")
+    if verdict.code in _ERROR_CLASSES:
+        cls = _ERROR_CLASSES[verdict.code]
+    elif verdict.action is Action.RETRY:
+        cls = ServerError
+    else:
+        cls = BadRequestError
+    return cls(verdict.message, status=status, body=body, request_id=request_id,
+               headers=headers, code=verdict.code)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Full-jitter exponential backoff (AWS "full jitter", tenacity's `wait_random_exponential`).
+
+    `delay(attempt)` is uniform in [0, min(cap, base * 2**attempt)]. Use it when the server gave
+    no delay: many clients retrying after the same failure spread out instead of returning in
+    lockstep. The random source is injected; seed it in tests.
+    """
+
+    base: float = BACKOFF_BASE_S
+    cap: float = BACKOFF_CAP_S
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.base) and self.base > 0):
+            raise ValueError(f"base must be a positive number, got {self.base}")
+        if not (math.isfinite(self.cap) and self.cap >= 0):
+            raise ValueError(f"cap must be a non-negative number, got {self.cap}")
+
+    def ceiling(self, attempt: int) -> float:
+        """The upper bound of `delay(attempt)`: min(cap, base * 2**attempt)."""
+        if attempt < 0:
+            raise ValueError(f"attempt is 0-based, got {attempt}")
+        if attempt >= 64:  # 2**64 * base exceeds any sane cap; avoids float overflow
+            return self.cap
+        return min(self.cap, self.base * 2.0 ** attempt)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to sleep before retry number `attempt` (0-based: the first retry is 0)."""
+        return self.rng.uniform(0.0, self.ceiling(attempt))
+
+
+def retry_delay(verdict: Verdict, attempt: int, backoff: Backoff) -> float:
+    """Seconds to wait before retrying after `verdict` (a RETRY) on 0-based `attempt`.
+
+    With a server delay d: a value in [min(d, MAX_SERVER_DELAY_S), that + SERVER_DELAY_JITTER_S]
+    (the server wins; the jitter only de-synchronises waiters). Without one: `backoff.delay(attempt)`.
+    """
+    if verdict.action is not Action.RETRY:
+        raise ValueError(f"{verdict.action} is not a retry")
+    if verdict.delay is None:
+        return backoff.delay(attempt)
+    return min(verdict.delay, MAX_SERVER_DELAY_S) + backoff.rng.uniform(0.0, SERVER_DELAY_JITTER_S)

@@ -1,0 +1,287 @@
+"""runner.retry: classify() as a table, backoff on a seeded rng, the server's delay winning."""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+
+import aiohttp
+import pytest
+
+from runner.retry import (
+    MAX_MESSAGE_CHARS, MAX_SERVER_DELAY_S, SERVER_DELAY_JITTER_S, Action, APIConnectionError,
+    APITimeoutError, AuthenticationError, Backoff, BadRequestError, BadResponseError,
+    QuotaExceededError, RateLimitError, ServerError, Verdict, api_error, classify,
+    classify_bad_response, is_transient, retry_delay,
+)
+
+NOW = 1_445_412_470.0  # 2015-10-21 07:27:50 GMT
+
+
+def err(message="boom", *, type_=None, code=None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": None,
+                                 "code": code}}).encode()
+
+
+RPM_429 = err("Rate limit reached for gpt-4o on requests per min (RPM): Limit 3, Used 3.",
+              type_="requests", code="rate_limit_exceeded")
+TPM_429 = err("Rate limit reached for gpt-4o on tokens per min (TPM): Limit 30000.",
+              type_="tokens", code="rate_limit_exceeded")
+RESETS = {"x-ratelimit-reset-requests": "2s", "x-ratelimit-reset-tokens": "7.5s"}
+
+CASES = [
+    # (name, status, headers, body) -> (action, code, delay)
+    ("200 ok", 200, {}, b"{}", Action.OK, "ok", None),
+    ("201 ok", 201, {}, None, Action.OK, "ok", None),
+    ("429 retry-after", 429, {"retry-after": "1.5"}, RPM_429, Action.RETRY, "rate_limit_exceeded", 1.5),
+    ("429 retry-after-ms wins", 429, {"retry-after-ms": "200", "retry-after": "3"}, RPM_429,
+     Action.RETRY, "rate_limit_exceeded", 0.2),
+    ("429 http date", 429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, RPM_429,
+     Action.RETRY, "rate_limit_exceeded", 10.0),
+    ("429 retry-after capped", 429, {"retry-after": "3600"}, RPM_429,
+     Action.RETRY, "rate_limit_exceeded", MAX_SERVER_DELAY_S),
+    ("429 retry-after inf ignored", 429, {"retry-after": "inf"}, err("x"),
+     Action.RETRY, "rate_limit_exceeded", None),
+    ("429 tokens -> reset-tokens", 429, RESETS, TPM_429, Action.RETRY, "rate_limit_exceeded", 7.5),
+    ("429 requests -> reset-requests", 429, RESETS, RPM_429, Action.RETRY, "rate_limit_exceeded", 2.0),
+    ("429 unknown type -> max reset", 429, RESETS, err("slow down"),
+     Action.RETRY, "rate_limit_exceeded", 7.5),
+    ("429 openai prose", 429, {}, err("Limit 30000. Please try again in 1.5s. Visit x", type_="tokens"),
+     Action.RETRY, "rate_limit_exceeded", 1.5),
+    ("429 azure prose", 429, {},
+     json.dumps({"error": {"code": "429", "message": "Requests ... have exceeded token rate "
+                           "limit. Please retry after 2 seconds."}}).encode(),
+     Action.RETRY, "rate_limit_exceeded", 2.0),
+    ("429 no hint", 429, {}, b"", Action.RETRY, "rate_limit_exceeded", None),
+    ("429 quota by code", 429, {"retry-after": "1"},
+     err("You exceeded your current quota", type_="insufficient_quota", code="insufficient_quota"),
+     Action.STOP_RUN, "insufficient_quota", None),
+    ("429 quota by type", 429, {}, err("quota", type_="insufficient_quota"),
+     Action.STOP_RUN, "insufficient_quota", None),
+    ("401", 401, {}, err("Incorrect API key", code="invalid_api_key"),
+     Action.STOP_RUN, "invalid_api_key", None),
+    ("401 azure", 401, {}, b'{"error": {"code": "401", "message": "Access denied"}}',
+     Action.STOP_RUN, "invalid_api_key", None),
+    ("403", 403, {}, err("not allowed"), Action.STOP_RUN, "permission_denied", None),
+    ("400 plain", 400, {}, err("bad", type_="invalid_request_error"),
+     Action.FAIL_JOB, "invalid_request", None),
+    ("400 context length", 400, {}, err("too long", code="context_length_exceeded"),
+     Action.FAIL_JOB, "context_length_exceeded", None),
+    ("400 azure content filter", 400, {}, err("filtered", code="content_filter"),
+     Action.FAIL_JOB, "content_filter", None),
+    ("404", 404, {}, err("The model does not exist"), Action.FAIL_JOB, "not_found", None),
+    ("404 model_not_found", 404, {}, err("no", code="model_not_found"),
+     Action.FAIL_JOB, "model_not_found", None),
+    ("413", 413, {}, b"too big", Action.FAIL_JOB, "request_too_large", None),
+    ("422", 422, {}, b"{}", Action.FAIL_JOB, "unprocessable", None),
+    ("410 other 4xx", 410, {}, None, Action.FAIL_JOB, "http_410", None),
+    ("408", 408, {}, None, Action.RETRY, "timeout", None),
+    ("409", 409, {}, None, Action.RETRY, "server_error", None),
+    ("500", 500, {}, err("oops", type_="server_error"), Action.RETRY, "server_error", None),
+    ("502 html", 502, {}, b"<html><body>Bad Gateway</body></html>", Action.RETRY, "server_error", None),
+    ("503 retry-after", 503, {"retry-after": "4"}, None, Action.RETRY, "server_error", 4.0),
+    ("503 retry-after capped", 503, {"retry-after-ms": "600000"}, None,
+     Action.RETRY, "server_error", MAX_SERVER_DELAY_S),
+    ("302", 302, {}, None, Action.FAIL_JOB, "unexpected_status", None),
+]
+
+
+@pytest.mark.parametrize("name, status, headers, body, action, code, delay", CASES,
+                         ids=[c[0] for c in CASES])
+def test_classify_table(name, status, headers, body, action, code, delay):
+    verdict = classify(status, headers, body, now=NOW)
+    assert (verdict.action, verdict.code) == (action, code)
+    assert verdict.delay == (None if delay is None else pytest.approx(delay))
+
+
+EXCEPTIONS = [
+    (asyncio.TimeoutError(), Action.RETRY, "timeout"),
+    (aiohttp.ServerTimeoutError("read timed out"), Action.RETRY, "timeout"),
+    (APITimeoutError("slow"), Action.RETRY, "timeout"),
+    (aiohttp.ServerDisconnectedError(), Action.RETRY, "connection_error"),
+    (aiohttp.ClientPayloadError("body cut short"), Action.RETRY, "connection_error"),
+    (ConnectionResetError(104, "reset by peer"), Action.RETRY, "connection_error"),
+    (OSError("network unreachable"), Action.RETRY, "connection_error"),
+    (APIConnectionError("refused"), Action.RETRY, "connection_error"),
+    (BadResponseError("truncated JSON"), Action.RETRY, "bad_response"),
+    (RateLimitError("slow", status=429, headers={"retry-after": "2"}), Action.RETRY,
+     "rate_limit_exceeded"),
+    (KeyError("bug"), Action.FAIL_JOB, "internal_error"),
+]
+
+
+@pytest.mark.parametrize("exc, action, code", EXCEPTIONS,
+                         ids=[type(e[0]).__name__ for e in EXCEPTIONS])
+def test_classify_exceptions(exc, action, code):
+    verdict = classify(None, {}, None, exc=exc)
+    assert (verdict.action, verdict.code) == (action, code)
+
+
+def test_exception_wins_over_status():
+    assert classify(200, {}, b"{}", exc=asyncio.TimeoutError()).code == "timeout"
+
+
+def test_client_response_error_is_classified_by_its_status():
+    exc = aiohttp.ClientResponseError(None, (), status=503, message="Service Unavailable",
+                                      headers={"retry-after": "3"})
+    verdict = classify(None, {}, None, exc=exc)
+    assert (verdict.action, verdict.code, verdict.delay) == (Action.RETRY, "server_error", 3.0)
+
+
+def test_cancellation_is_never_swallowed():
+    with pytest.raises(asyncio.CancelledError):
+        classify(None, {}, None, exc=asyncio.CancelledError())
+
+
+def test_classify_needs_a_status_or_an_exception():
+    with pytest.raises(ValueError):
+        classify(None, {}, None)
+
+
+def test_body_may_be_a_dict_or_str():
+    body = {"error": {"message": "ctx", "code": "context_length_exceeded"}}
+    assert classify(400, {}, body).code == "context_length_exceeded"
+    assert classify(400, {}, json.dumps(body)).code == "context_length_exceeded"
+    assert classify(400, {}, {"object": "error", "message": "vllm says no", "code": 400}).message \
+        == "vllm says no"
+
+
+def test_message_comes_from_the_body():
+    assert classify(500, {}, err("The server had an error")).message == "The server had an error"
+    assert classify(500, {}, None).message == "HTTP 500"
+
+
+def test_message_never_contains_the_api_key():
+    body = err("Incorrect API key provided: sk-proj-abcDEF123456789xyz. You can find your key "
+               "at https://platform.openai.com/account/api-keys.", code="invalid_api_key")
+    verdict = classify(401, {}, body)
+    assert "abcDEF" not in verdict.message and "sk-***" in verdict.message
+    masked = classify(401, {}, err("Incorrect API key provided: sk-abc***********************xyz."))
+    assert "abc" not in masked.message
+
+
+def test_message_is_trimmed_to_one_line():
+    verdict = classify(400, {}, err("x" * 10_000 + "\n" + "y"))
+    assert len(verdict.message) == MAX_MESSAGE_CHARS and "\n" not in verdict.message
+
+
+def test_classify_bad_response_retries():
+    verdict = classify_bad_response("no choices in the body")
+    assert (verdict.action, verdict.code, verdict.delay) == (Action.RETRY, "bad_response", None)
+    assert verdict.message == "no choices in the body"
+
+
+def test_verdicts_are_validated_when_built():
+    with pytest.raises(ValueError):
+        Verdict(Action.RETRY, "rate_limit_exceeded", delay=float("nan"))
+    with pytest.raises(ValueError):
+        Verdict(Action.RETRY, "rate_limit_exceeded", delay=-1.0)
+    with pytest.raises(ValueError):
+        Verdict(Action.FAIL_JOB, "invalid_request", delay=1.0)
+    with pytest.raises(ValueError):
+        Verdict(Action.OK, "")
+
+
+@pytest.mark.parametrize("status, body, cls", [
+    (429, RPM_429, RateLimitError),
+    (429, err("q", code="insufficient_quota"), QuotaExceededError),
+    (401, None, AuthenticationError),
+    (403, None, AuthenticationError),
+    (400, err("bad"), BadRequestError),
+    (404, None, BadRequestError),
+    (500, None, ServerError),
+    (408, None, ServerError),
+])
+def test_api_error_picks_the_subclass(status, body, cls):
+    error = api_error(status, {"x-request-id": "req_1"}, body, request_id="req_1")
+    assert type(error) is cls
+    assert (error.status, error.request_id) == (status, "req_1")
+    assert classify(None, {}, None, exc=error).code == error.code
+
+
+def test_every_retry_or_stop_code_is_transient_and_job_faults_are_permanent():
+    for case in CASES:
+        verdict = classify(case[1], case[2], case[3], now=NOW)
+        if verdict.action is Action.OK or verdict.code in ("invalid_api_key", "permission_denied"):
+            continue  # auth: the run stops; see the report on TRANSIENT_CODES
+        expected = verdict.action is not Action.FAIL_JOB
+        assert is_transient(verdict.code, case[1]) is expected, case[0]
+    for exc, _action, code in EXCEPTIONS:
+        if code != "internal_error":
+            assert is_transient(code, None)
+
+
+@pytest.mark.parametrize("code, status, transient", [
+    (None, 429, True), (None, 500, True), (None, 503, True), (None, 408, True),
+    (None, 400, False), (None, 404, False), (None, 422, False),
+    ("rate_limit_exceeded", None, True), ("context_length_exceeded", 400, False),
+])
+def test_is_transient_table(code, status, transient):
+    assert is_transient(code, status) is transient
+
+
+# --- backoff ------------------------------------------------------------------------------
+
+def test_backoff_stays_within_full_jitter_bounds():
+    backoff = Backoff(base=0.5, cap=30.0, rng=random.Random(42))
+    for attempt in range(12):
+        ceiling = min(30.0, 0.5 * 2 ** attempt)
+        assert backoff.ceiling(attempt) == ceiling
+        for _ in range(200):
+            assert 0.0 <= backoff.delay(attempt) <= ceiling
+
+
+def test_backoff_is_capped_even_for_huge_attempts():
+    backoff = Backoff(base=1.0, cap=5.0, rng=random.Random(1))
+    assert backoff.ceiling(10_000) == 5.0
+    assert 0.0 <= backoff.delay(10_000) <= 5.0
+
+
+def test_backoff_is_uniform_over_its_range():
+    backoff = Backoff(base=1.0, cap=30.0, rng=random.Random(7))
+    samples = [backoff.delay(3) for _ in range(20_000)]  # uniform on [0, 8]
+    assert statistics.fmean(samples) == pytest.approx(4.0, abs=0.1)
+    assert min(samples) < 0.1 and max(samples) > 7.9
+    below_half = sum(s < 4.0 for s in samples) / len(samples)
+    assert below_half == pytest.approx(0.5, abs=0.02)
+
+
+def test_backoff_is_reproducible_with_a_seeded_rng():
+    a = Backoff(rng=random.Random(3))
+    b = Backoff(rng=random.Random(3))
+    assert [a.delay(i) for i in range(8)] == [b.delay(i) for i in range(8)]
+
+
+def test_backoff_rejects_bad_parameters():
+    with pytest.raises(ValueError):
+        Backoff(base=0)
+    with pytest.raises(ValueError):
+        Backoff(cap=float("inf"))
+    with pytest.raises(ValueError):
+        Backoff().delay(-1)
+
+
+def test_server_delay_wins_plus_small_jitter():
+    backoff = Backoff(base=100.0, cap=100.0, rng=random.Random(0))
+    verdict = Verdict(Action.RETRY, "rate_limit_exceeded", delay=2.0)
+    for attempt in range(5):
+        assert 2.0 <= retry_delay(verdict, attempt, backoff) <= 2.0 + SERVER_DELAY_JITTER_S
+
+
+def test_without_server_delay_backoff_decides():
+    verdict = Verdict(Action.RETRY, "server_error")
+    expected = Backoff(rng=random.Random(9)).delay(4)
+    assert retry_delay(verdict, 4, Backoff(rng=random.Random(9))) == expected
+
+
+def test_retry_delay_only_for_retries():
+    with pytest.raises(ValueError):
+        retry_delay(Verdict(Action.FAIL_JOB, "invalid_request"), 0, Backoff())
+
+
+def test_connection_error_messages_mask_secrets_in_urls():
+    exc = aiohttp.ClientConnectionError(
+        "Cannot connect to https://x.openai.azure.com/openai/deployments/d?api-key=SECRET123&v=1")
+    verdict = classify(None, {}, None, exc=exc)
+    assert "SECRET123" not in verdict.message and "api-key=***" in verdict.message
