@@ -1,0 +1,382 @@
+"""The dispatcher: jobs in, one result line per job out, under the API's budgets.
+
+    input lines ─► producer ─► Request tasks ─► limiter.acquire ─► slot ─► send ─► classify
+                   (resume filter,               (per endpoint+model)          │
+                    packing)                                         OK: one line per job
+                                                                     RETRY: backoff / 429 debt
+                                                                     FAIL_JOB: error line(s)
+                                                                     STOP_RUN: stop() — quota, auth
+
+Invariants:
+- a job is written at most once per run, and only with its final outcome; a job the run did not
+  finish (stopped by quota, auth or a signal) gets no line, so the next run picks it up;
+- memory is bounded: at most `max_pending` requests exist at once, the producer waits for room;
+- `stop()` stops sending at once, gives requests already on the wire `grace_s` to answer (their
+  results are written), then cancels the rest.
+Time (`clock`, `sleep`) and the network (`send`) are injected.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import AsyncIterable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from jobs import tokens
+from jobs.job import Job
+from jobs.packing import MissingChoices, Request, split_response
+from jobs.reader import BadLine, Duplicate
+from jobs.results import DUPLICATE, OutputState, error_record, success_record
+from runner.endpoint import Endpoint
+from runner.headers import RateLimitInfo
+from runner.limiter import Limiters, RateLimiter, RequestTooLarge
+from runner.report import RunStats
+from runner.retry import Action, Backoff, Verdict, classify, classify_bad_response, retry_delay
+from runner.transport import HttpResponse, Send
+
+MAX_ATTEMPTS = 6
+DEFAULT_CONCURRENCY = 128     # upper bound on requests in flight, and on open sockets
+MIN_CONCURRENCY = 8           # floor of the adaptive limit
+CONCURRENCY_HEADROOM = 1.5    # in flight = budget rate x latency x headroom (Little's law)
+LATENCY_SMOOTHING = 0.2       # EWMA weight of the newest latency sample
+PENDING_PER_SLOT = 4          # requests waiting for budget, per concurrency slot
+GRACE_S = 5.0                 # how long answers already on the wire may take after stop()
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    """How one run dispatches. `concurrency` caps requests in flight; the live limit adapts below it."""
+
+    max_attempts: int = MAX_ATTEMPTS
+    concurrency: int = DEFAULT_CONCURRENCY
+    grace_s: float = GRACE_S
+    retry_failed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+    @property
+    def max_pending(self) -> int:
+        return self.concurrency * PENDING_PER_SLOT
+
+
+class Slots:
+    """A FIFO semaphore whose limit may change while it is held (the adaptive concurrency limit)."""
+
+    __slots__ = ("_limit", "_used", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def set_limit(self, limit: int) -> None:
+        self._limit = max(1, limit)
+        self._wake()
+
+    async def acquire(self) -> None:
+        if self._used < self._limit and not self._waiters:
+            self._used += 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted just as we were cancelled: hand it on
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self._used -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._used < self._limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self._used += 1
+                fut.set_result(None)
+
+
+def requests_per_second(limiters: Limiters) -> float | None:
+    """The request rate all budgets together allow; None if any is unlimited or still unknown."""
+    total = 0.0
+    for _, limiter in limiters.items():
+        if limiter.rpm is None:
+            return None
+        total += limiter.rpm / 60.0
+    return total or None
+
+
+class Packer:
+    """Turns jobs into requests. This one sends each job alone; packing replaces it (see jobs.packing)."""
+
+    def add(self, job: Job, charge: int) -> list[Request]:
+        from jobs.packing import single
+        return [single(job, charge)]
+
+    def flush(self) -> list[Request]:
+        return []
+
+
+class Dispatcher:
+    """Runs the jobs of one input against one endpoint; see the module docstring for the contract."""
+
+    def __init__(self, *, send: Send, endpoint: Endpoint, limiters: Limiters,
+                 sink: Callable[[dict[str, Any]], None], config: DispatchConfig = DispatchConfig(),
+                 stats: RunStats | None = None, backoff: Backoff | None = None,
+                 packer: Any = None, clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Any] = asyncio.sleep,
+                 log: Callable[[str], None] = lambda message: None) -> None:
+        self._send = send
+        self._endpoint = endpoint
+        self._limiters = limiters
+        self._sink = sink
+        self.config = config
+        self.stats = stats or RunStats()
+        self._backoff = backoff or Backoff()
+        self._packer = packer or Packer()
+        self._clock = clock
+        self._sleep = sleep
+        self._log = log
+        self.slots = Slots(config.concurrency)
+        self._latency: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[Any]] = set()
+        self._pending = asyncio.Semaphore(config.max_pending)
+        self._stopped = asyncio.Event()
+
+    # -- control ---------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped.is_set()
+
+    def stop(self, reason: str) -> None:
+        """Stop the run early (resumable): no new requests; answers on the wire get the grace period."""
+        if not self._stopped.is_set():
+            self.stats.stop_reason = reason
+            self._log(f"stopping: {reason}")
+            self._stopped.set()
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    async def run(self, items: AsyncIterable[Job | BadLine | Duplicate], state: OutputState) -> RunStats:
+        """Dispatch every job of `items` that `state` says still needs running; returns the stats."""
+        self.stats.started = self._now()
+        producer = asyncio.create_task(self._produce(items, state))
+        finished = asyncio.create_task(self._drain(producer))
+        stopped = asyncio.create_task(self._stopped.wait())
+        try:
+            await asyncio.wait({finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if self.stopping:
+                await self._shutdown(producer)
+            if finished.done() and not finished.cancelled():
+                finished.result()  # surface a bug in the producer
+        finally:
+            for task in (producer, finished, stopped):
+                task.cancel()
+            await asyncio.gather(producer, finished, stopped, return_exceptions=True)
+        self.stats.finished = self._now()
+        return self.stats
+
+    async def _drain(self, producer: asyncio.Task[None]) -> None:
+        await producer
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _shutdown(self, producer: asyncio.Task[None]) -> None:
+        producer.cancel()
+        waiting = [t for t in self._tasks if t not in self._sending]
+        for task in waiting:
+            task.cancel()
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=self.config.grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(producer, *self._tasks, return_exceptions=True)
+
+    async def _produce(self, items: AsyncIterable[Job | BadLine | Duplicate], state: OutputState) -> None:
+        stats = self.stats
+        async for item in items:
+            if self.stopping:
+                return
+            if isinstance(item, BadLine):
+                stats.bad_lines += 1
+                self._log(str(item))
+                continue
+            if isinstance(item, Duplicate):
+                stats.duplicates += 1
+                self._log(str(item))
+                if item.custom_id not in state.noted_duplicates:
+                    self._sink(error_record(item.custom_id, DUPLICATE, str(item)))
+                continue
+            stats.jobs += 1
+            if not state.needs_run(item.custom_id, retry_failed=self.config.retry_failed):
+                if item.custom_id in state.done:
+                    stats.already_done += 1
+                else:
+                    stats.kept_failed += 1
+                continue
+            overflow = tokens.context_overflow(item.url, item.body)
+            if overflow is not None:
+                self._fail_jobs((item,), "context_length_exceeded", overflow)
+                continue
+            for request in self._packer.add(item, tokens.rate_limit_charge(item.url, item.body)):
+                await self._submit(request)
+        for request in self._packer.flush():
+            await self._submit(request)
+
+    async def _submit(self, request: Request) -> None:
+        await self._pending.acquire()
+        task = asyncio.create_task(self._process(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._pending.release()
+        if not task.cancelled() and task.exception() is not None:
+            self._log(f"internal error: {task.exception()!r}")
+            self.stop("internal error")
+
+    # -- one request -----------------------------------------------------------------------------
+
+    async def _process(self, request: Request) -> None:
+        limiter = self._limiters.get(self._endpoint.budget_key(request.model))
+        attempt = 0
+        while not self.stopping:
+            try:
+                charged = await limiter.acquire(request.charge)
+            except RequestTooLarge as exc:
+                self._fail_jobs(request.jobs, "request_too_large", str(exc))
+                return
+            await self.slots.acquire()
+            try:
+                if self.stopping:
+                    limiter.on_failure()  # admitted but never sent
+                    return
+                verdict, answers, response = await self._attempt(request, limiter, charged)
+            finally:
+                self.slots.release()
+            if verdict.action is Action.OK:
+                self._succeed(request, answers, response)
+                return
+            if verdict.action is Action.STOP_RUN:
+                self.stop(f"{verdict.code}: {verdict.message}")
+                return
+            if verdict.action is Action.FAIL_JOB:
+                await self._fail_request(request, verdict, response)
+                return
+            attempt += 1
+            if attempt >= self.config.max_attempts:
+                self._fail_jobs(request.jobs, verdict.code,
+                                f"gave up after {attempt} attempts: {verdict.message}", response)
+                return
+            self.stats.retries += 1
+            if verdict.code == "rate_limit_exceeded" and verdict.delay is not None:
+                continue  # the limiter now holds the debt; waiting there is exactly long enough
+            await self._sleep(retry_delay(verdict, attempt - 1, self._backoff))
+
+    async def _attempt(self, request: Request, limiter: RateLimiter, charged: int
+                       ) -> tuple[Verdict, list[dict[str, Any]] | None, HttpResponse | None]:
+        """Send once. Tells the limiter exactly one of observe / on_rate_limited / on_failure."""
+        http = self._endpoint.build(request)
+        task = asyncio.current_task()
+        assert task is not None
+        self._sending.add(task)
+        self.stats.requests += 1
+        self.stats.charged_tokens += charged
+        self.stats.in_flight += 1
+        started = self._now()
+        try:
+            response = await self._send(http)
+        except asyncio.CancelledError:
+            limiter.on_failure()
+            raise
+        except Exception as exc:  # no answer: timeouts, resets, refused connections
+            limiter.on_failure()
+            return classify(None, {}, None, exc=exc), None, None
+        finally:
+            self._sending.discard(task)
+            self.stats.in_flight -= 1
+        self._observe_latency(self._now() - started)
+        info = RateLimitInfo.from_headers(response.headers)
+        verdict = classify(response.status, response.headers, response.body)
+        if response.status == 429 and verdict.action is Action.RETRY:
+            self.stats.rate_limited += 1
+            limiter.on_rate_limited(verdict.delay, info)
+            return verdict, None, response
+        limiter.observe(info)
+        if verdict.action is Action.OK:
+            try:
+                answers = split_response(request, orjson.loads(response.body))
+            except (orjson.JSONDecodeError, MissingChoices) as exc:
+                return classify_bad_response(str(exc)), None, response
+            return verdict, answers, response
+        return verdict, None, response
+
+    def _observe_latency(self, seconds: float) -> None:
+        """Keep enough requests in flight to use the budget at the observed latency."""
+        if self._latency is None:
+            self._latency = seconds
+        else:
+            self._latency += LATENCY_SMOOTHING * (seconds - self._latency)
+        rate = requests_per_second(self._limiters)
+        cap = self.config.concurrency
+        if rate is None:
+            self.slots.set_limit(cap)
+        else:
+            need = math.ceil(rate * self._latency * CONCURRENCY_HEADROOM)
+            self.slots.set_limit(min(cap, max(MIN_CONCURRENCY, need)))
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def _succeed(self, request: Request, answers: list[dict[str, Any]] | None,
+                 response: HttpResponse | None) -> None:
+        assert answers is not None and response is not None
+        request_id = response.headers.get("x-request-id")
+        for job, answer in zip(request.jobs, answers):
+            self._sink(success_record(job.custom_id, answer, request_id=request_id))
+            self.stats.add_usage(job.model, answer.get("usage"))
+        self.stats.succeeded += len(request.jobs)
+
+    async def _fail_request(self, request: Request, verdict: Verdict,
+                            response: HttpResponse | None) -> None:
+        """A permanent refusal: every job of the request fails with it."""
+        self._fail_jobs(request.jobs, verdict.code, verdict.message, response)
+
+    def _fail_jobs(self, jobs: tuple[Job, ...], code: str, message: str,
+                   response: HttpResponse | None = None) -> None:
+        status = body = request_id = None
+        if response is not None:
+            status, request_id = response.status, response.headers.get("x-request-id")
+            try:
+                body = orjson.loads(response.body)
+            except orjson.JSONDecodeError:
+                body = None
+        for job in jobs:
+            self._sink(error_record(job.custom_id, code, message, status=status, body=body,
+                                    request_id=request_id))
+            self.stats.failed[code] += 1

@@ -1,0 +1,64 @@
+"""Where requests go and how they authenticate: OpenAI (or any compatible server) and Azure OpenAI.
+
+OpenAI: `{base_url}/chat/completions` with `Authorization: Bearer KEY`; the job's `url`
+(`/v1/chat/completions`) is taken relative to the base URL, which ends in `/v1`.
+Azure OpenAI: `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=V` with an
+`api-key` header (or a Microsoft Entra ID bearer token); the job's `model` names the deployment
+unless `deployments` maps it to another name.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from urllib.parse import quote
+
+import orjson
+
+from jobs.packing import Request
+from runner.transport import HttpRequest
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+USER_AGENT = "runner/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An API endpoint and its credentials; `api_key` is never shown in reprs or logs."""
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str = field(default="", repr=False)
+    azure: bool = False
+    api_version: str | None = None
+    bearer: bool = False  # Azure with a Microsoft Entra ID token instead of an api-key
+    deployments: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.azure and not self.api_version:
+            raise ValueError("Azure OpenAI needs an api-version (--api-version or OPENAI_API_VERSION)")
+
+    def deployment(self, model: str) -> str:
+        return self.deployments.get(model, model)
+
+    def url_for(self, path: str, model: str) -> str:
+        """The full URL for a job `url` such as `/v1/chat/completions`."""
+        tail = path.removeprefix("/v1")
+        if self.azure:
+            return (f"{self.base_url}/openai/deployments/{quote(self.deployment(model), safe='')}"
+                    f"{tail}?api-version={quote(self.api_version or '', safe='')}")
+        return self.base_url + tail
+
+    def budget_key(self, model: str) -> tuple[str, str]:
+        """Rate limits are per (endpoint, model or deployment): the key of one budget."""
+        return (self.base_url, self.deployment(model) if self.azure else model)
+
+    def headers(self) -> dict[str, str]:
+        auth = ({"api-key": self.api_key} if self.azure and not self.bearer
+                else {"Authorization": f"Bearer {self.api_key}"})
+        return {**auth, "Content-Type": "application/json", "User-Agent": USER_AGENT}
+
+    def build(self, request: Request) -> HttpRequest:
+        """The HTTP request for an API call; the body is the request's body, unchanged."""
+        return HttpRequest("POST", self.url_for(request.url, request.model), self.headers(),
+                           orjson.dumps(request.body))

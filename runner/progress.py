@@ -1,0 +1,125 @@
+"""Progress: a live display on a terminal, periodic one-line status logs otherwise (cron).
+
+Rates come from a bounded deque of (time, done, tokens) samples, so they follow the last
+`WINDOW_S` seconds rather than the whole run; time is injected (`clock`).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.text import Text
+
+from runner.limiter import Limiters
+from runner.report import RunStats
+
+WINDOW_S = 30.0          # rates are measured over this trailing window
+TTY_REFRESH_S = 0.5
+LOG_INTERVAL_S = 30.0    # one status line this often when stdout is not a terminal
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Speed:
+    """Jobs and tokens per second over a trailing window of samples."""
+
+    def __init__(self, window: float = WINDOW_S, max_samples: int = 1000) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int, int]] = deque(maxlen=max_samples)
+
+    def sample(self, now: float, done: int, tokens: int) -> None:
+        self._samples.append((now, done, tokens))
+        while len(self._samples) > 2 and now - self._samples[0][0] > self.window:
+            self._samples.popleft()
+
+    def rates(self) -> tuple[float, float]:
+        if len(self._samples) < 2:
+            return 0.0, 0.0
+        (t0, d0, k0), (t1, d1, k1) = self._samples[0], self._samples[-1]
+        span = t1 - t0
+        return ((d1 - d0) / span, (k1 - k0) / span) if span > 0 else (0.0, 0.0)
+
+
+def describe_limits(limiters: Limiters) -> str:
+    """The limits in force per model, e.g. "gpt-4o-mini 900 RPM / 240,000 TPM"."""
+    parts = []
+    for (_, model), limiter in limiters.items():
+        rpm = f"{limiter.rpm:,.0f} RPM" if limiter.rpm else "? RPM"
+        tpm = f"{limiter.tpm:,.0f} TPM" if limiter.tpm else "? TPM"
+        parts.append(f"{model} {rpm} / {tpm}")
+    return "; ".join(parts)
+
+
+def status_line(stats: RunStats, total: int | None, speed: Speed,
+                limits: str = "") -> str:
+    """One line: done / failed / pending, speeds, 429s, ETA, current limits."""
+    done = stats.succeeded + stats.already_done
+    failed = stats.failed_total + stats.kept_failed
+    jobs_s, tokens_s = speed.rates()
+    parts = [f"{done:,}{f'/{total:,}' if total else ''} done", f"{failed:,} failed"]
+    if total:
+        pending = max(0, total - done - failed - stats.bad_lines - stats.duplicates)
+        parts.append(f"{pending:,} pending")
+        eta = pending / jobs_s if jobs_s > 0 else None
+        parts.append(f"ETA {fmt_duration(eta)}")
+    parts += [f"{jobs_s:,.1f} jobs/s", f"{tokens_s:,.0f} tok/s", f"{stats.in_flight} in flight",
+              f"429s {stats.rate_limited}"]
+    if limits:
+        parts.append(limits)
+    return " · ".join(parts)
+
+
+class ProgressReporter:
+    """Shows `stats` while a run goes: rich Live on a terminal, status lines every LOG_INTERVAL_S otherwise."""
+
+    def __init__(self, stats: RunStats, total: int | None, *, console: Console,
+                 clock: Callable[[], float], limits: Callable[[], str] = lambda: "",
+                 tty: bool | None = None, log_interval: float = LOG_INTERVAL_S,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.stats = stats
+        self.total = total
+        self.console = console
+        self.clock = clock
+        self.limits = limits
+        self.tty = console.is_terminal if tty is None else tty
+        self.log_interval = log_interval
+        self.log = log or (lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+        self.speed = Speed()
+
+    def line(self) -> str:
+        self.speed.sample(self.clock(), self.stats.finished_jobs,
+                          sum(u.prompt_tokens + u.completion_tokens for u in self.stats.usage.values()))
+        return status_line(self.stats, self.total, self.speed, self.limits())
+
+    def renderable(self) -> Group:
+        line = self.line()
+        done = self.stats.finished_jobs + self.stats.already_done + self.stats.kept_failed
+        bar = ProgressBar(total=float(self.total) if self.total else None, completed=float(done))
+        return Group(bar, Text(line))
+
+    async def run(self) -> None:
+        """Report until cancelled."""
+        if self.tty:
+            with Live(self.renderable(), console=self.console, refresh_per_second=4,
+                      transient=False) as live:
+                try:
+                    while True:
+                        await asyncio.sleep(TTY_REFRESH_S)
+                        live.update(self.renderable())
+                finally:
+                    live.update(self.renderable())
+        else:
+            while True:
+                await asyncio.sleep(self.log_interval)
+                self.log(self.line())

@@ -1,0 +1,242 @@
+"""The dispatcher on virtual time with a scripted `send`: every job gets exactly its own result."""
+import asyncio
+
+import aiohttp
+import orjson
+import pytest
+
+from jobs.job import Job
+from jobs.reader import BadLine, Duplicate
+from jobs.results import OutputState, success_record
+from runner.clock import run_virtual
+from runner.dispatch import DispatchConfig, Dispatcher, Slots
+from runner.endpoint import Endpoint
+from runner.limiter import Limiters
+from runner.retry import Backoff
+from runner.simulator import chat_prompt, completion_text
+from runner.transport import HttpResponse
+from tests.conftest import Script, answer_for, error, ok
+
+BASE = "http://api.test/v1"
+
+
+def chat_job(i, content=None, **extra):
+    return Job(f"job {i}", "/v1/chat/completions",
+               {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content or f"question {i}"}],
+                **extra}, i + 1)
+
+
+async def items_of(seq):
+    for item in seq:
+        yield item
+
+
+def dispatch(items, script, *, state=None, rpm=None, tpm=None, config=None, log=None):
+    """Run a Dispatcher on virtual time; returns (records by custom_id list, stats, dispatcher)."""
+    records = []
+
+    async def main():
+        limiters = Limiters(rpm=rpm, tpm=tpm, burst_s=1.0)
+        d = Dispatcher(send=script, endpoint=Endpoint(base_url=BASE, api_key="sk-test"),
+                       limiters=limiters, sink=records.append,
+                       config=config or DispatchConfig(max_attempts=4, concurrency=16),
+                       backoff=Backoff(rng=__import__("random").Random(1)),
+                       log=(log.append if log is not None else (lambda m: None)))
+        stats = await d.run(items_of(items), state or OutputState())
+        return stats, d
+
+    stats, d = run_virtual(main())
+    return records, stats
+
+
+def by_id(records):
+    out = {}
+    for r in records:
+        out.setdefault(r["custom_id"], []).append(r)
+    return out
+
+
+def own_content(record):
+    return record["response"]["body"]["choices"][0]["message"]["content"]
+
+
+def test_every_job_gets_exactly_its_own_answer_through_faults():
+    jobs = [chat_job(i) for i in range(60)]
+
+    attempts = {}
+
+    def rule(n, req, body):  # jobs meet a fault on their first two attempts, by job number
+        content = body["messages"][0]["content"]
+        attempt = attempts[content] = attempts.get(content, 0) + 1
+        kind = int(content.split()[-1]) % 5 if attempt <= 2 else 4
+        if kind == 0:
+            return error(500, None, type_="server_error")
+        if kind == 1:
+            return aiohttp.ServerDisconnectedError()
+        if kind == 2:
+            return HttpResponse(200, {}, b'{"choices": [{"ind')
+        if kind == 3:
+            return HttpResponse(200, {}, orjson.dumps({"choices": []}))
+        return None
+
+    script = Script(rule)
+    records, stats = dispatch(jobs, script)
+    results = by_id(records)
+    assert sorted(results) == sorted(j.custom_id for j in jobs)
+    for job in jobs:
+        [record] = results[job.custom_id]
+        assert record["error"] is None and record["response"]["status_code"] == 200
+        assert own_content(record) == completion_text(chat_prompt(job.body["messages"]), 0)
+    assert stats.succeeded == 60 and stats.retries > 0 and stats.exit_code() == 0
+
+
+def test_body_is_sent_unchanged_to_the_endpoint_url_with_the_key():
+    job = chat_job(1, temperature=0.3, seed=4)
+    script = Script()
+    dispatch([job], script)
+    [(_, req, body)] = script.calls
+    assert req.url == BASE + "/chat/completions" and body == job.body
+    assert req.headers["Authorization"] == "Bearer sk-test"
+
+
+def test_a_400_fails_the_job_at_once_without_retry():
+    script = Script(lambda n, req, body: error(400, "invalid_value", "bad temperature"))
+    records, stats = dispatch([chat_job(1)], script)
+    assert len(script.calls) == 1
+    [record] = records
+    assert record["error"]["code"] == "invalid_value" and record["response"]["status_code"] == 400
+    assert record["response"]["body"]["error"]["message"] == "bad temperature"
+    assert stats.exit_code() == 1
+
+
+def test_transient_failures_that_outlast_max_attempts_are_written_as_transient():
+    script = Script(lambda n, req, body: error(503, None, "overloaded", type_="server_error"))
+    records, stats = dispatch([chat_job(1)], script, config=DispatchConfig(max_attempts=3))
+    assert len(script.calls) == 3
+    [record] = records
+    assert record["error"]["code"] == "server_error" and "3 attempts" in record["error"]["message"]
+    state = OutputState()
+    state.add(record)
+    assert state.needs_run("job 1")  # a later run retries it
+
+
+def test_quota_stops_the_run_and_writes_nothing_for_unfinished_jobs():
+    quota = error(429, "insufficient_quota", "You exceeded your current quota", type_="insufficient_quota")
+    script = Script(lambda n, req, body: quota if n > 5 else None, latency=0.01)
+    jobs = [chat_job(i) for i in range(100)]
+    records, stats = dispatch(jobs, script, config=DispatchConfig(concurrency=1))
+    assert stats.stop_reason and "insufficient_quota" in stats.stop_reason
+    assert stats.exit_code() == 3
+    assert len(records) == 5 and all(r["error"] is None for r in records)
+
+
+def test_rejected_key_stops_the_run():
+    script = Script(lambda n, req, body: error(401, "invalid_api_key", "Incorrect API key provided: sk-te***st"))
+    records, stats = dispatch([chat_job(i) for i in range(10)], script)
+    assert stats.exit_code() == 3 and records == [] and "invalid_api_key" in stats.stop_reason
+
+
+def test_429_waits_exactly_as_the_server_says_then_succeeds():
+    limited = error(429, "rate_limit_exceeded", "Rate limit reached", headers={"retry-after-ms": "1500"},
+                    type_="requests")
+    script = Script(lambda n, req, body: limited if n == 1 else None)
+    records, stats = dispatch([chat_job(1)], script)
+    (t1, *_), (t2, *_) = script.calls
+    assert t2 - t1 == pytest.approx(1.5, abs=0.01)
+    assert stats.rate_limited == 1 and records[0]["error"] is None
+
+
+def test_resume_skips_done_and_permanently_failed_jobs_without_calls():
+    state = OutputState()
+    state.add(success_record("job 0", {}, request_id=None))
+    state.add({"custom_id": "job 1", "response": {"status_code": 400}, "error": {"code": "invalid_request", "message": ""}})
+    script = Script()
+    records, stats = dispatch([chat_job(0), chat_job(1), chat_job(2)], script, state=state)
+    assert [body["messages"][0]["content"] for _, _, body in script.calls] == ["question 2"]
+    assert stats.already_done == 1 and stats.kept_failed == 1 and stats.exit_code() == 1
+
+
+def test_retry_failed_reruns_permanent_failures():
+    state = OutputState()
+    state.add({"custom_id": "job 1", "response": {"status_code": 400}, "error": {"code": "invalid_request", "message": ""}})
+    script = Script()
+    records, stats = dispatch([chat_job(1)], script, state=state,
+                              config=DispatchConfig(retry_failed=True))
+    assert len(script.calls) == 1 and stats.exit_code() == 0
+
+
+def test_bad_lines_and_duplicates_are_reported_and_the_rest_runs():
+    log = []
+    dup = Duplicate("in.jsonl", 3, 1, "job 0")
+    bad = BadLine("in.jsonl", 2, "not JSON: 'x'")
+    records, stats = dispatch([chat_job(0), bad, dup, chat_job(5)], Script(), log=log)
+    assert "in.jsonl:2: not JSON: 'x'" in log and str(dup) in log
+    codes = [r["error"]["code"] if r["error"] else "ok" for r in records]
+    assert sorted(codes) == ["duplicate_custom_id", "ok", "ok"]
+    assert stats.exit_code() == 1
+
+
+def test_prompt_over_the_context_window_fails_without_a_call():
+    huge = "word " * 140_000
+    script = Script()
+    records, _ = dispatch([chat_job(1, content=huge)], script)
+    assert script.calls == [] and records[0]["error"]["code"] == "context_length_exceeded"
+
+
+def test_rpm_pacing_on_virtual_time():
+    script = Script()
+    jobs = [chat_job(i) for i in range(31)]
+    dispatch(jobs, script, rpm=600, tpm=10_000_000)  # 10/s, 1 s burst = 10 at once
+    times = sorted(t for t, *_ in script.calls)
+    assert times[9] == pytest.approx(0.0, abs=1e-6)
+    assert times[30] == pytest.approx(2.1, abs=1e-3)
+
+
+def test_stop_gives_requests_on_the_wire_a_grace_period_and_drops_the_rest():
+    records = []
+
+    async def main():
+        script = Script(latency=2.0)
+        d = Dispatcher(send=script, endpoint=Endpoint(base_url=BASE, api_key="k"),
+                       limiters=Limiters(rpm=60, tpm=None, burst_s=1.0), sink=records.append,
+                       config=DispatchConfig(concurrency=4, grace_s=5.0))
+        loop = asyncio.get_running_loop()
+        loop.call_later(1.0, d.stop, "interrupted by SIGTERM")
+        stats = await d.run(items_of([chat_job(i) for i in range(50)]), OutputState())
+        return stats, loop.time()
+
+    stats, ended = run_virtual(main())
+    assert stats.stop_reason == "interrupted by SIGTERM" and stats.exit_code() == 3
+    assert 1 <= len(records) <= 2 and all(r["error"] is None for r in records)
+    assert ended == pytest.approx(2.0, abs=0.01)
+
+
+def test_stop_cancels_answers_that_outlast_the_grace_period():
+    records = []
+
+    async def main():
+        d = Dispatcher(send=Script(latency=600.0), endpoint=Endpoint(base_url=BASE, api_key="k"),
+                       limiters=Limiters(rpm=None, tpm=None), sink=records.append,
+                       config=DispatchConfig(grace_s=5.0))
+        asyncio.get_running_loop().call_later(1.0, d.stop, "interrupted")
+        await d.run(items_of([chat_job(i) for i in range(3)]), OutputState())
+        return asyncio.get_running_loop().time()
+
+    assert run_virtual(main()) == pytest.approx(6.0, abs=0.01)
+    assert records == []
+
+
+async def test_slots_limit_can_change_while_held_and_survive_cancellation():
+    slots = Slots(1)
+    await slots.acquire()
+    waiter = asyncio.create_task(slots.acquire())
+    cancelled = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    slots.set_limit(2)
+    await waiter
+    assert slots.used == 2
+    await asyncio.gather(cancelled, return_exceptions=True)
+    slots.release()
+    slots.release()
+    assert slots.used == 0
