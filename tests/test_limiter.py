@@ -1,0 +1,641 @@
+"""The limiter's promises, checked on a fake clock (buckets) or the virtual loop (RateLimiter):
+every admission time below is exact virtual time, not a real-time tolerance."""
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+
+import pytest
+
+from runner.clock import run_virtual
+from runner.limiter import (
+    CALIBRATION_MAX,
+    CALIBRATION_MIN,
+    FALLBACK_RETRY_AFTER_S,
+    LimiterStats,
+    Limiters,
+    RateLimiter,
+    RequestTooLarge,
+    TokenBucket,
+)
+
+EXACT = 1e-9  # float noise in level + rate * dt; far below any time a test distinguishes
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """Stand-in of the same shape as runner.headers.RateLimitInfo."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+
+
+class FakeClock:
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def admit(limiter: RateLimiter, log: list, name: str, tokens: int = 0,
+                start: float = 0.0) -> None:
+    """Arrive at virtual time `start`, acquire, and log (name, admission time)."""
+    if start:
+        await asyncio.sleep(start)
+    await limiter.acquire(tokens)
+    log.append((name, now()))
+
+
+def times(log: list) -> list[float]:
+    return [t for _, t in log]
+
+
+# -- TokenBucket ------------------------------------------------------------------------------
+
+
+def test_bucket_starts_full_and_refills_continuously_up_to_capacity():
+    clock = FakeClock()
+    bucket = TokenBucket(2.0, 10.0, clock=clock)
+    assert bucket.level() == 10.0
+    bucket.take(10)
+    clock.now = 1.5
+    assert bucket.level() == 3.0
+    clock.now = 100.0
+    assert bucket.level() == 10.0
+
+
+def test_bucket_wait_time_is_exact_time_until_amount_fits():
+    clock = FakeClock()
+    bucket = TokenBucket(4.0, 8.0, clock=clock, level=0.0)
+    assert bucket.wait_time(2) == 0.5
+    assert not bucket.has_capacity(2)
+    clock.now = 0.5
+    assert bucket.wait_time(2) == 0.0
+    assert bucket.has_capacity(2)
+    assert bucket.wait_time(0) == 0.0
+
+
+def test_bucket_amount_above_capacity_fits_when_full_and_leaves_debt():
+    clock = FakeClock()
+    bucket = TokenBucket(1.0, 2.0, clock=clock, level=1.0)
+    assert bucket.wait_time(5) == 1.0  # waits for full (2), not for 5
+    clock.now = 1.0
+    assert bucket.has_capacity(5)
+    bucket.take(5)
+    assert bucket.level() == -3.0
+    assert bucket.wait_time(1) == 4.0
+
+
+def test_bucket_refund_never_exceeds_capacity_and_debt_lowers_level():
+    clock = FakeClock()
+    bucket = TokenBucket(1.0, 5.0, clock=clock)
+    bucket.take(2)
+    bucket.refund(10)
+    assert bucket.level() == 5.0
+    bucket.add_debt(7)
+    assert bucket.level() == -2.0
+
+
+def test_bucket_correct_only_ever_lowers_the_level():
+    clock = FakeClock()
+    bucket = TokenBucket(1.0, 5.0, clock=clock, level=3.0)
+    bucket.correct(100)
+    assert bucket.level() == 3.0
+    bucket.correct(1)
+    assert bucket.level() == 1.0
+
+
+def test_bucket_set_rate_refills_elapsed_time_at_old_rate_and_clips_to_new_capacity():
+    clock = FakeClock()
+    bucket = TokenBucket(1.0, 10.0, clock=clock, level=0.0)
+    assert bucket.level() == 0.0  # time starts at first use
+    clock.now = 2.0
+    bucket.set_rate(10.0, 20.0)
+    assert bucket.level() == 2.0  # two seconds at the old rate, no jump to the new capacity
+    clock.now = 3.0
+    assert bucket.level() == 12.0
+    bucket.set_rate(1.0, 4.0)
+    assert bucket.level() == 4.0
+
+
+def test_bucket_reads_the_clock_only_when_used_and_time_starts_then():
+    def no_loop_yet() -> float:
+        raise AssertionError("clock read at construction")
+
+    TokenBucket(1.0, 1.0, clock=no_loop_yet)  # may be built before the event loop runs
+    clock = FakeClock(50.0)
+    bucket = TokenBucket(1.0, 5.0, clock=clock, level=0.0)
+    clock.now = 51.0
+    assert bucket.level() == 0.0
+    clock.now = 52.0
+    assert bucket.level() == 1.0
+
+
+@pytest.mark.parametrize("rate, capacity", [(0, 1), (-1, 1), (1, 0), (math.inf, 1), (math.nan, 1)])
+def test_bucket_rejects_non_positive_or_non_finite_rate_and_capacity(rate, capacity):
+    with pytest.raises(ValueError):
+        TokenBucket(rate, capacity, clock=FakeClock())
+
+
+# -- RateLimiter: pacing ----------------------------------------------------------------------
+
+
+def test_rpm_60_with_2s_burst_admits_the_third_request_at_exactly_one_second():
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=None, burst_s=2.0)
+        limiter.observe(Info())  # tokens: no header, so unlimited
+        log: list = []
+        await asyncio.gather(*(admit(limiter, log, str(i)) for i in range(5)))
+        return times(log)
+
+    assert run_virtual(main) == [0.0, 0.0, 1.0, 2.0, 3.0]
+
+
+def test_weighted_requests_are_admitted_at_exact_times():
+    async def main():
+        # 10 tokens/s, a 10-token bucket; requests are effectively unlimited (1000/s)
+        limiter = RateLimiter(rpm=60_000, tpm=600, burst_s=1.0)
+        log: list = []
+        await asyncio.gather(*(admit(limiter, log, name, tokens)
+                               for name, tokens in [("a", 10), ("b", 5), ("c", 5), ("d", 20),
+                                                    ("e", 1)]))
+        return log
+
+    log = run_virtual(main)
+    assert [name for name, _ in log] == ["a", "b", "c", "d", "e"]
+    # a drains the bucket; b, c wait 0.5 s each; d (20 > capacity 10) waits for a full bucket at
+    # 2.0 and leaves -10; e then needs 11 tokens of refill: 1.1 s.
+    assert times(log) == pytest.approx([0.0, 0.5, 1.0, 2.0, 3.1], abs=EXACT)
+
+
+def test_burst_after_idle_is_capped_at_the_bucket_capacity():
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=60_000, burst_s=2.0)
+        log: list = []
+        await asyncio.gather(*(admit(limiter, log, str(i), start=10.0) for i in range(4)))
+        return times(log)
+
+    # ten idle seconds still hold only two requests (2 s of burst): the rest pace at 1/s
+    assert run_virtual(main) == [10.0, 10.0, 11.0, 12.0]
+
+
+def test_steady_state_uses_the_full_rate():
+    async def main():
+        limiter = RateLimiter(rpm=600, tpm=60_000, burst_s=1.0)  # 10/s, 10 burst; 1000 tok/s
+        log: list = []
+        await asyncio.gather(*(admit(limiter, log, str(i), 100) for i in range(110)))
+        return times(log)
+
+    t = run_virtual(main)
+    # tokens bind (100 per request, 10 requests/s of budget): 10 at once, then one per 0.1 s
+    assert t[9] == 0.0
+    assert t[-1] == pytest.approx(10.0, abs=EXACT)
+
+
+def test_request_larger_than_the_whole_tpm_fails_at_once():
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=1000)
+        with pytest.raises(RequestTooLarge) as caught:
+            await limiter.acquire(1001)
+        assert isinstance(caught.value, ValueError)
+        assert (caught.value.tokens, caught.value.tpm) == (1001, 1000)
+        assert now() == 0.0
+        await limiter.acquire(1000)  # exactly the TPM is admissible
+        return limiter.stats
+
+    assert run_virtual(main) == LimiterStats(requests=1, tokens=1000, wait_s=0.0, rate_limited=0)
+
+
+def test_oversized_request_within_tpm_is_admitted_when_full_and_goes_into_debt():
+    async def main():
+        limiter = RateLimiter(rpm=60_000, tpm=6000, burst_s=1.0)  # 100 tok/s, capacity 100
+        log: list = []
+        await asyncio.gather(admit(limiter, log, "half", 50), admit(limiter, log, "big", 450),
+                             admit(limiter, log, "next", 100))
+        return times(log)
+
+    # big waits for a full bucket (0.5 s), leaves -350; next needs 450 of refill: 4.5 s more
+    assert run_virtual(main) == pytest.approx([0.0, 0.5, 5.0], abs=EXACT)
+
+
+# -- RateLimiter: FIFO and cancellation -------------------------------------------------------
+
+
+def test_fifo_a_large_request_queued_first_is_not_starved_by_later_small_ones():
+    async def main():
+        limiter = RateLimiter(rpm=60_000, tpm=600, burst_s=1.0)  # 10 tok/s, capacity 10
+        log: list = []
+        await limiter.acquire(10)  # drain
+        await asyncio.gather(admit(limiter, log, "large", 8),
+                             *(admit(limiter, log, f"small{i}", 1) for i in range(3)))
+        return log
+
+    log = run_virtual(main)
+    assert [name for name, _ in log] == ["large", "small0", "small1", "small2"]
+    assert times(log) == pytest.approx([0.8, 0.9, 1.0, 1.1], abs=EXACT)
+
+
+def test_cancelled_waiters_leave_the_queue_and_consume_no_capacity():
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=60_000, burst_s=1.0)  # one request per second
+        log: list = []
+        await limiter.acquire(1)  # t=0, bucket empty
+        head = asyncio.ensure_future(admit(limiter, log, "head"))
+        middle = asyncio.ensure_future(admit(limiter, log, "middle"))
+        last = asyncio.ensure_future(admit(limiter, log, "last"))
+        await asyncio.sleep(0.5)
+        head.cancel()     # sleeping at the head of the queue
+        middle.cancel()   # queued behind it
+        await last
+        assert head.cancelled() and middle.cancelled()
+        return log, limiter.stats
+
+    log, stats = run_virtual(main)
+    assert log == [("last", 1.0)]  # not 3.0: the cancelled two took nothing
+    assert stats.requests == 2
+
+
+# -- RateLimiter: 429s ------------------------------------------------------------------------
+
+
+def test_after_a_429_nothing_is_admitted_before_retry_after_and_the_head_exactly_then():
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=6000, burst_s=1.0)
+        log: list = []
+        await limiter.acquire(100)  # t=0: both buckets now empty
+        head = asyncio.ensure_future(admit(limiter, log, "head", 50))
+        second = asyncio.ensure_future(admit(limiter, log, "second", 50))
+        await asyncio.sleep(0.5)
+        limiter.on_rate_limited(5.0, None)
+        await asyncio.gather(head, second)
+        return log, limiter.stats.rate_limited
+
+    log, seen = run_virtual(main)
+    # head: 5.5 exactly (not its pre-429 time of 1.0); second: paced 1 s later by the requests bucket
+    assert log == [("head", pytest.approx(5.5, abs=EXACT)), ("second", pytest.approx(6.5, abs=EXACT))]
+    assert seen == 1
+
+
+def test_a_429_blames_only_the_exhausted_bucket():
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=6000, burst_s=2.0)  # 2 requests, 200 tokens of burst
+        limiter.on_rate_limited(3.0, Info(remaining_requests=0, remaining_tokens=5000))
+        t_requests = now(), limiter.requests_bucket.level(), limiter.tokens_bucket.level()
+        await limiter.acquire(100)
+        return t_requests, now()
+
+    (t0, requests_level, tokens_level), admitted = run_virtual(main)
+    assert tokens_level == 200.0          # untouched: the server said tokens were plentiful
+    assert requests_level == -2.0         # refills to 1 request exactly at 3.0
+    assert admitted == pytest.approx(3.0, abs=EXACT)
+
+
+def test_repeated_429s_in_one_episode_do_not_stack():
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=None, burst_s=1.0)
+        limiter.observe(Info())
+        for _ in range(5):  # five in-flight requests all come back 429 at once
+            limiter.on_rate_limited(2.0, Info(remaining_requests=0))
+        await limiter.acquire(1)
+        return now(), limiter.stats.rate_limited
+
+    assert run_virtual(main) == (pytest.approx(2.0, abs=EXACT), 5)
+
+
+def test_a_429_with_no_usable_retry_after_uses_the_fallback():
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=None, burst_s=1.0)
+        limiter.observe(Info())
+        limiter.on_rate_limited(math.nan, Info(remaining_requests=0))
+        await limiter.acquire(1)
+        return now()
+
+    assert run_virtual(main) == pytest.approx(FALLBACK_RETRY_AFTER_S, abs=EXACT)
+
+
+def test_a_429_with_no_limits_known_holds_admission_for_retry_after():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        limiter.observe(Info())  # no headers: unlimited, so there is no bucket to put in debt
+        limiter.on_rate_limited(4.0, Info())
+        log: list = []
+        await asyncio.gather(*(admit(limiter, log, str(i)) for i in range(3)))
+        return times(log)
+
+    assert run_virtual(main) == [4.0, 4.0, 4.0]
+
+
+# -- RateLimiter: learning from headers -------------------------------------------------------
+
+
+def test_a_lower_remaining_header_delays_the_next_admission():
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=60_000, burst_s=2.0)
+        limiter.observe(Info(remaining_requests=0))  # someone else drained the key
+        await limiter.acquire(1)
+        return now()
+
+    assert run_virtual(main) == 1.0
+
+
+def test_a_higher_remaining_header_never_raises_our_level():
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=60_000, burst_s=2.0)
+        await limiter.acquire(1)
+        await limiter.acquire(1)
+        limiter.observe(Info(remaining_requests=59))  # our two may not be counted yet
+        await limiter.acquire(1)
+        return now()
+
+    assert run_virtual(main) == 1.0
+
+
+def test_the_server_limit_replaces_a_too_high_user_guess():
+    async def main():
+        limiter = RateLimiter(rpm=6000, tpm=None, burst_s=1.0)  # the user guessed 100/s
+        limiter.observe(Info(limit_requests=60, remaining_requests=59))  # the server says 1/s
+        log: list = []
+        await asyncio.gather(*(admit(limiter, log, str(i)) for i in range(4)))
+        return limiter.rpm, times(log)
+
+    rpm, t = run_virtual(main)
+    assert rpm == 60
+    assert t == pytest.approx([0.0, 1.0, 2.0, 3.0], abs=EXACT)
+
+
+def test_the_server_limit_raises_a_too_low_user_guess_and_wakes_the_head_early():
+    async def main():
+        limiter = RateLimiter(rpm=6, tpm=None, burst_s=1.0)  # 0.1/s: the head would wait 10 s
+        limiter.observe(Info())
+        await limiter.acquire(1)  # level 0.1 - 1 = -0.9
+        log: list = []
+        head = asyncio.ensure_future(admit(limiter, log, "head"))
+        await asyncio.sleep(1.0)  # level -0.8
+        limiter.observe(Info(limit_requests=600))  # 10/s: needs 1.8 more -> 0.18 s
+        await head
+        return limiter.rpm, log
+
+    rpm, log = run_virtual(main)
+    assert rpm == 600
+    assert log == [("head", pytest.approx(1.18, abs=EXACT))]
+
+
+def test_azure_remaining_only_headers_give_a_lower_bound_on_the_limit():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=1000, burst_s=1.0)
+        await limiter.acquire(10)
+        limiter.observe(Info(remaining_requests=119, remaining_tokens=79_990))
+        first = limiter.rpm, limiter.tpm
+        limiter.observe(Info(remaining_requests=100, remaining_tokens=50_000))  # never lowers
+        return first, (limiter.rpm, limiter.tpm)
+
+    first, later = run_virtual(main)
+    assert first == (119, 79_990)  # unknown rpm learned; the user's too-low tpm raised
+    assert later == first
+
+
+def test_a_limit_is_inferred_from_remaining_and_reset_when_no_limit_header_is_sent():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        limiter.observe(Info(remaining_requests=90, reset_requests=6.0))
+        return limiter.rpm
+
+    # 90 left and 6 s to full at limit/60 per s: limit - 90 = limit * 6/60 -> limit = 100
+    assert run_virtual(main) == pytest.approx(100.0)
+
+
+# -- RateLimiter: cautious start --------------------------------------------------------------
+
+
+def test_cautious_start_admits_one_probe_then_paces_by_the_learned_limits():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None, burst_s=2.0)
+        log: list = []
+        tasks = [asyncio.ensure_future(admit(limiter, log, str(i), 10)) for i in range(4)]
+        await asyncio.sleep(3.0)  # the probe's answer takes 3 s
+        assert log == [("0", 0.0)]
+        limiter.observe(Info(limit_requests=60, remaining_requests=59,
+                             limit_tokens=60_000, remaining_tokens=59_990))
+        await asyncio.gather(*tasks)
+        return limiter.rpm, limiter.tpm, times(log)
+
+    rpm, tpm, t = run_virtual(main)
+    assert (rpm, tpm) == (60, 60_000)
+    assert t == pytest.approx([0.0, 3.0, 3.0, 4.0], abs=EXACT)  # burst of 2, then 1/s
+
+
+def test_cautious_start_without_rate_limit_headers_makes_the_unknown_limit_unlimited():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        log: list = []
+        tasks = [asyncio.ensure_future(admit(limiter, log, str(i), 10_000)) for i in range(50)]
+        await asyncio.sleep(0.25)
+        limiter.observe(Info())
+        await asyncio.gather(*tasks)
+        return limiter.rpm, limiter.tpm, times(log)
+
+    rpm, tpm, t = run_virtual(main)
+    assert (rpm, tpm) == (None, None)
+    assert t == [0.0] + [0.25] * 49
+
+
+def test_cautious_start_applies_when_only_one_limit_is_unknown():
+    async def main():
+        limiter = RateLimiter(rpm=6000, tpm=None)
+        log: list = []
+        tasks = [asyncio.ensure_future(admit(limiter, log, str(i), 10)) for i in range(3)]
+        await asyncio.sleep(1.0)
+        assert len(log) == 1
+        limiter.observe(Info(limit_tokens=600_000))
+        await asyncio.gather(*tasks)
+        return times(log)
+
+    assert run_virtual(main) == [0.0, 1.0, 1.0]
+
+
+def test_a_probe_that_got_no_response_lets_the_next_waiter_probe():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        log: list = []
+        tasks = [asyncio.ensure_future(admit(limiter, log, str(i))) for i in range(3)]
+        await asyncio.sleep(1.0)
+        limiter.on_failure()  # connection error: still nothing learned
+        await asyncio.sleep(1.0)
+        assert times(log) == [0.0, 1.0]
+        limiter.observe(Info())
+        await asyncio.gather(*tasks)
+        return times(log)
+
+    assert run_virtual(main) == [0.0, 1.0, 2.0]
+
+
+def test_a_probe_answered_by_a_bare_429_is_retried_after_retry_after():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        log: list = []
+        tasks = [asyncio.ensure_future(admit(limiter, log, str(i))) for i in range(2)]
+        await asyncio.sleep(1.0)
+        limiter.on_rate_limited(2.0, None)  # nothing learned; still cautious
+        await asyncio.sleep(5.0)
+        assert times(log) == [0.0, 3.0]  # the second probe, after retry_after
+        limiter.observe(Info())
+        await asyncio.gather(*tasks)
+        return times(log)
+
+    assert run_virtual(main) == [0.0, 3.0]
+
+
+def test_a_tpm_learned_while_waiting_rejects_a_request_that_can_never_fit():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        await limiter.acquire(10)  # the probe
+        waiter = asyncio.ensure_future(limiter.acquire(5000))
+        await asyncio.sleep(1.0)
+        limiter.observe(Info(limit_tokens=1000))
+        with pytest.raises(RequestTooLarge):
+            await waiter
+        return now()
+
+    assert run_virtual(main) == 1.0
+
+
+# -- calibration, stats, registry -------------------------------------------------------------
+
+
+def test_calibration_scales_charges_by_a_bounded_ewma():
+    limiter = RateLimiter(rpm=60, tpm=60_000)
+    assert limiter.charge(100) == 100
+    limiter.calibrate(estimated=100, charged=150)  # 0.8 * 1.0 + 0.2 * 1.5
+    assert limiter.calibration == pytest.approx(1.1)
+    assert limiter.charge(100) == 110
+    for _ in range(100):
+        limiter.calibrate(estimated=10, charged=1000)
+    assert limiter.calibration == CALIBRATION_MAX
+    for _ in range(100):
+        limiter.calibrate(estimated=1000, charged=1)
+    assert limiter.calibration == CALIBRATION_MIN
+    limiter.calibrate(estimated=0, charged=100)  # ignored
+    assert limiter.calibration == CALIBRATION_MIN
+
+
+def test_acquire_charges_the_calibrated_amount_capped_at_the_tpm():
+    async def main():
+        limiter = RateLimiter(rpm=60_000, tpm=1000)
+        for _ in range(50):
+            limiter.calibrate(estimated=100, charged=300)
+        assert limiter.calibration == CALIBRATION_MAX == 2.0
+        first = await limiter.acquire(300)
+        second = await limiter.acquire(900)  # 1800 would exceed the whole TPM: capped to 1000
+        return first, second, limiter.stats.tokens
+
+    assert run_virtual(main) == (600, 1000, 1600)
+
+
+def test_stats_count_admissions_tokens_waiting_time_and_429s():
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=60_000, burst_s=1.0)
+        await asyncio.gather(limiter.acquire(10), limiter.acquire(20), limiter.acquire(30))
+        limiter.on_rate_limited(1.0, None)
+        return limiter.stats
+
+    stats = run_virtual(main)
+    assert stats == LimiterStats(requests=3, tokens=60, wait_s=pytest.approx(3.0), rate_limited=1)
+
+
+def test_invalid_limits_are_rejected_when_built():
+    for kwargs in ({"rpm": 0, "tpm": None}, {"rpm": None, "tpm": -5},
+                   {"rpm": 60, "tpm": 60, "burst_s": 0}):
+        with pytest.raises(ValueError):
+            RateLimiter(**kwargs)
+        with pytest.raises(ValueError):
+            Limiters(**{"burst_s": 1.0, **kwargs})
+
+
+def test_acquire_rejects_negative_tokens():
+    async def main():
+        with pytest.raises(ValueError):
+            await RateLimiter(rpm=60, tpm=60).acquire(-1)
+
+    run_virtual(main)
+
+
+def test_limiters_hold_one_independent_limiter_per_base_url_and_model():
+    async def main():
+        limiters = Limiters(rpm=60, tpm=60_000, burst_s=1.0)
+        a = limiters.get(("https://api.openai.com/v1", "gpt-4o-mini"))
+        b = limiters.get(("https://api.openai.com/v1", "gpt-4o"))
+        assert limiters.get(("https://api.openai.com/v1", "gpt-4o-mini")) is a
+        assert a is not b
+        await a.acquire(1)
+        await b.acquire(1)  # b's budget is its own: no wait
+        t_b = now()
+        await a.acquire(1)
+        return t_b, now(), [key for key, _ in limiters.items()]
+
+    t_b, t_a, keys = run_virtual(main)
+    assert (t_b, t_a) == (0.0, 1.0)
+    assert keys == [("https://api.openai.com/v1", "gpt-4o-mini"), ("https://api.openai.com/v1", "gpt-4o")]
+
+
+def test_observe_accepts_the_real_rate_limit_info_from_headers():
+    headers_module = pytest.importorskip("runner.headers")
+
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None, burst_s=2.0)
+        await limiter.acquire(10)  # the probe
+        limiter.observe(headers_module.RateLimitInfo.from_headers({
+            "x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
+            "x-ratelimit-limit-tokens": "60000", "x-ratelimit-remaining-tokens": "59990",
+            "x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "10ms",
+        }))
+        return limiter.rpm, limiter.tpm
+
+    assert run_virtual(main) == (60, 60_000)
+
+
+def test_admissions_never_exceed_burst_plus_rate_in_any_window_under_random_load():
+    import random
+
+    rng = random.Random(7)
+    rpm, tpm, burst_s = 600, 30_000, 1.0  # 10 req/s (10 burst), 500 tok/s (500 burst)
+
+    async def main():
+        limiter = RateLimiter(rpm=rpm, tpm=tpm, burst_s=burst_s)
+        admitted: list[tuple[float, int]] = []
+
+        async def one(start: float, tokens: int) -> None:
+            await asyncio.sleep(start)
+            charged = await limiter.acquire(tokens)
+            admitted.append((now(), charged))
+
+        tasks = [asyncio.ensure_future(one(rng.uniform(0, 20), rng.randint(1, 400)))
+                 for _ in range(300)]
+        for _ in range(40):  # cancellations and header noise while the queue is busy
+            await asyncio.sleep(rng.uniform(0, 1.0))
+            rng.choice(tasks).cancel()
+            limiter.observe(Info(limit_requests=rpm, limit_tokens=tpm,
+                                 remaining_tokens=rng.randint(0, 30_000)))
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return admitted, sum(1 for t in tasks if t.cancelled())
+
+    admitted, cancelled = run_virtual(main)
+    assert len(admitted) + cancelled == 300
+    for start, _ in admitted:
+        window = [(t, c) for t, c in admitted if start <= t]
+        for end, _ in window:
+            span = end - start
+            count = sum(1 for t, _ in window if t <= end)
+            tokens = sum(c for t, c in window if t <= end)
+            # what a full bucket holds plus what it refills: never more (requests <= capacity)
+            assert count <= rpm / 60 * (burst_s + span) + 1e-6
+            assert tokens <= tpm / 60 * (burst_s + span) + 1e-6
