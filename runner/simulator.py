@@ -858,10 +858,12 @@ def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
 
 @contextlib.contextmanager
 def run_in_thread(config: SimConfig = SimConfig(), host: str = "127.0.0.1",
-                  port: int = 0) -> Iterator[str]:
-    """A simulator on its own event loop in a daemon thread; yields its base URL, stops on exit."""
+                  port: int = 0, *, simulator: Simulator | None = None) -> Iterator[str]:
+    """A simulator on its own event loop in a daemon thread; yields its base URL, stops on exit.
+
+    Pass `simulator` to keep a handle on its `stats` (read them after the block, or accept races)."""
     loop = asyncio.new_event_loop()
-    sim = Simulator(config)
+    sim = simulator or Simulator(config)
     ready = threading.Event()
     outcome: dict[str, Any] = {}
 

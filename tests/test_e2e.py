@@ -1,0 +1,254 @@
+"""End to end against the simulated API: in-process runs, and the real CLI in subprocesses
+(SIGKILL at random moments, SIGTERM, quota, bad input, locking)."""
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from runner.dispatch import DispatchConfig
+from runner.endpoint import Endpoint
+from runner.run import RunConfig, run
+from runner.simulator import SimConfig, Simulator, chat_prompt, completion_text, embedding_vector, run_in_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_jobs(path, n, *, kinds=("chat", "completions", "embeddings"), prefix="job"):
+    lines = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        cid = f"{prefix} {i}/ü"
+        if kind == "chat":
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": 5}
+            url = "/v1/chat/completions"
+        elif kind == "completions":
+            body = {"model": "gpt-3.5-turbo-instruct", "prompt": f"p{i}", "max_tokens": 4, "n": 2}
+            url = "/v1/completions"
+        else:
+            body = {"model": "text-embedding-3-small", "input": f"e{i}"}
+            url = "/v1/embeddings"
+        lines.append(orjson.dumps({"custom_id": cid, "method": "POST", "url": url, "body": body}))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return [orjson.loads(line) for line in lines]
+
+
+def read_results(path):
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def expected_ok(job, record):
+    """The record is a success holding exactly this job's own answer."""
+    assert record["error"] is None and record["response"]["status_code"] == 200, record
+    body, answer = job["body"], record["response"]["body"]
+    if job["url"] == "/v1/chat/completions":
+        assert answer["choices"][0]["message"]["content"] == completion_text(chat_prompt(body["messages"]), 0)
+    elif job["url"] == "/v1/completions":
+        assert [c["text"] for c in answer["choices"]] == [completion_text(body["prompt"], j) for j in range(2)]
+        assert [c["index"] for c in answer["choices"]] == [0, 1]
+    else:
+        assert answer["data"][0]["embedding"] == pytest.approx(embedding_vector(body["input"]))
+
+
+def assert_exactly_once(jobs, records):
+    successes = Counter(r["custom_id"] for r in records if r["error"] is None)
+    assert set(successes) == {j["custom_id"] for j in jobs}
+    assert max(successes.values()) == 1, [k for k, v in successes.items() if v > 1][:5]
+    last = {r["custom_id"]: r for r in records}
+    for job in jobs:
+        expected_ok(job, last[job["custom_id"]])
+
+
+async def test_faults_on_every_job_gets_exactly_its_own_answer(tmp_path):
+    jobs = write_jobs(tmp_path / "in.jsonl", 300)
+    out = tmp_path / "out.jsonl"
+    config = SimConfig(rpm=3000, tpm=2_000_000, burst_s=2.0, fault_rate=0.15,
+                       faults=("500", "503", "reset", "truncated", "missing_choice", "hang"),
+                       hang_s=5.0, seed=11)
+    async with Simulator(config) as sim:
+        stats = await run(RunConfig(input=str(tmp_path / "in.jsonl"), output=out,
+                                    endpoint=Endpoint(base_url=sim.base_url, api_key="sk-x"),
+                                    dispatch=DispatchConfig(max_attempts=10, concurrency=32),
+                                    read_timeout=0.5),
+                          progress=False, handle_signals=False, log=lambda m: None)
+    assert stats.exit_code() == 0, stats
+    assert stats.retries > 0 and sum(sim.stats.faults.values()) > 0
+    records = read_results(out)
+    assert len(records) == 300
+    assert_exactly_once(jobs, records)
+
+
+async def test_rerunning_a_finished_file_makes_no_calls_and_exits_0(tmp_path):
+    write_jobs(tmp_path / "in.jsonl", 20)
+    out = tmp_path / "out.jsonl"
+    async with Simulator(SimConfig()) as sim:
+        cfg = RunConfig(input=str(tmp_path / "in.jsonl"), output=out,
+                        endpoint=Endpoint(base_url=sim.base_url, api_key="k"))
+        first = await run(cfg, progress=False, handle_signals=False, log=lambda m: None)
+        calls = sim.stats.requests
+        second = await run(cfg, progress=False, handle_signals=False, log=lambda m: None)
+    assert first.exit_code() == second.exit_code() == 0
+    assert sim.stats.requests == calls and second.already_done == 20
+    assert len(read_results(out)) == 20
+
+
+# -- the real command line, in subprocesses --------------------------------------------------------
+
+def cli(*args, env=None, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT,
+                            env={**os.environ, "OPENAI_API_KEY": "sk-test-key", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def finish(proc, timeout=60):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def count_lines(path):
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def test_sigkill_three_times_then_resume_gives_each_job_exactly_one_success(tmp_path):
+    n, concurrency = 400, 8
+    jobs = write_jobs(tmp_path / "in.jsonl", n)
+    out = tmp_path / "out.jsonl"
+    rng = random.Random(2026)
+    sim = Simulator(SimConfig(latency_ms=40, seed=3))
+    with run_in_thread(simulator=sim) as base_url:
+        args = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", base_url,
+                "--concurrency", str(concurrency), "--no-progress"]
+        kills = 0
+        for target in sorted(rng.sample(range(20, n - 40), 3)):
+            proc = cli(*args)
+            deadline = time.monotonic() + 60
+            while count_lines(out) < target and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(rng.uniform(0.001, 0.02))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.communicate(timeout=30)
+        code, _, err = finish(cli(*args))
+    assert kills == 3
+    assert code == 0, err
+    records = read_results(out)
+    assert_exactly_once(jobs, records)
+    assert len(records) == n
+    # no duplicate API work beyond what was in flight at each kill
+    prompts = {chat_prompt(j["body"]["messages"]) if "messages" in j["body"] else j["body"].get("prompt", j["body"].get("input")) for j in jobs}
+    repeated = sum(sim.stats.answered[p] - 1 for p in prompts if sim.stats.answered[p] > 1)
+    assert repeated <= kills * concurrency
+
+
+def test_sigterm_stops_within_10_s_with_exit_3_and_the_next_run_resumes(tmp_path):
+    jobs = write_jobs(tmp_path / "in.jsonl", 300)
+    out = tmp_path / "out.jsonl"
+    with run_in_thread(SimConfig(latency_ms=100, seed=5)) as base_url:
+        args = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", base_url,
+                "--concurrency", "4", "--no-progress"]
+        proc = cli(*args)
+        while count_lines(out) < 10:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code, _, err = finish(proc, timeout=15)
+        assert time.monotonic() - sent < 10
+        assert code == 3, err
+        assert "interrupted by SIGTERM" in err and "Traceback" not in err
+        partial = read_results(out)
+        assert 10 <= len(partial) < 300 and all(r["error"] is None for r in partial)
+        code, _, err = finish(cli(*args))
+    assert code == 0, err
+    assert_exactly_once(jobs, read_results(out))
+
+
+def test_quota_exhaustion_exits_3_and_a_later_run_finishes(tmp_path):
+    jobs = write_jobs(tmp_path / "in.jsonl", 60, kinds=("chat",))
+    out = tmp_path / "out.jsonl"
+    with run_in_thread(SimConfig(quota_requests=20, seed=1)) as base_url:
+        code, _, err = finish(cli("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url",
+                                  base_url, "--concurrency", "1", "--no-progress"))
+    assert code == 3 and "insufficient_quota" in err and "resume" in err
+    records = read_results(out)
+    assert len(records) == 20 and all(r["error"] is None for r in records)
+    with run_in_thread(SimConfig()) as base_url:  # quota topped up
+        code, _, err = finish(cli("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url",
+                                  base_url, "--no-progress"))
+    assert code == 0, err
+    assert_exactly_once(jobs, read_results(out))
+
+
+def test_bad_input_lines_are_reported_by_file_and_line_and_the_rest_runs(tmp_path):
+    good = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join([
+        orjson.dumps(good), b"{not json", b"", b"   ", b"[1,2]", b"\xff\xfe bad utf8",
+        orjson.dumps({**good, "custom_id": 5}), orjson.dumps({**good, "url": "/v1/images"}),
+        orjson.dumps({**good, "custom_id": "b"}), orjson.dumps(good),
+        b'{"custom_id": "c", "method": "POST", "url": "/v1/chat/completions", "bo',
+    ]))
+    out = tmp_path / "out.jsonl"
+    with run_in_thread(SimConfig()) as base_url:
+        code, _, err = finish(cli("run", str(src), "-o", str(out), "--base-url", base_url, "--no-progress"))
+    assert code == 1 and "Traceback" not in err
+    for lineno in (2, 5, 6, 7, 8, 10, 11):
+        assert f"{src}:{lineno}:" in err, err
+    records = read_results(out)
+    ok = {r["custom_id"] for r in records if r["error"] is None}
+    assert ok == {"a", "b"}
+    [dup] = [r for r in records if r["error"] and r["error"]["code"] == "duplicate_custom_id"]
+    assert dup["custom_id"] == "a" and "line 10" in dup["error"]["message"] and "line 1" in dup["error"]["message"]
+
+
+def test_missing_key_exits_2_naming_the_variable(tmp_path):
+    write_jobs(tmp_path / "in.jsonl", 1)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(tmp_path / "in.jsonl"), "-o",
+                           str(tmp_path / "o.jsonl")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "OPENAI_API_KEY" in proc.stderr
+
+
+def test_unreadable_input_exits_2(tmp_path):
+    code, _, err = finish(cli("run", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl")))
+    assert code == 2 and "missing.jsonl" in err
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path):
+    write_jobs(tmp_path / "in.jsonl", 200, kinds=("chat",))
+    out = tmp_path / "out.jsonl"
+    with run_in_thread(SimConfig(latency_ms=200)) as base_url:
+        args = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", base_url,
+                "--concurrency", "2", "--no-progress"]
+        first = cli(*args)
+        while not (tmp_path / "out.jsonl.lock").exists() or count_lines(out) < 1:
+            time.sleep(0.01)
+        code, _, err = finish(cli(*args))
+        first.send_signal(signal.SIGTERM)
+        finish(first)
+    assert code == 2 and "another run" in err
+
+
+def test_stdin_input_runs_and_resumes_by_custom_id(tmp_path):
+    jobs = write_jobs(tmp_path / "in.jsonl", 30)
+    out = tmp_path / "out.jsonl"
+    data = (tmp_path / "in.jsonl").read_bytes()
+    with run_in_thread(SimConfig()) as base_url:
+        for _ in range(2):
+            proc = cli("run", "-", "-o", str(out), "--base-url", base_url, "--no-progress",
+                       stdin=subprocess.PIPE)
+            _, err = proc.communicate(data, timeout=60)
+            assert proc.returncode == 0, err
+    records = read_results(out)
+    assert len(records) == 30
+    assert_exactly_once(jobs, records)
