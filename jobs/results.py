@@ -13,6 +13,7 @@ error code is `duplicate_custom_id`, which report a repeated input line and are 
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -32,9 +33,13 @@ PERMANENT_CODES = frozenset({
 TRANSIENT_STATUSES = frozenset({408, 409, 429})
 
 
+_RUN_PREFIX = os.urandom(8).hex()  # unique per process; a counter makes ids unique within it
+_counter = itertools.count()
+
+
 def new_record_id() -> str:
-    """A fresh Batch-API style record id."""
-    return "batch_req_" + os.urandom(16).hex()
+    """A fresh Batch-API style record id, unique across runs."""
+    return f"batch_req_{_RUN_PREFIX}{next(_counter):08x}"
 
 
 def success_record(custom_id: str, body: Mapping[str, Any], *, request_id: str | None,

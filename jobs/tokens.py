@@ -141,6 +141,16 @@ def _lookup(table: dict[str, Any], model: str | None) -> Any | None:
     return None if best is None else table[best]
 
 
+@functools.lru_cache(maxsize=1024)
+def _encoding_name(model: str | None) -> str:
+    return _encoding_name(model)
+
+
+@functools.lru_cache(maxsize=1024)
+def _context_window(model: str | None) -> int | None:
+    return _lookup(CONTEXT_WINDOWS, model)
+
+
 def encoding_name_for_model(model: str | None) -> str:
     """The tiktoken encoding of `model`: o200k_base for gpt-4o / 4.1 / 4.5 / 5, o1 / o3 / o4 and
     chatgpt-4o; cl100k_base for gpt-4, gpt-3.5, text-embedding-3 / ada-002, davinci/babbage-002.
@@ -151,7 +161,7 @@ def encoding_name_for_model(model: str | None) -> str:
 
 def context_window(model: str | None) -> int | None:
     """The context length of `model` in tokens (per input for embeddings); None when unknown."""
-    return _lookup(CONTEXT_WINDOWS, model)
+    return _context_window(model)
 
 
 # --- building the encodings offline ---------------------------------------------------------

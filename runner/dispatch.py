@@ -28,7 +28,7 @@ import orjson
 
 from jobs import tokens
 from jobs.job import Job
-from jobs.packing import MissingChoices, Request, split_response
+from jobs.packing import MissingChoices, Request, single, split_response
 from jobs.reader import BadLine, Duplicate
 from jobs.results import DUPLICATE, OutputState, error_record, success_record
 from runner.endpoint import Endpoint
@@ -130,7 +130,6 @@ class Packer:
     """Turns jobs into requests. This one sends each job alone; packing replaces it (see jobs.packing)."""
 
     def add(self, job: Job, charge: int) -> list[Request]:
-        from jobs.packing import single
         return [single(job, charge)]
 
     def flush(self) -> list[Request]:
@@ -178,7 +177,9 @@ class Dispatcher:
             self._stopped.set()
 
     def _now(self) -> float:
-        return self._clock() if self._clock else asyncio.get_running_loop().time()
+        if self._clock is None:
+            self._clock = asyncio.get_running_loop().time
+        return self._clock()
 
     # -- the run ---------------------------------------------------------------------------------
 
