@@ -218,7 +218,6 @@ def pack(jobs: Sequence[Job], charge: int) -> Request:
 class _Open:
     jobs: list[Job]
     charge: int
-    size: int
 
 
 class Packer:
@@ -251,10 +250,11 @@ class Packer:
             if len(self._open) >= self._max_open:
                 oldest = next(iter(self._open))
                 ready.append(self._close(oldest))
-            current = self._open[key] = _Open([], 0, pack_size(charge, self._budget(job.model)))
+            current = self._open[key] = _Open([], 0)
         current.jobs.append(job)
         current.charge += charge
-        if len(current.jobs) >= current.size:
+        # sized on every add: the budget may have been learned since the pack was opened
+        if len(current.jobs) >= pack_size(charge, self._budget(job.model)):
             ready.append(self._close(key))
         return ready
 

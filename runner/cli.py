@@ -70,10 +70,13 @@ def main() -> None:
               help="Name of the environment variable holding the API key.")
 @click.option("--timeout", "read_timeout", type=POSITIVE, default=READ_TIMEOUT_S, show_default=True,
               help="Seconds to wait for an answer before retrying.")
+@click.option("--no-pack", is_flag=True,
+              help="Send every job alone (by default completions and embeddings that differ only "
+                   "in prompt/input share requests).")
 @click.option("--no-progress", is_flag=True, help="No live progress display or status lines.")
 def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | None, burst_s: float,
                 concurrency: int, max_attempts: int, retry_failed: bool, base_url: str,
-                api_key_env: str, read_timeout: float, no_progress: bool) -> None:
+                api_key_env: str, read_timeout: float, no_pack: bool, no_progress: bool) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
@@ -91,7 +94,7 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         rpm=rpm, tpm=tpm, burst_s=burst_s,
         dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
                                 retry_failed=retry_failed),
-        read_timeout=read_timeout)
+        pack=not no_pack, read_timeout=read_timeout)
     sys.exit(_execute(config, progress=not no_progress))
 
 

@@ -28,7 +28,7 @@ import orjson
 
 from jobs import tokens
 from jobs.job import Job
-from jobs.packing import MissingChoices, Request, single, split_response
+from jobs.packing import Budget, MissingChoices, Packer, Request, halves, single, split_response
 from jobs.reader import BadLine, Duplicate
 from jobs.results import DUPLICATE, OutputState, error_record, success_record
 from runner.endpoint import Endpoint
@@ -44,6 +44,8 @@ MIN_CONCURRENCY = 8           # floor of the adaptive limit
 CONCURRENCY_HEADROOM = 1.5    # in flight = budget rate x latency x headroom (Little's law)
 LATENCY_SMOOTHING = 0.2       # EWMA weight of the newest latency sample
 PENDING_PER_SLOT = 4          # requests waiting for budget, per concurrency slot
+MAX_PENDING_JOBS = 16_384     # jobs inside the dispatcher at once (bounds memory with packing)
+PACK_FLUSH_S = 0.05           # send partial packs when the input pauses this long
 GRACE_S = 5.0                 # how long answers already on the wire may take after stop()
 
 
@@ -65,6 +67,34 @@ class DispatchConfig:
     @property
     def max_pending(self) -> int:
         return self.concurrency * PENDING_PER_SLOT
+
+
+class Room:
+    """Bounds the requests and jobs inside the dispatcher (memory). One producer waits in `enter`;
+    a request bigger than the whole room still enters when the room is empty."""
+
+    __slots__ = ("max_requests", "max_jobs", "requests", "jobs", "_freed")
+
+    def __init__(self, max_requests: int, max_jobs: int) -> None:
+        self.max_requests, self.max_jobs = max_requests, max_jobs
+        self.requests = self.jobs = 0
+        self._freed = asyncio.Event()
+
+    def _fits(self, jobs: int) -> bool:
+        return self.requests == 0 or (self.requests < self.max_requests
+                                      and self.jobs + jobs <= self.max_jobs)
+
+    async def enter(self, jobs: int) -> None:
+        while not self._fits(jobs):
+            self._freed.clear()
+            await self._freed.wait()
+        self.requests += 1
+        self.jobs += jobs
+
+    def leave(self, jobs: int) -> None:
+        self.requests -= 1
+        self.jobs -= jobs
+        self._freed.set()
 
 
 class Slots:
@@ -116,6 +146,18 @@ class Slots:
                 fut.set_result(None)
 
 
+def _blames_a_prompt(response: HttpResponse | None) -> bool:
+    """Whether a refusal may be one prompt's fault (its `param` is unset or the prompt list)."""
+    if response is None:
+        return False
+    try:
+        error = orjson.loads(response.body).get("error") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return True
+    param = error.get("param") if isinstance(error, dict) else None
+    return param in (None, "prompt", "input", "messages")
+
+
 def requests_per_second(limiters: Limiters) -> float | None:
     """The request rate all budgets together allow; None if any is unlimited or still unknown."""
     total = 0.0
@@ -126,8 +168,10 @@ def requests_per_second(limiters: Limiters) -> float | None:
     return total or None
 
 
-class Packer:
-    """Turns jobs into requests. This one sends each job alone; packing replaces it (see jobs.packing)."""
+class SinglePacker:
+    """Sends every job alone (`--no-pack`)."""
+
+    held = 0
 
     def add(self, job: Job, charge: int) -> list[Request]:
         return [single(job, charge)]
@@ -142,7 +186,7 @@ class Dispatcher:
     def __init__(self, *, send: Send, endpoint: Endpoint, limiters: Limiters,
                  sink: Callable[[dict[str, Any]], None], config: DispatchConfig = DispatchConfig(),
                  stats: RunStats | None = None, backoff: Backoff | None = None,
-                 packer: Any = None, clock: Callable[[], float] | None = None,
+                 pack: bool = True, clock: Callable[[], float] | None = None,
                  sleep: Callable[[float], Any] = asyncio.sleep,
                  log: Callable[[str], None] = lambda message: None) -> None:
         self._send = send
@@ -152,7 +196,7 @@ class Dispatcher:
         self.config = config
         self.stats = stats or RunStats()
         self._backoff = backoff or Backoff()
-        self._packer = packer or Packer()
+        self._packer: Packer | SinglePacker = Packer(self._budget) if pack else SinglePacker()
         self._clock = clock
         self._sleep = sleep
         self._log = log
@@ -160,7 +204,7 @@ class Dispatcher:
         self._latency: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[Any]] = set()
-        self._pending = asyncio.Semaphore(config.max_pending)
+        self._room = Room(config.max_pending, MAX_PENDING_JOBS)
         self._stopped = asyncio.Event()
 
     # -- control ---------------------------------------------------------------------------------
@@ -180,6 +224,13 @@ class Dispatcher:
         if self._clock is None:
             self._clock = asyncio.get_running_loop().time
         return self._clock()
+
+    def _budget(self, model: str) -> Budget | None:
+        """What the model's limiter knows of its budget, for sizing packs."""
+        limiter = self._limiters.get(self._endpoint.budget_key(model))
+        bucket = limiter.tokens_bucket
+        return Budget(rpm=limiter.rpm, tpm=limiter.tpm,
+                      token_capacity=bucket.capacity if bucket is not None else None)
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -219,45 +270,78 @@ class Dispatcher:
         await asyncio.gather(producer, *self._tasks, return_exceptions=True)
 
     async def _produce(self, items: AsyncIterable[Job | BadLine | Duplicate], state: OutputState) -> None:
-        stats = self.stats
-        async for item in items:
-            if self.stopping:
-                return
-            if isinstance(item, BadLine):
-                stats.bad_lines += 1
-                self._log(str(item))
-                continue
-            if isinstance(item, Duplicate):
-                stats.duplicates += 1
-                self._log(str(item))
-                if item.custom_id not in state.noted_duplicates:
-                    self._sink(error_record(item.custom_id, DUPLICATE, str(item)))
-                continue
-            stats.jobs += 1
-            if not state.needs_run(item.custom_id, retry_failed=self.config.retry_failed):
-                if item.custom_id in state.done:
-                    stats.already_done += 1
+        lines: asyncio.Queue[Job | BadLine | Duplicate | None] = asyncio.Queue(maxsize=1024)
+
+        async def read() -> None:
+            async for item in items:
+                await lines.put(item)
+            await lines.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while not self.stopping:
+                if self._packer.held and lines.empty():
+                    try:  # the input paused: send partial packs rather than hold them back
+                        item = await asyncio.wait_for(lines.get(), PACK_FLUSH_S)
+                    except asyncio.TimeoutError:
+                        await self._submit_all(self._packer.flush())
+                        continue
                 else:
-                    stats.kept_failed += 1
-                continue
-            overflow = tokens.context_overflow(item.url, item.body)
-            if overflow is not None:
-                self._fail_jobs((item,), "context_length_exceeded", overflow)
-                continue
-            for request in self._packer.add(item, tokens.rate_limit_charge(item.url, item.body)):
-                await self._submit(request)
-        for request in self._packer.flush():
+                    item = await lines.get()
+                if item is None:
+                    break
+                await self._submit_all(self._admit(item, state))
+            await self._submit_all(self._packer.flush())
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            raise reader.exception()  # type: ignore[misc]
+
+    def _admit(self, item: Job | BadLine | Duplicate, state: OutputState) -> list[Request]:
+        """One input item: report it, skip it, fail it, or hand it to the packer."""
+        stats = self.stats
+        if isinstance(item, BadLine):
+            stats.bad_lines += 1
+            self._log(str(item))
+            return []
+        if isinstance(item, Duplicate):
+            stats.duplicates += 1
+            self._log(str(item))
+            if item.custom_id not in state.noted_duplicates:
+                self._sink(error_record(item.custom_id, DUPLICATE, str(item)))
+            return []
+        stats.jobs += 1
+        if not state.needs_run(item.custom_id, retry_failed=self.config.retry_failed):
+            if item.custom_id in state.done:
+                stats.already_done += 1
+            else:
+                stats.kept_failed += 1
+            return []
+        overflow = tokens.context_overflow(item.url, item.body)
+        if overflow is not None:
+            self._fail_jobs((item,), "context_length_exceeded", overflow)
+            return []
+        return self._packer.add(item, tokens.rate_limit_charge(item.url, item.body))
+
+    async def _submit_all(self, requests: list[Request]) -> None:
+        for request in requests:
             await self._submit(request)
 
     async def _submit(self, request: Request) -> None:
-        await self._pending.acquire()
-        task = asyncio.create_task(self._process(request))
+        jobs = len(request.jobs)
+        await self._room.enter(jobs)
+        task = self._spawn(self._process(request))
+        task.add_done_callback(lambda _: self._room.leave(jobs))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._pending.release()
         if not task.cancelled() and task.exception() is not None:
             self._log(f"internal error: {task.exception()!r}")
             self.stop("internal error")
@@ -271,7 +355,10 @@ class Dispatcher:
             try:
                 charged = await limiter.acquire(request.charge)
             except RequestTooLarge as exc:
-                self._fail_jobs(request.jobs, "request_too_large", str(exc))
+                if request.packed:  # packed before the budget was known: send it in halves
+                    await asyncio.wait([self._spawn(self._process(part)) for part in halves(request)])
+                else:
+                    self._fail_jobs(request.jobs, "request_too_large", str(exc))
                 return
             await self.slots.acquire()
             try:
@@ -365,8 +452,17 @@ class Dispatcher:
 
     async def _fail_request(self, request: Request, verdict: Verdict,
                             response: HttpResponse | None) -> None:
-        """A permanent refusal: every job of the request fails with it."""
-        self._fail_jobs(request.jobs, verdict.code, verdict.message, response)
+        """A permanent refusal. A pack refused for something one prompt can cause is split in two
+        and each half sent again (bisection), so only the guilty jobs fail; a refusal that names
+        another field (`param`: temperature, n, ...) is shared by every job, so all fail at once."""
+        if not request.packed or not _blames_a_prompt(response):
+            self._fail_jobs(request.jobs, verdict.code, verdict.message, response)
+            return
+        parts = halves(request)
+        self.stats.bisect_requests += len(parts)
+        self._log(f"a pack of {len(request.jobs)} jobs was refused ({verdict.code}); sending it as "
+                  f"{len(parts)} halves to find the job(s) at fault")
+        await asyncio.wait([self._spawn(self._process(part)) for part in parts])
 
     def _fail_jobs(self, jobs: tuple[Job, ...], code: str, message: str,
                    response: HttpResponse | None = None) -> None:

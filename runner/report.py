@@ -34,6 +34,7 @@ class RunStats:
     requests: int = 0             # HTTP requests sent
     retries: int = 0
     rate_limited: int = 0         # 429 answers (rate limit, not quota)
+    bisect_requests: int = 0      # extra requests spent splitting refused packs
     charged_tokens: int = 0       # our estimate of what the rate limiter charged
     in_flight: int = 0
     usage: dict[str, ModelUsage] = field(default_factory=dict)
@@ -79,6 +80,8 @@ def summary_lines(stats: RunStats, output: str) -> list[str]:
         lines.append("failures: " + ", ".join(f"{code} {n:,}" for code, n in stats.failed.most_common()))
     lines.append(f"requests: {stats.requests:,} sent · {stats.retries:,} retries · "
                  f"{stats.rate_limited:,} rate-limited (429) · wall {wall:,.1f}s")
+    if stats.bisect_requests:
+        lines.append(f"bisecting refused packs cost {stats.bisect_requests:,} extra requests")
     for model, usage in sorted(stats.usage.items()):
         lines.append(f"tokens {model}: {usage.prompt_tokens:,} in · {usage.completion_tokens:,} out")
     if stats.stop_reason:

@@ -76,9 +76,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                read_timeout=config.read_timeout)
         send = aiohttp_sender(session)
     limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s)
-    packer = None  # one job per request (packing comes with jobs.packing.Packer)
     dispatcher = Dispatcher(send=send, endpoint=config.endpoint, limiters=limiters,
-                            sink=checkpoint.append, config=config.dispatch, packer=packer, log=log)
+                            sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log)
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     for sig in signals:
         loop.add_signal_handler(sig, dispatcher.stop, f"interrupted by {sig.name}")

@@ -240,3 +240,54 @@ async def test_slots_limit_can_change_while_held_and_survive_cancellation():
     slots.release()
     slots.release()
     assert slots.used == 0
+
+
+def comp_job(i, prompt=None):
+    return Job(f"c{i}", "/v1/completions",
+               {"model": "gpt-3.5-turbo-instruct", "prompt": prompt or f"prompt number {i:04d}", "max_tokens": 8}, i + 1)
+
+
+def test_partial_packs_are_sent_as_soon_as_the_input_pauses():
+    async def slow_items():
+        for i in range(3):
+            yield comp_job(i)
+        await asyncio.sleep(10.0)  # a slow writer on stdin
+        for i in range(3, 6):
+            yield comp_job(i)
+
+    script = Script()
+    records = []
+
+    async def main():
+        d = Dispatcher(send=script, endpoint=Endpoint(base_url=BASE, api_key="k"),
+                       limiters=Limiters(rpm=600, tpm=1_000_000), sink=records.append)
+        return await d.run(slow_items(), OutputState())
+
+    run_virtual(main())
+    (t1, _, first), (t2, _, second) = script.calls
+    assert t1 < 0.1 and first["prompt"] == [f"prompt number {i:04d}" for i in range(3)]
+    assert 10.0 <= t2 < 10.1 and len(second["prompt"]) == 3
+    assert len(records) == 6 and all(r["error"] is None for r in records)
+
+
+def test_a_pack_found_too_large_for_the_learned_tpm_is_split_not_failed():
+    def rule(n, req, body):  # the server announces a small TPM on its first answer
+        path = req.url.split("?")[0]
+        return ok(path, body, headers={"x-ratelimit-limit-tokens": "400", "x-ratelimit-limit-requests": "6000"})
+
+    script = Script(rule)
+    records, stats = dispatch([comp_job(i) for i in range(128)], script)  # limits unknown: packs of 64
+    assert all(r["error"] is None for r in records) and len(records) == 128
+    sizes = [len(body["prompt"]) if isinstance(body["prompt"], list) else 1 for _, _, body in script.calls]
+    assert sizes[0] == 64 and max(sizes[1:]) * 14 <= 400
+    assert sum(sizes) == 128
+
+
+def test_a_refusal_naming_another_field_fails_the_whole_pack_without_bisecting():
+    refusal = error(400, "invalid_value", "temperature too high")
+    refusal = refusal.__class__(400, {}, orjson.dumps({"error": {"message": "bad", "type": "invalid_request_error",
+                                                                 "param": "temperature", "code": "invalid_value"}}))
+    script = Script(lambda n, req, body: refusal)
+    records, stats = dispatch([comp_job(i) for i in range(20)], script, rpm=600, tpm=1_000_000)
+    assert len(script.calls) == 1 and stats.bisect_requests == 0
+    assert len(records) == 20 and {r["error"]["code"] for r in records} == {"invalid_value"}
