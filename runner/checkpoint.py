@@ -124,9 +124,12 @@ def _account(raw: bytes, report: LoadReport, state: OutputState) -> None:
 class Checkpoint:
     """Appends result lines to the output; `sync()` makes them durable, `run_syncer()` does it often."""
 
-    def __init__(self, path: Path, *, fsync: Callable[[int], Any] = os.fsync) -> None:
+    def __init__(self, path: Path, *, fsync: Callable[[int], Any] = os.fsync,
+                 secrets: tuple[str, ...] = ()) -> None:
         self.path = path
         self._fsync = fsync
+        # an API key must never land in a result line, even if a server echoes it back
+        self._secrets = tuple(s.encode() for s in secrets if len(s) >= 8)
         self._fd: int | None = None
         self._dirty = False
         self.written = 0
@@ -145,6 +148,9 @@ class Checkpoint:
         """Hand one result line to the OS at once (one write: whole, or not at all, on a kill)."""
         assert self._fd is not None, "Checkpoint.open() first"
         data = orjson.dumps(record) + b"\n"
+        for secret in self._secrets:
+            if secret in data:
+                data = data.replace(secret, b"[REDACTED]")
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]

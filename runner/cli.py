@@ -9,11 +9,15 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+import orjson
+
 from runner import report
 from runner.checkpoint import CheckpointError
 from runner.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
 from runner.endpoint import DEFAULT_BASE_URL, Endpoint
 from runner.limiter import DEFAULT_BURST_S
+from runner.prices import PriceTable, PriceTableError, load_prices
+from runner.progress import LOG_INTERVAL_S
 from runner.run import RunConfig, run
 from runner.transport import READ_TIMEOUT_S
 
@@ -66,17 +70,40 @@ def main() -> None:
 @click.option("--retry-failed", is_flag=True, help="Also retry jobs that failed permanently (400, 404, ...) before.")
 @click.option("--base-url", envvar="OPENAI_BASE_URL", default=DEFAULT_BASE_URL, show_default=True,
               help="API base URL [env: OPENAI_BASE_URL].")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
-              help="Name of the environment variable holding the API key.")
+@click.option("--api-key-env", default=None,
+              help="Name of the environment variable holding the API key "
+                   "[default: OPENAI_API_KEY, or AZURE_OPENAI_API_KEY with --azure-endpoint].")
+@click.option("--azure-endpoint", envvar="AZURE_OPENAI_ENDPOINT",
+              help="Azure OpenAI resource endpoint, e.g. https://NAME.openai.azure.com; "
+                   "jobs go to its deployments [env: AZURE_OPENAI_ENDPOINT].")
+@click.option("--api-version", envvar="OPENAI_API_VERSION",
+              help="Azure OpenAI api-version, e.g. 2024-10-21 [env: OPENAI_API_VERSION].")
+@click.option("--deployment", "deployments", multiple=True, metavar="MODEL=NAME",
+              help="Azure: send jobs whose model is MODEL to deployment NAME (repeatable; "
+                   "default: the deployment named like the model).")
+@click.option("--azure-ad-token-env", metavar="NAME",
+              help="Azure: name of the variable holding a Microsoft Entra ID token, sent as a "
+                   "bearer token instead of an api-key.")
 @click.option("--timeout", "read_timeout", type=POSITIVE, default=READ_TIMEOUT_S, show_default=True,
               help="Seconds to wait for an answer before retrying.")
 @click.option("--no-pack", is_flag=True,
               help="Send every job alone (by default completions and embeddings that differ only "
                    "in prompt/input share requests).")
 @click.option("--no-progress", is_flag=True, help="No live progress display or status lines.")
+@click.option("--status-every", "status_interval", type=POSITIVE, default=LOG_INTERVAL_S,
+              show_default=True, help="Seconds between status lines when stderr is not a terminal (cron).")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append timestamped messages, status lines and the summary to this file.")
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the run summary as JSON to this file.")
+@click.option("--prices", "prices_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A price table (TOML) whose entries replace the shipped ones, for cost estimates.")
 def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | None, burst_s: float,
                 concurrency: int, max_attempts: int, retry_failed: bool, base_url: str,
-                api_key_env: str, read_timeout: float, no_pack: bool, no_progress: bool) -> None:
+                api_key_env: str | None, azure_endpoint: str | None, api_version: str | None,
+                deployments: tuple[str, ...], azure_ad_token_env: str | None, read_timeout: float,
+                no_pack: bool, no_progress: bool, status_interval: float, log_file: Path | None,
+                summary_json: Path | None, prices_file: Path | None) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
@@ -85,17 +112,53 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
     """
     if input_path != "-":
         _check_readable(input_path)
-    api_key = os.environ.get(api_key_env, "")
-    if not api_key:
-        _usage_error(f"no API key: set the environment variable {api_key_env} "
-                     f"(or name another one with --api-key-env)")
+    prices = _load_prices(prices_file)
+    endpoint = _endpoint(base_url, api_key_env, azure_endpoint, api_version, deployments,
+                         azure_ad_token_env)
     config = RunConfig(
-        input=input_path, output=output, endpoint=Endpoint(base_url=base_url, api_key=api_key),
-        rpm=rpm, tpm=tpm, burst_s=burst_s,
+        input=input_path, output=output, endpoint=endpoint, rpm=rpm, tpm=tpm, burst_s=burst_s,
         dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
                                 retry_failed=retry_failed),
-        pack=not no_pack, read_timeout=read_timeout)
-    sys.exit(_execute(config, progress=not no_progress))
+        pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval)
+    sys.exit(_execute(config, progress=not no_progress, log_file=log_file,
+                      summary_json=summary_json, prices=prices))
+
+
+def _endpoint(base_url: str, api_key_env: str | None, azure_endpoint: str | None,
+              api_version: str | None, deployments: tuple[str, ...],
+              azure_ad_token_env: str | None) -> Endpoint:
+    """The endpoint and its credentials from the options and the environment (exit 2 if missing)."""
+    azure = bool(azure_endpoint)
+    if not azure and (deployments or azure_ad_token_env):
+        _usage_error("--deployment and --azure-ad-token-env need --azure-endpoint (or AZURE_OPENAI_ENDPOINT)")
+    mapping: dict[str, str] = {}
+    for item in deployments:
+        model, sep, name = item.partition("=")
+        if not sep or not model or not name:
+            _usage_error(f"--deployment {item!r}: expected MODEL=DEPLOYMENT")
+        mapping[model] = name
+    if azure and not api_version:
+        _usage_error("Azure OpenAI needs an api-version: pass --api-version or set OPENAI_API_VERSION "
+                     "(e.g. 2024-10-21)")
+    key_env = azure_ad_token_env or api_key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY")
+    api_key = os.environ.get(key_env, "")
+    if not api_key:
+        what = "Microsoft Entra ID token" if azure_ad_token_env else "API key"
+        _usage_error(f"no {what}: set the environment variable {key_env}"
+                     + ("" if azure_ad_token_env else " (or name another one with --api-key-env)"))
+    if azure:
+        return Endpoint(base_url=azure_endpoint or "", api_key=api_key, azure=True,
+                        api_version=api_version, bearer=bool(azure_ad_token_env),
+                        deployments=mapping)
+    return Endpoint(base_url=base_url, api_key=api_key)
+
+
+def _load_prices(path: Path | None) -> PriceTable:
+    try:
+        return load_prices(path)
+    except PriceTableError as e:
+        _usage_error(str(e))
+        raise  # unreachable: _usage_error exits
 
 
 def _check_readable(path: str) -> None:
@@ -111,16 +174,32 @@ def _usage_error(message: str) -> None:
     sys.exit(report.EXIT_USAGE)
 
 
-def _execute(config: RunConfig, *, progress: bool = True) -> int:
+def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None = None,
+             summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
     console = Console(stderr=True)
     try:
-        stats = asyncio.run(run(config, console=console, progress=progress))
-    except CheckpointError as e:
-        click.echo(f"runner: {e}", err=True)
+        log = report.RunLog(lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True),
+                            log_file, secrets=(config.endpoint.api_key,))
+    except OSError as e:
+        click.echo(f"runner: cannot open log file {log_file}: {e.strerror}", err=True)
         return report.EXIT_USAGE
-    for line in report.summary_lines(stats, str(config.output)):
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
-    return stats.exit_code()
+    try:
+        log(f"runner: {config.input} -> {config.output}", echo=False)
+        try:
+            stats = asyncio.run(run(config, console=console, log=log, progress=progress))
+        except CheckpointError as e:
+            log(f"runner: {e}")
+            return report.EXIT_USAGE
+        for line in report.summary_lines(stats, str(config.output), prices):
+            log(line)
+        if summary_json is not None:
+            data = report.summary_dict(stats, str(config.output), prices)
+            summary_json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        code = stats.exit_code()
+        log(f"runner: exit code {code}", echo=False)
+        return code
+    finally:
+        log.close()
 
 
 @main.command()
@@ -166,14 +245,14 @@ def demo(output: Path) -> None:
     if not DEMO_INPUT.exists():
         _usage_error(f"demo job file not found: {DEMO_INPUT}")
     output.unlink(missing_ok=True)
-    sim = SimConfig(rpm=1200, tpm=400_000, burst_s=2.0, latency_ms=80, fault_rate=0.03, seed=7)
+    sim = SimConfig(rpm=3000, tpm=1_000_000, burst_s=2.0, latency_ms=80, fault_rate=0.03, seed=7)
     click.echo(f"runner demo: simulated API with RPM {sim.rpm}, TPM {sim.tpm:,}, "
                f"{sim.fault_rate:.0%} injected faults; jobs {DEMO_INPUT.name} -> {output}", err=True)
     with run_in_thread(sim) as base_url:
         config = RunConfig(input=str(DEMO_INPUT), output=output,
                            endpoint=Endpoint(base_url=base_url, api_key="sk-demo"),
-                           dispatch=DispatchConfig(max_attempts=8))
-        code = _execute(config)
+                           dispatch=DispatchConfig(max_attempts=8), status_interval=1.0)
+        code = _execute(config, prices=load_prices())
     click.echo(f"runner demo: exit code {code}; results in {output}", err=True)
     sys.exit(code)
 

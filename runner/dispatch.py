@@ -396,6 +396,8 @@ class Dispatcher:
         self._sending.add(task)
         self.stats.requests += 1
         self.stats.charged_tokens += charged
+        self.stats.model_requests[request.model] += 1
+        self.stats.model_charged[request.model] += charged
         self.stats.in_flight += 1
         started = self._now()
         try:

@@ -14,7 +14,7 @@ from runner import checkpoint as ckpt
 from runner.dispatch import DispatchConfig, Dispatcher
 from runner.endpoint import Endpoint
 from runner.limiter import DEFAULT_BURST_S, Limiters
-from runner.progress import ProgressReporter, describe_limits
+from runner.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
 from runner.report import RunStats
 from runner.source import count_lines, read_items
 from runner.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
@@ -34,6 +34,7 @@ class RunConfig:
     pack: bool = True
     connect_timeout: float = CONNECT_TIMEOUT_S
     read_timeout: float = READ_TIMEOUT_S
+    status_interval: float = LOG_INTERVAL_S  # seconds between status lines when not on a terminal
 
 
 async def run(config: RunConfig, *, send: Send | None = None, console: Console | None = None,
@@ -53,7 +54,7 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
                 "interrupted run; its job runs again")
         for number in loaded.bad_lines:
             log(f"{config.output}:{number}: not a result line (skipped; its job runs again)")
-        checkpoint = ckpt.Checkpoint(config.output)
+        checkpoint = ckpt.Checkpoint(config.output, secrets=(config.endpoint.api_key,))
         checkpoint.open()
         try:
             return await _dispatch(config, state, checkpoint, send, console, log, progress,
@@ -86,9 +87,14 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
         if progress:
             total = count_lines(config.input)
             reporter = ProgressReporter(dispatcher.stats, total, console=console, clock=loop.time,
-                                        limits=lambda: describe_limits(limiters), log=log)
+                                        limits=lambda: describe_limits(limiters), log=log,
+                                        log_interval=config.status_interval)
             helpers.append(asyncio.create_task(reporter.run()))
-        return await dispatcher.run(read_items(config.input), state)
+        stats = await dispatcher.run(read_items(config.input), state)
+        for model in stats.model_requests:
+            limiter = limiters.get(config.endpoint.budget_key(model))
+            stats.limits[model] = (limiter.rpm, limiter.tpm)
+        return stats
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
