@@ -1,0 +1,238 @@
+"""What a job file will take before anything is spent: requests, tokens, time and cost per model.
+
+Pure: an `Estimator` is fed the items of `jobs.reader.read_jobs` (jobs, bad lines, duplicates) one
+at a time and keeps only per-model sums and a bounded sample of flagged lines, so memory stays
+flat however large the file (the packer's open packs are bounded by `MAX_OPEN_PACKS`).
+
+It counts what a run would do with the file: duplicates and jobs over their model's context window
+are never sent (the dispatcher fails them at once), every other job is packed by the same
+`jobs.packing.Packer` the run uses and charged with the same `jobs.tokens` functions. Prices come
+in as a function, so this module knows nothing of price tables.
+
+The numbers:
+
+- `prompt_tokens`: true prompt tokens (tiktoken), what input is billed on;
+- `max_completion_tokens`: the completion budget (max tokens x n), an upper bound on output;
+- `charge`: what the API's rate limiter counts against TPM (ceil(chars / 4) + budget);
+- `minutes`: max(requests / RPM, charge / TPM) per model, a lower bound on wall time (retries,
+  latency and a smaller server-side limit only add to it); models run in parallel, so the whole
+  run takes the longest model's time; None when neither limit is known;
+- `cost`: prompt tokens x input price + max completion tokens x output price, an upper bound,
+  except for chat jobs without a max tokens field, whose output is unbounded and not included
+  (counted in `uncapped`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs import tokens
+from jobs.job import CHAT, Job
+from jobs.packing import Budget, Packer, Request
+from jobs.reader import BadLine, Duplicate, read_jobs
+
+MAX_FLAGGED = 20  # lines of each kind kept for the report; the rest are only counted
+COMPLETION_CAP_KEYS = ("max_completion_tokens", "max_tokens")
+
+CostFn = Callable[[str, int, int], "float | None"]  # (model, prompt, completion) -> USD or None
+
+
+def _no_prices(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """One flagged input line: where it is and why."""
+
+    path: str
+    line: int
+    reason: str
+    custom_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+@dataclass(slots=True)
+class FlagSample:
+    """How many lines of one kind were flagged, and the first `limit` of them."""
+
+    limit: int = MAX_FLAGGED
+    count: int = 0
+    first: list[Flag] = field(default_factory=list)
+
+    def add(self, flag: Flag) -> None:
+        self.count += 1
+        if len(self.first) < self.limit:
+            self.first.append(flag)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count,
+                "first": [{"line": f.line, "custom_id": f.custom_id, "reason": f.reason}
+                          for f in self.first]}
+
+
+@dataclass(slots=True)
+class ModelEstimate:
+    """Sums for one model. Token and request counts cover only jobs a run would send."""
+
+    model: str
+    jobs: int = 0                   # valid, unique jobs naming this model
+    over_context: int = 0           # of those, never sent: over the context window
+    requests: int = 0               # API calls after packing
+    packed_jobs: int = 0            # jobs that share a request with others
+    prompt_tokens: int = 0
+    max_completion_tokens: int = 0
+    charge: int = 0                 # rate-limit tokens
+    uncapped: int = 0               # chat jobs without max tokens: output not bounded
+    cost: float | None = None       # USD, filled in by `Estimator.finish`; None = unknown price
+
+    def minutes(self, budget: Budget) -> float | None:
+        """max(requests / RPM, charge / TPM) over the limits known; None when none is."""
+        terms = [n / limit for n, limit in ((self.requests, budget.rpm), (self.charge, budget.tpm))
+                 if limit]
+        return max(terms) if terms else None
+
+    def to_json(self, budget: Budget) -> dict[str, Any]:
+        return {"model": self.model, "jobs": self.jobs, "over_context": self.over_context,
+                "requests": self.requests, "packed_jobs": self.packed_jobs,
+                "prompt_tokens": self.prompt_tokens,
+                "max_completion_tokens": self.max_completion_tokens,
+                "rate_limit_charge": self.charge, "uncapped_jobs": self.uncapped,
+                "minutes": self.minutes(budget), "cost_usd": self.cost}
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The whole file: per-model sums, flagged lines, and the limits the times assume."""
+
+    path: str
+    budget: Budget
+    models: tuple[ModelEstimate, ...]
+    bad_lines: FlagSample
+    duplicates: FlagSample
+    over_context: FlagSample
+
+    @property
+    def jobs(self) -> int:
+        """Valid, unique jobs (over-context ones included: they get an error line)."""
+        return sum(m.jobs for m in self.models)
+
+    @property
+    def requests(self) -> int:
+        return sum(m.requests for m in self.models)
+
+    @property
+    def minutes(self) -> float | None:
+        """Models run in parallel: the longest model's time; None without any limit."""
+        times = [t for m in self.models if (t := m.minutes(self.budget)) is not None]
+        return max(times) if times else None
+
+    @property
+    def cost(self) -> float:
+        """USD for the models with a known price (see `unpriced`)."""
+        return sum(m.cost for m in self.models if m.cost is not None)
+
+    @property
+    def unpriced(self) -> list[str]:
+        """Models sent to the API whose price is unknown: not in `cost`."""
+        return [m.model for m in self.models if m.cost is None and m.requests]
+
+    @property
+    def uncapped(self) -> int:
+        return sum(m.uncapped for m in self.models)
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, as plain JSON types (for `--json`)."""
+        return {
+            "input": self.path,
+            "limits": {"rpm": self.budget.rpm, "tpm": self.budget.tpm},
+            "jobs": self.jobs, "requests": self.requests,
+            "bad_lines": self.bad_lines.to_json(), "duplicates": self.duplicates.to_json(),
+            "over_context": self.over_context.to_json(),
+            "models": [m.to_json(self.budget) for m in self.models],
+            "total": {"minutes": self.minutes, "cost_usd": self.cost,
+                      "cost_is_upper_bound": self.uncapped == 0,
+                      "uncapped_jobs": self.uncapped, "unpriced_models": self.unpriced},
+        }
+
+
+def has_completion_cap(job: Job) -> bool:
+    """Whether the job's output is bounded: chat needs max_completion_tokens or max_tokens;
+    completions default to 16 tokens; embeddings have no output."""
+    if job.url != CHAT:
+        return True
+    return any(isinstance(job.body.get(k), int) and not isinstance(job.body.get(k), bool)
+               for k in COMPLETION_CAP_KEYS)
+
+
+class Estimator:
+    """Feeds on reader items in file order; `finish()` returns the `Estimate`."""
+
+    def __init__(self, path: str, *, rpm: float | None = None, tpm: float | None = None,
+                 cost: CostFn = _no_prices, max_flagged: int = MAX_FLAGGED) -> None:
+        self.path = path
+        self.budget = Budget(rpm=rpm, tpm=tpm)
+        self._cost = cost
+        has_limits = rpm is not None or tpm is not None
+        self._packer = Packer(budget=(lambda model: self.budget) if has_limits else (lambda model: None))
+        self._models: dict[str, ModelEstimate] = {}
+        self._bad = FlagSample(max_flagged)
+        self._duplicates = FlagSample(max_flagged)
+        self._over = FlagSample(max_flagged)
+
+    def _model(self, name: str) -> ModelEstimate:
+        entry = self._models.get(name)
+        if entry is None:
+            entry = self._models[name] = ModelEstimate(name)
+        return entry
+
+    def feed(self, item: Job | BadLine | Duplicate) -> None:
+        if isinstance(item, BadLine):
+            self._bad.add(Flag(item.path, item.line, item.reason, item.custom_id))
+            return
+        if isinstance(item, Duplicate):
+            self._duplicates.add(Flag(item.path, item.line, item.reason, item.custom_id))
+            return
+        model = self._model(item.model)
+        model.jobs += 1
+        overflow = tokens.context_overflow(item.url, item.body)
+        if overflow is not None:
+            model.over_context += 1
+            self._over.add(Flag(self.path, item.line, overflow, item.custom_id))
+            return
+        charge = tokens.rate_limit_charge(item.url, item.body)
+        model.prompt_tokens += tokens.prompt_tokens(item.url, item.body)
+        model.max_completion_tokens += tokens.max_completion_tokens(item.url, item.body)
+        model.charge += charge
+        if not has_completion_cap(item):
+            model.uncapped += 1
+        self._count(self._packer.add(item, charge))
+
+    def _count(self, requests: Iterable[Request]) -> None:
+        for request in requests:
+            model = self._model(request.jobs[0].model)
+            model.requests += 1
+            if request.packed:
+                model.packed_jobs += len(request.jobs)
+
+    def finish(self) -> Estimate:
+        """The estimate of everything fed so far (flushes partial packs; call once)."""
+        self._count(self._packer.flush())
+        for model in self._models.values():
+            model.cost = self._cost(model.model, model.prompt_tokens, model.max_completion_tokens)
+        return Estimate(path=self.path, budget=self.budget,
+                        models=tuple(sorted(self._models.values(), key=lambda m: m.model)),
+                        bad_lines=self._bad, duplicates=self._duplicates, over_context=self._over)
+
+
+def estimate_lines(lines: Iterable[bytes], path: str, *, rpm: float | None = None,
+                   tpm: float | None = None, cost: CostFn = _no_prices,
+                   max_flagged: int = MAX_FLAGGED) -> Estimate:
+    """The estimate of a stream of raw input lines (`path` names them in messages)."""
+    estimator = Estimator(path, rpm=rpm, tpm=tpm, cost=cost, max_flagged=max_flagged)
+    for item in read_jobs(lines, path):
+        estimator.feed(item)
+    return estimator.finish()

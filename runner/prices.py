@@ -1,0 +1,144 @@
+"""What tokens cost: the price table shipped with runner (`prices.toml`), optionally overridden.
+
+The table is data, dated and sourced in the file itself; it goes out of date, so users may pass
+their own file of the same format (`--prices FILE`) whose entries replace the shipped ones.
+A model is priced only when the table knows it: by its full name, else by its name without a date
+suffix (`gpt-4o-mini-2024-07-18` -> `gpt-4o-mini`). Anything else is unknown (None), never guessed
+from a similar name: `gpt-5-pro` is not `gpt-5`, a fine-tune is not its base model.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+PER_TOKENS = 1_000_000  # prices are per this many tokens
+PACKAGED = "prices.toml"
+
+# A snapshot date at the end of a model name: -2024-07-18 (new style) or -0125 (old style),
+# optionally followed by -preview (gpt-4-0125-preview).
+_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})(?:-preview)?$")
+_FIELDS = {"input", "cached_input", "output"}
+
+
+class PriceTableError(ValueError):
+    """A price file is unreadable, not TOML, or not in the documented format; names file and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per 1M tokens. `cached_input` is None when the source lists no cached price."""
+
+    input: float
+    output: float = 0.0
+    cached_input: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cached_input"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    """Prices by model name (lower case), and where they come from."""
+
+    models: Mapping[str, Price]
+    source: str = ""
+    as_of: str = ""
+    files: tuple[str, ...] = ()
+
+    def lookup(self, model: str) -> Price | None:
+        """The price of `model`: its exact entry, else the entry of its name without a date
+        suffix; None when neither exists. A provider prefix (`openai/gpt-4o`) is ignored."""
+        name = model.strip().lower().rsplit("/", 1)[-1]
+        if name in self.models:
+            return self.models[name]
+        base = _DATE_SUFFIX.sub("", name)
+        return self.models.get(base) if base != name else None
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """USD for these token counts at list price (no cache hits); None for an unknown model."""
+        price = self.lookup(model)
+        if price is None:
+            return None
+        return (prompt_tokens * price.input + completion_tokens * price.output) / PER_TOKENS
+
+    def updated(self, other: PriceTable) -> PriceTable:
+        """This table with `other`'s entries added, replacing same-named ones (a user override)."""
+        return PriceTable(models=MappingProxyType({**self.models, **other.models}),
+                          source="; ".join(s for s in (self.source, other.source) if s),
+                          as_of=other.as_of or self.as_of,
+                          files=self.files + other.files)
+
+
+def parse_prices(text: str, origin: str) -> PriceTable:
+    """A price table from TOML text; PriceTableError naming `origin` and the key when malformed."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PriceTableError(f"{origin}: not valid TOML: {e}") from None
+    unknown = set(data) - {"meta", "models"}
+    if unknown:
+        raise PriceTableError(f"{origin}: unknown table {sorted(unknown)[0]!r}; "
+                              f"expected [meta] and [models.NAME]")
+    meta = data.get("meta", {})
+    models = data.get("models", {})
+    if not isinstance(meta, dict) or not isinstance(models, dict):
+        raise PriceTableError(f"{origin}: [meta] and [models] must be tables")
+    prices = {name.lower(): _price(origin, name, entry) for name, entry in models.items()}
+    return PriceTable(models=MappingProxyType(prices), source=str(meta.get("source", "")),
+                      as_of=str(meta.get("as_of", "")), files=(origin,))
+
+
+def _price(origin: str, name: str, entry: Any) -> Price:
+    where = f"{origin}: models.{name}"
+    if not isinstance(entry, dict):
+        raise PriceTableError(f"{where} must be a table with input = ... and output = ...")
+    unknown = set(entry) - _FIELDS
+    if unknown:
+        raise PriceTableError(f"{where}: unknown key {sorted(unknown)[0]!r}; "
+                              f"expected {', '.join(sorted(_FIELDS))}")
+    if "input" not in entry:
+        raise PriceTableError(f"{where}: missing input (USD per 1M input tokens)")
+    values: dict[str, float] = {}
+    for key, value in entry.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PriceTableError(f"{where}.{key} must be a number, got {value!r}")
+        values[key] = float(value)
+    try:
+        return Price(**values)
+    except ValueError as e:
+        raise PriceTableError(f"{where}: {e}") from None
+
+
+@functools.cache
+def packaged_prices() -> PriceTable:
+    """The table shipped in the runner package (read once per process)."""
+    text = importlib.resources.files("runner").joinpath(PACKAGED).read_text(encoding="utf-8")
+    return parse_prices(text, f"runner/{PACKAGED}")
+
+
+def load_prices(override: Path | None = None) -> PriceTable:
+    """The shipped table, with the entries of the user's `override` file (if any) winning."""
+    table = packaged_prices()
+    if override is None:
+        return table
+    try:
+        text = override.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PriceTableError(f"cannot read price file {override}: {e}") from None
+    return table.updated(parse_prices(text, str(override)))
+
+
+def cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """USD at the shipped list prices; None for a model the table does not know."""
+    return packaged_prices().cost(model, prompt_tokens, completion_tokens)

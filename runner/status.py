@@ -1,0 +1,402 @@
+"""Where a job file stands, without calling the API: `status` after (or between) runs, and the
+file-reading shell and tables of `estimate` (whose logic is the pure `jobs.estimate`).
+
+Both only read. In particular `status` never touches OUTPUT: it does not take the run lock, and a
+torn last line (left by a killed run) is reported, not cut off; the next `runner run` cuts it.
+Both may therefore run while a run is writing OUTPUT, and see a consistent prefix of it.
+
+Status exit codes mirror what `runner run` would exit with if it had just finished, so a cron
+script needs one `case` for both commands:
+
+    0  every job of INPUT has a success line
+    1  nothing left a plain rerun would do, but some jobs failed permanently (or INPUT has bad or
+       duplicate lines); fix them, or rerun with --retry-failed
+    2  INPUT or OUTPUT cannot be read
+    3  work remains: jobs without a result line, or failed transiently (rate limit, 5xx, timeout,
+       quota); `runner run` with the same arguments resumes them
+
+3 wins over 1 because it is the one a script can act on by itself (run again).
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from jobs.estimate import Estimate, Flag, FlagSample, estimate_lines
+from jobs.job import Job
+from jobs.reader import BadLine, Duplicate, read_jobs
+from jobs.results import OutputState, failure_code
+from runner.prices import PriceTable
+from runner.report import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
+
+READ_CHUNK = 1 << 20
+MAX_SHOWN = 20  # ids or line numbers listed per kind; the rest are only counted
+STDIN = "-"
+
+
+class StatusError(Exception):
+    """INPUT or OUTPUT cannot be read (exit code 2)."""
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+@contextmanager
+def open_input(path: str) -> Iterator[IO[bytes]]:
+    """INPUT as a binary stream of lines ("-" is stdin); StatusError when unreadable."""
+    if path == STDIN:
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise StatusError(f"cannot read input {path}: {e.strerror}") from None
+    with f:
+        yield f
+
+
+def _input_name(path: str) -> str:
+    return "<stdin>" if path == STDIN else path
+
+
+class _TrackedState(OutputState):
+    """`OutputState` that also remembers the code of each transient failure."""
+
+    __slots__ = ("transient_codes",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transient_codes: dict[str, str] = {}
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        super().add(record)
+        custom_id = record.get("custom_id")
+        if isinstance(custom_id, str) and custom_id in self.transient:
+            self.transient_codes[custom_id] = failure_code(record)
+        elif isinstance(custom_id, str):
+            self.transient_codes.pop(custom_id, None)
+
+
+@dataclass(slots=True)
+class OutputScan:
+    """What a read-only pass over OUTPUT found (same line rules as `runner.checkpoint.load`)."""
+
+    exists: bool = False
+    lines: int = 0
+    torn_bytes: int = 0                   # an unfinished last line; the next run cuts it off
+    bad_lines: int = 0                    # lines that are not JSON objects; their jobs run again
+    first_bad_lines: list[int] = field(default_factory=list)
+
+
+def scan_output(path: Path, state: OutputState) -> OutputScan:
+    """Read OUTPUT into `state` without writing to it: a torn last line is counted and ignored
+    (exactly as `checkpoint.load` would ignore it before cutting it off). Missing file = empty."""
+    scan = OutputScan()
+    if not path.exists():
+        return scan
+    if path.is_dir():
+        raise StatusError(f"{path} is a directory, not an output file")
+    scan.exists = True
+    try:
+        with open(path, "rb") as f:
+            tail = b""
+            while chunk := f.read(READ_CHUNK):
+                data = tail + chunk
+                start = 0
+                while (nl := data.find(b"\n", start)) != -1:
+                    scan.lines += 1
+                    _account(data[start:nl], scan, state)
+                    start = nl + 1
+                tail = data[start:]
+    except OSError as e:
+        raise StatusError(f"cannot read output {path}: {e.strerror}") from None
+    scan.torn_bytes = len(tail)
+    return scan
+
+
+def _account(raw: bytes, scan: OutputScan, state: OutputState) -> None:
+    if not raw.strip():
+        return
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict):
+        scan.bad_lines += 1
+        if len(scan.first_bad_lines) < MAX_SHOWN:
+            scan.first_bad_lines.append(scan.lines)
+        return
+    state.add(record)
+
+
+# --- status -------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Status:
+    """Each valid, unique job of INPUT in exactly one of: done, failed permanently, failed
+    transiently, pending (no result line). Failures are counted by error code."""
+
+    input: str
+    output: str
+    jobs: int = 0
+    done: int = 0
+    permanent: Counter[str] = field(default_factory=Counter)
+    transient: Counter[str] = field(default_factory=Counter)
+    pending: int = 0
+    bad_lines: FlagSample = field(default_factory=lambda: FlagSample(MAX_SHOWN))
+    duplicates: FlagSample = field(default_factory=lambda: FlagSample(MAX_SHOWN))
+    unknown_ids: int = 0                  # result ids that INPUT does not contain
+    first_unknown_ids: list[str] = field(default_factory=list)
+    scan: OutputScan = field(default_factory=OutputScan)
+
+    @property
+    def failed_permanent(self) -> int:
+        return sum(self.permanent.values())
+
+    @property
+    def failed_transient(self) -> int:
+        return sum(self.transient.values())
+
+    @property
+    def remaining(self) -> int:
+        """Jobs a plain rerun would send: pending plus transient failures."""
+        return self.pending + self.failed_transient
+
+    def exit_code(self) -> int:
+        """0 all done; 3 a rerun has work; else 1 if anything failed or INPUT has bad lines."""
+        if self.remaining:
+            return EXIT_STOPPED
+        if self.failed_permanent or self.bad_lines.count or self.duplicates.count:
+            return EXIT_SOME_FAILED
+        return EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "input": self.input, "output": self.output, "exit_code": self.exit_code(),
+            "jobs": self.jobs, "done": self.done, "pending": self.pending,
+            "failed_permanent": {"total": self.failed_permanent, "by_code": dict(self.permanent)},
+            "failed_transient": {"total": self.failed_transient, "by_code": dict(self.transient)},
+            "remaining": self.remaining,
+            "bad_lines": self.bad_lines.to_json(), "duplicates": self.duplicates.to_json(),
+            "unknown_ids": {"count": self.unknown_ids, "first": self.first_unknown_ids},
+            "output_file": {"exists": self.scan.exists, "lines": self.scan.lines,
+                            "torn_bytes": self.scan.torn_bytes,
+                            "bad_lines": {"count": self.scan.bad_lines,
+                                          "first": self.scan.first_bad_lines}},
+        }
+
+
+def status(input_path: str, output: Path) -> Status:
+    """The status of INPUT's jobs in OUTPUT; StatusError when either cannot be read.
+
+    Memory: the ids of OUTPUT (as a run holds them) and of INPUT (as the reader's duplicate check
+    holds them); never a result body.
+    """
+    state = _TrackedState()
+    result = Status(input=_input_name(input_path), output=str(output))
+    result.scan = scan_output(output, state)
+    with open_input(input_path) as lines:
+        try:
+            for item in read_jobs(lines, result.input):
+                _classify(item, state, result)
+        except OSError as e:
+            raise StatusError(f"cannot read input {input_path}: {e.strerror}") from None
+    # What `_classify` did not claim belongs to no input line.
+    leftovers = [state.done, state.transient, state.permanent.keys()]
+    result.unknown_ids = sum(len(ids) for ids in leftovers)
+    for ids in leftovers:
+        for custom_id in ids:
+            if len(result.first_unknown_ids) >= MAX_SHOWN:
+                break
+            result.first_unknown_ids.append(custom_id)
+    return result
+
+
+def _classify(item: Job | BadLine | Duplicate, state: _TrackedState, result: Status) -> None:
+    if isinstance(item, BadLine):
+        result.bad_lines.add(Flag(item.path, item.line, item.reason, item.custom_id))
+        return
+    if isinstance(item, Duplicate):
+        result.duplicates.add(Flag(item.path, item.line, item.reason, item.custom_id))
+        return
+    result.jobs += 1
+    custom_id = item.custom_id
+    # Each id is claimed (removed from `state`) once, so leftovers are ids not in INPUT.
+    if custom_id in state.done:
+        state.done.discard(custom_id)
+        result.done += 1
+    elif custom_id in state.permanent:
+        result.permanent[state.permanent.pop(custom_id)] += 1
+    elif custom_id in state.transient:
+        state.transient.discard(custom_id)
+        result.transient[state.transient_codes.pop(custom_id, "unknown")] += 1
+    else:
+        result.pending += 1
+
+
+def status_table(s: Status) -> Group:
+    """The human-readable status report."""
+    table = Table(title=f"{s.input} -> {s.output}", title_justify="left", box=None,
+                  header_style="bold underline")
+    table.add_column("jobs")
+    table.add_column("count", justify="right")
+    table.add_column("detail")
+    table.add_row("done", f"{s.done:,}", "")
+    table.add_row("failed, permanent", f"{s.failed_permanent:,}", _codes(s.permanent))
+    table.add_row("failed, transient", f"{s.failed_transient:,}", _codes(s.transient))
+    table.add_row("pending", f"{s.pending:,}", "no result line yet")
+    table.add_row("total", f"{s.jobs:,}", "valid, unique jobs in input", style="bold")
+    notes: list[Text] = []
+    if not s.scan.exists:
+        notes.append(Text(f"{s.output} does not exist yet: nothing has run"))
+    if s.scan.torn_bytes:
+        notes.append(Text(f"{s.output}: unfinished last line ({s.scan.torn_bytes} bytes) from an "
+                          "interrupted run; the next run cuts it off and reruns its job"))
+    if s.scan.bad_lines:
+        notes.append(Text(f"{s.output}: {s.scan.bad_lines:,} lines are not result lines (lines "
+                          f"{_numbers(s.scan.first_bad_lines, s.scan.bad_lines)}); their jobs run again"))
+    notes += _flag_notes(s.bad_lines, "bad input lines")
+    notes += _flag_notes(s.duplicates, "duplicate custom_ids (only the first line runs)")
+    if s.unknown_ids:
+        shown = ", ".join(s.first_unknown_ids)
+        more = f" and {s.unknown_ids - len(s.first_unknown_ids):,} more" if s.unknown_ids > len(s.first_unknown_ids) else ""
+        notes.append(Text(f"{s.unknown_ids:,} result custom_ids are not in {s.input} "
+                          f"(wrong input file?): {shown}{more}"))
+    notes.append(Text(_verdict(s), style="bold"))
+    return Group(table, *notes)
+
+
+def _verdict(s: Status) -> str:
+    code = s.exit_code()
+    if code == EXIT_OK:
+        return "all jobs done (exit 0)"
+    if code == EXIT_STOPPED:
+        return (f"{s.remaining:,} jobs remain: run the same `runner run` command again to resume "
+                "(exit 3)")
+    return ("finished with failures: fix the input or rerun with --retry-failed (exit 1)")
+
+
+def _codes(counter: Counter[str]) -> str:
+    return ", ".join(f"{code} {n:,}" for code, n in counter.most_common())
+
+
+def _numbers(first: list[int], total: int) -> str:
+    text = ", ".join(str(n) for n in first)
+    return text + (f" and {total - len(first):,} more" if total > len(first) else "")
+
+
+def _flag_notes(sample: FlagSample, what: str) -> list[Text]:
+    if not sample.count:
+        return []
+    notes = [Text(f"{sample.count:,} {what}:")]
+    notes += [Text(f"  {flag}") for flag in sample.first]
+    if sample.count > len(sample.first):
+        notes.append(Text(f"  ... and {sample.count - len(sample.first):,} more"))
+    return notes
+
+
+# --- estimate (the I/O shell and the tables around jobs.estimate) ------------------------------
+
+def estimate_file(input_path: str, *, rpm: float | None, tpm: float | None,
+                  prices: PriceTable) -> Estimate:
+    """Stream INPUT through `jobs.estimate`; StatusError when it cannot be read."""
+    with open_input(input_path) as lines:
+        try:
+            return estimate_lines(lines, _input_name(input_path), rpm=rpm, tpm=tpm,
+                                  cost=prices.cost)
+        except OSError as e:
+            raise StatusError(f"cannot read input {input_path}: {e.strerror}") from None
+
+
+def estimate_json(est: Estimate, prices: PriceTable) -> dict[str, Any]:
+    """`Estimate.to_json()` plus where the prices come from."""
+    return {**est.to_json(), "prices": {"source": prices.source, "as_of": prices.as_of,
+                                        "files": list(prices.files)}}
+
+
+def estimate_table(est: Estimate, prices: PriceTable) -> Group:
+    """The human-readable estimate report."""
+    limits = _limits_text(est)
+    table = Table(title=f"{est.path}: {est.jobs:,} jobs, {est.requests:,} requests ({limits})",
+                  title_justify="left", box=None, header_style="bold underline")
+    table.add_column("model", no_wrap=True)
+    for name in ("jobs", "requests", "prompt", "max out", "charge", "time", "max USD"):
+        table.add_column(name, justify="right", min_width=len(name))
+    for m in est.models:
+        table.add_row(m.model, _count(m.jobs), _count(m.requests), _count(m.prompt_tokens),
+                      _count(m.max_completion_tokens), _count(m.charge),
+                      _duration(m.minutes(est.budget)),
+                      "unknown" if m.cost is None else _usd(m.cost))
+    table.add_row("total", _count(est.jobs), _count(est.requests),
+                  _count(sum(m.prompt_tokens for m in est.models)),
+                  _count(sum(m.max_completion_tokens for m in est.models)),
+                  _count(sum(m.charge for m in est.models)), _duration(est.minutes),
+                  _usd(est.cost) + (" + ?" if est.unpriced else ""), style="bold")
+    notes = [Text("tokens: prompt = true prompt tokens (tiktoken); max out = completion budget "
+                  "(max tokens x n); charge = what the rate limiter counts against TPM")]
+    notes.append(Text(
+        "max USD = prompt tokens x input price + max completion tokens x output price: an upper "
+        f"bound at list prices (no cache hits, Standard tier); prices {prices.source or 'user file'}"
+        f", as of {prices.as_of or 'unknown'}, may be out of date (override with --prices FILE)"))
+    notes.append(Text("time = max(requests / RPM, rate-limit tokens / TPM) per model, models in "
+                      "parallel: a lower bound (retries and latency add to it)"))
+    if est.uncapped:
+        notes.append(Text(f"{est.uncapped:,} chat jobs set no max_tokens / max_completion_tokens: "
+                          "their output is unbounded and NOT in the cost", style="yellow"))
+    if est.unpriced:
+        notes.append(Text(f"no price for: {', '.join(est.unpriced)} (not in the price table; "
+                          "add them with --prices FILE)", style="yellow"))
+    notes += _flag_notes(est.over_context, "jobs over their model's context window "
+                                           "(never sent; they get an error line)")
+    notes += _flag_notes(est.bad_lines, "bad lines (skipped)")
+    notes += _flag_notes(est.duplicates, "duplicate custom_ids (only the first line runs)")
+    return Group(table, *notes)
+
+
+def _limits_text(est: Estimate) -> str:
+    if est.budget.rpm is None and est.budget.tpm is None:
+        return "no --rpm/--tpm: time unknown"
+    parts = []
+    if est.budget.rpm is not None:
+        parts.append(f"RPM {est.budget.rpm:,g}")
+    if est.budget.tpm is not None:
+        parts.append(f"TPM {est.budget.tpm:,g}")
+    return ", ".join(parts) + " per model"
+
+
+def _count(n: int) -> str:
+    """Compact: 1,234 / 12.3k / 4.56M (exact numbers are in --json)."""
+    if n < 10_000:
+        return f"{n:,}"
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def _usd(amount: float) -> str:
+    return f"{amount:.4f}" if amount < 1 else f"{amount:,.2f}"
+
+
+def _duration(minutes: float | None) -> str:
+    if minutes is None:
+        return "?"
+    if minutes < 1:
+        return f"{minutes * 60:.0f}s"
+    if minutes < 120:
+        return f"{minutes:.1f} min"
+    return f"{minutes / 60:.1f} h"
+
+
+def print_report(renderable: Group, console: Console | None = None) -> None:
+    """Print a report to stdout (tables wider than the terminal wrap instead of being cut)."""
+    (console or Console()).print(renderable, highlight=False, soft_wrap=False)
