@@ -16,9 +16,12 @@ from runner.checkpoint import CheckpointError
 from runner.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
 from runner.endpoint import DEFAULT_BASE_URL, Endpoint
 from runner.limiter import DEFAULT_BURST_S
+from runner.config import configurable, deployments as config_deployments
 from runner.prices import PriceTable, PriceTableError, load_prices
 from runner.progress import LOG_INTERVAL_S
 from runner.run import RunConfig, run
+from runner.status import (StatusError, estimate_file, estimate_json, estimate_table, print_report,
+                           status, status_table)
 from runner.transport import READ_TIMEOUT_S
 
 EXIT_CODES_HELP = """\b
@@ -55,6 +58,7 @@ def main() -> None:
     paced to the rate limits, packed where the API allows, resumable after any interruption."""
 
 
+@configurable
 @main.command("run", epilog=EXIT_CODES_HELP)
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -131,7 +135,7 @@ def _endpoint(base_url: str, api_key_env: str | None, azure_endpoint: str | None
     azure = bool(azure_endpoint)
     if not azure and (deployments or azure_ad_token_env):
         _usage_error("--deployment and --azure-ad-token-env need --azure-endpoint (or AZURE_OPENAI_ENDPOINT)")
-    mapping: dict[str, str] = {}
+    mapping: dict[str, str] = dict(config_deployments())  # [deployments] of the config file
     for item in deployments:
         model, sep, name = item.partition("=")
         if not sep or not model or not name:
@@ -159,6 +163,61 @@ def _load_prices(path: Path | None) -> PriceTable:
     except PriceTableError as e:
         _usage_error(str(e))
         raise  # unreachable: _usage_error exits
+
+
+STATUS_EXIT_CODES_HELP = """\b
+Exit codes (the same meanings as `runner run`):
+  0  every job of INPUT succeeded
+  1  nothing left for a rerun, but some jobs failed permanently or INPUT has
+     bad/duplicate lines: fix them, or rerun with --retry-failed
+  2  INPUT or OUTPUT cannot be read, or a usage error
+  3  jobs remain (no result yet, or failed transiently): run the same
+     `runner run` command again to resume
+"""
+
+
+@configurable(schema=run_command)
+@main.command(epilog="Nothing is sent. Exit codes: 0 estimated; 2 unreadable INPUT or price file.")
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--rpm", type=POSITIVE, help="Requests per minute per model, for the time estimate.")
+@click.option("--tpm", type=POSITIVE, help="Tokens per minute per model, for the time estimate.")
+@click.option("--prices", "prices_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML price file (format of runner/prices.toml); its entries replace the built-in ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path: Path | None,
+             as_json: bool) -> None:
+    """Report what INPUT will take before spending anything: jobs, bad and duplicate lines,
+    requests after packing, tokens, time under --rpm/--tpm, an upper bound on the cost per model,
+    and prompts over their model's context window."""
+    try:
+        prices = load_prices(prices_path)
+        result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices)
+    except (PriceTableError, StatusError) as e:
+        _usage_error(str(e))
+    if as_json:
+        click.echo(orjson.dumps(estimate_json(result, prices), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_report(estimate_table(result, prices))
+
+
+@configurable(schema=run_command)
+@main.command("status", epilog=STATUS_EXIT_CODES_HELP)
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The result file of `runner run` (only read, never changed; no lock taken).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status_command(input_path: str, output: Path, as_json: bool) -> None:
+    """Show which jobs of INPUT are done, failed (by error code, permanent or transient) or still
+    pending in OUTPUT, without calling the API. Safe to run while a run is writing OUTPUT."""
+    try:
+        result = status(input_path, output)
+    except StatusError as e:
+        _usage_error(str(e))
+    if as_json:
+        click.echo(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_report(status_table(result))
+    sys.exit(result.exit_code())
 
 
 def _check_readable(path: str) -> None:

@@ -106,10 +106,11 @@ class ProgressReporter:
         line = self.line()
         done = self.stats.finished_jobs + self.stats.already_done + self.stats.kept_failed
         bar = ProgressBar(total=float(self.total) if self.total else None, completed=float(done))
-        return Group(bar, Text(line))
+        return Group(Text(line), bar)
 
     async def run(self) -> None:
         """Report until cancelled."""
+        self.line()  # first speed sample: rates are known from the first report on
         if self.tty:
             with Live(self.renderable(), console=self.console, refresh_per_second=4,
                       transient=False) as live:
