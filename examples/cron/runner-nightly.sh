@@ -32,7 +32,7 @@ echo "$(stamp) runner-nightly: start $JOBS -> $OUTPUT (window $RUN_WINDOW)" >>"$
 # --preserve-status: when the window ends, runner gets SIGTERM, writes what is on the wire, and
 # exits 3 (resumable); timeout then exits with that code instead of its own 124.
 timeout --preserve-status --signal=TERM --kill-after=60s "$RUN_WINDOW" \
-    "$RUNNER" run "$JOBS" --output "$OUTPUT" --log-file "$LOG_FILE" --no-progress
+    "$RUNNER" run "$JOBS" --output "$OUTPUT" --log-file "$LOG_FILE" --status-every 60
 code=$?
 
 case $code in
