@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from jobs.job import CHAT, COMPLETIONS, EMBEDDINGS, Job
+from jobs.tokens import rate_limit_charge
 
 
 MAX_LIST_ITEMS = 2048          # the API's longest `prompt` / `input` list
@@ -23,6 +24,7 @@ DEFAULT_PACK_JOBS = 64         # jobs per pack while the budget is still unknown
 MAX_REQUEST_TOKENS = 200_000   # ceiling on one request's charge, whatever the budget
 RPM_MARGIN = 1.25              # pack a little more than needed so the request budget never binds
 MAX_OPEN_PACKS = 256           # partial packs held at once; the oldest is sent when exceeded
+MAX_HELD_JOBS = 8192           # jobs held in partial packs at once; the largest is sent when exceeded
 
 
 class MissingChoices(ValueError):
@@ -80,6 +82,13 @@ def _text_len(item: Any) -> int:
         text = item.get("text")
         return len(text) if isinstance(text, str) else 0
     return 0
+
+
+def usage_count(value: Any) -> int:
+    """A token count from an answer's `usage`; 0 for anything that is not a count."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        return 0
+    return int(value)
 
 
 def apportion(total: int, weights: Sequence[float]) -> list[int]:
@@ -144,9 +153,9 @@ def split_response(request: Request, body: Any) -> list[dict[str, Any]]:
         width = count * per_prompt
         slices.append([{**by_index[offset + k], "index": k} for k in range(width)])
         offset += width
-    prompt_parts = apportion(int(usage.get("prompt_tokens", 0) or 0),
+    prompt_parts = apportion(usage_count(usage.get("prompt_tokens")),
                              [_prompt_weight(j) for j in request.jobs])
-    completion_parts = apportion(int(usage.get("completion_tokens", 0) or 0),
+    completion_parts = apportion(usage_count(usage.get("completion_tokens")),
                                  [float(sum(_text_len(c) for c in s)) for s in slices])
     answers = []
     for own, p, c in zip(slices, prompt_parts, completion_parts):
@@ -183,10 +192,15 @@ def pack_size(job_charge: int, budget: Budget | None) -> int:
         size = DEFAULT_PACK_JOBS
     else:
         size = math.ceil(budget.tpm / budget.rpm / charge * RPM_MARGIN)
-    ceiling = MAX_REQUEST_TOKENS
+    return max(1, min(size, MAX_LIST_ITEMS, int(_charge_ceiling(budget) // charge)))
+
+
+def _charge_ceiling(budget: Budget | None) -> float:
+    """The most tokens one request may be charged: `MAX_REQUEST_TOKENS`, or less if the token
+    bucket cannot admit that much at once."""
     if budget is not None and budget.token_capacity:
-        ceiling = min(ceiling, budget.token_capacity)
-    return max(1, min(size, MAX_LIST_ITEMS, int(ceiling // charge)))
+        return min(MAX_REQUEST_TOKENS, budget.token_capacity)
+    return MAX_REQUEST_TOKENS
 
 
 def group_key(job: Job) -> bytes | None:
@@ -229,15 +243,12 @@ class Packer:
     """
 
     def __init__(self, budget: Callable[[str], Budget | None] = lambda model: None,
-                 max_open: int = MAX_OPEN_PACKS) -> None:
+                 max_open: int = MAX_OPEN_PACKS, max_held: int = MAX_HELD_JOBS) -> None:
         self._budget = budget
         self._max_open = max_open
+        self._max_held = max_held
         self._open: dict[bytes, _Open] = {}
-
-    @property
-    def held(self) -> int:
-        """Jobs waiting in partial packs."""
-        return sum(len(p.jobs) for p in self._open.values())
+        self.held = 0  # jobs waiting in partial packs
 
     def add(self, job: Job, charge: int) -> list[Request]:
         """Requests now complete (possibly none) after adding `job` with its rate-limit charge."""
@@ -245,17 +256,23 @@ class Packer:
         if key is None:
             return [single(job, charge)]
         ready: list[Request] = []
+        budget = self._budget(job.model)
         current = self._open.get(key)
+        if current is not None and current.charge + charge > _charge_ceiling(budget):
+            ready.append(self._close(key))  # this job would make the pack too large to admit
+            current = None
         if current is None:
             if len(self._open) >= self._max_open:
-                oldest = next(iter(self._open))
-                ready.append(self._close(oldest))
+                ready.append(self._close(next(iter(self._open))))
             current = self._open[key] = _Open([], 0)
         current.jobs.append(job)
         current.charge += charge
+        self.held += 1
         # sized on every add: the budget may have been learned since the pack was opened
-        if len(current.jobs) >= pack_size(charge, self._budget(job.model)):
+        if len(current.jobs) >= pack_size(charge, budget):
             ready.append(self._close(key))
+        elif self.held > self._max_held:  # bound memory: send the largest partial pack
+            ready.append(self._close(max(self._open, key=lambda k: len(self._open[k].jobs))))
         return ready
 
     def flush(self) -> list[Request]:
@@ -264,12 +281,13 @@ class Packer:
 
     def _close(self, key: bytes) -> Request:
         current = self._open.pop(key)
+        self.held -= len(current.jobs)
         return pack(current.jobs, current.charge)
 
 
 def halves(request: Request) -> list[Request]:
-    """A rejected pack split in two, to find the guilty job(s) by bisection."""
+    """A pack split in two (to find the guilty job of a refused pack, or to fit a budget), each
+    half charged what its own jobs are charged."""
     mid = len(request.jobs) // 2
     parts = (request.jobs[:mid], request.jobs[mid:])
-    total = sum(len(p) for p in parts)
-    return [pack(list(p), round(request.charge * len(p) / total)) for p in parts if p]
+    return [pack(list(p), sum(rate_limit_charge(j.url, j.body) for j in p)) for p in parts if p]

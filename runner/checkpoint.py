@@ -45,21 +45,29 @@ class RunLock:
     """An exclusive OS lock on `<output>.lock`; a second run on the same output is refused."""
 
     def __init__(self, output: Path) -> None:
-        self.path = output.with_name(output.name + ".lock")
+        self.output = output
+        real = output.resolve()  # a symlinked name must not get a lock of its own
+        self.path = real.with_name(real.name + ".lock")
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CheckpointError(f"cannot create the lock file {self.path}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise CheckpointError(
-                f"{self.path.with_suffix('')} is being written by another run (pid {holder}, "
+                f"{self.output} is being written by another run (pid {holder}, "
                 f"lock {self.path}); wait for it to finish") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:
+            pass  # the pid is a courtesy for the message above; the lock is what counts
         self._fd = fd
 
     def release(self) -> None:
@@ -86,6 +94,13 @@ def load(path: Path, state: OutputState) -> LoadReport:
         return report
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not an output file")
+    try:
+        return _load(path, state, report)
+    except OSError as e:
+        raise CheckpointError(f"cannot read the output {path}: {e.strerror}") from None
+
+
+def _load(path: Path, state: OutputState, report: LoadReport) -> LoadReport:
     good_end = 0  # offset just past the last newline
     with open(path, "rb") as f:
         tail = b""
@@ -101,11 +116,25 @@ def load(path: Path, state: OutputState) -> LoadReport:
             tail = data[start:]
             offset += len(chunk)
     if tail:
+        if _is_record(tail):  # whole, only its newline missing (written by another tool)
+            report.lines += 1
+            _account(tail, report, state)
+            with open(path, "ab") as f:
+                f.write(b"\n")
+                os.fsync(f.fileno())
+            return report
         report.torn_bytes = len(tail)
         with open(path, "r+b") as f:
             f.truncate(good_end)
             os.fsync(f.fileno())
     return report
+
+
+def _is_record(raw: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(raw), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _account(raw: bytes, report: LoadReport, state: OutputState) -> None:
@@ -136,13 +165,16 @@ class Checkpoint:
 
     def open(self) -> None:
         created = not self.path.exists()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if created:  # make the new file's directory entry durable too
-            dir_fd = os.open(self.path.parent if str(self.path.parent) else ".", os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if created:  # make the new file's directory entry durable too
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        except OSError as e:
+            raise CheckpointError(f"cannot open the output {self.path}: {e.strerror}") from None
 
     def append(self, record: dict[str, Any]) -> None:
         """Hand one result line to the OS at once (one write: whole, or not at all, on a kill)."""
@@ -151,17 +183,39 @@ class Checkpoint:
         for secret in self._secrets:
             if secret in data:
                 data = data.replace(secret, b"[REDACTED]")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
+        size = None  # the file's size before this line, known once a write fell short
+        try:
+            written = os.write(self._fd, data)  # one write: whole, or not at all on a kill
+            if written < len(data):  # only on a full disk or a huge line: finish it
+                size = os.fstat(self._fd).st_size - written
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(self._fd, view):]
+        except OSError as e:
+            if size is not None:  # never leave half a line for the next one to fuse with
+                try:
+                    os.ftruncate(self._fd, size)
+                except OSError:
+                    pass
+            raise CheckpointError(f"cannot write to the output {self.path}: {e.strerror}") from None
         self._dirty = True
         self.written += 1
 
     async def sync(self) -> None:
-        """fsync off the event loop (aiofiles runs it in a worker thread)."""
-        if self._fd is not None and self._dirty:
-            self._dirty = False
+        """fsync off the event loop (aiofiles runs it in a worker thread). Raises CheckpointError
+        when the output can no longer be made durable (fsync failed, or the file was deleted)."""
+        if self._fd is None or not self._dirty:
+            return
+        self._dirty = False
+        try:
             await aiofiles.os.wrap(self._fsync)(self._fd)
+            deleted = os.fstat(self._fd).st_nlink == 0
+        except OSError as e:
+            self._dirty = True
+            raise CheckpointError(f"cannot sync the output {self.path}: {e.strerror}") from None
+        if deleted:
+            raise CheckpointError(f"the output {self.path} was deleted during the run; results "
+                                  "written since then are lost")
 
     async def run_syncer(self, interval: float = FSYNC_INTERVAL_S) -> None:
         """Sync every `interval` seconds until cancelled."""
@@ -171,7 +225,9 @@ class Checkpoint:
 
     def close(self) -> None:
         if self._fd is not None:
-            if self._dirty:
-                self._fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                if self._dirty:
+                    self._fsync(fd)
+            finally:
+                os.close(fd)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import stat
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -29,8 +32,10 @@ Exit codes:
   0  every job succeeded
   1  the run finished but some jobs failed (their error lines are in OUTPUT)
   2  usage error or unreadable input
-  3  stopped early and resumable: quota exhausted, key rejected, or interrupted
-     by a signal; run the same command again to resume
+  3  stopped early and resumable: quota exhausted, key rejected, interrupted
+     by a signal, or the output could no longer be written; run the same
+     command again to resume
+  70 internal error (a bug)
 """
 
 
@@ -221,7 +226,12 @@ def status_command(input_path: str, output: Path, as_json: bool) -> None:
 
 
 def _check_readable(path: str) -> None:
+    """Exit 2 unless `path` can be read; a FIFO is not opened (that would consume its writer)."""
     try:
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            if not os.access(path, os.R_OK):
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return
         with open(path, "rb"):
             pass
     except OSError as e:
@@ -246,15 +256,23 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
         log(f"runner: {config.input} -> {config.output}", echo=False)
         try:
             stats = asyncio.run(run(config, console=console, log=log, progress=progress))
-        except CheckpointError as e:
+        except (CheckpointError, OSError) as e:
             log(f"runner: {e}")
             return report.EXIT_USAGE
+        except Exception:  # a bug: say so plainly, keep the traceback for the report
+            log("runner: internal error (a bug; please report it with this log):\n"
+                + traceback.format_exc())
+            return report.EXIT_BUG
         for line in report.summary_lines(stats, str(config.output), prices):
             log(line)
+        code = stats.exit_code()
         if summary_json is not None:
             data = report.summary_dict(stats, str(config.output), prices)
-            summary_json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        code = stats.exit_code()
+            text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
+            try:
+                summary_json.write_text(report.redact(text, (config.endpoint.api_key,)))
+            except OSError as e:
+                log(f"runner: cannot write the summary {summary_json}: {e.strerror}")
         log(f"runner: exit code {code}", echo=False)
         return code
     finally:

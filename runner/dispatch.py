@@ -31,6 +31,7 @@ from jobs.job import Job
 from jobs.packing import Budget, MissingChoices, Packer, Request, halves, single, split_response
 from jobs.reader import BadLine, Duplicate
 from jobs.results import DUPLICATE, OutputState, error_record, success_record
+from runner.checkpoint import CheckpointError
 from runner.endpoint import Endpoint
 from runner.headers import RateLimitInfo
 from runner.limiter import Limiters, RateLimiter, RequestTooLarge
@@ -97,6 +98,10 @@ class Room:
         self._freed.set()
 
 
+class InputError(Exception):
+    """The input could not be read to its end (an I/O error); the run stops, resumable."""
+
+
 class Slots:
     """A FIFO semaphore whose limit may change while it is held (the adaptive concurrency limit)."""
 
@@ -146,16 +151,26 @@ class Slots:
                 fut.set_result(None)
 
 
+# Refusals that one prompt of a pack can cause: worth bisecting to find it.
+PROMPT_ERROR_CODES = frozenset({"context_length_exceeded", "content_filter", "content_policy_violation",
+                                "invalid_prompt", "string_above_max_length"})
+
+
 def _blames_a_prompt(response: HttpResponse | None) -> bool:
-    """Whether a refusal may be one prompt's fault (its `param` is unset or the prompt list)."""
-    if response is None:
+    """Whether a refused pack may be one prompt's fault, so bisecting finds the guilty job(s).
+
+    Yes for a 400 whose code is a prompt-level one (context length, content filter), or whose
+    `param` names the prompt list. No for anything else (an unknown field, model or value is shared
+    by every job of the pack: bisecting would spend two requests per job to learn nothing)."""
+    if response is None or response.status != 400:
         return False
     try:
-        error = orjson.loads(response.body).get("error") or {}
+        error = orjson.loads(response.body).get("error")
     except (orjson.JSONDecodeError, AttributeError):
-        return True
-    param = error.get("param") if isinstance(error, dict) else None
-    return param in (None, "prompt", "input", "messages")
+        return False
+    if not isinstance(error, dict):
+        return False
+    return error.get("code") in PROMPT_ERROR_CODES or error.get("param") in ("prompt", "input")
 
 
 def requests_per_second(limiters: Limiters) -> float | None:
@@ -242,10 +257,14 @@ class Dispatcher:
         stopped = asyncio.create_task(self._stopped.wait())
         try:
             await asyncio.wait({finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            failure = finished.exception() if finished.done() and not finished.cancelled() else None
+            if failure is not None:
+                self.stop(str(failure) if isinstance(failure, (InputError, CheckpointError))
+                          else f"internal error: {failure!r}")
             if self.stopping:
                 await self._shutdown(producer)
-            if finished.done() and not finished.cancelled():
-                finished.result()  # surface a bug in the producer
+            if failure is not None and not isinstance(failure, (InputError, CheckpointError)):
+                raise failure  # a bug: the caller reports it
         finally:
             for task in (producer, finished, stopped):
                 task.cancel()
@@ -273,8 +292,12 @@ class Dispatcher:
         lines: asyncio.Queue[Job | BadLine | Duplicate | None] = asyncio.Queue(maxsize=1024)
 
         async def read() -> None:
-            async for item in items:
-                await lines.put(item)
+            try:
+                async for item in items:
+                    await lines.put(item)
+            except Exception as exc:  # an unreadable input must end the run, not hang it
+                await lines.put(InputError(f"cannot read the input: {exc}"))
+                return
             await lines.put(None)
 
         reader = asyncio.create_task(read())
@@ -290,13 +313,13 @@ class Dispatcher:
                     item = await lines.get()
                 if item is None:
                     break
+                if isinstance(item, InputError):
+                    raise item
                 await self._submit_all(self._admit(item, state))
             await self._submit_all(self._packer.flush())
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-        if reader.done() and not reader.cancelled() and reader.exception() is not None:
-            raise reader.exception()  # type: ignore[misc]
 
     def _admit(self, item: Job | BadLine | Duplicate, state: OutputState) -> list[Request]:
         """One input item: report it, skip it, fail it, or hand it to the packer."""
@@ -342,9 +365,14 @@ class Dispatcher:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._log(f"internal error: {task.exception()!r}")
-            self.stop("internal error")
+        if task.cancelled() or task.exception() is None or self.stopping:
+            return
+        exc = task.exception()
+        if isinstance(exc, CheckpointError):
+            self.stop(str(exc))
+        else:
+            self._log(f"internal error: {exc!r}")
+            self.stop(f"internal error: {exc!r}")
 
     # -- one request -----------------------------------------------------------------------------
 
@@ -455,10 +483,12 @@ class Dispatcher:
     async def _fail_request(self, request: Request, verdict: Verdict,
                             response: HttpResponse | None) -> None:
         """A permanent refusal. A pack refused for something one prompt can cause is split in two
-        and each half sent again (bisection), so only the guilty jobs fail; a refusal that names
-        another field (`param`: temperature, n, ...) is shared by every job, so all fail at once."""
+        and each half sent again (bisection), so only the guilty jobs fail; any other refusal is
+        shared by every job of the pack, so all fail at once (see `_blames_a_prompt`)."""
         if not request.packed or not _blames_a_prompt(response):
             self._fail_jobs(request.jobs, verdict.code, verdict.message, response)
+            return
+        if self.stopping:
             return
         parts = halves(request)
         self.stats.bisect_requests += len(parts)

@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from jobs.packing import usage_count
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
+EXIT_BUG = 70  # EX_SOFTWARE: an internal error
 
 
 @dataclass(slots=True)
@@ -27,7 +30,6 @@ class RunStats:
 
     started: float = 0.0
     finished: float = 0.0
-    lines_read: int = 0
     jobs: int = 0                 # valid, unique jobs in the input
     already_done: int = 0         # skipped: a success line exists
     kept_failed: int = 0          # skipped: a permanent failure exists (no --retry-failed)
@@ -60,8 +62,8 @@ class RunStats:
         entry = self.usage.setdefault(model, ModelUsage())
         entry.requests += 1
         if isinstance(usage, dict):
-            entry.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            entry.completion_tokens += int(usage.get("completion_tokens") or 0)
+            entry.prompt_tokens += usage_count(usage.get("prompt_tokens"))
+            entry.completion_tokens += usage_count(usage.get("completion_tokens"))
 
     def exit_code(self) -> int:
         """0: all jobs succeeded; 1: finished, some failed; 3: stopped early, resumable."""

@@ -40,7 +40,7 @@ from runner.headers import RateLimitInfo, parse_duration, parse_retry_after
 
 __all__ = [
     "MAX_SERVER_DELAY_S", "SERVER_DELAY_JITTER_S", "BACKOFF_BASE_S", "BACKOFF_CAP_S",
-    "DEFAULT_MAX_ATTEMPTS", "MAX_MESSAGE_CHARS", "TRANSIENT_CODES", "is_transient",
+    "MAX_MESSAGE_CHARS", "TRANSIENT_CODES", "is_transient",
     "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
     "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError", "BadResponseError",
     "Action", "Verdict", "classify", "classify_bad_response", "api_error", "Backoff", "retry_delay",
@@ -50,7 +50,6 @@ MAX_SERVER_DELAY_S = 60.0  # a server-directed wait longer than this is cut to t
 SERVER_DELAY_JITTER_S = 0.5  # added on top of a server delay so waiters don't return in lockstep
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
-DEFAULT_MAX_ATTEMPTS = 8  # tries per job (first call included) before a RETRY verdict fails it
 MAX_MESSAGE_CHARS = 500  # error messages written into result lines are trimmed to this
 
 OK_CODE = "ok"
@@ -241,8 +240,11 @@ def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
         return classify(exc.status, exc.headers, exc.body, now=now)
     if isinstance(exc, BadResponseError):
         return classify_bad_response(str(exc))
-    if isinstance(exc, aiohttp.ClientResponseError):  # raise_for_status(): we have only the status
-        return classify(exc.status, exc.headers or {}, {"error": {"message": exc.message}}, now=now)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Our transport never raises for a status, so this is aiohttp failing to parse the answer
+        # (a broken proxy, an oversized header): no answer from the API, worth another try.
+        return Verdict(Action.RETRY, CONNECTION_ERROR,
+                       _clean_message(f"malformed HTTP answer: {exc.message}"))
     try:
         detail = str(exc)
     except Exception:  # a broken __str__ must not hide the failure itself

@@ -37,6 +37,19 @@ class RunConfig:
     status_interval: float = LOG_INTERVAL_S  # seconds between status lines when not on a terminal
 
 
+class _Stop:
+    """A stop request that may arrive (by signal) before there is a dispatcher to stop."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.target: Callable[[str], None] | None = None
+
+    def __call__(self, reason: str) -> None:
+        self.reason = self.reason or reason
+        if self.target is not None:
+            self.target(reason)
+
+
 async def run(config: RunConfig, *, send: Send | None = None, console: Console | None = None,
               log: Callable[[str], None] | None = None, progress: bool = True,
               handle_signals: bool = True) -> RunStats:
@@ -44,9 +57,14 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
     when the output is locked by another run or unusable."""
     console = console or Console(stderr=True)
     log = log or (lambda message: console.print(message, highlight=False, markup=False, soft_wrap=True))
+    loop = asyncio.get_running_loop()
+    stop = _Stop()
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    for sig in signals:  # from the start: a signal while a large output is read is honoured too
+        loop.add_signal_handler(sig, stop, f"interrupted by {sig.name}")
     lock = ckpt.RunLock(config.output)
-    lock.acquire()
     try:
+        lock.acquire()
         state = OutputState()
         loaded = ckpt.load(config.output, state)
         if loaded.torn_bytes:
@@ -54,21 +72,32 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
                 "interrupted run; its job runs again")
         for number in loaded.bad_lines:
             log(f"{config.output}:{number}: not a result line (skipped; its job runs again)")
+        if stop.reason is not None:
+            return RunStats(stop_reason=stop.reason)
         checkpoint = ckpt.Checkpoint(config.output, secrets=(config.endpoint.api_key,))
         checkpoint.open()
+        stats = None
         try:
-            return await _dispatch(config, state, checkpoint, send, console, log, progress,
-                                   handle_signals)
+            stats = await _dispatch(config, state, checkpoint, send, console, log, progress, stop)
         finally:
-            await checkpoint.sync()
-            checkpoint.close()
+            try:
+                await checkpoint.sync()
+            except ckpt.CheckpointError as e:
+                log(f"runner: {e}")
+                if stats is not None and stats.stop_reason is None:
+                    stats.stop_reason = str(e)
+            finally:
+                checkpoint.close()
+        return stats
     finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
         lock.release()
 
 
 async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Checkpoint,
                     send: Send | None, console: Console, log: Callable[[str], None],
-                    progress: bool, handle_signals: bool) -> RunStats:
+                    progress: bool, stop: _Stop) -> RunStats:
     loop = asyncio.get_running_loop()
     session = None
     if send is None:
@@ -79,13 +108,20 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
     limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s)
     dispatcher = Dispatcher(send=send, endpoint=config.endpoint, limiters=limiters,
                             sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log)
-    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
-    for sig in signals:
-        loop.add_signal_handler(sig, dispatcher.stop, f"interrupted by {sig.name}")
-    helpers = [asyncio.create_task(checkpoint.run_syncer())]
+    stop.target = dispatcher.stop
+    if stop.reason is not None:
+        dispatcher.stop(stop.reason)
+
+    async def sync_often() -> None:
+        try:
+            await checkpoint.run_syncer()
+        except ckpt.CheckpointError as e:  # durability is lost: stop, resumable
+            dispatcher.stop(str(e))
+
+    helpers = [asyncio.create_task(sync_often())]
     try:
         if progress:
-            total = count_lines(config.input)
+            total = await asyncio.to_thread(count_lines, config.input)
             reporter = ProgressReporter(dispatcher.stats, total, console=console, clock=loop.time,
                                         limits=lambda: describe_limits(limiters), log=log,
                                         log_interval=config.status_interval)
@@ -96,8 +132,7 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
             stats.limits[model] = (limiter.rpm, limiter.tpm)
         return stats
     finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        stop.target = None
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)

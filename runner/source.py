@@ -1,6 +1,15 @@
-"""Reading the input: raw lines of a file (or stdin) in large chunks, off the event loop."""
+"""Reading the input: raw lines of a file, a pipe or stdin, without blocking the event loop.
+
+A regular file is read in large chunks by aiofiles (one thread hop per MiB). A pipe, FIFO or
+terminal (stdin, `<(...)`) is read through the event loop itself, so whatever has arrived is
+processed at once (a slow writer never holds jobs back) and a stop is never stuck behind a
+blocked read.
+"""
 from __future__ import annotations
 
+import asyncio
+import os
+import stat
 import sys
 from collections.abc import AsyncIterator
 
@@ -13,21 +22,45 @@ CHUNK = 1 << 20  # one thread hop per MiB keeps aiofiles' per-call overhead negl
 STDIN = "-"
 
 
+def _is_regular(path: str) -> bool:
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode if path == STDIN else os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(mode)
+
+
+async def _chunks(path: str) -> AsyncIterator[bytes]:
+    if _is_regular(path):
+        opened = (aiofiles.open(sys.stdin.fileno(), "rb", closefd=False) if path == STDIN
+                  else aiofiles.open(path, "rb"))
+        async with opened as f:
+            while chunk := await f.read(CHUNK):
+                yield chunk
+        return
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=CHUNK)
+    pipe = (open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) if path == STDIN
+            else open(path, "rb", buffering=0))
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        while chunk := await reader.read(CHUNK):
+            yield chunk
+    finally:
+        transport.close()
+        pipe.close()
+
+
 async def read_lines(path: str) -> AsyncIterator[bytes]:
     """Raw lines (newline stripped) of `path`, or of stdin for "-"; a last line needs no newline."""
-    if path == STDIN:
-        opened = aiofiles.open(sys.stdin.fileno(), "rb", closefd=False)
-    else:
-        opened = aiofiles.open(path, "rb")
-    async with opened as f:
-        tail = b""
-        while chunk := await f.read(CHUNK):
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()
-            for line in lines:
-                yield line
-        if tail:
-            yield tail
+    tail = b""
+    async for chunk in _chunks(path):
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            yield line
+    if tail:
+        yield tail
 
 
 async def read_items(path: str) -> AsyncIterator[Job | BadLine | Duplicate]:
@@ -40,8 +73,9 @@ async def read_items(path: str) -> AsyncIterator[Job | BadLine | Duplicate]:
 
 
 def count_lines(path: str) -> int | None:
-    """Non-blank lines of a file, for progress totals; None for stdin."""
-    if path == STDIN:
+    """Non-blank lines of a regular file, for progress totals; None for stdin, pipes and FIFOs
+    (counting would consume them). Blocking: call it in a thread."""
+    if path == STDIN or not _is_regular(path):
         return None
     count = 0
     with open(path, "rb") as f:

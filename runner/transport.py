@@ -35,9 +35,12 @@ Send = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 def open_session(*, max_connections: int, connect_timeout: float = CONNECT_TIMEOUT_S,
                  read_timeout: float = READ_TIMEOUT_S) -> aiohttp.ClientSession:
-    """One shared session for a run: at most `max_connections` sockets, connect and read timeouts."""
+    """One shared session for a run: at most `max_connections` sockets. An answer must start within
+    `read_timeout` and be complete within `connect_timeout + read_timeout` (a server trickling
+    bytes cannot hold a request forever)."""
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
-    timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+    timeout = aiohttp.ClientTimeout(total=connect_timeout + read_timeout, connect=connect_timeout,
+                                    sock_read=read_timeout)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False,
                                  auto_decompress=True)
 

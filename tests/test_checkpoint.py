@@ -1,5 +1,7 @@
 """The output file as checkpoint: torn tail cut, state read back, appends durable, one writer."""
 import asyncio
+import errno
+import os
 import subprocess
 import sys
 
@@ -83,3 +85,62 @@ def test_lock_is_released_when_its_holder_is_killed(tmp_path):
     proc.kill()
     proc.wait()
     RunLock(out).acquire()
+
+
+def test_a_complete_last_line_without_newline_is_kept(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(orjson.dumps(success_record("a", {}, request_id=None)))
+    state = OutputState()
+    report = load(out, state)
+    assert report.torn_bytes == 0 and "a" in state.done
+    assert out.read_bytes().endswith(b"}\n")
+
+
+def test_a_full_disk_never_leaves_half_a_line(tmp_path, monkeypatch):
+    out = tmp_path / "out.jsonl"
+    cp = Checkpoint(out)
+    cp.open()
+    cp.append(success_record("a", {}, request_id=None))
+    before = out.read_bytes()
+    real_write = os.write
+    calls = []
+
+    def full_disk(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))  # the disk fills mid-line
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("runner.checkpoint.os.write", full_disk)
+    with pytest.raises(CheckpointError, match="No space left"):
+        cp.append(success_record("b", {"x": "y" * 100}, request_id=None))
+    monkeypatch.undo()
+    assert out.read_bytes() == before
+    cp.append(success_record("c", {}, request_id=None))
+    cp.close()
+    assert [orjson.loads(line)["custom_id"] for line in out.read_bytes().splitlines()] == ["a", "c"]
+
+
+def test_a_symlinked_output_name_shares_the_lock(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.touch()
+    (tmp_path / "latest.jsonl").symlink_to(out)
+    with RunLock(out):
+        with pytest.raises(CheckpointError, match="another run"):
+            RunLock(tmp_path / "latest.jsonl").acquire()
+
+
+def test_an_output_in_a_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="cannot create the lock file"):
+        RunLock(tmp_path / "nope" / "out.jsonl").acquire()
+
+
+async def test_a_deleted_output_is_noticed_at_the_next_sync(tmp_path):
+    out = tmp_path / "out.jsonl"
+    cp = Checkpoint(out)
+    cp.open()
+    cp.append(success_record("a", {}, request_id=None))
+    out.unlink()
+    with pytest.raises(CheckpointError, match="deleted"):
+        await cp.sync()
+    cp.close()

@@ -291,3 +291,64 @@ def test_a_refusal_naming_another_field_fails_the_whole_pack_without_bisecting()
     records, stats = dispatch([comp_job(i) for i in range(20)], script, rpm=600, tpm=1_000_000)
     assert len(script.calls) == 1 and stats.bisect_requests == 0
     assert len(records) == 20 and {r["error"]["code"] for r in records} == {"invalid_value"}
+
+
+def test_an_unreadable_input_stops_the_run_instead_of_hanging():
+    async def broken_items():
+        yield chat_job(0)
+        raise OSError(5, "Input/output error")
+
+    script = Script()
+    records = []
+
+    async def main():
+        d = Dispatcher(send=script, endpoint=Endpoint(base_url=BASE, api_key="k"),
+                       limiters=Limiters(rpm=600, tpm=None), sink=records.append)
+        return await d.run(broken_items(), OutputState())
+
+    stats = run_virtual(main())
+    assert stats.exit_code() == 3 and "cannot read the input" in stats.stop_reason
+    assert "Input/output error" in stats.stop_reason
+
+
+def test_an_output_that_cannot_be_written_stops_the_run_once_resumably():
+    from runner.checkpoint import CheckpointError
+    log = []
+
+    def sink(record):
+        raise CheckpointError("cannot write to the output out.jsonl: No space left on device")
+
+    async def main():
+        d = Dispatcher(send=Script(), endpoint=Endpoint(base_url=BASE, api_key="k"),
+                       limiters=Limiters(rpm=None, tpm=None), sink=sink, log=log.append,
+                       config=DispatchConfig(concurrency=4))
+        return await d.run(items_of([chat_job(i) for i in range(20)]), OutputState())
+
+    stats = run_virtual(main())
+    assert stats.exit_code() == 3 and "No space left" in stats.stop_reason
+    assert sum("No space left" in line for line in log) == 1
+
+
+def test_a_refusal_shared_by_every_job_is_not_bisected():
+    unknown = HttpResponse(400, {}, orjson.dumps({"error": {
+        "message": "Unrecognized request argument supplied: foo", "type": "invalid_request_error",
+        "param": None, "code": None}}))
+    script = Script(lambda n, req, body: unknown)
+    records, stats = dispatch([comp_job(i) for i in range(40)], script, rpm=600, tpm=1_000_000)
+    assert len(script.calls) == 1 and stats.bisect_requests == 0 and len(records) == 40
+
+
+def test_a_prompt_level_refusal_is_bisected_to_the_guilty_job():
+    def rule(n, req, body):
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        if any("0007" in p for p in prompts):
+            return HttpResponse(400, {}, orjson.dumps({"error": {
+                "message": "maximum context length", "type": "invalid_request_error",
+                "param": "prompt", "code": "context_length_exceeded"}}))
+        return None
+
+    script = Script(rule)
+    records, stats = dispatch([comp_job(i) for i in range(16)], script, rpm=6000, tpm=10_000_000)
+    failed = [r["custom_id"] for r in records if r["error"]]
+    assert failed == ["c7"] and len(records) == 16
+    assert stats.bisect_requests == 8  # two halves at each of log2(16) levels

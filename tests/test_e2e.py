@@ -119,12 +119,28 @@ def count_lines(path):
         return 0
 
 
+def prompt_of(job):
+    body = job["body"]
+    return chat_prompt(body["messages"]) if "messages" in body else body.get("prompt", body.get("input"))
+
+
+def snapshot(counter):
+    for _ in range(100):  # the simulator's thread may be updating it
+        try:
+            return {k for k, v in dict(counter).items() if v > 0}
+        except RuntimeError:
+            time.sleep(0.001)
+    raise AssertionError("could not read the simulator's counter")
+
+
 def test_sigkill_three_times_then_resume_gives_each_job_exactly_one_success(tmp_path):
     n, concurrency = 400, 8
-    jobs = write_jobs(tmp_path / "in.jsonl", n)
+    jobs = write_jobs(tmp_path / "in.jsonl", n)  # chat (alone), completions and embeddings (packed)
     out = tmp_path / "out.jsonl"
     rng = random.Random(2026)
     sim = Simulator(SimConfig(latency_ms=40, seed=3))
+    prompt_id = {prompt_of(j): j["custom_id"] for j in jobs}
+    in_flight_at_kills = set()  # jobs the API answered that had no line in the output at a kill
     with run_in_thread(simulator=sim) as base_url:
         args = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", base_url,
                 "--concurrency", str(concurrency), "--no-progress"]
@@ -138,6 +154,13 @@ def test_sigkill_three_times_then_resume_gives_each_job_exactly_one_success(tmp_
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
             proc.communicate(timeout=30)
+            time.sleep(0.2)  # let the server finish what was on the wire
+            written = {orjson.loads(line)["custom_id"] for line in out.read_bytes().splitlines()
+                       if line.endswith(b"}")}
+            answered = {prompt_id[p] for p in snapshot(sim.stats.answered) if p in prompt_id}
+            lost = answered - written
+            assert len(lost) <= concurrency * 64  # requests in flight x the largest pack
+            in_flight_at_kills |= lost
         code, _, err = finish(cli(*args))
     assert kills == 3
     assert code == 0, err
@@ -145,9 +168,8 @@ def test_sigkill_three_times_then_resume_gives_each_job_exactly_one_success(tmp_
     assert_exactly_once(jobs, records)
     assert len(records) == n
     # no duplicate API work beyond what was in flight at each kill
-    prompts = {chat_prompt(j["body"]["messages"]) if "messages" in j["body"] else j["body"].get("prompt", j["body"].get("input")) for j in jobs}
-    repeated = sum(sim.stats.answered[p] - 1 for p in prompts if sim.stats.answered[p] > 1)
-    assert repeated <= kills * concurrency
+    repeated = {prompt_id[p] for p, count in sim.stats.answered.items() if count > 1 and p in prompt_id}
+    assert repeated <= in_flight_at_kills
 
 
 def test_sigterm_stops_within_10_s_with_exit_3_and_the_next_run_resumes(tmp_path):
@@ -252,3 +274,74 @@ def test_stdin_input_runs_and_resumes_by_custom_id(tmp_path):
     records = read_results(out)
     assert len(records) == 30
     assert_exactly_once(jobs, records)
+
+
+def test_a_slow_stdin_is_processed_as_it_arrives_and_sigterm_still_ends_the_run(tmp_path):
+    jobs = write_jobs(tmp_path / "in.jsonl", 30)
+    lines = (tmp_path / "in.jsonl").read_bytes().splitlines(keepends=True)
+    out = tmp_path / "out.jsonl"
+    with run_in_thread(SimConfig()) as base_url:
+        proc = cli("run", "-", "-o", str(out), "--base-url", base_url, "--no-progress",
+                   stdin=subprocess.PIPE)
+        proc.stdin.write(b"".join(lines[:20]))
+        proc.stdin.flush()  # ... and the writer pauses, keeping stdin open
+        deadline = time.monotonic() + 20
+        while count_lines(out) < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert count_lines(out) == 20  # all of it done before any EOF
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=15)
+        assert time.monotonic() - sent < 10 and proc.returncode == 3, err.decode()
+    assert_exactly_once(jobs[:20], read_results(out))
+
+
+def test_input_from_a_fifo_is_read_once_with_progress_on(tmp_path):
+    write_jobs(tmp_path / "in.jsonl", 12)
+    fifo = tmp_path / "jobs.fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "out.jsonl"
+    with run_in_thread(SimConfig()) as base_url:
+        proc = cli("run", str(fifo), "-o", str(out), "--base-url", base_url)  # progress on
+        with open(fifo, "wb") as f:
+            f.write((tmp_path / "in.jsonl").read_bytes())
+        code, _, err = finish(proc)
+    assert code == 0, err
+    assert len(read_results(out)) == 12
+
+
+def test_a_key_that_does_not_look_like_one_is_still_kept_out_of_every_file(tmp_path):
+    """An Azure-style hex key echoed by a server in its 401 message."""
+    import threading
+    from aiohttp import web
+
+    key = "0123456789abcdef0123456789abcdef"
+
+    async def reject(request):
+        return web.json_response({"error": {"code": "401", "message": f"invalid subscription key {key}"}},
+                                 status=401)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", reject)
+    loop = asyncio.new_event_loop()
+    runner_ = web.AppRunner(app)
+    loop.run_until_complete(runner_.setup())
+    site = web.TCPSite(runner_, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        write_jobs(tmp_path / "in.jsonl", 3, kinds=("chat",))
+        proc = subprocess.run([sys.executable, "-m", "runner", "run", str(tmp_path / "in.jsonl"),
+                               "-o", str(tmp_path / "out.jsonl"), "--base-url", f"http://127.0.0.1:{port}/v1",
+                               "--log-file", str(tmp_path / "run.log"), "--summary-json", str(tmp_path / "s.json")],
+                              cwd=ROOT, env={**os.environ, "OPENAI_API_KEY": key}, capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+    assert proc.returncode == 3
+    for text in (proc.stdout, proc.stderr, (tmp_path / "run.log").read_text(), (tmp_path / "s.json").read_text()):
+        assert key not in text
+    assert "[REDACTED]" in (tmp_path / "s.json").read_text()

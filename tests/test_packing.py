@@ -2,6 +2,7 @@
 import pytest
 
 from jobs.job import Job
+from jobs.tokens import rate_limit_charge
 from jobs.packing import (DEFAULT_PACK_JOBS, MAX_LIST_ITEMS, Budget, Packer, group_key, halves, pack,
                           pack_size)
 
@@ -98,6 +99,24 @@ def test_halves_split_a_pack_and_keep_every_job_once():
     request = pack(jobs, 50)
     left, right = halves(request)
     assert [j.custom_id for j in left.jobs + right.jobs] == [j.custom_id for j in jobs]
-    assert left.body["prompt"] == ["p0", "p1"] and left.charge + right.charge == 50
+    assert left.body["prompt"] == ["p0", "p1"]
+    assert left.charge + right.charge == sum(rate_limit_charge(j.url, j.body) for j in jobs)
     [only] = halves(pack(jobs[:2], 20))[:1]
     assert not only.packed and only.body is jobs[0].body
+
+
+def test_a_job_that_would_overfill_a_pack_closes_it_first():
+    packer = Packer(budget=lambda model: Budget(rpm=10, tpm=10_000_000, token_capacity=100))
+    assert packer.add(comp("a"), 10) == []
+    first, second = packer.add(comp("b"), 95)  # 105 > the 100 the bucket can admit at once
+    assert [j.custom_id for j in first.jobs] == ["a"] and [j.custom_id for j in second.jobs] == ["b"]
+    assert packer.held == 0
+
+
+def test_held_jobs_are_bounded_by_sending_the_largest_pack():
+    packer = Packer(max_held=5)
+    for i in range(4):
+        assert packer.add(comp(f"a{i}", temperature=0), 1) == []
+    packer.add(comp("b0", temperature=1), 1)
+    [sent] = packer.add(comp("b1", temperature=1), 1)
+    assert len(sent.jobs) == 4 and packer.held == 2

@@ -122,11 +122,12 @@ def test_exception_wins_over_status():
     assert classify(200, {}, b"{}", exc=asyncio.TimeoutError()).code == "timeout"
 
 
-def test_client_response_error_is_classified_by_its_status():
-    exc = aiohttp.ClientResponseError(None, (), status=503, message="Service Unavailable",
-                                      headers={"retry-after": "3"})
+def test_a_malformed_http_answer_is_retried_not_blamed_on_the_job():
+    # aiohttp reports a header it cannot parse as a ClientResponseError with status 400
+    exc = aiohttp.ClientResponseError(None, (), status=400, message="Invalid header token")
     verdict = classify(None, {}, None, exc=exc)
-    assert (verdict.action, verdict.code, verdict.delay) == (Action.RETRY, "server_error", 3.0)
+    assert (verdict.action, verdict.code) == (Action.RETRY, "connection_error")
+    assert "Invalid header token" in verdict.message
 
 
 def test_cancellation_is_never_swallowed():
