@@ -352,3 +352,16 @@ def test_a_prompt_level_refusal_is_bisected_to_the_guilty_job():
     failed = [r["custom_id"] for r in records if r["error"]]
     assert failed == ["c7"] and len(records) == 16
     assert stats.bisect_requests == 8  # two halves at each of log2(16) levels
+
+
+async def test_a_slot_granted_to_a_waiter_cancelled_at_that_moment_passes_on():
+    slots = Slots(1)
+    await slots.acquire()
+    first = asyncio.create_task(slots.acquire())
+    second = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()      # granted to `first` ...
+    first.cancel()       # ... which is cancelled before it runs again
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.wait_for(second, 1)  # the slot went on to `second`
+    assert slots.used == 1
