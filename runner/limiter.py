@@ -9,12 +9,15 @@ absorbs. A request larger than our capacity is admitted when the bucket is full 
 level negative (debt), so pacing stays exact for any request size.
 
 `RateLimiter` pairs a requests bucket and a tokens bucket, queues callers FIFO, and learns from
-response headers (`observe`), 429s (`on_rate_limited`) and charge mismatches (`calibrate`).
-`Limiters` holds one `RateLimiter` per (base_url, model).
+response headers (`observe`), 429s (`on_rate_limited`) and charge mismatches (`calibrate`, fed by
+`ChargeAudit` from the ``remaining-tokens`` deltas). `Limiters` holds one `RateLimiter` per
+(base_url, model).
 
 The dispatcher's side of the contract, per admitted request: call exactly one of `observe(info)`
 (any response, including one with no rate-limit headers), `on_rate_limited(retry_after, info)` (a
-429) or `on_failure()` (no response at all). During a cautious start the next request waits for it.
+429) or `on_failure()` (no response at all), from the task that called `acquire`: that ties the
+answer to its admission (a context variable), which ages the headers correctly and calibrates the
+charge. During a cautious start the next request waits for it.
 
 Errors::
 
@@ -24,12 +27,15 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
+    "ChargeAudit",
     "DEFAULT_BURST_S",
     "LimiterStats",
     "Limiters",
@@ -66,6 +72,25 @@ CALIBRATION_MIN = 0.5
 CALIBRATION_MAX = 2.0
 """Bounds of the charge factor: no run of odd samples can make us charge less than half or more
 than twice our own estimate."""
+
+CALIBRATION_WINDOW_S = 2.0
+"""Shortest stretch of admissions one calibration sample spans. Requests whose order at the server
+differs from ours blur a sample's two edges by about one request each; over a few seconds of
+traffic that is a few percent, and the EWMA smooths it further."""
+CALIBRATION_MIN_REQUESTS = 8
+"""Fewest admissions one calibration sample spans, so that no single request dominates it."""
+CALIBRATION_HORIZON_S = 4 * CALIBRATION_WINDOW_S
+"""Observations older than this (by admission time) are forgotten."""
+CALIBRATION_REORDER_S = 0.05
+"""Requests admitted this close together may reach the server in either order."""
+CALIBRATION_EDGE_SHARE = 0.05
+"""A window is used only if the requests admitted within `CALIBRATION_REORDER_S` of its two ends
+(whose order at the server is uncertain) carry at most this share of its estimate: a window that
+starts inside a burst, where the server may have counted any of the burst first, is skipped."""
+CALIBRATION_COVER = 0.5
+"""Two observations ``dt`` apart prove the server's bucket stayed below full between them only if
+``dt`` is under this fraction of the earlier one's ``reset`` (time to full with no traffic): the
+slack absorbs the difference between our admission time and the server's."""
 
 _REQUEST = 1  # one request costs one unit of the requests bucket
 
@@ -205,6 +230,113 @@ class TokenBucket:
         return f"TokenBucket(rate={self._rate:g}/s, capacity={self._capacity:g}, level={self._level:g})"
 
 
+class ChargeAudit:
+    """Measures what the server charges per token we estimate, from its ``remaining-tokens`` header.
+
+    Each observation is one admitted request's headers, which show the server's token bucket right
+    after it charged that request: its level (``remaining``) and the seconds it would take to fill
+    with no traffic (``reset``). Between two observations a and b, taken in admission order, the
+    server consumed ``remaining(a) - remaining(b) + rate × (t_b - t_a)`` tokens, provided its bucket
+    never filled up in between (a full bucket stops refilling, and the formula would overcount).
+    That consumption pays for the requests admitted after a up to b, whose estimates we know.
+
+    `record` returns such a sample ``(estimated, charged)`` when a valid window ends at the new
+    observation, else None. A window is valid when it spans at least `CALIBRATION_WINDOW_S` and
+    `CALIBRATION_MIN_REQUESTS` admissions, and when every consecutive pair of observations in it
+    is close enough that the bucket cannot have filled between them (`CALIBRATION_COVER`): gaps in
+    traffic, idle stretches and observations of a full bucket all break windows. Requests refused
+    with a 429 (`rejected`) were not charged, so their estimates leave the window's. Requests
+    admitted close to either end may reach the server on the other side of it; a window is used
+    only when they are a small part of it (`CALIBRATION_EDGE_SHARE`), so it grows past
+    `CALIBRATION_WINDOW_S` when admissions are dense, and one starting inside a burst is skipped.
+    Every admission is reported (`admitted`), observed or not. Pure: times and counts are given,
+    nothing is read.
+    """
+
+    __slots__ = ("_observations", "_rejected", "_first_seq", "_admitted_at", "_admitted_total",
+                 "_admitted_estimate")
+
+    def __init__(self) -> None:
+        # (seq, at, estimated_total, remaining, reset), sorted by seq (admission order)
+        self._observations: list[tuple[int, float, int, int, float]] = []
+        self._rejected: list[tuple[int, int]] = []  # (seq, estimate) of refused requests, sorted
+        self._first_seq = 1  # admissions first_seq, first_seq + 1, ... in the three lists below
+        self._admitted_at: list[float] = []
+        self._admitted_total: list[int] = []  # estimated_total after each admission
+        self._admitted_estimate: list[int] = []
+
+    def admitted(self, seq: int, at: float, estimate: int, estimated_total: int) -> None:
+        """Admission `seq` (numbered 1, 2, ... without gaps) at time `at`, estimated at
+        `estimate`; `estimated_total` is the sum of our estimates of admissions 1..seq."""
+        if not self._admitted_at:
+            self._first_seq = seq
+        self._admitted_at.append(at)
+        self._admitted_total.append(estimated_total)
+        self._admitted_estimate.append(estimate)
+        gone = bisect.bisect_left(self._admitted_at,
+                                  at - CALIBRATION_HORIZON_S - CALIBRATION_REORDER_S)
+        if gone:
+            del self._admitted_at[:gone], self._admitted_total[:gone], self._admitted_estimate[:gone]
+            self._first_seq += gone
+
+    def _near(self, seq: int, at: float) -> int:
+        """Our estimates of the admissions other than `seq` within `CALIBRATION_REORDER_S` of it."""
+        times, totals, estimates = self._admitted_at, self._admitted_total, self._admitted_estimate
+        index = seq - self._first_seq
+        if not 0 <= index < len(times):
+            return 0
+        low = bisect.bisect_left(times, at - CALIBRATION_REORDER_S)
+        high = bisect.bisect_right(times, at + CALIBRATION_REORDER_S) - 1
+        return totals[high] - (totals[low] - estimates[low]) - estimates[index]
+
+    def rejected(self, seq: int, estimate: int) -> None:
+        """Admission `seq`, estimated at `estimate` tokens, was refused (429): never charged."""
+        bisect.insort(self._rejected, (seq, estimate))
+
+    def record(self, seq: int, at: float, estimated_total: int, remaining: int, reset: float,
+               rate: float) -> tuple[int, float] | None:
+        """Admission number `seq` at time `at` (``estimated_total``: the sum of our estimates of
+        admissions up to and including it) was answered with ``remaining`` tokens left, ``reset``
+        seconds from full, by a server refilling ``rate`` tokens per second. Returns the sample of
+        the window ending here, if valid: ``(our estimate, the server's charge)`` for it."""
+        observations = self._observations
+        entry = (seq, at, estimated_total, remaining, reset)
+        bisect.insort(observations, entry)
+        self._forget_before(observations[-1][1] - CALIBRATION_HORIZON_S)
+        if reset <= 0:
+            return None
+        index = bisect.bisect_left(observations, entry)
+        while True:  # walk back to the newest observation far enough behind this one
+            index -= 1
+            if index < 0:
+                return None
+            earlier, later = observations[index], observations[index + 1]
+            if later[1] - earlier[1] >= CALIBRATION_COVER * earlier[4]:
+                return None  # the bucket may have filled up in between
+            if (at - earlier[1] >= CALIBRATION_WINDOW_S
+                    and seq - earlier[0] >= CALIBRATION_MIN_REQUESTS
+                    and (self._near(earlier[0], earlier[1]) + self._near(seq, at)
+                         <= CALIBRATION_EDGE_SHARE * (estimated_total - earlier[2]))):
+                break
+        first_seq, first_at, first_total, first_remaining, _ = earlier
+        rejected = self._rejected
+        refused = rejected[bisect.bisect_right(rejected, (first_seq, math.inf)):
+                           bisect.bisect_right(rejected, (seq, math.inf))]
+        estimated = estimated_total - first_total - sum(estimate for _, estimate in refused)
+        charged = first_remaining - remaining + rate * (at - first_at)
+        return (estimated, charged) if estimated > 0 and charged > 0 else None
+
+    def _forget_before(self, horizon: float) -> None:
+        observations = self._observations
+        drop = 0
+        while drop < len(observations) and observations[drop][1] < horizon:
+            drop += 1
+        if drop:
+            del observations[:drop]
+            oldest = observations[0][0] if observations else math.inf
+            del self._rejected[:bisect.bisect_left(self._rejected, (oldest, -1))]
+
+
 @dataclass(frozen=True, slots=True)
 class LimiterStats:
     """A snapshot of one `RateLimiter`'s counters since it was built.
@@ -237,6 +369,22 @@ def _loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 
+@dataclass(frozen=True, slots=True)
+class _Ticket:
+    """What `acquire` leaves in its caller's context, so that the answer the same task reports
+    later (`observe`, `on_rate_limited`, `on_failure`) is tied to that admission."""
+
+    limiter: RateLimiter
+    seq: int  # admission number, from 1
+    at: float  # admission time
+    estimate: int  # our estimate of this request's tokens
+    estimated_total: int  # our estimates of admissions 1..seq, summed
+    charged_total: int  # tokens charged to our bucket for admissions 1..seq
+
+
+_TICKET: ContextVar[_Ticket | None] = ContextVar("runner_limiter_ticket", default=None)
+
+
 class RateLimiter:
     """The budget of one (base URL, model): a requests bucket and a tokens bucket.
 
@@ -253,6 +401,15 @@ class RateLimiter:
     * Cautious start: while rpm or tpm is unknown and nothing has been observed, exactly one request
       (a probe) is admitted; the rest wait for the first `observe`. A limit the server does not
       announce by then is treated as unlimited until a later response announces one.
+
+    Calibration: the token charge follows the server's own accounting. `acquire` ties each
+    admission to the calling task (a context variable), so the `observe` that task makes next is
+    known to show the server's bucket right after it charged that request; a `ChargeAudit` turns
+    those observations into samples of the server's charge per estimated token, fed to
+    `calibrate`. It needs the server's ``limit``, ``remaining`` and ``reset`` token headers
+    (OpenAI sends all three; with Azure's remaining-only headers the factor stays as it is).
+    Traffic from other clients of the same budget counts as our own, so the factor also leaves
+    room for it (within [CALIBRATION_MIN, CALIBRATION_MAX]).
     """
 
     def __init__(
@@ -281,6 +438,9 @@ class RateLimiter:
         self._head_need = 0  # tokens the head of the queue is waiting for
         self._admitted_requests = 0
         self._admitted_tokens = 0
+        self._estimated_tokens = 0  # our estimates of everything admitted, before calibration
+        self._audit = ChargeAudit()
+        self._samples = 0  # calibration samples taken from the server's headers
         self._wait_s = 0.0
         self._rate_limited = 0
 
@@ -347,7 +507,7 @@ class RateLimiter:
                     await self._wait(delay)
                 finally:
                     self._head_need = 0
-            self._admit(charged)
+            self._admit(tokens, charged)
         self._wait_s += self._clock() - arrived
         return charged
 
@@ -394,7 +554,7 @@ class RateLimiter:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    def _admit(self, charged: int) -> None:
+    def _admit(self, tokens: int, charged: int) -> None:
         if self._probing():
             self._probe_in_flight = True
         if self._requests.bucket is not None:
@@ -403,6 +563,19 @@ class RateLimiter:
             self._tokens.bucket.take(charged)
         self._admitted_requests += 1
         self._admitted_tokens += charged
+        self._estimated_tokens += tokens
+        ticket = _Ticket(self, self._admitted_requests, self._clock(), tokens,
+                         self._estimated_tokens, self._admitted_tokens)
+        self._audit.admitted(ticket.seq, ticket.at, tokens, ticket.estimated_total)
+        _TICKET.set(ticket)
+
+    def _take_ticket(self) -> _Ticket | None:
+        """The calling task's latest admission by this limiter not yet answered, if any."""
+        ticket = _TICKET.get()
+        if ticket is None or ticket.limiter is not self:
+            return None
+        _TICKET.set(None)
+        return ticket
 
     # -- learning ----------------------------------------------------------------------------
 
@@ -415,7 +588,7 @@ class RateLimiter:
         dim.limit, dim.source = limit, source
 
     def _learn(self, dim: _Limit, limit: int | None, remaining: int | None,
-               reset: float | None) -> None:
+               reset: float | None, ticket: _Ticket | None) -> None:
         if limit is not None and limit > 0:
             self._set_limit(dim, float(limit), "server")
         elif remaining is not None and remaining > 0 and dim.source != "server":
@@ -428,24 +601,59 @@ class RateLimiter:
             if dim.limit is None or estimate > dim.limit:
                 self._set_limit(dim, estimate, "user" if dim.source == "user" else "inferred")
         if remaining is not None and dim.bucket is not None:
-            dim.bucket.correct(remaining)
+            dim.bucket.correct(remaining + self._since(dim, dim.bucket, ticket))
+
+    def _since(self, dim: _Limit, bucket: TokenBucket, ticket: _Ticket | None) -> float:
+        """How far the server's count has moved since it wrote the headers of `ticket`'s request:
+        its refill since that admission, less what we admitted after it (0 without a ticket)."""
+        if ticket is None:
+            return 0.0
+        if dim is self._requests:
+            after = self._admitted_requests - ticket.seq
+        else:
+            after = self._admitted_tokens - ticket.charged_total
+        return bucket.rate * max(0.0, self._clock() - ticket.at) - after
 
     def observe(self, info: RateLimitInfoLike) -> None:
         """Learn from one response's rate-limit headers (call it for every response).
 
         * ``limit_*`` sets that bucket's rate (limit/60 per s) and capacity (limit × burst_s/60),
           overriding the user's number either way: the server knows its limit.
-        * ``remaining_*`` lowers the bucket's level to it, never raises it (`TokenBucket.correct`).
+        * ``remaining_*`` lowers the bucket's level to what the server holds now by its own
+          count, never raises it (`TokenBucket.correct`). Called by the task whose `acquire` the
+          response answers, that is ``remaining`` plus the server's refill since the request was
+          admitted, less what we admitted after it: an answer that took seconds does not reset
+          the bucket to a level long past. From any other task it is ``remaining`` itself.
         * No ``limit_*`` (Azure sends only ``remaining_*``): a limit is inferred that is at least
           the largest ``remaining`` seen (see `INFER_MAX_RESET_S` for the use of ``reset_*``).
         * The first call ends the cautious start; a limit still unknown then counts as unlimited.
+        * Called by the task whose `acquire` the response answers, the token headers also
+          calibrate the charge (see the class docstring).
         """
+        ticket = self._take_ticket()
+        self._update(info, ticket)
+        if ticket is not None:
+            self._audit_tokens(ticket, info)
+        self._notify()
+
+    def _update(self, info: RateLimitInfoLike, ticket: _Ticket | None) -> None:
         self._learn(self._requests, info.limit_requests, info.remaining_requests,
-                    info.reset_requests)
-        self._learn(self._tokens, info.limit_tokens, info.remaining_tokens, info.reset_tokens)
+                    info.reset_requests, ticket)
+        self._learn(self._tokens, info.limit_tokens, info.remaining_tokens, info.reset_tokens,
+                    ticket)
         self._observed = True
         self._probe_in_flight = False
-        self._notify()
+
+    def _audit_tokens(self, ticket: _Ticket, info: RateLimitInfoLike) -> None:
+        tpm = self._tokens.limit
+        if (tpm is None or self._tokens.source != "server" or info.remaining_tokens is None
+                or info.reset_tokens is None):
+            return  # the refill rate or the bucket's state is not the server's own word
+        sample = self._audit.record(ticket.seq, ticket.at, ticket.estimated_total,
+                                    info.remaining_tokens, info.reset_tokens, tpm / MINUTE_S)
+        if sample is not None:
+            self._samples += 1  # the first samples are averaged: the initial 1.0 is only a guess
+            self._move_factor(*sample, weight=max(CALIBRATION_ALPHA, 1 / self._samples))
 
     def on_rate_limited(self, retry_after: float | None, info: RateLimitInfoLike | None) -> None:
         """A 429: admit nothing before ``retry_after`` seconds from now (`FALLBACK_RETRY_AFTER_S`
@@ -460,8 +668,11 @@ class RateLimiter:
         `observe`d first. During a cautious start this frees the probe slot.
         """
         self._rate_limited += 1
+        ticket = self._take_ticket()
+        if ticket is not None:
+            self._audit.rejected(ticket.seq, ticket.estimate)
         if info is not None and any(getattr(info, f) is not None for f in _INFO_FIELDS):
-            self.observe(info)
+            self._update(info, ticket)
         if retry_after is None or not (math.isfinite(retry_after) and retry_after >= 0):
             retry_after = FALLBACK_RETRY_AFTER_S
         self._probe_in_flight = False
@@ -490,20 +701,24 @@ class RateLimiter:
     def on_failure(self) -> None:
         """An admitted request ended with no response at all (connection error, timeout). Frees
         the probe slot during a cautious start, so the next waiter probes; otherwise a no-op."""
+        self._take_ticket()  # the server may or may not have charged it: its windows stand
         if self._probe_in_flight:
             self._probe_in_flight = False
             self._notify()
 
-    def calibrate(self, estimated: int, charged: int) -> None:
+    def calibrate(self, estimated: float, charged: float) -> None:
         """One sample of what the server charged (e.g. from the drop in ``remaining-tokens``) for a
         request we estimated at ``estimated``. The factor moves towards ``charged / estimated`` by
         `CALIBRATION_ALPHA` and stays within [CALIBRATION_MIN, CALIBRATION_MAX]; samples with a
         non-positive side are ignored."""
+        self._move_factor(estimated, charged, weight=CALIBRATION_ALPHA)
+        self._notify()
+
+    def _move_factor(self, estimated: float, charged: float, *, weight: float) -> None:
         if estimated <= 0 or charged <= 0:
             return
-        factor = (1 - CALIBRATION_ALPHA) * self._factor + CALIBRATION_ALPHA * (charged / estimated)
+        factor = (1 - weight) * self._factor + weight * (charged / estimated)
         self._factor = min(CALIBRATION_MAX, max(CALIBRATION_MIN, factor))
-        self._notify()
 
     def __repr__(self) -> str:
         return (f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, requests={self._requests.bucket!r}, "

@@ -30,6 +30,7 @@ Token charge (the server's accounting, which a client must mirror to pace itself
 `token_charge`: per prompt `ceil(chars / 4)` of its text (chat: the characters of all message
 contents) plus `max_tokens * n` (chat: `max_completion_tokens`, else `max_tokens`, else 0;
 completions: `max_tokens`, else 16); embeddings: `ceil(chars / 4)` per input.
+`SimConfig.charge_factor` scales it, to play a service whose accounting differs from that rule.
 
 Rate limits are two continuously refilling token buckets per model (deployment on Azure): requests
 at `rpm / 60` per second and tokens at `tpm / 60` per second, each holding `rate * burst_s`. A request
@@ -212,6 +213,9 @@ class SimConfig:
     admitted before every request gets `insufficient_quota`. poison: a substring that makes a
     request fail with `context_length_exceeded`. shuffle: return choices out of order. seed: seeds
     the simulator's random source. api_key: the only key accepted (None = any non-empty key).
+    charge_factor: the server charges `ceil(token_charge × charge_factor)` tokens per request, so a
+    test can play a service whose accounting differs from the client's estimate (1.0 = the
+    documented rule).
     """
 
     rpm: int | None = None
@@ -226,6 +230,7 @@ class SimConfig:
     shuffle: bool = True
     seed: int = 0
     api_key: str | None = field(default=None, repr=False)
+    charge_factor: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "quota_requests"):
@@ -241,6 +246,7 @@ class SimConfig:
         _check_number("latency_ms", self.latency_ms, minimum=0, strict=False)
         _check_number("hang_s", self.hang_s, minimum=0, strict=False)
         _check_number("fault_rate", self.fault_rate, minimum=0, strict=False)
+        _check_number("charge_factor", self.charge_factor, minimum=0, strict=True)
         if self.fault_rate > 1:
             raise ValueError(f"fault_rate must be <= 1, got {self.fault_rate!r}")
         if isinstance(self.faults, str):
@@ -782,7 +788,8 @@ class Simulator:
         if config.quota_requests is not None and self._admitted >= config.quota_requests:
             raise ApiError(429, _QUOTA_ERROR)
         budget = self.budget(req.model)
-        charge = req.charge
+        charge = req.charge if config.charge_factor == 1 else \
+            math.ceil(round(req.charge * config.charge_factor, 6))  # round: 100 × 1.1 is 111 else
         verdict = budget.admit(charge)
         if not verdict.admitted:
             raise _rate_limited(shape, kind, req.model, api_version or AZURE_DEFAULT_API_VERSION,

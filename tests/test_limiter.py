@@ -12,6 +12,8 @@ from runner.clock import run_virtual
 from runner.limiter import (
     CALIBRATION_MAX,
     CALIBRATION_MIN,
+    CALIBRATION_WINDOW_S,
+    ChargeAudit,
     FALLBACK_RETRY_AFTER_S,
     LimiterStats,
     Limiters,
@@ -348,6 +350,30 @@ def test_a_lower_remaining_header_delays_the_next_admission():
     assert run_virtual(main) == 1.0
 
 
+def test_a_late_answer_counts_the_servers_refill_since_its_request_was_admitted():
+    async def main(from_acquiring_task: bool) -> list[float]:
+        limiter = RateLimiter(rpm=600, tpm=10**9, burst_s=1.0)  # 10 a second, 10 at once
+        info = Info(limit_requests=600, remaining_requests=9)  # the server's count after request 1
+
+        async def first() -> None:
+            await limiter.acquire(0)
+            await asyncio.sleep(2.0)  # a slow answer: the server has refilled 20 since
+            if from_acquiring_task:
+                limiter.observe(info)
+
+        task = asyncio.ensure_future(first())
+        await asyncio.gather(*(limiter.acquire(0) for _ in range(9)))
+        await task
+        if not from_acquiring_task:
+            limiter.observe(info)  # no ticket: `remaining` taken as it stands
+        log: list = []
+        await asyncio.gather(*(admit(limiter, log, str(i)) for i in range(10)))
+        return times(log)
+
+    assert run_virtual(main(True)) == [2.0] * 10  # 9 + 20 - 9 left: our full bucket stands
+    assert run_virtual(main(False))[-1] == pytest.approx(2.1)  # level cut to the stale 9
+
+
 def test_a_higher_remaining_header_never_raises_our_level():
     async def main():
         limiter = RateLimiter(rpm=60, tpm=60_000, burst_s=2.0)
@@ -539,6 +565,130 @@ def test_acquire_charges_the_calibrated_amount_capped_at_the_tpm():
         return first, second, limiter.stats.tokens
 
     assert run_virtual(main) == (600, 1000, 1600)
+
+
+class ServerBucket:
+    """The server's token bucket as the simulator keeps it: starts full, refills at `rate`."""
+
+    def __init__(self, rate: float, capacity: float, clock) -> None:
+        self.rate, self.capacity, self.clock = rate, capacity, clock
+        self.level, self.stamp = capacity, clock()
+
+    def take(self, amount: float) -> tuple[int, float]:
+        """Charge `amount`; return the headers' (remaining, reset) right after."""
+        now = self.clock()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate) - amount
+        self.stamp = now
+        return max(0, math.floor(self.level)), (self.capacity - self.level) / self.rate
+
+
+def audit_run(audit: ChargeAudit, *, factor: float, interval: float, seconds: float,
+              estimate: int = 100, refused: frozenset[int] = frozenset()
+              ) -> list[tuple[int, float]]:
+    """Requests every `interval` s against a server charging `factor` × `estimate` (1000 tok/s,
+    2 s bucket); every sample the audit gives."""
+    clock = FakeClock()
+    server = ServerBucket(1000.0, 2000.0, clock)
+    samples, total = [], 0
+    for seq in range(1, int(seconds / interval) + 1):
+        clock.now = seq * interval
+        total += estimate
+        if seq in refused:
+            audit.rejected(seq, estimate)
+            continue
+        remaining, reset = server.take(estimate * factor)
+        sample = audit.record(seq, clock.now, total, remaining, reset, 1000.0)
+        if sample is not None:
+            samples.append(sample)
+    return samples
+
+
+def test_audit_measures_the_servers_charge_per_estimated_token_from_remaining_deltas():
+    samples = audit_run(ChargeAudit(), factor=1.3, interval=0.1, seconds=6)  # 1300 of 1000 tok/s
+    assert len(samples) > 30
+    assert all(charged / estimated == pytest.approx(1.3, rel=0.01)
+               for estimated, charged in samples)
+    first_estimated, _ = samples[0]
+    assert first_estimated >= CALIBRATION_WINDOW_S / 0.1 * 100  # a sample spans a whole window
+
+
+def test_audit_gives_no_sample_while_the_servers_bucket_may_have_been_full():
+    # 600 of 1000 tok/s: the bucket refills faster than it is drawn, so it is full between requests
+    assert audit_run(ChargeAudit(), factor=1.0, interval=0.5, seconds=20, estimate=300) == []
+
+
+def test_audit_leaves_refused_requests_out_of_the_estimate():
+    refused = frozenset({25, 26, 40})
+    samples = audit_run(ChargeAudit(), factor=1.2, interval=0.1, seconds=8, refused=refused)
+    assert len(samples) > 30
+    assert all(charged / estimated == pytest.approx(1.2, rel=0.01)
+               for estimated, charged in samples)
+
+
+def test_audit_skips_windows_that_start_inside_a_burst_the_server_counted_in_another_order():
+    clock = FakeClock()
+    server = ServerBucket(1000.0, 5000.0, clock)
+    server.level = 2000.0  # far from full: every window is covered
+    audit, samples, answers = ChargeAudit(), [], []
+    for seq in range(1, 11):  # a burst of 10 at t=0; the server happens to count it backwards
+        audit.admitted(seq, 0.0, 100, 100 * seq)
+    for seq in range(10, 0, -1):
+        answers.append((seq, 0.0, 100 * seq, *server.take(100)))
+    for seq in range(11, 60):  # then 10 a second, 1000 tok/s, as fast as the server refills
+        clock.now = (seq - 10) * 0.1
+        audit.admitted(seq, clock.now, 100, 100 * seq)
+        answers.append((seq, clock.now, 100 * seq, *server.take(100)))
+    for answer in answers:
+        sample = audit.record(*answer, 1000.0)
+        if sample is not None:
+            samples.append(sample)
+    assert samples and all(charged / estimated == pytest.approx(1.0, rel=0.01)
+                           for estimated, charged in samples)
+
+
+def calibration_run(*, factor: float, same_task: bool = True, headers: str = "all",
+                    rpm: float | None = None, tpm: float | None = None) -> float:
+    """200 requests of 100 estimated tokens through a limiter, answered by a server charging
+    `factor` × 100 (TPM 60,000); the calibration after them."""
+
+    async def main() -> float:
+        limiter = RateLimiter(rpm=rpm, tpm=tpm)
+        server = ServerBucket(1000.0, 60_000.0, now)  # a minute's worth, as OpenAI holds
+        answers: asyncio.Queue = asyncio.Queue()
+
+        async def observer() -> None:  # a task that never acquired
+            while True:
+                limiter.observe(await answers.get())
+                answers.task_done()
+
+        watching = asyncio.ensure_future(observer())
+        for _ in range(200):
+            await limiter.acquire(100)
+            remaining, reset = server.take(100 * factor)
+            info = Info(limit_tokens=None if headers == "no-limit" else 60_000,
+                        remaining_tokens=remaining,
+                        reset_tokens=None if headers == "no-reset" else reset)
+            if same_task:
+                limiter.observe(info)
+            else:
+                answers.put_nowait(info)
+                await answers.join()
+        watching.cancel()
+        return limiter.calibration
+
+    return run_virtual(main)
+
+
+def test_observe_calibrates_the_charge_to_the_servers_accounting():
+    assert calibration_run(factor=1.3) == pytest.approx(1.3, abs=0.01)
+    assert calibration_run(factor=0.8) == pytest.approx(0.8, abs=0.01)
+    assert calibration_run(factor=1.0) == pytest.approx(1.0, abs=0.005)
+
+
+def test_calibration_needs_the_servers_limit_and_reset_and_the_acquiring_task():
+    assert calibration_run(factor=1.3, headers="no-reset") == 1.0
+    assert calibration_run(factor=1.3, headers="no-limit", tpm=60_000) == 1.0  # the user's rate
+    assert calibration_run(factor=1.3, same_task=False) == 1.0  # not tied to an admission
 
 
 def test_stats_count_admissions_tokens_waiting_time_and_429s():

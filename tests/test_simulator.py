@@ -324,6 +324,22 @@ async def test_tpm_429_and_too_large_request(session) -> None:
     assert sim.stats.tokens_charged == 20
 
 
+async def test_charge_factor_scales_what_the_server_charges(session) -> None:
+    clock = FakeClock()
+    async with Simulator(SimConfig(tpm=6000, burst_s=2, charge_factor=1.3), clock=clock) as sim:
+        url = sim.base_url + "/completions"
+        status, headers, _ = await post(session, url, {"model": "m", "prompt": "x" * 16,
+                                                        "max_tokens": 96})
+    assert status == 200 and sim.stats.tokens_charged == 130  # (4 + 96) × 1.3
+    assert headers["x-ratelimit-remaining-tokens"] == str(200 - 130)
+
+
+def test_charge_factor_must_be_positive() -> None:
+    for factor in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            SimConfig(charge_factor=factor)
+
+
 async def test_each_model_has_its_own_budget(session) -> None:
     async with Simulator(SimConfig(rpm=60, burst_s=1), clock=FakeClock()) as sim:
         url = sim.base_url + "/chat/completions"
