@@ -48,6 +48,7 @@ PENDING_PER_SLOT = 4          # requests waiting for budget, per concurrency slo
 MAX_PENDING_JOBS = 16_384     # jobs inside the dispatcher at once (bounds memory with packing)
 PACK_FLUSH_S = 0.05           # send partial packs when the input pauses this long
 GRACE_S = 5.0                 # how long answers already on the wire may take after stop()
+RATE_LIMITED_PER_ATTEMPT = 4  # 429s with a retry-after that count as one attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,14 +174,14 @@ def _blames_a_prompt(response: HttpResponse | None) -> bool:
     return error.get("code") in PROMPT_ERROR_CODES or error.get("param") in ("prompt", "input")
 
 
-def requests_per_second(limiters: Limiters) -> float | None:
-    """The request rate all budgets together allow; None if any is unlimited or still unknown."""
-    total = 0.0
-    for _, limiter in limiters.items():
-        if limiter.rpm is None:
-            return None
-        total += limiter.rpm / 60.0
-    return total or None
+@dataclass(slots=True)
+class Lane:
+    """One budget (endpoint + model): its limiter, and its own concurrency slots sized by its rate
+    and latency, so waiting for one model's budget never holds slots another model needs."""
+
+    limiter: RateLimiter
+    slots: Slots
+    latency: float | None = None
 
 
 class SinglePacker:
@@ -215,8 +216,7 @@ class Dispatcher:
         self._clock = clock
         self._sleep = sleep
         self._log = log
-        self.slots = Slots(config.concurrency)
-        self._latency: float | None = None
+        self._lanes: dict[tuple[str, str], Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[Any]] = set()
         self._room = Room(config.max_pending, MAX_PENDING_JOBS)
@@ -239,6 +239,13 @@ class Dispatcher:
         if self._clock is None:
             self._clock = asyncio.get_running_loop().time
         return self._clock()
+
+    def _lane(self, model: str) -> Lane:
+        key = self._endpoint.budget_key(model)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = Lane(self._limiters.get(key), Slots(self.config.concurrency))
+        return lane
 
     def _budget(self, model: str) -> Budget | None:
         """What the model's limiter knows of its budget, for sizing packs."""
@@ -377,25 +384,32 @@ class Dispatcher:
     # -- one request -----------------------------------------------------------------------------
 
     async def _process(self, request: Request) -> None:
-        limiter = self._limiters.get(self._endpoint.budget_key(request.model))
-        attempt = 0
+        lane = self._lane(request.model)
+        limiter = lane.limiter
+        attempt = rate_limited_attempts = 0
         while not self.stopping:
+            # A slot first, then the budget: a request is admitted only when it can be sent at
+            # once, so requests held back by the concurrency cap never leave together later.
+            too_large = None
+            await lane.slots.acquire()
             try:
-                charged = await limiter.acquire(request.charge)
-            except RequestTooLarge as exc:
+                try:
+                    charged = await limiter.acquire(request.charge)
+                except RequestTooLarge as exc:
+                    too_large = exc
+                else:
+                    if self.stopping:
+                        limiter.on_failure()  # admitted but never sent
+                        return
+                    verdict, answers, response = await self._attempt(request, lane, charged)
+            finally:
+                lane.slots.release()
+            if too_large is not None:
                 if request.packed:  # packed before the budget was known: send it in halves
                     await asyncio.wait([self._spawn(self._process(part)) for part in halves(request)])
                 else:
-                    self._fail_jobs(request.jobs, "request_too_large", str(exc))
+                    self._fail_jobs(request.jobs, "request_too_large", str(too_large))
                 return
-            await self.slots.acquire()
-            try:
-                if self.stopping:
-                    limiter.on_failure()  # admitted but never sent
-                    return
-                verdict, answers, response = await self._attempt(request, limiter, charged)
-            finally:
-                self.slots.release()
             if verdict.action is Action.OK:
                 self._succeed(request, answers, response)
                 return
@@ -405,19 +419,24 @@ class Dispatcher:
             if verdict.action is Action.FAIL_JOB:
                 await self._fail_request(request, verdict, response)
                 return
+            pacing = verdict.code == "rate_limit_exceeded" and verdict.delay is not None
             attempt += 1
+            if pacing:  # a 429 that says when to come back is pacing, not failure: it counts less
+                rate_limited_attempts += 1
+                attempt -= rate_limited_attempts % RATE_LIMITED_PER_ATTEMPT != 0
             if attempt >= self.config.max_attempts:
                 self._fail_jobs(request.jobs, verdict.code,
                                 f"gave up after {attempt} attempts: {verdict.message}", response)
                 return
             self.stats.retries += 1
-            if verdict.code == "rate_limit_exceeded" and verdict.delay is not None:
+            if pacing:
                 continue  # the limiter now holds the debt; waiting there is exactly long enough
             await self._sleep(retry_delay(verdict, attempt - 1, self._backoff))
 
-    async def _attempt(self, request: Request, limiter: RateLimiter, charged: int
+    async def _attempt(self, request: Request, lane: Lane, charged: int
                        ) -> tuple[Verdict, list[dict[str, Any]] | None, HttpResponse | None]:
         """Send once. Tells the limiter exactly one of observe / on_rate_limited / on_failure."""
+        limiter = lane.limiter
         http = self._endpoint.build(request)
         task = asyncio.current_task()
         assert task is not None
@@ -439,13 +458,13 @@ class Dispatcher:
         finally:
             self._sending.discard(task)
             self.stats.in_flight -= 1
-        self._observe_latency(self._now() - started)
         info = RateLimitInfo.from_headers(response.headers)
         verdict = classify(response.status, response.headers, response.body)
         if response.status == 429 and verdict.action is Action.RETRY:
             self.stats.rate_limited += 1
             limiter.on_rate_limited(verdict.delay, info)
             return verdict, None, response
+        self._observe_latency(lane, self._now() - started)  # a 429 comes back at once: no latency
         limiter.observe(info)
         if verdict.action is Action.OK:
             try:
@@ -455,19 +474,20 @@ class Dispatcher:
             return verdict, answers, response
         return verdict, None, response
 
-    def _observe_latency(self, seconds: float) -> None:
-        """Keep enough requests in flight to use the budget at the observed latency."""
-        if self._latency is None:
-            self._latency = seconds
+    def _observe_latency(self, lane: Lane, seconds: float) -> None:
+        """Keep enough of a lane's requests in flight to use its budget at the observed latency
+        (Little's law: rate x latency, with headroom for requests waiting on the budget)."""
+        if lane.latency is None:
+            lane.latency = seconds
         else:
-            self._latency += LATENCY_SMOOTHING * (seconds - self._latency)
-        rate = requests_per_second(self._limiters)
+            lane.latency += LATENCY_SMOOTHING * (seconds - lane.latency)
         cap = self.config.concurrency
-        if rate is None:
-            self.slots.set_limit(cap)
+        rpm = lane.limiter.rpm
+        if rpm is None:
+            lane.slots.set_limit(cap)
         else:
-            need = math.ceil(rate * self._latency * CONCURRENCY_HEADROOM)
-            self.slots.set_limit(min(cap, max(MIN_CONCURRENCY, need)))
+            need = math.ceil(rpm / 60.0 * lane.latency * CONCURRENCY_HEADROOM)
+            lane.slots.set_limit(min(cap, max(MIN_CONCURRENCY, need)))
 
     # -- outcomes --------------------------------------------------------------------------------
 

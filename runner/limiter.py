@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -60,6 +61,15 @@ spin on sleeps too small to move the clock."""
 
 FALLBACK_RETRY_AFTER_S = 1.0
 """Debt horizon for a 429 whose response gave no usable ``retry-after``."""
+
+INFER_FROM_429_SHARE = 0.75
+"""When 429s arrive and no limit is known at all (a server that announces none, like Azure without
+limit headers), the requests limit is inferred as this share of the rate the server was answering
+at; each later 429 episode (at most one per second or per retry-after) lowers an inferred limit by
+the same factor, and every `INFER_RAISE_AFTER_S` without a 429 raises it by `INFER_RAISE_STEP` to
+probe for more: additive increase, multiplicative decrease."""
+INFER_RAISE_AFTER_S = 10.0
+INFER_RAISE_STEP = 1.02
 
 INFER_MAX_RESET_S = 30.0
 """Infer a missing limit from ``remaining / (1 - reset / 60)`` only while ``reset`` is below this,
@@ -357,12 +367,13 @@ class _Limit:
     the bucket that paces it. ``bucket is None`` means unknown (before the first observation) or
     unlimited (after it)."""
 
-    __slots__ = ("limit", "source", "bucket")
+    __slots__ = ("limit", "source", "bucket", "raised_at")
 
     def __init__(self) -> None:
         self.limit: float | None = None
-        self.source: str | None = None  # "user", "server" or "inferred"
+        self.source: str | None = None  # "user", "server", "inferred" (headers) or "probed" (429s)
         self.bucket: TokenBucket | None = None
+        self.raised_at = -math.inf  # when an inferred limit was last set or raised
 
 
 def _loop_time() -> float:
@@ -443,6 +454,9 @@ class RateLimiter:
         self._samples = 0  # calibration samples taken from the server's headers
         self._wait_s = 0.0
         self._rate_limited = 0
+        self._answers: deque[float] = deque()  # times of the last minute's answers (not 429s)
+        self._last_429 = -math.inf
+        self._episode_end = -math.inf  # a 429 before this belongs to the episode already counted
 
     # -- what callers read -------------------------------------------------------------------
 
@@ -592,13 +606,17 @@ class RateLimiter:
         if limit is not None and limit > 0:
             self._set_limit(dim, float(limit), "server")
         elif remaining is not None and remaining > 0 and dim.source != "server":
-            # No limit header (Azure): remaining <= limit always, so it is a safe lower bound; an
-            # estimate from the reset time is used only when the user gave no number.
-            estimate = float(remaining)
-            if (dim.source != "user" and reset is not None
-                    and 0 < reset < INFER_MAX_RESET_S and math.isfinite(reset)):
-                estimate = max(estimate, remaining / (1 - reset / MINUTE_S))
-            if dim.limit is None or estimate > dim.limit:
+            # No limit header (Azure). With a reset time, remaining / (1 - reset/60) estimates the
+            # per-minute limit. Without one, `remaining` may count a window shorter than a minute
+            # (Azure enforces quotas over 1 s or 10 s windows), so it says nothing of the limit:
+            # it only raises a user's number that is certainly too low, and otherwise the limit
+            # stays unknown and 429s with their retry-after pace the run.
+            estimate = None
+            if reset is not None and 0 < reset < INFER_MAX_RESET_S and math.isfinite(reset):
+                estimate = remaining / (1 - reset / MINUTE_S)
+            elif dim.source == "user":
+                estimate = float(remaining)
+            if estimate is not None and (dim.limit is None or estimate > dim.limit):
                 self._set_limit(dim, estimate, "user" if dim.source == "user" else "inferred")
         if remaining is not None and dim.bucket is not None:
             dim.bucket.correct(remaining + self._since(dim, dim.bucket, ticket))
@@ -624,8 +642,9 @@ class RateLimiter:
           response answers, that is ``remaining`` plus the server's refill since the request was
           admitted, less what we admitted after it: an answer that took seconds does not reset
           the bucket to a level long past. From any other task it is ``remaining`` itself.
-        * No ``limit_*`` (Azure sends only ``remaining_*``): a limit is inferred that is at least
-          the largest ``remaining`` seen (see `INFER_MAX_RESET_S` for the use of ``reset_*``).
+        * No ``limit_*`` (Azure sends only ``remaining_*``): with ``reset_*`` a limit is inferred
+          (see `INFER_MAX_RESET_S`); without it ``remaining`` only raises a user's number it
+          exceeds, since it may count a window shorter than a minute.
         * The first call ends the cautious start; a limit still unknown then counts as unlimited.
         * Called by the task whose `acquire` the response answers, the token headers also
           calibrate the charge (see the class docstring).
@@ -634,7 +653,35 @@ class RateLimiter:
         self._update(info, ticket)
         if ticket is not None:
             self._audit_tokens(ticket, info)
+        self._note_answer()
         self._notify()
+
+    def _note_answer(self) -> None:
+        now = self._clock()
+        self._answers.append(now)
+        while now - self._answers[0] > MINUTE_S:
+            self._answers.popleft()
+        dim = self._requests
+        if (dim.source == "probed" and dim.limit is not None
+                and now - max(self._last_429, dim.raised_at) >= INFER_RAISE_AFTER_S):
+            dim.raised_at = now
+            self._set_limit(dim, dim.limit * INFER_RAISE_STEP, "probed")
+
+    def _infer_from_429(self, retry_after: float) -> None:
+        """A 429 with no limit known: infer one from the rate the server was answering at; an
+        inferred limit shrinks once per episode (see `INFER_FROM_429_SHARE`)."""
+        now = self._clock()
+        dim = self._requests
+        if dim.source == "probed" and dim.limit is not None:
+            if now >= self._episode_end:
+                self._set_limit(dim, max(1.0, dim.limit * INFER_FROM_429_SHARE), "probed")
+                self._episode_end = now + max(1.0, retry_after)
+        elif dim.limit is None and self._tokens.limit is None and len(self._answers) >= 2:
+            span = max(now - self._answers[0], 1.0)
+            per_minute = len(self._answers) / span * MINUTE_S
+            self._set_limit(dim, max(1.0, per_minute * INFER_FROM_429_SHARE), "probed")
+            self._episode_end = now + max(1.0, retry_after)
+        self._last_429 = now
 
     def _update(self, info: RateLimitInfoLike, ticket: _Ticket | None) -> None:
         self._learn(self._requests, info.limit_requests, info.remaining_requests,
@@ -676,6 +723,7 @@ class RateLimiter:
         if retry_after is None or not (math.isfinite(retry_after) and retry_after >= 0):
             retry_after = FALLBACK_RETRY_AFTER_S
         self._probe_in_flight = False
+        self._infer_from_429(retry_after)
         debted = False
         for dim, need in self._blame(info):
             if dim.bucket is not None:

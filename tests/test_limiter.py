@@ -416,7 +416,7 @@ def test_the_server_limit_raises_a_too_low_user_guess_and_wakes_the_head_early()
     assert log == [("head", pytest.approx(1.18, abs=EXACT))]
 
 
-def test_azure_remaining_only_headers_give_a_lower_bound_on_the_limit():
+def test_azure_remaining_only_headers_raise_a_too_low_user_limit_but_infer_none():
     async def main():
         limiter = RateLimiter(rpm=None, tpm=1000, burst_s=1.0)
         await limiter.acquire(10)
@@ -426,7 +426,9 @@ def test_azure_remaining_only_headers_give_a_lower_bound_on_the_limit():
         return first, (limiter.rpm, limiter.tpm)
 
     first, later = run_virtual(main)
-    assert first == (119, 79_990)  # unknown rpm learned; the user's too-low tpm raised
+    # remaining without a reset may count a window shorter than a minute: no rpm is inferred from
+    # it, but the user's tpm, certainly too low if 79,990 tokens remain, is raised
+    assert first == (None, 79_990)
     assert later == first
 
 
@@ -789,3 +791,29 @@ def test_admissions_never_exceed_burst_plus_rate_in_any_window_under_random_load
             # what a full bucket holds plus what it refills: never more (requests <= capacity)
             assert count <= rpm / 60 * (burst_s + span) + 1e-6
             assert tokens <= tpm / 60 * (burst_s + span) + 1e-6
+
+
+def test_429s_with_no_limit_known_infer_one_and_shrink_it_per_episode():
+    async def main():
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(rpm=None, tpm=None, burst_s=1.0)
+        await limiter.acquire(1)
+        limiter.observe(Info())  # an answer with no rate-limit headers: unlimited from now on
+        for _ in range(59):  # the server answers 60 requests in the first second ...
+            await limiter.acquire(1)
+            limiter.observe(Info())
+        await asyncio.sleep(1.0)
+        await limiter.acquire(1)
+        limiter.on_rate_limited(0.5, Info())  # ... then says no
+        inferred = limiter.rpm
+        await limiter.acquire(1)
+        limiter.on_rate_limited(0.5, Info())  # the same episode: no second cut
+        same = limiter.rpm
+        await asyncio.sleep(1.0)
+        await limiter.acquire(1)
+        limiter.on_rate_limited(0.5, Info())  # a new episode: cut again
+        return inferred, same, limiter.rpm
+
+    inferred, same, later = run_virtual(main)
+    assert inferred == pytest.approx(60 * 60 * 0.75)  # 60 answers a second, 75 % of it
+    assert same == inferred and later == pytest.approx(inferred * 0.75)
