@@ -1,16 +1,18 @@
 """The dispatcher: jobs in, one result line per job out, under the API's budgets.
 
-    input lines ─► producer ─► Request tasks ─► limiter.acquire ─► slot ─► send ─► classify
-                   (resume filter,               (per endpoint+model)          │
-                    packing)                                         OK: one line per job
-                                                                     RETRY: backoff / 429 debt
-                                                                     FAIL_JOB: error line(s)
-                                                                     STOP_RUN: stop() — quota, auth
+    input lines ─► producer ─► Request tasks ─► lane: slot ─► limiter.acquire ─► send ─► classify
+                   (resume filter,               (one lane per endpoint+model)           │
+                    packing)                                                 OK: one line per job
+                                                                             RETRY: backoff / 429 debt
+                                                                             FAIL_JOB: error line(s), bisect
+                                                                             STOP_RUN: stop() — quota, auth
 
 Invariants:
 - a job is written at most once per run, and only with its final outcome; a job the run did not
-  finish (stopped by quota, auth or a signal) gets no line, so the next run picks it up;
-- memory is bounded: at most `max_pending` requests exist at once, the producer waits for room;
+  finish (stopped by quota, auth, a signal or an unwritable output) gets no line, so the next run
+  picks it up;
+- memory is bounded: at most `max_pending` requests and `MAX_PENDING_JOBS` jobs are inside the
+  dispatcher at once (the producer waits for room), plus the packer's `MAX_HELD_JOBS`;
 - `stop()` stops sending at once, gives requests already on the wire `grace_s` to answer (their
   results are written), then cancels the rest.
 Time (`clock`, `sleep`) and the network (`send`) are injected.
@@ -323,7 +325,8 @@ class Dispatcher:
                 if isinstance(item, InputError):
                     raise item
                 await self._submit_all(self._admit(item, state))
-            await self._submit_all(self._packer.flush())
+            if not self.stopping:
+                await self._submit_all(self._packer.flush())
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)

@@ -69,6 +69,7 @@ at; each later 429 episode (at most one per second or per retry-after) lowers an
 the same factor, and every `INFER_RAISE_AFTER_S` without a 429 raises it by `INFER_RAISE_STEP` to
 probe for more: additive increase, multiplicative decrease."""
 INFER_RAISE_AFTER_S = 10.0
+ANSWERS_KEPT = 2048  # answer times kept for that rate (the last minute's, at most this many)
 INFER_RAISE_STEP = 1.02
 
 INFER_MAX_RESET_S = 30.0
@@ -376,8 +377,18 @@ class _Limit:
         self.raised_at = -math.inf  # when an inferred limit was last set or raised
 
 
-def _loop_time() -> float:
-    return asyncio.get_running_loop().time()
+class _LoopTime:
+    """The running loop's `time()`, looked up once (on first use, inside the loop) and cached."""
+
+    __slots__ = ("_time",)
+
+    def __init__(self) -> None:
+        self._time: Callable[[], float] | None = None
+
+    def __call__(self) -> float:
+        if self._time is None:
+            self._time = asyncio.get_running_loop().time
+        return self._time()
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +444,7 @@ class RateLimiter:
         sleep: Callable[[float], Awaitable[object]] | None = None,
     ) -> None:
         self._burst_s = _check_positive(burst_s, "burst_s")
-        self._clock = clock if clock is not None else _loop_time
+        self._clock = clock if clock is not None else _LoopTime()
         self._sleep = sleep if sleep is not None else asyncio.sleep
         self._requests = _Limit()
         self._tokens = _Limit()
@@ -454,7 +465,7 @@ class RateLimiter:
         self._samples = 0  # calibration samples taken from the server's headers
         self._wait_s = 0.0
         self._rate_limited = 0
-        self._answers: deque[float] = deque()  # times of the last minute's answers (not 429s)
+        self._answers: deque[float] = deque(maxlen=ANSWERS_KEPT)  # recent answers (not 429s)
         self._last_429 = -math.inf
         self._episode_end = -math.inf  # a 429 before this belongs to the episode already counted
 
