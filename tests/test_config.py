@@ -186,3 +186,26 @@ def test_the_example_config_is_valid_for_the_real_run_command():
     example = Path(__file__).resolve().parent.parent / "examples" / "runner.toml"
     loaded = read_config(example, run_command)
     assert loaded.defaults["max_attempts"] == 8
+
+
+def test_precedence_on_the_real_run_command(tmp_path, monkeypatch):
+    """flag > RUNNER_* > runner.toml > default, as `runner run` itself resolves them."""
+    from runner import cli
+
+    captured = {}
+    monkeypatch.setattr(cli, "_execute", lambda config, **kw: captured.setdefault("config", config) and 0)
+    (tmp_path / "in.jsonl").write_text("")
+    (tmp_path / "runner.toml").write_text(
+        'output = "from-file.jsonl"\nrpm = 100\ntpm = 5000\nmax_attempts = 3\nconcurrency = 7\n'
+        '[deployments]\ngpt-4o = "dep-4o"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-000000")
+    monkeypatch.setenv("RUNNER_TPM", "6000")
+    monkeypatch.setenv("RUNNER_MAX_ATTEMPTS", "4")
+    result = CliRunner().invoke(cli.main, ["run", "in.jsonl", "--max-attempts", "5"])
+    assert result.exit_code == 0, result.output
+    config = captured["config"]
+    assert config.output.resolve() == tmp_path / "from-file.jsonl"  # file (relative to the file)
+    assert (config.rpm, config.tpm) == (100, 6000)                 # file; env beats file
+    assert config.dispatch.max_attempts == 5                       # flag beats env and file
+    assert config.dispatch.concurrency == 7 and config.burst_s == 1.0  # file; default

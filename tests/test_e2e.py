@@ -194,12 +194,13 @@ def test_sigterm_stops_within_10_s_with_exit_3_and_the_next_run_resumes(tmp_path
     assert_exactly_once(jobs, read_results(out))
 
 
-def test_quota_exhaustion_exits_3_and_a_later_run_finishes(tmp_path):
-    jobs = write_jobs(tmp_path / "in.jsonl", 60, kinds=("chat",))
+@pytest.mark.parametrize("concurrency", [1, 32])  # also under load: many requests in flight
+def test_quota_exhaustion_exits_3_and_a_later_run_finishes(tmp_path, concurrency):
+    jobs = write_jobs(tmp_path / "in.jsonl", 120, kinds=("chat",))
     out = tmp_path / "out.jsonl"
-    with run_in_thread(SimConfig(quota_requests=20, seed=1)) as base_url:
+    with run_in_thread(SimConfig(quota_requests=20, latency_ms=20, seed=1)) as base_url:
         code, _, err = finish(cli("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url",
-                                  base_url, "--concurrency", "1", "--no-progress"))
+                                  base_url, "--concurrency", str(concurrency), "--no-progress"))
     assert code == 3 and "insufficient_quota" in err and "resume" in err
     records = read_results(out)
     assert len(records) == 20 and all(r["error"] is None for r in records)
