@@ -108,8 +108,8 @@ def main() -> None:
         sim.terminate()
         sim.wait()
     rate, bare_rate = args.jobs / ours["wall"], args.jobs / bare_wall
-    print(f"| jobs | runner jobs/s | bare client jobs/s | runner / bare | runner peak RSS | "
-          f"runner CPU busy | simulator CPU busy |")
+    print("| jobs | runner jobs/s | bare client jobs/s | runner / bare | runner peak RSS | "
+          "runner CPU busy | simulator CPU busy |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {args.jobs:,} | {rate:,.0f} | {bare_rate:,.0f} | {rate / bare_rate:.2f} | "
           f"{ours['rss_mb']:.0f} MB | {ours['cpu'] / ours['wall']:.0%} | "

@@ -32,13 +32,20 @@ class CheckpointError(Exception):
     """The output cannot serve as a checkpoint (locked by another run, unreadable, a directory)."""
 
 
+MAX_BAD_SHOWN = 20  # line numbers of non-result lines kept for messages
+
+
 @dataclass(slots=True)
 class LoadReport:
-    """What reading an existing output found."""
+    """What reading an output found."""
 
+    exists: bool = False
     lines: int = 0
-    torn_bytes: int = 0
-    bad_lines: list[int] = field(default_factory=list)
+    torn_bytes: int = 0        # an unfinished last line: `load` cuts it off, `scan` ignores it
+    bad_lines: int = 0         # lines that are not JSON objects: skipped, their jobs run again
+    first_bad_lines: list[int] = field(default_factory=list)
+    good_end: int = 0          # file offset just past the last complete line
+    unterminated: bool = False  # the last line is a whole record missing only its newline
 
 
 class RunLock:
@@ -83,50 +90,58 @@ class RunLock:
         self.release()
 
 
-def load(path: Path, state: OutputState) -> LoadReport:
-    """Read an existing output into `state`, cutting off a torn last line. A missing file is empty.
+def scan(path: Path, state: OutputState) -> LoadReport:
+    """Read an output into `state` without changing it (safe while a run writes it).
 
-    Lines that are not JSON objects (hand edits, disk corruption) are reported by number and skipped;
-    their jobs run again.
-    """
+    The last line for a custom_id wins; a torn last line is ignored; lines that are not JSON
+    objects (hand edits, disk corruption) are counted and skipped. A missing file is empty."""
     report = LoadReport()
     if not path.exists():
         return report
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not an output file")
+    report.exists = True
     try:
-        return _load(path, state, report)
+        with open(path, "rb") as f:
+            tail = b""
+            offset = 0
+            while chunk := f.read(READ_CHUNK):
+                data = tail + chunk
+                start = 0
+                while (nl := data.find(b"\n", start)) != -1:
+                    report.lines += 1
+                    _account(data[start:nl], report, state)
+                    start = nl + 1
+                report.good_end = offset + len(chunk) - (len(data) - start)
+                tail = data[start:]
+                offset += len(chunk)
     except OSError as e:
         raise CheckpointError(f"cannot read the output {path}: {e.strerror}") from None
-
-
-def _load(path: Path, state: OutputState, report: LoadReport) -> LoadReport:
-    good_end = 0  # offset just past the last newline
-    with open(path, "rb") as f:
-        tail = b""
-        offset = 0
-        while chunk := f.read(READ_CHUNK):
-            data = tail + chunk
-            start = 0
-            while (nl := data.find(b"\n", start)) != -1:
-                report.lines += 1
-                _account(data[start:nl], report, state)
-                start = nl + 1
-            good_end = offset + len(chunk) - (len(data) - start)
-            tail = data[start:]
-            offset += len(chunk)
     if tail:
         if _is_record(tail):  # whole, only its newline missing (written by another tool)
             report.lines += 1
+            report.unterminated = True
             _account(tail, report, state)
+        else:
+            report.torn_bytes = len(tail)
+    return report
+
+
+def load(path: Path, state: OutputState) -> LoadReport:
+    """`scan`, then repair the file for appending: a torn last line left by a crash is cut off
+    (its job runs again); a whole last line missing its newline gets one."""
+    report = scan(path, state)
+    try:
+        if report.unterminated:
             with open(path, "ab") as f:
                 f.write(b"\n")
                 os.fsync(f.fileno())
-            return report
-        report.torn_bytes = len(tail)
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-            os.fsync(f.fileno())
+        elif report.torn_bytes:
+            with open(path, "r+b") as f:
+                f.truncate(report.good_end)
+                os.fsync(f.fileno())
+    except OSError as e:
+        raise CheckpointError(f"cannot repair the output {path}: {e.strerror}") from None
     return report
 
 
@@ -145,7 +160,9 @@ def _account(raw: bytes, report: LoadReport, state: OutputState) -> None:
     except orjson.JSONDecodeError:
         record = None
     if not isinstance(record, dict):
-        report.bad_lines.append(report.lines)
+        report.bad_lines += 1
+        if len(report.first_bad_lines) < MAX_BAD_SHOWN:
+            report.first_bad_lines.append(report.lines)
         return
     state.add(record)
 

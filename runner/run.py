@@ -70,8 +70,11 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
         if loaded.torn_bytes:
             log(f"{config.output}: cut off a torn last line ({loaded.torn_bytes} bytes) left by an "
                 "interrupted run; its job runs again")
-        for number in loaded.bad_lines:
+        for number in loaded.first_bad_lines:
             log(f"{config.output}:{number}: not a result line (skipped; its job runs again)")
+        if loaded.bad_lines > len(loaded.first_bad_lines):
+            log(f"{config.output}: {loaded.bad_lines - len(loaded.first_bad_lines):,} more lines "
+                "that are not result lines")
         if stop.reason is not None:
             return RunStats(stop_reason=stop.reason)
         checkpoint = ckpt.Checkpoint(config.output, secrets=(config.endpoint.api_key,))

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -36,10 +35,10 @@ from jobs.estimate import Estimate, Flag, FlagSample, estimate_lines
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, read_jobs
 from jobs.results import OutputState, failure_code
+from runner.checkpoint import CheckpointError, LoadReport, scan
 from runner.prices import PriceTable
 from runner.report import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
 
-READ_CHUNK = 1 << 20
 MAX_SHOWN = 20  # ids or line numbers listed per kind; the rest are only counted
 STDIN = "-"
 
@@ -86,56 +85,12 @@ class _TrackedState(OutputState):
             self.transient_codes.pop(custom_id, None)
 
 
-@dataclass(slots=True)
-class OutputScan:
-    """What a read-only pass over OUTPUT found (same line rules as `runner.checkpoint.load`)."""
-
-    exists: bool = False
-    lines: int = 0
-    torn_bytes: int = 0                   # an unfinished last line; the next run cuts it off
-    bad_lines: int = 0                    # lines that are not JSON objects; their jobs run again
-    first_bad_lines: list[int] = field(default_factory=list)
-
-
-def scan_output(path: Path, state: OutputState) -> OutputScan:
-    """Read OUTPUT into `state` without writing to it: a torn last line is counted and ignored
-    (exactly as `checkpoint.load` would ignore it before cutting it off). Missing file = empty."""
-    scan = OutputScan()
-    if not path.exists():
-        return scan
-    if path.is_dir():
-        raise StatusError(f"{path} is a directory, not an output file")
-    scan.exists = True
+def scan_output(path: Path, state: OutputState) -> LoadReport:
+    """Read OUTPUT into `state` without writing to it (`runner.checkpoint.scan`)."""
     try:
-        with open(path, "rb") as f:
-            tail = b""
-            while chunk := f.read(READ_CHUNK):
-                data = tail + chunk
-                start = 0
-                while (nl := data.find(b"\n", start)) != -1:
-                    scan.lines += 1
-                    _account(data[start:nl], scan, state)
-                    start = nl + 1
-                tail = data[start:]
-    except OSError as e:
-        raise StatusError(f"cannot read output {path}: {e.strerror}") from None
-    scan.torn_bytes = len(tail)
-    return scan
-
-
-def _account(raw: bytes, scan: OutputScan, state: OutputState) -> None:
-    if not raw.strip():
-        return
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        record = None
-    if not isinstance(record, dict):
-        scan.bad_lines += 1
-        if len(scan.first_bad_lines) < MAX_SHOWN:
-            scan.first_bad_lines.append(scan.lines)
-        return
-    state.add(record)
+        return scan(path, state)
+    except CheckpointError as e:
+        raise StatusError(str(e)) from None
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -156,7 +111,7 @@ class Status:
     duplicates: FlagSample = field(default_factory=lambda: FlagSample(MAX_SHOWN))
     unknown_ids: int = 0                  # result ids that INPUT does not contain
     first_unknown_ids: list[str] = field(default_factory=list)
-    scan: OutputScan = field(default_factory=OutputScan)
+    scan: LoadReport = field(default_factory=LoadReport)
 
     @property
     def failed_permanent(self) -> int:

@@ -1,5 +1,4 @@
 """The output file as checkpoint: torn tail cut, state read back, appends durable, one writer."""
-import asyncio
 import errno
 import os
 import subprocess
@@ -42,7 +41,7 @@ def test_non_json_lines_are_reported_and_skipped(tmp_path):
     out.write_bytes(b"not json\n" + orjson.dumps(success_record("a", {}, request_id=None)) + b"\n")
     state = OutputState()
     report = load(out, state)
-    assert report.bad_lines == [1] and "a" in state.done
+    assert report.bad_lines == 1 and report.first_bad_lines == [1] and "a" in state.done
 
 
 def test_missing_output_is_an_empty_checkpoint(tmp_path):

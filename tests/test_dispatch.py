@@ -15,7 +15,7 @@ from runner.limiter import Limiters
 from runner.retry import Backoff
 from runner.simulator import chat_prompt, completion_text
 from runner.transport import HttpResponse
-from tests.conftest import Script, answer_for, error, ok
+from tests.conftest import Script, error, ok
 
 BASE = "http://api.test/v1"
 

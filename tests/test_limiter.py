@@ -795,7 +795,6 @@ def test_admissions_never_exceed_burst_plus_rate_in_any_window_under_random_load
 
 def test_429s_with_no_limit_known_infer_one_and_shrink_it_per_episode():
     async def main():
-        loop = asyncio.get_running_loop()
         limiter = RateLimiter(rpm=None, tpm=None, burst_s=1.0)
         await limiter.acquire(1)
         limiter.observe(Info())  # an answer with no rate-limit headers: unlimited from now on

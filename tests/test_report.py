@@ -10,8 +10,6 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 
-from jobs.job import Job
-from jobs.results import OutputState
 from runner.clock import run_virtual
 from runner.prices import load_prices
 from runner.progress import ProgressReporter, Speed, fmt_duration, status_line
