@@ -29,7 +29,8 @@ READ_CHUNK = 1 << 20
 
 
 class CheckpointError(Exception):
-    """The output cannot serve as a checkpoint (locked by another run, unreadable, a directory)."""
+    """The output cannot serve as a checkpoint: locked by another run, a directory, or it cannot
+    be read, repaired, written or synced (the message says which)."""
 
 
 MAX_BAD_SHOWN = 20  # line numbers of non-result lines kept for messages

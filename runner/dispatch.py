@@ -39,7 +39,7 @@ from runner.headers import RateLimitInfo
 from runner.limiter import Limiters, RateLimiter, RequestTooLarge
 from runner.report import RunStats
 from runner.retry import Action, Backoff, Verdict, classify, classify_bad_response, retry_delay
-from runner.transport import HttpResponse, Send
+from runner.transport import HttpRequest, HttpResponse, Send
 
 MAX_ATTEMPTS = 6
 DEFAULT_CONCURRENCY = 128     # upper bound on requests in flight, and on open sockets
@@ -55,7 +55,8 @@ RATE_LIMITED_PER_ATTEMPT = 4  # 429s with a retry-after that count as one attemp
 
 @dataclass(frozen=True, slots=True)
 class DispatchConfig:
-    """How one run dispatches. `concurrency` caps requests in flight; the live limit adapts below it."""
+    """How one run dispatches. `concurrency` caps requests in flight (all models together) and open
+    sockets; each model's live limit adapts below it."""
 
     max_attempts: int = MAX_ATTEMPTS
     concurrency: int = DEFAULT_CONCURRENCY
@@ -179,7 +180,9 @@ def _blames_a_prompt(response: HttpResponse | None) -> bool:
 @dataclass(slots=True)
 class Lane:
     """One budget (endpoint + model): its limiter, and its own concurrency slots sized by its rate
-    and latency, so waiting for one model's budget never holds slots another model needs."""
+    and latency, so requests waiting for one model's budget hold at most that lane's share of the
+    run's slots. (The room for pending requests is shared, in input order: a file dominated by
+    a slow model's jobs slows the reading of the others' too.)"""
 
     limiter: RateLimiter
     slots: Slots
@@ -219,6 +222,7 @@ class Dispatcher:
         self._sleep = sleep
         self._log = log
         self._lanes: dict[tuple[str, str], Lane] = {}
+        self.slots = Slots(config.concurrency)  # all lanes together: requests in flight, sockets
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[Any]] = set()
         self._room = Room(config.max_pending, MAX_PENDING_JOBS)
@@ -389,13 +393,16 @@ class Dispatcher:
     async def _process(self, request: Request) -> None:
         lane = self._lane(request.model)
         limiter = lane.limiter
-        attempt = rate_limited_attempts = 0
+        attempt = rate_limited_attempts = sends = 0
         while not self.stopping:
-            # A slot first, then the budget: a request is admitted only when it can be sent at
-            # once, so requests held back by the concurrency cap never leave together later.
+            # Slots first (the lane's, then the run's), then the budget: a request is admitted
+            # only when it can be sent at once, so requests held back by the concurrency cap never
+            # leave together later.
             too_large = None
+            http = self._endpoint.build(request)
             await lane.slots.acquire()
             try:
+                await self.slots.acquire()
                 try:
                     charged = await limiter.acquire(request.charge)
                 except RequestTooLarge as exc:
@@ -404,7 +411,10 @@ class Dispatcher:
                     if self.stopping:
                         limiter.on_failure()  # admitted but never sent
                         return
-                    verdict, answers, response = await self._attempt(request, lane, charged)
+                    sends += 1
+                    verdict, answers, response = await self._attempt(request, http, lane, charged)
+                finally:
+                    self.slots.release()
             finally:
                 lane.slots.release()
             if too_large is not None:
@@ -428,19 +438,19 @@ class Dispatcher:
                 rate_limited_attempts += 1
                 attempt -= rate_limited_attempts % RATE_LIMITED_PER_ATTEMPT != 0
             if attempt >= self.config.max_attempts:
+                paced = f", {rate_limited_attempts} of them rate-limited" if rate_limited_attempts else ""
                 self._fail_jobs(request.jobs, verdict.code,
-                                f"gave up after {attempt} attempts: {verdict.message}", response)
+                                f"gave up after {sends} requests{paced}: {verdict.message}", response)
                 return
             self.stats.retries += 1
             if pacing:
                 continue  # the limiter now holds the debt; waiting there is exactly long enough
             await self._sleep(retry_delay(verdict, attempt - 1, self._backoff))
 
-    async def _attempt(self, request: Request, lane: Lane, charged: int
+    async def _attempt(self, request: Request, http: HttpRequest, lane: Lane, charged: int
                        ) -> tuple[Verdict, list[dict[str, Any]] | None, HttpResponse | None]:
         """Send once. Tells the limiter exactly one of observe / on_rate_limited / on_failure."""
         limiter = lane.limiter
-        http = self._endpoint.build(request)
         task = asyncio.current_task()
         assert task is not None
         self._sending.add(task)
@@ -467,7 +477,8 @@ class Dispatcher:
             self.stats.rate_limited += 1
             limiter.on_rate_limited(verdict.delay, info)
             return verdict, None, response
-        self._observe_latency(lane, self._now() - started)  # a 429 comes back at once: no latency
+        if verdict.action is Action.OK:  # refusals come back at once: they say nothing of latency
+            self._observe_latency(lane, self._now() - started)
         limiter.observe(info)
         if verdict.action is Action.OK:
             try:

@@ -66,8 +66,8 @@ INFER_FROM_429_SHARE = 0.75
 """When 429s arrive and no limit is known at all (a server that announces none, like Azure without
 limit headers), the requests limit is inferred as this share of the rate the server was answering
 at; each later 429 episode (at most one per second or per retry-after) lowers an inferred limit by
-the same factor, and every `INFER_RAISE_AFTER_S` without a 429 raises it by `INFER_RAISE_STEP` to
-probe for more: additive increase, multiplicative decrease."""
+the same factor, and every `INFER_RAISE_AFTER_S` without a 429, while the limit is holding requests
+back, raises it by `INFER_RAISE_STEP` to probe for more (a limit nobody presses is not raised)."""
 INFER_RAISE_AFTER_S = 10.0
 ANSWERS_KEPT = 2048  # answer times kept for that rate (the last minute's, at most this many)
 INFER_RAISE_STEP = 1.02
@@ -368,13 +368,14 @@ class _Limit:
     the bucket that paces it. ``bucket is None`` means unknown (before the first observation) or
     unlimited (after it)."""
 
-    __slots__ = ("limit", "source", "bucket", "raised_at")
+    __slots__ = ("limit", "source", "bucket", "raised_at", "bound_at")
 
     def __init__(self) -> None:
         self.limit: float | None = None
         self.source: str | None = None  # "user", "server", "inferred" (headers) or "probed" (429s)
         self.bucket: TokenBucket | None = None
-        self.raised_at = -math.inf  # when an inferred limit was last set or raised
+        self.raised_at = -math.inf  # when a probed limit was last set, cut or raised
+        self.bound_at = -math.inf   # when this limit last made a request wait
 
 
 class _LoopTime:
@@ -553,10 +554,14 @@ class RateLimiter:
         """Seconds until the head may be admitted; inf while it waits on a probe's answer."""
         if self._probing() and self._probe_in_flight:
             return math.inf
-        delay = self._hold_until - self._clock()
+        now = self._clock()
+        delay = self._hold_until - now
         for dim, amount in ((self._requests, _REQUEST), (self._tokens, charged)):
             if dim.bucket is not None:
-                delay = max(delay, dim.bucket.wait_time(amount))
+                wait = dim.bucket.wait_time(amount)
+                if wait > TIME_EPSILON_S:
+                    dim.bound_at = now  # this limit is holding requests back
+                delay = max(delay, wait)
         return delay if delay > TIME_EPSILON_S else 0.0
 
     async def _wait(self, delay: float) -> None:
@@ -656,7 +661,8 @@ class RateLimiter:
         * No ``limit_*`` (Azure sends only ``remaining_*``): with ``reset_*`` a limit is inferred
           (see `INFER_MAX_RESET_S`); without it ``remaining`` only raises a user's number it
           exceeds, since it may count a window shorter than a minute.
-        * The first call ends the cautious start; a limit still unknown then counts as unlimited.
+        * The first call (or a 429 carrying headers) ends the cautious start; a limit still unknown
+          then counts as unlimited.
         * Called by the task whose `acquire` the response answers, the token headers also
           calibrate the charge (see the class docstring).
         """
@@ -673,7 +679,7 @@ class RateLimiter:
         while now - self._answers[0] > MINUTE_S:
             self._answers.popleft()
         dim = self._requests
-        if (dim.source == "probed" and dim.limit is not None
+        if (dim.source == "probed" and dim.limit is not None and dim.bound_at > dim.raised_at
                 and now - max(self._last_429, dim.raised_at) >= INFER_RAISE_AFTER_S):
             dim.raised_at = now
             self._set_limit(dim, dim.limit * INFER_RAISE_STEP, "probed")
@@ -687,11 +693,13 @@ class RateLimiter:
             if now >= self._episode_end:
                 self._set_limit(dim, max(1.0, dim.limit * INFER_FROM_429_SHARE), "probed")
                 self._episode_end = now + max(1.0, retry_after)
+                dim.raised_at = now
         elif dim.limit is None and self._tokens.limit is None and len(self._answers) >= 2:
             span = max(now - self._answers[0], 1.0)
             per_minute = len(self._answers) / span * MINUTE_S
             self._set_limit(dim, max(1.0, per_minute * INFER_FROM_429_SHARE), "probed")
             self._episode_end = now + max(1.0, retry_after)
+            dim.raised_at = now
         self._last_429 = now
 
     def _update(self, info: RateLimitInfoLike, ticket: _Ticket | None) -> None:

@@ -40,14 +40,24 @@ async def _chunks(path: str) -> AsyncIterator[bytes]:
         return
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=CHUNK)
-    pipe = (open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) if path == STDIN
-            else open(path, "rb", buffering=0))
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    if path == STDIN:
+        pipe = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+    else:  # O_NONBLOCK: opening a FIFO with no writer yet must not freeze the event loop (Linux)
+        pipe = open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0)
+    was_blocking = os.get_blocking(pipe.fileno())
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    except BaseException:
+        pipe.close()
+        raise
     try:
         while chunk := await reader.read(CHUNK):
             yield chunk
     finally:
         transport.close()
+        if path == STDIN:  # hand stdin back as we found it, for whatever reads it next
+            os.set_blocking(sys.stdin.fileno(), was_blocking)
         pipe.close()
 
 

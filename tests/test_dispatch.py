@@ -114,7 +114,7 @@ def test_transient_failures_that_outlast_max_attempts_are_written_as_transient()
     records, stats = dispatch([chat_job(1)], script, config=DispatchConfig(max_attempts=3))
     assert len(script.calls) == 3
     [record] = records
-    assert record["error"]["code"] == "server_error" and "3 attempts" in record["error"]["message"]
+    assert record["error"]["code"] == "server_error" and "3 requests" in record["error"]["message"]
     state = OutputState()
     state.add(record)
     assert state.needs_run("job 1")  # a later run retries it

@@ -816,3 +816,25 @@ def test_429s_with_no_limit_known_infer_one_and_shrink_it_per_episode():
     inferred, same, later = run_virtual(main)
     assert inferred == pytest.approx(60 * 60 * 0.75)  # 60 answers a second, 75 % of it
     assert same == inferred and later == pytest.approx(inferred * 0.75)
+
+
+def test_a_probed_limit_is_raised_only_while_it_holds_requests_back():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None, burst_s=1.0)
+        await limiter.acquire(1)
+        limiter.observe(Info())
+        for _ in range(59):
+            await limiter.acquire(1)
+            limiter.observe(Info())
+        await asyncio.sleep(1.0)
+        await limiter.acquire(1)
+        limiter.on_rate_limited(0.5, Info())
+        probed = limiter.rpm
+        for _ in range(360):  # an hour of one quiet request every 10 s: the limit never binds
+            await asyncio.sleep(10.0)
+            await limiter.acquire(1)
+            limiter.observe(Info())
+        return probed, limiter.rpm
+
+    probed, later = run_virtual(main)
+    assert later == probed
