@@ -365,3 +365,23 @@ async def test_a_slot_granted_to_a_waiter_cancelled_at_that_moment_passes_on():
     await asyncio.gather(first, return_exceptions=True)
     await asyncio.wait_for(second, 1)  # the slot went on to `second`
     assert slots.used == 1
+
+
+def test_concurrency_caps_requests_in_flight_across_all_models_together():
+    in_flight = [0, 0]  # now, max
+
+    async def send(req):
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight[1], in_flight[0])
+        try:
+            await asyncio.sleep(1.0)
+            return ok("/v1/chat/completions", orjson.loads(req.body))
+        finally:
+            in_flight[0] -= 1
+
+    jobs = [Job(f"j{i}", "/v1/chat/completions",
+                {"model": f"model-{i % 4}", "messages": [{"role": "user", "content": f"q{i}"}]}, i + 1)
+            for i in range(200)]
+    records, stats = dispatch(jobs, send, rpm=60_000, tpm=None, config=DispatchConfig(concurrency=16))
+    assert len(records) == 200 and stats.exit_code() == 0
+    assert in_flight[1] == 16
