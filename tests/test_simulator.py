@@ -493,9 +493,9 @@ def test_serve_prints_the_base_url_first_and_exits_cleanly_on_ctrl_c() -> None:
             assert line.startswith("http://127.0.0.1:") and line.endswith("/v1")
             request = urllib.request.Request(line + "/embeddings", headers=AUTH,
                                              data=orjson.dumps({"model": "e", "input": "x"}))
-            with urllib.request.urlopen(request, timeout=5) as resp:
+            with urllib.request.urlopen(request, timeout=30) as resp:
                 assert resp.status == 200
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=5) == 0
+            assert proc.wait(timeout=30) == 0
         finally:
             proc.kill()
