@@ -33,14 +33,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+
+from runner.headers import RateLimitInfo
 
 __all__ = [
     "ChargeAudit",
     "DEFAULT_BURST_S",
     "LimiterStats",
     "Limiters",
-    "RateLimitInfoLike",
     "RateLimiter",
     "RequestTooLarge",
     "TokenBucket",
@@ -116,28 +116,6 @@ class RequestTooLarge(ValueError):
         )
         self.tokens = tokens
         self.tpm = tpm
-
-
-class RateLimitInfoLike(Protocol):
-    """The shape of `runner.headers.RateLimitInfo`; each field None when the header was absent.
-    ``reset_*`` is seconds until that server bucket is full again."""
-
-    @property
-    def limit_requests(self) -> int | None: ...
-    @property
-    def remaining_requests(self) -> int | None: ...
-    @property
-    def reset_requests(self) -> float | None: ...
-    @property
-    def limit_tokens(self) -> int | None: ...
-    @property
-    def remaining_tokens(self) -> int | None: ...
-    @property
-    def reset_tokens(self) -> float | None: ...
-
-
-_INFO_FIELDS = ("limit_requests", "remaining_requests", "reset_requests",
-                "limit_tokens", "remaining_tokens", "reset_tokens")
 
 
 def _check_positive(value: float, name: str) -> float:
@@ -648,7 +626,7 @@ class RateLimiter:
             after = self._admitted_tokens - ticket.charged_total
         return bucket.rate * max(0.0, self._clock() - ticket.at) - after
 
-    def observe(self, info: RateLimitInfoLike) -> None:
+    def observe(self, info: RateLimitInfo) -> None:
         """Learn from one response's rate-limit headers (call it for every response).
 
         * ``limit_*`` sets that bucket's rate (limit/60 per s) and capacity (limit × burst_s/60),
@@ -702,7 +680,7 @@ class RateLimiter:
             dim.raised_at = now
         self._last_429 = now
 
-    def _update(self, info: RateLimitInfoLike, ticket: _Ticket | None) -> None:
+    def _update(self, info: RateLimitInfo, ticket: _Ticket | None) -> None:
         self._learn(self._requests, info.limit_requests, info.remaining_requests,
                     info.reset_requests, ticket)
         self._learn(self._tokens, info.limit_tokens, info.remaining_tokens, info.reset_tokens,
@@ -710,7 +688,7 @@ class RateLimiter:
         self._observed = True
         self._probe_in_flight = False
 
-    def _audit_tokens(self, ticket: _Ticket, info: RateLimitInfoLike) -> None:
+    def _audit_tokens(self, ticket: _Ticket, info: RateLimitInfo) -> None:
         tpm = self._tokens.limit
         if (tpm is None or self._tokens.source != "server" or info.remaining_tokens is None
                 or info.reset_tokens is None):
@@ -721,7 +699,7 @@ class RateLimiter:
             self._samples += 1  # the first samples are averaged: the initial 1.0 is only a guess
             self._move_factor(*sample, weight=max(CALIBRATION_ALPHA, 1 / self._samples))
 
-    def on_rate_limited(self, retry_after: float | None, info: RateLimitInfoLike | None) -> None:
+    def on_rate_limited(self, retry_after: float | None, info: RateLimitInfo | None) -> None:
         """A 429: admit nothing before ``retry_after`` seconds from now (`FALLBACK_RETRY_AFTER_S`
         when None or unusable), and no more than the buckets allow after that.
 
@@ -737,7 +715,7 @@ class RateLimiter:
         ticket = self._take_ticket()
         if ticket is not None:
             self._audit.rejected(ticket.seq, ticket.estimate)
-        if info is not None and any(getattr(info, f) is not None for f in _INFO_FIELDS):
+        if info is not None and not info.empty:
             self._update(info, ticket)
         if retry_after is None or not (math.isfinite(retry_after) and retry_after >= 0):
             retry_after = FALLBACK_RETRY_AFTER_S
@@ -753,7 +731,7 @@ class RateLimiter:
             self._hold_until = max(self._hold_until, self._clock() + retry_after)
         self._notify()
 
-    def _blame(self, info: RateLimitInfoLike | None) -> list[tuple[_Limit, float]]:
+    def _blame(self, info: RateLimitInfo | None) -> list[tuple[_Limit, float]]:
         token_need = max(self._head_need, 0)
         requests_ok = (info is not None and info.remaining_requests is not None
                        and info.remaining_requests >= _REQUEST)

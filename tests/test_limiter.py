@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
 
 import pytest
 
 from runner.clock import run_virtual
+from runner.headers import RateLimitInfo
 from runner.limiter import (
     CALIBRATION_MAX,
     CALIBRATION_MIN,
@@ -25,16 +25,7 @@ from runner.limiter import (
 EXACT = 1e-9  # float noise in level + rate * dt; far below any time a test distinguishes
 
 
-@dataclass(frozen=True, slots=True)
-class Info:
-    """Stand-in of the same shape as runner.headers.RateLimitInfo."""
-
-    limit_requests: int | None = None
-    remaining_requests: int | None = None
-    reset_requests: float | None = None
-    limit_tokens: int | None = None
-    remaining_tokens: int | None = None
-    reset_tokens: float | None = None
+Info = RateLimitInfo  # every field defaults to None: the headers a response did not carry
 
 
 class FakeClock:
