@@ -42,17 +42,7 @@ def _no_prices(model: str, prompt_tokens: int, completion_tokens: int) -> float 
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Flag:
-    """One flagged input line: where it is and why."""
-
-    path: str
-    line: int
-    reason: str
-    custom_id: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}"
+Flagged = BadLine | Duplicate  # a line flagged in a report: where it is (path, line) and why (reason)
 
 
 @dataclass(slots=True)
@@ -61,9 +51,9 @@ class FlagSample:
 
     limit: int = MAX_FLAGGED
     count: int = 0
-    first: list[Flag] = field(default_factory=list)
+    first: list[Flagged] = field(default_factory=list)
 
-    def add(self, flag: Flag) -> None:
+    def add(self, flag: Flagged) -> None:
         self.count += 1
         if len(self.first) < self.limit:
             self.first.append(flag)
@@ -191,17 +181,17 @@ class Estimator:
 
     def feed(self, item: Job | BadLine | Duplicate) -> None:
         if isinstance(item, BadLine):
-            self._bad.add(Flag(item.path, item.line, item.reason, item.custom_id))
+            self._bad.add(item)
             return
         if isinstance(item, Duplicate):
-            self._duplicates.add(Flag(item.path, item.line, item.reason, item.custom_id))
+            self._duplicates.add(item)
             return
         model = self._model(item.model)
         model.jobs += 1
         overflow = tokens.context_overflow(item.url, item.body)
         if overflow is not None:
             model.over_context += 1
-            self._over.add(Flag(self.path, item.line, overflow, item.custom_id))
+            self._over.add(BadLine(self.path, item.line, overflow, item.custom_id))  # never sent
             return
         charge = tokens.rate_limit_charge(item.url, item.body)
         model.prompt_tokens += tokens.prompt_tokens(item.url, item.body)

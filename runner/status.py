@@ -31,7 +31,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from jobs.estimate import Estimate, Flag, FlagSample, estimate_lines
+from jobs.estimate import Estimate, FlagSample, estimate_lines
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, read_jobs
 from jobs.results import OutputState, failure_code
@@ -178,10 +178,10 @@ def status(input_path: str, output: Path) -> Status:
 
 def _classify(item: Job | BadLine | Duplicate, state: _TrackedState, result: Status) -> None:
     if isinstance(item, BadLine):
-        result.bad_lines.add(Flag(item.path, item.line, item.reason, item.custom_id))
+        result.bad_lines.add(item)
         return
     if isinstance(item, Duplicate):
-        result.duplicates.add(Flag(item.path, item.line, item.reason, item.custom_id))
+        result.duplicates.add(item)
         return
     result.jobs += 1
     custom_id = item.custom_id
