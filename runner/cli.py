@@ -23,8 +23,8 @@ from runner.config import configurable, deployments as config_deployments
 from runner.prices import PriceTable, PriceTableError, load_prices
 from runner.progress import LOG_INTERVAL_S
 from runner.run import RunConfig, run
-from runner.status import (StatusError, estimate_file, estimate_json, estimate_table, print_report,
-                           status, status_table)
+from runner.estimate import estimate_file, estimate_json, estimate_table
+from runner.status import StatusError, print_report, status, status_table
 from runner.transport import READ_TIMEOUT_S
 
 EXIT_CODES_HELP = """\b

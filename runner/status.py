@@ -1,9 +1,8 @@
-"""Where a job file stands, without calling the API: `status` after (or between) runs, and the
-file-reading shell and tables of `estimate` (whose logic is the pure `jobs.estimate`).
+"""Where a job file stands, without calling the API: `status` after (or between) runs.
 
-Both only read. In particular `status` never touches OUTPUT: it does not take the run lock, and a
-torn last line (left by a killed run) is reported, not cut off; the next `runner run` cuts it.
-Both may therefore run while a run is writing OUTPUT, and see a consistent prefix of it.
+It only reads. In particular it never touches OUTPUT: it does not take the run lock, and a torn
+last line (left by a killed run) is reported, not cut off; the next `runner run` cuts it. It may
+therefore run while a run is writing OUTPUT, and see a consistent prefix of it.
 
 Status exit codes mirror what `runner run` would exit with if it had just finished, so a cron
 script needs one `case` for both commands:
@@ -31,12 +30,11 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from jobs.estimate import Estimate, FlagSample, estimate_lines
+from jobs.estimate import FlagSample
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, read_jobs
 from jobs.results import OutputState, failure_code
 from runner.checkpoint import CheckpointError, LoadReport, scan
-from runner.prices import PriceTable
 from runner.report import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
 
 MAX_SHOWN = 20  # ids or line numbers listed per kind; the rest are only counted
@@ -63,7 +61,7 @@ def open_input(path: str) -> Iterator[IO[bytes]]:
         yield f
 
 
-def _input_name(path: str) -> str:
+def input_name(path: str) -> str:
     return "<stdin>" if path == STDIN else path
 
 
@@ -157,7 +155,7 @@ def status(input_path: str, output: Path) -> Status:
     holds them); never a result body.
     """
     state = _TrackedState()
-    result = Status(input=_input_name(input_path), output=str(output))
+    result = Status(input=input_name(input_path), output=str(output))
     result.scan = scan_output(output, state)
     with open_input(input_path) as lines:
         try:
@@ -219,8 +217,8 @@ def status_table(s: Status) -> Group:
     if s.scan.bad_lines:
         notes.append(Text(f"{s.output}: {s.scan.bad_lines:,} lines are not result lines (lines "
                           f"{_numbers(s.scan.first_bad_lines, s.scan.bad_lines)}); their jobs run again"))
-    notes += _flag_notes(s.bad_lines, "bad input lines")
-    notes += _flag_notes(s.duplicates, "duplicate custom_ids (only the first line runs)")
+    notes += flag_notes(s.bad_lines, "bad input lines")
+    notes += flag_notes(s.duplicates, "duplicate custom_ids (only the first line runs)")
     if s.unknown_ids:
         shown = ", ".join(s.first_unknown_ids)
         more = f" and {s.unknown_ids - len(s.first_unknown_ids):,} more" if s.unknown_ids > len(s.first_unknown_ids) else ""
@@ -249,7 +247,7 @@ def _numbers(first: list[int], total: int) -> str:
     return text + (f" and {total - len(first):,} more" if total > len(first) else "")
 
 
-def _flag_notes(sample: FlagSample, what: str) -> list[Text]:
+def flag_notes(sample: FlagSample, what: str) -> list[Text]:
     if not sample.count:
         return []
     notes = [Text(f"{sample.count:,} {what}:")]
@@ -257,99 +255,6 @@ def _flag_notes(sample: FlagSample, what: str) -> list[Text]:
     if sample.count > len(sample.first):
         notes.append(Text(f"  ... and {sample.count - len(sample.first):,} more"))
     return notes
-
-
-# --- estimate (the I/O shell and the tables around jobs.estimate) ------------------------------
-
-def estimate_file(input_path: str, *, rpm: float | None, tpm: float | None,
-                  prices: PriceTable) -> Estimate:
-    """Stream INPUT through `jobs.estimate`; StatusError when it cannot be read."""
-    with open_input(input_path) as lines:
-        try:
-            return estimate_lines(lines, _input_name(input_path), rpm=rpm, tpm=tpm,
-                                  cost=prices.cost)
-        except OSError as e:
-            raise StatusError(f"cannot read input {input_path}: {e.strerror}") from None
-
-
-def estimate_json(est: Estimate, prices: PriceTable) -> dict[str, Any]:
-    """`Estimate.to_json()` plus where the prices come from."""
-    return {**est.to_json(), "prices": {"source": prices.source, "as_of": prices.as_of,
-                                        "files": list(prices.files)}}
-
-
-def estimate_table(est: Estimate, prices: PriceTable) -> Group:
-    """The human-readable estimate report."""
-    limits = _limits_text(est)
-    table = Table(title=f"{est.path}: {est.jobs:,} jobs, {est.requests:,} requests ({limits})",
-                  title_justify="left", box=None, header_style="bold underline")
-    table.add_column("model", no_wrap=True)
-    for name in ("jobs", "requests", "prompt", "max out", "charge", "time", "max USD"):
-        table.add_column(name, justify="right", min_width=len(name))
-    for m in est.models:
-        table.add_row(m.model, _count(m.jobs), _count(m.requests), _count(m.prompt_tokens),
-                      _count(m.max_completion_tokens), _count(m.charge),
-                      _duration(m.minutes(est.budget)),
-                      "unknown" if m.cost is None else _usd(m.cost))
-    table.add_row("total", _count(est.jobs), _count(est.requests),
-                  _count(sum(m.prompt_tokens for m in est.models)),
-                  _count(sum(m.max_completion_tokens for m in est.models)),
-                  _count(sum(m.charge for m in est.models)), _duration(est.minutes),
-                  _usd(est.cost) + (" + ?" if est.unpriced else ""), style="bold")
-    notes = [Text("tokens: prompt = true prompt tokens (tiktoken); max out = completion budget "
-                  "(max tokens x n); charge = what the rate limiter counts against TPM")]
-    notes.append(Text(
-        "max USD = prompt tokens x input price + max completion tokens x output price: an upper "
-        f"bound at list prices (no cache hits, Standard tier); prices {prices.source or 'user file'}"
-        f", as of {prices.as_of or 'unknown'}, may be out of date (override with --prices FILE)"))
-    notes.append(Text("time = max(requests / RPM, rate-limit tokens / TPM) per model, models in "
-                      "parallel: a lower bound (retries and latency add to it)"))
-    if est.uncapped:
-        notes.append(Text(f"{est.uncapped:,} chat jobs set no max_tokens / max_completion_tokens: "
-                          "their output is unbounded and NOT in the cost", style="yellow"))
-    if est.unpriced:
-        notes.append(Text(f"no price for: {', '.join(est.unpriced)} (not in the price table; "
-                          "add them with --prices FILE)", style="yellow"))
-    notes += _flag_notes(est.over_context, "jobs over their model's context window "
-                                           "(never sent; they get an error line)")
-    notes += _flag_notes(est.bad_lines, "bad lines (skipped)")
-    notes += _flag_notes(est.duplicates, "duplicate custom_ids (only the first line runs)")
-    return Group(table, *notes)
-
-
-def _limits_text(est: Estimate) -> str:
-    if est.budget.rpm is None and est.budget.tpm is None:
-        return "no --rpm/--tpm: time unknown"
-    parts = []
-    if est.budget.rpm is not None:
-        parts.append(f"RPM {est.budget.rpm:,g}")
-    if est.budget.tpm is not None:
-        parts.append(f"TPM {est.budget.tpm:,g}")
-    return ", ".join(parts) + " per model"
-
-
-def _count(n: int) -> str:
-    """Compact: 1,234 / 12.3k / 4.56M (exact numbers are in --json)."""
-    if n < 10_000:
-        return f"{n:,}"
-    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return str(n)
-
-
-def _usd(amount: float) -> str:
-    return f"{amount:.4f}" if amount < 1 else f"{amount:,.2f}"
-
-
-def _duration(minutes: float | None) -> str:
-    if minutes is None:
-        return "?"
-    if minutes < 1:
-        return f"{minutes * 60:.0f}s"
-    if minutes < 120:
-        return f"{minutes:.1f} min"
-    return f"{minutes / 60:.1f} h"
 
 
 def print_report(renderable: Group, console: Console | None = None) -> None:

@@ -5,7 +5,8 @@ import pytest
 from jobs import tokens
 from jobs.estimate import estimate_lines
 from runner.prices import PriceTableError, load_prices, packaged_prices, parse_prices
-from runner.status import estimate_file, estimate_json, estimate_table, print_report
+from runner.estimate import estimate_file, estimate_json, estimate_table
+from runner.status import print_report
 
 
 def chat(cid, content="Say hi", model="gpt-4o-mini", **extra):
