@@ -255,7 +255,7 @@ class Dispatcher:
 
     def _budget(self, model: str) -> Budget | None:
         """What the model's limiter knows of its budget, for sizing packs."""
-        limiter = self._limiters.get(self._endpoint.budget_key(model))
+        limiter = self._lane(model).limiter
         bucket = limiter.tokens_bucket
         return Budget(rpm=limiter.rpm, tpm=limiter.tpm,
                       token_capacity=bucket.capacity if bucket is not None else None)

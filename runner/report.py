@@ -19,9 +19,11 @@ EXIT_BUG = 70  # EX_SOFTWARE: an internal error
 
 @dataclass(slots=True)
 class ModelUsage:
+    """Tokens in and out of one model, summed over the jobs it answered (from their `usage`)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    requests: int = 0
+    jobs: int = 0
 
 
 @dataclass(slots=True)
@@ -60,7 +62,7 @@ class RunStats:
     def add_usage(self, model: str, usage: object) -> None:
         """Count one job's `usage` (tokens in and out) under its model."""
         entry = self.usage.setdefault(model, ModelUsage())
-        entry.requests += 1
+        entry.jobs += 1
         if isinstance(usage, dict):
             entry.prompt_tokens += usage_count(usage.get("prompt_tokens"))
             entry.completion_tokens += usage_count(usage.get("completion_tokens"))
@@ -94,7 +96,7 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
         if cost is not None:
             total_cost = (total_cost or 0.0) + cost
         models[model] = {
-            "jobs_succeeded": usage.requests,
+            "jobs_succeeded": usage.jobs,
             "requests": stats.model_requests.get(model, 0),
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,

@@ -84,7 +84,7 @@ def summary_stats():
     stats = RunStats(started=0.0, finished=120.0, jobs=10, succeeded=8, requests=12, retries=2,
                      rate_limited=1)
     stats.failed["context_length_exceeded"] = 2
-    stats.usage["gpt-4o-mini"] = ModelUsage(prompt_tokens=1_000_000, completion_tokens=500_000, requests=8)
+    stats.usage["gpt-4o-mini"] = ModelUsage(prompt_tokens=1_000_000, completion_tokens=500_000, jobs=8)
     stats.model_requests["gpt-4o-mini"] = 12
     stats.model_charged["gpt-4o-mini"] = 6000
     stats.limits["gpt-4o-mini"] = (900.0, 240_000.0)
@@ -107,7 +107,7 @@ def test_summary_json_has_counts_tokens_rates_and_cost():
 
 def test_unknown_models_have_no_cost_rather_than_a_guess():
     stats = summary_stats()
-    stats.usage["my-finetune"] = ModelUsage(prompt_tokens=10, completion_tokens=10, requests=1)
+    stats.usage["my-finetune"] = ModelUsage(prompt_tokens=10, completion_tokens=10, jobs=1)
     data = summary_dict(stats, "o", load_prices())
     assert data["models"]["my-finetune"]["estimated_cost_usd"] is None
 
