@@ -8,6 +8,7 @@ import stat
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -167,7 +168,6 @@ def _load_prices(path: Path | None) -> PriceTable:
         return load_prices(path)
     except PriceTableError as e:
         _usage_error(str(e))
-        raise  # unreachable: _usage_error exits
 
 
 STATUS_EXIT_CODES_HELP = """\b
@@ -238,7 +238,7 @@ def _check_readable(path: str) -> None:
         _usage_error(f"cannot read input {path}: {e.strerror}")
 
 
-def _usage_error(message: str) -> None:
+def _usage_error(message: str) -> NoReturn:
     click.echo(f"runner: {message}", err=True)
     sys.exit(report.EXIT_USAGE)
 
