@@ -6,24 +6,11 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from runner.cli import PositiveFloat
 from runner.config import ConfigError, configurable, deployments, read_config
 
 
-class Positive(click.ParamType):
-    """Like runner.cli.PositiveFloat: a custom type the file's values must pass too."""
-
-    name = "number"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        try:
-            number = float(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not number > 0:
-            self.fail(f"{value!r} must be a positive number", param, ctx)
-        return number
+Positive = PositiveFloat  # a custom type the file's values must pass too
 
 
 def make_command():
