@@ -14,7 +14,7 @@ and ``cookbook`` (bench/cookbook_baseline.py, given the true RPM and TPM). Each 
 simulator, so every run starts against full buckets.
 
 With default flags ours gives up part of the server's opening burst (its own bucket holds 1 s of
-budget, `runner.limiter.DEFAULT_BURST_S`) and, learning the limits, waits for one probe's answer
+budget, `runner.pacing.limiter.DEFAULT_BURST_S`) and, learning the limits, waits for one probe's answer
 before sending more: about 1 s + one latency per run, which is why the ``ours given`` row exists.
 
 Ideal time, honestly: the server's buckets start full, so the first 2 s of budget pass at once and
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jobs.tokens import rate_limit_charge  # noqa: E402
-from runner.simulator import chat_prompt, completion_text  # noqa: E402
+from runner.simulator.server import chat_prompt, completion_text  # noqa: E402
 
 RPM = 900
 TPM = 240_000

@@ -18,10 +18,10 @@ import orjson
 
 import jobs.packing
 from runner.clock import run_virtual
-from runner.dispatch import DispatchConfig
-from runner.endpoint import Endpoint
-from runner.run import RunConfig, run
-from runner.simulator import SimConfig, Simulator, completion_text, embedding_vector
+from runner.live.dispatch import DispatchConfig
+from runner.api.endpoint import Endpoint
+from runner.live.run import RunConfig, run
+from runner.simulator.server import SimConfig, Simulator, completion_text, embedding_vector
 
 RPM, TPM, BURST_S, LATENCY_MS = 30, 10_000_000, 2.0, 500
 POISON = "<<poison>>"

@@ -21,7 +21,7 @@ import asyncio_throttle.throttler as throttler_module
 from asyncio_throttle import Throttler
 
 from runner.clock import run_virtual
-from runner.limiter import RateLimiter
+from runner.pacing.limiter import RateLimiter
 
 REQUESTS = 60
 RATE_PER_S = 30

@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 
 from jobs.results import TRANSIENT_CODES, is_transient
-from runner.headers import RateLimitInfo, parse_duration, parse_retry_after
+from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
 
 __all__ = [
     "MAX_SERVER_DELAY_S", "SERVER_DELAY_JITTER_S", "BACKOFF_BASE_S", "BACKOFF_CAP_S",

@@ -2,8 +2,8 @@ import asyncio
 
 import orjson
 
-from runner.simulator import chat_prompt, completion_text, embedding_vector
-from runner.transport import HttpRequest, HttpResponse
+from runner.simulator.server import chat_prompt, completion_text, embedding_vector
+from runner.api.transport import HttpRequest, HttpResponse
 
 
 def answer_for(url: str, body: dict) -> dict:

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from jobs.results import OutputState, error_record, success_record
-from runner.checkpoint import Checkpoint, CheckpointError, RunLock, load
+from runner.files.checkpoint import Checkpoint, CheckpointError, RunLock, load
 
 
 def write_lines(path, records, tail=b""):
@@ -26,7 +26,7 @@ def test_torn_last_line_is_cut_off_and_its_job_runs_again(tmp_path):
 
 
 def test_load_reads_state_across_chunk_boundaries(tmp_path, monkeypatch):
-    monkeypatch.setattr("runner.checkpoint.READ_CHUNK", 7)
+    monkeypatch.setattr("runner.files.checkpoint.READ_CHUNK", 7)
     out = tmp_path / "out.jsonl"
     write_lines(out, [success_record(f"id-{i}", {"x": "y" * i}, request_id=None) for i in range(50)]
                 + [error_record("bad", "invalid_request", "m", status=400)])
@@ -75,7 +75,7 @@ def test_second_run_on_the_same_output_is_refused(tmp_path):
 def test_lock_is_released_when_its_holder_is_killed(tmp_path):
     out = tmp_path / "out.jsonl"
     code = (f"import sys, time; sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent.parent)!r});"
-            f"from runner.checkpoint import RunLock; from pathlib import Path;"
+            f"from runner.files.checkpoint import RunLock; from pathlib import Path;"
             f"RunLock(Path({str(out)!r})).acquire(); print('locked', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"locked"
@@ -110,7 +110,7 @@ def test_a_full_disk_never_leaves_half_a_line(tmp_path, monkeypatch):
             return real_write(fd, bytes(data[: len(data) // 2]))  # the disk fills mid-line
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("runner.checkpoint.os.write", full_disk)
+    monkeypatch.setattr("runner.files.checkpoint.os.write", full_disk)
     with pytest.raises(CheckpointError, match="No space left"):
         cp.append(success_record("b", {"x": "y" * 100}, request_id=None))
     monkeypatch.undo()

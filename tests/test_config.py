@@ -6,8 +6,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from runner.cli import PositiveFloat
-from runner.config import ConfigError, configurable, deployments, read_config
+from runner.cli.main import PositiveFloat
+from runner.cli.config import ConfigError, configurable, deployments, read_config
 
 
 Positive = PositiveFloat  # a custom type the file's values must pass too
@@ -169,7 +169,7 @@ def test_a_command_sharing_the_run_config_takes_only_its_own_keys(config):
 
 
 def test_the_example_config_is_valid_for_the_real_run_command():
-    from runner.cli import run_command
+    from runner.cli.main import run_command
     example = Path(__file__).resolve().parent.parent / "examples" / "runner.toml"
     loaded = read_config(example, run_command)
     assert loaded.defaults["max_attempts"] == 8
@@ -177,7 +177,7 @@ def test_the_example_config_is_valid_for_the_real_run_command():
 
 def test_precedence_on_the_real_run_command(tmp_path, monkeypatch):
     """flag > RUNNER_* > runner.toml > default, as `runner run` itself resolves them."""
-    from runner import cli
+    from runner.cli import main as cli
 
     captured = {}
     monkeypatch.setattr(cli, "_execute", lambda config, **kw: captured.setdefault("config", config) and 0)

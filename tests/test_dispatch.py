@@ -9,12 +9,12 @@ from jobs.job import Job
 from jobs.reader import BadLine, Duplicate
 from jobs.results import OutputState, success_record
 from runner.clock import run_virtual
-from runner.dispatch import DispatchConfig, Dispatcher, Slots
-from runner.endpoint import Endpoint
-from runner.limiter import Limiters
+from runner.live.dispatch import DispatchConfig, Dispatcher, Slots
+from runner.api.endpoint import Endpoint
+from runner.pacing.limiter import Limiters
 from runner.retry import Backoff
-from runner.simulator import chat_prompt, completion_text
-from runner.transport import HttpResponse
+from runner.simulator.server import chat_prompt, completion_text
+from runner.api.transport import HttpResponse
 from tests.conftest import Script, error, ok
 
 BASE = "http://api.test/v1"
@@ -312,7 +312,7 @@ def test_an_unreadable_input_stops_the_run_instead_of_hanging():
 
 
 def test_an_output_that_cannot_be_written_stops_the_run_once_resumably():
-    from runner.checkpoint import CheckpointError
+    from runner.files.checkpoint import CheckpointError
     log = []
 
     def sink(record):

@@ -13,10 +13,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from runner.dispatch import DispatchConfig
-from runner.endpoint import Endpoint
-from runner.run import RunConfig, run
-from runner.simulator import SimConfig, Simulator, chat_prompt, completion_text, embedding_vector, run_in_thread
+from runner.live.dispatch import DispatchConfig
+from runner.api.endpoint import Endpoint
+from runner.live.run import RunConfig, run
+from runner.simulator.server import SimConfig, Simulator, chat_prompt, completion_text, embedding_vector, run_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 

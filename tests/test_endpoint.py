@@ -4,7 +4,7 @@ import pytest
 
 from jobs.job import Job
 from jobs.packing import single
-from runner.endpoint import Endpoint
+from runner.api.endpoint import Endpoint
 
 
 def request(model="gpt-4o-mini", url="/v1/chat/completions"):

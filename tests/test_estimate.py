@@ -4,9 +4,9 @@ import pytest
 
 from jobs import tokens
 from jobs.estimate import estimate_lines
-from runner.prices import PriceTableError, load_prices, packaged_prices, parse_prices
-from runner.estimate import estimate_file, estimate_json, estimate_table
-from runner.status import print_report
+from runner.report.prices import PriceTableError, load_prices, packaged_prices, parse_prices
+from runner.report.estimate import estimate_file, estimate_json, estimate_table
+from runner.report.status import print_report
 
 
 def chat(cid, content="Say hi", model="gpt-4o-mini", **extra):
@@ -142,7 +142,7 @@ def test_estimate_file_reports_json_and_a_table(tmp_path, capsys):
 
 
 def test_estimate_file_of_a_missing_input_is_an_error(tmp_path):
-    from runner.status import StatusError
+    from runner.report.status import StatusError
     with pytest.raises(StatusError, match="cannot read input"):
         estimate_file(str(tmp_path / "nope.jsonl"), rpm=None, tpm=None, prices=load_prices())
 
@@ -218,4 +218,4 @@ def test_missing_price_file_is_an_error(tmp_path):
 
 def test_price_table_is_package_data():
     import importlib.resources
-    assert importlib.resources.files("runner").joinpath("prices.toml").is_file()
+    assert importlib.resources.files("runner.report").joinpath("prices.toml").is_file()

@@ -1,10 +1,10 @@
-"""runner.headers: rate-limit header parsing, tested as tables."""
+"""runner.api.headers: rate-limit header parsing, tested as tables."""
 from __future__ import annotations
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from runner.headers import RateLimitInfo, parse_duration, parse_retry_after
+from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
 
 NOW = 1_445_412_470.0  # 2015-10-21 07:27:50 GMT
 

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from runner.clock import run_virtual
-from runner.headers import RateLimitInfo
-from runner.limiter import (
+from runner.api.headers import RateLimitInfo
+from runner.pacing.limiter import (
     CALIBRATION_MAX,
     CALIBRATION_MIN,
     CALIBRATION_WINDOW_S,
@@ -731,7 +731,7 @@ def test_limiters_hold_one_independent_limiter_per_base_url_and_model():
 
 
 def test_observe_accepts_the_real_rate_limit_info_from_headers():
-    headers_module = pytest.importorskip("runner.headers")
+    headers_module = pytest.importorskip("runner.api.headers")
 
     async def main():
         limiter = RateLimiter(rpm=None, tpm=None, burst_s=2.0)

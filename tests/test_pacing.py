@@ -18,13 +18,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-import runner.run as run_module
+import runner.live.run as run_module
 from runner.clock import VirtualClockLoop
-from runner.dispatch import DispatchConfig
-from runner.endpoint import Endpoint
-from runner.limiter import Limiters
-from runner.run import RunConfig, run
-from runner.simulator import SimConfig, SimStats, Simulator, chat_prompt, completion_text
+from runner.live.dispatch import DispatchConfig
+from runner.api.endpoint import Endpoint
+from runner.pacing.limiter import Limiters
+from runner.live.run import RunConfig, run
+from runner.simulator.server import SimConfig, SimStats, Simulator, chat_prompt, completion_text
 
 MIN_EFFICIENCY = 0.95
 MAX_429_SHARE = 0.01

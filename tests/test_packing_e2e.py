@@ -2,10 +2,10 @@
 import orjson
 import pytest
 
-from runner.dispatch import DispatchConfig
-from runner.endpoint import Endpoint
-from runner.run import RunConfig, run
-from runner.simulator import SimConfig, Simulator, completion_text, embedding_vector
+from runner.live.dispatch import DispatchConfig
+from runner.api.endpoint import Endpoint
+from runner.live.run import RunConfig, run
+from runner.simulator.server import SimConfig, Simulator, completion_text, embedding_vector
 
 POISON = "<<poison>>"
 

@@ -11,13 +11,13 @@ import orjson
 from rich.console import Console
 
 from runner.clock import run_virtual
-from runner.prices import load_prices
-from runner.progress import ProgressReporter, Speed, fmt_duration, status_line
-from runner.report import ModelUsage, RunLog, RunStats, redact, summary_dict, summary_lines
-from runner.run import RunConfig, run
-from runner.endpoint import Endpoint
-from runner.simulator import SimConfig, Simulator, run_in_thread
-from runner.transport import HttpResponse
+from runner.report.prices import load_prices
+from runner.report.progress import ProgressReporter, Speed, fmt_duration, status_line
+from runner.report.stats import ModelUsage, RunLog, RunStats, redact, summary_dict, summary_lines
+from runner.live.run import RunConfig, run
+from runner.api.endpoint import Endpoint
+from runner.simulator.server import SimConfig, Simulator, run_in_thread
+from runner.api.transport import HttpResponse
 from tests.conftest import Script
 
 ROOT = Path(__file__).resolve().parent.parent

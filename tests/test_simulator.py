@@ -17,7 +17,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from runner.simulator import (
+from runner.simulator.server import (
     KNOWN_FAULTS,
     Admission,
     ModelBudget,
@@ -486,7 +486,7 @@ def test_run_in_thread_serves_blocking_clients() -> None:
 
 
 def test_serve_prints_the_base_url_first_and_exits_cleanly_on_ctrl_c() -> None:
-    code = "from runner.simulator import serve, SimConfig; serve(SimConfig(), '127.0.0.1', 0)"
+    code = "from runner.simulator.server import serve, SimConfig; serve(SimConfig(), '127.0.0.1', 0)"
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
         try:
             line = proc.stdout.readline().strip()

@@ -3,7 +3,7 @@ import orjson
 import pytest
 
 from jobs.results import DUPLICATE, error_record, success_record
-from runner.status import StatusError, print_report, status, status_table
+from runner.report.status import StatusError, print_report, status, status_table
 
 
 def job(cid):

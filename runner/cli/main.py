@@ -15,18 +15,18 @@ from rich.console import Console
 
 import orjson
 
-from runner import report
-from runner.checkpoint import CheckpointError
-from runner.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
-from runner.endpoint import DEFAULT_BASE_URL, Endpoint
-from runner.limiter import DEFAULT_BURST_S
-from runner.config import configurable, deployments as config_deployments
-from runner.prices import PriceTable, PriceTableError, load_prices
-from runner.progress import LOG_INTERVAL_S
-from runner.run import RunConfig, run
-from runner.estimate import estimate_file, estimate_json, estimate_table
-from runner.status import StatusError, print_report, status, status_table
-from runner.transport import READ_TIMEOUT_S
+from runner.report import stats as report
+from runner.files.checkpoint import CheckpointError
+from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
+from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint
+from runner.pacing.limiter import DEFAULT_BURST_S
+from runner.cli.config import configurable, deployments as config_deployments
+from runner.report.prices import PriceTable, PriceTableError, load_prices
+from runner.report.progress import LOG_INTERVAL_S
+from runner.live.run import RunConfig, run
+from runner.report.estimate import estimate_file, estimate_json, estimate_table
+from runner.report.status import StatusError, print_report, status, status_table
+from runner.api.transport import READ_TIMEOUT_S
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -298,7 +298,7 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
              latency_ms: float, fault_rate: float, faults: str, quota_requests: int | None,
              seed: int) -> None:
     """Serve a simulated OpenAI-compatible API (and Azure OpenAI URL shapes) for trying runner out."""
-    from runner.simulator import SimConfig, serve
+    from runner.simulator.server import SimConfig, serve
     try:
         config = SimConfig(rpm=rpm, tpm=tpm, burst_s=burst_s, latency_ms=latency_ms,
                            fault_rate=fault_rate,
@@ -309,7 +309,7 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
     serve(config, host, port)
 
 
-DEMO_INPUT = Path(__file__).resolve().parent.parent / "examples" / "demo.jsonl"
+DEMO_INPUT = Path(__file__).resolve().parents[2] / "examples" / "demo.jsonl"
 
 
 @main.command()
@@ -318,7 +318,7 @@ DEMO_INPUT = Path(__file__).resolve().parent.parent / "examples" / "demo.jsonl"
               help="Where the demo writes its results (replaced on each demo run).")
 def demo(output: Path) -> None:
     """Run examples/demo.jsonl against the built-in simulated API: no key, no network."""
-    from runner.simulator import SimConfig, run_in_thread
+    from runner.simulator.server import SimConfig, run_in_thread
     if not DEMO_INPUT.exists():
         _usage_error(f"demo job file not found: {DEMO_INPUT}")
     output.unlink(missing_ok=True)

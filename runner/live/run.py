@@ -10,14 +10,14 @@ from pathlib import Path
 from rich.console import Console
 
 from jobs.results import OutputState
-from runner import checkpoint as ckpt
-from runner.dispatch import DispatchConfig, Dispatcher
-from runner.endpoint import Endpoint
-from runner.limiter import DEFAULT_BURST_S, Limiters
-from runner.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
-from runner.report import RunStats
-from runner.source import count_lines, read_items
-from runner.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
+from runner.files import checkpoint as ckpt
+from runner.live.dispatch import DispatchConfig, Dispatcher
+from runner.api.endpoint import Endpoint
+from runner.pacing.limiter import DEFAULT_BURST_S, Limiters
+from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
+from runner.report.stats import RunStats
+from runner.files.inputs import count_lines, read_items
+from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
 
 
 @dataclass(frozen=True, slots=True)

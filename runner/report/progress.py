@@ -14,8 +14,8 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.text import Text
 
-from runner.limiter import Limiters
-from runner.report import RunStats
+from runner.pacing.limiter import Limiters
+from runner.report.stats import RunStats
 
 WINDOW_S = 30.0          # rates are measured over this trailing window
 TTY_REFRESH_S = 0.5

@@ -41,7 +41,7 @@ ENV_PREFIX = "RUNNER"
 DEFAULT_CONFIG = Path("runner.toml")  # looked up in the current directory
 DEPLOYMENTS = "deployments"
 CONFIG_OPTION = "config"
-META_KEY = "runner.config"  # where the loaded FileConfig sits in click's ctx.meta
+META_KEY = "runner.cli.config"  # where the loaded FileConfig sits in click's ctx.meta
 
 
 class ConfigError(ValueError):

@@ -77,7 +77,7 @@ class RunStats:
 
 
 def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> dict:
-    """The machine-readable summary (`--summary-json`). `prices`: a `runner.prices.PriceTable`.
+    """The machine-readable summary (`--summary-json`). `prices`: a `runner.report.prices.PriceTable`.
 
     Achieved rates are over the whole wall time; allowed ones are the limits in force at the end
     (learned from the API's headers, else the user's). Costs are at list price from the price table;

@@ -33,13 +33,13 @@ from jobs.job import Job
 from jobs.packing import Budget, MissingChoices, Packer, Request, halves, single, split_response
 from jobs.reader import BadLine, Duplicate
 from jobs.results import DUPLICATE, OutputState, error_record, success_record
-from runner.checkpoint import CheckpointError
-from runner.endpoint import Endpoint
-from runner.headers import RateLimitInfo
-from runner.limiter import Limiters, RateLimiter, RequestTooLarge
-from runner.report import RunStats
+from runner.files.checkpoint import CheckpointError
+from runner.api.endpoint import Endpoint
+from runner.api.headers import RateLimitInfo
+from runner.pacing.limiter import Limiters, RateLimiter, RequestTooLarge
+from runner.report.stats import RunStats
 from runner.retry import Action, Backoff, Verdict, classify, classify_bad_response, retry_delay
-from runner.transport import HttpRequest, HttpResponse, Send
+from runner.api.transport import HttpRequest, HttpResponse, Send
 
 MAX_ATTEMPTS = 6
 DEFAULT_CONCURRENCY = 128     # upper bound on requests in flight, and on open sockets

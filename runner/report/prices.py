@@ -123,7 +123,7 @@ def _price(origin: str, name: str, entry: Any) -> Price:
 @functools.cache
 def packaged_prices() -> PriceTable:
     """The table shipped in the runner package (read once per process)."""
-    text = importlib.resources.files("runner").joinpath(PACKAGED).read_text(encoding="utf-8")
+    text = importlib.resources.files("runner.report").joinpath(PACKAGED).read_text(encoding="utf-8")
     return parse_prices(text, f"runner/{PACKAGED}")
 
 

@@ -8,8 +8,8 @@ from rich.table import Table
 from rich.text import Text
 
 from jobs.estimate import Estimate, estimate_lines
-from runner.prices import PriceTable
-from runner.status import StatusError, flag_notes, input_name, open_input
+from runner.report.prices import PriceTable
+from runner.report.status import StatusError, flag_notes, input_name, open_input
 
 
 def estimate_file(input_path: str, *, rpm: float | None, tpm: float | None,

@@ -34,8 +34,8 @@ from jobs.estimate import FlagSample
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, read_jobs
 from jobs.results import OutputState, failure_code
-from runner.checkpoint import CheckpointError, LoadReport, scan
-from runner.report import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
+from runner.files.checkpoint import CheckpointError, LoadReport, scan
+from runner.report.stats import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
 
 MAX_SHOWN = 20  # ids or line numbers listed per kind; the rest are only counted
 STDIN = "-"
@@ -84,7 +84,7 @@ class _TrackedState(OutputState):
 
 
 def scan_output(path: Path, state: OutputState) -> LoadReport:
-    """Read OUTPUT into `state` without writing to it (`runner.checkpoint.scan`)."""
+    """Read OUTPUT into `state` without writing to it (`runner.files.checkpoint.scan`)."""
     try:
         return scan(path, state)
     except CheckpointError as e:

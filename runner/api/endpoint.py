@@ -16,7 +16,7 @@ from urllib.parse import quote
 import orjson
 
 from jobs.packing import Request
-from runner.transport import HttpRequest
+from runner.api.transport import HttpRequest
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 USER_AGENT = "runner/0.1"

@@ -1,7 +1,7 @@
 """Pure parsing of the rate-limit headers an OpenAI-compatible API sends back.
 
 No I/O and no clock of its own: the current wall time is injected where an HTTP date needs it.
-`headers` is any mapping whose keys are lower-case (what `runner.transport` builds) or a
+`headers` is any mapping whose keys are lower-case (what `runner.api.transport` builds) or a
 case-insensitive mapping (aiohttp's `CIMultiDictProxy`); names are always looked up lower-case.
 
 Every parser returns None for a value it cannot trust (garbage, negative, inf, nan): a bad header

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from runner.headers import RateLimitInfo
+from runner.api.headers import RateLimitInfo
 
 __all__ = [
     "ChargeAudit",
