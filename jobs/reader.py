@@ -15,6 +15,7 @@ import orjson
 from jobs.job import ENDPOINTS, METHODS, Job
 
 MAX_SHOWN = 60  # characters of an offending value quoted in a message
+NOT_A_JOB_FILE_AFTER = 20  # bad lines in a row at the start, with no job yet, that end the reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,30 @@ class Duplicate:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}"
+
+
+class NotAJobFile(ValueError):
+    """The input's first `NOT_A_JOB_FILE_AFTER` lines are all bad and none is a job: it is not a
+    job file (random bytes, a binary or compressed file read as text, a result file). `last` is the
+    bad line that ended the reading, to be reported like the ones before it."""
+
+    def __init__(self, path: str, last: BadLine, looks_like_results: bool) -> None:
+        what = (" (they look like result lines: is it an output file?)" if looks_like_results
+                else "")
+        super().__init__(
+            f"{path} does not look like a JSONL job file: its first {last.line} lines hold no "
+            f"job{what}. A job file has one JSON object a line with custom_id, method, url and "
+            "body; reading stopped")
+        self.path = path
+        self.last = last
+
+
+def _looks_like_result(raw: bytes) -> bool:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "custom_id" in obj and ("response" in obj or "error" in obj)
 
 
 def _show(value: object) -> str:
@@ -99,20 +124,30 @@ def parse_line(raw: bytes, line: int, path: str) -> Job | BadLine | None:
 
 
 class JobReader:
-    """Feeds raw lines one at a time (from a sync or async source), numbering them and spotting duplicates."""
+    """Feeds raw lines one at a time (from a sync or async source), numbering them and spotting
+    duplicates. Raises `NotAJobFile` on the `NOT_A_JOB_FILE_AFTER`th bad line in a row at the start
+    of an input that has shown no job yet."""
 
-    __slots__ = ("path", "line", "_first_line")
+    __slots__ = ("path", "line", "_first_line", "_bad_at_start", "_results_at_start")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.line = 0
         self._first_line: dict[str, int] = {}
+        self._bad_at_start: int | None = 0  # None once a job was seen
+        self._results_at_start = 0
 
     def feed(self, raw: bytes) -> Job | BadLine | Duplicate | None:
         """The next line's verdict; None for a blank line."""
         self.line += 1
         item = parse_line(raw, self.line, self.path)
+        if isinstance(item, BadLine) and self._bad_at_start is not None:
+            self._bad_at_start += 1
+            self._results_at_start += _looks_like_result(raw)
+            if self._bad_at_start >= NOT_A_JOB_FILE_AFTER:
+                raise NotAJobFile(self.path, item, self._results_at_start == self._bad_at_start)
         if isinstance(item, Job):
+            self._bad_at_start = None
             seen = self._first_line.setdefault(item.custom_id, item.line)
             if seen != item.line:
                 return Duplicate(self.path, item.line, seen, item.custom_id)

@@ -3,7 +3,7 @@ import orjson
 import pytest
 
 from jobs.job import Job
-from jobs.reader import BadLine, Duplicate, parse_line, read_jobs
+from jobs.reader import NOT_A_JOB_FILE_AFTER, BadLine, Duplicate, NotAJobFile, parse_line, read_jobs
 
 GOOD = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
         "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}
@@ -68,3 +68,34 @@ def test_reading_goes_on_after_bad_lines_and_flags_duplicates_with_both_lines():
     assert isinstance(dup, Duplicate) and dup.line == 5 and dup.first_line == 1
     assert "in.jsonl:5:" in str(dup) and "line 1" in str(dup)
     assert [i.line for i in items] == [1, 2, 4, 5, 6]
+
+
+def test_a_file_of_random_bytes_stops_with_one_clear_message_after_a_run_of_bad_lines():
+    import random
+    rng = random.Random(5)
+    garbage = [bytes(rng.randrange(256) for _ in range(80)).replace(b"\n", b"") for _ in range(100)]
+    seen = []
+    with pytest.raises(NotAJobFile) as caught:
+        for item in read_jobs(garbage, "data.bin"):
+            seen.append(item)
+    assert len(seen) == NOT_A_JOB_FILE_AFTER - 1 and all(isinstance(i, BadLine) for i in seen)
+    assert caught.value.last.line == NOT_A_JOB_FILE_AFTER
+    assert str(caught.value).startswith("data.bin does not look like a JSONL job file")
+
+
+def test_a_result_file_given_as_input_is_named_as_such():
+    result = orjson.dumps({"id": "r", "custom_id": "a", "response": None, "error": {"code": "x"}})
+    with pytest.raises(NotAJobFile, match="look like result lines"):
+        list(read_jobs([result] * NOT_A_JOB_FILE_AFTER, "out.jsonl"))
+
+
+def test_bad_lines_after_a_first_job_never_stop_the_reading():
+    lines = [line()] + [b"garbage"] * (3 * NOT_A_JOB_FILE_AFTER)
+    items = list(read_jobs(lines, "in.jsonl"))
+    assert isinstance(items[0], Job) and len(items) == 1 + 3 * NOT_A_JOB_FILE_AFTER
+
+
+def test_fewer_bad_lines_at_the_start_than_the_limit_are_only_reported():
+    lines = [b"garbage"] * (NOT_A_JOB_FILE_AFTER - 1) + [line()]
+    items = list(read_jobs(lines, "in.jsonl"))
+    assert isinstance(items[-1], Job) and len(items) == NOT_A_JOB_FILE_AFTER
