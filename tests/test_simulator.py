@@ -485,6 +485,7 @@ def test_run_in_thread_serves_blocking_clients() -> None:
     assert body["choices"][0]["message"]["content"] == completion_text("hello", 0)
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_serve_prints_the_base_url_first_and_exits_cleanly_on_ctrl_c() -> None:
     code = "from runner.simulator.server import serve, SimConfig; serve(SimConfig(), '127.0.0.1', 0)"
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
