@@ -2,31 +2,8 @@ import asyncio
 
 import orjson
 
-from runner.simulator.server import chat_prompt, completion_text, embedding_vector
 from runner.api.transport import HttpRequest, HttpResponse
-
-
-def answer_for(url: str, body: dict) -> dict:
-    """What a faithful server answers for a body (deterministic, index-ordered)."""
-    n = body.get("n", 1)
-    if url.endswith("/embeddings"):
-        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        return {"object": "list", "model": body["model"],
-                "data": [{"object": "embedding", "index": i, "embedding": embedding_vector(t)}
-                         for i, t in enumerate(inputs)],
-                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}}
-    if url.endswith("/chat/completions"):
-        prompt = chat_prompt(body["messages"])
-        choices = [{"index": j, "message": {"role": "assistant", "content": completion_text(prompt, j)},
-                    "finish_reason": "stop"} for j in range(n)]
-        return {"object": "chat.completion", "model": body["model"], "choices": choices,
-                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
-    prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
-    choices = [{"index": p * n + j, "text": completion_text(t, j), "finish_reason": "stop"}
-               for p, t in enumerate(prompts) for j in range(n)]
-    return {"object": "text_completion", "model": body["model"], "choices": choices,
-            "usage": {"prompt_tokens": 5 * len(prompts), "completion_tokens": 3 * len(choices),
-                      "total_tokens": 5 * len(prompts) + 3 * len(choices)}}
+from runner.simulator.server import answer_for
 
 
 def ok(url: str, body: dict, headers: dict | None = None) -> HttpResponse:

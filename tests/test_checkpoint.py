@@ -72,6 +72,7 @@ def test_second_run_on_the_same_output_is_refused(tmp_path):
     RunLock(out).acquire()  # released: free again
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_lock_is_released_when_its_holder_is_killed(tmp_path):
     out = tmp_path / "out.jsonl"
     code = (f"import sys, time; sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent.parent)!r});"

@@ -1,4 +1,10 @@
-"""Packing end to end against the simulator: shuffled and missing choices, poisoned prompts."""
+"""Packing end to end against the simulator: shuffled and missing choices, poisoned prompts.
+
+The runner and the simulator share one virtual-time loop over real loopback sockets, so the pacing
+(RPM 600: ten requests a second) costs no real time and this machine's load changes nothing.
+"""
+import asyncio
+
 import orjson
 import pytest
 
@@ -6,6 +12,11 @@ from runner.live.dispatch import DispatchConfig
 from runner.api.endpoint import Endpoint
 from runner.live.run import RunConfig, run
 from runner.simulator.server import SimConfig, Simulator, completion_text, embedding_vector
+
+try:  # SettlingLoop is moving from tests/test_pacing.py into runner/clock.py
+    from runner.clock import SettlingLoop
+except ImportError:
+    from tests.test_pacing import SettlingLoop
 
 POISON = "<<poison>>"
 
@@ -26,20 +37,41 @@ def write_jobs(path, n, poison_every=None):
     return jobs
 
 
-async def run_file(tmp_path, name, sim_config, *, pack=True, rpm=600, tpm=1_000_000):
+@pytest.fixture
+def loop():
+    loop = SettlingLoop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    try:
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def run_file(loop, tmp_path, name, sim_config, *, pack=True, rpm=600, tpm=1_000_000):
     out = tmp_path / name
-    async with Simulator(sim_config) as sim:
-        stats = await run(RunConfig(input=str(tmp_path / "in.jsonl"), output=out,
-                                    endpoint=Endpoint(base_url=sim.base_url, api_key="k"),
-                                    rpm=rpm, tpm=tpm, pack=pack,
-                                    dispatch=DispatchConfig(max_attempts=10)),
-                          progress=False, handle_signals=False, log=lambda m: None)
+
+    async def main():
+        async with Simulator(sim_config, clock=loop.time) as sim:
+            stats = await run(RunConfig(input=str(tmp_path / "in.jsonl"), output=out,
+                                        endpoint=Endpoint(base_url=sim.base_url, api_key="k"),
+                                        rpm=rpm, tpm=tpm, pack=pack,
+                                        dispatch=DispatchConfig(max_attempts=10)),
+                              progress=False, handle_signals=False, log=lambda m: None)
+        return stats, sim.stats
+
+    stats, sim_stats = loop.run_until_complete(main())
     records = {}
     for line in out.read_bytes().splitlines():
         record = orjson.loads(line)
         assert record["custom_id"] not in records, "one line per job"
         records[record["custom_id"]] = record
-    return records, stats, sim.stats
+    return records, stats, sim_stats
 
 
 def check_own_answer(job, record):
@@ -55,10 +87,10 @@ def check_own_answer(job, record):
     assert body["usage"]["total_tokens"] >= body["usage"]["prompt_tokens"] > 0
 
 
-async def test_packed_jobs_each_get_their_own_answer_through_shuffles_and_missing_choices(tmp_path):
+def test_packed_jobs_each_get_their_own_answer_through_shuffles_and_missing_choices(loop, tmp_path):
     jobs = write_jobs(tmp_path / "in.jsonl", 600)
     sim = SimConfig(rpm=600, tpm=1_000_000, burst_s=2, fault_rate=0.2, faults=("missing_choice",), seed=4)
-    records, stats, server = await run_file(tmp_path, "out.jsonl", sim)
+    records, stats, server = run_file(loop, tmp_path, "out.jsonl", sim)
     assert stats.exit_code() == 0
     assert len(records) == 600
     for job in jobs:
@@ -67,10 +99,10 @@ async def test_packed_jobs_each_get_their_own_answer_through_shuffles_and_missin
     assert server.faults["missing_choice"] > 0 and stats.retries > 0
 
 
-async def test_poisoned_prompts_fail_alone_and_the_rest_of_their_pack_succeeds(tmp_path):
+def test_poisoned_prompts_fail_alone_and_the_rest_of_their_pack_succeeds(loop, tmp_path):
     jobs = write_jobs(tmp_path / "in.jsonl", 900, poison_every=300)  # jobs 0, 300, 600
     sim = SimConfig(rpm=600, tpm=1_000_000, burst_s=2, poison=POISON, seed=2)
-    records, stats, _ = await run_file(tmp_path, "out.jsonl", sim)
+    records, stats, _ = run_file(loop, tmp_path, "out.jsonl", sim)
     guilty = {j["custom_id"] for j in jobs if POISON in str(j["body"])}
     assert len(guilty) == 3
     for job in jobs:
@@ -83,11 +115,11 @@ async def test_poisoned_prompts_fail_alone_and_the_rest_of_their_pack_succeeds(t
     assert stats.exit_code() == 1 and 0 < stats.bisect_requests < 100
 
 
-async def test_no_pack_gives_the_same_results(tmp_path):
+def test_no_pack_gives_the_same_results(loop, tmp_path):
     jobs = write_jobs(tmp_path / "in.jsonl", 120)
     sim = SimConfig(rpm=6000, tpm=10_000_000, burst_s=2, seed=9)
-    packed, packed_stats, _ = await run_file(tmp_path, "packed.jsonl", sim, pack=True, rpm=6000, tpm=10_000_000)
-    alone, alone_stats, _ = await run_file(tmp_path, "alone.jsonl", sim, pack=False, rpm=6000, tpm=10_000_000)
+    packed, packed_stats, _ = run_file(loop, tmp_path, "packed.jsonl", sim, pack=True, rpm=6000, tpm=10_000_000)
+    alone, alone_stats, _ = run_file(loop, tmp_path, "alone.jsonl", sim, pack=False, rpm=6000, tpm=10_000_000)
     assert alone_stats.requests == 120 and packed_stats.requests < 120
     for job in jobs:
         a, b = packed[job["custom_id"]]["response"]["body"], alone[job["custom_id"]]["response"]["body"]

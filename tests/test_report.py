@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 from rich.console import Console
 
 from runner.clock import run_virtual
@@ -141,6 +142,7 @@ def test_the_key_never_reaches_output_lines_even_if_a_server_echoes_it(tmp_path)
     assert KEY not in out and "[REDACTED]" in out
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_cli_never_shows_the_key_in_stderr_log_summary_or_output(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_bytes(b"".join(orjson.dumps({"custom_id": f"j{i}", "method": "POST", "url": "/v1/chat/completions",
@@ -157,6 +159,7 @@ def test_cli_never_shows_the_key_in_stderr_log_summary_or_output(tmp_path):
         assert KEY not in text and KEY[:12] + "" not in text.replace("[REDACTED]", "")
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_azure_deployments_end_to_end_with_api_key_header(tmp_path):
     src = tmp_path / "in.jsonl"
     jobs = [{"custom_id": f"a{i}", "method": "POST", "url": "/v1/chat/completions",
@@ -182,6 +185,7 @@ def test_azure_deployments_end_to_end_with_api_key_header(tmp_path):
     assert summary["requests"]["rate_limited_429"] <= 1
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_azure_without_api_version_is_a_usage_error(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("")

@@ -20,10 +20,12 @@ from multidict import CIMultiDict
 from runner.simulator.server import (
     KNOWN_FAULTS,
     Admission,
+    ApiError,
     ModelBudget,
     SimConfig,
     Simulator,
     TokenBucket,
+    answer_for,
     chat_prompt,
     completion_text,
     embedding_vector,
@@ -485,6 +487,7 @@ def test_run_in_thread_serves_blocking_clients() -> None:
     assert body["choices"][0]["message"]["content"] == completion_text("hello", 0)
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_serve_prints_the_base_url_first_and_exits_cleanly_on_ctrl_c() -> None:
     code = "from runner.simulator.server import serve, SimConfig; serve(SimConfig(), '127.0.0.1', 0)"
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
@@ -499,3 +502,26 @@ def test_serve_prints_the_base_url_first_and_exits_cleanly_on_ctrl_c() -> None:
             assert proc.wait(timeout=30) == 0
         finally:
             proc.kill()
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", chat_body("abcdefgh", n=2)),
+    ("/v1/completions", {"model": "m", "prompt": ["alpha", "beta"], "n": 2, "max_tokens": 3}),
+    ("/v1/embeddings", {"model": "e", "input": ["one", "two"], "dimensions": 4}),
+    (f"/openai/deployments/dep/chat/completions?api-version={AZURE_VERSION}", chat_body()),
+])
+async def test_answer_for_is_what_the_server_answers_without_shuffling(session, path, body) -> None:
+    async with Simulator(SimConfig(shuffle=False)) as sim:
+        status, _, served = await post(session, sim.azure_endpoint + path, body)
+    expected = answer_for(path, body)
+    assert status == 200
+    assert {k: v for k, v in served.items() if k not in ("id", "created")} == \
+        {k: v for k, v in expected.items() if k not in ("id", "created")}
+
+
+def test_answer_for_refuses_what_the_server_refuses() -> None:
+    with pytest.raises(ApiError) as refused:
+        answer_for("/v1/chat/completions", chat_body(colour="blue"))
+    assert refused.value.status == 400
+    with pytest.raises(ValueError, match="not a path"):
+        answer_for("/v1/images", {"model": "m"})

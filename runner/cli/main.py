@@ -309,7 +309,7 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
     serve(config, host, port)
 
 
-DEMO_INPUT = Path(__file__).resolve().parents[2] / "examples" / "demo.jsonl"
+DEMO_JOBS = "demo.jsonl"  # package data of runner.cli: 500 chat, completion and embedding jobs
 
 
 @main.command()
@@ -317,16 +317,16 @@ DEMO_INPUT = Path(__file__).resolve().parents[2] / "examples" / "demo.jsonl"
               default=Path("demo-results.jsonl"), show_default=True,
               help="Where the demo writes its results (replaced on each demo run).")
 def demo(output: Path) -> None:
-    """Run examples/demo.jsonl against the built-in simulated API: no key, no network."""
+    """Run the demo jobs shipped with runner against the built-in simulated API: no key, no network."""
+    from importlib import resources
     from runner.simulator.server import SimConfig, run_in_thread
-    if not DEMO_INPUT.exists():
-        _usage_error(f"demo job file not found: {DEMO_INPUT}")
     output.unlink(missing_ok=True)
     sim = SimConfig(rpm=3000, tpm=1_000_000, burst_s=2.0, latency_ms=80, fault_rate=0.03, seed=7)
     click.echo(f"runner demo: simulated API with RPM {sim.rpm}, TPM {sim.tpm:,}, "
-               f"{sim.fault_rate:.0%} injected faults; jobs {DEMO_INPUT.name} -> {output}", err=True)
-    with run_in_thread(sim) as base_url:
-        config = RunConfig(input=str(DEMO_INPUT), output=output,
+               f"{sim.fault_rate:.0%} injected faults; jobs {DEMO_JOBS} -> {output}", err=True)
+    with resources.as_file(resources.files("runner.cli") / DEMO_JOBS) as demo_input, \
+            run_in_thread(sim) as base_url:
+        config = RunConfig(input=str(demo_input), output=output,
                            endpoint=Endpoint(base_url=base_url, api_key="sk-demo"),
                            dispatch=DispatchConfig(max_attempts=8), status_interval=1.0)
         code = _execute(config, prices=load_prices())

@@ -101,6 +101,7 @@ _ALLOWED_FIELDS: Mapping[str, frozenset[str]] = {
     EMBEDDINGS: frozenset({"model", "input", "encoding_format", "dimensions", "user"}),
 }
 _PROMPT_FIELD = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input"}
+_PATH_TAILS = ((CHAT, "/chat/completions"), (COMPLETIONS, "/completions"), (EMBEDDINGS, "/embeddings"))
 _AZURE_OPERATION = {CHAT: "ChatCompletions_Create", COMPLETIONS: "Completions_Create",
                     EMBEDDINGS: "Embeddings_Create"}
 _RATE_LIMIT_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn more."
@@ -552,6 +553,21 @@ def build_answer(req: SimRequest, *, rng: random.Random, shuffle: bool, created:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
             "system_fingerprint": "fp_sim"}
+
+
+def answer_for(path: str, body: Any) -> dict[str, Any]:
+    """The 200 body the simulator sends for `body` POSTed to `path` (any URL shape above, query
+    ignored) when no rate limit or fault applies, its choices in index order; raises `ApiError`
+    where the simulator answers 400. For tests whose `send` function stands in for the server."""
+    path = path.split("?", 1)[0]
+    kind = next((k for k, tail in _PATH_TAILS if path.endswith(tail)), None)
+    if kind is None:
+        raise ValueError(f"not a path the simulator serves: {path!r}")
+    deployment = path.split("/openai/deployments/", 1)[1].split("/", 1)[0] \
+        if "/openai/deployments/" in path else None
+    return build_answer(parse_request(kind, body, deployment), rng=random.Random(0), shuffle=False,
+                        created=0, response_id=("chatcmpl-" if kind == CHAT else "cmpl-") +
+                        _sha(orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode())[:29])
 
 
 # ---------------------------------------------------------------------------------------------
