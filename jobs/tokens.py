@@ -35,6 +35,7 @@ from typing import Any
 import tiktoken
 
 from jobs.job import CHAT, COMPLETIONS, EMBEDDINGS
+from jobs.models import longest_prefix
 
 RESPONSES = "/v1/responses"
 
@@ -92,7 +93,7 @@ _SPECS = {
     ),
 }
 
-# Model-name prefix -> encoding. A prefix matches the whole name or up to a "-" (so "gpt-4" covers
+# Model-name prefix -> encoding, matched by `jobs.models.longest_prefix` (so "gpt-4" covers
 # "gpt-4-turbo" and "gpt-4-0613" but not an unknown "gpt-4.7"); the longest match wins.
 MODEL_ENCODINGS: dict[str, str] = {
     "gpt-4o": O200K_BASE, "chatgpt-4o": O200K_BASE, "gpt-4.1": O200K_BASE,
@@ -120,27 +121,6 @@ CONTEXT_WINDOWS: dict[str, int] = {
 }
 
 
-def _base_model(model: str) -> str:
-    """Lower-case, without an org/provider prefix ("openai/gpt-4o") or fine-tune wrapper
-    ("ft:gpt-4o-mini-2024-07-18:org::id")."""
-    name = model.strip().lower().rsplit("/", 1)[-1]
-    if name.startswith("ft:"):
-        name = name[3:].split(":", 1)[0]
-    return name
-
-
-def _lookup(table: dict[str, Any], model: str | None) -> Any | None:
-    if not model:
-        return None
-    name = _base_model(model)
-    best = None
-    for prefix in table:
-        if (name == prefix or name.startswith(prefix + "-")) and (
-                best is None or len(prefix) > len(best)):
-            best = prefix
-    return None if best is None else table[best]
-
-
 @functools.lru_cache(maxsize=1024)
 def _encoding_name(model: str | None) -> str:
     return _encoding_name(model)
@@ -148,7 +128,7 @@ def _encoding_name(model: str | None) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _context_window(model: str | None) -> int | None:
-    return _lookup(CONTEXT_WINDOWS, model)
+    return longest_prefix(CONTEXT_WINDOWS, model)
 
 
 def encoding_name_for_model(model: str | None) -> str:
@@ -156,7 +136,7 @@ def encoding_name_for_model(model: str | None) -> str:
     chatgpt-4o; cl100k_base for gpt-4, gpt-3.5, text-embedding-3 / ada-002, davinci/babbage-002.
     Unknown or missing models (e.g. Azure deployment names) get `DEFAULT_ENCODING` (o200k_base),
     the encoding of every current OpenAI model."""
-    return _lookup(MODEL_ENCODINGS, model) or DEFAULT_ENCODING
+    return longest_prefix(MODEL_ENCODINGS, model) or DEFAULT_ENCODING
 
 
 def context_window(model: str | None) -> int | None:
