@@ -37,14 +37,12 @@ import tiktoken
 from jobs.job import CHAT, COMPLETIONS, EMBEDDINGS
 from jobs.models import longest_prefix
 
-RESPONSES = "/v1/responses"
-
 O200K_BASE = "o200k_base"
 CL100K_BASE = "cl100k_base"
 DEFAULT_ENCODING = O200K_BASE  # unknown models (Azure deployment names, new models) use this
 
 CHARS_PER_TOKEN = 4  # the rate limiter's estimate, and our approximation without a tokenizer
-DEFAULT_MAX_TOKENS = {COMPLETIONS: 16, CHAT: 0, RESPONSES: 0}  # completion budget when absent
+DEFAULT_MAX_TOKENS = {COMPLETIONS: 16, CHAT: 0}  # completion budget when absent
 TOKENS_PER_MESSAGE = 3  # chat overhead per message (OpenAI cookbook counting)
 TOKENS_PER_NAME = 1  # extra when a message has a `name`
 TOKENS_REPLY_PRIMING = 3  # every chat reply is primed with <|start|>assistant<|message|>
@@ -119,11 +117,6 @@ CONTEXT_WINDOWS: dict[str, int] = {
     "text-embedding-3-small": 8_192, "text-embedding-3-large": 8_192,
     "text-embedding-ada-002": 8_192,
 }
-
-
-@functools.lru_cache(maxsize=1024)
-def _encoding_name(model: str | None) -> str:
-    return _encoding_name(model)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -268,7 +261,7 @@ def count_tokens(text: str, model: str | None) -> int:
 # --- reading request bodies -----------------------------------------------------------------
 
 def _kind(url: str) -> str:
-    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES):
+    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
         if url == endpoint or url.endswith(endpoint.removeprefix("/v1")):
             return endpoint
     raise ValueError(f"unsupported url {url!r}")
@@ -284,9 +277,8 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _messages(kind: str, body: dict) -> list[dict]:
-    key = "input" if kind == RESPONSES else "messages"
-    messages = body.get(key)
+def _messages(body: dict) -> list[dict]:
+    messages = body.get("messages")
     return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
 
@@ -298,10 +290,8 @@ def _is_token_ids(value: Any) -> bool:
 def _prompts(url: str, body: dict) -> tuple[str, list[str | list[int]]]:
     """(endpoint, one entry per prompt): text, or a list of token ids for token-array prompts."""
     kind = _kind(url)
-    if kind in (CHAT, RESPONSES):
-        if kind == RESPONSES and isinstance(body.get("input"), str):
-            return kind, [body["input"]]
-        return kind, ["".join(_content_text(m.get("content")) for m in _messages(kind, body))]
+    if kind == CHAT:
+        return kind, ["".join(_content_text(m.get("content")) for m in _messages(body))]
     value = body.get("prompt" if kind == COMPLETIONS else "input")
     if isinstance(value, str) or _is_token_ids(value):
         return kind, [value]
@@ -323,12 +313,11 @@ def _positive_int(value: Any) -> int | None:
 
 
 def _max_tokens(kind: str, body: dict) -> int:
-    """Completion budget of one completion: max_completion_tokens, else max_tokens (for the
-    responses endpoint max_output_tokens), else the endpoint's default."""
+    """Completion budget of one completion: max_completion_tokens, else max_tokens, else the
+    endpoint's default."""
     if kind == EMBEDDINGS:
         return 0
-    keys = ("max_output_tokens",) if kind == RESPONSES else ("max_completion_tokens", "max_tokens")
-    for key in keys:
+    for key in ("max_completion_tokens", "max_tokens"):
         value = _positive_int(body.get(key))
         if value is not None:
             return value
@@ -368,15 +357,11 @@ def _chat_tokens(encoding: tiktoken.Encoding | None, messages: Iterable[dict]) -
     return total
 
 
-def _is_conversation(kind: str, body: dict) -> bool:
-    return kind == CHAT or (kind == RESPONSES and not isinstance(body.get("input"), str))
-
-
 def _true_tokens(encoding: tiktoken.Encoding | None, kind: str, body: dict,
                  prompt: str | list[int]) -> int:
     """True tokens of one prompt (see `prompt_tokens`)."""
-    if _is_conversation(kind, body):
-        return _chat_tokens(encoding, _messages(kind, body))
+    if kind == CHAT:
+        return _chat_tokens(encoding, _messages(body))
     return _count(encoding, prompt) if isinstance(prompt, str) else len(prompt)
 
 
@@ -394,11 +379,11 @@ def _byte_bound(kind: str, body: dict, prompt: str | list[int]) -> int:
     is at least one UTF-8 byte."""
     if not isinstance(prompt, str):
         return len(prompt)
-    if _is_conversation(kind, body):
+    if kind == CHAT:
         return TOKENS_REPLY_PRIMING + sum(
             TOKENS_PER_MESSAGE + TOKENS_PER_NAME + len(str(m.get("role") or "").encode())
             + len(str(m.get("name") or "").encode()) + len(_content_text(m.get("content")).encode())
-            for m in _messages(kind, body))
+            for m in _messages(body))
     return len(prompt.encode())
 
 
