@@ -15,7 +15,7 @@ Invariants:
   dispatcher at once (the producer waits for room), plus the packer's `MAX_HELD_JOBS`;
 - `stop()` stops sending at once, gives requests already on the wire `grace_s` to answer (their
   results are written), then cancels the rest.
-Time (`clock`, `sleep`) and the network (`send`) are injected.
+Time (`clock`, `sleep`), the network (`send`) and true token counts (`counter`) are injected.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
 from runner.pacing.limiter import Limiters, RateLimiter, RequestTooLarge
 from runner.report.stats import RunStats
+from runner.tokenizer import token_counter
 from runner.retry import Action, Backoff, Verdict, classify, classify_bad_response, retry_delay
 from runner.api.transport import HttpRequest, HttpResponse, Send
 
@@ -209,7 +210,8 @@ class Dispatcher:
                  stats: RunStats | None = None, backoff: Backoff | None = None,
                  pack: bool = True, clock: Callable[[], float] | None = None,
                  sleep: Callable[[float], Any] = asyncio.sleep,
-                 log: Callable[[str], None] = lambda message: None) -> None:
+                 log: Callable[[str], None] = lambda message: None,
+                 counter: tokens.TokenCounter = token_counter) -> None:
         self._send = send
         self._endpoint = endpoint
         self._limiters = limiters
@@ -221,6 +223,7 @@ class Dispatcher:
         self._clock = clock
         self._sleep = sleep
         self._log = log
+        self._counter = counter  # true token counts, for the context-window check
         self._lanes: dict[tuple[str, str], Lane] = {}
         self.slots = Slots(config.concurrency)  # all lanes together: requests in flight, sockets
         self._tasks: set[asyncio.Task[None]] = set()
@@ -355,7 +358,7 @@ class Dispatcher:
             else:
                 stats.kept_failed += 1
             return []
-        overflow = tokens.context_overflow(item.url, item.body)
+        overflow = tokens.context_overflow(item.url, item.body, self._counter)
         if overflow is not None:
             self._fail_jobs((item,), "context_length_exceeded", overflow)
             return []

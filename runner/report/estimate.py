@@ -10,6 +10,7 @@ from rich.text import Text
 from jobs.estimate import Estimate, estimate_lines
 from runner.report.prices import PriceTable
 from runner.report.status import StatusError, flag_notes, input_name, open_input
+from runner.tokenizer import token_counter
 
 
 def estimate_file(input_path: str, *, rpm: float | None, tpm: float | None,
@@ -17,8 +18,8 @@ def estimate_file(input_path: str, *, rpm: float | None, tpm: float | None,
     """Stream INPUT through `jobs.estimate`; StatusError when it cannot be read."""
     with open_input(input_path) as lines:
         try:
-            return estimate_lines(lines, input_name(input_path), rpm=rpm, tpm=tpm,
-                                  cost=prices.cost)
+            return estimate_lines(lines, input_name(input_path), counter=token_counter,
+                                  rpm=rpm, tpm=tpm, cost=prices.cost)
         except OSError as e:
             raise StatusError(f"cannot read input {input_path}: {e.strerror}") from None
 
