@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from jobs.packing import usage_count
+from jobs.usage import usage_count
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
