@@ -25,15 +25,15 @@ The numbers:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jobs import tokens
+from jobs.flags import MAX_FLAGGED, FlagSample
 from jobs.job import CHAT, Job
 from jobs.packing import Budget, Packer, Request
 from jobs.reader import BadLine, Duplicate, read_jobs
 
-MAX_FLAGGED = 20  # lines of each kind kept for the report; the rest are only counted
 COMPLETION_CAP_KEYS = ("max_completion_tokens", "max_tokens")
 
 CostFn = Callable[[str, int, int], "float | None"]  # (model, prompt, completion) -> USD or None
@@ -41,28 +41,6 @@ CostFn = Callable[[str, int, int], "float | None"]  # (model, prompt, completion
 
 def _no_prices(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
     return None
-
-
-Flagged = BadLine | Duplicate  # a line flagged in a report: where it is (path, line) and why (reason)
-
-
-@dataclass(slots=True)
-class FlagSample:
-    """How many lines of one kind were flagged, and the first `limit` of them."""
-
-    limit: int = MAX_FLAGGED
-    count: int = 0
-    first: list[Flagged] = field(default_factory=list)
-
-    def add(self, flag: Flagged) -> None:
-        self.count += 1
-        if len(self.first) < self.limit:
-            self.first.append(flag)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"count": self.count,
-                "first": [{"line": f.line, "custom_id": f.custom_id, "reason": f.reason}
-                          for f in self.first]}
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from jobs.estimate import FlagSample
+from jobs.flags import FlagSample
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, read_jobs
 from jobs.results import OutputState, failure_code
