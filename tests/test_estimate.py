@@ -7,7 +7,7 @@ import pytest
 from jobs import estimate, tokens
 from runner.report.prices import PriceTableError, load_prices, packaged_prices, parse_prices
 from runner.report.estimate import estimate_file, estimate_json, estimate_table
-from runner.report.status import print_report
+from runner.report.render import print_report
 from runner.tokenizer import token_counter
 
 estimate_lines = functools.partial(estimate.estimate_lines, counter=token_counter)
@@ -146,8 +146,8 @@ def test_estimate_file_reports_json_and_a_table(tmp_path, capsys):
 
 
 def test_estimate_file_of_a_missing_input_is_an_error(tmp_path):
-    from runner.report.status import StatusError
-    with pytest.raises(StatusError, match="cannot read input"):
+    from runner.files.inputs import UnreadableInput
+    with pytest.raises(UnreadableInput, match="cannot read input"):
         estimate_file(str(tmp_path / "nope.jsonl"), rpm=None, tpm=None, prices=load_prices())
 
 

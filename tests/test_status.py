@@ -3,7 +3,8 @@ import orjson
 import pytest
 
 from jobs.results import DUPLICATE
-from runner.report.status import StatusError, print_report, status, status_table
+from runner.report.render import print_report
+from runner.report.status import StatusError, status, status_table
 from tests.conftest import error_record, success_record
 
 

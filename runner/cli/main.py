@@ -25,7 +25,9 @@ from runner.report.prices import PriceTable, PriceTableError, load_prices
 from runner.report.progress import LOG_INTERVAL_S
 from runner.live.run import RunConfig, run
 from runner.report.estimate import estimate_file, estimate_json, estimate_table
-from runner.report.status import StatusError, print_report, status, status_table
+from runner.report.render import print_report
+from runner.report.status import StatusError, status, status_table
+from runner.files.inputs import UnreadableInput
 from runner.api.transport import READ_TIMEOUT_S
 
 EXIT_CODES_HELP = """\b
@@ -197,7 +199,7 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
     try:
         prices = load_prices(prices_path)
         result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices)
-    except (PriceTableError, StatusError) as e:
+    except (PriceTableError, UnreadableInput) as e:
         _usage_error(str(e))
     if as_json:
         click.echo(orjson.dumps(estimate_json(result, prices), option=orjson.OPT_INDENT_2).decode())
