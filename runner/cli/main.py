@@ -18,7 +18,7 @@ import orjson
 from runner.report import stats as report
 from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
-from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint
+from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint, check_api_version
 from runner.pacing.limiter import DEFAULT_BURST_S
 from runner.cli.config import configurable, deployments as config_deployments
 from runner.report.prices import PriceTable, PriceTableError, load_prices
@@ -149,9 +149,10 @@ def _endpoint(base_url: str, api_key_env: str | None, azure_endpoint: str | None
         if not sep or not model or not name:
             _usage_error(f"--deployment {item!r}: expected MODEL=DEPLOYMENT")
         mapping[model] = name
-    if azure and not api_version:
-        _usage_error("Azure OpenAI needs an api-version: pass --api-version or set OPENAI_API_VERSION "
-                     "(e.g. 2024-10-21)")
+    try:
+        check_api_version(azure, api_version)
+    except ValueError as e:
+        _usage_error(str(e))
     key_env = azure_ad_token_env or api_key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY")
     api_key = os.environ.get(key_env, "")
     if not api_key:
