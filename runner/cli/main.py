@@ -15,7 +15,10 @@ from rich.console import Console
 
 import orjson
 
-from runner.report import stats as report
+from runner.exit_codes import EXIT_BUG, EXIT_USAGE
+from runner.report.log import RunLog
+from runner.report.stats import redact
+from runner.report.summary import summary_dict, summary_lines
 from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
 from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint, check_api_version
@@ -243,37 +246,37 @@ def _check_readable(path: str) -> None:
 
 def _usage_error(message: str) -> NoReturn:
     click.echo(f"runner: {message}", err=True)
-    sys.exit(report.EXIT_USAGE)
+    sys.exit(EXIT_USAGE)
 
 
 def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None = None,
              summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
     console = Console(stderr=True)
     try:
-        log = report.RunLog(lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True),
+        log = RunLog(lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True),
                             log_file, secrets=(config.endpoint.api_key,))
     except OSError as e:
         click.echo(f"runner: cannot open log file {log_file}: {e.strerror}", err=True)
-        return report.EXIT_USAGE
+        return EXIT_USAGE
     try:
         log(f"runner: {config.input} -> {config.output}", echo=False)
         try:
             stats = asyncio.run(run(config, console=console, log=log, progress=progress))
         except (CheckpointError, OSError) as e:
             log(f"runner: {e}")
-            return report.EXIT_USAGE
+            return EXIT_USAGE
         except Exception:  # a bug: say so plainly, keep the traceback for the report
             log("runner: internal error (a bug; please report it with this log):\n"
                 + traceback.format_exc())
-            return report.EXIT_BUG
-        for line in report.summary_lines(stats, str(config.output), prices):
+            return EXIT_BUG
+        for line in summary_lines(stats, str(config.output), prices):
             log(line)
         code = stats.exit_code()
         if summary_json is not None:
-            data = report.summary_dict(stats, str(config.output), prices)
+            data = summary_dict(stats, str(config.output), prices)
             text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
             try:
-                summary_json.write_text(report.redact(text, (config.endpoint.api_key,)))
+                summary_json.write_text(redact(text, (config.endpoint.api_key,)))
             except OSError as e:
                 log(f"runner: cannot write the summary {summary_json}: {e.strerror}")
         log(f"runner: exit code {code}", echo=False)

@@ -4,8 +4,8 @@ It only reads. In particular it never touches OUTPUT: it does not take the run l
 last line (left by a killed run) is reported, not cut off; the next `runner run` cuts it. It may
 therefore run while a run is writing OUTPUT, and see a consistent prefix of it.
 
-Status exit codes mirror what `runner run` would exit with if it had just finished, so a cron
-script needs one `case` for both commands:
+Status exit codes (`runner.exit_codes`) mirror what `runner run` would exit with if it had just
+finished, so a cron script needs one `case` for both commands:
 
     0  every job of INPUT has a success line
     1  nothing left a plain rerun would do, but some jobs failed permanently (or INPUT has bad or
@@ -35,7 +35,7 @@ from jobs.results import OutputState, failure_code
 from runner.files.checkpoint import CheckpointError, LoadReport, scan
 from runner.files.inputs import UnreadableInput, input_lines, input_name
 from runner.report.render import flag_notes
-from runner.report.stats import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
+from runner.exit_codes import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
 
 MAX_SHOWN = 20  # ids or line numbers listed per kind; the rest are only counted
 
