@@ -36,7 +36,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.results import error_record, success_record  # noqa: E402
+from jobs.results import RecordIds, error_record, success_record  # noqa: E402
 from jobs.tokens import rate_limit_charge  # noqa: E402
 
 PAUSE_AFTER_RATE_LIMIT_S = 15.0
@@ -94,6 +94,7 @@ async def run_baseline(jobs: list[dict], output: Path, *, base_url: str, api_key
     last_rate_limit = -float("inf")
     in_flight: set[asyncio.Task[None]] = set()
     headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+    record_id = RecordIds(os.urandom(8).hex())
     started = clock()
 
     async def send(session: aiohttp.ClientSession, item: _Pending, sink) -> None:
@@ -109,7 +110,8 @@ async def run_baseline(jobs: list[dict], output: Path, *, base_url: str, api_key
             status, body, request_id = None, str(exc).encode(), None
         if status == 200:
             tally.succeeded += 1
-            sink(success_record(item.job["custom_id"], orjson.loads(body), request_id=request_id))
+            sink(success_record(item.job["custom_id"], orjson.loads(body), record_id=record_id(),
+                                request_id=request_id))
             return
         if status == 429:
             tally.rate_limited += 1
@@ -119,7 +121,7 @@ async def run_baseline(jobs: list[dict], output: Path, *, base_url: str, api_key
             return
         tally.failed += 1
         sink(error_record(item.job["custom_id"], "gave_up", f"status {status}: {body[:200]!r}",
-                          status=status, request_id=request_id))
+                          record_id=record_id(), status=status, request_id=request_id))
 
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
     connector = aiohttp.TCPConnector(limit=0)  # the cookbook puts no cap on connections

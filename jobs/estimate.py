@@ -6,12 +6,13 @@ flat however large the file (the packer's open packs are bounded by `MAX_OPEN_PA
 
 It counts what a run would do with the file: duplicates and jobs over their model's context window
 are never sent (the dispatcher fails them at once), every other job is packed by the same
-`jobs.packing.Packer` the run uses and charged with the same `jobs.tokens` functions. Prices come
-in as a function, so this module knows nothing of price tables.
+`jobs.packing.Packer` the run uses and charged with the same `jobs.tokens` functions. Prices and
+true token counts come in as functions (`cost`, `counter`), so this module knows nothing of price
+tables or tokenizers.
 
 The numbers:
 
-- `prompt_tokens`: true prompt tokens (tiktoken), what input is billed on;
+- `prompt_tokens`: true prompt tokens (by the `counter` given), what input is billed on;
 - `max_completion_tokens`: the completion budget (max tokens x n), an upper bound on output;
 - `charge`: what the API's rate limiter counts against TPM (ceil(chars / 4) + budget);
 - `minutes`: max(requests / RPM, charge / TPM) per model, a lower bound on wall time (retries,
@@ -24,15 +25,15 @@ The numbers:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jobs import tokens
+from jobs.flags import MAX_FLAGGED, FlagSample
 from jobs.job import CHAT, Job
 from jobs.packing import Budget, Packer, Request
 from jobs.reader import BadLine, Duplicate, read_jobs
 
-MAX_FLAGGED = 20  # lines of each kind kept for the report; the rest are only counted
 COMPLETION_CAP_KEYS = ("max_completion_tokens", "max_tokens")
 
 CostFn = Callable[[str, int, int], "float | None"]  # (model, prompt, completion) -> USD or None
@@ -40,28 +41,6 @@ CostFn = Callable[[str, int, int], "float | None"]  # (model, prompt, completion
 
 def _no_prices(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
     return None
-
-
-Flagged = BadLine | Duplicate  # a line flagged in a report: where it is (path, line) and why (reason)
-
-
-@dataclass(slots=True)
-class FlagSample:
-    """How many lines of one kind were flagged, and the first `limit` of them."""
-
-    limit: int = MAX_FLAGGED
-    count: int = 0
-    first: list[Flagged] = field(default_factory=list)
-
-    def add(self, flag: Flagged) -> None:
-        self.count += 1
-        if len(self.first) < self.limit:
-            self.first.append(flag)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"count": self.count,
-                "first": [{"line": f.line, "custom_id": f.custom_id, "reason": f.reason}
-                          for f in self.first]}
 
 
 @dataclass(slots=True)
@@ -159,11 +138,14 @@ def has_completion_cap(job: Job) -> bool:
 
 
 class Estimator:
-    """Feeds on reader items in file order; `finish()` returns the `Estimate`."""
+    """Feeds on reader items in file order; `finish()` returns the `Estimate`. `counter` gives
+    true token counts (`jobs.tokens.TokenCounter`); `cost` prices them."""
 
-    def __init__(self, path: str, *, rpm: float | None = None, tpm: float | None = None,
-                 cost: CostFn = _no_prices, max_flagged: int = MAX_FLAGGED) -> None:
+    def __init__(self, path: str, *, counter: tokens.TokenCounter, rpm: float | None = None,
+                 tpm: float | None = None, cost: CostFn = _no_prices,
+                 max_flagged: int = MAX_FLAGGED) -> None:
         self.path = path
+        self._counter = counter
         self.budget = Budget(rpm=rpm, tpm=tpm)
         self._cost = cost
         has_limits = rpm is not None or tpm is not None
@@ -188,13 +170,13 @@ class Estimator:
             return
         model = self._model(item.model)
         model.jobs += 1
-        overflow = tokens.context_overflow(item.url, item.body)
+        overflow = tokens.context_overflow(item.url, item.body, self._counter)
         if overflow is not None:
             model.over_context += 1
             self._over.add(BadLine(self.path, item.line, overflow, item.custom_id))  # never sent
             return
         charge = tokens.rate_limit_charge(item.url, item.body)
-        model.prompt_tokens += tokens.prompt_tokens(item.url, item.body)
+        model.prompt_tokens += tokens.prompt_tokens(item.url, item.body, self._counter)
         model.max_completion_tokens += tokens.max_completion_tokens(item.url, item.body)
         model.charge += charge
         if not has_completion_cap(item):
@@ -218,11 +200,13 @@ class Estimator:
                         bad_lines=self._bad, duplicates=self._duplicates, over_context=self._over)
 
 
-def estimate_lines(lines: Iterable[bytes], path: str, *, rpm: float | None = None,
-                   tpm: float | None = None, cost: CostFn = _no_prices,
-                   max_flagged: int = MAX_FLAGGED) -> Estimate:
-    """The estimate of a stream of raw input lines (`path` names them in messages)."""
-    estimator = Estimator(path, rpm=rpm, tpm=tpm, cost=cost, max_flagged=max_flagged)
+def estimate_lines(lines: Iterable[bytes], path: str, *, counter: tokens.TokenCounter,
+                   rpm: float | None = None, tpm: float | None = None,
+                   cost: CostFn = _no_prices, max_flagged: int = MAX_FLAGGED) -> Estimate:
+    """The estimate of a stream of raw input lines (`path` names them in messages); true token
+    counts by `counter`."""
+    estimator = Estimator(path, counter=counter, rpm=rpm, tpm=tpm, cost=cost,
+                          max_flagged=max_flagged)
     for item in read_jobs(lines, path):
         estimator.feed(item)
     return estimator.finish()

@@ -17,6 +17,7 @@ import orjson
 
 from jobs.job import CHAT, COMPLETIONS, EMBEDDINGS, Job
 from jobs.tokens import rate_limit_charge
+from jobs.usage import usage_count
 
 
 MAX_LIST_ITEMS = 2048          # the API's longest `prompt` / `input` list
@@ -82,13 +83,6 @@ def _text_len(item: Any) -> int:
         text = item.get("text")
         return len(text) if isinstance(text, str) else 0
     return 0
-
-
-def usage_count(value: Any) -> int:
-    """A token count from an answer's `usage`; 0 for anything that is not a count."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        return 0
-    return int(value)
 
 
 def apportion(total: int, weights: Sequence[float]) -> list[int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,29 +33,42 @@ PERMANENT_CODES = frozenset({
 TRANSIENT_STATUSES = frozenset({408, 409, 429})
 
 
-_RUN_PREFIX = os.urandom(8).hex()  # unique per process; a counter makes ids unique within it
-_counter = itertools.count()
+class RecordIds:
+    """A source of Batch-API style record ids: `batch_req_<prefix><n as 8+ hex digits>` for
+    n = 0, 1, 2, ... Ids of one source never repeat; a fresh random `prefix` (16 hex digits) per
+    run makes them unique across runs (the engine draws it: this module has no randomness)."""
+
+    __slots__ = ("prefix", "_counter")
+
+    PREFIX = re.compile(r"[0-9a-f]{16}")
+
+    def __init__(self, prefix: str) -> None:
+        if not self.PREFIX.fullmatch(prefix):
+            raise ValueError(f"record id prefix must be 16 lower-case hex digits, got {prefix!r}")
+        self.prefix = prefix
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        """The next id."""
+        return f"batch_req_{self.prefix}{next(self._counter):08x}"
 
 
-def new_record_id() -> str:
-    """A fresh Batch-API style record id, unique across runs."""
-    return f"batch_req_{_RUN_PREFIX}{next(_counter):08x}"
-
-
-def success_record(custom_id: str, body: Mapping[str, Any], *, request_id: str | None,
-                   status: int = 200) -> dict[str, Any]:
-    """The result line of a job the API answered."""
-    return {"id": new_record_id(), "custom_id": custom_id,
+def success_record(custom_id: str, body: Mapping[str, Any], *, record_id: str,
+                   request_id: str | None, status: int = 200) -> dict[str, Any]:
+    """The result line (with id `record_id`) of a job the API answered."""
+    return {"id": record_id, "custom_id": custom_id,
             "response": {"status_code": status, "request_id": request_id, "body": body},
             "error": None}
 
 
-def error_record(custom_id: str, code: str, message: str, *, status: int | None = None,
-                 body: Any = None, request_id: str | None = None) -> dict[str, Any]:
-    """The result line of a job that failed; `status`/`body` are the final answer, if any."""
+def error_record(custom_id: str, code: str, message: str, *, record_id: str,
+                 status: int | None = None, body: Any = None,
+                 request_id: str | None = None) -> dict[str, Any]:
+    """The result line (with id `record_id`) of a job that failed; `status`/`body` are the final
+    answer, if any."""
     response = None if status is None else {
         "status_code": status, "request_id": request_id, "body": body}
-    return {"id": new_record_id(), "custom_id": custom_id, "response": response,
+    return {"id": record_id, "custom_id": custom_id, "response": response,
             "error": {"code": code, "message": message}}
 
 

@@ -5,94 +5,41 @@ Two different numbers, on purpose:
 - `rate_limit_charge()` is what the API's *rate limiter* counts against TPM before it runs the
   model: per prompt ceil(chars / 4) plus the completion budget (max tokens x n). It needs no
   tokenizer and matches the simulator's accounting exactly.
-- `prompt_tokens()` is the *true* prompt size (tiktoken), for cost reports and context checks.
+- `prompt_tokens()` is the *true* prompt size, for cost reports and context checks.
 
-Encodings are built without the network. tiktoken would download its BPE files on first use;
-instead we read the copies shipped as data files by the `quicktok-v1` dependency
-(`quicktok/data/{o200k,cl100k}.vocab`: little-endian u32 count, then per entry u16 length, token
-bytes, u32 rank), re-serialise them in tiktoken's format and check tiktoken's own sha256 before use.
-If those files are missing or wrong, a file already in tiktoken's cache (`TIKTOKEN_CACHE_DIR`,
-`DATA_GYM_CACHE_DIR`, or `<tmp>/data-gym-cache`) is used, verified the same way. Otherwise the
-encoding is None, a warning is issued once per encoding, and counts fall back to the documented
-approximation ceil(chars / 4). Nothing here ever downloads.
+Pure: true counts come from a `TokenCounter` the caller passes in (the engine's is
+`runner.tokenizer.token_counter`, tiktoken's encodings built offline). When it has no counter for a
+model, counts fall back to the documented approximation ceil(chars / 4) and context checks are
+skipped.
 """
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
-import importlib.util
 import math
-import os
-import struct
-import tempfile
-import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import tiktoken
-
 from jobs.job import CHAT, COMPLETIONS, EMBEDDINGS
-
-RESPONSES = "/v1/responses"
+from jobs.models import longest_prefix
 
 O200K_BASE = "o200k_base"
 CL100K_BASE = "cl100k_base"
 DEFAULT_ENCODING = O200K_BASE  # unknown models (Azure deployment names, new models) use this
 
 CHARS_PER_TOKEN = 4  # the rate limiter's estimate, and our approximation without a tokenizer
-DEFAULT_MAX_TOKENS = {COMPLETIONS: 16, CHAT: 0, RESPONSES: 0}  # completion budget when absent
+DEFAULT_MAX_TOKENS = {COMPLETIONS: 16, CHAT: 0}  # completion budget when absent
 TOKENS_PER_MESSAGE = 3  # chat overhead per message (OpenAI cookbook counting)
 TOKENS_PER_NAME = 1  # extra when a message has a `name`
 TOKENS_REPLY_PRIMING = 3  # every chat reply is primed with <|start|>assistant<|message|>
 
-_ENDOFTEXT = "<|endoftext|>"
-_FIM_PREFIX = "<|fim_prefix|>"
-_FIM_MIDDLE = "<|fim_middle|>"
-_FIM_SUFFIX = "<|fim_suffix|>"
-_ENDOFPROMPT = "<|endofprompt|>"
+CountTokens = Callable[[str], int]
+"""The exact number of tokens in one text, under one encoding."""
 
+TokenCounter = Callable[[str | None], CountTokens | None]
+"""model -> the `CountTokens` of its encoding, or None when no verified encoding is available
+(true counts are then approximated as ceil(chars / 4), and context checks are skipped)."""
 
-@dataclass(frozen=True, slots=True)
-class _EncodingSpec:
-    """What tiktoken_ext/openai_public.py declares for one encoding, and where our copy lives."""
-
-    vocab_file: str  # in quicktok/data/
-    url: str  # tiktoken's download URL; names its cache file
-    sha256: str  # of the tiktoken-format file
-    pat_str: str
-    special_tokens: dict[str, int]
-
-
-_SPECS = {
-    O200K_BASE: _EncodingSpec(
-        vocab_file="o200k.vocab",
-        url="https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
-        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
-        pat_str="|".join([
-            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-            r"""\p{N}{1,3}""",
-            r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-            r"""\s*[\r\n]+""",
-            r"""\s+(?!\S)""",
-            r"""\s+""",
-        ]),
-        special_tokens={_ENDOFTEXT: 199999, _ENDOFPROMPT: 200018},
-    ),
-    CL100K_BASE: _EncodingSpec(
-        vocab_file="cl100k.vocab",
-        url="https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
-        sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
-        pat_str=r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
-        special_tokens={_ENDOFTEXT: 100257, _FIM_PREFIX: 100258, _FIM_MIDDLE: 100259,
-                        _FIM_SUFFIX: 100260, _ENDOFPROMPT: 100276},
-    ),
-}
-
-# Model-name prefix -> encoding. A prefix matches the whole name or up to a "-" (so "gpt-4" covers
+# Model-name prefix -> encoding, matched by `jobs.models.longest_prefix` (so "gpt-4" covers
 # "gpt-4-turbo" and "gpt-4-0613" but not an unknown "gpt-4.7"); the longest match wins.
 MODEL_ENCODINGS: dict[str, str] = {
     "gpt-4o": O200K_BASE, "chatgpt-4o": O200K_BASE, "gpt-4.1": O200K_BASE,
@@ -120,35 +67,9 @@ CONTEXT_WINDOWS: dict[str, int] = {
 }
 
 
-def _base_model(model: str) -> str:
-    """Lower-case, without an org/provider prefix ("openai/gpt-4o") or fine-tune wrapper
-    ("ft:gpt-4o-mini-2024-07-18:org::id")."""
-    name = model.strip().lower().rsplit("/", 1)[-1]
-    if name.startswith("ft:"):
-        name = name[3:].split(":", 1)[0]
-    return name
-
-
-def _lookup(table: dict[str, Any], model: str | None) -> Any | None:
-    if not model:
-        return None
-    name = _base_model(model)
-    best = None
-    for prefix in table:
-        if (name == prefix or name.startswith(prefix + "-")) and (
-                best is None or len(prefix) > len(best)):
-            best = prefix
-    return None if best is None else table[best]
-
-
-@functools.lru_cache(maxsize=1024)
-def _encoding_name(model: str | None) -> str:
-    return _encoding_name(model)
-
-
 @functools.lru_cache(maxsize=1024)
 def _context_window(model: str | None) -> int | None:
-    return _lookup(CONTEXT_WINDOWS, model)
+    return longest_prefix(CONTEXT_WINDOWS, model)
 
 
 def encoding_name_for_model(model: str | None) -> str:
@@ -156,7 +77,7 @@ def encoding_name_for_model(model: str | None) -> str:
     chatgpt-4o; cl100k_base for gpt-4, gpt-3.5, text-embedding-3 / ada-002, davinci/babbage-002.
     Unknown or missing models (e.g. Azure deployment names) get `DEFAULT_ENCODING` (o200k_base),
     the encoding of every current OpenAI model."""
-    return _lookup(MODEL_ENCODINGS, model) or DEFAULT_ENCODING
+    return longest_prefix(MODEL_ENCODINGS, model) or DEFAULT_ENCODING
 
 
 def context_window(model: str | None) -> int | None:
@@ -164,131 +85,28 @@ def context_window(model: str | None) -> int | None:
     return _context_window(model)
 
 
-# --- building the encodings offline ---------------------------------------------------------
-
-def _quicktok_data_dir() -> Path | None:
-    """quicktok's data directory, found without importing quicktok."""
-    try:
-        spec = importlib.util.find_spec("quicktok")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        data = Path(location) / "data"
-        if data.is_dir():
-            return data
-    return None
-
-
-def _tiktoken_cache_dir() -> Path | None:
-    """Where tiktoken keeps downloaded files (same rules as tiktoken.load.read_file_cached)."""
-    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
-        if var in os.environ:
-            return Path(os.environ[var]) if os.environ[var] else None
-    return Path(tempfile.gettempdir()) / "data-gym-cache"
-
-
-def _read_quicktok_vocab(data: bytes) -> dict[bytes, int]:
-    """Parse quicktok's binary vocab; ValueError if it is malformed."""
-    try:
-        (count,) = struct.unpack_from("<I", data, 0)
-        ranks: dict[bytes, int] = {}
-        offset = 4
-        for _ in range(count):
-            (length,) = struct.unpack_from("<H", data, offset)
-            offset += 2
-            token = data[offset:offset + length]
-            offset += length
-            (rank,) = struct.unpack_from("<I", data, offset)
-            offset += 4
-            ranks[token] = rank
-    except struct.error as e:
-        raise ValueError("truncated vocab file") from e
-    if offset != len(data) or len(ranks) != count:
-        raise ValueError("malformed vocab file")
-    return ranks
-
-
-def _tiktoken_file_sha256(ranks: dict[bytes, int]) -> str:
-    digest = hashlib.sha256()
-    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
-        digest.update(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def _ranks_from_quicktok(spec: _EncodingSpec) -> dict[bytes, int] | None:
-    data_dir = _quicktok_data_dir()
-    if data_dir is None:
-        return None
-    try:
-        ranks = _read_quicktok_vocab((data_dir / spec.vocab_file).read_bytes())
-    except (OSError, ValueError):
-        return None
-    return ranks if _tiktoken_file_sha256(ranks) == spec.sha256 else None
-
-
-def _ranks_from_tiktoken_cache(spec: _EncodingSpec) -> dict[bytes, int] | None:
-    cache_dir = _tiktoken_cache_dir()
-    if cache_dir is None:
-        return None
-    path = cache_dir / hashlib.sha1(spec.url.encode()).hexdigest()
-    try:
-        contents = path.read_bytes()
-    except OSError:
-        return None
-    if hashlib.sha256(contents).hexdigest() != spec.sha256:
-        return None
-    ranks = {}
-    for line in contents.splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    return ranks
-
-
-@functools.cache
-def get_encoding(name: str) -> tiktoken.Encoding | None:
-    """The tiktoken encoding `name` ("o200k_base" or "cl100k_base"), built offline and verified
-    against tiktoken's sha256; None (with a one-time warning) when no verified data is available.
-
-    Built once per process. Never touches the network. ValueError for any other name.
-    """
-    if name not in _SPECS:
-        raise ValueError(f"unknown encoding {name!r}; expected one of {sorted(_SPECS)}")
-    spec = _SPECS[name]
-    ranks = _ranks_from_quicktok(spec) or _ranks_from_tiktoken_cache(spec)
-    if ranks is None:
-        warnings.warn(f"no verified {name} data (quicktok-v1 data files missing or corrupt, and "
-                      f"not in tiktoken's cache): token counts are approximated as "
-                      f"ceil(chars / {CHARS_PER_TOKEN})", RuntimeWarning, stacklevel=2)
-        return None
-    return tiktoken.Encoding(name, pat_str=spec.pat_str, mergeable_ranks=ranks,
-                             special_tokens=dict(spec.special_tokens))
-
-
 def _approx_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-def _count(encoding: tiktoken.Encoding | None, text: str) -> int:
-    """Tokens in `text`; special-token strings count as plain text (a prompt may contain them)."""
+def _count(count: CountTokens | None, text: str) -> int:
+    """Tokens in `text`: exact with `count`, else approximated."""
     if not text:
         return 0
-    if encoding is None:
+    if count is None:
         return _approx_tokens(text)
-    return len(encoding.encode_ordinary(text))
+    return count(text)
 
 
-def count_tokens(text: str, model: str | None) -> int:
-    """True token count of `text` for `model` (approximation ceil(chars/4) if no encoding)."""
-    return _count(get_encoding(encoding_name_for_model(model)), text)
+def count_tokens(text: str, model: str | None, counter: TokenCounter) -> int:
+    """True token count of `text` for `model` (approximation ceil(chars/4) if `counter` has none)."""
+    return _count(counter(model), text)
 
 
 # --- reading request bodies -----------------------------------------------------------------
 
 def _kind(url: str) -> str:
-    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES):
+    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
         if url == endpoint or url.endswith(endpoint.removeprefix("/v1")):
             return endpoint
     raise ValueError(f"unsupported url {url!r}")
@@ -304,9 +122,8 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _messages(kind: str, body: dict) -> list[dict]:
-    key = "input" if kind == RESPONSES else "messages"
-    messages = body.get(key)
+def _messages(body: dict) -> list[dict]:
+    messages = body.get("messages")
     return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
 
@@ -318,10 +135,8 @@ def _is_token_ids(value: Any) -> bool:
 def _prompts(url: str, body: dict) -> tuple[str, list[str | list[int]]]:
     """(endpoint, one entry per prompt): text, or a list of token ids for token-array prompts."""
     kind = _kind(url)
-    if kind in (CHAT, RESPONSES):
-        if kind == RESPONSES and isinstance(body.get("input"), str):
-            return kind, [body["input"]]
-        return kind, ["".join(_content_text(m.get("content")) for m in _messages(kind, body))]
+    if kind == CHAT:
+        return kind, ["".join(_content_text(m.get("content")) for m in _messages(body))]
     value = body.get("prompt" if kind == COMPLETIONS else "input")
     if isinstance(value, str) or _is_token_ids(value):
         return kind, [value]
@@ -343,12 +158,11 @@ def _positive_int(value: Any) -> int | None:
 
 
 def _max_tokens(kind: str, body: dict) -> int:
-    """Completion budget of one completion: max_completion_tokens, else max_tokens (for the
-    responses endpoint max_output_tokens), else the endpoint's default."""
+    """Completion budget of one completion: max_completion_tokens, else max_tokens, else the
+    endpoint's default."""
     if kind == EMBEDDINGS:
         return 0
-    keys = ("max_output_tokens",) if kind == RESPONSES else ("max_completion_tokens", "max_tokens")
-    for key in keys:
+    for key in ("max_completion_tokens", "max_tokens"):
         value = _positive_int(body.get(key))
         if value is not None:
             return value
@@ -377,36 +191,33 @@ def rate_limit_charge(url: str, body: dict) -> int:
                for p in prompts)
 
 
-def _chat_tokens(encoding: tiktoken.Encoding | None, messages: Iterable[dict]) -> int:
+def _chat_tokens(count: CountTokens | None, messages: Iterable[dict]) -> int:
     total = TOKENS_REPLY_PRIMING
     for message in messages:
-        total += TOKENS_PER_MESSAGE + _count(encoding, str(message.get("role") or ""))
-        total += _count(encoding, _content_text(message.get("content")))
+        total += TOKENS_PER_MESSAGE + _count(count, str(message.get("role") or ""))
+        total += _count(count, _content_text(message.get("content")))
         name = message.get("name")
         if isinstance(name, str) and name:
-            total += TOKENS_PER_NAME + _count(encoding, name)
+            total += TOKENS_PER_NAME + _count(count, name)
     return total
 
 
-def _is_conversation(kind: str, body: dict) -> bool:
-    return kind == CHAT or (kind == RESPONSES and not isinstance(body.get("input"), str))
-
-
-def _true_tokens(encoding: tiktoken.Encoding | None, kind: str, body: dict,
+def _true_tokens(count: CountTokens | None, kind: str, body: dict,
                  prompt: str | list[int]) -> int:
     """True tokens of one prompt (see `prompt_tokens`)."""
-    if _is_conversation(kind, body):
-        return _chat_tokens(encoding, _messages(kind, body))
-    return _count(encoding, prompt) if isinstance(prompt, str) else len(prompt)
+    if kind == CHAT:
+        return _chat_tokens(count, _messages(body))
+    return _count(count, prompt) if isinstance(prompt, str) else len(prompt)
 
 
-def prompt_tokens(url: str, body: dict) -> int:
-    """True prompt tokens of the request via tiktoken, summed over prompts. Chat adds the
+def prompt_tokens(url: str, body: dict, counter: TokenCounter) -> int:
+    """True prompt tokens of the request by `counter`, summed over prompts. Chat adds the
     cookbook overhead: 3 per message (+ the role's tokens, + 1 and the name's tokens for a
-    `name`) and 3 for the reply. Approximate (ceil(chars/4)) only if no encoding is available."""
+    `name`) and 3 for the reply. Approximate (ceil(chars/4)) only if `counter` has no counter for
+    the model."""
     kind, prompts = _prompts(url, body)
-    encoding = get_encoding(encoding_name_for_model(body.get("model")))
-    return sum(_true_tokens(encoding, kind, body, p) for p in prompts)
+    count = counter(body.get("model"))
+    return sum(_true_tokens(count, kind, body, p) for p in prompts)
 
 
 def _byte_bound(kind: str, body: dict, prompt: str | list[int]) -> int:
@@ -414,21 +225,21 @@ def _byte_bound(kind: str, body: dict, prompt: str | list[int]) -> int:
     is at least one UTF-8 byte."""
     if not isinstance(prompt, str):
         return len(prompt)
-    if _is_conversation(kind, body):
+    if kind == CHAT:
         return TOKENS_REPLY_PRIMING + sum(
             TOKENS_PER_MESSAGE + TOKENS_PER_NAME + len(str(m.get("role") or "").encode())
             + len(str(m.get("name") or "").encode()) + len(_content_text(m.get("content")).encode())
-            for m in _messages(kind, body))
+            for m in _messages(body))
     return len(prompt.encode())
 
 
-def context_overflow(url: str, body: dict) -> str | None:
+def context_overflow(url: str, body: dict, counter: TokenCounter) -> str | None:
     """A message if a prompt plus its completion budget (max tokens, one completion) cannot fit the
     model's context window, else None. Embeddings: each input against the per-input window.
 
-    Returns None when the model's window is unknown or no verified encoding is available: a job
-    is failed only when it surely cannot fit. Cheap for small prompts: tiktoken runs only when
-    the UTF-8 byte length (an upper bound on tokens) plus the budget exceeds the window.
+    Returns None when the model's window is unknown or `counter` has no counter for the model: a
+    job is failed only when it surely cannot fit. Cheap for small prompts: `counter` is asked only
+    when the UTF-8 byte length (an upper bound on tokens) plus the budget exceeds the window.
     """
     model = body.get("model")
     window = context_window(model)
@@ -439,11 +250,11 @@ def context_overflow(url: str, body: dict) -> str | None:
     suspects = [(i, p) for i, p in enumerate(prompts) if _byte_bound(kind, body, p) + budget > window]
     if not suspects:
         return None
-    encoding = get_encoding(encoding_name_for_model(model))
-    if encoding is None:
+    count = counter(model)
+    if count is None:
         return None
     for index, prompt in suspects:
-        tokens = _true_tokens(encoding, kind, body, prompt)
+        tokens = _true_tokens(count, kind, body, prompt)
         if tokens + budget > window:
             where = f"input {index}" if len(prompts) > 1 else "prompt"
             if kind == EMBEDDINGS:

@@ -2,6 +2,7 @@ import asyncio
 
 import orjson
 
+from jobs import results
 from runner.api.transport import HttpRequest, HttpResponse
 from runner.simulator.server import answer_for
 
@@ -37,3 +38,16 @@ class Script:
             path = req.url.split("?")[0]
             return ok(path, body)
         return outcome
+
+
+RECORD_IDS = results.RecordIds("0123456789abcdef")
+
+
+def success_record(custom_id: str, body, **kwargs) -> dict:
+    """`jobs.results.success_record` with the next id of a test `RecordIds`."""
+    return results.success_record(custom_id, body, record_id=RECORD_IDS(), **kwargs)
+
+
+def error_record(custom_id: str, code: str, message: str, **kwargs) -> dict:
+    """`jobs.results.error_record` with the next id of a test `RecordIds`."""
+    return results.error_record(custom_id, code, message, record_id=RECORD_IDS(), **kwargs)

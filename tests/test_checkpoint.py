@@ -7,8 +7,9 @@ import sys
 import orjson
 import pytest
 
-from jobs.results import OutputState, error_record, success_record
+from jobs.results import OutputState
 from runner.files.checkpoint import Checkpoint, CheckpointError, RunLock, load
+from tests.conftest import error_record, success_record
 
 
 def write_lines(path, records, tail=b""):

@@ -7,7 +7,7 @@ import pytest
 
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate
-from jobs.results import OutputState, success_record
+from jobs.results import OutputState
 from runner.clock import run_virtual
 from runner.live.dispatch import DispatchConfig, Dispatcher, Slots
 from runner.api.endpoint import Endpoint
@@ -15,7 +15,7 @@ from runner.pacing.limiter import Limiters
 from runner.retry import Backoff
 from runner.simulator.server import chat_prompt, completion_text
 from runner.api.transport import HttpResponse
-from tests.conftest import Script, error, ok
+from tests.conftest import Script, error, ok, success_record
 
 BASE = "http://api.test/v1"
 

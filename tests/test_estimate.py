@@ -1,12 +1,16 @@
 """`runner estimate`: counts, packing, tokens, time and cost before anything is spent; and prices."""
+import functools
+
 import orjson
 import pytest
 
-from jobs import tokens
-from jobs.estimate import estimate_lines
+from jobs import estimate, tokens
 from runner.report.prices import PriceTableError, load_prices, packaged_prices, parse_prices
 from runner.report.estimate import estimate_file, estimate_json, estimate_table
-from runner.report.status import print_report
+from runner.report.render import print_report
+from runner.tokenizer import token_counter
+
+estimate_lines = functools.partial(estimate.estimate_lines, counter=token_counter)
 
 
 def chat(cid, content="Say hi", model="gpt-4o-mini", **extra):
@@ -55,7 +59,7 @@ def test_prompt_over_the_context_window_is_flagged_and_never_counted_as_sent():
     assert (flag.line, flag.custom_id) == (2, "big")
     assert "over the 4096-token context window" in flag.reason
     assert (model.jobs, model.over_context, model.requests) == (2, 1, 1)
-    assert model.prompt_tokens == tokens.prompt_tokens("/v1/completions", completion("ok")["body"])
+    assert model.prompt_tokens == tokens.prompt_tokens("/v1/completions", completion("ok")["body"], token_counter)
 
 
 # --- tokens and packing -----------------------------------------------------------------------
@@ -65,7 +69,7 @@ def test_tokens_per_model_are_the_sums_of_the_per_job_token_functions():
             chat("b", "Name three colours.", max_completion_tokens=20)]
     est = estimate_lines(lines(*jobs), "in.jsonl")
     model = by_model(est)["gpt-4o-mini"]
-    assert model.prompt_tokens == sum(tokens.prompt_tokens(j["url"], j["body"]) for j in jobs)
+    assert model.prompt_tokens == sum(tokens.prompt_tokens(j["url"], j["body"], token_counter) for j in jobs)
     assert model.max_completion_tokens == 50 * 2 + 20
     assert model.charge == sum(tokens.rate_limit_charge(j["url"], j["body"]) for j in jobs)
     assert model.requests == 2  # chat never packs
@@ -144,8 +148,8 @@ def test_estimate_file_reports_json_and_a_table(tmp_path, capsys):
 
 
 def test_estimate_file_of_a_missing_input_is_an_error(tmp_path):
-    from runner.report.status import StatusError
-    with pytest.raises(StatusError, match="cannot read input"):
+    from runner.files.inputs import UnreadableInput
+    with pytest.raises(UnreadableInput, match="cannot read input"):
         estimate_file(str(tmp_path / "nope.jsonl"), rpm=None, tpm=None, prices=load_prices())
 
 

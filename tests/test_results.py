@@ -1,8 +1,8 @@
 """Result records and the resume rule: last line wins; success skipped; transient retried."""
 import pytest
 
-from jobs.results import (DUPLICATE, Outcome, OutputState, error_record, record_outcome,
-                          success_record)
+from jobs.results import DUPLICATE, Outcome, OutputState, RecordIds, record_outcome
+from tests.conftest import error_record, success_record
 
 
 def test_success_record_has_the_batch_api_output_shape():
@@ -54,3 +54,17 @@ def test_duplicate_notes_never_count_as_a_jobs_result():
     state.add(success_record("a", {}, request_id=None))
     state.add(error_record("a", DUPLICATE, "line 9 repeats line 1"))
     assert not state.needs_run("a") and "a" in state.noted_duplicates
+
+
+def test_record_ids_keep_the_batch_api_format_and_never_repeat():
+    ids = RecordIds("0123456789abcdef")
+    first, second = ids(), ids()
+    assert first == "batch_req_0123456789abcdef00000000"
+    assert second == "batch_req_0123456789abcdef00000001"
+
+
+@pytest.mark.parametrize("prefix", ["", "0123", "0123456789ABCDEF", "0123456789abcdeg",
+                                    "0123456789abcdef0"])
+def test_record_id_prefix_is_checked_when_built(prefix):
+    with pytest.raises(ValueError):
+        RecordIds(prefix)

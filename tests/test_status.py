@@ -2,8 +2,10 @@
 import orjson
 import pytest
 
-from jobs.results import DUPLICATE, error_record, success_record
-from runner.report.status import StatusError, print_report, status, status_table
+from jobs.results import DUPLICATE
+from runner.report.render import print_report
+from runner.report.status import StatusError, status, status_table
+from tests.conftest import error_record, success_record
 
 
 def job(cid):

@@ -22,6 +22,14 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 USER_AGENT = "runner/0.1"
 
 
+def check_api_version(azure: bool, api_version: str | None) -> None:
+    """ValueError (a message for the user) when an Azure endpoint has no api-version: Azure
+    refuses every request without one. The one place this rule lives (the CLI asks it early)."""
+    if azure and not api_version:
+        raise ValueError("Azure OpenAI needs an api-version: pass --api-version or set "
+                         "OPENAI_API_VERSION (e.g. 2024-10-21)")
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """An API endpoint and its credentials; `api_key` is never shown in reprs or logs."""
@@ -35,8 +43,7 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
-        if self.azure and not self.api_version:
-            raise ValueError("Azure OpenAI needs an api-version (--api-version or OPENAI_API_VERSION)")
+        check_api_version(self.azure, self.api_version)
 
     def deployment(self, model: str) -> str:
         return self.deployments.get(model, model)

@@ -15,17 +15,22 @@ from rich.console import Console
 
 import orjson
 
-from runner.report import stats as report
+from runner.exit_codes import EXIT_BUG, EXIT_USAGE
+from runner.report.log import RunLog
+from runner.report.stats import redact
+from runner.report.summary import summary_dict, summary_lines
 from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
-from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint
+from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint, check_api_version
 from runner.pacing.limiter import DEFAULT_BURST_S
 from runner.cli.config import configurable, deployments as config_deployments
 from runner.report.prices import PriceTable, PriceTableError, load_prices
 from runner.report.progress import LOG_INTERVAL_S
 from runner.live.run import RunConfig, run
 from runner.report.estimate import estimate_file, estimate_json, estimate_table
-from runner.report.status import StatusError, print_report, status, status_table
+from runner.report.render import print_report
+from runner.report.status import StatusError, status, status_table
+from runner.files.inputs import UnreadableInput
 from runner.api.transport import READ_TIMEOUT_S
 
 EXIT_CODES_HELP = """\b
@@ -147,9 +152,10 @@ def _endpoint(base_url: str, api_key_env: str | None, azure_endpoint: str | None
         if not sep or not model or not name:
             _usage_error(f"--deployment {item!r}: expected MODEL=DEPLOYMENT")
         mapping[model] = name
-    if azure and not api_version:
-        _usage_error("Azure OpenAI needs an api-version: pass --api-version or set OPENAI_API_VERSION "
-                     "(e.g. 2024-10-21)")
+    try:
+        check_api_version(azure, api_version)
+    except ValueError as e:
+        _usage_error(str(e))
     key_env = azure_ad_token_env or api_key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY")
     api_key = os.environ.get(key_env, "")
     if not api_key:
@@ -197,7 +203,7 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
     try:
         prices = load_prices(prices_path)
         result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices)
-    except (PriceTableError, StatusError) as e:
+    except (PriceTableError, UnreadableInput) as e:
         _usage_error(str(e))
     if as_json:
         click.echo(orjson.dumps(estimate_json(result, prices), option=orjson.OPT_INDENT_2).decode())
@@ -240,37 +246,37 @@ def _check_readable(path: str) -> None:
 
 def _usage_error(message: str) -> NoReturn:
     click.echo(f"runner: {message}", err=True)
-    sys.exit(report.EXIT_USAGE)
+    sys.exit(EXIT_USAGE)
 
 
 def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None = None,
              summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
     console = Console(stderr=True)
     try:
-        log = report.RunLog(lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True),
+        log = RunLog(lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True),
                             log_file, secrets=(config.endpoint.api_key,))
     except OSError as e:
         click.echo(f"runner: cannot open log file {log_file}: {e.strerror}", err=True)
-        return report.EXIT_USAGE
+        return EXIT_USAGE
     try:
         log(f"runner: {config.input} -> {config.output}", echo=False)
         try:
             stats = asyncio.run(run(config, console=console, log=log, progress=progress))
         except (CheckpointError, OSError) as e:
             log(f"runner: {e}")
-            return report.EXIT_USAGE
+            return EXIT_USAGE
         except Exception:  # a bug: say so plainly, keep the traceback for the report
             log("runner: internal error (a bug; please report it with this log):\n"
                 + traceback.format_exc())
-            return report.EXIT_BUG
-        for line in report.summary_lines(stats, str(config.output), prices):
+            return EXIT_BUG
+        for line in summary_lines(stats, str(config.output), prices):
             log(line)
         code = stats.exit_code()
         if summary_json is not None:
-            data = report.summary_dict(stats, str(config.output), prices)
+            data = summary_dict(stats, str(config.output), prices)
             text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
             try:
-                summary_json.write_text(report.redact(text, (config.endpoint.api_key,)))
+                summary_json.write_text(redact(text, (config.endpoint.api_key,)))
             except OSError as e:
                 log(f"runner: cannot write the summary {summary_json}: {e.strerror}")
         log(f"runner: exit code {code}", echo=False)

@@ -23,6 +23,7 @@ import aiofiles.os
 import orjson
 
 from jobs.results import OutputState
+from runner.files.lines import LineSplitter
 
 FSYNC_INTERVAL_S = 1.0  # at most this much of the newest results is at risk from a power cut
 READ_CHUNK = 1 << 20
@@ -102,22 +103,17 @@ def scan(path: Path, state: OutputState) -> LoadReport:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not an output file")
     report.exists = True
+    lines = LineSplitter()
     try:
         with open(path, "rb") as f:
-            tail = b""
-            offset = 0
             while chunk := f.read(READ_CHUNK):
-                data = tail + chunk
-                start = 0
-                while (nl := data.find(b"\n", start)) != -1:
+                for raw in lines.feed(chunk):
                     report.lines += 1
-                    _account(data[start:nl], report, state)
-                    start = nl + 1
-                report.good_end = offset + len(chunk) - (len(data) - start)
-                tail = data[start:]
-                offset += len(chunk)
+                    _account(raw, report, state)
     except OSError as e:
         raise CheckpointError(f"cannot read the output {path}: {e.strerror}") from None
+    report.good_end = lines.complete
+    tail = lines.tail
     if tail:
         if _is_record(tail):  # whole, only its newline missing (written by another tool)
             report.lines += 1

@@ -1,9 +1,16 @@
-"""Reading the input: raw lines of a file, a pipe or stdin, without blocking the event loop.
+"""Reading the input (INPUT: a file, a pipe or FIFO, or stdin as "-"), for run, status and estimate.
 
-A regular file is read in large chunks by aiofiles (one thread hop per MiB). A pipe, FIFO or
-terminal (stdin, `<(...)`) is read through the event loop itself, so whatever has arrived is
-processed at once (a slow writer never holds jobs back) and a stop is never stuck behind a
-blocked read.
+`open_input` is the one place INPUT is opened; every reader goes through it:
+
+- `input_lines`: raw lines, read synchronously (`runner status`, `runner estimate`);
+- `read_lines` / `read_items`: raw lines / jobs without blocking the event loop (`runner run`). A
+  regular file is read in large chunks by aiofiles (one thread hop per MiB). A pipe, FIFO or
+  terminal is read through the event loop itself, so whatever has arrived is processed at once (a
+  slow writer never holds jobs back) and a stop is never stuck behind a blocked read;
+- `count_lines`: the non-blank lines of a regular file, for progress totals.
+
+Every reader yields lines without their newline; a last line needs none; lines are split by
+`runner.files.lines.LineSplitter`.
 """
 from __future__ import annotations
 
@@ -11,15 +18,41 @@ import asyncio
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import BinaryIO
 
-import aiofiles
+import aiofiles.threadpool
 
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, JobReader
+from runner.files.lines import LineSplitter
 
 CHUNK = 1 << 20  # one thread hop per MiB keeps aiofiles' per-call overhead negligible
 STDIN = "-"
+
+
+class UnreadableInput(Exception):
+    """INPUT cannot be opened or read (`input_lines`); the message names it and says why."""
+
+
+def input_name(path: str) -> str:
+    """How messages name INPUT: its path, or "<stdin>"."""
+    return "<stdin>" if path == STDIN else path
+
+
+def open_input(path: str, *, nonblocking: bool = False) -> BinaryIO:
+    """INPUT opened for reading bytes, unbuffered (readers read large chunks); for "-" the process's
+    stdin, which closing the returned file leaves open. OSError when it cannot be opened.
+
+    `nonblocking` opens a path with O_NONBLOCK, so that opening a FIFO whose writer has not
+    started yet returns at once instead of freezing the event loop (Linux); for the event loop's
+    pipe reader only. Stdin is taken as it is.
+    """
+    if path == STDIN:
+        return open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+    if nonblocking:
+        return open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0)
+    return open(path, "rb", buffering=0)
 
 
 def _is_regular(path: str) -> bool:
@@ -30,20 +63,50 @@ def _is_regular(path: str) -> bool:
     return stat.S_ISREG(mode)
 
 
+# --- synchronous -------------------------------------------------------------------------------
+
+def _lines_of(f: BinaryIO) -> Iterator[bytes]:
+    lines = LineSplitter()
+    while chunk := f.read(CHUNK):
+        yield from lines.feed(chunk)
+    if lines.tail:
+        yield lines.tail
+
+
+def input_lines(path: str) -> Iterator[bytes]:
+    """Raw lines of INPUT, read synchronously (blocking). Opened at the first line asked for;
+    UnreadableInput ("cannot read input PATH: why") when it cannot be opened or read."""
+    try:
+        with open_input(path) as f:
+            yield from _lines_of(f)
+    except OSError as e:
+        raise UnreadableInput(f"cannot read input {path}: {e.strerror}") from None
+
+
+def count_lines(path: str) -> int | None:
+    """Non-blank lines of a regular file, for progress totals; None for stdin, pipes and FIFOs
+    (counting would consume them). OSError when it cannot be read. Blocking: call it in a thread."""
+    if path == STDIN or not _is_regular(path):
+        return None
+    with open_input(path) as f:
+        return sum(1 for line in _lines_of(f) if line.strip())
+
+
+# --- asynchronous ------------------------------------------------------------------------------
+
 async def _chunks(path: str) -> AsyncIterator[bytes]:
     if _is_regular(path):
-        opened = (aiofiles.open(sys.stdin.fileno(), "rb", closefd=False) if path == STDIN
-                  else aiofiles.open(path, "rb"))
-        async with opened as f:
-            while chunk := await f.read(CHUNK):
+        f = await asyncio.to_thread(open_input, path)
+        try:
+            reader = aiofiles.threadpool.wrap(f)
+            while chunk := await reader.read(CHUNK):
                 yield chunk
+        finally:
+            f.close()
         return
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=CHUNK)
-    if path == STDIN:
-        pipe = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
-    else:  # O_NONBLOCK: opening a FIFO with no writer yet must not freeze the event loop (Linux)
-        pipe = open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0)
+    pipe = open_input(path, nonblocking=True)
     was_blocking = os.get_blocking(pipe.fileno())
     try:
         transport, _ = await loop.connect_read_pipe(
@@ -62,38 +125,19 @@ async def _chunks(path: str) -> AsyncIterator[bytes]:
 
 
 async def read_lines(path: str) -> AsyncIterator[bytes]:
-    """Raw lines (newline stripped) of `path`, or of stdin for "-"; a last line needs no newline."""
-    tail = b""
+    """Raw lines of INPUT, read without blocking the event loop. OSError when it cannot be read."""
+    lines = LineSplitter()
     async for chunk in _chunks(path):
-        lines = (tail + chunk).split(b"\n")
-        tail = lines.pop()
-        for line in lines:
+        for line in lines.feed(chunk):
             yield line
-    if tail:
-        yield tail
+    if lines.tail:
+        yield lines.tail
 
 
 async def read_items(path: str) -> AsyncIterator[Job | BadLine | Duplicate]:
-    """The jobs, bad lines and duplicates of an input, in file order (blank lines skipped)."""
-    reader = JobReader("<stdin>" if path == STDIN else path)
+    """The jobs, bad lines and duplicates of INPUT, in file order (blank lines skipped)."""
+    reader = JobReader(input_name(path))
     async for raw in read_lines(path):
         item = reader.feed(raw)
         if item is not None:
             yield item
-
-
-def count_lines(path: str) -> int | None:
-    """Non-blank lines of a regular file, for progress totals; None for stdin, pipes and FIFOs
-    (counting would consume them). Blocking: call it in a thread."""
-    if path == STDIN or not _is_regular(path):
-        return None
-    count = 0
-    with open(path, "rb") as f:
-        tail = b""
-        while chunk := f.read(CHUNK):
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()
-            count += sum(1 for line in lines if line.strip())
-        if tail.strip():
-            count += 1
-    return count

@@ -15,12 +15,14 @@ Invariants:
   dispatcher at once (the producer waits for room), plus the packer's `MAX_HELD_JOBS`;
 - `stop()` stops sending at once, gives requests already on the wire `grace_s` to answer (their
   results are written), then cancels the rest.
-Time (`clock`, `sleep`) and the network (`send`) are injected.
+Time (`clock`, `sleep`), the network (`send`), true token counts (`counter`) and result-line ids
+(`record_ids`) are injected.
 """
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections import deque
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
@@ -32,12 +34,13 @@ from jobs import tokens
 from jobs.job import Job
 from jobs.packing import Budget, MissingChoices, Packer, Request, halves, single, split_response
 from jobs.reader import BadLine, Duplicate
-from jobs.results import DUPLICATE, OutputState, error_record, success_record
+from jobs.results import DUPLICATE, OutputState, RecordIds, error_record, success_record
 from runner.files.checkpoint import CheckpointError
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
 from runner.pacing.limiter import Limiters, RateLimiter, RequestTooLarge
 from runner.report.stats import RunStats
+from runner.tokenizer import token_counter
 from runner.retry import Action, Backoff, Verdict, classify, classify_bad_response, retry_delay
 from runner.api.transport import HttpRequest, HttpResponse, Send
 
@@ -209,7 +212,9 @@ class Dispatcher:
                  stats: RunStats | None = None, backoff: Backoff | None = None,
                  pack: bool = True, clock: Callable[[], float] | None = None,
                  sleep: Callable[[float], Any] = asyncio.sleep,
-                 log: Callable[[str], None] = lambda message: None) -> None:
+                 log: Callable[[str], None] = lambda message: None,
+                 counter: tokens.TokenCounter = token_counter,
+                 record_ids: Callable[[], str] | None = None) -> None:
         self._send = send
         self._endpoint = endpoint
         self._limiters = limiters
@@ -221,6 +226,9 @@ class Dispatcher:
         self._clock = clock
         self._sleep = sleep
         self._log = log
+        self._counter = counter  # true token counts, for the context-window check
+        # ids of the result lines: by default a fresh random prefix, so ids are unique across runs
+        self._record_id = record_ids or RecordIds(os.urandom(8).hex())
         self._lanes: dict[tuple[str, str], Lane] = {}
         self.slots = Slots(config.concurrency)  # all lanes together: requests in flight, sockets
         self._tasks: set[asyncio.Task[None]] = set()
@@ -346,7 +354,8 @@ class Dispatcher:
             stats.duplicates += 1
             self._log(str(item))
             if item.custom_id not in state.noted_duplicates:
-                self._sink(error_record(item.custom_id, DUPLICATE, str(item)))
+                self._sink(error_record(item.custom_id, DUPLICATE, str(item),
+                                        record_id=self._record_id()))
             return []
         stats.jobs += 1
         if not state.needs_run(item.custom_id, retry_failed=self.config.retry_failed):
@@ -355,7 +364,7 @@ class Dispatcher:
             else:
                 stats.kept_failed += 1
             return []
-        overflow = tokens.context_overflow(item.url, item.body)
+        overflow = tokens.context_overflow(item.url, item.body, self._counter)
         if overflow is not None:
             self._fail_jobs((item,), "context_length_exceeded", overflow)
             return []
@@ -510,7 +519,8 @@ class Dispatcher:
         assert answers is not None and response is not None
         request_id = response.headers.get("x-request-id")
         for job, answer in zip(request.jobs, answers):
-            self._sink(success_record(job.custom_id, answer, request_id=request_id))
+            self._sink(success_record(job.custom_id, answer, record_id=self._record_id(),
+                                      request_id=request_id))
             self.stats.add_usage(job.model, answer.get("usage"))
         self.stats.succeeded += len(request.jobs)
 
@@ -540,6 +550,6 @@ class Dispatcher:
             except orjson.JSONDecodeError:
                 body = None
         for job in jobs:
-            self._sink(error_record(job.custom_id, code, message, status=status, body=body,
-                                    request_id=request_id))
+            self._sink(error_record(job.custom_id, code, message, record_id=self._record_id(),
+                                    status=status, body=body, request_id=request_id))
             self.stats.failed[code] += 1

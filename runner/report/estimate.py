@@ -8,19 +8,18 @@ from rich.table import Table
 from rich.text import Text
 
 from jobs.estimate import Estimate, estimate_lines
+from runner.files.inputs import input_lines, input_name
 from runner.report.prices import PriceTable
-from runner.report.status import StatusError, flag_notes, input_name, open_input
+from runner.report.render import flag_notes
+from runner.tokenizer import token_counter
 
 
 def estimate_file(input_path: str, *, rpm: float | None, tpm: float | None,
                   prices: PriceTable) -> Estimate:
-    """Stream INPUT through `jobs.estimate`; StatusError when it cannot be read."""
-    with open_input(input_path) as lines:
-        try:
-            return estimate_lines(lines, input_name(input_path), rpm=rpm, tpm=tpm,
-                                  cost=prices.cost)
-        except OSError as e:
-            raise StatusError(f"cannot read input {input_path}: {e.strerror}") from None
+    """Stream INPUT through `jobs.estimate`, with true token counts by `runner.tokenizer`;
+    `runner.files.inputs.UnreadableInput` when INPUT cannot be read."""
+    return estimate_lines(input_lines(input_path), input_name(input_path), counter=token_counter,
+                          rpm=rpm, tpm=tpm, cost=prices.cost)
 
 
 def estimate_json(est: Estimate, prices: PriceTable) -> dict[str, Any]:

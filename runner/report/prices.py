@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import math
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,12 +18,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from jobs.models import model_name, undated
+
 PER_TOKENS = 1_000_000  # prices are per this many tokens
 PACKAGED = "prices.toml"
 
-# A snapshot date at the end of a model name: -2024-07-18 (new style) or -0125 (old style),
-# optionally followed by -preview (gpt-4-0125-preview).
-_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})(?:-preview)?$")
 _FIELDS = {"input", "cached_input", "output"}
 
 
@@ -59,10 +57,10 @@ class PriceTable:
     def lookup(self, model: str) -> Price | None:
         """The price of `model`: its exact entry, else the entry of its name without a date
         suffix; None when neither exists. A provider prefix (`openai/gpt-4o`) is ignored."""
-        name = model.strip().lower().rsplit("/", 1)[-1]
+        name = model_name(model)
         if name in self.models:
             return self.models[name]
-        base = _DATE_SUFFIX.sub("", name)
+        base = undated(name)
         return self.models.get(base) if base != name else None
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:

@@ -4,8 +4,8 @@ It only reads. In particular it never touches OUTPUT: it does not take the run l
 last line (left by a killed run) is reported, not cut off; the next `runner run` cuts it. It may
 therefore run while a run is writing OUTPUT, and see a consistent prefix of it.
 
-Status exit codes mirror what `runner run` would exit with if it had just finished, so a cron
-script needs one `case` for both commands:
+Status exit codes (`runner.exit_codes`) mirror what `runner run` would exit with if it had just
+finished, so a cron script needs one `case` for both commands:
 
     0  every job of INPUT has a success line
     1  nothing left a plain rerun would do, but some jobs failed permanently (or INPUT has bad or
@@ -18,27 +18,26 @@ script needs one `case` for both commands:
 """
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from jobs.estimate import FlagSample
+from jobs.flags import FlagSample
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, read_jobs
 from jobs.results import OutputState, failure_code
 from runner.files.checkpoint import CheckpointError, LoadReport, scan
-from runner.report.stats import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
+from runner.files.inputs import UnreadableInput, input_lines, input_name
+from runner.report.render import flag_notes
+from runner.exit_codes import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
 
 MAX_SHOWN = 20  # ids or line numbers listed per kind; the rest are only counted
-STDIN = "-"
 
 
 class StatusError(Exception):
@@ -46,24 +45,6 @@ class StatusError(Exception):
 
 
 # --- reading ------------------------------------------------------------------------------------
-
-@contextmanager
-def open_input(path: str) -> Iterator[IO[bytes]]:
-    """INPUT as a binary stream of lines ("-" is stdin); StatusError when unreadable."""
-    if path == STDIN:
-        yield sys.stdin.buffer
-        return
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise StatusError(f"cannot read input {path}: {e.strerror}") from None
-    with f:
-        yield f
-
-
-def input_name(path: str) -> str:
-    return "<stdin>" if path == STDIN else path
-
 
 class _TrackedState(OutputState):
     """`OutputState` that also remembers the code of each transient failure."""
@@ -157,12 +138,11 @@ def status(input_path: str, output: Path) -> Status:
     state = _TrackedState()
     result = Status(input=input_name(input_path), output=str(output))
     result.scan = scan_output(output, state)
-    with open_input(input_path) as lines:
-        try:
-            for item in read_jobs(lines, result.input):
-                _classify(item, state, result)
-        except OSError as e:
-            raise StatusError(f"cannot read input {input_path}: {e.strerror}") from None
+    try:
+        for item in read_jobs(input_lines(input_path), result.input):
+            _classify(item, state, result)
+    except UnreadableInput as e:
+        raise StatusError(str(e)) from None
     # What `_classify` did not claim belongs to no input line.
     leftovers = [state.done, state.transient, state.permanent.keys()]
     result.unknown_ids = sum(len(ids) for ids in leftovers)
@@ -247,16 +227,3 @@ def _numbers(first: list[int], total: int) -> str:
     return text + (f" and {total - len(first):,} more" if total > len(first) else "")
 
 
-def flag_notes(sample: FlagSample, what: str) -> list[Text]:
-    if not sample.count:
-        return []
-    notes = [Text(f"{sample.count:,} {what}:")]
-    notes += [Text(f"  {flag}") for flag in sample.first]
-    if sample.count > len(sample.first):
-        notes.append(Text(f"  ... and {sample.count - len(sample.first):,} more"))
-    return notes
-
-
-def print_report(renderable: Group, console: Console | None = None) -> None:
-    """Print a report to stdout (tables wider than the terminal wrap instead of being cut)."""
-    (console or Console()).print(renderable, highlight=False, soft_wrap=False)

@@ -1,0 +1,23 @@
+"""The process exit codes of `runner run`, shared by `runner status` so one cron `case` fits both.
+
+    code  run                                            status
+    0     every job succeeded                            every job of INPUT has a success line
+    1     finished, but some jobs failed (their error    nothing left for a plain rerun, but some
+          lines are in OUTPUT), or INPUT has bad or      jobs failed permanently, or INPUT has bad
+          duplicate lines                                or duplicate lines
+    2     usage error, unreadable input, or OUTPUT       INPUT or OUTPUT cannot be read, or a usage
+          in use by another run                          error
+    3     stopped early and resumable: quota, key        work remains: jobs without a result line
+          rejected, a signal, OUTPUT or INPUT could      or failed transiently; the same `runner
+          no longer be written or read                   run` command resumes them
+    70    internal error: a bug (EX_SOFTWARE)            -
+
+`runner estimate` exits 0, or 2 for an unreadable INPUT or price file.
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_STOPPED = 3
+EXIT_BUG = 70  # EX_SOFTWARE: an internal error

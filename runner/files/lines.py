@@ -1,0 +1,32 @@
+"""Splitting a byte stream, read in chunks, into lines: the one place that does it.
+
+Pure. The input readers (`runner.files.inputs`) and the checkpoint (`runner.files.checkpoint`)
+feed it the chunks they read, of any size.
+"""
+from __future__ import annotations
+
+
+class LineSplitter:
+    """The complete lines (newline stripped) of the chunks fed so far, in order.
+
+    What follows the last newline waits in `tail` for the next chunk; once the stream has ended, a
+    non-empty `tail` is a last line without a newline (or one torn by a crash: the caller decides).
+    """
+
+    __slots__ = ("tail", "_fed")
+
+    def __init__(self) -> None:
+        self.tail = b""
+        self._fed = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines `chunk` completes; the rest of it becomes `tail`."""
+        self._fed += len(chunk)
+        lines = (self.tail + chunk).split(b"\n")
+        self.tail = lines.pop()
+        return lines
+
+    @property
+    def complete(self) -> int:
+        """Bytes fed in complete lines: the stream offset just past the last newline."""
+        return self._fed - len(self.tail)

@@ -1,0 +1,90 @@
+"""The end-of-run summary of a run's statistics: lines for stderr and the log, and
+`--summary-json`."""
+from __future__ import annotations
+
+from runner.report.stats import ModelUsage, RunStats
+
+
+def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> dict:
+    """The machine-readable summary (`--summary-json`). `prices`: a `runner.report.prices.PriceTable`.
+
+    Achieved rates are over the whole wall time; allowed ones are the limits in force at the end
+    (learned from the API's headers, else the user's). Costs are at list price from the price table;
+    null for models the table does not know.
+    """
+    wall = max(0.0, stats.finished - stats.started)
+    minutes = wall / 60 if wall > 0 else None
+    models: dict[str, dict] = {}
+    total_cost: float | None = None
+    for model in sorted(set(stats.usage) | set(stats.model_requests)):
+        usage = stats.usage.get(model, ModelUsage())
+        rpm, tpm = stats.limits.get(model, (None, None))
+        cost = None
+        if prices is not None:
+            cost = prices.cost(model, usage.prompt_tokens, usage.completion_tokens)  # type: ignore[attr-defined]
+        if cost is not None:
+            total_cost = (total_cost or 0.0) + cost
+        models[model] = {
+            "jobs_succeeded": usage.jobs,
+            "requests": stats.model_requests.get(model, 0),
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "charged_tokens": stats.model_charged.get(model, 0),
+            "achieved_rpm": round(stats.model_requests.get(model, 0) / minutes, 1) if minutes else None,
+            "allowed_rpm": rpm,
+            "achieved_tpm": round(stats.model_charged.get(model, 0) / minutes, 1) if minutes else None,
+            "allowed_tpm": tpm,
+            "estimated_cost_usd": None if cost is None else round(cost, 6),
+        }
+    return {
+        "output": output,
+        "exit_code": stats.exit_code(),
+        "stopped_early": stats.stop_reason,
+        "wall_seconds": round(wall, 3),
+        "jobs": {"in_input": stats.jobs, "succeeded": stats.succeeded,
+                 "already_done": stats.already_done, "failed": stats.failed_total,
+                 "kept_failed": stats.kept_failed, "bad_lines": stats.bad_lines,
+                 "duplicates": stats.duplicates},
+        "failures_by_code": dict(stats.failed.most_common()),
+        "requests": {"sent": stats.requests, "retries": stats.retries,
+                     "rate_limited_429": stats.rate_limited, "bisect_extra": stats.bisect_requests},
+        "models": models,
+        "estimated_cost_usd": None if total_cost is None else round(total_cost, 6),
+    }
+
+
+def summary_lines(stats: RunStats, output: str, prices: object | None = None) -> list[str]:
+    """The human-readable end-of-run summary (stderr)."""
+    wall = max(0.0, stats.finished - stats.started)
+    lines = [
+        f"output: {output}",
+        f"jobs: {stats.jobs:,} in input · {stats.succeeded:,} succeeded now · "
+        f"{stats.already_done:,} already done · {stats.failed_total:,} failed now · "
+        f"{stats.kept_failed:,} kept failed from earlier runs",
+    ]
+    if stats.bad_lines or stats.duplicates:
+        lines.append(f"input problems: {stats.bad_lines:,} bad lines · "
+                     f"{stats.duplicates:,} duplicate custom_ids (see messages above)")
+    if stats.failed:
+        lines.append("failures: " + ", ".join(f"{code} {n:,}" for code, n in stats.failed.most_common()))
+    lines.append(f"requests: {stats.requests:,} sent · {stats.retries:,} retries · "
+                 f"{stats.rate_limited:,} rate-limited (429) · wall {wall:,.1f}s")
+    if stats.bisect_requests:
+        lines.append(f"bisecting refused packs cost {stats.bisect_requests:,} extra requests")
+    data = summary_dict(stats, output, prices)
+    for model, m in data["models"].items():
+        rates = ""
+        if m["achieved_rpm"] is not None:
+            allowed_rpm = f"{m['allowed_rpm']:,.0f}" if m["allowed_rpm"] else "?"
+            allowed_tpm = f"{m['allowed_tpm']:,.0f}" if m["allowed_tpm"] else "?"
+            rates = (f" · {m['achieved_rpm']:,.0f} of {allowed_rpm} RPM"
+                     f" · {m['achieved_tpm']:,.0f} of {allowed_tpm} TPM")
+        cost = m["estimated_cost_usd"]
+        cost_text = f" · ~${cost:,.4f}" if cost is not None else (" · cost unknown" if prices else "")
+        lines.append(f"{model}: {m['prompt_tokens']:,} tokens in · {m['completion_tokens']:,} out"
+                     f"{rates}{cost_text}")
+    if data["estimated_cost_usd"] is not None:
+        lines.append(f"estimated cost: ${data['estimated_cost_usd']:,.4f} at list prices")
+    if stats.stop_reason:
+        lines.append(f"STOPPED EARLY ({stats.stop_reason}); run the same command again to resume")
+    return lines
