@@ -30,7 +30,8 @@ from runner.live.run import RunConfig, run
 from runner.report.estimate import estimate_file, estimate_json, estimate_table
 from runner.report.render import print_report
 from runner.report.status import StatusError, status, status_table
-from runner.files.inputs import UnreadableInput
+from jobs.reader import NotAJobFile
+from runner.files.inputs import UnreadableFormat, UnreadableInput, check_format
 from runner.api.transport import READ_TIMEOUT_S
 
 EXIT_CODES_HELP = """\b
@@ -193,7 +194,7 @@ Exit codes (the same meanings as `runner run`):
 @click.option("--rpm", type=POSITIVE, help="Requests per minute per model, for the time estimate.")
 @click.option("--tpm", type=POSITIVE, help="Tokens per minute per model, for the time estimate.")
 @click.option("--prices", "prices_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="TOML price file (format of runner/prices.toml); its entries replace the built-in ones.")
+              help="TOML price file (format of runner/report/prices.toml); its entries replace the built-in ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path: Path | None,
              as_json: bool) -> None:
@@ -203,7 +204,7 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
     try:
         prices = load_prices(prices_path)
         result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices)
-    except (PriceTableError, UnreadableInput) as e:
+    except (PriceTableError, UnreadableInput, NotAJobFile) as e:
         _usage_error(str(e))
     if as_json:
         click.echo(orjson.dumps(estimate_json(result, prices), option=orjson.OPT_INDENT_2).decode())
@@ -240,6 +241,9 @@ def _check_readable(path: str) -> None:
             return
         with open(path, "rb"):
             pass
+        check_format(path)
+    except UnreadableFormat as e:
+        _usage_error(str(e))
     except OSError as e:
         _usage_error(f"cannot read input {path}: {e.strerror}")
 

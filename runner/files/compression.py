@@ -111,10 +111,15 @@ class Decompressor:
 
 
 def refusal(kind: str, path: str) -> str:
-    """The message for a file compressed in a format we recognise but do not read."""
-    how = {"zstd": f"decompress it first (zstd -d {path}) or recompress it with gzip",
-           "zip": f"extract the job file first (unzip {path})"}[kind]
-    return (f"{path} is {kind}-compressed; runner reads plain, gzip, bzip2 and xz JSONL: {how}")
+    """The message for a file compressed in a format we recognise but do not read; `path` is
+    "<stdin>" for standard input."""
+    if path == "<stdin>":
+        tool = {"zstd": "zstd -dc FILE", "zip": "unzip -p FILE"}[kind]
+        how = f"decompress it on the way in ({tool} | runner run - ...)"
+    else:
+        how = {"zstd": f"decompress it first (zstd -d {path}) or recompress it with gzip",
+               "zip": f"extract the job file first (unzip {path})"}[kind]
+    return f"{path} is {kind}-compressed; runner reads plain, gzip, bzip2 and xz JSONL: {how}"
 
 
 def decompressed(chunks: Iterable[bytes], kind: str, max_piece: int) -> Iterator[bytes]:

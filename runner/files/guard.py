@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 
+from runner.files.checkpoint import CheckpointError
 from runner.files.compression import MAGIC_BYTES, sniff
 
 STDIN = "-"
@@ -26,8 +27,9 @@ PEEK_BYTES = 64 * 1024  # how much of OUTPUT's start is read to tell job lines f
 PEEK_LINES = 5  # complete non-blank lines looked at
 
 
-class OutputRefused(Exception):
-    """OUTPUT must not receive results (it is INPUT, or a job file, or compressed)."""
+class OutputRefused(CheckpointError):
+    """OUTPUT must not receive results (it is INPUT, or a job file, or compressed): it cannot
+    serve as a checkpoint either."""
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:

@@ -10,7 +10,10 @@
 - `count_lines`: the non-blank lines of a regular file, for progress totals.
 
 Every reader yields lines without their newline; a last line needs none; lines are split by
-`runner.files.lines.LineSplitter`.
+`runner.files.lines.LineSplitter`. A compressed INPUT (gzip, bzip2, xz: recognised by its first
+bytes, whatever its name) is decompressed on the way, in pieces of at most `CHUNK` bytes, so
+memory stays bounded however well it compresses (`runner.files.compression`); zstd and zip are
+refused with a message saying how to decompress them.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import aiofiles.threadpool
 
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, JobReader
+from runner.files.compression import MAGIC_BYTES, CompressionError, Decompressor, refusal, sniff
 from runner.files.lines import LineSplitter
 
 CHUNK = 1 << 20  # one thread hop per MiB keeps aiofiles' per-call overhead negligible
@@ -33,6 +37,61 @@ STDIN = "-"
 
 class UnreadableInput(Exception):
     """INPUT cannot be opened or read (`input_lines`); the message names it and says why."""
+
+
+class UnreadableFormat(UnreadableInput):
+    """INPUT is compressed in a format we do not read, or its compressed data is corrupt or cut
+    short (raised by every reader, sync or async); the message names INPUT and what to do."""
+
+
+class _Decoding:
+    """The bytes of INPUT as they are meant to be read: decompressed when its first bytes show a
+    format we read, untouched otherwise. Feed raw chunks in order, then call `finish`."""
+
+    __slots__ = ("_name", "_head", "_decoder", "_decided")
+
+    def __init__(self, path: str) -> None:
+        self._name = input_name(path)
+        self._head = b""
+        self._decoder: Decompressor | None = None
+        self._decided = False
+
+    def _decide(self) -> Iterator[bytes]:
+        self._decided = True
+        head, self._head = self._head, b""
+        kind = sniff(head)
+        if kind in ("zstd", "zip"):
+            raise UnreadableFormat(refusal(kind, self._name))
+        if kind is not None:
+            self._decoder = Decompressor(kind, CHUNK)
+        yield from self._pass(head)
+
+    def _pass(self, chunk: bytes) -> Iterator[bytes]:
+        if self._decoder is None:
+            if chunk:
+                yield chunk
+            return
+        try:
+            yield from self._decoder.feed(chunk)
+        except CompressionError as e:
+            raise UnreadableFormat(f"cannot read input {self._name}: {e}") from None
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        if self._decided:
+            yield from self._pass(chunk)
+            return
+        self._head += chunk
+        if len(self._head) >= MAGIC_BYTES:
+            yield from self._decide()
+
+    def finish(self) -> Iterator[bytes]:
+        if not self._decided:
+            yield from self._decide()
+        if self._decoder is not None:
+            try:
+                self._decoder.finish()
+            except CompressionError as e:
+                raise UnreadableFormat(f"cannot read input {self._name}: {e}") from None
 
 
 def input_name(path: str) -> str:
@@ -65,10 +124,14 @@ def _is_regular(path: str) -> bool:
 
 # --- synchronous -------------------------------------------------------------------------------
 
-def _lines_of(f: BinaryIO) -> Iterator[bytes]:
+def _lines_of(f: BinaryIO, path: str) -> Iterator[bytes]:
     lines = LineSplitter()
+    decoding = _Decoding(path)
     while chunk := f.read(CHUNK):
-        yield from lines.feed(chunk)
+        for piece in decoding.feed(chunk):
+            yield from lines.feed(piece)
+    for piece in decoding.finish():
+        yield from lines.feed(piece)
     if lines.tail:
         yield lines.tail
 
@@ -78,18 +141,31 @@ def input_lines(path: str) -> Iterator[bytes]:
     UnreadableInput ("cannot read input PATH: why") when it cannot be opened or read."""
     try:
         with open_input(path) as f:
-            yield from _lines_of(f)
+            yield from _lines_of(f, path)
     except OSError as e:
         raise UnreadableInput(f"cannot read input {path}: {e.strerror}") from None
 
 
 def count_lines(path: str) -> int | None:
     """Non-blank lines of a regular file, for progress totals; None for stdin, pipes and FIFOs
-    (counting would consume them). OSError when it cannot be read. Blocking: call it in a thread."""
+    (counting would consume them). OSError or UnreadableFormat when it cannot be read. Blocking:
+    call it in a thread."""
     if path == STDIN or not _is_regular(path):
         return None
     with open_input(path) as f:
-        return sum(1 for line in _lines_of(f) if line.strip())
+        return sum(1 for line in _lines_of(f, path) if line.strip())
+
+
+def check_format(path: str) -> None:
+    """Raise UnreadableFormat at once when a regular INPUT is in a format we do not read (zstd,
+    zip), before a run starts; OSError when it cannot be read. Pipes and stdin are checked as
+    they are read."""
+    if path == STDIN or not _is_regular(path):
+        return
+    with open_input(path) as f:
+        head = f.read(MAGIC_BYTES)
+    for _ in _Decoding(path).feed(head):
+        pass
 
 
 # --- asynchronous ------------------------------------------------------------------------------
@@ -125,10 +201,16 @@ async def _chunks(path: str) -> AsyncIterator[bytes]:
 
 
 async def read_lines(path: str) -> AsyncIterator[bytes]:
-    """Raw lines of INPUT, read without blocking the event loop. OSError when it cannot be read."""
+    """Raw lines of INPUT, read without blocking the event loop. OSError when it cannot be read,
+    UnreadableFormat when its compression is not read or its compressed data is broken."""
     lines = LineSplitter()
+    decoding = _Decoding(path)
     async for chunk in _chunks(path):
-        for line in lines.feed(chunk):
+        for piece in decoding.feed(chunk):
+            for line in lines.feed(piece):
+                yield line
+    for piece in decoding.finish():
+        for line in lines.feed(piece):
             yield line
     if lines.tail:
         yield lines.tail

@@ -16,6 +16,7 @@ from runner.api.endpoint import Endpoint
 from runner.pacing.limiter import DEFAULT_BURST_S, Limiters
 from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
 from runner.report.stats import RunStats
+from runner.files.guard import check_output
 from runner.files.inputs import count_lines, read_items
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
 
@@ -54,7 +55,9 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
               log: Callable[[str], None] | None = None, progress: bool = True,
               handle_signals: bool = True) -> RunStats:
     """Run the jobs of `config.input` still pending in `config.output`; raises CheckpointError
-    when the output is locked by another run or unusable."""
+    when the output is locked by another run or unusable (`OutputRefused` when it is the input,
+    another job file or compressed: then nothing is written, not even the lock file)."""
+    check_output(config.input, config.output)  # before the lock: nothing beside OUTPUT changes
     console = console or Console(stderr=True)
     log = log or (lambda message: console.print(message, highlight=False, markup=False, soft_wrap=True))
     loop = asyncio.get_running_loop()

@@ -30,7 +30,7 @@ from rich.text import Text
 
 from jobs.flags import FlagSample
 from jobs.job import Job
-from jobs.reader import BadLine, Duplicate, read_jobs
+from jobs.reader import BadLine, Duplicate, NotAJobFile, read_jobs
 from jobs.results import OutputState, failure_code
 from runner.files.checkpoint import CheckpointError, LoadReport, scan
 from runner.files.inputs import UnreadableInput, input_lines, input_name
@@ -141,7 +141,7 @@ def status(input_path: str, output: Path) -> Status:
     try:
         for item in read_jobs(input_lines(input_path), result.input):
             _classify(item, state, result)
-    except UnreadableInput as e:
+    except (UnreadableInput, NotAJobFile) as e:
         raise StatusError(str(e)) from None
     # What `_classify` did not claim belongs to no input line.
     leftovers = [state.done, state.transient, state.permanent.keys()]
