@@ -35,7 +35,9 @@ from typing import Any
 
 import aiohttp
 
-from jobs.results import TRANSIENT_CODES, is_transient
+from jobs import codes
+from jobs.codes import TRANSIENT_CODES
+from jobs.results import is_transient
 from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
 
 __all__ = [
@@ -52,21 +54,11 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 MAX_MESSAGE_CHARS = 500  # error messages written into result lines are trimmed to this
 
-OK_CODE = "ok"
-BAD_RESPONSE = "bad_response"
-RATE_LIMITED = "rate_limit_exceeded"
-QUOTA = "insufficient_quota"
-INVALID_API_KEY = "invalid_api_key"
-PERMISSION_DENIED = "permission_denied"
-SERVER_ERROR = "server_error"
-TIMEOUT = "timeout"
-CONNECTION_ERROR = "connection_error"
-INTERNAL_ERROR = "internal_error"  # a bug on our side, not the job's fault
-UNEXPECTED_STATUS = "unexpected_status"
+OK_CODE = "ok"  # the code of an OK verdict; never written into a result line
 
 # Default result code of a 4xx that fails the job when the body names none.
-_CLIENT_ERROR_CODES = {400: "invalid_request", 404: "not_found", 413: "request_too_large",
-                       422: "unprocessable"}
+_CLIENT_ERROR_CODES = {400: codes.INVALID_REQUEST, 404: codes.NOT_FOUND,
+                       413: codes.REQUEST_TOO_LARGE, 422: codes.UNPROCESSABLE}
 _RETRY_STATUSES = frozenset({408, 409})
 
 # An API key as OpenAI-style services print it ("sk-...", "sk-proj-...", masked "sk-abc***xyz").
@@ -243,7 +235,7 @@ def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
     if isinstance(exc, aiohttp.ClientResponseError):
         # Our transport never raises for a status, so this is aiohttp failing to parse the answer
         # (a broken proxy, an oversized header): no answer from the API, worth another try.
-        return Verdict(Action.RETRY, CONNECTION_ERROR,
+        return Verdict(Action.RETRY, codes.CONNECTION_ERROR,
                        _clean_message(f"malformed HTTP answer: {exc.message}"))
     try:
         detail = str(exc)
@@ -252,10 +244,10 @@ def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
     text = _clean_message(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
     # TimeoutError (= asyncio.TimeoutError, aiohttp.ServerTimeoutError) is an OSError: test it first.
     if isinstance(exc, (APITimeoutError, TimeoutError)):
-        return Verdict(Action.RETRY, TIMEOUT, text)
+        return Verdict(Action.RETRY, codes.TIMEOUT, text)
     if isinstance(exc, (APIConnectionError, aiohttp.ClientError, OSError)):
-        return Verdict(Action.RETRY, CONNECTION_ERROR, text)
-    return Verdict(Action.FAIL_JOB, INTERNAL_ERROR, text)
+        return Verdict(Action.RETRY, codes.CONNECTION_ERROR, text)
+    return Verdict(Action.FAIL_JOB, codes.INTERNAL_ERROR, text)
 
 
 def classify(status: int | None, headers: Mapping[str, str], body: bytes | str | Mapping | None,
@@ -293,30 +285,30 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
     code, kind, message = _error_fields(body)
     text = _clean_message(message or f"HTTP {status}")
     if status == 429:
-        if QUOTA in (code, kind):
-            return Verdict(Action.STOP_RUN, QUOTA, text)
-        return Verdict(Action.RETRY, RATE_LIMITED, text,
+        if codes.QUOTA in (code, kind):
+            return Verdict(Action.STOP_RUN, codes.QUOTA, text)
+        return Verdict(Action.RETRY, codes.RATE_LIMITED, text,
                        _cap(_rate_limit_delay(headers, kind, message, now)))
     if status == 401:
-        return Verdict(Action.STOP_RUN, INVALID_API_KEY, text)
+        return Verdict(Action.STOP_RUN, codes.INVALID_API_KEY, text)
     if status == 403:
-        return Verdict(Action.STOP_RUN, PERMISSION_DENIED, text)
+        return Verdict(Action.STOP_RUN, codes.PERMISSION_DENIED, text)
     if status in _RETRY_STATUSES or status >= 500:
-        return Verdict(Action.RETRY, TIMEOUT if status == 408 else SERVER_ERROR, text,
+        return Verdict(Action.RETRY, codes.TIMEOUT if status == 408 else codes.SERVER_ERROR, text,
                        _cap(parse_retry_after(headers, now=now)))
     if 400 <= status < 500:
-        return Verdict(Action.FAIL_JOB, code or _CLIENT_ERROR_CODES.get(status, f"http_{status}"),
-                       text)
-    return Verdict(Action.FAIL_JOB, UNEXPECTED_STATUS, text)
+        code = code or _CLIENT_ERROR_CODES.get(status) or codes.http_status_code(status)
+        return Verdict(Action.FAIL_JOB, code, text)
+    return Verdict(Action.FAIL_JOB, codes.UNEXPECTED_STATUS, text)
 
 
 def classify_bad_response(reason: str) -> Verdict:
     """RETRY "bad_response": a 2xx answer whose body the caller could not use (`reason` says why)."""
-    return Verdict(Action.RETRY, BAD_RESPONSE, _clean_message(reason or "unusable response body"))
+    return Verdict(Action.RETRY, codes.BAD_RESPONSE, _clean_message(reason or "unusable response body"))
 
 
-_ERROR_CLASSES = {RATE_LIMITED: RateLimitError, QUOTA: QuotaExceededError,
-                  INVALID_API_KEY: AuthenticationError, PERMISSION_DENIED: AuthenticationError}
+_ERROR_CLASSES = {codes.RATE_LIMITED: RateLimitError, codes.QUOTA: QuotaExceededError,
+                  codes.INVALID_API_KEY: AuthenticationError, codes.PERMISSION_DENIED: AuthenticationError}
 
 
 def api_error(status: int, headers: Mapping[str, str], body: bytes | str | Mapping | None, *,

@@ -28,11 +28,12 @@ from typing import Any
 
 import orjson
 
-from jobs import tokens
+from jobs import codes, tokens
 from jobs.job import Job
 from jobs.packing import Budget, MissingChoices, Packer, Request, halves, single, split_response
 from jobs.reader import BadLine, Duplicate
-from jobs.results import DUPLICATE, OutputState, error_record, success_record
+from jobs.codes import DUPLICATE
+from jobs.results import OutputState, error_record, success_record
 from runner.files.checkpoint import CheckpointError
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
@@ -155,11 +156,6 @@ class Slots:
                 fut.set_result(None)
 
 
-# Refusals that one prompt of a pack can cause: worth bisecting to find it.
-PROMPT_ERROR_CODES = frozenset({"context_length_exceeded", "content_filter", "content_policy_violation",
-                                "invalid_prompt", "string_above_max_length"})
-
-
 def _blames_a_prompt(response: HttpResponse | None) -> bool:
     """Whether a refused pack may be one prompt's fault, so bisecting finds the guilty job(s).
 
@@ -174,7 +170,7 @@ def _blames_a_prompt(response: HttpResponse | None) -> bool:
         return False
     if not isinstance(error, dict):
         return False
-    return error.get("code") in PROMPT_ERROR_CODES or error.get("param") in ("prompt", "input")
+    return error.get("code") in codes.PROMPT_FAULT_CODES or error.get("param") in ("prompt", "input")
 
 
 @dataclass(slots=True)
@@ -357,7 +353,7 @@ class Dispatcher:
             return []
         overflow = tokens.context_overflow(item.url, item.body)
         if overflow is not None:
-            self._fail_jobs((item,), "context_length_exceeded", overflow)
+            self._fail_jobs((item,), codes.CONTEXT_LENGTH_EXCEEDED, overflow)
             return []
         return self._packer.add(item, tokens.rate_limit_charge(item.url, item.body))
 
@@ -421,7 +417,7 @@ class Dispatcher:
                 if request.packed:  # packed before the budget was known: send it in halves
                     await asyncio.wait([self._spawn(self._process(part)) for part in halves(request)])
                 else:
-                    self._fail_jobs(request.jobs, "request_too_large", str(too_large))
+                    self._fail_jobs(request.jobs, codes.REQUEST_TOO_LARGE, str(too_large))
                 return
             if verdict.action is Action.OK:
                 self._succeed(request, answers, response)
@@ -432,7 +428,7 @@ class Dispatcher:
             if verdict.action is Action.FAIL_JOB:
                 await self._fail_request(request, verdict, response)
                 return
-            pacing = verdict.code == "rate_limit_exceeded" and verdict.delay is not None
+            pacing = verdict.code == codes.RATE_LIMITED and verdict.delay is not None
             attempt += 1
             if pacing:  # a 429 that says when to come back is pacing, not failure: it counts less
                 rate_limited_attempts += 1
