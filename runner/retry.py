@@ -39,6 +39,7 @@ from jobs import codes
 from jobs.codes import TRANSIENT_CODES
 from jobs.results import is_transient
 from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
+from runner.redact import mask_secrets
 
 __all__ = [
     "MAX_SERVER_DELAY_S", "SERVER_DELAY_JITTER_S", "BACKOFF_BASE_S", "BACKOFF_CAP_S",
@@ -61,10 +62,6 @@ _CLIENT_ERROR_CODES = {400: codes.INVALID_REQUEST, 404: codes.NOT_FOUND,
                        413: codes.REQUEST_TOO_LARGE, 422: codes.UNPROCESSABLE}
 _RETRY_STATUSES = frozenset({408, 409})
 
-# An API key as OpenAI-style services print it ("sk-...", "sk-proj-...", masked "sk-abc***xyz").
-_API_KEY = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*.]{3,}")
-# A secret in a URL's query string ("?api-key=...", "&sig=...") as a connection error may print it.
-_SECRET_PARAM = re.compile(r"\b(api[-_]?key|key|token|sig|code)=[^&\s'\"]+", re.IGNORECASE)
 _CODE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 # Azure / OpenAI prose: "Please retry after 2 seconds", "Please try again in 1.5s" / "in 6m0s".
 _MESSAGE_DELAY = re.compile(
@@ -159,8 +156,7 @@ _OK = Verdict(Action.OK, OK_CODE)
 
 def _clean_message(text: str) -> str:
     """One line, no API key, at most MAX_MESSAGE_CHARS."""
-    text = _API_KEY.sub("sk-***", " ".join(text.split()))
-    text = _SECRET_PARAM.sub(r"\1=***", text)
+    text = mask_secrets(" ".join(text.split()))
     if len(text) > MAX_MESSAGE_CHARS:
         text = text[: MAX_MESSAGE_CHARS - 3] + "..."
     return text

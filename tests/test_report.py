@@ -13,7 +13,8 @@ from rich.console import Console
 from runner.clock import run_virtual
 from runner.report.prices import load_prices
 from runner.report.progress import ProgressReporter, Speed, fmt_duration, status_line
-from runner.report.stats import ModelUsage, RunLog, RunStats, redact, summary_dict, summary_lines
+from runner.redact import redact
+from runner.report.stats import ModelUsage, RunLog, RunStats, summary_dict, summary_lines
 from runner.live.run import RunConfig, run
 from runner.api.endpoint import Endpoint
 from runner.simulator.server import SimConfig, Simulator, run_in_thread

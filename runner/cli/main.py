@@ -15,6 +15,7 @@ from rich.console import Console
 
 import orjson
 
+from runner.redact import redact
 from runner.report import stats as report
 from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
@@ -270,7 +271,7 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
             data = report.summary_dict(stats, str(config.output), prices)
             text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
             try:
-                summary_json.write_text(report.redact(text, (config.endpoint.api_key,)))
+                summary_json.write_text(redact(text, (config.endpoint.api_key,)))
             except OSError as e:
                 log(f"runner: cannot write the summary {summary_json}: {e.strerror}")
         log(f"runner: exit code {code}", echo=False)

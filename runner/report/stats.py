@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import IO
 
 from jobs.packing import usage_count
+from runner.redact import redact
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -159,18 +160,6 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
     if stats.stop_reason:
         lines.append(f"STOPPED EARLY ({stats.stop_reason}); run the same command again to resume")
     return lines
-
-
-REDACTED = "[REDACTED]"
-MIN_SECRET_LEN = 8  # shorter strings are not treated as secrets (they would redact ordinary words)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced by REDACTED."""
-    for secret in secrets:
-        if len(secret) >= MIN_SECRET_LEN and secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
 
 
 class RunLog:
