@@ -1,4 +1,4 @@
-"""runner.retry: classify() as a table, backoff on a seeded rng, the server's delay winning."""
+"""runner.outcome: classify() as a table, backoff on a seeded rng, the server's delay winning."""
 from __future__ import annotations
 
 import asyncio
@@ -9,11 +9,14 @@ import statistics
 import aiohttp
 import pytest
 
-from runner.retry import (
-    MAX_MESSAGE_CHARS, MAX_SERVER_DELAY_S, SERVER_DELAY_JITTER_S, Action, APIConnectionError,
-    APITimeoutError, AuthenticationError, Backoff, BadRequestError, BadResponseError,
-    QuotaExceededError, RateLimitError, ServerError, Verdict, api_error, classify,
-    classify_bad_response, is_transient, retry_delay,
+from jobs.results import is_transient
+from runner.errors import (
+    APIConnectionError, APITimeoutError, AuthenticationError, BadRequestError, BadResponseError,
+    QuotaExceededError, RateLimitError, ServerError,
+)
+from runner.outcome import (
+    MAX_MESSAGE_CHARS, MAX_SERVER_DELAY_S, SERVER_DELAY_JITTER_S, Action, Backoff, Verdict,
+    api_error, classify, classify_bad_response, retry_delay,
 )
 
 NOW = 1_445_412_470.0  # 2015-10-21 07:27:50 GMT

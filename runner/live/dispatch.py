@@ -39,7 +39,7 @@ from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
 from runner.pacing.limiter import Limiters, RateLimiter, RequestTooLarge
 from runner.report.stats import RunStats
-from runner.retry import Action, Backoff, Verdict, classify, classify_bad_response, retry_delay
+from runner.outcome import Action, Backoff, Verdict, classify, classify_bad_response, retry_delay
 from runner.api.transport import HttpRequest, HttpResponse, Send
 
 MAX_ATTEMPTS = 6

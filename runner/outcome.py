@@ -1,22 +1,10 @@
-"""The retry policy, in one place: what a failed call means, and how long to wait before the next try.
+"""The outcome policy, in one place: what a call's outcome means and how long to wait to retry.
 
 `classify()` turns what came back from one call — a status, headers and body, or the exception
 raised when nothing came back — into a `Verdict`: retry (after the server's delay, or backoff),
 fail this job, stop the whole run, or OK. The dispatcher never looks at status codes itself.
 
-Errors, for code that needs to raise (a `send` stub, the response parser, the dispatcher stopping
-the run); `classify(exc=...)` understands every one of them::
-
-    RunnerError
-     ├── APIError (status, body, request_id, headers)     an answer with a non-2xx status
-     │    ├── RateLimitError         429 rate_limit_exceeded          -> retry
-     │    ├── QuotaExceededError     429 insufficient_quota           -> stops the run
-     │    ├── AuthenticationError    401 / 403                        -> stops the run
-     │    ├── BadRequestError        400 / 404 / 422 / other 4xx      -> fails the job, no retry
-     │    └── ServerError            408 / 409 / 5xx                  -> retry
-     ├── APIConnectionError          no answer arrived                -> retry
-     │    └── APITimeoutError        ... because a timeout fired       -> retry
-     └── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
+The errors a backend raises (`runner.errors`) are classified the same way (`classify(exc=...)`).
 
 Retry timing: the server's delay (`retry-after-ms`, `retry-after`, the `x-ratelimit-reset-*`
 header of the exhausted budget, or Azure's "Please retry after N seconds") wins, capped at
@@ -36,16 +24,16 @@ from typing import Any
 import aiohttp
 
 from jobs import codes
-from jobs.codes import TRANSIENT_CODES
-from jobs.results import is_transient
+from runner.errors import (
+    APIConnectionError, APIError, APITimeoutError, AuthenticationError, BadRequestError,
+    BadResponseError, QuotaExceededError, RateLimitError, ServerError,
+)
 from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
 from runner.redact import mask_secrets
 
 __all__ = [
     "MAX_SERVER_DELAY_S", "SERVER_DELAY_JITTER_S", "BACKOFF_BASE_S", "BACKOFF_CAP_S",
-    "MAX_MESSAGE_CHARS", "TRANSIENT_CODES", "is_transient",
-    "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
-    "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError", "BadResponseError",
+    "MAX_MESSAGE_CHARS",
     "Action", "Verdict", "classify", "classify_bad_response", "api_error", "Backoff", "retry_delay",
 ]
 
@@ -66,57 +54,6 @@ _CODE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 # Azure / OpenAI prose: "Please retry after 2 seconds", "Please try again in 1.5s" / "in 6m0s".
 _MESSAGE_DELAY = re.compile(
     r"(?:retry after|try again in)\s+((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s)?)+)", re.IGNORECASE)
-
-
-class RunnerError(Exception):
-    """Base of every error this package raises about a call to the API."""
-
-
-class APIError(RunnerError):
-    """The API answered with a non-2xx status. `headers` are the response's, never the request's."""
-
-    def __init__(self, message: str, *, status: int, body: Any = None,
-                 request_id: str | None = None, headers: Mapping[str, str] | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.body = body
-        self.request_id = request_id
-        self.headers = dict(headers or {})
-        self.code = code
-
-
-class RateLimitError(APIError):
-    """429 rate_limit_exceeded: too many requests or tokens per minute; retried after a wait."""
-
-
-class QuotaExceededError(APIError):
-    """429 insufficient_quota: the account is out of credit; the run stops."""
-
-
-class AuthenticationError(APIError):
-    """401 or 403: the key is wrong or lacks permission; the run stops."""
-
-
-class BadRequestError(APIError):
-    """400, 404, 422 or another 4xx: the job itself is wrong; it fails without a retry."""
-
-
-class ServerError(APIError):
-    """408, 409 or 5xx: the server could not answer this time; retried."""
-
-
-class APIConnectionError(RunnerError):
-    """No answer arrived: the connection was refused, reset, or the body was cut short."""
-
-
-class APITimeoutError(APIConnectionError):
-    """No answer arrived within the connect or read timeout."""
-
-
-class BadResponseError(RunnerError):
-    """A 2xx answer whose body is truncated or malformed JSON, or lacks `choices`/`data`."""
 
 
 class Action(enum.Enum):
@@ -304,7 +241,8 @@ def classify_bad_response(reason: str) -> Verdict:
 
 
 _ERROR_CLASSES = {codes.RATE_LIMITED: RateLimitError, codes.QUOTA: QuotaExceededError,
-                  codes.INVALID_API_KEY: AuthenticationError, codes.PERMISSION_DENIED: AuthenticationError}
+                  codes.INVALID_API_KEY: AuthenticationError,
+                  codes.PERMISSION_DENIED: AuthenticationError}
 
 
 def api_error(status: int, headers: Mapping[str, str], body: bytes | str | Mapping | None, *,
