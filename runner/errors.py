@@ -1,4 +1,4 @@
-"""The errors runner raises, one tree; `runner.outcome.classify(exc=...)` understands every one::
+"""The errors runner raises, one tree rooted in `RunnerError`::
 
     RunnerError
      ├── APIError (status, body, request_id, headers)     an answer with a non-2xx status
@@ -9,7 +9,23 @@
      │    └── ServerError            408 / 409 / 5xx                  -> retry
      ├── APIConnectionError          no answer arrived                -> retry
      │    └── APITimeoutError        ... because a timeout fired       -> retry
-     └── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
+     ├── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
+     ├── RequestTooLarge             (runner.pacing.limiter) more tokens than the whole TPM
+     │                                                                -> fails the job; a pack is split
+     └── StopRunError                the run cannot go on; it stops early, resumably
+          ├── InputError             (runner.live.dispatch) the input cannot be read to its end
+          └── CheckpointError        (runner.files.checkpoint) the output cannot be locked, read,
+                                     repaired, written or synced
+
+Why a tree: the transport (`runner.api.transport`) raises `APIConnectionError` / `APITimeoutError`
+(from the aiohttp or OS error) when no answer arrived, so every backend speaks the same vocabulary
+and `runner.outcome.classify(exc=...)` understands every error of the first three branches; the
+API's answers themselves are values (a status and a body), turned into an `APIError` only by a
+caller that must raise one (`runner.outcome.api_error`). The dispatcher catches `StopRunError` to
+stop resumably without importing the modules that raise it; anything else escaping it is a bug.
+
+`jobs.packing.MissingChoices` is not in the tree: the `jobs` package is pure and imports nothing
+of `runner`. The dispatcher converts it into a `BadResponseError`.
 """
 from __future__ import annotations
 
@@ -19,11 +35,12 @@ from typing import Any
 __all__ = [
     "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
     "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError", "BadResponseError",
+    "StopRunError", "describe",
 ]
 
 
 class RunnerError(Exception):
-    """Base of every error this package raises about a call to the API."""
+    """Base of every error runner raises."""
 
 
 class APIError(RunnerError):
@@ -71,3 +88,18 @@ class APITimeoutError(APIConnectionError):
 
 class BadResponseError(RunnerError):
     """A 2xx answer whose body is truncated or malformed JSON, or lacks `choices`/`data`."""
+
+
+class StopRunError(RunnerError):
+    """The run cannot go on for a reason outside the API (its input or output failed): it stops
+    early and resumably, with this error's message as the reason."""
+
+
+def describe(exc: BaseException) -> str:
+    """`"TypeName: message"`, or just the type's name when the message is empty or cannot be
+    rendered (a broken `__str__` must not hide the failure itself)."""
+    try:
+        detail = str(exc)
+    except Exception:
+        detail = ""
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

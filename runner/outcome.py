@@ -21,12 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from jobs import codes
+from runner.api.transport import NO_ANSWER_ERRORS, no_answer_error
 from runner.errors import (
     APIConnectionError, APIError, APITimeoutError, AuthenticationError, BadRequestError,
-    BadResponseError, QuotaExceededError, RateLimitError, ServerError,
+    BadResponseError, QuotaExceededError, RateLimitError, ServerError, describe,
 )
 from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
 from runner.redact import mask_secrets
@@ -161,26 +160,16 @@ def _rate_limit_delay(headers: Mapping[str, str], kind: str | None, message: str
 def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
     if not isinstance(exc, Exception):
         raise exc  # CancelledError, KeyboardInterrupt: never swallowed as a "failure"
+    if isinstance(exc, NO_ANSWER_ERRORS):
+        exc = no_answer_error(exc)  # as the transport raises it
     if isinstance(exc, APIError):
         return classify(exc.status, exc.headers, exc.body, now=now)
     if isinstance(exc, BadResponseError):
         return classify_bad_response(str(exc))
-    if isinstance(exc, aiohttp.ClientResponseError):
-        # Our transport never raises for a status, so this is aiohttp failing to parse the answer
-        # (a broken proxy, an oversized header): no answer from the API, worth another try.
-        return Verdict(Action.RETRY, codes.CONNECTION_ERROR,
-                       _clean_message(f"malformed HTTP answer: {exc.message}"))
-    try:
-        detail = str(exc)
-    except Exception:  # a broken __str__ must not hide the failure itself
-        detail = ""
-    text = _clean_message(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
-    # TimeoutError (= asyncio.TimeoutError, aiohttp.ServerTimeoutError) is an OSError: test it first.
-    if isinstance(exc, (APITimeoutError, TimeoutError)):
-        return Verdict(Action.RETRY, codes.TIMEOUT, text)
-    if isinstance(exc, (APIConnectionError, aiohttp.ClientError, OSError)):
-        return Verdict(Action.RETRY, codes.CONNECTION_ERROR, text)
-    return Verdict(Action.FAIL_JOB, codes.INTERNAL_ERROR, text)
+    if isinstance(exc, APIConnectionError):
+        code = codes.TIMEOUT if isinstance(exc, APITimeoutError) else codes.CONNECTION_ERROR
+        return Verdict(Action.RETRY, code, _clean_message(str(exc) or describe(exc)))
+    return Verdict(Action.FAIL_JOB, codes.INTERNAL_ERROR, _clean_message(describe(exc)))
 
 
 def classify(status: int | None, headers: Mapping[str, str], body: bytes | str | Mapping | None,
@@ -203,8 +192,11 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
       "invalid_request" (400) / "not_found" (404) / "request_too_large" (413) /
       "unprocessable" (422) / "http_<status>".
     - 1xx/3xx: FAIL_JOB "unexpected_status".
-    - timeouts: RETRY "timeout"; connection errors (aiohttp, OSError): RETRY "connection_error";
-      any other exception: FAIL_JOB "internal_error".
+    - `APITimeoutError`: RETRY "timeout"; `APIConnectionError`: RETRY "connection_error", with the
+      error's message; a raw aiohttp / OS error or timeout is classified as the transport would
+      raise it (`runner.api.transport.no_answer_error`); `BadResponseError`: RETRY "bad_response";
+      an `APIError`: as its status, headers and body; any other exception: FAIL_JOB
+      "internal_error".
 
     Delays are capped at `MAX_SERVER_DELAY_S`. Messages come from the body's error message,
     trimmed to `MAX_MESSAGE_CHARS` with any API key masked; request headers are never consulted.

@@ -23,13 +23,14 @@ import aiofiles.os
 import orjson
 
 from jobs.results import OutputState
+from runner.errors import StopRunError
 from runner.redact import redact_bytes
 
 FSYNC_INTERVAL_S = 1.0  # at most this much of the newest results is at risk from a power cut
 READ_CHUNK = 1 << 20
 
 
-class CheckpointError(Exception):
+class CheckpointError(StopRunError):
     """The output cannot serve as a checkpoint: locked by another run, a directory, or it cannot
     be read, repaired, written or synced (the message says which)."""
 

@@ -34,12 +34,12 @@ from jobs.packing import Budget, MissingChoices, Packer, Request, halves, single
 from jobs.reader import BadLine, Duplicate
 from jobs.codes import DUPLICATE
 from jobs.results import OutputState, error_record, success_record
-from runner.files.checkpoint import CheckpointError
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
+from runner.errors import BadResponseError, StopRunError
 from runner.pacing.limiter import Limiters, RateLimiter, RequestTooLarge
 from runner.report.stats import RunStats
-from runner.outcome import Action, Backoff, Verdict, classify, classify_bad_response, retry_delay
+from runner.outcome import Action, Backoff, Verdict, classify, retry_delay
 from runner.api.transport import HttpRequest, HttpResponse, Send
 
 MAX_ATTEMPTS = 6
@@ -103,7 +103,7 @@ class Room:
         self._freed.set()
 
 
-class InputError(Exception):
+class InputError(StopRunError):
     """The input could not be read to its end (an I/O error); the run stops, resumable."""
 
 
@@ -268,11 +268,11 @@ class Dispatcher:
             await asyncio.wait({finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
             failure = finished.exception() if finished.done() and not finished.cancelled() else None
             if failure is not None:
-                self.stop(str(failure) if isinstance(failure, (InputError, CheckpointError))
+                self.stop(str(failure) if isinstance(failure, StopRunError)
                           else f"internal error: {failure!r}")
             if self.stopping:
                 await self._shutdown(producer)
-            if failure is not None and not isinstance(failure, (InputError, CheckpointError)):
+            if failure is not None and not isinstance(failure, StopRunError):
                 raise failure  # a bug: the caller reports it
         finally:
             for task in (producer, finished, stopped):
@@ -378,7 +378,7 @@ class Dispatcher:
         if task.cancelled() or task.exception() is None or self.stopping:
             return
         exc = task.exception()
-        if isinstance(exc, CheckpointError):
+        if isinstance(exc, StopRunError):
             self.stop(str(exc))
         else:
             self._log(f"internal error: {exc!r}")
@@ -461,7 +461,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             limiter.on_failure()
             raise
-        except Exception as exc:  # no answer: timeouts, resets, refused connections
+        except Exception as exc:  # no answer (APIConnectionError), or a bug in `send`
             limiter.on_failure()
             return classify(None, {}, None, exc=exc), None, None
         finally:
@@ -479,8 +479,8 @@ class Dispatcher:
         if verdict.action is Action.OK:
             try:
                 answers = split_response(request, orjson.loads(response.body))
-            except (orjson.JSONDecodeError, MissingChoices) as exc:
-                return classify_bad_response(str(exc)), None, response
+            except (orjson.JSONDecodeError, MissingChoices) as exc:  # jobs/ knows no runner errors
+                return classify(None, {}, None, exc=BadResponseError(str(exc))), None, response
             return verdict, answers, response
         return verdict, None, response
 
