@@ -11,18 +11,19 @@
      │    └── APITimeoutError        ... because a timeout fired       -> retry
      ├── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
      ├── RequestTooLarge             (runner.pacing.limiter) more tokens than the whole TPM
-     │                                                                -> fails the job; a pack is split
+     │                                                 -> fails the job; a pack is sent in halves
      └── StopRunError                the run cannot go on; it stops early, resumably
           ├── InputError             (runner.live.dispatch) the input cannot be read to its end
           └── CheckpointError        (runner.files.checkpoint) the output cannot be locked, read,
                                      repaired, written or synced
 
-Why a tree: the transport (`runner.api.transport`) raises `APIConnectionError` / `APITimeoutError`
-(from the aiohttp or OS error) when no answer arrived, so every backend speaks the same vocabulary
-and `runner.outcome.classify(exc=...)` understands every error of the first three branches; the
-API's answers themselves are values (a status and a body), turned into an `APIError` only by a
-caller that must raise one (`runner.outcome.api_error`). The dispatcher catches `StopRunError` to
-stop resumably without importing the modules that raise it; anything else escaping it is a bug.
+Why a tree rather than none: the transport (`runner.api.transport`) raises `APIConnectionError`
+or `APITimeoutError` (from the aiohttp or OS error) when no answer arrived, so every backend speaks
+one vocabulary and `runner.outcome.classify(exc=...)` understands every error of the first three
+branches; the API's answers themselves are values (a status and a body), turned into an `APIError`
+only by a caller that must raise one (`runner.outcome.api_error`). The dispatcher catches
+`StopRunError` to stop resumably without importing the modules that raise it; anything else
+escaping it is a bug.
 
 `jobs.packing.MissingChoices` is not in the tree: the `jobs` package is pure and imports nothing
 of `runner`. The dispatcher converts it into a `BadResponseError`.

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs import codes
+from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
 from runner.api.transport import NO_ANSWER_ERRORS, no_answer_error
 from runner.errors import (
     APIConnectionError, APIError, APITimeoutError, AuthenticationError, BadRequestError,
     BadResponseError, QuotaExceededError, RateLimitError, ServerError, describe,
 )
-from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
 from runner.redact import mask_secrets
 
 __all__ = [
@@ -398,7 +398,8 @@ class Decision:
 
     def __post_init__(self) -> None:
         if self.step not in _STEPS[self.verdict.action]:
-            raise ValueError(f"a {self.verdict.action.value} verdict cannot lead to {self.step.value}")
+            raise ValueError(f"a {self.verdict.action.value} verdict cannot lead to "
+                             f"{self.step.value}")
         if self.step is Step.RETRY_PACED and self.verdict.delay is None:
             raise ValueError("a paced retry needs the server's delay")
 

@@ -9,7 +9,8 @@ Two complementary guards:
   exception): OpenAI-style keys (`sk-...`, `sk-proj-...`, a masked `sk-abc***xyz`) become `sk-***`,
   and secret query parameters in URLs (`?api-key=...`, `&sig=...`) become `api-key=***`.
 
-Strings shorter than `MIN_SECRET_LEN` are never treated as secrets (they would redact ordinary words).
+Strings shorter than `MIN_SECRET_LEN` are never treated as secrets (they would redact ordinary
+words).
 """
 from __future__ import annotations
 
