@@ -18,18 +18,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-DUPLICATE = "duplicate_custom_id"
+from jobs.codes import DUPLICATE, PERMANENT_CODES, TRANSIENT_CODES, http_status_code
 
-# Error codes of failures that a later run should retry: the job itself was fine.
-TRANSIENT_CODES = frozenset({
-    "rate_limit_exceeded", "server_error", "timeout", "connection_error", "bad_response",
-    "insufficient_quota", "invalid_api_key", "permission_denied", "internal_error",
-})
-# Error codes that say the job itself is wrong; kept unless --retry-failed.
-PERMANENT_CODES = frozenset({
-    "invalid_request", "not_found", "context_length_exceeded", "unprocessable", "request_too_large",
-    "content_filter", DUPLICATE,
-})
+# Final statuses worth retrying when a line names no code of ours (a hosted Batch API line).
 TRANSIENT_STATUSES = frozenset({408, 409, 429})
 
 
@@ -75,7 +66,7 @@ def error_record(custom_id: str, code: str, message: str, *, record_id: str,
 def is_transient(code: str | None, status: int | None) -> bool:
     """Whether a failure with this error code / final status is worth retrying in a later run.
 
-    Our own codes decide first; a line written by the hosted Batch API may carry only a status:
+    Our own codes decide first (`jobs.codes`); a line written by the hosted Batch API may carry only a status:
     408, 409, 429 and 5xx are transient, any other status permanent.
     """
     if code in TRANSIENT_CODES:
@@ -113,7 +104,7 @@ def failure_code(record: Mapping[str, Any]) -> str:
         return str(error["code"])
     response = record.get("response")
     if isinstance(response, Mapping) and response.get("status_code") is not None:
-        return f"http_{response['status_code']}"
+        return http_status_code(response["status_code"])
     return "unknown"
 
 

@@ -12,7 +12,7 @@ from runner.clock import run_virtual
 from runner.live.dispatch import DispatchConfig, Dispatcher, Slots
 from runner.api.endpoint import Endpoint
 from runner.pacing.limiter import Limiters
-from runner.retry import Backoff
+from runner.outcome import Backoff
 from runner.simulator.server import chat_prompt, completion_text
 from runner.api.transport import HttpResponse
 from tests.conftest import Script, error, ok, success_record

@@ -104,7 +104,7 @@ def test_token_counting_never_imports_numpy():
     whole command line and both encodings work with `import numpy` made to fail."""
     code = ("import sys; sys.modules['numpy'] = None\n"
             "import runner.cli.main\n"
-            "from jobs import tokens\n"
+            "from runner import tokenizer as tokens\n"
             "for name in ('o200k_base', 'cl100k_base'):\n"
             "    assert tokens.get_encoding(name).encode_ordinary('hello world') , name\n")
     check([sys.executable, "-W", "error::RuntimeWarning", "-c", code], cwd=ROOT,

@@ -14,8 +14,9 @@ from rich.console import Console
 from runner.clock import run_virtual
 from runner.report.prices import load_prices
 from runner.report.progress import ProgressReporter, Speed, fmt_duration, status_line
+from runner.redact import redact
 from runner.report.log import RunLog
-from runner.report.stats import ModelUsage, RunStats, redact
+from runner.report.stats import ModelUsage, RunStats
 from runner.report.summary import summary_dict, summary_lines
 from runner.live.run import RunConfig, run
 from runner.api.endpoint import Endpoint

@@ -1,4 +1,4 @@
-"""runner.retry: classify() as a table, backoff on a seeded rng, the server's delay winning."""
+"""runner.outcome: classify() and decide() as tables, backoff on a seeded rng, the server's delay winning."""
 from __future__ import annotations
 
 import asyncio
@@ -9,11 +9,15 @@ import statistics
 import aiohttp
 import pytest
 
-from runner.retry import (
-    MAX_MESSAGE_CHARS, MAX_SERVER_DELAY_S, SERVER_DELAY_JITTER_S, Action, APIConnectionError,
-    APITimeoutError, AuthenticationError, Backoff, BadRequestError, BadResponseError,
-    QuotaExceededError, RateLimitError, ServerError, Verdict, api_error, classify,
-    classify_bad_response, is_transient, retry_delay,
+from jobs.results import is_transient
+from runner.errors import (
+    APIConnectionError, APITimeoutError, AuthenticationError, BadRequestError, BadResponseError,
+    QuotaExceededError, RateLimitError, ServerError,
+)
+from runner.outcome import (
+    MAX_MESSAGE_CHARS, MAX_SERVER_DELAY_S, RATE_LIMITED_PER_ATTEMPT, SERVER_DELAY_JITTER_S, Action,
+    Attempts, Backoff, Decision, Step, Verdict, api_error, classify, classify_bad_response, decide,
+    retry_delay,
 )
 
 NOW = 1_445_412_470.0  # 2015-10-21 07:27:50 GMT
@@ -286,3 +290,143 @@ def test_connection_error_messages_mask_secrets_in_urls():
         "Cannot connect to https://x.openai.azure.com/openai/deployments/d?api-key=SECRET123&v=1")
     verdict = classify(None, {}, None, exc=exc)
     assert "SECRET123" not in verdict.message and "api-key=***" in verdict.message
+
+
+# --- which refusals blame a prompt ------------------------------------------------------------
+
+def refusal(code=None, param=None) -> bytes:
+    return json.dumps({"error": {"message": "no", "type": "invalid_request_error", "param": param,
+                                 "code": code}}).encode()
+
+
+@pytest.mark.parametrize("status, body, blames", [
+    (400, refusal("context_length_exceeded"), True),
+    (400, refusal("content_filter"), True),
+    (400, refusal("content_policy_violation"), True),
+    (400, refusal("invalid_prompt"), True),
+    (400, refusal("string_above_max_length"), True),
+    (400, refusal(None, param="prompt"), True),
+    (400, refusal(None, param="input"), True),
+    (400, {"error": {"code": "context_length_exceeded"}}, True),
+    (400, refusal("unknown_parameter", param="temperature"), False),
+    (400, refusal("model_not_found"), False),
+    (400, refusal(["not", "a", "code"]), False),
+    (400, {"message": "vLLM shape", "code": "context_length_exceeded"}, False),  # not OpenAI's shape
+    (400, b"<html>Bad Request</html>", False),
+    (400, b"[1, 2]", False),
+    (404, refusal("context_length_exceeded"), False),  # only a 400 blames a prompt
+    (422, refusal(None, param="prompt"), False),
+    (429, RPM_429, False),
+    (500, refusal("context_length_exceeded"), False),
+])
+def test_which_refusals_blame_a_prompt(status, body, blames):
+    assert classify(status, {}, body).blames_prompt is blames
+
+
+def test_only_a_refusal_can_blame_a_prompt():
+    with pytest.raises(ValueError):
+        Verdict(Action.RETRY, "server_error", blames_prompt=True)
+
+
+@pytest.mark.parametrize("status, body, rate_limited", [
+    (429, RPM_429, True),
+    (429, err("quota", code="insufficient_quota"), False),
+    (400, err("no", code="rate_limit_exceeded"), False),  # a refusal naming the code is not a 429
+    (503, None, False),
+    (200, b"{}", False),
+])
+def test_rate_limited_means_a_429_that_will_be_retried(status, body, rate_limited):
+    assert classify(status, {}, body).rate_limited is rate_limited
+
+
+# --- decide(): what to do about one outcome -------------------------------------------------
+
+OK = Verdict(Action.OK, "ok")
+QUOTA_STOP = Verdict(Action.STOP_RUN, "insufficient_quota", "out of credit")
+PLAIN_400 = Verdict(Action.FAIL_JOB, "invalid_request", "bad field")
+PROMPT_400 = Verdict(Action.FAIL_JOB, "context_length_exceeded", "too long", blames_prompt=True)
+PACED_429 = Verdict(Action.RETRY, "rate_limit_exceeded", "slow down", delay=1.5)
+BARE_429 = Verdict(Action.RETRY, "rate_limit_exceeded", "slow down")
+SERVER_500 = Verdict(Action.RETRY, "server_error", "oops")
+SERVER_503_DELAY = Verdict(Action.RETRY, "server_error", "busy", delay=4.0)
+TIMED_OUT = Verdict(Action.RETRY, "timeout", "read timed out")
+
+DECISIONS = [
+    # (name, verdict, packed, attempts before, max_attempts) -> (step, counts, attempts after)
+    ("ok", OK, False, Attempts(), 6, Step.SUCCEED, False, Attempts(1, 0, 0)),
+    ("ok after retries", OK, True, Attempts(3, 2, 1), 6, Step.SUCCEED, False, Attempts(4, 2, 1)),
+    ("quota stops", QUOTA_STOP, False, Attempts(), 6, Step.STOP_RUN, False, Attempts(1, 0, 0)),
+    ("400 fails a single job", PLAIN_400, False, Attempts(), 6, Step.FAIL, False, Attempts(1, 0, 0)),
+    ("400 shared by a pack fails it whole", PLAIN_400, True, Attempts(), 6,
+     Step.FAIL, False, Attempts(1, 0, 0)),
+    ("prompt 400 of a pack bisects", PROMPT_400, True, Attempts(), 6,
+     Step.BISECT, False, Attempts(1, 0, 0)),
+    ("prompt 400 of a single job fails it", PROMPT_400, False, Attempts(), 6,
+     Step.FAIL, False, Attempts(1, 0, 0)),
+    ("paced 429 is pacing", PACED_429, False, Attempts(), 6, Step.RETRY_PACED, False, Attempts(1, 1, 0)),
+    ("every 4th paced 429 counts", PACED_429, True, Attempts(3, 3, 0), 6,
+     Step.RETRY_PACED, True, Attempts(4, 4, 1)),
+    ("429 without a delay backs off", BARE_429, False, Attempts(), 6,
+     Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
+    ("500 backs off", SERVER_500, False, Attempts(), 6, Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
+    ("503 with a delay sleeps it", SERVER_503_DELAY, False, Attempts(), 6,
+     Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
+    ("timeout backs off", TIMED_OUT, True, Attempts(2, 0, 2), 6,
+     Step.RETRY_AFTER_SLEEP, True, Attempts(3, 0, 3)),
+    ("last attempt gives up", SERVER_500, False, Attempts(5, 0, 5), 6, Step.FAIL, True, Attempts(6, 0, 6)),
+    ("max_attempts 1: no retry", TIMED_OUT, False, Attempts(), 1, Step.FAIL, True, Attempts(1, 0, 1)),
+    ("a counting paced 429 can give up", PACED_429, False, Attempts(10, 7, 5), 6,
+     Step.FAIL, True, Attempts(11, 8, 6)),
+    ("an uncounted paced 429 never gives up", PACED_429, False, Attempts(10, 6, 5), 6,
+     Step.RETRY_PACED, False, Attempts(11, 7, 5)),
+]
+
+
+@pytest.mark.parametrize("name, verdict, packed, before, max_attempts, step, counts, after", DECISIONS,
+                         ids=[d[0] for d in DECISIONS])
+def test_decide_table(name, verdict, packed, before, max_attempts, step, counts, after):
+    decision = decide(verdict, before, packed=packed, max_attempts=max_attempts)
+    assert (decision.step, decision.counts, decision.attempts) == (step, counts, after)
+    assert decision.code == verdict.code
+
+
+def test_giving_up_says_how_many_requests_it_took():
+    decision = decide(SERVER_500, Attempts(5, 0, 5), packed=False, max_attempts=6)
+    assert decision.message == "gave up after 6 requests: oops"
+    paced = decide(PACED_429, Attempts(10, 7, 5), packed=False, max_attempts=6)
+    assert paced.message == "gave up after 11 requests, 8 of them rate-limited: slow down"
+    assert decide(PLAIN_400, Attempts(), packed=False, max_attempts=6).message == "bad field"
+
+
+def test_only_every_fourth_paced_429_counts_as_an_attempt():
+    attempts, counted = Attempts(), []
+    for _ in range(3 * RATE_LIMITED_PER_ATTEMPT):
+        decision = decide(PACED_429, attempts, packed=False, max_attempts=100)
+        attempts = decision.attempts
+        counted.append(decision.counts)
+    assert counted == ([False] * (RATE_LIMITED_PER_ATTEMPT - 1) + [True]) * 3
+    assert attempts == Attempts(12, 12, 3)
+
+
+def test_a_sleep_is_the_server_delay_or_backoff_for_this_attempt():
+    with_delay = decide(SERVER_503_DELAY, Attempts(), packed=False, max_attempts=6)
+    assert 4.0 <= with_delay.wait(Backoff(rng=random.Random(0))) <= 4.0 + SERVER_DELAY_JITTER_S
+    backoff = decide(SERVER_500, Attempts(2, 0, 2), packed=False, max_attempts=6)
+    assert backoff.wait(Backoff(rng=random.Random(5))) == Backoff(rng=random.Random(5)).delay(2)
+    with pytest.raises(ValueError):
+        decide(PACED_429, Attempts(), packed=False, max_attempts=6).wait(Backoff())
+
+
+def test_decisions_and_attempts_are_validated_when_built():
+    with pytest.raises(ValueError):
+        Decision(Step.RETRY_PACED, SERVER_500, Attempts(1, 0, 1), "oops")  # no delay to wait out
+    with pytest.raises(ValueError):
+        Decision(Step.BISECT, SERVER_500, Attempts(1, 0, 1), "oops")
+    with pytest.raises(ValueError):
+        Decision(Step.SUCCEED, PLAIN_400, Attempts(1, 0, 0), "")
+    with pytest.raises(ValueError):
+        Attempts(sent=1, paced=2)
+    with pytest.raises(ValueError):
+        Attempts(sent=-1)
+    with pytest.raises(ValueError):
+        decide(OK, Attempts(), packed=False, max_attempts=0)

@@ -78,7 +78,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     `retry-after-ms` (milliseconds) wins over `retry-after` (seconds, or an HTTP date); a header
     that is garbage, negative, inf or nan is ignored as if absent. An HTTP date is measured from
     `now` (epoch seconds, default `time.time()`); a date already past means "retry now" (0.0).
-    No cap is applied here: capping is retry policy (`runner.retry.MAX_SERVER_DELAY_S`).
+    No cap is applied here: capping is retry policy (`runner.outcome.MAX_SERVER_DELAY_S`).
     """
     raw_ms = _get(headers, RETRY_AFTER_MS)
     if raw_ms is not None:

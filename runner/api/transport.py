@@ -2,7 +2,9 @@
 
 Everything above this line is tested with scripted functions (no server); `aiohttp_sender` is the
 real one. `send` returns any answer the server gives, whatever its status, and raises only when no
-answer arrived (timeouts, refused or reset connections, a body cut short).
+answer arrived: `APITimeoutError` when a timeout fired, `APIConnectionError` otherwise (refused or
+reset connections, a body cut short, an HTTP answer aiohttp cannot parse), each raised from the
+original aiohttp or OS error (`no_answer_error`). Their messages are masked (`runner.redact`).
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
+
+from runner.errors import APIConnectionError, APITimeoutError, describe
+from runner.redact import mask_secrets
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0  # a completion with many output tokens can take a while
@@ -32,6 +37,22 @@ class HttpResponse:
 
 Send = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
+# What aiohttp and the OS raise when no answer arrived. (TimeoutError is asyncio.TimeoutError and
+# aiohttp.ServerTimeoutError; it is an OSError too.)
+NO_ANSWER_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
+
+
+def no_answer_error(exc: TimeoutError | aiohttp.ClientError | OSError) -> APIConnectionError:
+    """The tree's error for one of `NO_ANSWER_ERRORS`: `APITimeoutError` for a timeout, else
+    `APIConnectionError`, with a one-line, masked message naming the original error."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # We never raise for a status, so this is aiohttp failing to parse the answer (a broken
+        # proxy, an oversized header): no answer from the API, worth another try.
+        return APIConnectionError(mask_secrets(f"malformed HTTP answer: {exc.message}"))
+    if isinstance(exc, TimeoutError):
+        return APITimeoutError(mask_secrets(describe(exc)))
+    return APIConnectionError(mask_secrets(describe(exc)))
+
 
 def open_session(*, max_connections: int, connect_timeout: float = CONNECT_TIMEOUT_S,
                  read_timeout: float = READ_TIMEOUT_S) -> aiohttp.ClientSession:
@@ -46,13 +67,16 @@ def open_session(*, max_connections: int, connect_timeout: float = CONNECT_TIMEO
 
 
 def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
-    """A `send` function over an aiohttp session."""
+    """A `send` function over an aiohttp session; see the module docstring for what it raises."""
 
     async def send(request: HttpRequest) -> HttpResponse:
-        async with session.request(request.method, request.url, headers=request.headers,
-                                   data=request.body) as response:
-            body = await response.read()
-            headers = {k.lower(): v for k, v in response.headers.items()}
-            return HttpResponse(response.status, headers, body)
+        try:
+            async with session.request(request.method, request.url, headers=request.headers,
+                                       data=request.body) as response:
+                body = await response.read()
+                headers = {k.lower(): v for k, v in response.headers.items()}
+                return HttpResponse(response.status, headers, body)
+        except NO_ANSWER_ERRORS as exc:
+            raise no_answer_error(exc) from exc
 
     return send

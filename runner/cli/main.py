@@ -16,8 +16,8 @@ from rich.console import Console
 import orjson
 
 from runner.exit_codes import EXIT_BUG, EXIT_USAGE
+from runner.redact import redact
 from runner.report.log import RunLog
-from runner.report.stats import redact
 from runner.report.summary import summary_dict, summary_lines
 from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig

@@ -23,13 +23,15 @@ import aiofiles.os
 import orjson
 
 from jobs.results import OutputState
+from runner.errors import StopRunError
 from runner.files.lines import LineSplitter
+from runner.redact import redact_bytes
 
 FSYNC_INTERVAL_S = 1.0  # at most this much of the newest results is at risk from a power cut
 READ_CHUNK = 1 << 20
 
 
-class CheckpointError(Exception):
+class CheckpointError(StopRunError):
     """The output cannot serve as a checkpoint: locked by another run, a directory, or it cannot
     be read, repaired, written or synced (the message says which)."""
 
@@ -172,7 +174,7 @@ class Checkpoint:
         self.path = path
         self._fsync = fsync
         # an API key must never land in a result line, even if a server echoes it back
-        self._secrets = tuple(s.encode() for s in secrets if len(s) >= 8)
+        self._secrets = tuple(secrets)
         self._fd: int | None = None
         self._dirty = False
         self.written = 0
@@ -193,10 +195,7 @@ class Checkpoint:
     def append(self, record: dict[str, Any]) -> None:
         """Hand one result line to the OS at once (one write: whole, or not at all, on a kill)."""
         assert self._fd is not None, "Checkpoint.open() first"
-        data = orjson.dumps(record) + b"\n"
-        for secret in self._secrets:
-            if secret in data:
-                data = data.replace(secret, b"[REDACTED]")
+        data = redact_bytes(orjson.dumps(record) + b"\n", self._secrets)
         size = None  # the file's size before this line, known once a write fell short
         try:
             written = os.write(self._fd, data)  # one write: whole, or not at all on a kill

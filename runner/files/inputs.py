@@ -28,6 +28,7 @@ import aiofiles.threadpool
 
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, JobReader
+from runner.errors import UnusableInput
 from runner.files.compression import MAGIC_BYTES, CompressionError, Decompressor, refusal, sniff
 from runner.files.lines import LineSplitter
 
@@ -39,7 +40,7 @@ class UnreadableInput(Exception):
     """INPUT cannot be opened or read (`input_lines`); the message names it and says why."""
 
 
-class UnreadableFormat(UnreadableInput):
+class UnreadableFormat(UnreadableInput, UnusableInput):
     """INPUT is compressed in a format we do not read, or its compressed data is corrupt or cut
     short (raised by every reader, sync or async); the message names INPUT and what to do."""
 

@@ -1,11 +1,17 @@
 """The dispatcher: jobs in, one result line per job out, under the API's budgets.
 
     input lines ─► producer ─► Request tasks ─► lane: slot ─► limiter.acquire ─► send ─► classify
-                   (resume filter,               (one lane per endpoint+model)           │
-                    packing)                                                 OK: one line per job
-                                                                             RETRY: backoff / 429 debt
-                                                                             FAIL_JOB: error line(s), bisect
-                                                                             STOP_RUN: stop() — quota, auth
+                   (resume filter,               (one lane per endpoint+model)              │
+                    packing)                                                              decide
+                                                                                            │
+                                                              SUCCEED: one line per job
+                                                              RETRY_PACED: the limiter holds the 429 debt
+                                                              RETRY_AFTER_SLEEP: server delay or backoff
+                                                              FAIL: error line(s) · BISECT: send the halves
+                                                              STOP_RUN: stop() — quota, auth
+
+The outcome policy (what an answer means, whether to retry, bisect or give up) is
+`runner.outcome`'s; the dispatcher acts on its decisions.
 
 Invariants:
 - a job is written at most once per run, and only with its final outcome; a job the run did not
@@ -30,18 +36,19 @@ from typing import Any
 
 import orjson
 
-from jobs import tokens
+from jobs import codes, tokens
 from jobs.job import Job
 from jobs.packing import Budget, MissingChoices, Packer, Request, halves, single, split_response
-from jobs.reader import BadLine, Duplicate
-from jobs.results import DUPLICATE, OutputState, RecordIds, error_record, success_record
-from runner.files.checkpoint import CheckpointError
+from jobs.reader import BadLine, Duplicate, NotAJobFile
+from jobs.codes import DUPLICATE
+from jobs.results import OutputState, RecordIds, error_record, success_record
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
+from runner.errors import BadResponseError, RunnerError, StopRunError, UnusableInput
 from runner.pacing.limiter import Limiters, RateLimiter, RequestTooLarge
 from runner.report.stats import RunStats
+from runner.outcome import Action, Attempts, Backoff, Step, Verdict, classify, decide
 from runner.tokenizer import token_counter
-from runner.retry import Action, Backoff, Verdict, classify, classify_bad_response, retry_delay
 from runner.api.transport import HttpRequest, HttpResponse, Send
 
 MAX_ATTEMPTS = 6
@@ -53,7 +60,6 @@ PENDING_PER_SLOT = 4          # requests waiting for budget, per concurrency slo
 MAX_PENDING_JOBS = 16_384     # jobs inside the dispatcher at once (bounds memory with packing)
 PACK_FLUSH_S = 0.05           # send partial packs when the input pauses this long
 GRACE_S = 5.0                 # how long answers already on the wire may take after stop()
-RATE_LIMITED_PER_ATTEMPT = 4  # 429s with a retry-after that count as one attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +111,7 @@ class Room:
         self._freed.set()
 
 
-class InputError(Exception):
+class InputError(StopRunError):
     """The input could not be read to its end (an I/O error); the run stops, resumable."""
 
 
@@ -156,28 +162,6 @@ class Slots:
             if not fut.done():
                 self._used += 1
                 fut.set_result(None)
-
-
-# Refusals that one prompt of a pack can cause: worth bisecting to find it.
-PROMPT_ERROR_CODES = frozenset({"context_length_exceeded", "content_filter", "content_policy_violation",
-                                "invalid_prompt", "string_above_max_length"})
-
-
-def _blames_a_prompt(response: HttpResponse | None) -> bool:
-    """Whether a refused pack may be one prompt's fault, so bisecting finds the guilty job(s).
-
-    Yes for a 400 whose code is a prompt-level one (context length, content filter), or whose
-    `param` names the prompt list. No for anything else (an unknown field, model or value is shared
-    by every job of the pack: bisecting would spend two requests per job to learn nothing)."""
-    if response is None or response.status != 400:
-        return False
-    try:
-        error = orjson.loads(response.body).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        return False
-    if not isinstance(error, dict):
-        return False
-    return error.get("code") in PROMPT_ERROR_CODES or error.get("param") in ("prompt", "input")
 
 
 @dataclass(slots=True)
@@ -279,12 +263,13 @@ class Dispatcher:
         try:
             await asyncio.wait({finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
             failure = finished.exception() if finished.done() and not finished.cancelled() else None
+            expected = isinstance(failure, (StopRunError, UnusableInput))
             if failure is not None:
-                self.stop(str(failure) if isinstance(failure, (InputError, CheckpointError))
-                          else f"internal error: {failure!r}")
+                self.stats.unusable_input = isinstance(failure, UnusableInput)
+                self.stop(str(failure) if expected else f"internal error: {failure!r}")
             if self.stopping:
                 await self._shutdown(producer)
-            if failure is not None and not isinstance(failure, (InputError, CheckpointError)):
+            if failure is not None and not expected:
                 raise failure  # a bug: the caller reports it
         finally:
             for task in (producer, finished, stopped):
@@ -310,12 +295,19 @@ class Dispatcher:
         await asyncio.gather(producer, *self._tasks, return_exceptions=True)
 
     async def _produce(self, items: AsyncIterable[Job | BadLine | Duplicate], state: OutputState) -> None:
-        lines: asyncio.Queue[Job | BadLine | Duplicate | None] = asyncio.Queue(maxsize=1024)
+        lines: asyncio.Queue[Job | BadLine | Duplicate | RunnerError | None] = asyncio.Queue(maxsize=1024)
 
         async def read() -> None:
             try:
                 async for item in items:
                     await lines.put(item)
+            except UnusableInput as exc:
+                await lines.put(exc)
+                return
+            except NotAJobFile as exc:  # its last bad line is reported like the others first
+                await lines.put(exc.last)
+                await lines.put(UnusableInput(str(exc)))
+                return
             except Exception as exc:  # an unreadable input must end the run, not hang it
                 await lines.put(InputError(f"cannot read the input: {exc}"))
                 return
@@ -334,7 +326,7 @@ class Dispatcher:
                     item = await lines.get()
                 if item is None:
                     break
-                if isinstance(item, InputError):
+                if isinstance(item, (InputError, UnusableInput)):
                     raise item
                 await self._submit_all(self._admit(item, state))
             if not self.stopping:
@@ -366,7 +358,7 @@ class Dispatcher:
             return []
         overflow = tokens.context_overflow(item.url, item.body, self._counter)
         if overflow is not None:
-            self._fail_jobs((item,), "context_length_exceeded", overflow)
+            self._fail_jobs((item,), codes.CONTEXT_LENGTH_EXCEEDED, overflow)
             return []
         return self._packer.add(item, tokens.rate_limit_charge(item.url, item.body))
 
@@ -391,7 +383,7 @@ class Dispatcher:
         if task.cancelled() or task.exception() is None or self.stopping:
             return
         exc = task.exception()
-        if isinstance(exc, CheckpointError):
+        if isinstance(exc, StopRunError):
             self.stop(str(exc))
         else:
             self._log(f"internal error: {exc!r}")
@@ -402,7 +394,7 @@ class Dispatcher:
     async def _process(self, request: Request) -> None:
         lane = self._lane(request.model)
         limiter = lane.limiter
-        attempt = rate_limited_attempts = sends = 0
+        attempts = Attempts()
         while not self.stopping:
             # Slots first (the lane's, then the run's), then the budget: a request is admitted
             # only when it can be sent at once, so requests held back by the concurrency cap never
@@ -420,7 +412,6 @@ class Dispatcher:
                     if self.stopping:
                         limiter.on_failure()  # admitted but never sent
                         return
-                    sends += 1
                     verdict, answers, response = await self._attempt(request, http, lane, charged)
                 finally:
                     self.slots.release()
@@ -430,31 +421,27 @@ class Dispatcher:
                 if request.packed:  # packed before the budget was known: send it in halves
                     await asyncio.wait([self._spawn(self._process(part)) for part in halves(request)])
                 else:
-                    self._fail_jobs(request.jobs, "request_too_large", str(too_large))
+                    self._fail_jobs(request.jobs, codes.REQUEST_TOO_LARGE, str(too_large))
                 return
-            if verdict.action is Action.OK:
+            decision = decide(verdict, attempts, packed=request.packed,
+                              max_attempts=self.config.max_attempts)
+            attempts = decision.attempts
+            if decision.step is Step.SUCCEED:
                 self._succeed(request, answers, response)
                 return
-            if verdict.action is Action.STOP_RUN:
+            if decision.step is Step.STOP_RUN:
                 self.stop(f"{verdict.code}: {verdict.message}")
                 return
-            if verdict.action is Action.FAIL_JOB:
-                await self._fail_request(request, verdict, response)
+            if decision.step is Step.FAIL:
+                self._fail_jobs(request.jobs, decision.code, decision.message, response)
                 return
-            pacing = verdict.code == "rate_limit_exceeded" and verdict.delay is not None
-            attempt += 1
-            if pacing:  # a 429 that says when to come back is pacing, not failure: it counts less
-                rate_limited_attempts += 1
-                attempt -= rate_limited_attempts % RATE_LIMITED_PER_ATTEMPT != 0
-            if attempt >= self.config.max_attempts:
-                paced = f", {rate_limited_attempts} of them rate-limited" if rate_limited_attempts else ""
-                self._fail_jobs(request.jobs, verdict.code,
-                                f"gave up after {sends} requests{paced}: {verdict.message}", response)
+            if decision.step is Step.BISECT:
+                await self._bisect(request, verdict)
                 return
             self.stats.retries += 1
-            if pacing:
+            if decision.step is Step.RETRY_PACED:
                 continue  # the limiter now holds the debt; waiting there is exactly long enough
-            await self._sleep(retry_delay(verdict, attempt - 1, self._backoff))
+            await self._sleep(decision.wait(self._backoff))
 
     async def _attempt(self, request: Request, http: HttpRequest, lane: Lane, charged: int
                        ) -> tuple[Verdict, list[dict[str, Any]] | None, HttpResponse | None]:
@@ -474,7 +461,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             limiter.on_failure()
             raise
-        except Exception as exc:  # no answer: timeouts, resets, refused connections
+        except Exception as exc:  # no answer (APIConnectionError), or a bug in `send`
             limiter.on_failure()
             return classify(None, {}, None, exc=exc), None, None
         finally:
@@ -482,7 +469,7 @@ class Dispatcher:
             self.stats.in_flight -= 1
         info = RateLimitInfo.from_headers(response.headers)
         verdict = classify(response.status, response.headers, response.body)
-        if response.status == 429 and verdict.action is Action.RETRY:
+        if verdict.rate_limited:
             self.stats.rate_limited += 1
             limiter.on_rate_limited(verdict.delay, info)
             return verdict, None, response
@@ -492,8 +479,8 @@ class Dispatcher:
         if verdict.action is Action.OK:
             try:
                 answers = split_response(request, orjson.loads(response.body))
-            except (orjson.JSONDecodeError, MissingChoices) as exc:
-                return classify_bad_response(str(exc)), None, response
+            except (orjson.JSONDecodeError, MissingChoices) as exc:  # jobs/ knows no runner errors
+                return classify(None, {}, None, exc=BadResponseError(str(exc))), None, response
             return verdict, answers, response
         return verdict, None, response
 
@@ -524,14 +511,9 @@ class Dispatcher:
             self.stats.add_usage(job.model, answer.get("usage"))
         self.stats.succeeded += len(request.jobs)
 
-    async def _fail_request(self, request: Request, verdict: Verdict,
-                            response: HttpResponse | None) -> None:
-        """A permanent refusal. A pack refused for something one prompt can cause is split in two
-        and each half sent again (bisection), so only the guilty jobs fail; any other refusal is
-        shared by every job of the pack, so all fail at once (see `_blames_a_prompt`)."""
-        if not request.packed or not _blames_a_prompt(response):
-            self._fail_jobs(request.jobs, verdict.code, verdict.message, response)
-            return
+    async def _bisect(self, request: Request, verdict: Verdict) -> None:
+        """A pack refused for something one prompt can cause: each half is sent again, recursively,
+        so only the guilty jobs fail (`decide` chose this; other refusals fail the whole pack)."""
         if self.stopping:
             return
         parts = halves(request)

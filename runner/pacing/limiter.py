@@ -35,6 +35,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from runner.api.headers import RateLimitInfo
+from runner.errors import RunnerError
 
 __all__ = [
     "ChargeAudit",
@@ -106,7 +107,7 @@ slack absorbs the difference between our admission time and the server's."""
 _REQUEST = 1  # one request costs one unit of the requests bucket
 
 
-class RequestTooLarge(ValueError):
+class RequestTooLarge(RunnerError, ValueError):
     """A request needs more tokens than the whole per-minute TPM: no wait can ever admit it."""
 
     def __init__(self, tokens: int, tpm: float) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
-from runner.report.stats import redact
+from runner.redact import redact
 
 
 class RunLog:

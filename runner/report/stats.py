@@ -1,13 +1,12 @@
 """Run statistics: counters the dispatcher bumps, read by the progress display and the summary
-(`runner.report.summary`); and `redact`, which keeps secrets out of the log and the summary."""
+(`runner.report.summary`)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from jobs.usage import usage_count
-from runner.exit_codes import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
+from runner.exit_codes import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED, EXIT_USAGE
 
 
 @dataclass(slots=True)
@@ -43,6 +42,7 @@ class RunStats:
     model_charged: Counter = field(default_factory=Counter)    # model -> rate-limit tokens charged
     limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # model -> (rpm, tpm)
     stop_reason: str | None = None
+    unusable_input: bool = False  # stopped because the input cannot be run at all (exit 2)
 
     @property
     def failed_total(self) -> int:
@@ -61,21 +61,12 @@ class RunStats:
             entry.completion_tokens += usage_count(usage.get("completion_tokens"))
 
     def exit_code(self) -> int:
-        """0: all jobs succeeded; 1: finished, some failed; 3: stopped early, resumable."""
+        """0: all jobs succeeded; 1: finished, some failed; 2: stopped because the input cannot be
+        run (not a job file, an unreadable compression); 3: stopped early, resumable."""
         if self.stop_reason is not None:
-            return EXIT_STOPPED
+            return EXIT_USAGE if self.unusable_input else EXIT_STOPPED
         if self.failed_total or self.kept_failed or self.bad_lines or self.duplicates:
             return EXIT_SOME_FAILED
         return EXIT_OK
 
 
-REDACTED = "[REDACTED]"
-MIN_SECRET_LEN = 8  # shorter strings are not treated as secrets (they would redact ordinary words)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced by REDACTED."""
-    for secret in secrets:
-        if len(secret) >= MIN_SECRET_LEN and secret in text:
-            text = text.replace(secret, REDACTED)
-    return text

@@ -85,6 +85,9 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
                      f"{rates}{cost_text}")
     if data["estimated_cost_usd"] is not None:
         lines.append(f"estimated cost: ${data['estimated_cost_usd']:,.4f} at list prices")
-    if stats.stop_reason:
+    if stats.stop_reason and stats.unusable_input:
+        lines.append("STOPPED: the input cannot be run as it is (see above); results written so far "
+                     "are kept")
+    elif stats.stop_reason:
         lines.append(f"STOPPED EARLY ({stats.stop_reason}); run the same command again to resume")
     return lines

@@ -1,22 +1,18 @@
-"""The retry policy, in one place: what a failed call means, and how long to wait before the next try.
+"""The outcome policy, in one place: what a call's outcome means and what to do about it.
 
-`classify()` turns what came back from one call — a status, headers and body, or the exception
-raised when nothing came back — into a `Verdict`: retry (after the server's delay, or backoff),
-fail this job, stop the whole run, or OK. The dispatcher never looks at status codes itself.
+Two pure steps, the same for every backend (the live dispatcher, or one reading Batch API results):
 
-Errors, for code that needs to raise (a `send` stub, the response parser, the dispatcher stopping
-the run); `classify(exc=...)` understands every one of them::
+1. `classify()`, the only code that reads statuses, headers and bodies, turns what came back from
+   one call (an answer, or the exception raised when none came) into a `Verdict`: OK, retry (after
+   the server's delay, or backoff), fail the job(s), or stop the whole run; and whether a refusal
+   may be one prompt's fault.
+2. `decide()` turns a Verdict, whether the request is a pack, and what the request has spent so
+   far (`Attempts`) into a `Decision`: succeed, retry when the limiter admits it (it holds the
+   server's delay as debt), retry after a sleep, fail, bisect the pack, or stop the run; and
+   whether this outcome counted against `--max-attempts`.
 
-    RunnerError
-     ├── APIError (status, body, request_id, headers)     an answer with a non-2xx status
-     │    ├── RateLimitError         429 rate_limit_exceeded          -> retry
-     │    ├── QuotaExceededError     429 insufficient_quota           -> stops the run
-     │    ├── AuthenticationError    401 / 403                        -> stops the run
-     │    ├── BadRequestError        400 / 404 / 422 / other 4xx      -> fails the job, no retry
-     │    └── ServerError            408 / 409 / 5xx                  -> retry
-     ├── APIConnectionError          no answer arrived                -> retry
-     │    └── APITimeoutError        ... because a timeout fired       -> retry
-     └── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
+Backends act on decisions and never look at status codes; the errors they raise (`runner.errors`)
+are classified too (`classify(exc=...)`).
 
 Retry timing: the server's delay (`retry-after-ms`, `retry-after`, the `x-ratelimit-reset-*`
 header of the exhausted budget, or Azure's "Please retry after N seconds") wins, capped at
@@ -33,17 +29,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
-from jobs.results import TRANSIENT_CODES, is_transient
+from jobs import codes
 from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
+from runner.api.transport import NO_ANSWER_ERRORS, no_answer_error
+from runner.errors import (
+    APIConnectionError, APIError, APITimeoutError, AuthenticationError, BadRequestError,
+    BadResponseError, QuotaExceededError, RateLimitError, ServerError, describe,
+)
+from runner.redact import mask_secrets
 
 __all__ = [
     "MAX_SERVER_DELAY_S", "SERVER_DELAY_JITTER_S", "BACKOFF_BASE_S", "BACKOFF_CAP_S",
-    "MAX_MESSAGE_CHARS", "TRANSIENT_CODES", "is_transient",
-    "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
-    "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError", "BadResponseError",
+    "MAX_MESSAGE_CHARS", "RATE_LIMITED_PER_ATTEMPT",
     "Action", "Verdict", "classify", "classify_bad_response", "api_error", "Backoff", "retry_delay",
+    "Step", "Attempts", "Decision", "decide",
 ]
 
 MAX_SERVER_DELAY_S = 60.0  # a server-directed wait longer than this is cut to this
@@ -51,83 +50,19 @@ SERVER_DELAY_JITTER_S = 0.5  # added on top of a server delay so waiters don't r
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 MAX_MESSAGE_CHARS = 500  # error messages written into result lines are trimmed to this
+RATE_LIMITED_PER_ATTEMPT = 4  # 429s with a server delay that together count as one attempt
 
-OK_CODE = "ok"
-BAD_RESPONSE = "bad_response"
-RATE_LIMITED = "rate_limit_exceeded"
-QUOTA = "insufficient_quota"
-INVALID_API_KEY = "invalid_api_key"
-PERMISSION_DENIED = "permission_denied"
-SERVER_ERROR = "server_error"
-TIMEOUT = "timeout"
-CONNECTION_ERROR = "connection_error"
-INTERNAL_ERROR = "internal_error"  # a bug on our side, not the job's fault
-UNEXPECTED_STATUS = "unexpected_status"
+OK_CODE = "ok"  # the code of an OK verdict; never written into a result line
 
 # Default result code of a 4xx that fails the job when the body names none.
-_CLIENT_ERROR_CODES = {400: "invalid_request", 404: "not_found", 413: "request_too_large",
-                       422: "unprocessable"}
+_CLIENT_ERROR_CODES = {400: codes.INVALID_REQUEST, 404: codes.NOT_FOUND,
+                       413: codes.REQUEST_TOO_LARGE, 422: codes.UNPROCESSABLE}
 _RETRY_STATUSES = frozenset({408, 409})
 
-# An API key as OpenAI-style services print it ("sk-...", "sk-proj-...", masked "sk-abc***xyz").
-_API_KEY = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*.]{3,}")
-# A secret in a URL's query string ("?api-key=...", "&sig=...") as a connection error may print it.
-_SECRET_PARAM = re.compile(r"\b(api[-_]?key|key|token|sig|code)=[^&\s'\"]+", re.IGNORECASE)
 _CODE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 # Azure / OpenAI prose: "Please retry after 2 seconds", "Please try again in 1.5s" / "in 6m0s".
 _MESSAGE_DELAY = re.compile(
     r"(?:retry after|try again in)\s+((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s)?)+)", re.IGNORECASE)
-
-
-class RunnerError(Exception):
-    """Base of every error this package raises about a call to the API."""
-
-
-class APIError(RunnerError):
-    """The API answered with a non-2xx status. `headers` are the response's, never the request's."""
-
-    def __init__(self, message: str, *, status: int, body: Any = None,
-                 request_id: str | None = None, headers: Mapping[str, str] | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.body = body
-        self.request_id = request_id
-        self.headers = dict(headers or {})
-        self.code = code
-
-
-class RateLimitError(APIError):
-    """429 rate_limit_exceeded: too many requests or tokens per minute; retried after a wait."""
-
-
-class QuotaExceededError(APIError):
-    """429 insufficient_quota: the account is out of credit; the run stops."""
-
-
-class AuthenticationError(APIError):
-    """401 or 403: the key is wrong or lacks permission; the run stops."""
-
-
-class BadRequestError(APIError):
-    """400, 404, 422 or another 4xx: the job itself is wrong; it fails without a retry."""
-
-
-class ServerError(APIError):
-    """408, 409 or 5xx: the server could not answer this time; retried."""
-
-
-class APIConnectionError(RunnerError):
-    """No answer arrived: the connection was refused, reset, or the body was cut short."""
-
-
-class APITimeoutError(APIConnectionError):
-    """No answer arrived within the connect or read timeout."""
-
-
-class BadResponseError(RunnerError):
-    """A 2xx answer whose body is truncated or malformed JSON, or lacks `choices`/`data`."""
 
 
 class Action(enum.Enum):
@@ -144,13 +79,15 @@ class Verdict:
     `code` is the error code written into the job's result line ("ok" for OK); `message` is
     human-readable, at most `MAX_MESSAGE_CHARS`, and never contains an API key. `delay` is the
     server-directed wait in seconds, already capped at `MAX_SERVER_DELAY_S`; None means "use
-    backoff". Only RETRY verdicts carry a delay.
+    backoff". Only RETRY verdicts carry a delay. `blames_prompt` marks a refusal that one prompt of
+    a packed request can cause (see `classify`); only FAIL_JOB verdicts carry it.
     """
 
     action: Action
     code: str
     message: str = ""
     delay: float | None = None
+    blames_prompt: bool = False
 
     def __post_init__(self) -> None:
         if not self.code:
@@ -160,6 +97,13 @@ class Verdict:
                 raise ValueError("only a RETRY verdict has a delay")
             if not (math.isfinite(self.delay) and 0 <= self.delay <= MAX_SERVER_DELAY_S):
                 raise ValueError(f"delay must be within [0, {MAX_SERVER_DELAY_S}], got {self.delay}")
+        if self.blames_prompt and self.action is not Action.FAIL_JOB:
+            raise ValueError("only a FAIL_JOB verdict blames a prompt")
+
+    @property
+    def rate_limited(self) -> bool:
+        """A 429 rate-limit answer (not quota): the budget's limiter must hear of it."""
+        return self.action is Action.RETRY and self.code == codes.RATE_LIMITED
 
 
 _OK = Verdict(Action.OK, OK_CODE)
@@ -167,11 +111,29 @@ _OK = Verdict(Action.OK, OK_CODE)
 
 def _clean_message(text: str) -> str:
     """One line, no API key, at most MAX_MESSAGE_CHARS."""
-    text = _API_KEY.sub("sk-***", " ".join(text.split()))
-    text = _SECRET_PARAM.sub(r"\1=***", text)
+    text = mask_secrets(" ".join(text.split()))
     if len(text) > MAX_MESSAGE_CHARS:
         text = text[: MAX_MESSAGE_CHARS - 3] + "..."
     return text
+
+
+def _blames_a_prompt(body: bytes | str | Mapping | None) -> bool:
+    """Whether a 400 refusal may be one prompt's fault, so bisecting a refused pack finds the
+    guilty job(s): an OpenAI-shaped body whose `error.code` is a prompt-level one
+    (`jobs.codes.PROMPT_FAULT_CODES`: context length, content filter) or whose `error.param` names
+    the prompt list. Any other refusal (an unknown field, model or value) is shared by every job
+    of the pack: bisecting would spend two requests per job to learn nothing."""
+    if isinstance(body, (bytes, bytearray, memoryview, str)):
+        try:
+            body = json.loads(bytes(body) if not isinstance(body, str) else body)
+        except ValueError:
+            return False
+    error = body.get("error") if isinstance(body, Mapping) else None
+    if not isinstance(error, Mapping):
+        return False
+    code = error.get("code")
+    prompt_code = isinstance(code, str) and code in codes.PROMPT_FAULT_CODES
+    return prompt_code or error.get("param") in ("prompt", "input")
 
 
 def _error_fields(body: bytes | str | Mapping | None) -> tuple[str | None, str | None, str | None]:
@@ -236,26 +198,16 @@ def _rate_limit_delay(headers: Mapping[str, str], kind: str | None, message: str
 def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
     if not isinstance(exc, Exception):
         raise exc  # CancelledError, KeyboardInterrupt: never swallowed as a "failure"
+    if isinstance(exc, NO_ANSWER_ERRORS):
+        exc = no_answer_error(exc)  # as the transport raises it
     if isinstance(exc, APIError):
         return classify(exc.status, exc.headers, exc.body, now=now)
     if isinstance(exc, BadResponseError):
         return classify_bad_response(str(exc))
-    if isinstance(exc, aiohttp.ClientResponseError):
-        # Our transport never raises for a status, so this is aiohttp failing to parse the answer
-        # (a broken proxy, an oversized header): no answer from the API, worth another try.
-        return Verdict(Action.RETRY, CONNECTION_ERROR,
-                       _clean_message(f"malformed HTTP answer: {exc.message}"))
-    try:
-        detail = str(exc)
-    except Exception:  # a broken __str__ must not hide the failure itself
-        detail = ""
-    text = _clean_message(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
-    # TimeoutError (= asyncio.TimeoutError, aiohttp.ServerTimeoutError) is an OSError: test it first.
-    if isinstance(exc, (APITimeoutError, TimeoutError)):
-        return Verdict(Action.RETRY, TIMEOUT, text)
-    if isinstance(exc, (APIConnectionError, aiohttp.ClientError, OSError)):
-        return Verdict(Action.RETRY, CONNECTION_ERROR, text)
-    return Verdict(Action.FAIL_JOB, INTERNAL_ERROR, text)
+    if isinstance(exc, APIConnectionError):
+        code = codes.TIMEOUT if isinstance(exc, APITimeoutError) else codes.CONNECTION_ERROR
+        return Verdict(Action.RETRY, code, _clean_message(str(exc) or describe(exc)))
+    return Verdict(Action.FAIL_JOB, codes.INTERNAL_ERROR, _clean_message(describe(exc)))
 
 
 def classify(status: int | None, headers: Mapping[str, str], body: bytes | str | Mapping | None,
@@ -276,10 +228,14 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
     - 408: RETRY "timeout"; 409 and 5xx: RETRY "server_error"; both honour retry-after.
     - other 4xx: FAIL_JOB with the body's error code ("context_length_exceeded" etc.) or
       "invalid_request" (400) / "not_found" (404) / "request_too_large" (413) /
-      "unprocessable" (422) / "http_<status>".
+      "unprocessable" (422) / "http_<status>". A 400 whose `error.code` is a prompt-level one
+      (`jobs.codes.PROMPT_FAULT_CODES`) or whose `error.param` is "prompt"/"input" blames a prompt.
     - 1xx/3xx: FAIL_JOB "unexpected_status".
-    - timeouts: RETRY "timeout"; connection errors (aiohttp, OSError): RETRY "connection_error";
-      any other exception: FAIL_JOB "internal_error".
+    - `APITimeoutError`: RETRY "timeout"; `APIConnectionError`: RETRY "connection_error", with the
+      error's message; a raw aiohttp / OS error or timeout is classified as the transport would
+      raise it (`runner.api.transport.no_answer_error`); `BadResponseError`: RETRY "bad_response";
+      an `APIError`: as its status, headers and body; any other exception: FAIL_JOB
+      "internal_error".
 
     Delays are capped at `MAX_SERVER_DELAY_S`. Messages come from the body's error message,
     trimmed to `MAX_MESSAGE_CHARS` with any API key masked; request headers are never consulted.
@@ -293,30 +249,32 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
     code, kind, message = _error_fields(body)
     text = _clean_message(message or f"HTTP {status}")
     if status == 429:
-        if QUOTA in (code, kind):
-            return Verdict(Action.STOP_RUN, QUOTA, text)
-        return Verdict(Action.RETRY, RATE_LIMITED, text,
+        if codes.QUOTA in (code, kind):
+            return Verdict(Action.STOP_RUN, codes.QUOTA, text)
+        return Verdict(Action.RETRY, codes.RATE_LIMITED, text,
                        _cap(_rate_limit_delay(headers, kind, message, now)))
     if status == 401:
-        return Verdict(Action.STOP_RUN, INVALID_API_KEY, text)
+        return Verdict(Action.STOP_RUN, codes.INVALID_API_KEY, text)
     if status == 403:
-        return Verdict(Action.STOP_RUN, PERMISSION_DENIED, text)
+        return Verdict(Action.STOP_RUN, codes.PERMISSION_DENIED, text)
     if status in _RETRY_STATUSES or status >= 500:
-        return Verdict(Action.RETRY, TIMEOUT if status == 408 else SERVER_ERROR, text,
+        return Verdict(Action.RETRY, codes.TIMEOUT if status == 408 else codes.SERVER_ERROR, text,
                        _cap(parse_retry_after(headers, now=now)))
     if 400 <= status < 500:
-        return Verdict(Action.FAIL_JOB, code or _CLIENT_ERROR_CODES.get(status, f"http_{status}"),
-                       text)
-    return Verdict(Action.FAIL_JOB, UNEXPECTED_STATUS, text)
+        code = code or _CLIENT_ERROR_CODES.get(status) or codes.http_status_code(status)
+        blames = status == 400 and _blames_a_prompt(body)
+        return Verdict(Action.FAIL_JOB, code, text, blames_prompt=blames)
+    return Verdict(Action.FAIL_JOB, codes.UNEXPECTED_STATUS, text)
 
 
 def classify_bad_response(reason: str) -> Verdict:
     """RETRY "bad_response": a 2xx answer whose body the caller could not use (`reason` says why)."""
-    return Verdict(Action.RETRY, BAD_RESPONSE, _clean_message(reason or "unusable response body"))
+    return Verdict(Action.RETRY, codes.BAD_RESPONSE, _clean_message(reason or "unusable response body"))
 
 
-_ERROR_CLASSES = {RATE_LIMITED: RateLimitError, QUOTA: QuotaExceededError,
-                  INVALID_API_KEY: AuthenticationError, PERMISSION_DENIED: AuthenticationError}
+_ERROR_CLASSES = {codes.RATE_LIMITED: RateLimitError, codes.QUOTA: QuotaExceededError,
+                  codes.INVALID_API_KEY: AuthenticationError,
+                  codes.PERMISSION_DENIED: AuthenticationError}
 
 
 def api_error(status: int, headers: Mapping[str, str], body: bytes | str | Mapping | None, *,
@@ -378,3 +336,126 @@ def retry_delay(verdict: Verdict, attempt: int, backoff: Backoff) -> float:
     if verdict.delay is None:
         return backoff.delay(attempt)
     return min(verdict.delay, MAX_SERVER_DELAY_S) + backoff.rng.uniform(0.0, SERVER_DELAY_JITTER_S)
+
+
+# -- the decision ----------------------------------------------------------------------------------
+
+class Step(enum.Enum):
+    """What a backend does next about one request (see `decide`)."""
+
+    SUCCEED = "succeed"  # write each job's answer
+    RETRY_PACED = "retry_paced"  # send again as soon as the limiter admits it: it holds the delay
+    RETRY_AFTER_SLEEP = "retry_after_sleep"  # sleep `Decision.wait(backoff)`, then send again
+    FAIL = "fail"  # write an error line for every job: `Decision.code`, `Decision.message`
+    BISECT = "bisect"  # send each half of the pack again, so only the guilty jobs fail
+    STOP_RUN = "stop_run"  # nothing else can succeed (bad key, no quota): stop the run, resumably
+
+
+# Which steps each verdict can lead to (a RETRY that used up the attempts fails).
+_STEPS = {
+    Action.OK: frozenset({Step.SUCCEED}),
+    Action.STOP_RUN: frozenset({Step.STOP_RUN}),
+    Action.FAIL_JOB: frozenset({Step.FAIL, Step.BISECT}),
+    Action.RETRY: frozenset({Step.RETRY_PACED, Step.RETRY_AFTER_SLEEP, Step.FAIL}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Attempts:
+    """What one request has spent so far; `decide` returns the next value. Start from `Attempts()`.
+
+    `sent`: outcomes seen (requests sent, answered or not). `paced`: how many of them were 429s
+    that said when to come back. `counted`: attempts used against `--max-attempts`: each retried
+    failure counts one, except paced 429s, of which only every `RATE_LIMITED_PER_ATTEMPT`-th
+    counts (a 429 that names its delay is pacing, not failure).
+    """
+
+    sent: int = 0
+    paced: int = 0
+    counted: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.sent, self.paced, self.counted) < 0:
+            raise ValueError("attempt counters cannot be negative")
+        if self.paced > self.sent or self.counted > self.sent:
+            raise ValueError("paced and counted outcomes are among those sent")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do about one outcome of one request.
+
+    `attempts` are the counters after this outcome: pass them to the next `decide`. `counts` says
+    whether this outcome used up one of `--max-attempts`. `message` is what a FAIL writes into
+    each job's line (the verdict's, or after giving up, how many requests it took and why).
+    """
+
+    step: Step
+    verdict: Verdict
+    attempts: Attempts
+    message: str
+    counts: bool = False
+
+    def __post_init__(self) -> None:
+        if self.step not in _STEPS[self.verdict.action]:
+            raise ValueError(f"a {self.verdict.action.value} verdict cannot lead to "
+                             f"{self.step.value}")
+        if self.step is Step.RETRY_PACED and self.verdict.delay is None:
+            raise ValueError("a paced retry needs the server's delay")
+
+    @property
+    def code(self) -> str:
+        """The error code of a FAIL (and of every other step): the verdict's."""
+        return self.verdict.code
+
+    @property
+    def delay(self) -> float | None:
+        """The server's delay, capped: what a RETRY_PACED waits out in the limiter."""
+        return self.verdict.delay
+
+    def wait(self, backoff: Backoff) -> float:
+        """Seconds to sleep before a RETRY_AFTER_SLEEP: `retry_delay` for this attempt (the
+        server's delay when it gave one, else full-jitter backoff)."""
+        if self.step is not Step.RETRY_AFTER_SLEEP:
+            raise ValueError(f"{self.step.value} does not sleep")
+        return retry_delay(self.verdict, self.attempts.counted - 1, backoff)
+
+
+def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: int) -> Decision:
+    """What to do about `verdict`, the outcome of one request (of `packed` jobs, or one), given
+    what it has spent so far. Pure; the same for every backend. The table::
+
+        verdict                          step                    counts as an attempt
+        OK                               SUCCEED                 -
+        STOP_RUN                         STOP_RUN                -
+        FAIL_JOB, blames_prompt, packed  BISECT                  -
+        FAIL_JOB, otherwise              FAIL                    -
+        RETRY, a 429 with a delay        RETRY_PACED             every RATE_LIMITED_PER_ATTEMPT-th
+        RETRY, otherwise                 RETRY_AFTER_SLEEP       yes
+
+    A RETRY whose count reaches `max_attempts` is a FAIL instead, with the verdict's code and the
+    message "gave up after N requests[, M of them rate-limited]: <verdict's message>".
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    sent = attempts.sent + 1
+    action = verdict.action
+    if action is not Action.RETRY:
+        after = Attempts(sent, attempts.paced, attempts.counted)
+        if action is Action.OK:
+            step = Step.SUCCEED
+        elif action is Action.STOP_RUN:
+            step = Step.STOP_RUN
+        else:
+            step = Step.BISECT if packed and verdict.blames_prompt else Step.FAIL
+        return Decision(step, verdict, after, verdict.message)
+    paced_429 = verdict.rate_limited and verdict.delay is not None
+    paced = attempts.paced + paced_429
+    counts = not paced_429 or paced % RATE_LIMITED_PER_ATTEMPT == 0
+    after = Attempts(sent, paced, attempts.counted + counts)
+    if after.counted >= max_attempts:
+        note = f", {paced} of them rate-limited" if paced else ""
+        return Decision(Step.FAIL, verdict, after,
+                        f"gave up after {sent} requests{note}: {verdict.message}", counts)
+    step = Step.RETRY_PACED if paced_429 else Step.RETRY_AFTER_SLEEP
+    return Decision(step, verdict, after, verdict.message, counts)

@@ -1,0 +1,114 @@
+"""The errors runner raises, one tree rooted in `RunnerError`::
+
+    RunnerError
+     ├── APIError (status, body, request_id, headers)     an answer with a non-2xx status
+     │    ├── RateLimitError         429 rate_limit_exceeded          -> retry
+     │    ├── QuotaExceededError     429 insufficient_quota           -> stops the run
+     │    ├── AuthenticationError    401 / 403                        -> stops the run
+     │    ├── BadRequestError        400 / 404 / 422 / other 4xx      -> fails the job, no retry
+     │    └── ServerError            408 / 409 / 5xx                  -> retry
+     ├── APIConnectionError          no answer arrived                -> retry
+     │    └── APITimeoutError        ... because a timeout fired       -> retry
+     ├── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
+     ├── RequestTooLarge             (runner.pacing.limiter) more tokens than the whole TPM
+     │                                                 -> fails the job; a pack is sent in halves
+     ├── StopRunError                the run cannot go on; it stops early, resumably
+     │    ├── InputError             (runner.live.dispatch) the input cannot be read to its end
+     │    └── CheckpointError        (runner.files.checkpoint) the output cannot be locked, read,
+     │                               repaired, written or synced
+     └── UnusableInput               the input is not something runner can run (not a job file,
+                                     compressed in a format not read, corrupt compressed data):
+                                     the run stops, and rerunning as it is will not help (exit 2)
+
+Why a tree rather than none: the transport (`runner.api.transport`) raises `APIConnectionError`
+or `APITimeoutError` (from the aiohttp or OS error) when no answer arrived, so every backend speaks
+one vocabulary and `runner.outcome.classify(exc=...)` understands every error of the first three
+branches; the API's answers themselves are values (a status and a body), turned into an `APIError`
+only by a caller that must raise one (`runner.outcome.api_error`). The dispatcher catches
+`StopRunError` to stop resumably without importing the modules that raise it; anything else
+escaping it is a bug.
+
+`jobs.packing.MissingChoices` is not in the tree: the `jobs` package is pure and imports nothing
+of `runner`. The dispatcher converts it into a `BadResponseError`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
+    "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError", "BadResponseError",
+    "StopRunError", "UnusableInput", "describe",
+]
+
+
+class RunnerError(Exception):
+    """Base of every error runner raises."""
+
+
+class APIError(RunnerError):
+    """The API answered with a non-2xx status. `headers` are the response's, never the request's."""
+
+    def __init__(self, message: str, *, status: int, body: Any = None,
+                 request_id: str | None = None, headers: Mapping[str, str] | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.body = body
+        self.request_id = request_id
+        self.headers = dict(headers or {})
+        self.code = code
+
+
+class RateLimitError(APIError):
+    """429 rate_limit_exceeded: too many requests or tokens per minute; retried after a wait."""
+
+
+class QuotaExceededError(APIError):
+    """429 insufficient_quota: the account is out of credit; the run stops."""
+
+
+class AuthenticationError(APIError):
+    """401 or 403: the key is wrong or lacks permission; the run stops."""
+
+
+class BadRequestError(APIError):
+    """400, 404, 422 or another 4xx: the job itself is wrong; it fails without a retry."""
+
+
+class ServerError(APIError):
+    """408, 409 or 5xx: the server could not answer this time; retried."""
+
+
+class APIConnectionError(RunnerError):
+    """No answer arrived: the connection was refused, reset, or the body was cut short."""
+
+
+class APITimeoutError(APIConnectionError):
+    """No answer arrived within the connect or read timeout."""
+
+
+class BadResponseError(RunnerError):
+    """A 2xx answer whose body is truncated or malformed JSON, or lacks `choices`/`data`."""
+
+
+class StopRunError(RunnerError):
+    """The run cannot go on for a reason outside the API (its input or output failed): it stops
+    early and resumably, with this error's message as the reason."""
+
+
+class UnusableInput(RunnerError):
+    """The input is not something runner can run: not a job file, compressed in a format it does
+    not read, or corrupt compressed data. The run stops (what was done is kept) and exits 2."""
+
+
+def describe(exc: BaseException) -> str:
+    """`"TypeName: message"`, or just the type's name when the message is empty or cannot be
+    rendered (a broken `__str__` must not hide the failure itself)."""
+    try:
+        detail = str(exc)
+    except Exception:
+        detail = ""
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

@@ -1,0 +1,52 @@
+"""Keeping secrets out of everything runner writes: messages, logs, summaries and result lines.
+
+Two complementary guards:
+
+- `redact` / `redact_bytes` replace the secrets we *know* (the API key in use) wherever they appear,
+  with `REDACTED`. Every log message and summary passes `redact`; every result line passes
+  `redact_bytes` (a server may echo the key back in an error body).
+- `mask_secrets` masks what *looks like* a secret in text from outside (an error message or an
+  exception): OpenAI-style keys (`sk-...`, `sk-proj-...`, a masked `sk-abc***xyz`) become `sk-***`,
+  and secret query parameters in URLs (`?api-key=...`, `&sig=...`) become `api-key=***`.
+
+Strings shorter than `MIN_SECRET_LEN` are never treated as secrets (they would redact ordinary
+words).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+__all__ = ["REDACTED", "MIN_SECRET_LEN", "redact", "redact_bytes", "mask_secrets"]
+
+REDACTED = "[REDACTED]"
+MIN_SECRET_LEN = 8
+
+# An API key as OpenAI-style services print it ("sk-...", "sk-proj-...", masked "sk-abc***xyz").
+_API_KEY = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*.]{3,}")
+# A secret in a URL's query string ("?api-key=...", "&sig=...") as a connection error may print it.
+_SECRET_PARAM = re.compile(r"\b(api[-_]?key|key|token|sig|code)=[^&\s'\"]+", re.IGNORECASE)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret (of at least MIN_SECRET_LEN characters) replaced by REDACTED."""
+    for secret in secrets:
+        if len(secret) >= MIN_SECRET_LEN and secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def redact_bytes(data: bytes, secrets: Iterable[str]) -> bytes:
+    """`redact` for UTF-8 bytes (a result line about to be written)."""
+    for secret in secrets:
+        if len(secret) >= MIN_SECRET_LEN:
+            encoded = secret.encode()
+            if encoded in data:
+                data = data.replace(encoded, REDACTED.encode())
+    return data
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with anything shaped like an API key, or a secret URL parameter, masked."""
+    text = _API_KEY.sub("sk-***", text)
+    return _SECRET_PARAM.sub(r"\1=***", text)
