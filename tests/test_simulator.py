@@ -525,3 +525,56 @@ def test_answer_for_refuses_what_the_server_refuses() -> None:
     assert refused.value.status == 400
     with pytest.raises(ValueError, match="not a path"):
         answer_for("/v1/images", {"model": "m"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Behaviours of other servers (opt-in)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [
+    {"list_prompts": "drop"}, {"list_prompts": None}, {"honour_n": 0}, {"honour_n": "no"},
+])
+def test_config_rejects_unknown_modes(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        SimConfig(**kwargs)
+
+
+async def test_ignored_list_prompt_answers_and_charges_only_the_first_item(session) -> None:
+    async with Simulator(SimConfig(list_prompts="ignore", tpm=60_000), clock=FakeClock()) as sim:
+        url = sim.base_url
+        status, _, body = await post(session, url + "/completions",
+                                     {"model": "m", "prompt": ["alpha", "beta", "gamma"], "n": 2,
+                                      "max_tokens": 3})
+        _, _, emb = await post(session, url + "/embeddings", {"model": "e", "input": ["one", "two"]})
+    assert status == 200
+    assert sorted((c["index"], c["text"]) for c in body["choices"]) == \
+        [(0, completion_text("alpha", 0)), (1, completion_text("alpha", 1))]
+    assert body["usage"]["prompt_tokens"] == text_tokens("alpha")
+    assert [d["index"] for d in emb["data"]] == [0]
+    assert emb["usage"] == {"prompt_tokens": 1, "total_tokens": 1}
+    assert sim.stats.answered == {"alpha": 1, "one": 1} and sim.stats.dropped_prompts == 3
+    assert sim.stats.tokens_charged == (2 + 3 * 2) + 1  # "alpha" with n=2, then "one"
+
+
+async def test_refused_list_prompt_is_a_blank_500_after_admission(session) -> None:
+    async with Simulator(SimConfig(list_prompts="error", rpm=60), clock=FakeClock()) as sim:
+        url = sim.base_url
+        listed = await post(session, url + "/completions", {"model": "m", "prompt": ["a", "b"]})
+        emb = await post(session, url + "/embeddings", {"model": "e", "input": ["a", "b"]})
+        one = await post(session, url + "/completions", {"model": "m", "prompt": ["a"]})
+        plain = await post(session, url + "/embeddings", {"model": "e", "input": "a"})
+    assert listed[0] == emb[0] == 500
+    assert listed[2] == {"error": {"message": "", "type": "None", "param": "None", "code": "500"}}
+    assert listed[1]["x-ratelimit-remaining-requests"] == "59"  # charged like an answered request
+    assert one[0] == plain[0] == 200 and sim.stats.answered == {"a": 2}
+
+
+async def test_dropped_n_gives_one_choice_whatever_n_asks(session) -> None:
+    async with Simulator(SimConfig(honour_n=False)) as sim:
+        _, _, chat = await post(session, sim.base_url + "/chat/completions", chat_body("hi", n=3))
+        _, _, completion = await post(session, sim.base_url + "/completions",
+                                      {"model": "m", "prompt": ["a", "b"], "n": 2})
+    assert [(c["index"], c["message"]["content"]) for c in chat["choices"]] == \
+        [(0, completion_text("hi", 0))]
+    assert sorted((c["index"], c["text"]) for c in completion["choices"]) == \
+        [(0, completion_text("a", 0)), (1, completion_text("b", 0))]
+    assert sim.stats.answered == {"hi": 1, "a": 1, "b": 1} and sim.stats.dropped_choices == 4

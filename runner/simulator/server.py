@@ -20,8 +20,9 @@ What a request meets, in order (the first that applies answers it):
     429  `insufficient_quota` once `config.quota_requests` requests were admitted
     429  request larger than the whole TPM ("Request too large"), never retryable
     429  rate limited on requests or tokens, with `retry-after` / `retry-after-ms`
-         -- from here on the request is admitted and charged; then, with probability
-         `config.fault_rate`, one of `config.faults`:
+         -- from here on the request is admitted and charged;
+    500  a list prompt/input of 2+ items, with `config.list_prompts == "error"` (blank message);
+         then, with probability `config.fault_rate`, one of `config.faults`:
     500 / 503 / connection reset / hang `config.hang_s` then answer / 200 with the body cut in half /
          200 with one choice (or embedding) dropped from a multi-item answer
     200  the answer, its choices in shuffled order (unless `config.shuffle` is False)
@@ -54,7 +55,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -80,6 +81,12 @@ OPENAI_VERSION = "2020-10-01"
 AZURE_DEFAULT_API_VERSION = "v1"  # quoted in Azure v1-shape messages when no api-version is given
 
 KNOWN_FAULTS = frozenset({"500", "503", "hang", "reset", "truncated", "missing_choice"})
+
+# The opt-in behaviours of other servers (SimConfig fields), each value's first entry the default
+LIST_PROMPT_MODES = ("ok", "ignore", "error")
+BUDGET_SCOPES = ("model", "key")
+HEADER_STYLES = ("openai", "litellm", "ietf", "none")
+LIMITERS = ("bucket", "window")
 
 CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
 OPENAI, AZURE, AZURE_V1 = "openai", "azure", "azure_v1"
@@ -203,6 +210,16 @@ def _check_number(name: str, value: float, *, minimum: float, strict: bool) -> N
         raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}")
 
 
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class SimConfig:
     """How the simulated service behaves; checked when built (bad values raise `ValueError`).
@@ -217,6 +234,17 @@ class SimConfig:
     charge_factor: the server charges `ceil(token_charge × charge_factor)` tokens per request, so a
     test can play a service whose accounting differs from the client's estimate (1.0 = the
     documented rule).
+
+    Behaviours of other OpenAI-compatible servers, each off by default:
+
+    list_prompts: what a list `prompt` (completions) or `input` (embeddings) of two or more items
+    gets. "ok": every item answered. "ignore": only the first item is served, charged and answered
+    (one choice per `n`, one embedding, usage for one), as a gateway mock does; the rest is dropped
+    without a word. "error": the request is admitted and charged, then answered 500 with a blank
+    error message, as a local server that takes one prompt does. A one-item list or a string is
+    always served normally.
+    honour_n: False plays a server that drops `n`: completions and chat get one choice (index 0)
+    whatever `n` asks, and are charged for one.
     """
 
     rpm: int | None = None
@@ -232,6 +260,8 @@ class SimConfig:
     seed: int = 0
     api_key: str | None = field(default=None, repr=False)
     charge_factor: float = 1.0
+    list_prompts: str = "ok"
+    honour_n: bool = True
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "quota_requests"):
@@ -264,6 +294,8 @@ class SimConfig:
             raise ValueError("api_key must be a non-empty string or None")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        _check_choice("list_prompts", self.list_prompts, LIST_PROMPT_MODES)
+        _check_flag("honour_n", self.honour_n)
 
 
 @dataclass(slots=True)
@@ -272,7 +304,8 @@ class SimStats:
 
     `answered` counts, per prompt text, the prompts whose every choice was delivered in a complete
     200 body to a client still connected: a prompt answered twice shows a count of 2.
-    `tokens_charged` sums the token charge of admitted requests.
+    `tokens_charged` sums the token charge of admitted requests (as served: after any dropped list
+    items or `n`).
     """
 
     requests: int = 0
@@ -283,6 +316,8 @@ class SimStats:
     in_flight: int = 0
     max_in_flight: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    dropped_prompts: int = 0  # list items left unserved (`list_prompts="ignore"`)
+    dropped_choices: int = 0  # choices asked by `n` and not produced (`honour_n=False`)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,6 +654,9 @@ _OVERLOADED_ERROR = openai_error(
     "That model is currently overloaded with other requests. You can retry your request, or "
     "contact us through our help center at help.openai.com if the error persists.",
     "server_error")
+# A server that cannot take a list prompt fails inside, with nothing to say: LiteLLM's proxy
+# renders such an exception with the strings "None" for type and param and the status as code.
+_BLANK_SERVER_ERROR = {"error": {"message": "", "type": "None", "param": "None", "code": "500"}}
 _MALFORMED_JSON = openai_error(
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
     "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
@@ -799,6 +837,8 @@ class Simulator:
         except orjson.JSONDecodeError:
             raise ApiError(400, _MALFORMED_JSON) from None
         req = parse_request(kind, body, request.match_info.get("deployment"))
+        listed = len(req.prompts) > 1
+        req = self._as_served(req)
         if config.poison is not None and any(config.poison in p for p in req.prompts):
             raise _poisoned(kind, sum(text_tokens(p) for p in req.prompts))
         if config.quota_requests is not None and self._admitted >= config.quota_requests:
@@ -813,6 +853,8 @@ class Simulator:
         headers = budget.headers(shape)
         self._admitted += 1
         self.stats.tokens_charged += charge
+        if listed and config.list_prompts == "error":
+            raise ApiError(500, _BLANK_SERVER_ERROR, headers)
         fault = self._pick_fault()
         if config.latency_ms > 0:
             jitter = 1 + self._rng.uniform(-LATENCY_JITTER, LATENCY_JITTER)
@@ -839,6 +881,17 @@ class Simulator:
         elif request.transport is not None and not request.transport.is_closing():
             self._count_answered(req, items)
         return web.Response(status=200, body=raw, content_type="application/json", headers=headers)
+
+    def _as_served(self, req: SimRequest) -> SimRequest:
+        """`req` as this server takes it: without the list items or `n` it does not honour."""
+        config = self.config
+        if len(req.prompts) > 1 and config.list_prompts == "ignore":
+            self.stats.dropped_prompts += len(req.prompts) - 1
+            req = replace(req, prompts=req.prompts[:1])
+        if req.n > 1 and not config.honour_n:
+            self.stats.dropped_choices += (req.n - 1) * len(req.prompts)
+            req = replace(req, n=1)
+        return req
 
     def _pick_fault(self) -> str | None:
         config = self.config
