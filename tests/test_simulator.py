@@ -26,11 +26,13 @@ from runner.simulator.server import (
     Simulator,
     TokenBucket,
     answer_for,
+    bucket_states,
     chat_prompt,
     completion_text,
     embedding_vector,
     format_duration,
     mask_key,
+    rate_limit_headers,
     run_in_thread,
     text_tokens,
     token_charge,
@@ -578,3 +580,95 @@ async def test_dropped_n_gives_one_choice_whatever_n_asks(session) -> None:
     assert sorted((c["index"], c["text"]) for c in completion["choices"]) == \
         [(0, completion_text("a", 0)), (1, completion_text("b", 0))]
     assert sim.stats.answered == {"hi": 1, "a": 1, "b": 1} and sim.stats.dropped_choices == 4
+
+
+def test_config_rejects_unknown_scopes_and_header_styles() -> None:
+    for kwargs in ({"budget_scope": "team"}, {"header_style": "x-ratelimit"}):
+        with pytest.raises(ValueError, match="must be one of"):
+            SimConfig(**kwargs)
+
+
+async def test_key_scope_shares_one_budget_across_models_per_key(session) -> None:
+    other_key = {"Authorization": "Bearer sk-other-key-9876543210"}
+    config = SimConfig(rpm=60, tpm=6000, burst_s=2, budget_scope="key")
+    async with Simulator(config, clock=FakeClock()) as sim:
+        url = sim.base_url + "/chat/completions"
+        first = await post(session, url, {**chat_body(), "model": "a"})
+        second = await post(session, url, {**chat_body(), "model": "b"})
+        limited = await post(session, url, {**chat_body(), "model": "c"})
+        other = await post(session, url, {**chat_body(), "model": "a"}, headers=other_key)
+    assert [r[0] for r in (first, second, limited, other)] == [200, 200, 429, 200]
+    assert first[1]["x-ratelimit-remaining-requests"] == "1"
+    assert second[1]["x-ratelimit-remaining-requests"] == "0"  # model b drew on a's budget
+    assert limited[1]["retry-after"] == "1" and "Limit 60, Used 2" in limited[2]["error"]["message"]
+    assert other[1]["x-ratelimit-remaining-requests"] == "1"
+    assert sim.stats.by_key == {"sk-test-key-0123456789": 2, "sk-other-key-9876543210": 1}
+    assert sim.budget("sk-test-key-0123456789").requests.level == pytest.approx(0)
+
+
+def rate_headers(headers: CIMultiDict) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()
+            if "ratelimit" in k.lower()}
+
+
+@pytest.mark.parametrize(("style", "scope", "expected"), [
+    ("litellm", "model", {
+        "x-ratelimit-model_per_key-limit-requests": "120",
+        "x-ratelimit-model_per_key-remaining-requests": "119",
+        "x-ratelimit-model_per_key-limit-tokens": "6000",
+        "x-ratelimit-model_per_key-remaining-tokens": "5998"}),
+    ("litellm", "key", {
+        "x-ratelimit-api_key-limit-requests": "120", "x-ratelimit-api_key-remaining-requests": "119",
+        "x-ratelimit-api_key-limit-tokens": "6000", "x-ratelimit-api_key-remaining-tokens": "5998"}),
+    ("ietf", "model", {"ratelimit-limit": "120", "ratelimit-remaining": "119",
+                       "ratelimit-reset": "1", "ratelimit-policy": "120;w=60"}),
+    ("none", "model", {}),
+    ("openai", "model", {
+        "x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "119",
+        "x-ratelimit-reset-requests": "500ms", "x-ratelimit-limit-tokens": "6000",
+        "x-ratelimit-remaining-tokens": "5998", "x-ratelimit-reset-tokens": "20ms"}),
+])
+async def test_header_style_names_the_limits_as_that_server_does(session, style, scope,
+                                                                 expected) -> None:
+    config = SimConfig(rpm=120, tpm=6000, header_style=style, budget_scope=scope)
+    async with Simulator(config, clock=FakeClock()) as sim:
+        status, headers, _ = await post(session, sim.base_url + "/chat/completions",
+                                        chat_body("abcdefgh"))
+    assert status == 200 and rate_headers(headers) == expected
+
+
+@pytest.mark.parametrize("style", ["litellm", "ietf", "none"])
+async def test_header_style_applies_to_azure_urls_and_429s(session, style) -> None:
+    config = SimConfig(rpm=60, burst_s=1, header_style=style)
+    async with Simulator(config, clock=FakeClock()) as sim:
+        url = f"{sim.azure_endpoint}/openai/deployments/d/chat/completions?api-version={AZURE_VERSION}"
+        ok = await post(session, url, chat_body(), headers={"api-key": "k"})
+        limited = await post(session, url, chat_body(), headers={"api-key": "k"})
+    assert ok[0] == 200 and limited[0] == 429 and limited[1]["retry-after"] == "1"
+    expected = {"litellm": {"x-ratelimit-model_per_key-limit-requests": "60",
+                            "x-ratelimit-model_per_key-remaining-requests": "0"},
+                "ietf": {"ratelimit-limit": "60", "ratelimit-remaining": "0",
+                         "ratelimit-reset": "1", "ratelimit-policy": "60;w=60"},
+                "none": {}}[style]
+    assert rate_headers(ok[1]) == rate_headers(limited[1]) == expected
+
+
+def test_ietf_headers_report_tokens_when_requests_are_unlimited_and_litellm_shows_debt() -> None:
+    clock = FakeClock()
+    budget = ModelBudget(rpm=None, tpm=600, burst_s=2, clock=clock)  # 10 tok/s, capacity 20
+    assert budget.admit(50).admitted
+    states = bucket_states(budget)
+    assert rate_limit_headers("ietf", "openai", states) == {
+        "RateLimit-Limit": "600", "RateLimit-Remaining": "0", "RateLimit-Reset": "5",
+        "RateLimit-Policy": "600;w=60"}
+    assert rate_limit_headers("litellm", "openai", states) == {
+        "x-ratelimit-model_per_key-remaining-tokens": "-30",
+        "x-ratelimit-model_per_key-limit-tokens": "600"}
+
+
+def test_openai_style_headers_are_the_budgets_own() -> None:
+    clock = FakeClock()
+    budget = ModelBudget(rpm=120, tpm=6000, burst_s=60, clock=clock)
+    assert budget.admit(1500).admitted
+    for shape in ("openai", "azure"):
+        assert rate_limit_headers("openai", shape, bucket_states(budget)) == budget.headers(shape)

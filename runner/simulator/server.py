@@ -78,6 +78,7 @@ AZURE_TOO_LARGE_RETRY_S = 86_400  # what Azure tells a request that can never fi
 SHUTDOWN_GRACE_S = 0.5  # stop() waits this long for handlers still running (e.g. a hang)
 ORGANIZATION = "org-sim"
 OPENAI_VERSION = "2020-10-01"
+RATE_WINDOW_S = 60  # every limit here is per minute; the IETF policy's `w`
 AZURE_DEFAULT_API_VERSION = "v1"  # quoted in Azure v1-shape messages when no api-version is given
 
 KNOWN_FAULTS = frozenset({"500", "503", "hang", "reset", "truncated", "missing_choice"})
@@ -245,6 +246,12 @@ class SimConfig:
     always served normally.
     honour_n: False plays a server that drops `n`: completions and chat get one choice (index 0)
     whatever `n` asks, and are charged for one.
+    budget_scope: "model" keeps one RPM/TPM budget per model (deployment on Azure), as OpenAI does;
+    "key" one per API key shared by every model, as LiteLLM's per-key limits and llmock do.
+    header_style: the rate-limit headers on every answer (see `rate_limit_headers`). "openai":
+    OpenAI's six `x-ratelimit-*` (Azure URLs: its two remaining-*); "litellm": LiteLLM proxy's
+    `x-ratelimit-{model_per_key|api_key}-{remaining|limit}-{requests|tokens}`, no reset; "ietf":
+    the IETF draft's `RateLimit-Limit/-Remaining/-Reset/-Policy`; "none": no rate-limit headers.
     """
 
     rpm: int | None = None
@@ -262,6 +269,8 @@ class SimConfig:
     charge_factor: float = 1.0
     list_prompts: str = "ok"
     honour_n: bool = True
+    budget_scope: str = "model"
+    header_style: str = "openai"
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "quota_requests"):
@@ -296,6 +305,8 @@ class SimConfig:
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         _check_choice("list_prompts", self.list_prompts, LIST_PROMPT_MODES)
         _check_flag("honour_n", self.honour_n)
+        _check_choice("budget_scope", self.budget_scope, BUDGET_SCOPES)
+        _check_choice("header_style", self.header_style, HEADER_STYLES)
 
 
 @dataclass(slots=True)
@@ -318,6 +329,7 @@ class SimStats:
     faults: Counter[str] = field(default_factory=Counter)
     dropped_prompts: int = 0  # list items left unserved (`list_prompts="ignore"`)
     dropped_choices: int = 0  # choices asked by `n` and not produced (`honour_n=False`)
+    by_key: Counter[str] = field(default_factory=Counter)  # admitted requests per API key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,6 +438,67 @@ class ModelBudget:
             else:
                 out[f"x-ratelimit-remaining-{name}"] = remaining
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """One limit of a budget as headers tell it: `name` "requests" or "tokens", its per-minute
+    `limit`, what `remaining` now (negative while in debt), and `reset_s` until fully restored."""
+
+    name: str
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+def bucket_states(budget: ModelBudget) -> list[LimitState]:
+    """The limits of a continuously refilling budget (requests first; unlimited ones left out)."""
+    return [LimitState(name, limit, math.floor(bucket.level + ADMIT_EPSILON), bucket.time_to_full())
+            for name, limit, bucket in (("requests", budget.rpm, budget.requests),
+                                        ("tokens", budget.tpm, budget.tokens))
+            if bucket is not None and limit is not None]
+
+
+# LiteLLM proxy's names, read in BerriAI/litellm: litellm/proxy/hooks/parallel_request_limiter_v3.py
+# (async_post_call_success_hook) and litellm/proxy/hooks/_rate_limit_headers.py. Per limit
+# descriptor it sends `x-ratelimit-{descriptor}-remaining-{type}` = limit - used (may go negative)
+# and `x-ratelimit-{descriptor}-limit-{type}`, type "requests" / "tokens"; no reset header (its
+# docs, docs/proxy/response_headers.md, list OpenAI's six, which it only passes on from a backend).
+# The descriptor is "model_per_key" for a key's per-model limit and "api_key" for a key's limit.
+LITELLM_DESCRIPTOR = {"model": "model_per_key", "key": "api_key"}
+
+
+def rate_limit_headers(style: str, shape: str, states: Sequence[LimitState], *,
+                       scope: str = "model") -> dict[str, str]:
+    """The rate-limit headers a server of `style` (`HEADER_STYLES`) sends for `states`.
+
+    "ietf" follows draft-ietf-httpapi-ratelimit-headers up to -06 (separate fields, still what
+    gateways commonly send): `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (whole
+    seconds) and `RateLimit-Policy: {limit};w=60`, for one limit: requests when limited, else
+    tokens. Drafts -07 on replaced them with two structured fields, `RateLimit: "default";r=..;t=..`
+    and `RateLimit-Policy: "default";q=..;w=..`, which the simulator does not send.
+    """
+    out: dict[str, str] = {}
+    if style == "none" or not states:
+        return out
+    if style == "ietf":
+        state = states[0]
+        return {"RateLimit-Limit": str(state.limit),
+                "RateLimit-Remaining": str(max(0, state.remaining)),
+                "RateLimit-Reset": str(math.ceil(state.reset_s - 1e-9)),
+                "RateLimit-Policy": f"{state.limit};w={RATE_WINDOW_S}"}
+    for state in states:
+        if style == "litellm":
+            prefix = f"x-ratelimit-{LITELLM_DESCRIPTOR[scope]}"
+            out[f"{prefix}-remaining-{state.name}"] = str(state.remaining)
+            out[f"{prefix}-limit-{state.name}"] = str(state.limit)
+        elif shape == OPENAI:
+            out[f"x-ratelimit-limit-{state.name}"] = str(state.limit)
+            out[f"x-ratelimit-remaining-{state.name}"] = str(max(0, state.remaining))
+            out[f"x-ratelimit-reset-{state.name}"] = format_duration(state.reset_s)
+        else:
+            out[f"x-ratelimit-remaining-{state.name}"] = str(max(0, state.remaining))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -613,8 +686,7 @@ def _azure_error(code: str, message: str) -> dict[str, Any]:
 
 
 def _rate_limited(shape: str, kind: str, model: str, api_version: str, budget: ModelBudget,
-                  verdict: Admission, charge: int) -> ApiError:
-    headers = budget.headers(shape)
+                  verdict: Admission, charge: int, headers: dict[str, str]) -> ApiError:
     if shape == OPENAI and verdict.too_large:
         return ApiError(429, openai_error(
             f"Request too large for {model} in organization {ORGANIZATION} on tokens per min (TPM): "
@@ -758,12 +830,13 @@ class Simulator:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self._port}"
 
-    def budget(self, model: str) -> ModelBudget:
-        """The rate-limit buckets of `model` (created full on first use)."""
-        if model not in self._budgets:
-            self._budgets[model] = ModelBudget(self.config.rpm, self.config.tpm,
-                                               self.config.burst_s, clock=self._clock)
-        return self._budgets[model]
+    def budget(self, name: str) -> ModelBudget:
+        """The rate-limit buckets of `name`, a model or, with `budget_scope="key"`, an API key
+        (created full on first use)."""
+        if name not in self._budgets:
+            self._budgets[name] = ModelBudget(self.config.rpm, self.config.tpm,
+                                              self.config.burst_s, clock=self._clock)
+        return self._budgets[name]
 
     # -- plumbing ----------------------------------------------------------------------------
     def _next_id(self, prefix: str, length: int) -> str:
@@ -808,7 +881,8 @@ class Simulator:
                 return _json(err.status, err.body, err.headers)
         return handle
 
-    def _check_auth(self, request: web.Request, shape: str) -> None:
+    def _check_auth(self, request: web.Request, shape: str) -> str:
+        """The request's API key; raises the service's 401 when it has none or a wrong one."""
         bearer = request.headers.get("Authorization", "")
         scheme, _, token = bearer.partition(" ")
         key = token.strip() if scheme.lower() == "bearer" else ""
@@ -816,13 +890,14 @@ class Simulator:
             key = key or request.headers.get("api-key", "").strip()
             if not key or (self.config.api_key is not None and key != self.config.api_key):
                 raise ApiError(401, _AZURE_DENIED)
-            return
+            return key
         if not key:
             raise ApiError(401, _NO_KEY)
         if self.config.api_key is not None and key != self.config.api_key:
             raise ApiError(401, openai_error(
                 f"Incorrect API key provided: {mask_key(key)}. You can find your API key at "
                 "https://platform.openai.com/account/api-keys.", code="invalid_api_key"))
+        return key
 
     # -- the request path --------------------------------------------------------------------
     async def _serve(self, request: web.Request, kind: str, shape: str) -> web.Response:
@@ -831,7 +906,7 @@ class Simulator:
         if shape == AZURE and not api_version:
             raise ApiError(400, _azure_error("BadRequest",
                                              "Missing required query parameter: api-version"))
-        self._check_auth(request, shape)
+        key = self._check_auth(request, shape)
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -843,16 +918,18 @@ class Simulator:
             raise _poisoned(kind, sum(text_tokens(p) for p in req.prompts))
         if config.quota_requests is not None and self._admitted >= config.quota_requests:
             raise ApiError(429, _QUOTA_ERROR)
-        budget = self.budget(req.model)
+        budget = self.budget(key if config.budget_scope == "key" else req.model)
         charge = req.charge if config.charge_factor == 1 else \
             math.ceil(round(req.charge * config.charge_factor, 6))  # round: 100 × 1.1 is 111 else
         verdict = budget.admit(charge)
+        headers = rate_limit_headers(config.header_style, shape, bucket_states(budget),
+                                     scope=config.budget_scope)
         if not verdict.admitted:
             raise _rate_limited(shape, kind, req.model, api_version or AZURE_DEFAULT_API_VERSION,
-                                budget, verdict, charge)
-        headers = budget.headers(shape)
+                                budget, verdict, charge, headers)
         self._admitted += 1
         self.stats.tokens_charged += charge
+        self.stats.by_key[key] += 1
         if listed and config.list_prompts == "error":
             raise ApiError(500, _BLANK_SERVER_ERROR, headers)
         fault = self._pick_fault()
