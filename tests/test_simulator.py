@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import math
 import struct
 import signal
@@ -21,10 +22,12 @@ from runner.simulator.server import (
     KNOWN_FAULTS,
     Admission,
     ApiError,
+    LimitState,
     ModelBudget,
     SimConfig,
     Simulator,
     TokenBucket,
+    WindowBudget,
     answer_for,
     bucket_states,
     chat_prompt,
@@ -672,3 +675,79 @@ def test_openai_style_headers_are_the_budgets_own() -> None:
     assert budget.admit(1500).admitted
     for shape in ("openai", "azure"):
         assert rate_limit_headers("openai", shape, bucket_states(budget)) == budget.headers(shape)
+
+
+def test_window_admits_a_whole_minute_at_once_then_refuses_until_it_ends() -> None:
+    clock = FakeClock()
+    window = WindowBudget(rpm=3, tpm=None, clock=clock)
+    assert [window.admit(1).admitted for _ in range(3)] == [True] * 3
+    assert window.admit(1) == Admission(False, "requests", 60.0)
+    clock.advance(59.9)
+    assert window.admit(1) == Admission(False, "requests", 60.0)  # always 60, not the time left
+    assert window.time_left() == pytest.approx(0.1)
+    clock.advance(0.1)
+    assert window.admit(1).admitted and window.windows == 2
+    clock.advance(30)  # the new window opened at its first request, 30 s ago
+    assert [window.admit(1).admitted for _ in range(3)] == [True, True, False]
+    assert window.states() == [LimitState("requests", 3, 0, pytest.approx(30))]
+
+
+def test_window_counts_tokens_and_admits_an_oversize_request_into_a_fresh_window() -> None:
+    clock = FakeClock()
+    window = WindowBudget(rpm=None, tpm=100, clock=clock)
+    assert window.admit(60).admitted
+    assert window.admit(60) == Admission(False, "tokens", 60.0)
+    assert window.admit(40).admitted
+    clock.advance(60)
+    assert window.admit(150).admitted  # never "too large": LiteLLM counts tokens afterwards
+    assert window.states() == [LimitState("tokens", 100, -50, 60.0)]
+    assert window.admit(1).limit == "tokens"
+
+
+async def test_window_limiter_429_is_litellms_with_retry_after_60(session) -> None:
+    clock = FakeClock()
+    config = SimConfig(rpm=2, limiter="window")
+    async with Simulator(config, clock=clock, wall_clock=lambda: 0.0) as sim:
+        url = sim.base_url + "/chat/completions"
+        first = [await post(session, url, chat_body()) for _ in range(2)]
+        clock.advance(30)
+        limited = await post(session, url, chat_body())
+        clock.advance(30)
+        after = await post(session, url, chat_body())
+    assert [r[0] for r in first] == [200, 200] and limited[0] == 429 and after[0] == 200
+    assert [r[1]["x-ratelimit-remaining-requests"] for r in first] == ["1", "0"]
+    assert first[1][1]["x-ratelimit-reset-requests"] == "1m0s"
+    status, headers, body = limited
+    assert headers["retry-after"] == "60" and "retry-after-ms" not in headers
+    assert headers["x-ratelimit-reset-requests"] == "30s"
+    hashed = hashlib.sha256(b"sk-test-key-0123456789").hexdigest()
+    assert body == {"error": {
+        "message": f"litellm.RateLimitError: Rate limit exceeded for model_per_key: {hashed}:m. "
+                   "Limit type: requests. Current limit: 2, Remaining: 0. "
+                   "Limit resets at: 1970-01-01 00:01:00 UTC",
+        "type": "None", "param": "None", "code": "429"}}
+    assert after[1]["x-ratelimit-remaining-requests"] == "1"
+    assert sim.stats.by_window == {("m", 1): 2, ("m", 2): 1} and sim.stats.rate_limited == 1
+
+
+async def test_window_per_key_with_litellm_headers_counts_down_across_models(session) -> None:
+    config = SimConfig(rpm=3, tpm=1000, limiter="window", budget_scope="key",
+                       header_style="litellm")
+    async with Simulator(config, clock=FakeClock()) as sim:
+        url = sim.base_url + "/completions"
+        results = [await post(session, url, {"model": model, "prompt": "abcd", "max_tokens": 9})
+                   for model in ("a", "b", "c", "a")]
+    assert [r[0] for r in results] == [200, 200, 200, 429]
+    assert [r[1]["x-ratelimit-api_key-remaining-requests"] for r in results] == ["2", "1", "0", "0"]
+    assert [r[1]["x-ratelimit-api_key-remaining-tokens"] for r in results] == \
+        ["990", "980", "970", "970"]
+    assert results[3][2]["error"]["message"].startswith(
+        "litellm.RateLimitError: Rate limit exceeded for api_key: "
+        + hashlib.sha256(b"sk-test-key-0123456789").hexdigest() + ". Limit type: requests.")
+    assert results[3][1]["rate_limit_type"] == "requests"
+    assert sim.stats.by_window == {("sk-test-key-0123456789", 1): 3}
+
+
+def test_config_rejects_an_unknown_limiter() -> None:
+    with pytest.raises(ValueError, match="limiter must be one of 'bucket', 'window'"):
+        SimConfig(limiter="leaky")

@@ -37,7 +37,9 @@ Rate limits are two continuously refilling token buckets per model (deployment o
 at `rpm / 60` per second and tokens at `tpm / 60` per second, each holding `rate * burst_s`. A request
 is admitted when both buckets hold its cost; a cost larger than a bucket's capacity is admitted when
 that bucket is full and drives it negative (debt). The buckets read an injected clock, so their
-arithmetic is tested without sleeping (`TokenBucket`, `ModelBudget`).
+arithmetic is tested without sleeping (`TokenBucket`, `ModelBudget`). Opt-in, as gateways do: one
+budget per API key instead of per model (`budget_scope`), fixed 60 s windows instead of buckets
+(`WindowBudget`, `limiter`), and other rate-limit header names (`rate_limit_headers`).
 
 Answers are pure functions of the input (`completion_text`, `chat_prompt`, `embedding_vector`), so a
 test can compute what each job must get back.
@@ -248,6 +250,10 @@ class SimConfig:
     whatever `n` asks, and are charged for one.
     budget_scope: "model" keeps one RPM/TPM budget per model (deployment on Azure), as OpenAI does;
     "key" one per API key shared by every model, as LiteLLM's per-key limits and llmock do.
+    limiter: "bucket" is OpenAI's continuously refilling buckets (above); "window" a gateway's fixed
+    windows (`WindowBudget`): up to `rpm` requests and `tpm` tokens per 60 s from the window's first
+    request, all at once, then 429 with `retry-after: 60` and LiteLLM's body until the window ends
+    (`burst_s` unused).
     header_style: the rate-limit headers on every answer (see `rate_limit_headers`). "openai":
     OpenAI's six `x-ratelimit-*` (Azure URLs: its two remaining-*); "litellm": LiteLLM proxy's
     `x-ratelimit-{model_per_key|api_key}-{remaining|limit}-{requests|tokens}`, no reset; "ietf":
@@ -271,6 +277,7 @@ class SimConfig:
     honour_n: bool = True
     budget_scope: str = "model"
     header_style: str = "openai"
+    limiter: str = "bucket"
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "quota_requests"):
@@ -307,6 +314,7 @@ class SimConfig:
         _check_flag("honour_n", self.honour_n)
         _check_choice("budget_scope", self.budget_scope, BUDGET_SCOPES)
         _check_choice("header_style", self.header_style, HEADER_STYLES)
+        _check_choice("limiter", self.limiter, LIMITERS)
 
 
 @dataclass(slots=True)
@@ -330,6 +338,8 @@ class SimStats:
     dropped_prompts: int = 0  # list items left unserved (`list_prompts="ignore"`)
     dropped_choices: int = 0  # choices asked by `n` and not produced (`honour_n=False`)
     by_key: Counter[str] = field(default_factory=Counter)  # admitted requests per API key
+    # `limiter="window"`: admitted requests per (budget, window number counted from 1)
+    by_window: Counter[tuple[str, int]] = field(default_factory=Counter)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,6 +467,68 @@ def bucket_states(budget: ModelBudget) -> list[LimitState]:
             for name, limit, bucket in (("requests", budget.rpm, budget.requests),
                                         ("tokens", budget.tpm, budget.tokens))
             if bucket is not None and limit is not None]
+
+
+class WindowBudget:
+    """Fixed-window limits as a gateway keeps them (LiteLLM's proxy, llmock): up to `rpm` requests
+    and `tpm` tokens per `window_s` seconds, counted from the window's first request; all may come
+    at once, and the counts start again at zero when the window ends.
+
+    A refused request waits for the window's end; its `retry_after_s` is always `window_s`, as
+    LiteLLM says, not the time left. Tokens are checked against what the window has used, so a
+    charge above the whole `tpm` is admitted into a fresh window (LiteLLM counts a request's tokens
+    after answering it) and is never refused as too large.
+    """
+
+    __slots__ = ("rpm", "tpm", "window_s", "requests_used", "tokens_used", "windows", "_start",
+                 "_clock")
+
+    def __init__(self, rpm: int | None, tpm: int | None, window_s: float = RATE_WINDOW_S, *,
+                 clock: Callable[[], float]) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be > 0")
+        self.rpm = rpm
+        self.tpm = tpm
+        self.window_s = window_s
+        self.requests_used = 0
+        self.tokens_used = 0
+        self.windows = 0  # windows opened so far; the current one's number
+        self._start: float | None = None
+        self._clock = clock
+
+    def _roll(self) -> float:
+        now = self._clock()
+        if self._start is not None and now - self._start >= self.window_s:
+            self._start = None
+            self.requests_used = self.tokens_used = 0
+        return now
+
+    def admit(self, charge: int) -> Admission:
+        """Count one request and `charge` tokens in the current window if both fit, else refuse."""
+        now = self._roll()
+        if self.rpm is not None and self.requests_used + 1 > self.rpm:
+            return Admission(False, "requests", float(self.window_s))
+        if self.tpm is not None and self.tokens_used and self.tokens_used + charge > self.tpm:
+            return Admission(False, "tokens", float(self.window_s))
+        if self._start is None:
+            self._start = now
+            self.windows += 1
+        self.requests_used += 1
+        self.tokens_used += charge
+        return Admission(True)
+
+    def time_left(self) -> float:
+        """Seconds until the current window ends (0 when none is open)."""
+        now = self._roll()
+        return 0.0 if self._start is None else max(0.0, self._start + self.window_s - now)
+
+    def states(self) -> list[LimitState]:
+        """The limits as headers tell them (requests first; unlimited ones left out)."""
+        left = self.time_left()
+        return [LimitState(name, limit, limit - used, left)
+                for name, limit, used in (("requests", self.rpm, self.requests_used),
+                                          ("tokens", self.tpm, self.tokens_used))
+                if limit is not None]
 
 
 # LiteLLM proxy's names, read in BerriAI/litellm: litellm/proxy/hooks/parallel_request_limiter_v3.py
@@ -715,6 +787,22 @@ def _rate_limited(shape: str, kind: str, model: str, api_version: str, budget: M
         "limit.")), headers)
 
 
+def _window_limited(verdict: Admission, states: Sequence[LimitState], descriptor: str, value: str,
+                    resets_at: float, headers: dict[str, str]) -> ApiError:
+    """LiteLLM proxy's 429 for a key over a fixed-window limit (parallel_request_limiter_v3):
+    `retry-after` is the window length whatever is left of it, the body's `code` the string "429",
+    `type` and `param` the string "None"; the message names the limit descriptor and the hashed key."""
+    state = next(s for s in states if s.name == verdict.limit)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(resets_at))
+    headers = {**headers, "retry-after": str(math.ceil(verdict.retry_after_s)),
+               "rate_limit_type": state.name, "reset_at": stamp}
+    return ApiError(429, {"error": {
+        "message": f"litellm.RateLimitError: Rate limit exceeded for {descriptor}: {value}. "
+                   f"Limit type: {state.name}. Current limit: {state.limit}, Remaining: "
+                   f"{max(0, state.remaining)}. Limit resets at: {stamp}",
+        "type": "None", "param": "None", "code": "429"}}, headers)
+
+
 _QUOTA_ERROR = openai_error(
     "You exceeded your current quota, please check your plan and billing details. For more "
     "information on this error, read the docs: "
@@ -780,7 +868,7 @@ class Simulator:
         self._rng = rng if rng is not None else random.Random(config.seed)
         self._sleep = sleep
         self._wall_clock = wall_clock
-        self._budgets: dict[str, ModelBudget] = {}
+        self._budgets: dict[str, ModelBudget | WindowBudget] = {}
         self._admitted = 0  # toward config.quota_requests
         self._ids = 0
         self._runner: web.AppRunner | None = None
@@ -830,12 +918,15 @@ class Simulator:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self._port}"
 
-    def budget(self, name: str) -> ModelBudget:
-        """The rate-limit buckets of `name`, a model or, with `budget_scope="key"`, an API key
-        (created full on first use)."""
+    def budget(self, name: str) -> ModelBudget | WindowBudget:
+        """The rate-limit budget of `name`, a model or, with `budget_scope="key"`, an API key
+        (created unused on first use): buckets, or windows with `limiter="window"`."""
         if name not in self._budgets:
-            self._budgets[name] = ModelBudget(self.config.rpm, self.config.tpm,
-                                              self.config.burst_s, clock=self._clock)
+            config = self.config
+            self._budgets[name] = (
+                WindowBudget(config.rpm, config.tpm, clock=self._clock)
+                if config.limiter == "window" else
+                ModelBudget(config.rpm, config.tpm, config.burst_s, clock=self._clock))
         return self._budgets[name]
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -918,18 +1009,26 @@ class Simulator:
             raise _poisoned(kind, sum(text_tokens(p) for p in req.prompts))
         if config.quota_requests is not None and self._admitted >= config.quota_requests:
             raise ApiError(429, _QUOTA_ERROR)
-        budget = self.budget(key if config.budget_scope == "key" else req.model)
+        budget_name = key if config.budget_scope == "key" else req.model
+        budget = self.budget(budget_name)
         charge = req.charge if config.charge_factor == 1 else \
             math.ceil(round(req.charge * config.charge_factor, 6))  # round: 100 × 1.1 is 111 else
         verdict = budget.admit(charge)
-        headers = rate_limit_headers(config.header_style, shape, bucket_states(budget),
-                                     scope=config.budget_scope)
+        states = budget.states() if isinstance(budget, WindowBudget) else bucket_states(budget)
+        headers = rate_limit_headers(config.header_style, shape, states, scope=config.budget_scope)
         if not verdict.admitted:
+            if isinstance(budget, WindowBudget):
+                hashed = _sha(key)  # LiteLLM names a key by its sha256
+                value = hashed if config.budget_scope == "key" else f"{hashed}:{req.model}"
+                raise _window_limited(verdict, states, LITELLM_DESCRIPTOR[config.budget_scope],
+                                      value, self._wall_clock() + RATE_WINDOW_S, headers)
             raise _rate_limited(shape, kind, req.model, api_version or AZURE_DEFAULT_API_VERSION,
                                 budget, verdict, charge, headers)
         self._admitted += 1
         self.stats.tokens_charged += charge
         self.stats.by_key[key] += 1
+        if isinstance(budget, WindowBudget):
+            self.stats.by_window[budget_name, budget.windows] += 1
         if listed and config.list_prompts == "error":
             raise ApiError(500, _BLANK_SERVER_ERROR, headers)
         fault = self._pick_fault()
