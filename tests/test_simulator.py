@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import orjson
@@ -751,3 +751,93 @@ async def test_window_per_key_with_litellm_headers_counts_down_across_models(ses
 def test_config_rejects_an_unknown_limiter() -> None:
     with pytest.raises(ValueError, match="limiter must be one of 'bucket', 'window'"):
         SimConfig(limiter="leaky")
+
+
+class GateSleep:
+    """A sleep that lasts until the test opens its gate: one gate per call, in call order."""
+
+    def __init__(self) -> None:
+        self.gates: list[asyncio.Future[None]] = []
+
+    async def __call__(self, seconds: float) -> None:
+        gate = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        await gate
+
+    def open(self, i: int) -> None:
+        self.gates[i].set_result(None)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+def test_config_rejects_a_non_bool_serial() -> None:
+    with pytest.raises(ValueError, match="serial must be True or False"):
+        SimConfig(serial=1)
+
+
+async def test_serial_server_works_on_one_request_at_a_time(session) -> None:
+    sleep = GateSleep()
+    async with Simulator(SimConfig(serial=True, latency_ms=100), sleep=sleep) as sim:
+        url = sim.base_url + "/chat/completions"
+        posts = [asyncio.create_task(post(session, url, chat_body(str(i)))) for i in range(3)]
+        await until(lambda: sim.stats.in_flight == 3 and len(sleep.gates) == 1)
+        await asyncio.sleep(0.05)
+        assert len(sleep.gates) == 1 and sim.stats.working == 1  # two wait for the slot
+        for i in range(3):
+            await until(lambda: len(sleep.gates) == i + 1)
+            sleep.open(i)
+        results = await asyncio.gather(*posts)
+    assert [r[0] for r in results] == [200] * 3
+    assert sim.stats.answered == {"0": 1, "1": 1, "2": 1}
+    assert sim.stats.served == 3 and sim.stats.abandoned == 0 and sim.stats.max_working == 1
+
+
+async def test_serial_server_finishes_abandoned_requests_before_the_next(session) -> None:
+    sleep = GateSleep()
+    async with Simulator(SimConfig(serial=True, latency_ms=100), sleep=sleep) as sim:
+        url = sim.base_url + "/chat/completions"
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(post(session, url, chat_body("gone")), 0.1)
+        await until(lambda: sim.stats.in_flight == 0)  # the client left; its work goes on
+        waiting = asyncio.create_task(post(session, url, chat_body("next")))
+        await until(lambda: sim.stats.in_flight == 1)
+        await asyncio.sleep(0.05)
+        assert len(sleep.gates) == 1 and sim.stats.served == 0  # "next" queues behind "gone"
+        sleep.open(0)
+        await until(lambda: len(sleep.gates) == 2)
+        assert sim.stats.served == 1 and sim.stats.abandoned == 1
+        sleep.open(1)
+        status, _, body = await waiting
+    assert status == 200 and body["choices"][0]["message"]["content"] == completion_text("next", 0)
+    assert sim.stats.answered == {"next": 1}
+    assert sim.stats.served == 2 and sim.stats.abandoned == 1 and sim.stats.by_status == {200: 1}
+
+
+async def test_concurrent_server_stops_working_for_a_client_that_left(session) -> None:
+    sleep = GateSleep()
+    async with Simulator(SimConfig(latency_ms=100), sleep=sleep) as sim:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(post(session, sim.base_url + "/chat/completions", chat_body()),
+                                   0.1)
+        await until(lambda: sim.stats.in_flight == 0)
+    assert sim.stats.working == 0 and sim.stats.served == sim.stats.abandoned == 0
+
+
+async def test_stopping_a_serial_server_cancels_work_nobody_waits_for(session) -> None:
+    sleep = GateSleep()
+    sim = Simulator(SimConfig(serial=True, latency_ms=100), sleep=sleep)
+    await sim.start()
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(post(session, sim.base_url + "/chat/completions", chat_body()),
+                                   0.1)
+        await until(lambda: sim.stats.in_flight == 0)
+        assert sim.stats.working == 1
+    finally:
+        async with asyncio.timeout(5):
+            await sim.stop()
+    assert sim.stats.working == 0 and sim.stats.served == 0

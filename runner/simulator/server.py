@@ -22,7 +22,8 @@ What a request meets, in order (the first that applies answers it):
     429  rate limited on requests or tokens, with `retry-after` / `retry-after-ms`
          -- from here on the request is admitted and charged;
     500  a list prompt/input of 2+ items, with `config.list_prompts == "error"` (blank message);
-         then, with probability `config.fault_rate`, one of `config.faults`:
+         then (with `config.serial`, queued for the one slot) the latency; then, with probability
+         `config.fault_rate`, one of `config.faults`:
     500 / 503 / connection reset / hang `config.hang_s` then answer / 200 with the body cut in half /
          200 with one choice (or embedding) dropped from a multi-item answer
     200  the answer, its choices in shuffled order (unless `config.shuffle` is False)
@@ -254,6 +255,9 @@ class SimConfig:
     windows (`WindowBudget`): up to `rpm` requests and `tpm` tokens per 60 s from the window's first
     request, all at once, then 429 with `retry-after: 60` and LiteLLM's body until the window ends
     (`burst_s` unused).
+    serial: True plays a local model server with one slot: admitted requests queue and are worked
+    on one after another in arrival order, each taking `latency_ms`; a request whose client has
+    gone (timed out) is still worked on before the next (`SimStats.abandoned`).
     header_style: the rate-limit headers on every answer (see `rate_limit_headers`). "openai":
     OpenAI's six `x-ratelimit-*` (Azure URLs: its two remaining-*); "litellm": LiteLLM proxy's
     `x-ratelimit-{model_per_key|api_key}-{remaining|limit}-{requests|tokens}`, no reset; "ietf":
@@ -278,6 +282,7 @@ class SimConfig:
     budget_scope: str = "model"
     header_style: str = "openai"
     limiter: str = "bucket"
+    serial: bool = False
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "quota_requests"):
@@ -315,6 +320,7 @@ class SimConfig:
         _check_choice("budget_scope", self.budget_scope, BUDGET_SCOPES)
         _check_choice("header_style", self.header_style, HEADER_STYLES)
         _check_choice("limiter", self.limiter, LIMITERS)
+        _check_flag("serial", self.serial)
 
 
 @dataclass(slots=True)
@@ -324,7 +330,10 @@ class SimStats:
     `answered` counts, per prompt text, the prompts whose every choice was delivered in a complete
     200 body to a client still connected: a prompt answered twice shows a count of 2.
     `tokens_charged` sums the token charge of admitted requests (as served: after any dropped list
-    items or `n`).
+    items or `n`). `served` counts admitted requests the server worked on to the end of their
+    latency (and hang), whether or not anyone was still waiting; `abandoned` those of them whose
+    client had gone by then: work done for nobody. `working` / `max_working`: requests inside their
+    latency now / at most at once (1 with `serial`).
     """
 
     requests: int = 0
@@ -340,6 +349,10 @@ class SimStats:
     by_key: Counter[str] = field(default_factory=Counter)  # admitted requests per API key
     # `limiter="window"`: admitted requests per (budget, window number counted from 1)
     by_window: Counter[tuple[str, int]] = field(default_factory=Counter)
+    served: int = 0
+    abandoned: int = 0
+    working: int = 0
+    max_working: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -870,6 +883,8 @@ class Simulator:
         self._wall_clock = wall_clock
         self._budgets: dict[str, ModelBudget | WindowBudget] = {}
         self._admitted = 0  # toward config.quota_requests
+        self._slot = asyncio.Lock()  # the one slot of a serial server
+        self._serial_tasks: set[asyncio.Future[web.Response]] = set()
         self._ids = 0
         self._runner: web.AppRunner | None = None
         self._host = ""
@@ -895,10 +910,15 @@ class Simulator:
         return self.base_url
 
     async def stop(self) -> None:
-        """Stop serving; handlers still running after `SHUTDOWN_GRACE_S` are cancelled."""
+        """Stop serving; handlers still running after `SHUTDOWN_GRACE_S`, and serial work still
+        queued or running, are cancelled."""
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        leftover = list(self._serial_tasks)  # work of serial requests nobody waits for any more
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -1032,9 +1052,30 @@ class Simulator:
         if listed and config.list_prompts == "error":
             raise ApiError(500, _BLANK_SERVER_ERROR, headers)
         fault = self._pick_fault()
-        if config.latency_ms > 0:
-            jitter = 1 + self._rng.uniform(-LATENCY_JITTER, LATENCY_JITTER)
-            await self._sleep(config.latency_ms * jitter / 1000)
+        work = self._work(request, req, fault, headers)
+        return await (self._in_turn(work) if config.serial else work)
+
+    async def _work(self, request: web.Request, req: SimRequest, fault: str | None,
+                    headers: Mapping[str, str]) -> web.Response:
+        """The admitted request's answer, or its fault, after the latency (and any hang).
+
+        Counted in `stats.served` once the latency is over, and in `stats.abandoned` too when its
+        client has gone by then (the work was wasted); not counted when cancelled before.
+        """
+        config, stats = self.config, self.stats
+        stats.working += 1
+        stats.max_working = max(stats.max_working, stats.working)
+        try:
+            if config.latency_ms > 0:
+                jitter = 1 + self._rng.uniform(-LATENCY_JITTER, LATENCY_JITTER)
+                await self._sleep(config.latency_ms * jitter / 1000)
+            if fault == "hang":
+                await self._sleep(config.hang_s)
+        finally:
+            stats.working -= 1
+        stats.served += 1
+        if _client_gone(request):
+            stats.abandoned += 1
         if fault == "500":
             raise ApiError(500, _SERVER_ERROR)
         if fault == "503":
@@ -1043,8 +1084,7 @@ class Simulator:
             if request.transport is not None:
                 request.transport.abort()
             raise _ConnectionDropped
-        if fault == "hang":
-            await self._sleep(config.hang_s)
+        kind = req.kind
         answer = build_answer(req, rng=self._rng, shuffle=config.shuffle,
                               created=int(self._wall_clock()),
                               response_id=self._next_id("chatcmpl-" if kind == CHAT else "cmpl-", 29))
@@ -1054,9 +1094,29 @@ class Simulator:
         raw = orjson.dumps(answer)
         if fault == "truncated":
             raw = raw[:len(raw) // 2]
-        elif request.transport is not None and not request.transport.is_closing():
+        elif not _client_gone(request):
             self._count_answered(req, items)
         return web.Response(status=200, body=raw, content_type="application/json", headers=headers)
+
+    async def _in_turn(self, work: Awaitable[web.Response]) -> web.Response:
+        """`work` done when the server's one slot is free, in arrival order (`config.serial`).
+
+        The work is shielded: a client that leaves (times out) cancels its wait, not the work, which
+        keeps the slot until done, as a one-slot local server keeps generating for nobody.
+        """
+        async def queued() -> web.Response:
+            async with self._slot:
+                return await work
+
+        task = asyncio.ensure_future(queued())
+        self._serial_tasks.add(task)
+        task.add_done_callback(self._forget)
+        return await asyncio.shield(task)
+
+    def _forget(self, task: asyncio.Future[web.Response]) -> None:
+        self._serial_tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned request's fault is nobody's error
 
     def _as_served(self, req: SimRequest) -> SimRequest:
         """`req` as this server takes it: without the list items or `n` it does not honour."""
@@ -1084,6 +1144,10 @@ class Simulator:
         for position, prompt in enumerate(req.prompts):
             if delivered[position] == per_prompt:
                 self.stats.answered[prompt] += 1
+
+
+def _client_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
 
 
 def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
