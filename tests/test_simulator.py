@@ -841,3 +841,25 @@ async def test_stopping_a_serial_server_cancels_work_nobody_waits_for(session) -
         async with asyncio.timeout(5):
             await sim.stop()
     assert sim.stats.working == 0 and sim.stats.served == 0
+
+
+def test_simulate_command_passes_each_mode_to_the_config(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from runner.cli.main import main
+    from runner.simulator import server
+    seen: list[SimConfig] = []
+    monkeypatch.setattr(server, "serve", lambda config, host, port: seen.append(config))
+    args = ["simulate", "--list-prompts", "ignore", "--ignore-n", "--budget-scope", "key",
+            "--limiter", "window", "--header-style", "ietf", "--serial"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert CliRunner().invoke(main, ["simulate"]).exit_code == 0
+    assert (seen[0].list_prompts, seen[0].honour_n, seen[0].budget_scope, seen[0].limiter,
+            seen[0].header_style, seen[0].serial) == ("ignore", False, "key", "window", "ietf", True)
+    assert seen[1] == SimConfig()
+    refused = CliRunner().invoke(main, ["simulate", "--header-style", "x"])
+    assert refused.exit_code == 2 and "'x' is not one of" in refused.output
+    choices = {p.name: tuple(p.type.choices) for p in main.commands["simulate"].params
+               if hasattr(p.type, "choices")}
+    assert choices == {"list_prompts": server.LIST_PROMPT_MODES, "budget_scope": server.BUDGET_SCOPES,
+                       "limiter": server.LIMITERS, "header_style": server.HEADER_STYLES}
