@@ -832,11 +832,12 @@ async def test_stopping_a_serial_server_cancels_work_nobody_waits_for(session) -
     sim = Simulator(SimConfig(serial=True, latency_ms=100), sleep=sleep)
     await sim.start()
     try:
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(post(session, sim.base_url + "/chat/completions", chat_body()),
-                                   0.1)
+        for content in ("working", "queued"):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(post(session, sim.base_url + "/chat/completions",
+                                            chat_body(content)), 0.1)
         await until(lambda: sim.stats.in_flight == 0)
-        assert sim.stats.working == 1
+        assert sim.stats.working == 1 and len(sleep.gates) == 1
     finally:
         async with asyncio.timeout(5):
             await sim.stop()

@@ -57,7 +57,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -559,8 +559,8 @@ def rate_limit_headers(style: str, shape: str, states: Sequence[LimitState], *,
 
     "ietf" follows draft-ietf-httpapi-ratelimit-headers up to -06 (separate fields, still what
     gateways commonly send): `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (whole
-    seconds) and `RateLimit-Policy: {limit};w=60`, for one limit: requests when limited, else
-    tokens. Drafts -07 on replaced them with two structured fields, `RateLimit: "default";r=..;t=..`
+    seconds) and `RateLimit-Policy: {limit};w=60`, for one limit: requests when there is an RPM,
+    else tokens. Drafts -07 on replaced them with two structured fields, `RateLimit: "default";r=..;t=..`
     and `RateLimit-Policy: "default";q=..;w=..`, which the simulator does not send.
     """
     out: dict[str, str] = {}
@@ -1098,15 +1098,18 @@ class Simulator:
             self._count_answered(req, items)
         return web.Response(status=200, body=raw, content_type="application/json", headers=headers)
 
-    async def _in_turn(self, work: Awaitable[web.Response]) -> web.Response:
+    async def _in_turn(self, work: Coroutine[Any, Any, web.Response]) -> web.Response:
         """`work` done when the server's one slot is free, in arrival order (`config.serial`).
 
         The work is shielded: a client that leaves (times out) cancels its wait, not the work, which
         keeps the slot until done, as a one-slot local server keeps generating for nobody.
         """
         async def queued() -> web.Response:
-            async with self._slot:
-                return await work
+            try:
+                async with self._slot:
+                    return await work
+            finally:
+                work.close()  # never started when cancelled in the queue (stop())
 
         task = asyncio.ensure_future(queued())
         self._serial_tasks.add(task)
