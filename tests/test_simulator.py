@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import math
 import struct
 import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import orjson
@@ -21,16 +22,20 @@ from runner.simulator.server import (
     KNOWN_FAULTS,
     Admission,
     ApiError,
+    LimitState,
     ModelBudget,
     SimConfig,
     Simulator,
     TokenBucket,
+    WindowBudget,
     answer_for,
+    bucket_states,
     chat_prompt,
     completion_text,
     embedding_vector,
     format_duration,
     mask_key,
+    rate_limit_headers,
     run_in_thread,
     text_tokens,
     token_charge,
@@ -525,3 +530,337 @@ def test_answer_for_refuses_what_the_server_refuses() -> None:
     assert refused.value.status == 400
     with pytest.raises(ValueError, match="not a path"):
         answer_for("/v1/images", {"model": "m"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Behaviours of other servers (opt-in)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [
+    {"list_prompts": "drop"}, {"list_prompts": None}, {"honour_n": 0}, {"honour_n": "no"},
+])
+def test_config_rejects_unknown_modes(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        SimConfig(**kwargs)
+
+
+async def test_ignored_list_prompt_answers_and_charges_only_the_first_item(session) -> None:
+    async with Simulator(SimConfig(list_prompts="ignore", tpm=60_000), clock=FakeClock()) as sim:
+        url = sim.base_url
+        status, _, body = await post(session, url + "/completions",
+                                     {"model": "m", "prompt": ["alpha", "beta", "gamma"], "n": 2,
+                                      "max_tokens": 3})
+        _, _, emb = await post(session, url + "/embeddings", {"model": "e", "input": ["one", "two"]})
+    assert status == 200
+    assert sorted((c["index"], c["text"]) for c in body["choices"]) == \
+        [(0, completion_text("alpha", 0)), (1, completion_text("alpha", 1))]
+    assert body["usage"]["prompt_tokens"] == text_tokens("alpha")
+    assert [d["index"] for d in emb["data"]] == [0]
+    assert emb["usage"] == {"prompt_tokens": 1, "total_tokens": 1}
+    assert sim.stats.answered == {"alpha": 1, "one": 1} and sim.stats.dropped_prompts == 3
+    assert sim.stats.tokens_charged == (2 + 3 * 2) + 1  # "alpha" with n=2, then "one"
+
+
+async def test_refused_list_prompt_is_a_blank_500_after_admission(session) -> None:
+    async with Simulator(SimConfig(list_prompts="error", rpm=60), clock=FakeClock()) as sim:
+        url = sim.base_url
+        listed = await post(session, url + "/completions", {"model": "m", "prompt": ["a", "b"]})
+        emb = await post(session, url + "/embeddings", {"model": "e", "input": ["a", "b"]})
+        one = await post(session, url + "/completions", {"model": "m", "prompt": ["a"]})
+        plain = await post(session, url + "/embeddings", {"model": "e", "input": "a"})
+    assert listed[0] == emb[0] == 500
+    assert listed[2] == {"error": {"message": "", "type": "None", "param": "None", "code": "500"}}
+    assert listed[1]["x-ratelimit-remaining-requests"] == "59"  # charged like an answered request
+    assert one[0] == plain[0] == 200 and sim.stats.answered == {"a": 2}
+
+
+async def test_dropped_n_gives_one_choice_whatever_n_asks(session) -> None:
+    async with Simulator(SimConfig(honour_n=False)) as sim:
+        _, _, chat = await post(session, sim.base_url + "/chat/completions", chat_body("hi", n=3))
+        _, _, completion = await post(session, sim.base_url + "/completions",
+                                      {"model": "m", "prompt": ["a", "b"], "n": 2})
+    assert [(c["index"], c["message"]["content"]) for c in chat["choices"]] == \
+        [(0, completion_text("hi", 0))]
+    assert sorted((c["index"], c["text"]) for c in completion["choices"]) == \
+        [(0, completion_text("a", 0)), (1, completion_text("b", 0))]
+    assert sim.stats.answered == {"hi": 1, "a": 1, "b": 1} and sim.stats.dropped_choices == 4
+
+
+def test_config_rejects_unknown_scopes_and_header_styles() -> None:
+    for kwargs in ({"budget_scope": "team"}, {"header_style": "x-ratelimit"}):
+        with pytest.raises(ValueError, match="must be one of"):
+            SimConfig(**kwargs)
+
+
+async def test_key_scope_shares_one_budget_across_models_per_key(session) -> None:
+    other_key = {"Authorization": "Bearer sk-other-key-9876543210"}
+    config = SimConfig(rpm=60, tpm=6000, burst_s=2, budget_scope="key")
+    async with Simulator(config, clock=FakeClock()) as sim:
+        url = sim.base_url + "/chat/completions"
+        first = await post(session, url, {**chat_body(), "model": "a"})
+        second = await post(session, url, {**chat_body(), "model": "b"})
+        limited = await post(session, url, {**chat_body(), "model": "c"})
+        other = await post(session, url, {**chat_body(), "model": "a"}, headers=other_key)
+    assert [r[0] for r in (first, second, limited, other)] == [200, 200, 429, 200]
+    assert first[1]["x-ratelimit-remaining-requests"] == "1"
+    assert second[1]["x-ratelimit-remaining-requests"] == "0"  # model b drew on a's budget
+    assert limited[1]["retry-after"] == "1" and "Limit 60, Used 2" in limited[2]["error"]["message"]
+    assert other[1]["x-ratelimit-remaining-requests"] == "1"
+    assert sim.stats.by_key == {"sk-test-key-0123456789": 2, "sk-other-key-9876543210": 1}
+    assert sim.budget("sk-test-key-0123456789").requests.level == pytest.approx(0)
+
+
+def rate_headers(headers: CIMultiDict) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()
+            if "ratelimit" in k.lower()}
+
+
+@pytest.mark.parametrize(("style", "scope", "expected"), [
+    ("litellm", "model", {
+        "x-ratelimit-model_per_key-limit-requests": "120",
+        "x-ratelimit-model_per_key-remaining-requests": "119",
+        "x-ratelimit-model_per_key-limit-tokens": "6000",
+        "x-ratelimit-model_per_key-remaining-tokens": "5998"}),
+    ("litellm", "key", {
+        "x-ratelimit-api_key-limit-requests": "120", "x-ratelimit-api_key-remaining-requests": "119",
+        "x-ratelimit-api_key-limit-tokens": "6000", "x-ratelimit-api_key-remaining-tokens": "5998"}),
+    ("ietf", "model", {"ratelimit-limit": "120", "ratelimit-remaining": "119",
+                       "ratelimit-reset": "1", "ratelimit-policy": "120;w=60"}),
+    ("none", "model", {}),
+    ("openai", "model", {
+        "x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "119",
+        "x-ratelimit-reset-requests": "500ms", "x-ratelimit-limit-tokens": "6000",
+        "x-ratelimit-remaining-tokens": "5998", "x-ratelimit-reset-tokens": "20ms"}),
+])
+async def test_header_style_names_the_limits_as_that_server_does(session, style, scope,
+                                                                 expected) -> None:
+    config = SimConfig(rpm=120, tpm=6000, header_style=style, budget_scope=scope)
+    async with Simulator(config, clock=FakeClock()) as sim:
+        status, headers, _ = await post(session, sim.base_url + "/chat/completions",
+                                        chat_body("abcdefgh"))
+    assert status == 200 and rate_headers(headers) == expected
+
+
+@pytest.mark.parametrize("style", ["litellm", "ietf", "none"])
+async def test_header_style_applies_to_azure_urls_and_429s(session, style) -> None:
+    config = SimConfig(rpm=60, burst_s=1, header_style=style)
+    async with Simulator(config, clock=FakeClock()) as sim:
+        url = f"{sim.azure_endpoint}/openai/deployments/d/chat/completions?api-version={AZURE_VERSION}"
+        ok = await post(session, url, chat_body(), headers={"api-key": "k"})
+        limited = await post(session, url, chat_body(), headers={"api-key": "k"})
+    assert ok[0] == 200 and limited[0] == 429 and limited[1]["retry-after"] == "1"
+    expected = {"litellm": {"x-ratelimit-model_per_key-limit-requests": "60",
+                            "x-ratelimit-model_per_key-remaining-requests": "0"},
+                "ietf": {"ratelimit-limit": "60", "ratelimit-remaining": "0",
+                         "ratelimit-reset": "1", "ratelimit-policy": "60;w=60"},
+                "none": {}}[style]
+    assert rate_headers(ok[1]) == rate_headers(limited[1]) == expected
+
+
+def test_ietf_headers_report_tokens_when_requests_are_unlimited_and_litellm_shows_debt() -> None:
+    clock = FakeClock()
+    budget = ModelBudget(rpm=None, tpm=600, burst_s=2, clock=clock)  # 10 tok/s, capacity 20
+    assert budget.admit(50).admitted
+    states = bucket_states(budget)
+    assert rate_limit_headers("ietf", "openai", states) == {
+        "RateLimit-Limit": "600", "RateLimit-Remaining": "0", "RateLimit-Reset": "5",
+        "RateLimit-Policy": "600;w=60"}
+    assert rate_limit_headers("litellm", "openai", states) == {
+        "x-ratelimit-model_per_key-remaining-tokens": "-30",
+        "x-ratelimit-model_per_key-limit-tokens": "600"}
+
+
+def test_openai_style_headers_are_the_budgets_own() -> None:
+    clock = FakeClock()
+    budget = ModelBudget(rpm=120, tpm=6000, burst_s=60, clock=clock)
+    assert budget.admit(1500).admitted
+    for shape in ("openai", "azure"):
+        assert rate_limit_headers("openai", shape, bucket_states(budget)) == budget.headers(shape)
+
+
+def test_window_admits_a_whole_minute_at_once_then_refuses_until_it_ends() -> None:
+    clock = FakeClock()
+    window = WindowBudget(rpm=3, tpm=None, clock=clock)
+    assert [window.admit(1).admitted for _ in range(3)] == [True] * 3
+    assert window.admit(1) == Admission(False, "requests", 60.0)
+    clock.advance(59.9)
+    assert window.admit(1) == Admission(False, "requests", 60.0)  # always 60, not the time left
+    assert window.time_left() == pytest.approx(0.1)
+    clock.advance(0.1)
+    assert window.admit(1).admitted and window.windows == 2
+    clock.advance(30)  # the new window opened at its first request, 30 s ago
+    assert [window.admit(1).admitted for _ in range(3)] == [True, True, False]
+    assert window.states() == [LimitState("requests", 3, 0, pytest.approx(30))]
+
+
+def test_window_counts_tokens_and_admits_an_oversize_request_into_a_fresh_window() -> None:
+    clock = FakeClock()
+    window = WindowBudget(rpm=None, tpm=100, clock=clock)
+    assert window.admit(60).admitted
+    assert window.admit(60) == Admission(False, "tokens", 60.0)
+    assert window.admit(40).admitted
+    clock.advance(60)
+    assert window.admit(150).admitted  # never "too large": LiteLLM counts tokens afterwards
+    assert window.states() == [LimitState("tokens", 100, -50, 60.0)]
+    assert window.admit(1).limit == "tokens"
+
+
+async def test_window_limiter_429_is_litellms_with_retry_after_60(session) -> None:
+    clock = FakeClock()
+    config = SimConfig(rpm=2, limiter="window")
+    async with Simulator(config, clock=clock, wall_clock=lambda: 0.0) as sim:
+        url = sim.base_url + "/chat/completions"
+        first = [await post(session, url, chat_body()) for _ in range(2)]
+        clock.advance(30)
+        limited = await post(session, url, chat_body())
+        clock.advance(30)
+        after = await post(session, url, chat_body())
+    assert [r[0] for r in first] == [200, 200] and limited[0] == 429 and after[0] == 200
+    assert [r[1]["x-ratelimit-remaining-requests"] for r in first] == ["1", "0"]
+    assert first[1][1]["x-ratelimit-reset-requests"] == "1m0s"
+    status, headers, body = limited
+    assert headers["retry-after"] == "60" and "retry-after-ms" not in headers
+    assert headers["x-ratelimit-reset-requests"] == "30s"
+    hashed = hashlib.sha256(b"sk-test-key-0123456789").hexdigest()
+    assert body == {"error": {
+        "message": f"litellm.RateLimitError: Rate limit exceeded for model_per_key: {hashed}:m. "
+                   "Limit type: requests. Current limit: 2, Remaining: 0. "
+                   "Limit resets at: 1970-01-01 00:01:00 UTC",
+        "type": "None", "param": "None", "code": "429"}}
+    assert after[1]["x-ratelimit-remaining-requests"] == "1"
+    assert sim.stats.by_window == {("m", 1): 2, ("m", 2): 1} and sim.stats.rate_limited == 1
+
+
+async def test_window_per_key_with_litellm_headers_counts_down_across_models(session) -> None:
+    config = SimConfig(rpm=3, tpm=1000, limiter="window", budget_scope="key",
+                       header_style="litellm")
+    async with Simulator(config, clock=FakeClock()) as sim:
+        url = sim.base_url + "/completions"
+        results = [await post(session, url, {"model": model, "prompt": "abcd", "max_tokens": 9})
+                   for model in ("a", "b", "c", "a")]
+    assert [r[0] for r in results] == [200, 200, 200, 429]
+    assert [r[1]["x-ratelimit-api_key-remaining-requests"] for r in results] == ["2", "1", "0", "0"]
+    assert [r[1]["x-ratelimit-api_key-remaining-tokens"] for r in results] == \
+        ["990", "980", "970", "970"]
+    assert results[3][2]["error"]["message"].startswith(
+        "litellm.RateLimitError: Rate limit exceeded for api_key: "
+        + hashlib.sha256(b"sk-test-key-0123456789").hexdigest() + ". Limit type: requests.")
+    assert results[3][1]["rate_limit_type"] == "requests"
+    assert sim.stats.by_window == {("sk-test-key-0123456789", 1): 3}
+
+
+def test_config_rejects_an_unknown_limiter() -> None:
+    with pytest.raises(ValueError, match="limiter must be one of 'bucket', 'window'"):
+        SimConfig(limiter="leaky")
+
+
+class GateSleep:
+    """A sleep that lasts until the test opens its gate: one gate per call, in call order."""
+
+    def __init__(self) -> None:
+        self.gates: list[asyncio.Future[None]] = []
+
+    async def __call__(self, seconds: float) -> None:
+        gate = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        await gate
+
+    def open(self, i: int) -> None:
+        self.gates[i].set_result(None)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+def test_config_rejects_a_non_bool_serial() -> None:
+    with pytest.raises(ValueError, match="serial must be True or False"):
+        SimConfig(serial=1)
+
+
+async def test_serial_server_works_on_one_request_at_a_time(session) -> None:
+    sleep = GateSleep()
+    async with Simulator(SimConfig(serial=True, latency_ms=100), sleep=sleep) as sim:
+        url = sim.base_url + "/chat/completions"
+        posts = [asyncio.create_task(post(session, url, chat_body(str(i)))) for i in range(3)]
+        await until(lambda: sim.stats.in_flight == 3 and len(sleep.gates) == 1)
+        await asyncio.sleep(0.05)
+        assert len(sleep.gates) == 1 and sim.stats.working == 1  # two wait for the slot
+        for i in range(3):
+            await until(lambda: len(sleep.gates) == i + 1)
+            sleep.open(i)
+        results = await asyncio.gather(*posts)
+    assert [r[0] for r in results] == [200] * 3
+    assert sim.stats.answered == {"0": 1, "1": 1, "2": 1}
+    assert sim.stats.served == 3 and sim.stats.abandoned == 0 and sim.stats.max_working == 1
+
+
+async def test_serial_server_finishes_abandoned_requests_before_the_next(session) -> None:
+    sleep = GateSleep()
+    async with Simulator(SimConfig(serial=True, latency_ms=100), sleep=sleep) as sim:
+        url = sim.base_url + "/chat/completions"
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(post(session, url, chat_body("gone")), 0.1)
+        await until(lambda: sim.stats.in_flight == 0)  # the client left; its work goes on
+        waiting = asyncio.create_task(post(session, url, chat_body("next")))
+        await until(lambda: sim.stats.in_flight == 1)
+        await asyncio.sleep(0.05)
+        assert len(sleep.gates) == 1 and sim.stats.served == 0  # "next" queues behind "gone"
+        sleep.open(0)
+        await until(lambda: len(sleep.gates) == 2)
+        assert sim.stats.served == 1 and sim.stats.abandoned == 1
+        sleep.open(1)
+        status, _, body = await waiting
+    assert status == 200 and body["choices"][0]["message"]["content"] == completion_text("next", 0)
+    assert sim.stats.answered == {"next": 1}
+    assert sim.stats.served == 2 and sim.stats.abandoned == 1 and sim.stats.by_status == {200: 1}
+
+
+async def test_concurrent_server_stops_working_for_a_client_that_left(session) -> None:
+    sleep = GateSleep()
+    async with Simulator(SimConfig(latency_ms=100), sleep=sleep) as sim:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(post(session, sim.base_url + "/chat/completions", chat_body()),
+                                   0.1)
+        await until(lambda: sim.stats.in_flight == 0)
+    assert sim.stats.working == 0 and sim.stats.served == sim.stats.abandoned == 0
+
+
+async def test_stopping_a_serial_server_cancels_work_nobody_waits_for(session) -> None:
+    sleep = GateSleep()
+    sim = Simulator(SimConfig(serial=True, latency_ms=100), sleep=sleep)
+    await sim.start()
+    try:
+        for content in ("working", "queued"):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(post(session, sim.base_url + "/chat/completions",
+                                            chat_body(content)), 0.1)
+        await until(lambda: sim.stats.in_flight == 0)
+        assert sim.stats.working == 1 and len(sleep.gates) == 1
+    finally:
+        async with asyncio.timeout(5):
+            await sim.stop()
+    assert sim.stats.working == 0 and sim.stats.served == 0
+
+
+def test_simulate_command_passes_each_mode_to_the_config(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from runner.cli.main import main
+    from runner.simulator import server
+    seen: list[SimConfig] = []
+    monkeypatch.setattr(server, "serve", lambda config, host, port: seen.append(config))
+    args = ["simulate", "--list-prompts", "ignore", "--ignore-n", "--budget-scope", "key",
+            "--limiter", "window", "--header-style", "ietf", "--serial"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert CliRunner().invoke(main, ["simulate"]).exit_code == 0
+    assert (seen[0].list_prompts, seen[0].honour_n, seen[0].budget_scope, seen[0].limiter,
+            seen[0].header_style, seen[0].serial) == ("ignore", False, "key", "window", "ietf", True)
+    assert seen[1] == SimConfig()
+    refused = CliRunner().invoke(main, ["simulate", "--header-style", "x"])
+    assert refused.exit_code == 2 and "'x' is not one of" in refused.output
+    choices = {p.name: tuple(p.type.choices) for p in main.commands["simulate"].params
+               if hasattr(p.type, "choices")}
+    assert choices == {"list_prompts": server.LIST_PROMPT_MODES, "budget_scope": server.BUDGET_SCOPES,
+                       "limiter": server.LIMITERS, "header_style": server.HEADER_STYLES}

@@ -306,16 +306,34 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
 @click.option("--quota", "quota_requests", type=click.IntRange(0),
               help="Answer insufficient_quota after this many successful requests.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--list-prompts", type=click.Choice(["ok", "ignore", "error"]), default="ok",
+              show_default=True,
+              help="A list prompt/input of 2+ items: answered, only its first item answered (gateway "
+                   "mock), or a blank 500 (one-prompt local server).")
+@click.option("--honour-n/--ignore-n", "honour_n", default=True, show_default=True,
+              help="--ignore-n: one choice whatever n asks.")
+@click.option("--budget-scope", type=click.Choice(["model", "key"]), default="model",
+              show_default=True, help="One RPM/TPM budget per model, or per API key across models.")
+@click.option("--limiter", type=click.Choice(["bucket", "window"]), default="bucket",
+              show_default=True,
+              help="Refilling buckets (OpenAI), or fixed 60 s windows with retry-after 60 (gateways).")
+@click.option("--header-style", type=click.Choice(["openai", "litellm", "ietf", "none"]),
+              default="openai", show_default=True, help="Which rate-limit headers to send.")
+@click.option("--serial", is_flag=True,
+              help="One request at a time, each taking --latency-ms; abandoned ones still worked on.")
 def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: float,
              latency_ms: float, fault_rate: float, faults: str, quota_requests: int | None,
-             seed: int) -> None:
+             seed: int, list_prompts: str, honour_n: bool, budget_scope: str, limiter: str,
+             header_style: str, serial: bool) -> None:
     """Serve a simulated OpenAI-compatible API (and Azure OpenAI URL shapes) for trying runner out."""
     from runner.simulator.server import SimConfig, serve
     try:
         config = SimConfig(rpm=rpm, tpm=tpm, burst_s=burst_s, latency_ms=latency_ms,
                            fault_rate=fault_rate,
                            faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
-                           quota_requests=quota_requests, seed=seed)
+                           quota_requests=quota_requests, seed=seed, list_prompts=list_prompts,
+                           honour_n=honour_n, budget_scope=budget_scope, limiter=limiter,
+                           header_style=header_style, serial=serial)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     serve(config, host, port)

@@ -20,7 +20,9 @@ What a request meets, in order (the first that applies answers it):
     429  `insufficient_quota` once `config.quota_requests` requests were admitted
     429  request larger than the whole TPM ("Request too large"), never retryable
     429  rate limited on requests or tokens, with `retry-after` / `retry-after-ms`
-         -- from here on the request is admitted and charged; then, with probability
+         -- from here on the request is admitted and charged;
+    500  a list prompt/input of 2+ items, with `config.list_prompts == "error"` (blank message);
+         then (with `config.serial`, queued for the one slot) the latency; then, with probability
          `config.fault_rate`, one of `config.faults`:
     500 / 503 / connection reset / hang `config.hang_s` then answer / 200 with the body cut in half /
          200 with one choice (or embedding) dropped from a multi-item answer
@@ -36,7 +38,9 @@ Rate limits are two continuously refilling token buckets per model (deployment o
 at `rpm / 60` per second and tokens at `tpm / 60` per second, each holding `rate * burst_s`. A request
 is admitted when both buckets hold its cost; a cost larger than a bucket's capacity is admitted when
 that bucket is full and drives it negative (debt). The buckets read an injected clock, so their
-arithmetic is tested without sleeping (`TokenBucket`, `ModelBudget`).
+arithmetic is tested without sleeping (`TokenBucket`, `ModelBudget`). Opt-in, as gateways do: one
+budget per API key instead of per model (`budget_scope`), fixed 60 s windows instead of buckets
+(`WindowBudget`, `limiter`), and other rate-limit header names (`rate_limit_headers`).
 
 Answers are pure functions of the input (`completion_text`, `chat_prompt`, `embedding_vector`), so a
 test can compute what each job must get back.
@@ -53,8 +57,8 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -77,9 +81,16 @@ AZURE_TOO_LARGE_RETRY_S = 86_400  # what Azure tells a request that can never fi
 SHUTDOWN_GRACE_S = 0.5  # stop() waits this long for handlers still running (e.g. a hang)
 ORGANIZATION = "org-sim"
 OPENAI_VERSION = "2020-10-01"
+RATE_WINDOW_S = 60  # every limit here is per minute; the IETF policy's `w`
 AZURE_DEFAULT_API_VERSION = "v1"  # quoted in Azure v1-shape messages when no api-version is given
 
 KNOWN_FAULTS = frozenset({"500", "503", "hang", "reset", "truncated", "missing_choice"})
+
+# The opt-in behaviours of other servers (SimConfig fields), each value's first entry the default
+LIST_PROMPT_MODES = ("ok", "ignore", "error")
+BUDGET_SCOPES = ("model", "key")
+HEADER_STYLES = ("openai", "litellm", "ietf", "none")
+LIMITERS = ("bucket", "window")
 
 CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
 OPENAI, AZURE, AZURE_V1 = "openai", "azure", "azure_v1"
@@ -203,6 +214,16 @@ def _check_number(name: str, value: float, *, minimum: float, strict: bool) -> N
         raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}")
 
 
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class SimConfig:
     """How the simulated service behaves; checked when built (bad values raise `ValueError`).
@@ -217,6 +238,30 @@ class SimConfig:
     charge_factor: the server charges `ceil(token_charge × charge_factor)` tokens per request, so a
     test can play a service whose accounting differs from the client's estimate (1.0 = the
     documented rule).
+
+    Behaviours of other OpenAI-compatible servers, each off by default:
+
+    list_prompts: what a list `prompt` (completions) or `input` (embeddings) of two or more items
+    gets. "ok": every item answered. "ignore": only the first item is served, charged and answered
+    (one choice per `n`, one embedding, usage for one), as a gateway mock does; the rest is dropped
+    without a word. "error": the request is admitted and charged, then answered 500 with a blank
+    error message, as a local server that takes one prompt does. A one-item list or a string is
+    always served normally.
+    honour_n: False plays a server that drops `n`: completions and chat get one choice (index 0)
+    whatever `n` asks, and are charged for one.
+    budget_scope: "model" keeps one RPM/TPM budget per model (deployment on Azure), as OpenAI does;
+    "key" one per API key shared by every model, as LiteLLM's per-key limits and llmock do.
+    limiter: "bucket" is OpenAI's continuously refilling buckets (above); "window" a gateway's fixed
+    windows (`WindowBudget`): up to `rpm` requests and `tpm` tokens per 60 s from the window's first
+    request, all at once, then 429 with `retry-after: 60` and LiteLLM's body until the window ends
+    (`burst_s` unused).
+    serial: True plays a local model server with one slot: admitted requests queue and are worked
+    on one after another in arrival order, each taking `latency_ms`; a request whose client has
+    gone (timed out) is still worked on before the next (`SimStats.abandoned`).
+    header_style: the rate-limit headers on every answer (see `rate_limit_headers`). "openai":
+    OpenAI's six `x-ratelimit-*` (Azure URLs: its two remaining-*); "litellm": LiteLLM proxy's
+    `x-ratelimit-{model_per_key|api_key}-{remaining|limit}-{requests|tokens}`, no reset; "ietf":
+    the IETF draft's `RateLimit-Limit/-Remaining/-Reset/-Policy`; "none": no rate-limit headers.
     """
 
     rpm: int | None = None
@@ -232,6 +277,12 @@ class SimConfig:
     seed: int = 0
     api_key: str | None = field(default=None, repr=False)
     charge_factor: float = 1.0
+    list_prompts: str = "ok"
+    honour_n: bool = True
+    budget_scope: str = "model"
+    header_style: str = "openai"
+    limiter: str = "bucket"
+    serial: bool = False
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "quota_requests"):
@@ -264,6 +315,12 @@ class SimConfig:
             raise ValueError("api_key must be a non-empty string or None")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        _check_choice("list_prompts", self.list_prompts, LIST_PROMPT_MODES)
+        _check_flag("honour_n", self.honour_n)
+        _check_choice("budget_scope", self.budget_scope, BUDGET_SCOPES)
+        _check_choice("header_style", self.header_style, HEADER_STYLES)
+        _check_choice("limiter", self.limiter, LIMITERS)
+        _check_flag("serial", self.serial)
 
 
 @dataclass(slots=True)
@@ -272,7 +329,11 @@ class SimStats:
 
     `answered` counts, per prompt text, the prompts whose every choice was delivered in a complete
     200 body to a client still connected: a prompt answered twice shows a count of 2.
-    `tokens_charged` sums the token charge of admitted requests.
+    `tokens_charged` sums the token charge of admitted requests (as served: after any dropped list
+    items or `n`). `served` counts admitted requests the server worked on to the end of their
+    latency (and hang), whether or not anyone was still waiting; `abandoned` those of them whose
+    client had gone by then: work done for nobody. `working` / `max_working`: requests inside their
+    latency now / at most at once (1 with `serial`).
     """
 
     requests: int = 0
@@ -283,6 +344,15 @@ class SimStats:
     in_flight: int = 0
     max_in_flight: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    dropped_prompts: int = 0  # list items left unserved (`list_prompts="ignore"`)
+    dropped_choices: int = 0  # choices asked by `n` and not produced (`honour_n=False`)
+    by_key: Counter[str] = field(default_factory=Counter)  # admitted requests per API key
+    # `limiter="window"`: admitted requests per (budget, window number counted from 1)
+    by_window: Counter[tuple[str, int]] = field(default_factory=Counter)
+    served: int = 0
+    abandoned: int = 0
+    working: int = 0
+    max_working: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,6 +461,129 @@ class ModelBudget:
             else:
                 out[f"x-ratelimit-remaining-{name}"] = remaining
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """One limit of a budget as headers tell it: `name` "requests" or "tokens", its per-minute
+    `limit`, what `remaining` now (negative while in debt), and `reset_s` until fully restored."""
+
+    name: str
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+def bucket_states(budget: ModelBudget) -> list[LimitState]:
+    """The limits of a continuously refilling budget (requests first; unlimited ones left out)."""
+    return [LimitState(name, limit, math.floor(bucket.level + ADMIT_EPSILON), bucket.time_to_full())
+            for name, limit, bucket in (("requests", budget.rpm, budget.requests),
+                                        ("tokens", budget.tpm, budget.tokens))
+            if bucket is not None and limit is not None]
+
+
+class WindowBudget:
+    """Fixed-window limits as a gateway keeps them (LiteLLM's proxy, llmock): up to `rpm` requests
+    and `tpm` tokens per `window_s` seconds, counted from the window's first request; all may come
+    at once, and the counts start again at zero when the window ends.
+
+    A refused request waits for the window's end; its `retry_after_s` is always `window_s`, as
+    LiteLLM says, not the time left. Tokens are checked against what the window has used, so a
+    charge above the whole `tpm` is admitted into a fresh window (LiteLLM counts a request's tokens
+    after answering it) and is never refused as too large.
+    """
+
+    __slots__ = ("rpm", "tpm", "window_s", "requests_used", "tokens_used", "windows", "_start",
+                 "_clock")
+
+    def __init__(self, rpm: int | None, tpm: int | None, window_s: float = RATE_WINDOW_S, *,
+                 clock: Callable[[], float]) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be > 0")
+        self.rpm = rpm
+        self.tpm = tpm
+        self.window_s = window_s
+        self.requests_used = 0
+        self.tokens_used = 0
+        self.windows = 0  # windows opened so far; the current one's number
+        self._start: float | None = None
+        self._clock = clock
+
+    def _roll(self) -> float:
+        now = self._clock()
+        if self._start is not None and now - self._start >= self.window_s:
+            self._start = None
+            self.requests_used = self.tokens_used = 0
+        return now
+
+    def admit(self, charge: int) -> Admission:
+        """Count one request and `charge` tokens in the current window if both fit, else refuse."""
+        now = self._roll()
+        if self.rpm is not None and self.requests_used + 1 > self.rpm:
+            return Admission(False, "requests", float(self.window_s))
+        if self.tpm is not None and self.tokens_used and self.tokens_used + charge > self.tpm:
+            return Admission(False, "tokens", float(self.window_s))
+        if self._start is None:
+            self._start = now
+            self.windows += 1
+        self.requests_used += 1
+        self.tokens_used += charge
+        return Admission(True)
+
+    def time_left(self) -> float:
+        """Seconds until the current window ends (0 when none is open)."""
+        now = self._roll()
+        return 0.0 if self._start is None else max(0.0, self._start + self.window_s - now)
+
+    def states(self) -> list[LimitState]:
+        """The limits as headers tell them (requests first; unlimited ones left out)."""
+        left = self.time_left()
+        return [LimitState(name, limit, limit - used, left)
+                for name, limit, used in (("requests", self.rpm, self.requests_used),
+                                          ("tokens", self.tpm, self.tokens_used))
+                if limit is not None]
+
+
+# LiteLLM proxy's names, read in BerriAI/litellm: litellm/proxy/hooks/parallel_request_limiter_v3.py
+# (async_post_call_success_hook) and litellm/proxy/hooks/_rate_limit_headers.py. Per limit
+# descriptor it sends `x-ratelimit-{descriptor}-remaining-{type}` = limit - used (may go negative)
+# and `x-ratelimit-{descriptor}-limit-{type}`, type "requests" / "tokens"; no reset header (its
+# docs, docs/proxy/response_headers.md, list OpenAI's six, which it only passes on from a backend).
+# The descriptor is "model_per_key" for a key's per-model limit and "api_key" for a key's limit.
+LITELLM_DESCRIPTOR = {"model": "model_per_key", "key": "api_key"}
+
+
+def rate_limit_headers(style: str, shape: str, states: Sequence[LimitState], *,
+                       scope: str = "model") -> dict[str, str]:
+    """The rate-limit headers a server of `style` (`HEADER_STYLES`) sends for `states`.
+
+    "ietf" follows draft-ietf-httpapi-ratelimit-headers up to -06 (separate fields, still what
+    gateways commonly send): `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (whole
+    seconds) and `RateLimit-Policy: {limit};w=60`, for one limit: requests when there is an RPM,
+    else tokens. Drafts -07 on replaced them with two structured fields, `RateLimit: "default";r=..;t=..`
+    and `RateLimit-Policy: "default";q=..;w=..`, which the simulator does not send.
+    """
+    out: dict[str, str] = {}
+    if style == "none" or not states:
+        return out
+    if style == "ietf":
+        state = states[0]
+        return {"RateLimit-Limit": str(state.limit),
+                "RateLimit-Remaining": str(max(0, state.remaining)),
+                "RateLimit-Reset": str(math.ceil(state.reset_s - 1e-9)),
+                "RateLimit-Policy": f"{state.limit};w={RATE_WINDOW_S}"}
+    for state in states:
+        if style == "litellm":
+            prefix = f"x-ratelimit-{LITELLM_DESCRIPTOR[scope]}"
+            out[f"{prefix}-remaining-{state.name}"] = str(state.remaining)
+            out[f"{prefix}-limit-{state.name}"] = str(state.limit)
+        elif shape == OPENAI:
+            out[f"x-ratelimit-limit-{state.name}"] = str(state.limit)
+            out[f"x-ratelimit-remaining-{state.name}"] = str(max(0, state.remaining))
+            out[f"x-ratelimit-reset-{state.name}"] = format_duration(state.reset_s)
+        else:
+            out[f"x-ratelimit-remaining-{state.name}"] = str(max(0, state.remaining))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,8 +771,7 @@ def _azure_error(code: str, message: str) -> dict[str, Any]:
 
 
 def _rate_limited(shape: str, kind: str, model: str, api_version: str, budget: ModelBudget,
-                  verdict: Admission, charge: int) -> ApiError:
-    headers = budget.headers(shape)
+                  verdict: Admission, charge: int, headers: dict[str, str]) -> ApiError:
     if shape == OPENAI and verdict.too_large:
         return ApiError(429, openai_error(
             f"Request too large for {model} in organization {ORGANIZATION} on tokens per min (TPM): "
@@ -608,6 +800,22 @@ def _rate_limited(shape: str, kind: str, model: str, api_version: str, budget: M
         "limit.")), headers)
 
 
+def _window_limited(verdict: Admission, states: Sequence[LimitState], descriptor: str, value: str,
+                    resets_at: float, headers: dict[str, str]) -> ApiError:
+    """LiteLLM proxy's 429 for a key over a fixed-window limit (parallel_request_limiter_v3):
+    `retry-after` is the window length whatever is left of it, the body's `code` the string "429",
+    `type` and `param` the string "None"; the message names the limit descriptor and the hashed key."""
+    state = next(s for s in states if s.name == verdict.limit)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(resets_at))
+    headers = {**headers, "retry-after": str(math.ceil(verdict.retry_after_s)),
+               "rate_limit_type": state.name, "reset_at": stamp}
+    return ApiError(429, {"error": {
+        "message": f"litellm.RateLimitError: Rate limit exceeded for {descriptor}: {value}. "
+                   f"Limit type: {state.name}. Current limit: {state.limit}, Remaining: "
+                   f"{max(0, state.remaining)}. Limit resets at: {stamp}",
+        "type": "None", "param": "None", "code": "429"}}, headers)
+
+
 _QUOTA_ERROR = openai_error(
     "You exceeded your current quota, please check your plan and billing details. For more "
     "information on this error, read the docs: "
@@ -619,6 +827,9 @@ _OVERLOADED_ERROR = openai_error(
     "That model is currently overloaded with other requests. You can retry your request, or "
     "contact us through our help center at help.openai.com if the error persists.",
     "server_error")
+# A server that cannot take a list prompt fails inside, with nothing to say: LiteLLM's proxy
+# renders such an exception with the strings "None" for type and param and the status as code.
+_BLANK_SERVER_ERROR = {"error": {"message": "", "type": "None", "param": "None", "code": "500"}}
 _MALFORMED_JSON = openai_error(
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
     "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
@@ -670,8 +881,10 @@ class Simulator:
         self._rng = rng if rng is not None else random.Random(config.seed)
         self._sleep = sleep
         self._wall_clock = wall_clock
-        self._budgets: dict[str, ModelBudget] = {}
+        self._budgets: dict[str, ModelBudget | WindowBudget] = {}
         self._admitted = 0  # toward config.quota_requests
+        self._slot = asyncio.Lock()  # the one slot of a serial server
+        self._serial_tasks: set[asyncio.Future[web.Response]] = set()
         self._ids = 0
         self._runner: web.AppRunner | None = None
         self._host = ""
@@ -697,10 +910,15 @@ class Simulator:
         return self.base_url
 
     async def stop(self) -> None:
-        """Stop serving; handlers still running after `SHUTDOWN_GRACE_S` are cancelled."""
+        """Stop serving; handlers still running after `SHUTDOWN_GRACE_S`, and serial work still
+        queued or running, are cancelled."""
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        leftover = list(self._serial_tasks)  # work of serial requests nobody waits for any more
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -720,12 +938,16 @@ class Simulator:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self._port}"
 
-    def budget(self, model: str) -> ModelBudget:
-        """The rate-limit buckets of `model` (created full on first use)."""
-        if model not in self._budgets:
-            self._budgets[model] = ModelBudget(self.config.rpm, self.config.tpm,
-                                               self.config.burst_s, clock=self._clock)
-        return self._budgets[model]
+    def budget(self, name: str) -> ModelBudget | WindowBudget:
+        """The rate-limit budget of `name`, a model or, with `budget_scope="key"`, an API key
+        (created unused on first use): buckets, or windows with `limiter="window"`."""
+        if name not in self._budgets:
+            config = self.config
+            self._budgets[name] = (
+                WindowBudget(config.rpm, config.tpm, clock=self._clock)
+                if config.limiter == "window" else
+                ModelBudget(config.rpm, config.tpm, config.burst_s, clock=self._clock))
+        return self._budgets[name]
 
     # -- plumbing ----------------------------------------------------------------------------
     def _next_id(self, prefix: str, length: int) -> str:
@@ -770,7 +992,8 @@ class Simulator:
                 return _json(err.status, err.body, err.headers)
         return handle
 
-    def _check_auth(self, request: web.Request, shape: str) -> None:
+    def _check_auth(self, request: web.Request, shape: str) -> str:
+        """The request's API key; raises the service's 401 when it has none or a wrong one."""
         bearer = request.headers.get("Authorization", "")
         scheme, _, token = bearer.partition(" ")
         key = token.strip() if scheme.lower() == "bearer" else ""
@@ -778,13 +1001,14 @@ class Simulator:
             key = key or request.headers.get("api-key", "").strip()
             if not key or (self.config.api_key is not None and key != self.config.api_key):
                 raise ApiError(401, _AZURE_DENIED)
-            return
+            return key
         if not key:
             raise ApiError(401, _NO_KEY)
         if self.config.api_key is not None and key != self.config.api_key:
             raise ApiError(401, openai_error(
                 f"Incorrect API key provided: {mask_key(key)}. You can find your API key at "
                 "https://platform.openai.com/account/api-keys.", code="invalid_api_key"))
+        return key
 
     # -- the request path --------------------------------------------------------------------
     async def _serve(self, request: web.Request, kind: str, shape: str) -> web.Response:
@@ -793,30 +1017,65 @@ class Simulator:
         if shape == AZURE and not api_version:
             raise ApiError(400, _azure_error("BadRequest",
                                              "Missing required query parameter: api-version"))
-        self._check_auth(request, shape)
+        key = self._check_auth(request, shape)
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             raise ApiError(400, _MALFORMED_JSON) from None
         req = parse_request(kind, body, request.match_info.get("deployment"))
+        listed = len(req.prompts) > 1
+        req = self._as_served(req)
         if config.poison is not None and any(config.poison in p for p in req.prompts):
             raise _poisoned(kind, sum(text_tokens(p) for p in req.prompts))
         if config.quota_requests is not None and self._admitted >= config.quota_requests:
             raise ApiError(429, _QUOTA_ERROR)
-        budget = self.budget(req.model)
+        budget_name = key if config.budget_scope == "key" else req.model
+        budget = self.budget(budget_name)
         charge = req.charge if config.charge_factor == 1 else \
             math.ceil(round(req.charge * config.charge_factor, 6))  # round: 100 × 1.1 is 111 else
         verdict = budget.admit(charge)
+        states = budget.states() if isinstance(budget, WindowBudget) else bucket_states(budget)
+        headers = rate_limit_headers(config.header_style, shape, states, scope=config.budget_scope)
         if not verdict.admitted:
+            if isinstance(budget, WindowBudget):
+                hashed = _sha(key)  # LiteLLM names a key by its sha256
+                value = hashed if config.budget_scope == "key" else f"{hashed}:{req.model}"
+                raise _window_limited(verdict, states, LITELLM_DESCRIPTOR[config.budget_scope],
+                                      value, self._wall_clock() + RATE_WINDOW_S, headers)
             raise _rate_limited(shape, kind, req.model, api_version or AZURE_DEFAULT_API_VERSION,
-                                budget, verdict, charge)
-        headers = budget.headers(shape)
+                                budget, verdict, charge, headers)
         self._admitted += 1
         self.stats.tokens_charged += charge
+        self.stats.by_key[key] += 1
+        if isinstance(budget, WindowBudget):
+            self.stats.by_window[budget_name, budget.windows] += 1
+        if listed and config.list_prompts == "error":
+            raise ApiError(500, _BLANK_SERVER_ERROR, headers)
         fault = self._pick_fault()
-        if config.latency_ms > 0:
-            jitter = 1 + self._rng.uniform(-LATENCY_JITTER, LATENCY_JITTER)
-            await self._sleep(config.latency_ms * jitter / 1000)
+        work = self._work(request, req, fault, headers)
+        return await (self._in_turn(work) if config.serial else work)
+
+    async def _work(self, request: web.Request, req: SimRequest, fault: str | None,
+                    headers: Mapping[str, str]) -> web.Response:
+        """The admitted request's answer, or its fault, after the latency (and any hang).
+
+        Counted in `stats.served` once the latency is over, and in `stats.abandoned` too when its
+        client has gone by then (the work was wasted); not counted when cancelled before.
+        """
+        config, stats = self.config, self.stats
+        stats.working += 1
+        stats.max_working = max(stats.max_working, stats.working)
+        try:
+            if config.latency_ms > 0:
+                jitter = 1 + self._rng.uniform(-LATENCY_JITTER, LATENCY_JITTER)
+                await self._sleep(config.latency_ms * jitter / 1000)
+            if fault == "hang":
+                await self._sleep(config.hang_s)
+        finally:
+            stats.working -= 1
+        stats.served += 1
+        if _client_gone(request):
+            stats.abandoned += 1
         if fault == "500":
             raise ApiError(500, _SERVER_ERROR)
         if fault == "503":
@@ -825,8 +1084,7 @@ class Simulator:
             if request.transport is not None:
                 request.transport.abort()
             raise _ConnectionDropped
-        if fault == "hang":
-            await self._sleep(config.hang_s)
+        kind = req.kind
         answer = build_answer(req, rng=self._rng, shuffle=config.shuffle,
                               created=int(self._wall_clock()),
                               response_id=self._next_id("chatcmpl-" if kind == CHAT else "cmpl-", 29))
@@ -836,9 +1094,43 @@ class Simulator:
         raw = orjson.dumps(answer)
         if fault == "truncated":
             raw = raw[:len(raw) // 2]
-        elif request.transport is not None and not request.transport.is_closing():
+        elif not _client_gone(request):
             self._count_answered(req, items)
         return web.Response(status=200, body=raw, content_type="application/json", headers=headers)
+
+    async def _in_turn(self, work: Coroutine[Any, Any, web.Response]) -> web.Response:
+        """`work` done when the server's one slot is free, in arrival order (`config.serial`).
+
+        The work is shielded: a client that leaves (times out) cancels its wait, not the work, which
+        keeps the slot until done, as a one-slot local server keeps generating for nobody.
+        """
+        async def queued() -> web.Response:
+            try:
+                async with self._slot:
+                    return await work
+            finally:
+                work.close()  # never started when cancelled in the queue (stop())
+
+        task = asyncio.ensure_future(queued())
+        self._serial_tasks.add(task)
+        task.add_done_callback(self._forget)
+        return await asyncio.shield(task)
+
+    def _forget(self, task: asyncio.Future[web.Response]) -> None:
+        self._serial_tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned request's fault is nobody's error
+
+    def _as_served(self, req: SimRequest) -> SimRequest:
+        """`req` as this server takes it: without the list items or `n` it does not honour."""
+        config = self.config
+        if len(req.prompts) > 1 and config.list_prompts == "ignore":
+            self.stats.dropped_prompts += len(req.prompts) - 1
+            req = replace(req, prompts=req.prompts[:1])
+        if req.n > 1 and not config.honour_n:
+            self.stats.dropped_choices += (req.n - 1) * len(req.prompts)
+            req = replace(req, n=1)
+        return req
 
     def _pick_fault(self) -> str | None:
         config = self.config
@@ -855,6 +1147,10 @@ class Simulator:
         for position, prompt in enumerate(req.prompts):
             if delivered[position] == per_prompt:
                 self.stats.answered[prompt] += 1
+
+
+def _client_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
 
 
 def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
