@@ -1,0 +1,3 @@
+"""The HTTP boundary, shared by every backend: `transport.send(request) -> response` (the only code
+that touches the network), where requests go and how they authenticate (`endpoint`: OpenAI or
+Azure OpenAI), and the rate-limit headers answers carry (`headers`)."""

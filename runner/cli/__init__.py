@@ -1,0 +1,2 @@
+"""The command line (`main`: run, estimate, status, simulate, demo; thin: it checks input and calls
+one function) and where option defaults come from (`config`: flags, RUNNER_* variables, runner.toml)."""
