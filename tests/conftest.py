@@ -1,4 +1,8 @@
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import orjson
 
@@ -51,3 +55,17 @@ def success_record(custom_id: str, body, **kwargs) -> dict:
 def error_record(custom_id: str, code: str, message: str, **kwargs) -> dict:
     """`jobs.results.error_record` with the next id of a test `RecordIds`."""
     return results.error_record(custom_id, code, message, record_id=RECORD_IDS(), **kwargs)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_SERVER = "http://127.0.0.1:9/v1"  # the discard port: nothing answers there
+
+
+def run_offline(*args: str, stdin_path: Path) -> subprocess.CompletedProcess:
+    """`python -m runner run ARGS --no-progress` in a subprocess, stdin read from `stdin_path`, with a
+    key set and a base URL where nothing answers: for runs that must stop before sending anything."""
+    with open(stdin_path, "rb") as stdin:
+        return subprocess.run([sys.executable, "-m", "runner", "run", *args, "--no-progress"],
+                              cwd=ROOT, stdin=stdin, capture_output=True, timeout=60,
+                              env={**os.environ, "OPENAI_API_KEY": "sk-test",
+                                   "OPENAI_BASE_URL": NO_SERVER})

@@ -1,16 +1,13 @@
 """runner.files.guard: results are never appended to the job file, another job file, or a compressed file."""
 import gzip
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.conftest import run_offline
 from runner.files.guard import OutputRefused, check_output
 
-ROOT = Path(__file__).resolve().parent.parent
 JOB = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}
 RESULT = {"id": "batch_req_1", "custom_id": "a", "error": None,
@@ -76,11 +73,7 @@ def test_the_cli_exits_2_and_changes_nothing(tmp_path, jobs, how):
         output = tmp_path / "results.jsonl"
         output.symlink_to(jobs)
     source = "-" if how == "stdin" else str(jobs)
-    with open(jobs, "rb") as stdin:
-        proc = subprocess.run([sys.executable, "-m", "runner", "run", source, "-o", str(output),
-                               "--no-progress"], cwd=ROOT, stdin=stdin, capture_output=True,
-                              env={**os.environ, "OPENAI_API_KEY": "sk-test",
-                                   "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}, timeout=60)
+    proc = run_offline(source, "-o", str(output), stdin_path=jobs)
     assert proc.returncode == 2, proc.stderr
     message = proc.stderr.decode()
     assert str(output) in message and "nothing was written" in message

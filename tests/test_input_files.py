@@ -5,14 +5,12 @@ import gzip
 import lzma
 import os
 import random
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.conftest import run_offline
 from runner.api.endpoint import Endpoint
 from runner.files.inputs import UnreadableFormat, check_format, input_lines
 from runner.live.run import RunConfig, run
@@ -21,7 +19,6 @@ from runner.report.prices import load_prices
 from runner.report.status import StatusError, status
 from runner.simulator.server import SimConfig, Simulator, completion_text, embedding_vector
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPRESS = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}
 
 
@@ -144,11 +141,7 @@ def test_the_cli_exits_2_with_one_clear_message_for_input_it_cannot_use(tmp_path
                        else b"\x28\xb5\x2f\xfd" + os.urandom(1000))
     output = tmp_path / "out.jsonl"
     argument = "-" if case == "zstd on stdin" else str(source)
-    with open(source, "rb") as stdin:
-        proc = subprocess.run([sys.executable, "-m", "runner", "run", argument, "-o", str(output),
-                               "--no-progress"], cwd=ROOT, stdin=stdin, capture_output=True,
-                              env={**os.environ, "OPENAI_API_KEY": "sk-test",
-                                   "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}, timeout=60)
+    proc = run_offline(argument, "-o", str(output), stdin_path=source)
     message = proc.stderr.decode()
     assert proc.returncode == 2, message
     expected = {"random bytes": "does not look like a JSONL job file", "zstd": "zstd -d",
