@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 import runner.live.run as run_module
-from runner.clock import VirtualClockLoop
+from runner.clock import VirtualClockLoop, virtual_loop
 from runner.live.dispatch import DispatchConfig
 from runner.api.endpoint import Endpoint
 from runner.pacing.limiter import Limiters
@@ -33,48 +33,14 @@ PROMPT_CHARS = 40  # 10 tokens: with max_tokens 390 a completion costs exactly 4
 MAX_TOKENS = 390
 
 
-class SettlingLoop(VirtualClockLoop):
-    """A `VirtualClockLoop` that never jumps while a worker thread is busy for it.
-
-    The run reads its input and syncs its checkpoint in worker threads (aiofiles) and aiohttp
-    resolves the host in one; a jump taken while such a thread runs would let virtual time pass
-    during real work. Loopback socket data is ready for the reader once the writer's ``send``
-    returns, so sockets need no such care (runs give the same times with an
-    ``autojump_threshold`` of half a millisecond).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._busy_threads = 0
-
-    def run_in_executor(self, executor, func, *args):  # type: ignore[no-untyped-def]
-        future = super().run_in_executor(executor, func, *args)
-        self._busy_threads += 1
-        future.add_done_callback(self._thread_done)
-        return future
-
-    def _thread_done(self, _future: asyncio.Future) -> None:
-        self._busy_threads -= 1
-
-    def _jump_to_next_timer(self) -> None:
-        if not self._busy_threads:
-            super()._jump_to_next_timer()
-
-
 @pytest.fixture
 def loop():
-    loop = SettlingLoop()
-    asyncio.set_event_loop(loop)
-    yield loop
-    try:
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    # The run reads its input and syncs its checkpoint in worker threads (aiofiles) and aiohttp
+    # resolves the host in one: time must not jump while they work. Loopback socket data is ready
+    # for the reader once the writer's ``send`` returns, so sockets need no such care (runs give
+    # the same times with an ``autojump_threshold`` of half a millisecond).
+    with virtual_loop(wait_for_threads=True) as loop:
+        yield loop
 
 
 @pytest.fixture
@@ -123,7 +89,7 @@ class Outcome:
     sim: SimStats
 
 
-def run_jobs(loop: SettlingLoop, tmp_path: Path, jobs: list[dict], sim_config: SimConfig, *,
+def run_jobs(loop: VirtualClockLoop, tmp_path: Path, jobs: list[dict], sim_config: SimConfig, *,
              rpm: float | None = None, tpm: float | None = None,
              concurrency: int = DispatchConfig().concurrency,
              later: tuple[float, SimConfig] | None = None, azure: bool = False) -> Outcome:
