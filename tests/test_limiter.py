@@ -8,6 +8,7 @@ import math
 import pytest
 
 from runner.clock import run_virtual
+from runner.simulator.server import TokenBucket as ServerBucket
 from runner.api.headers import RateLimitInfo
 from runner.pacing.limiter import (
     CALIBRATION_MAX,
@@ -560,19 +561,10 @@ def test_acquire_charges_the_calibrated_amount_capped_at_the_tpm():
     assert run_virtual(main) == (600, 1000, 1600)
 
 
-class ServerBucket:
-    """The server's token bucket as the simulator keeps it: starts full, refills at `rate`."""
-
-    def __init__(self, rate: float, capacity: float, clock) -> None:
-        self.rate, self.capacity, self.clock = rate, capacity, clock
-        self.level, self.stamp = capacity, clock()
-
-    def take(self, amount: float) -> tuple[int, float]:
-        """Charge `amount`; return the headers' (remaining, reset) right after."""
-        now = self.clock()
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate) - amount
-        self.stamp = now
-        return max(0, math.floor(self.level)), (self.capacity - self.level) / self.rate
+def charge(server: ServerBucket, amount: float) -> tuple[int, float]:
+    """Charge `amount` to the simulator's own bucket; return the headers' (remaining, reset)."""
+    server.take(amount)
+    return server.remaining(), server.time_to_full()
 
 
 def audit_run(audit: ChargeAudit, *, factor: float, interval: float, seconds: float,
@@ -581,7 +573,7 @@ def audit_run(audit: ChargeAudit, *, factor: float, interval: float, seconds: fl
     """Requests every `interval` s against a server charging `factor` × `estimate` (1000 tok/s,
     2 s bucket); every sample the audit gives."""
     clock = FakeClock()
-    server = ServerBucket(1000.0, 2000.0, clock)
+    server = ServerBucket(1000.0, 2000.0, clock=clock)
     samples, total = [], 0
     for seq in range(1, int(seconds / interval) + 1):
         clock.now = seq * interval
@@ -589,7 +581,7 @@ def audit_run(audit: ChargeAudit, *, factor: float, interval: float, seconds: fl
         if seq in refused:
             audit.rejected(seq, estimate)
             continue
-        remaining, reset = server.take(estimate * factor)
+        remaining, reset = charge(server, estimate * factor)
         sample = audit.record(seq, clock.now, total, remaining, reset, 1000.0)
         if sample is not None:
             samples.append(sample)
@@ -620,17 +612,17 @@ def test_audit_leaves_refused_requests_out_of_the_estimate():
 
 def test_audit_skips_windows_that_start_inside_a_burst_the_server_counted_in_another_order():
     clock = FakeClock()
-    server = ServerBucket(1000.0, 5000.0, clock)
-    server.level = 2000.0  # far from full: every window is covered
+    # far from full: every window is covered
+    server = ServerBucket(1000.0, 5000.0, clock=clock, level=2000.0)
     audit, samples, answers = ChargeAudit(), [], []
     for seq in range(1, 11):  # a burst of 10 at t=0; the server happens to count it backwards
         audit.admitted(seq, 0.0, 100, 100 * seq)
     for seq in range(10, 0, -1):
-        answers.append((seq, 0.0, 100 * seq, *server.take(100)))
+        answers.append((seq, 0.0, 100 * seq, *charge(server, 100)))
     for seq in range(11, 60):  # then 10 a second, 1000 tok/s, as fast as the server refills
         clock.now = (seq - 10) * 0.1
         audit.admitted(seq, clock.now, 100, 100 * seq)
-        answers.append((seq, clock.now, 100 * seq, *server.take(100)))
+        answers.append((seq, clock.now, 100 * seq, *charge(server, 100)))
     for answer in answers:
         sample = audit.record(*answer, 1000.0)
         if sample is not None:
@@ -646,7 +638,7 @@ def calibration_run(*, factor: float, same_task: bool = True, headers: str = "al
 
     async def main() -> float:
         limiter = RateLimiter(rpm=rpm, tpm=tpm)
-        server = ServerBucket(1000.0, 60_000.0, now)  # a minute's worth, as OpenAI holds
+        server = ServerBucket(1000.0, 60_000.0, clock=now)  # a minute's worth, as OpenAI holds
         answers: asyncio.Queue = asyncio.Queue()
 
         async def observer() -> None:  # a task that never acquired
@@ -657,7 +649,7 @@ def calibration_run(*, factor: float, same_task: bool = True, headers: str = "al
         watching = asyncio.ensure_future(observer())
         for _ in range(200):
             await limiter.acquire(100)
-            remaining, reset = server.take(100 * factor)
+            remaining, reset = charge(server, 100 * factor)
             info = Info(limit_tokens=None if headers == "no-limit" else 60_000,
                         remaining_tokens=remaining,
                         reset_tokens=None if headers == "no-reset" else reset)
