@@ -10,18 +10,20 @@ import pytest
 from runner.clock import run_virtual
 from runner.simulator.server import TokenBucket as ServerBucket
 from runner.api.headers import RateLimitInfo
-from runner.pacing.limiter import (
+from runner.pacing.bucket import TokenBucket
+from runner.pacing.calibration import (
     CALIBRATION_MAX,
     CALIBRATION_MIN,
     CALIBRATION_WINDOW_S,
     ChargeAudit,
+)
+from runner.pacing.limiter import (
     FALLBACK_RETRY_AFTER_S,
     LimiterStats,
-    Limiters,
     RateLimiter,
     RequestTooLarge,
-    TokenBucket,
 )
+from runner.pacing.limiters import Limiters
 
 EXACT = 1e-9  # float noise in level + rate * dt; far below any time a test distinguishes
 

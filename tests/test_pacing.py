@@ -22,7 +22,7 @@ import runner.live.run as run_module
 from runner.clock import VirtualClockLoop, virtual_loop
 from runner.live.dispatch import DispatchConfig
 from runner.api.endpoint import Endpoint
-from runner.pacing.limiter import Limiters
+from runner.pacing.limiters import Limiters
 from runner.live.run import RunConfig, run
 from runner.simulator.server import SimConfig, SimStats, Simulator, chat_prompt, completion_text
 

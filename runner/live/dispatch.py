@@ -36,7 +36,8 @@ from jobs.results import DUPLICATE, OutputState, error_record, success_record
 from runner.files.checkpoint import CheckpointError
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
-from runner.pacing.limiter import Limiters, RateLimiter, RequestTooLarge
+from runner.pacing.limiter import RateLimiter, RequestTooLarge
+from runner.pacing.limiters import Limiters
 from runner.report.stats import RunStats
 from runner.retry import Action, Backoff, Verdict, classify, classify_bad_response, retry_delay
 from runner.api.transport import HttpRequest, HttpResponse, Send

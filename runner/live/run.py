@@ -13,7 +13,8 @@ from jobs.results import OutputState
 from runner.files import checkpoint as ckpt
 from runner.live.dispatch import DispatchConfig, Dispatcher
 from runner.api.endpoint import Endpoint
-from runner.pacing.limiter import DEFAULT_BURST_S, Limiters
+from runner.pacing.limiter import DEFAULT_BURST_S
+from runner.pacing.limiters import Limiters
 from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
 from runner.report.stats import RunStats
 from runner.files.inputs import count_lines, read_items

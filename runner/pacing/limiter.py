@@ -8,10 +8,10 @@ send at once is ``burst_s`` seconds' worth, which a server holding a whole minut
 absorbs. A request larger than our capacity is admitted when the bucket is full and drives the
 level negative (debt), so pacing stays exact for any request size.
 
-`RateLimiter` pairs a requests bucket and a tokens bucket, queues callers FIFO, and learns from
-response headers (`observe`), 429s (`on_rate_limited`) and charge mismatches (`calibrate`, fed by
-`ChargeAudit` from the ``remaining-tokens`` deltas). `Limiters` holds one `RateLimiter` per
-(base_url, model).
+`RateLimiter` pairs a requests bucket and a tokens bucket (`runner.pacing.bucket`), queues callers
+FIFO, and learns from response headers (`observe`), 429s (`on_rate_limited`) and charge mismatches
+(`calibrate`, fed by `runner.pacing.calibration.ChargeAudit` from the ``remaining-tokens``
+deltas). `runner.pacing.limiters.Limiters` holds one `RateLimiter` per (base_url, model).
 
 The dispatcher's side of the contract, per admitted request: call exactly one of `observe(info)`
 (any response, including one with no rate-limit headers), `on_rate_limited(retry_after, info)` (a
@@ -27,7 +27,6 @@ Errors::
 from __future__ import annotations
 
 import asyncio
-import bisect
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -35,15 +34,20 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from runner.api.headers import RateLimitInfo
+from runner.pacing.bucket import TIME_EPSILON_S, TokenBucket, check_positive
+from runner.pacing.calibration import (
+    CALIBRATION_ALPHA,
+    CALIBRATION_MAX,
+    CALIBRATION_MIN,
+    ChargeAudit,
+)
 
 __all__ = [
-    "ChargeAudit",
     "DEFAULT_BURST_S",
+    "FALLBACK_RETRY_AFTER_S",
     "LimiterStats",
-    "Limiters",
     "RateLimiter",
     "RequestTooLarge",
-    "TokenBucket",
 ]
 
 MINUTE_S = 60.0
@@ -53,11 +57,6 @@ DEFAULT_BURST_S = 1.0
 """Seconds of budget a bucket holds. OpenAI documents that a per-minute limit may be enforced in
 shorter slices (60,000 RPM as 1,000 requests per second), so a burst above 1 s can draw 429s at the
 start of a run while a smaller one gains nothing: steady-state throughput is the full rate anyway."""
-
-TIME_EPSILON_S = 1e-9
-"""A wait shorter than this is no wait. Covers float rounding in ``level + rate * dt`` (so a waiter
-woken exactly on time is admitted) and is coarser than the clock's resolution, so a waiter can never
-spin on sleeps too small to move the clock."""
 
 FALLBACK_RETRY_AFTER_S = 1.0
 """Debt horizon for a 429 whose response gave no usable ``retry-after``."""
@@ -77,32 +76,6 @@ INFER_MAX_RESET_S = 30.0
 i.e. while the server's bucket is at least half full; closer to empty the division amplifies the
 rounding of the headers into a wild guess."""
 
-CALIBRATION_ALPHA = 0.2
-"""EWMA weight of one `calibrate()` sample: about the last ten samples count."""
-CALIBRATION_MIN = 0.5
-CALIBRATION_MAX = 2.0
-"""Bounds of the charge factor: no run of odd samples can make us charge less than half or more
-than twice our own estimate."""
-
-CALIBRATION_WINDOW_S = 2.0
-"""Shortest stretch of admissions one calibration sample spans. Requests whose order at the server
-differs from ours blur a sample's two edges by about one request each; over a few seconds of
-traffic that is a few percent, and the EWMA smooths it further."""
-CALIBRATION_MIN_REQUESTS = 8
-"""Fewest admissions one calibration sample spans, so that no single request dominates it."""
-CALIBRATION_HORIZON_S = 4 * CALIBRATION_WINDOW_S
-"""Observations older than this (by admission time) are forgotten."""
-CALIBRATION_REORDER_S = 0.05
-"""Requests admitted this close together may reach the server in either order."""
-CALIBRATION_EDGE_SHARE = 0.05
-"""A window is used only if the requests admitted within `CALIBRATION_REORDER_S` of its two ends
-(whose order at the server is uncertain) carry at most this share of its estimate: a window that
-starts inside a burst, where the server may have counted any of the burst first, is skipped."""
-CALIBRATION_COVER = 0.5
-"""Two observations ``dt`` apart prove the server's bucket stayed below full between them only if
-``dt`` is under this fraction of the earlier one's ``reset`` (time to full with no traffic): the
-slack absorbs the difference between our admission time and the server's."""
-
 _REQUEST = 1  # one request costs one unit of the requests bucket
 
 
@@ -116,214 +89,6 @@ class RequestTooLarge(ValueError):
         )
         self.tokens = tokens
         self.tpm = tpm
-
-
-def _check_positive(value: float, name: str) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _check_amount(amount: float) -> float:
-    if not (math.isfinite(amount) and amount >= 0):
-        raise ValueError(f"amount must be a finite number >= 0, got {amount!r}")
-    return float(amount)
-
-
-class TokenBucket:
-    """Continuously refilling bucket; level may go negative (debt).
-
-    Invariants: ``level() <= capacity``; the level grows by ``rate`` per second of ``clock()`` until
-    it is full. ``rate`` is units per second. The bucket starts full unless ``level`` is given.
-    It reads the clock first when first used and refills from then on, so it may be built before
-    the event loop runs.
-    """
-
-    __slots__ = ("_rate", "_capacity", "_level", "_last", "_clock")
-
-    def __init__(
-        self,
-        rate: float,
-        capacity: float,
-        *,
-        clock: Callable[[], float],
-        level: float | None = None,
-    ) -> None:
-        self._rate = _check_positive(rate, "rate")
-        self._capacity = _check_positive(capacity, "capacity")
-        self._level = self._capacity if level is None else min(float(level), self._capacity)
-        self._last: float | None = None
-        self._clock = clock
-
-    @property
-    def rate(self) -> float:
-        return self._rate
-
-    @property
-    def capacity(self) -> float:
-        return self._capacity
-
-    def _refill(self) -> float:
-        now = self._clock()
-        if self._last is not None and now > self._last:
-            self._level = min(self._capacity, self._level + (now - self._last) * self._rate)
-        if self._last is None or now > self._last:
-            self._last = now
-        return self._level
-
-    def level(self) -> float:
-        """The level now, after refilling for the time elapsed."""
-        return self._refill()
-
-    def wait_time(self, amount: float) -> float:
-        """Seconds until `amount` fits (0.0 if it fits now). An amount above capacity fits when the
-        bucket is full; taking it then drives the level negative."""
-        need = min(_check_amount(amount), self._capacity)
-        wait = (need - self._refill()) / self._rate
-        return wait if wait > TIME_EPSILON_S else 0.0
-
-    def has_capacity(self, amount: float) -> bool:
-        """True when `amount` fits now (see `wait_time`)."""
-        return self.wait_time(amount) == 0.0
-
-    def take(self, amount: float) -> None:
-        """Deduct `amount` now, whether or not it fits (the level may go negative)."""
-        self._refill()
-        self._level -= _check_amount(amount)
-
-    def refund(self, amount: float) -> None:
-        """Give `amount` back, never above capacity."""
-        self._refill()
-        self._level = min(self._capacity, self._level + _check_amount(amount))
-
-    def add_debt(self, amount: float) -> None:
-        """Deduct `amount` that was spent without `take` (the level may go negative)."""
-        self.take(amount)
-
-    def correct(self, remaining: float) -> None:
-        """The server says it holds `remaining`: ``level = min(level, remaining)``. A higher number
-        is never trusted, since our own in-flight requests may not be counted in it yet."""
-        if math.isfinite(remaining):
-            self._level = min(self._refill(), float(remaining))
-
-    def set_rate(self, rate: float, capacity: float) -> None:
-        """Change rate and capacity from now on; time elapsed so far refills at the old rate, and
-        the level is clipped to the new capacity (it never jumps up)."""
-        rate = _check_positive(rate, "rate")
-        capacity = _check_positive(capacity, "capacity")
-        self._refill()
-        self._rate, self._capacity = rate, capacity
-        self._level = min(self._level, capacity)
-
-    def __repr__(self) -> str:
-        return f"TokenBucket(rate={self._rate:g}/s, capacity={self._capacity:g}, level={self._level:g})"
-
-
-class ChargeAudit:
-    """Measures what the server charges per token we estimate, from its ``remaining-tokens`` header.
-
-    Each observation is one admitted request's headers, which show the server's token bucket right
-    after it charged that request: its level (``remaining``) and the seconds it would take to fill
-    with no traffic (``reset``). Between two observations a and b, taken in admission order, the
-    server consumed ``remaining(a) - remaining(b) + rate × (t_b - t_a)`` tokens, provided its bucket
-    never filled up in between (a full bucket stops refilling, and the formula would overcount).
-    That consumption pays for the requests admitted after a up to b, whose estimates we know.
-
-    `record` returns such a sample ``(estimated, charged)`` when a valid window ends at the new
-    observation, else None. A window is valid when it spans at least `CALIBRATION_WINDOW_S` and
-    `CALIBRATION_MIN_REQUESTS` admissions, and when every consecutive pair of observations in it
-    is close enough that the bucket cannot have filled between them (`CALIBRATION_COVER`): gaps in
-    traffic, idle stretches and observations of a full bucket all break windows. Requests refused
-    with a 429 (`rejected`) were not charged, so their estimates leave the window's. Requests
-    admitted close to either end may reach the server on the other side of it; a window is used
-    only when they are a small part of it (`CALIBRATION_EDGE_SHARE`), so it grows past
-    `CALIBRATION_WINDOW_S` when admissions are dense, and one starting inside a burst is skipped.
-    Every admission is reported (`admitted`), observed or not. Pure: times and counts are given,
-    nothing is read.
-    """
-
-    __slots__ = ("_observations", "_rejected", "_first_seq", "_admitted_at", "_admitted_total",
-                 "_admitted_estimate")
-
-    def __init__(self) -> None:
-        # (seq, at, estimated_total, remaining, reset), sorted by seq (admission order)
-        self._observations: list[tuple[int, float, int, int, float]] = []
-        self._rejected: list[tuple[int, int]] = []  # (seq, estimate) of refused requests, sorted
-        self._first_seq = 1  # admissions first_seq, first_seq + 1, ... in the three lists below
-        self._admitted_at: list[float] = []
-        self._admitted_total: list[int] = []  # estimated_total after each admission
-        self._admitted_estimate: list[int] = []
-
-    def admitted(self, seq: int, at: float, estimate: int, estimated_total: int) -> None:
-        """Admission `seq` (numbered 1, 2, ... without gaps) at time `at`, estimated at
-        `estimate`; `estimated_total` is the sum of our estimates of admissions 1..seq."""
-        if not self._admitted_at:
-            self._first_seq = seq
-        self._admitted_at.append(at)
-        self._admitted_total.append(estimated_total)
-        self._admitted_estimate.append(estimate)
-        gone = bisect.bisect_left(self._admitted_at,
-                                  at - CALIBRATION_HORIZON_S - CALIBRATION_REORDER_S)
-        if gone:
-            del self._admitted_at[:gone], self._admitted_total[:gone], self._admitted_estimate[:gone]
-            self._first_seq += gone
-
-    def _near(self, seq: int, at: float) -> int:
-        """Our estimates of the admissions other than `seq` within `CALIBRATION_REORDER_S` of it."""
-        times, totals, estimates = self._admitted_at, self._admitted_total, self._admitted_estimate
-        index = seq - self._first_seq
-        if not 0 <= index < len(times):
-            return 0
-        low = bisect.bisect_left(times, at - CALIBRATION_REORDER_S)
-        high = bisect.bisect_right(times, at + CALIBRATION_REORDER_S) - 1
-        return totals[high] - (totals[low] - estimates[low]) - estimates[index]
-
-    def rejected(self, seq: int, estimate: int) -> None:
-        """Admission `seq`, estimated at `estimate` tokens, was refused (429): never charged."""
-        bisect.insort(self._rejected, (seq, estimate))
-
-    def record(self, seq: int, at: float, estimated_total: int, remaining: int, reset: float,
-               rate: float) -> tuple[int, float] | None:
-        """Admission number `seq` at time `at` (``estimated_total``: the sum of our estimates of
-        admissions up to and including it) was answered with ``remaining`` tokens left, ``reset``
-        seconds from full, by a server refilling ``rate`` tokens per second. Returns the sample of
-        the window ending here, if valid: ``(our estimate, the server's charge)`` for it."""
-        observations = self._observations
-        entry = (seq, at, estimated_total, remaining, reset)
-        bisect.insort(observations, entry)
-        self._forget_before(observations[-1][1] - CALIBRATION_HORIZON_S)
-        if reset <= 0:
-            return None
-        index = bisect.bisect_left(observations, entry)
-        while True:  # walk back to the newest observation far enough behind this one
-            index -= 1
-            if index < 0:
-                return None
-            earlier, later = observations[index], observations[index + 1]
-            if later[1] - earlier[1] >= CALIBRATION_COVER * earlier[4]:
-                return None  # the bucket may have filled up in between
-            if (at - earlier[1] >= CALIBRATION_WINDOW_S
-                    and seq - earlier[0] >= CALIBRATION_MIN_REQUESTS
-                    and (self._near(earlier[0], earlier[1]) + self._near(seq, at)
-                         <= CALIBRATION_EDGE_SHARE * (estimated_total - earlier[2]))):
-                break
-        first_seq, first_at, first_total, first_remaining, _ = earlier
-        rejected = self._rejected
-        refused = rejected[bisect.bisect_right(rejected, (first_seq, math.inf)):
-                           bisect.bisect_right(rejected, (seq, math.inf))]
-        estimated = estimated_total - first_total - sum(estimate for _, estimate in refused)
-        charged = first_remaining - remaining + rate * (at - first_at)
-        return (estimated, charged) if estimated > 0 and charged > 0 else None
-
-    def _forget_before(self, horizon: float) -> None:
-        observations = self._observations
-        drop = 0
-        while drop < len(observations) and observations[drop][1] < horizon:
-            drop += 1
-        if drop:
-            del observations[:drop]
-            oldest = observations[0][0] if observations else math.inf
-            del self._rejected[:bisect.bisect_left(self._rejected, (oldest, -1))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,14 +187,14 @@ class RateLimiter:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[object]] | None = None,
     ) -> None:
-        self._burst_s = _check_positive(burst_s, "burst_s")
+        self._burst_s = check_positive(burst_s, "burst_s")
         self._clock = clock if clock is not None else _LoopTime()
         self._sleep = sleep if sleep is not None else asyncio.sleep
         self._requests = _Limit()
         self._tokens = _Limit()
         for dim, value, name in ((self._requests, rpm, "rpm"), (self._tokens, tpm, "tpm")):
             if value is not None:
-                self._set_limit(dim, _check_positive(value, name), "user")
+                self._set_limit(dim, check_positive(value, name), "user")
         self._observed = False
         self._probe_in_flight = False
         self._hold_until = -math.inf  # used only when a 429 finds no bucket to put into debt
@@ -768,32 +533,3 @@ class RateLimiter:
     def __repr__(self) -> str:
         return (f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, requests={self._requests.bucket!r}, "
                 f"tokens={self._tokens.bucket!r})")
-
-
-class Limiters:
-    """Registry: one RateLimiter per (base_url, model) key, created on first use with the
-    configured defaults (all keys share them; each learns its own limits from headers)."""
-
-    def __init__(
-        self,
-        *,
-        rpm: float | None,
-        tpm: float | None,
-        burst_s: float = DEFAULT_BURST_S,
-        clock: Callable[[], float] | None = None,
-        sleep: Callable[[float], Awaitable[object]] | None = None,
-    ) -> None:
-        self._defaults = dict(rpm=rpm, tpm=tpm, burst_s=burst_s, clock=clock, sleep=sleep)
-        RateLimiter(**self._defaults)  # validate the defaults now, not on first use
-        self._limiters: dict[tuple[str, str], RateLimiter] = {}
-
-    def get(self, key: tuple[str, str]) -> RateLimiter:
-        """The limiter for ``(base_url, model)``; the same object on every call."""
-        limiter = self._limiters.get(key)
-        if limiter is None:
-            limiter = self._limiters[key] = RateLimiter(**self._defaults)
-        return limiter
-
-    def items(self) -> list[tuple[tuple[str, str], RateLimiter]]:
-        """Every (key, limiter) created so far, in creation order (for stats reports)."""
-        return list(self._limiters.items())
