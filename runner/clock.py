@@ -18,10 +18,10 @@ Contract:
 * ``autojump_threshold`` (real seconds, default 0) is for tests that talk to another *process*: a
   reply that takes real milliseconds would otherwise lose the race against a virtual jump to, say,
   a 600 s request timeout. Within one process leave it at 0.
-* ``wait_for_threads=True``: time never jumps while a ``run_in_executor`` call (``asyncio.to_thread``,
-  aiofiles, aiohttp's host lookup) is still running; the loop blocks until that call ends or real
-  I/O arrives, so no virtual time passes during real work in a thread. Off by default: a thread
-  that itself waits on a virtual timer would then never finish.
+* ``wait_for_threads=True``: time never jumps while a ``run_in_executor`` call
+  (``asyncio.to_thread``, aiofiles, aiohttp's host lookup) is still running; the loop blocks until
+  that call ends or real I/O arrives, so no virtual time passes during real work in a thread. Off
+  by default: a thread that itself waits on a virtual timer would then never finish.
 
 The loop reads ``self._scheduled`` (the timer heap of `asyncio.BaseEventLoop`, stable since 3.4),
 because jumping to ``now + timeout`` would add float error; this is the one private detail used.
@@ -94,7 +94,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self._virtual_now = float(start)
         self.autojump_threshold = float(autojump_threshold)
         self.wait_for_threads = wait_for_threads
-        self._executor_calls = 0  # run_in_executor calls not yet done (counted with wait_for_threads)
+        self._executor_calls = 0  # run_in_executor calls not done yet (with wait_for_threads)
         super().__init__(_JumpingSelector(selectors.DefaultSelector(), self))
         if not autojump_threshold >= 0:
             self.close()
@@ -104,7 +104,8 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         """Virtual seconds; moves only by jumps to the next timer."""
         return self._virtual_now
 
-    def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any
+                        ) -> asyncio.Future[T]:
         future = super().run_in_executor(executor, func, *args)
         if self.wait_for_threads:
             self._executor_calls += 1
