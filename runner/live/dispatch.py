@@ -36,7 +36,7 @@ from jobs.results import DUPLICATE, OutputState, error_record, success_record
 from runner.files.checkpoint import CheckpointError
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
-from runner.pacing.limiter import RateLimiter, RequestTooLarge
+from runner.pacing.limiter import Permit, RateLimiter, RequestTooLarge
 from runner.pacing.limiters import Limiters
 from runner.report.stats import RunStats
 from runner.retry import Action, Backoff, Verdict, classify, classify_bad_response, retry_delay
@@ -405,15 +405,15 @@ class Dispatcher:
             try:
                 await self.slots.acquire()
                 try:
-                    charged = await limiter.acquire(request.charge)
+                    permit = await limiter.acquire(request.charge)
                 except RequestTooLarge as exc:
                     too_large = exc
                 else:
                     if self.stopping:
-                        limiter.on_failure()  # admitted but never sent
+                        limiter.on_failure(permit)  # admitted but never sent
                         return
                     sends += 1
-                    verdict, answers, response = await self._attempt(request, http, lane, charged)
+                    verdict, answers, response = await self._attempt(request, http, lane, permit)
                 finally:
                     self.slots.release()
             finally:
@@ -448,7 +448,7 @@ class Dispatcher:
                 continue  # the limiter now holds the debt; waiting there is exactly long enough
             await self._sleep(retry_delay(verdict, attempt - 1, self._backoff))
 
-    async def _attempt(self, request: Request, http: HttpRequest, lane: Lane, charged: int
+    async def _attempt(self, request: Request, http: HttpRequest, lane: Lane, permit: Permit
                        ) -> tuple[Verdict, list[dict[str, Any]] | None, HttpResponse | None]:
         """Send once. Tells the limiter exactly one of observe / on_rate_limited / on_failure."""
         limiter = lane.limiter
@@ -456,18 +456,18 @@ class Dispatcher:
         assert task is not None
         self._sending.add(task)
         self.stats.requests += 1
-        self.stats.charged_tokens += charged
+        self.stats.charged_tokens += permit.charged
         self.stats.model_requests[request.model] += 1
-        self.stats.model_charged[request.model] += charged
+        self.stats.model_charged[request.model] += permit.charged
         self.stats.in_flight += 1
         started = self._now()
         try:
             response = await self._send(http)
         except asyncio.CancelledError:
-            limiter.on_failure()
+            limiter.on_failure(permit)
             raise
         except Exception as exc:  # no answer: timeouts, resets, refused connections
-            limiter.on_failure()
+            limiter.on_failure(permit)
             return classify(None, {}, None, exc=exc), None, None
         finally:
             self._sending.discard(task)
@@ -476,11 +476,11 @@ class Dispatcher:
         verdict = classify(response.status, response.headers, response.body)
         if response.status == 429 and verdict.action is Action.RETRY:
             self.stats.rate_limited += 1
-            limiter.on_rate_limited(verdict.delay, info)
+            limiter.on_rate_limited(permit, verdict.delay, info)
             return verdict, None, response
         if verdict.action is Action.OK:  # refusals come back at once: they say nothing of latency
             self._observe_latency(lane, self._now() - started)
-        limiter.observe(info)
+        limiter.observe(permit, info)
         if verdict.action is Action.OK:
             try:
                 answers = split_response(request, orjson.loads(response.body))

@@ -13,11 +13,12 @@ FIFO, and learns from response headers (`observe`), 429s (`on_rate_limited`) and
 (`calibrate`, fed by `runner.pacing.calibration.ChargeAudit` from the ``remaining-tokens``
 deltas). `runner.pacing.limiters.Limiters` holds one `RateLimiter` per (base_url, model).
 
-The dispatcher's side of the contract, per admitted request: call exactly one of `observe(info)`
-(any response, including one with no rate-limit headers), `on_rate_limited(retry_after, info)` (a
-429) or `on_failure()` (no response at all), from the task that called `acquire`: that ties the
-answer to its admission (a context variable), which ages the headers correctly and calibrates the
-charge. During a cautious start the next request waits for it.
+The dispatcher's side of the contract, per admitted request: `acquire` returns a `Permit`; call
+exactly one of `observe(permit, info)` (any response, including one with no rate-limit headers),
+`on_rate_limited(permit, retry_after, info)` (a 429) or `on_failure(permit)` (no response at all)
+with it. The permit ties the answer to its admission, which ages the headers correctly and
+calibrates the charge; ``permit=None`` reports an answer tied to no admission. During a cautious
+start the next request waits for it.
 
 Errors::
 
@@ -30,7 +31,6 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 from runner.api.headers import RateLimitInfo
@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_BURST_S",
     "FALLBACK_RETRY_AFTER_S",
     "LimiterStats",
+    "Permit",
     "RateLimiter",
     "RequestTooLarge",
 ]
@@ -136,19 +137,22 @@ class _LoopTime:
 
 
 @dataclass(frozen=True, slots=True)
-class _Ticket:
-    """What `acquire` leaves in its caller's context, so that the answer the same task reports
-    later (`observe`, `on_rate_limited`, `on_failure`) is tied to that admission."""
+class Permit:
+    """One admission by `RateLimiter.acquire`, handed back with the answer to its request
+    (`observe`, `on_rate_limited`, `on_failure`) so the limiter knows which admission it answers.
 
-    limiter: RateLimiter
-    seq: int  # admission number, from 1
-    at: float  # admission time
-    estimate: int  # our estimate of this request's tokens
-    estimated_total: int  # our estimates of admissions 1..seq, summed
-    charged_total: int  # tokens charged to our bucket for admissions 1..seq
+    seq: admission number, from 1. at: admission time (the limiter's clock). estimate: our estimate
+    of this request's tokens. estimated_total: our estimates of admissions 1..seq, summed.
+    charged_total: tokens charged to our bucket for admissions 1..seq. charged: tokens charged for
+    this request (``charge(estimate)``, at most the TPM).
+    """
 
-
-_TICKET: ContextVar[_Ticket | None] = ContextVar("runner_limiter_ticket", default=None)
+    seq: int
+    at: float
+    estimate: int
+    estimated_total: int
+    charged_total: int
+    charged: int
 
 
 class RateLimiter:
@@ -168,9 +172,9 @@ class RateLimiter:
       (a probe) is admitted; the rest wait for the first `observe`. A limit the server does not
       announce by then is treated as unlimited until a later response announces one.
 
-    Calibration: the token charge follows the server's own accounting. `acquire` ties each
-    admission to the calling task (a context variable), so the `observe` that task makes next is
-    known to show the server's bucket right after it charged that request; a `ChargeAudit` turns
+    Calibration: the token charge follows the server's own accounting. `acquire` returns a
+    `Permit` for each admission, so an `observe` given that permit is known to show the server's
+    bucket right after it charged that request; a `ChargeAudit` turns
     those observations into samples of the server's charge per estimated token, fed to
     `calibrate`. It needs the server's ``limit``, ``remaining`` and ``reset`` token headers
     (OpenAI sends all three; with Azure's remaining-only headers the factor stays as it is).
@@ -253,9 +257,10 @@ class RateLimiter:
 
     # -- admission ---------------------------------------------------------------------------
 
-    async def acquire(self, tokens: int) -> int:
-        """Wait until a request of `tokens` estimated tokens may be sent, deduct it, and return the
-        tokens actually charged (``charge(tokens)``, at most the TPM).
+    async def acquire(self, tokens: int) -> Permit:
+        """Wait until a request of `tokens` estimated tokens may be sent, deduct it, and return its
+        `Permit`; ``permit.charged`` is the tokens actually charged (``charge(tokens)``, at most
+        the TPM). Report the answer to the request with that permit.
 
         Raises `RequestTooLarge` at once when ``tokens`` exceeds the per-minute TPM in force, or
         as soon as a learned TPM shows it does while it waits.
@@ -276,9 +281,9 @@ class RateLimiter:
                     await self._wait(delay)
                 finally:
                     self._head_need = 0
-            self._admit(tokens, charged)
+            permit = self._admit(tokens, charged)
         self._wait_s += self._clock() - arrived
-        return charged
+        return permit
 
     def _check_fits(self, tokens: int) -> None:
         tpm = self._tokens.limit
@@ -327,7 +332,7 @@ class RateLimiter:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    def _admit(self, tokens: int, charged: int) -> None:
+    def _admit(self, tokens: int, charged: int) -> Permit:
         if self._probing():
             self._probe_in_flight = True
         if self._requests.bucket is not None:
@@ -337,18 +342,10 @@ class RateLimiter:
         self._admitted_requests += 1
         self._admitted_tokens += charged
         self._estimated_tokens += tokens
-        ticket = _Ticket(self, self._admitted_requests, self._clock(), tokens,
-                         self._estimated_tokens, self._admitted_tokens)
-        self._audit.admitted(ticket.seq, ticket.at, tokens, ticket.estimated_total)
-        _TICKET.set(ticket)
-
-    def _take_ticket(self) -> _Ticket | None:
-        """The calling task's latest admission by this limiter not yet answered, if any."""
-        ticket = _TICKET.get()
-        if ticket is None or ticket.limiter is not self:
-            return None
-        _TICKET.set(None)
-        return ticket
+        permit = Permit(self._admitted_requests, self._clock(), tokens, self._estimated_tokens,
+                        self._admitted_tokens, charged)
+        self._audit.admitted(permit.seq, permit.at, tokens, permit.estimated_total)
+        return permit
 
     # -- learning ----------------------------------------------------------------------------
 
@@ -361,7 +358,7 @@ class RateLimiter:
         dim.limit, dim.source = limit, source
 
     def _learn(self, dim: _Limit, limit: int | None, remaining: int | None,
-               reset: float | None, ticket: _Ticket | None) -> None:
+               reset: float | None, permit: Permit | None) -> None:
         if limit is not None and limit > 0:
             self._set_limit(dim, float(limit), "server")
         elif remaining is not None and remaining > 0 and dim.source != "server":
@@ -378,41 +375,40 @@ class RateLimiter:
             if estimate is not None and (dim.limit is None or estimate > dim.limit):
                 self._set_limit(dim, estimate, "user" if dim.source == "user" else "inferred")
         if remaining is not None and dim.bucket is not None:
-            dim.bucket.correct(remaining + self._since(dim, dim.bucket, ticket))
+            dim.bucket.correct(remaining + self._since(dim, dim.bucket, permit))
 
-    def _since(self, dim: _Limit, bucket: TokenBucket, ticket: _Ticket | None) -> float:
-        """How far the server's count has moved since it wrote the headers of `ticket`'s request:
-        its refill since that admission, less what we admitted after it (0 without a ticket)."""
-        if ticket is None:
+    def _since(self, dim: _Limit, bucket: TokenBucket, permit: Permit | None) -> float:
+        """How far the server's count has moved since it wrote the headers of `permit`'s request:
+        its refill since that admission, less what we admitted after it (0 without a permit)."""
+        if permit is None:
             return 0.0
         if dim is self._requests:
-            after = self._admitted_requests - ticket.seq
+            after = self._admitted_requests - permit.seq
         else:
-            after = self._admitted_tokens - ticket.charged_total
-        return bucket.rate * max(0.0, self._clock() - ticket.at) - after
+            after = self._admitted_tokens - permit.charged_total
+        return bucket.rate * max(0.0, self._clock() - permit.at) - after
 
-    def observe(self, info: RateLimitInfo) -> None:
+    def observe(self, permit: Permit | None, info: RateLimitInfo) -> None:
         """Learn from one response's rate-limit headers (call it for every response).
 
         * ``limit_*`` sets that bucket's rate (limit/60 per s) and capacity (limit × burst_s/60),
           overriding the user's number either way: the server knows its limit.
         * ``remaining_*`` lowers the bucket's level to what the server holds now by its own
-          count, never raises it (`TokenBucket.correct`). Called by the task whose `acquire` the
+          count, never raises it (`TokenBucket.correct`). Given the `permit` of the request the
           response answers, that is ``remaining`` plus the server's refill since the request was
           admitted, less what we admitted after it: an answer that took seconds does not reset
-          the bucket to a level long past. From any other task it is ``remaining`` itself.
+          the bucket to a level long past. With ``permit=None`` it is ``remaining`` itself.
         * No ``limit_*`` (Azure sends only ``remaining_*``): with ``reset_*`` a limit is inferred
           (see `INFER_MAX_RESET_S`); without it ``remaining`` only raises a user's number it
           exceeds, since it may count a window shorter than a minute.
         * The first call (or a 429 carrying headers) ends the cautious start; a limit still unknown
           then counts as unlimited.
-        * Called by the task whose `acquire` the response answers, the token headers also
-          calibrate the charge (see the class docstring).
+        * Given the `permit`, the token headers also calibrate the charge (see the class
+          docstring).
         """
-        ticket = self._take_ticket()
-        self._update(info, ticket)
-        if ticket is not None:
-            self._audit_tokens(ticket, info)
+        self._update(info, permit)
+        if permit is not None:
+            self._audit_tokens(permit, info)
         self._note_answer()
         self._notify()
 
@@ -445,26 +441,27 @@ class RateLimiter:
             dim.raised_at = now
         self._last_429 = now
 
-    def _update(self, info: RateLimitInfo, ticket: _Ticket | None) -> None:
+    def _update(self, info: RateLimitInfo, permit: Permit | None) -> None:
         self._learn(self._requests, info.limit_requests, info.remaining_requests,
-                    info.reset_requests, ticket)
+                    info.reset_requests, permit)
         self._learn(self._tokens, info.limit_tokens, info.remaining_tokens, info.reset_tokens,
-                    ticket)
+                    permit)
         self._observed = True
         self._probe_in_flight = False
 
-    def _audit_tokens(self, ticket: _Ticket, info: RateLimitInfo) -> None:
+    def _audit_tokens(self, permit: Permit, info: RateLimitInfo) -> None:
         tpm = self._tokens.limit
         if (tpm is None or self._tokens.source != "server" or info.remaining_tokens is None
                 or info.reset_tokens is None):
             return  # the refill rate or the bucket's state is not the server's own word
-        sample = self._audit.record(ticket.seq, ticket.at, ticket.estimated_total,
+        sample = self._audit.record(permit.seq, permit.at, permit.estimated_total,
                                     info.remaining_tokens, info.reset_tokens, tpm / MINUTE_S)
         if sample is not None:
             self._samples += 1  # the first samples are averaged: the initial 1.0 is only a guess
             self._move_factor(*sample, weight=max(CALIBRATION_ALPHA, 1 / self._samples))
 
-    def on_rate_limited(self, retry_after: float | None, info: RateLimitInfo | None) -> None:
+    def on_rate_limited(self, permit: Permit | None, retry_after: float | None,
+                        info: RateLimitInfo | None) -> None:
         """A 429: admit nothing before ``retry_after`` seconds from now (`FALLBACK_RETRY_AFTER_S`
         when None or unusable), and no more than the buckets allow after that.
 
@@ -474,14 +471,14 @@ class RateLimiter:
         ``info`` shows requests left, the tokens bucket unless it shows a burst's worth of tokens
         left; if both are cleared, both are blamed. With no bucket to blame (limits unknown or
         unlimited) admission is held for ``retry_after`` instead. Headers in ``info`` are
-        `observe`d first. During a cautious start this frees the probe slot.
+        `observe`d first (aged by `permit`, as there). During a cautious start this frees the
+        probe slot.
         """
         self._rate_limited += 1
-        ticket = self._take_ticket()
-        if ticket is not None:
-            self._audit.rejected(ticket.seq, ticket.estimate)
+        if permit is not None:
+            self._audit.rejected(permit.seq, permit.estimate)
         if info is not None and not info.empty:
-            self._update(info, ticket)
+            self._update(info, permit)
         if retry_after is None or not (math.isfinite(retry_after) and retry_after >= 0):
             retry_after = FALLBACK_RETRY_AFTER_S
         self._probe_in_flight = False
@@ -508,10 +505,10 @@ class RateLimiter:
         blamed = [pair for pair, ok in zip(both, (requests_ok, tokens_ok)) if not ok]
         return blamed or both
 
-    def on_failure(self) -> None:
-        """An admitted request ended with no response at all (connection error, timeout). Frees
-        the probe slot during a cautious start, so the next waiter probes; otherwise a no-op."""
-        self._take_ticket()  # the server may or may not have charged it: its windows stand
+    def on_failure(self, permit: Permit | None) -> None:
+        """The request admitted with `permit` ended with no response at all (connection error,
+        timeout). Frees the probe slot during a cautious start, so the next waiter probes;
+        otherwise a no-op (the server may or may not have charged it: calibration windows stand)."""
         if self._probe_in_flight:
             self._probe_in_flight = False
             self._notify()
