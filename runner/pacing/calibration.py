@@ -11,6 +11,7 @@ __all__ = [
     "CALIBRATION_MIN",
     "CALIBRATION_WINDOW_S",
     "ChargeAudit",
+    "moved_factor",
 ]
 
 CALIBRATION_ALPHA = 0.2
@@ -38,6 +39,16 @@ CALIBRATION_COVER = 0.5
 """Two observations ``dt`` apart prove the server's bucket stayed below full between them only if
 ``dt`` is under this fraction of the earlier one's ``reset`` (time to full with no traffic): the
 slack absorbs the difference between our admission time and the server's."""
+
+
+def moved_factor(factor: float, estimated: float, charged: float, *, weight: float) -> float:
+    """The charge factor after one sample ``(estimated, charged)`` of the server's accounting: an
+    EWMA step of `weight` towards ``charged / estimated``, kept within [CALIBRATION_MIN,
+    CALIBRATION_MAX]. A sample with a non-positive side leaves `factor` as it is."""
+    if estimated <= 0 or charged <= 0:
+        return factor
+    moved = (1 - weight) * factor + weight * (charged / estimated)
+    return min(CALIBRATION_MAX, max(CALIBRATION_MIN, moved))
 
 
 class ChargeAudit:

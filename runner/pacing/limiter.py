@@ -11,7 +11,9 @@ level negative (debt), so pacing stays exact for any request size.
 `RateLimiter` pairs a requests bucket and a tokens bucket (`runner.pacing.bucket`), queues callers
 FIFO, and learns from response headers (`observe`), 429s (`on_rate_limited`) and charge mismatches
 (`calibrate`, fed by `runner.pacing.calibration.ChargeAudit` from the ``remaining-tokens``
-deltas). `runner.pacing.limiters.Limiters` holds one `RateLimiter` per (base_url, model).
+deltas). It makes every decision; the numbers it decides on (limits, bucket levels, a hold, the
+charge factor) sit behind `runner.pacing.state.BudgetState`, in this process by default.
+`runner.pacing.limiters.Limiters` holds one `RateLimiter` per (base_url, model).
 
 The dispatcher's side of the contract, per admitted request: `acquire` returns a `Permit`; call
 exactly one of `observe(permit, info)` (any response, including one with no rate-limit headers),
@@ -34,15 +36,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from runner.api.headers import RateLimitInfo
-from runner.pacing.bucket import TIME_EPSILON_S, TokenBucket, check_positive
-from runner.pacing.calibration import (
-    CALIBRATION_ALPHA,
-    CALIBRATION_MAX,
-    CALIBRATION_MIN,
-    ChargeAudit,
+from runner.pacing.bucket import check_positive
+from runner.pacing.calibration import CALIBRATION_ALPHA, ChargeAudit, moved_factor
+from runner.pacing.state import (
+    MINUTE_S,
+    REQUEST,
+    BudgetState,
+    Kind,
+    Limit,
+    MemoryBudgetState,
+    Snapshot,
 )
 
 __all__ = [
+    "BucketView",
     "DEFAULT_BURST_S",
     "FALLBACK_RETRY_AFTER_S",
     "LimiterStats",
@@ -50,9 +57,6 @@ __all__ = [
     "RateLimiter",
     "RequestTooLarge",
 ]
-
-MINUTE_S = 60.0
-"""Server limits are per minute; bucket rates are per second."""
 
 DEFAULT_BURST_S = 1.0
 """Seconds of budget a bucket holds. OpenAI documents that a per-minute limit may be enforced in
@@ -76,9 +80,6 @@ INFER_MAX_RESET_S = 30.0
 """Infer a missing limit from ``remaining / (1 - reset / 60)`` only while ``reset`` is below this,
 i.e. while the server's bucket is at least half full; closer to empty the division amplifies the
 rounding of the headers into a wild guess."""
-
-_REQUEST = 1  # one request costs one unit of the requests bucket
-
 
 class RequestTooLarge(ValueError):
     """A request needs more tokens than the whole per-minute TPM: no wait can ever admit it."""
@@ -105,21 +106,6 @@ class LimiterStats:
     tokens: int = 0
     wait_s: float = 0.0
     rate_limited: int = 0
-
-
-class _Limit:
-    """One dimension (requests or tokens): its per-minute limit, where that number came from, and
-    the bucket that paces it. ``bucket is None`` means unknown (before the first observation) or
-    unlimited (after it)."""
-
-    __slots__ = ("limit", "source", "bucket", "raised_at", "bound_at")
-
-    def __init__(self) -> None:
-        self.limit: float | None = None
-        self.source: str | None = None  # "user", "server", "inferred" (headers) or "probed" (429s)
-        self.bucket: TokenBucket | None = None
-        self.raised_at = -math.inf  # when a probed limit was last set, cut or raised
-        self.bound_at = -math.inf   # when this limit last made a request wait
 
 
 class _LoopTime:
@@ -160,7 +146,9 @@ class RateLimiter:
 
     ``rpm``/``tpm``: the user's numbers, or None for unknown (learned from headers). ``burst_s``:
     seconds of budget each bucket holds. ``clock`` defaults to the running loop's ``time()``,
-    ``sleep`` to `asyncio.sleep`; both must tell the same time.
+    ``sleep`` to `asyncio.sleep`; both must tell the same time. ``state``: where the budget's
+    shared numbers live (`BudgetState`; by default a `MemoryBudgetState` on ``clock``): the
+    limiter makes every decision, the state only keeps the numbers and admits atomically.
 
     Contract of `acquire`:
 
@@ -190,19 +178,18 @@ class RateLimiter:
         burst_s: float = DEFAULT_BURST_S,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[object]] | None = None,
+        state: BudgetState | None = None,
     ) -> None:
         self._burst_s = check_positive(burst_s, "burst_s")
         self._clock = clock if clock is not None else _LoopTime()
         self._sleep = sleep if sleep is not None else asyncio.sleep
-        self._requests = _Limit()
-        self._tokens = _Limit()
-        for dim, value, name in ((self._requests, rpm, "rpm"), (self._tokens, tpm, "tpm")):
+        self._state: BudgetState = state if state is not None else MemoryBudgetState(
+            clock=self._clock)
+        for kind, value, name in (("requests", rpm, "rpm"), ("tokens", tpm, "tpm")):
             if value is not None:
-                self._set_limit(dim, check_positive(value, name), "user")
+                self._set_limit(kind, check_positive(value, name), "user")
         self._observed = False
         self._probe_in_flight = False
-        self._hold_until = -math.inf  # used only when a 429 finds no bucket to put into debt
-        self._factor = 1.0
         self._lock = asyncio.Lock()  # FIFO; its holder is the head of the queue
         self._wake: asyncio.Future[None] | None = None  # resolves when the head should re-check
         self._head_need = 0  # tokens the head of the queue is waiting for
@@ -216,33 +203,41 @@ class RateLimiter:
         self._answers: deque[float] = deque(maxlen=ANSWERS_KEPT)  # recent answers (not 429s)
         self._last_429 = -math.inf
         self._episode_end = -math.inf  # a 429 before this belongs to the episode already counted
+        self._probed_at = -math.inf  # when a probed requests limit was last set, cut or raised
+        self._requests_bound_at = -math.inf  # when the requests limit last made a request wait
 
     # -- what callers read -------------------------------------------------------------------
 
     @property
     def rpm(self) -> float | None:
         """The requests-per-minute limit in force; None while unknown or unlimited."""
-        return self._requests.limit
+        limit = self._state.read().requests
+        return limit.per_minute if limit is not None else None
 
     @property
     def tpm(self) -> float | None:
         """The tokens-per-minute limit in force; None while unknown or unlimited."""
-        return self._tokens.limit
+        limit = self._state.read().tokens
+        return limit.per_minute if limit is not None else None
 
     @property
-    def requests_bucket(self) -> TokenBucket | None:
+    def requests_bucket(self) -> BucketView | None:
         """The bucket pacing requests (for display); None while unknown or unlimited."""
-        return self._requests.bucket
+        return self._view("requests")
 
     @property
-    def tokens_bucket(self) -> TokenBucket | None:
+    def tokens_bucket(self) -> BucketView | None:
         """The bucket pacing tokens (for display); None while unknown or unlimited."""
-        return self._tokens.bucket
+        return self._view("tokens")
+
+    def _view(self, kind: Kind) -> BucketView | None:
+        limit = self._state.read().limit(kind)
+        return BucketView(self._state, kind, limit) if limit is not None else None
 
     @property
     def calibration(self) -> float:
         """The factor `charge()` applies to estimates, within [CALIBRATION_MIN, CALIBRATION_MAX]."""
-        return self._factor
+        return self._state.read().factor
 
     @property
     def stats(self) -> LimiterStats:
@@ -251,9 +246,10 @@ class RateLimiter:
 
     def charge(self, estimate: int) -> int:
         """Tokens to deduct for a request we estimate at `estimate`: ``ceil(estimate × factor)``."""
-        if self._factor == 1.0:
+        factor = self._state.read().factor
+        if factor == 1.0:
             return int(estimate)
-        return max(0, math.ceil(round(estimate * self._factor, 6)))  # round: 100 × 1.1 is 111 else
+        return max(0, math.ceil(round(estimate * factor, 6)))  # round: 100 × 1.1 is 111 else
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -273,7 +269,7 @@ class RateLimiter:
             while True:
                 self._check_fits(tokens)
                 charged = self._charged(tokens)
-                delay = self._delay(charged)
+                delay = self._take(charged)
                 if delay == 0.0:
                     break
                 self._head_need = charged
@@ -281,36 +277,36 @@ class RateLimiter:
                     await self._wait(delay)
                 finally:
                     self._head_need = 0
-            permit = self._admit(tokens, charged)
+            permit = self._admitted(tokens, charged)
         self._wait_s += self._clock() - arrived
         return permit
 
     def _check_fits(self, tokens: int) -> None:
-        tpm = self._tokens.limit
+        tpm = self.tpm
         if tpm is not None and tokens > tpm:
             raise RequestTooLarge(tokens, tpm)
 
     def _charged(self, tokens: int) -> int:
         charged = self.charge(tokens)
-        tpm = self._tokens.limit
+        tpm = self.tpm
         return charged if tpm is None else min(charged, math.floor(tpm))
 
     def _probing(self) -> bool:
-        return not self._observed and (self._requests.limit is None or self._tokens.limit is None)
+        snapshot = self._state.read()
+        return not self._observed and (snapshot.requests is None or snapshot.tokens is None)
 
-    def _delay(self, charged: int) -> float:
-        """Seconds until the head may be admitted; inf while it waits on a probe's answer."""
-        if self._probing() and self._probe_in_flight:
+    def _take(self, charged: int) -> float:
+        """Take one request and `charged` tokens from the state if it admits them now (0.0), else
+        the seconds until the head may be admitted; inf while it waits on a probe's answer."""
+        probing = self._probing()
+        if probing and self._probe_in_flight:
             return math.inf
-        now = self._clock()
-        delay = self._hold_until - now
-        for dim, amount in ((self._requests, _REQUEST), (self._tokens, charged)):
-            if dim.bucket is not None:
-                wait = dim.bucket.wait_time(amount)
-                if wait > TIME_EPSILON_S:
-                    dim.bound_at = now  # this limit is holding requests back
-                delay = max(delay, wait)
-        return delay if delay > TIME_EPSILON_S else 0.0
+        admission = self._state.admit(charged)
+        if admission.requests_bound:
+            self._requests_bound_at = self._clock()  # the requests limit is holding requests back
+        if admission.taken and probing:
+            self._probe_in_flight = True
+        return admission.wait_s
 
     async def _wait(self, delay: float) -> None:
         """Sleep `delay` (forever if inf), or less if the state changes meanwhile."""
@@ -332,13 +328,7 @@ class RateLimiter:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    def _admit(self, tokens: int, charged: int) -> Permit:
-        if self._probing():
-            self._probe_in_flight = True
-        if self._requests.bucket is not None:
-            self._requests.bucket.take(_REQUEST)
-        if self._tokens.bucket is not None:
-            self._tokens.bucket.take(charged)
+    def _admitted(self, tokens: int, charged: int) -> Permit:
         self._admitted_requests += 1
         self._admitted_tokens += charged
         self._estimated_tokens += tokens
@@ -349,19 +339,16 @@ class RateLimiter:
 
     # -- learning ----------------------------------------------------------------------------
 
-    def _set_limit(self, dim: _Limit, limit: float, source: str) -> None:
-        rate, capacity = limit / MINUTE_S, limit * self._burst_s / MINUTE_S
-        if dim.bucket is None:
-            dim.bucket = TokenBucket(rate, capacity, clock=self._clock)
-        elif limit != dim.limit:
-            dim.bucket.set_rate(rate, capacity)
-        dim.limit, dim.source = limit, source
+    def _set_limit(self, kind: Kind, limit: float, source: str) -> None:
+        self._state.set_limit(kind, Limit(limit, source, limit * self._burst_s / MINUTE_S))
 
-    def _learn(self, dim: _Limit, limit: int | None, remaining: int | None,
+    def _learn(self, kind: Kind, limit: int | None, remaining: int | None,
                reset: float | None, permit: Permit | None) -> None:
+        known = self._state.read().limit(kind)
+        source = known.source if known is not None else None
         if limit is not None and limit > 0:
-            self._set_limit(dim, float(limit), "server")
-        elif remaining is not None and remaining > 0 and dim.source != "server":
+            self._set_limit(kind, float(limit), "server")
+        elif remaining is not None and remaining > 0 and source != "server":
             # No limit header (Azure). With a reset time, remaining / (1 - reset/60) estimates the
             # per-minute limit. Without one, `remaining` may count a window shorter than a minute
             # (Azure enforces quotas over 1 s or 10 s windows), so it says nothing of the limit:
@@ -370,23 +357,25 @@ class RateLimiter:
             estimate = None
             if reset is not None and 0 < reset < INFER_MAX_RESET_S and math.isfinite(reset):
                 estimate = remaining / (1 - reset / MINUTE_S)
-            elif dim.source == "user":
+            elif source == "user":
                 estimate = float(remaining)
-            if estimate is not None and (dim.limit is None or estimate > dim.limit):
-                self._set_limit(dim, estimate, "user" if dim.source == "user" else "inferred")
-        if remaining is not None and dim.bucket is not None:
-            dim.bucket.correct(remaining + self._since(dim, dim.bucket, permit))
+            if estimate is not None and (known is None or estimate > known.per_minute):
+                self._set_limit(kind, estimate, "user" if source == "user" else "inferred")
+        if remaining is not None:
+            now_known = self._state.read().limit(kind)
+            if now_known is not None:
+                self._state.lower(kind, remaining + self._since(kind, now_known, permit))
 
-    def _since(self, dim: _Limit, bucket: TokenBucket, permit: Permit | None) -> float:
+    def _since(self, kind: Kind, limit: Limit, permit: Permit | None) -> float:
         """How far the server's count has moved since it wrote the headers of `permit`'s request:
         its refill since that admission, less what we admitted after it (0 without a permit)."""
         if permit is None:
             return 0.0
-        if dim is self._requests:
+        if kind == "requests":
             after = self._admitted_requests - permit.seq
         else:
             after = self._admitted_tokens - permit.charged_total
-        return bucket.rate * max(0.0, self._clock() - permit.at) - after
+        return limit.rate * max(0.0, self._clock() - permit.at) - after
 
     def observe(self, permit: Permit | None, info: RateLimitInfo) -> None:
         """Learn from one response's rate-limit headers (call it for every response).
@@ -394,7 +383,7 @@ class RateLimiter:
         * ``limit_*`` sets that bucket's rate (limit/60 per s) and capacity (limit × burst_s/60),
           overriding the user's number either way: the server knows its limit.
         * ``remaining_*`` lowers the bucket's level to what the server holds now by its own
-          count, never raises it (`TokenBucket.correct`). Given the `permit` of the request the
+          count, never raises it (`BudgetState.lower`). Given the `permit` of the request the
           response answers, that is ``remaining`` plus the server's refill since the request was
           admitted, less what we admitted after it: an answer that took seconds does not reset
           the bucket to a level long past. With ``permit=None`` it is ``remaining`` itself.
@@ -417,45 +406,48 @@ class RateLimiter:
         self._answers.append(now)
         while now - self._answers[0] > MINUTE_S:
             self._answers.popleft()
-        dim = self._requests
-        if (dim.source == "probed" and dim.limit is not None and dim.bound_at > dim.raised_at
-                and now - max(self._last_429, dim.raised_at) >= INFER_RAISE_AFTER_S):
-            dim.raised_at = now
-            self._set_limit(dim, dim.limit * INFER_RAISE_STEP, "probed")
+        limit = self._state.read().requests
+        if (limit is not None and limit.source == "probed"
+                and self._requests_bound_at > self._probed_at
+                and now - max(self._last_429, self._probed_at) >= INFER_RAISE_AFTER_S):
+            self._probed_at = now
+            self._set_limit("requests", limit.per_minute * INFER_RAISE_STEP, "probed")
 
     def _infer_from_429(self, retry_after: float) -> None:
         """A 429 with no limit known: infer one from the rate the server was answering at; an
         inferred limit shrinks once per episode (see `INFER_FROM_429_SHARE`)."""
         now = self._clock()
-        dim = self._requests
-        if dim.source == "probed" and dim.limit is not None:
+        snapshot = self._state.read()
+        limit = snapshot.requests
+        if limit is not None and limit.source == "probed":
             if now >= self._episode_end:
-                self._set_limit(dim, max(1.0, dim.limit * INFER_FROM_429_SHARE), "probed")
+                self._set_limit("requests", max(1.0, limit.per_minute * INFER_FROM_429_SHARE),
+                                "probed")
                 self._episode_end = now + max(1.0, retry_after)
-                dim.raised_at = now
-        elif dim.limit is None and self._tokens.limit is None and len(self._answers) >= 2:
+                self._probed_at = now
+        elif limit is None and snapshot.tokens is None and len(self._answers) >= 2:
             span = max(now - self._answers[0], 1.0)
             per_minute = len(self._answers) / span * MINUTE_S
-            self._set_limit(dim, max(1.0, per_minute * INFER_FROM_429_SHARE), "probed")
+            self._set_limit("requests", max(1.0, per_minute * INFER_FROM_429_SHARE), "probed")
             self._episode_end = now + max(1.0, retry_after)
-            dim.raised_at = now
+            self._probed_at = now
         self._last_429 = now
 
     def _update(self, info: RateLimitInfo, permit: Permit | None) -> None:
-        self._learn(self._requests, info.limit_requests, info.remaining_requests,
+        self._learn("requests", info.limit_requests, info.remaining_requests,
                     info.reset_requests, permit)
-        self._learn(self._tokens, info.limit_tokens, info.remaining_tokens, info.reset_tokens,
+        self._learn("tokens", info.limit_tokens, info.remaining_tokens, info.reset_tokens,
                     permit)
         self._observed = True
         self._probe_in_flight = False
 
     def _audit_tokens(self, permit: Permit, info: RateLimitInfo) -> None:
-        tpm = self._tokens.limit
-        if (tpm is None or self._tokens.source != "server" or info.remaining_tokens is None
+        limit = self._state.read().tokens
+        if (limit is None or limit.source != "server" or info.remaining_tokens is None
                 or info.reset_tokens is None):
             return  # the refill rate or the bucket's state is not the server's own word
         sample = self._audit.record(permit.seq, permit.at, permit.estimated_total,
-                                    info.remaining_tokens, info.reset_tokens, tpm / MINUTE_S)
+                                    info.remaining_tokens, info.reset_tokens, limit.rate)
         if sample is not None:
             self._samples += 1  # the first samples are averaged: the initial 1.0 is only a guess
             self._move_factor(*sample, weight=max(CALIBRATION_ALPHA, 1 / self._samples))
@@ -483,25 +475,27 @@ class RateLimiter:
             retry_after = FALLBACK_RETRY_AFTER_S
         self._probe_in_flight = False
         self._infer_from_429(retry_after)
+        snapshot = self._state.read()
         debted = False
-        for dim, need in self._blame(info):
-            if dim.bucket is not None:
-                bucket = dim.bucket
-                bucket.correct(min(need, bucket.capacity) - bucket.rate * retry_after)
+        for kind, need in self._blame(info, snapshot):
+            limit = snapshot.limit(kind)
+            if limit is not None:
+                self._state.lower(kind, min(need, limit.capacity) - limit.rate * retry_after)
                 debted = True
         if not debted:
-            self._hold_until = max(self._hold_until, self._clock() + retry_after)
+            self._state.hold(self._clock() + retry_after)
         self._notify()
 
-    def _blame(self, info: RateLimitInfo | None) -> list[tuple[_Limit, float]]:
+    def _blame(self, info: RateLimitInfo | None, snapshot: Snapshot) -> list[tuple[Kind, float]]:
         token_need = max(self._head_need, 0)
         requests_ok = (info is not None and info.remaining_requests is not None
-                       and info.remaining_requests >= _REQUEST)
-        tokens_bucket = self._tokens.bucket
+                       and info.remaining_requests >= REQUEST)
+        tokens = snapshot.tokens
         tokens_ok = (info is not None and info.remaining_tokens is not None
-                     and tokens_bucket is not None
-                     and info.remaining_tokens >= max(tokens_bucket.capacity, token_need))
-        both = [(self._requests, float(_REQUEST)), (self._tokens, float(token_need))]
+                     and tokens is not None
+                     and info.remaining_tokens >= max(tokens.capacity, token_need))
+        both: list[tuple[Kind, float]] = [("requests", float(REQUEST)),
+                                          ("tokens", float(token_need))]
         blamed = [pair for pair, ok in zip(both, (requests_ok, tokens_ok)) if not ok]
         return blamed or both
 
@@ -522,11 +516,28 @@ class RateLimiter:
         self._notify()
 
     def _move_factor(self, estimated: float, charged: float, *, weight: float) -> None:
-        if estimated <= 0 or charged <= 0:
-            return
-        factor = (1 - weight) * self._factor + weight * (charged / estimated)
-        self._factor = min(CALIBRATION_MAX, max(CALIBRATION_MIN, factor))
+        factor = self._state.read().factor
+        moved = moved_factor(factor, estimated, charged, weight=weight)
+        if moved != factor:
+            self._state.set_factor(moved)
 
     def __repr__(self) -> str:
-        return (f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, requests={self._requests.bucket!r}, "
-                f"tokens={self._tokens.bucket!r})")
+        return f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, state={self._state!r})"
+
+
+class BucketView:
+    """One bucket of a budget, read from its state (for display): the `rate` and `capacity` in
+    force when the view was taken; `level()` reads the level now."""
+
+    __slots__ = ("_state", "_kind", "rate", "capacity")
+
+    def __init__(self, state: BudgetState, kind: Kind, limit: Limit) -> None:
+        self._state, self._kind = state, kind
+        self.rate, self.capacity = limit.rate, limit.capacity
+
+    def level(self) -> float:
+        level = self._state.level(self._kind)
+        return level if level is not None else math.inf
+
+    def __repr__(self) -> str:
+        return f"BucketView({self._kind}, rate={self.rate:g}/s, capacity={self.capacity:g})"
