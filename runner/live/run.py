@@ -53,9 +53,11 @@ class _Stop:
 
 async def run(config: RunConfig, *, send: Send | None = None, console: Console | None = None,
               log: Callable[[str], None] | None = None, progress: bool = True,
-              handle_signals: bool = True) -> RunStats:
+              handle_signals: bool = True, limiters: Limiters | None = None) -> RunStats:
     """Run the jobs of `config.input` still pending in `config.output`; raises CheckpointError
-    when the output is locked by another run or unusable."""
+    when the output is locked by another run or unusable. `limiters` paces the run (by default
+    fresh ones from ``config.rpm``, ``config.tpm`` and ``config.burst_s``); pass them to read what
+    they learned afterwards."""
     console = console or Console(stderr=True)
     log = log or (lambda message: console.print(message, highlight=False, markup=False, soft_wrap=True))
     loop = asyncio.get_running_loop()
@@ -82,7 +84,8 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
         checkpoint.open()
         stats = None
         try:
-            stats = await _dispatch(config, state, checkpoint, send, console, log, progress, stop)
+            stats = await _dispatch(config, state, checkpoint, send, console, log, progress, stop,
+                                    limiters)
         finally:
             try:
                 await checkpoint.sync()
@@ -101,7 +104,7 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
 
 async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Checkpoint,
                     send: Send | None, console: Console, log: Callable[[str], None],
-                    progress: bool, stop: _Stop) -> RunStats:
+                    progress: bool, stop: _Stop, limiters: Limiters | None) -> RunStats:
     loop = asyncio.get_running_loop()
     session = None
     if send is None:
@@ -109,7 +112,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                connect_timeout=config.connect_timeout,
                                read_timeout=config.read_timeout)
         send = aiohttp_sender(session)
-    limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s)
+    if limiters is None:
+        limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s)
     dispatcher = Dispatcher(send=send, endpoint=config.endpoint, limiters=limiters,
                             sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log)
     stop.target = dispatcher.stop
