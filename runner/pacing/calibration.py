@@ -16,7 +16,7 @@ __all__ = [
 
 CALIBRATION_ALPHA = 0.2
 """EWMA weight of one `calibrate()` sample: about the last ten samples count."""
-CALIBRATION_MIN = 0.5
+CALIBRATION_MIN = 0.5  # see CALIBRATION_MAX
 CALIBRATION_MAX = 2.0
 """Bounds of the charge factor: no run of odd samples can make us charge less than half or more
 than twice our own estimate."""
