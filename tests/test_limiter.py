@@ -24,6 +24,7 @@ from runner.pacing.limiter import (
     RequestTooLarge,
 )
 from runner.pacing.limiters import Limiters
+from runner.pacing.state import Admission, Limit, MemoryBudgetState
 
 EXACT = 1e-9  # float noise in level + rate * dt; far below any time a test distinguishes
 
@@ -141,6 +142,26 @@ def test_bucket_reads_the_clock_only_when_used_and_time_starts_then():
 def test_bucket_rejects_non_positive_or_non_finite_rate_and_capacity(rate, capacity):
     with pytest.raises(ValueError):
         TokenBucket(rate, capacity, clock=FakeClock())
+
+
+# -- MemoryBudgetState ------------------------------------------------------------------------
+
+
+def test_state_admit_takes_both_buckets_or_neither_and_says_how_long_and_why():
+    clock = FakeClock()
+    state = MemoryBudgetState(clock=clock)
+    assert state.admit(10**9) == Admission()  # no limit known: nothing to wait for
+    state.set_limit("requests", Limit(60, "user", capacity=2))   # 1 a second, 2 at once
+    state.set_limit("tokens", Limit(600, "user", capacity=10))   # 10 a second, 10 at once
+    assert state.admit(8).taken
+    refused = state.admit(5)  # a request is left, 2 tokens are not enough: nothing is taken
+    assert refused == Admission(wait_s=pytest.approx(0.3), requests_bound=False, tokens_bound=True)
+    assert (state.level("requests"), state.level("tokens")) == (1.0, 2.0)
+    state.hold(1.0)
+    assert state.admit(0) == Admission(wait_s=1.0)  # held: neither bucket binds
+    clock.now = 1.0
+    assert state.admit(5).taken
+    assert (state.level("requests"), state.level("tokens")) == (1.0, 5.0)  # refilled to full first
 
 
 # -- RateLimiter: pacing ----------------------------------------------------------------------
