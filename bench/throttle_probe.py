@@ -92,7 +92,7 @@ async def _pacing(virtual: bool) -> dict[str, dict[str, float]]:
 
     counter = _Counter()
     limiter = RateLimiter(rpm=RATE_PER_S * 60, tpm=None, sleep=counter.sleep)  # burst 1 s = 30
-    limiter.observe(_NoHeaders())
+    limiter.observe(None, _NoHeaders())
     times = await _admit_all([lambda: limiter.acquire(1)] * REQUESTS)
     results["RateLimiter"] = _summarise(times, counter.sleeps)
     return results

@@ -18,6 +18,10 @@ Contract:
 * ``autojump_threshold`` (real seconds, default 0) is for tests that talk to another *process*: a
   reply that takes real milliseconds would otherwise lose the race against a virtual jump to, say,
   a 600 s request timeout. Within one process leave it at 0.
+* ``wait_for_threads=True``: time never jumps while a ``run_in_executor`` call
+  (``asyncio.to_thread``, aiofiles, aiohttp's host lookup) is still running; the loop blocks until
+  that call ends or real I/O arrives, so no virtual time passes during real work in a thread. Off
+  by default: a thread that itself waits on a virtual timer would then never finish.
 
 The loop reads ``self._scheduled`` (the timer heap of `asyncio.BaseEventLoop`, stable since 3.4),
 because jumping to ``now + timeout`` would add float error; this is the one private detail used.
@@ -51,7 +55,9 @@ class _JumpingSelector(selectors.BaseSelector):
         events = self._inner.select(self._loop.autojump_threshold)
         if events:
             return events
-        if timeout is None:  # no timer pending: only real I/O or another thread can wake us
+        if timeout is None or self._loop._executor_calls:
+            # no timer pending, or a thread is working for the loop: wait for real I/O or for
+            # another thread's call_soon_threadsafe (an executor call ending is one)
             return self._inner.select(None)
         self._loop._jump_to_next_timer()
         return []
@@ -79,12 +85,16 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     """An event loop whose clock jumps to the next timer whenever every task is blocked.
 
     ``start``: the value of ``time()`` before any jump. ``autojump_threshold``: real seconds to wait
-    for I/O before jumping (0 = poll without blocking). See the module docstring for the contract.
+    for I/O before jumping (0 = poll without blocking). ``wait_for_threads``: never jump while a
+    ``run_in_executor`` call is running. See the module docstring for the contract.
     """
 
-    def __init__(self, *, start: float = 0.0, autojump_threshold: float = 0.0) -> None:
+    def __init__(self, *, start: float = 0.0, autojump_threshold: float = 0.0,
+                 wait_for_threads: bool = False) -> None:
         self._virtual_now = float(start)
         self.autojump_threshold = float(autojump_threshold)
+        self.wait_for_threads = wait_for_threads
+        self._executor_calls = 0  # run_in_executor calls not done yet (with wait_for_threads)
         super().__init__(_JumpingSelector(selectors.DefaultSelector(), self))
         if not autojump_threshold >= 0:
             self.close()
@@ -93,6 +103,17 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         """Virtual seconds; moves only by jumps to the next timer."""
         return self._virtual_now
+
+    def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any
+                        ) -> asyncio.Future[T]:
+        future = super().run_in_executor(executor, func, *args)
+        if self.wait_for_threads:
+            self._executor_calls += 1
+            future.add_done_callback(self._executor_call_done)
+        return future
+
+    def _executor_call_done(self, _future: asyncio.Future[Any]) -> None:
+        self._executor_calls -= 1
 
     def _jump_to_next_timer(self) -> None:
         scheduled = self._scheduled  # BaseEventLoop's heap of TimerHandle; [0] is the earliest
@@ -109,10 +130,12 @@ def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
 
 
 @contextlib.contextmanager
-def virtual_loop(*, start: float = 0.0, autojump_threshold: float = 0.0) -> Iterator[VirtualClockLoop]:
+def virtual_loop(*, start: float = 0.0, autojump_threshold: float = 0.0,
+                 wait_for_threads: bool = False) -> Iterator[VirtualClockLoop]:
     """Yield a fresh `VirtualClockLoop` installed as the current event loop; on exit cancel what is
     left, shut down async generators and the default executor, and close the loop."""
-    loop = VirtualClockLoop(start=start, autojump_threshold=autojump_threshold)
+    loop = VirtualClockLoop(start=start, autojump_threshold=autojump_threshold,
+                            wait_for_threads=wait_for_threads)
     asyncio.set_event_loop(loop)
     try:
         yield loop
@@ -131,9 +154,11 @@ def run_virtual(
     *,
     start: float = 0.0,
     autojump_threshold: float = 0.0,
+    wait_for_threads: bool = False,
 ) -> T:
     """Run a coroutine (or a zero-argument async function) to completion on a fresh virtual loop,
     return its result, and close the loop — `asyncio.run` with virtual time."""
-    with virtual_loop(start=start, autojump_threshold=autojump_threshold) as loop:
+    with virtual_loop(start=start, autojump_threshold=autojump_threshold,
+                      wait_for_threads=wait_for_threads) as loop:
         awaitable = coro_or_fn() if callable(coro_or_fn) else coro_or_fn
         return loop.run_until_complete(awaitable)

@@ -121,3 +121,16 @@ def test_virtual_loop_installs_the_loop_and_closes_it():
 def test_negative_autojump_threshold_is_rejected():
     with pytest.raises(ValueError):
         VirtualClockLoop(autojump_threshold=-1)
+
+
+def test_wait_for_threads_keeps_time_still_while_an_executor_call_works():
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        timer = asyncio.ensure_future(asyncio.sleep(10))  # a pending timer to jump to
+        await loop.run_in_executor(None, time.sleep, 0.05)  # 50 ms of real work in a thread
+        during = loop.time()
+        await timer
+        return during, loop.time()
+
+    assert run_virtual(main, wait_for_threads=True) == (0.0, 10.0)
+    assert run_virtual(main) == (10.0, 10.0)  # by default time jumps while the thread works

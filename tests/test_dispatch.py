@@ -11,7 +11,7 @@ from jobs.results import OutputState
 from runner.clock import run_virtual
 from runner.live.dispatch import DispatchConfig, Dispatcher, Slots
 from runner.api.endpoint import Endpoint
-from runner.pacing.limiter import Limiters
+from runner.pacing.limiters import Limiters
 from runner.outcome import Backoff
 from runner.simulator.server import chat_prompt, completion_text
 from runner.api.transport import HttpResponse

@@ -8,19 +8,23 @@ import math
 import pytest
 
 from runner.clock import run_virtual
+from runner.simulator.server import TokenBucket as ServerBucket
 from runner.api.headers import RateLimitInfo
-from runner.pacing.limiter import (
+from runner.pacing.bucket import TokenBucket
+from runner.pacing.calibration import (
     CALIBRATION_MAX,
     CALIBRATION_MIN,
     CALIBRATION_WINDOW_S,
     ChargeAudit,
+)
+from runner.pacing.limiter import (
     FALLBACK_RETRY_AFTER_S,
     LimiterStats,
-    Limiters,
     RateLimiter,
     RequestTooLarge,
-    TokenBucket,
 )
+from runner.pacing.limiters import Limiters
+from runner.pacing.state import Admission, Limit, MemoryBudgetState
 
 EXACT = 1e-9  # float noise in level + rate * dt; far below any time a test distinguishes
 
@@ -140,13 +144,33 @@ def test_bucket_rejects_non_positive_or_non_finite_rate_and_capacity(rate, capac
         TokenBucket(rate, capacity, clock=FakeClock())
 
 
+# -- MemoryBudgetState ------------------------------------------------------------------------
+
+
+def test_state_admit_takes_both_buckets_or_neither_and_says_how_long_and_why():
+    clock = FakeClock()
+    state = MemoryBudgetState(clock=clock)
+    assert state.admit(10**9) == Admission()  # no limit known: nothing to wait for
+    state.set_limit("requests", Limit(60, "user", capacity=2))   # 1 a second, 2 at once
+    state.set_limit("tokens", Limit(600, "user", capacity=10))   # 10 a second, 10 at once
+    assert state.admit(8).taken
+    refused = state.admit(5)  # a request is left, 2 tokens are not enough: nothing is taken
+    assert refused == Admission(wait_s=pytest.approx(0.3), requests_bound=False, tokens_bound=True)
+    assert (state.level("requests"), state.level("tokens")) == (1.0, 2.0)
+    state.hold(1.0)
+    assert state.admit(0) == Admission(wait_s=1.0)  # held: neither bucket binds
+    clock.now = 1.0
+    assert state.admit(5).taken
+    assert (state.level("requests"), state.level("tokens")) == (1.0, 5.0)  # refilled to full first
+
+
 # -- RateLimiter: pacing ----------------------------------------------------------------------
 
 
 def test_rpm_60_with_2s_burst_admits_the_third_request_at_exactly_one_second():
     async def main():
         limiter = RateLimiter(rpm=60, tpm=None, burst_s=2.0)
-        limiter.observe(Info())  # tokens: no header, so unlimited
+        limiter.observe(None, Info())  # tokens: no header, so unlimited
         log: list = []
         await asyncio.gather(*(admit(limiter, log, str(i)) for i in range(5)))
         return times(log)
@@ -265,11 +289,11 @@ def test_after_a_429_nothing_is_admitted_before_retry_after_and_the_head_exactly
     async def main():
         limiter = RateLimiter(rpm=60, tpm=6000, burst_s=1.0)
         log: list = []
-        await limiter.acquire(100)  # t=0: both buckets now empty
+        permit = await limiter.acquire(100)  # t=0: both buckets now empty
         head = asyncio.ensure_future(admit(limiter, log, "head", 50))
         second = asyncio.ensure_future(admit(limiter, log, "second", 50))
         await asyncio.sleep(0.5)
-        limiter.on_rate_limited(5.0, None)
+        limiter.on_rate_limited(permit, 5.0, None)
         await asyncio.gather(head, second)
         return log, limiter.stats.rate_limited
 
@@ -282,7 +306,7 @@ def test_after_a_429_nothing_is_admitted_before_retry_after_and_the_head_exactly
 def test_a_429_blames_only_the_exhausted_bucket():
     async def main():
         limiter = RateLimiter(rpm=60, tpm=6000, burst_s=2.0)  # 2 requests, 200 tokens of burst
-        limiter.on_rate_limited(3.0, Info(remaining_requests=0, remaining_tokens=5000))
+        limiter.on_rate_limited(None, 3.0, Info(remaining_requests=0, remaining_tokens=5000))
         t_requests = now(), limiter.requests_bucket.level(), limiter.tokens_bucket.level()
         await limiter.acquire(100)
         return t_requests, now()
@@ -296,9 +320,9 @@ def test_a_429_blames_only_the_exhausted_bucket():
 def test_repeated_429s_in_one_episode_do_not_stack():
     async def main():
         limiter = RateLimiter(rpm=60, tpm=None, burst_s=1.0)
-        limiter.observe(Info())
+        limiter.observe(None, Info())
         for _ in range(5):  # five in-flight requests all come back 429 at once
-            limiter.on_rate_limited(2.0, Info(remaining_requests=0))
+            limiter.on_rate_limited(None, 2.0, Info(remaining_requests=0))
         await limiter.acquire(1)
         return now(), limiter.stats.rate_limited
 
@@ -308,8 +332,8 @@ def test_repeated_429s_in_one_episode_do_not_stack():
 def test_a_429_with_no_usable_retry_after_uses_the_fallback():
     async def main():
         limiter = RateLimiter(rpm=60, tpm=None, burst_s=1.0)
-        limiter.observe(Info())
-        limiter.on_rate_limited(math.nan, Info(remaining_requests=0))
+        limiter.observe(None, Info())
+        limiter.on_rate_limited(None, math.nan, Info(remaining_requests=0))
         await limiter.acquire(1)
         return now()
 
@@ -319,8 +343,8 @@ def test_a_429_with_no_usable_retry_after_uses_the_fallback():
 def test_a_429_with_no_limits_known_holds_admission_for_retry_after():
     async def main():
         limiter = RateLimiter(rpm=None, tpm=None)
-        limiter.observe(Info())  # no headers: unlimited, so there is no bucket to put in debt
-        limiter.on_rate_limited(4.0, Info())
+        limiter.observe(None, Info())  # no headers: unlimited, so there is no bucket to put in debt
+        limiter.on_rate_limited(None, 4.0, Info())
         log: list = []
         await asyncio.gather(*(admit(limiter, log, str(i)) for i in range(3)))
         return times(log)
@@ -334,7 +358,7 @@ def test_a_429_with_no_limits_known_holds_admission_for_retry_after():
 def test_a_lower_remaining_header_delays_the_next_admission():
     async def main():
         limiter = RateLimiter(rpm=60, tpm=60_000, burst_s=2.0)
-        limiter.observe(Info(remaining_requests=0))  # someone else drained the key
+        limiter.observe(None, Info(remaining_requests=0))  # someone else drained the key
         await limiter.acquire(1)
         return now()
 
@@ -347,16 +371,16 @@ def test_a_late_answer_counts_the_servers_refill_since_its_request_was_admitted(
         info = Info(limit_requests=600, remaining_requests=9)  # the server's count after request 1
 
         async def first() -> None:
-            await limiter.acquire(0)
+            permit = await limiter.acquire(0)
             await asyncio.sleep(2.0)  # a slow answer: the server has refilled 20 since
             if from_acquiring_task:
-                limiter.observe(info)
+                limiter.observe(permit, info)
 
         task = asyncio.ensure_future(first())
         await asyncio.gather(*(limiter.acquire(0) for _ in range(9)))
         await task
         if not from_acquiring_task:
-            limiter.observe(info)  # no ticket: `remaining` taken as it stands
+            limiter.observe(None, info)  # no permit: `remaining` taken as it stands
         log: list = []
         await asyncio.gather(*(admit(limiter, log, str(i)) for i in range(10)))
         return times(log)
@@ -369,8 +393,8 @@ def test_a_higher_remaining_header_never_raises_our_level():
     async def main():
         limiter = RateLimiter(rpm=60, tpm=60_000, burst_s=2.0)
         await limiter.acquire(1)
-        await limiter.acquire(1)
-        limiter.observe(Info(remaining_requests=59))  # our two may not be counted yet
+        permit = await limiter.acquire(1)
+        limiter.observe(permit, Info(remaining_requests=59))  # our two may not be counted yet
         await limiter.acquire(1)
         return now()
 
@@ -380,7 +404,7 @@ def test_a_higher_remaining_header_never_raises_our_level():
 def test_the_server_limit_replaces_a_too_high_user_guess():
     async def main():
         limiter = RateLimiter(rpm=6000, tpm=None, burst_s=1.0)  # the user guessed 100/s
-        limiter.observe(Info(limit_requests=60, remaining_requests=59))  # the server says 1/s
+        limiter.observe(None, Info(limit_requests=60, remaining_requests=59))  # the server says 1/s
         log: list = []
         await asyncio.gather(*(admit(limiter, log, str(i)) for i in range(4)))
         return limiter.rpm, times(log)
@@ -393,12 +417,12 @@ def test_the_server_limit_replaces_a_too_high_user_guess():
 def test_the_server_limit_raises_a_too_low_user_guess_and_wakes_the_head_early():
     async def main():
         limiter = RateLimiter(rpm=6, tpm=None, burst_s=1.0)  # 0.1/s: the head would wait 10 s
-        limiter.observe(Info())
-        await limiter.acquire(1)  # level 0.1 - 1 = -0.9
+        limiter.observe(None, Info())
+        permit = await limiter.acquire(1)  # level 0.1 - 1 = -0.9
         log: list = []
         head = asyncio.ensure_future(admit(limiter, log, "head"))
         await asyncio.sleep(1.0)  # level -0.8
-        limiter.observe(Info(limit_requests=600))  # 10/s: needs 1.8 more -> 0.18 s
+        limiter.observe(permit, Info(limit_requests=600))  # 10/s: needs 1.8 more -> 0.18 s
         await head
         return limiter.rpm, log
 
@@ -410,10 +434,10 @@ def test_the_server_limit_raises_a_too_low_user_guess_and_wakes_the_head_early()
 def test_azure_remaining_only_headers_raise_a_too_low_user_limit_but_infer_none():
     async def main():
         limiter = RateLimiter(rpm=None, tpm=1000, burst_s=1.0)
-        await limiter.acquire(10)
-        limiter.observe(Info(remaining_requests=119, remaining_tokens=79_990))
+        permit = await limiter.acquire(10)
+        limiter.observe(permit, Info(remaining_requests=119, remaining_tokens=79_990))
         first = limiter.rpm, limiter.tpm
-        limiter.observe(Info(remaining_requests=100, remaining_tokens=50_000))  # never lowers
+        limiter.observe(None, Info(remaining_requests=100, remaining_tokens=50_000))  # never lowers
         return first, (limiter.rpm, limiter.tpm)
 
     first, later = run_virtual(main)
@@ -426,7 +450,7 @@ def test_azure_remaining_only_headers_raise_a_too_low_user_limit_but_infer_none(
 def test_a_limit_is_inferred_from_remaining_and_reset_when_no_limit_header_is_sent():
     async def main():
         limiter = RateLimiter(rpm=None, tpm=None)
-        limiter.observe(Info(remaining_requests=90, reset_requests=6.0))
+        limiter.observe(None, Info(remaining_requests=90, reset_requests=6.0))
         return limiter.rpm
 
     # 90 left and 6 s to full at limit/60 per s: limit - 90 = limit * 6/60 -> limit = 100
@@ -443,7 +467,7 @@ def test_cautious_start_admits_one_probe_then_paces_by_the_learned_limits():
         tasks = [asyncio.ensure_future(admit(limiter, log, str(i), 10)) for i in range(4)]
         await asyncio.sleep(3.0)  # the probe's answer takes 3 s
         assert log == [("0", 0.0)]
-        limiter.observe(Info(limit_requests=60, remaining_requests=59,
+        limiter.observe(None, Info(limit_requests=60, remaining_requests=59,
                              limit_tokens=60_000, remaining_tokens=59_990))
         await asyncio.gather(*tasks)
         return limiter.rpm, limiter.tpm, times(log)
@@ -459,7 +483,7 @@ def test_cautious_start_without_rate_limit_headers_makes_the_unknown_limit_unlim
         log: list = []
         tasks = [asyncio.ensure_future(admit(limiter, log, str(i), 10_000)) for i in range(50)]
         await asyncio.sleep(0.25)
-        limiter.observe(Info())
+        limiter.observe(None, Info())
         await asyncio.gather(*tasks)
         return limiter.rpm, limiter.tpm, times(log)
 
@@ -475,7 +499,7 @@ def test_cautious_start_applies_when_only_one_limit_is_unknown():
         tasks = [asyncio.ensure_future(admit(limiter, log, str(i), 10)) for i in range(3)]
         await asyncio.sleep(1.0)
         assert len(log) == 1
-        limiter.observe(Info(limit_tokens=600_000))
+        limiter.observe(None, Info(limit_tokens=600_000))
         await asyncio.gather(*tasks)
         return times(log)
 
@@ -488,10 +512,10 @@ def test_a_probe_that_got_no_response_lets_the_next_waiter_probe():
         log: list = []
         tasks = [asyncio.ensure_future(admit(limiter, log, str(i))) for i in range(3)]
         await asyncio.sleep(1.0)
-        limiter.on_failure()  # connection error: still nothing learned
+        limiter.on_failure(None)  # connection error: still nothing learned
         await asyncio.sleep(1.0)
         assert times(log) == [0.0, 1.0]
-        limiter.observe(Info())
+        limiter.observe(None, Info())
         await asyncio.gather(*tasks)
         return times(log)
 
@@ -504,10 +528,10 @@ def test_a_probe_answered_by_a_bare_429_is_retried_after_retry_after():
         log: list = []
         tasks = [asyncio.ensure_future(admit(limiter, log, str(i))) for i in range(2)]
         await asyncio.sleep(1.0)
-        limiter.on_rate_limited(2.0, None)  # nothing learned; still cautious
+        limiter.on_rate_limited(None, 2.0, None)  # nothing learned; still cautious
         await asyncio.sleep(5.0)
         assert times(log) == [0.0, 3.0]  # the second probe, after retry_after
-        limiter.observe(Info())
+        limiter.observe(None, Info())
         await asyncio.gather(*tasks)
         return times(log)
 
@@ -517,10 +541,10 @@ def test_a_probe_answered_by_a_bare_429_is_retried_after_retry_after():
 def test_a_tpm_learned_while_waiting_rejects_a_request_that_can_never_fit():
     async def main():
         limiter = RateLimiter(rpm=None, tpm=None)
-        await limiter.acquire(10)  # the probe
+        permit = await limiter.acquire(10)  # the probe
         waiter = asyncio.ensure_future(limiter.acquire(5000))
         await asyncio.sleep(1.0)
-        limiter.observe(Info(limit_tokens=1000))
+        limiter.observe(permit, Info(limit_tokens=1000))
         with pytest.raises(RequestTooLarge):
             await waiter
         return now()
@@ -553,26 +577,18 @@ def test_acquire_charges_the_calibrated_amount_capped_at_the_tpm():
         for _ in range(50):
             limiter.calibrate(estimated=100, charged=300)
         assert limiter.calibration == CALIBRATION_MAX == 2.0
-        first = await limiter.acquire(300)
-        second = await limiter.acquire(900)  # 1800 would exceed the whole TPM: capped to 1000
+        first = (await limiter.acquire(300)).charged
+        # 1800 would exceed the whole TPM: capped to 1000
+        second = (await limiter.acquire(900)).charged
         return first, second, limiter.stats.tokens
 
     assert run_virtual(main) == (600, 1000, 1600)
 
 
-class ServerBucket:
-    """The server's token bucket as the simulator keeps it: starts full, refills at `rate`."""
-
-    def __init__(self, rate: float, capacity: float, clock) -> None:
-        self.rate, self.capacity, self.clock = rate, capacity, clock
-        self.level, self.stamp = capacity, clock()
-
-    def take(self, amount: float) -> tuple[int, float]:
-        """Charge `amount`; return the headers' (remaining, reset) right after."""
-        now = self.clock()
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate) - amount
-        self.stamp = now
-        return max(0, math.floor(self.level)), (self.capacity - self.level) / self.rate
+def charge(server: ServerBucket, amount: float) -> tuple[int, float]:
+    """Charge `amount` to the simulator's own bucket; return the headers' (remaining, reset)."""
+    server.take(amount)
+    return server.remaining(), server.time_to_full()
 
 
 def audit_run(audit: ChargeAudit, *, factor: float, interval: float, seconds: float,
@@ -581,7 +597,7 @@ def audit_run(audit: ChargeAudit, *, factor: float, interval: float, seconds: fl
     """Requests every `interval` s against a server charging `factor` × `estimate` (1000 tok/s,
     2 s bucket); every sample the audit gives."""
     clock = FakeClock()
-    server = ServerBucket(1000.0, 2000.0, clock)
+    server = ServerBucket(1000.0, 2000.0, clock=clock)
     samples, total = [], 0
     for seq in range(1, int(seconds / interval) + 1):
         clock.now = seq * interval
@@ -589,7 +605,7 @@ def audit_run(audit: ChargeAudit, *, factor: float, interval: float, seconds: fl
         if seq in refused:
             audit.rejected(seq, estimate)
             continue
-        remaining, reset = server.take(estimate * factor)
+        remaining, reset = charge(server, estimate * factor)
         sample = audit.record(seq, clock.now, total, remaining, reset, 1000.0)
         if sample is not None:
             samples.append(sample)
@@ -620,17 +636,17 @@ def test_audit_leaves_refused_requests_out_of_the_estimate():
 
 def test_audit_skips_windows_that_start_inside_a_burst_the_server_counted_in_another_order():
     clock = FakeClock()
-    server = ServerBucket(1000.0, 5000.0, clock)
-    server.level = 2000.0  # far from full: every window is covered
+    # far from full: every window is covered
+    server = ServerBucket(1000.0, 5000.0, clock=clock, level=2000.0)
     audit, samples, answers = ChargeAudit(), [], []
     for seq in range(1, 11):  # a burst of 10 at t=0; the server happens to count it backwards
         audit.admitted(seq, 0.0, 100, 100 * seq)
     for seq in range(10, 0, -1):
-        answers.append((seq, 0.0, 100 * seq, *server.take(100)))
+        answers.append((seq, 0.0, 100 * seq, *charge(server, 100)))
     for seq in range(11, 60):  # then 10 a second, 1000 tok/s, as fast as the server refills
         clock.now = (seq - 10) * 0.1
         audit.admitted(seq, clock.now, 100, 100 * seq)
-        answers.append((seq, clock.now, 100 * seq, *server.take(100)))
+        answers.append((seq, clock.now, 100 * seq, *charge(server, 100)))
     for answer in answers:
         sample = audit.record(*answer, 1000.0)
         if sample is not None:
@@ -646,23 +662,23 @@ def calibration_run(*, factor: float, same_task: bool = True, headers: str = "al
 
     async def main() -> float:
         limiter = RateLimiter(rpm=rpm, tpm=tpm)
-        server = ServerBucket(1000.0, 60_000.0, now)  # a minute's worth, as OpenAI holds
+        server = ServerBucket(1000.0, 60_000.0, clock=now)  # a minute's worth, as OpenAI holds
         answers: asyncio.Queue = asyncio.Queue()
 
         async def observer() -> None:  # a task that never acquired
             while True:
-                limiter.observe(await answers.get())
+                limiter.observe(None, await answers.get())
                 answers.task_done()
 
         watching = asyncio.ensure_future(observer())
         for _ in range(200):
-            await limiter.acquire(100)
-            remaining, reset = server.take(100 * factor)
+            permit = await limiter.acquire(100)
+            remaining, reset = charge(server, 100 * factor)
             info = Info(limit_tokens=None if headers == "no-limit" else 60_000,
                         remaining_tokens=remaining,
                         reset_tokens=None if headers == "no-reset" else reset)
             if same_task:
-                limiter.observe(info)
+                limiter.observe(permit, info)
             else:
                 answers.put_nowait(info)
                 await answers.join()
@@ -688,7 +704,7 @@ def test_stats_count_admissions_tokens_waiting_time_and_429s():
     async def main():
         limiter = RateLimiter(rpm=60, tpm=60_000, burst_s=1.0)
         await asyncio.gather(limiter.acquire(10), limiter.acquire(20), limiter.acquire(30))
-        limiter.on_rate_limited(1.0, None)
+        limiter.on_rate_limited(None, 1.0, None)
         return limiter.stats
 
     stats = run_virtual(main)
@@ -735,8 +751,8 @@ def test_observe_accepts_the_real_rate_limit_info_from_headers():
 
     async def main():
         limiter = RateLimiter(rpm=None, tpm=None, burst_s=2.0)
-        await limiter.acquire(10)  # the probe
-        limiter.observe(headers_module.RateLimitInfo.from_headers({
+        permit = await limiter.acquire(10)  # the probe
+        limiter.observe(permit, headers_module.RateLimitInfo.from_headers({
             "x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
             "x-ratelimit-limit-tokens": "60000", "x-ratelimit-remaining-tokens": "59990",
             "x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "10ms",
@@ -758,7 +774,7 @@ def test_admissions_never_exceed_burst_plus_rate_in_any_window_under_random_load
 
         async def one(start: float, tokens: int) -> None:
             await asyncio.sleep(start)
-            charged = await limiter.acquire(tokens)
+            charged = (await limiter.acquire(tokens)).charged
             admitted.append((now(), charged))
 
         tasks = [asyncio.ensure_future(one(rng.uniform(0, 20), rng.randint(1, 400)))
@@ -766,7 +782,7 @@ def test_admissions_never_exceed_burst_plus_rate_in_any_window_under_random_load
         for _ in range(40):  # cancellations and header noise while the queue is busy
             await asyncio.sleep(rng.uniform(0, 1.0))
             rng.choice(tasks).cancel()
-            limiter.observe(Info(limit_requests=rpm, limit_tokens=tpm,
+            limiter.observe(None, Info(limit_requests=rpm, limit_tokens=tpm,
                                  remaining_tokens=rng.randint(0, 30_000)))
         await asyncio.gather(*tasks, return_exceptions=True)
         return admitted, sum(1 for t in tasks if t.cancelled())
@@ -787,21 +803,22 @@ def test_admissions_never_exceed_burst_plus_rate_in_any_window_under_random_load
 def test_429s_with_no_limit_known_infer_one_and_shrink_it_per_episode():
     async def main():
         limiter = RateLimiter(rpm=None, tpm=None, burst_s=1.0)
-        await limiter.acquire(1)
-        limiter.observe(Info())  # an answer with no rate-limit headers: unlimited from now on
+        permit = await limiter.acquire(1)
+        # an answer with no rate-limit headers: unlimited from now on
+        limiter.observe(permit, Info())
         for _ in range(59):  # the server answers 60 requests in the first second ...
-            await limiter.acquire(1)
-            limiter.observe(Info())
+            permit = await limiter.acquire(1)
+            limiter.observe(permit, Info())
         await asyncio.sleep(1.0)
-        await limiter.acquire(1)
-        limiter.on_rate_limited(0.5, Info())  # ... then says no
+        permit = await limiter.acquire(1)
+        limiter.on_rate_limited(permit, 0.5, Info())  # ... then says no
         inferred = limiter.rpm
-        await limiter.acquire(1)
-        limiter.on_rate_limited(0.5, Info())  # the same episode: no second cut
+        permit = await limiter.acquire(1)
+        limiter.on_rate_limited(permit, 0.5, Info())  # the same episode: no second cut
         same = limiter.rpm
         await asyncio.sleep(1.0)
-        await limiter.acquire(1)
-        limiter.on_rate_limited(0.5, Info())  # a new episode: cut again
+        permit = await limiter.acquire(1)
+        limiter.on_rate_limited(permit, 0.5, Info())  # a new episode: cut again
         return inferred, same, limiter.rpm
 
     inferred, same, later = run_virtual(main)
@@ -812,19 +829,19 @@ def test_429s_with_no_limit_known_infer_one_and_shrink_it_per_episode():
 def test_a_probed_limit_is_raised_only_while_it_holds_requests_back():
     async def main():
         limiter = RateLimiter(rpm=None, tpm=None, burst_s=1.0)
-        await limiter.acquire(1)
-        limiter.observe(Info())
+        permit = await limiter.acquire(1)
+        limiter.observe(permit, Info())
         for _ in range(59):
-            await limiter.acquire(1)
-            limiter.observe(Info())
+            permit = await limiter.acquire(1)
+            limiter.observe(permit, Info())
         await asyncio.sleep(1.0)
-        await limiter.acquire(1)
-        limiter.on_rate_limited(0.5, Info())
+        permit = await limiter.acquire(1)
+        limiter.on_rate_limited(permit, 0.5, Info())
         probed = limiter.rpm
         for _ in range(360):  # an hour of one quiet request every 10 s: the limit never binds
             await asyncio.sleep(10.0)
-            await limiter.acquire(1)
-            limiter.observe(Info())
+            permit = await limiter.acquire(1)
+            limiter.observe(permit, Info())
         return probed, limiter.rpm
 
     probed, later = run_virtual(main)

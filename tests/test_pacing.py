@@ -18,11 +18,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-import runner.live.run as run_module
-from runner.clock import VirtualClockLoop
+from runner.clock import VirtualClockLoop, virtual_loop
 from runner.live.dispatch import DispatchConfig
 from runner.api.endpoint import Endpoint
-from runner.pacing.limiter import Limiters
+from runner.pacing.limiter import DEFAULT_BURST_S
+from runner.pacing.limiters import Limiters
 from runner.live.run import RunConfig, run
 from runner.simulator.server import SimConfig, SimStats, Simulator, chat_prompt, completion_text
 
@@ -33,62 +33,14 @@ PROMPT_CHARS = 40  # 10 tokens: with max_tokens 390 a completion costs exactly 4
 MAX_TOKENS = 390
 
 
-class SettlingLoop(VirtualClockLoop):
-    """A `VirtualClockLoop` that never jumps while a worker thread is busy for it.
-
-    The run reads its input and syncs its checkpoint in worker threads (aiofiles) and aiohttp
-    resolves the host in one; a jump taken while such a thread runs would let virtual time pass
-    during real work. Loopback socket data is ready for the reader once the writer's ``send``
-    returns, so sockets need no such care (runs give the same times with an
-    ``autojump_threshold`` of half a millisecond).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._busy_threads = 0
-
-    def run_in_executor(self, executor, func, *args):  # type: ignore[no-untyped-def]
-        future = super().run_in_executor(executor, func, *args)
-        self._busy_threads += 1
-        future.add_done_callback(self._thread_done)
-        return future
-
-    def _thread_done(self, _future: asyncio.Future) -> None:
-        self._busy_threads -= 1
-
-    def _jump_to_next_timer(self) -> None:
-        if not self._busy_threads:
-            super()._jump_to_next_timer()
-
-
 @pytest.fixture
 def loop():
-    loop = SettlingLoop()
-    asyncio.set_event_loop(loop)
-    yield loop
-    try:
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-
-
-@pytest.fixture
-def limiters(monkeypatch) -> list[Limiters]:
-    """The `Limiters` each run builds, so a test can read what they learned."""
-    built: list[Limiters] = []
-
-    class Recorded(Limiters):
-        def __init__(self, **kwargs) -> None:  # type: ignore[no-untyped-def]
-            super().__init__(**kwargs)
-            built.append(self)
-
-    monkeypatch.setattr(run_module, "Limiters", Recorded)
-    return built
+    # The run reads its input and syncs its checkpoint in worker threads (aiofiles) and aiohttp
+    # resolves the host in one: time must not jump while they work. Loopback socket data is ready
+    # for the reader once the writer's ``send`` returns, so sockets need no such care (runs give
+    # the same times with an ``autojump_threshold`` of half a millisecond).
+    with virtual_loop(wait_for_threads=True) as loop:
+        yield loop
 
 
 def chat_job(i: int, model: str = "gpt-4o-mini") -> dict:
@@ -121,9 +73,10 @@ def assert_each_job_got_its_own_answer(jobs: list[dict], out: Path) -> None:
 class Outcome:
     seconds: float  # virtual seconds the run took
     sim: SimStats
+    limiters: Limiters  # what paced the run, with what it learned
 
 
-def run_jobs(loop: SettlingLoop, tmp_path: Path, jobs: list[dict], sim_config: SimConfig, *,
+def run_jobs(loop: VirtualClockLoop, tmp_path: Path, jobs: list[dict], sim_config: SimConfig, *,
              rpm: float | None = None, tpm: float | None = None,
              concurrency: int = DispatchConfig().concurrency,
              later: tuple[float, SimConfig] | None = None, azure: bool = False) -> Outcome:
@@ -141,6 +94,7 @@ def run_jobs(loop: SettlingLoop, tmp_path: Path, jobs: list[dict], sim_config: S
         simulator = Simulator(sim_config, clock=loop.time, sleep=asyncio.sleep)
         base_url = await simulator.start()
         switching = asyncio.ensure_future(switch(simulator))
+        limiters = Limiters(rpm=rpm, tpm=tpm, burst_s=DEFAULT_BURST_S)
         try:
             started = loop.time()
             stats = await run(
@@ -149,13 +103,14 @@ def run_jobs(loop: SettlingLoop, tmp_path: Path, jobs: list[dict], sim_config: S
                                              azure=True, api_version="2024-10-21") if azure
                                     else Endpoint(base_url=base_url, api_key="sk-test")),
                           dispatch=DispatchConfig(concurrency=concurrency)),
-                progress=False, handle_signals=False, log=lambda message: None)
+                progress=False, handle_signals=False, log=lambda message: None,
+                limiters=limiters)
             seconds = loop.time() - started
         finally:
             switching.cancel()
             await simulator.stop()
         assert stats.exit_code() == 0, stats
-        return Outcome(seconds, simulator.stats)
+        return Outcome(seconds, simulator.stats, limiters)
 
     outcome = loop.run_until_complete(main())
     assert_each_job_got_its_own_answer(jobs, out)
@@ -180,23 +135,23 @@ TPM = 240_000
 
 
 @pytest.mark.parametrize("rpm", [None, 2 * RPM], ids=["discovered", "user-guess-2x-too-high"])
-def test_chat_jobs_use_the_whole_rpm(loop, tmp_path, limiters, rpm):
+def test_chat_jobs_use_the_whole_rpm(loop, tmp_path, rpm):
     jobs = [chat_job(i) for i in range(480)]  # 32 s of the budget
     outcome = run_jobs(loop, tmp_path, jobs, SimConfig(rpm=RPM, burst_s=SERVER_BURST_S),
                        rpm=rpm, tpm=None if rpm is None else 10**9)
     assert_paced(outcome, ideal_seconds(len(jobs), RPM))
-    [(_, limiter)] = limiters[0].items()
+    [(_, limiter)] = outcome.limiters.items()
     assert limiter.rpm == RPM  # the server's number replaced the guess
 
 
 @pytest.mark.parametrize("tpm", [None, 2 * TPM], ids=["discovered", "user-guess-2x-too-high"])
-def test_400_token_completions_use_the_whole_tpm(loop, tmp_path, limiters, tpm):
+def test_400_token_completions_use_the_whole_tpm(loop, tmp_path, tpm):
     jobs = [completion_job(i) for i in range(400)]  # 160,000 tokens: 40 s of the budget
     outcome = run_jobs(loop, tmp_path, jobs, SimConfig(tpm=TPM, burst_s=SERVER_BURST_S),
                        rpm=None if tpm is None else 10**6, tpm=tpm)
     assert outcome.sim.tokens_charged == 400 * len(jobs)
     assert_paced(outcome, ideal_seconds(outcome.sim.tokens_charged, TPM))
-    [(_, limiter)] = limiters[0].items()
+    [(_, limiter)] = outcome.limiters.items()
     assert limiter.tpm == TPM and limiter.calibration == pytest.approx(1.0, abs=0.005)
 
 
@@ -204,22 +159,21 @@ def test_400_token_completions_use_the_whole_tpm(loop, tmp_path, limiters, tpm):
 
 
 @pytest.mark.parametrize("factor", [1.3, 0.8])
-def test_the_charge_is_calibrated_to_a_server_that_counts_differently(loop, tmp_path, limiters,
-                                                                      factor):
+def test_the_charge_is_calibrated_to_a_server_that_counts_differently(loop, tmp_path, factor):
     jobs = [completion_job(i) for i in range(600)]  # 48 to 78 s of the budget
     outcome = run_jobs(loop, tmp_path, jobs,
                        SimConfig(tpm=TPM, burst_s=SERVER_BURST_S, charge_factor=factor))
     assert outcome.sim.tokens_charged == round(400 * factor) * len(jobs)
     # fewer than 1 % 429s while it learns, and the budget used in full in the server's own units
     assert_paced(outcome, ideal_seconds(outcome.sim.tokens_charged, TPM))
-    [(_, limiter)] = limiters[0].items()
+    [(_, limiter)] = outcome.limiters.items()
     assert limiter.calibration == pytest.approx(factor, abs=0.02)
 
 
 # -- several budgets, latency ---------------------------------------------------------------------
 
 
-def test_two_models_each_use_their_own_budget_in_full(loop, tmp_path, limiters):
+def test_two_models_each_use_their_own_budget_in_full(loop, tmp_path):
     # one model bound by requests (tiny chats), the other by tokens (400-token completions),
     # interleaved in one file; each has its own RPM 900 and TPM 240,000
     chats = [chat_job(i, "chat-model") for i in range(480)]  # 32 s of RPM
@@ -229,7 +183,7 @@ def test_two_models_each_use_their_own_budget_in_full(loop, tmp_path, limiters):
                        SimConfig(rpm=RPM, tpm=TPM, burst_s=SERVER_BURST_S))
     ideal = max(ideal_seconds(len(chats), RPM), ideal_seconds(400 * len(completions), TPM))
     assert_paced(outcome, ideal)
-    assert {key[1] for key, _ in limiters[0].items()} == {"chat-model", "completion-model"}
+    assert {key[1] for key, _ in outcome.limiters.items()} == {"chat-model", "completion-model"}
 
 
 def test_with_2_s_latency_concurrency_rises_to_keep_the_rpm_used(loop, tmp_path):

@@ -13,10 +13,7 @@ from runner.api.endpoint import Endpoint
 from runner.live.run import RunConfig, run
 from runner.simulator.server import SimConfig, Simulator, completion_text, embedding_vector
 
-try:  # SettlingLoop is moving from tests/test_pacing.py into runner/clock.py
-    from runner.clock import SettlingLoop
-except ImportError:
-    from tests.test_pacing import SettlingLoop
+from runner.clock import VirtualClockLoop
 
 POISON = "<<poison>>"
 
@@ -39,7 +36,7 @@ def write_jobs(path, n, poison_every=None):
 
 @pytest.fixture
 def loop():
-    loop = SettlingLoop()
+    loop = VirtualClockLoop(wait_for_threads=True)
     asyncio.set_event_loop(loop)
     yield loop
     try:

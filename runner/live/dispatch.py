@@ -45,7 +45,8 @@ from jobs.results import OutputState, RecordIds, error_record, success_record
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
 from runner.errors import BadResponseError, RunnerError, StopRunError, UnusableInput
-from runner.pacing.limiter import Limiters, RateLimiter, RequestTooLarge
+from runner.pacing.limiter import Permit, RateLimiter, RequestTooLarge
+from runner.pacing.limiters import Limiters
 from runner.report.stats import RunStats
 from runner.outcome import Action, Attempts, Backoff, Step, Verdict, classify, decide
 from runner.tokenizer import token_counter
@@ -405,14 +406,14 @@ class Dispatcher:
             try:
                 await self.slots.acquire()
                 try:
-                    charged = await limiter.acquire(request.charge)
+                    permit = await limiter.acquire(request.charge)
                 except RequestTooLarge as exc:
                     too_large = exc
                 else:
                     if self.stopping:
-                        limiter.on_failure()  # admitted but never sent
+                        limiter.on_failure(permit)  # admitted but never sent
                         return
-                    verdict, answers, response = await self._attempt(request, http, lane, charged)
+                    verdict, answers, response = await self._attempt(request, http, lane, permit)
                 finally:
                     self.slots.release()
             finally:
@@ -443,7 +444,7 @@ class Dispatcher:
                 continue  # the limiter now holds the debt; waiting there is exactly long enough
             await self._sleep(decision.wait(self._backoff))
 
-    async def _attempt(self, request: Request, http: HttpRequest, lane: Lane, charged: int
+    async def _attempt(self, request: Request, http: HttpRequest, lane: Lane, permit: Permit
                        ) -> tuple[Verdict, list[dict[str, Any]] | None, HttpResponse | None]:
         """Send once. Tells the limiter exactly one of observe / on_rate_limited / on_failure."""
         limiter = lane.limiter
@@ -451,18 +452,18 @@ class Dispatcher:
         assert task is not None
         self._sending.add(task)
         self.stats.requests += 1
-        self.stats.charged_tokens += charged
+        self.stats.charged_tokens += permit.charged
         self.stats.model_requests[request.model] += 1
-        self.stats.model_charged[request.model] += charged
+        self.stats.model_charged[request.model] += permit.charged
         self.stats.in_flight += 1
         started = self._now()
         try:
             response = await self._send(http)
         except asyncio.CancelledError:
-            limiter.on_failure()
+            limiter.on_failure(permit)
             raise
         except Exception as exc:  # no answer (APIConnectionError), or a bug in `send`
-            limiter.on_failure()
+            limiter.on_failure(permit)
             return classify(None, {}, None, exc=exc), None, None
         finally:
             self._sending.discard(task)
@@ -471,11 +472,11 @@ class Dispatcher:
         verdict = classify(response.status, response.headers, response.body)
         if verdict.rate_limited:
             self.stats.rate_limited += 1
-            limiter.on_rate_limited(verdict.delay, info)
+            limiter.on_rate_limited(permit, verdict.delay, info)
             return verdict, None, response
         if verdict.action is Action.OK:  # refusals come back at once: they say nothing of latency
             self._observe_latency(lane, self._now() - started)
-        limiter.observe(info)
+        limiter.observe(permit, info)
         if verdict.action is Action.OK:
             try:
                 answers = split_response(request, orjson.loads(response.body))

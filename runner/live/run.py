@@ -13,7 +13,8 @@ from jobs.results import OutputState
 from runner.files import checkpoint as ckpt
 from runner.live.dispatch import DispatchConfig, Dispatcher
 from runner.api.endpoint import Endpoint
-from runner.pacing.limiter import DEFAULT_BURST_S, Limiters
+from runner.pacing.limiter import DEFAULT_BURST_S
+from runner.pacing.limiters import Limiters
 from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
 from runner.report.stats import RunStats
 from runner.files.guard import check_output
@@ -53,10 +54,12 @@ class _Stop:
 
 async def run(config: RunConfig, *, send: Send | None = None, console: Console | None = None,
               log: Callable[[str], None] | None = None, progress: bool = True,
-              handle_signals: bool = True) -> RunStats:
+              handle_signals: bool = True, limiters: Limiters | None = None) -> RunStats:
     """Run the jobs of `config.input` still pending in `config.output`; raises CheckpointError
     when the output is locked by another run or unusable (`OutputRefused` when it is the input,
-    another job file or compressed: then nothing is written, not even the lock file)."""
+    another job file or compressed: then nothing is written, not even the lock file). `limiters`
+    paces the run (by default fresh ones from ``config.rpm``, ``config.tpm`` and
+    ``config.burst_s``); pass them to read what they learned afterwards."""
     check_output(config.input, config.output)  # before the lock: nothing beside OUTPUT changes
     console = console or Console(stderr=True)
     log = log or (lambda message: console.print(message, highlight=False, markup=False, soft_wrap=True))
@@ -84,7 +87,8 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
         checkpoint.open()
         stats = None
         try:
-            stats = await _dispatch(config, state, checkpoint, send, console, log, progress, stop)
+            stats = await _dispatch(config, state, checkpoint, send, console, log, progress, stop,
+                                    limiters)
         finally:
             try:
                 await checkpoint.sync()
@@ -103,7 +107,7 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
 
 async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Checkpoint,
                     send: Send | None, console: Console, log: Callable[[str], None],
-                    progress: bool, stop: _Stop) -> RunStats:
+                    progress: bool, stop: _Stop, limiters: Limiters | None) -> RunStats:
     loop = asyncio.get_running_loop()
     session = None
     if send is None:
@@ -111,7 +115,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                connect_timeout=config.connect_timeout,
                                read_timeout=config.read_timeout)
         send = aiohttp_sender(session)
-    limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s)
+    if limiters is None:
+        limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s)
     dispatcher = Dispatcher(send=send, endpoint=config.endpoint, limiters=limiters,
                             sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log)
     stop.target = dispatcher.stop

@@ -8,16 +8,19 @@ send at once is ``burst_s`` seconds' worth, which a server holding a whole minut
 absorbs. A request larger than our capacity is admitted when the bucket is full and drives the
 level negative (debt), so pacing stays exact for any request size.
 
-`RateLimiter` pairs a requests bucket and a tokens bucket, queues callers FIFO, and learns from
-response headers (`observe`), 429s (`on_rate_limited`) and charge mismatches (`calibrate`, fed by
-`ChargeAudit` from the ``remaining-tokens`` deltas). `Limiters` holds one `RateLimiter` per
-(base_url, model).
+`RateLimiter` pairs a requests bucket and a tokens bucket (`runner.pacing.bucket`), queues callers
+FIFO, and learns from response headers (`observe`), 429s (`on_rate_limited`) and charge mismatches
+(`calibrate`, fed by `runner.pacing.calibration.ChargeAudit` from the ``remaining-tokens``
+deltas). It makes every decision; the numbers it decides on (limits, bucket levels, a hold, the
+charge factor) sit behind `runner.pacing.state.BudgetState`, in this process by default.
+`runner.pacing.limiters.Limiters` holds one `RateLimiter` per (base_url, model).
 
-The dispatcher's side of the contract, per admitted request: call exactly one of `observe(info)`
-(any response, including one with no rate-limit headers), `on_rate_limited(retry_after, info)` (a
-429) or `on_failure()` (no response at all), from the task that called `acquire`: that ties the
-answer to its admission (a context variable), which ages the headers correctly and calibrates the
-charge. During a cautious start the next request waits for it.
+The dispatcher's side of the contract, per admitted request: `acquire` returns a `Permit`; call
+exactly one of `observe(permit, info)` (any response, including one with no rate-limit headers),
+`on_rate_limited(permit, retry_after, info)` (a 429) or `on_failure(permit)` (no response at all)
+with it. The permit ties the answer to its admission, which ages the headers correctly and
+calibrates the charge; ``permit=None`` reports an answer tied to no admission. During a cautious
+start the next request waits for it.
 
 Errors::
 
@@ -27,84 +30,60 @@ Errors::
 from __future__ import annotations
 
 import asyncio
-import bisect
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 from runner.api.headers import RateLimitInfo
 from runner.errors import RunnerError
+from runner.pacing.bucket import check_positive
+from runner.pacing.calibration import CALIBRATION_ALPHA, ChargeAudit, moved_factor
+from runner.pacing.state import (
+    MINUTE_S,
+    REQUEST,
+    BudgetState,
+    Kind,
+    Limit,
+    MemoryBudgetState,
+    Snapshot,
+)
 
 __all__ = [
-    "ChargeAudit",
+    "BucketView",
     "DEFAULT_BURST_S",
+    "FALLBACK_RETRY_AFTER_S",
     "LimiterStats",
-    "Limiters",
+    "Permit",
     "RateLimiter",
     "RequestTooLarge",
-    "TokenBucket",
 ]
-
-MINUTE_S = 60.0
-"""Server limits are per minute; bucket rates are per second."""
 
 DEFAULT_BURST_S = 1.0
 """Seconds of budget a bucket holds. OpenAI documents that a per-minute limit may be enforced in
 shorter slices (60,000 RPM as 1,000 requests per second), so a burst above 1 s can draw 429s at the
 start of a run while a smaller one gains nothing: steady-state throughput is the full rate anyway."""
 
-TIME_EPSILON_S = 1e-9
-"""A wait shorter than this is no wait. Covers float rounding in ``level + rate * dt`` (so a waiter
-woken exactly on time is admitted) and is coarser than the clock's resolution, so a waiter can never
-spin on sleeps too small to move the clock."""
-
 FALLBACK_RETRY_AFTER_S = 1.0
-"""Debt horizon for a 429 whose response gave no usable ``retry-after``."""
+"""Debt horizon for a 429 whose response gave no usable ``retry-after``. Our choice, not the
+server's: one second, the slice a per-minute limit may be enforced in (see `DEFAULT_BURST_S`)."""
 
 INFER_FROM_429_SHARE = 0.75
 """When 429s arrive and no limit is known at all (a server that announces none, like Azure without
 limit headers), the requests limit is inferred as this share of the rate the server was answering
 at; each later 429 episode (at most one per second or per retry-after) lowers an inferred limit by
 the same factor, and every `INFER_RAISE_AFTER_S` without a 429, while the limit is holding requests
-back, raises it by `INFER_RAISE_STEP` to probe for more (a limit nobody presses is not raised)."""
-INFER_RAISE_AFTER_S = 10.0
-ANSWERS_KEPT = 2048  # answer times kept for that rate (the last minute's, at most this many)
-INFER_RAISE_STEP = 1.02
+back, raises it by `INFER_RAISE_STEP` to probe for more (a limit nobody presses is not raised).
+The three numbers were tuned together on the simulator (tests/test_pacing.py, Azure without
+limits: 0.87 of the ideal time, 4.5 % 429s)."""
+INFER_RAISE_AFTER_S = 10.0  # tuned with INFER_FROM_429_SHARE
+INFER_RAISE_STEP = 1.02  # tuned with INFER_FROM_429_SHARE
+ANSWERS_KEPT = 2048  # answer times kept for that rate: the last minute's, at most this many (memory)
 
 INFER_MAX_RESET_S = 30.0
 """Infer a missing limit from ``remaining / (1 - reset / 60)`` only while ``reset`` is below this,
 i.e. while the server's bucket is at least half full; closer to empty the division amplifies the
 rounding of the headers into a wild guess."""
-
-CALIBRATION_ALPHA = 0.2
-"""EWMA weight of one `calibrate()` sample: about the last ten samples count."""
-CALIBRATION_MIN = 0.5
-CALIBRATION_MAX = 2.0
-"""Bounds of the charge factor: no run of odd samples can make us charge less than half or more
-than twice our own estimate."""
-
-CALIBRATION_WINDOW_S = 2.0
-"""Shortest stretch of admissions one calibration sample spans. Requests whose order at the server
-differs from ours blur a sample's two edges by about one request each; over a few seconds of
-traffic that is a few percent, and the EWMA smooths it further."""
-CALIBRATION_MIN_REQUESTS = 8
-"""Fewest admissions one calibration sample spans, so that no single request dominates it."""
-CALIBRATION_HORIZON_S = 4 * CALIBRATION_WINDOW_S
-"""Observations older than this (by admission time) are forgotten."""
-CALIBRATION_REORDER_S = 0.05
-"""Requests admitted this close together may reach the server in either order."""
-CALIBRATION_EDGE_SHARE = 0.05
-"""A window is used only if the requests admitted within `CALIBRATION_REORDER_S` of its two ends
-(whose order at the server is uncertain) carry at most this share of its estimate: a window that
-starts inside a burst, where the server may have counted any of the burst first, is skipped."""
-CALIBRATION_COVER = 0.5
-"""Two observations ``dt`` apart prove the server's bucket stayed below full between them only if
-``dt`` is under this fraction of the earlier one's ``reset`` (time to full with no traffic): the
-slack absorbs the difference between our admission time and the server's."""
-
-_REQUEST = 1  # one request costs one unit of the requests bucket
 
 
 class RequestTooLarge(RunnerError, ValueError):
@@ -117,214 +96,6 @@ class RequestTooLarge(RunnerError, ValueError):
         )
         self.tokens = tokens
         self.tpm = tpm
-
-
-def _check_positive(value: float, name: str) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _check_amount(amount: float) -> float:
-    if not (math.isfinite(amount) and amount >= 0):
-        raise ValueError(f"amount must be a finite number >= 0, got {amount!r}")
-    return float(amount)
-
-
-class TokenBucket:
-    """Continuously refilling bucket; level may go negative (debt).
-
-    Invariants: ``level() <= capacity``; the level grows by ``rate`` per second of ``clock()`` until
-    it is full. ``rate`` is units per second. The bucket starts full unless ``level`` is given.
-    It reads the clock first when first used and refills from then on, so it may be built before
-    the event loop runs.
-    """
-
-    __slots__ = ("_rate", "_capacity", "_level", "_last", "_clock")
-
-    def __init__(
-        self,
-        rate: float,
-        capacity: float,
-        *,
-        clock: Callable[[], float],
-        level: float | None = None,
-    ) -> None:
-        self._rate = _check_positive(rate, "rate")
-        self._capacity = _check_positive(capacity, "capacity")
-        self._level = self._capacity if level is None else min(float(level), self._capacity)
-        self._last: float | None = None
-        self._clock = clock
-
-    @property
-    def rate(self) -> float:
-        return self._rate
-
-    @property
-    def capacity(self) -> float:
-        return self._capacity
-
-    def _refill(self) -> float:
-        now = self._clock()
-        if self._last is not None and now > self._last:
-            self._level = min(self._capacity, self._level + (now - self._last) * self._rate)
-        if self._last is None or now > self._last:
-            self._last = now
-        return self._level
-
-    def level(self) -> float:
-        """The level now, after refilling for the time elapsed."""
-        return self._refill()
-
-    def wait_time(self, amount: float) -> float:
-        """Seconds until `amount` fits (0.0 if it fits now). An amount above capacity fits when the
-        bucket is full; taking it then drives the level negative."""
-        need = min(_check_amount(amount), self._capacity)
-        wait = (need - self._refill()) / self._rate
-        return wait if wait > TIME_EPSILON_S else 0.0
-
-    def has_capacity(self, amount: float) -> bool:
-        """True when `amount` fits now (see `wait_time`)."""
-        return self.wait_time(amount) == 0.0
-
-    def take(self, amount: float) -> None:
-        """Deduct `amount` now, whether or not it fits (the level may go negative)."""
-        self._refill()
-        self._level -= _check_amount(amount)
-
-    def refund(self, amount: float) -> None:
-        """Give `amount` back, never above capacity."""
-        self._refill()
-        self._level = min(self._capacity, self._level + _check_amount(amount))
-
-    def add_debt(self, amount: float) -> None:
-        """Deduct `amount` that was spent without `take` (the level may go negative)."""
-        self.take(amount)
-
-    def correct(self, remaining: float) -> None:
-        """The server says it holds `remaining`: ``level = min(level, remaining)``. A higher number
-        is never trusted, since our own in-flight requests may not be counted in it yet."""
-        if math.isfinite(remaining):
-            self._level = min(self._refill(), float(remaining))
-
-    def set_rate(self, rate: float, capacity: float) -> None:
-        """Change rate and capacity from now on; time elapsed so far refills at the old rate, and
-        the level is clipped to the new capacity (it never jumps up)."""
-        rate = _check_positive(rate, "rate")
-        capacity = _check_positive(capacity, "capacity")
-        self._refill()
-        self._rate, self._capacity = rate, capacity
-        self._level = min(self._level, capacity)
-
-    def __repr__(self) -> str:
-        return f"TokenBucket(rate={self._rate:g}/s, capacity={self._capacity:g}, level={self._level:g})"
-
-
-class ChargeAudit:
-    """Measures what the server charges per token we estimate, from its ``remaining-tokens`` header.
-
-    Each observation is one admitted request's headers, which show the server's token bucket right
-    after it charged that request: its level (``remaining``) and the seconds it would take to fill
-    with no traffic (``reset``). Between two observations a and b, taken in admission order, the
-    server consumed ``remaining(a) - remaining(b) + rate × (t_b - t_a)`` tokens, provided its bucket
-    never filled up in between (a full bucket stops refilling, and the formula would overcount).
-    That consumption pays for the requests admitted after a up to b, whose estimates we know.
-
-    `record` returns such a sample ``(estimated, charged)`` when a valid window ends at the new
-    observation, else None. A window is valid when it spans at least `CALIBRATION_WINDOW_S` and
-    `CALIBRATION_MIN_REQUESTS` admissions, and when every consecutive pair of observations in it
-    is close enough that the bucket cannot have filled between them (`CALIBRATION_COVER`): gaps in
-    traffic, idle stretches and observations of a full bucket all break windows. Requests refused
-    with a 429 (`rejected`) were not charged, so their estimates leave the window's. Requests
-    admitted close to either end may reach the server on the other side of it; a window is used
-    only when they are a small part of it (`CALIBRATION_EDGE_SHARE`), so it grows past
-    `CALIBRATION_WINDOW_S` when admissions are dense, and one starting inside a burst is skipped.
-    Every admission is reported (`admitted`), observed or not. Pure: times and counts are given,
-    nothing is read.
-    """
-
-    __slots__ = ("_observations", "_rejected", "_first_seq", "_admitted_at", "_admitted_total",
-                 "_admitted_estimate")
-
-    def __init__(self) -> None:
-        # (seq, at, estimated_total, remaining, reset), sorted by seq (admission order)
-        self._observations: list[tuple[int, float, int, int, float]] = []
-        self._rejected: list[tuple[int, int]] = []  # (seq, estimate) of refused requests, sorted
-        self._first_seq = 1  # admissions first_seq, first_seq + 1, ... in the three lists below
-        self._admitted_at: list[float] = []
-        self._admitted_total: list[int] = []  # estimated_total after each admission
-        self._admitted_estimate: list[int] = []
-
-    def admitted(self, seq: int, at: float, estimate: int, estimated_total: int) -> None:
-        """Admission `seq` (numbered 1, 2, ... without gaps) at time `at`, estimated at
-        `estimate`; `estimated_total` is the sum of our estimates of admissions 1..seq."""
-        if not self._admitted_at:
-            self._first_seq = seq
-        self._admitted_at.append(at)
-        self._admitted_total.append(estimated_total)
-        self._admitted_estimate.append(estimate)
-        gone = bisect.bisect_left(self._admitted_at,
-                                  at - CALIBRATION_HORIZON_S - CALIBRATION_REORDER_S)
-        if gone:
-            del self._admitted_at[:gone], self._admitted_total[:gone], self._admitted_estimate[:gone]
-            self._first_seq += gone
-
-    def _near(self, seq: int, at: float) -> int:
-        """Our estimates of the admissions other than `seq` within `CALIBRATION_REORDER_S` of it."""
-        times, totals, estimates = self._admitted_at, self._admitted_total, self._admitted_estimate
-        index = seq - self._first_seq
-        if not 0 <= index < len(times):
-            return 0
-        low = bisect.bisect_left(times, at - CALIBRATION_REORDER_S)
-        high = bisect.bisect_right(times, at + CALIBRATION_REORDER_S) - 1
-        return totals[high] - (totals[low] - estimates[low]) - estimates[index]
-
-    def rejected(self, seq: int, estimate: int) -> None:
-        """Admission `seq`, estimated at `estimate` tokens, was refused (429): never charged."""
-        bisect.insort(self._rejected, (seq, estimate))
-
-    def record(self, seq: int, at: float, estimated_total: int, remaining: int, reset: float,
-               rate: float) -> tuple[int, float] | None:
-        """Admission number `seq` at time `at` (``estimated_total``: the sum of our estimates of
-        admissions up to and including it) was answered with ``remaining`` tokens left, ``reset``
-        seconds from full, by a server refilling ``rate`` tokens per second. Returns the sample of
-        the window ending here, if valid: ``(our estimate, the server's charge)`` for it."""
-        observations = self._observations
-        entry = (seq, at, estimated_total, remaining, reset)
-        bisect.insort(observations, entry)
-        self._forget_before(observations[-1][1] - CALIBRATION_HORIZON_S)
-        if reset <= 0:
-            return None
-        index = bisect.bisect_left(observations, entry)
-        while True:  # walk back to the newest observation far enough behind this one
-            index -= 1
-            if index < 0:
-                return None
-            earlier, later = observations[index], observations[index + 1]
-            if later[1] - earlier[1] >= CALIBRATION_COVER * earlier[4]:
-                return None  # the bucket may have filled up in between
-            if (at - earlier[1] >= CALIBRATION_WINDOW_S
-                    and seq - earlier[0] >= CALIBRATION_MIN_REQUESTS
-                    and (self._near(earlier[0], earlier[1]) + self._near(seq, at)
-                         <= CALIBRATION_EDGE_SHARE * (estimated_total - earlier[2]))):
-                break
-        first_seq, first_at, first_total, first_remaining, _ = earlier
-        rejected = self._rejected
-        refused = rejected[bisect.bisect_right(rejected, (first_seq, math.inf)):
-                           bisect.bisect_right(rejected, (seq, math.inf))]
-        estimated = estimated_total - first_total - sum(estimate for _, estimate in refused)
-        charged = first_remaining - remaining + rate * (at - first_at)
-        return (estimated, charged) if estimated > 0 and charged > 0 else None
-
-    def _forget_before(self, horizon: float) -> None:
-        observations = self._observations
-        drop = 0
-        while drop < len(observations) and observations[drop][1] < horizon:
-            drop += 1
-        if drop:
-            del observations[:drop]
-            oldest = observations[0][0] if observations else math.inf
-            del self._rejected[:bisect.bisect_left(self._rejected, (oldest, -1))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,21 +113,6 @@ class LimiterStats:
     rate_limited: int = 0
 
 
-class _Limit:
-    """One dimension (requests or tokens): its per-minute limit, where that number came from, and
-    the bucket that paces it. ``bucket is None`` means unknown (before the first observation) or
-    unlimited (after it)."""
-
-    __slots__ = ("limit", "source", "bucket", "raised_at", "bound_at")
-
-    def __init__(self) -> None:
-        self.limit: float | None = None
-        self.source: str | None = None  # "user", "server", "inferred" (headers) or "probed" (429s)
-        self.bucket: TokenBucket | None = None
-        self.raised_at = -math.inf  # when a probed limit was last set, cut or raised
-        self.bound_at = -math.inf   # when this limit last made a request wait
-
-
 class _LoopTime:
     """The running loop's `time()`, looked up once (on first use, inside the loop) and cached."""
 
@@ -372,19 +128,22 @@ class _LoopTime:
 
 
 @dataclass(frozen=True, slots=True)
-class _Ticket:
-    """What `acquire` leaves in its caller's context, so that the answer the same task reports
-    later (`observe`, `on_rate_limited`, `on_failure`) is tied to that admission."""
+class Permit:
+    """One admission by `RateLimiter.acquire`, handed back with the answer to its request
+    (`observe`, `on_rate_limited`, `on_failure`) so the limiter knows which admission it answers.
 
-    limiter: RateLimiter
-    seq: int  # admission number, from 1
-    at: float  # admission time
-    estimate: int  # our estimate of this request's tokens
-    estimated_total: int  # our estimates of admissions 1..seq, summed
-    charged_total: int  # tokens charged to our bucket for admissions 1..seq
+    seq: admission number, from 1. at: admission time (the limiter's clock). estimate: our estimate
+    of this request's tokens. estimated_total: our estimates of admissions 1..seq, summed.
+    charged_total: tokens charged to our bucket for admissions 1..seq. charged: tokens charged for
+    this request (``charge(estimate)``, at most the TPM).
+    """
 
-
-_TICKET: ContextVar[_Ticket | None] = ContextVar("runner_limiter_ticket", default=None)
+    seq: int
+    at: float
+    estimate: int
+    estimated_total: int
+    charged_total: int
+    charged: int
 
 
 class RateLimiter:
@@ -392,7 +151,9 @@ class RateLimiter:
 
     ``rpm``/``tpm``: the user's numbers, or None for unknown (learned from headers). ``burst_s``:
     seconds of budget each bucket holds. ``clock`` defaults to the running loop's ``time()``,
-    ``sleep`` to `asyncio.sleep`; both must tell the same time.
+    ``sleep`` to `asyncio.sleep`; both must tell the same time. ``state``: where the budget's
+    shared numbers live (`BudgetState`; by default a `MemoryBudgetState` on ``clock``): the
+    limiter makes every decision, the state only keeps the numbers and admits atomically.
 
     Contract of `acquire`:
 
@@ -404,9 +165,9 @@ class RateLimiter:
       (a probe) is admitted; the rest wait for the first `observe`. A limit the server does not
       announce by then is treated as unlimited until a later response announces one.
 
-    Calibration: the token charge follows the server's own accounting. `acquire` ties each
-    admission to the calling task (a context variable), so the `observe` that task makes next is
-    known to show the server's bucket right after it charged that request; a `ChargeAudit` turns
+    Calibration: the token charge follows the server's own accounting. `acquire` returns a
+    `Permit` for each admission, so an `observe` given that permit is known to show the server's
+    bucket right after it charged that request; a `ChargeAudit` turns
     those observations into samples of the server's charge per estimated token, fed to
     `calibrate`. It needs the server's ``limit``, ``remaining`` and ``reset`` token headers
     (OpenAI sends all three; with Azure's remaining-only headers the factor stays as it is).
@@ -422,19 +183,18 @@ class RateLimiter:
         burst_s: float = DEFAULT_BURST_S,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[object]] | None = None,
+        state: BudgetState | None = None,
     ) -> None:
-        self._burst_s = _check_positive(burst_s, "burst_s")
+        self._burst_s = check_positive(burst_s, "burst_s")
         self._clock = clock if clock is not None else _LoopTime()
         self._sleep = sleep if sleep is not None else asyncio.sleep
-        self._requests = _Limit()
-        self._tokens = _Limit()
-        for dim, value, name in ((self._requests, rpm, "rpm"), (self._tokens, tpm, "tpm")):
+        self._state: BudgetState = state if state is not None else MemoryBudgetState(
+            clock=self._clock)
+        for kind, value, name in (("requests", rpm, "rpm"), ("tokens", tpm, "tpm")):
             if value is not None:
-                self._set_limit(dim, _check_positive(value, name), "user")
+                self._set_limit(kind, check_positive(value, name), "user")
         self._observed = False
         self._probe_in_flight = False
-        self._hold_until = -math.inf  # used only when a 429 finds no bucket to put into debt
-        self._factor = 1.0
         self._lock = asyncio.Lock()  # FIFO; its holder is the head of the queue
         self._wake: asyncio.Future[None] | None = None  # resolves when the head should re-check
         self._head_need = 0  # tokens the head of the queue is waiting for
@@ -448,33 +208,41 @@ class RateLimiter:
         self._answers: deque[float] = deque(maxlen=ANSWERS_KEPT)  # recent answers (not 429s)
         self._last_429 = -math.inf
         self._episode_end = -math.inf  # a 429 before this belongs to the episode already counted
+        self._probed_at = -math.inf  # when a probed requests limit was last set, cut or raised
+        self._requests_bound_at = -math.inf  # when the requests limit last made a request wait
 
     # -- what callers read -------------------------------------------------------------------
 
     @property
     def rpm(self) -> float | None:
         """The requests-per-minute limit in force; None while unknown or unlimited."""
-        return self._requests.limit
+        limit = self._state.read().requests
+        return limit.per_minute if limit is not None else None
 
     @property
     def tpm(self) -> float | None:
         """The tokens-per-minute limit in force; None while unknown or unlimited."""
-        return self._tokens.limit
+        limit = self._state.read().tokens
+        return limit.per_minute if limit is not None else None
 
     @property
-    def requests_bucket(self) -> TokenBucket | None:
+    def requests_bucket(self) -> BucketView | None:
         """The bucket pacing requests (for display); None while unknown or unlimited."""
-        return self._requests.bucket
+        return self._view("requests")
 
     @property
-    def tokens_bucket(self) -> TokenBucket | None:
+    def tokens_bucket(self) -> BucketView | None:
         """The bucket pacing tokens (for display); None while unknown or unlimited."""
-        return self._tokens.bucket
+        return self._view("tokens")
+
+    def _view(self, kind: Kind) -> BucketView | None:
+        limit = self._state.read().limit(kind)
+        return BucketView(self._state, kind, limit) if limit is not None else None
 
     @property
     def calibration(self) -> float:
         """The factor `charge()` applies to estimates, within [CALIBRATION_MIN, CALIBRATION_MAX]."""
-        return self._factor
+        return self._state.read().factor
 
     @property
     def stats(self) -> LimiterStats:
@@ -483,15 +251,17 @@ class RateLimiter:
 
     def charge(self, estimate: int) -> int:
         """Tokens to deduct for a request we estimate at `estimate`: ``ceil(estimate × factor)``."""
-        if self._factor == 1.0:
+        factor = self._state.read().factor
+        if factor == 1.0:
             return int(estimate)
-        return max(0, math.ceil(round(estimate * self._factor, 6)))  # round: 100 × 1.1 is 111 else
+        return max(0, math.ceil(round(estimate * factor, 6)))  # round: 100 × 1.1 is 111 else
 
     # -- admission ---------------------------------------------------------------------------
 
-    async def acquire(self, tokens: int) -> int:
-        """Wait until a request of `tokens` estimated tokens may be sent, deduct it, and return the
-        tokens actually charged (``charge(tokens)``, at most the TPM).
+    async def acquire(self, tokens: int) -> Permit:
+        """Wait until a request of `tokens` estimated tokens may be sent, deduct it, and return its
+        `Permit`; ``permit.charged`` is the tokens actually charged (``charge(tokens)``, at most
+        the TPM). Report the answer to the request with that permit.
 
         Raises `RequestTooLarge` at once when ``tokens`` exceeds the per-minute TPM in force, or
         as soon as a learned TPM shows it does while it waits.
@@ -504,7 +274,7 @@ class RateLimiter:
             while True:
                 self._check_fits(tokens)
                 charged = self._charged(tokens)
-                delay = self._delay(charged)
+                delay = self._take(charged)
                 if delay == 0.0:
                     break
                 self._head_need = charged
@@ -512,36 +282,36 @@ class RateLimiter:
                     await self._wait(delay)
                 finally:
                     self._head_need = 0
-            self._admit(tokens, charged)
+            permit = self._admitted(tokens, charged)
         self._wait_s += self._clock() - arrived
-        return charged
+        return permit
 
     def _check_fits(self, tokens: int) -> None:
-        tpm = self._tokens.limit
+        tpm = self.tpm
         if tpm is not None and tokens > tpm:
             raise RequestTooLarge(tokens, tpm)
 
     def _charged(self, tokens: int) -> int:
         charged = self.charge(tokens)
-        tpm = self._tokens.limit
+        tpm = self.tpm
         return charged if tpm is None else min(charged, math.floor(tpm))
 
     def _probing(self) -> bool:
-        return not self._observed and (self._requests.limit is None or self._tokens.limit is None)
+        snapshot = self._state.read()
+        return not self._observed and (snapshot.requests is None or snapshot.tokens is None)
 
-    def _delay(self, charged: int) -> float:
-        """Seconds until the head may be admitted; inf while it waits on a probe's answer."""
-        if self._probing() and self._probe_in_flight:
+    def _take(self, charged: int) -> float:
+        """Take one request and `charged` tokens from the state if it admits them now (0.0), else
+        the seconds until the head may be admitted; inf while it waits on a probe's answer."""
+        probing = self._probing()
+        if probing and self._probe_in_flight:
             return math.inf
-        now = self._clock()
-        delay = self._hold_until - now
-        for dim, amount in ((self._requests, _REQUEST), (self._tokens, charged)):
-            if dim.bucket is not None:
-                wait = dim.bucket.wait_time(amount)
-                if wait > TIME_EPSILON_S:
-                    dim.bound_at = now  # this limit is holding requests back
-                delay = max(delay, wait)
-        return delay if delay > TIME_EPSILON_S else 0.0
+        admission = self._state.admit(charged)
+        if admission.requests_bound:
+            self._requests_bound_at = self._clock()  # the requests limit is holding requests back
+        if admission.taken and probing:
+            self._probe_in_flight = True
+        return admission.wait_s
 
     async def _wait(self, delay: float) -> None:
         """Sleep `delay` (forever if inf), or less if the state changes meanwhile."""
@@ -563,44 +333,27 @@ class RateLimiter:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    def _admit(self, tokens: int, charged: int) -> None:
-        if self._probing():
-            self._probe_in_flight = True
-        if self._requests.bucket is not None:
-            self._requests.bucket.take(_REQUEST)
-        if self._tokens.bucket is not None:
-            self._tokens.bucket.take(charged)
+    def _admitted(self, tokens: int, charged: int) -> Permit:
         self._admitted_requests += 1
         self._admitted_tokens += charged
         self._estimated_tokens += tokens
-        ticket = _Ticket(self, self._admitted_requests, self._clock(), tokens,
-                         self._estimated_tokens, self._admitted_tokens)
-        self._audit.admitted(ticket.seq, ticket.at, tokens, ticket.estimated_total)
-        _TICKET.set(ticket)
-
-    def _take_ticket(self) -> _Ticket | None:
-        """The calling task's latest admission by this limiter not yet answered, if any."""
-        ticket = _TICKET.get()
-        if ticket is None or ticket.limiter is not self:
-            return None
-        _TICKET.set(None)
-        return ticket
+        permit = Permit(self._admitted_requests, self._clock(), tokens, self._estimated_tokens,
+                        self._admitted_tokens, charged)
+        self._audit.admitted(permit.seq, permit.at, tokens, permit.estimated_total)
+        return permit
 
     # -- learning ----------------------------------------------------------------------------
 
-    def _set_limit(self, dim: _Limit, limit: float, source: str) -> None:
-        rate, capacity = limit / MINUTE_S, limit * self._burst_s / MINUTE_S
-        if dim.bucket is None:
-            dim.bucket = TokenBucket(rate, capacity, clock=self._clock)
-        elif limit != dim.limit:
-            dim.bucket.set_rate(rate, capacity)
-        dim.limit, dim.source = limit, source
+    def _set_limit(self, kind: Kind, limit: float, source: str) -> None:
+        self._state.set_limit(kind, Limit(limit, source, limit * self._burst_s / MINUTE_S))
 
-    def _learn(self, dim: _Limit, limit: int | None, remaining: int | None,
-               reset: float | None, ticket: _Ticket | None) -> None:
+    def _learn(self, kind: Kind, limit: int | None, remaining: int | None,
+               reset: float | None, permit: Permit | None) -> None:
+        known = self._state.read().limit(kind)
+        source = known.source if known is not None else None
         if limit is not None and limit > 0:
-            self._set_limit(dim, float(limit), "server")
-        elif remaining is not None and remaining > 0 and dim.source != "server":
+            self._set_limit(kind, float(limit), "server")
+        elif remaining is not None and remaining > 0 and source != "server":
             # No limit header (Azure). With a reset time, remaining / (1 - reset/60) estimates the
             # per-minute limit. Without one, `remaining` may count a window shorter than a minute
             # (Azure enforces quotas over 1 s or 10 s windows), so it says nothing of the limit:
@@ -609,46 +362,47 @@ class RateLimiter:
             estimate = None
             if reset is not None and 0 < reset < INFER_MAX_RESET_S and math.isfinite(reset):
                 estimate = remaining / (1 - reset / MINUTE_S)
-            elif dim.source == "user":
+            elif source == "user":
                 estimate = float(remaining)
-            if estimate is not None and (dim.limit is None or estimate > dim.limit):
-                self._set_limit(dim, estimate, "user" if dim.source == "user" else "inferred")
-        if remaining is not None and dim.bucket is not None:
-            dim.bucket.correct(remaining + self._since(dim, dim.bucket, ticket))
+            if estimate is not None and (known is None or estimate > known.per_minute):
+                self._set_limit(kind, estimate, "user" if source == "user" else "inferred")
+        if remaining is not None:
+            now_known = self._state.read().limit(kind)
+            if now_known is not None:
+                self._state.lower(kind, remaining + self._since(kind, now_known, permit))
 
-    def _since(self, dim: _Limit, bucket: TokenBucket, ticket: _Ticket | None) -> float:
-        """How far the server's count has moved since it wrote the headers of `ticket`'s request:
-        its refill since that admission, less what we admitted after it (0 without a ticket)."""
-        if ticket is None:
+    def _since(self, kind: Kind, limit: Limit, permit: Permit | None) -> float:
+        """How far the server's count has moved since it wrote the headers of `permit`'s request:
+        its refill since that admission, less what we admitted after it (0 without a permit)."""
+        if permit is None:
             return 0.0
-        if dim is self._requests:
-            after = self._admitted_requests - ticket.seq
+        if kind == "requests":
+            after = self._admitted_requests - permit.seq
         else:
-            after = self._admitted_tokens - ticket.charged_total
-        return bucket.rate * max(0.0, self._clock() - ticket.at) - after
+            after = self._admitted_tokens - permit.charged_total
+        return limit.rate * max(0.0, self._clock() - permit.at) - after
 
-    def observe(self, info: RateLimitInfo) -> None:
+    def observe(self, permit: Permit | None, info: RateLimitInfo) -> None:
         """Learn from one response's rate-limit headers (call it for every response).
 
         * ``limit_*`` sets that bucket's rate (limit/60 per s) and capacity (limit × burst_s/60),
           overriding the user's number either way: the server knows its limit.
         * ``remaining_*`` lowers the bucket's level to what the server holds now by its own
-          count, never raises it (`TokenBucket.correct`). Called by the task whose `acquire` the
+          count, never raises it (`BudgetState.lower`). Given the `permit` of the request the
           response answers, that is ``remaining`` plus the server's refill since the request was
           admitted, less what we admitted after it: an answer that took seconds does not reset
-          the bucket to a level long past. From any other task it is ``remaining`` itself.
+          the bucket to a level long past. With ``permit=None`` it is ``remaining`` itself.
         * No ``limit_*`` (Azure sends only ``remaining_*``): with ``reset_*`` a limit is inferred
           (see `INFER_MAX_RESET_S`); without it ``remaining`` only raises a user's number it
           exceeds, since it may count a window shorter than a minute.
         * The first call (or a 429 carrying headers) ends the cautious start; a limit still unknown
           then counts as unlimited.
-        * Called by the task whose `acquire` the response answers, the token headers also
-          calibrate the charge (see the class docstring).
+        * Given the `permit`, the token headers also calibrate the charge (see the class
+          docstring).
         """
-        ticket = self._take_ticket()
-        self._update(info, ticket)
-        if ticket is not None:
-            self._audit_tokens(ticket, info)
+        self._update(info, permit)
+        if permit is not None:
+            self._audit_tokens(permit, info)
         self._note_answer()
         self._notify()
 
@@ -657,50 +411,54 @@ class RateLimiter:
         self._answers.append(now)
         while now - self._answers[0] > MINUTE_S:
             self._answers.popleft()
-        dim = self._requests
-        if (dim.source == "probed" and dim.limit is not None and dim.bound_at > dim.raised_at
-                and now - max(self._last_429, dim.raised_at) >= INFER_RAISE_AFTER_S):
-            dim.raised_at = now
-            self._set_limit(dim, dim.limit * INFER_RAISE_STEP, "probed")
+        limit = self._state.read().requests
+        if (limit is not None and limit.source == "probed"
+                and self._requests_bound_at > self._probed_at
+                and now - max(self._last_429, self._probed_at) >= INFER_RAISE_AFTER_S):
+            self._probed_at = now
+            self._set_limit("requests", limit.per_minute * INFER_RAISE_STEP, "probed")
 
     def _infer_from_429(self, retry_after: float) -> None:
         """A 429 with no limit known: infer one from the rate the server was answering at; an
         inferred limit shrinks once per episode (see `INFER_FROM_429_SHARE`)."""
         now = self._clock()
-        dim = self._requests
-        if dim.source == "probed" and dim.limit is not None:
+        snapshot = self._state.read()
+        limit = snapshot.requests
+        if limit is not None and limit.source == "probed":
             if now >= self._episode_end:
-                self._set_limit(dim, max(1.0, dim.limit * INFER_FROM_429_SHARE), "probed")
+                self._set_limit("requests", max(1.0, limit.per_minute * INFER_FROM_429_SHARE),
+                                "probed")
                 self._episode_end = now + max(1.0, retry_after)
-                dim.raised_at = now
-        elif dim.limit is None and self._tokens.limit is None and len(self._answers) >= 2:
+                self._probed_at = now
+        elif limit is None and snapshot.tokens is None and len(self._answers) >= 2:
             span = max(now - self._answers[0], 1.0)
             per_minute = len(self._answers) / span * MINUTE_S
-            self._set_limit(dim, max(1.0, per_minute * INFER_FROM_429_SHARE), "probed")
+            self._set_limit("requests", max(1.0, per_minute * INFER_FROM_429_SHARE), "probed")
             self._episode_end = now + max(1.0, retry_after)
-            dim.raised_at = now
+            self._probed_at = now
         self._last_429 = now
 
-    def _update(self, info: RateLimitInfo, ticket: _Ticket | None) -> None:
-        self._learn(self._requests, info.limit_requests, info.remaining_requests,
-                    info.reset_requests, ticket)
-        self._learn(self._tokens, info.limit_tokens, info.remaining_tokens, info.reset_tokens,
-                    ticket)
+    def _update(self, info: RateLimitInfo, permit: Permit | None) -> None:
+        self._learn("requests", info.limit_requests, info.remaining_requests,
+                    info.reset_requests, permit)
+        self._learn("tokens", info.limit_tokens, info.remaining_tokens, info.reset_tokens,
+                    permit)
         self._observed = True
         self._probe_in_flight = False
 
-    def _audit_tokens(self, ticket: _Ticket, info: RateLimitInfo) -> None:
-        tpm = self._tokens.limit
-        if (tpm is None or self._tokens.source != "server" or info.remaining_tokens is None
+    def _audit_tokens(self, permit: Permit, info: RateLimitInfo) -> None:
+        limit = self._state.read().tokens
+        if (limit is None or limit.source != "server" or info.remaining_tokens is None
                 or info.reset_tokens is None):
             return  # the refill rate or the bucket's state is not the server's own word
-        sample = self._audit.record(ticket.seq, ticket.at, ticket.estimated_total,
-                                    info.remaining_tokens, info.reset_tokens, tpm / MINUTE_S)
+        sample = self._audit.record(permit.seq, permit.at, permit.estimated_total,
+                                    info.remaining_tokens, info.reset_tokens, limit.rate)
         if sample is not None:
             self._samples += 1  # the first samples are averaged: the initial 1.0 is only a guess
             self._move_factor(*sample, weight=max(CALIBRATION_ALPHA, 1 / self._samples))
 
-    def on_rate_limited(self, retry_after: float | None, info: RateLimitInfo | None) -> None:
+    def on_rate_limited(self, permit: Permit | None, retry_after: float | None,
+                        info: RateLimitInfo | None) -> None:
         """A 429: admit nothing before ``retry_after`` seconds from now (`FALLBACK_RETRY_AFTER_S`
         when None or unusable), and no more than the buckets allow after that.
 
@@ -710,44 +468,46 @@ class RateLimiter:
         ``info`` shows requests left, the tokens bucket unless it shows a burst's worth of tokens
         left; if both are cleared, both are blamed. With no bucket to blame (limits unknown or
         unlimited) admission is held for ``retry_after`` instead. Headers in ``info`` are
-        `observe`d first. During a cautious start this frees the probe slot.
+        `observe`d first (aged by `permit`, as there). During a cautious start this frees the
+        probe slot.
         """
         self._rate_limited += 1
-        ticket = self._take_ticket()
-        if ticket is not None:
-            self._audit.rejected(ticket.seq, ticket.estimate)
+        if permit is not None:
+            self._audit.rejected(permit.seq, permit.estimate)
         if info is not None and not info.empty:
-            self._update(info, ticket)
+            self._update(info, permit)
         if retry_after is None or not (math.isfinite(retry_after) and retry_after >= 0):
             retry_after = FALLBACK_RETRY_AFTER_S
         self._probe_in_flight = False
         self._infer_from_429(retry_after)
+        snapshot = self._state.read()
         debted = False
-        for dim, need in self._blame(info):
-            if dim.bucket is not None:
-                bucket = dim.bucket
-                bucket.correct(min(need, bucket.capacity) - bucket.rate * retry_after)
+        for kind, need in self._blame(info, snapshot):
+            limit = snapshot.limit(kind)
+            if limit is not None:
+                self._state.lower(kind, min(need, limit.capacity) - limit.rate * retry_after)
                 debted = True
         if not debted:
-            self._hold_until = max(self._hold_until, self._clock() + retry_after)
+            self._state.hold(self._clock() + retry_after)
         self._notify()
 
-    def _blame(self, info: RateLimitInfo | None) -> list[tuple[_Limit, float]]:
+    def _blame(self, info: RateLimitInfo | None, snapshot: Snapshot) -> list[tuple[Kind, float]]:
         token_need = max(self._head_need, 0)
         requests_ok = (info is not None and info.remaining_requests is not None
-                       and info.remaining_requests >= _REQUEST)
-        tokens_bucket = self._tokens.bucket
+                       and info.remaining_requests >= REQUEST)
+        tokens = snapshot.tokens
         tokens_ok = (info is not None and info.remaining_tokens is not None
-                     and tokens_bucket is not None
-                     and info.remaining_tokens >= max(tokens_bucket.capacity, token_need))
-        both = [(self._requests, float(_REQUEST)), (self._tokens, float(token_need))]
+                     and tokens is not None
+                     and info.remaining_tokens >= max(tokens.capacity, token_need))
+        both: list[tuple[Kind, float]] = [("requests", float(REQUEST)),
+                                          ("tokens", float(token_need))]
         blamed = [pair for pair, ok in zip(both, (requests_ok, tokens_ok)) if not ok]
         return blamed or both
 
-    def on_failure(self) -> None:
-        """An admitted request ended with no response at all (connection error, timeout). Frees
-        the probe slot during a cautious start, so the next waiter probes; otherwise a no-op."""
-        self._take_ticket()  # the server may or may not have charged it: its windows stand
+    def on_failure(self, permit: Permit | None) -> None:
+        """The request admitted with `permit` ended with no response at all (connection error,
+        timeout). Frees the probe slot during a cautious start, so the next waiter probes;
+        otherwise a no-op (the server may or may not have charged it: calibration windows stand)."""
         if self._probe_in_flight:
             self._probe_in_flight = False
             self._notify()
@@ -761,40 +521,28 @@ class RateLimiter:
         self._notify()
 
     def _move_factor(self, estimated: float, charged: float, *, weight: float) -> None:
-        if estimated <= 0 or charged <= 0:
-            return
-        factor = (1 - weight) * self._factor + weight * (charged / estimated)
-        self._factor = min(CALIBRATION_MAX, max(CALIBRATION_MIN, factor))
+        factor = self._state.read().factor
+        moved = moved_factor(factor, estimated, charged, weight=weight)
+        if moved != factor:
+            self._state.set_factor(moved)
 
     def __repr__(self) -> str:
-        return (f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, requests={self._requests.bucket!r}, "
-                f"tokens={self._tokens.bucket!r})")
+        return f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, state={self._state!r})"
 
 
-class Limiters:
-    """Registry: one RateLimiter per (base_url, model) key, created on first use with the
-    configured defaults (all keys share them; each learns its own limits from headers)."""
+class BucketView:
+    """One bucket of a budget, read from its state (for display): the `rate` and `capacity` in
+    force when the view was taken; `level()` reads the level now."""
 
-    def __init__(
-        self,
-        *,
-        rpm: float | None,
-        tpm: float | None,
-        burst_s: float = DEFAULT_BURST_S,
-        clock: Callable[[], float] | None = None,
-        sleep: Callable[[float], Awaitable[object]] | None = None,
-    ) -> None:
-        self._defaults = dict(rpm=rpm, tpm=tpm, burst_s=burst_s, clock=clock, sleep=sleep)
-        RateLimiter(**self._defaults)  # validate the defaults now, not on first use
-        self._limiters: dict[tuple[str, str], RateLimiter] = {}
+    __slots__ = ("_state", "_kind", "rate", "capacity")
 
-    def get(self, key: tuple[str, str]) -> RateLimiter:
-        """The limiter for ``(base_url, model)``; the same object on every call."""
-        limiter = self._limiters.get(key)
-        if limiter is None:
-            limiter = self._limiters[key] = RateLimiter(**self._defaults)
-        return limiter
+    def __init__(self, state: BudgetState, kind: Kind, limit: Limit) -> None:
+        self._state, self._kind = state, kind
+        self.rate, self.capacity = limit.rate, limit.capacity
 
-    def items(self) -> list[tuple[tuple[str, str], RateLimiter]]:
-        """Every (key, limiter) created so far, in creation order (for stats reports)."""
-        return list(self._limiters.items())
+    def level(self) -> float:
+        level = self._state.level(self._kind)
+        return level if level is not None else math.inf
+
+    def __repr__(self) -> str:
+        return f"BucketView({self._kind}, rate={self.rate:g}/s, capacity={self.capacity:g})"

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.text import Text
 
-from runner.pacing.limiter import Limiters
+from runner.pacing.limiters import Limiters
 from runner.report.stats import RunStats
 
 WINDOW_S = 30.0          # rates are measured over this trailing window

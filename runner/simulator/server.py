@@ -362,18 +362,20 @@ class TokenBucket:
     """A bucket refilling at `rate` per second up to `capacity`, starting full; may go negative.
 
     `wait_time(amount)` is 0 when `amount` may be taken now, else the seconds until it may: an
-    amount above the capacity may be taken once the bucket is full.
+    amount above the capacity may be taken once the bucket is full. ``level`` starts it below full
+    (for tests that need a server bucket in a given state).
     """
 
     __slots__ = ("rate", "capacity", "_level", "_stamp", "_clock")
 
-    def __init__(self, rate: float, capacity: float, *, clock: Callable[[], float]) -> None:
+    def __init__(self, rate: float, capacity: float, *, clock: Callable[[], float],
+                 level: float | None = None) -> None:
         if rate <= 0 or capacity <= 0:
             raise ValueError("rate and capacity must be > 0")
         self.rate = rate
         self.capacity = capacity
         self._clock = clock
-        self._level = capacity
+        self._level = capacity if level is None else min(level, capacity)
         self._stamp = clock()
 
     def _refill(self) -> None:
@@ -396,7 +398,12 @@ class TokenBucket:
         self._level -= amount
 
     def time_to_full(self) -> float:
+        """What the ``reset`` header says: seconds until full with no traffic."""
         return max(0.0, (self.capacity - self.level) / self.rate)
+
+    def remaining(self) -> int:
+        """What the ``remaining`` header says: whole units left, never negative."""
+        return max(0, math.floor(self.level + ADMIT_EPSILON))
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +460,7 @@ class ModelBudget:
                                     ("tokens", self.tpm, self.tokens)):
             if bucket is None:
                 continue
-            remaining = str(max(0, math.floor(bucket.level + ADMIT_EPSILON)))
+            remaining = str(bucket.remaining())
             if shape == OPENAI:
                 out[f"x-ratelimit-limit-{name}"] = str(limit)
                 out[f"x-ratelimit-remaining-{name}"] = remaining
