@@ -435,26 +435,25 @@ def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: 
     what it has spent so far. Pure; the same for every backend.
 
     `since_success`: seconds since the run last had a success (any 2xx answer), or since it started
-    if none yet. `confirmed`: this lane (base URL, endpoint, model) already gave an answer ignoring
-    `n` to a request of one job or of unambiguous shape, so this one confirms it. The table::
+    if none yet. `confirmed`: the answers of this lane (base URL, endpoint, model) have shown it
+    ignores `n`, this one included (the caller counts them). The table::
 
         verdict                                  step                counts as an attempt
         OK                                       SUCCEED             -
         STOP_RUN                                 STOP_RUN            -
         FAIL_JOB, blames_prompt, packed          BISECT              -
         FAIL_JOB, otherwise                      FAIL                -
-        RETRY n_not_supported, packed            UNPACK              -
         RETRY n_not_supported, confirmed         FAIL                -
-        RETRY n_not_supported, first seen        RETRY_AFTER_SLEEP   yes
+        RETRY n_not_supported, packed            UNPACK              -
+        RETRY n_not_supported, otherwise         RETRY_AFTER_SLEEP   yes
         RETRY, a 429 with a delay                RETRY_PACED         no
           ... no success for RATE_LIMIT_STALL_S  STOP_RUN            -
         RETRY, otherwise                         RETRY_AFTER_SLEEP   yes
 
     A RETRY whose count reaches `max_attempts` is a FAIL instead, with the verdict's code and the
-    message "gave up after N requests[, M of them rate-limited]: <verdict's message>". A pack whose
-    answer ignores `n` is sent again job by job because its shape may instead be a server answering
-    only the first of a list of prompts; a single job's answer needs one confirmation, not
-    `max_attempts` retries.
+    message "gave up after N requests[, M of them rate-limited]: <verdict's message>". An answer
+    ignoring `n` needs one confirmation, not `max_attempts` retries; an unconfirmed one to a pack
+    is sent again job by job, since its shape may be a server answering only the first prompt.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -473,7 +472,7 @@ def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: 
         return Decision(step, verdict, after, verdict.message)
     if verdict.code == codes.N_NOT_SUPPORTED and (packed or confirmed):
         after = Attempts(sent, attempts.paced, attempts.counted)
-        return Decision(Step.UNPACK if packed else Step.FAIL, verdict, after, verdict.message)
+        return Decision(Step.FAIL if confirmed else Step.UNPACK, verdict, after, verdict.message)
     paced_429 = verdict.rate_limited and verdict.delay is not None
     paced = attempts.paced + paced_429
     if paced_429:

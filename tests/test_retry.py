@@ -397,14 +397,14 @@ DECISIONS = [
      Step.FAIL, True, Attempts(1, 0, 1)),
     ("a failure after paced 429s can give up", SERVER_500, False, Attempts(10, 7, 5), 6, 0, False,
      Step.FAIL, True, Attempts(11, 7, 6)),
-    ("n ignored, first seen: one retry to confirm", N_IGNORED, False, Attempts(), 6, 0, False,
+    ("n ignored, unconfirmed: one retry to confirm", N_IGNORED, False, Attempts(), 6, 0, False,
      Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
     ("n ignored, confirmed: a permanent failure", N_IGNORED, False, Attempts(1, 0, 1), 6, 0, True,
      Step.FAIL, False, Attempts(2, 0, 1)),
-    ("n ignored by a pack: its jobs go alone", N_IGNORED, True, Attempts(), 6, 0, False,
+    ("n ignored by a pack, unconfirmed: its jobs go alone", N_IGNORED, True, Attempts(), 6, 0, False,
      Step.UNPACK, False, Attempts(1, 0, 0)),
-    ("n ignored by a pack, confirmed: still alone", N_IGNORED, True, Attempts(), 6, 0, True,
-     Step.UNPACK, False, Attempts(1, 0, 0)),
+    ("n ignored by a pack, confirmed: a permanent failure", N_IGNORED, True, Attempts(), 6, 0, True,
+     Step.FAIL, False, Attempts(1, 0, 0)),
 ]
 
 
