@@ -433,7 +433,7 @@ class Dispatcher:
                 except RequestTooLarge as exc:
                     too_large = exc
                 else:
-                    if self.stopping:
+                    if self.stopping or self._refuses_n(request, caps):
                         limiter.on_failure()  # admitted but never sent
                         return
                     verdict, answers, response = await self._attempt(request, http, lane, charged)
@@ -513,15 +513,22 @@ class Dispatcher:
         return verdict, None, response
 
     async def _may_send(self, request: Request, caps: LaneCapabilities) -> bool:
-        """Whether to send `request` now. Not when its lane ignores the `n` it asks for (its jobs
-        fail at once), nor a pack where packing is off (its jobs go alone). A pack on a lane whose
-        packs are unproven waits until no other pack is on the wire there."""
-        if request.n > 1 and caps.ignores_n:
-            self._fail_jobs(request.jobs, codes.N_NOT_SUPPORTED, f"not sent: {caps.n_message}")
+        """Whether to go on with `request` now. Not when its lane ignores the `n` it asks for (its
+        jobs fail at once), nor a pack where packing is off (its jobs go alone). A pack on a lane
+        whose packs are unproven waits until no other pack is on the wire there."""
+        if self._refuses_n(request, caps):
             return False
         if not request.packed or await caps.claim_pack(request):
             return True
         await self._unpack(request)
+        return False
+
+    def _refuses_n(self, request: Request, caps: LaneCapabilities) -> bool:
+        """Fail the request's jobs, unsent, when they ask for an `n` their lane ignores (checked
+        again once admitted: the lane may have shown it while the request waited)."""
+        if request.n > 1 and caps.ignores_n:
+            self._fail_jobs(request.jobs, codes.N_NOT_SUPPORTED, f"not sent: {caps.n_message}")
+            return True
         return False
 
     def _decide(self, request: Request, caps: LaneCapabilities, verdict: Verdict,
