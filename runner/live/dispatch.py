@@ -546,7 +546,7 @@ class Dispatcher:
         if verdict.code == codes.N_NOT_SUPPORTED and request.prompts != request.n and not confirmed:
             confirmed = caps.note_n_ignored(request.prompts, verdict.message)
             if confirmed:
-                self._log(f"{request.model} ({request.url}) ignores n: {verdict.message}; jobs "
+                self._log(f"{request.model} ({request.url}): {verdict.message}; jobs "
                           f"there asking for n > 1 fail as {codes.N_NOT_SUPPORTED} without being sent")
         decision = decide(verdict, attempts, packed=request.packed,
                           max_attempts=self.config.max_attempts, since_success=max(0.0, since),
