@@ -27,6 +27,7 @@ REQUEST_TOO_LARGE = "request_too_large"  # 413, or more tokens than the whole TP
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the prompt is over the model's context window
 CONTENT_FILTER = "content_filter"  # Azure's content filter refused the prompt
 DUPLICATE = "duplicate_custom_id"  # a repeated input line: a note, never a job's result
+N_NOT_SUPPORTED = "n_not_supported"  # the server answers one choice where `n` asks for more
 
 # Neither: judged by the line's final status.
 UNEXPECTED_STATUS = "unexpected_status"  # a 1xx or 3xx answer
@@ -42,7 +43,7 @@ TRANSIENT_CODES = frozenset({
 })
 PERMANENT_CODES = frozenset({
     INVALID_REQUEST, NOT_FOUND, CONTEXT_LENGTH_EXCEEDED, UNPROCESSABLE, REQUEST_TOO_LARGE,
-    CONTENT_FILTER, DUPLICATE,
+    CONTENT_FILTER, DUPLICATE, N_NOT_SUPPORTED,
 })
 PROMPT_FAULT_CODES = frozenset({
     CONTEXT_LENGTH_EXCEEDED, CONTENT_FILTER, CONTENT_POLICY_VIOLATION, INVALID_PROMPT,

@@ -4,7 +4,8 @@ Pure. A `Request` packs jobs whose bodies differ only in `prompt` (completions) 
 (embeddings) into one list-valued body. The API answers with choices (or embedding `data`) in any
 order, each carrying an `index`; for completions with `n` choices per prompt, choice index
 ``prompt_position * n + j``. `split_response` gives each job a body that looks like the answer to
-that job alone: its own choices re-indexed from 0 and a share of `usage`.
+that job alone: its own choices re-indexed from 0 and a share of `usage`. A `Packer` can be told
+to stop packing for one (url, model), where the server turned out not to take list prompts.
 """
 from __future__ import annotations
 
@@ -32,6 +33,20 @@ class MissingChoices(ValueError):
     """A 200 answer that lacks a choice (or embedding) some job of the request needs."""
 
 
+class NChoicesIgnored(MissingChoices):
+    """A 200 answer with exactly one choice per prompt, indexed 0..prompts-1, where `n` asked for
+    more: the server ignores `n`. `prompts` is how many prompts the request held; `n` what it asked
+    per prompt. When `prompts == n` the answer also looks like one prompt's `n` choices from a
+    server that ignores list prompts, so it proves nothing about `n`."""
+
+    def __init__(self, n: int, prompts: int) -> None:
+        self.n, self.prompts = n, prompts
+        got = "1 choice" if prompts == 1 else f"{prompts} choices, one per prompt,"
+        asked = f"n={n}" if prompts == 1 else f"n={n} for each of {prompts} prompts"
+        super().__init__(f"the server ignores n: {got} came back where {asked} asked for "
+                         f"{n * prompts}")
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Request:
     """One API call: `body` is sent as is; `jobs` are answered by it, in prompt order."""
@@ -48,6 +63,16 @@ class Request:
     @property
     def packed(self) -> bool:
         return len(self.jobs) > 1
+
+    @property
+    def n(self) -> int:
+        """Choices asked per prompt (1 for embeddings)."""
+        return 1 if self.url == EMBEDDINGS else _choices_per_prompt(self.body)
+
+    @property
+    def prompts(self) -> int:
+        """Prompts (or inputs) the request holds, over all its jobs (chat: 1)."""
+        return sum(prompt_count(j) for j in self.jobs)
 
 
 def single(job: Job, charge: int) -> Request:
@@ -117,7 +142,8 @@ def split_response(request: Request, body: Any) -> list[dict[str, Any]]:
     """Each job's own answer body, in the order of `request.jobs`.
 
     Raises MissingChoices when the answer lacks a choice or embedding some job needs, or is not
-    the shape the endpoint answers with; the caller retries rather than writing a hole.
+    the shape the endpoint answers with; the caller retries rather than writing a hole. Raises
+    `NChoicesIgnored` (a MissingChoices) when `n` > 1 and exactly one choice per prompt came back.
     """
     if not isinstance(body, dict):
         raise MissingChoices("answer is not a JSON object")
@@ -134,6 +160,9 @@ def split_response(request: Request, body: Any) -> list[dict[str, Any]]:
         if isinstance(index, int) and 0 <= index < expected:
             by_index[index] = item
     if len(by_index) < expected:
+        prompts = sum(counts)
+        if per_prompt > 1 and len(items) == prompts and by_index.keys() == set(range(prompts)):
+            raise NChoicesIgnored(per_prompt, prompts)
         missing = sorted(set(range(expected)) - by_index.keys())
         raise MissingChoices(
             f"answer lacks {len(missing)} of {expected} {key} (first missing index {missing[0]})")
@@ -233,7 +262,8 @@ class Packer:
 
     `budget(model)` tells the current limits of a model (None while unknown). Partial packs are sent by
     `flush()`, which the dispatcher calls at the end of the input and whenever the input pauses, so
-    packing never delays the last jobs.
+    packing never delays the last jobs. After `stop_packing(url, model)` the jobs of that url and
+    model go alone.
     """
 
     def __init__(self, budget: Callable[[str], Budget | None] = lambda model: None,
@@ -242,12 +272,13 @@ class Packer:
         self._max_open = max_open
         self._max_held = max_held
         self._open: dict[bytes, _Open] = {}
+        self._alone: set[tuple[str, str]] = set()  # (url, model) whose jobs are no longer packed
         self.held = 0  # jobs waiting in partial packs
 
     def add(self, job: Job, charge: int) -> list[Request]:
         """Requests now complete (possibly none) after adding `job` with its rate-limit charge."""
         key = group_key(job)
-        if key is None:
+        if key is None or (job.url, job.model) in self._alone:
             return [single(job, charge)]
         ready: list[Request] = []
         budget = self._budget(job.model)
@@ -272,6 +303,19 @@ class Packer:
     def flush(self) -> list[Request]:
         """Every partial pack, as requests."""
         return [self._close(key) for key in list(self._open)]
+
+    def stop_packing(self, url: str, model: str) -> list[Request]:
+        """Send the jobs of `url` and `model` alone from now on; returns the jobs of its partial
+        packs, each as a request of its own."""
+        self._alone.add((url, model))
+        ready: list[Request] = []
+        for key, current in list(self._open.items()):
+            if (current.jobs[0].url, current.jobs[0].model) != (url, model):
+                continue
+            del self._open[key]
+            self.held -= len(current.jobs)
+            ready.extend(single(j, rate_limit_charge(j.url, j.body)) for j in current.jobs)
+        return ready
 
     def _close(self, key: bytes) -> Request:
         current = self._open.pop(key)

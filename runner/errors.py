@@ -10,6 +10,8 @@
      ├── APIConnectionError          no answer arrived                -> retry
      │    └── APITimeoutError        ... because a timeout fired       -> retry
      ├── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
+     │    └── NChoicesIgnoredError   ... one choice per prompt where n asked for more
+     │                                 -> retried once to confirm, then n_not_supported (permanent)
      ├── RequestTooLarge             (runner.pacing.limiter) more tokens than the whole TPM
      │                                                 -> fails the job; a pack is sent in halves
      ├── StopRunError                the run cannot go on; it stops early, resumably
@@ -29,7 +31,8 @@ only by a caller that must raise one (`runner.outcome.api_error`). The dispatche
 escaping it is a bug.
 
 `jobs.packing.MissingChoices` is not in the tree: the `jobs` package is pure and imports nothing
-of `runner`. The dispatcher converts it into a `BadResponseError`.
+of `runner`. The dispatcher converts it into a `BadResponseError` (its `NChoicesIgnored` into an
+`NChoicesIgnoredError`).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from typing import Any
 __all__ = [
     "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
     "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError", "BadResponseError",
-    "StopRunError", "UnusableInput", "describe",
+    "NChoicesIgnoredError", "StopRunError", "UnusableInput", "describe",
 ]
 
 
@@ -92,6 +95,10 @@ class APITimeoutError(APIConnectionError):
 
 class BadResponseError(RunnerError):
     """A 2xx answer whose body is truncated or malformed JSON, or lacks `choices`/`data`."""
+
+
+class NChoicesIgnoredError(BadResponseError):
+    """A 2xx answer with one choice per prompt where `n` asked for more: the server ignores `n`."""
 
 
 class StopRunError(RunnerError):

@@ -6,10 +6,11 @@ Two pure steps, the same for every backend (the live dispatcher, or one reading 
    one call (an answer, or the exception raised when none came) into a `Verdict`: OK, retry (after
    the server's delay, or backoff), fail the job(s), or stop the whole run; and whether a refusal
    may be one prompt's fault.
-2. `decide()` turns a Verdict, whether the request is a pack, and what the request has spent so
-   far (`Attempts`) into a `Decision`: succeed, retry when the limiter admits it (it holds the
-   server's delay as debt), retry after a sleep, fail, bisect the pack, or stop the run; and
-   whether this outcome counted against `--max-attempts`.
+2. `decide()` turns a Verdict, whether the request is a pack, what the request has spent so far
+   (`Attempts`), how long the run has gone without a success, and whether the lane has answered
+   like this before, into a `Decision`: succeed, retry when the limiter admits it (it holds the
+   server's delay as debt), retry after a sleep, fail, bisect the pack, send its jobs alone, or
+   stop the run; and whether this outcome counted against `--max-attempts`.
 
 Backends act on decisions and never look at status codes; the errors they raise (`runner.errors`)
 are classified too (`classify(exc=...)`).
@@ -34,13 +35,13 @@ from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
 from runner.api.transport import NO_ANSWER_ERRORS, no_answer_error
 from runner.errors import (
     APIConnectionError, APIError, APITimeoutError, AuthenticationError, BadRequestError,
-    BadResponseError, QuotaExceededError, RateLimitError, ServerError, describe,
+    BadResponseError, NChoicesIgnoredError, QuotaExceededError, RateLimitError, ServerError, describe,
 )
 from runner.redact import mask_secrets
 
 __all__ = [
     "MAX_SERVER_DELAY_S", "SERVER_DELAY_JITTER_S", "BACKOFF_BASE_S", "BACKOFF_CAP_S",
-    "MAX_MESSAGE_CHARS", "RATE_LIMITED_PER_ATTEMPT",
+    "MAX_MESSAGE_CHARS", "RATE_LIMIT_STALL_S",
     "Action", "Verdict", "classify", "classify_bad_response", "api_error", "Backoff", "retry_delay",
     "Step", "Attempts", "Decision", "decide",
 ]
@@ -50,7 +51,9 @@ SERVER_DELAY_JITTER_S = 0.5  # added on top of a server delay so waiters don't r
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 MAX_MESSAGE_CHARS = 500  # error messages written into result lines are trimmed to this
-RATE_LIMITED_PER_ATTEMPT = 4  # 429s with a server delay that together count as one attempt
+# A 429 that names its delay is pacing and never counts against --max-attempts, unless the whole
+# run has had no success for this long: then the run stops (resumable), the budget is not coming back.
+RATE_LIMIT_STALL_S = 300.0
 
 OK_CODE = "ok"  # the code of an OK verdict; never written into a result line
 
@@ -202,6 +205,8 @@ def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
         exc = no_answer_error(exc)  # as the transport raises it
     if isinstance(exc, APIError):
         return classify(exc.status, exc.headers, exc.body, now=now)
+    if isinstance(exc, NChoicesIgnoredError):  # unusable now; permanent once confirmed (`decide`)
+        return Verdict(Action.RETRY, codes.N_NOT_SUPPORTED, _clean_message(str(exc)))
     if isinstance(exc, BadResponseError):
         return classify_bad_response(str(exc))
     if isinstance(exc, APIConnectionError):
@@ -233,7 +238,8 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
     - 1xx/3xx: FAIL_JOB "unexpected_status".
     - `APITimeoutError`: RETRY "timeout"; `APIConnectionError`: RETRY "connection_error", with the
       error's message; a raw aiohttp / OS error or timeout is classified as the transport would
-      raise it (`runner.api.transport.no_answer_error`); `BadResponseError`: RETRY "bad_response";
+      raise it (`runner.api.transport.no_answer_error`); `NChoicesIgnoredError`: RETRY
+      "n_not_supported" (see `decide`); other `BadResponseError`s: RETRY "bad_response";
       an `APIError`: as its status, headers and body; any other exception: FAIL_JOB
       "internal_error".
 
@@ -348,6 +354,7 @@ class Step(enum.Enum):
     RETRY_AFTER_SLEEP = "retry_after_sleep"  # sleep `Decision.wait(backoff)`, then send again
     FAIL = "fail"  # write an error line for every job: `Decision.code`, `Decision.message`
     BISECT = "bisect"  # send each half of the pack again, so only the guilty jobs fail
+    UNPACK = "unpack"  # send each job of the pack alone
     STOP_RUN = "stop_run"  # nothing else can succeed (bad key, no quota): stop the run, resumably
 
 
@@ -356,7 +363,8 @@ _STEPS = {
     Action.OK: frozenset({Step.SUCCEED}),
     Action.STOP_RUN: frozenset({Step.STOP_RUN}),
     Action.FAIL_JOB: frozenset({Step.FAIL, Step.BISECT}),
-    Action.RETRY: frozenset({Step.RETRY_PACED, Step.RETRY_AFTER_SLEEP, Step.FAIL}),
+    Action.RETRY: frozenset({Step.RETRY_PACED, Step.RETRY_AFTER_SLEEP, Step.FAIL, Step.UNPACK,
+                             Step.STOP_RUN}),
 }
 
 
@@ -366,8 +374,8 @@ class Attempts:
 
     `sent`: outcomes seen (requests sent, answered or not). `paced`: how many of them were 429s
     that said when to come back. `counted`: attempts used against `--max-attempts`: each retried
-    failure counts one, except paced 429s, of which only every `RATE_LIMITED_PER_ATTEMPT`-th
-    counts (a 429 that names its delay is pacing, not failure).
+    failure counts one, except paced 429s, which never count (a 429 that names its delay is
+    pacing, not failure; see `decide` for when they end the run instead).
     """
 
     sent: int = 0
@@ -421,23 +429,36 @@ class Decision:
         return retry_delay(self.verdict, self.attempts.counted - 1, backoff)
 
 
-def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: int) -> Decision:
+def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: int,
+           since_success: float = 0.0, confirmed: bool = False) -> Decision:
     """What to do about `verdict`, the outcome of one request (of `packed` jobs, or one), given
-    what it has spent so far. Pure; the same for every backend. The table::
+    what it has spent so far. Pure; the same for every backend.
 
-        verdict                          step                    counts as an attempt
-        OK                               SUCCEED                 -
-        STOP_RUN                         STOP_RUN                -
-        FAIL_JOB, blames_prompt, packed  BISECT                  -
-        FAIL_JOB, otherwise              FAIL                    -
-        RETRY, a 429 with a delay        RETRY_PACED             every RATE_LIMITED_PER_ATTEMPT-th
-        RETRY, otherwise                 RETRY_AFTER_SLEEP       yes
+    `since_success`: seconds since the run last had a success (any 2xx answer), or since it started
+    if none yet. `confirmed`: the answers of this lane (base URL, endpoint, model) have shown it
+    ignores `n`, this one included (the caller counts them). The table::
+
+        verdict                                  step                counts as an attempt
+        OK                                       SUCCEED             -
+        STOP_RUN                                 STOP_RUN            -
+        FAIL_JOB, blames_prompt, packed          BISECT              -
+        FAIL_JOB, otherwise                      FAIL                -
+        RETRY n_not_supported, confirmed         FAIL                -
+        RETRY n_not_supported, packed            UNPACK              -
+        RETRY n_not_supported, otherwise         RETRY_AFTER_SLEEP   yes
+        RETRY, a 429 with a delay                RETRY_PACED         no
+          ... no success for RATE_LIMIT_STALL_S  STOP_RUN            -
+        RETRY, otherwise                         RETRY_AFTER_SLEEP   yes
 
     A RETRY whose count reaches `max_attempts` is a FAIL instead, with the verdict's code and the
-    message "gave up after N requests[, M of them rate-limited]: <verdict's message>".
+    message "gave up after N requests[, M of them rate-limited]: <verdict's message>". An answer
+    ignoring `n` needs one confirmation, not `max_attempts` retries; an unconfirmed one to a pack
+    is sent again job by job, since its shape may be a server answering only the first prompt.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
+    if not (math.isfinite(since_success) and since_success >= 0):
+        raise ValueError(f"since_success must be a finite number >= 0, got {since_success!r}")
     sent = attempts.sent + 1
     action = verdict.action
     if action is not Action.RETRY:
@@ -449,13 +470,21 @@ def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: 
         else:
             step = Step.BISECT if packed and verdict.blames_prompt else Step.FAIL
         return Decision(step, verdict, after, verdict.message)
+    if verdict.code == codes.N_NOT_SUPPORTED and (packed or confirmed):
+        after = Attempts(sent, attempts.paced, attempts.counted)
+        return Decision(Step.FAIL if confirmed else Step.UNPACK, verdict, after, verdict.message)
     paced_429 = verdict.rate_limited and verdict.delay is not None
     paced = attempts.paced + paced_429
-    counts = not paced_429 or paced % RATE_LIMITED_PER_ATTEMPT == 0
-    after = Attempts(sent, paced, attempts.counted + counts)
+    if paced_429:
+        after = Attempts(sent, paced, attempts.counted)
+        if since_success >= RATE_LIMIT_STALL_S:
+            return Decision(Step.STOP_RUN, verdict, after,
+                            f"only 429s and no success anywhere in the run for {since_success:.0f} s "
+                            f"(the limit is {RATE_LIMIT_STALL_S:.0f} s): {verdict.message}")
+        return Decision(Step.RETRY_PACED, verdict, after, verdict.message)
+    after = Attempts(sent, paced, attempts.counted + 1)
     if after.counted >= max_attempts:
         note = f", {paced} of them rate-limited" if paced else ""
         return Decision(Step.FAIL, verdict, after,
-                        f"gave up after {sent} requests{note}: {verdict.message}", counts)
-    step = Step.RETRY_PACED if paced_429 else Step.RETRY_AFTER_SLEEP
-    return Decision(step, verdict, after, verdict.message, counts)
+                        f"gave up after {sent} requests{note}: {verdict.message}", True)
+    return Decision(Step.RETRY_AFTER_SLEEP, verdict, after, verdict.message, True)

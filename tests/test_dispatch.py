@@ -12,7 +12,7 @@ from runner.clock import run_virtual
 from runner.live.dispatch import DispatchConfig, Dispatcher, Slots
 from runner.api.endpoint import Endpoint
 from runner.pacing.limiters import Limiters
-from runner.outcome import Backoff
+from runner.outcome import RATE_LIMIT_STALL_S, Backoff
 from runner.simulator.server import chat_prompt, completion_text
 from runner.api.transport import HttpResponse
 from tests.conftest import Script, error, ok, success_record
@@ -144,6 +144,36 @@ def test_429_waits_exactly_as_the_server_says_then_succeeds():
     (t1, *_), (t2, *_) = script.calls
     assert t2 - t1 == pytest.approx(1.5, abs=0.01)
     assert stats.rate_limited == 1 and records[0]["error"] is None
+
+
+def test_a_job_meeting_paced_429s_for_longer_than_the_stall_limit_succeeds_while_others_succeed():
+    """Rule: paced 429s never count against --max-attempts while the run has a success within
+    RATE_LIMIT_STALL_S; here one job meets 40 429s over 1,200 s (retry-after 30 s) on its own
+    model while another model's jobs succeed every 10 s."""
+    limited = error(429, "rate_limit_exceeded", "Rate limit reached", headers={"retry-after": "30"},
+                    type_="requests")
+    stubborn = chat_job(0, "stubborn")
+    stubborn.body["model"] = "gpt-4o"
+    script = Script(lambda n, req, body: limited if body["model"] == "gpt-4o" and
+                    sum(b["model"] == "gpt-4o" for _, _, b in script.calls) <= 40 else None)
+    others = [chat_job(i) for i in range(1, 131)]
+    records, stats = dispatch([stubborn, *others], script, rpm=6, config=DispatchConfig(max_attempts=2))
+    results = by_id(records)
+    assert stats.rate_limited == 40 > 4 * 2 and stats.stop_reason is None
+    assert results["job 0"][0]["error"] is None and stats.succeeded == 131
+    assert script.calls[-1][0] > RATE_LIMIT_STALL_S * 3
+
+
+def test_a_server_answering_only_429s_stops_the_run_after_the_stall_limit():
+    limited = error(429, "rate_limit_exceeded", "Rate limit reached", headers={"retry-after": "20"},
+                    type_="requests")
+    script = Script(lambda n, req, body: limited)
+    records, stats = dispatch([chat_job(i) for i in range(50)], script, rpm=60,
+                              config=DispatchConfig(max_attempts=2))
+    assert records == [] and stats.exit_code() == 3  # resumable: no job is failed for pacing
+    assert stats.stop_reason.startswith("rate_limit_exceeded: only 429s and no success anywhere in the run")
+    assert RATE_LIMIT_STALL_S <= stats.finished - stats.started <= RATE_LIMIT_STALL_S + 30
+    assert stats.rate_limited > 4 * 2
 
 
 def test_resume_skips_done_and_permanently_failed_jobs_without_calls():

@@ -120,3 +120,17 @@ def test_held_jobs_are_bounded_by_sending_the_largest_pack():
     packer.add(comp("b0", temperature=1), 1)
     [sent] = packer.add(comp("b1", temperature=1), 1)
     assert len(sent.jobs) == 4 and packer.held == 2
+
+
+def test_stop_packing_sends_that_url_and_models_jobs_alone_and_unpacks_its_partial_packs():
+    packer = Packer(lambda model: Budget(rpm=10, tpm=None))  # packs of 2,048: everything stays open
+    assert packer.add(comp("a", "one"), 1) == [] and packer.add(comp("b", "two"), 1) == []
+    assert packer.add(emb("x", "three"), 1) == []
+    alone = packer.stop_packing("/v1/completions", "m")
+    assert [(r.packed, [j.custom_id for j in r.jobs]) for r in alone] == [(False, ["a"]), (False, ["b"])]
+    assert packer.held == 1
+    [later] = packer.add(comp("c", "four"), 1)
+    assert not later.packed and later.body == comp("c", "four").body
+    assert packer.add(emb("y", "five"), 1) == []  # other (url, model) keep packing
+    [embeddings] = packer.flush()
+    assert [j.custom_id for j in embeddings.jobs] == ["x", "y"]

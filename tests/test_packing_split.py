@@ -4,7 +4,7 @@ import random
 import pytest
 
 from jobs.job import Job
-from jobs.packing import MissingChoices, Request, apportion, single, split_response
+from jobs.packing import MissingChoices, NChoicesIgnored, Request, apportion, single, split_response
 
 
 def job(cid, url="/v1/completions", **body):
@@ -67,6 +67,32 @@ def test_chat_answer_needs_n_choices():
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}}]}
     with pytest.raises(MissingChoices):
         split_response(single(j, 1), body)
+
+
+def test_one_choice_per_prompt_where_n_asked_for_more_names_the_ignored_n():
+    j = job("c", url="/v1/chat/completions", messages=[], n=2)
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}}]}
+    with pytest.raises(NChoicesIgnored, match="1 choice came back where n=2 asked for 2") as caught:
+        split_response(single(j, 1), body)
+    assert (caught.value.n, caught.value.prompts) == (2, 1)
+    prompts = ["a", "b", "c"]
+    jobs = tuple(job(f"id{i}", prompt=p, n=2) for i, p in enumerate(prompts))
+    request = Request("/v1/completions", {"model": "m", "prompt": prompts, "n": 2}, jobs, 0)
+    with pytest.raises(NChoicesIgnored, match="3 choices, one per prompt, came back where n=2 for each "
+                                              "of 3 prompts asked for 6"):
+        split_response(request, completion_answer(prompts, 1))
+    assert request.prompts == 3 and request.n == 2
+
+
+def test_a_short_answer_that_is_not_one_choice_per_prompt_is_only_missing_choices():
+    prompts = ["a", "b", "c"]
+    jobs = tuple(job(f"id{i}", prompt=p, n=2) for i, p in enumerate(prompts))
+    request = Request("/v1/completions", {"model": "m", "prompt": prompts, "n": 2}, jobs, 0)
+    answer = completion_answer(prompts, 2)
+    answer["choices"] = [c for c in answer["choices"] if c["index"] < 2]  # the first prompt only
+    with pytest.raises(MissingChoices) as caught:
+        split_response(request, answer)
+    assert not isinstance(caught.value, NChoicesIgnored)
 
 
 @pytest.mark.parametrize("body", [None, [], {"choices": None}, {"nochoices": []}])

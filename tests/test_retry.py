@@ -12,10 +12,10 @@ import pytest
 from jobs.results import is_transient
 from runner.errors import (
     APIConnectionError, APITimeoutError, AuthenticationError, BadRequestError, BadResponseError,
-    QuotaExceededError, RateLimitError, ServerError,
+    NChoicesIgnoredError, QuotaExceededError, RateLimitError, ServerError,
 )
 from runner.outcome import (
-    MAX_MESSAGE_CHARS, MAX_SERVER_DELAY_S, RATE_LIMITED_PER_ATTEMPT, SERVER_DELAY_JITTER_S, Action,
+    MAX_MESSAGE_CHARS, MAX_SERVER_DELAY_S, RATE_LIMIT_STALL_S, SERVER_DELAY_JITTER_S, Action,
     Attempts, Backoff, Decision, Step, Verdict, api_error, classify, classify_bad_response, decide,
     retry_delay,
 )
@@ -109,6 +109,7 @@ EXCEPTIONS = [
     (OSError("network unreachable"), Action.RETRY, "connection_error"),
     (APIConnectionError("refused"), Action.RETRY, "connection_error"),
     (BadResponseError("truncated JSON"), Action.RETRY, "bad_response"),
+    (NChoicesIgnoredError("1 choice came back where n=2 asked for 2"), Action.RETRY, "n_not_supported"),
     (RateLimitError("slow", status=429, headers={"retry-after": "2"}), Action.RETRY,
      "rate_limit_exceeded"),
     (KeyError("bug"), Action.FAIL_JOB, "internal_error"),
@@ -213,7 +214,9 @@ def test_every_retry_or_stop_code_is_transient_and_job_faults_are_permanent():
         expected = verdict.action is not Action.FAIL_JOB
         assert is_transient(verdict.code, case[1]) is expected, case[0]
     for exc, _action, code in EXCEPTIONS:
-        if code != "internal_error":
+        if code == "n_not_supported":  # retried once only to confirm; a written line is permanent
+            assert not is_transient(code, 200)
+        elif code != "internal_error":
             assert is_transient(code, None)
 
 
@@ -351,41 +354,66 @@ SERVER_500 = Verdict(Action.RETRY, "server_error", "oops")
 SERVER_503_DELAY = Verdict(Action.RETRY, "server_error", "busy", delay=4.0)
 TIMED_OUT = Verdict(Action.RETRY, "timeout", "read timed out")
 
+N_IGNORED = Verdict(Action.RETRY, "n_not_supported", "1 choice came back where n=2 asked for 2")
+STALLED = RATE_LIMIT_STALL_S  # seconds without a success anywhere in the run
+
 DECISIONS = [
-    # (name, verdict, packed, attempts before, max_attempts) -> (step, counts, attempts after)
-    ("ok", OK, False, Attempts(), 6, Step.SUCCEED, False, Attempts(1, 0, 0)),
-    ("ok after retries", OK, True, Attempts(3, 2, 1), 6, Step.SUCCEED, False, Attempts(4, 2, 1)),
-    ("quota stops", QUOTA_STOP, False, Attempts(), 6, Step.STOP_RUN, False, Attempts(1, 0, 0)),
-    ("400 fails a single job", PLAIN_400, False, Attempts(), 6, Step.FAIL, False, Attempts(1, 0, 0)),
-    ("400 shared by a pack fails it whole", PLAIN_400, True, Attempts(), 6,
+    # (name, verdict, packed, attempts before, max_attempts, since_success, confirmed)
+    #     -> (step, counts, attempts after)
+    ("ok", OK, False, Attempts(), 6, 0, False, Step.SUCCEED, False, Attempts(1, 0, 0)),
+    ("ok after retries", OK, True, Attempts(3, 2, 1), 6, 0, False,
+     Step.SUCCEED, False, Attempts(4, 2, 1)),
+    ("quota stops", QUOTA_STOP, False, Attempts(), 6, 0, False, Step.STOP_RUN, False, Attempts(1, 0, 0)),
+    ("400 fails a single job", PLAIN_400, False, Attempts(), 6, 0, False,
      Step.FAIL, False, Attempts(1, 0, 0)),
-    ("prompt 400 of a pack bisects", PROMPT_400, True, Attempts(), 6,
+    ("400 shared by a pack fails it whole", PLAIN_400, True, Attempts(), 6, 0, False,
+     Step.FAIL, False, Attempts(1, 0, 0)),
+    ("prompt 400 of a pack bisects", PROMPT_400, True, Attempts(), 6, 0, False,
      Step.BISECT, False, Attempts(1, 0, 0)),
-    ("prompt 400 of a single job fails it", PROMPT_400, False, Attempts(), 6,
+    ("prompt 400 of a single job fails it", PROMPT_400, False, Attempts(), 6, 0, False,
      Step.FAIL, False, Attempts(1, 0, 0)),
-    ("paced 429 is pacing", PACED_429, False, Attempts(), 6, Step.RETRY_PACED, False, Attempts(1, 1, 0)),
-    ("every 4th paced 429 counts", PACED_429, True, Attempts(3, 3, 0), 6,
-     Step.RETRY_PACED, True, Attempts(4, 4, 1)),
-    ("429 without a delay backs off", BARE_429, False, Attempts(), 6,
+    ("paced 429 is pacing", PACED_429, False, Attempts(), 6, 0, False,
+     Step.RETRY_PACED, False, Attempts(1, 1, 0)),
+    # the old rule counted every 4th paced 429; now none counts while the run makes progress
+    ("paced 429s never count", PACED_429, True, Attempts(3, 3, 0), 6, 0, False,
+     Step.RETRY_PACED, False, Attempts(4, 4, 0)),
+    ("a paced 429 after 5 counted failures does not give up", PACED_429, False, Attempts(10, 7, 5), 6,
+     STALLED - 1, False, Step.RETRY_PACED, False, Attempts(11, 8, 5)),
+    ("a paced 429 after the run stalled stops it", PACED_429, False, Attempts(2, 2, 0), 6, STALLED, False,
+     Step.STOP_RUN, False, Attempts(3, 3, 0)),
+    ("429 without a delay backs off", BARE_429, False, Attempts(), 6, 0, False,
      Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
-    ("500 backs off", SERVER_500, False, Attempts(), 6, Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
-    ("503 with a delay sleeps it", SERVER_503_DELAY, False, Attempts(), 6,
+    ("a stall does not stop a 429 without a delay", BARE_429, False, Attempts(), 6, STALLED, False,
      Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
-    ("timeout backs off", TIMED_OUT, True, Attempts(2, 0, 2), 6,
+    ("500 backs off", SERVER_500, False, Attempts(), 6, 0, False,
+     Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
+    ("503 with a delay sleeps it", SERVER_503_DELAY, False, Attempts(), 6, 0, False,
+     Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
+    ("timeout backs off", TIMED_OUT, True, Attempts(2, 0, 2), 6, 0, False,
      Step.RETRY_AFTER_SLEEP, True, Attempts(3, 0, 3)),
-    ("last attempt gives up", SERVER_500, False, Attempts(5, 0, 5), 6, Step.FAIL, True, Attempts(6, 0, 6)),
-    ("max_attempts 1: no retry", TIMED_OUT, False, Attempts(), 1, Step.FAIL, True, Attempts(1, 0, 1)),
-    ("a counting paced 429 can give up", PACED_429, False, Attempts(10, 7, 5), 6,
-     Step.FAIL, True, Attempts(11, 8, 6)),
-    ("an uncounted paced 429 never gives up", PACED_429, False, Attempts(10, 6, 5), 6,
-     Step.RETRY_PACED, False, Attempts(11, 7, 5)),
+    ("last attempt gives up", SERVER_500, False, Attempts(5, 0, 5), 6, 0, False,
+     Step.FAIL, True, Attempts(6, 0, 6)),
+    ("max_attempts 1: no retry", TIMED_OUT, False, Attempts(), 1, 0, False,
+     Step.FAIL, True, Attempts(1, 0, 1)),
+    ("a failure after paced 429s can give up", SERVER_500, False, Attempts(10, 7, 5), 6, 0, False,
+     Step.FAIL, True, Attempts(11, 7, 6)),
+    ("n ignored, unconfirmed: one retry to confirm", N_IGNORED, False, Attempts(), 6, 0, False,
+     Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
+    ("n ignored, confirmed: a permanent failure", N_IGNORED, False, Attempts(1, 0, 1), 6, 0, True,
+     Step.FAIL, False, Attempts(2, 0, 1)),
+    ("n ignored by a pack, unconfirmed: its jobs go alone", N_IGNORED, True, Attempts(), 6, 0, False,
+     Step.UNPACK, False, Attempts(1, 0, 0)),
+    ("n ignored by a pack, confirmed: a permanent failure", N_IGNORED, True, Attempts(), 6, 0, True,
+     Step.FAIL, False, Attempts(1, 0, 0)),
 ]
 
 
-@pytest.mark.parametrize("name, verdict, packed, before, max_attempts, step, counts, after", DECISIONS,
-                         ids=[d[0] for d in DECISIONS])
-def test_decide_table(name, verdict, packed, before, max_attempts, step, counts, after):
-    decision = decide(verdict, before, packed=packed, max_attempts=max_attempts)
+@pytest.mark.parametrize("name, verdict, packed, before, max_attempts, since_success, confirmed, "
+                         "step, counts, after", DECISIONS, ids=[d[0] for d in DECISIONS])
+def test_decide_table(name, verdict, packed, before, max_attempts, since_success, confirmed, step,
+                      counts, after):
+    decision = decide(verdict, before, packed=packed, max_attempts=max_attempts,
+                      since_success=since_success, confirmed=confirmed)
     assert (decision.step, decision.counts, decision.attempts) == (step, counts, after)
     assert decision.code == verdict.code
 
@@ -393,19 +421,28 @@ def test_decide_table(name, verdict, packed, before, max_attempts, step, counts,
 def test_giving_up_says_how_many_requests_it_took():
     decision = decide(SERVER_500, Attempts(5, 0, 5), packed=False, max_attempts=6)
     assert decision.message == "gave up after 6 requests: oops"
-    paced = decide(PACED_429, Attempts(10, 7, 5), packed=False, max_attempts=6)
-    assert paced.message == "gave up after 11 requests, 8 of them rate-limited: slow down"
+    after_429s = decide(SERVER_500, Attempts(10, 7, 5), packed=False, max_attempts=6)
+    assert after_429s.message == "gave up after 11 requests, 7 of them rate-limited: oops"
     assert decide(PLAIN_400, Attempts(), packed=False, max_attempts=6).message == "bad field"
 
 
-def test_only_every_fourth_paced_429_counts_as_an_attempt():
-    attempts, counted = Attempts(), []
-    for _ in range(3 * RATE_LIMITED_PER_ATTEMPT):
-        decision = decide(PACED_429, attempts, packed=False, max_attempts=100)
+def test_paced_429s_never_count_while_the_run_makes_progress():
+    attempts = Attempts()
+    for _ in range(1000):
+        decision = decide(PACED_429, attempts, packed=False, max_attempts=2, since_success=STALLED - 0.1)
+        assert (decision.step, decision.counts) == (Step.RETRY_PACED, False)
         attempts = decision.attempts
-        counted.append(decision.counts)
-    assert counted == ([False] * (RATE_LIMITED_PER_ATTEMPT - 1) + [True]) * 3
-    assert attempts == Attempts(12, 12, 3)
+    assert attempts == Attempts(1000, 1000, 0)
+
+
+def test_a_stall_stops_the_run_saying_how_long_nothing_succeeded():
+    decision = decide(PACED_429, Attempts(), packed=False, max_attempts=6, since_success=STALLED + 20)
+    assert decision.step is Step.STOP_RUN and decision.code == "rate_limit_exceeded"
+    assert decision.message == (f"only 429s and no success anywhere in the run for {STALLED + 20:.0f} s "
+                                f"(the limit is {STALLED:.0f} s): slow down")
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            decide(PACED_429, Attempts(), packed=False, max_attempts=6, since_success=bad)
 
 
 def test_a_sleep_is_the_server_delay_or_backoff_for_this_attempt():

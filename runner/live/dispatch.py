@@ -8,10 +8,13 @@
                                                               RETRY_PACED: the limiter holds the 429 debt
                                                               RETRY_AFTER_SLEEP: server delay or backoff
                                                               FAIL: error line(s) · BISECT: send the halves
-                                                              STOP_RUN: stop() — quota, auth
+                                                              UNPACK: send each job alone
+                                                              STOP_RUN: stop() — quota, auth, 429s only
 
 The outcome policy (what an answer means, whether to retry, bisect or give up) is
-`runner.outcome`'s; the dispatcher acts on its decisions.
+`runner.outcome`'s; the dispatcher acts on its decisions. What a lane has shown it takes (packs,
+`n`) is learned per lane in `runner.live.capabilities`: a lane whose packs fail before any worked
+gets its jobs alone, and one that ignores `n` gets no more jobs asking for it.
 
 Invariants:
 - a job is written at most once per run, and only with its final outcome; a job the run did not
@@ -38,17 +41,22 @@ import orjson
 
 from jobs import codes, tokens
 from jobs.job import Job
-from jobs.packing import Budget, MissingChoices, Packer, Request, halves, single, split_response
+from jobs.packing import (
+    Budget, MissingChoices, NChoicesIgnored, Packer, Request, halves, single, split_response,
+)
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.codes import DUPLICATE
 from jobs.results import OutputState, RecordIds, error_record, success_record
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
-from runner.errors import BadResponseError, RunnerError, StopRunError, UnusableInput
+from runner.errors import (
+    BadResponseError, NChoicesIgnoredError, RunnerError, StopRunError, UnusableInput,
+)
+from runner.live.capabilities import PACK_FAILURE_CODES, LaneCapabilities, PackState
 from runner.pacing.limiter import Permit, RateLimiter, RequestTooLarge
 from runner.pacing.limiters import Limiters
 from runner.report.stats import RunStats
-from runner.outcome import Action, Attempts, Backoff, Step, Verdict, classify, decide
+from runner.outcome import Action, Attempts, Backoff, Decision, Step, Verdict, classify, decide
 from runner.tokenizer import token_counter
 from runner.api.transport import HttpRequest, HttpResponse, Send
 
@@ -188,6 +196,9 @@ class SinglePacker:
     def flush(self) -> list[Request]:
         return []
 
+    def stop_packing(self, url: str, model: str) -> list[Request]:
+        return []
+
 
 class Dispatcher:
     """Runs the jobs of one input against one endpoint; see the module docstring for the contract."""
@@ -215,6 +226,8 @@ class Dispatcher:
         # ids of the result lines: by default a fresh random prefix, so ids are unique across runs
         self._record_id = record_ids or RecordIds(os.urandom(8).hex())
         self._lanes: dict[tuple[str, str], Lane] = {}
+        self._capabilities: dict[tuple[tuple[str, str], str], LaneCapabilities] = {}
+        self._last_success: float | None = None  # when the run last had a 2xx answer
         self.slots = Slots(config.concurrency)  # all lanes together: requests in flight, sockets
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[Any]] = set()
@@ -245,6 +258,14 @@ class Dispatcher:
         if lane is None:
             lane = self._lanes[key] = Lane(self._limiters.get(key), Slots(self.config.concurrency))
         return lane
+
+    def _capabilities_of(self, request: Request) -> LaneCapabilities:
+        """What the request's lane (base URL, endpoint, model) has shown it takes."""
+        key = (self._endpoint.budget_key(request.model), request.url)
+        caps = self._capabilities.get(key)
+        if caps is None:
+            caps = self._capabilities[key] = LaneCapabilities()
+        return caps
 
     def _budget(self, model: str) -> Budget | None:
         """What the model's limiter knows of its budget, for sizing packs."""
@@ -395,8 +416,11 @@ class Dispatcher:
     async def _process(self, request: Request) -> None:
         lane = self._lane(request.model)
         limiter = lane.limiter
+        caps = self._capabilities_of(request)
         attempts = Attempts()
         while not self.stopping:
+            if not await self._may_send(request, caps):
+                return
             # Slots first (the lane's, then the run's), then the budget: a request is admitted
             # only when it can be sent at once, so requests held back by the concurrency cap never
             # leave together later.
@@ -410,7 +434,7 @@ class Dispatcher:
                 except RequestTooLarge as exc:
                     too_large = exc
                 else:
-                    if self.stopping:
+                    if self.stopping or self._refuses_n(request, caps):
                         limiter.on_failure(permit)  # admitted but never sent
                         return
                     verdict, answers, response = await self._attempt(request, http, lane, permit)
@@ -418,26 +442,29 @@ class Dispatcher:
                     self.slots.release()
             finally:
                 lane.slots.release()
+            caps.release_pack(request)
             if too_large is not None:
                 if request.packed:  # packed before the budget was known: send it in halves
                     await asyncio.wait([self._spawn(self._process(part)) for part in halves(request)])
                 else:
                     self._fail_jobs(request.jobs, codes.REQUEST_TOO_LARGE, str(too_large))
                 return
-            decision = decide(verdict, attempts, packed=request.packed,
-                              max_attempts=self.config.max_attempts)
+            decision = self._decide(request, caps, verdict, attempts)
             attempts = decision.attempts
             if decision.step is Step.SUCCEED:
                 self._succeed(request, answers, response)
                 return
             if decision.step is Step.STOP_RUN:
-                self.stop(f"{verdict.code}: {verdict.message}")
+                self.stop(f"{verdict.code}: {decision.message}")
                 return
             if decision.step is Step.FAIL:
                 self._fail_jobs(request.jobs, decision.code, decision.message, response)
                 return
             if decision.step is Step.BISECT:
                 await self._bisect(request, verdict)
+                return
+            if decision.step is Step.UNPACK:
+                await self._unpack(request)
                 return
             self.stats.retries += 1
             if decision.step is Step.RETRY_PACED:
@@ -481,9 +508,71 @@ class Dispatcher:
             try:
                 answers = split_response(request, orjson.loads(response.body))
             except (orjson.JSONDecodeError, MissingChoices) as exc:  # jobs/ knows no runner errors
-                return classify(None, {}, None, exc=BadResponseError(str(exc))), None, response
+                error = NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else BadResponseError
+                return classify(None, {}, None, exc=error(str(exc))), None, response
             return verdict, answers, response
         return verdict, None, response
+
+    async def _may_send(self, request: Request, caps: LaneCapabilities) -> bool:
+        """Whether to go on with `request` now. Not when its lane ignores the `n` it asks for (its
+        jobs fail at once), nor a pack where packing is off (its jobs go alone). A pack on a lane
+        whose packs are unproven waits until no other pack is on the wire there."""
+        if self._refuses_n(request, caps):
+            return False
+        if not request.packed or await caps.claim_pack(request):
+            return True
+        await self._unpack(request)
+        return False
+
+    def _refuses_n(self, request: Request, caps: LaneCapabilities) -> bool:
+        """Fail the request's jobs, unsent, when they ask for an `n` their lane ignores (checked
+        again once admitted: the lane may have shown it while the request waited)."""
+        if request.n > 1 and caps.ignores_n:
+            self._fail_jobs(request.jobs, codes.N_NOT_SUPPORTED, f"not sent: {caps.n_message}")
+            return True
+        return False
+
+    def _decide(self, request: Request, caps: LaneCapabilities, verdict: Verdict,
+                attempts: Attempts) -> Decision:
+        """`decide()` with what the run knows (time since its last success, whether the lane
+        ignored `n` before), then the lane's lesson: on a lane where no pack has worked, a pack
+        that fails as a list not taken would fail is a strike, and is sent again job by job when
+        packing goes off there or when its retries are used up."""
+        now = self._now()
+        if verdict.action is Action.OK:
+            self._last_success = now
+        since = now - (self.stats.started if self._last_success is None else self._last_success)
+        confirmed = caps.ignores_n
+        # a pack holding as many prompts as n asked choices looks the same when lists are ignored
+        if verdict.code == codes.N_NOT_SUPPORTED and request.prompts != request.n and not confirmed:
+            confirmed = caps.note_n_ignored(request.prompts, verdict.message)
+            if confirmed:
+                self._log(f"{request.model} ({request.url}): {verdict.message}; jobs "
+                          f"there asking for n > 1 fail as {codes.N_NOT_SUPPORTED} without being sent")
+        decision = decide(verdict, attempts, packed=request.packed,
+                          max_attempts=self.config.max_attempts, since_success=max(0.0, since),
+                          confirmed=confirmed)
+        if not request.packed or caps.packs is PackState.TRUSTED:
+            return decision
+        if decision.step is Step.SUCCEED:
+            caps.pack_answered()
+        elif verdict.action is Action.RETRY and verdict.code in PACK_FAILURE_CODES:
+            if caps.pack_failed():
+                self._packing_off(request, caps, verdict)
+            if caps.packs is PackState.OFF or decision.step is Step.FAIL:
+                return Decision(Step.UNPACK, verdict, decision.attempts, decision.message)
+        return decision
+
+    def _packing_off(self, request: Request, caps: LaneCapabilities, verdict: Verdict) -> None:
+        """Packing just went off for the request's lane: say so once; the packer's partial packs
+        there go job by job."""
+        reason = (f"{caps.pack_failures} packs failed before any was answered in full "
+                  f"(last: {verdict.code}: {verdict.message})")
+        self.stats.packing_off.append((request.model, request.url, reason))
+        self._log(f"packing off for {request.model} ({request.url}): {reason}; its jobs are sent "
+                  "alone for the rest of the run")
+        for alone in self._packer.stop_packing(request.url, request.model):
+            self._spawn(self._process(alone))
 
     def _observe_latency(self, lane: Lane, seconds: float) -> None:
         """Keep enough of a lane's requests in flight to use its budget at the observed latency
@@ -521,6 +610,13 @@ class Dispatcher:
         self.stats.bisect_requests += len(parts)
         self._log(f"a pack of {len(request.jobs)} jobs was refused ({verdict.code}); sending it as "
                   f"{len(parts)} halves to find the job(s) at fault")
+        await asyncio.wait([self._spawn(self._process(part)) for part in parts])
+
+    async def _unpack(self, request: Request) -> None:
+        """Send each job of a pack alone (packing is off on its lane, or its answer ignored `n`)."""
+        if self.stopping:
+            return
+        parts = [single(job, tokens.rate_limit_charge(job.url, job.body)) for job in request.jobs]
         await asyncio.wait([self._spawn(self._process(part)) for part in parts])
 
     def _fail_jobs(self, jobs: tuple[Job, ...], code: str, message: str,

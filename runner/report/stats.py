@@ -35,6 +35,7 @@ class RunStats:
     retries: int = 0
     rate_limited: int = 0         # 429 answers (rate limit, not quota)
     bisect_requests: int = 0      # extra requests spent splitting refused packs
+    packing_off: list[tuple[str, str, str]] = field(default_factory=list)  # (model, url, why)
     charged_tokens: int = 0       # our estimate of what the rate limiter charged
     in_flight: int = 0
     usage: dict[str, ModelUsage] = field(default_factory=dict)

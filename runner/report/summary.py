@@ -48,6 +48,8 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
         "failures_by_code": dict(stats.failed.most_common()),
         "requests": {"sent": stats.requests, "retries": stats.retries,
                      "rate_limited_429": stats.rate_limited, "bisect_extra": stats.bisect_requests},
+        "packing_off": [{"model": model, "url": url, "reason": reason}
+                        for model, url, reason in stats.packing_off],
         "models": models,
         "estimated_cost_usd": None if total_cost is None else round(total_cost, 6),
     }
@@ -71,6 +73,8 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
                  f"{stats.rate_limited:,} rate-limited (429) · wall {wall:,.1f}s")
     if stats.bisect_requests:
         lines.append(f"bisecting refused packs cost {stats.bisect_requests:,} extra requests")
+    for model, url, reason in stats.packing_off:
+        lines.append(f"packing off for {model} ({url}): {reason}; its jobs were sent alone")
     data = summary_dict(stats, output, prices)
     for model, m in data["models"].items():
         rates = ""

@@ -1,0 +1,122 @@
+"""What one lane (base URL, endpoint, model) has shown, during a run, that it takes: list prompts
+(packs) and `n`. The dispatcher asks before it sends and tells after each answer; what one answer
+means stays `runner.outcome`'s.
+
+Packs::
+
+    UNPROVEN ──a pack answered in full──────────────────────────► TRUSTED  (a later failed pack is an
+       │                                                                    ordinary transient failure)
+       └──PACK_FAILURES_TO_STOP packs failed (a short answer, a 5xx)──► OFF  (jobs go alone for the
+                                                                              rest of the run)
+
+While a lane is UNPROVEN only one pack at a time is on the wire there (`claim_pack`): the first
+pack is a probe, so a server that answers only the first item of a list, or a 500 to any list,
+costs at most PACK_FAILURES_TO_STOP packed requests however many packs are waiting. A pack that
+fails there is never failed as a pack: its jobs are sent alone.
+
+`n`: each prompt answered with one choice where `n` asked for more is noted (`note_n_ignored`);
+N_IGNORED_TO_CONFIRM of them confirm that the lane ignores `n`: a single job's answer is retried
+once to confirm, a pack's answer of two or more prompts confirms at once. From then on the lane's
+jobs asking for more than one choice fail as `n_not_supported` without being sent: their answers
+could not be used, and a run does not pay for answers it cannot use.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+
+from jobs import codes
+
+__all__ = ["PACK_FAILURES_TO_STOP", "PACK_FAILURE_CODES", "N_IGNORED_TO_CONFIRM", "PackState",
+           "LaneCapabilities"]
+
+PACK_FAILURES_TO_STOP = 2  # packs failed on a lane where none has worked yet: packing goes off there
+PACK_FAILURE_CODES = frozenset({codes.SERVER_ERROR, codes.BAD_RESPONSE})  # what a list not taken gives
+N_IGNORED_TO_CONFIRM = 2  # prompts answered ignoring `n` that confirm the lane ignores it
+
+
+class PackState(enum.Enum):
+    UNPROVEN = "unproven"  # no pack answered in full yet: one pack at a time
+    TRUSTED = "trusted"  # a pack was answered in full: packs go freely
+    OFF = "off"  # packs failed before any worked: jobs go alone
+
+
+class LaneCapabilities:
+    """One lane's learned capabilities; see the module docstring. Only the event loop's thread
+    touches it."""
+
+    __slots__ = ("packs", "pack_failures", "n_ignored", "n_message", "_probe", "_waiters")
+
+    def __init__(self) -> None:
+        self.packs = PackState.UNPROVEN
+        self.pack_failures = 0
+        self.n_ignored = 0  # prompts answered ignoring n
+        self.n_message = ""  # what the confirming answer said
+        self._probe: object | None = None  # the pack on the wire while UNPROVEN
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def ignores_n(self) -> bool:
+        return self.n_ignored >= N_IGNORED_TO_CONFIRM
+
+    async def claim_pack(self, pack: object) -> bool:
+        """Whether `pack` may be sent now (False: packing is OFF here, send its jobs alone).
+
+        TRUSTED: at once. UNPROVEN: once no other pack is on the wire; `pack` is then the probe
+        until `release_pack(pack)` or its task ends. Waiters are served in arrival order."""
+        while self.packs is PackState.UNPROVEN and self._probe not in (None, pack):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        if self.packs is PackState.OFF:
+            return False
+        if self.packs is PackState.UNPROVEN and self._probe is None:
+            self._probe = pack
+            task = asyncio.current_task()
+            if task is not None:  # a probe cancelled on the wire must not block the lane
+                task.add_done_callback(lambda _: self.release_pack(pack))
+        return True
+
+    def release_pack(self, pack: object) -> None:
+        """`pack`'s attempt is over (answered or not); the next waiting pack may go."""
+        if self._probe is pack:
+            self._probe = None
+            self._wake()
+
+    def pack_answered(self) -> None:
+        """A pack came back answered in full: packs work here."""
+        if self.packs is PackState.UNPROVEN:
+            self.packs = PackState.TRUSTED
+            self._wake()
+
+    def pack_failed(self) -> bool:
+        """A pack failed with one of `PACK_FAILURE_CODES`. True when this turned packing OFF."""
+        if self.packs is not PackState.UNPROVEN:
+            return False
+        self.pack_failures += 1
+        if self.pack_failures < PACK_FAILURES_TO_STOP:
+            return False
+        self.packs = PackState.OFF
+        self._wake()
+        return True
+
+    def note_n_ignored(self, prompts: int, message: str) -> bool:
+        """An answer gave `prompts` prompts one choice each where `n` asked for more (`message`
+        says how). True when the lane is now known to ignore `n`."""
+        self.n_ignored += prompts
+        if self.ignores_n and not self.n_message:
+            self.n_message = message
+        return self.ignores_n
+
+    def _wake(self) -> None:
+        """Every waiter re-checks (a woken waiter may be cancelled before it runs; waking all means
+        no wake-up is lost)."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
