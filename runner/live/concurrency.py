@@ -67,19 +67,25 @@ class ConcurrencyLimit:
       latency`` clamped to [`MIN_GRADIENT`, 1]. Flat latency lets it grow (by the queue allowance
       sqrt(limit), only while the window is full); latency growing with the number in flight
       shrinks it. Against a server that answers one request at a time (latency = in flight × its
-      service time) it settles near 3: ``n = 1.5 + sqrt(n)``.
+      service time) it settles at 3 to 4 (``n = n × 0.5 + sqrt(n)``): answers take about 4 × the
+      service time, well inside a 120 s read timeout for services up to ~30 s.
     * A timeout halves the number in flight (or the limit, if smaller), once per window: timeouts
-      of requests sent before the last cut belong to the window already cut.
+      of requests sent before the last cut belong to the window already cut. The halved limit is
+      also a ceiling (TCP's ssthresh): the queue allowance cannot climb back into timeouts; the
+      ceiling rises by 1 / ceiling per answer of a full window that met no queue (its own latency
+      within the tolerance: additive increase).
     * The no-load latency is the smallest smoothed latency seen; it never rises.
     """
 
-    __slots__ = ("_limit", "_minimum", "_maximum", "_slow_start", "_latency", "_no_load", "_cut_at")
+    __slots__ = ("_limit", "_minimum", "_maximum", "_ceiling", "_slow_start", "_latency", "_no_load",
+                 "_cut_at")
 
     def __init__(self, *, maximum: int, initial: int = INITIAL_LIMIT, minimum: int = MIN_LIMIT) -> None:
         if not 1 <= minimum <= maximum:
             raise ValueError(f"need 1 <= minimum <= maximum, got {minimum} and {maximum}")
         self._minimum, self._maximum = minimum, maximum
         self._limit = float(min(maximum, max(minimum, initial)))
+        self._ceiling = float(maximum)
         self._slow_start = True
         self._latency: float | None = None
         self._no_load: float | None = None
@@ -114,7 +120,10 @@ class ConcurrencyLimit:
         self._latency = smoothed
         self._no_load = smoothed if self._no_load is None else min(self._no_load, smoothed)
         full = in_flight >= self.limit
-        queued = smoothed > LATENCY_TOLERANCE * self._no_load
+        queued = latency > LATENCY_TOLERANCE * self._no_load  # this answer waited in a queue
+        if full and latency <= LATENCY_TOLERANCE * self._no_load:  # this answer met no queue:
+            # additive increase of the ceiling a timeout left (TCP's AIMD)
+            self._ceiling = min(float(self._maximum), self._ceiling + 1 / self._ceiling)
         if self._slow_start:
             if not queued:
                 if full:
@@ -135,11 +144,13 @@ class ConcurrencyLimit:
         self._slow_start = False
         if sent_at >= self._cut_at:
             self._cut_at = now
+            self._ceiling = float(self._maximum)
             self._set(min(self._limit, max(in_flight, 1)) * TIMEOUT_DECREASE)
+            self._ceiling = max(float(self._minimum), self._limit)
         return self.limit
 
     def _set(self, limit: float) -> None:
-        self._limit = min(float(self._maximum), max(float(self._minimum), limit))
+        self._limit = min(self._ceiling, max(float(self._minimum), limit))
 
 
 def lane_limit(learned: ConcurrencyLimit, *, cap: int, rate_per_s: float | None) -> int:
