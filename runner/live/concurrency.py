@@ -58,17 +58,18 @@ class ConcurrencyLimit:
     Contract:
 
     * `limit` is an int in [`minimum`, `maximum`]; it starts at `initial`.
-    * Slow start: while the smoothed latency stays within `LATENCY_TOLERANCE` of its minimum, each
-      answer adds one if the window was full (`limit` in flight, this answer included: only then
-      does the answer show the server coping with `limit` at once). The first answer above the
-      tolerance, or a timeout, ends it.
+    * Slow start: while answers come back within `LATENCY_TOLERANCE` × the no-load latency, each
+      adds one if the window was full (`limit` in flight, this answer included: only then does the
+      answer show the server coping with `limit` at once). The first answer over the tolerance
+      (it waited in a queue), or a timeout, ends it.
     * Afterwards (Gradient2): each answer moves the limit `LIMIT_SMOOTHING` of the way to
       ``limit × gradient + sqrt(limit)``, where ``gradient = tolerance × no-load latency / smoothed
       latency`` clamped to [`MIN_GRADIENT`, 1]. Flat latency lets it grow (by the queue allowance
       sqrt(limit), only while the window is full); latency growing with the number in flight
       shrinks it. Against a server that answers one request at a time (latency = in flight × its
-      service time) it settles at 3 to 4 (``n = n × 0.5 + sqrt(n)``): answers take about 4 × the
-      service time, well inside a 120 s read timeout for services up to ~30 s.
+      service time) it settles at 3 to 4 (``n = n × 0.5 + sqrt(n)``), so answers take about 4 × the
+      service time: inside a 120 s read timeout for services up to ~15 s (slow start can reach 6
+      first). Longer services meet timeouts, below.
     * A timeout halves the number in flight (or the limit, if smaller), once per window: timeouts
       of requests sent before the last cut belong to the window already cut. The halved limit is
       also a ceiling (TCP's ssthresh): the queue allowance cannot climb back into timeouts; the
