@@ -30,7 +30,6 @@ Time (`clock`, `sleep`), the network (`send`), true token counts (`counter`) and
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 from collections import deque
 from collections.abc import AsyncIterable, Callable
@@ -50,9 +49,11 @@ from jobs.results import OutputState, RecordIds, error_record, success_record
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
 from runner.errors import (
-    BadResponseError, NChoicesIgnoredError, RunnerError, StopRunError, UnusableInput,
+    APITimeoutError, BadResponseError, NChoicesIgnoredError, RunnerError, StopRunError,
+    UnusableInput,
 )
 from runner.live.capabilities import PACK_FAILURE_CODES, LaneCapabilities, PackState
+from runner.live.concurrency import ConcurrencyLimit, lane_limit
 from runner.pacing.limiter import Permit, RateLimiter, RequestTooLarge
 from runner.pacing.limiters import Limiters
 from runner.report.stats import RunStats
@@ -62,9 +63,6 @@ from runner.api.transport import HttpRequest, HttpResponse, Send
 
 MAX_ATTEMPTS = 6
 DEFAULT_CONCURRENCY = 128     # upper bound on requests in flight, and on open sockets
-MIN_CONCURRENCY = 8           # floor of the adaptive limit
-CONCURRENCY_HEADROOM = 1.5    # in flight = budget rate x latency x headroom (Little's law)
-LATENCY_SMOOTHING = 0.2       # EWMA weight of the newest latency sample
 PENDING_PER_SLOT = 4          # requests waiting for budget, per concurrency slot
 MAX_PENDING_JOBS = 16_384     # jobs inside the dispatcher at once (bounds memory with packing)
 PACK_FLUSH_S = 0.05           # send partial packs when the input pauses this long
@@ -175,14 +173,16 @@ class Slots:
 
 @dataclass(slots=True)
 class Lane:
-    """One budget (endpoint + model): its limiter, and its own concurrency slots sized by its rate
-    and latency, so requests waiting for one model's budget hold at most that lane's share of the
-    run's slots. (The room for pending requests is shared, in input order: a file dominated by
-    a slow model's jobs slows the reading of the others' too.)"""
+    """One budget (endpoint + model): its limiter, and its own concurrency slots sized by its rate,
+    its latency and the server's learned capacity (`runner.live.concurrency`), so requests waiting
+    for one model's budget hold at most that lane's share of the run's slots. (The room for pending
+    requests is shared, in input order: a file dominated by a slow model's jobs slows the reading of
+    the others' too.) `in_flight` counts its requests on the wire."""
 
     limiter: RateLimiter
     slots: Slots
-    latency: float | None = None
+    learned: ConcurrencyLimit
+    in_flight: int = 0
 
 
 class SinglePacker:
@@ -256,7 +256,9 @@ class Dispatcher:
         key = self._endpoint.budget_key(model)
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = Lane(self._limiters.get(key), Slots(self.config.concurrency))
+            cap = self.config.concurrency
+            limiter, learned = self._limiters.get(key), ConcurrencyLimit(maximum=cap)
+            lane = self._lanes[key] = Lane(limiter, Slots(self._lane_limit(limiter, learned)), learned)
         return lane
 
     def _capabilities_of(self, request: Request) -> LaneCapabilities:
@@ -483,6 +485,7 @@ class Dispatcher:
         self.stats.model_requests[request.model] += 1
         self.stats.model_charged[request.model] += permit.charged
         self.stats.in_flight += 1
+        lane.in_flight += 1
         started = self._now()
         try:
             response = await self._send(http)
@@ -491,19 +494,22 @@ class Dispatcher:
             raise
         except Exception as exc:  # no answer (APIConnectionError), or a bug in `send`
             limiter.on_failure(permit)
+            if isinstance(exc, APITimeoutError):
+                self._on_timeout(lane, started)
             return classify(None, {}, None, exc=exc), None, None
         finally:
             self._sending.discard(task)
             self.stats.in_flight -= 1
+            lane.in_flight -= 1
         info = RateLimitInfo.from_headers(response.headers)
         verdict = classify(response.status, response.headers, response.body)
         if verdict.rate_limited:
             self.stats.rate_limited += 1
             limiter.on_rate_limited(permit, verdict.delay, info)
             return verdict, None, response
+        limiter.observe(permit, info)  # first: the lane's size reads the rate it may have just learned
         if verdict.action is Action.OK:  # refusals come back at once: they say nothing of latency
             self._observe_latency(lane, self._now() - started)
-        limiter.observe(permit, info)
         if verdict.action is Action.OK:
             try:
                 answers = split_response(request, orjson.loads(response.body))
@@ -575,19 +581,21 @@ class Dispatcher:
             self._spawn(self._process(alone))
 
     def _observe_latency(self, lane: Lane, seconds: float) -> None:
-        """Keep enough of a lane's requests in flight to use its budget at the observed latency
-        (Little's law: rate x latency, with headroom for requests waiting on the budget)."""
-        if lane.latency is None:
-            lane.latency = seconds
-        else:
-            lane.latency += LATENCY_SMOOTHING * (seconds - lane.latency)
-        cap = self.config.concurrency
-        rpm = lane.limiter.rpm
-        if rpm is None:
-            lane.slots.set_limit(cap)
-        else:
-            need = math.ceil(rpm / 60.0 * lane.latency * CONCURRENCY_HEADROOM)
-            lane.slots.set_limit(min(cap, max(MIN_CONCURRENCY, need)))
+        """An answer's latency resizes its lane (`runner.live.concurrency`): enough in flight to use
+        the budget at that latency (Little's law), no more than the server has shown it takes."""
+        lane.learned.on_answer(seconds, lane.in_flight + 1)  # + 1: this answer was in flight too
+        lane.slots.set_limit(self._lane_limit(lane.limiter, lane.learned))
+
+    def _on_timeout(self, lane: Lane, sent_at: float) -> None:
+        """No answer within the read timeout: the server's queue is longer than that, so the lane
+        shrinks; the retry takes a lane slot again, so it waits for room at the smaller limit."""
+        lane.learned.on_timeout(sent_at, self._now(), lane.in_flight)  # still counts this one
+        lane.slots.set_limit(self._lane_limit(lane.limiter, lane.learned))
+
+    def _lane_limit(self, limiter: RateLimiter, learned: ConcurrencyLimit) -> int:
+        rpm = limiter.rpm
+        return lane_limit(learned, cap=self.config.concurrency,
+                          rate_per_s=None if rpm is None else rpm / 60.0)
 
     # -- outcomes --------------------------------------------------------------------------------
 
