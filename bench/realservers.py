@@ -215,13 +215,16 @@ class Simulator:
                 "--port", str(free_port()), "--latency-ms", str(target.latency_ms), *target.sim_flags]
         if target.rpm is not None:
             args += ["--rpm", str(target.rpm), "--burst", str(target.burst_s)]
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+        self._errors = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=self._errors,
+                                     text=True)
         assert self.proc.stdout is not None
         self.base_url = self.proc.stdout.readline().strip()
         if not self.base_url.startswith("http://127.0.0.1:"):
             self.stop()
-            raise ServerDidNotStart(f"the simulator did not start: {self.base_url!r}")
+            self._errors.seek(0)
+            said = self._errors.read().decode(errors="replace").strip().splitlines()[-1:]
+            raise ServerDidNotStart(f"the simulator did not start: {self.base_url!r} {said}")
 
     def stop(self) -> None:
         self.proc.terminate()

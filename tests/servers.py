@@ -4,8 +4,8 @@ port, for the tests (`tests/test_realservers.py`) and the benchmark (`bench/real
 - `Llmock`: `llmock serve` (PyPI `llmock`, a test dependency): echo answers, and per-(provider,
   API key) RPM/TPM buckets that hold a whole minute and refill continuously, with OpenAI's
   `x-ratelimit-*` headers and 429s carrying `retry-after`/`retry-after-ms`.
-- `LiteLLMProxy`: `litellm --config` (PyPI `litellm[proxy]`, optional) serving one model whose
-  answer is a fixed `mock_response`; never forwards anything.
+- `LiteLLMProxy`: `litellm --config` (PyPI `litellm[proxy]`, optional, for the benchmark) serving
+  models whose answer is a fixed `mock_response`; never forwards anything.
 
 Both bind 127.0.0.1 only and answer from memory: nothing leaves the machine. A server that does
 not answer within `START_TIMEOUT_S` raises `ServerDidNotStart` with the end of its output.
@@ -167,10 +167,11 @@ LITELLM_MOCK_RESPONSE = "mock answer"
 
 class LiteLLMProxy(_Process):
     """A LiteLLM proxy (`litellm --config`) whose models answer `mock_response` without calling
-    anything. `rpm`/`tpm` become the model deployment's limits (LiteLLM's 60 s windows per key when
-    keys carry them); `key_rpm`/`key_tpm`, when given, go on a virtual key made at start (needs a
-    database, so `LiteLLMProxy` uses model limits only). `executable` is the `litellm` script to
-    run (it may live in another virtual environment)."""
+    anything (their `api_base` is a closed loopback port). `rpm`/`tpm` become each model
+    deployment's limits, enforced per calendar minute by the usage-based-routing-v2 strategy: the
+    rpm-th request of a minute gets a 429 with `llm_provider-retry-after: 60`. Per-key limits would
+    need virtual keys, hence LiteLLM's database: not used. `executable` is the `litellm` script to
+    run (it may live in another virtual environment); the master key is `LITELLM_MASTER_KEY`."""
 
     name = "litellm proxy"
     health_path = "/health/liveliness"
