@@ -5,10 +5,12 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from jobs import results
 from runner.api.transport import HttpRequest, HttpResponse
 from runner.simulator.server import answer_for
+from tests.servers import Llmock, ServerDidNotStart
 
 
 def ok(url: str, body: dict, headers: dict | None = None) -> HttpResponse:
@@ -69,3 +71,35 @@ def run_offline(*args: str, stdin_path: Path) -> subprocess.CompletedProcess:
                               cwd=ROOT, stdin=stdin, capture_output=True, timeout=60,
                               env={**os.environ, "OPENAI_API_KEY": "sk-test",
                                    "OPENAI_BASE_URL": NO_SERVER})
+
+
+# -- real third-party servers (tests/servers.py) ---------------------------------------------------
+
+LLMOCK_RPM = 600
+"""`llmock_rpm`'s per-key limit: its bucket holds 600 requests and refills 10 a second (a job file
+just over it shows the pacing in seconds, not minutes)."""
+
+
+def started(server):
+    """The server, started; a test that needs it fails (never skips) when it cannot start."""
+    try:
+        return server.start()
+    except ServerDidNotStart as e:
+        pytest.fail(f"{e}\nllmock comes with the test extra: pip install -e '.[test]'", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def llmock_echo():
+    """llmock with echo answers and no limits, for the whole session (tests `reset()` it)."""
+    server = started(Llmock())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def llmock_rpm():
+    """llmock with a per-key limit of `LLMOCK_RPM` requests a minute (`LLMOCK_RPM` in its
+    environment), for the whole session (tests `reset()` it)."""
+    server = started(Llmock(rpm=LLMOCK_RPM))
+    yield server
+    server.stop()
