@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from jobs import results
+from runner.clock import VirtualClockLoop
 from runner.api.transport import HttpRequest, HttpResponse
 from runner.simulator.server import answer_for
 from tests.servers import Llmock, ServerDidNotStart
@@ -103,3 +104,21 @@ def llmock_rpm():
     server = started(Llmock(rpm=LLMOCK_RPM))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def loop():
+    """A virtual-time loop that never jumps while a worker thread runs, for runs against the
+    in-process simulator over loopback (use `loop.run_until_complete(...)`); closed after."""
+    loop = VirtualClockLoop(wait_for_threads=True)
+    asyncio.set_event_loop(loop)
+    yield loop
+    try:
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

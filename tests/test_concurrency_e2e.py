@@ -6,7 +6,6 @@ but parallel must still get many requests at once.
 """
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,20 +27,6 @@ MAX_REQUESTS_PER_JOB = 1.1
 MAX_SLOWDOWN = 1.1  # against the same run with --concurrency 1
 
 
-@pytest.fixture
-def loop():
-    loop = VirtualClockLoop(wait_for_threads=True)
-    asyncio.set_event_loop(loop)
-    yield loop
-    try:
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,6 @@ The runner and the in-process simulator share one virtual-time loop over loopbac
 counting `send` records every request and answer, so each test can say how many requests carried
 which jobs.
 """
-import asyncio
 from collections import Counter
 
 import orjson
@@ -19,26 +18,11 @@ from runner.live.run import RunConfig, run
 from runner.report.summary import summary_dict, summary_lines
 from runner.simulator.server import SimConfig, Simulator, chat_prompt, completion_text, embedding_vector
 
-from runner.clock import VirtualClockLoop
 
 COMPLETIONS, EMBEDDINGS, CHAT = "/v1/completions", "/v1/embeddings", "/v1/chat/completions"
 COMPLETION_MODEL, EMBEDDING_MODEL, CHAT_MODEL = "gpt-3.5-turbo-instruct", "text-embedding-3-small", "gpt-4o-mini"
 
 
-@pytest.fixture
-def loop():
-    loop = VirtualClockLoop(wait_for_threads=True)
-    asyncio.set_event_loop(loop)
-    yield loop
-    try:
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def completion(i, n=1):

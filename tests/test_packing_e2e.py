@@ -3,7 +3,6 @@
 The runner and the simulator share one virtual-time loop over real loopback sockets, so the pacing
 (RPM 600: ten requests a second) costs no real time and this machine's load changes nothing.
 """
-import asyncio
 
 import orjson
 import pytest
@@ -13,7 +12,6 @@ from runner.api.endpoint import Endpoint
 from runner.live.run import RunConfig, run
 from runner.simulator.server import SimConfig, Simulator, completion_text, embedding_vector
 
-from runner.clock import VirtualClockLoop
 
 POISON = "<<poison>>"
 
@@ -34,20 +32,6 @@ def write_jobs(path, n, poison_every=None):
     return jobs
 
 
-@pytest.fixture
-def loop():
-    loop = VirtualClockLoop(wait_for_threads=True)
-    asyncio.set_event_loop(loop)
-    yield loop
-    try:
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def run_file(loop, tmp_path, name, sim_config, *, pack=True, rpm=600, tpm=1_000_000):
