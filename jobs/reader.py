@@ -50,17 +50,20 @@ class Duplicate:
 
 
 class NotAJobFile(ValueError):
-    """The input's first `NOT_A_JOB_FILE_AFTER` lines are all bad and none is a job: it is not a
-    job file (random bytes, a binary or compressed file read as text, a result file). `last` is the
-    bad line that ended the reading, to be reported like the ones before it."""
+    """The input's first `NOT_A_JOB_FILE_AFTER` lines are all bad and none is a job, or it ended
+    with bad lines and no job: it is not a job file (random bytes, a binary or compressed file read
+    as text, a result file). `last` is the bad line that ended the reading, to be reported like the
+    ones before it (None when the input simply ended: every bad line was already given out)."""
 
-    def __init__(self, path: str, last: BadLine, looks_like_results: bool) -> None:
+    def __init__(self, path: str, lines: int, last: BadLine | None,
+                 looks_like_results: bool) -> None:
         what = (" (they look like result lines: is it an output file?)" if looks_like_results
                 else "")
+        ended = "reading stopped" if last is not None else "nothing to run"
         super().__init__(
-            f"{path} does not look like a JSONL job file: its first {last.line} lines hold no "
+            f"{path} does not look like a JSONL job file: its first {lines} lines hold no "
             f"job{what}. A job file has one JSON object a line with custom_id, method, url and "
-            "body; reading stopped")
+            f"body; {ended}")
         self.path = path
         self.last = last
 
@@ -145,13 +148,20 @@ class JobReader:
             self._bad_at_start += 1
             self._results_at_start += _looks_like_result(raw)
             if self._bad_at_start >= NOT_A_JOB_FILE_AFTER:
-                raise NotAJobFile(self.path, item, self._results_at_start == self._bad_at_start)
+                raise NotAJobFile(self.path, self._bad_at_start, item,
+                                  self._results_at_start == self._bad_at_start)
         if isinstance(item, Job):
             self._bad_at_start = None
             seen = self._first_line.setdefault(item.custom_id, item.line)
             if seen != item.line:
                 return Duplicate(self.path, item.line, seen, item.custom_id)
         return item
+
+    def finish(self) -> None:
+        """The input has ended: raise `NotAJobFile` if it held bad lines and no job at all."""
+        if self._bad_at_start:
+            raise NotAJobFile(self.path, self._bad_at_start, None,
+                              self._results_at_start == self._bad_at_start)
 
 
 def read_jobs(lines: Iterable[bytes], path: str) -> Iterator[Job | BadLine | Duplicate]:
@@ -161,3 +171,4 @@ def read_jobs(lines: Iterable[bytes], path: str) -> Iterator[Job | BadLine | Dup
         item = reader.feed(raw)
         if item is not None:
             yield item
+    reader.finish()

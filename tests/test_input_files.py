@@ -148,3 +148,14 @@ def test_the_cli_exits_2_with_one_clear_message_for_input_it_cannot_use(tmp_path
                 "zstd on stdin": "zstd -dc FILE | runner run -"}[case]
     assert message.count(expected) == 1, message
     assert not output.exists() or output.read_bytes() == b""
+
+
+def test_a_tiny_zstd_file_is_refused_before_the_run_and_compressed_files_have_no_line_count(tmp_path):
+    from runner.files.inputs import count_lines
+    tiny = tmp_path / "tiny.zst"
+    tiny.write_bytes(b"\x28\xb5\x2f\xfd\x00")  # shorter than the 6 bytes sniffed
+    with pytest.raises(UnreadableFormat, match="zstd"):
+        check_format(str(tiny))
+    packed = tmp_path / "jobs.jsonl.gz"
+    packed.write_bytes(gzip.compress(b"\n".join(job_lines(5))))
+    assert count_lines(str(packed)) is None  # progress shows no total rather than decompress twice

@@ -99,3 +99,11 @@ def test_fewer_bad_lines_at_the_start_than_the_limit_are_only_reported():
     lines = [b"garbage"] * (NOT_A_JOB_FILE_AFTER - 1) + [line()]
     items = list(read_jobs(lines, "in.jsonl"))
     assert isinstance(items[-1], Job) and len(items) == NOT_A_JOB_FILE_AFTER
+
+
+def test_a_short_input_of_only_bad_lines_ends_with_the_same_clear_message():
+    items = []
+    with pytest.raises(NotAJobFile, match="does not look like a JSONL job file") as caught:
+        for item in read_jobs([b"garbage"] * 3, "short.bin"):
+            items.append(item)
+    assert len(items) == 3 and caught.value.last is None  # every bad line was already given out

@@ -149,11 +149,14 @@ def input_lines(path: str) -> Iterator[bytes]:
 
 def count_lines(path: str) -> int | None:
     """Non-blank lines of a regular file, for progress totals; None for stdin, pipes and FIFOs
-    (counting would consume them). OSError or UnreadableFormat when it cannot be read. Blocking:
+    (counting would consume them) and compressed files. OSError or UnreadableFormat when it cannot be read. Blocking:
     call it in a thread."""
     if path == STDIN or not _is_regular(path):
         return None
     with open_input(path) as f:
+        if sniff(f.read(MAGIC_BYTES)) is not None:
+            return None  # compressed: counting would decompress it all once more
+        f.seek(0)
         return sum(1 for line in _lines_of(f, path) if line.strip())
 
 
@@ -164,9 +167,9 @@ def check_format(path: str) -> None:
     if path == STDIN or not _is_regular(path):
         return
     with open_input(path) as f:
-        head = f.read(MAGIC_BYTES)
-    for _ in _Decoding(path).feed(head):
-        pass
+        kind = sniff(f.read(MAGIC_BYTES))
+    if kind in ("zstd", "zip"):
+        raise UnreadableFormat(refusal(kind, input_name(path)))
 
 
 # --- asynchronous ------------------------------------------------------------------------------
@@ -224,3 +227,4 @@ async def read_items(path: str) -> AsyncIterator[Job | BadLine | Duplicate]:
         item = reader.feed(raw)
         if item is not None:
             yield item
+    reader.finish()

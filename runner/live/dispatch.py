@@ -155,7 +155,7 @@ class Slots:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release()  # granted just as we were cancelled: hand it on
-            else:
+            elif fut in self._waiters:  # a release may have skipped it already
                 self._waiters.remove(fut)
             raise
 
@@ -329,7 +329,8 @@ class Dispatcher:
                 await lines.put(exc)
                 return
             except NotAJobFile as exc:  # its last bad line is reported like the others first
-                await lines.put(exc.last)
+                if exc.last is not None:
+                    await lines.put(exc.last)
                 await lines.put(UnusableInput(str(exc)))
                 return
             except Exception as exc:  # an unreadable input must end the run, not hang it
