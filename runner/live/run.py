@@ -32,6 +32,7 @@ class RunConfig:
     rpm: float | None = None
     tpm: float | None = None
     burst_s: float = DEFAULT_BURST_S
+    budget_scope: str = "auto"  # runner.pacing.limiters.BUDGET_SCOPES
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     pack: bool = True
     connect_timeout: float = CONNECT_TIMEOUT_S
@@ -116,7 +117,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                read_timeout=config.read_timeout)
         send = aiohttp_sender(session)
     if limiters is None:
-        limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s)
+        limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s,
+                            scope=config.budget_scope)
     dispatcher = Dispatcher(send=send, endpoint=config.endpoint, limiters=limiters,
                             sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log)
     stop.target = dispatcher.stop

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from runner.api.headers import RateLimitInfo
 from runner.errors import RunnerError
-from runner.pacing.bucket import check_positive
+from runner.pacing.bucket import TokenBucket, check_positive
 from runner.pacing.calibration import CALIBRATION_ALPHA, ChargeAudit, moved_factor
 from runner.pacing.state import (
     MINUTE_S,
@@ -79,6 +79,7 @@ limits: 0.87 of the ideal time, 4.5 % 429s)."""
 INFER_RAISE_AFTER_S = 10.0  # tuned with INFER_FROM_429_SHARE
 INFER_RAISE_STEP = 1.02  # tuned with INFER_FROM_429_SHARE
 ANSWERS_KEPT = 2048  # answer times kept for that rate: the last minute's, at most this many (memory)
+ADMISSIONS_KEPT = 65536  # admission times kept for `admitted_last_minute` (memory)
 
 INFER_MAX_RESET_S = 30.0
 """Infer a missing limit from ``remaining / (1 - reset / 60)`` only while ``reset`` is below this,
@@ -226,6 +227,8 @@ class RateLimiter:
         self._wait_s = 0.0
         self._rate_limited = 0
         self._answers: deque[float] = deque(maxlen=ANSWERS_KEPT)  # recent answers (not 429s)
+        self._admissions: deque[float] = deque(maxlen=ADMISSIONS_KEPT)  # recent admission times
+        self._alone: TokenBucket | None = None  # the server's requests bucket if only we spent it
         self._last_429 = -math.inf
         self._episode_end = -math.inf  # a 429 before this belongs to the episode already counted
         self._probed_at = -math.inf  # when a probed requests limit was last set, cut or raised
@@ -269,6 +272,47 @@ class RateLimiter:
     def stats(self) -> LimiterStats:
         return LimiterStats(self._admitted_requests, self._admitted_tokens, self._wait_s,
                             self._rate_limited)
+
+    @property
+    def server_paced(self) -> bool:
+        """Whether the requests limit in force is the one the server announced."""
+        limit = self._state.read().requests
+        return limit is not None and limit.source == "server"
+
+    def now(self) -> float:
+        """The limiter's clock."""
+        return self._clock()
+
+    def unexplained_spend(self, info: RateLimitInfo, permit: Permit | None) -> float:
+        """How many more requests the server says are spent of this budget than we sent to it:
+        its ``remaining`` (aged to now as in `observe`) against a bucket of its announced
+        per-minute limit that only our admissions spend. 0 until that limit is known."""
+        limit, remaining = info.limit_requests, info.remaining_requests
+        if limit is None or remaining is None or info.window_s not in (None, MINUTE_S):
+            return 0.0
+        known = self._state.read().requests
+        if known is None:
+            return 0.0
+        server_now = remaining + self._since("requests", known, permit)
+        if self._alone is None or self._alone.rate != limit / MINUTE_S:
+            self._alone = TokenBucket(limit / MINUTE_S, float(limit), clock=self._clock,
+                                      level=server_now)
+            return 0.0
+        return max(0.0, self._alone.level() - server_now)
+
+    def held_most(self, kind: Kind) -> int:
+        """The most of `kind` the server has said it holds at once (from ``remaining``)."""
+        return self._held_most.get(kind, 0)
+
+    def admitted_last_minute(self) -> int:
+        """Requests admitted in the last minute (at most `ADMISSIONS_KEPT`: memory)."""
+        self._forget_admissions(self._clock())
+        return len(self._admissions)
+
+    def _forget_admissions(self, now: float) -> None:
+        admissions = self._admissions
+        while admissions and now - admissions[0] > MINUTE_S:
+            admissions.popleft()
 
     def charge(self, estimate: int) -> int:
         """Tokens to deduct for a request we estimate at `estimate`: ``ceil(estimate × factor)``."""
@@ -360,6 +404,10 @@ class RateLimiter:
         self._estimated_tokens += tokens
         permit = Permit(self._admitted_requests, self._clock(), tokens, self._estimated_tokens,
                         self._admitted_tokens, charged)
+        self._admissions.append(permit.at)
+        self._forget_admissions(permit.at)
+        if self._alone is not None:
+            self._alone.take(REQUEST)
         self._audit.admitted(permit.seq, permit.at, tokens, permit.estimated_total)
         return permit
 
@@ -390,8 +438,6 @@ class RateLimiter:
         count is trusted beyond our steady bucket (decisions are kept for the run)."""
         if info.style in ("litellm", "ietf"):
             self._trusted.add(kind)  # a gateway's count: what it says it holds, it holds
-        if info.style == "litellm":
-            self._window.add(kind)  # LiteLLM's proxy counts fixed windows (and sends no reset)
         window_s = info.window_s or MINUTE_S
         if (remaining is not None and reset is not None and math.isfinite(reset)
                 and reset * quota / window_s
