@@ -185,3 +185,11 @@ def test_budget_scope_key_shares_from_the_start_and_model_never_does(loop, tmp_p
 def _dirs(tmp_path):
     (tmp_path / "key").mkdir()
     (tmp_path / "model").mkdir()
+
+
+def test_two_models_each_with_its_own_window_are_not_taken_for_one_budget(loop, tmp_path):
+    """A window does not refill as a bucket does: its remaining must not read as spent by others."""
+    jobs = two_models(100)
+    outcome = run_jobs(loop, tmp_path, jobs, window("openai", latency_ms=100))
+    assert outcome.stats.budget_shared == []
+    assert outcome.seconds <= window_ideal(100, 60) + 2.0

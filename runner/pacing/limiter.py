@@ -90,7 +90,7 @@ rounding of the headers into a wild guess."""
 WINDOW_SHAPE_MARGIN = 0.1
 """A budget is window-shaped when the server says it is further from fully restored than a
 continuously refilling bucket could be: ``reset × rate`` exceeds the units spent
-(``limit - remaining``) by more than this share of the limit (and at least 3 units). OpenAI's
+(``limit - remaining``) by more than this share of the limit (and at least one unit). OpenAI's
 buckets give ``reset × rate == limit - remaining`` to the millisecond; a window restores all its
 quota at once, so after one request of a fresh 60 s window ``reset`` is about 60 s where a bucket
 would say one request's worth. The margin absorbs headers rounded to whole seconds."""
@@ -286,16 +286,16 @@ class RateLimiter:
     def unexplained_spend(self, info: RateLimitInfo, permit: Permit | None) -> float:
         """How many more requests the server says are spent of this budget than we sent to it:
         its ``remaining`` (aged to now as in `observe`) against a bucket of its announced
-        per-minute limit that only our admissions spend. 0 until that limit is known."""
+        per-minute limit that only our admissions spend (0 on the first call, which starts that
+        bucket, and for a window)."""
         limit, remaining = info.limit_requests, info.remaining_requests
-        if limit is None or remaining is None or info.window_s not in (None, MINUTE_S):
-            return 0.0
-        known = self._state.read().requests
-        if known is None:
-            return 0.0
-        server_now = remaining + self._since("requests", known, permit)
-        if self._alone is None or self._alone.rate != limit / MINUTE_S:
-            self._alone = TokenBucket(limit / MINUTE_S, float(limit), clock=self._clock,
+        if (limit is None or remaining is None or info.window_s not in (None, MINUTE_S)
+                or "requests" in self._window):
+            return 0.0  # a window does not refill as the bucket below does
+        rate = limit / MINUTE_S
+        server_now = remaining + self._since("requests", Limit(limit, "server", 1.0), permit)
+        if self._alone is None or self._alone.rate != rate:
+            self._alone = TokenBucket(rate, float(limit), clock=self._clock,
                                       level=server_now)
             return 0.0
         return max(0.0, self._alone.level() - server_now)
@@ -441,7 +441,7 @@ class RateLimiter:
         window_s = info.window_s or MINUTE_S
         if (remaining is not None and reset is not None and math.isfinite(reset)
                 and reset * quota / window_s
-                > (quota - remaining) + max(3.0, WINDOW_SHAPE_MARGIN * quota)):
+                > (quota - remaining) + max(1.0, WINDOW_SHAPE_MARGIN * quota)):
             self._window.add(kind)
             self._trusted.add(kind)
         if remaining is not None:
