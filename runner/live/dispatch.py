@@ -513,7 +513,11 @@ class Dispatcher:
             self._observe_latency(lane, self._now() - started)
         if verdict.action is Action.OK:
             try:
-                answers = split_response(request, orjson.loads(response.body))
+                body = orjson.loads(response.body)
+                verdict = classify(response.status, response.headers, body)  # the answer's shape
+                if verdict.action is not Action.OK:
+                    return verdict, None, response
+                answers = split_response(request, body)
             except (orjson.JSONDecodeError, MissingChoices) as exc:  # jobs/ knows no runner errors
                 error = NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else BadResponseError
                 return classify(None, {}, None, exc=error(str(exc))), None, response
