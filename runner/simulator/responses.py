@@ -7,7 +7,7 @@ whose text is `completion_text(input text, 0)`; a `max_output_tokens` below that
 gives `status: "incomplete"` with `incomplete_details: {"reason": "max_output_tokens"}` and the
 text cut to fit. `usage` has `input_tokens` (with `input_tokens_details.cached_tokens`: half of
 the input, rounded down, when the input is 1024 tokens or more, as OpenAI caches long prefixes),
-`output_tokens` (with `output_tokens_details.reasoning_tokens`: 0, or 8 for o-series models) and
+`output_tokens` (with `output_tokens_details.reasoning_tokens`: 0, or 64 for o-series and gpt-5 models) and
 `total_tokens`. A prompt containing "<<fail>>" answers a 200 with `status: "failed"` and a
 `server_error`, as the service reports a failure inside a response.
 
@@ -98,7 +98,7 @@ def response_answer(model: str, text: str, max_output_tokens: int | None, *, res
                     created: int) -> dict[str, Any]:
     """The `response` object for this input (see the module docstring)."""
     answer = completion_text(text, 0)
-    reasoning = 8 if model.startswith(("o1", "o3", "o4", "gpt-5")) else 0
+    reasoning = 64 if model.startswith(("o1", "o3", "o4", "gpt-5")) else 0
     input_tokens = text_tokens(text)
     if FAIL_MARKER in text:
         return {"id": response_id, "object": "response", "created_at": created, "model": model,
