@@ -81,6 +81,12 @@ def main() -> None:
 @click.option("--tpm", type=POSITIVE, help="Tokens per minute allowed (default: learned from the API's headers).")
 @click.option("--burst", "burst_s", type=POSITIVE, default=DEFAULT_BURST_S, show_default=True,
               help="Seconds of budget the API lets you spend at once.")
+@click.option("--ipm", type=POSITIVE, help="Images per minute per image model (default: learned "
+              "from the API's headers and 429 messages).")
+@click.option("--images-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for image files (default: beside OUTPUT, named after it: out.images).")
+@click.option("--inline-images", is_flag=True,
+              help="Keep each image's b64_json in the result line too (files are saved anyway).")
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=DEFAULT_CONCURRENCY,
               show_default=True, help="Most requests in flight (and open connections).")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=MAX_ATTEMPTS, show_default=True,
@@ -121,7 +127,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                 api_key_env: str | None, azure_endpoint: str | None, api_version: str | None,
                 deployments: tuple[str, ...], azure_ad_token_env: str | None, read_timeout: float,
                 no_pack: bool, no_progress: bool, status_interval: float, log_file: Path | None,
-                summary_json: Path | None, prices_file: Path | None) -> None:
+                summary_json: Path | None, prices_file: Path | None, ipm: float | None = None,
+                images_dir: Path | None = None, inline_images: bool = False) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
@@ -137,7 +144,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         input=input_path, output=output, endpoint=endpoint, rpm=rpm, tpm=tpm, burst_s=burst_s,
         dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
                                 retry_failed=retry_failed),
-        pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval)
+        pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval,
+        ipm=ipm, images_dir=images_dir, inline_images=inline_images)
     sys.exit(_execute(config, progress=not no_progress, log_file=log_file,
                       summary_json=summary_json, prices=prices))
 

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from jobs import codes, tokens
+from jobs.endpoints import images_requested, spec_of
 from jobs.job import Job
 from jobs.packing import (
     Budget, MissingChoices, NChoicesIgnored, Packer, Request, halves, single, split_response,
@@ -48,6 +49,8 @@ from jobs.codes import DUPLICATE
 from jobs.results import OutputState, RecordIds, error_record, success_record
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
+from runner.api.imagelimits import as_token_headers
+from runner.files.images import BadImageData, DownloadFailed, ImageStore
 from runner.errors import (
     APITimeoutError, BadResponseError, NChoicesIgnoredError, RunnerError, StopRunError,
     UnusableInput,
@@ -210,10 +213,16 @@ class Dispatcher:
                  sleep: Callable[[float], Any] = asyncio.sleep,
                  log: Callable[[str], None] = lambda message: None,
                  counter: tokens.TokenCounter = token_counter,
-                 record_ids: Callable[[], str] | None = None) -> None:
+                 record_ids: Callable[[], str] | None = None,
+                 images: ImageStore | None = None, image_limiters: Limiters | None = None,
+                 prepare: Callable[[Job], Job | BadLine] | None = None) -> None:
         self._send = send
         self._endpoint = endpoint
         self._limiters = limiters
+        # image lanes: their own limiters, whose second bucket counts images (IPM), not tokens
+        self._image_limiters = image_limiters or limiters
+        self._images = images  # saves image answers as files before their lines are written
+        self._prepare = prepare  # checks a job against the file system (uploads) before sending
         self._sink = sink
         self.config = config
         self.stats = stats or RunStats()
@@ -252,13 +261,16 @@ class Dispatcher:
             self._clock = asyncio.get_running_loop().time
         return self._clock()
 
-    def _lane(self, model: str) -> Lane:
+    def _lane(self, model: str, url: str | None = None) -> Lane:
         key = self._endpoint.budget_key(model)
-        lane = self._lanes.get(key)
+        images = url is not None and spec_of(url).images
+        lane = self._lanes.get((*key, "images") if images else key)
         if lane is None:
             cap = self.config.concurrency
-            limiter, learned = self._limiters.get(key), ConcurrencyLimit(maximum=cap)
-            lane = self._lanes[key] = Lane(limiter, Slots(self._lane_limit(limiter, learned)), learned)
+            limiters = self._image_limiters if images else self._limiters
+            limiter, learned = limiters.get(key), ConcurrencyLimit(maximum=cap)
+            lane = self._lanes[(*key, "images") if images else key] = Lane(
+                limiter, Slots(self._lane_limit(limiter, learned)), learned)
         return lane
 
     def _capabilities_of(self, request: Request) -> LaneCapabilities:
@@ -381,6 +393,13 @@ class Dispatcher:
             else:
                 stats.kept_failed += 1
             return []
+        if self._prepare is not None:
+            prepared = self._prepare(item)
+            if isinstance(prepared, BadLine):  # a named upload is missing or unreadable
+                stats.bad_lines += 1
+                self._log(str(prepared))
+                return []
+            item = prepared
         overflow = tokens.context_overflow(item.url, item.body, self._counter)
         if overflow is not None:
             self._fail_jobs((item,), codes.CONTEXT_LENGTH_EXCEEDED, overflow)
@@ -417,7 +436,7 @@ class Dispatcher:
     # -- one request -----------------------------------------------------------------------------
 
     async def _process(self, request: Request) -> None:
-        lane = self._lane(request.model)
+        lane = self._lane(request.model, request.url)
         limiter = lane.limiter
         caps = self._capabilities_of(request)
         attempts = Attempts()
@@ -428,7 +447,11 @@ class Dispatcher:
             # only when it can be sent at once, so requests held back by the concurrency cap never
             # leave together later.
             too_large = None
-            http = self._endpoint.build(request)
+            try:
+                http = self._endpoint.build(request)
+            except OSError as exc:  # an upload vanished or became unreadable since it was checked
+                self._fail_jobs(request.jobs, codes.INVALID_REQUEST, f"cannot read an upload: {exc}")
+                return
             await lane.slots.acquire()
             try:
                 await self.slots.acquire()
@@ -455,6 +478,10 @@ class Dispatcher:
             decision = self._decide(request, caps, verdict, attempts)
             attempts = decision.attempts
             if decision.step is Step.SUCCEED:
+                if self._images is not None and spec_of(request.url).images:
+                    answers = await self._save_images(request, answers, response)
+                    if answers is None:
+                        return
                 self._succeed(request, answers, response)
                 return
             if decision.step is Step.STOP_RUN:
@@ -502,8 +529,11 @@ class Dispatcher:
             self._sending.discard(task)
             self.stats.in_flight -= 1
             lane.in_flight -= 1
-        info = RateLimitInfo.from_headers(response.headers)
-        verdict = classify(response.status, response.headers, response.body)
+        headers = response.headers
+        if spec_of(request.url).images:  # images per minute, in the place of tokens
+            headers = as_token_headers(headers, response.body if response.status == 429 else None)
+        info = RateLimitInfo.from_headers(headers)
+        verdict = classify(response.status, headers, response.body)
         if verdict.rate_limited:
             self.stats.rate_limited += 1
             limiter.on_rate_limited(permit, verdict.delay, info)
@@ -613,6 +643,22 @@ class Dispatcher:
                                       request_id=request_id))
             self.stats.add_usage(job.model, answer.get("usage"))
         self.stats.succeeded += len(request.jobs)
+
+    async def _save_images(self, request: Request, answers: list[dict[str, Any]] | None,
+                           response: HttpResponse | None) -> list[dict[str, Any]] | None:
+        """Every image of the answer written to its file (downloaded first when a `url`), then
+        the answers to write; None when that failed and the job got a transient error line."""
+        assert self._images is not None and answers is not None
+        [job] = request.jobs
+        try:
+            saved = await self._images.save(job.custom_id, answers[0], job.body.get("output_format"))
+        except (DownloadFailed, BadImageData, OSError) as exc:
+            code = codes.IMAGE_SAVE_FAILED if isinstance(exc, OSError) else codes.BAD_RESPONSE \
+                if isinstance(exc, BadImageData) else codes.IMAGE_DOWNLOAD_FAILED
+            self._fail_jobs(request.jobs, code, str(exc), response)
+            return None
+        self.stats.images += images_requested(job.url, job.body)
+        return [saved]
 
     async def _bisect(self, request: Request, verdict: Verdict) -> None:
         """A pack refused for something one prompt can cause: each half is sent again, recursively,

@@ -40,6 +40,7 @@ class RunStats:
     bisect_requests: int = 0      # extra requests spent splitting refused packs
     packing_off: list[tuple[str, str, str]] = field(default_factory=list)  # (model, url, why)
     charged_tokens: int = 0       # our estimate of what the rate limiter charged
+    images: int = 0               # images saved as files (image endpoints)
     in_flight: int = 0
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     model_requests: Counter = field(default_factory=Counter)   # model -> requests sent

@@ -60,7 +60,7 @@ def _download(sim: Simulator) -> Callable[[web.Request], Awaitable[web.Response]
     async def handle(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         entry = sim.image_files.get(name)
-        if entry is None or sim._clock() > entry[1]:
+        if entry is None or sim._clock() >= entry[1]:
             return web.Response(status=403, text="AuthenticationFailed: Signed expiry time has "
                                 "passed", content_type="application/xml")
         if sim.config.download_fault_rate and sim._rng.random() < sim.config.download_fault_rate:
