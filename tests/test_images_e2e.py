@@ -164,3 +164,12 @@ def test_image_headers_and_429_messages_read_as_an_images_budget():
     assert image_limit_from_message(body) == 15
     assert as_token_headers({}, body) == {"x-ratelimit-limit-tokens": "15"}
     assert image_limit_from_message(b'{"error": {"message": "Rate limit reached on tokens"}}') is None
+
+
+def test_the_mixed_example_file_runs_every_endpoint_cleanly(loop, tmp_path):
+    import shutil
+    from tests.conftest import ROOT
+    shutil.copytree(ROOT / "examples" / "images", tmp_path / "images")
+    shutil.copy(ROOT / "examples" / "every-endpoint.jsonl", tmp_path / "in.jsonl")
+    records, stats, *_ = run_file(loop, tmp_path, [], SimConfig(ipm=50), write_jobs=False)
+    assert stats.exit_code() == 0 and len(records) == 15 and stats.images == 8

@@ -46,6 +46,7 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
                  "kept_failed": stats.kept_failed, "bad_lines": stats.bad_lines,
                  "duplicates": stats.duplicates},
         "failures_by_code": dict(stats.failed.most_common()),
+        "images_saved": stats.images,
         "requests": {"sent": stats.requests, "retries": stats.retries,
                      "rate_limited_429": stats.rate_limited, "bisect_extra": stats.bisect_requests},
         "packing_off": [{"model": model, "url": url, "reason": reason}
@@ -87,6 +88,8 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
         cost_text = f" · ~${cost:,.4f}" if cost is not None else (" · cost unknown" if prices else "")
         lines.append(f"{model}: {m['prompt_tokens']:,} tokens in · {m['completion_tokens']:,} out"
                      f"{rates}{cost_text}")
+    if stats.images:
+        lines.append(f"images: {stats.images:,} saved as files")
     if data["estimated_cost_usd"] is not None:
         lines.append(f"estimated cost: ${data['estimated_cost_usd']:,.4f} at list prices")
     if stats.stop_reason and stats.unusable_input:
