@@ -25,11 +25,15 @@ import base64
 import binascii
 import hashlib
 import os
+import random
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from jobs.endpoints import UPLOAD_FIELDS
+from jobs.job import Job
+from jobs.reader import BadLine
 from runner.api.transport import HttpRequest, Send
 from runner.errors import RunnerError
 
@@ -107,13 +111,12 @@ class ImageStore:
     def __init__(self, directory: Path, *, relative_to: Path, send: Send, inline: bool = False,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rng: Callable[[], float] | None = None) -> None:
-        import random
         self.directory = directory
         self.relative_to = relative_to
         self._send = send
         self.inline = inline
         self._sleep = sleep
-        self._rng = rng or random.Random().random
+        self._rng = rng or random.Random().random  # full jitter between download tries
         self.saved = 0  # images written this run
         self.downloads = 0  # url answers fetched (attempts that got an image)
 
@@ -174,13 +177,10 @@ def default_images_dir(output: Path) -> Path:
     return output.parent / f"{name}.images"
 
 
-def check_uploads(job: Any, base: Path, input_name: str) -> Any:
+def check_uploads(job: Job, base: Path, input_name: str) -> Job | BadLine:
     """`job` with every upload path (`image`, `mask`) made absolute (relative ones are relative to
     the job file's folder, `base`), or a `BadLine` naming the file and line when one is missing
     or unreadable. Jobs that upload nothing come back unchanged."""
-    from jobs.endpoints import UPLOAD_FIELDS
-    from jobs.job import Job
-    from jobs.reader import BadLine
     fields = UPLOAD_FIELDS.get(job.url)
     if not fields:
         return job

@@ -652,10 +652,15 @@ class Dispatcher:
         [job] = request.jobs
         try:
             saved = await self._images.save(job.custom_id, answers[0], job.body.get("output_format"))
-        except (DownloadFailed, BadImageData, OSError) as exc:
-            code = codes.IMAGE_SAVE_FAILED if isinstance(exc, OSError) else codes.BAD_RESPONSE \
-                if isinstance(exc, BadImageData) else codes.IMAGE_DOWNLOAD_FAILED
-            self._fail_jobs(request.jobs, code, str(exc), response)
+        except DownloadFailed as exc:
+            self._fail_jobs(request.jobs, codes.IMAGE_DOWNLOAD_FAILED, str(exc), response)
+            return None
+        except BadImageData as exc:
+            self._fail_jobs(request.jobs, codes.BAD_RESPONSE, str(exc), response)
+            return None
+        except OSError as exc:  # the images folder cannot be written: transient, redone on resume
+            self._fail_jobs(request.jobs, codes.IMAGE_SAVE_FAILED, f"cannot save an image: {exc}",
+                            response)
             return None
         self.stats.images += images_requested(job.url, job.body)
         return [saved]
