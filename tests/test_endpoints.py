@@ -119,3 +119,21 @@ def test_azure_urls_for_images_and_responses():
         "?api-version=2025-04-01-preview")
     assert azure.url_for(RESPONSES, "gpt-4o") == (
         "https://r.openai.azure.com/openai/responses?api-version=2025-04-01-preview")
+
+
+def test_estimate_counts_images_times_them_by_ipm_and_prices_them_per_image():
+    import orjson
+    from jobs.estimate import estimate_lines
+    from runner.report.prices import packaged_prices
+    prices = packaged_prices()
+    lines = [orjson.dumps({"custom_id": f"i{i}", "url": IMAGES_GENERATIONS,
+                           "body": {"model": "dall-e-3", "prompt": "p", "quality": "hd",
+                                    "size": "1792x1024"}}) for i in range(30)]
+    lines.append(orjson.dumps({"custom_id": "m", "url": MODERATIONS, "body": {"input": "x"}}))
+    est = estimate_lines(lines, "f", counter=lambda model: None, rpm=100, ipm=15,
+                         cost=prices.cost, image_price=prices.image_price)
+    [dalle, moderation] = est.models
+    assert (dalle.images, dalle.requests) == (30, 30)
+    assert dalle.minutes(est.budget, est.ipm) == 2.0  # 30 images at 15 a minute
+    assert dalle.cost == pytest.approx(30 * 0.12)
+    assert moderation.cost == 0.0 and est.to_json()["images"] == 30

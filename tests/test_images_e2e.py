@@ -173,3 +173,28 @@ def test_the_mixed_example_file_runs_every_endpoint_cleanly(loop, tmp_path):
     shutil.copy(ROOT / "examples" / "every-endpoint.jsonl", tmp_path / "in.jsonl")
     records, stats, *_ = run_file(loop, tmp_path, [], SimConfig(ipm=50), write_jobs=False)
     assert stats.exit_code() == 0 and len(records) == 15 and stats.images == 8
+
+
+def test_azure_image_deployments_are_paced_and_saved(loop, tmp_path):
+    jobs = [gen(i, model="dall-e-3", response_format="b64_json") for i in range(8)]
+    write(tmp_path / "in.jsonl", jobs)
+    out = tmp_path / "out.jsonl"
+
+    async def main():
+        async with Simulator(SimConfig(ipm=6, burst_s=10), clock=loop.time) as sim:
+            endpoint = Endpoint(base_url=sim.azure_endpoint, api_key="k", azure=True,
+                                api_version="2024-10-21", deployments={"dall-e-3": "draw"})
+            started = loop.time()
+            stats = await run(RunConfig(input=str(tmp_path / "in.jsonl"), output=out,
+                                        endpoint=endpoint, ipm=6),
+                              progress=False, handle_signals=False, log=lambda m: None)
+            return stats, sim, loop.time() - started
+
+    stats, sim, elapsed = loop.run_until_complete(main())
+    assert stats.exit_code() == 0 and stats.images == 8
+    assert "draw" in sim.image_budgets  # the deployment's budget
+    assert elapsed >= (8 - 1) / 6 * 60 * 0.95  # paced: one image every 10 s after the first
+    for i in range(8):
+        [item] = orjson.loads([l for l in out.read_bytes().splitlines()
+                               if f'"product/{i}"'.encode() in l][0])["response"]["body"]["data"]
+        assert (tmp_path / item["file"]).read_bytes() == image_bytes(f"a red chair, view {i}", 0)

@@ -203,17 +203,18 @@ Exit codes (the same meanings as `runner run`):
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--rpm", type=POSITIVE, help="Requests per minute per model, for the time estimate.")
 @click.option("--tpm", type=POSITIVE, help="Tokens per minute per model, for the time estimate.")
+@click.option("--ipm", type=POSITIVE, help="Images per minute per image model, for the time estimate.")
 @click.option("--prices", "prices_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML price file (format of runner/report/prices.toml); its entries replace the built-in ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path: Path | None,
-             as_json: bool) -> None:
+             as_json: bool, ipm: float | None = None) -> None:
     """Report what INPUT will take before spending anything: jobs, bad and duplicate lines,
     requests after packing, tokens, time under --rpm/--tpm, an upper bound on the cost per model,
     and prompts over their model's context window."""
     try:
         prices = load_prices(prices_path)
-        result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices)
+        result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices, ipm=ipm)
     except (PriceTableError, UnreadableInput, NotAJobFile) as e:
         _usage_error(str(e))
     if as_json:
@@ -329,10 +330,11 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
               default="openai", show_default=True, help="Which rate-limit headers to send.")
 @click.option("--serial", is_flag=True,
               help="One request at a time, each taking --latency-ms; abandoned ones still worked on.")
+@click.option("--ipm", type=click.IntRange(1), help="Images per minute per image model.")
 def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: float,
              latency_ms: float, fault_rate: float, faults: str, quota_requests: int | None,
              seed: int, list_prompts: str, honour_n: bool, budget_scope: str, limiter: str,
-             header_style: str, serial: bool) -> None:
+             header_style: str, serial: bool, ipm: int | None = None) -> None:
     """Serve a simulated OpenAI-compatible API (and Azure OpenAI URL shapes) for trying runner out."""
     from runner.simulator.server import SimConfig, serve
     try:
@@ -341,7 +343,7 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
                            faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
                            quota_requests=quota_requests, seed=seed, list_prompts=list_prompts,
                            honour_n=honour_n, budget_scope=budget_scope, limiter=limiter,
-                           header_style=header_style, serial=serial)
+                           header_style=header_style, serial=serial, ipm=ipm)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     serve(config, host, port)

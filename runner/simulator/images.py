@@ -79,7 +79,10 @@ def parse_image_request(kind: str, fields: Mapping[str, Any], files: Mapping[str
     unknown = sorted(set(fields) - FIELDS[kind])
     if unknown:
         raise _bad(f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter")
-    model = deployment or fields.get("model") or "dall-e-2"
+    # Azure: the deployment names the budget; the model it runs is the body's, or the
+    # deployment's name when that is a model's, else dall-e-3 (Azure's image deployments)
+    model = fields.get("model") or (deployment if deployment in SIZES else None) or \
+        ("dall-e-3" if deployment else "dall-e-2")
     if model not in SIZES:
         raise _bad(f"Invalid value for 'model': '{model}'.", "model", "invalid_value")
     if kind == VARIATIONS and model != "dall-e-2":

@@ -150,7 +150,7 @@ async def _serve(sim: Simulator, request: web.Request, tail: str, shape: str) ->
         charge, image_req = sum(-(-len(t) // 4) for t in texts), None
     else:
         image_req = img.parse_image_request(tail, fields, files, deployment)
-        model, charge = image_req.model, image_req.n
+        model, charge = deployment or image_req.model, image_req.n
     if config.quota_requests is not None and sim._admitted >= config.quota_requests:
         raise ApiError(429, _QUOTA_ERROR)
     if image_req is not None:
