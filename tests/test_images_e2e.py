@@ -5,6 +5,7 @@ import base64
 import hashlib
 
 import orjson
+import pytest
 
 from runner.api.endpoint import Endpoint
 from runner.api.imagelimits import as_token_headers, image_limit_from_message
@@ -173,6 +174,17 @@ def test_the_mixed_example_file_runs_every_endpoint_cleanly(loop, tmp_path):
     shutil.copy(ROOT / "examples" / "every-endpoint.jsonl", tmp_path / "in.jsonl")
     records, stats, *_ = run_file(loop, tmp_path, [], SimConfig(ipm=50), write_jobs=False)
     assert stats.exit_code() == 0 and len(records) == 15 and stats.images == 8
+    from runner.report.prices import packaged_prices
+    from runner.report.summary import summary_dict, summary_lines
+    summary = summary_dict(stats, "out.jsonl", packaged_prices())
+    dalle3 = summary["models"]["dall-e-3"]
+    assert dalle3["images"] == 1 and dalle3["allowed_ipm"] == 50
+    assert dalle3["estimated_cost_usd"] == 0.08  # hd, 1024x1024, per image
+    # 2 at 256x256 (0.016), an edit and 2 variations at the default 1024x1024 (0.020)
+    assert summary["models"]["dall-e-2"]["estimated_cost_usd"] == pytest.approx(0.092)
+    assert summary["models"]["gpt-image-1"]["estimated_cost_usd"] > 0  # by its usage tokens
+    assert summary["models"]["omni-moderation-latest"]["estimated_cost_usd"] == 0.0
+    assert any(line.startswith("dall-e-3: 1 images") for line in summary_lines(stats, "o", packaged_prices()))
 
 
 def test_azure_image_deployments_are_paced_and_saved(loop, tmp_path):

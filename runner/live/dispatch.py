@@ -662,7 +662,10 @@ class Dispatcher:
             self._fail_jobs(request.jobs, codes.IMAGE_SAVE_FAILED, f"cannot save an image: {exc}",
                             response)
             return None
-        self.stats.images += images_requested(job.url, job.body)
+        images = images_requested(job.url, job.body)
+        self.stats.images += images
+        self.stats.model_images[job.model] += images
+        self.stats.image_kinds[job.model, job.body.get("size"), job.body.get("quality")] += images
         return [saved]
 
     async def _bisect(self, request: Request, verdict: Verdict) -> None:

@@ -121,15 +121,14 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
         send = aiohttp_sender(session)
     if limiters is None:
         limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s)
+    image_limiters = Limiters(rpm=config.rpm, tpm=config.ipm, burst_s=config.burst_s)  # IPM
     input_dir = Path.cwd() if config.input == "-" else Path(config.input).resolve().parent
     images = ImageStore(config.images_dir or default_images_dir(config.output),
                         relative_to=config.output.resolve().parent, send=send,
                         inline=config.inline_images)
     dispatcher = Dispatcher(send=send, endpoint=config.endpoint, limiters=limiters,
                             sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log,
-                            images=images,
-                            image_limiters=Limiters(rpm=config.rpm, tpm=config.ipm,
-                                                    burst_s=config.burst_s),
+                            images=images, image_limiters=image_limiters,
                             prepare=lambda job: check_uploads(job, input_dir, config.input))
     stop.target = dispatcher.stop
     if stop.reason is not None:
@@ -151,7 +150,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
             helpers.append(asyncio.create_task(reporter.run()))
         stats = await dispatcher.run(read_items(config.input), state)
         for model in stats.model_requests:
-            limiter = limiters.get(config.endpoint.budget_key(model))
+            limiter = (image_limiters if model in stats.model_images else limiters).get(
+                config.endpoint.budget_key(model))  # an image model's: (rpm, ipm)
             stats.limits[model] = (limiter.rpm, limiter.tpm)
         return stats
     finally:

@@ -41,6 +41,8 @@ class RunStats:
     packing_off: list[tuple[str, str, str]] = field(default_factory=list)  # (model, url, why)
     charged_tokens: int = 0       # our estimate of what the rate limiter charged
     images: int = 0               # images saved as files (image endpoints)
+    model_images: Counter = field(default_factory=Counter)  # image model -> images saved
+    image_kinds: Counter = field(default_factory=Counter)   # (model, size, quality) -> images
     in_flight: int = 0
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     model_requests: Counter = field(default_factory=Counter)   # model -> requests sent

@@ -22,8 +22,23 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
         cost = None
         if prices is not None:
             cost = prices.cost(model, usage.prompt_tokens, usage.completion_tokens)  # type: ignore[attr-defined]
+        images = stats.model_images.get(model, 0)
+        if images and prices is not None and not (usage.prompt_tokens or usage.completion_tokens):
+            cost = _image_cost(stats, model, prices)  # dall-e: per image; gpt-image-1: by usage
         if cost is not None:
             total_cost = (total_cost or 0.0) + cost
+        if images:
+            models[model] = {
+                "jobs_succeeded": usage.jobs, "requests": stats.model_requests.get(model, 0),
+                "images": images, "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "achieved_rpm": round(stats.model_requests.get(model, 0) / minutes, 1) if minutes else None,
+                "allowed_rpm": rpm,
+                "achieved_ipm": round(images / minutes, 1) if minutes else None,
+                "allowed_ipm": tpm,  # an image lane's second budget counts images
+                "estimated_cost_usd": None if cost is None else round(cost, 6),
+            }
+            continue
         models[model] = {
             "jobs_succeeded": usage.jobs,
             "requests": stats.model_requests.get(model, 0),
@@ -56,6 +71,19 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
     }
 
 
+def _image_cost(stats: RunStats, model: str, prices: object) -> float | None:
+    """USD for a model's images by the per-image table; None when one kind is not in it."""
+    total = 0.0
+    for (name, size, quality), count in stats.image_kinds.items():
+        if name != model:
+            continue
+        price = prices.image_price(name, size, quality)  # type: ignore[attr-defined]
+        if price is None:
+            return None
+        total += price * count
+    return total
+
+
 def summary_lines(stats: RunStats, output: str, prices: object | None = None) -> list[str]:
     """The human-readable end-of-run summary (stderr)."""
     wall = max(0.0, stats.finished - stats.started)
@@ -79,6 +107,13 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
     data = summary_dict(stats, output, prices)
     for model, m in data["models"].items():
         rates = ""
+        if "images" in m:
+            cost = m["estimated_cost_usd"]
+            cost_text = f" · ~${cost:,.4f}" if cost is not None else (" · cost unknown" if prices else "")
+            allowed = f"{m['allowed_ipm']:,.0f}" if m["allowed_ipm"] else "?"
+            achieved = f" · {m['achieved_ipm']:,.1f} of {allowed} IPM" if m["achieved_ipm"] is not None else ""
+            lines.append(f"{model}: {m['images']:,} images{achieved}{cost_text}")
+            continue
         if m["achieved_rpm"] is not None:
             allowed_rpm = f"{m['allowed_rpm']:,.0f}" if m["allowed_rpm"] else "?"
             allowed_tpm = f"{m['allowed_tpm']:,.0f}" if m["allowed_tpm"] else "?"
