@@ -117,8 +117,18 @@ def test_azure_urls_for_images_and_responses():
     assert azure.url_for(IMAGES_GENERATIONS, "dall-e-3") == (
         "https://r.openai.azure.com/openai/deployments/draw/images/generations"
         "?api-version=2025-04-01-preview")
-    assert azure.url_for(RESPONSES, "gpt-4o") == (
-        "https://r.openai.azure.com/openai/responses?api-version=2025-04-01-preview")
+    assert azure.url_for(RESPONSES, "gpt-4o") == "https://r.openai.azure.com/openai/v1/responses"
+
+
+def test_azure_responses_name_the_deployment_in_the_body():
+    from jobs.job import Job
+    from jobs.packing import single
+    azure = Endpoint(base_url="https://r.openai.azure.com", api_key="k", azure=True,
+                     api_version="2024-10-21", deployments={"gpt-4o": "prod-4o"})
+    job = Job("a", RESPONSES, {"model": "gpt-4o", "input": "hi"}, 1)
+    http = azure.build(single(job, 1))
+    assert http.url.endswith("/openai/v1/responses") and b'"model":"prod-4o"' in http.body
+    assert job.body["model"] == "gpt-4o"  # the job itself is untouched
 
 
 def test_estimate_counts_images_times_them_by_ipm_and_prices_them_per_image():
@@ -137,3 +147,22 @@ def test_estimate_counts_images_times_them_by_ipm_and_prices_them_per_image():
     assert dalle.minutes(est.budget, est.ipm) == 2.0  # 30 images at 15 a minute
     assert dalle.cost == pytest.approx(30 * 0.12)
     assert moderation.cost == 0.0 and est.to_json()["images"] == 30
+
+
+def test_the_simulators_png_is_valid_and_holds_the_seeds_colour():
+    import hashlib
+    import struct
+    import zlib
+    data = image_bytes("a red chair", 1, "png")
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = {}, 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(kind + body)
+        chunks[kind] = body
+        pos += 12 + length
+    assert struct.unpack(">II", chunks[b"IHDR"][:8]) == (8, 8)
+    rows = zlib.decompress(chunks[b"IDAT"])
+    assert rows[1:4] == bytes.fromhex(hashlib.sha256(b"a red chair#1").hexdigest()[:6])
+    assert image_bytes("a red chair", 1, "png") != image_bytes("a red chair", 0, "png")

@@ -156,3 +156,22 @@ def test_packed_classifier_jobs_get_their_own_logprobs_and_biases_keep_packs_apa
     assert stats.requests == 3  # one pack per bias: never one pack with two biases
     assert {records[f"k{i}"]["response"]["body"]["choices"][0]["text"] for i in range(0, 90, 3)} == {" t16"}
     assert {records[f"k{i}"]["response"]["body"]["choices"][0]["text"] for i in range(1, 90, 3)} == {" t17"}
+
+
+def test_azure_responses_go_to_the_v1_surface_with_the_deployment_as_model(loop, tmp_path):
+    write(tmp_path / "in.jsonl", [responses_job(i) for i in range(3)])
+    out = tmp_path / "out.jsonl"
+
+    async def main():
+        async with Simulator(SimConfig(rpm=100), clock=loop.time) as sim:
+            endpoint = Endpoint(base_url=sim.azure_endpoint, api_key="k", azure=True,
+                                api_version="2024-10-21", deployments={"gpt-4o-mini": "mini-prod"})
+            stats = await run(RunConfig(input=str(tmp_path / "in.jsonl"), output=out, endpoint=endpoint),
+                              progress=False, handle_signals=False, log=lambda m: None)
+            return stats, sim
+
+    stats, sim = loop.run_until_complete(main())
+    assert stats.exit_code() == 0
+    bodies = [orjson.loads(line)["response"]["body"] for line in out.read_bytes().splitlines()]
+    assert {b["model"] for b in bodies} == {"mini-prod"}
+    assert "mini-prod" in sim._budgets

@@ -53,9 +53,8 @@ class Endpoint:
     def url_for(self, path: str, model: str) -> str:
         """The full URL for a job `url` such as `/v1/chat/completions`."""
         tail = path.removeprefix("/v1")
-        if self.azure and path == RESPONSES:  # the deployment is named in the body's model
-            return (f"{self.base_url}/openai/responses"
-                    f"?api-version={quote(self.api_version or '', safe='')}")
+        if self.azure and path == RESPONSES:  # Azure's v1 surface; the body's model names the
+            return f"{self.base_url}/openai/v1/responses"  # deployment (see `build`)
         if self.azure:
             return (f"{self.base_url}/openai/deployments/{quote(self.deployment(model), safe='')}"
                     f"{tail}?api-version={quote(self.api_version or '', safe='')}")
@@ -78,4 +77,7 @@ class Endpoint:
         if spec_of(request.url).multipart:
             content_type, body = multipart_body(request.url, request.body)
             return HttpRequest("POST", url, {**self.headers(), "Content-Type": content_type}, body)
-        return HttpRequest("POST", url, self.headers(), orjson.dumps(request.body))
+        body = request.body
+        if self.azure and request.url == RESPONSES and self.deployment(request.model) != body.get("model"):
+            body = {**body, "model": self.deployment(request.model)}  # no deployment in the URL
+        return HttpRequest("POST", url, self.headers(), orjson.dumps(body))

@@ -15,7 +15,8 @@ Models and what they take (as the service documents it):
 `image_bytes(seed, index, fmt)` is the file a test expects for image `index` of a request whose
 prompt (plus the sha256 of its uploads) is `seed`: an 8x8 PNG, a baseline JPEG or a lossless WebP
 of one colour from the seed's sha256, carrying the seed's hash in a comment or text chunk so no two
-seeds share bytes. `url` answers point at the simulator itself (`/sim-images/NAME`) and expire
+seeds share bytes (all three decode to the expected colour in Pillow 13, checked by hand when
+written; Pillow is not a dependency, the PNG is checked by a test). `url` answers point at the simulator itself (`/sim-images/NAME`) and expire
 after `SimConfig.image_url_ttl_s` (403 then, as an expired signed URL does).
 """
 from __future__ import annotations

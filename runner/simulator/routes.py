@@ -43,7 +43,6 @@ def add_routes(sim: Simulator) -> None:
         sim.app.router.add_post(f"/openai/deployments/{{deployment}}/{tail}",
                                 _handler(sim, tail, AZURE))
         sim.app.router.add_post(f"/openai/v1/{tail}", _handler(sim, tail, AZURE_V1))
-    sim.app.router.add_post("/openai/responses", _handler(sim, rsp.RESPONSES, AZURE))
     sim.app.router.add_get(IMAGE_PATH + "{name}", _download(sim))
 
 
