@@ -19,7 +19,7 @@ The numbers:
   latency and a smaller server-side limit only add to it); models run in parallel, so the whole
   run takes the longest model's time; None when neither limit is known;
 - `cost`: prompt tokens x input price + max completion tokens x output price, an upper bound,
-  except for chat jobs without a max tokens field, whose output is unbounded and not included
+  except for chat and Responses jobs without a max tokens field, whose output is unbounded and not included
   (counted in `uncapped`).
 """
 from __future__ import annotations
@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs import tokens
-from jobs.endpoints import images_requested
+from jobs.endpoints import images_requested, spec_of
 from jobs.flags import MAX_FLAGGED, FlagSample
-from jobs.job import CHAT, Job
+from jobs.job import Job
 from jobs.packing import Budget, Packer, Request
 from jobs.reader import BadLine, Duplicate, read_jobs
 
-COMPLETION_CAP_KEYS = ("max_completion_tokens", "max_tokens")
 
 CostFn = Callable[[str, int, int], "float | None"]  # (model, prompt, completion) -> USD or None
 ImagePriceFn = Callable[[str, "str | None", "str | None"], "float | None"]  # (model, size, quality)
@@ -61,7 +60,7 @@ class ModelEstimate:
     prompt_tokens: int = 0
     max_completion_tokens: int = 0
     charge: int = 0                 # rate-limit tokens
-    uncapped: int = 0               # chat jobs without max tokens: output not bounded
+    uncapped: int = 0               # chat/Responses jobs without max tokens: output not bounded
     cost: float | None = None       # USD, filled in by `Estimator.finish`; None = unknown price
     images: int = 0                 # images asked for (image endpoints: n per job)
     image_cost: float | None = 0.0  # USD for them by the per-image table; None = some unpriced
@@ -144,12 +143,14 @@ class Estimate:
 
 
 def has_completion_cap(job: Job) -> bool:
-    """Whether the job's output is bounded: chat needs max_completion_tokens or max_tokens;
-    completions default to 16 tokens; embeddings have no output."""
-    if job.url != CHAT:
+    """Whether the job's output is bounded: chat needs max_completion_tokens or max_tokens,
+    Responses max_output_tokens; completions default to 16 tokens; embeddings, moderations and
+    images have no token output (`jobs.endpoints`)."""
+    spec = spec_of(job.url)
+    if not spec.output_fields or spec.default_output:
         return True
     return any(isinstance(job.body.get(k), int) and not isinstance(job.body.get(k), bool)
-               for k in COMPLETION_CAP_KEYS)
+               for k in spec.output_fields)
 
 
 class Estimator:

@@ -12,7 +12,8 @@ Durability. Bytes are written to a hidden temporary file in DIR, fsynced, then l
 name with `os.link`, which fails rather than replace an existing file (two runs racing for a name
 cannot overwrite each other), then the temporary name is removed and DIR fsynced. So a file under
 its final name is always complete; a kill leaves at most a `.tmp-*` file, never a half image under
-a real name. The dispatcher writes the job's result line only after `save` returns.
+a real name, and the run's first save removes such files left by processes no longer running
+(`sweep_orphans`). The dispatcher writes the job's result line only after `save` returns.
 
 `url` answers are downloaded at once (they expire after about an hour) through the run's `send`
 function, with full-jitter retries; a download that keeps failing raises `DownloadFailed` and the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import random
@@ -40,7 +42,9 @@ from runner.errors import RunnerError
 MAX_SAFE_CHARS = 100
 DOWNLOAD_ATTEMPTS = 5
 DOWNLOAD_BACKOFF_S = 1.0  # full jitter: uniform(0, this * 2**attempt)
+TMP_MARK = ".tmp-"  # temporary names: .STEM.tmp-PID-RANDOM
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_TMP_NAME = re.compile(r"\..+\.tmp-(\d+)-[0-9a-f]{8}")
 _MAGIC = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF8", "gif"))
 _FORMAT_EXT = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp"}
 
@@ -75,7 +79,7 @@ def write_new_file(directory: Path, stem: str, ext: str, data: bytes) -> Path:
     """Write `data` to the first free `stem.ext`, `stem.1.ext`, ... in `directory`, durably
     (temp file, fsync, link, fsync the folder); never replaces an existing file."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{stem}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    tmp = directory / f".{stem}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
@@ -103,6 +107,31 @@ def write_new_file(directory: Path, stem: str, ext: str, data: bytes) -> Path:
     return target
 
 
+def sweep_orphans(directory: Path) -> int:
+    """Remove the temporary files that processes no longer running left in `directory` (a kill
+    between writing and linking); a live process's are left alone. Returns how many went."""
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        match = _TMP_NAME.fullmatch(name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # alive (or reused by another process): not ours to judge
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / name)
+            removed += 1
+    return removed
+
+
 class ImageStore:
     """Saves the images of image answers under `directory`; paths in result lines are relative
     to `relative_to` (the output file's folder). `inline` keeps the answer as the API sent it
@@ -117,6 +146,7 @@ class ImageStore:
         self.inline = inline
         self._sleep = sleep
         self._rng = rng or random.Random().random  # full jitter between download tries
+        self._swept = False
         self.saved = 0  # images written this run
         self.downloads = 0  # url answers fetched (attempts that got an image)
 
@@ -127,6 +157,9 @@ class ImageStore:
         items = body.get("data")
         if not isinstance(items, list):
             return body
+        if not self._swept:
+            self._swept = True
+            await asyncio.to_thread(sweep_orphans, self.directory)
         stem = safe_stem(custom_id)
         out_items = []
         for index, item in enumerate(items):

@@ -473,7 +473,11 @@ class Dispatcher:
                 if request.packed:  # packed before the budget was known: send it in halves
                     await asyncio.wait([self._spawn(self._process(part)) for part in halves(request)])
                 else:
-                    self._fail_jobs(request.jobs, codes.REQUEST_TOO_LARGE, str(too_large))
+                    message = str(too_large)
+                    if spec_of(request.url).images:  # the image lane's budget counts images
+                        message = (f"request asks for {too_large.tokens} images but the whole budget "
+                                   f"is {too_large.tpm:g} images per minute; it can never be admitted")
+                    self._fail_jobs(request.jobs, codes.REQUEST_TOO_LARGE, message)
                 return
             decision = self._decide(request, caps, verdict, attempts)
             attempts = decision.attempts
@@ -509,7 +513,8 @@ class Dispatcher:
         assert task is not None
         self._sending.add(task)
         self.stats.requests += 1
-        self.stats.charged_tokens += permit.charged
+        if not spec_of(request.url).images:  # an image lane charges images, not tokens
+            self.stats.charged_tokens += permit.charged
         self.stats.model_requests[request.model] += 1
         self.stats.model_charged[request.model] += permit.charged
         self.stats.in_flight += 1

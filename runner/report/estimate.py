@@ -60,7 +60,8 @@ def estimate_table(est: Estimate, prices: PriceTable) -> Group:
                           "images, not tokens (charge column), timed against --ipm, and priced per "
                           "image by model, size and quality"))
     if est.uncapped:
-        notes.append(Text(f"{est.uncapped:,} chat jobs set no max_tokens / max_completion_tokens: "
+        notes.append(Text(f"{est.uncapped:,} chat or Responses jobs set no max_tokens / "
+                          "max_completion_tokens / max_output_tokens: "
                           "their output is unbounded and NOT in the cost", style="yellow"))
     if est.unpriced:
         notes.append(Text(f"no price for: {', '.join(est.unpriced)} (not in the price table; "
