@@ -15,6 +15,8 @@ Targets (each its own server process on a free loopback port, fresh for every ru
     sim ietf headers    ... RateLimit-* headers of the IETF draft (--header-style ietf)
     sim key budget      one budget per API key across models (RPM 600), LiteLLM's headers
     sim window          fixed 60 s windows from a window's first request (RPM 60), retry-after 60
+    sim gateway window  ... with LiteLLM's headers (no reset), as LiteLLM's proxy limits a key
+    sim window no headers ... and no rate-limit headers at all: only the 429s teach
     sim serial          one request at a time, 50 ms each, no rate limit (--serial)
     llmock              per-key buckets holding a whole minute (RPM 150); no /v1/completions
     litellm             calendar-minute windows per model deployment (rpm 61, usage-based-routing-v2)
@@ -107,6 +109,12 @@ TARGETS = (
            sim_flags=("--budget-scope", "key", "--header-style", "litellm"),
            told=("--rpm", "600", "--burst", "2")),
     Target("sim window", "sim", rpm=60, limiter="window", sim_flags=("--limiter", "window"),
+           told=("--rpm", "60", "--burst", "60")),
+    Target("sim gateway window", "sim", rpm=60, limiter="window",
+           sim_flags=("--limiter", "window", "--header-style", "litellm"),
+           told=("--rpm", "60", "--burst", "60")),
+    Target("sim window no headers", "sim", rpm=60, limiter="window",
+           sim_flags=("--limiter", "window", "--header-style", "none"),
            told=("--rpm", "60", "--burst", "60")),
     Target("sim serial", "sim", limiter="serial", latency_ms=50.0, sim_flags=("--serial",),
            told=("--concurrency", "1")),

@@ -23,6 +23,7 @@ from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
 from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint, check_api_version
 from runner.pacing.limiter import DEFAULT_BURST_S
+from runner.pacing.limiters import BUDGET_SCOPES
 from runner.cli.config import configurable, deployments as config_deployments
 from runner.report.prices import PriceTable, PriceTableError, load_prices
 from runner.report.progress import LOG_INTERVAL_S
@@ -81,6 +82,9 @@ def main() -> None:
 @click.option("--tpm", type=POSITIVE, help="Tokens per minute allowed (default: learned from the API's headers).")
 @click.option("--burst", "burst_s", type=POSITIVE, default=DEFAULT_BURST_S, show_default=True,
               help="Seconds of budget the API lets you spend at once.")
+@click.option("--budget-scope", type=click.Choice(BUDGET_SCOPES), default="auto", show_default=True,
+              help="Whose budget the limits are: each model's (OpenAI, Azure), or the key's over "
+                   "every model (some gateways); auto learns it from the answers.")
 @click.option("--ipm", type=POSITIVE, help="Images per minute per image model (default: learned "
               "from the API's headers and 429 messages).")
 @click.option("--images-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -123,7 +127,7 @@ def main() -> None:
 @click.option("--prices", "prices_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A price table (TOML) whose entries replace the shipped ones, for cost estimates.")
 def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | None, burst_s: float,
-                concurrency: int, max_attempts: int, retry_failed: bool, base_url: str,
+                budget_scope: str, concurrency: int, max_attempts: int, retry_failed: bool, base_url: str,
                 api_key_env: str | None, azure_endpoint: str | None, api_version: str | None,
                 deployments: tuple[str, ...], azure_ad_token_env: str | None, read_timeout: float,
                 no_pack: bool, no_progress: bool, status_interval: float, log_file: Path | None,
@@ -142,7 +146,7 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                          azure_ad_token_env)
     config = RunConfig(
         input=input_path, output=output, endpoint=endpoint, rpm=rpm, tpm=tpm, burst_s=burst_s,
-        dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
+        budget_scope=budget_scope, dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
                                 retry_failed=retry_failed),
         pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval,
         ipm=ipm, images_dir=images_dir, inline_images=inline_images)

@@ -437,16 +437,16 @@ class Dispatcher:
 
     async def _process(self, request: Request) -> None:
         lane = self._lane(request.model, request.url)
-        limiter = lane.limiter
         caps = self._capabilities_of(request)
         attempts = Attempts()
         while not self.stopping:
             if not await self._may_send(request, caps):
                 return
+            limiter = lane.limiter  # read anew: the lane's models may have come to share a budget
             # Slots first (the lane's, then the run's), then the budget: a request is admitted
             # only when it can be sent at once, so requests held back by the concurrency cap never
             # leave together later.
-            too_large = None
+            too_large = moved = None
             try:
                 http = self._endpoint.build(request)
             except OSError as exc:  # an upload vanished or became unreadable since it was checked
@@ -463,12 +463,19 @@ class Dispatcher:
                     if self.stopping or self._refuses_n(request, caps):
                         limiter.on_failure(permit)  # admitted but never sent
                         return
-                    verdict, answers, response = await self._attempt(request, http, lane, permit)
+                    moved = lane.limiter is not limiter  # its models came to share one budget
+                    if moved:
+                        limiter.on_failure(permit)  # admitted by the old budget: queue anew
+                    else:
+                        verdict, answers, response = await self._attempt(request, http, lane,
+                                                                         limiter, permit)
                 finally:
                     self.slots.release()
             finally:
                 lane.slots.release()
             caps.release_pack(request)
+            if moved:
+                continue
             if too_large is not None:
                 if request.packed:  # packed before the budget was known: send it in halves
                     await asyncio.wait([self._spawn(self._process(part)) for part in halves(request)])
@@ -505,10 +512,11 @@ class Dispatcher:
                 continue  # the limiter now holds the debt; waiting there is exactly long enough
             await self._sleep(decision.wait(self._backoff))
 
-    async def _attempt(self, request: Request, http: HttpRequest, lane: Lane, permit: Permit
+    async def _attempt(self, request: Request, http: HttpRequest, lane: Lane,
+                       limiter: RateLimiter, permit: Permit
                        ) -> tuple[Verdict, list[dict[str, Any]] | None, HttpResponse | None]:
-        """Send once. Tells the limiter exactly one of observe / on_rate_limited / on_failure."""
-        limiter = lane.limiter
+        """Send once. Tells `limiter` (which admitted `permit`) exactly one of observe /
+        on_rate_limited / on_failure."""
         task = asyncio.current_task()
         assert task is not None
         self._sending.add(task)
@@ -535,10 +543,13 @@ class Dispatcher:
             self.stats.in_flight -= 1
             lane.in_flight -= 1
         headers = response.headers
-        if spec_of(request.url).images:  # images per minute, in the place of tokens
+        images = spec_of(request.url).images
+        if images:  # images per minute, in the place of tokens
             headers = as_token_headers(headers, response.body if response.status == 429 else None)
         info = RateLimitInfo.from_headers(headers)
         verdict = classify(response.status, headers, response.body)
+        if not images:  # an image lane's budget is its model's alone
+            self._notice_budget(request.model, info, permit, rate_limited=verdict.rate_limited)
         if verdict.rate_limited:
             self.stats.rate_limited += 1
             limiter.on_rate_limited(permit, verdict.delay, info)
@@ -608,6 +619,25 @@ class Dispatcher:
             if caps.packs is PackState.OFF or decision.step is Step.FAIL:
                 return Decision(Step.UNPACK, verdict, decision.attempts, decision.message)
         return decision
+
+    def _notice_budget(self, model: str, info: RateLimitInfo, permit: Permit, *,
+                       rate_limited: bool = False) -> None:
+        """Whether the answer shows the models of its base URL share one budget; if so they are
+        paced together from now on (said once in the log and the summary)."""
+        key = self._endpoint.budget_key(model)
+        if rate_limited and self._limiters.notice_429(key):
+            why = f"{model} met 429s at its own limit while the other models were sending"
+        elif self._limiters.notice(key, info, permit):
+            why = ("its rate-limit headers name the key's budget" if info.scope == "key" else
+                   f"{model}'s budget showed requests spent that only the other models sent")
+        else:
+            return
+        self.stats.budget_shared.append((key[0], why))
+        self._log(f"{key[0]}: one budget for the key over every model ({why}); pacing them "
+                  "together from now on (--budget-scope model to keep them apart)")
+        for other, lane in self._lanes.items():
+            if other[0] == key[0] and len(other) == 2:  # not the image lanes (base, model, "images")
+                lane.limiter = self._limiters.get(other)
 
     def _packing_off(self, request: Request, caps: LaneCapabilities, verdict: Verdict) -> None:
         """Packing just went off for the request's lane: say so once; the packer's partial packs

@@ -33,6 +33,7 @@ class RunConfig:
     rpm: float | None = None
     tpm: float | None = None
     burst_s: float = DEFAULT_BURST_S
+    budget_scope: str = "auto"  # runner.pacing.limiters.BUDGET_SCOPES
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     pack: bool = True
     connect_timeout: float = CONNECT_TIMEOUT_S
@@ -120,8 +121,10 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                read_timeout=config.read_timeout)
         send = aiohttp_sender(session)
     if limiters is None:
-        limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s)
-    image_limiters = Limiters(rpm=config.rpm, tpm=config.ipm, burst_s=config.burst_s)  # IPM
+        limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s,
+                            scope=config.budget_scope)
+    # image lanes: per model (images per minute), their second bucket counting images
+    image_limiters = Limiters(rpm=config.rpm, tpm=config.ipm, burst_s=config.burst_s, scope="model")
     input_dir = Path.cwd() if config.input == "-" else Path(config.input).resolve().parent
     images = ImageStore(config.images_dir or default_images_dir(config.output),
                         relative_to=config.output.resolve().parent, send=send,

@@ -39,6 +39,7 @@ class RunStats:
     rate_limited: int = 0         # 429 answers (rate limit, not quota)
     bisect_requests: int = 0      # extra requests spent splitting refused packs
     packing_off: list[tuple[str, str, str]] = field(default_factory=list)  # (model, url, why)
+    budget_shared: list[tuple[str, str]] = field(default_factory=list)  # (base URL, why)
     charged_tokens: int = 0       # our estimate of what the rate limiter charged
     images: int = 0               # images saved as files (image endpoints)
     model_images: Counter = field(default_factory=Counter)  # image model -> images saved

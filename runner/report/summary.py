@@ -66,6 +66,8 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
                      "rate_limited_429": stats.rate_limited, "bisect_extra": stats.bisect_requests},
         "packing_off": [{"model": model, "url": url, "reason": reason}
                         for model, url, reason in stats.packing_off],
+        "budget_shared": [{"base_url": base_url, "reason": reason}
+                          for base_url, reason in stats.budget_shared],
         "models": models,
         "estimated_cost_usd": None if total_cost is None else round(total_cost, 6),
     }
@@ -104,6 +106,8 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
         lines.append(f"bisecting refused packs cost {stats.bisect_requests:,} extra requests")
     for model, url, reason in stats.packing_off:
         lines.append(f"packing off for {model} ({url}): {reason}; its jobs were sent alone")
+    for base_url, reason in stats.budget_shared:
+        lines.append(f"one budget for the key over every model at {base_url} ({reason})")
     data = summary_dict(stats, output, prices)
     for model, m in data["models"].items():
         rates = ""
