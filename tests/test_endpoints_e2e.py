@@ -175,3 +175,14 @@ def test_azure_responses_go_to_the_v1_surface_with_the_deployment_as_model(loop,
     bodies = [orjson.loads(line)["response"]["body"] for line in out.read_bytes().splitlines()]
     assert {b["model"] for b in bodies} == {"mini-prod"}
     assert "mini-prod" in sim._budgets
+
+
+def test_moderations_and_responses_share_a_keys_budget_on_a_gateway(loop, tmp_path):
+    jobs = [moderation_job(i) for i in range(20)] + [responses_job(i) for i in range(200)]
+    records, stats, server = run_file(loop, tmp_path, jobs,
+                                      SimConfig(rpm=120, budget_scope="key", header_style="litellm"),
+                                      rpm=None, tpm=None)
+    assert stats.exit_code() == 0 and len(records) == 220
+    assert stats.budget_shared and stats.rate_limited == 0  # learned from LiteLLM's key headers
+    # 201 requests: the key's bucket of 120 at once, then 2 a second
+    assert stats.finished - stats.started == pytest.approx((stats.requests - 120) / 2, abs=1.0)

@@ -22,7 +22,7 @@ from runner.simulator import images as img
 from runner.simulator import responses as rsp
 from runner.simulator.server import (
     AZURE, AZURE_DEFAULT_API_VERSION, AZURE_V1, OPENAI, ORGANIZATION, ApiError, ModelBudget,
-    Simulator, _MALFORMED_JSON, _QUOTA_ERROR, _SERVER_ERROR, _OVERLOADED_ERROR, _ConnectionDropped,
+    Simulator, WindowBudget, _MALFORMED_JSON, _QUOTA_ERROR, _SERVER_ERROR, _OVERLOADED_ERROR, _ConnectionDropped,
     _azure_error, _bad, _client_gone, _json, bucket_states, format_duration, openai_error,
     rate_limit_headers,
 )
@@ -159,10 +159,11 @@ async def _serve(sim: Simulator, request: web.Request, tail: str, shape: str) ->
         if not verdict.admitted:
             raise _image_rate_limited(shape, tail, model, budget, verdict, charge,
                                       api_version or AZURE_DEFAULT_API_VERSION, headers)
-    else:
-        budget = sim.budget(model)
+    else:  # the model's (or with budget_scope "key", the key's) budget, as the token endpoints
+        budget = sim.budget(key if config.budget_scope == "key" else model)
         verdict = budget.admit(charge)
-        headers = rate_limit_headers(config.header_style, shape, bucket_states(budget))
+        states = budget.states() if isinstance(budget, WindowBudget) else bucket_states(budget)
+        headers = rate_limit_headers(config.header_style, shape, states, scope=config.budget_scope)
         if not verdict.admitted:
             raise ApiError(429, openai_error(
                 f"Rate limit reached for {model} in organization {ORGANIZATION} on "
