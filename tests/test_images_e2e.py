@@ -110,7 +110,9 @@ def test_no_image_file_is_ever_overwritten_by_a_rerun_or_another_output(loop, tm
 
 def test_dall_e_3_n_above_1_fails_with_the_apis_message_and_is_kept(loop, tmp_path):
     records, stats, *_ = run_file(loop, tmp_path, [gen(0, model="dall-e-3", n=2)], SimConfig())
-    assert records["product/0"]["error"]["message"] == "You must provide n=1 for this model."
+    error = records["product/0"]["error"]
+    assert error == {"code": "invalid_request", "message": "You must provide n=1 for this model."}
+    assert records["product/0"]["response"]["status_code"] == 400
     assert stats.exit_code() == 1
 
 

@@ -95,7 +95,7 @@ def parse_image_request(kind: str, fields: Mapping[str, Any], files: Mapping[str
         raise _bad("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
     n = _int(fields.get("n", 1), "n")
     if model == "dall-e-3" and n != 1:
-        raise _bad("You must provide n=1 for this model.", "n", "invalid_value")
+        raise _bad("You must provide n=1 for this model.")  # as the service words it: no param or code
     if not 1 <= n <= MAX_N:
         raise _bad(f"Invalid 'n': expected a value between 1 and {MAX_N}, got {n}.", "n",
                    "invalid_value")
