@@ -59,3 +59,26 @@ def test_sigkill_during_image_downloads_then_resume(tmp_path):
         i = int(stem.split("_")[1].split("-")[0])
         assert path.read_bytes() == image_bytes(f"item {i}", int(k))  # complete, never partial
     assert safe_stem("sku/0") in {p.name.rsplit("-", 1)[0] for p in folder.iterdir()}
+
+
+@pytest.mark.slow
+def test_the_cli_takes_images_dir_inline_images_and_ipm_and_estimate_counts_images(tmp_path):
+    import shutil
+    from tests.conftest import ROOT
+    shutil.copytree(ROOT / "examples" / "images", tmp_path / "images")
+    shutil.copy(ROOT / "examples" / "every-endpoint.jsonl", tmp_path / "jobs.jsonl")
+    with run_in_thread(SimConfig(ipm=100)) as base_url:
+        code, _, err = finish(cli("run", str(tmp_path / "jobs.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+                                  "--base-url", base_url, "--no-progress", "--ipm", "100",
+                                  "--images-dir", str(tmp_path / "pictures"), "--inline-images"))
+    assert code == 0, err
+    assert "images: 8 saved as files" in err and "IPM" in err
+    lines = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    [gpt] = [x for x in lines if x["custom_id"] == "image-gpt"]
+    item = gpt["response"]["body"]["data"][0]
+    assert item["file"].startswith("pictures/") and item["file"].endswith(".webp") and "b64_json" in item
+    assert len(list((tmp_path / "pictures").iterdir())) == 8
+    code, out, err = finish(cli("estimate", str(tmp_path / "jobs.jsonl"), "--ipm", "4", "--json"))
+    assert code == 0, err
+    estimate = orjson.loads(out)
+    assert estimate["images"] == 8 and estimate["limits"]["ipm"] == 4
