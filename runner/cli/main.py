@@ -85,6 +85,12 @@ def main() -> None:
 @click.option("--budget-scope", type=click.Choice(BUDGET_SCOPES), default="auto", show_default=True,
               help="Whose budget the limits are: each model's (OpenAI, Azure), or the key's over "
                    "every model (some gateways); auto learns it from the answers.")
+@click.option("--ipm", type=POSITIVE, help="Images per minute per image model (default: learned "
+              "from the API's headers and 429 messages).")
+@click.option("--images-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for image files (default: beside OUTPUT, named after it: out.images).")
+@click.option("--inline-images", is_flag=True,
+              help="Keep each image's b64_json in the result line too (files are saved anyway).")
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=DEFAULT_CONCURRENCY,
               show_default=True, help="Most requests in flight (and open connections).")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=MAX_ATTEMPTS, show_default=True,
@@ -125,7 +131,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                 api_key_env: str | None, azure_endpoint: str | None, api_version: str | None,
                 deployments: tuple[str, ...], azure_ad_token_env: str | None, read_timeout: float,
                 no_pack: bool, no_progress: bool, status_interval: float, log_file: Path | None,
-                summary_json: Path | None, prices_file: Path | None) -> None:
+                summary_json: Path | None, prices_file: Path | None, ipm: float | None = None,
+                images_dir: Path | None = None, inline_images: bool = False) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
@@ -141,7 +148,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         input=input_path, output=output, endpoint=endpoint, rpm=rpm, tpm=tpm, burst_s=burst_s,
         budget_scope=budget_scope, dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
                                 retry_failed=retry_failed),
-        pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval)
+        pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval,
+        ipm=ipm, images_dir=images_dir, inline_images=inline_images)
     sys.exit(_execute(config, progress=not no_progress, log_file=log_file,
                       summary_json=summary_json, prices=prices))
 
@@ -199,17 +207,18 @@ Exit codes (the same meanings as `runner run`):
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--rpm", type=POSITIVE, help="Requests per minute per model, for the time estimate.")
 @click.option("--tpm", type=POSITIVE, help="Tokens per minute per model, for the time estimate.")
+@click.option("--ipm", type=POSITIVE, help="Images per minute per image model, for the time estimate.")
 @click.option("--prices", "prices_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML price file (format of runner/report/prices.toml); its entries replace the built-in ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path: Path | None,
-             as_json: bool) -> None:
+             as_json: bool, ipm: float | None = None) -> None:
     """Report what INPUT will take before spending anything: jobs, bad and duplicate lines,
     requests after packing, tokens, time under --rpm/--tpm, an upper bound on the cost per model,
     and prompts over their model's context window."""
     try:
         prices = load_prices(prices_path)
-        result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices)
+        result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices, ipm=ipm)
     except (PriceTableError, UnreadableInput, NotAJobFile) as e:
         _usage_error(str(e))
     if as_json:
@@ -325,10 +334,11 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
               default="openai", show_default=True, help="Which rate-limit headers to send.")
 @click.option("--serial", is_flag=True,
               help="One request at a time, each taking --latency-ms; abandoned ones still worked on.")
+@click.option("--ipm", type=click.IntRange(1), help="Images per minute per image model.")
 def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: float,
              latency_ms: float, fault_rate: float, faults: str, quota_requests: int | None,
              seed: int, list_prompts: str, honour_n: bool, budget_scope: str, limiter: str,
-             header_style: str, serial: bool) -> None:
+             header_style: str, serial: bool, ipm: int | None = None) -> None:
     """Serve a simulated OpenAI-compatible API (and Azure OpenAI URL shapes) for trying runner out."""
     from runner.simulator.server import SimConfig, serve
     try:
@@ -337,7 +347,7 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
                            faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
                            quota_requests=quota_requests, seed=seed, list_prompts=list_prompts,
                            honour_n=honour_n, budget_scope=budget_scope, limiter=limiter,
-                           header_style=header_style, serial=serial)
+                           header_style=header_style, serial=serial, ipm=ipm)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     serve(config, host, port)

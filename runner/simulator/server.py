@@ -130,6 +130,29 @@ def completion_text(prompt: str, j: int) -> str:
     return f"sim:{_sha(prompt)[:12]}#{j}"
 
 
+CLASSIFIER_TOKENS = ("15", "16", "17", "18", "19")  # candidate token ids when no logit_bias names any
+
+
+def completion_logprobs(prompt: str, j: int, top: int,
+                        logit_bias: Mapping[str, float] | None = None) -> tuple[str, dict[str, Any]]:
+    """(text, logprobs) of choice `j` for `prompt` when `logprobs=top` is asked: one token, the
+    most likely of the candidates (the token ids `logit_bias` names, else `CLASSIFIER_TOKENS`),
+    each candidate's logit derived from the prompt plus its bias, as a fine-tuned classifier
+    called with `max_tokens: 1` answers. The token of id `t` reads `" t<id>"`."""
+    bias = {str(k): float(v) for k, v in (logit_bias or {}).items()}
+    candidates = sorted(bias) or list(CLASSIFIER_TOKENS)
+    logits = {t: -int(_sha(f"{prompt}#{j}#{t}")[:4], 16) / 8192 + bias.get(t, 0.0) / 10
+              for t in candidates}
+    peak = max(logits.values())
+    norm = peak + math.log(sum(math.exp(v - peak) for v in logits.values()))
+    ranked = sorted(candidates, key=lambda t: (-logits[t], t))
+    best = ranked[0]
+    text = f" t{best}"
+    return text, {"tokens": [text], "token_logprobs": [round(logits[best] - norm, 6)],
+                  "top_logprobs": [{f" t{t}": round(logits[t] - norm, 6) for t in ranked[:top]}],
+                  "text_offset": [len(prompt)]}
+
+
 def chat_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     """The prompt text of a chat request: all message contents concatenated with no separator.
 
@@ -258,6 +281,8 @@ class SimConfig:
     serial: True plays a local model server with one slot: admitted requests queue and are worked
     on one after another in arrival order, each taking `latency_ms`; a request whose client has
     gone (timed out) is still worked on before the next (`SimStats.abandoned`).
+    ipm, image_url_ttl_s, download_fault_rate: the image endpoints' images-per-minute limit, how
+    long a `url` answer can be downloaded, and the chance a download fails (`routes`, `images`).
     header_style: the rate-limit headers on every answer (see `rate_limit_headers`). "openai":
     OpenAI's six `x-ratelimit-*` (Azure URLs: its two remaining-*); "litellm": LiteLLM proxy's
     `x-ratelimit-{model_per_key|api_key}-{remaining|limit}-{requests|tokens}`, no reset; "ietf":
@@ -283,9 +308,12 @@ class SimConfig:
     header_style: str = "openai"
     limiter: str = "bucket"
     serial: bool = False
+    ipm: int | None = None  # images per minute per image model (runner.simulator.routes)
+    image_url_ttl_s: float = 3600.0  # `url` image answers expire after this
+    download_fault_rate: float = 0.0  # a GET of an image URL answers 500 with this probability
 
     def __post_init__(self) -> None:
-        for name in ("rpm", "tpm", "quota_requests"):
+        for name in ("rpm", "tpm", "quota_requests", "ipm"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{name} must be an int or None, got {value!r}")
@@ -628,6 +656,8 @@ class SimRequest:
     echo: bool = False
     dims: int = DEFAULT_EMBEDDING_DIMS
     base64: bool = False
+    logprobs: int | None = None  # completions: top logprobs asked
+    logit_bias: Mapping[str, float] | None = None
 
     @property
     def charge(self) -> int:
@@ -712,9 +742,17 @@ def parse_request(kind: str, body: Any, deployment: str | None = None) -> SimReq
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", minimum=1)
         return SimRequest(kind, model, (chat_prompt(messages),), n=n, max_tokens=max_tokens)
+    bias = body.get("logit_bias")
+    if bias is not None and not (isinstance(bias, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and -100 <= v <= 100
+            for v in bias.values())):
+        raise _bad("Invalid 'logit_bias': expected a map of token ids to numbers in [-100, 100].",
+                   "logit_bias", "invalid_value")
     return SimRequest(kind, model, _text_list(body, "prompt"), n=n,
                       max_tokens=_int_field(body, "max_tokens", minimum=0),
-                      echo=bool(body.get("echo")))
+                      echo=bool(body.get("echo")),
+                      logprobs=_int_field(body, "logprobs", minimum=0, maximum=5),
+                      logit_bias=bias)
 
 
 def build_answer(req: SimRequest, *, rng: random.Random, shuffle: bool, created: int,
@@ -743,9 +781,12 @@ def build_answer(req: SimRequest, *, rng: random.Random, shuffle: bool, created:
                                                         "refusal": None},
                                 "logprobs": None, "finish_reason": "stop"})
             else:
+                logprobs = None
+                if req.logprobs is not None:
+                    text, logprobs = completion_logprobs(prompt, j, req.logprobs, req.logit_bias)
                 choices.append({"text": prompt + text if req.echo else text,
-                                "index": position * req.n + j, "logprobs": None,
-                                "finish_reason": "stop"})
+                                "index": position * req.n + j, "logprobs": logprobs,
+                                "finish_reason": "length" if logprobs else "stop"})
     if shuffle:
         rng.shuffle(choices)
     return {"id": response_id, "object": "chat.completion" if req.kind == CHAT else "text_completion",
@@ -903,6 +944,8 @@ class Simulator:
             self.app.router.add_post(f"/openai/deployments/{{deployment}}/{tail}",
                                      self._handler(kind, AZURE))
             self.app.router.add_post(f"/openai/v1/{tail}", self._handler(kind, AZURE_V1))
+        from runner.simulator.routes import add_routes  # Responses, moderations, images
+        add_routes(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
