@@ -940,3 +940,21 @@ def test_window_length_429s_without_limits_teach_the_window_by_what_it_admitted(
     limiter = run_virtual(main())
     assert limiter.rpm == pytest.approx(25.0)  # 25 per 60 s, not a share of a rate
     assert limiter.windowed and limiter.requests_bucket.capacity == pytest.approx(25.0)
+
+
+def test_a_burst_answered_out_of_order_is_not_read_as_spending():
+    """30 requests of a 60-request bucket, answered by the server in reverse order: each answer's
+    `remaining` counts the later-admitted requests it worked on first. Our bucket must stay at the
+    30 left, not be lowered by the reordering into debt."""
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=10**9, burst_s=60.0)
+        probe = await limiter.acquire(0)
+        limiter.observe(probe, RateLimitInfo(limit_requests=60, remaining_requests=59,
+                                             reset_requests=1.0, limit_tokens=10**9))
+        permits = [await limiter.acquire(0) for _ in range(29)]
+        for position, permit in enumerate(reversed(permits), start=1):
+            limiter.observe(permit, RateLimitInfo(limit_requests=60, remaining_requests=59 - position,
+                                                  reset_requests=float(1 + position)))
+        return limiter.requests_bucket.level()
+
+    assert run_virtual(main()) == pytest.approx(30.0, abs=0.5)

@@ -30,6 +30,7 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -80,6 +81,7 @@ INFER_RAISE_AFTER_S = 10.0  # tuned with INFER_FROM_429_SHARE
 INFER_RAISE_STEP = 1.02  # tuned with INFER_FROM_429_SHARE
 ANSWERS_KEPT = 2048  # answer times kept for that rate: the last minute's, at most this many (memory)
 ADMISSIONS_KEPT = 65536  # admission times kept for `admitted_last_minute` (memory)
+ANSWERED_KEPT = 4096  # admission numbers of answers kept for `_since` (memory)
 
 INFER_MAX_RESET_S = 30.0
 """Infer a missing limit from ``remaining / (1 - reset / 60)`` only while ``reset`` is below this,
@@ -229,6 +231,7 @@ class RateLimiter:
         self._answers: deque[float] = deque(maxlen=ANSWERS_KEPT)  # recent answers (not 429s)
         self._admissions: deque[float] = deque(maxlen=ADMISSIONS_KEPT)  # recent admission times
         self._alone: TokenBucket | None = None  # the server's requests bucket if only we spent it
+        self._answered: list[int] = []  # admission numbers of recent answers, sorted (see _since)
         self._last_429 = -math.inf
         self._episode_end = -math.inf  # a 429 before this belongs to the episode already counted
         self._probed_at = -math.inf  # when a probed requests limit was last set, cut or raised
@@ -487,16 +490,31 @@ class RateLimiter:
     def _since(self, kind: Kind, limit: Limit, permit: Permit | None, *,
                refills: bool = True) -> float:
         """How far the server's count has moved since it wrote the headers of `permit`'s request:
-        its refill since that admission (none in a window), less what we admitted after it (0
-        without a permit)."""
+        its refill since that admission (none in a window), less what we admitted after it and
+        have had no answer to before this one (0 without a permit)."""
         if permit is None:
             return 0.0
+        later = self._admitted_requests - permit.seq
+        # Requests admitted after this one whose answers came first were most likely counted
+        # first: a burst answered out of order must not read as spending.
+        answered = self._answered
+        counted = len(answered) - bisect.bisect_right(answered, permit.seq)
+        unseen = max(0, later - counted)
         if kind == "requests":
-            after = self._admitted_requests - permit.seq
+            after = float(unseen)
         else:
-            after = self._admitted_tokens - permit.charged_total
+            after_tokens = self._admitted_tokens - permit.charged_total
+            after = after_tokens * unseen / later if later else 0.0
         refill = limit.rate * max(0.0, self._clock() - permit.at) if refills else 0.0
         return refill - after
+
+    def _answered_now(self, permit: Permit | None) -> None:
+        """Remember that `permit`'s request was answered (after `_since` used the others)."""
+        if permit is None:
+            return
+        bisect.insort(self._answered, permit.seq)
+        if len(self._answered) > ANSWERED_KEPT:
+            del self._answered[: len(self._answered) - ANSWERED_KEPT]
 
     def observe(self, permit: Permit | None, info: RateLimitInfo) -> None:
         """Learn from one response's rate-limit headers (call it for every response).
@@ -517,6 +535,7 @@ class RateLimiter:
           docstring).
         """
         self._update(info, permit)
+        self._answered_now(permit)
         if permit is not None:
             self._audit_tokens(permit, info)
         self._note_answer()
@@ -614,6 +633,7 @@ class RateLimiter:
             self._audit.rejected(permit.seq, permit.estimate)
         if info is not None and not info.empty:
             self._update(info, permit)
+        self._answered_now(permit)  # refused, not charged: not unseen by later answers either
         if retry_after is None or not (math.isfinite(retry_after) and retry_after >= 0):
             retry_after = FALLBACK_RETRY_AFTER_S
         self._probe_in_flight = False
