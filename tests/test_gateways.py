@@ -74,8 +74,8 @@ def window_ideal(requests: int, per_window: int) -> float:
     return (math.ceil(requests / per_window) - 1) * WINDOW_S
 
 
-def window(header_style: str, rpm: int = 60, **more) -> SimConfig:
-    return SimConfig(rpm=rpm, limiter="window", header_style=header_style, **more)
+def window(header_style: str, rpm: int = 60, limiter: str = "window", **more) -> SimConfig:
+    return SimConfig(rpm=rpm, limiter=limiter, header_style=header_style, **more)
 
 
 # -- fixed windows -----------------------------------------------------------------------------
@@ -193,3 +193,20 @@ def test_two_models_each_with_its_own_window_are_not_taken_for_one_budget(loop, 
     outcome = run_jobs(loop, tmp_path, jobs, window("openai", latency_ms=100))
     assert outcome.stats.budget_shared == []
     assert outcome.seconds <= window_ideal(100, 60) + 2.0
+
+
+def test_litellms_router_calendar_minutes_are_found_by_probing_not_waited_out_for_60_s(loop,
+                                                                                       tmp_path):
+    """LiteLLM's router: a deployment's rpm per calendar minute, OpenAI's limit and remaining
+    names without a reset, and 429s that say only `llm_provider-retry-after: 60`. Waiting the
+    full 60 s after every 429 loses up to a minute per window; one request every few seconds finds
+    the new minute, whose first answer opens its whole quota."""
+    loop.run_until_complete(asyncio.sleep(25.0))  # the run starts 25 s into a calendar minute
+    jobs = [chat_job(i) for i in range(150)]
+    outcome = run_jobs(loop, tmp_path, jobs, window("litellm-router", rpm=61, limiter="minute"))
+    # 60 pass per minute (the router refuses the 61st): 0-35 s, 35-95 s, the last 30 from 95 s
+    ideal = 95.0
+    assert outcome.seconds <= ideal + 6.0, outcome.seconds
+    [(_, limiter)] = outcome.limiters.items()
+    assert limiter.windowed and limiter.rpm == 61
+    assert outcome.sim.rate_limited <= 2 * (60 // 5 + 1)  # a probe every 5 s, per window end

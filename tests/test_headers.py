@@ -182,3 +182,9 @@ def test_gateway_garbage_is_ignored():
     info = RateLimitInfo.from_headers({"ratelimit-limit": "many", "ratelimit-remaining": "-4",
                                        "x-ratelimit-api_key-limit-requests": "lots"})
     assert info.empty
+
+
+def test_litellm_passes_retry_after_on_under_its_provider_prefix():
+    headers = CIMultiDictProxy(CIMultiDict({"llm_provider-retry-after": "60"}))
+    assert parse_retry_after(headers) == 60.0
+    assert parse_retry_after({"llm_provider-retry-after": "60", "retry-after": "2"}) == 2.0

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 RETRY_AFTER_MS = "retry-after-ms"
 RETRY_AFTER = "retry-after"
+LITELLM_PROVIDER_PREFIX = "llm_provider-"  # LiteLLM's proxy: `llm_provider-retry-after: 60`
 LIMIT_REQUESTS = "x-ratelimit-limit-requests"
 LIMIT_TOKENS = "x-ratelimit-limit-tokens"
 REMAINING_REQUESTS = "x-ratelimit-remaining-requests"
@@ -75,17 +76,21 @@ def parse_duration(s: str) -> float | None:
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds the server asks us to wait, or None when it says nothing usable.
 
-    `retry-after-ms` (milliseconds) wins over `retry-after` (seconds, or an HTTP date); a header
+    `retry-after-ms` (milliseconds) wins over `retry-after` (seconds, or an HTTP date); where
+    neither is sent, LiteLLM's `llm_provider-retry-after(-ms)` are read the same way. A header
     that is garbage, negative, inf or nan is ignored as if absent. An HTTP date is measured from
     `now` (epoch seconds, default `time.time()`); a date already past means "retry now" (0.0).
     No cap is applied here: capping is retry policy (`runner.outcome.MAX_SERVER_DELAY_S`).
     """
-    raw_ms = _get(headers, RETRY_AFTER_MS)
+    for prefix in ("", LITELLM_PROVIDER_PREFIX):
+        if _get(headers, prefix + RETRY_AFTER_MS) or _get(headers, prefix + RETRY_AFTER):
+            break  # LiteLLM's proxy passes the delay on under its own prefix
+    raw_ms = _get(headers, prefix + RETRY_AFTER_MS)
     if raw_ms is not None:
         ms = _parse_seconds(raw_ms)
         if ms is not None:
             return ms / 1000.0
-    raw = _get(headers, RETRY_AFTER)
+    raw = _get(headers, prefix + RETRY_AFTER)
     if raw is None:
         return None
     seconds = _parse_seconds(raw)

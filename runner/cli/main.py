@@ -327,10 +327,12 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
               help="--ignore-n: one choice whatever n asks.")
 @click.option("--budget-scope", type=click.Choice(["model", "key"]), default="model",
               show_default=True, help="One RPM/TPM budget per model, or per API key across models.")
-@click.option("--limiter", type=click.Choice(["bucket", "window"]), default="bucket",
+@click.option("--limiter", type=click.Choice(["bucket", "window", "minute"]), default="bucket",
               show_default=True,
-              help="Refilling buckets (OpenAI), or fixed 60 s windows with retry-after 60 (gateways).")
-@click.option("--header-style", type=click.Choice(["openai", "litellm", "ietf", "none"]),
+              help="Refilling buckets (OpenAI), fixed 60 s windows from a window's first request "
+                   "with retry-after 60 (gateways), or calendar minutes (LiteLLM's router).")
+@click.option("--header-style", type=click.Choice(["openai", "litellm", "litellm-router", "ietf",
+                                                   "none"]),
               default="openai", show_default=True, help="Which rate-limit headers to send.")
 @click.option("--serial", is_flag=True,
               help="One request at a time, each taking --latency-ms; abandoned ones still worked on.")

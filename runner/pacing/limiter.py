@@ -97,6 +97,11 @@ buckets give ``reset × rate == limit - remaining`` to the millisecond; a window
 quota at once, so after one request of a fresh 60 s window ``reset`` is about 60 s where a bucket
 would say one request's worth. The margin absorbs headers rounded to whole seconds."""
 
+WINDOW_PROBE_S = 5.0
+"""After a window-length 429, when the window's end is not known (no reset header, no window start
+seen), one request goes every this many seconds to find it: the first answered one opens the new
+window's whole quota at once (a calendar-minute window ends at most this long before we notice)."""
+
 WINDOW_429_MIN_S = 10.0
 """A 429 asking for at least this long, with no limit known, is taken for a fixed window's end
 (gateways such as LiteLLM say ``retry-after: 60``, the window's length): the limit is inferred as
@@ -213,6 +218,9 @@ class RateLimiter:
         self._trusted: set[Kind] = set()
         self._window: set[Kind] = set()
         self._held_most: dict[Kind, int] = {}
+        self._window_start: dict[Kind, float] = {}  # admission time of a window's first request
+        self._window_s: dict[Kind, float] = {}  # a window's length, where known
+        self._announces_remaining: dict[Kind, bool] = {}  # the server's answers say what is left
         for kind, value, name in (("requests", rpm, "rpm"), ("tokens", tpm, "tpm")):
             if value is not None:
                 self._set_limit(kind, check_positive(value, name), "user")
@@ -476,6 +484,7 @@ class RateLimiter:
             if estimate is not None and (known is None or estimate > known.per_minute):
                 self._set_limit(kind, estimate, "user" if source == "user" else "inferred")
         if remaining is not None:
+            self._announces_remaining[kind] = True
             now_known = self._state.read().limit(kind)
             if now_known is not None:
                 windowed = kind in self._window
@@ -484,8 +493,41 @@ class RateLimiter:
                     self._state.set_level(kind, level)
                 else:
                     self._state.lower(kind, level)
-                if windowed and reset is not None and level < REQUEST:
-                    self._state.hold(self._clock() + reset)  # spent: nothing until it comes back
+                if windowed:
+                    self._note_window(kind, info, remaining, permit)
+                    if level < REQUEST:  # spent: nothing until it comes back
+                        end = self._window_end(kind, reset)
+                        if end is not None:
+                            self._state.hold(end)
+
+    def _note_window(self, kind: Kind, info: RateLimitInfo, remaining: int,
+                     permit: Permit | None) -> None:
+        """A fresh window (``remaining`` all but this request's) began at `permit`'s admission at
+        the latest: remember when, to know when it ends."""
+        if info.window_s is not None:
+            self._window_s[kind] = info.window_s
+        if permit is None:
+            return
+        spent = REQUEST if kind == "requests" else permit.charged
+        if remaining + spent < self._held_most.get(kind, 0):
+            return
+        start = self._window_start.get(kind)
+        length = self._window_s.get(kind, MINUTE_S)
+        if start is None or permit.at >= start + length:
+            self._window_start[kind] = permit.at
+
+    def _window_end(self, kind: Kind, reset: float | None) -> float | None:
+        """When `kind`'s window ends: the server's `reset`, else its start plus its length while
+        that is still ahead; None when unknown."""
+        now = self._clock()
+        if reset is not None and math.isfinite(reset):
+            return now + reset
+        start = self._window_start.get(kind)
+        if start is not None:
+            end = start + self._window_s.get(kind, MINUTE_S)
+            if end > now:
+                return end
+        return None
 
     def _since(self, kind: Kind, limit: Limit, permit: Permit | None, *,
                refills: bool = True) -> float:
@@ -561,7 +603,11 @@ class RateLimiter:
         now = self._clock()
         snapshot = self._state.read()
         limit = snapshot.requests
-        if (retry_after >= WINDOW_429_MIN_S and not announced and snapshot.tokens is None
+        if (retry_after >= WINDOW_429_MIN_S and not announced and limit is not None
+                and limit.source == "server"):
+            self._window_learned(retry_after)  # its number is the server's; its shape is a window
+            self._last_429 = now
+        elif (retry_after >= WINDOW_429_MIN_S and not announced and snapshot.tokens is None
                 and (limit is None or limit.source in ("probed", "user"))):
             self._infer_window(now, retry_after, keep=limit is not None and limit.source == "user")
         elif limit is not None and limit.source == "probed":
@@ -578,6 +624,12 @@ class RateLimiter:
             self._probed_at = now
         self._last_429 = now
 
+    def _window_learned(self, length: float) -> None:
+        """A window-length 429: the requests budget is a window of `length` seconds."""
+        self._trusted.add("requests")
+        self._window.add("requests")
+        self._window_s.setdefault("requests", length)
+
     def _infer_window(self, now: float, retry_after: float, *, keep: bool) -> None:
         """A window-length 429 with no limit announced: the server allows what it answered since
         the last such 429 per `retry_after` seconds, all at once (see `WINDOW_429_MIN_S`). With
@@ -585,8 +637,7 @@ class RateLimiter:
         if now >= self._episode_end:
             admitted = self._window_answers
             if admitted >= 1:
-                self._trusted.add("requests")
-                self._window.add("requests")
+                self._window_learned(retry_after)
                 self._held_most["requests"] = admitted
                 limit = self._state.read().requests
                 per_minute = (limit.per_minute if keep and limit is not None
@@ -650,8 +701,18 @@ class RateLimiter:
             if limit is None:
                 continue
             if kind in self._window:  # all of a window's quota comes back when it ends
-                self._state.hold(self._clock() + retry_after)
-                self._state.set_level(kind, limit.capacity)
+                reset = getattr(info, f"reset_{kind}") if info is not None else None
+                end = self._window_end(kind, reset)
+                if end is None and self._announces_remaining.get(kind):
+                    # Its end unknown, but the answers say what is left: one request at a time
+                    # finds the new window, whose first answer opens its whole quota.
+                    wait = min(retry_after, WINDOW_PROBE_S)
+                    self._state.hold(self._clock() + wait)
+                    self._state.set_level(kind, REQUEST - limit.rate * wait)  # one when it ends
+                else:
+                    self._state.hold(self._clock() + retry_after if end is None
+                                     else min(end, self._clock() + retry_after))
+                    self._state.set_level(kind, limit.capacity)
             else:
                 self._state.lower(kind, min(need, limit.capacity) - limit.rate * retry_after)
             debted = True

@@ -89,8 +89,8 @@ KNOWN_FAULTS = frozenset({"500", "503", "hang", "reset", "truncated", "missing_c
 # The opt-in behaviours of other servers (SimConfig fields), each value's first entry the default
 LIST_PROMPT_MODES = ("ok", "ignore", "error")
 BUDGET_SCOPES = ("model", "key")
-HEADER_STYLES = ("openai", "litellm", "ietf", "none")
-LIMITERS = ("bucket", "window")
+HEADER_STYLES = ("openai", "litellm", "litellm-router", "ietf", "none")
+LIMITERS = ("bucket", "window", "minute")
 
 CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
 OPENAI, AZURE, AZURE_V1 = "openai", "azure", "azure_v1"
@@ -277,7 +277,8 @@ class SimConfig:
     limiter: "bucket" is OpenAI's continuously refilling buckets (above); "window" a gateway's fixed
     windows (`WindowBudget`): up to `rpm` requests and `tpm` tokens per 60 s from the window's first
     request, all at once, then 429 with `retry-after: 60` and LiteLLM's body until the window ends
-    (`burst_s` unused).
+    (`burst_s` unused); "minute" the same per calendar minute (multiples of 60 s on the clock), as
+    LiteLLM's router counts a deployment's rpm.
     serial: True plays a local model server with one slot: admitted requests queue and are worked
     on one after another in arrival order, each taking `latency_ms`; a request whose client has
     gone (timed out) is still worked on before the next (`SimStats.abandoned`).
@@ -285,7 +286,10 @@ class SimConfig:
     long a `url` answer can be downloaded, and the chance a download fails (`routes`, `images`).
     header_style: the rate-limit headers on every answer (see `rate_limit_headers`). "openai":
     OpenAI's six `x-ratelimit-*` (Azure URLs: its two remaining-*); "litellm": LiteLLM proxy's
-    `x-ratelimit-{model_per_key|api_key}-{remaining|limit}-{requests|tokens}`, no reset; "ietf":
+    `x-ratelimit-{model_per_key|api_key}-{remaining|limit}-{requests|tokens}`, no reset;
+    "litellm-router": its router's, for a deployment's limits: OpenAI's limit and remaining names, no
+    reset, and 429s with no rate-limit header and only `llm_provider-retry-after: 60`; its windows
+    refuse their rpm-th request (`rpm - 1` pass, as LiteLLM 1.80's router does); "ietf":
     the IETF draft's `RateLimit-Limit/-Remaining/-Reset/-Policy`; "none": no rate-limit headers.
     """
 
@@ -529,10 +533,11 @@ class WindowBudget:
     """
 
     __slots__ = ("rpm", "tpm", "window_s", "requests_used", "tokens_used", "windows", "_start",
-                 "_clock")
+                 "_clock", "aligned", "refuse_last")
 
     def __init__(self, rpm: int | None, tpm: int | None, window_s: float = RATE_WINDOW_S, *,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], aligned: bool = False,
+                 refuse_last: bool = False) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be > 0")
         self.rpm = rpm
@@ -543,9 +548,15 @@ class WindowBudget:
         self.windows = 0  # windows opened so far; the current one's number
         self._start: float | None = None
         self._clock = clock
+        self.aligned = aligned  # calendar windows (multiples of window_s on the clock), as
+        # LiteLLM's router counts a deployment's rpm per wall-clock minute
+        self.refuse_last = refuse_last  # ... and refuses its rpm-th request: rpm - 1 pass
 
     def _roll(self) -> float:
         now = self._clock()
+        if self.aligned and self._start is not None and now >= self._start + self.window_s:
+            self._start = None
+            self.requests_used = self.tokens_used = 0
         if self._start is not None and now - self._start >= self.window_s:
             self._start = None
             self.requests_used = self.tokens_used = 0
@@ -554,12 +565,12 @@ class WindowBudget:
     def admit(self, charge: int) -> Admission:
         """Count one request and `charge` tokens in the current window if both fit, else refuse."""
         now = self._roll()
-        if self.rpm is not None and self.requests_used + 1 > self.rpm:
+        if self.rpm is not None and self.requests_used + 1 > self.rpm - self.refuse_last:
             return Admission(False, "requests", float(self.window_s))
         if self.tpm is not None and self.tokens_used and self.tokens_used + charge > self.tpm:
             return Admission(False, "tokens", float(self.window_s))
         if self._start is None:
-            self._start = now
+            self._start = math.floor(now / self.window_s) * self.window_s if self.aligned else now
             self.windows += 1
         self.requests_used += 1
         self.tokens_used += charge
@@ -608,7 +619,10 @@ def rate_limit_headers(style: str, shape: str, states: Sequence[LimitState], *,
                 "RateLimit-Reset": str(math.ceil(state.reset_s - 1e-9)),
                 "RateLimit-Policy": f"{state.limit};w={RATE_WINDOW_S}"}
     for state in states:
-        if style == "litellm":
+        if style == "litellm-router":  # a deployment's limits: OpenAI's names, no reset
+            out[f"x-ratelimit-remaining-{state.name}"] = str(max(0, state.remaining))
+            out[f"x-ratelimit-limit-{state.name}"] = str(state.limit)
+        elif style == "litellm":
             prefix = f"x-ratelimit-{LITELLM_DESCRIPTOR[scope]}"
             out[f"{prefix}-remaining-{state.name}"] = str(state.remaining)
             out[f"{prefix}-limit-{state.name}"] = str(state.limit)
@@ -864,6 +878,17 @@ def _window_limited(verdict: Admission, states: Sequence[LimitState], descriptor
         "type": "None", "param": "None", "code": "429"}}, headers)
 
 
+def _router_limited(model: str, budget: ModelBudget | WindowBudget) -> ApiError:
+    """LiteLLM proxy's 429 when its router has no deployment under its rpm/tpm
+    (usage-based-routing-v2): no rate-limit header, the delay only as `llm_provider-retry-after`,
+    always 60 (as a real proxy answered it, litellm 1.80)."""
+    return ApiError(429, {"error": {
+        "message": f"litellm.RateLimitError: No deployments available for selected model. Passed "
+                   f"model={model}. Deployments={{'{_sha(model)}': {{'current_rpm': "
+                   f"{getattr(budget, 'requests_used', 0)}, 'rpm_limit': {budget.rpm}}}}}",
+        "type": "None", "param": "None", "code": "429"}}, {"llm_provider-retry-after": "60"})
+
+
 _QUOTA_ERROR = openai_error(
     "You exceeded your current quota, please check your plan and billing details. For more "
     "information on this error, read the docs: "
@@ -994,8 +1019,10 @@ class Simulator:
         if name not in self._budgets:
             config = self.config
             self._budgets[name] = (
-                WindowBudget(config.rpm, config.tpm, clock=self._clock)
-                if config.limiter == "window" else
+                WindowBudget(config.rpm, config.tpm, clock=self._clock,
+                             aligned=config.limiter == "minute",
+                             refuse_last=config.header_style == "litellm-router")
+                if config.limiter in ("window", "minute") else
                 ModelBudget(config.rpm, config.tpm, config.burst_s, clock=self._clock))
         return self._budgets[name]
 
@@ -1087,6 +1114,8 @@ class Simulator:
         states = budget.states() if isinstance(budget, WindowBudget) else bucket_states(budget)
         headers = rate_limit_headers(config.header_style, shape, states, scope=config.budget_scope)
         if not verdict.admitted:
+            if config.header_style == "litellm-router":
+                raise _router_limited(req.model, budget)
             if isinstance(budget, WindowBudget):
                 hashed = _sha(key)  # LiteLLM names a key by its sha256
                 value = hashed if config.budget_scope == "key" else f"{hashed}:{req.model}"
