@@ -17,6 +17,7 @@ Targets (each its own server process on a free loopback port, fresh for every ru
     sim window          fixed 60 s windows from a window's first request (RPM 60), retry-after 60
     sim gateway window  ... with LiteLLM's headers (no reset), as LiteLLM's proxy limits a key
     sim window no headers ... and no rate-limit headers at all: only the 429s teach
+    sim router minute   calendar minutes, rpm - 1 pass, LiteLLM's router headers (as litellm below)
     sim serial          one request at a time, 50 ms each, no rate limit (--serial)
     llmock              per-key buckets holding a whole minute (RPM 150); no /v1/completions
     litellm             calendar-minute windows per model deployment (rpm 61, usage-based-routing-v2)
@@ -115,6 +116,9 @@ TARGETS = (
            told=("--rpm", "60", "--burst", "60")),
     Target("sim window no headers", "sim", rpm=60, limiter="window",
            sim_flags=("--limiter", "window", "--header-style", "none"),
+           told=("--rpm", "60", "--burst", "60")),
+    Target("sim router minute", "sim", rpm=61, limiter="minute",
+           sim_flags=("--limiter", "minute", "--header-style", "litellm-router"),
            told=("--rpm", "60", "--burst", "60")),
     Target("sim serial", "sim", limiter="serial", latency_ms=50.0, sim_flags=("--serial",),
            told=("--concurrency", "1")),

@@ -47,7 +47,8 @@ def run_jobs(loop, tmp_path: Path, jobs: list[dict], sim_config: SimConfig, *,
     source.write_bytes(b"".join(orjson.dumps(job) + b"\n" for job in jobs))
 
     async def main() -> Outcome:
-        simulator = Simulator(sim_config, clock=loop.time, sleep=asyncio.sleep)
+        simulator = Simulator(sim_config, clock=loop.time, sleep=asyncio.sleep,
+                              wall_clock=loop.time)  # calendar minutes on virtual time
         base_url = await simulator.start()
         limiters = Limiters(rpm=rpm, tpm=None, burst_s=burst_s, scope=scope)
         try:

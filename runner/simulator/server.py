@@ -536,7 +536,7 @@ class WindowBudget:
                  "_clock", "aligned", "refuse_last")
 
     def __init__(self, rpm: int | None, tpm: int | None, window_s: float = RATE_WINDOW_S, *,
-                 clock: Callable[[], float], aligned: bool = False,
+                 clock: Callable[[], float], aligned: Callable[[], float] | None = None,
                  refuse_last: bool = False) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be > 0")
@@ -548,15 +548,12 @@ class WindowBudget:
         self.windows = 0  # windows opened so far; the current one's number
         self._start: float | None = None
         self._clock = clock
-        self.aligned = aligned  # calendar windows (multiples of window_s on the clock), as
+        self.aligned = aligned  # calendar windows: multiples of window_s on this (wall) clock, as
         # LiteLLM's router counts a deployment's rpm per wall-clock minute
         self.refuse_last = refuse_last  # ... and refuses its rpm-th request: rpm - 1 pass
 
     def _roll(self) -> float:
         now = self._clock()
-        if self.aligned and self._start is not None and now >= self._start + self.window_s:
-            self._start = None
-            self.requests_used = self.tokens_used = 0
         if self._start is not None and now - self._start >= self.window_s:
             self._start = None
             self.requests_used = self.tokens_used = 0
@@ -570,7 +567,7 @@ class WindowBudget:
         if self.tpm is not None and self.tokens_used and self.tokens_used + charge > self.tpm:
             return Admission(False, "tokens", float(self.window_s))
         if self._start is None:
-            self._start = math.floor(now / self.window_s) * self.window_s if self.aligned else now
+            self._start = now if self.aligned is None else now - self.aligned() % self.window_s
             self.windows += 1
         self.requests_used += 1
         self.tokens_used += charge
@@ -1020,7 +1017,7 @@ class Simulator:
             config = self.config
             self._budgets[name] = (
                 WindowBudget(config.rpm, config.tpm, clock=self._clock,
-                             aligned=config.limiter == "minute",
+                             aligned=self._wall_clock if config.limiter == "minute" else None,
                              refuse_last=config.header_style == "litellm-router")
                 if config.limiter in ("window", "minute") else
                 ModelBudget(config.rpm, config.tpm, config.burst_s, clock=self._clock))
