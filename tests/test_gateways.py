@@ -211,3 +211,12 @@ def test_litellms_router_calendar_minutes_are_found_by_probing_not_waited_out_fo
     [(_, limiter)] = outcome.limiters.items()
     assert limiter.windowed and limiter.rpm == 61
     assert outcome.sim.rate_limited <= 2 * (60 // 5 + 1)  # a probe every 5 s, per window end
+
+
+def test_litellms_router_windows_of_two_models_are_not_taken_for_one_budget(loop, tmp_path):
+    """No reset header: a window cannot be told from a bucket by its numbers, so its remaining
+    (which does not refill) must not read as spent by the other model."""
+    jobs = two_models(100)
+    outcome = run_jobs(loop, tmp_path, jobs, window("litellm-router", rpm=61, limiter="minute"))
+    assert outcome.stats.budget_shared == []
+    assert len({id(limiter) for _, limiter in outcome.limiters.items()}) == 2

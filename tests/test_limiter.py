@@ -404,7 +404,8 @@ def test_a_higher_remaining_header_never_raises_our_level():
 def test_the_server_limit_replaces_a_too_high_user_guess():
     async def main():
         limiter = RateLimiter(rpm=6000, tpm=None, burst_s=1.0)  # the user guessed 100/s
-        limiter.observe(None, Info(limit_requests=60, remaining_requests=59))  # the server says 1/s
+        limiter.observe(None, Info(limit_requests=60, remaining_requests=59,
+                                   reset_requests=1.0))  # the server says 1/s
         log: list = []
         await asyncio.gather(*(admit(limiter, log, str(i)) for i in range(4)))
         return limiter.rpm, times(log)
@@ -467,8 +468,8 @@ def test_cautious_start_admits_one_probe_then_paces_by_the_learned_limits():
         tasks = [asyncio.ensure_future(admit(limiter, log, str(i), 10)) for i in range(4)]
         await asyncio.sleep(3.0)  # the probe's answer takes 3 s
         assert log == [("0", 0.0)]
-        limiter.observe(None, Info(limit_requests=60, remaining_requests=59,
-                             limit_tokens=60_000, remaining_tokens=59_990))
+        limiter.observe(None, Info(limit_requests=60, remaining_requests=59, reset_requests=1.0,
+                             limit_tokens=60_000, remaining_tokens=59_990, reset_tokens=0.01))
         await asyncio.gather(*tasks)
         return limiter.rpm, limiter.tpm, times(log)
 
@@ -782,8 +783,10 @@ def test_admissions_never_exceed_burst_plus_rate_in_any_window_under_random_load
         for _ in range(40):  # cancellations and header noise while the queue is busy
             await asyncio.sleep(rng.uniform(0, 1.0))
             rng.choice(tasks).cancel()
+            remaining = rng.randint(0, 30_000)  # OpenAI's: a reset that fits its bucket
             limiter.observe(None, Info(limit_requests=rpm, limit_tokens=tpm,
-                                 remaining_tokens=rng.randint(0, 30_000)))
+                                       remaining_tokens=remaining,
+                                       reset_tokens=(tpm - remaining) / (tpm / 60)))
         await asyncio.gather(*tasks, return_exceptions=True)
         return admitted, sum(1 for t in tasks if t.cancelled())
 
@@ -958,3 +961,17 @@ def test_a_burst_answered_out_of_order_is_not_read_as_spending():
         return limiter.requests_bucket.level()
 
     assert run_virtual(main()) == pytest.approx(30.0, abs=0.5)
+
+
+def test_a_limit_and_remaining_without_reset_are_a_gateways_and_trusted():
+    """OpenAI sends limit, remaining and reset; Azure no limit. LiteLLM's router sends OpenAI's
+    limit and remaining names without a reset: its count is trusted, as a gateway's."""
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        limiter.observe(await limiter.acquire(0),
+                        RateLimitInfo(limit_requests=61, remaining_requests=59, style="openai"))
+        return limiter
+
+    limiter = run_virtual(main())
+    assert limiter.trusts_server
+    assert limiter.requests_bucket.capacity == pytest.approx(60.0)

@@ -298,11 +298,12 @@ class RateLimiter:
         """How many more requests the server says are spent of this budget than we sent to it:
         its ``remaining`` (aged to now as in `observe`) against a bucket of its announced
         per-minute limit that only our admissions spend (0 on the first call, which starts that
-        bucket, and for a window)."""
+        bucket, for a window, and without a reset header, which alone tells a bucket from a
+        window)."""
         limit, remaining = info.limit_requests, info.remaining_requests
-        if (limit is None or remaining is None or info.window_s not in (None, MINUTE_S)
-                or "requests" in self._window):
-            return 0.0  # a window does not refill as the bucket below does
+        if (limit is None or remaining is None or info.reset_requests is None
+                or info.window_s not in (None, MINUTE_S) or "requests" in self._window):
+            return 0.0  # only a bucket shown by its reset refills as the bucket below does
         rate = limit / MINUTE_S
         server_now = remaining + self._since("requests", Limit(limit, "server", 1.0), permit)
         if self._alone is None or self._alone.rate != rate:
@@ -447,8 +448,11 @@ class RateLimiter:
                reset: float | None) -> None:
         """Decide from one answer whether `kind`'s budget is a window and whether the server's
         count is trusted beyond our steady bucket (decisions are kept for the run)."""
-        if info.style in ("litellm", "ietf"):
-            self._trusted.add(kind)  # a gateway's count: what it says it holds, it holds
+        if info.style in ("litellm", "ietf") or (remaining is not None and reset is None):
+            # A gateway's count: what it says it holds, it holds. (A limit and a remaining with no
+            # reset is a gateway's too: OpenAI sends all three, Azure no limit; LiteLLM's router
+            # sends OpenAI's names for a deployment's calendar-minute limits, without a reset.)
+            self._trusted.add(kind)
         window_s = info.window_s or MINUTE_S
         if (remaining is not None and reset is not None and math.isfinite(reset)
                 and reset * quota / window_s
@@ -667,8 +671,9 @@ class RateLimiter:
 
     def on_rate_limited(self, permit: Permit | None, retry_after: float | None,
                         info: RateLimitInfo | None) -> None:
-        """A 429: admit nothing before ``retry_after`` seconds from now (`FALLBACK_RETRY_AFTER_S`
-        when None or unusable), and no more than the buckets allow after that.
+        """A 429: admit nothing before ``retry_after`` seconds from now (when None or unusable:
+        `FALLBACK_RETRY_AFTER_S`, or `WINDOW_PROBE_S` for a gateway's budget), and no more than
+        the buckets allow after that.
 
         The bucket(s) to blame go into debt such that they refill to the head waiter's need
         exactly when ``retry_after`` elapses; repeated 429s for the same episode do not stack
@@ -686,7 +691,9 @@ class RateLimiter:
             self._update(info, permit)
         self._answered_now(permit)  # refused, not charged: not unseen by later answers either
         if retry_after is None or not (math.isfinite(retry_after) and retry_after >= 0):
-            retry_after = FALLBACK_RETRY_AFTER_S
+            # A gateway that counts windows may give no delay at all (LiteLLM's router for
+            # completions): ask it once per probe period, not once a second.
+            retry_after = WINDOW_PROBE_S if self._window or self._trusted else FALLBACK_RETRY_AFTER_S
         self._probe_in_flight = False
         if info is not None:  # a window's end, where the server says it: not a gateway's fixed 60 s
             resets = [reset for kind in self._window
