@@ -220,3 +220,14 @@ def test_litellms_router_windows_of_two_models_are_not_taken_for_one_budget(loop
     outcome = run_jobs(loop, tmp_path, jobs, window("litellm-router", rpm=61, limiter="minute"))
     assert outcome.stats.budget_shared == []
     assert len({id(limiter) for _, limiter in outcome.limiters.items()}) == 2
+
+
+def test_429s_at_a_windows_edge_are_not_taken_for_a_shared_budget(loop, tmp_path):
+    """Told a minute's burst, two models on LiteLLM's router straddle a calendar minute and meet
+    a handful of 429s each: those come from the window's edge, not from one budget for the key."""
+    loop.run_until_complete(asyncio.sleep(50.0))  # ten seconds before a minute ends
+    jobs = two_models(100)
+    outcome = run_jobs(loop, tmp_path, jobs, window("litellm-router", rpm=61, limiter="minute",
+                                                    latency_ms=2000), rpm=60, burst_s=60)
+    assert outcome.sim.rate_limited >= 5  # the edge was met
+    assert outcome.stats.budget_shared == []

@@ -286,9 +286,11 @@ class RateLimiter:
 
     @property
     def server_paced(self) -> bool:
-        """Whether the requests limit in force is the one the server announced."""
+        """Whether requests are paced at the limit the server announced, by our own bucket (not
+        by a gateway's count or a window's, whose edges draw 429s of their own)."""
         limit = self._state.read().requests
-        return limit is not None and limit.source == "server"
+        return (limit is not None and limit.source == "server"
+                and "requests" not in self._trusted and "requests" not in self._window)
 
     def now(self) -> float:
         """The limiter's clock."""

@@ -30,8 +30,9 @@ together then is the safe side.)"""
 SHARED_429S = 5  # see SHARED_429_SPAN_S
 SHARED_429_SPAN_S = 10.0
 """A model's budget is also taken for a shared one when it meets `SHARED_429S` 429s within this many
-seconds while paced at the limit its server announced, and the run's other models of that base URL
-are sending: a budget paced at its own limit meets 429s only when others spend it."""
+seconds while paced by our own bucket at the limit its server announced, and the run's other models
+of that base URL are sending: a budget paced at its own limit meets 429s only when others spend it.
+(Not for a gateway's count or a window: a window's edge draws 429s of its own.)"""
 
 
 class Limiters:
