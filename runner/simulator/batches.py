@@ -103,6 +103,7 @@ class BatchStats:
     ran: defaultdict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     succeeded: defaultdict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     lines_answered: int = 0
+    max_enqueued: Counter[str] = field(default_factory=Counter)  # most tokens enqueued per model
 
 
 def _error(status: int, message: str, code: str | None = None,
@@ -385,6 +386,8 @@ class BatchService:
         if batch["status"] == "cancelling":
             return self._cancelled(batch, lines, [], [])
         self._tokens[batch["id"]], self._models[batch["id"]] = tokens, model
+        held = sum(t for b, t in self._tokens.items() if self._models.get(b) == model)
+        self.stats.max_enqueued[model] = max(self.stats.max_enqueued[model], held)
         batch["status"], batch["in_progress_at"] = "in_progress", self._now()
         counts = batch["request_counts"]
         counts["total"] = len(lines)
