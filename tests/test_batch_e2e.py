@@ -349,3 +349,17 @@ def test_the_key_is_never_in_the_state_file_the_log_or_the_output(loop, tmp_path
     for path in (out, state_path(out)):
         assert KEY.encode() not in path.read_bytes()
     assert not any(KEY in m for m in logs)
+
+
+def test_killed_between_upload_and_its_record_the_rerun_reuses_the_file(loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 20, kinds=("chat",))
+    sim = sim_factory()
+    killed = _killing_send(sim, loop, tmp_path,
+                           lambda n, req, resp: req.method == "POST" and req.url.endswith("/files"))
+    assert killed is None and sim.batches.stats.uploaded == 1
+    assert run(loop, sim, tmp_path, max_requests=15).exit_code() == EXIT_OK
+    # the second file was uploaded fresh; the first one was found and used, not uploaded again
+    assert sim.batches.stats.uploaded == sim.batches.stats.created == 2
+    assert sim.batches.stats.deleted == 2 and not sim.batches.files.keys() - {
+        b[k] for b in sim.batches.batches.values() for k in ("output_file_id", "error_file_id")}
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))

@@ -4,6 +4,7 @@
     create(file_id, url, metadata)       POST {base}/batches
     get(batch_id), cancel(batch_id)      GET {base}/batches/{id}, POST .../cancel
     batches(after) -> one page           GET {base}/batches?limit=100&after=ID
+    files() -> batch input files         GET {base}/files?purpose=batch
     content(file_id) -> bytes            GET {base}/files/{id}/content
     delete_file(file_id)                 DELETE {base}/files/{id}
 
@@ -114,6 +115,10 @@ class BatchClient:
         if after:
             query["after"] = after
         return await self._json("GET", "/batches", query=query)
+
+    async def files(self) -> dict[str, Any]:
+        """Uploaded batch input files (`data`: file objects with `filename` and `bytes`)."""
+        return await self._json("GET", "/files", query={"purpose": "batch"})
 
     async def content(self, file_id: str) -> bytes:
         response = await self._call("GET", f"/files/{quote(file_id, safe='')}/content")

@@ -206,6 +206,7 @@ class _Engine:
         self.dirty = True  # something changed since the input was last read: plan again
         self.last_status = -1e18
         self.fresh: set[str] = set()  # chunks uploaded by this process, never sent to create yet
+        self.planned_here: set[str] = set()  # chunks planned by this process
 
     # -- the loop --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -275,16 +276,32 @@ class _Engine:
                  f"elapsed {now - self.stats.started:,.0f} s")
 
     # -- calling the provider --------------------------------------------------------------------
+    async def unless_stopped(self, coro: Any) -> Any:
+        """`await coro`, abandoned (cancelled) when a stop comes first: every call is safe to cut
+        short (an upload or create that may have happened is found again by the next run)."""
+        if self.stop.is_set():
+            coro.close()
+            raise _Stopped
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise _Stopped
+        return task.result()
+
     async def call(self, what: str, fn: Callable[[], Any]) -> Any:
         """One Files/Batches call, retried until it answers: 429, 5xx and no answer back off
         (the server's delay when it gives one); 401/403/quota stop the run (resumable); any other
         refusal is raised as the `APIError` for the caller to judge."""
         attempt = 0
         while True:
-            if self.stop.is_set():
-                raise _Stopped
             try:
-                return await fn()
+                return await self.unless_stopped(fn())
             except (RunnerError, OSError, asyncio.TimeoutError) as exc:
                 verdict = classify(None, {}, None, exc=exc)
                 if verdict.action is Action.STOP_RUN:
@@ -345,7 +362,13 @@ class _Engine:
                                    note="its local input file is gone")
             return
         name = f"runner-{self.state.run_id}-{chunk.chunk}.jsonl"
-        file = await self.call(f"upload {chunk.chunk}", lambda: self.client.upload(name, data))
+        file = None
+        if chunk.chunk not in self.planned_here:  # an earlier run may have uploaded it unrecorded
+            listing = await self.call("list files", self.client.files)
+            file = next((f for f in listing.get("data") or () if isinstance(f, dict)
+                         and f.get("filename") == name and f.get("bytes") == len(data)), None)
+        if file is None:
+            file = await self.call(f"upload {chunk.chunk}", lambda: self.client.upload(name, data))
         self.state.record({"event": "uploaded", "chunk": chunk.chunk, "file_id": file["id"]})
         self.fresh.add(chunk.chunk)
 
@@ -363,7 +386,7 @@ class _Engine:
             if found is not None:
                 break
             try:
-                found = await self.client.create(chunk.file_id, chunk.url, metadata)
+                found = await self.unless_stopped(self.client.create(chunk.file_id, chunk.url, metadata))
             except (RunnerError, OSError, asyncio.TimeoutError) as exc:
                 verdict = classify(None, {}, None, exc=exc)
                 if verdict.action is Action.STOP_RUN:
@@ -676,6 +699,7 @@ class _Engine:
             chunk = Chunk(self.state.next_chunk_id(), draft.url, draft.model, draft.tokens,
                           [(line_id, tuple(j.custom_id for j in r.jobs)) for line_id, r in draft.lines])
             self.state.plan(chunk, b"".join(draft.data))
+            self.planned_here.add(chunk.chunk)
             chunk = self.state.chunks[chunk.chunk]
             await self.upload(chunk)
             if not chunk.closed:
