@@ -151,3 +151,21 @@ def test_status_lists_the_batches_of_an_output_and_exits_4_while_one_is_open(tmp
     result = CliRunner().invoke(main, ["status", str(tmp_path / "in.jsonl"), "-o", str(out)])
     assert result.exit_code == 4, result.output
     assert "batch_abc" in result.output and "in_progress" in result.output
+
+
+def test_a_live_run_is_refused_while_batches_of_its_output_are_open(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from runner.cli.main import main
+    from tests.test_e2e import write_jobs
+    write_jobs(tmp_path / "in.jsonl", 3, kinds=("chat",))
+    out = tmp_path / "out.jsonl"
+    state = BatchState(out)
+    state.open("0123456789abcdef")
+    state.plan(Chunk("c00001", "/v1/chat/completions", "gpt-4o-mini", 30,
+                     [("job 0/ü", ("job 0/ü",))]), b"{}\n")
+    state.close()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "in.jsonl"), "-o", str(out),
+                                       "--base-url", "http://127.0.0.1:9/v1", "--no-progress"])
+    assert result.exit_code == 2 and "open at the provider" in result.output
+    assert not out.exists()

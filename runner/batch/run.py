@@ -207,6 +207,7 @@ class _Engine:
         self.last_status = -1e18
         self.fresh: set[str] = set()  # chunks uploaded by this process, never sent to create yet
         self.planned_here: set[str] = set()  # chunks planned by this process
+        self.succeeded_here: set[str] = set()  # jobs whose success line this run wrote
 
     # -- the loop --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -222,12 +223,9 @@ class _Engine:
                 elif self.dirty or changed:
                     self.dirty = False
                     await self.plan()
-                open_chunks = self.state.open_chunks()
+                if not self.state.open_chunks() or not self.config.wait:
+                    break
                 self.report()
-                if not open_chunks:
-                    break
-                if not self.config.wait:
-                    break
                 polls = 0 if changed else polls + 1
                 await self.pause(self.poll_delay(polls))
         except _Stopped:
@@ -404,8 +402,11 @@ class _Engine:
                 continue
             self.stats.batches_created += 1
             self.stats.batch_lines += len(chunk.lines)
+            self.stats.requests += len(chunk.lines)
+            self.stats.model_requests[chunk.model] += len(chunk.lines)
             break
         self.state.record({"event": "created", "chunk": chunk.chunk, "batch_id": found["id"]})
+        self.note(chunk, found)
 
     async def find(self, chunk: Chunk) -> dict[str, Any] | None:
         """A batch of this run and chunk at the provider (listing every page), or None."""
@@ -551,6 +552,7 @@ class _Engine:
             for i, (job, own) in enumerate(zip(request.jobs, answers)):
                 rid = record_id if len(ids) == 1 else f"{record_id}-{i}"
                 self.sink(success_record(job.custom_id, own, record_id=rid, request_id=request_id))
+                self.succeeded_here.add(job.custom_id)
                 self.stats.add_usage(chunk.model, own.get("usage"))
             self.stats.succeeded += len(ids)
         elif step is Step.FAIL:
@@ -633,7 +635,7 @@ class _Engine:
             if cid in busy:
                 continue
             if cid in seen.done:
-                if first:
+                if first and cid not in self.succeeded_here:
                     stats.already_done += 1
                 continue
             if cid in seen.permanent and cid not in self.retry_ids:

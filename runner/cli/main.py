@@ -158,6 +158,10 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
     prices = _load_prices(prices_file)
     endpoint = _endpoint(base_url, api_key_env, azure_endpoint, api_version, deployments,
                          azure_ad_token_env)
+    if via == "live" and open_batches(output):
+        _usage_error(f"{output} has {open_batches(output)} batch(es) open at the provider "
+                     f"({output}.batches): carry on with --via batch, or `runner cancel` them "
+                     "first; a job must not run both ways")
     if via == "batch":
         batch = BatchRunConfig(
             input=input_path, output=output, endpoint=endpoint, wait=wait, poll_every=poll_every,
