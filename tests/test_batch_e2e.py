@@ -363,3 +363,57 @@ def test_killed_between_upload_and_its_record_the_rerun_reuses_the_file(loop, tm
     assert sim.batches.stats.deleted == 2 and not sim.batches.files.keys() - {
         b[k] for b in sim.batches.batches.values() for k in ("output_file_id", "error_file_id")}
     assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+
+
+def test_a_run_at_another_base_url_is_refused_while_batches_sent_elsewhere_are_open(
+        loop, tmp_path, sim_factory):
+    from runner.files.checkpoint import CheckpointError
+    write_jobs(tmp_path / "in.jsonl", 10, kinds=("chat",))
+    sim = sim_factory(batch=BatchConfig(lines_per_s=1))
+    assert run(loop, sim, tmp_path, wait=False).exit_code() == EXIT_IN_PROGRESS
+    with pytest.raises(CheckpointError, match="open at"):
+        run(loop, sim, tmp_path, endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", api_key=KEY))
+    assert sim.batches.stats.created == 1
+
+
+def test_a_batch_the_provider_no_longer_knows_puts_its_jobs_back(loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 10, kinds=("chat",))
+    sim = sim_factory(batch=BatchConfig(lines_per_s=1))
+    assert run(loop, sim, tmp_path, wait=False).exit_code() == EXIT_IN_PROGRESS
+    sim.batches.batches.clear()  # gone (deleted by an operator, or a provider's clean-up)
+    logs = []
+    assert run(loop, sim, tmp_path, log=logs.append).exit_code() == EXIT_OK
+    assert any("not known to the provider" in m for m in logs)
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+
+
+def test_a_rejected_key_stops_the_run_with_exit_3_before_anything_runs(loop, tmp_path, sim_factory):
+    write_jobs(tmp_path / "in.jsonl", 10, kinds=("chat",))
+    sim = sim_factory(SimConfig(api_key="sk-the-right-one"))
+    stats = run(loop, sim, tmp_path)
+    assert stats.exit_code() == EXIT_STOPPED and "invalid_api_key" in stats.stop_reason
+    assert sim.batches.stats.created == 0
+
+
+def test_bad_input_lines_are_reported_by_file_and_line_and_the_rest_runs(loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 10, kinds=("chat",))
+    with open(tmp_path / "in.jsonl", "ab") as f:
+        f.write(b'{"custom_id": "broken", "url": "/v1/chat/completions"\n')
+        f.write(orjson.dumps({**jobs[0], "custom_id": jobs[0]["custom_id"]}) + b"\n")
+    sim = sim_factory()
+    logs = []
+    stats = run(loop, sim, tmp_path, log=logs.append)
+    assert stats.exit_code() == EXIT_SOME_FAILED and stats.bad_lines == 1 and stats.duplicates == 1
+    assert f"{tmp_path / 'in.jsonl'}:11: malformed or truncated JSON" in "\n".join(logs)
+    assert f"{tmp_path / 'in.jsonl'}:12: duplicate custom_id" in "\n".join(logs)
+    records = read_results(tmp_path / "out.jsonl")
+    assert_exactly_once(jobs, [r for r in records if r["error"] is None])
+    assert [r["error"]["code"] for r in records if r["error"]] == ["duplicate_custom_id"]
+
+
+def test_a_file_that_is_not_a_job_file_stops_with_exit_2(loop, tmp_path, sim_factory):
+    (tmp_path / "in.jsonl").write_bytes(b"not json\n" * 30)
+    sim = sim_factory()
+    stats = run(loop, sim, tmp_path)
+    assert stats.exit_code() == 2 and "does not look like a JSONL job file" in stats.stop_reason
+    assert sim.batches.stats.uploaded == 0

@@ -166,6 +166,7 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
         if state.load():
             log(f"{state.path}: cut off a torn last line left by an interrupted run")
         state.open(os.urandom(8).hex())
+        state.use_endpoint(config.endpoint.base_url)
         checkpoint = ckpt.Checkpoint(config.output, secrets=(config.endpoint.api_key,))
         checkpoint.open()
         if send is None:
@@ -325,11 +326,20 @@ class _Engine:
             if chunk.closed:
                 closed = True
                 continue
-            if self.config.cancel and chunk.status not in FINAL_STATUSES | {"cancelling"}:
-                batch = await self.cancel_one(chunk)
-            else:
-                batch = await self.call(f"poll {chunk.batch_id}",
-                                        lambda c=chunk: self.client.get(c.batch_id))
+            try:
+                if self.config.cancel and chunk.status not in FINAL_STATUSES | {"cancelling"}:
+                    batch = await self.cancel_one(chunk)
+                else:
+                    batch = await self.call(f"poll {chunk.batch_id}",
+                                            lambda c=chunk: self.client.get(c.batch_id))
+            except APIError as exc:
+                if exc.status != 404:
+                    raise
+                self.log(f"batch {chunk.batch_id} ({chunk.chunk}) is not known to the provider "
+                         f"any more: its {chunk.job_count} jobs go into a later batch")
+                self.state.close_chunk(chunk, "missing", retry=[], bisect=[], note=str(exc))
+                closed = True
+                continue
             self.note(chunk, batch)
             if batch.get("status") in FINAL_STATUSES:
                 await self.collect(chunk, batch)
@@ -481,7 +491,15 @@ class _Engine:
         for key in ("output_file_id", "error_file_id"):
             file_id = batch.get(key)
             if file_id:
-                data = await self.call(f"download {file_id}", lambda f=file_id: self.client.content(f))
+                try:
+                    data = await self.call(f"download {file_id}",
+                                           lambda f=file_id: self.client.content(f))
+                except APIError as exc:
+                    if exc.status != 404:
+                        raise
+                    self.log(f"the {key.removesuffix('_id').replace('_', ' ')} {file_id} of batch "
+                             f"{chunk.batch_id} is gone: its jobs go into a later batch")
+                    continue
                 for raw in data.splitlines():
                     try:
                         line = orjson.loads(raw)

@@ -14,6 +14,8 @@ An append-only journal, one JSON object a line, each line fsync'd before the act
           after the batch's results were appended to OUTPUT and fsync'd: its jobs are free again
           (jobs without a final line go into a later batch; `retry` counts an attempt for each)
     {"event": "token_limit", "model": M, "limit": N}               an enqueued-token limit learned
+    {"event": "endpoint", "base_url": URL}                         where later batches go (a run
+          with another base URL is refused while batches sent elsewhere are open)
 
 **Never pay twice**: a job is in at most one open chunk (planned and not closed); a chunk is
 created at most once (a rerun that finds `uploaded` without `created` lists the batches and looks
@@ -101,6 +103,7 @@ class BatchState:
         self.attempts: Counter[str] = Counter()  # counted failed attempts per job
         self.groups: list[tuple[str, ...]] = []  # packs to send as they are (halves of refused packs)
         self.token_limits: dict[str, int] = {}
+        self.base_url: str | None = None  # where the batches of this output were sent
         self._fd: int | None = None
 
     # -- reading ---------------------------------------------------------------------------------
@@ -135,6 +138,8 @@ class BatchState:
         chunk = self.chunks.get(e.get("chunk", ""))
         if kind == "run":
             self.run_id = self.run_id or e["run_id"]
+        elif kind == "endpoint":
+            self.base_url = e["base_url"]
         elif kind == "planned":
             self.chunks[e["chunk"]] = Chunk(e["chunk"], e["url"], e["model"], int(e["tokens"]),
                                             _lines_from(e["lines"]))
@@ -188,6 +193,18 @@ class BatchState:
             raise CheckpointError(f"cannot open the batch state {self.path}: {e.strerror}") from None
         if self.run_id is None:
             self.record({"event": "run", "run_id": new_run_id})
+
+    def use_endpoint(self, base_url: str) -> None:
+        """Record where batches go; CheckpointError if batches sent elsewhere are still open
+        (polling them at the wrong place would look like they were gone, and they would run twice)."""
+        if self.base_url == base_url:
+            return
+        if self.base_url is not None and self.open_chunks():
+            raise CheckpointError(
+                f"{self.path}: {len(self.open_chunks())} batch(es) of this output are open at "
+                f"{mask_secrets(self.base_url)}, not {mask_secrets(base_url)}: run with that base "
+                "URL (or Azure endpoint) until they are collected")
+        self.record({"event": "endpoint", "base_url": base_url})
 
     def record(self, event: dict[str, Any]) -> None:
         """Append one event and make it durable before returning."""
