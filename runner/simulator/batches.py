@@ -297,7 +297,7 @@ class BatchService:
             return _error(404, f"No batch found with id '{request.match_info['batch_id']}'.")
         if batch["status"] in TERMINAL or batch["status"] == "cancelling":
             if batch["status"] != "cancelling":
-                return _error(409, f"Cannot cancel a batch with status '{batch['status']}'.")
+                return _error(400, f"Cannot cancel a batch with status '{batch['status']}'.")
             return _ok(batch)
         batch["status"] = "cancelling"
         batch["cancelling_at"] = self._now()
