@@ -417,3 +417,93 @@ def test_a_file_that_is_not_a_job_file_stops_with_exit_2(loop, tmp_path, sim_fac
     stats = run(loop, sim, tmp_path)
     assert stats.exit_code() == 2 and "does not look like a JSONL job file" in stats.stop_reason
     assert sim.batches.stats.uploaded == 0
+
+
+def test_jobs_refused_for_quota_held_by_other_batches_wait_and_go_once_it_frees(
+        loop, tmp_path, sim_factory):
+    from runner.api.transport import aiohttp_sender, open_session
+    from runner.batch.client import BatchClient
+    jobs = write_jobs(tmp_path / "in.jsonl", 20, kinds=("chat",))
+    sim = sim_factory(batch=BatchConfig(lines_per_s=1, validate_s=1, enqueued_token_limit=150))
+
+    async def someone_else():  # another tool's batch holds 120 of the 150 tokens for ~20 s
+        async with open_session(max_connections=2) as session:
+            client = BatchClient(aiohttp_sender(session), Endpoint(base_url=sim.base_url, api_key="other"))
+            data = b"".join(orjson.dumps({"custom_id": f"x{i}", "method": "POST",
+                                          "url": "/v1/chat/completions", "body": {
+                                              "model": "gpt-4o-mini", "max_tokens": 11,
+                                              "messages": [{"role": "user", "content": "x"}]}}) + b"\n"
+                            for i in range(10))
+            file = await client.upload("other.jsonl", data)
+            await client.create(file["id"], "/v1/chat/completions", {})
+            await __import__("asyncio").sleep(2)
+
+    loop.run_until_complete(someone_else())
+    logs = []
+    stats = run(loop, sim, tmp_path, log=logs.append)  # refused while nothing of ours is open
+    assert stats.exit_code() == EXIT_OK
+    assert sim.batches.stats.by_status["failed"] >= 1
+    assert any("wait for earlier batches" in m for m in logs)
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+    assert sim.batches.stats.max_enqueued["gpt-4o-mini"] <= 150
+
+
+def test_cancel_finds_a_batch_created_but_not_recorded_and_cancels_it(loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 10, kinds=("chat",))
+    sim = sim_factory(batch=BatchConfig(lines_per_s=1))
+    assert _killing_send(sim, loop, tmp_path,
+                         lambda n, req, resp: req.method == "POST" and req.url.endswith("/batches")) is None
+    cancelled = run(loop, sim, tmp_path, cancel=True)
+    assert cancelled.stop_reason is None and not cancelled.in_progress
+    assert sim.batches.stats.created == 1 and sim.batches.stats.by_status["cancelled"] == 1
+    assert not read_state(tmp_path / "out.jsonl").open_chunks()
+    assert run(loop, sim, tmp_path).exit_code() == EXIT_OK
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+
+
+def test_cancel_before_any_batch_was_created_creates_none_and_deletes_the_file(
+        loop, tmp_path, sim_factory):
+    write_jobs(tmp_path / "in.jsonl", 10, kinds=("chat",))
+    sim = sim_factory()
+    assert _killing_send(sim, loop, tmp_path,
+                         lambda n, req, resp: req.method == "POST" and req.url.endswith("/files")) is None
+    cancelled = run(loop, sim, tmp_path, cancel=True)
+    assert cancelled.exit_code() == EXIT_OK
+    assert sim.batches.stats.created == 0 and not read_state(tmp_path / "out.jsonl").open_chunks()
+    assert sim.batches.stats.uploaded == sim.batches.stats.deleted == 1 and not sim.batches.files
+    assert not (tmp_path / "out.jsonl").read_bytes()  # nothing ran: every job still pending
+
+
+def test_a_create_refused_for_the_token_limit_waits_instead_of_ending_the_run(loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 10, kinds=("chat",))
+    sim = sim_factory()
+    from runner.api.transport import aiohttp_sender, open_session
+    refused = Counter()
+
+    async def main(wait):
+        async with open_session(max_connections=4) as session:
+            real = aiohttp_sender(session)
+
+            async def send(request):
+                if request.method == "POST" and request.url.endswith("/batches") and refused["n"] < 2:
+                    refused["n"] += 1
+                    return HttpResponse(400, {}, orjson.dumps({"error": {
+                        "code": "token_limit_exceeded", "type": "invalid_request_error", "param": None,
+                        "message": "Enqueued token limit reached for gpt-4o-mini in organization "
+                                   "org-x. Limit: 90,000 enqueued tokens. Please try again once "
+                                   "some in_progress batches have been completed."}}))
+                return await real(request)
+
+            config = BatchRunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / "out.jsonl",
+                                    endpoint=Endpoint(base_url=sim.base_url, api_key=KEY),
+                                    poll_every=1.0, wait=wait)
+            return await run_batch(config, send=send, progress=False, handle_signals=False,
+                                   log=lambda m: None)
+
+    first = loop.run_until_complete(main(False))
+    assert first.exit_code() == EXIT_IN_PROGRESS  # no batch open, but the jobs wait for quota
+    assert not read_state(tmp_path / "out.jsonl").open_chunks()
+    assert loop.run_until_complete(main(True)).exit_code() == EXIT_OK
+    assert refused["n"] == 2 and sim.batches.stats.created == 1
+    assert read_state(tmp_path / "out.jsonl").token_limits == {"gpt-4o-mini": 90_000}
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))

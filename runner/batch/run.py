@@ -208,6 +208,8 @@ class _Engine:
         self.last_status = -1e18
         self.fresh: set[str] = set()  # chunks uploaded by this process, never sent to create yet
         self.planned_here: set[str] = set()  # chunks planned by this process
+        self.requeued = 0
+        self.waiting = 0  # jobs the last plan could not submit: no room under the enqueued-token limit
         self.succeeded_here: set[str] = set()  # jobs whose success line this run wrote
 
     # -- the loop --------------------------------------------------------------------------------
@@ -217,18 +219,17 @@ class _Engine:
         polls = 0
         try:
             while not self.stop.is_set():
+                finished = stats.finished_jobs
                 changed = await self.advance()
-                if self.config.cancel:
-                    if not self.state.open_chunks() or not self.config.wait:
-                        break
-                elif self.dirty or changed:
+                if not self.config.cancel and (self.dirty or changed):
                     self.dirty = False
                     await self.plan()
-                if not self.state.open_chunks() or not self.config.wait:
+                if not (self.state.open_chunks() or self.waiting) or not self.config.wait:
                     break
                 self.report()
-                polls = 0 if changed else polls + 1
+                polls = 0 if stats.finished_jobs > finished else polls + 1
                 await self.pause(self.poll_delay(polls))
+                self.dirty = self.dirty or self.waiting
         except _Stopped:
             pass
         except NotAJobFile as e:
@@ -239,7 +240,9 @@ class _Engine:
             stats.stop_reason = stats.stop_reason or str(e)
             stats.unusable_input = isinstance(e, UnusableInput)
             self.log(f"stopping: {e}")
-        stats.in_progress = bool(self.state.open_chunks())
+        stats.in_progress = bool(self.state.open_chunks() or self.waiting)
+        if self.waiting and not self.state.open_chunks():
+            self.log(f"{self.waiting:,} jobs wait for the enqueued-token limit to have room")
         stats.batch_status = Counter(c.status or "submitting" for c in self.state.open_chunks())
         self.report(force=True)
         stats.finished = self.clock()
@@ -319,6 +322,10 @@ class _Engine:
         closed (its jobs may need planning again)."""
         closed = False
         for chunk in self.state.open_chunks():
+            if self.config.cancel and chunk.batch_id is None:
+                await self.abandon(chunk)
+                closed = True
+                continue
             if chunk.file_id is None:
                 await self.upload(chunk)
             if chunk.batch_id is None and not chunk.closed:
@@ -348,6 +355,21 @@ class _Engine:
             self.dirty = True
         return closed
 
+    async def abandon(self, chunk: Chunk) -> None:
+        """`runner cancel` on a chunk with no batch recorded: cancel the batch if one was created
+        unrecorded, else close the chunk (its jobs stay pending) and delete its file."""
+        found = await self.find(chunk) if chunk.file_id else None
+        if found is not None:
+            self.state.record({"event": "created", "chunk": chunk.chunk, "batch_id": found["id"]})
+            self.note(chunk, await self.cancel_one(chunk))
+            return
+        if chunk.file_id is None:
+            file = await self.uploaded_unrecorded(chunk, None)
+            if file is not None:
+                self.state.record({"event": "uploaded", "chunk": chunk.chunk, "file_id": file["id"]})
+        self.state.close_chunk(chunk, "abandoned", retry=[], bisect=[], note="cancelled before its batch")
+        await self.forget_file(chunk)
+
     async def cancel_one(self, chunk: Chunk) -> dict[str, Any]:
         try:
             return await self.call(f"cancel {chunk.batch_id}",
@@ -369,16 +391,24 @@ class _Engine:
             self.state.close_chunk(chunk, "abandoned", retry=[], bisect=[],
                                    note="its local input file is gone")
             return
-        name = f"runner-{self.state.run_id}-{chunk.chunk}.jsonl"
+        name = self.file_name(chunk)
         file = None
         if chunk.chunk not in self.planned_here:  # an earlier run may have uploaded it unrecorded
-            listing = await self.call("list files", self.client.files)
-            file = next((f for f in listing.get("data") or () if isinstance(f, dict)
-                         and f.get("filename") == name and f.get("bytes") == len(data)), None)
+            file = await self.uploaded_unrecorded(chunk, len(data))
         if file is None:
             file = await self.call(f"upload {chunk.chunk}", lambda: self.client.upload(name, data))
         self.state.record({"event": "uploaded", "chunk": chunk.chunk, "file_id": file["id"]})
         self.fresh.add(chunk.chunk)
+
+    def file_name(self, chunk: Chunk) -> str:
+        return f"runner-{self.state.run_id}-{chunk.chunk}.jsonl"
+
+    async def uploaded_unrecorded(self, chunk: Chunk, size: int | None) -> dict[str, Any] | None:
+        """The chunk's file at the provider, found by its name (and size when known), or None."""
+        listing = await self.call("list files", self.client.files)
+        return next((f for f in listing.get("data") or () if isinstance(f, dict)
+                     and f.get("filename") == self.file_name(chunk)
+                     and (size is None or f.get("bytes") == size)), None)
 
     async def create(self, chunk: Chunk) -> None:
         """Create the chunk's batch exactly once. A chunk this process did not upload, or whose
@@ -435,6 +465,7 @@ class _Engine:
         """A batch that never ran as a whole (refused at create, or failed without naming lines)."""
         if code in TOKEN_LIMIT_CODES and not self.never_fits(chunk, message):
             self.token_limit(chunk, message)
+            self.requeued += chunk.job_count
             self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
         else:
             self.log(f"batch {chunk.chunk} refused: {code}: {message}; its {chunk.job_count} jobs fail")
@@ -624,6 +655,7 @@ class _Engine:
         """Read INPUT, split its pending jobs into chunks, and submit them."""
         first = not self.planned_once
         self.planned_once = True
+        self.requeued = 0  # jobs of batches refused for the enqueued-token limit during this plan
         stats, state, seen = self.stats, self.state, self.seen
         busy = state.busy_jobs()
         group_of = state.group_of()
@@ -688,6 +720,7 @@ class _Engine:
             add(packer.flush())
         drafts.extend(splitter.flush())
         await self.submit_all(drafts)
+        self.waiting = splitter.held + self.requeued
         if splitter.held:
             self.log(f"{splitter.held:,} jobs wait for room under the enqueued-token limit")
         await self.checkpoint.sync()
