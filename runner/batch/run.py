@@ -52,7 +52,7 @@ from runner.errors import APIError, BadResponseError, NChoicesIgnoredError, Runn
 from runner.files import checkpoint as ckpt
 from runner.files.guard import check_output
 from runner.files.inputs import read_items
-from runner.outcome import Action, Attempts, Step, classify, decide
+from runner.outcome import Action, Attempts, Backoff, Step, classify, decide, retry_delay
 from runner.report.stats import RunStats
 from runner.exit_codes import EXIT_IN_PROGRESS
 from runner.tokenizer import token_counter
@@ -60,7 +60,8 @@ from runner.tokenizer import token_counter
 POLL_START_S = 10.0    # the first poll of a batch: most small batches need minutes, not seconds
 POLL_GROWTH = 1.5      # each poll that sees no batch finish waits this much longer ...
 POLL_MAX_S = 300.0     # ... up to five minutes
-CALL_BACKOFF_MAX_S = 300.0  # a Files/Batches call answered 429/5xx/nothing waits at most this
+CALL_BACKOFF_BASE_S = 1.0   # a Files/Batches call answered 429/5xx/nothing: full-jitter backoff
+CALL_BACKOFF_MAX_S = 300.0  # ... up to this (the server's delay wins, within MAX_SERVER_DELAY_S)
 STOP_POLL_S = 0.2      # how often a sleeping run looks for a stop
 UNFINISHED_CODES = frozenset({"batch_expired", "batch_cancelled"})
 TOKEN_LIMIT_CODES = frozenset({"token_limit_exceeded", "enqueued_token_limit_exceeded",
@@ -174,7 +175,7 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
                                    read_timeout=config.read_timeout)
             send = aiohttp_sender(session)
         engine = _Engine(config, BatchClient(send, config.endpoint), state, checkpoint, seen,
-                         stats, log, clock or loop.time, sleep, stop)
+                         stats, log, clock or loop.time, sleep, stop, progress=progress)
         try:
             await engine.run()
         finally:
@@ -193,14 +194,20 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
 
 
 class _Engine:
+    """One batch run's loop over an open journal and output (see the module docstring); `run()`
+    returns when every job has a final line, on a stop, or (--no-wait) after one pass."""
+
     def __init__(self, config: BatchRunConfig, client: BatchClient, state: BatchState,
                  checkpoint: ckpt.Checkpoint, seen: _SeenState, stats: BatchStats,
                  log: Callable[[str], None], clock: Callable[[], float],
-                 sleep: Callable[[float], Any], stop: asyncio.Event) -> None:
+                 sleep: Callable[[float], Any], stop: asyncio.Event, *, progress: bool = True,
+                 backoff: Backoff | None = None) -> None:
         self.config, self.client, self.state = config, client, state
         self.checkpoint, self.seen, self.stats = checkpoint, seen, stats
         self.log, self.clock, self._sleep, self.stop = log, clock, sleep, stop
         self.endpoint = config.endpoint
+        self.progress = progress
+        self.backoff = backoff or Backoff(base=CALL_BACKOFF_BASE_S, cap=CALL_BACKOFF_MAX_S)
         # --retry-failed retries the permanent failures found at the start, once per run
         self.retry_ids = set(seen.permanent) if config.retry_failed else set()
         self.planned_once = False
@@ -263,7 +270,11 @@ class _Engine:
         raise _Stopped
 
     def report(self, force: bool = False) -> None:
+        """A status line every `status_interval` (batches by state, the provider's counts,
+        results collected, elapsed); none without `progress`."""
         now = self.clock()
+        if not self.progress:
+            return
         if not force and now - self.last_status < self.config.status_interval:
             return
         self.last_status = now
@@ -310,10 +321,9 @@ class _Engine:
                     raise _StopRun(f"{verdict.code}: {verdict.message}") from None
                 if verdict.action is not Action.RETRY:
                     raise
-                delay = verdict.delay if verdict.delay is not None else \
-                    min(CALL_BACKOFF_MAX_S, 1.0 * 2 ** min(attempt, 16))
+                delay = retry_delay(verdict, attempt, self.backoff)
                 attempt += 1
-                self.log(f"{what}: {verdict.code}: {verdict.message}; trying again in {delay:.0f} s")
+                self.log(f"{what}: {verdict.code}: {verdict.message}; trying again in {delay:.1f} s")
                 await self.pause(delay)
 
     # -- advancing open chunks -------------------------------------------------------------------
@@ -433,8 +443,7 @@ class _Engine:
                     await self.refused(chunk, verdict.code, verdict.message)
                     return
                 recovering = True  # it may have been created all the same
-                delay = verdict.delay if verdict.delay is not None else \
-                    min(CALL_BACKOFF_MAX_S, 2.0 ** min(attempt, 16))
+                delay = retry_delay(verdict, attempt, self.backoff)
                 attempt += 1
                 self.log(f"create {chunk.chunk}: {verdict.code}: {verdict.message}; looking for it "
                          f"and trying again in {delay:.0f} s")
