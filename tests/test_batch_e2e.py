@@ -507,3 +507,32 @@ def test_a_create_refused_for_the_token_limit_waits_instead_of_ending_the_run(lo
     assert refused["n"] == 2 and sim.batches.stats.created == 1
     assert read_state(tmp_path / "out.jsonl").token_limits == {"gpt-4o-mini": 90_000}
     assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+
+
+def test_lines_failing_every_time_are_written_after_max_attempts_and_a_rerun_retries_them(
+        loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 6, kinds=("chat",))
+    sim = sim_factory(SimConfig(fault_rate=1.0, faults=("503",)))
+    stats = run(loop, sim, tmp_path, max_attempts=3)
+    assert stats.exit_code() == EXIT_SOME_FAILED and stats.failed == {"server_error": 6}
+    assert sim.batches.stats.created == 3  # one batch per attempt
+    records = read_results(tmp_path / "out.jsonl")
+    assert len(records) == 6 and all("gave up after 3 requests" in r["error"]["message"] for r in records)
+    assert all(r["response"]["status_code"] == 503 for r in records)
+    healthy = sim_factory()  # a rerun retries transient failures with fresh attempts, as live
+    stats = run(loop, healthy, tmp_path, max_attempts=3)
+    assert stats.exit_code() == EXIT_OK and healthy.batches.stats.created == 1
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+
+
+def test_permanent_failures_are_kept_unless_retry_failed(loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 6, kinds=("chat",))
+    jobs[2]["body"]["messages"][0]["content"] = "POISON"
+    (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps(j) + b"\n" for j in jobs))
+    sim = sim_factory(SimConfig(poison="POISON"))
+    assert run(loop, sim, tmp_path).exit_code() == EXIT_SOME_FAILED
+    kept = run(loop, sim, tmp_path)
+    assert kept.kept_failed == 1 and kept.batches_created == 0
+    again = run(loop, sim, tmp_path, retry_failed=True)
+    assert again.batches_created == 1 and again.batch_lines == 1  # only the failed job goes again
+    assert again.failed == {"context_length_exceeded": 1}

@@ -114,6 +114,11 @@ def test_the_journal_survives_a_torn_last_line_and_knows_what_is_open(tmp_path):
     assert not third.open_chunks() and third.attempts["b"] == 1 and third.run_id == "0123456789abcdef"
     assert third.group_of() == {"b": 0, "c": 1}
     assert not state.chunk_file("c00001").exists()  # the local input file goes once closed
+    third.open("ffffffffffffffff")
+    third.plan(Chunk("c00002", "/v1/chat/completions", "m", 5, [("b", ("b",))]), b"{}\n")
+    third.close_chunk(third.chunks["c00002"], "completed", retry=[], bisect=[], reset=["b"])
+    assert third.attempts["b"] == 0  # given up on: a later run starts it afresh
+    third.close()
 
 
 # -- the command line --------------------------------------------------------------------------------

@@ -218,6 +218,7 @@ class _Engine:
         self.requeued = 0
         self.waiting = 0  # jobs the last plan could not submit: no room under the enqueued-token limit
         self.succeeded_here: set[str] = set()  # jobs whose success line this run wrote
+        self.failed_here: set[str] = set()  # jobs given a failure line this run: not sent again
 
     # -- the loop --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -549,6 +550,7 @@ class _Engine:
                         answers[line["custom_id"]] = line
         retry: list[str] = []
         bisect: list[list[str]] = []
+        gave_up: list[str] = []
         url = chunk.url
         bodies = self.line_bodies(chunk)
         for line_id, ids in chunk.lines:
@@ -556,9 +558,9 @@ class _Engine:
             if answer is None:
                 continue  # not run (expired or cancelled without a line): pending again
             request = job_requests(url, bodies.get(line_id, {}), ids) if line_id in bodies else None
-            self.judge(chunk, line_id, ids, request, answer, retry, bisect)
+            self.judge(chunk, line_id, ids, request, answer, retry, bisect, gave_up)
         await self.checkpoint.sync()
-        self.state.close_chunk(chunk, status, retry=retry, bisect=bisect)
+        self.state.close_chunk(chunk, status, retry=retry, bisect=bisect, reset=gave_up)
         self.stats.batches_collected += 1
         await self.forget_file(chunk)
 
@@ -576,7 +578,8 @@ class _Engine:
         return bodies
 
     def judge(self, chunk: Chunk, line_id: str, ids: tuple[str, ...], request: Request | None,
-              answer: dict[str, Any], retry: list[str], bisect: list[list[str]]) -> None:
+              answer: dict[str, Any], retry: list[str], bisect: list[list[str]],
+              gave_up: list[str]) -> None:
         """One batch line's answer: result lines for its jobs, or a retry, or halves."""
         record_id = str(answer.get("id") or f"{chunk.chunk}-{line_id}")
         response = answer.get("response") if isinstance(answer.get("response"), dict) else None
@@ -614,6 +617,7 @@ class _Engine:
                 self.stats.add_usage(chunk.model, own.get("usage"))
             self.stats.succeeded += len(ids)
         elif step is Step.FAIL:
+            gave_up.extend(ids)  # a later run starts these with fresh attempts, as live
             for i, cid in enumerate(ids):
                 rid = record_id if len(ids) == 1 else f"{record_id}-{i}"
                 self.sink(error_record(cid, decision.code, decision.message, record_id=rid,
@@ -631,7 +635,10 @@ class _Engine:
                 retry.extend(ids)
 
     def sink(self, record: dict[str, Any]) -> None:
-        """Append a result line unless this very line (by id) is already in OUTPUT."""
+        """Append a result line unless this very line (by id) is already in OUTPUT. A job
+        given a failure line is final for this run, transient or not (a later run retries it)."""
+        if record.get("error") is not None:
+            self.failed_here.add(record["custom_id"])
         if record["id"] in self.seen.ids:
             return
         self.checkpoint.append(record)
@@ -691,7 +698,7 @@ class _Engine:
             cid = item.custom_id
             if first:
                 stats.jobs += 1
-            if cid in busy:
+            if cid in busy or cid in self.failed_here:
                 continue
             if cid in seen.done:
                 if first and cid not in self.succeeded_here:

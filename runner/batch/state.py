@@ -10,9 +10,11 @@ An append-only journal, one JSON object a line, each line fsync'd before the act
     {"event": "created", "chunk": ID, "batch_id": B}               after the create answered (or
           after finding, by listing batches and their metadata, one created but not recorded)
     {"event": "polled", "chunk": ID, "status": S, "counts": {...}} when a batch's state changes
-    {"event": "closed", "chunk": ID, "status": S, "retry": [ids], "bisect": [[ids], [ids]]}
+    {"event": "closed", "chunk": ID, "status": S, "retry": [ids], "bisect": [[ids], [ids]],
+     "reset": [ids]}
           after the batch's results were appended to OUTPUT and fsync'd: its jobs are free again
-          (jobs without a final line go into a later batch; `retry` counts an attempt for each)
+          (jobs without a final line go into a later batch; `retry` counts an attempt for each,
+          `reset` forgets the attempts of jobs given up on, so a later run starts them afresh)
     {"event": "token_limit", "model": M, "limit": N}               an enqueued-token limit learned
     {"event": "endpoint", "base_url": URL}                         where later batches go (a run
           with another base URL is refused while batches sent elsewhere are open)
@@ -157,6 +159,8 @@ class BatchState:
             chunk.closed = True
             chunk.status = e.get("status", chunk.status)
             self.attempts.update(e.get("retry", ()))
+            for cid in e.get("reset", ()):
+                self.attempts.pop(cid, None)
             for group in e.get("bisect", ()):
                 self.groups.append(tuple(group))
 
@@ -235,9 +239,11 @@ class BatchState:
                      "model": chunk.model, "tokens": chunk.tokens, "lines": _lines_json(chunk.lines)})
 
     def close_chunk(self, chunk: Chunk, status: str, *, retry: list[str], bisect: list[list[str]],
-                    note: str = "") -> None:
+                    reset: list[str] = (), note: str = "") -> None:  # type: ignore[assignment]
         event: dict[str, Any] = {"event": "closed", "chunk": chunk.chunk, "status": status,
                                  "retry": retry, "bisect": bisect}
+        if reset:
+            event["reset"] = list(reset)
         if note:
             event["note"] = mask_secrets(note)
         self.record(event)
