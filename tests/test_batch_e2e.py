@@ -399,8 +399,8 @@ def test_bad_input_lines_are_reported_by_file_and_line_and_the_rest_runs(loop, t
     jobs = write_jobs(tmp_path / "in.jsonl", 10, kinds=("chat",))
     with open(tmp_path / "in.jsonl", "ab") as f:
         f.write(b'{"custom_id": "broken", "url": "/v1/chat/completions"\n')
-        f.write(orjson.dumps({**jobs[0], "custom_id": jobs[0]["custom_id"]}) + b"\n")
-    sim = sim_factory()
+        f.write(orjson.dumps(jobs[-1]) + b"\n")  # its first line expires in the first batch
+    sim = sim_factory(batch=BatchConfig(expire_after_lines=5))
     logs = []
     stats = run(loop, sim, tmp_path, log=logs.append)
     assert stats.exit_code() == EXIT_SOME_FAILED and stats.bad_lines == 1 and stats.duplicates == 1

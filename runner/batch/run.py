@@ -637,7 +637,7 @@ class _Engine:
     def sink(self, record: dict[str, Any]) -> None:
         """Append a result line unless this very line (by id) is already in OUTPUT. A job
         given a failure line is final for this run, transient or not (a later run retries it)."""
-        if record.get("error") is not None:
+        if record.get("error") is not None and record["error"].get("code") != DUPLICATE:
             self.failed_here.add(record["custom_id"])
         if record["id"] in self.seen.ids:
             return
