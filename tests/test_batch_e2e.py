@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
-from pathlib import Path
+
 
 import orjson
 import pytest

@@ -12,7 +12,7 @@ from runner.api.transport import aiohttp_sender, open_session
 from runner.batch.client import BatchClient
 from runner.errors import APIError
 from runner.simulator.batches import BatchConfig
-from runner.simulator.server import SimConfig, Simulator, chat_prompt, completion_text
+from runner.simulator.server import SimConfig, Simulator, completion_text
 
 
 def chat_line(i, url="/v1/chat/completions", model="gpt-4o-mini", text=None):

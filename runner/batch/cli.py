@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import sys
 import traceback
 from pathlib import Path
 from types import MappingProxyType
@@ -161,7 +160,3 @@ def batch_files(est: Any, max_requests: int) -> int:
 
 def default_max_requests(azure: bool) -> int:
     return AZURE_MAX_REQUESTS if azure else OPENAI_MAX_REQUESTS
-
-
-def exit_with(code: int) -> None:
-    sys.exit(code)

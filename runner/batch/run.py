@@ -38,7 +38,7 @@ from rich.console import Console
 from jobs import codes, tokens
 from jobs.codes import DUPLICATE
 from jobs.job import Job
-from jobs.packing import MissingChoices, NChoicesIgnored, Packer, Request, halves, pack, single, split_response
+from jobs.packing import MissingChoices, NChoicesIgnored, Packer, Request, pack, single, split_response
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.results import OutputState, error_record, success_record
 from runner.api.endpoint import Endpoint
@@ -691,6 +691,8 @@ class _Engine:
                 drafts.extend(splitter.add(request))
 
         async for item in read_items(self.config.input):
+            if self.stop.is_set():
+                raise _Stopped
             if isinstance(item, (BadLine, Duplicate)):
                 if first:
                     self.note_bad(item)
