@@ -44,6 +44,9 @@ budget per API key instead of per model (`budget_scope`), fixed 60 s windows ins
 
 Answers are pure functions of the input (`completion_text`, `chat_prompt`, `embedding_vector`), so a
 test can compute what each job must get back.
+
+The hosted Batch API (Files and Batches endpoints) is `runner.simulator.batches`, installed on the
+same app; each batch line is answered by `Simulator.answer_line`, this module's own logic.
 """
 from __future__ import annotations
 
