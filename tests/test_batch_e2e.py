@@ -536,3 +536,14 @@ def test_permanent_failures_are_kept_unless_retry_failed(loop, tmp_path, sim_fac
     again = run(loop, sim, tmp_path, retry_failed=True)
     assert again.batches_created == 1 and again.batch_lines == 1  # only the failed job goes again
     assert again.failed == {"context_length_exceeded": 1}
+
+
+def test_a_single_job_over_the_whole_enqueued_token_limit_fails_instead_of_waiting(
+        loop, tmp_path, sim_factory):
+    write_jobs(tmp_path / "in.jsonl", 1, kinds=("chat",))
+    sim = sim_factory(batch=BatchConfig(enqueued_token_limit=3))  # the job is charged ~6 tokens
+    stats = run(loop, sim, tmp_path)
+    assert stats.exit_code() == EXIT_SOME_FAILED and stats.failed == {"request_too_large": 1}
+    (record,) = read_results(tmp_path / "out.jsonl")
+    assert "Limit: 3 enqueued tokens" in record["error"]["message"]
+    assert sim.batches.stats.created == 1

@@ -174,3 +174,12 @@ def test_a_live_run_is_refused_while_batches_of_its_output_are_open(tmp_path, mo
                                        "--base-url", "http://127.0.0.1:9/v1", "--no-progress"])
     assert result.exit_code == 2 and "open at the provider" in result.output
     assert not out.exists()
+
+
+def test_an_embeddings_file_holds_at_most_50000_inputs_however_they_are_packed():
+    from runner.batch.plan import MAX_EMBEDDING_INPUTS
+    jobs = [Job(f"e{i}", "/v1/embeddings", {"model": "m", "input": f"x{i}"}, i) for i in range(2048 * 30)]
+    packs = [pack(jobs[i:i + 2048], 2048) for i in range(0, len(jobs), 2048)]
+    files = drain(splitter(), packs)
+    assert [f.inputs for f in files] == [2048 * 24, 2048 * 6]
+    assert all(f.inputs <= MAX_EMBEDDING_INPUTS for f in files)

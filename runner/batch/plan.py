@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from jobs.job import Job
+from jobs.job import EMBEDDINGS, Job
 from jobs.packing import Request, pack, _list_field
 from jobs.tokens import rate_limit_charge
 
@@ -25,6 +25,9 @@ from jobs.tokens import rate_limit_charge
 OPENAI_MAX_REQUESTS = 50_000
 AZURE_MAX_REQUESTS = 100_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
+# "/v1/embeddings batches are also restricted to a maximum of 50,000 embedding inputs across all
+# requests in the batch" (OpenAI's and Azure's create-batch reference): packed lines count each input.
+MAX_EMBEDDING_INPUTS = 50_000
 PACK_LINE_PREFIX = "runner-pack-"
 
 
@@ -38,6 +41,7 @@ class Draft:
     data: list[bytes] = field(default_factory=list)
     size: int = 0
     tokens: int = 0
+    inputs: int = 0  # prompts / inputs over all lines (embeddings files have a cap on them)
 
 
 def line_bytes(line_id: str, request: Request, url: str, model: str) -> bytes:
@@ -91,8 +95,11 @@ class Splitter:
             return []
         ready: list[Draft] = []
         draft = self._drafts.get(key)
+        inputs = request.prompts
         if draft is not None and (len(draft.lines) >= self.max_lines
-                                  or draft.size + len(raw) > self.max_bytes):
+                                  or draft.size + len(raw) > self.max_bytes
+                                  or (request.url == EMBEDDINGS
+                                      and draft.inputs + inputs > MAX_EMBEDDING_INPUTS)):
             ready.append(self._close(key))
             draft = None
         if draft is None:
@@ -101,6 +108,7 @@ class Splitter:
         draft.data.append(raw)
         draft.size += len(raw)
         draft.tokens += request.charge
+        draft.inputs += inputs
         self._spent[model] = spent + request.charge
         return ready
 

@@ -478,6 +478,8 @@ class _Engine:
             self.requeued += chunk.job_count
             self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
         else:
+            if code in TOKEN_LIMIT_CODES:  # one job over the whole limit: it can never run
+                code = codes.REQUEST_TOO_LARGE
             self.log(f"batch {chunk.chunk} refused: {code}: {message}; its {chunk.job_count} jobs fail")
             for line_id, ids in chunk.lines:
                 self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}")
