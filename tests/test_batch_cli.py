@@ -50,3 +50,61 @@ def test_sigkill_three_times_across_submit_poll_and_collect_then_no_wait_runs_fi
     state = [orjson.loads(x) for x in (tmp_path / "out.jsonl.batches").read_bytes().splitlines()]
     assert b"sk-test-key" not in (tmp_path / "out.jsonl.batches").read_bytes()
     assert {e["event"] for e in state} >= {"run", "planned", "uploaded", "created", "closed"}
+
+
+def test_the_commands_no_wait_status_refresh_cancel_and_run_again(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from runner.cli.main import main
+    jobs = write_jobs(tmp_path / "in.jsonl", 30, kinds=("chat",))
+    out = tmp_path / "out.jsonl"
+    sim = Simulator(SimConfig(), batch=BatchConfig(lines_per_s=2, validate_s=0.2))
+    with run_in_thread(simulator=sim) as base_url:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-cli-key-0123456789")
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+        args = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--via", "batch", "--no-progress",
+                "--poll-every", "0.2"]
+        first = CliRunner().invoke(main, [*args, "--no-wait"])
+        assert first.exit_code == 4, first.output
+        status = CliRunner().invoke(main, ["status", str(tmp_path / "in.jsonl"), "-o", str(out),
+                                           "--refresh"])
+        assert status.exit_code == 4 and "batch_" in status.output, status.output
+        assert "validating" in status.output or "in_progress" in status.output
+        time.sleep(1.0)  # a line or two answered
+        cancel = CliRunner().invoke(main, ["cancel", str(tmp_path / "in.jsonl"), "-o", str(out),
+                                           "--poll-every", "0.2"])
+        assert cancel.exit_code == 0, cancel.output
+        assert sim.batches.stats.by_status["cancelled"] == 1
+        sim.batches.config = BatchConfig(lines_per_s=1000, validate_s=0.2, finalize_s=0.1)
+        final = CliRunner().invoke(main, args)
+        assert final.exit_code == 0, final.output
+    assert_exactly_once(jobs, read_results(out))
+
+
+@pytest.mark.slow
+def test_sigterm_exits_3_within_seconds_and_a_no_wait_run_carries_on(tmp_path):
+    jobs = write_jobs(tmp_path / "in.jsonl", 40, kinds=("chat",))
+    out, log = tmp_path / "out.jsonl", tmp_path / "runner.log"
+    sim = Simulator(SimConfig(), batch=BatchConfig(lines_per_s=10, validate_s=0.5))
+    with run_in_thread(simulator=sim) as base_url:
+        args = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--via", "batch",
+                "--base-url", base_url, "--log-file", str(log)]
+        proc = cli(*args)  # --wait, polling every 10 s by default
+        time.sleep(2.0)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code, _, err = finish(proc, timeout=30)
+        assert code == 3, err
+        assert time.monotonic() - started < 10
+        assert sim.batches.stats.created == 1
+        codes = []
+        for _ in range(40):
+            code, _, err = finish(cli(*args, "--no-wait", "--no-progress"))
+            codes.append(code)
+            if code != 4:
+                break
+            time.sleep(0.5)
+    assert codes[-1] == 0, err
+    assert sim.batches.stats.created == 1  # the batch left running was collected, not sent again
+    assert_exactly_once(jobs, read_results(out))
+    for path in (out, log, tmp_path / "out.jsonl.batches"):
+        assert b"sk-test-key" not in path.read_bytes()
