@@ -89,6 +89,16 @@ class BatchRunConfig:
     connect_timeout: float = CONNECT_TIMEOUT_S
     read_timeout: float = READ_TIMEOUT_S
 
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ValueError("max_requests must be at least 1")
+        if self.max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        if self.poll_every is not None and not self.poll_every > 0:
+            raise ValueError("poll_every must be a positive number of seconds")
+
     @property
     def line_limit(self) -> int:
         if self.max_requests is not None:

@@ -150,7 +150,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
-    permanent failures unless --retry-failed. Reruns match jobs by custom_id, so stdin is resumable
+    permanent failures unless --retry-failed. With --via batch the jobs go through the hosted
+    Batch API instead (half price, within 24 h), recorded in OUTPUT.batches. Reruns match jobs by custom_id, so stdin is resumable
     when the same jobs are piped again.
     """
     if input_path != "-":
