@@ -547,3 +547,24 @@ def test_a_single_job_over_the_whole_enqueued_token_limit_fails_instead_of_waiti
     (record,) = read_results(tmp_path / "out.jsonl")
     assert "Limit: 3 enqueued tokens" in record["error"]["message"]
     assert sim.batches.stats.created == 1
+
+
+def test_a_provider_that_never_answers_stops_the_run_resumably_after_ten_minutes(loop, tmp_path):
+    from runner.batch.run import CALL_GIVE_UP_S
+    from runner.errors import APIConnectionError
+    write_jobs(tmp_path / "in.jsonl", 5, kinds=("chat",))
+    calls = []
+
+    async def send(request):
+        calls.append(loop.time())
+        raise APIConnectionError("connection refused")
+
+    config = BatchRunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / "out.jsonl",
+                            endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", api_key=KEY))
+    started = loop.time()
+    stats = loop.run_until_complete(run_batch(config, send=send, progress=False,
+                                              handle_signals=False, log=lambda m: None))
+    assert stats.exit_code() == EXIT_STOPPED and "no usable answer for 600 s" in stats.stop_reason
+    assert CALL_GIVE_UP_S <= loop.time() - started < CALL_GIVE_UP_S + 310
+    assert 5 < len(calls) < 60  # backed off, not hammered
+    assert len(read_state(tmp_path / "out.jsonl").open_chunks()) == 1  # planned, resumable

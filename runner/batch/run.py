@@ -62,6 +62,7 @@ POLL_GROWTH = 1.5      # each poll that sees no batch finish waits this much lon
 POLL_MAX_S = 300.0     # ... up to five minutes
 CALL_BACKOFF_BASE_S = 1.0   # a Files/Batches call answered 429/5xx/nothing: full-jitter backoff
 CALL_BACKOFF_MAX_S = 300.0  # ... up to this (the server's delay wins, within MAX_SERVER_DELAY_S)
+CALL_GIVE_UP_S = 600.0      # a call with no usable answer for this long stops the run (exit 3)
 STOP_POLL_S = 0.2      # how often a sleeping run looks for a stop
 UNFINISHED_CODES = frozenset({"batch_expired", "batch_cancelled"})
 TOKEN_LIMIT_CODES = frozenset({"token_limit_exceeded", "enqueued_token_limit_exceeded",
@@ -320,9 +321,11 @@ class _Engine:
 
     async def call(self, what: str, fn: Callable[[], Any]) -> Any:
         """One Files/Batches call, retried until it answers: 429, 5xx and no answer back off
-        (the server's delay when it gives one); 401/403/quota stop the run (resumable); any other
-        refusal is raised as the `APIError` for the caller to judge."""
+        (the server's delay when it gives one) and never fail a job; after `CALL_GIVE_UP_S` of
+        nothing else the run stops, resumable (exit 3), as 401/403/quota stop it at once; any
+        other refusal is raised as the `APIError` for the caller to judge."""
         attempt = 0
+        first_failure = None
         while True:
             try:
                 return await self.unless_stopped(fn())
@@ -332,6 +335,10 @@ class _Engine:
                     raise _StopRun(f"{verdict.code}: {verdict.message}") from None
                 if verdict.action is not Action.RETRY:
                     raise
+                first_failure = self.clock() if first_failure is None else first_failure
+                if self.clock() - first_failure >= CALL_GIVE_UP_S:
+                    raise _StopRun(f"{what}: no usable answer for {CALL_GIVE_UP_S:.0f} s "
+                                   f"(last: {verdict.code}: {verdict.message})") from None
                 delay = retry_delay(verdict, attempt, self.backoff)
                 attempt += 1
                 self.log(f"{what}: {verdict.code}: {verdict.message}; trying again in {delay:.1f} s")
