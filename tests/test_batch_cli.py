@@ -108,3 +108,24 @@ def test_sigterm_exits_3_within_seconds_and_a_no_wait_run_carries_on(tmp_path):
     assert_exactly_once(jobs, read_results(out))
     for path in (out, log, tmp_path / "out.jsonl.batches"):
         assert b"sk-test-key" not in path.read_bytes()
+
+
+def test_via_and_wait_come_from_the_environment_and_the_config_file(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from runner.cli.main import main
+    jobs = write_jobs(tmp_path / "in.jsonl", 6, kinds=("chat",))
+    sim = Simulator(SimConfig(), batch=BatchConfig(lines_per_s=1000, validate_s=0.5, finalize_s=0.1))
+    with run_in_thread(simulator=sim) as base_url:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-env-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+        monkeypatch.setenv("RUNNER_VIA", "batch")
+        monkeypatch.setenv("RUNNER_WAIT", "false")
+        args = ["run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--no-progress"]
+        assert CliRunner().invoke(main, args).exit_code == 4  # submitted, not waited for
+        monkeypatch.delenv("RUNNER_VIA")
+        monkeypatch.delenv("RUNNER_WAIT")
+        (tmp_path / "runner.toml").write_text('via = "batch"\npoll_every = 0.2\n')
+        done = CliRunner().invoke(main, [*args, "--config", str(tmp_path / "runner.toml")])
+        assert done.exit_code == 0, done.output
+    assert sim.batches.stats.created == 1
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))

@@ -93,7 +93,8 @@ def batch_json(stats: BatchStats) -> dict[str, Any]:
 def batch_summary(stats: BatchStats) -> str:
     open_part = ", ".join(f"{n} {s}" for s, n in sorted(stats.batch_status.items())) or "none"
     text = (f"batches: {stats.batches_created} created ({stats.batch_lines:,} lines), "
-            f"{stats.batches_collected} collected this run; still open at the provider: {open_part}")
+            f"{stats.batches_collected} collected this run; still open at the provider: "
+            f"{open_part}; costs above at Batch API prices ({BATCH_PRICE_FACTOR:g} x list)")
     if stats.in_progress and stats.stop_reason is None:
         text += " (exit 4: run the same command again later to collect them)"
     return text
