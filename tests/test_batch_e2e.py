@@ -179,6 +179,9 @@ def test_azure_shapes_files_batches_and_deployment_names(loop, tmp_path, sim_fac
     assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
     paths = {url.split("?")[0].removeprefix(sim.azure_endpoint) for _, url, _ in seen_urls}
     assert "/openai/files" in paths and "/openai/batches" in paths
+    # each upload was waited on until Azure had processed it, before its batch was created
+    assert any(method == "GET" and "/openai/files/file-" in url and "/content" not in url
+               for method, url, _ in seen_urls)
     assert all("api-version=2024-10-21" in url for _, url, _ in seen_urls)
     assert all(h.get("api-key") == KEY and "Authorization" not in h for _, _, h in seen_urls)
     endpoints = {b["endpoint"] for b in sim.batches.batches.values()}

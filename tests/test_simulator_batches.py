@@ -167,6 +167,14 @@ def test_azure_shapes_need_an_api_version_and_take_urls_without_v1(loop):
     async def scenario(sim, client):
         line = chat_line(0, url="/chat/completions", model="my-deployment")
         file = await client.upload("a", line)
+        assert file["status"] == "pending"  # Azure processes an upload before a batch may use it
+        try:
+            await client.create(file["id"], "/v1/chat/completions", {})
+            raise AssertionError("a batch over a pending file was accepted")
+        except APIError as e:
+            assert e.status == 400 and "not processed yet" in str(e)
+        while (await client.file(file["id"]))["status"] != "processed":
+            await asyncio.sleep(0.25)
         batch = await wait_final(client, (await client.create(file["id"], "/v1/chat/completions", {}))["id"])
         missing = None
         try:

@@ -5,6 +5,7 @@
     get(batch_id), cancel(batch_id)      GET {base}/batches/{id}, POST .../cancel
     batches(after) -> one page           GET {base}/batches?limit=100&after=ID
     files() -> batch input files         GET {base}/files?purpose=batch
+    file(file_id)                        GET {base}/files/{id}   (Azure: wait for "processed")
     content(file_id) -> bytes            GET {base}/files/{id}/content
     delete_file(file_id)                 DELETE {base}/files/{id}
 
@@ -115,6 +116,10 @@ class BatchClient:
         if after:
             query["after"] = after
         return await self._json("GET", "/batches", query=query)
+
+    async def file(self, file_id: str) -> dict[str, Any]:
+        """A file object (`status`: Azure processes uploads before a batch may use them)."""
+        return await self._json("GET", f"/files/{quote(file_id, safe='')}")
 
     async def files(self) -> dict[str, Any]:
         """Uploaded batch input files (`data`: file objects with `filename` and `bytes`)."""

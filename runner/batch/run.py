@@ -69,6 +69,8 @@ TOKEN_LIMIT_CODES = frozenset({"token_limit_exceeded", "enqueued_token_limit_exc
                                "tokens_enqueued_limit_exceeded"})
 _LIMIT_IN_MESSAGE = re.compile(r"Limit:\s*([\d,]+)\s*enqueued tokens", re.IGNORECASE)
 RUN_TAG, CHUNK_TAG = "runner_run", "runner_chunk"  # batch metadata keys
+FILE_PENDING = frozenset({"uploaded", "pending", "running"})  # a file not yet usable (Azure)
+FILE_POLL_S = 1.0      # the first look at a file still being processed
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +228,7 @@ class _Engine:
         self.last_status = -1e18
         self.fresh: set[str] = set()  # chunks uploaded by this process, never sent to create yet
         self.planned_here: set[str] = set()  # chunks planned by this process
+        self.ready_files: set[str] = set()  # uploaded files the provider has processed
         self.requeued = 0
         self.waiting = 0  # jobs the last plan could not submit: no room under the enqueued-token limit
         self.succeeded_here: set[str] = set()  # jobs whose success line this run wrote
@@ -427,6 +430,27 @@ class _Engine:
             file = await self.call(f"upload {chunk.chunk}", lambda: self.client.upload(name, data))
         self.state.record({"event": "uploaded", "chunk": chunk.chunk, "file_id": file["id"]})
         self.fresh.add(chunk.chunk)
+        if file.get("status") not in FILE_PENDING:
+            self.ready_files.add(file["id"])
+
+    async def file_ready(self, chunk: Chunk) -> bool:
+        """Wait while the provider processes the chunk's uploaded file (Azure answers an upload
+        with `pending`); False when it ended in `error` (the chunk is then refused)."""
+        file_id = chunk.file_id
+        wait = FILE_POLL_S
+        while file_id not in self.ready_files:
+            file = await self.call(f"file {file_id}", lambda: self.client.file(file_id))
+            status = file.get("status")
+            if status == "error":
+                details = file.get("status_details") or "the provider could not process the file"
+                await self.refused(chunk, "file_error", str(details))
+                return False
+            if status not in FILE_PENDING:
+                self.ready_files.add(file_id)
+                break
+            await self.pause(wait)
+            wait = min(POLL_MAX_S, wait * POLL_GROWTH)
+        return True
 
     def file_name(self, chunk: Chunk) -> str:
         return f"runner-{self.state.run_id}-{chunk.chunk}.jsonl"
@@ -442,6 +466,8 @@ class _Engine:
         """Create the chunk's batch exactly once. A chunk this process did not upload, or whose
         create got no clear answer (no answer, 5xx, 429), may already have its batch: it is
         looked for first, by listing batches and their metadata (run id and chunk id)."""
+        if not await self.file_ready(chunk):
+            return
         recovering = chunk.chunk not in self.fresh
         metadata = {RUN_TAG: self.state.run_id or "", CHUNK_TAG: chunk.chunk}
         attempt = 0

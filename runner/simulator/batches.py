@@ -66,7 +66,8 @@ class BatchConfig:
     (the live charge of every line) a model may have in batches `in_progress` or `finalizing` at
     once; a batch that would go over fails with `token_limit_exceeded` (None: no limit).
     invalid_marker: a line whose text contains it fails validation (`invalid_request`, naming the
-    line), as a malformed line would.
+    line), as a malformed line would. file_processing_s: an upload to the Azure URLs is `pending`
+    this long before it is `processed`, as Azure answers; a batch over a pending file is refused.
     """
 
     lines_per_s: float = 1000.0
@@ -77,6 +78,7 @@ class BatchConfig:
     max_bytes: int = MAX_FILE_BYTES
     enqueued_token_limit: int | None = None
     invalid_marker: str | None = None
+    file_processing_s: float = 1.0
 
     def __post_init__(self) -> None:
         _check("lines_per_s", self.lines_per_s, 1e-9)
@@ -86,6 +88,7 @@ class BatchConfig:
         _check("max_requests", self.max_requests, 1, optional=True)
         _check("max_bytes", self.max_bytes, 1)
         _check("enqueued_token_limit", self.enqueued_token_limit, 1, optional=True)
+        _check("file_processing_s", self.file_processing_s, 0)
         if self.invalid_marker is not None and not self.invalid_marker:
             raise ValueError("invalid_marker must be a non-empty string or None")
 
@@ -184,12 +187,20 @@ class BatchService:
                           param="file")
         data = upload.file.read()
         file_id = self.sim._next_id("file-", 24)
+        pending = shape == "azure" and self.config.file_processing_s > 0
         self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(data),
                                "created_at": self._now(), "filename": upload.filename or "file",
-                               "purpose": "batch", "status": "processed"}
+                               "purpose": "batch", "status": "pending" if pending else "processed"}
         self.contents[file_id] = data
+        if pending:
+            asyncio.get_running_loop().call_later(self.config.file_processing_s,
+                                                  self._processed, file_id)
         self.stats.uploaded += 1
         return _ok(self.files[file_id])
+
+    def _processed(self, file_id: str) -> None:
+        if file_id in self.files:
+            self.files[file_id]["status"] = "processed"
 
     async def list_files(self, request: web.Request, shape: str) -> web.Response:
         data = list(reversed(self.files.values()))
@@ -235,6 +246,10 @@ class BatchService:
             else ("/chat/completions", "/completions", "/embeddings")
         if file_id not in self.files:
             return _error(400, f"Invalid 'input_file_id': {file_id!r}. File not found.",
+                          "invalid_value", param="input_file_id")
+        if self.files[file_id]["status"] != "processed":
+            return _error(400, f"The input file {file_id} is not processed yet (status "
+                               f"{self.files[file_id]['status']!r}); try again when it is.",
                           "invalid_value", param="input_file_id")
         if endpoint not in allowed:
             return _error(400, f"Invalid value for 'endpoint': {endpoint!r}. Supported values "
