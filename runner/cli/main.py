@@ -438,6 +438,8 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
               help="Batch API: enqueued tokens per model (token_limit_exceeded beyond).")
 @click.option("--batch-invalid-marker", default=None,
               help="Batch API: lines containing this text fail validation.")
+@click.option("--batch-file-processing-s", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Batch API, Azure URLs: seconds an upload stays pending before processed.")
 def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: float,
              latency_ms: float, fault_rate: float, faults: str, quota_requests: int | None,
              seed: int, list_prompts: str, honour_n: bool, budget_scope: str, limiter: str,
@@ -446,7 +448,8 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
              batch_expire_after_lines: int | None = None,
              sim_batch_max_requests: int | None = None,
              sim_batch_max_bytes: int = 200 * 1024 * 1024, batch_token_limit: int | None = None,
-             batch_invalid_marker: str | None = None) -> None:
+             batch_invalid_marker: str | None = None,
+             batch_file_processing_s: float = 1.0) -> None:
     """Serve a simulated OpenAI-compatible API (and Azure OpenAI URL shapes), with the hosted
     Batch API's Files and Batches endpoints, for trying runner out."""
     from runner.simulator.server import SimConfig, serve
@@ -456,7 +459,8 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
                             finalize_s=batch_finalize_s, expire_after_lines=batch_expire_after_lines,
                             max_requests=sim_batch_max_requests, max_bytes=sim_batch_max_bytes,
                             enqueued_token_limit=batch_token_limit,
-                            invalid_marker=batch_invalid_marker)
+                            invalid_marker=batch_invalid_marker,
+                            file_processing_s=batch_file_processing_s)
         config = SimConfig(rpm=rpm, tpm=tpm, burst_s=burst_s, latency_ms=latency_ms,
                            fault_rate=fault_rate,
                            faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
