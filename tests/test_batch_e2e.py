@@ -107,6 +107,7 @@ def test_no_wait_exits_4_while_batches_run_then_0_once_collected(loop, tmp_path,
     loop.run_until_complete(__import__("asyncio").sleep(3600))  # cron comes back an hour later
     third = run(loop, sim, tmp_path, wait=False)
     assert third.exit_code() == EXIT_OK
+    assert (third.succeeded, third.already_done, third.jobs) == (60, 0, 60)
     assert sim.batches.stats.created == first.batches_created
     assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
 

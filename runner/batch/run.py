@@ -126,17 +126,20 @@ class BatchStats(RunStats):
 
 
 class _SeenState(OutputState):
-    """`OutputState` that also keeps the ids of result lines, so a repeated collect skips them."""
+    """`OutputState` that also keeps the result-line ids of the jobs in `watch`: the jobs of
+    batches a killed run may have started to collect, so collecting them again skips the lines
+    already written (memory grows with those jobs only, not with OUTPUT)."""
 
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "watch")
 
-    def __init__(self) -> None:
+    def __init__(self, watch: set[str] | None = None) -> None:
         super().__init__()
         self.ids: set[str] = set()
+        self.watch = watch or set()
 
     def add(self, record: Any) -> None:
         super().add(record)
-        if isinstance(record.get("id"), str):
+        if record.get("custom_id") in self.watch and isinstance(record.get("id"), str):
             self.ids.add(record["id"])
 
 
@@ -172,13 +175,14 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
     session = None
     try:
         lock.acquire()
-        seen = _SeenState()
-        loaded = ckpt.load(config.output, seen)
-        if loaded.torn_bytes:
-            log(f"{config.output}: cut off a torn last line ({loaded.torn_bytes} bytes); its job runs again")
         state = BatchState(config.output)
         if state.load():
             log(f"{state.path}: cut off a torn last line left by an interrupted run")
+        seen = _SeenState({cid for chunk in state.open_chunks() if chunk.status in FINAL_STATUSES
+                           for cid in chunk.jobs})
+        loaded = ckpt.load(config.output, seen)
+        if loaded.torn_bytes:
+            log(f"{config.output}: cut off a torn last line ({loaded.torn_bytes} bytes); its job runs again")
         state.open(os.urandom(8).hex())
         state.use_endpoint(config.endpoint.base_url)
         checkpoint = ckpt.Checkpoint(config.output, secrets=(config.endpoint.api_key,))
@@ -231,7 +235,6 @@ class _Engine:
         self.ready_files: set[str] = set()  # uploaded files the provider has processed
         self.requeued = 0
         self.waiting = 0  # jobs the last plan could not submit: no room under the enqueued-token limit
-        self.succeeded_here: set[str] = set()  # jobs whose success line this run wrote
         self.failed_here: set[str] = set()  # jobs given a failure line this run: not sent again
 
     # -- the loop --------------------------------------------------------------------------------
@@ -658,7 +661,6 @@ class _Engine:
             for i, (job, own) in enumerate(zip(request.jobs, answers)):
                 rid = record_id if len(ids) == 1 else f"{record_id}-{i}"
                 self.sink(success_record(job.custom_id, own, record_id=rid, request_id=request_id))
-                self.succeeded_here.add(job.custom_id)
                 self.stats.add_usage(chunk.model, own.get("usage"))
             self.stats.succeeded += len(ids)
         elif step is Step.FAIL:
@@ -718,6 +720,7 @@ class _Engine:
         self.planned_once = True
         self.requeued = 0  # jobs of batches refused for the enqueued-token limit during this plan
         stats, state, seen = self.stats, self.state, self.seen
+        succeeded_before = stats.succeeded if first else 0
         busy = state.busy_jobs()
         group_of = state.group_of()
         groups: dict[int, list[Job]] = {}
@@ -748,7 +751,7 @@ class _Engine:
             if cid in busy or cid in self.failed_here:
                 continue
             if cid in seen.done:
-                if first and cid not in self.succeeded_here:
+                if first:
                     stats.already_done += 1
                 continue
             if cid in seen.permanent and cid not in self.retry_ids:
@@ -782,6 +785,7 @@ class _Engine:
         if packer:
             add(packer.flush())
         drafts.extend(splitter.flush())
+        stats.already_done -= succeeded_before  # collected by this run before its first plan
         await self.submit_all(drafts)
         self.waiting = splitter.held + self.requeued
         if splitter.held:
