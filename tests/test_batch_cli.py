@@ -52,6 +52,7 @@ def test_sigkill_three_times_across_submit_poll_and_collect_then_no_wait_runs_fi
     assert {e["event"] for e in state} >= {"run", "planned", "uploaded", "created", "closed"}
 
 
+@pytest.mark.slow  # real time: the simulator runs in a thread
 def test_the_commands_no_wait_status_refresh_cancel_and_run_again(tmp_path, monkeypatch):
     from click.testing import CliRunner
     from runner.cli.main import main
@@ -110,6 +111,7 @@ def test_sigterm_exits_3_within_seconds_and_a_no_wait_run_carries_on(tmp_path):
         assert b"sk-test-key" not in path.read_bytes()
 
 
+@pytest.mark.slow  # real time: the simulator runs in a thread
 def test_via_and_wait_come_from_the_environment_and_the_config_file(tmp_path, monkeypatch):
     from click.testing import CliRunner
     from runner.cli.main import main
