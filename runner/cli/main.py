@@ -303,8 +303,10 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
 
 
 @configurable(schema=run_command)
-@main.command("cancel", epilog="Exit codes as `runner run`; 4 with --no-wait while batches are "
-                               "still cancelling.")
+@main.command("cancel", epilog="Exit codes: 0 every open batch cancelled and its finished lines "
+                               "collected (other jobs stay pending); 1 some collected lines are "
+                               "failures; 2, 3 as `runner run`; 4 with --no-wait while batches "
+                               "are still cancelling.")
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The result file of a `runner run --via batch`.")
