@@ -15,13 +15,16 @@ Targets (each its own server process on a free loopback port, fresh for every ru
     sim ietf headers    ... RateLimit-* headers of the IETF draft (--header-style ietf)
     sim key budget      one budget per API key across models (RPM 600), LiteLLM's headers
     sim window          fixed 60 s windows from a window's first request (RPM 60), retry-after 60
+    sim gateway window  ... with LiteLLM's headers (no reset), as LiteLLM's proxy limits a key
+    sim window no headers ... and no rate-limit headers at all: only the 429s teach
+    sim router minute   calendar minutes, rpm - 1 pass, LiteLLM's router headers (as litellm below)
     sim serial          one request at a time, 50 ms each, no rate limit (--serial)
     llmock              per-key buckets holding a whole minute (RPM 150); no /v1/completions
     litellm             calendar-minute windows per model deployment (rpm 61, usage-based-routing-v2)
 
 "Told" gives what a user who read the server's documentation would give: ``--rpm`` and the
-server's ``--burst`` (60 for a minute-long bucket or window), ``--concurrency 1`` for the serial
-server.
+server's ``--burst`` (60 for a minute-long bucket or window), ``--budget-scope key`` where one
+budget covers the key's models, ``--concurrency 1`` for the serial server.
 
 **Ideal time** is what a client that knows the server exactly needs: per budget (a model, or the
 key), the requests it must send (a chat job one request, or ``n`` where the server ignores ``n``;
@@ -105,13 +108,22 @@ TARGETS = (
            told=("--rpm", "300", "--burst", "2")),
     Target("sim key budget", "sim", rpm=600, scope="key",
            sim_flags=("--budget-scope", "key", "--header-style", "litellm"),
-           told=("--rpm", "600", "--burst", "2")),
+           told=("--rpm", "600", "--burst", "2", "--budget-scope", "key")),
     Target("sim window", "sim", rpm=60, limiter="window", sim_flags=("--limiter", "window"),
+           told=("--rpm", "60", "--burst", "60")),
+    Target("sim gateway window", "sim", rpm=60, limiter="window",
+           sim_flags=("--limiter", "window", "--header-style", "litellm"),
+           told=("--rpm", "60", "--burst", "60")),
+    Target("sim window no headers", "sim", rpm=60, limiter="window",
+           sim_flags=("--limiter", "window", "--header-style", "none"),
+           told=("--rpm", "60", "--burst", "60")),
+    Target("sim router minute", "sim", rpm=61, limiter="minute",
+           sim_flags=("--limiter", "minute", "--header-style", "litellm-router"),
            told=("--rpm", "60", "--burst", "60")),
     Target("sim serial", "sim", limiter="serial", latency_ms=50.0, sim_flags=("--serial",),
            told=("--concurrency", "1")),
     Target("llmock", "llmock", rpm=150, burst_s=60.0, scope="key", completions=False,
-           answers="echo", told=("--rpm", "150", "--burst", "60")),
+           answers="echo", told=("--rpm", "150", "--burst", "60", "--budget-scope", "key")),
     Target("litellm", "litellm", rpm=61, limiter="minute", lists=False, answers="fixed",
            told=("--rpm", "60", "--burst", "60")),
 )

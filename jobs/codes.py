@@ -18,6 +18,8 @@ TIMEOUT = "timeout"  # 408, or no answer within the timeout
 CONNECTION_ERROR = "connection_error"  # no answer: refused, reset, cut short, malformed HTTP
 BAD_RESPONSE = "bad_response"  # a 2xx whose body is not JSON or lacks some job's choices
 INTERNAL_ERROR = "internal_error"  # a bug on our side, not the job's fault
+IMAGE_DOWNLOAD_FAILED = "image_download_failed"  # an image `url` could not be fetched in time
+IMAGE_SAVE_FAILED = "image_save_failed"  # an image could not be written to --images-dir
 
 # The job itself is wrong: another run would get the same answer.
 INVALID_REQUEST = "invalid_request"  # 400 naming no code
@@ -39,7 +41,8 @@ STRING_ABOVE_MAX_LENGTH = "string_above_max_length"
 
 TRANSIENT_CODES = frozenset({
     RATE_LIMITED, SERVER_ERROR, TIMEOUT, CONNECTION_ERROR, BAD_RESPONSE,
-    QUOTA, INVALID_API_KEY, PERMISSION_DENIED, INTERNAL_ERROR,
+    QUOTA, INVALID_API_KEY, PERMISSION_DENIED, INTERNAL_ERROR, IMAGE_DOWNLOAD_FAILED,
+    IMAGE_SAVE_FAILED,
 })
 PERMANENT_CODES = frozenset({
     INVALID_REQUEST, NOT_FOUND, CONTEXT_LENGTH_EXCEEDED, UNPROCESSABLE, REQUEST_TOO_LARGE,

@@ -19,7 +19,7 @@ The numbers:
   latency and a smaller server-side limit only add to it); models run in parallel, so the whole
   run takes the longest model's time; None when neither limit is known;
 - `cost`: prompt tokens x input price + max completion tokens x output price, an upper bound,
-  except for chat jobs without a max tokens field, whose output is unbounded and not included
+  except for chat and Responses jobs without a max tokens field, whose output is unbounded and not included
   (counted in `uncapped`).
 """
 from __future__ import annotations
@@ -29,14 +29,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs import tokens
+from jobs.endpoints import images_requested, spec_of
 from jobs.flags import MAX_FLAGGED, FlagSample
-from jobs.job import CHAT, Job
+from jobs.job import Job
 from jobs.packing import Budget, Packer, Request
 from jobs.reader import BadLine, Duplicate, read_jobs
 
-COMPLETION_CAP_KEYS = ("max_completion_tokens", "max_tokens")
 
 CostFn = Callable[[str, int, int], "float | None"]  # (model, prompt, completion) -> USD or None
+ImagePriceFn = Callable[[str, "str | None", "str | None"], "float | None"]  # (model, size, quality)
+
+
+def _no_image_prices(model: str, size: str | None, quality: str | None) -> float | None:
+    return None
 
 
 def _no_prices(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -55,22 +60,26 @@ class ModelEstimate:
     prompt_tokens: int = 0
     max_completion_tokens: int = 0
     charge: int = 0                 # rate-limit tokens
-    uncapped: int = 0               # chat jobs without max tokens: output not bounded
+    uncapped: int = 0               # chat/Responses jobs without max tokens: output not bounded
     cost: float | None = None       # USD, filled in by `Estimator.finish`; None = unknown price
+    images: int = 0                 # images asked for (image endpoints: n per job)
+    image_cost: float | None = 0.0  # USD for them by the per-image table; None = some unpriced
 
-    def minutes(self, budget: Budget) -> float | None:
-        """max(requests / RPM, charge / TPM) over the limits known; None when none is."""
-        terms = [n / limit for n, limit in ((self.requests, budget.rpm), (self.charge, budget.tpm))
-                 if limit]
+    def minutes(self, budget: Budget, ipm: float | None = None) -> float | None:
+        """max(requests / RPM, charge / TPM) over the limits known; for an image model
+        max(requests / RPM, images / IPM); None when none is."""
+        second = (self.images, ipm) if self.images else (self.charge, budget.tpm)
+        terms = [n / limit for n, limit in ((self.requests, budget.rpm), second) if limit]
         return max(terms) if terms else None
 
-    def to_json(self, budget: Budget) -> dict[str, Any]:
+    def to_json(self, budget: Budget, ipm: float | None = None) -> dict[str, Any]:
         return {"model": self.model, "jobs": self.jobs, "over_context": self.over_context,
                 "requests": self.requests, "packed_jobs": self.packed_jobs,
                 "prompt_tokens": self.prompt_tokens,
                 "max_completion_tokens": self.max_completion_tokens,
                 "rate_limit_charge": self.charge, "uncapped_jobs": self.uncapped,
-                "minutes": self.minutes(budget), "cost_usd": self.cost}
+                "images": self.images, "minutes": self.minutes(budget, ipm),
+                "cost_usd": self.cost}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +92,11 @@ class Estimate:
     bad_lines: FlagSample
     duplicates: FlagSample
     over_context: FlagSample
+    ipm: float | None = None
+
+    @property
+    def images(self) -> int:
+        return sum(m.images for m in self.models)
 
     @property
     def jobs(self) -> int:
@@ -96,7 +110,7 @@ class Estimate:
     @property
     def minutes(self) -> float | None:
         """Models run in parallel: the longest model's time; None without any limit."""
-        times = [t for m in self.models if (t := m.minutes(self.budget)) is not None]
+        times = [t for m in self.models if (t := m.minutes(self.budget, self.ipm)) is not None]
         return max(times) if times else None
 
     @property
@@ -117,11 +131,11 @@ class Estimate:
         """Everything, as plain JSON types (for `--json`)."""
         return {
             "input": self.path,
-            "limits": {"rpm": self.budget.rpm, "tpm": self.budget.tpm},
-            "jobs": self.jobs, "requests": self.requests,
+            "limits": {"rpm": self.budget.rpm, "tpm": self.budget.tpm, "ipm": self.ipm},
+            "jobs": self.jobs, "requests": self.requests, "images": self.images,
             "bad_lines": self.bad_lines.to_json(), "duplicates": self.duplicates.to_json(),
             "over_context": self.over_context.to_json(),
-            "models": [m.to_json(self.budget) for m in self.models],
+            "models": [m.to_json(self.budget, self.ipm) for m in self.models],
             "total": {"minutes": self.minutes, "cost_usd": self.cost,
                       "cost_is_upper_bound": self.uncapped == 0,
                       "uncapped_jobs": self.uncapped, "unpriced_models": self.unpriced},
@@ -129,12 +143,14 @@ class Estimate:
 
 
 def has_completion_cap(job: Job) -> bool:
-    """Whether the job's output is bounded: chat needs max_completion_tokens or max_tokens;
-    completions default to 16 tokens; embeddings have no output."""
-    if job.url != CHAT:
+    """Whether the job's output is bounded: chat needs max_completion_tokens or max_tokens,
+    Responses max_output_tokens; completions default to 16 tokens; embeddings, moderations and
+    images have no token output (`jobs.endpoints`)."""
+    spec = spec_of(job.url)
+    if not spec.output_fields or spec.default_output:
         return True
     return any(isinstance(job.body.get(k), int) and not isinstance(job.body.get(k), bool)
-               for k in COMPLETION_CAP_KEYS)
+               for k in spec.output_fields)
 
 
 class Estimator:
@@ -143,8 +159,11 @@ class Estimator:
 
     def __init__(self, path: str, *, counter: tokens.TokenCounter, rpm: float | None = None,
                  tpm: float | None = None, cost: CostFn = _no_prices,
-                 max_flagged: int = MAX_FLAGGED) -> None:
+                 max_flagged: int = MAX_FLAGGED, ipm: float | None = None,
+                 image_price: ImagePriceFn = _no_image_prices) -> None:
         self.path = path
+        self.ipm = ipm
+        self._image_price = image_price
         self._counter = counter
         self.budget = Budget(rpm=rpm, tpm=tpm)
         self._cost = cost
@@ -179,6 +198,12 @@ class Estimator:
         model.prompt_tokens += tokens.prompt_tokens(item.url, item.body, self._counter)
         model.max_completion_tokens += tokens.max_completion_tokens(item.url, item.body)
         model.charge += charge
+        images = images_requested(item.url, item.body)
+        if images:
+            model.images += images
+            price = self._image_price(item.model, item.body.get("size"), item.body.get("quality"))
+            model.image_cost = None if price is None or model.image_cost is None \
+                else model.image_cost + price * images
         if not has_completion_cap(item):
             model.uncapped += 1
         self._count(self._packer.add(item, charge))
@@ -195,18 +220,22 @@ class Estimator:
         self._count(self._packer.flush())
         for model in self._models.values():
             model.cost = self._cost(model.model, model.prompt_tokens, model.max_completion_tokens)
-        return Estimate(path=self.path, budget=self.budget,
+            if model.images:  # priced per image (gpt-image-1: the table's per-image equivalents)
+                model.cost = model.image_cost
+        return Estimate(path=self.path, budget=self.budget, ipm=self.ipm,
                         models=tuple(sorted(self._models.values(), key=lambda m: m.model)),
                         bad_lines=self._bad, duplicates=self._duplicates, over_context=self._over)
 
 
 def estimate_lines(lines: Iterable[bytes], path: str, *, counter: tokens.TokenCounter,
                    rpm: float | None = None, tpm: float | None = None,
-                   cost: CostFn = _no_prices, max_flagged: int = MAX_FLAGGED) -> Estimate:
+                   cost: CostFn = _no_prices, max_flagged: int = MAX_FLAGGED,
+                   ipm: float | None = None, image_price: ImagePriceFn = _no_image_prices
+                   ) -> Estimate:
     """The estimate of a stream of raw input lines (`path` names them in messages); true token
     counts by `counter`."""
     estimator = Estimator(path, counter=counter, rpm=rpm, tpm=tpm, cost=cost,
-                          max_flagged=max_flagged)
+                          max_flagged=max_flagged, ipm=ipm, image_price=image_price)
     for item in read_jobs(lines, path):
         estimator.feed(item)
     return estimator.finish()

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-EMBEDDINGS = "/v1/embeddings"
-ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS)
+from jobs.endpoints import (  # noqa: F401  (the urls are re-exported: jobs.job.CHAT etc.)
+    CHAT, COMPLETIONS, EMBEDDINGS, ENDPOINTS, IMAGES_EDITS, IMAGES_GENERATIONS, IMAGES_VARIATIONS,
+    MODERATIONS, RESPONSES, model_of,
+)
 METHODS = ("POST",)
 
 
@@ -35,5 +35,6 @@ class Job:
 
     @property
     def model(self) -> str:
-        """The body's `model` (validated as a non-empty string when read)."""
-        return self.body["model"]
+        """The body's `model` (validated as a non-empty string when read), or the model the API
+        assumes for an endpoint where it is optional (moderations, images)."""
+        return model_of(self.url, self.body)

@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from jobs.job import CHAT, COMPLETIONS, EMBEDDINGS, Job
+from jobs.endpoints import spec_of
+from jobs.job import CHAT, EMBEDDINGS, Job
 from jobs.tokens import rate_limit_charge
 from jobs.usage import usage_count
 
@@ -58,7 +59,7 @@ class Request:
 
     @property
     def model(self) -> str:
-        return self.body["model"]
+        return self.jobs[0].model
 
     @property
     def packed(self) -> bool:
@@ -67,7 +68,7 @@ class Request:
     @property
     def n(self) -> int:
         """Choices asked per prompt (1 for embeddings)."""
-        return 1 if self.url == EMBEDDINGS else _choices_per_prompt(self.body)
+        return _choices_per_prompt(self.body) if spec_of(self.url).n_multiplies else 1
 
     @property
     def prompts(self) -> int:
@@ -81,16 +82,17 @@ def single(job: Job, charge: int) -> Request:
 
 
 def _list_field(url: str) -> str | None:
-    return {COMPLETIONS: "prompt", EMBEDDINGS: "input"}.get(url)
+    return spec_of(url).list_field
 
 
 def prompt_count(job: Job) -> int:
-    """How many prompts (completions) or inputs (embeddings) a job's own body holds."""
+    """How many prompts (completions) or inputs (embeddings, moderations) a job's own body holds
+    (a list of multimodal moderation parts is one input)."""
     field = _list_field(job.url)
     if field is None:
         return 1
     value = job.body.get(field)
-    if isinstance(value, list) and value and not isinstance(value[0], int):
+    if isinstance(value, list) and value and isinstance(value[0], (str, list)):
         return len(value)
     return 1
 
@@ -141,21 +143,36 @@ def _prompt_weight(job: Job) -> float:
 def split_response(request: Request, body: Any) -> list[dict[str, Any]]:
     """Each job's own answer body, in the order of `request.jobs`.
 
-    Raises MissingChoices when the answer lacks a choice or embedding some job needs, or is not
-    the shape the endpoint answers with; the caller retries rather than writing a hole. Raises
-    `NChoicesIgnored` (a MissingChoices) when `n` > 1 and exactly one choice per prompt came back.
+    Raises MissingChoices when the answer lacks a choice, embedding or moderation result some job
+    needs, or is not the shape the endpoint answers with; the caller retries rather than writing a
+    hole. Items with an `index` are matched by it; moderation `results` carry none and are matched
+    by position, so a count that differs from the inputs sent is MissingChoices (the whole request
+    is retried; results are never shifted from one job to another). Raises `NChoicesIgnored` (a
+    MissingChoices) when `n` > 1 and exactly one choice per prompt came back.
     """
     if not isinstance(body, dict):
         raise MissingChoices("answer is not a JSON object")
-    key = "data" if request.url == EMBEDDINGS else "choices"
+    spec = spec_of(request.url)
+    key = spec.items
+    if key is None:  # the Responses API: one object, the job's whole answer
+        return [body]
     items = body.get(key)
     if not isinstance(items, list):
         raise MissingChoices(f"answer has no {key!r} list")
-    per_prompt = 1 if request.url == EMBEDDINGS else _choices_per_prompt(request.body)
+    if spec.images:  # one request, one job: every image of `data` is its own
+        if not items:
+            raise MissingChoices("answer has an empty 'data' list")
+        return [body]
+    per_prompt = _choices_per_prompt(request.body) if spec.n_multiplies else 1
     counts = [prompt_count(j) for j in request.jobs] if request.url != CHAT else [1]
     expected = sum(counts) * per_prompt
     by_index: dict[int, dict[str, Any]] = {}
-    for item in items:
+    if not spec.indexed:
+        if len(items) != expected:
+            raise MissingChoices(f"answer has {len(items)} {key} for {expected} inputs; positions "
+                                 "cannot be trusted")
+        by_index = dict(enumerate(items))
+    for item in items if spec.indexed else ():
         index = item.get("index") if isinstance(item, dict) else None
         if isinstance(index, int) and 0 <= index < expected:
             by_index[index] = item
@@ -174,8 +191,11 @@ def split_response(request: Request, body: Any) -> list[dict[str, Any]]:
     offset = 0
     for count in counts:
         width = count * per_prompt
-        slices.append([{**by_index[offset + k], "index": k} for k in range(width)])
+        slices.append([{**by_index[offset + k], "index": k} if spec.indexed else by_index[offset + k]
+                       for k in range(width)])
         offset += width
+    if spec.list_field == "input" and request.url != EMBEDDINGS:  # moderations: no usage
+        return [{**body, key: own} for own in slices]
     prompt_parts = apportion(usage_count(usage.get("prompt_tokens")),
                              [_prompt_weight(j) for j in request.jobs])
     completion_parts = apportion(usage_count(usage.get("completion_tokens")),
@@ -229,7 +249,8 @@ def _charge_ceiling(budget: Budget | None) -> float:
 def group_key(job: Job) -> bytes | None:
     """Jobs with equal keys may share a request; None for a job that must go alone.
 
-    Packable: completions with a string `prompt`, embeddings with a string `input`; every other field
+    Packable: completions with a string `prompt`, embeddings and moderations with a string `input`
+    (`jobs.endpoints`: the spec's `list_field`); every other field
     (model, n, max_tokens, temperature, stop, logprobs, ...) must be identical. Chat completions have
     no list form and always go alone.
     """

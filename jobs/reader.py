@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from jobs.endpoints import SPECS, body_problem
 from jobs.job import ENDPOINTS, METHODS, Job
 
 MAX_SHOWN = 60  # characters of an offending value quoted in a message
@@ -121,8 +122,12 @@ def parse_line(raw: bytes, line: int, path: str) -> Job | BadLine | None:
     if not isinstance(body, dict):
         return bad(f"body must be a JSON object, got {type(body).__name__}", custom_id)
     model = body.get("model")
-    if not isinstance(model, str) or not model:
+    optional = SPECS[url].default_model is not None
+    if not (isinstance(model, str) and model) and not (optional and "model" not in body):
         return bad("body.model must be a non-empty string", custom_id)
+    problem = body_problem(url, body)
+    if problem is not None:
+        return bad(problem, custom_id)
     return Job(custom_id=custom_id, url=url, body=body, line=line)
 
 

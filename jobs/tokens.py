@@ -19,7 +19,10 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from jobs.job import CHAT, COMPLETIONS, EMBEDDINGS
+from jobs.endpoints import (
+    CHAT, COMPLETIONS, EMBEDDINGS, MODERATIONS, RESPONSES, images_requested, moderation_inputs,
+    response_text, spec_of,
+)
 from jobs.models import longest_prefix
 
 O200K_BASE = "o200k_base"
@@ -106,10 +109,7 @@ def count_tokens(text: str, model: str | None, counter: TokenCounter) -> int:
 # --- reading request bodies -----------------------------------------------------------------
 
 def _kind(url: str) -> str:
-    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
-        if url == endpoint or url.endswith(endpoint.removeprefix("/v1")):
-            return endpoint
-    raise ValueError(f"unsupported url {url!r}")
+    return spec_of(url).url
 
 
 def _content_text(content: Any) -> str:
@@ -137,6 +137,12 @@ def _prompts(url: str, body: dict) -> tuple[str, list[str | list[int]]]:
     kind = _kind(url)
     if kind == CHAT:
         return kind, ["".join(_content_text(m.get("content")) for m in _messages(body))]
+    if kind == RESPONSES:
+        return kind, [response_text(body)]
+    if kind == MODERATIONS:
+        return kind, list(moderation_inputs(body.get("input")))
+    if kind not in (COMPLETIONS, EMBEDDINGS):
+        return kind, []  # images: charged in images, not tokens
     value = body.get("prompt" if kind == COMPLETIONS else "input")
     if isinstance(value, str) or _is_token_ids(value):
         return kind, [value]
@@ -160,17 +166,16 @@ def _positive_int(value: Any) -> int | None:
 def _max_tokens(kind: str, body: dict) -> int:
     """Completion budget of one completion: max_completion_tokens, else max_tokens, else the
     endpoint's default."""
-    if kind == EMBEDDINGS:
-        return 0
-    for key in ("max_completion_tokens", "max_tokens"):
+    spec = spec_of(kind)
+    for key in spec.output_fields:
         value = _positive_int(body.get(key))
         if value is not None:
             return value
-    return DEFAULT_MAX_TOKENS[kind]
+    return spec.default_output
 
 
 def _n(kind: str, body: dict) -> int:
-    n = body.get("n", 1) if kind in (CHAT, COMPLETIONS) else 1
+    n = body.get("n", 1) if spec_of(kind).n_multiplies else 1
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
 
 
@@ -183,9 +188,13 @@ def max_completion_tokens(url: str, body: dict) -> int:
 
 def rate_limit_charge(url: str, body: dict) -> int:
     """The tokens the API's rate limiter charges for this request (and the simulator charges):
-    sum over prompts of ceil(chars / 4) + max tokens x n; embeddings: ceil(chars / 4) per input,
-    no completion part. A token-id prompt counts its length. Pure arithmetic, no tokenizer."""
+    sum over prompts of ceil(chars / 4) + max tokens x n; embeddings and moderations:
+    ceil(chars / 4) per input, no completion part; Responses: ceil(chars / 4) of `instructions`
+    and the input's texts + `max_output_tokens` (0 when absent, as for chat without max tokens).
+    Image endpoints are charged in images, not tokens: `n` (default 1), against images per minute. A token-id prompt counts its length. Pure arithmetic, no tokenizer."""
     kind, prompts = _prompts(url, body)
+    if spec_of(kind).images:
+        return images_requested(kind, body)
     per_prompt = _max_tokens(kind, body) * _n(kind, body)
     return sum((_approx_tokens(p) if isinstance(p, str) else len(p)) + per_prompt
                for p in prompts)

@@ -224,7 +224,13 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
     arrived, the exception (`exc` wins when given; a `BaseException` that is not an `Exception`,
     such as `asyncio.CancelledError`, is re-raised). Rules:
 
-    - 2xx: OK (the caller still validates the JSON; see `classify_bad_response`).
+    - 2xx: OK (the caller still validates the JSON; see `classify_bad_response`). A parsed 2xx
+      body (a Mapping) is read for the Responses API's own outcome: `status: "incomplete"` is OK
+      when `incomplete_details.reason` is `max_output_tokens` (the answer is the user's, cut
+      short as asked), FAIL_JOB "content_filter" when it is `content_filter`; `status: "failed"`
+      is its `error` object classified like an error body (`server_error` and `rate_limit_exceeded`
+      RETRY, any other code FAIL_JOB with that code); `cancelled`, `queued`, `in_progress`
+      (a background response) FAIL_JOB "unexpected_status".
     - 429 `insufficient_quota` (error code or type): STOP_RUN "insufficient_quota".
     - other 429: RETRY "rate_limit_exceeded", delay from retry-after-ms / retry-after, else the
       reset header of the budget named by the body's `type` ("tokens"/"requests"; else the larger
@@ -251,7 +257,7 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
     if status is None:
         raise ValueError("classify() needs a status or an exception")
     if 200 <= status < 300:
-        return _OK
+        return _answer_verdict(body) if isinstance(body, Mapping) else _OK
     code, kind, message = _error_fields(body)
     text = _clean_message(message or f"HTTP {status}")
     if status == 429:
@@ -271,6 +277,33 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
         blames = status == 400 and _blames_a_prompt(body)
         return Verdict(Action.FAIL_JOB, code, text, blames_prompt=blames)
     return Verdict(Action.FAIL_JOB, codes.UNEXPECTED_STATUS, text)
+
+
+_RETRY_ANSWER_CODES = frozenset({codes.SERVER_ERROR, codes.RATE_LIMITED})
+
+
+def _answer_verdict(body: Mapping) -> Verdict:
+    """The verdict on a parsed 2xx body: OK unless it is a Responses API object that did not
+    complete (see `classify`)."""
+    status = body.get("status")
+    if body.get("object") != "response" or status in ("completed", None):
+        return _OK
+    if status == "incomplete":
+        details = body.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, Mapping) else None
+        if reason == "content_filter":
+            return Verdict(Action.FAIL_JOB, codes.CONTENT_FILTER,
+                           "the response is incomplete: content_filter")
+        return _OK  # max_output_tokens: the answer, as long as the job allowed
+    if status == "failed":
+        code, _, message = _error_fields(body)
+        code = code or codes.SERVER_ERROR
+        text = _clean_message(message or "the response failed")
+        if code in _RETRY_ANSWER_CODES:
+            return Verdict(Action.RETRY, code, text)
+        return Verdict(Action.FAIL_JOB, code, text)
+    return Verdict(Action.FAIL_JOB, codes.UNEXPECTED_STATUS,
+                   _clean_message(f"the response's status is {status!r}"))
 
 
 def classify_bad_response(reason: str) -> Verdict:

@@ -196,3 +196,39 @@ def test_precedence_on_the_real_run_command(tmp_path, monkeypatch):
     assert (config.rpm, config.tpm) == (100, 6000)                 # file; env beats file
     assert config.dispatch.max_attempts == 5                       # flag beats env and file
     assert config.dispatch.concurrency == 7 and config.burst_s == 1.0  # file; default
+
+
+@pytest.mark.parametrize("how, expected", [
+    ((), "auto"),
+    (("--budget-scope", "key"), "key"),
+    (("file",), "key"),
+    (("env",), "model"),
+])
+def test_budget_scope_comes_from_the_flag_the_environment_or_the_file(tmp_path, monkeypatch, how,
+                                                                     expected):
+    from runner.cli import main as cli
+
+    captured = {}
+    monkeypatch.setattr(cli, "_execute", lambda config, **kw: captured.setdefault("config", config) and 0)
+    (tmp_path / "in.jsonl").write_text("")
+    if "file" in how:
+        (tmp_path / "runner.toml").write_text('budget_scope = "key"\n')
+    if "env" in how:
+        monkeypatch.setenv("RUNNER_BUDGET_SCOPE", "model")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-000000")
+    flags = [flag for flag in how if flag.startswith("--") or flag == "key"]
+    result = CliRunner().invoke(cli.main, ["run", "in.jsonl", "-o", "out.jsonl", *flags])
+    assert result.exit_code == 0, result.output
+    assert captured["config"].budget_scope == expected
+
+
+def test_a_bad_budget_scope_in_the_file_is_a_usage_error_naming_it(tmp_path, monkeypatch):
+    from runner.cli import main as cli
+
+    (tmp_path / "in.jsonl").write_text("")
+    (tmp_path / "runner.toml").write_text('budget_scope = "org"\n')
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, ["run", "in.jsonl", "-o", "out.jsonl"])
+    assert result.exit_code == 2
+    assert "budget_scope" in result.output

@@ -81,7 +81,7 @@ def test_rate_limit_info_reads_openai_headers():
     })
     assert info == RateLimitInfo(limit_requests=5000, remaining_requests=4999,
                                  reset_requests=pytest.approx(0.012), limit_tokens=160000,
-                                 remaining_tokens=159976, reset_tokens=360.0)
+                                 remaining_tokens=159976, reset_tokens=360.0, style="openai")
     assert not info.empty
 
 
@@ -112,3 +112,79 @@ def test_rate_limit_info_is_frozen():
     info = RateLimitInfo()
     with pytest.raises(AttributeError):
         info.remaining_tokens = 5  # type: ignore[misc]
+
+
+# -- gateways' names ---------------------------------------------------------------------------
+
+def test_litellm_per_model_headers_are_read_with_their_scope():
+    info = RateLimitInfo.from_headers({
+        "x-ratelimit-model_per_key-limit-requests": "60",
+        "x-ratelimit-model_per_key-remaining-requests": "59",
+        "x-ratelimit-model_per_key-limit-tokens": "10000",
+        "x-ratelimit-model_per_key-remaining-tokens": "9980",
+    })
+    assert info == RateLimitInfo(limit_requests=60, remaining_requests=59, limit_tokens=10000,
+                                 remaining_tokens=9980, window_s=60.0, scope="model",
+                                 style="litellm")
+
+
+def test_litellm_key_headers_name_a_budget_of_the_whole_key():
+    headers = CIMultiDictProxy(CIMultiDict({"X-RateLimit-Api_Key-Limit-Requests": "600",
+                                            "X-RateLimit-Api_Key-Remaining-Requests": "12"}))
+    info = RateLimitInfo.from_headers(headers)
+    assert (info.limit_requests, info.remaining_requests, info.scope) == (600, 12, "key")
+
+
+def test_litellm_remaining_below_zero_is_zero_and_the_binding_descriptor_wins():
+    info = RateLimitInfo.from_headers({
+        "x-ratelimit-api_key-limit-requests": "600", "x-ratelimit-api_key-remaining-requests": "400",
+        "x-ratelimit-model_per_key-limit-requests": "60",
+        "x-ratelimit-model_per_key-remaining-requests": "-2",
+    })
+    assert (info.limit_requests, info.remaining_requests, info.scope) == (60, 0, "model")
+
+
+def test_openai_names_win_over_a_gateways_own():
+    info = RateLimitInfo.from_headers({
+        "x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "499",
+        "x-ratelimit-api_key-limit-requests": "60", "ratelimit-limit": "10",
+    })
+    assert (info.limit_requests, info.style, info.window_s) == (500, "openai", None)
+
+
+@pytest.mark.parametrize("headers, expected", [
+    # draft -06 and earlier: separate fields, the window in the policy
+    ({"RateLimit-Limit": "100", "RateLimit-Remaining": "40", "RateLimit-Reset": "30",
+      "RateLimit-Policy": "100;w=60"}, (100, 40, 30.0, 60.0)),
+    ({"RateLimit-Limit": "10", "RateLimit-Remaining": "3", "RateLimit-Reset": "1",
+      "RateLimit-Policy": "10;w=1, 500;w=3600"}, (10, 3, 1.0, 1.0)),
+    # no policy: a minute
+    ({"RateLimit-Limit": "100", "RateLimit-Remaining": "99", "RateLimit-Reset": "59"},
+     (100, 99, 59.0, 60.0)),
+    # draft -07 on: structured fields
+    ({"RateLimit": '"default";r=50;t=30', "RateLimit-Policy": '"default";q=100;w=10'},
+     (100, 50, 30.0, 10.0)),
+    # Kong's per-window names beside the draft's
+    ({"RateLimit-Limit": "5", "RateLimit-Remaining": "4", "RateLimit-Reset": "47",
+      "X-RateLimit-Limit-Second": "5", "X-RateLimit-Remaining-Second": "4"},
+     (5, 4, 47.0, 1.0)),
+    ({"X-RateLimit-Limit-Minute": "30", "X-RateLimit-Remaining-Minute": "29"},
+     (30, 29, None, 60.0)),
+])
+def test_ietf_draft_and_kong_headers_are_a_requests_quota_per_window(headers, expected):
+    info = RateLimitInfo.from_headers(CIMultiDictProxy(CIMultiDict(headers)))
+    assert (info.limit_requests, info.remaining_requests, info.reset_requests,
+            info.window_s) == expected
+    assert info.style == "ietf" and info.limit_tokens is None
+
+
+def test_gateway_garbage_is_ignored():
+    info = RateLimitInfo.from_headers({"ratelimit-limit": "many", "ratelimit-remaining": "-4",
+                                       "x-ratelimit-api_key-limit-requests": "lots"})
+    assert info.empty
+
+
+def test_litellm_passes_retry_after_on_under_its_provider_prefix():
+    headers = CIMultiDictProxy(CIMultiDict({"llm_provider-retry-after": "60"}))
+    assert parse_retry_after(headers) == 60.0
+    assert parse_retry_after({"llm_provider-retry-after": "60", "retry-after": "2"}) == 2.0

@@ -189,11 +189,11 @@ def test_a_server_that_ignores_n_fails_those_jobs_as_n_not_supported_after_one_c
 # -- 429s that carry a delay are pacing --------------------------------------------------------------
 
 def test_paced_429s_never_end_a_job_while_the_run_makes_progress(loop, tmp_path):
-    """One budget per key shared by two models, each told a limit the key cannot give both: 429s are
+    """One budget per key shared by two models, each told four times the limit the key gives both: 429s are
     frequent, and with --max-attempts 1 the old rule (every 4th paced 429 counts) failed jobs."""
     jobs = [chat(i, model=m) for i in range(150) for m in ("model-a", "model-b")]
     sim = SimConfig(rpm=120, tpm=10_000_000, burst_s=2, budget_scope="key", header_style="none", seed=2)
-    result = run_jobs(loop, tmp_path, jobs, sim, rpm=120, tpm=None, max_attempts=1)
+    result = run_jobs(loop, tmp_path, jobs, sim, rpm=480, tpm=None, max_attempts=1)
     assert result.stats.exit_code() == 0
     for job in jobs:
         check_own_answer(job, result.records[job["custom_id"]])

@@ -404,7 +404,8 @@ def test_a_higher_remaining_header_never_raises_our_level():
 def test_the_server_limit_replaces_a_too_high_user_guess():
     async def main():
         limiter = RateLimiter(rpm=6000, tpm=None, burst_s=1.0)  # the user guessed 100/s
-        limiter.observe(None, Info(limit_requests=60, remaining_requests=59))  # the server says 1/s
+        limiter.observe(None, Info(limit_requests=60, remaining_requests=59,
+                                   reset_requests=1.0))  # the server says 1/s
         log: list = []
         await asyncio.gather(*(admit(limiter, log, str(i)) for i in range(4)))
         return limiter.rpm, times(log)
@@ -467,8 +468,8 @@ def test_cautious_start_admits_one_probe_then_paces_by_the_learned_limits():
         tasks = [asyncio.ensure_future(admit(limiter, log, str(i), 10)) for i in range(4)]
         await asyncio.sleep(3.0)  # the probe's answer takes 3 s
         assert log == [("0", 0.0)]
-        limiter.observe(None, Info(limit_requests=60, remaining_requests=59,
-                             limit_tokens=60_000, remaining_tokens=59_990))
+        limiter.observe(None, Info(limit_requests=60, remaining_requests=59, reset_requests=1.0,
+                             limit_tokens=60_000, remaining_tokens=59_990, reset_tokens=0.01))
         await asyncio.gather(*tasks)
         return limiter.rpm, limiter.tpm, times(log)
 
@@ -782,8 +783,10 @@ def test_admissions_never_exceed_burst_plus_rate_in_any_window_under_random_load
         for _ in range(40):  # cancellations and header noise while the queue is busy
             await asyncio.sleep(rng.uniform(0, 1.0))
             rng.choice(tasks).cancel()
+            remaining = rng.randint(0, 30_000)  # OpenAI's: a reset that fits its bucket
             limiter.observe(None, Info(limit_requests=rpm, limit_tokens=tpm,
-                                 remaining_tokens=rng.randint(0, 30_000)))
+                                       remaining_tokens=remaining,
+                                       reset_tokens=(tpm - remaining) / (tpm / 60)))
         await asyncio.gather(*tasks, return_exceptions=True)
         return admitted, sum(1 for t in tasks if t.cancelled())
 
@@ -846,3 +849,129 @@ def test_a_probed_limit_is_raised_only_while_it_holds_requests_back():
 
     probed, later = run_virtual(main)
     assert later == probed
+
+
+# -- windows, gateways and shared budgets ----------------------------------------------------
+
+def window_info(remaining: int, reset: float, limit: int = 60) -> RateLimitInfo:
+    return RateLimitInfo(limit_requests=limit, remaining_requests=remaining, reset_requests=reset,
+                         style="openai")
+
+
+def test_a_window_is_told_from_a_bucket_by_its_reset():
+    async def main():
+        bucket, window = RateLimiter(rpm=None, tpm=None), RateLimiter(rpm=None, tpm=None)
+        bucket.observe(await bucket.acquire(0), window_info(59, 1.0))    # a bucket: 1 s per request
+        window.observe(await window.acquire(0), window_info(59, 59.9))   # a window: all back at 60 s
+        return bucket, window
+
+    bucket, window = run_virtual(main())
+    assert not bucket.windowed and not bucket.trusts_server
+    assert bucket.requests_bucket.capacity == pytest.approx(1.0)  # OpenAI's: the safe 1 s burst
+    assert window.windowed and window.trusts_server
+    assert window.requests_bucket.capacity == pytest.approx(60.0)  # the window's whole quota
+
+
+def test_a_spent_window_admits_nothing_until_its_reset():
+    async def main():
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(rpm=None, tpm=None)
+        limiter.observe(await limiter.acquire(0), window_info(2, 50.0, limit=3))
+        for remaining in (1, 0):
+            limiter.observe(await limiter.acquire(0), window_info(remaining, 50.0, limit=3))
+        started = loop.time()
+        await limiter.acquire(0)
+        return loop.time() - started
+
+    assert run_virtual(main()) == pytest.approx(50.0)
+
+
+def test_a_windows_remaining_is_not_read_as_spent_by_others():
+    """Our bucket-shaped picture of a budget used by us alone refills; a window does not: with
+    no refill in the server's count, the difference is not someone else's spending."""
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        spends = []
+        for remaining in range(59, 29, -1):
+            permit = await limiter.acquire(0)
+            info = window_info(remaining, 60.0 - (59 - remaining))
+            spends.append(limiter.unexplained_spend(info, permit))
+            limiter.observe(permit, info)
+            await asyncio.sleep(1.0)
+        return spends
+
+    assert max(run_virtual(main())) == 0.0
+
+
+def test_remaining_spent_beyond_our_own_sending_is_unexplained():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        permit = await limiter.acquire(0)
+        info = RateLimitInfo(limit_requests=600, remaining_requests=599, reset_requests=0.1)
+        limiter.unexplained_spend(info, permit)
+        limiter.observe(permit, info)
+        await asyncio.sleep(1.0)
+        permit = await limiter.acquire(0)  # we sent 1 more; the server says 50 more went
+        return limiter.unexplained_spend(
+            RateLimitInfo(limit_requests=600, remaining_requests=549, reset_requests=5.1), permit)
+
+    assert run_virtual(main()) == pytest.approx(49.0, abs=1.0)
+
+
+def test_gateway_headers_are_trusted_up_to_what_the_server_showed():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        info = RateLimitInfo(limit_requests=600, remaining_requests=19, window_s=60.0,
+                             style="litellm")
+        limiter.observe(await limiter.acquire(0), info)
+        return limiter
+
+    limiter = run_virtual(main())
+    assert limiter.trusts_server and not limiter.windowed
+    assert limiter.requests_bucket.capacity == pytest.approx(20.0)  # shown: 19 left after 1
+    assert limiter.requests_bucket.level() == pytest.approx(19.0, abs=0.5)
+
+
+def test_window_length_429s_without_limits_teach_the_window_by_what_it_admitted():
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        for _ in range(25):
+            limiter.observe(await limiter.acquire(0), RateLimitInfo())
+        limiter.on_rate_limited(await limiter.acquire(0), 60.0, RateLimitInfo())
+        return limiter
+
+    limiter = run_virtual(main())
+    assert limiter.rpm == pytest.approx(25.0)  # 25 per 60 s, not a share of a rate
+    assert limiter.windowed and limiter.requests_bucket.capacity == pytest.approx(25.0)
+
+
+def test_a_burst_answered_out_of_order_is_not_read_as_spending():
+    """30 requests of a 60-request bucket, answered by the server in reverse order: each answer's
+    `remaining` counts the later-admitted requests it worked on first. Our bucket must stay at the
+    30 left, not be lowered by the reordering into debt."""
+    async def main():
+        limiter = RateLimiter(rpm=60, tpm=10**9, burst_s=60.0)
+        probe = await limiter.acquire(0)
+        limiter.observe(probe, RateLimitInfo(limit_requests=60, remaining_requests=59,
+                                             reset_requests=1.0, limit_tokens=10**9))
+        permits = [await limiter.acquire(0) for _ in range(29)]
+        for position, permit in enumerate(reversed(permits), start=1):
+            limiter.observe(permit, RateLimitInfo(limit_requests=60, remaining_requests=59 - position,
+                                                  reset_requests=float(1 + position)))
+        return limiter.requests_bucket.level()
+
+    assert run_virtual(main()) == pytest.approx(30.0, abs=0.5)
+
+
+def test_a_limit_and_remaining_without_reset_are_a_gateways_and_trusted():
+    """OpenAI sends limit, remaining and reset; Azure no limit. LiteLLM's router sends OpenAI's
+    limit and remaining names without a reset: its count is trusted, as a gateway's."""
+    async def main():
+        limiter = RateLimiter(rpm=None, tpm=None)
+        limiter.observe(await limiter.acquire(0),
+                        RateLimitInfo(limit_requests=61, remaining_requests=59, style="openai"))
+        return limiter
+
+    limiter = run_virtual(main())
+    assert limiter.trusts_server
+    assert limiter.requests_bucket.capacity == pytest.approx(60.0)

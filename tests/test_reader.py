@@ -26,7 +26,7 @@ def line(**changes):
     (line(body=...), "missing body"),
     (line(body=[1]), "body must be a JSON object, got list"),
     (line(body={"messages": []}), "body.model must be a non-empty string"),
-    (line(url="/v1/images/generations"), "unsupported url '/v1/images/generations'"),
+    (line(url="/v1/audio/speech"), "unsupported url '/v1/audio/speech'"),
     (line(url=...), "unsupported url None"),
     (line(method="GET"), "unsupported method 'GET'"),
 ])

@@ -864,3 +864,14 @@ def test_simulate_command_passes_each_mode_to_the_config(monkeypatch) -> None:
                if hasattr(p.type, "choices")}
     assert choices == {"list_prompts": server.LIST_PROMPT_MODES, "budget_scope": server.BUDGET_SCOPES,
                        "limiter": server.LIMITERS, "header_style": server.HEADER_STYLES}
+
+
+def test_calendar_minute_windows_end_on_the_minute_and_the_router_refuses_the_rpm_th():
+    from runner.simulator.server import WindowBudget
+    now = [125.0]  # 5 s into a minute
+    budget = WindowBudget(3, None, clock=lambda: now[0], aligned=lambda: now[0], refuse_last=True)
+    assert [budget.admit(1).admitted for _ in range(3)] == [True, True, False]  # rpm - 1 pass
+    now[0] = 179.9
+    assert not budget.admit(1).admitted
+    now[0] = 180.0  # the next calendar minute, 55 s after the first request
+    assert budget.admit(1).admitted

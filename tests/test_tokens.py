@@ -120,7 +120,7 @@ def test_prompt_texts(url, body, texts):
 
 def test_unsupported_url_is_an_error():
     with pytest.raises(ValueError):
-        rate_limit_charge("/v1/images/generations", {})
+        rate_limit_charge("/v1/audio/speech", {})
 
 
 def test_prompt_tokens_counts_chat_overhead_like_the_cookbook():

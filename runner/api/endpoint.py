@@ -15,7 +15,9 @@ from urllib.parse import quote
 
 import orjson
 
+from jobs.endpoints import RESPONSES, spec_of
 from jobs.packing import Request
+from runner.api.multipart import multipart_body
 from runner.api.transport import HttpRequest
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -51,6 +53,8 @@ class Endpoint:
     def url_for(self, path: str, model: str) -> str:
         """The full URL for a job `url` such as `/v1/chat/completions`."""
         tail = path.removeprefix("/v1")
+        if self.azure and path == RESPONSES:  # Azure's v1 surface; the body's model names the
+            return f"{self.base_url}/openai/v1/responses"  # deployment (see `build`)
         if self.azure:
             return (f"{self.base_url}/openai/deployments/{quote(self.deployment(model), safe='')}"
                     f"{tail}?api-version={quote(self.api_version or '', safe='')}")
@@ -66,6 +70,14 @@ class Endpoint:
         return {**auth, "Content-Type": "application/json", "User-Agent": USER_AGENT}
 
     def build(self, request: Request) -> HttpRequest:
-        """The HTTP request for an API call; the body is the request's body, unchanged."""
-        return HttpRequest("POST", self.url_for(request.url, request.model), self.headers(),
-                           orjson.dumps(request.body))
+        """The HTTP request for an API call; the body is the request's body, unchanged (as JSON),
+        or for uploads (image edits and variations) a multipart form whose file fields are read
+        from the paths the body names (`runner.api.multipart`)."""
+        url = self.url_for(request.url, request.model)
+        if spec_of(request.url).multipart:
+            content_type, body = multipart_body(request.url, request.body)
+            return HttpRequest("POST", url, {**self.headers(), "Content-Type": content_type}, body)
+        body = request.body
+        if self.azure and request.url == RESPONSES and self.deployment(request.model) != body.get("model"):
+            body = {**body, "model": self.deployment(request.model)}  # no deployment in the URL
+        return HttpRequest("POST", url, self.headers(), orjson.dumps(body))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 RETRY_AFTER_MS = "retry-after-ms"
 RETRY_AFTER = "retry-after"
+LITELLM_PROVIDER_PREFIX = "llm_provider-"  # LiteLLM's proxy: `llm_provider-retry-after: 60`
 LIMIT_REQUESTS = "x-ratelimit-limit-requests"
 LIMIT_TOKENS = "x-ratelimit-limit-tokens"
 REMAINING_REQUESTS = "x-ratelimit-remaining-requests"
@@ -75,17 +76,21 @@ def parse_duration(s: str) -> float | None:
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds the server asks us to wait, or None when it says nothing usable.
 
-    `retry-after-ms` (milliseconds) wins over `retry-after` (seconds, or an HTTP date); a header
+    `retry-after-ms` (milliseconds) wins over `retry-after` (seconds, or an HTTP date); where
+    neither is sent, LiteLLM's `llm_provider-retry-after(-ms)` are read the same way. A header
     that is garbage, negative, inf or nan is ignored as if absent. An HTTP date is measured from
     `now` (epoch seconds, default `time.time()`); a date already past means "retry now" (0.0).
     No cap is applied here: capping is retry policy (`runner.outcome.MAX_SERVER_DELAY_S`).
     """
-    raw_ms = _get(headers, RETRY_AFTER_MS)
+    for prefix in ("", LITELLM_PROVIDER_PREFIX):
+        if _get(headers, prefix + RETRY_AFTER_MS) or _get(headers, prefix + RETRY_AFTER):
+            break  # LiteLLM's proxy passes the delay on under its own prefix
+    raw_ms = _get(headers, prefix + RETRY_AFTER_MS)
     if raw_ms is not None:
         ms = _parse_seconds(raw_ms)
         if ms is not None:
             return ms / 1000.0
-    raw = _get(headers, RETRY_AFTER)
+    raw = _get(headers, prefix + RETRY_AFTER)
     if raw is None:
         return None
     seconds = _parse_seconds(raw)
@@ -108,12 +113,74 @@ def _parse_count(raw: str | None) -> int | None:
     return int(raw)
 
 
+# Gateway names. LiteLLM's proxy (litellm/proxy/hooks/parallel_request_limiter_v3.py) sends, per
+# limit descriptor, `x-ratelimit-{descriptor}-{limit|remaining}-{requests|tokens}`, with no reset
+# header; `remaining` may go below zero. The descriptor says whose budget it is: "api_key" (the
+# key's, over every model), "model_per_key" (the key's for one model), "user", "team", ...
+_GATEWAY_NAME = re.compile(r"x-ratelimit-([a-z0-9_]+)-(limit|remaining)-(requests|tokens)")
+KEY_DESCRIPTORS = frozenset({"api_key", "key", "user", "team", "org", "organization",
+                             "end_user", "project"})
+"""LiteLLM descriptors of a budget that spans every model of the key (or of a wider owner)."""
+# The IETF draft (draft-ietf-httpapi-ratelimit-headers): up to -06 separate fields
+# `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds until the quota is restored)
+# and `RateLimit-Policy: 100;w=60` (quota 100 per 60 s window); from -07 two structured fields,
+# `RateLimit: "default";r=50;t=30` and `RateLimit-Policy: "default";q=100;w=60`. Kong adds
+# `X-RateLimit-Limit-Minute` / `X-RateLimit-Remaining-Minute` (and -Second, -Hour, ...).
+IETF_LIMIT, IETF_REMAINING, IETF_RESET = "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"
+IETF_POLICY, IETF_STRUCTURED = "ratelimit-policy", "ratelimit"
+_PARAM = re.compile(r";\s*([a-z]+)\s*=\s*(\d+(?:\.\d+)?)")
+_KONG_WINDOWS = (("second", 1.0), ("minute", 60.0), ("hour", 3600.0), ("day", 86400.0))
+DEFAULT_WINDOW_S = 60.0
+"""The window of an IETF quota that names none: gateways' limits are per minute by default."""
+
+
+def _signed_count(raw: str | None) -> int | None:
+    """An integer that may be negative (LiteLLM's remaining), clamped at 0; garbage is None."""
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw.startswith("-") and _INTEGER.fullmatch(raw[1:]):
+        return 0
+    return _parse_count(raw)
+
+
+def _first_number(raw: str | None) -> float | None:
+    """The leading number of a field such as "100" or "100, 100;w=60"; None for garbage."""
+    if raw is None:
+        return None
+    match = _NUMBER.match(raw.strip())
+    return _finite_non_negative(float(match.group(0))) if match else None
+
+
+def _params(raw: str) -> dict[str, float]:
+    return {name: float(value) for name, value in _PARAM.findall(raw.lower())}
+
+
+def _policy_window(policy: str, limit: float | None) -> float | None:
+    """The window of the policy ("100;w=60, 1000;w=3600") whose quota is `limit`, else the first's."""
+    windows = []
+    for item in policy.split(","):
+        quota, window = _first_number(item), _params(item).get("w")
+        if window:
+            windows.append((quota, window))
+    return next((w for q, w in windows if q == limit), windows[0][1] if windows else None)
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimitInfo:
-    """The `x-ratelimit-*` headers of one response; each field is None when absent or unusable.
+    """The rate-limit headers of one response; each field is None when absent or unusable.
 
-    `reset_*` are seconds until that budget is fully replenished (OpenAI sends "6m0s"-style
-    durations). Azure sends only the `remaining-*` headers, so the other fields are None there.
+    OpenAI's six `x-ratelimit-*` headers are read first; where a response carries none of them, a
+    gateway's names are read instead (LiteLLM's, the IETF draft's, Kong's; see the README).
+
+    `limit_*` is the quota per `window_s` seconds: a minute for OpenAI, whose budgets refill
+    continuously (`window_s` None); a gateway's declared window otherwise, whose quota may all be
+    spent at once and comes back when the window ends. `reset_*` are seconds until that budget is
+    fully restored (OpenAI sends "6m0s"-style durations; the IETF draft whole seconds). Azure sends
+    only the `remaining-*` headers, so the other fields are None there. `scope` is "key" when the
+    headers name a budget of the whole key (LiteLLM's "api_key" descriptor), "model" when they name
+    one model's, None when they do not say. `style` names the headers read ("openai", "litellm",
+    "ietf"; None when there were none).
     """
 
     limit_requests: int | None = None
@@ -122,13 +189,16 @@ class RateLimitInfo:
     limit_tokens: int | None = None
     remaining_tokens: int | None = None
     reset_tokens: float | None = None
+    window_s: float | None = None
+    scope: str | None = None
+    style: str | None = None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo:
-        """Read the six headers; never raises on garbage (that field is None)."""
+        """Read the headers; never raises on garbage (that field is None)."""
         reset_requests = _get(headers, RESET_REQUESTS)
         reset_tokens = _get(headers, RESET_TOKENS)
-        return cls(
+        info = cls(
             limit_requests=_parse_count(_get(headers, LIMIT_REQUESTS)),
             remaining_requests=_parse_count(_get(headers, REMAINING_REQUESTS)),
             reset_requests=None if reset_requests is None else parse_duration(reset_requests),
@@ -136,8 +206,84 @@ class RateLimitInfo:
             remaining_tokens=_parse_count(_get(headers, REMAINING_TOKENS)),
             reset_tokens=None if reset_tokens is None else parse_duration(reset_tokens),
         )
+        if not info.empty:
+            return cls(**{**_fields(info), "style": "openai"})
+        return _gateway(headers) or _ietf(headers) or info
 
     @property
     def empty(self) -> bool:
         """True when the response carried no usable rate-limit header at all."""
-        return all(getattr(self, name) is None for name in self.__slots__)
+        return all(getattr(self, name) is None for name in _FIELDS)
+
+
+_FIELDS = ("limit_requests", "remaining_requests", "reset_requests", "limit_tokens",
+           "remaining_tokens", "reset_tokens")
+
+
+def _fields(info: RateLimitInfo) -> dict[str, object]:
+    return {name: getattr(info, name) for name in info.__slots__}
+
+
+def _gateway(headers: Mapping[str, str]) -> RateLimitInfo | None:
+    """LiteLLM's per-descriptor headers; where several descriptors limit one kind, the one with
+    the least remaining binds."""
+    found: dict[tuple[str, str], dict[str, int]] = {}  # (kind, descriptor) -> {limit, remaining}
+    for name in headers:
+        match = _GATEWAY_NAME.fullmatch(name.lower())
+        if match is None:
+            continue
+        descriptor, what, kind = match.groups()
+        value = _signed_count(_get(headers, name))
+        if value is not None:
+            found.setdefault((kind, descriptor), {})[what] = value
+    if not found:
+        return None
+    fields: dict[str, object] = {"style": "litellm", "window_s": DEFAULT_WINDOW_S}
+    scopes = []
+    for kind in ("requests", "tokens"):
+        candidates = [(values.get("remaining", values.get("limit", 0)), descriptor, values)
+                      for (k, descriptor), values in found.items() if k == kind]
+        if not candidates:
+            continue
+        _, descriptor, values = min(candidates, key=lambda c: (c[0], c[1]))
+        fields[f"limit_{kind}"] = values.get("limit")
+        fields[f"remaining_{kind}"] = values.get("remaining")
+        scopes.append("key" if descriptor in KEY_DESCRIPTORS else "model")
+    fields["scope"] = "key" if "key" in scopes else "model"
+    return RateLimitInfo(**fields)
+
+
+def _ietf(headers: Mapping[str, str]) -> RateLimitInfo | None:
+    """The IETF draft's fields (both generations) and Kong's per-window names, as a requests
+    quota: the draft's quota units are requests unless a gateway says otherwise."""
+    limit = remaining = reset = window = None
+    structured = _get(headers, IETF_STRUCTURED)
+    policy = _get(headers, IETF_POLICY)
+    if structured is not None:  # draft -07 and later
+        params = _params(structured)
+        remaining, reset = params.get("r"), params.get("t")
+        policy_params = _params(policy) if policy is not None else {}
+        limit, window = policy_params.get("q"), policy_params.get("w")
+    else:
+        limit = _first_number(_get(headers, IETF_LIMIT))
+        remaining = _first_number(_get(headers, IETF_REMAINING))
+        reset = _first_number(_get(headers, IETF_RESET))
+        if policy is not None:
+            window = _policy_window(policy, limit)
+    for suffix, seconds in _KONG_WINDOWS:
+        kong_limit = _parse_count(_get(headers, f"x-ratelimit-limit-{suffix}"))
+        kong_remaining = _parse_count(_get(headers, f"x-ratelimit-remaining-{suffix}"))
+        if kong_limit is None and kong_remaining is None:
+            continue
+        if limit is None or (window is None and kong_limit == limit):
+            limit, remaining, window = kong_limit, kong_remaining, seconds
+        break
+    if limit is None and remaining is None:
+        return None
+    return RateLimitInfo(
+        limit_requests=None if limit is None else int(limit),
+        remaining_requests=None if remaining is None else int(remaining),
+        reset_requests=reset,
+        window_s=window if window else DEFAULT_WINDOW_S,
+        style="ietf",
+    )

@@ -23,6 +23,7 @@ from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
 from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint, check_api_version
 from runner.pacing.limiter import DEFAULT_BURST_S
+from runner.pacing.limiters import BUDGET_SCOPES
 from runner.cli.config import configurable, deployments as config_deployments
 from runner.report.prices import PriceTable, PriceTableError, load_prices
 from runner.report.progress import LOG_INTERVAL_S
@@ -91,6 +92,15 @@ def main() -> None:
 @click.option("--tpm", type=POSITIVE, help="Tokens per minute allowed (default: learned from the API's headers).")
 @click.option("--burst", "burst_s", type=POSITIVE, default=DEFAULT_BURST_S, show_default=True,
               help="Seconds of budget the API lets you spend at once.")
+@click.option("--budget-scope", type=click.Choice(BUDGET_SCOPES), default="auto", show_default=True,
+              help="Whose budget the limits are: each model's (OpenAI, Azure), or the key's over "
+                   "every model (some gateways); auto learns it from the answers.")
+@click.option("--ipm", type=POSITIVE, help="Images per minute per image model (default: learned "
+              "from the API's headers and 429 messages).")
+@click.option("--images-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for image files (default: beside OUTPUT, named after it: out.images).")
+@click.option("--inline-images", is_flag=True,
+              help="Keep each image's b64_json in the result line too (files are saved anyway).")
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=DEFAULT_CONCURRENCY,
               show_default=True, help="Most requests in flight (and open connections).")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=MAX_ATTEMPTS, show_default=True,
@@ -139,20 +149,21 @@ def main() -> None:
 @click.option("--batch-max-bytes", type=click.IntRange(1), default=BATCH_MAX_BYTES,
               show_default=True, help="--via batch: bytes per batch file.")
 def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | None, burst_s: float,
-                concurrency: int, max_attempts: int, retry_failed: bool, base_url: str,
+                budget_scope: str, concurrency: int, max_attempts: int, retry_failed: bool, base_url: str,
                 api_key_env: str | None, azure_endpoint: str | None, api_version: str | None,
                 deployments: tuple[str, ...], azure_ad_token_env: str | None, read_timeout: float,
                 no_pack: bool, no_progress: bool, status_interval: float, log_file: Path | None,
-                summary_json: Path | None, prices_file: Path | None, via: str = "live",
+                summary_json: Path | None, prices_file: Path | None, ipm: float | None = None,
+                images_dir: Path | None = None, inline_images: bool = False, via: str = "live",
                 wait: bool = True, poll_every: float | None = None,
                 batch_max_requests: int | None = None,
                 batch_max_bytes: int = BATCH_MAX_BYTES) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
-    permanent failures unless --retry-failed. With --via batch the jobs go through the hosted
-    Batch API instead (half price, within 24 h), recorded in OUTPUT.batches. Reruns match jobs by custom_id, so stdin is resumable
-    when the same jobs are piped again.
+    permanent failures unless --retry-failed. Reruns match jobs by custom_id, so stdin is resumable
+    when the same jobs are piped again. With --via batch the jobs go through the hosted Batch API
+    instead (half price, within 24 h), recorded in OUTPUT.batches.
     """
     if input_path != "-":
         _check_readable(input_path)
@@ -173,9 +184,10 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                                summary_json=summary_json, prices=prices))
     config = RunConfig(
         input=input_path, output=output, endpoint=endpoint, rpm=rpm, tpm=tpm, burst_s=burst_s,
-        dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
+        budget_scope=budget_scope, dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
                                 retry_failed=retry_failed),
-        pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval)
+        pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval,
+        ipm=ipm, images_dir=images_dir, inline_images=inline_images)
     sys.exit(_execute(config, progress=not no_progress, log_file=log_file,
                       summary_json=summary_json, prices=prices))
 
@@ -233,6 +245,7 @@ Exit codes (the same meanings as `runner run`):
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--rpm", type=POSITIVE, help="Requests per minute per model, for the time estimate.")
 @click.option("--tpm", type=POSITIVE, help="Tokens per minute per model, for the time estimate.")
+@click.option("--ipm", type=POSITIVE, help="Images per minute per image model, for the time estimate.")
 @click.option("--prices", "prices_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML price file (format of runner/report/prices.toml); its entries replace the built-in ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -241,7 +254,8 @@ Exit codes (the same meanings as `runner run`):
 @click.option("--batch-max-requests", type=click.IntRange(1), default=None,
               help="--via batch: lines per batch file [default: 50,000; Azure 100,000].")
 def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path: Path | None,
-             as_json: bool, via: str = "live", batch_max_requests: int | None = None) -> None:
+             as_json: bool, ipm: float | None = None, via: str = "live",
+             batch_max_requests: int | None = None) -> None:
     """Report what INPUT will take before spending anything: jobs, bad and duplicate lines,
     requests after packing, tokens, time under --rpm/--tpm, an upper bound on the cost per model,
     and prompts over their model's context window."""
@@ -249,7 +263,7 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
         prices = load_prices(prices_path)
         if via == "batch":
             prices = batch_price_table(prices)
-        result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices)
+        result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices, ipm=ipm)
     except (PriceTableError, UnreadableInput, NotAJobFile) as e:
         _usage_error(str(e))
     files = batch_files(result, batch_max_requests or default_max_requests(False))
@@ -416,10 +430,12 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
               help="--ignore-n: one choice whatever n asks.")
 @click.option("--budget-scope", type=click.Choice(["model", "key"]), default="model",
               show_default=True, help="One RPM/TPM budget per model, or per API key across models.")
-@click.option("--limiter", type=click.Choice(["bucket", "window"]), default="bucket",
+@click.option("--limiter", type=click.Choice(["bucket", "window", "minute"]), default="bucket",
               show_default=True,
-              help="Refilling buckets (OpenAI), or fixed 60 s windows with retry-after 60 (gateways).")
-@click.option("--header-style", type=click.Choice(["openai", "litellm", "ietf", "none"]),
+              help="Refilling buckets (OpenAI), fixed 60 s windows from a window's first request "
+                   "with retry-after 60 (gateways), or calendar minutes (LiteLLM's router).")
+@click.option("--header-style", type=click.Choice(["openai", "litellm", "litellm-router", "ietf",
+                                                   "none"]),
               default="openai", show_default=True, help="Which rate-limit headers to send.")
 @click.option("--serial", is_flag=True,
               help="One request at a time, each taking --latency-ms; abandoned ones still worked on.")
@@ -442,10 +458,12 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
               help="Batch API: lines containing this text fail validation.")
 @click.option("--batch-file-processing-s", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Batch API, Azure URLs: seconds an upload stays pending before processed.")
+@click.option("--ipm", type=click.IntRange(1), help="Images per minute per image model.")
 def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: float,
              latency_ms: float, fault_rate: float, faults: str, quota_requests: int | None,
              seed: int, list_prompts: str, honour_n: bool, budget_scope: str, limiter: str,
-             header_style: str, serial: bool, batch_lines_per_s: float = 1000.0,
+             header_style: str, serial: bool, ipm: int | None = None,
+             batch_lines_per_s: float = 1000.0,
              batch_validate_s: float = 1.0, batch_finalize_s: float = 1.0,
              batch_expire_after_lines: int | None = None,
              sim_batch_max_requests: int | None = None,
@@ -468,7 +486,7 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
                            faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
                            quota_requests=quota_requests, seed=seed, list_prompts=list_prompts,
                            honour_n=honour_n, budget_scope=budget_scope, limiter=limiter,
-                           header_style=header_style, serial=serial)
+                           header_style=header_style, serial=serial, ipm=ipm)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     serve(config, host, port, batch=batch)

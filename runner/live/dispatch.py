@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from jobs import codes, tokens
+from jobs.endpoints import images_requested, spec_of
 from jobs.job import Job
 from jobs.packing import (
     Budget, MissingChoices, NChoicesIgnored, Packer, Request, halves, single, split_response,
@@ -48,6 +49,8 @@ from jobs.codes import DUPLICATE
 from jobs.results import OutputState, RecordIds, error_record, success_record
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
+from runner.api.imagelimits import as_token_headers
+from runner.files.images import BadImageData, DownloadFailed, ImageStore
 from runner.errors import (
     APITimeoutError, BadResponseError, NChoicesIgnoredError, RunnerError, StopRunError,
     UnusableInput,
@@ -210,10 +213,16 @@ class Dispatcher:
                  sleep: Callable[[float], Any] = asyncio.sleep,
                  log: Callable[[str], None] = lambda message: None,
                  counter: tokens.TokenCounter = token_counter,
-                 record_ids: Callable[[], str] | None = None) -> None:
+                 record_ids: Callable[[], str] | None = None,
+                 images: ImageStore | None = None, image_limiters: Limiters | None = None,
+                 prepare: Callable[[Job], Job | BadLine] | None = None) -> None:
         self._send = send
         self._endpoint = endpoint
         self._limiters = limiters
+        # image lanes: their own limiters, whose second bucket counts images (IPM), not tokens
+        self._image_limiters = image_limiters or limiters
+        self._images = images  # saves image answers as files before their lines are written
+        self._prepare = prepare  # checks a job against the file system (uploads) before sending
         self._sink = sink
         self.config = config
         self.stats = stats or RunStats()
@@ -252,13 +261,16 @@ class Dispatcher:
             self._clock = asyncio.get_running_loop().time
         return self._clock()
 
-    def _lane(self, model: str) -> Lane:
+    def _lane(self, model: str, url: str | None = None) -> Lane:
         key = self._endpoint.budget_key(model)
-        lane = self._lanes.get(key)
+        images = url is not None and spec_of(url).images
+        lane = self._lanes.get((*key, "images") if images else key)
         if lane is None:
             cap = self.config.concurrency
-            limiter, learned = self._limiters.get(key), ConcurrencyLimit(maximum=cap)
-            lane = self._lanes[key] = Lane(limiter, Slots(self._lane_limit(limiter, learned)), learned)
+            limiters = self._image_limiters if images else self._limiters
+            limiter, learned = limiters.get(key), ConcurrencyLimit(maximum=cap)
+            lane = self._lanes[(*key, "images") if images else key] = Lane(
+                limiter, Slots(self._lane_limit(limiter, learned)), learned)
         return lane
 
     def _capabilities_of(self, request: Request) -> LaneCapabilities:
@@ -381,6 +393,13 @@ class Dispatcher:
             else:
                 stats.kept_failed += 1
             return []
+        if self._prepare is not None:
+            prepared = self._prepare(item)
+            if isinstance(prepared, BadLine):  # a named upload is missing or unreadable
+                stats.bad_lines += 1
+                self._log(str(prepared))
+                return []
+            item = prepared
         overflow = tokens.context_overflow(item.url, item.body, self._counter)
         if overflow is not None:
             self._fail_jobs((item,), codes.CONTEXT_LENGTH_EXCEEDED, overflow)
@@ -417,18 +436,22 @@ class Dispatcher:
     # -- one request -----------------------------------------------------------------------------
 
     async def _process(self, request: Request) -> None:
-        lane = self._lane(request.model)
-        limiter = lane.limiter
+        lane = self._lane(request.model, request.url)
         caps = self._capabilities_of(request)
         attempts = Attempts()
         while not self.stopping:
             if not await self._may_send(request, caps):
                 return
+            limiter = lane.limiter  # read anew: the lane's models may have come to share a budget
             # Slots first (the lane's, then the run's), then the budget: a request is admitted
             # only when it can be sent at once, so requests held back by the concurrency cap never
             # leave together later.
-            too_large = None
-            http = self._endpoint.build(request)
+            too_large = moved = None
+            try:
+                http = self._endpoint.build(request)
+            except OSError as exc:  # an upload vanished or became unreadable since it was checked
+                self._fail_jobs(request.jobs, codes.INVALID_REQUEST, f"cannot read an upload: {exc}")
+                return
             await lane.slots.acquire()
             try:
                 await self.slots.acquire()
@@ -440,21 +463,36 @@ class Dispatcher:
                     if self.stopping or self._refuses_n(request, caps):
                         limiter.on_failure(permit)  # admitted but never sent
                         return
-                    verdict, answers, response = await self._attempt(request, http, lane, permit)
+                    moved = lane.limiter is not limiter  # its models came to share one budget
+                    if moved:
+                        limiter.on_failure(permit)  # admitted by the old budget: queue anew
+                    else:
+                        verdict, answers, response = await self._attempt(request, http, lane,
+                                                                         limiter, permit)
                 finally:
                     self.slots.release()
             finally:
                 lane.slots.release()
             caps.release_pack(request)
+            if moved:
+                continue
             if too_large is not None:
                 if request.packed:  # packed before the budget was known: send it in halves
                     await asyncio.wait([self._spawn(self._process(part)) for part in halves(request)])
                 else:
-                    self._fail_jobs(request.jobs, codes.REQUEST_TOO_LARGE, str(too_large))
+                    message = str(too_large)
+                    if spec_of(request.url).images:  # the image lane's budget counts images
+                        message = (f"request asks for {too_large.tokens} images but the whole budget "
+                                   f"is {too_large.tpm:g} images per minute; it can never be admitted")
+                    self._fail_jobs(request.jobs, codes.REQUEST_TOO_LARGE, message)
                 return
             decision = self._decide(request, caps, verdict, attempts)
             attempts = decision.attempts
             if decision.step is Step.SUCCEED:
+                if self._images is not None and spec_of(request.url).images:
+                    answers = await self._save_images(request, answers, response)
+                    if answers is None:
+                        return
                 self._succeed(request, answers, response)
                 return
             if decision.step is Step.STOP_RUN:
@@ -474,15 +512,17 @@ class Dispatcher:
                 continue  # the limiter now holds the debt; waiting there is exactly long enough
             await self._sleep(decision.wait(self._backoff))
 
-    async def _attempt(self, request: Request, http: HttpRequest, lane: Lane, permit: Permit
+    async def _attempt(self, request: Request, http: HttpRequest, lane: Lane,
+                       limiter: RateLimiter, permit: Permit
                        ) -> tuple[Verdict, list[dict[str, Any]] | None, HttpResponse | None]:
-        """Send once. Tells the limiter exactly one of observe / on_rate_limited / on_failure."""
-        limiter = lane.limiter
+        """Send once. Tells `limiter` (which admitted `permit`) exactly one of observe /
+        on_rate_limited / on_failure."""
         task = asyncio.current_task()
         assert task is not None
         self._sending.add(task)
         self.stats.requests += 1
-        self.stats.charged_tokens += permit.charged
+        if not spec_of(request.url).images:  # an image lane charges images, not tokens
+            self.stats.charged_tokens += permit.charged
         self.stats.model_requests[request.model] += 1
         self.stats.model_charged[request.model] += permit.charged
         self.stats.in_flight += 1
@@ -502,8 +542,14 @@ class Dispatcher:
             self._sending.discard(task)
             self.stats.in_flight -= 1
             lane.in_flight -= 1
-        info = RateLimitInfo.from_headers(response.headers)
-        verdict = classify(response.status, response.headers, response.body)
+        headers = response.headers
+        images = spec_of(request.url).images
+        if images:  # images per minute, in the place of tokens
+            headers = as_token_headers(headers, response.body if response.status == 429 else None)
+        info = RateLimitInfo.from_headers(headers)
+        verdict = classify(response.status, headers, response.body)
+        if not images:  # an image lane's budget is its model's alone
+            self._notice_budget(request.model, info, permit, rate_limited=verdict.rate_limited)
         if verdict.rate_limited:
             self.stats.rate_limited += 1
             limiter.on_rate_limited(permit, verdict.delay, info)
@@ -513,7 +559,11 @@ class Dispatcher:
             self._observe_latency(lane, self._now() - started)
         if verdict.action is Action.OK:
             try:
-                answers = split_response(request, orjson.loads(response.body))
+                body = orjson.loads(response.body)
+                verdict = classify(response.status, response.headers, body)  # the answer's shape
+                if verdict.action is not Action.OK:
+                    return verdict, None, response
+                answers = split_response(request, body)
             except (orjson.JSONDecodeError, MissingChoices) as exc:  # jobs/ knows no runner errors
                 error = NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else BadResponseError
                 return classify(None, {}, None, exc=error(str(exc))), None, response
@@ -570,6 +620,25 @@ class Dispatcher:
                 return Decision(Step.UNPACK, verdict, decision.attempts, decision.message)
         return decision
 
+    def _notice_budget(self, model: str, info: RateLimitInfo, permit: Permit, *,
+                       rate_limited: bool = False) -> None:
+        """Whether the answer shows the models of its base URL share one budget; if so they are
+        paced together from now on (said once in the log and the summary)."""
+        key = self._endpoint.budget_key(model)
+        if rate_limited and self._limiters.notice_429(key):
+            why = f"{model} met 429s at its own limit while the other models were sending"
+        elif self._limiters.notice(key, info, permit):
+            why = ("its rate-limit headers name the key's budget" if info.scope == "key" else
+                   f"{model}'s budget showed requests spent that only the other models sent")
+        else:
+            return
+        self.stats.budget_shared.append((key[0], why))
+        self._log(f"{key[0]}: one budget for the key over every model ({why}); pacing them "
+                  "together from now on (--budget-scope model to keep them apart)")
+        for other, lane in self._lanes.items():
+            if other[0] == key[0] and len(other) == 2:  # not the image lanes (base, model, "images")
+                lane.limiter = self._limiters.get(other)
+
     def _packing_off(self, request: Request, caps: LaneCapabilities, verdict: Verdict) -> None:
         """Packing just went off for the request's lane: say so once; the packer's partial packs
         there go job by job."""
@@ -609,6 +678,30 @@ class Dispatcher:
                                       request_id=request_id))
             self.stats.add_usage(job.model, answer.get("usage"))
         self.stats.succeeded += len(request.jobs)
+
+    async def _save_images(self, request: Request, answers: list[dict[str, Any]] | None,
+                           response: HttpResponse | None) -> list[dict[str, Any]] | None:
+        """Every image of the answer written to its file (downloaded first when a `url`), then
+        the answers to write; None when that failed and the job got a transient error line."""
+        assert self._images is not None and answers is not None
+        [job] = request.jobs
+        try:
+            saved = await self._images.save(job.custom_id, answers[0], job.body.get("output_format"))
+        except DownloadFailed as exc:
+            self._fail_jobs(request.jobs, codes.IMAGE_DOWNLOAD_FAILED, str(exc), response)
+            return None
+        except BadImageData as exc:
+            self._fail_jobs(request.jobs, codes.BAD_RESPONSE, str(exc), response)
+            return None
+        except OSError as exc:  # the images folder cannot be written: transient, redone on resume
+            self._fail_jobs(request.jobs, codes.IMAGE_SAVE_FAILED, f"cannot save an image: {exc}",
+                            response)
+            return None
+        images = images_requested(job.url, job.body)
+        self.stats.images += images
+        self.stats.model_images[job.model] += images
+        self.stats.image_kinds[job.model, job.body.get("size"), job.body.get("quality")] += images
+        return [saved]
 
     async def _bisect(self, request: Request, verdict: Verdict) -> None:
         """A pack refused for something one prompt can cause: each half is sent again, recursively,

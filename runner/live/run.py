@@ -18,6 +18,7 @@ from runner.pacing.limiters import Limiters
 from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
 from runner.report.stats import RunStats
 from runner.files.guard import check_output
+from runner.files.images import ImageStore, check_uploads, default_images_dir
 from runner.files.inputs import count_lines, read_items
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
 
@@ -32,11 +33,15 @@ class RunConfig:
     rpm: float | None = None
     tpm: float | None = None
     burst_s: float = DEFAULT_BURST_S
+    budget_scope: str = "auto"  # runner.pacing.limiters.BUDGET_SCOPES
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     pack: bool = True
     connect_timeout: float = CONNECT_TIMEOUT_S
     read_timeout: float = READ_TIMEOUT_S
     status_interval: float = LOG_INTERVAL_S  # seconds between status lines when not on a terminal
+    ipm: float | None = None  # images per minute, per image model (learned from the server too)
+    images_dir: Path | None = None  # where images go (default: beside the output, named after it)
+    inline_images: bool = False  # keep b64_json in result lines too
 
 
 class _Stop:
@@ -116,9 +121,18 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                read_timeout=config.read_timeout)
         send = aiohttp_sender(session)
     if limiters is None:
-        limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s)
+        limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s,
+                            scope=config.budget_scope)
+    # image lanes: per model (images per minute), their second bucket counting images
+    image_limiters = Limiters(rpm=config.rpm, tpm=config.ipm, burst_s=config.burst_s, scope="model")
+    input_dir = Path.cwd() if config.input == "-" else Path(config.input).resolve().parent
+    images = ImageStore(config.images_dir or default_images_dir(config.output),
+                        relative_to=config.output.resolve().parent, send=send,
+                        inline=config.inline_images)
     dispatcher = Dispatcher(send=send, endpoint=config.endpoint, limiters=limiters,
-                            sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log)
+                            sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log,
+                            images=images, image_limiters=image_limiters,
+                            prepare=lambda job: check_uploads(job, input_dir, config.input))
     stop.target = dispatcher.stop
     if stop.reason is not None:
         dispatcher.stop(stop.reason)
@@ -139,7 +153,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
             helpers.append(asyncio.create_task(reporter.run()))
         stats = await dispatcher.run(read_items(config.input), state)
         for model in stats.model_requests:
-            limiter = limiters.get(config.endpoint.budget_key(model))
+            limiter = (image_limiters if model in stats.model_images else limiters).get(
+                config.endpoint.budget_key(model))  # an image model's: (rpm, ipm)
             stats.limits[model] = (limiter.rpm, limiter.tpm)
         return stats
     finally:

@@ -102,6 +102,13 @@ class TokenBucket:
         if math.isfinite(remaining):
             self._level = min(self._refill(), float(remaining))
 
+    def set_level(self, level: float) -> None:
+        """The server says it holds `level` and is trusted: the level becomes that, up or down,
+        clipped to the capacity."""
+        if math.isfinite(level):
+            self._refill()
+            self._level = min(self._capacity, float(level))
+
     def set_rate(self, rate: float, capacity: float) -> None:
         """Change rate and capacity from now on; time elapsed so far refills at the old rate, and
         the level is clipped to the new capacity (it never jumps up)."""

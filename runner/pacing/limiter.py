@@ -30,6 +30,7 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 from runner.api.headers import RateLimitInfo
 from runner.errors import RunnerError
-from runner.pacing.bucket import check_positive
+from runner.pacing.bucket import TokenBucket, check_positive
 from runner.pacing.calibration import CALIBRATION_ALPHA, ChargeAudit, moved_factor
 from runner.pacing.state import (
     MINUTE_S,
@@ -79,11 +80,32 @@ limits: 0.87 of the ideal time, 4.5 % 429s)."""
 INFER_RAISE_AFTER_S = 10.0  # tuned with INFER_FROM_429_SHARE
 INFER_RAISE_STEP = 1.02  # tuned with INFER_FROM_429_SHARE
 ANSWERS_KEPT = 2048  # answer times kept for that rate: the last minute's, at most this many (memory)
+ADMISSIONS_KEPT = 65536  # admission times kept for `admitted_last_minute` (memory)
+ANSWERED_KEPT = 4096  # admission numbers of answers kept for `_since` (memory)
 
 INFER_MAX_RESET_S = 30.0
 """Infer a missing limit from ``remaining / (1 - reset / 60)`` only while ``reset`` is below this,
 i.e. while the server's bucket is at least half full; closer to empty the division amplifies the
 rounding of the headers into a wild guess."""
+
+
+WINDOW_SHAPE_MARGIN = 0.1
+"""A budget is window-shaped when the server says it is further from fully restored than a
+continuously refilling bucket could be: ``reset × rate`` exceeds the units spent
+(``limit - remaining``) by more than this share of the limit (and at least one unit). OpenAI's
+buckets give ``reset × rate == limit - remaining`` to the millisecond; a window restores all its
+quota at once, so after one request of a fresh 60 s window ``reset`` is about 60 s where a bucket
+would say one request's worth. The margin absorbs headers rounded to whole seconds."""
+
+WINDOW_PROBE_S = 5.0
+"""After a window-length 429, when the window's end is not known (no reset header, no window start
+seen), one request goes every this many seconds to find it: the first answered one opens the new
+window's whole quota at once (a calendar-minute window ends at most this long before we notice)."""
+
+WINDOW_429_MIN_S = 10.0
+"""A 429 asking for at least this long, with no limit known, is taken for a fixed window's end
+(gateways such as LiteLLM say ``retry-after: 60``, the window's length): the limit is inferred as
+what was admitted since the last such 429, per that many seconds, not cut by a share."""
 
 
 class RequestTooLarge(RunnerError, ValueError):
@@ -190,6 +212,15 @@ class RateLimiter:
         self._sleep = sleep if sleep is not None else asyncio.sleep
         self._state: BudgetState = state if state is not None else MemoryBudgetState(
             clock=self._clock)
+        # Trusting the server's count (see `observe`): kinds whose level follows the server's
+        # `remaining` both ways, the most it has said it holds of each, and the kinds it restores
+        # at `reset` (windows) rather than gradually.
+        self._trusted: set[Kind] = set()
+        self._window: set[Kind] = set()
+        self._held_most: dict[Kind, int] = {}
+        self._window_start: dict[Kind, float] = {}  # admission time of a window's first request
+        self._window_s: dict[Kind, float] = {}  # a window's length, where known
+        self._announces_remaining: dict[Kind, bool] = {}  # the server's answers say what is left
         for kind, value, name in (("requests", rpm, "rpm"), ("tokens", tpm, "tpm")):
             if value is not None:
                 self._set_limit(kind, check_positive(value, name), "user")
@@ -206,10 +237,14 @@ class RateLimiter:
         self._wait_s = 0.0
         self._rate_limited = 0
         self._answers: deque[float] = deque(maxlen=ANSWERS_KEPT)  # recent answers (not 429s)
+        self._admissions: deque[float] = deque(maxlen=ADMISSIONS_KEPT)  # recent admission times
+        self._alone: TokenBucket | None = None  # the server's requests bucket if only we spent it
+        self._answered: list[int] = []  # admission numbers of recent answers, sorted (see _since)
         self._last_429 = -math.inf
         self._episode_end = -math.inf  # a 429 before this belongs to the episode already counted
         self._probed_at = -math.inf  # when a probed requests limit was last set, cut or raised
         self._requests_bound_at = -math.inf  # when the requests limit last made a request wait
+        self._window_answers = 0  # answers since the last window-length 429 (limits unknown)
 
     # -- what callers read -------------------------------------------------------------------
 
@@ -248,6 +283,48 @@ class RateLimiter:
     def stats(self) -> LimiterStats:
         return LimiterStats(self._admitted_requests, self._admitted_tokens, self._wait_s,
                             self._rate_limited)
+
+    @property
+    def server_paced(self) -> bool:
+        """Whether the requests limit in force is the one the server announced."""
+        limit = self._state.read().requests
+        return limit is not None and limit.source == "server"
+
+    def now(self) -> float:
+        """The limiter's clock."""
+        return self._clock()
+
+    def unexplained_spend(self, info: RateLimitInfo, permit: Permit | None) -> float:
+        """How many more requests the server says are spent of this budget than we sent to it:
+        its ``remaining`` (aged to now as in `observe`) against a bucket of its announced
+        per-minute limit that only our admissions spend (0 on the first call, which starts that
+        bucket, for a window, and without a reset header, which alone tells a bucket from a
+        window)."""
+        limit, remaining = info.limit_requests, info.remaining_requests
+        if (limit is None or remaining is None or info.reset_requests is None
+                or info.window_s not in (None, MINUTE_S) or "requests" in self._window):
+            return 0.0  # only a bucket shown by its reset refills as the bucket below does
+        rate = limit / MINUTE_S
+        server_now = remaining + self._since("requests", Limit(limit, "server", 1.0), permit)
+        if self._alone is None or self._alone.rate != rate:
+            self._alone = TokenBucket(rate, float(limit), clock=self._clock,
+                                      level=server_now)
+            return 0.0
+        return max(0.0, self._alone.level() - server_now)
+
+    def held_most(self, kind: Kind) -> int:
+        """The most of `kind` the server has said it holds at once (from ``remaining``)."""
+        return self._held_most.get(kind, 0)
+
+    def admitted_last_minute(self) -> int:
+        """Requests admitted in the last minute (at most `ADMISSIONS_KEPT`: memory)."""
+        self._forget_admissions(self._clock())
+        return len(self._admissions)
+
+    def _forget_admissions(self, now: float) -> None:
+        admissions = self._admissions
+        while admissions and now - admissions[0] > MINUTE_S:
+            admissions.popleft()
 
     def charge(self, estimate: int) -> int:
         """Tokens to deduct for a request we estimate at `estimate`: ``ceil(estimate × factor)``."""
@@ -339,20 +416,64 @@ class RateLimiter:
         self._estimated_tokens += tokens
         permit = Permit(self._admitted_requests, self._clock(), tokens, self._estimated_tokens,
                         self._admitted_tokens, charged)
+        self._admissions.append(permit.at)
+        self._forget_admissions(permit.at)
+        if self._alone is not None:
+            self._alone.take(REQUEST)
         self._audit.admitted(permit.seq, permit.at, tokens, permit.estimated_total)
         return permit
 
     # -- learning ----------------------------------------------------------------------------
 
     def _set_limit(self, kind: Kind, limit: float, source: str) -> None:
-        self._state.set_limit(kind, Limit(limit, source, limit * self._burst_s / MINUTE_S))
+        """Put `limit` in force; its bucket holds `burst_s` of it, or what a trusted server has
+        shown it holds at once when that is more."""
+        capacity = limit * self._burst_s / MINUTE_S
+        if kind in self._trusted:
+            capacity = max(capacity, float(self._held_most.get(kind, 0)))
+        self._state.set_limit(kind, Limit(limit, source, capacity))
 
-    def _learn(self, kind: Kind, limit: int | None, remaining: int | None,
-               reset: float | None, permit: Permit | None) -> None:
+    @property
+    def trusts_server(self) -> bool:
+        """Whether the server's own count paces this budget beyond our steady bucket (see
+        `observe`): its headers are a gateway's, or show a window."""
+        return bool(self._trusted)
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the server restores this budget at once when a window ends."""
+        return bool(self._window)
+
+    def _shape(self, kind: Kind, info: RateLimitInfo, quota: int, remaining: int | None,
+               reset: float | None) -> None:
+        """Decide from one answer whether `kind`'s budget is a window and whether the server's
+        count is trusted beyond our steady bucket (decisions are kept for the run)."""
+        if info.style in ("litellm", "ietf") or (remaining is not None and reset is None):
+            # A gateway's count: what it says it holds, it holds. (A limit and a remaining with no
+            # reset is a gateway's too: OpenAI sends all three, Azure no limit; LiteLLM's router
+            # sends OpenAI's names for a deployment's calendar-minute limits, without a reset.)
+            self._trusted.add(kind)
+        window_s = info.window_s or MINUTE_S
+        if (remaining is not None and reset is not None and math.isfinite(reset)
+                and reset * quota / window_s
+                > (quota - remaining) + max(1.0, WINDOW_SHAPE_MARGIN * quota)):
+            self._window.add(kind)
+            self._trusted.add(kind)
+        if remaining is not None:
+            spent = REQUEST if kind == "requests" else 0
+            held = min(quota, remaining + spent)
+            self._held_most[kind] = max(self._held_most.get(kind, 0), held)
+
+    def _learn(self, kind: Kind, info: RateLimitInfo, permit: Permit | None) -> None:
+        limit: int | None = getattr(info, f"limit_{kind}")
+        remaining: int | None = getattr(info, f"remaining_{kind}")
+        reset: float | None = getattr(info, f"reset_{kind}")
         known = self._state.read().limit(kind)
         source = known.source if known is not None else None
         if limit is not None and limit > 0:
-            self._set_limit(kind, float(limit), "server")
+            self._shape(kind, info, limit, remaining, reset)
+            per_minute = limit * MINUTE_S / (info.window_s or MINUTE_S)
+            self._set_limit(kind, per_minute, "server")
         elif remaining is not None and remaining > 0 and source != "server":
             # No limit header (Azure). With a reset time, remaining / (1 - reset/60) estimates the
             # per-minute limit. Without one, `remaining` may count a window shorter than a minute
@@ -367,20 +488,79 @@ class RateLimiter:
             if estimate is not None and (known is None or estimate > known.per_minute):
                 self._set_limit(kind, estimate, "user" if source == "user" else "inferred")
         if remaining is not None:
+            self._announces_remaining[kind] = True
             now_known = self._state.read().limit(kind)
             if now_known is not None:
-                self._state.lower(kind, remaining + self._since(kind, now_known, permit))
+                windowed = kind in self._window
+                level = remaining + self._since(kind, now_known, permit, refills=not windowed)
+                if kind in self._trusted:
+                    self._state.set_level(kind, level)
+                else:
+                    self._state.lower(kind, level)
+                if windowed:
+                    self._note_window(kind, info, remaining, permit)
+                    if level < REQUEST:  # spent: nothing until it comes back
+                        end = self._window_end(kind, reset)
+                        if end is not None:
+                            self._state.hold(end)
 
-    def _since(self, kind: Kind, limit: Limit, permit: Permit | None) -> float:
+    def _note_window(self, kind: Kind, info: RateLimitInfo, remaining: int,
+                     permit: Permit | None) -> None:
+        """A fresh window (``remaining`` all but this request's) began at `permit`'s admission at
+        the latest: remember when, to know when it ends."""
+        if info.window_s is not None:
+            self._window_s[kind] = info.window_s
+        if permit is None:
+            return
+        spent = REQUEST if kind == "requests" else permit.charged
+        if remaining + spent < self._held_most.get(kind, 0):
+            return
+        start = self._window_start.get(kind)
+        length = self._window_s.get(kind, MINUTE_S)
+        if start is None or permit.at >= start + length:
+            self._window_start[kind] = permit.at
+
+    def _window_end(self, kind: Kind, reset: float | None) -> float | None:
+        """When `kind`'s window ends: the server's `reset`, else its start plus its length while
+        that is still ahead; None when unknown."""
+        now = self._clock()
+        if reset is not None and math.isfinite(reset):
+            return now + reset
+        start = self._window_start.get(kind)
+        if start is not None:
+            end = start + self._window_s.get(kind, MINUTE_S)
+            if end > now:
+                return end
+        return None
+
+    def _since(self, kind: Kind, limit: Limit, permit: Permit | None, *,
+               refills: bool = True) -> float:
         """How far the server's count has moved since it wrote the headers of `permit`'s request:
-        its refill since that admission, less what we admitted after it (0 without a permit)."""
+        its refill since that admission (none in a window), less what we admitted after it and
+        have had no answer to before this one (0 without a permit)."""
         if permit is None:
             return 0.0
+        later = self._admitted_requests - permit.seq
+        # Requests admitted after this one whose answers came first were most likely counted
+        # first: a burst answered out of order must not read as spending.
+        answered = self._answered
+        counted = len(answered) - bisect.bisect_right(answered, permit.seq)
+        unseen = max(0, later - counted)
         if kind == "requests":
-            after = self._admitted_requests - permit.seq
+            after = float(unseen)
         else:
-            after = self._admitted_tokens - permit.charged_total
-        return limit.rate * max(0.0, self._clock() - permit.at) - after
+            after_tokens = self._admitted_tokens - permit.charged_total
+            after = after_tokens * unseen / later if later else 0.0
+        refill = limit.rate * max(0.0, self._clock() - permit.at) if refills else 0.0
+        return refill - after
+
+    def _answered_now(self, permit: Permit | None) -> None:
+        """Remember that `permit`'s request was answered (after `_since` used the others)."""
+        if permit is None:
+            return
+        bisect.insort(self._answered, permit.seq)
+        if len(self._answered) > ANSWERED_KEPT:
+            del self._answered[: len(self._answered) - ANSWERED_KEPT]
 
     def observe(self, permit: Permit | None, info: RateLimitInfo) -> None:
         """Learn from one response's rate-limit headers (call it for every response).
@@ -401,6 +581,7 @@ class RateLimiter:
           docstring).
         """
         self._update(info, permit)
+        self._answered_now(permit)
         if permit is not None:
             self._audit_tokens(permit, info)
         self._note_answer()
@@ -408,6 +589,7 @@ class RateLimiter:
 
     def _note_answer(self) -> None:
         now = self._clock()
+        self._window_answers += 1
         self._answers.append(now)
         while now - self._answers[0] > MINUTE_S:
             self._answers.popleft()
@@ -418,13 +600,21 @@ class RateLimiter:
             self._probed_at = now
             self._set_limit("requests", limit.per_minute * INFER_RAISE_STEP, "probed")
 
-    def _infer_from_429(self, retry_after: float) -> None:
+    def _infer_from_429(self, retry_after: float, announced: bool) -> None:
         """A 429 with no limit known: infer one from the rate the server was answering at; an
-        inferred limit shrinks once per episode (see `INFER_FROM_429_SHARE`)."""
+        inferred limit shrinks once per episode (see `INFER_FROM_429_SHARE`). A window-length
+        429 that announces no limits is a fixed window's end instead (`_infer_window`)."""
         now = self._clock()
         snapshot = self._state.read()
         limit = snapshot.requests
-        if limit is not None and limit.source == "probed":
+        if (retry_after >= WINDOW_429_MIN_S and not announced and limit is not None
+                and limit.source == "server"):
+            self._window_learned(retry_after)  # its number is the server's; its shape is a window
+            self._last_429 = now
+        elif (retry_after >= WINDOW_429_MIN_S and not announced and snapshot.tokens is None
+                and (limit is None or limit.source in ("probed", "user"))):
+            self._infer_window(now, retry_after, keep=limit is not None and limit.source == "user")
+        elif limit is not None and limit.source == "probed":
             if now >= self._episode_end:
                 self._set_limit("requests", max(1.0, limit.per_minute * INFER_FROM_429_SHARE),
                                 "probed")
@@ -438,11 +628,33 @@ class RateLimiter:
             self._probed_at = now
         self._last_429 = now
 
+    def _window_learned(self, length: float) -> None:
+        """A window-length 429: the requests budget is a window of `length` seconds."""
+        self._trusted.add("requests")
+        self._window.add("requests")
+        self._window_s.setdefault("requests", length)
+
+    def _infer_window(self, now: float, retry_after: float, *, keep: bool) -> None:
+        """A window-length 429 with no limit announced: the server allows what it answered since
+        the last such 429 per `retry_after` seconds, all at once (see `WINDOW_429_MIN_S`). With
+        `keep` (the user's limit) only the window is learned, not the number."""
+        if now >= self._episode_end:
+            admitted = self._window_answers
+            if admitted >= 1:
+                self._window_learned(retry_after)
+                self._held_most["requests"] = admitted
+                limit = self._state.read().requests
+                per_minute = (limit.per_minute if keep and limit is not None
+                              else admitted * MINUTE_S / retry_after)
+                self._set_limit("requests", per_minute, "user" if keep else "probed")
+            self._window_answers = 0
+            self._episode_end = now + retry_after
+            self._probed_at = now
+        self._last_429 = now
+
     def _update(self, info: RateLimitInfo, permit: Permit | None) -> None:
-        self._learn("requests", info.limit_requests, info.remaining_requests,
-                    info.reset_requests, permit)
-        self._learn("tokens", info.limit_tokens, info.remaining_tokens, info.reset_tokens,
-                    permit)
+        self._learn("requests", info, permit)
+        self._learn("tokens", info, permit)
         self._observed = True
         self._probe_in_flight = False
 
@@ -459,8 +671,9 @@ class RateLimiter:
 
     def on_rate_limited(self, permit: Permit | None, retry_after: float | None,
                         info: RateLimitInfo | None) -> None:
-        """A 429: admit nothing before ``retry_after`` seconds from now (`FALLBACK_RETRY_AFTER_S`
-        when None or unusable), and no more than the buckets allow after that.
+        """A 429: admit nothing before ``retry_after`` seconds from now (when None or unusable:
+        `FALLBACK_RETRY_AFTER_S`, or `WINDOW_PROBE_S` for a gateway's budget), and no more than
+        the buckets allow after that.
 
         The bucket(s) to blame go into debt such that they refill to the head waiter's need
         exactly when ``retry_after`` elapses; repeated 429s for the same episode do not stack
@@ -476,17 +689,40 @@ class RateLimiter:
             self._audit.rejected(permit.seq, permit.estimate)
         if info is not None and not info.empty:
             self._update(info, permit)
+        self._answered_now(permit)  # refused, not charged: not unseen by later answers either
         if retry_after is None or not (math.isfinite(retry_after) and retry_after >= 0):
-            retry_after = FALLBACK_RETRY_AFTER_S
+            # A gateway that counts windows may give no delay at all (LiteLLM's router for
+            # completions): ask it once per probe period, not once a second.
+            retry_after = WINDOW_PROBE_S if self._window or self._trusted else FALLBACK_RETRY_AFTER_S
         self._probe_in_flight = False
-        self._infer_from_429(retry_after)
+        if info is not None:  # a window's end, where the server says it: not a gateway's fixed 60 s
+            resets = [reset for kind in self._window
+                      if (reset := getattr(info, f"reset_{kind}")) is not None]
+            if resets:
+                retry_after = min(retry_after, max(resets))
+        self._infer_from_429(retry_after, announced=info is not None and not info.empty)
         snapshot = self._state.read()
         debted = False
         for kind, need in self._blame(info, snapshot):
             limit = snapshot.limit(kind)
-            if limit is not None:
+            if limit is None:
+                continue
+            if kind in self._window:  # all of a window's quota comes back when it ends
+                reset = getattr(info, f"reset_{kind}") if info is not None else None
+                end = self._window_end(kind, reset)
+                if end is None and self._announces_remaining.get(kind):
+                    # Its end unknown, but the answers say what is left: one request at a time
+                    # finds the new window, whose first answer opens its whole quota.
+                    wait = min(retry_after, WINDOW_PROBE_S)
+                    self._state.hold(self._clock() + wait)
+                    self._state.set_level(kind, REQUEST - limit.rate * wait)  # one when it ends
+                else:
+                    self._state.hold(self._clock() + retry_after if end is None
+                                     else min(end, self._clock() + retry_after))
+                    self._state.set_level(kind, limit.capacity)
+            else:
                 self._state.lower(kind, min(need, limit.capacity) - limit.rate * retry_after)
-                debted = True
+            debted = True
         if not debted:
             self._state.hold(self._clock() + retry_after)
         self._notify()

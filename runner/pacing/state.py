@@ -124,6 +124,11 @@ class BudgetState(Protocol):
         or a non-finite `level`."""
         ...
 
+    def set_level(self, kind: Kind, level: float) -> None:
+        """Set `kind`'s bucket to `level` (clipped to its capacity), up or down: the word of a
+        server whose own count is trusted. No-op with no limit or a non-finite `level`."""
+        ...
+
     def hold(self, until: float) -> None:
         """Admit nothing before clock time `until`; never shortens a hold already set."""
         ...
@@ -179,6 +184,11 @@ class MemoryBudgetState:
         bucket = self._buckets[kind]
         if bucket is not None:
             bucket.correct(level)
+
+    def set_level(self, kind: Kind, level: float) -> None:
+        bucket = self._buckets[kind]
+        if bucket is not None:
+            bucket.set_level(level)
 
     def hold(self, until: float) -> None:
         self._hold_until = max(self._hold_until, until)

@@ -15,11 +15,12 @@ from runner.tokenizer import token_counter
 
 
 def estimate_file(input_path: str, *, rpm: float | None, tpm: float | None,
-                  prices: PriceTable) -> Estimate:
+                  prices: PriceTable, ipm: float | None = None) -> Estimate:
     """Stream INPUT through `jobs.estimate`, with true token counts by `runner.tokenizer`;
     `runner.files.inputs.UnreadableInput` when INPUT cannot be read."""
     return estimate_lines(input_lines(input_path), input_name(input_path), counter=token_counter,
-                          rpm=rpm, tpm=tpm, cost=prices.cost)
+                          rpm=rpm, tpm=tpm, cost=prices.cost, ipm=ipm,
+                          image_price=prices.image_price)
 
 
 def estimate_json(est: Estimate, prices: PriceTable) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def estimate_table(est: Estimate, prices: PriceTable) -> Group:
     for m in est.models:
         table.add_row(m.model, _count(m.jobs), _count(m.requests), _count(m.prompt_tokens),
                       _count(m.max_completion_tokens), _count(m.charge),
-                      _duration(m.minutes(est.budget)),
+                      _duration(m.minutes(est.budget, est.ipm)),
                       "unknown" if m.cost is None else _usd(m.cost))
     table.add_row("total", _count(est.jobs), _count(est.requests),
                   _count(sum(m.prompt_tokens for m in est.models)),
@@ -54,8 +55,13 @@ def estimate_table(est: Estimate, prices: PriceTable) -> Group:
         f", as of {prices.as_of or 'unknown'}, may be out of date (override with --prices FILE)"))
     notes.append(Text("time = max(requests / RPM, rate-limit tokens / TPM) per model, models in "
                       "parallel: a lower bound (retries and latency add to it)"))
+    if est.images:
+        notes.append(Text(f"images: {est.images:,} asked for (n per job); image models are charged "
+                          "images, not tokens (charge column), timed against --ipm, and priced per "
+                          "image by model, size and quality"))
     if est.uncapped:
-        notes.append(Text(f"{est.uncapped:,} chat jobs set no max_tokens / max_completion_tokens: "
+        notes.append(Text(f"{est.uncapped:,} chat or Responses jobs set no max_tokens / "
+                          "max_completion_tokens / max_output_tokens: "
                           "their output is unbounded and NOT in the cost", style="yellow"))
     if est.unpriced:
         notes.append(Text(f"no price for: {', '.join(est.unpriced)} (not in the price table; "
@@ -68,13 +74,15 @@ def estimate_table(est: Estimate, prices: PriceTable) -> Group:
 
 
 def _limits_text(est: Estimate) -> str:
-    if est.budget.rpm is None and est.budget.tpm is None:
+    if est.budget.rpm is None and est.budget.tpm is None and est.ipm is None:
         return "no --rpm/--tpm: time unknown"
     parts = []
     if est.budget.rpm is not None:
         parts.append(f"RPM {est.budget.rpm:,g}")
     if est.budget.tpm is not None:
         parts.append(f"TPM {est.budget.tpm:,g}")
+    if est.ipm is not None:
+        parts.append(f"IPM {est.ipm:,g}")
     return ", ".join(parts) + " per model"
 
 

@@ -13,7 +13,7 @@ import importlib.resources
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -53,6 +53,21 @@ class PriceTable:
     source: str = ""
     as_of: str = ""
     files: tuple[str, ...] = ()
+    images: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
+    """model -> "SIZE/QUALITY" -> USD per image."""
+
+    def image_price(self, model: str, size: str | None, quality: str | None) -> float | None:
+        """USD for one image of `model` at `size` and `quality` (the model's defaults when None:
+        1024x1024; standard, or for gpt-image-1 the dearest quality, an upper bound for `auto`);
+        None when the table has no such entry."""
+        table = self.images.get(model_name(model)) or self.images.get(undated(model_name(model)))
+        if not table:
+            return None
+        size = size if size and size != "auto" else "1024x1024"
+        if quality and quality != "auto":
+            return table.get(f"{size}/{quality}")
+        prices = [v for k, v in table.items() if k.startswith(size + "/")]
+        return max(prices) if prices else None
 
     def lookup(self, model: str) -> Price | None:
         """The price of `model`: its exact entry, else the entry of its name without a date
@@ -73,6 +88,7 @@ class PriceTable:
     def updated(self, other: PriceTable) -> PriceTable:
         """This table with `other`'s entries added, replacing same-named ones (a user override)."""
         return PriceTable(models=MappingProxyType({**self.models, **other.models}),
+                          images=MappingProxyType({**self.images, **other.images}),
                           source="; ".join(s for s in (self.source, other.source) if s),
                           as_of=other.as_of or self.as_of,
                           files=self.files + other.files)
@@ -84,7 +100,7 @@ def parse_prices(text: str, origin: str) -> PriceTable:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PriceTableError(f"{origin}: not valid TOML: {e}") from None
-    unknown = set(data) - {"meta", "models"}
+    unknown = set(data) - {"meta", "models", "images"}
     if unknown:
         raise PriceTableError(f"{origin}: unknown table {sorted(unknown)[0]!r}; "
                               f"expected [meta] and [models.NAME]")
@@ -93,7 +109,15 @@ def parse_prices(text: str, origin: str) -> PriceTable:
     if not isinstance(meta, dict) or not isinstance(models, dict):
         raise PriceTableError(f"{origin}: [meta] and [models] must be tables")
     prices = {name.lower(): _price(origin, name, entry) for name, entry in models.items()}
+    images = data.get("images", {})
+    for name, entry in images.items():
+        if not isinstance(entry, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                for v in entry.values()):
+            raise PriceTableError(f"{origin}: images.{name} must map \"SIZE/QUALITY\" to USD per image")
     return PriceTable(models=MappingProxyType(prices), source=str(meta.get("source", "")),
+                      images=MappingProxyType({k.lower(): MappingProxyType(dict(v))
+                                               for k, v in images.items()}),
                       as_of=str(meta.get("as_of", "")), files=(origin,))
 
 

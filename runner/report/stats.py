@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from jobs.usage import usage_count
+from jobs.endpoints import read_usage
 from runner.exit_codes import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED, EXIT_USAGE
 
 
@@ -16,6 +16,9 @@ class ModelUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     jobs: int = 0
+    cached_tokens: int = 0      # of prompt_tokens, served from the prompt cache
+    reasoning_tokens: int = 0   # of completion_tokens, spent reasoning
+    images: int = 0             # images generated (image endpoints)
 
 
 @dataclass(slots=True)
@@ -36,7 +39,11 @@ class RunStats:
     rate_limited: int = 0         # 429 answers (rate limit, not quota)
     bisect_requests: int = 0      # extra requests spent splitting refused packs
     packing_off: list[tuple[str, str, str]] = field(default_factory=list)  # (model, url, why)
+    budget_shared: list[tuple[str, str]] = field(default_factory=list)  # (base URL, why)
     charged_tokens: int = 0       # our estimate of what the rate limiter charged
+    images: int = 0               # images saved as files (image endpoints)
+    model_images: Counter = field(default_factory=Counter)  # image model -> images saved
+    image_kinds: Counter = field(default_factory=Counter)   # (model, size, quality) -> images
     in_flight: int = 0
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     model_requests: Counter = field(default_factory=Counter)   # model -> requests sent
@@ -57,9 +64,11 @@ class RunStats:
         """Count one job's `usage` (tokens in and out) under its model."""
         entry = self.usage.setdefault(model, ModelUsage())
         entry.jobs += 1
-        if isinstance(usage, dict):
-            entry.prompt_tokens += usage_count(usage.get("prompt_tokens"))
-            entry.completion_tokens += usage_count(usage.get("completion_tokens"))
+        counts = read_usage(usage)  # chat/completions or Responses/gpt-image-1 shape
+        entry.prompt_tokens += counts.input
+        entry.completion_tokens += counts.output
+        entry.cached_tokens += counts.cached
+        entry.reasoning_tokens += counts.reasoning
 
     def exit_code(self) -> int:
         """0: all jobs succeeded; 1: finished, some failed; 2: stopped because the input cannot be

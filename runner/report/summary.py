@@ -22,8 +22,23 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
         cost = None
         if prices is not None:
             cost = prices.cost(model, usage.prompt_tokens, usage.completion_tokens)  # type: ignore[attr-defined]
+        images = stats.model_images.get(model, 0)
+        if images and prices is not None and not (usage.prompt_tokens or usage.completion_tokens):
+            cost = _image_cost(stats, model, prices)  # dall-e: per image; gpt-image-1: by usage
         if cost is not None:
             total_cost = (total_cost or 0.0) + cost
+        if images:
+            models[model] = {
+                "jobs_succeeded": usage.jobs, "requests": stats.model_requests.get(model, 0),
+                "images": images, "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "achieved_rpm": round(stats.model_requests.get(model, 0) / minutes, 1) if minutes else None,
+                "allowed_rpm": rpm,
+                "achieved_ipm": round(images / minutes, 1) if minutes else None,
+                "allowed_ipm": tpm,  # an image lane's second budget counts images
+                "estimated_cost_usd": None if cost is None else round(cost, 6),
+            }
+            continue
         models[model] = {
             "jobs_succeeded": usage.jobs,
             "requests": stats.model_requests.get(model, 0),
@@ -46,13 +61,29 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
                  "kept_failed": stats.kept_failed, "bad_lines": stats.bad_lines,
                  "duplicates": stats.duplicates},
         "failures_by_code": dict(stats.failed.most_common()),
+        "images_saved": stats.images,
         "requests": {"sent": stats.requests, "retries": stats.retries,
                      "rate_limited_429": stats.rate_limited, "bisect_extra": stats.bisect_requests},
         "packing_off": [{"model": model, "url": url, "reason": reason}
                         for model, url, reason in stats.packing_off],
+        "budget_shared": [{"base_url": base_url, "reason": reason}
+                          for base_url, reason in stats.budget_shared],
         "models": models,
         "estimated_cost_usd": None if total_cost is None else round(total_cost, 6),
     }
+
+
+def _image_cost(stats: RunStats, model: str, prices: object) -> float | None:
+    """USD for a model's images by the per-image table; None when one kind is not in it."""
+    total = 0.0
+    for (name, size, quality), count in stats.image_kinds.items():
+        if name != model:
+            continue
+        price = prices.image_price(name, size, quality)  # type: ignore[attr-defined]
+        if price is None:
+            return None
+        total += price * count
+    return total
 
 
 def summary_lines(stats: RunStats, output: str, prices: object | None = None) -> list[str]:
@@ -75,9 +106,18 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
         lines.append(f"bisecting refused packs cost {stats.bisect_requests:,} extra requests")
     for model, url, reason in stats.packing_off:
         lines.append(f"packing off for {model} ({url}): {reason}; its jobs were sent alone")
+    for base_url, reason in stats.budget_shared:
+        lines.append(f"one budget for the key over every model at {base_url} ({reason})")
     data = summary_dict(stats, output, prices)
     for model, m in data["models"].items():
         rates = ""
+        if "images" in m:
+            cost = m["estimated_cost_usd"]
+            cost_text = f" · ~${cost:,.4f}" if cost is not None else (" · cost unknown" if prices else "")
+            allowed = f"{m['allowed_ipm']:,.0f}" if m["allowed_ipm"] else "?"
+            achieved = f" · {m['achieved_ipm']:,.1f} of {allowed} IPM" if m["achieved_ipm"] is not None else ""
+            lines.append(f"{model}: {m['images']:,} images{achieved}{cost_text}")
+            continue
         if m["achieved_rpm"] is not None:
             allowed_rpm = f"{m['allowed_rpm']:,.0f}" if m["allowed_rpm"] else "?"
             allowed_tpm = f"{m['allowed_tpm']:,.0f}" if m["allowed_tpm"] else "?"
@@ -87,6 +127,8 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
         cost_text = f" · ~${cost:,.4f}" if cost is not None else (" · cost unknown" if prices else "")
         lines.append(f"{model}: {m['prompt_tokens']:,} tokens in · {m['completion_tokens']:,} out"
                      f"{rates}{cost_text}")
+    if stats.images:
+        lines.append(f"images: {stats.images:,} saved as files")
     if data["estimated_cost_usd"] is not None:
         lines.append(f"estimated cost: ${data['estimated_cost_usd']:,.4f} at list prices")
     if stats.stop_reason and stats.unusable_input:

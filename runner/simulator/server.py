@@ -94,8 +94,8 @@ KNOWN_FAULTS = frozenset({"500", "503", "hang", "reset", "truncated", "missing_c
 # The opt-in behaviours of other servers (SimConfig fields), each value's first entry the default
 LIST_PROMPT_MODES = ("ok", "ignore", "error")
 BUDGET_SCOPES = ("model", "key")
-HEADER_STYLES = ("openai", "litellm", "ietf", "none")
-LIMITERS = ("bucket", "window")
+HEADER_STYLES = ("openai", "litellm", "litellm-router", "ietf", "none")
+LIMITERS = ("bucket", "window", "minute")
 
 CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
 OPENAI, AZURE, AZURE_V1 = "openai", "azure", "azure_v1"
@@ -133,6 +133,29 @@ def _sha(text: str) -> str:
 def completion_text(prompt: str, j: int) -> str:
     """The text of choice `j` for `prompt`: `"sim:" + sha256(prompt)[:12] + "#j"`."""
     return f"sim:{_sha(prompt)[:12]}#{j}"
+
+
+CLASSIFIER_TOKENS = ("15", "16", "17", "18", "19")  # candidate token ids when no logit_bias names any
+
+
+def completion_logprobs(prompt: str, j: int, top: int,
+                        logit_bias: Mapping[str, float] | None = None) -> tuple[str, dict[str, Any]]:
+    """(text, logprobs) of choice `j` for `prompt` when `logprobs=top` is asked: one token, the
+    most likely of the candidates (the token ids `logit_bias` names, else `CLASSIFIER_TOKENS`),
+    each candidate's logit derived from the prompt plus its bias, as a fine-tuned classifier
+    called with `max_tokens: 1` answers. The token of id `t` reads `" t<id>"`."""
+    bias = {str(k): float(v) for k, v in (logit_bias or {}).items()}
+    candidates = sorted(bias) or list(CLASSIFIER_TOKENS)
+    logits = {t: -int(_sha(f"{prompt}#{j}#{t}")[:4], 16) / 8192 + bias.get(t, 0.0) / 10
+              for t in candidates}
+    peak = max(logits.values())
+    norm = peak + math.log(sum(math.exp(v - peak) for v in logits.values()))
+    ranked = sorted(candidates, key=lambda t: (-logits[t], t))
+    best = ranked[0]
+    text = f" t{best}"
+    return text, {"tokens": [text], "token_logprobs": [round(logits[best] - norm, 6)],
+                  "top_logprobs": [{f" t{t}": round(logits[t] - norm, 6) for t in ranked[:top]}],
+                  "text_offset": [len(prompt)]}
 
 
 def chat_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -259,13 +282,19 @@ class SimConfig:
     limiter: "bucket" is OpenAI's continuously refilling buckets (above); "window" a gateway's fixed
     windows (`WindowBudget`): up to `rpm` requests and `tpm` tokens per 60 s from the window's first
     request, all at once, then 429 with `retry-after: 60` and LiteLLM's body until the window ends
-    (`burst_s` unused).
+    (`burst_s` unused); "minute" the same per calendar minute (multiples of 60 s on the clock), as
+    LiteLLM's router counts a deployment's rpm.
     serial: True plays a local model server with one slot: admitted requests queue and are worked
     on one after another in arrival order, each taking `latency_ms`; a request whose client has
     gone (timed out) is still worked on before the next (`SimStats.abandoned`).
+    ipm, image_url_ttl_s, download_fault_rate: the image endpoints' images-per-minute limit, how
+    long a `url` answer can be downloaded, and the chance a download fails (`routes`, `images`).
     header_style: the rate-limit headers on every answer (see `rate_limit_headers`). "openai":
     OpenAI's six `x-ratelimit-*` (Azure URLs: its two remaining-*); "litellm": LiteLLM proxy's
-    `x-ratelimit-{model_per_key|api_key}-{remaining|limit}-{requests|tokens}`, no reset; "ietf":
+    `x-ratelimit-{model_per_key|api_key}-{remaining|limit}-{requests|tokens}`, no reset;
+    "litellm-router": its router's, for a deployment's limits: OpenAI's limit and remaining names, no
+    reset, and 429s with no rate-limit header and only `llm_provider-retry-after: 60`; its windows
+    refuse their rpm-th request (`rpm - 1` pass, as LiteLLM 1.80's router does); "ietf":
     the IETF draft's `RateLimit-Limit/-Remaining/-Reset/-Policy`; "none": no rate-limit headers.
     """
 
@@ -288,9 +317,12 @@ class SimConfig:
     header_style: str = "openai"
     limiter: str = "bucket"
     serial: bool = False
+    ipm: int | None = None  # images per minute per image model (runner.simulator.routes)
+    image_url_ttl_s: float = 3600.0  # `url` image answers expire after this
+    download_fault_rate: float = 0.0  # a GET of an image URL answers 500 with this probability
 
     def __post_init__(self) -> None:
-        for name in ("rpm", "tpm", "quota_requests"):
+        for name in ("rpm", "tpm", "quota_requests", "ipm"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{name} must be an int or None, got {value!r}")
@@ -506,10 +538,11 @@ class WindowBudget:
     """
 
     __slots__ = ("rpm", "tpm", "window_s", "requests_used", "tokens_used", "windows", "_start",
-                 "_clock")
+                 "_clock", "aligned", "refuse_last")
 
     def __init__(self, rpm: int | None, tpm: int | None, window_s: float = RATE_WINDOW_S, *,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], aligned: Callable[[], float] | None = None,
+                 refuse_last: bool = False) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be > 0")
         self.rpm = rpm
@@ -520,6 +553,9 @@ class WindowBudget:
         self.windows = 0  # windows opened so far; the current one's number
         self._start: float | None = None
         self._clock = clock
+        self.aligned = aligned  # calendar windows: multiples of window_s on this (wall) clock, as
+        # LiteLLM's router counts a deployment's rpm per wall-clock minute
+        self.refuse_last = refuse_last  # ... and refuses its rpm-th request: rpm - 1 pass
 
     def _roll(self) -> float:
         now = self._clock()
@@ -531,12 +567,12 @@ class WindowBudget:
     def admit(self, charge: int) -> Admission:
         """Count one request and `charge` tokens in the current window if both fit, else refuse."""
         now = self._roll()
-        if self.rpm is not None and self.requests_used + 1 > self.rpm:
+        if self.rpm is not None and self.requests_used + 1 > self.rpm - self.refuse_last:
             return Admission(False, "requests", float(self.window_s))
         if self.tpm is not None and self.tokens_used and self.tokens_used + charge > self.tpm:
             return Admission(False, "tokens", float(self.window_s))
         if self._start is None:
-            self._start = now
+            self._start = now if self.aligned is None else now - self.aligned() % self.window_s
             self.windows += 1
         self.requests_used += 1
         self.tokens_used += charge
@@ -585,7 +621,10 @@ def rate_limit_headers(style: str, shape: str, states: Sequence[LimitState], *,
                 "RateLimit-Reset": str(math.ceil(state.reset_s - 1e-9)),
                 "RateLimit-Policy": f"{state.limit};w={RATE_WINDOW_S}"}
     for state in states:
-        if style == "litellm":
+        if style == "litellm-router":  # a deployment's limits: OpenAI's names, no reset
+            out[f"x-ratelimit-remaining-{state.name}"] = str(max(0, state.remaining))
+            out[f"x-ratelimit-limit-{state.name}"] = str(state.limit)
+        elif style == "litellm":
             prefix = f"x-ratelimit-{LITELLM_DESCRIPTOR[scope]}"
             out[f"{prefix}-remaining-{state.name}"] = str(state.remaining)
             out[f"{prefix}-limit-{state.name}"] = str(state.limit)
@@ -633,6 +672,8 @@ class SimRequest:
     echo: bool = False
     dims: int = DEFAULT_EMBEDDING_DIMS
     base64: bool = False
+    logprobs: int | None = None  # completions: top logprobs asked
+    logit_bias: Mapping[str, float] | None = None
 
     @property
     def charge(self) -> int:
@@ -717,9 +758,17 @@ def parse_request(kind: str, body: Any, deployment: str | None = None) -> SimReq
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", minimum=1)
         return SimRequest(kind, model, (chat_prompt(messages),), n=n, max_tokens=max_tokens)
+    bias = body.get("logit_bias")
+    if bias is not None and not (isinstance(bias, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and -100 <= v <= 100
+            for v in bias.values())):
+        raise _bad("Invalid 'logit_bias': expected a map of token ids to numbers in [-100, 100].",
+                   "logit_bias", "invalid_value")
     return SimRequest(kind, model, _text_list(body, "prompt"), n=n,
                       max_tokens=_int_field(body, "max_tokens", minimum=0),
-                      echo=bool(body.get("echo")))
+                      echo=bool(body.get("echo")),
+                      logprobs=_int_field(body, "logprobs", minimum=0, maximum=5),
+                      logit_bias=bias)
 
 
 def build_answer(req: SimRequest, *, rng: random.Random, shuffle: bool, created: int,
@@ -748,9 +797,12 @@ def build_answer(req: SimRequest, *, rng: random.Random, shuffle: bool, created:
                                                         "refusal": None},
                                 "logprobs": None, "finish_reason": "stop"})
             else:
+                logprobs = None
+                if req.logprobs is not None:
+                    text, logprobs = completion_logprobs(prompt, j, req.logprobs, req.logit_bias)
                 choices.append({"text": prompt + text if req.echo else text,
-                                "index": position * req.n + j, "logprobs": None,
-                                "finish_reason": "stop"})
+                                "index": position * req.n + j, "logprobs": logprobs,
+                                "finish_reason": "length" if logprobs else "stop"})
     if shuffle:
         rng.shuffle(choices)
     return {"id": response_id, "object": "chat.completion" if req.kind == CHAT else "text_completion",
@@ -826,6 +878,17 @@ def _window_limited(verdict: Admission, states: Sequence[LimitState], descriptor
                    f"Limit type: {state.name}. Current limit: {state.limit}, Remaining: "
                    f"{max(0, state.remaining)}. Limit resets at: {stamp}",
         "type": "None", "param": "None", "code": "429"}}, headers)
+
+
+def _router_limited(model: str, budget: ModelBudget | WindowBudget) -> ApiError:
+    """LiteLLM proxy's 429 when its router has no deployment under its rpm/tpm
+    (usage-based-routing-v2): no rate-limit header, the delay only as `llm_provider-retry-after`,
+    always 60 (as a real proxy answered it, litellm 1.80)."""
+    return ApiError(429, {"error": {
+        "message": f"litellm.RateLimitError: No deployments available for selected model. Passed "
+                   f"model={model}. Deployments={{'{_sha(model)}': {{'current_rpm': "
+                   f"{getattr(budget, 'requests_used', 0)}, 'rpm_limit': {budget.rpm}}}}}",
+        "type": "None", "param": "None", "code": "429"}}, {"llm_provider-retry-after": "60"})
 
 
 _QUOTA_ERROR = openai_error(
@@ -909,6 +972,8 @@ class Simulator:
             self.app.router.add_post(f"/openai/deployments/{{deployment}}/{tail}",
                                      self._handler(kind, AZURE))
             self.app.router.add_post(f"/openai/v1/{tail}", self._handler(kind, AZURE_V1))
+        from runner.simulator.routes import add_routes  # Responses, moderations, images
+        add_routes(self)
         self.batches = BatchService(self, batch or BatchConfig())  # the hosted Batch API
         self.batches.install(self.app)
 
@@ -960,8 +1025,10 @@ class Simulator:
         if name not in self._budgets:
             config = self.config
             self._budgets[name] = (
-                WindowBudget(config.rpm, config.tpm, clock=self._clock)
-                if config.limiter == "window" else
+                WindowBudget(config.rpm, config.tpm, clock=self._clock,
+                             aligned=self._wall_clock if config.limiter == "minute" else None,
+                             refuse_last=config.header_style == "litellm-router")
+                if config.limiter in ("window", "minute") else
                 ModelBudget(config.rpm, config.tpm, config.burst_s, clock=self._clock))
         return self._budgets[name]
 
@@ -1053,6 +1120,8 @@ class Simulator:
         states = budget.states() if isinstance(budget, WindowBudget) else bucket_states(budget)
         headers = rate_limit_headers(config.header_style, shape, states, scope=config.budget_scope)
         if not verdict.admitted:
+            if config.header_style == "litellm-router":
+                raise _router_limited(req.model, budget)
             if isinstance(budget, WindowBudget):
                 hashed = _sha(key)  # LiteLLM names a key by its sha256
                 value = hashed if config.budget_scope == "key" else f"{hashed}:{req.model}"

@@ -1,0 +1,71 @@
+"""Issue 12 benchmark: image jobs under an images-per-minute (IPM) limit, on virtual time.
+
+    python bench/images.py [--jobs 300] [--ipm 60]
+
+The simulator and the runner share `runner.clock`'s virtual-time loop over real loopback sockets,
+so minutes of pacing take seconds. Each job asks dall-e-2 for n images (1, 2 or 3 in turn, url
+answers downloaded and saved) against a server allowing IPM images a minute with a bucket of
+`BURST_S` seconds (and 2 % download failures). Efficiency = the ideal time (images / IPM, less
+the server's opening burst) / the measured time. Two rows: the IPM told (`--ipm`), and learned
+from the server's headers and its first 429.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+import orjson
+
+from runner.api.endpoint import Endpoint
+from runner.clock import run_virtual
+from runner.live.dispatch import DispatchConfig
+from runner.live.run import RunConfig, run
+from runner.simulator.server import SimConfig, Simulator
+
+BURST_S = 5.0
+LATENCY_MS = 2000
+
+
+async def one(folder: Path, jobs: int, ipm: int, told: bool) -> dict:
+    lines = [{"custom_id": f"sku-{i}", "method": "POST", "url": "/v1/images/generations",
+              "body": {"model": "dall-e-2", "prompt": f"product photo {i}", "n": 1 + i % 3,
+                       "size": "256x256"}} for i in range(jobs)]
+    images = sum(line["body"]["n"] for line in lines)
+    (folder / "in.jsonl").write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    out = folder / f"out-{told}.jsonl"
+    loop = asyncio.get_running_loop()
+    config = SimConfig(ipm=ipm, rpm=1000, burst_s=BURST_S, latency_ms=LATENCY_MS,
+                       download_fault_rate=0.02, seed=1)
+    async with Simulator(config, clock=loop.time) as sim:
+        start = loop.time()
+        stats = await run(RunConfig(input=str(folder / "in.jsonl"), output=out,
+                                    endpoint=Endpoint(base_url=sim.base_url, api_key="k"),
+                                    ipm=ipm if told else None, images_dir=folder / f"img-{told}",
+                                    dispatch=DispatchConfig(max_attempts=10)),
+                          progress=False, handle_signals=False, log=lambda m: None)
+        wall = loop.time() - start
+    ideal = (images - ipm * BURST_S / 60) / ipm * 60
+    saved = len(list((folder / f"img-{told}").iterdir()))
+    return {"ipm": "told" if told else "learned", "jobs": stats.succeeded, "images": saved,
+            "wall_s": round(wall, 1), "ideal_s": round(ideal, 1),
+            "efficiency": round(ideal / wall, 3), "429s": stats.rate_limited,
+            "requests": stats.requests}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--ipm", type=int, default=60)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for told in (True, False):
+            folder = Path(tmp) / str(told)
+            folder.mkdir()
+            print(orjson.dumps(run_virtual(one(folder, args.jobs, args.ipm, told),
+                                          wait_for_threads=True)).decode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Image files: every image an answer carries becomes a file on disk, never overwriting another.
+
+Names. Image `i` of the job `custom_id` goes to `DIR/SAFE-i.EXT`: SAFE is the custom_id with every
+character outside `A-Za-z0-9._-` replaced by `_` (cut to 100 characters), plus `-` and 8 hex digits
+of the custom_id's sha256 when anything was replaced or cut (so `a/b` and `a_b` never meet); EXT
+comes from the image's own first bytes (png, jpg, webp, gif), else from the request's
+`output_format`, else `png`. When that name is taken (an earlier run, a rerun with
+`--retry-failed`, another output sharing the folder) the next free `SAFE-i.K.EXT` (K = 1, 2, ...)
+is used.
+
+Durability. Bytes are written to a hidden temporary file in DIR, fsynced, then linked to the final
+name with `os.link`, which fails rather than replace an existing file (two runs racing for a name
+cannot overwrite each other), then the temporary name is removed and DIR fsynced. So a file under
+its final name is always complete; a kill leaves at most a `.tmp-*` file, never a half image under
+a real name, and the run's first save removes such files left by processes no longer running
+(`sweep_orphans`). The dispatcher writes the job's result line only after `save` returns.
+
+`url` answers are downloaded at once (they expire after about an hour) through the run's `send`
+function, with full-jitter retries; a download that keeps failing raises `DownloadFailed` and the
+job fails with a transient code, so a later run redoes it.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import os
+import random
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from jobs.endpoints import UPLOAD_FIELDS
+from jobs.job import Job
+from jobs.reader import BadLine
+from runner.api.transport import HttpRequest, Send
+from runner.errors import RunnerError
+
+MAX_SAFE_CHARS = 100
+DOWNLOAD_ATTEMPTS = 5
+DOWNLOAD_BACKOFF_S = 1.0  # full jitter: uniform(0, this * 2**attempt)
+TMP_MARK = ".tmp-"  # temporary names: .STEM.tmp-PID-RANDOM
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_TMP_NAME = re.compile(r"\..+\.tmp-(\d+)-[0-9a-f]{8}")
+_MAGIC = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF8", "gif"))
+_FORMAT_EXT = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp"}
+
+
+class DownloadFailed(RunnerError):
+    """An image `url` could not be downloaded after `DOWNLOAD_ATTEMPTS` tries (or held no image)."""
+
+
+class BadImageData(RunnerError):
+    """A `b64_json` that is not base64."""
+
+
+def safe_stem(custom_id: str) -> str:
+    """The file-name stem for a custom_id (see the module docstring)."""
+    safe = _UNSAFE.sub("_", custom_id)[:MAX_SAFE_CHARS].lstrip(".") or "_"
+    if safe != custom_id:
+        safe += "-" + hashlib.sha256(custom_id.encode()).hexdigest()[:8]
+    return safe
+
+
+def extension(data: bytes, output_format: Any = None) -> str:
+    """The extension for image bytes: by their magic number, else `output_format`, else png."""
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return _FORMAT_EXT.get(str(output_format).lower(), "png") if output_format else "png"
+
+
+def write_new_file(directory: Path, stem: str, ext: str, data: bytes) -> Path:
+    """Write `data` to the first free `stem.ext`, `stem.1.ext`, ... in `directory`, durably
+    (temp file, fsync, link, fsync the folder); never replaces an existing file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{stem}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        k = 0
+        while True:
+            target = directory / (f"{stem}.{ext}" if k == 0 else f"{stem}.{k}.{ext}")
+            try:
+                os.link(tmp, target)
+                break
+            except FileExistsError:
+                k += 1
+    finally:
+        os.unlink(tmp)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+def sweep_orphans(directory: Path) -> int:
+    """Remove the temporary files that processes no longer running left in `directory` (a kill
+    between writing and linking); a live process's are left alone. Returns how many went."""
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        match = _TMP_NAME.fullmatch(name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # alive (or reused by another process): not ours to judge
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / name)
+            removed += 1
+    return removed
+
+
+class ImageStore:
+    """Saves the images of image answers under `directory`; paths in result lines are relative
+    to `relative_to` (the output file's folder). `inline` keeps the answer as the API sent it
+    (files are saved all the same)."""
+
+    def __init__(self, directory: Path, *, relative_to: Path, send: Send, inline: bool = False,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 rng: Callable[[], float] | None = None) -> None:
+        self.directory = directory
+        self.relative_to = relative_to
+        self._send = send
+        self.inline = inline
+        self._sleep = sleep
+        self._rng = rng or random.Random().random  # full jitter between download tries
+        self._swept = False
+        self.saved = 0  # images written this run
+        self.downloads = 0  # url answers fetched (attempts that got an image)
+
+    async def save(self, custom_id: str, body: dict[str, Any], output_format: Any = None) -> dict[str, Any]:
+        """The answer to write in the result line, after every image in `body["data"]` is on
+        disk: each item gets `"file"` (its path relative to the output's folder), and loses its
+        `b64_json` unless `inline`. Raises `DownloadFailed` or `BadImageData`."""
+        items = body.get("data")
+        if not isinstance(items, list):
+            return body
+        if not self._swept:
+            self._swept = True
+            await asyncio.to_thread(sweep_orphans, self.directory)
+        stem = safe_stem(custom_id)
+        out_items = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                out_items.append(item)
+                continue
+            if isinstance(item.get("b64_json"), str):
+                try:
+                    data = base64.b64decode(item["b64_json"], validate=True)
+                except (binascii.Error, ValueError) as exc:
+                    raise BadImageData(f"image {index} of the answer is not base64: {exc}") from None
+            elif isinstance(item.get("url"), str):
+                data = await self._download(item["url"])
+            else:
+                out_items.append(item)
+                continue
+            ext = extension(data, output_format or body.get("output_format"))
+            path = await asyncio.to_thread(write_new_file, self.directory, f"{stem}-{index}", ext, data)
+            self.saved += 1
+            rel = os.path.relpath(path, self.relative_to)
+            kept = item if self.inline else {k: v for k, v in item.items() if k != "b64_json"}
+            out_items.append({**kept, "file": rel})
+        return {**body, "data": out_items}
+
+    async def _download(self, url: str) -> bytes:
+        """The bytes at `url` (no API key is sent: the URL is signed), retried with full jitter."""
+        last = ""
+        for attempt in range(DOWNLOAD_ATTEMPTS):
+            try:
+                response = await self._send(HttpRequest("GET", url, {}))
+            except RunnerError as exc:
+                last = str(exc)
+            else:
+                if response.status == 200 and response.body:
+                    self.downloads += 1
+                    return response.body
+                last = f"HTTP {response.status}"
+                if response.status in (403, 404):  # expired or gone: waiting cannot help
+                    break
+            if attempt + 1 < DOWNLOAD_ATTEMPTS:
+                await self._sleep(self._rng() * DOWNLOAD_BACKOFF_S * 2 ** attempt)
+        raise DownloadFailed(f"could not download an image ({last}); the job runs again on resume")
+
+
+def default_images_dir(output: Path) -> Path:
+    """`--images-dir` when not given: beside OUTPUT, named after it (`out.jsonl` -> `out.images`)."""
+    name = output.name.removesuffix(".jsonl") if output.name.endswith(".jsonl") else output.name
+    return output.parent / f"{name}.images"
+
+
+def check_uploads(job: Job, base: Path, input_name: str) -> Job | BadLine:
+    """`job` with every upload path (`image`, `mask`) made absolute (relative ones are relative to
+    the job file's folder, `base`), or a `BadLine` naming the file and line when one is missing
+    or unreadable. Jobs that upload nothing come back unchanged."""
+    fields = UPLOAD_FIELDS.get(job.url)
+    if not fields:
+        return job
+    body = dict(job.body)
+    for name in fields:
+        value = body.get(name)
+        if value is None:
+            continue
+        paths = value if isinstance(value, list) else [value]
+        resolved = []
+        for p in paths:
+            path = Path(os.path.expanduser(p))
+            path = path if path.is_absolute() else base / path
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                return BadLine(input_name, job.line, f"body.{name}: cannot read {p!r} "
+                               f"({reason}; relative paths are relative to the job file's folder)",
+                               job.custom_id)
+            resolved.append(str(path))
+        body[name] = resolved if isinstance(value, list) else resolved[0]
+    return Job(custom_id=job.custom_id, url=job.url, body=body, line=job.line)

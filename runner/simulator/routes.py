@@ -1,0 +1,218 @@
+"""The simulator's endpoints beyond chat, completions and embeddings: `/v1/responses`,
+`/v1/moderations`, `/v1/images/{generations,edits,variations}` (OpenAI, Azure deployment and
+Azure v1 URL shapes), and `GET /sim-images/NAME` serving `url` image answers until they expire.
+
+A request meets what the others meet (`runner.simulator.server`): Azure's api-version check, auth,
+validation (400), quota, the rate limit (429), a fault, the latency. Token endpoints share their
+model's RPM/TPM budget; image endpoints have their own per model: requests (RPM) and images per
+minute (`SimConfig.ipm`), `n` images charged per request, headers `x-ratelimit-{limit,remaining,
+reset}-images` beside the requests ones, and OpenAI's 429 "Rate limit exceeded for images per
+minute in organization ORG. Limit: N/1min. Current: M/1min." (Azure: its own 429 body).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from runner.simulator import images as img
+from runner.simulator import responses as rsp
+from runner.simulator.server import (
+    AZURE, AZURE_DEFAULT_API_VERSION, AZURE_V1, OPENAI, ORGANIZATION, ApiError, ModelBudget,
+    Simulator, WindowBudget, _MALFORMED_JSON, _QUOTA_ERROR, _SERVER_ERROR, _OVERLOADED_ERROR, _ConnectionDropped,
+    _azure_error, _bad, _client_gone, _json, bucket_states, format_duration, openai_error,
+    rate_limit_headers,
+)
+
+IMAGE_PATH = "/sim-images/"
+_TAILS = (rsp.RESPONSES, rsp.MODERATIONS, img.GENERATIONS, img.EDITS, img.VARIATIONS)
+_AZURE_OPERATION = {img.GENERATIONS: "ImageGenerations_Create", img.EDITS: "ImageEdits_Create",
+                    img.VARIATIONS: "ImageVariations_Create"}
+
+
+def add_routes(sim: Simulator) -> None:
+    """Register the routes on `sim.app` (called by `Simulator.__init__`)."""
+    sim.image_budgets = {}  # model -> ModelBudget(rpm, ipm)
+    sim.image_files = {}    # name -> (bytes, expires at on sim's clock)
+    sim.stats_images = 0    # images generated and answered
+    for tail in _TAILS:
+        sim.app.router.add_post(f"/v1/{tail}", _handler(sim, tail, OPENAI))
+        sim.app.router.add_post(f"/openai/deployments/{{deployment}}/{tail}",
+                                _handler(sim, tail, AZURE))
+        sim.app.router.add_post(f"/openai/v1/{tail}", _handler(sim, tail, AZURE_V1))
+    sim.app.router.add_get(IMAGE_PATH + "{name}", _download(sim))
+
+
+def _handler(sim: Simulator, tail: str, shape: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            return await _serve(sim, request, tail, shape)
+        except ApiError as err:
+            return _json(err.status, err.body, err.headers)
+    return handle
+
+
+def _download(sim: Simulator) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        entry = sim.image_files.get(name)
+        if entry is None or sim._clock() >= entry[1]:
+            return web.Response(status=403, text="AuthenticationFailed: Signed expiry time has "
+                                "passed", content_type="application/xml")
+        if sim.config.download_fault_rate and sim._rng.random() < sim.config.download_fault_rate:
+            return web.Response(status=500, text="InternalError")
+        fmt = name.rsplit(".", 1)[-1]
+        return web.Response(status=200, body=entry[0], content_type=f"image/{fmt}")
+    return handle
+
+
+async def _read(request: web.Request, tail: str) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
+    """(fields, uploads): a JSON body, or for edits and variations a multipart form."""
+    if tail in (img.EDITS, img.VARIATIONS):
+        if not request.content_type.startswith("multipart/"):
+            raise _bad("Invalid Content-Type header (application/json), expected "
+                       "multipart/form-data.")
+        fields: dict[str, Any] = {}
+        files: dict[str, list[bytes]] = {}
+        reader = await request.multipart()
+        async for part in reader:
+            name = part.name or ""
+            if part.filename is not None:
+                files.setdefault(name.removesuffix("[]"), []).append(await part.read())
+            else:
+                fields[name] = await part.text()
+        return fields, files
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise ApiError(400, _MALFORMED_JSON) from None
+    if not isinstance(body, dict):
+        raise _bad("Invalid request body: expected a JSON object.")
+    return body, {}
+
+
+def _image_budget(sim: Simulator, model: str) -> ModelBudget:
+    budget = sim.image_budgets.get(model)
+    if budget is None:
+        config = sim.config
+        budget = sim.image_budgets[model] = ModelBudget(config.rpm, config.ipm, config.burst_s,
+                                                        clock=sim._clock)
+    return budget
+
+
+def _image_headers(shape: str, budget: ModelBudget) -> dict[str, str]:
+    headers = rate_limit_headers("openai", shape, bucket_states(budget))
+    return {k.replace("-tokens", "-images"): v for k, v in headers.items()}
+
+
+def _image_rate_limited(shape: str, tail: str, model: str, budget: ModelBudget, verdict: Any,
+                        n: int, api_version: str, headers: dict[str, str]) -> ApiError:
+    wait = verdict.retry_after_s
+    headers["retry-after"] = str(max(1, math.ceil(wait - 1e-9)))
+    headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000 - 1e-6)))
+    if shape != OPENAI:
+        return ApiError(429, _azure_error("429", (
+            f"Requests to the {_AZURE_OPERATION[tail]} Operation under Azure OpenAI API version "
+            f"{api_version} have exceeded rate limit of your current OpenAI S0 pricing tier. "
+            f"Please retry after {headers['retry-after']} seconds.")), headers)
+    if verdict.limit == "requests":
+        message = (f"Rate limit reached for {model} in organization {ORGANIZATION} on requests per "
+                   f"min (RPM): Limit {budget.rpm}, Used {budget.used('requests')}, Requested 1. "
+                   f"Please try again in {format_duration(wait)}.")
+        kind = "requests"
+    else:
+        message = (f"Rate limit exceeded for images per minute in organization {ORGANIZATION}. "
+                   f"Limit: {budget.tpm}/1min. Current: {budget.used('tokens') + n}/1min. Please "
+                   "visit https://platform.openai.com/docs/guides/rate-limits to learn how to "
+                   "increase your rate limit.")
+        kind = "images"
+    return ApiError(429, openai_error(message, kind, None, "rate_limit_exceeded"), headers)
+
+
+async def _serve(sim: Simulator, request: web.Request, tail: str, shape: str) -> web.Response:
+    config = sim.config
+    api_version = request.query.get("api-version", "")
+    if shape == AZURE and not api_version:
+        raise ApiError(400, _azure_error("BadRequest", "Missing required query parameter: api-version"))
+    key = sim._check_auth(request, shape)
+    deployment = request.match_info.get("deployment")
+    fields, files = await _read(request, tail)
+    if tail == rsp.RESPONSES:
+        model, text, limit = rsp.parse_responses(fields, deployment)
+        charge, image_req = rsp.response_charge(text, limit), None
+    elif tail == rsp.MODERATIONS:
+        model, texts = rsp.parse_moderations(fields)
+        model = deployment or model
+        charge, image_req = sum(-(-len(t) // 4) for t in texts), None
+    else:
+        image_req = img.parse_image_request(tail, fields, files, deployment)
+        model, charge = deployment or image_req.model, image_req.n
+    if config.quota_requests is not None and sim._admitted >= config.quota_requests:
+        raise ApiError(429, _QUOTA_ERROR)
+    if image_req is not None:
+        budget = _image_budget(sim, model)
+        verdict = budget.admit(charge)
+        headers = _image_headers(shape, budget)
+        if not verdict.admitted:
+            raise _image_rate_limited(shape, tail, model, budget, verdict, charge,
+                                      api_version or AZURE_DEFAULT_API_VERSION, headers)
+    else:  # the model's (or with budget_scope "key", the key's) budget, as the token endpoints
+        budget = sim.budget(key if config.budget_scope == "key" else model)
+        verdict = budget.admit(charge)
+        states = budget.states() if isinstance(budget, WindowBudget) else bucket_states(budget)
+        headers = rate_limit_headers(config.header_style, shape, states, scope=config.budget_scope)
+        if not verdict.admitted:
+            raise ApiError(429, openai_error(
+                f"Rate limit reached for {model} in organization {ORGANIZATION} on "
+                f"{verdict.limit} per min. Please try again in "
+                f"{format_duration(verdict.retry_after_s)}.", verdict.limit, None,
+                "rate_limit_exceeded"),
+                {**headers, "retry-after-ms": str(max(1, math.ceil(verdict.retry_after_s * 1000)))})
+    sim._admitted += 1
+    sim.stats.tokens_charged += charge if image_req is None else 0
+    sim.stats.by_key[key] += 1
+    fault = sim._pick_fault()
+    if config.latency_ms > 0:
+        await sim._sleep(config.latency_ms / 1000)
+    sim.stats.served += 1
+    if fault == "500":
+        raise ApiError(500, _SERVER_ERROR)
+    if fault == "503":
+        raise ApiError(503, _OVERLOADED_ERROR)
+    if fault == "reset":
+        if request.transport is not None:
+            request.transport.abort()
+        raise _ConnectionDropped
+    created = int(sim._wall_clock())
+    if tail == rsp.RESPONSES:
+        answer = rsp.response_answer(model, text, limit, response_id=sim._next_id("resp_", 32),
+                                     created=created)
+        prompts = [text]
+    elif tail == rsp.MODERATIONS:
+        answer = rsp.moderation_answer(model, texts, response_id=sim._next_id("modr-", 24))
+        if fault == "missing_choice" and len(answer["results"]) > 1:
+            answer["results"].pop(sim._rng.randrange(len(answer["results"])))
+        prompts = texts
+    else:
+        answer = img.image_answer(image_req, created=created,
+                                  url_for=lambda raw, fmt: _publish(sim, request, raw, fmt))
+        prompts = [image_req.seed]
+    raw = orjson.dumps(answer)
+    if fault == "truncated":
+        raw = raw[:len(raw) // 2]
+    elif not _client_gone(request):
+        for p in prompts:
+            sim.stats.answered[p] += 1
+        if image_req is not None:
+            sim.stats_images += image_req.n
+    return web.Response(status=200, body=raw, content_type="application/json", headers=headers)
+
+
+def _publish(sim: Simulator, request: web.Request, raw: bytes, fmt: str) -> str:
+    """A URL on this simulator serving `raw` until `image_url_ttl_s` from now."""
+    name = sim._next_id("img-", 24) + "." + fmt
+    sim.image_files[name] = (raw, sim._clock() + sim.config.image_url_ttl_s)
+    return f"{sim.azure_endpoint}{IMAGE_PATH}{name}?se=sim&sig=sim"
