@@ -572,3 +572,26 @@ def test_a_provider_that_never_answers_stops_the_run_resumably_after_ten_minutes
     assert CALL_GIVE_UP_S <= loop.time() - started < CALL_GIVE_UP_S + 310
     assert 5 < len(calls) < 60  # backed off, not hammered
     assert len(read_state(tmp_path / "out.jsonl").open_chunks()) == 1  # planned, resumable
+
+
+def test_responses_and_moderations_jobs_run_through_batches_too(loop, tmp_path, sim_factory):
+    from runner.simulator.responses import moderation_result
+    from runner.simulator.server import completion_text
+    jobs = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
+             "body": {"model": "gpt-4o-mini", "input": f"question {i}"}} for i in range(10)]
+    jobs += [{"custom_id": f"m{i}", "method": "POST", "url": "/v1/moderations",
+              "body": {"model": "omni-moderation-latest", "input": f"text number {i}"}}
+             for i in range(50)]
+    (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps(j) + b"\n" for j in jobs))
+    sim = sim_factory(SimConfig(fault_rate=0.2, faults=("500", "missing_choice"), seed=8))
+    stats = run(loop, sim, tmp_path, max_attempts=10)
+    assert stats.exit_code() == EXIT_OK
+    records = {r["custom_id"]: r for r in read_results(tmp_path / "out.jsonl")}
+    assert len(records) == 60
+    for i in range(10):
+        output = records[f"r{i}"]["response"]["body"]["output"]
+        assert output[0]["content"][0]["text"] == completion_text(f"question {i}", 0)
+    for i in range(50):
+        assert records[f"m{i}"]["response"]["body"]["results"] == [moderation_result(f"text number {i}")]
+    assert {b["endpoint"] for b in sim.batches.batches.values()} == {"/v1/responses", "/v1/moderations"}
+    assert stats.batch_lines < 60  # the moderations were packed

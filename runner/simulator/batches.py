@@ -43,6 +43,8 @@ LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 20, 100
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+# Endpoints a batch may name (without the "/v1/" OpenAI puts before them); images are not served
+BATCH_TAILS = ("chat/completions", "completions", "embeddings", "responses", "moderations")
 ENQUEUED = frozenset({"in_progress", "finalizing"})
 
 
@@ -242,8 +244,7 @@ class BatchService:
             return _error(400, "Invalid request body: expected a JSON object.")
         file_id = body.get("input_file_id")
         endpoint = body.get("endpoint")
-        allowed = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings") if shape == "openai" \
-            else ("/chat/completions", "/completions", "/embeddings")
+        allowed = tuple(("/v1/" if shape == "openai" else "/") + tail for tail in BATCH_TAILS)
         if file_id not in self.files:
             return _error(400, f"Invalid 'input_file_id': {file_id!r}. File not found.",
                           "invalid_value", param="input_file_id")
@@ -377,15 +378,17 @@ class BatchService:
         config, sleep = self.config, self.sim._sleep
         await sleep(config.validate_s)
         endpoint = batch["endpoint"]
+        tail = endpoint.removeprefix("/v1").lstrip("/")
         kind = {"chat/completions": CHAT, "completions": COMPLETIONS,
-                "embeddings": EMBEDDINGS}[endpoint.removeprefix("/v1").lstrip("/")]
+                "embeddings": EMBEDDINGS}.get(tail, tail)
         lines, errors, model = self._validate(raw, endpoint, shape)
         if errors:
             return self._finish(batch, "failed", errors=errors)
         tokens = 0
         for line in lines:
             try:
-                tokens += parse_request(kind, line["body"]).charge
+                tokens += parse_request(kind, line["body"]).charge if kind in (
+                    CHAT, COMPLETIONS, EMBEDDINGS) else 0
             except ApiError:
                 pass
         limit = config.enqueued_token_limit
@@ -417,7 +420,9 @@ class BatchService:
                     return self._expired(batch, lines[done:], outputs, failures)
                 if done % step == 0:
                     await sleep(step / config.lines_per_s)
-                status, body = self.sim.answer_line(kind, line["body"], deployment=None)
+                status, body = (self.sim.answer_line(kind, line["body"], deployment=None)
+                                if kind in (CHAT, COMPLETIONS, EMBEDDINGS)
+                                else _other_answer(self.sim, kind, line["body"]))
                 self.stats.ran[line["custom_id"]].append(batch["id"])
                 self.stats.lines_answered += 1
                 record = orjson.dumps({
@@ -477,3 +482,34 @@ class BatchService:
         batch[{"completed": "completed_at", "failed": "failed_at", "expired": "expired_at",
                "cancelled": "cancelled_at"}[status]] = now
         self.stats.by_status[status] += 1
+
+
+def _other_answer(sim: Simulator, tail: str, body: Any) -> tuple[int, dict[str, Any]]:
+    """(status, body) for a batch line to the Responses or moderations endpoint, by the live
+    path's own parsing and answers (`runner.simulator.responses`) and the fault draw."""
+    from runner.simulator import responses as rsp
+    from runner.simulator.server import _OVERLOADED_ERROR, _SERVER_ERROR, ApiError
+    try:
+        if tail == rsp.RESPONSES:
+            model, text, limit = rsp.parse_responses(body, None)
+            prompts = [text]
+        else:
+            model, prompts = rsp.parse_moderations(body)
+    except ApiError as err:
+        return err.status, err.body
+    fault = sim._pick_fault()
+    if fault == "503":
+        return 503, _OVERLOADED_ERROR
+    if fault in ("500", "reset", "hang", "truncated"):
+        return 500, _SERVER_ERROR
+    if tail == rsp.RESPONSES:
+        answer = rsp.response_answer(model, text, limit, response_id=sim._next_id("resp_", 32),
+                                     created=int(sim._wall_clock()))
+    else:
+        answer = rsp.moderation_answer(model, prompts, response_id=sim._next_id("modr-", 24))
+        if fault == "missing_choice" and len(answer["results"]) > 1:
+            answer["results"].pop(sim._rng.randrange(len(answer["results"])))
+            return 200, answer
+    for prompt in prompts:
+        sim.stats.answered[prompt] += 1
+    return 200, answer
