@@ -38,21 +38,22 @@ from rich.console import Console
 from jobs import codes, tokens
 from jobs.codes import DUPLICATE
 from jobs.job import Job
-from jobs.packing import MissingChoices, NChoicesIgnored, Packer, Request, pack, single, split_response
+from jobs.packing import Packer, Request, pack, single
 from jobs.reader import BadLine, Duplicate, NotAJobFile
-from jobs.results import OutputState, error_record, success_record
+from jobs.results import OutputState, error_record
 from runner.api.endpoint import Endpoint
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
 from runner.batch.client import BatchClient, batch_url
+from runner.batch.collect import judge_line
 from runner.batch.plan import (
     AZURE_MAX_REQUESTS, MAX_FILE_BYTES, OPENAI_MAX_REQUESTS, Draft, Splitter, job_requests,
 )
 from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
-from runner.errors import APIError, BadResponseError, NChoicesIgnoredError, RunnerError, UnusableInput
+from runner.errors import APIError, RunnerError, UnusableInput
 from runner.files import checkpoint as ckpt
 from runner.files.guard import check_output
 from runner.files.inputs import read_items
-from runner.outcome import Action, Attempts, Backoff, Step, classify, decide, retry_delay
+from runner.outcome import Action, Backoff, classify, retry_delay
 from runner.report.stats import RunStats
 from runner.exit_codes import EXIT_IN_PROGRESS
 from runner.tokenizer import token_counter
@@ -64,7 +65,6 @@ CALL_BACKOFF_BASE_S = 1.0   # a Files/Batches call answered 429/5xx/nothing: ful
 CALL_BACKOFF_MAX_S = 300.0  # ... up to this (the server's delay wins, within MAX_SERVER_DELAY_S)
 CALL_GIVE_UP_S = 600.0      # a call with no usable answer for this long stops the run (exit 3)
 STOP_POLL_S = 0.2      # how often a sleeping run looks for a stop
-UNFINISHED_CODES = frozenset({"batch_expired", "batch_cancelled"})
 TOKEN_LIMIT_CODES = frozenset({"token_limit_exceeded", "enqueued_token_limit_exceeded",
                                "tokens_enqueued_limit_exceeded"})
 _LIMIT_IN_MESSAGE = re.compile(r"Limit:\s*([\d,]+)\s*enqueued tokens", re.IGNORECASE)
@@ -628,58 +628,27 @@ class _Engine:
     def judge(self, chunk: Chunk, line_id: str, ids: tuple[str, ...], request: Request | None,
               answer: dict[str, Any], retry: list[str], bisect: list[list[str]],
               gave_up: list[str]) -> None:
-        """One batch line's answer: result lines for its jobs, or a retry, or halves."""
-        record_id = str(answer.get("id") or f"{chunk.chunk}-{line_id}")
-        response = answer.get("response") if isinstance(answer.get("response"), dict) else None
-        error = answer.get("error") if isinstance(answer.get("error"), dict) else None
-        if response is None:
-            code = str((error or {}).get("code") or "")
-            if code in UNFINISHED_CODES:
-                return  # never ran: pending again, no attempt spent
-            verdict = classify(None, {}, None, exc=BadResponseError(
-                f"{code or 'no response'}: {(error or {}).get('message') or 'the batch line has no response'}"))
-            status, body = None, None
-        else:
-            status = response.get("status_code")
-            body = response.get("body")
-            verdict = classify(status if isinstance(status, int) else 500, {}, body)
-        answers = None
-        if verdict.action is Action.OK:
-            try:
-                assert request is not None
-                answers = split_response(request, body)
-            except (MissingChoices, AssertionError) as exc:
-                error_cls = NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else BadResponseError
-                verdict = classify(None, {}, None, exc=error_cls(str(exc) or "the line cannot be matched"))
-        spent = max((self.state.attempts[cid] for cid in ids), default=0)
-        decision = decide(verdict, Attempts(spent, 0, spent), packed=len(ids) > 1,
-                          max_attempts=self.config.max_attempts)
-        step = decision.step
-        if step is Step.SUCCEED:
-            assert answers is not None and request is not None
-            request_id = response.get("request_id") if response else None
-            for i, (job, own) in enumerate(zip(request.jobs, answers)):
-                rid = record_id if len(ids) == 1 else f"{record_id}-{i}"
-                self.sink(success_record(job.custom_id, own, record_id=rid, request_id=request_id))
-                self.stats.add_usage(chunk.model, own.get("usage"))
+        """One batch line's answer (`runner.batch.collect.judge_line`), acted on: its result
+        lines written, its jobs noted for a retry, or its halves for the next submission."""
+        outcome = judge_line(line_id, ids, request, answer,
+                             spent=max((self.state.attempts[cid] for cid in ids), default=0),
+                             max_attempts=self.config.max_attempts,
+                             fallback_id=f"{chunk.chunk}-{line_id}")
+        for record in outcome.records:
+            self.sink(record)
+        for usage in outcome.usage:
+            self.stats.add_usage(chunk.model, usage)
+        if outcome.usage:
             self.stats.succeeded += len(ids)
-        elif step is Step.FAIL:
-            gave_up.extend(ids)  # a later run starts these with fresh attempts, as live
-            for i, cid in enumerate(ids):
-                rid = record_id if len(ids) == 1 else f"{record_id}-{i}"
-                self.sink(error_record(cid, decision.code, decision.message, record_id=rid,
-                                       status=status, body=body,
-                                       request_id=response.get("request_id") if response else None))
-                self.stats.failed[decision.code] += 1
-        elif step in (Step.BISECT, Step.UNPACK):
-            parts = [ids[: len(ids) // 2], ids[len(ids) // 2:]] if step is Step.BISECT \
-                else [(cid,) for cid in ids]
-            bisect.extend([list(p) for p in parts if p])
-            self.stats.bisect_requests += len(parts)
-        else:  # a retry (or a stop-like answer inside a line): into a later batch
+        if outcome.gave_up:  # a later run starts these with fresh attempts, as live
+            gave_up.extend(outcome.gave_up)
+            self.stats.failed[outcome.code] += len(outcome.gave_up)
+        if outcome.halves:
+            bisect.extend(list(part) for part in outcome.halves)
+            self.stats.bisect_requests += len(outcome.halves)
+        if outcome.retried:
             self.stats.retries += 1
-            if decision.counts:
-                retry.extend(ids)
+            retry.extend(outcome.retry)
 
     def sink(self, record: dict[str, Any]) -> None:
         """Append a result line unless this very line (by id) is already in OUTPUT. A job
