@@ -10,6 +10,9 @@
     3     stopped early and resumable: quota, key        work remains: jobs without a result line
           rejected, a signal, OUTPUT or INPUT could      or failed transiently; the same `runner
           no longer be written or read                   run` command resumes them
+    4     `--via batch --no-wait`: batches are still     batches of OUTPUT are still open at the
+          running at the provider; run the same          provider (from its state file): run the
+          command again later                            same `runner run` command again later
     70    internal error: a bug (EX_SOFTWARE)            -
 
 `runner estimate` exits 0, or 2 for an unreadable INPUT or price file.
@@ -20,4 +23,5 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
+EXIT_IN_PROGRESS = 4  # the hosted Batch API is still working on batches of this run
 EXIT_BUG = 70  # EX_SOFTWARE: an internal error

@@ -850,7 +850,7 @@ def test_simulate_command_passes_each_mode_to_the_config(monkeypatch) -> None:
     from runner.cli.main import main
     from runner.simulator import server
     seen: list[SimConfig] = []
-    monkeypatch.setattr(server, "serve", lambda config, host, port: seen.append(config))
+    monkeypatch.setattr(server, "serve", lambda config, host, port, **kw: seen.append(config))
     args = ["simulate", "--list-prompts", "ignore", "--ignore-n", "--budget-scope", "key",
             "--limiter", "window", "--header-style", "ietf", "--serial"]
     assert CliRunner().invoke(main, args).exit_code == 0

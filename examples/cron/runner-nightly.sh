@@ -11,6 +11,8 @@
 #   1  finished, some jobs failed           -> look at `runner status`; fix, or --retry-failed
 #   2  usage error, unreadable input, or OUTPUT locked by a run still going -> look at the log
 #   3  stopped early, resumable (quota, key rejected, signal, RUN_WINDOW over) -> next night resumes
+#   4  --via batch (via = "batch" in runner.toml) with --no-wait (RUNNER_WAIT=false): batches
+#      still run at the provider -> run again later (every 30 minutes suits the Batch API)
 set -uo pipefail
 
 RUNNER_DIR=${RUNNER_DIR:-/srv/batch}            # holds runner.toml, the jobs and the results
@@ -40,6 +42,7 @@ case $code in
     1) verdict="finished, some jobs failed: runner status $JOBS --output $OUTPUT" ;;
     2) verdict="usage error, unreadable input, or another run holds $OUTPUT.lock" ;;
     3) verdict="stopped early, resumable: the next run continues" ;;
+    4) verdict="batches still running at the provider: the next run collects them" ;;
     *) verdict="unexpected exit code (killed?); the next run resumes" ;;
 esac
 echo "$(stamp) runner-nightly: exit $code: $verdict" >>"$LOG_FILE"

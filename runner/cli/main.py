@@ -34,6 +34,14 @@ from runner.report.status import StatusError, status, status_table
 from jobs.reader import NotAJobFile
 from runner.files.inputs import UnreadableFormat, UnreadableInput, check_format
 from runner.api.transport import READ_TIMEOUT_S
+from runner.batch.cli import (
+    batch_files, batch_price_table, batches_table, default_max_requests, execute_batch,
+    open_batches, print_refresh, refresh,
+)
+from runner.batch.plan import MAX_FILE_BYTES as BATCH_MAX_BYTES
+from runner.batch.run import BatchRunConfig
+from runner.batch.state import read_state
+from runner.exit_codes import EXIT_IN_PROGRESS
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -45,6 +53,8 @@ Exit codes:
   3  stopped early and resumable: quota exhausted, key rejected, interrupted
      by a signal, or the output could no longer be written; run the same
      command again to resume
+  4  --via batch: batches are still running at the provider (--no-wait);
+     run the same command again later (every 30 minutes from cron, say)
   70 internal error (a bug)
 """
 
@@ -126,24 +136,52 @@ def main() -> None:
               help="Write the run summary as JSON to this file.")
 @click.option("--prices", "prices_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A price table (TOML) whose entries replace the shipped ones, for cost estimates.")
+@click.option("--via", type=click.Choice(["live", "batch"]), default="live", show_default=True,
+              help="live: call the API as jobs are read; batch: the hosted Batch API (half price, "
+                   "results within 24 h), same job and result files.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="--via batch: stay until every job has a result (--wait), or submit, collect "
+                   "what finished, and exit 4 while batches still run (--no-wait, for cron).")
+@click.option("--poll-every", type=POSITIVE, default=None,
+              help="--via batch: seconds between polls [default: 10, growing to 300].")
+@click.option("--batch-max-requests", type=click.IntRange(1), default=None,
+              help="--via batch: lines per batch file [default: 50,000; Azure 100,000].")
+@click.option("--batch-max-bytes", type=click.IntRange(1), default=BATCH_MAX_BYTES,
+              show_default=True, help="--via batch: bytes per batch file.")
 def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | None, burst_s: float,
                 budget_scope: str, concurrency: int, max_attempts: int, retry_failed: bool, base_url: str,
                 api_key_env: str | None, azure_endpoint: str | None, api_version: str | None,
                 deployments: tuple[str, ...], azure_ad_token_env: str | None, read_timeout: float,
                 no_pack: bool, no_progress: bool, status_interval: float, log_file: Path | None,
                 summary_json: Path | None, prices_file: Path | None, ipm: float | None = None,
-                images_dir: Path | None = None, inline_images: bool = False) -> None:
+                images_dir: Path | None = None, inline_images: bool = False, via: str = "live",
+                wait: bool = True, poll_every: float | None = None,
+                batch_max_requests: int | None = None,
+                batch_max_bytes: int = BATCH_MAX_BYTES) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
     permanent failures unless --retry-failed. Reruns match jobs by custom_id, so stdin is resumable
-    when the same jobs are piped again.
+    when the same jobs are piped again. With --via batch the jobs go through the hosted Batch API
+    instead (half price, within 24 h), recorded in OUTPUT.batches.
     """
     if input_path != "-":
         _check_readable(input_path)
     prices = _load_prices(prices_file)
     endpoint = _endpoint(base_url, api_key_env, azure_endpoint, api_version, deployments,
                          azure_ad_token_env)
+    if via == "live" and open_batches(output):
+        _usage_error(f"{output} has {open_batches(output)} batch(es) open at the provider "
+                     f"({output}.batches): carry on with --via batch, or `runner cancel` them "
+                     "first; a job must not run both ways")
+    if via == "batch":
+        batch = BatchRunConfig(
+            input=input_path, output=output, endpoint=endpoint, wait=wait, poll_every=poll_every,
+            max_requests=batch_max_requests, max_bytes=batch_max_bytes, max_attempts=max_attempts,
+            retry_failed=retry_failed, pack=not no_pack, status_interval=status_interval,
+            read_timeout=read_timeout)
+        sys.exit(execute_batch(batch, progress=not no_progress, log_file=log_file,
+                               summary_json=summary_json, prices=prices))
     config = RunConfig(
         input=input_path, output=output, endpoint=endpoint, rpm=rpm, tpm=tpm, burst_s=burst_s,
         budget_scope=budget_scope, dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
@@ -211,20 +249,36 @@ Exit codes (the same meanings as `runner run`):
 @click.option("--prices", "prices_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML price file (format of runner/report/prices.toml); its entries replace the built-in ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--via", type=click.Choice(["live", "batch"]), default="live", show_default=True,
+              help="batch: Batch API prices (half the list price) and the number of batch files.")
+@click.option("--batch-max-requests", type=click.IntRange(1), default=None,
+              help="--via batch: lines per batch file [default: 50,000; Azure 100,000].")
 def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path: Path | None,
-             as_json: bool, ipm: float | None = None) -> None:
+             as_json: bool, ipm: float | None = None, via: str = "live",
+             batch_max_requests: int | None = None) -> None:
     """Report what INPUT will take before spending anything: jobs, bad and duplicate lines,
     requests after packing, tokens, time under --rpm/--tpm, an upper bound on the cost per model,
     and prompts over their model's context window."""
     try:
         prices = load_prices(prices_path)
+        if via == "batch":
+            prices = batch_price_table(prices)
         result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices, ipm=ipm)
     except (PriceTableError, UnreadableInput, NotAJobFile) as e:
         _usage_error(str(e))
+    files = batch_files(result, batch_max_requests or default_max_requests(False))
     if as_json:
-        click.echo(orjson.dumps(estimate_json(result, prices), option=orjson.OPT_INDENT_2).decode())
+        data = estimate_json(result, prices)
+        if via == "batch":
+            data["batch"] = {"files": files, "max_requests_per_file": batch_max_requests
+                             or default_max_requests(False), "price_factor": 0.5}
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
         print_report(estimate_table(result, prices))
+        if via == "batch":
+            click.echo(f"via batch: {files:,} batch file(s) (one model and endpoint each, at most "
+                       f"{batch_max_requests or default_max_requests(False):,} lines); costs at "
+                       "Batch API prices (half the list price)")
 
 
 @configurable(schema=run_command)
@@ -233,18 +287,67 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The result file of `runner run` (only read, never changed; no lock taken).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status_command(input_path: str, output: Path, as_json: bool) -> None:
+@click.option("--refresh", "refresh_", is_flag=True,
+              help="--via batch outputs: also ask the provider for its open batches (key and URL "
+                   "from the environment, as for `run`).")
+def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool = False) -> None:
     """Show which jobs of INPUT are done, failed (by error code, permanent or transient) or still
     pending in OUTPUT, without calling the API. Safe to run while a run is writing OUTPUT."""
     try:
         result = status(input_path, output)
     except StatusError as e:
         _usage_error(str(e))
+    state = read_state(output)
     if as_json:
-        click.echo(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+        data = result.to_json()
+        if state is not None:
+            data["batches"] = {"open": len(state.open_chunks()), "total": len(state.chunks)}
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
         print_report(status_table(result))
-    sys.exit(result.exit_code())
+        if state is not None:
+            print_report(batches_table(state))
+    if refresh_ and state is not None:
+        endpoint = _endpoint(os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL), None,
+                             os.environ.get("AZURE_OPENAI_ENDPOINT"),
+                             os.environ.get("OPENAI_API_VERSION"), (), None)
+        print_refresh(asyncio.run(refresh(output, endpoint)))
+    code = result.exit_code()
+    sys.exit(EXIT_IN_PROGRESS if code == 3 and open_batches(output) else code)
+
+
+@configurable(schema=run_command)
+@main.command("cancel", epilog="Exit codes: 0 every open batch cancelled and its finished lines "
+                               "collected (other jobs stay pending); 1 some collected lines are "
+                               "failures; 2, 3 as `runner run`; 4 with --no-wait while batches "
+                               "are still cancelling.")
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The result file of a `runner run --via batch`.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Stay until every cancelled batch is collected, or exit 4 while some cancel.")
+@click.option("--poll-every", type=POSITIVE, default=None, help="Seconds between polls.")
+@click.option("--base-url", envvar="OPENAI_BASE_URL", default=DEFAULT_BASE_URL, show_default=True,
+              help="API base URL [env: OPENAI_BASE_URL].")
+@click.option("--api-key-env", default=None, help="Name of the variable holding the API key.")
+@click.option("--azure-endpoint", envvar="AZURE_OPENAI_ENDPOINT", help="Azure OpenAI endpoint.")
+@click.option("--api-version", envvar="OPENAI_API_VERSION", help="Azure OpenAI api-version.")
+@click.option("--deployment", "deployments", multiple=True, metavar="MODEL=NAME",
+              help="Azure: MODEL's deployment NAME (repeatable).")
+@click.option("--azure-ad-token-env", metavar="NAME", help="Azure: variable of an Entra ID token.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append timestamped messages to this file.")
+def cancel_command(input_path: str, output: Path, wait: bool, poll_every: float | None,
+                   base_url: str, api_key_env: str | None, azure_endpoint: str | None,
+                   api_version: str | None, deployments: tuple[str, ...],
+                   azure_ad_token_env: str | None, log_file: Path | None) -> None:
+    """Cancel every batch of OUTPUT still running at the provider (from OUTPUT.batches) and
+    collect what they finished; their other jobs stay pending for a later `runner run`."""
+    endpoint = _endpoint(base_url, api_key_env, azure_endpoint, api_version, deployments,
+                         azure_ad_token_env)
+    config = BatchRunConfig(input=input_path, output=output, endpoint=endpoint, wait=wait,
+                            poll_every=poll_every, cancel=True)
+    sys.exit(execute_batch(config, log_file=log_file))
 
 
 def _check_readable(path: str) -> None:
@@ -336,14 +439,48 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
               default="openai", show_default=True, help="Which rate-limit headers to send.")
 @click.option("--serial", is_flag=True,
               help="One request at a time, each taking --latency-ms; abandoned ones still worked on.")
+@click.option("--batch-lines-per-s", type=POSITIVE, default=1000.0, show_default=True,
+              help="Batch API: lines a batch answers per second.")
+@click.option("--batch-validate-s", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Batch API: seconds a batch spends validating.")
+@click.option("--batch-finalize-s", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Batch API: seconds a batch spends finalizing.")
+@click.option("--batch-expire-after-lines", type=click.IntRange(0), default=None,
+              help="Batch API: a batch expires after answering this many lines.")
+@click.option("--batch-max-requests", "sim_batch_max_requests", type=click.IntRange(1), default=None,
+              help="Batch API: lines per file validation accepts [default: 50,000; Azure 100,000].")
+@click.option("--batch-max-bytes", "sim_batch_max_bytes", type=click.IntRange(1),
+              default=200 * 1024 * 1024, show_default=True,
+              help="Batch API: bytes per file validation accepts.")
+@click.option("--batch-token-limit", type=click.IntRange(1), default=None,
+              help="Batch API: enqueued tokens per model (token_limit_exceeded beyond).")
+@click.option("--batch-invalid-marker", default=None,
+              help="Batch API: lines containing this text fail validation.")
+@click.option("--batch-file-processing-s", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Batch API, Azure URLs: seconds an upload stays pending before processed.")
 @click.option("--ipm", type=click.IntRange(1), help="Images per minute per image model.")
 def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: float,
              latency_ms: float, fault_rate: float, faults: str, quota_requests: int | None,
              seed: int, list_prompts: str, honour_n: bool, budget_scope: str, limiter: str,
-             header_style: str, serial: bool, ipm: int | None = None) -> None:
-    """Serve a simulated OpenAI-compatible API (and Azure OpenAI URL shapes) for trying runner out."""
+             header_style: str, serial: bool, ipm: int | None = None,
+             batch_lines_per_s: float = 1000.0,
+             batch_validate_s: float = 1.0, batch_finalize_s: float = 1.0,
+             batch_expire_after_lines: int | None = None,
+             sim_batch_max_requests: int | None = None,
+             sim_batch_max_bytes: int = 200 * 1024 * 1024, batch_token_limit: int | None = None,
+             batch_invalid_marker: str | None = None,
+             batch_file_processing_s: float = 1.0) -> None:
+    """Serve a simulated OpenAI-compatible API (and Azure OpenAI URL shapes), with the hosted
+    Batch API's Files and Batches endpoints, for trying runner out."""
     from runner.simulator.server import SimConfig, serve
+    from runner.simulator.batches import BatchConfig
     try:
+        batch = BatchConfig(lines_per_s=batch_lines_per_s, validate_s=batch_validate_s,
+                            finalize_s=batch_finalize_s, expire_after_lines=batch_expire_after_lines,
+                            max_requests=sim_batch_max_requests, max_bytes=sim_batch_max_bytes,
+                            enqueued_token_limit=batch_token_limit,
+                            invalid_marker=batch_invalid_marker,
+                            file_processing_s=batch_file_processing_s)
         config = SimConfig(rpm=rpm, tpm=tpm, burst_s=burst_s, latency_ms=latency_ms,
                            fault_rate=fault_rate,
                            faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
@@ -352,7 +489,7 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
                            header_style=header_style, serial=serial, ipm=ipm)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-    serve(config, host, port)
+    serve(config, host, port, batch=batch)
 
 
 DEMO_JOBS = "demo.jsonl"  # package data of runner.cli: 500 chat, completion and embedding jobs

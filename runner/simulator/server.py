@@ -44,6 +44,9 @@ budget per API key instead of per model (`budget_scope`), fixed 60 s windows ins
 
 Answers are pure functions of the input (`completion_text`, `chat_prompt`, `embedding_vector`), so a
 test can compute what each job must get back.
+
+The hosted Batch API (Files and Batches endpoints) is `runner.simulator.batches`, installed on the
+same app; each batch line is answered by `Simulator.answer_line`, this module's own logic.
 """
 from __future__ import annotations
 
@@ -63,6 +66,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from runner.simulator.batches import BatchConfig, BatchService
 
 # ---------------------------------------------------------------------------------------------
 # Policy numbers
@@ -944,7 +949,8 @@ class Simulator:
                  clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 batch: BatchConfig | None = None) -> None:
         self.config = config
         self.stats = SimStats()
         self._clock = clock
@@ -968,6 +974,8 @@ class Simulator:
             self.app.router.add_post(f"/openai/v1/{tail}", self._handler(kind, AZURE_V1))
         from runner.simulator.routes import add_routes  # Responses, moderations, images
         add_routes(self)
+        self.batches = BatchService(self, batch or BatchConfig())  # the hosted Batch API
+        self.batches.install(self.app)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -987,6 +995,7 @@ class Simulator:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        await self.batches.stop()
         leftover = list(self._serial_tasks)  # work of serial requests nobody waits for any more
         for task in leftover:
             task.cancel()
@@ -1208,6 +1217,32 @@ class Simulator:
             req = replace(req, n=1)
         return req
 
+    def answer_line(self, kind: str, body: Any, deployment: str | None = None
+                    ) -> tuple[int, dict[str, Any]]:
+        """(status, body) for one line of a hosted batch, by the live path's own rules (parsing,
+        poison, the fault draw, the deterministic answer), without rate limits or latency: 500
+        and 503 stand for every fault that breaks an answer, as the Batch API reports them."""
+        try:
+            req = self._as_served(parse_request(kind, body, deployment))
+            if self.config.poison is not None and any(self.config.poison in p for p in req.prompts):
+                raise _poisoned(kind, sum(text_tokens(p) for p in req.prompts))
+        except ApiError as err:
+            return err.status, err.body
+        fault = self._pick_fault()
+        if fault == "503":
+            return 503, _OVERLOADED_ERROR
+        if fault in ("500", "reset", "hang", "truncated"):
+            return 500, _SERVER_ERROR
+        answer = build_answer(req, rng=self._rng, shuffle=self.config.shuffle,
+                              created=int(self._wall_clock()),
+                              response_id=self._next_id("chatcmpl-" if kind == CHAT else "cmpl-", 29))
+        items = answer["data" if kind == EMBEDDINGS else "choices"]
+        if fault == "missing_choice" and len(items) > 1:
+            items.pop(self._rng.randrange(len(items)))
+        else:
+            self._count_answered(req, items)
+        return 200, answer
+
     def _pick_fault(self) -> str | None:
         config = self.config
         if config.fault_rate <= 0 or self._rng.random() >= config.fault_rate:
@@ -1237,10 +1272,11 @@ def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> w
 # ---------------------------------------------------------------------------------------------
 # Running it outside a test's event loop
 # ---------------------------------------------------------------------------------------------
-def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8000,
+          batch: BatchConfig | None = None) -> None:
     """Serve until interrupted (the CLI's `runner simulate`); print the base URL on one line first."""
     async def main() -> None:
-        sim = Simulator(config)
+        sim = Simulator(config, batch=batch)
         print(await sim.start(host, port), flush=True)
         try:
             await asyncio.Event().wait()

@@ -1,0 +1,799 @@
+"""One run of a job file through the hosted Batch API: the batch backend's loop.
+
+    read INPUT ─► pending jobs ─► packer ─► Splitter ─► chunk file + "planned" ─► upload ─► create
+    (resume rule, minus jobs          (jobs.packing)   (runner.batch.plan)      (runner.batch.state:
+     in an open chunk)                                                           every step journaled)
+                                ┌──────────────── poll every --poll-every ◄──────────────┘
+                                ▼
+         completed / expired / cancelled / failed ─► collect: output + error files ─► classify ─► decide
+                                                      one result line per job (exactly once), fsync,
+                                                      then "closed": jobs without a final line are
+                                                      pending again (expired, transient, bisected halves)
+
+The same parts as live: the job reader, the packer and `split_response`, the result file
+(`runner.files.checkpoint`), and one `classify()` / `decide()` for every line's answer. What differs
+is only the transport of requests: batch files instead of calls.
+
+Contract: a job is in at most one open chunk, a chunk is created at most once (`runner.batch.state`);
+a result line is written at most once per batch line (its id is derived from the provider's line
+id, and a collect repeated after a kill skips ids already in OUTPUT); with `wait=False` the run
+submits, collects what finished, and returns with `in_progress` set while batches are still open.
+Time (`clock`, `sleep`) and the network (`send`) are injected.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from jobs import codes, tokens
+from jobs.codes import DUPLICATE
+from jobs.job import Job
+from jobs.packing import Packer, Request, pack, single
+from jobs.reader import BadLine, Duplicate, NotAJobFile
+from jobs.results import OutputState, error_record
+from runner.api.endpoint import Endpoint
+from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
+from runner.batch.client import BatchClient, batch_url
+from runner.batch.collect import judge_line
+from runner.batch.plan import (
+    AZURE_MAX_REQUESTS, MAX_FILE_BYTES, OPENAI_MAX_REQUESTS, Draft, Splitter, job_requests,
+)
+from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
+from runner.errors import APIError, RunnerError, UnusableInput
+from runner.files import checkpoint as ckpt
+from runner.files.guard import check_output
+from runner.files.inputs import read_items
+from runner.outcome import Action, Backoff, classify, retry_delay
+from runner.report.stats import RunStats
+from runner.exit_codes import EXIT_IN_PROGRESS
+from runner.tokenizer import token_counter
+
+POLL_START_S = 10.0    # the first poll of a batch: most small batches need minutes, not seconds
+POLL_GROWTH = 1.5      # each poll that sees no batch finish waits this much longer ...
+POLL_MAX_S = 300.0     # ... up to five minutes
+CALL_BACKOFF_BASE_S = 1.0   # a Files/Batches call answered 429/5xx/nothing: full-jitter backoff
+CALL_BACKOFF_MAX_S = 300.0  # ... up to this (the server's delay wins, within MAX_SERVER_DELAY_S)
+CALL_GIVE_UP_S = 600.0      # a call with no usable answer for this long stops the run (exit 3)
+STOP_POLL_S = 0.2      # how often a sleeping run looks for a stop
+TOKEN_LIMIT_CODES = frozenset({"token_limit_exceeded", "enqueued_token_limit_exceeded",
+                               "tokens_enqueued_limit_exceeded"})
+_LIMIT_IN_MESSAGE = re.compile(r"Limit:\s*([\d,]+)\s*enqueued tokens", re.IGNORECASE)
+RUN_TAG, CHUNK_TAG = "runner_run", "runner_chunk"  # batch metadata keys
+FILE_PENDING = frozenset({"uploaded", "pending", "running"})  # a file not yet usable (Azure)
+FILE_POLL_S = 1.0      # the first look at a file still being processed
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRunConfig:
+    """Everything one batch run needs; built by the CLI (or a test)."""
+
+    input: str
+    output: Path
+    endpoint: Endpoint = field(default_factory=Endpoint)
+    wait: bool = True
+    poll_every: float | None = None  # None: POLL_START_S growing to POLL_MAX_S
+    max_requests: int | None = None  # None: the provider's published limit
+    max_bytes: int = MAX_FILE_BYTES
+    max_attempts: int = 6
+    retry_failed: bool = False
+    pack: bool = True
+    cancel: bool = False  # `runner cancel`: cancel open batches, collect them, submit nothing
+    status_interval: float = 30.0
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    read_timeout: float = READ_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ValueError("max_requests must be at least 1")
+        if self.max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        if self.poll_every is not None and not self.poll_every > 0:
+            raise ValueError("poll_every must be a positive number of seconds")
+
+    @property
+    def line_limit(self) -> int:
+        if self.max_requests is not None:
+            return self.max_requests
+        return AZURE_MAX_REQUESTS if self.endpoint.azure else OPENAI_MAX_REQUESTS
+
+
+@dataclass(slots=True)
+class BatchStats(RunStats):
+    """`RunStats` plus the batches: exit code 4 while batches are still open at the provider."""
+
+    batches_created: int = 0
+    batches_collected: int = 0
+    batch_lines: int = 0
+    batch_status: Counter = field(default_factory=Counter)  # open batches by provider status
+    in_progress: bool = False
+
+    def exit_code(self) -> int:
+        if self.stop_reason is None and self.in_progress:
+            return EXIT_IN_PROGRESS
+        return RunStats.exit_code(self)
+
+
+class _SeenState(OutputState):
+    """`OutputState` that also keeps the result-line ids of the jobs in `watch`: the jobs of
+    batches a killed run may have started to collect, so collecting them again skips the lines
+    already written (memory grows with those jobs only, not with OUTPUT)."""
+
+    __slots__ = ("ids", "watch")
+
+    def __init__(self, watch: set[str] | None = None) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.watch = watch or set()
+
+    def add(self, record: Any) -> None:
+        super().add(record)
+        if record.get("custom_id") in self.watch and isinstance(record.get("id"), str):
+            self.ids.add(record["id"])
+
+
+class _Stopped(Exception):
+    """A stop was asked for while waiting: unwind to the loop, leave the state as it is."""
+
+
+async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
+                    console: Console | None = None, log: Callable[[str], None] | None = None,
+                    progress: bool = True, handle_signals: bool = True,
+                    clock: Callable[[], float] | None = None,
+                    sleep: Callable[[float], Any] = asyncio.sleep) -> BatchStats:
+    """Run the pending jobs of `config.input` through the Batch API (see the module docstring).
+    Raises CheckpointError when OUTPUT is in use or unusable, like the live run."""
+    if config.input == "-" or not os.path.isfile(config.input):
+        raise ckpt.CheckpointError(f"--via batch reads INPUT again as batches finish: give a "
+                                   f"file, not {config.input!r}")
+    check_output(config.input, config.output)
+    console = console or Console(stderr=True)
+    log = log or (lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    stats = BatchStats()
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+
+    def on_signal(name: str) -> None:
+        stats.stop_reason = stats.stop_reason or f"interrupted by {name}"
+        stop.set()
+
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    lock = ckpt.RunLock(config.output)
+    session = None
+    try:
+        lock.acquire()
+        state = BatchState(config.output)
+        if state.load():
+            log(f"{state.path}: cut off a torn last line left by an interrupted run")
+        seen = _SeenState({cid for chunk in state.open_chunks() if chunk.status in FINAL_STATUSES
+                           for cid in chunk.jobs})
+        loaded = ckpt.load(config.output, seen)
+        if loaded.torn_bytes:
+            log(f"{config.output}: cut off a torn last line ({loaded.torn_bytes} bytes); its job runs again")
+        state.open(os.urandom(8).hex())
+        state.use_endpoint(config.endpoint.base_url)
+        checkpoint = ckpt.Checkpoint(config.output, secrets=(config.endpoint.api_key,))
+        checkpoint.open()
+        if send is None:
+            session = open_session(max_connections=8, connect_timeout=config.connect_timeout,
+                                   read_timeout=config.read_timeout)
+            send = aiohttp_sender(session)
+        engine = _Engine(config, BatchClient(send, config.endpoint), state, checkpoint, seen,
+                         stats, log, clock or loop.time, sleep, stop, progress=progress)
+        try:
+            await engine.run()
+        finally:
+            try:
+                await checkpoint.sync()
+            finally:
+                checkpoint.close()
+                state.close()
+        return stats
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        if session is not None:
+            await session.close()
+        lock.release()
+
+
+class _Engine:
+    """One batch run's loop over an open journal and output (see the module docstring); `run()`
+    returns when every job has a final line, on a stop, or (--no-wait) after one pass."""
+
+    def __init__(self, config: BatchRunConfig, client: BatchClient, state: BatchState,
+                 checkpoint: ckpt.Checkpoint, seen: _SeenState, stats: BatchStats,
+                 log: Callable[[str], None], clock: Callable[[], float],
+                 sleep: Callable[[float], Any], stop: asyncio.Event, *, progress: bool = True,
+                 backoff: Backoff | None = None) -> None:
+        self.config, self.client, self.state = config, client, state
+        self.checkpoint, self.seen, self.stats = checkpoint, seen, stats
+        self.log, self.clock, self._sleep, self.stop = log, clock, sleep, stop
+        self.endpoint = config.endpoint
+        self.progress = progress
+        self.backoff = backoff or Backoff(base=CALL_BACKOFF_BASE_S, cap=CALL_BACKOFF_MAX_S)
+        # --retry-failed retries the permanent failures found at the start, once per run
+        self.retry_ids = set(seen.permanent) if config.retry_failed else set()
+        self.planned_once = False
+        self.dirty = True  # something changed since the input was last read: plan again
+        self.last_status = -1e18
+        self.fresh: set[str] = set()  # chunks uploaded by this process, never sent to create yet
+        self.planned_here: set[str] = set()  # chunks planned by this process
+        self.ready_files: set[str] = set()  # uploaded files the provider has processed
+        self.requeued = 0
+        self.waiting = 0  # jobs the last plan could not submit: no room under the enqueued-token limit
+        self.failed_here: set[str] = set()  # jobs given a failure line this run: not sent again
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        stats = self.stats
+        stats.started = self.clock()
+        polls = 0
+        try:
+            while not self.stop.is_set():
+                finished = stats.finished_jobs
+                changed = await self.advance()
+                if not self.config.cancel and (self.dirty or changed):
+                    self.dirty = False
+                    await self.plan()
+                if not (self.state.open_chunks() or self.waiting) or not self.config.wait:
+                    break
+                self.report()
+                polls = 0 if stats.finished_jobs > finished else polls + 1
+                await self.pause(self.poll_delay(polls))
+                self.dirty = self.dirty or self.waiting
+        except _Stopped:
+            pass
+        except NotAJobFile as e:
+            stats.unusable_input = True
+            stats.stop_reason = str(e)
+            self.log(str(e))
+        except RunnerError as e:  # a stop (quota, key, unwritable output) or an unusable input
+            stats.stop_reason = stats.stop_reason or str(e)
+            stats.unusable_input = isinstance(e, UnusableInput)
+            self.log(f"stopping: {e}")
+        stats.in_progress = bool(self.state.open_chunks() or self.waiting)
+        if self.waiting and not self.state.open_chunks():
+            self.log(f"{self.waiting:,} jobs wait for the enqueued-token limit to have room")
+        stats.batch_status = Counter(c.status or "submitting" for c in self.state.open_chunks())
+        self.report(force=True)
+        stats.finished = self.clock()
+
+    def poll_delay(self, polls: int) -> float:
+        if self.config.poll_every is not None:
+            return self.config.poll_every
+        return min(POLL_MAX_S, POLL_START_S * POLL_GROWTH ** polls)
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep `seconds` on the injected sleep, looking for a stop every STOP_POLL_S."""
+        end = self.clock() + seconds
+        while not self.stop.is_set():
+            left = end - self.clock()
+            if left <= 0:
+                return
+            await self._sleep(min(STOP_POLL_S, left))
+        raise _Stopped
+
+    def report(self, force: bool = False) -> None:
+        """A status line every `status_interval` (batches by state, the provider's counts,
+        results collected, elapsed); none without `progress`."""
+        now = self.clock()
+        if not self.progress:
+            return
+        if not force and now - self.last_status < self.config.status_interval:
+            return
+        self.last_status = now
+        chunks = self.state.open_chunks()
+        by = Counter(c.status or "submitting" for c in chunks)
+        done = sum(c.counts.get("completed", 0) for c in chunks)
+        failed = sum(c.counts.get("failed", 0) for c in chunks)
+        total = sum(c.counts.get("total", 0) for c in chunks)
+        states = ", ".join(f"{n} {s}" for s, n in sorted(by.items())) or "none open"
+        self.log(f"batches: {states}; requests at the provider {done:,}/{total:,} done, "
+                 f"{failed:,} failed; results collected this run {self.stats.finished_jobs:,}; "
+                 f"elapsed {now - self.stats.started:,.0f} s")
+
+    # -- calling the provider --------------------------------------------------------------------
+    async def unless_stopped(self, coro: Any) -> Any:
+        """`await coro`, abandoned (cancelled) when a stop comes first: every call is safe to cut
+        short (an upload or create that may have happened is found again by the next run)."""
+        if self.stop.is_set():
+            coro.close()
+            raise _Stopped
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise _Stopped
+        return task.result()
+
+    async def call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """One Files/Batches call, retried until it answers: 429, 5xx and no answer back off
+        (the server's delay when it gives one) and never fail a job; after `CALL_GIVE_UP_S` of
+        nothing else the run stops, resumable (exit 3), as 401/403/quota stop it at once; any
+        other refusal is raised as the `APIError` for the caller to judge."""
+        attempt = 0
+        first_failure = None
+        while True:
+            try:
+                return await self.unless_stopped(fn())
+            except (RunnerError, OSError, asyncio.TimeoutError) as exc:
+                verdict = classify(None, {}, None, exc=exc)
+                if verdict.action is Action.STOP_RUN:
+                    raise _StopRun(f"{verdict.code}: {verdict.message}") from None
+                if verdict.action is not Action.RETRY:
+                    raise
+                first_failure = self.clock() if first_failure is None else first_failure
+                if self.clock() - first_failure >= CALL_GIVE_UP_S:
+                    raise _StopRun(f"{what}: no usable answer for {CALL_GIVE_UP_S:.0f} s "
+                                   f"(last: {verdict.code}: {verdict.message})") from None
+                delay = retry_delay(verdict, attempt, self.backoff)
+                attempt += 1
+                self.log(f"{what}: {verdict.code}: {verdict.message}; trying again in {delay:.1f} s")
+                await self.pause(delay)
+
+    # -- advancing open chunks -------------------------------------------------------------------
+    async def advance(self) -> bool:
+        """Upload, create, poll and collect every open chunk as far as it goes now; True when one
+        closed (its jobs may need planning again)."""
+        closed = False
+        for chunk in self.state.open_chunks():
+            if self.config.cancel and chunk.batch_id is None:
+                await self.abandon(chunk)
+                closed = True
+                continue
+            if chunk.file_id is None:
+                await self.upload(chunk)
+            if chunk.batch_id is None and not chunk.closed:
+                await self.create(chunk)
+            if chunk.closed:
+                closed = True
+                continue
+            try:
+                if self.config.cancel and chunk.status not in FINAL_STATUSES | {"cancelling"}:
+                    batch = await self.cancel_one(chunk)
+                else:
+                    batch = await self.call(f"poll {chunk.batch_id}",
+                                            lambda c=chunk: self.client.get(c.batch_id))
+            except APIError as exc:
+                if exc.status != 404:
+                    raise
+                self.log(f"batch {chunk.batch_id} ({chunk.chunk}) is not known to the provider "
+                         f"any more: its {chunk.job_count} jobs go into a later batch")
+                self.state.close_chunk(chunk, "missing", retry=[], bisect=[], note=str(exc))
+                closed = True
+                continue
+            self.note(chunk, batch)
+            if batch.get("status") in FINAL_STATUSES:
+                await self.collect(chunk, batch)
+                closed = True
+        if closed:
+            self.dirty = True
+        return closed
+
+    async def abandon(self, chunk: Chunk) -> None:
+        """`runner cancel` on a chunk with no batch recorded: cancel the batch if one was created
+        unrecorded, else close the chunk (its jobs stay pending) and delete its file."""
+        found = await self.find(chunk) if chunk.file_id else None
+        if found is not None:
+            self.state.record({"event": "created", "chunk": chunk.chunk, "batch_id": found["id"]})
+            self.note(chunk, await self.cancel_one(chunk))
+            return
+        if chunk.file_id is None:
+            file = await self.uploaded_unrecorded(chunk, None)
+            if file is not None:
+                self.state.record({"event": "uploaded", "chunk": chunk.chunk, "file_id": file["id"]})
+        self.state.close_chunk(chunk, "abandoned", retry=[], bisect=[], note="cancelled before its batch")
+        await self.forget_file(chunk)
+
+    async def cancel_one(self, chunk: Chunk) -> dict[str, Any]:
+        try:
+            return await self.call(f"cancel {chunk.batch_id}",
+                                   lambda: self.client.cancel(chunk.batch_id))
+        except APIError:  # already finished: just read it
+            return await self.call(f"poll {chunk.batch_id}", lambda: self.client.get(chunk.batch_id))
+
+    def note(self, chunk: Chunk, batch: dict[str, Any]) -> None:
+        status = batch.get("status")
+        counts = batch.get("request_counts") or {}
+        if status != chunk.status or counts != chunk.counts:
+            self.state.record({"event": "polled", "chunk": chunk.chunk, "status": status,
+                               "counts": counts})
+
+    async def upload(self, chunk: Chunk) -> None:
+        try:
+            data = self.state.chunk_file(chunk.chunk).read_bytes()
+        except OSError:  # planned, but its file is gone: nothing was sent with it
+            self.state.close_chunk(chunk, "abandoned", retry=[], bisect=[],
+                                   note="its local input file is gone")
+            return
+        name = self.file_name(chunk)
+        file = None
+        if chunk.chunk not in self.planned_here:  # an earlier run may have uploaded it unrecorded
+            file = await self.uploaded_unrecorded(chunk, len(data))
+        if file is None:
+            file = await self.call(f"upload {chunk.chunk}", lambda: self.client.upload(name, data))
+        self.state.record({"event": "uploaded", "chunk": chunk.chunk, "file_id": file["id"]})
+        self.fresh.add(chunk.chunk)
+        if file.get("status") not in FILE_PENDING:
+            self.ready_files.add(file["id"])
+
+    async def file_ready(self, chunk: Chunk) -> bool:
+        """Wait while the provider processes the chunk's uploaded file (Azure answers an upload
+        with `pending`); False when it ended in `error` (the chunk is then refused)."""
+        file_id = chunk.file_id
+        wait = FILE_POLL_S
+        while file_id not in self.ready_files:
+            file = await self.call(f"file {file_id}", lambda: self.client.file(file_id))
+            status = file.get("status")
+            if status == "error":
+                details = file.get("status_details") or "the provider could not process the file"
+                await self.refused(chunk, "file_error", str(details))
+                return False
+            if status not in FILE_PENDING:
+                self.ready_files.add(file_id)
+                break
+            await self.pause(wait)
+            wait = min(POLL_MAX_S, wait * POLL_GROWTH)
+        return True
+
+    def file_name(self, chunk: Chunk) -> str:
+        return f"runner-{self.state.run_id}-{chunk.chunk}.jsonl"
+
+    async def uploaded_unrecorded(self, chunk: Chunk, size: int | None) -> dict[str, Any] | None:
+        """The chunk's file at the provider, found by its name (and size when known), or None."""
+        listing = await self.call("list files", self.client.files)
+        return next((f for f in listing.get("data") or () if isinstance(f, dict)
+                     and f.get("filename") == self.file_name(chunk)
+                     and (size is None or f.get("bytes") == size)), None)
+
+    async def create(self, chunk: Chunk) -> None:
+        """Create the chunk's batch exactly once. A chunk this process did not upload, or whose
+        create got no clear answer (no answer, 5xx, 429), may already have its batch: it is
+        looked for first, by listing batches and their metadata (run id and chunk id)."""
+        if not await self.file_ready(chunk):
+            return
+        recovering = chunk.chunk not in self.fresh
+        metadata = {RUN_TAG: self.state.run_id or "", CHUNK_TAG: chunk.chunk}
+        attempt = 0
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            found = await self.find(chunk) if recovering else None
+            if found is not None:
+                break
+            try:
+                found = await self.unless_stopped(self.client.create(chunk.file_id, chunk.url, metadata))
+            except (RunnerError, OSError, asyncio.TimeoutError) as exc:
+                verdict = classify(None, {}, None, exc=exc)
+                if verdict.action is Action.STOP_RUN:
+                    raise _StopRun(f"{verdict.code}: {verdict.message}") from None
+                if verdict.action is Action.FAIL_JOB:  # refused as a whole: like a failed batch
+                    await self.refused(chunk, verdict.code, verdict.message)
+                    return
+                recovering = True  # it may have been created all the same
+                delay = retry_delay(verdict, attempt, self.backoff)
+                attempt += 1
+                self.log(f"create {chunk.chunk}: {verdict.code}: {verdict.message}; looking for it "
+                         f"and trying again in {delay:.0f} s")
+                await self.pause(delay)
+                continue
+            self.stats.batches_created += 1
+            self.stats.batch_lines += len(chunk.lines)
+            self.stats.requests += len(chunk.lines)
+            self.stats.model_requests[chunk.model] += len(chunk.lines)
+            break
+        self.state.record({"event": "created", "chunk": chunk.chunk, "batch_id": found["id"]})
+        self.note(chunk, found)
+
+    async def find(self, chunk: Chunk) -> dict[str, Any] | None:
+        """A batch of this run and chunk at the provider (listing every page), or None."""
+        after = None
+        while True:
+            page = await self.call("list batches", lambda: self.client.batches(after))
+            for batch in page.get("data") or ():
+                meta = batch.get("metadata") or {}
+                if meta.get(RUN_TAG) == self.state.run_id and meta.get(CHUNK_TAG) == chunk.chunk:
+                    return batch
+            if not page.get("has_more") or not page.get("data"):
+                return None
+            after = page["data"][-1]["id"]
+
+    async def refused(self, chunk: Chunk, code: str, message: str) -> None:
+        """A batch that never ran as a whole (refused at create, or failed without naming lines)."""
+        if code in TOKEN_LIMIT_CODES and not self.never_fits(chunk, message):
+            self.token_limit(chunk, message)
+            self.requeued += chunk.job_count
+            self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
+        else:
+            if code in TOKEN_LIMIT_CODES:  # one job over the whole limit: it can never run
+                code = codes.REQUEST_TOO_LARGE
+            self.log(f"batch {chunk.chunk} refused: {code}: {message}; its {chunk.job_count} jobs fail")
+            for line_id, ids in chunk.lines:
+                self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}")
+            await self.checkpoint.sync()
+            self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
+        await self.forget_file(chunk)
+
+    def never_fits(self, chunk: Chunk, message: str) -> bool:
+        """A one-line batch over the limit with nothing else enqueued can never run: fail it."""
+        match = _LIMIT_IN_MESSAGE.search(message)
+        return (len(chunk.lines) == 1 and match is not None
+                and chunk.tokens > int(match.group(1).replace(",", "")))
+
+    def token_limit(self, chunk: Chunk, message: str) -> None:
+        """Learn the model's enqueued-token limit from the message (else: what else is in flight,
+        or half this chunk); its jobs stay pending until earlier batches finish."""
+        match = _LIMIT_IN_MESSAGE.search(message)
+        if match:
+            limit = int(match.group(1).replace(",", ""))
+        else:
+            others = self.state.tokens_in_flight(chunk.model) - chunk.tokens
+            limit = max(others, chunk.tokens // 2, 1)
+        self.log(f"batch {chunk.chunk} ({chunk.model}) is over the enqueued-token limit "
+                 f"({limit:,} tokens): its {chunk.job_count} jobs wait for earlier batches")
+        if self.state.token_limits.get(chunk.model) != limit:
+            self.state.record({"event": "token_limit", "model": chunk.model, "limit": limit})
+
+    async def forget_file(self, chunk: Chunk) -> None:
+        """Delete the chunk's uploaded input file at the provider (best effort)."""
+        if chunk.file_id is None:
+            return
+        try:
+            await self.call(f"delete {chunk.file_id}", lambda: self.client.delete_file(chunk.file_id))
+        except (APIError, _Stopped):
+            pass
+
+    # -- collecting ------------------------------------------------------------------------------
+    async def collect(self, chunk: Chunk, batch: dict[str, Any]) -> None:
+        status = batch["status"]
+        errors = ((batch.get("errors") or {}).get("data")) or []
+        if status == "failed" and not batch.get("output_file_id") and not batch.get("error_file_id"):
+            named = [e for e in errors if isinstance(e, dict) and isinstance(e.get("line"), int)]
+            if named:
+                await self.validation_failed(chunk, named)
+            else:
+                first = next((e for e in errors if isinstance(e, dict)), {})
+                await self.refused(chunk, str(first.get("code") or "batch_failed"),
+                                   str(first.get("message") or "the batch failed"))
+            self.stats.batches_collected += 1
+            return
+        answers: dict[str, dict[str, Any]] = {}
+        for key in ("output_file_id", "error_file_id"):
+            file_id = batch.get(key)
+            if file_id:
+                try:
+                    data = await self.call(f"download {file_id}",
+                                           lambda f=file_id: self.client.content(f))
+                except APIError as exc:
+                    if exc.status != 404:
+                        raise
+                    self.log(f"the {key.removesuffix('_id').replace('_', ' ')} {file_id} of batch "
+                             f"{chunk.batch_id} is gone: its jobs go into a later batch")
+                    continue
+                for raw in data.splitlines():
+                    try:
+                        line = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
+                        answers[line["custom_id"]] = line
+        retry: list[str] = []
+        bisect: list[list[str]] = []
+        gave_up: list[str] = []
+        url = chunk.url
+        bodies = self.line_bodies(chunk)
+        for line_id, ids in chunk.lines:
+            answer = answers.get(line_id)
+            if answer is None:
+                continue  # not run (expired or cancelled without a line): pending again
+            request = job_requests(url, bodies.get(line_id, {}), ids) if line_id in bodies else None
+            self.judge(chunk, line_id, ids, request, answer, retry, bisect, gave_up)
+        await self.checkpoint.sync()
+        self.state.close_chunk(chunk, status, retry=retry, bisect=bisect, reset=gave_up)
+        self.stats.batches_collected += 1
+        await self.forget_file(chunk)
+
+    def line_bodies(self, chunk: Chunk) -> dict[str, dict[str, Any]]:
+        """Each line's body as uploaded (from the chunk's local input file), with the job's own
+        model name back (Azure files carry the deployment)."""
+        bodies: dict[str, dict[str, Any]] = {}
+        try:
+            data = self.state.chunk_file(chunk.chunk).read_bytes()
+        except OSError:
+            return bodies
+        for raw in data.splitlines():
+            line = orjson.loads(raw)
+            bodies[line["custom_id"]] = {**line["body"], "model": chunk.model}
+        return bodies
+
+    def judge(self, chunk: Chunk, line_id: str, ids: tuple[str, ...], request: Request | None,
+              answer: dict[str, Any], retry: list[str], bisect: list[list[str]],
+              gave_up: list[str]) -> None:
+        """One batch line's answer (`runner.batch.collect.judge_line`), acted on: its result
+        lines written, its jobs noted for a retry, or its halves for the next submission."""
+        outcome = judge_line(line_id, ids, request, answer,
+                             spent=max((self.state.attempts[cid] for cid in ids), default=0),
+                             max_attempts=self.config.max_attempts,
+                             fallback_id=f"{chunk.chunk}-{line_id}")
+        for record in outcome.records:
+            self.sink(record)
+        for usage in outcome.usage:
+            self.stats.add_usage(chunk.model, usage)
+        if outcome.usage:
+            self.stats.succeeded += len(ids)
+        if outcome.gave_up:  # a later run starts these with fresh attempts, as live
+            gave_up.extend(outcome.gave_up)
+            self.stats.failed[outcome.code] += len(outcome.gave_up)
+        if outcome.halves:
+            bisect.extend(list(part) for part in outcome.halves)
+            self.stats.bisect_requests += len(outcome.halves)
+        if outcome.retried:
+            self.stats.retries += 1
+            retry.extend(outcome.retry)
+
+    def sink(self, record: dict[str, Any]) -> None:
+        """Append a result line unless this very line (by id) is already in OUTPUT. A job
+        given a failure line is final for this run, transient or not (a later run retries it)."""
+        if record.get("error") is not None and record["error"].get("code") != DUPLICATE:
+            self.failed_here.add(record["custom_id"])
+        if record["id"] in self.seen.ids:
+            return
+        self.checkpoint.append(record)
+        self.seen.add(record)
+
+    def write_failures(self, ids: tuple[str, ...], code: str, message: str, record_id: str) -> None:
+        for i, cid in enumerate(ids):
+            self.sink(error_record(cid, code, message,
+                                   record_id=record_id if len(ids) == 1 else f"{record_id}-{i}"))
+            self.stats.failed[code] += 1
+
+    async def validation_failed(self, chunk: Chunk, named: list[dict[str, Any]]) -> None:
+        """A batch that failed validation naming lines: those jobs fail with the provider's
+        message; the others are pending again."""
+        for error in named:
+            number = error["line"]
+            if 1 <= number <= len(chunk.lines):
+                line_id, ids = chunk.lines[number - 1]
+                message = f"the Batch API refused this line: {error.get('message') or 'invalid'}"
+                self.write_failures(ids, str(error.get("code") or codes.INVALID_REQUEST), message,
+                                    f"{chunk.chunk}-line{number}")
+        self.log(f"batch {chunk.chunk} failed validation: {len(named)} line(s) refused; the other "
+                 "jobs go into a later batch")
+        await self.checkpoint.sync()
+        self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note="validation")
+        await self.forget_file(chunk)
+
+    # -- planning --------------------------------------------------------------------------------
+    async def plan(self) -> None:
+        """Read INPUT, split its pending jobs into chunks, and submit them."""
+        first = not self.planned_once
+        self.planned_once = True
+        self.requeued = 0  # jobs of batches refused for the enqueued-token limit during this plan
+        stats, state, seen = self.stats, self.state, self.seen
+        succeeded_before = stats.succeeded if first else 0
+        busy = state.busy_jobs()
+        group_of = state.group_of()
+        groups: dict[int, list[Job]] = {}
+        endpoint = self.endpoint
+        splitter = Splitter(
+            max_lines=self.config.line_limit, max_bytes=self.config.max_bytes,
+            wire_url=lambda url: batch_url(url, endpoint),
+            wire_model=lambda model: endpoint.deployment(model) if endpoint.azure else model,
+            room=self.room, idle=lambda model: state.tokens_in_flight(model) == 0)
+        packer = Packer() if self.config.pack else None
+        counts = Counter()
+        drafts: list[Draft] = []
+
+        def add(requests: list[Request]) -> None:
+            for request in requests:
+                drafts.extend(splitter.add(request))
+
+        async for item in read_items(self.config.input):
+            if self.stop.is_set():
+                raise _Stopped
+            if isinstance(item, (BadLine, Duplicate)):
+                if first:
+                    self.note_bad(item)
+                continue
+            cid = item.custom_id
+            if first:
+                stats.jobs += 1
+            if cid in busy or cid in self.failed_here:
+                continue
+            if cid in seen.done:
+                if first:
+                    stats.already_done += 1
+                continue
+            if cid in seen.permanent and cid not in self.retry_ids:
+                if first:
+                    stats.kept_failed += 1
+                continue
+            self.retry_ids.discard(cid)  # retried once per run
+            overflow = tokens.context_overflow(item.url, item.body, token_counter)
+            if overflow is not None:
+                self.write_failures((cid,), codes.CONTEXT_LENGTH_EXCEEDED, overflow,
+                                    f"ctx-{state.run_id}-{item.line}")
+                continue
+            counts["pending"] += 1
+            group = group_of.get(cid)
+            if group is not None:
+                members = groups.setdefault(group, [])
+                members.append(item)
+                if len(members) == len(state.groups[group]):
+                    add([self.pack_group(groups.pop(group))])
+                if len(drafts) > 0:
+                    await self.submit_all(drafts)
+                    drafts = []
+                continue
+            charge = tokens.rate_limit_charge(item.url, item.body)
+            add(packer.add(item, charge) if packer else [single(item, charge)])
+            if drafts:  # submit full files as the input is read: memory stays bounded
+                await self.submit_all(drafts)
+                drafts = []
+        for members in groups.values():
+            add([self.pack_group(members)])
+        if packer:
+            add(packer.flush())
+        drafts.extend(splitter.flush())
+        stats.already_done -= succeeded_before  # collected by this run before its first plan
+        await self.submit_all(drafts)
+        self.waiting = splitter.held + self.requeued
+        if splitter.held:
+            self.log(f"{splitter.held:,} jobs wait for room under the enqueued-token limit")
+        await self.checkpoint.sync()
+
+    def pack_group(self, jobs: list[Job]) -> Request:
+        charge = sum(tokens.rate_limit_charge(j.url, j.body) for j in jobs)
+        return pack(jobs, charge)
+
+    def room(self, model: str) -> int | None:
+        limit = self.state.token_limits.get(model)
+        if limit is None:
+            return None
+        return max(0, limit - self.state.tokens_in_flight(model))
+
+    def note_bad(self, item: BadLine | Duplicate) -> None:
+        self.log(str(item))
+        if isinstance(item, BadLine):
+            self.stats.bad_lines += 1
+            return
+        self.stats.duplicates += 1
+        if item.custom_id not in self.seen.noted_duplicates:
+            self.sink(error_record(item.custom_id, DUPLICATE, str(item),
+                                   record_id=f"dup-{self.state.run_id}-{item.line}"))
+
+    async def submit_all(self, drafts: list[Draft]) -> None:
+        for draft in drafts:
+            if not draft.lines:
+                continue
+            chunk = Chunk(self.state.next_chunk_id(), draft.url, draft.model, draft.tokens,
+                          [(line_id, tuple(j.custom_id for j in r.jobs)) for line_id, r in draft.lines])
+            self.state.plan(chunk, b"".join(draft.data))
+            self.planned_here.add(chunk.chunk)
+            chunk = self.state.chunks[chunk.chunk]
+            await self.upload(chunk)
+            if not chunk.closed:
+                await self.create(chunk)
+
+
+class _StopRun(RunnerError):
+    """The provider refused our key or quota: the run stops, resumable."""

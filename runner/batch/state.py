@@ -1,0 +1,285 @@
+"""The batch state file, `OUTPUT.batches`: every remote action of the batch backend, durable.
+
+An append-only journal, one JSON object a line, each line fsync'd before the action it enables:
+
+    {"event": "run", "run_id": HEX}                                first line: tags this output's batches
+    {"event": "planned", "chunk": ID, "url", "model", "tokens", "lines": [...]}   written with the
+          chunk's local input file (OUTPUT.batches.d/ID.jsonl) before anything is sent; `lines`
+          lists each batch line: a job's custom_id, or [line id, [custom_ids]] for a pack
+    {"event": "uploaded", "chunk": ID, "file_id": F}               after the upload answered
+    {"event": "created", "chunk": ID, "batch_id": B}               after the create answered (or
+          after finding, by listing batches and their metadata, one created but not recorded)
+    {"event": "polled", "chunk": ID, "status": S, "counts": {...}} when a batch's state changes
+    {"event": "closed", "chunk": ID, "status": S, "retry": [ids], "bisect": [[ids], [ids]],
+     "reset": [ids]}
+          after the batch's results were appended to OUTPUT and fsync'd: its jobs are free again
+          (jobs without a final line go into a later batch; `retry` counts an attempt for each,
+          `reset` forgets the attempts of jobs given up on, so a later run starts them afresh)
+    {"event": "token_limit", "model": M, "limit": N}               an enqueued-token limit learned
+    {"event": "endpoint", "base_url": URL}                         where later batches go (a run
+          with another base URL is refused while batches sent elsewhere are open)
+
+**Never pay twice**: a job is in at most one open chunk (planned and not closed); a chunk is
+created at most once (a rerun that finds `uploaded` without `created` lists the batches and looks
+for the chunk's metadata before creating). A SIGKILL at any moment leaves at most a torn last line,
+cut off when the file is next loaded; every step after it is repeated safely (an upload again, a
+lookup by listing, a collect that skips result lines already in OUTPUT). No API key is ever
+written here: the journal holds ids, statuses and counts only.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runner.files.checkpoint import CheckpointError
+from runner.redact import mask_secrets
+
+STATE_SUFFIX = ".batches"
+CHUNKS_SUFFIX = ".batches.d"
+OPEN_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+FINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+def state_path(output: Path) -> Path:
+    return output.with_name(output.name + STATE_SUFFIX)
+
+
+def chunks_dir(output: Path) -> Path:
+    return output.with_name(output.name + CHUNKS_SUFFIX)
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One batch input file of the run and what became of it (rebuilt from the journal)."""
+
+    chunk: str
+    url: str
+    model: str
+    tokens: int
+    lines: list[tuple[str, tuple[str, ...]]]  # (line custom_id, the jobs it carries)
+    file_id: str | None = None
+    batch_id: str | None = None
+    status: str | None = None  # the provider's, as last polled
+    counts: dict[str, int] = field(default_factory=dict)
+    closed: bool = False
+
+    @property
+    def jobs(self) -> Iterator[str]:
+        for _, ids in self.lines:
+            yield from ids
+
+    @property
+    def job_count(self) -> int:
+        return sum(len(ids) for _, ids in self.lines)
+
+
+def _lines_json(lines: list[tuple[str, tuple[str, ...]]]) -> list[Any]:
+    return [ids[0] if len(ids) == 1 and ids[0] == line else [line, list(ids)] for line, ids in lines]
+
+
+def _lines_from(raw: list[Any]) -> list[tuple[str, tuple[str, ...]]]:
+    out = []
+    for item in raw:
+        if isinstance(item, str):
+            out.append((item, (item,)))
+        else:
+            out.append((item[0], tuple(item[1])))
+    return out
+
+
+class BatchState:
+    """The journal, loaded and open for appending. Raises `CheckpointError` when it cannot be
+    read, repaired or written (the run stops, resumable)."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = state_path(output)
+        self.dir = chunks_dir(output)
+        self.run_id: str | None = None
+        self.chunks: dict[str, Chunk] = {}
+        self.attempts: Counter[str] = Counter()  # counted failed attempts per job
+        self.groups: list[tuple[str, ...]] = []  # packs to send as they are (halves of refused packs)
+        self.token_limits: dict[str, int] = {}
+        self.base_url: str | None = None  # where the batches of this output were sent
+        self._fd: int | None = None
+
+    # -- reading ---------------------------------------------------------------------------------
+    def load(self) -> int:
+        """Read the journal (if any); cut off a torn last line; returns the bytes cut."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            raise CheckpointError(f"cannot read the batch state {self.path}: {e.strerror}") from None
+        good = data.rfind(b"\n") + 1
+        torn = len(data) - good
+        for raw in data[:good].splitlines():
+            try:
+                event = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                self._apply(event)
+        if torn:
+            try:
+                with open(self.path, "r+b") as f:
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise CheckpointError(f"cannot repair the batch state {self.path}: {e.strerror}") from None
+        return torn
+
+    def _apply(self, e: dict[str, Any]) -> None:
+        kind = e.get("event")
+        chunk = self.chunks.get(e.get("chunk", ""))
+        if kind == "run":
+            self.run_id = self.run_id or e["run_id"]
+        elif kind == "endpoint":
+            self.base_url = e["base_url"]
+        elif kind == "planned":
+            self.chunks[e["chunk"]] = Chunk(e["chunk"], e["url"], e["model"], int(e["tokens"]),
+                                            _lines_from(e["lines"]))
+        elif chunk is None:
+            if kind == "token_limit":
+                self.token_limits[e["model"]] = int(e["limit"])
+        elif kind == "uploaded":
+            chunk.file_id = e["file_id"]
+        elif kind == "created":
+            chunk.batch_id = e["batch_id"]
+        elif kind == "polled":
+            chunk.status = e["status"]
+            chunk.counts = dict(e.get("counts") or {})
+        elif kind == "closed":
+            chunk.closed = True
+            chunk.status = e.get("status", chunk.status)
+            self.attempts.update(e.get("retry", ()))
+            for cid in e.get("reset", ()):
+                self.attempts.pop(cid, None)
+            for group in e.get("bisect", ()):
+                self.groups.append(tuple(group))
+
+    # -- questions -------------------------------------------------------------------------------
+    def open_chunks(self) -> list[Chunk]:
+        return [c for c in self.chunks.values() if not c.closed]
+
+    def busy_jobs(self) -> set[str]:
+        """Jobs in an open chunk: never planned again until it closes."""
+        return {cid for c in self.open_chunks() for cid in c.jobs}
+
+    def tokens_in_flight(self, model: str) -> int:
+        return sum(c.tokens for c in self.open_chunks() if c.model == model and c.batch_id)
+
+    def group_of(self) -> dict[str, int]:
+        """Job -> the index in `groups` of the latest pack it must go in (halves of a refused pack)."""
+        return {cid: i for i, group in enumerate(self.groups) for cid in group}
+
+    def next_chunk_id(self) -> str:
+        return f"c{len(self.chunks) + 1:05d}"
+
+    def chunk_file(self, chunk: str) -> Path:
+        return self.dir / f"{chunk}.jsonl"
+
+    # -- writing ---------------------------------------------------------------------------------
+    def open(self, new_run_id: str) -> None:
+        """Open for appending (creating it, with a run id, if new)."""
+        created = not self.path.exists()
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if created:
+                _sync_dir(self.path.parent)
+        except OSError as e:
+            raise CheckpointError(f"cannot open the batch state {self.path}: {e.strerror}") from None
+        if self.run_id is None:
+            self.record({"event": "run", "run_id": new_run_id})
+
+    def use_endpoint(self, base_url: str) -> None:
+        """Record where batches go; CheckpointError if batches sent elsewhere are still open
+        (polling them at the wrong place would look like they were gone, and they would run twice)."""
+        if self.base_url == base_url:
+            return
+        if self.base_url is not None and self.open_chunks():
+            raise CheckpointError(
+                f"{self.path}: {len(self.open_chunks())} batch(es) of this output are open at "
+                f"{mask_secrets(self.base_url)}, not {mask_secrets(base_url)}: run with that base "
+                "URL (or Azure endpoint) until they are collected")
+        self.record({"event": "endpoint", "base_url": base_url})
+
+    def record(self, event: dict[str, Any]) -> None:
+        """Append one event and make it durable before returning."""
+        assert self._fd is not None, "BatchState.open() first"
+        data = orjson.dumps(event) + b"\n"
+        try:
+            os.write(self._fd, data)
+            os.fsync(self._fd)
+        except OSError as e:
+            raise CheckpointError(f"cannot write the batch state {self.path}: {e.strerror}") from None
+        self._apply(event)
+
+    def plan(self, chunk: Chunk, data: bytes) -> None:
+        """Write the chunk's input file (durably), then record it as planned."""
+        path = self.chunk_file(chunk.chunk)
+        try:
+            self.dir.mkdir(exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _sync_dir(self.dir)
+        except OSError as e:
+            raise CheckpointError(f"cannot write the batch input {path}: {e.strerror}") from None
+        self.record({"event": "planned", "chunk": chunk.chunk, "url": chunk.url,
+                     "model": chunk.model, "tokens": chunk.tokens, "lines": _lines_json(chunk.lines)})
+
+    def close_chunk(self, chunk: Chunk, status: str, *, retry: list[str], bisect: list[list[str]],
+                    reset: list[str] = (), note: str = "") -> None:  # type: ignore[assignment]
+        event: dict[str, Any] = {"event": "closed", "chunk": chunk.chunk, "status": status,
+                                 "retry": retry, "bisect": bisect}
+        if reset:
+            event["reset"] = list(reset)
+        if note:
+            event["note"] = mask_secrets(note)
+        self.record(event)
+        try:
+            self.chunk_file(chunk.chunk).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_state(output: Path) -> BatchState | None:
+    """The batch state of `output` for reading only (`runner status`), or None when it has none."""
+    state = BatchState(output)
+    if not state.path.exists():
+        return None
+    try:
+        data = state.path.read_bytes()
+    except OSError:
+        return None
+    for raw in data.splitlines():
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            state._apply(event)
+    return state
