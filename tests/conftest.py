@@ -64,14 +64,15 @@ ROOT = Path(__file__).resolve().parent.parent
 NO_SERVER = "http://127.0.0.1:9/v1"  # the discard port: nothing answers there
 
 
-def run_offline(*args: str, stdin_path: Path) -> subprocess.CompletedProcess:
+def run_offline(*args: str, stdin_path: Path, env: dict | None = None
+                ) -> subprocess.CompletedProcess:
     """`python -m runner run ARGS --no-progress` in a subprocess, stdin read from `stdin_path`, with a
     key set and a base URL where nothing answers: for runs that must stop before sending anything."""
     with open(stdin_path, "rb") as stdin:
         return subprocess.run([sys.executable, "-m", "runner", "run", *args, "--no-progress"],
                               cwd=ROOT, stdin=stdin, capture_output=True, timeout=60,
                               env={**os.environ, "OPENAI_API_KEY": "sk-test",
-                                   "OPENAI_BASE_URL": NO_SERVER})
+                                   "OPENAI_BASE_URL": NO_SERVER, **(env or {})})
 
 
 # -- real third-party servers (tests/servers.py) ---------------------------------------------------

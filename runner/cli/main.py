@@ -24,6 +24,7 @@ from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConf
 from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint, check_api_version
 from runner.pacing.limiter import DEFAULT_BURST_S
 from runner.pacing.limiters import BUDGET_SCOPES
+from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisUnavailable
 from runner.cli.config import configurable, deployments as config_deployments
 from runner.report.prices import PriceTable, PriceTableError, load_prices
 from runner.report.progress import LOG_INTERVAL_S
@@ -101,6 +102,11 @@ def main() -> None:
               help="Folder for image files (default: beside OUTPUT, named after it: out.images).")
 @click.option("--inline-images", is_flag=True,
               help="Keep each image's b64_json in the result line too (files are saved anyway).")
+@click.option("--redis", "redis_url", envvar="RUNNER_REDIS_URL", metavar="URL",
+              help="Keep the rate-limit budgets in this Redis (redis:// or rediss://, user and "
+                   "password in the URL), shared by every runner process on the same key.")
+@click.option("--redis-timeout", type=POSITIVE, default=DEFAULT_REDIS_TIMEOUT_S, show_default=True,
+              help="Seconds a lost Redis may stay away before the run stops (exit 3, resumable).")
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=DEFAULT_CONCURRENCY,
               show_default=True, help="Most requests in flight (and open connections).")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=MAX_ATTEMPTS, show_default=True,
@@ -157,7 +163,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                 images_dir: Path | None = None, inline_images: bool = False, via: str = "live",
                 wait: bool = True, poll_every: float | None = None,
                 batch_max_requests: int | None = None,
-                batch_max_bytes: int = BATCH_MAX_BYTES) -> None:
+                batch_max_bytes: int = BATCH_MAX_BYTES, redis_url: str | None = None,
+                redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
@@ -187,7 +194,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         budget_scope=budget_scope, dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
                                 retry_failed=retry_failed),
         pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval,
-        ipm=ipm, images_dir=images_dir, inline_images=inline_images)
+        ipm=ipm, images_dir=images_dir, inline_images=inline_images, redis=redis_url or None,
+        redis_timeout=redis_timeout)
     sys.exit(_execute(config, progress=not no_progress, log_file=log_file,
                       summary_json=summary_json, prices=prices))
 
@@ -384,7 +392,7 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
         log(f"runner: {config.input} -> {config.output}", echo=False)
         try:
             stats = asyncio.run(run(config, console=console, log=log, progress=progress))
-        except (CheckpointError, OSError) as e:
+        except (CheckpointError, OSError, RedisUnavailable) as e:
             log(f"runner: {e}")
             return EXIT_USAGE
         except Exception:  # a bug: say so plainly, keep the traceback for the report

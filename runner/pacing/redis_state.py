@@ -40,12 +40,14 @@ import secrets
 from collections.abc import Callable
 from importlib import resources
 
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from typing import TYPE_CHECKING
 
 from runner.errors import RunnerError, StopRunError
 from runner.pacing.state import Admission, Kind, Limit, Snapshot
 from runner.redact import redact_url
+
+if TYPE_CHECKING:  # redis is imported on first use: `runner --help` does not pay for it
+    import redis.asyncio as aioredis
 
 __all__ = ["DEFAULT_REDIS_TIMEOUT_S", "KEY_PREFIX", "RedisBudgets", "RedisBudgetState",
            "RedisLost", "RedisUnavailable", "STATE_TTL_S"]
@@ -118,7 +120,7 @@ class RedisBudgetState:
     its own time). ``timeout_s``: how long Redis may be unreachable before `RedisLost`.
     """
 
-    def __init__(self, client: aioredis.Redis, key: str, *, url: str,
+    def __init__(self, client: "aioredis.Redis", key: str, *, url: str,
                  timeout_s: float = DEFAULT_REDIS_TIMEOUT_S,
                  clock: Callable[[], float] | None = None,
                  sleep: Callable[[float], object] | None = None) -> None:
@@ -239,6 +241,8 @@ class RedisBudgetState:
     async def _send(self, calls: list[_Call]) -> list:
         """Every call in one pipeline, in order; retried with backoff while Redis is unreachable,
         up to the timeout (then `RedisLost`). A Redis that lost the script gets it again."""
+        from redis.exceptions import NoScriptError, RedisError, ResponseError  # noqa: PLC0415
+
         delay, deadline = RETRY_FIRST_S, None
         while True:
             try:
@@ -264,8 +268,8 @@ class RedisBudgetState:
                 pipe.evalsha(_SHA, 1, self.key, call.args[0], ttl_ms, *call.args[1:])
             return await pipe.execute()
 
-    async def close(self) -> None:
-        """Send what is queued (best effort) and stop the flusher."""
+    async def flush(self) -> None:
+        """Return once everything queued so far is in Redis (or Redis is lost)."""
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
 
@@ -282,6 +286,8 @@ class RedisBudgets:
         self.url = url
         self._api_key = api_key
         self._timeout_s = timeout_s
+        import redis.asyncio as aioredis  # noqa: PLC0415 (see TYPE_CHECKING above)
+
         self._client = aioredis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
                                                socket_timeout=CONNECT_TIMEOUT_S)
         self._salt: bytes | None = None
@@ -289,6 +295,8 @@ class RedisBudgets:
 
     async def connect(self) -> None:
         """Reach the Redis, load the script and read (or set, once) the salt."""
+        from redis.exceptions import RedisError  # noqa: PLC0415
+
         try:
             await self._client.script_load(_SCRIPT)
             await self._client.set(SALT_KEY, secrets.token_bytes(32), nx=True)
@@ -311,5 +319,5 @@ class RedisBudgets:
 
     async def close(self) -> None:
         for state in self.states:
-            await state.close()
+            await state.flush()
         await self._client.aclose()
