@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 
+import orjson
 import pytest
 
+from jobs.merge import merge_outputs
+from jobs.shard import Shard
 from runner.api.endpoint import Endpoint
 from runner.live.run import RunConfig, run
 from runner.simulator.server import SimConfig, Simulator
@@ -81,3 +84,30 @@ async def test_redis_lost_mid_run_stops_it_resumably_after_the_timeout(tmp_path,
     assert "Redis" in stats.stop_reason and "s3cret" not in stats.stop_reason
     assert sim.stats.requests <= stopped_at + 1  # nothing sent once Redis was gone
     assert 0 < (tmp_path / "out.jsonl").read_bytes().count(b"\n") < 200  # what came back is kept
+
+
+async def test_three_shards_sharing_redis_then_merge_run_every_job_exactly_once(tmp_path,
+                                                                               redis_server):
+    write_jobs(tmp_path / "in.jsonl", 90, kinds=("chat",))
+    async with Simulator(SimConfig(rpm=6000, tpm=10_000_000, burst_s=1.0)) as sim:
+        configs = [RunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / f"{k}.jsonl",
+                             endpoint=Endpoint(base_url=sim.base_url, api_key=KEY),
+                             redis=redis_server.url, shard=Shard(k, 3)) for k in (1, 2, 3)]
+        stats = await asyncio.gather(*(run(config, progress=False, handle_signals=False,
+                                           log=lambda m: None) for config in configs))
+    assert [s.exit_code() for s in stats] == [0, 0, 0]
+    assert sim.stats.requests == 90  # no job sent twice
+    counts = [(tmp_path / f"{k}.jsonl").read_bytes().count(b"\n") for k in (1, 2, 3)]
+    assert sum(counts) == 90 and min(counts) > 15
+    merged = merge_outputs((tmp_path / f"{k}.jsonl").read_bytes().splitlines() for k in (1, 2, 3))
+    ids = sorted(orjson.loads(line)["custom_id"] for line in merged)
+    jobs = sorted(orjson.loads(line)["custom_id"]
+                  for line in (tmp_path / "in.jsonl").read_bytes().splitlines())
+    assert ids == jobs
+
+
+def test_a_bad_shard_is_a_usage_error(tmp_path):
+    write_jobs(tmp_path / "in.jsonl", 1)
+    proc = run_offline(str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+                       "--shard", "4/3", stdin_path=tmp_path / "in.jsonl")
+    assert proc.returncode == 2 and "K/N" in proc.stderr.decode()

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from jobs.results import OutputState
+from jobs.shard import Shard
 from runner.files import checkpoint as ckpt
 from runner.live.dispatch import DispatchConfig, Dispatcher
 from runner.api.endpoint import Endpoint
@@ -45,6 +46,7 @@ class RunConfig:
     inline_images: bool = False  # keep b64_json in result lines too
     redis: str | None = None  # budgets shared with every process on this Redis (runner.pacing.redis_state)
     redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S  # a Redis lost longer than this stops the run
+    shard: Shard | None = None  # run only the jobs of this shard of the input (--shard K/N)
 
 
 class _Stop:
@@ -178,7 +180,9 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                         limits=lambda: describe_limits(limiters), log=log,
                                         log_interval=config.status_interval)
             helpers.append(asyncio.create_task(reporter.run()))
-        stats = await dispatcher.run(read_items(config.input), state)
+        items = read_items(config.input)
+        stats = await dispatcher.run(items if config.shard is None else config.shard.only(items),
+                                     state)
         for model in stats.model_requests:
             limiter = (image_limiters if model in stats.model_images else limiters).get(
                 config.endpoint.budget_key(model))  # an image model's: (rpm, ipm)
