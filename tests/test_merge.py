@@ -35,6 +35,7 @@ def test_merge_keeps_each_jobs_final_line_once(outputs, expected):
     assert merge_outputs(outputs) == [line + b"\n" for line in expected]
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_runner_merge_writes_one_output(tmp_path):
     (tmp_path / "1.jsonl").write_bytes(ok("a") + b"\n" + failed("b", "server_error") + b"\n")
     (tmp_path / "2.jsonl").write_bytes(ok("b") + b"\n" + ok("c") + b"\n")

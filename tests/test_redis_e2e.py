@@ -19,6 +19,8 @@ from tests.conftest import ROOT, run_offline
 from tests.servers import free_port
 from tests.test_e2e import write_jobs
 
+pytestmark = pytest.mark.slow  # real time, several seconds, or the CLI in subprocesses
+
 KEY = "sk-proj-SHAREDKEYOFTHEORGANISATION0123456789"
 
 

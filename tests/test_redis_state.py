@@ -40,6 +40,7 @@ async def admit_for(limiter: RateLimiter, seconds: float, tokens: int = 0) -> li
     return times
 
 
+@pytest.mark.slow  # over a second of real time
 async def test_three_processes_together_never_exceed_the_requests_budget(redis_server):
     # 600 RPM = 10 a second, 1 s burst: over 1.5 s the budget holds 10 + 15 requests at most.
     procs = [await process(redis_server.url, rpm=600, tpm=600_000) for _ in range(3)]
@@ -54,6 +55,7 @@ async def test_three_processes_together_never_exceed_the_requests_budget(redis_s
         await budgets.close()
 
 
+@pytest.mark.slow  # over a second of real time
 async def test_two_processes_together_never_exceed_the_tokens_budget(redis_server):
     # 60,000 TPM = 1,000 tokens a second, capacity 1,000; requests of 100 tokens.
     procs = [await process(redis_server.url, rpm=60_000, tpm=60_000) for _ in range(2)]
@@ -67,6 +69,7 @@ async def test_two_processes_together_never_exceed_the_tokens_budget(redis_serve
         await budgets.close()
 
 
+@pytest.mark.slow  # over a second of real time
 async def test_a_429_seen_by_one_process_holds_back_the_other(redis_server):
     budgets_a, a = await process(redis_server.url, rpm=600, tpm=600_000)
     budgets_b, b = await process(redis_server.url, rpm=600, tpm=600_000)

@@ -60,6 +60,7 @@ beyond that is relearned from the next answer's headers)."""
 DEFAULT_REDIS_TIMEOUT_S = 60.0
 """How long a run waits for a lost Redis before it stops (resumable)."""
 CONNECT_TIMEOUT_S = 5.0
+CLOSE_WAIT_S = 2.0  # see RedisBudgets.close
 RETRY_FIRST_S = 0.1  # backoff between reconnection attempts: doubles up to RETRY_MAX_S
 RETRY_MAX_S = 5.0
 _KINDS: dict[str, str] = {"requests": "r", "tokens": "t"}
@@ -273,6 +274,12 @@ class RedisBudgetState:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
 
+    def cancel(self) -> None:
+        """Stop the flusher, dropping what it had not sent."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self._queue = []
+
     def __repr__(self) -> str:
         return f"RedisBudgetState({self.key!r}, {self._snapshot!r})"
 
@@ -318,6 +325,12 @@ class RedisBudgets:
         return state
 
     async def close(self) -> None:
+        """Send what is queued, waiting at most `CLOSE_WAIT_S` (a run ending while Redis is away
+        does not wait out the timeout: what it had not sent only ages out of the budget)."""
+        flushes = [asyncio.ensure_future(state.flush()) for state in self.states]
+        if flushes:
+            await asyncio.wait(flushes, timeout=CLOSE_WAIT_S)
         for state in self.states:
-            await state.flush()
+            state.cancel()
+        await asyncio.gather(*flushes, return_exceptions=True)
         await self._client.aclose()
