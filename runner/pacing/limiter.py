@@ -8,6 +8,13 @@ send at once is ``burst_s`` seconds' worth, which a server holding a whole minut
 absorbs. A request larger than our capacity is admitted when the bucket is full and drives the
 level negative (debt), so pacing stays exact for any request size.
 
+Gateways and windows (README, "Gateways and other servers"). Where the server's count can be
+trusted — a gateway's headers (LiteLLM's, the IETF draft's, a limit and remaining with no reset),
+or a budget shown to be a fixed window (by its ``reset``, or by a window-length 429) — the bucket's
+level follows the server's ``remaining`` both ways and may hold as much as the server has shown
+it holds at once; a spent window holds every request until its end (or one probe every
+`WINDOW_PROBE_S` finds it). Against OpenAI's own buckets none of this applies: the 1 s burst stays.
+
 `RateLimiter` pairs a requests bucket and a tokens bucket (`runner.pacing.bucket`), queues callers
 FIFO, and learns from response headers (`observe`), 429s (`on_rate_limited`) and charge mismatches
 (`calibrate`, fed by `runner.pacing.calibration.ChargeAudit` from the ``remaining-tokens``
@@ -103,9 +110,10 @@ seen), one request goes every this many seconds to find it: the first answered o
 window's whole quota at once (a calendar-minute window ends at most this long before we notice)."""
 
 WINDOW_429_MIN_S = 10.0
-"""A 429 asking for at least this long, with no limit known, is taken for a fixed window's end
-(gateways such as LiteLLM say ``retry-after: 60``, the window's length): the limit is inferred as
-what was admitted since the last such 429, per that many seconds, not cut by a share."""
+"""A 429 asking for at least this long and carrying no rate-limit header is taken for a fixed
+window's end (gateways such as LiteLLM say ``retry-after: 60``, the window's length): the requests
+budget becomes a window; where no limit is known, it is inferred as what was admitted since the
+last such 429, per that many seconds, not cut by a share."""
 
 
 class RequestTooLarge(RunnerError, ValueError):
@@ -605,7 +613,8 @@ class RateLimiter:
     def _infer_from_429(self, retry_after: float, announced: bool) -> None:
         """A 429 with no limit known: infer one from the rate the server was answering at; an
         inferred limit shrinks once per episode (see `INFER_FROM_429_SHARE`). A window-length
-        429 that announces no limits is a fixed window's end instead (`_infer_window`)."""
+        429 that carries no rate-limit header is a fixed window's end instead: of a limit the
+        server announced (`_window_learned`), or of one to infer (`_infer_window`)."""
         now = self._clock()
         snapshot = self._state.read()
         limit = snapshot.requests
