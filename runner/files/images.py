@@ -30,9 +30,11 @@ import os
 import random
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs import codes
 from jobs.endpoints import UPLOAD_FIELDS
 from jobs.job import Job
 from jobs.reader import BadLine
@@ -55,6 +57,15 @@ class DownloadFailed(RunnerError):
 
 class BadImageData(RunnerError):
     """A `b64_json` that is not base64."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaveFailed:
+    """A job whose images could not all be saved: the failure line's `code` (transient for a
+    download or a disk that failed, so a later run redoes the job) and `message`."""
+
+    code: str
+    message: str
 
 
 def safe_stem(custom_id: str) -> str:
@@ -183,6 +194,18 @@ class ImageStore:
             kept = item if self.inline else {k: v for k, v in item.items() if k != "b64_json"}
             out_items.append({**kept, "file": rel})
         return {**body, "data": out_items}
+
+    async def save_job(self, job: Job, answer: dict[str, Any]) -> dict[str, Any] | SaveFailed:
+        """`save` for the answer of `job`, every backend's one way to turn an image answer into
+        files: the answer for its success line, or the failure to write in its place."""
+        try:
+            return await self.save(job.custom_id, answer, job.body.get("output_format"))
+        except DownloadFailed as exc:
+            return SaveFailed(codes.IMAGE_DOWNLOAD_FAILED, str(exc))
+        except BadImageData as exc:
+            return SaveFailed(codes.BAD_RESPONSE, str(exc))
+        except OSError as exc:  # the images folder cannot be written: transient, redone on resume
+            return SaveFailed(codes.IMAGE_SAVE_FAILED, f"cannot save an image: {exc}")
 
     async def _download(self, url: str) -> bytes:
         """The bytes at `url` (no API key is sent: the URL is signed), retried with full jitter."""
