@@ -212,3 +212,12 @@ def test_killed_during_collect_the_rerun_redoes_nothing_and_leaves_no_half_image
     names = [p.name for p in (tmp_path / "out.images").iterdir()]
     assert len(files) == images and len(names) == images  # the image saved before the kill is reused
     assert not any(".tmp-" in n for n in names)  # the dead process's temporary file swept
+
+
+def test_batch_prices_halve_per_image_prices_too():
+    from runner.batch.cli import batch_price_table
+    from runner.report.prices import load_prices
+    prices = load_prices(None)
+    half = batch_price_table(prices)
+    assert half.image_price("dall-e-3", "1024x1024", "standard") == \
+        pytest.approx(prices.image_price("dall-e-3", "1024x1024", "standard") / 2)
