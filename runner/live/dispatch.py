@@ -664,8 +664,10 @@ class Dispatcher:
 
     def _lane_limit(self, limiter: RateLimiter, learned: ConcurrencyLimit) -> int:
         rpm = limiter.rpm
+        bucket = limiter.requests_bucket
+        burst = bucket.capacity if bucket is not None and limiter.trusts_server else 0.0
         return lane_limit(learned, cap=self.config.concurrency,
-                          rate_per_s=None if rpm is None else rpm / 60.0)
+                          rate_per_s=None if rpm is None else rpm / 60.0, burst=burst)
 
     # -- outcomes --------------------------------------------------------------------------------
 
