@@ -280,8 +280,8 @@ def check_uploads(job: Job, base: Path, input_name: str) -> Job | BadLine:
             try:
                 with open(path, "rb") as f:
                     f.read(1)
-            except OSError as exc:
-                reason = exc.strerror or type(exc).__name__
+            except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
                 return BadLine(input_name, job.line, f"body.{name}: cannot read {p!r} "
                                f"({reason}; relative paths are relative to the job file's folder)",
                                job.custom_id)
