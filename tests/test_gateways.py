@@ -231,3 +231,11 @@ def test_429s_at_a_windows_edge_are_not_taken_for_a_shared_budget(loop, tmp_path
                                                     latency_ms=2000), rpm=60, burst_s=60)
     assert outcome.sim.rate_limited >= 5  # the edge was met
     assert outcome.stats.budget_shared == []
+
+
+def test_a_windows_quota_goes_out_at_once_even_when_answers_are_slow(loop, tmp_path):
+    """Little's law at the budget's average rate would keep 8 in flight against 1.5 s answers and
+    spread a window's 60 requests over 10 s; a trusted window's quota is what may be in flight."""
+    jobs = [chat_job(i) for i in range(150)]
+    outcome = run_jobs(loop, tmp_path, jobs, window("openai", latency_ms=1500))
+    assert outcome.seconds <= window_ideal(len(jobs), 60) + 2 * 1.5 + 1.0, outcome.seconds

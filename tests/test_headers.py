@@ -188,3 +188,12 @@ def test_litellm_passes_retry_after_on_under_its_provider_prefix():
     headers = CIMultiDictProxy(CIMultiDict({"llm_provider-retry-after": "60"}))
     assert parse_retry_after(headers) == 60.0
     assert parse_retry_after({"llm_provider-retry-after": "60", "retry-after": "2"}) == 2.0
+
+
+def test_kong_with_several_windows_reads_the_binding_one():
+    """Kong sends each configured window; 9 of 10 left this second says nothing when 3 of 100
+    are left this minute."""
+    info = RateLimitInfo.from_headers({
+        "x-ratelimit-limit-second": "10", "x-ratelimit-remaining-second": "9",
+        "x-ratelimit-limit-minute": "100", "x-ratelimit-remaining-minute": "3"})
+    assert (info.limit_requests, info.remaining_requests, info.window_s) == (100, 3, 60.0)

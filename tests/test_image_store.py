@@ -75,3 +75,15 @@ def test_orphaned_temporary_files_of_dead_processes_are_swept_live_ones_kept(tmp
     (tmp_path / "job-0.png").write_bytes(b"done")
     assert sweep_orphans(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".job-1.tmp-{os.getpid()}-0123abcd", "job-0.png"]
+
+
+def test_an_upload_path_with_a_nul_byte_is_a_bad_line_not_a_crash(tmp_path):
+    from jobs.job import Job
+    from jobs.reader import BadLine
+    from runner.files.images import check_uploads
+
+    job = Job(custom_id="e1", url="/v1/images/edits",
+              body={"model": "gpt-image-1", "prompt": "p", "image": "a\x00b.png"}, line=3)
+    result = check_uploads(job, tmp_path, "jobs.jsonl")
+    assert isinstance(result, BadLine)
+    assert result.line == 3 and "body.image" in result.reason

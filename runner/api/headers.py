@@ -270,14 +270,20 @@ def _ietf(headers: Mapping[str, str]) -> RateLimitInfo | None:
         reset = _first_number(_get(headers, IETF_RESET))
         if policy is not None:
             window = _policy_window(policy, limit)
+    kong = []  # Kong's windows that are sent: (share left, limit, remaining, seconds)
     for suffix, seconds in _KONG_WINDOWS:
         kong_limit = _parse_count(_get(headers, f"x-ratelimit-limit-{suffix}"))
         kong_remaining = _parse_count(_get(headers, f"x-ratelimit-remaining-{suffix}"))
         if kong_limit is None and kong_remaining is None:
             continue
-        if limit is None or (window is None and kong_limit == limit):
-            limit, remaining, window = kong_limit, kong_remaining, seconds
-        break
+        share = (kong_remaining / kong_limit if kong_limit and kong_remaining is not None
+                 else math.inf)
+        kong.append((share, kong_limit, kong_remaining, seconds))
+    if kong and window is None:
+        # The window the draft's fields describe (Kong's RateLimit-* name the one closest to
+        # its limit), else the binding one: the least share left.
+        matching = [k for k in kong if limit is not None and k[1] == limit]
+        _, limit, remaining, window = min(matching or kong)
     if limit is None and remaining is None:
         return None
     return RateLimitInfo(

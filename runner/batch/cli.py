@@ -34,12 +34,15 @@ BATCH_PRICE_FACTOR = 0.5
 
 
 def batch_price_table(prices: PriceTable) -> PriceTable:
-    """`prices` at the Batch API's discount (`BATCH_PRICE_FACTOR`)."""
+    """`prices` at the Batch API's discount (`BATCH_PRICE_FACTOR`), per token and per image."""
     models = {name: dataclasses.replace(p, **{f.name: getattr(p, f.name) * BATCH_PRICE_FACTOR
                                               for f in dataclasses.fields(p)
                                               if isinstance(getattr(p, f.name), (int, float))})
               for name, p in prices.models.items()}
+    images = {name: MappingProxyType({kind: usd * BATCH_PRICE_FACTOR for kind, usd in table.items()})
+              for name, table in prices.images.items()}  # per image (dall-e; gpt-image-1's equivalents)
     return dataclasses.replace(prices, models=MappingProxyType(models),
+                               images=MappingProxyType(images),
                                source=f"{prices.source} x {BATCH_PRICE_FACTOR:g} (Batch API)")
 
 

@@ -37,6 +37,7 @@ from rich.console import Console
 
 from jobs import codes, tokens
 from jobs.codes import DUPLICATE
+from jobs.endpoints import IMAGES_EDITS, spec_of
 from jobs.job import Job
 from jobs.packing import Packer, Request, pack, single
 from jobs.reader import BadLine, Duplicate, NotAJobFile
@@ -52,6 +53,9 @@ from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
 from runner.errors import APIError, RunnerError, UnusableInput
 from runner.files import checkpoint as ckpt
 from runner.files.guard import check_output
+from runner.files.images import (
+    ImageStore, SaveFailed, as_json_edit, check_uploads, default_images_dir,
+)
 from runner.files.inputs import read_items
 from runner.outcome import Action, Backoff, classify, retry_delay
 from runner.report.stats import RunStats
@@ -91,6 +95,8 @@ class BatchRunConfig:
     status_interval: float = 30.0
     connect_timeout: float = CONNECT_TIMEOUT_S
     read_timeout: float = READ_TIMEOUT_S
+    images_dir: Path | None = None  # where images go (default: beside the output, named after it)
+    inline_images: bool = False  # keep b64_json in result lines too
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -191,8 +197,12 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
             session = open_session(max_connections=8, connect_timeout=config.connect_timeout,
                                    read_timeout=config.read_timeout)
             send = aiohttp_sender(session)
+        images = ImageStore(config.images_dir or default_images_dir(config.output),
+                            relative_to=config.output.resolve().parent, send=send, sleep=sleep,
+                            inline=config.inline_images, reuse_identical=True)
         engine = _Engine(config, BatchClient(send, config.endpoint), state, checkpoint, seen,
-                         stats, log, clock or loop.time, sleep, stop, progress=progress)
+                         stats, log, clock or loop.time, sleep, stop, progress=progress,
+                         images=images)
         try:
             await engine.run()
         finally:
@@ -218,12 +228,13 @@ class _Engine:
                  checkpoint: ckpt.Checkpoint, seen: _SeenState, stats: BatchStats,
                  log: Callable[[str], None], clock: Callable[[], float],
                  sleep: Callable[[float], Any], stop: asyncio.Event, *, progress: bool = True,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, images: ImageStore | None = None) -> None:
         self.config, self.client, self.state = config, client, state
         self.checkpoint, self.seen, self.stats = checkpoint, seen, stats
         self.log, self.clock, self._sleep, self.stop = log, clock, sleep, stop
         self.endpoint = config.endpoint
         self.progress = progress
+        self.images = images  # saves image answers as files before their lines are written
         self.backoff = backoff or Backoff(base=CALL_BACKOFF_BASE_S, cap=CALL_BACKOFF_MAX_S)
         # --retry-failed retries the permanent failures found at the start, once per run
         self.retry_ids = set(seen.permanent) if config.retry_failed else set()
@@ -606,7 +617,7 @@ class _Engine:
             if answer is None:
                 continue  # not run (expired or cancelled without a line): pending again
             request = job_requests(url, bodies.get(line_id, {}), ids) if line_id in bodies else None
-            self.judge(chunk, line_id, ids, request, answer, retry, bisect, gave_up)
+            await self.judge(chunk, line_id, ids, request, answer, retry, bisect, gave_up)
         await self.checkpoint.sync()
         self.state.close_chunk(chunk, status, retry=retry, bisect=bisect, reset=gave_up)
         self.stats.batches_collected += 1
@@ -625,15 +636,20 @@ class _Engine:
             bodies[line["custom_id"]] = {**line["body"], "model": chunk.model}
         return bodies
 
-    def judge(self, chunk: Chunk, line_id: str, ids: tuple[str, ...], request: Request | None,
-              answer: dict[str, Any], retry: list[str], bisect: list[list[str]],
-              gave_up: list[str]) -> None:
+    async def judge(self, chunk: Chunk, line_id: str, ids: tuple[str, ...], request: Request | None,
+                    answer: dict[str, Any], retry: list[str], bisect: list[list[str]],
+                    gave_up: list[str]) -> None:
         """One batch line's answer (`runner.batch.collect.judge_line`), acted on: its result
         lines written, its jobs noted for a retry, or its halves for the next submission."""
         outcome = judge_line(line_id, ids, request, answer,
                              spent=max((self.state.attempts[cid] for cid in ids), default=0),
                              max_attempts=self.config.max_attempts,
                              fallback_id=f"{chunk.chunk}-{line_id}")
+        if (outcome.usage and self.images is not None and spec_of(chunk.url).images
+                and outcome.records[0]["id"] not in self.seen.ids):  # not written before a kill
+            assert request is not None
+            if not await self.save_images(chunk, request, outcome.records[0], gave_up):
+                return
         for record in outcome.records:
             self.sink(record)
         for usage in outcome.usage:
@@ -649,6 +665,26 @@ class _Engine:
         if outcome.retried:
             self.stats.retries += 1
             retry.extend(outcome.retry)
+
+    async def save_images(self, chunk: Chunk, request: Request, record: dict[str, Any],
+                          gave_up: list[str]) -> bool:
+        """Before an image job's success line: every image of its answer saved as a file (the
+        live path's `ImageStore.save_job`), the record's answer now naming the files. False when
+        saving failed: the job's failure line is written instead (final for this run)."""
+        assert self.images is not None
+        [job] = request.jobs
+        saved = await self.images.save_job(job, record["response"]["body"])
+        if isinstance(saved, SaveFailed):
+            response = record["response"]
+            self.sink(error_record(job.custom_id, saved.code, saved.message, record_id=record["id"],
+                                   status=response["status_code"], body=response["body"],
+                                   request_id=response["request_id"]))
+            self.stats.failed[saved.code] += 1
+            gave_up.append(job.custom_id)
+            return False
+        record["response"]["body"] = saved
+        self.stats.count_images(chunk.model, job.url, job.body)
+        return True
 
     def sink(self, record: dict[str, Any]) -> None:
         """Append a result line unless this very line (by id) is already in OUTPUT. A job
@@ -728,6 +764,13 @@ class _Engine:
                     stats.kept_failed += 1
                 continue
             self.retry_ids.discard(cid)  # retried once per run
+            prepared = self.prepare(item)
+            if isinstance(prepared, BadLine):  # not for the Batch API, or an upload unreadable
+                if first:
+                    stats.bad_lines += 1
+                    self.log(str(prepared))
+                continue
+            item = prepared
             overflow = tokens.context_overflow(item.url, item.body, token_counter)
             if overflow is not None:
                 self.write_failures((cid,), codes.CONTEXT_LENGTH_EXCEEDED, overflow,
@@ -760,6 +803,20 @@ class _Engine:
         if splitter.held:
             self.log(f"{splitter.held:,} jobs wait for room under the enqueued-token limit")
         await self.checkpoint.sync()
+
+    def prepare(self, job: Job) -> Job | BadLine:
+        """The job as its batch line carries it, or a `BadLine` naming file and line: an endpoint
+        the Batch API does not take (image variations: run them with --via live), or an image
+        to edit that cannot be read (relative paths are relative to the job file's folder, as
+        live); an edit's images go into the line as data URLs (`as_json_edit`)."""
+        if not spec_of(job.url).batch:
+            return BadLine(self.config.input, job.line, f"{job.url} is not taken by the Batch API; "
+                           "run these jobs with --via live (the other jobs run as batches)",
+                           job.custom_id)
+        if job.url != IMAGES_EDITS:
+            return job
+        checked = check_uploads(job, Path(self.config.input).resolve().parent, self.config.input)
+        return checked if isinstance(checked, BadLine) else as_json_edit(checked, self.config.input)
 
     def pack_group(self, jobs: list[Job]) -> Request:
         charge = sum(tokens.rate_limit_charge(j.url, j.body) for j in jobs)

@@ -30,9 +30,11 @@ import os
 import random
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs import codes
 from jobs.endpoints import UPLOAD_FIELDS
 from jobs.job import Job
 from jobs.reader import BadLine
@@ -47,6 +49,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _TMP_NAME = re.compile(r"\..+\.tmp-(\d+)-[0-9a-f]{8}")
 _MAGIC = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF8", "gif"))
 _FORMAT_EXT = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp"}
+_MIME = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
 
 
 class DownloadFailed(RunnerError):
@@ -55,6 +58,15 @@ class DownloadFailed(RunnerError):
 
 class BadImageData(RunnerError):
     """A `b64_json` that is not base64."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaveFailed:
+    """A job whose images could not all be saved: the failure line's `code` (transient for a
+    download or a disk that failed, so a later run redoes the job) and `message`."""
+
+    code: str
+    message: str
 
 
 def safe_stem(custom_id: str) -> str:
@@ -75,10 +87,17 @@ def extension(data: bytes, output_format: Any = None) -> str:
     return _FORMAT_EXT.get(str(output_format).lower(), "png") if output_format else "png"
 
 
-def write_new_file(directory: Path, stem: str, ext: str, data: bytes) -> Path:
+def write_new_file(directory: Path, stem: str, ext: str, data: bytes, *,
+                   reuse_identical: bool = False) -> Path:
     """Write `data` to the first free `stem.ext`, `stem.1.ext`, ... in `directory`, durably
-    (temp file, fsync, link, fsync the folder); never replaces an existing file."""
+    (temp file, fsync, link, fsync the folder); never replaces an existing file. With
+    `reuse_identical`, a file of those names already holding exactly `data` is returned instead
+    (a collect redone after a kill finds the images it saved before its line was written)."""
     directory.mkdir(parents=True, exist_ok=True)
+    if reuse_identical:
+        found = _identical(directory, stem, ext, data)
+        if found is not None:
+            return found
     tmp = directory / f".{stem}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -105,6 +124,20 @@ def write_new_file(directory: Path, stem: str, ext: str, data: bytes) -> Path:
     finally:
         os.close(dir_fd)
     return target
+
+
+def _identical(directory: Path, stem: str, ext: str, data: bytes) -> Path | None:
+    """The first of `stem.ext`, `stem.1.ext`, ... holding exactly `data`, or None (the names are
+    looked at until the first free one, as `write_new_file` takes them)."""
+    k = 0
+    while True:
+        path = directory / (f"{stem}.{ext}" if k == 0 else f"{stem}.{k}.{ext}")
+        try:
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                return path
+        except FileNotFoundError:
+            return None
+        k += 1
 
 
 def sweep_orphans(directory: Path) -> int:
@@ -135,15 +168,19 @@ def sweep_orphans(directory: Path) -> int:
 class ImageStore:
     """Saves the images of image answers under `directory`; paths in result lines are relative
     to `relative_to` (the output file's folder). `inline` keeps the answer as the API sent it
-    (files are saved all the same)."""
+    (files are saved all the same). `reuse_identical`: an image whose exact bytes are already
+    under one of its names is not written again (the batch backend, whose answers are files
+    that a collect redone after a kill reads again)."""
 
     def __init__(self, directory: Path, *, relative_to: Path, send: Send, inline: bool = False,
+                 reuse_identical: bool = False,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rng: Callable[[], float] | None = None) -> None:
         self.directory = directory
         self.relative_to = relative_to
         self._send = send
         self.inline = inline
+        self.reuse_identical = reuse_identical
         self._sleep = sleep
         self._rng = rng or random.Random().random  # full jitter between download tries
         self._swept = False
@@ -177,12 +214,25 @@ class ImageStore:
                 out_items.append(item)
                 continue
             ext = extension(data, output_format or body.get("output_format"))
-            path = await asyncio.to_thread(write_new_file, self.directory, f"{stem}-{index}", ext, data)
+            path = await asyncio.to_thread(write_new_file, self.directory, f"{stem}-{index}", ext,
+                                           data, reuse_identical=self.reuse_identical)
             self.saved += 1
             rel = os.path.relpath(path, self.relative_to)
             kept = item if self.inline else {k: v for k, v in item.items() if k != "b64_json"}
             out_items.append({**kept, "file": rel})
         return {**body, "data": out_items}
+
+    async def save_job(self, job: Job, answer: dict[str, Any]) -> dict[str, Any] | SaveFailed:
+        """`save` for the answer of `job`, every backend's one way to turn an image answer into
+        files: the answer for its success line, or the failure to write in its place."""
+        try:
+            return await self.save(job.custom_id, answer, job.body.get("output_format"))
+        except DownloadFailed as exc:
+            return SaveFailed(codes.IMAGE_DOWNLOAD_FAILED, str(exc))
+        except BadImageData as exc:
+            return SaveFailed(codes.BAD_RESPONSE, str(exc))
+        except OSError as exc:  # the images folder cannot be written: transient, redone on resume
+            return SaveFailed(codes.IMAGE_SAVE_FAILED, f"cannot save an image: {exc}")
 
     async def _download(self, url: str) -> bytes:
         """The bytes at `url` (no API key is sent: the URL is signed), retried with full jitter."""
@@ -230,11 +280,36 @@ def check_uploads(job: Job, base: Path, input_name: str) -> Job | BadLine:
             try:
                 with open(path, "rb") as f:
                     f.read(1)
-            except OSError as exc:
-                reason = exc.strerror or type(exc).__name__
+            except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
                 return BadLine(input_name, job.line, f"body.{name}: cannot read {p!r} "
                                f"({reason}; relative paths are relative to the job file's folder)",
                                job.custom_id)
             resolved.append(str(path))
         body[name] = resolved if isinstance(value, list) else resolved[0]
+    return Job(custom_id=job.custom_id, url=job.url, body=body, line=job.line)
+
+
+def data_url(path: str) -> str:
+    """The file at `path` as a base64 `data:` URL, its type from its own bytes (OSError when it
+    cannot be read)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return f"data:{_MIME[extension(data)]};base64,{base64.b64encode(data).decode()}"
+
+
+def as_json_edit(job: Job, input_name: str) -> Job | BadLine:
+    """An image edit whose upload paths are absolute (`check_uploads`) in the JSON shape the
+    Images API takes besides multipart, the only one a Batch API line (JSON) can carry: `image`
+    (a path or a list) becomes `images`, a list of `{"image_url": DATA_URL}`, and `mask` one
+    such object. A `BadLine` when a file cannot be read any more."""
+    body = dict(job.body)
+    try:
+        image = body.pop("image")
+        paths = image if isinstance(image, list) else [image]
+        body["images"] = [{"image_url": data_url(p)} for p in paths]
+        if body.get("mask") is not None:
+            body["mask"] = {"image_url": data_url(body["mask"])}
+    except OSError as exc:
+        return BadLine(input_name, job.line, f"cannot read an image to edit: {exc}", job.custom_id)
     return Job(custom_id=job.custom_id, url=job.url, body=body, line=job.line)

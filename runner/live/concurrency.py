@@ -154,14 +154,16 @@ class ConcurrencyLimit:
         self._limit = min(self._ceiling, max(float(self._minimum), limit))
 
 
-def lane_limit(learned: ConcurrencyLimit, *, cap: int, rate_per_s: float | None) -> int:
+def lane_limit(learned: ConcurrencyLimit, *, cap: int, rate_per_s: float | None,
+               burst: float = 0.0) -> int:
     """Requests one lane may have in flight: at most `cap`; with a known rate, what Little's law
-    needs at the learned latency (the cap before any answer), and the learned limit once the server
-    has shown congestion; with no rate, the learned limit (slow start included)."""
+    needs at the learned latency (the cap before any answer), or the `burst` the budget may spend
+    at once when that is more (a window's quota), and the learned limit once the server has shown
+    congestion; with no rate, the learned limit (slow start included)."""
     if rate_per_s is None:
         return min(cap, learned.limit)
     latency = learned.latency
-    need = cap if latency is None else littles_law(rate_per_s, latency)
+    need = cap if latency is None else max(littles_law(rate_per_s, latency), math.ceil(burst))
     if learned.slow_start:
         return min(cap, need)
     return min(cap, need, learned.limit)

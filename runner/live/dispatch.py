@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 
 from jobs import codes, tokens
-from jobs.endpoints import images_requested, spec_of
+from jobs.endpoints import spec_of
 from jobs.job import Job
 from jobs.packing import (
     Budget, MissingChoices, NChoicesIgnored, Packer, Request, halves, single, split_response,
@@ -50,7 +50,7 @@ from jobs.results import OutputState, RecordIds, error_record, success_record
 from runner.api.endpoint import Endpoint
 from runner.api.headers import RateLimitInfo
 from runner.api.imagelimits import as_token_headers
-from runner.files.images import BadImageData, DownloadFailed, ImageStore
+from runner.files.images import ImageStore, SaveFailed
 from runner.errors import (
     APITimeoutError, BadResponseError, NChoicesIgnoredError, RunnerError, StopRunError,
     UnusableInput,
@@ -664,8 +664,10 @@ class Dispatcher:
 
     def _lane_limit(self, limiter: RateLimiter, learned: ConcurrencyLimit) -> int:
         rpm = limiter.rpm
+        bucket = limiter.requests_bucket
+        burst = bucket.capacity if bucket is not None and limiter.trusts_server else 0.0
         return lane_limit(learned, cap=self.config.concurrency,
-                          rate_per_s=None if rpm is None else rpm / 60.0)
+                          rate_per_s=None if rpm is None else rpm / 60.0, burst=burst)
 
     # -- outcomes --------------------------------------------------------------------------------
 
@@ -685,22 +687,11 @@ class Dispatcher:
         the answers to write; None when that failed and the job got a transient error line."""
         assert self._images is not None and answers is not None
         [job] = request.jobs
-        try:
-            saved = await self._images.save(job.custom_id, answers[0], job.body.get("output_format"))
-        except DownloadFailed as exc:
-            self._fail_jobs(request.jobs, codes.IMAGE_DOWNLOAD_FAILED, str(exc), response)
+        saved = await self._images.save_job(job, answers[0])
+        if isinstance(saved, SaveFailed):
+            self._fail_jobs(request.jobs, saved.code, saved.message, response)
             return None
-        except BadImageData as exc:
-            self._fail_jobs(request.jobs, codes.BAD_RESPONSE, str(exc), response)
-            return None
-        except OSError as exc:  # the images folder cannot be written: transient, redone on resume
-            self._fail_jobs(request.jobs, codes.IMAGE_SAVE_FAILED, f"cannot save an image: {exc}",
-                            response)
-            return None
-        images = images_requested(job.url, job.body)
-        self.stats.images += images
-        self.stats.model_images[job.model] += images
-        self.stats.image_kinds[job.model, job.body.get("size"), job.body.get("quality")] += images
+        self.stats.count_images(job.model, job.url, job.body)
         return [saved]
 
     async def _bisect(self, request: Request, verdict: Verdict) -> None:

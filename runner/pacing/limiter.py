@@ -8,6 +8,13 @@ send at once is ``burst_s`` seconds' worth, which a server holding a whole minut
 absorbs. A request larger than our capacity is admitted when the bucket is full and drives the
 level negative (debt), so pacing stays exact for any request size.
 
+Gateways and windows (README, "Gateways and other servers"). Where the server's count can be
+trusted — a gateway's headers (LiteLLM's, the IETF draft's, a limit and remaining with no reset),
+or a budget shown to be a fixed window (by its ``reset``, or by a window-length 429) — the bucket's
+level follows the server's ``remaining`` both ways and may hold as much as the server has shown
+it holds at once; a spent window holds every request until its end (or one probe every
+`WINDOW_PROBE_S` finds it). Against OpenAI's own buckets none of this applies: the 1 s burst stays.
+
 `RateLimiter` pairs a requests bucket and a tokens bucket (`runner.pacing.bucket`), queues callers
 FIFO, and learns from response headers (`observe`), 429s (`on_rate_limited`) and charge mismatches
 (`calibrate`, fed by `runner.pacing.calibration.ChargeAudit` from the ``remaining-tokens``
@@ -103,9 +110,10 @@ seen), one request goes every this many seconds to find it: the first answered o
 window's whole quota at once (a calendar-minute window ends at most this long before we notice)."""
 
 WINDOW_429_MIN_S = 10.0
-"""A 429 asking for at least this long, with no limit known, is taken for a fixed window's end
-(gateways such as LiteLLM say ``retry-after: 60``, the window's length): the limit is inferred as
-what was admitted since the last such 429, per that many seconds, not cut by a share."""
+"""A 429 asking for at least this long and carrying no rate-limit header is taken for a fixed
+window's end (gateways such as LiteLLM say ``retry-after: 60``, the window's length): the requests
+budget becomes a window; where no limit is known, it is inferred as what was admitted since the
+last such 429, per that many seconds, not cut by a share."""
 
 
 class RequestTooLarge(RunnerError, ValueError):
@@ -220,7 +228,8 @@ class RateLimiter:
         self._trusted: set[Kind] = set()
         self._window: set[Kind] = set()
         self._held_most: dict[Kind, int] = {}
-        self._window_start: dict[Kind, float] = {}  # admission time of a window's first request
+        self._window_start: dict[Kind, float] = {}  # the earliest the current window can have begun
+        self._spent_at: dict[Kind, float] = {}  # the last admission that found its window spent
         self._window_s: dict[Kind, float] = {}  # a window's length, where known
         self._announces_remaining: dict[Kind, bool] = {}  # the server's answers say what is left
         for kind, value, name in (("requests", rpm, "rpm"), ("tokens", tpm, "tpm")):
@@ -510,14 +519,18 @@ class RateLimiter:
                 if windowed:
                     self._note_window(kind, info, remaining, permit)
                     if level < REQUEST:  # spent: nothing until it comes back
-                        end = self._window_end(kind, reset)
+                        self._spent_at[kind] = permit.at if permit is not None else self._clock()
+                        end = self._window_end(kind, reset, permit)
                         if end is not None:
                             self._state.hold(end)
 
     def _note_window(self, kind: Kind, info: RateLimitInfo, remaining: int,
                      permit: Permit | None) -> None:
-        """A fresh window (``remaining`` all but this request's) began at `permit`'s admission at
-        the latest: remember when, to know when it ends."""
+        """A fresh window (``remaining`` all but this request's) began after the last admission
+        that found the old one spent and at `permit`'s admission at the latest: remember the
+        earliest it can have begun, to know when it ends at the earliest. (Before any window was
+        seen spent its start is unknown: windows may begin at a request, as LiteLLM's key limits
+        do, or on the clock's minute, as its router's do.)"""
         if info.window_s is not None:
             self._window_s[kind] = info.window_s
         if permit is None:
@@ -525,17 +538,19 @@ class RateLimiter:
         spent = REQUEST if kind == "requests" else permit.charged
         if remaining + spent < self._held_most.get(kind, 0):
             return
+        spent_at = self._spent_at.get(kind)
         start = self._window_start.get(kind)
-        length = self._window_s.get(kind, MINUTE_S)
-        if start is None or permit.at >= start + length:
-            self._window_start[kind] = permit.at
+        if spent_at is not None and (start is None or spent_at > start):
+            self._window_start[kind] = spent_at
 
-    def _window_end(self, kind: Kind, reset: float | None) -> float | None:
-        """When `kind`'s window ends: the server's `reset`, else its start plus its length while
-        that is still ahead; None when unknown."""
+    def _window_end(self, kind: Kind, reset: float | None,
+                    permit: Permit | None) -> float | None:
+        """When `kind`'s window ends: the server's `reset` (counted from when it took `permit`'s
+        request, about its admission: a slow answer does not push the end later), else its start
+        plus its length while that is still ahead; None when unknown."""
         now = self._clock()
         if reset is not None and math.isfinite(reset):
-            return now + reset
+            return max(now, (permit.at if permit is not None else now) + reset)
         start = self._window_start.get(kind)
         if start is not None:
             end = start + self._window_s.get(kind, MINUTE_S)
@@ -613,7 +628,8 @@ class RateLimiter:
     def _infer_from_429(self, retry_after: float, announced: bool) -> None:
         """A 429 with no limit known: infer one from the rate the server was answering at; an
         inferred limit shrinks once per episode (see `INFER_FROM_429_SHARE`). A window-length
-        429 that announces no limits is a fixed window's end instead (`_infer_window`)."""
+        429 that carries no rate-limit header is a fixed window's end instead: of a limit the
+        server announced (`_window_learned`), or of one to infer (`_infer_window`)."""
         now = self._clock()
         snapshot = self._state.read()
         limit = snapshot.requests
@@ -718,12 +734,15 @@ class RateLimiter:
             if limit is None:
                 continue
             if kind in self._window:  # all of a window's quota comes back when it ends
+                self._spent_at[kind] = permit.at if permit is not None else self._clock()
                 reset = getattr(info, f"reset_{kind}") if info is not None else None
-                end = self._window_end(kind, reset)
+                end = self._window_end(kind, reset, permit)
                 if end is None and self._announces_remaining.get(kind):
                     # Its end unknown, but the answers say what is left: one request at a time
                     # finds the new window, whose first answer opens its whole quota.
-                    wait = min(retry_after, WINDOW_PROBE_S)
+                    # (from the refused request's admission: its answer's latency is not added)
+                    sent = permit.at if permit is not None else self._clock()
+                    wait = max(0.0, sent + min(retry_after, WINDOW_PROBE_S) - self._clock())
                     self._state.hold(self._clock() + wait)
                     self._state.set_level(kind, REQUEST - limit.rate * wait)  # one when it ends
                 else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from jobs.endpoints import read_usage
+from jobs.endpoints import images_requested, read_usage
 from runner.exit_codes import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED, EXIT_USAGE
 
 
@@ -69,6 +69,13 @@ class RunStats:
         entry.completion_tokens += counts.output
         entry.cached_tokens += counts.cached
         entry.reasoning_tokens += counts.reasoning
+
+    def count_images(self, model: str, url: str, body: dict) -> None:
+        """Count the images one job's answer saved (its `n`), by model and by size and quality."""
+        images = images_requested(url, body)
+        self.images += images
+        self.model_images[model] += images
+        self.image_kinds[model, body.get("size"), body.get("quality")] += images
 
     def exit_code(self) -> int:
         """0: all jobs succeeded; 1: finished, some failed; 2: stopped because the input cannot be

@@ -43,8 +43,9 @@ LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 20, 100
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-# Endpoints a batch may name (without the "/v1/" OpenAI puts before them); images are not served
-BATCH_TAILS = ("chat/completions", "completions", "embeddings", "responses", "moderations")
+# Endpoints a batch may name (without the "/v1/" OpenAI puts before them); not image variations
+BATCH_TAILS = ("chat/completions", "completions", "embeddings", "responses", "moderations",
+               "images/generations", "images/edits")
 ENQUEUED = frozenset({"in_progress", "finalizing"})
 
 
@@ -422,7 +423,7 @@ class BatchService:
                     await sleep(step / config.lines_per_s)
                 status, body = (self.sim.answer_line(kind, line["body"], deployment=None)
                                 if kind in (CHAT, COMPLETIONS, EMBEDDINGS)
-                                else _other_answer(self.sim, kind, line["body"]))
+                                else _other_answer(self.sim, kind, line["body"], self.contents))
                 self.stats.ran[line["custom_id"]].append(batch["id"])
                 self.stats.lines_answered += 1
                 record = orjson.dumps({
@@ -484,17 +485,25 @@ class BatchService:
         self.stats.by_status[status] += 1
 
 
-def _other_answer(sim: Simulator, tail: str, body: Any) -> tuple[int, dict[str, Any]]:
-    """(status, body) for a batch line to the Responses or moderations endpoint, by the live
-    path's own parsing and answers (`runner.simulator.responses`) and the fault draw."""
+def _other_answer(sim: Simulator, tail: str, body: Any,
+                  files: dict[str, bytes] | None = None) -> tuple[int, dict[str, Any]]:
+    """(status, body) for a batch line to the Responses, moderations or image endpoints, by the
+    live path's own parsing and answers (`runner.simulator.responses`, `images`) and the fault
+    draw. `files`: the simulator's stored files, for edits naming an image by `file_id`."""
+    from runner.simulator import images as img
     from runner.simulator import responses as rsp
+    from runner.simulator.routes import _publish
     from runner.simulator.server import _OVERLOADED_ERROR, _SERVER_ERROR, ApiError
     try:
         if tail == rsp.RESPONSES:
             model, text, limit = rsp.parse_responses(body, None)
             prompts = [text]
-        else:
+        elif tail == rsp.MODERATIONS:
             model, prompts = rsp.parse_moderations(body)
+        else:
+            fields, uploads = _image_refs(tail, body, files or {})
+            image_req = img.parse_image_request(tail, fields, uploads, None)
+            prompts = [image_req.seed]
     except ApiError as err:
         return err.status, err.body
     fault = sim._pick_fault()
@@ -505,6 +514,10 @@ def _other_answer(sim: Simulator, tail: str, body: Any) -> tuple[int, dict[str, 
     if tail == rsp.RESPONSES:
         answer = rsp.response_answer(model, text, limit, response_id=sim._next_id("resp_", 32),
                                      created=int(sim._wall_clock()))
+    elif tail != rsp.MODERATIONS:
+        answer = img.image_answer(image_req, created=int(sim._wall_clock()),
+                                  url_for=lambda raw, fmt: _publish(sim, None, raw, fmt))
+        sim.stats_images += image_req.n
     else:
         answer = rsp.moderation_answer(model, prompts, response_id=sim._next_id("modr-", 24))
         if fault == "missing_choice" and len(answer["results"]) > 1:
@@ -513,3 +526,53 @@ def _other_answer(sim: Simulator, tail: str, body: Any) -> tuple[int, dict[str, 
     for prompt in prompts:
         sim.stats.answered[prompt] += 1
     return 200, answer
+
+
+def _image_refs(tail: str, body: Any, files: dict[str, bytes]
+                ) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
+    """(fields, uploads) of an image line as the live path's parser takes them. A batch line is
+    JSON, so an edit names its images as the Images API's JSON body does: `images`, a list of
+    `{"image_url": ...}` (a base64 `data:` URL; the simulator fetches no other URL) or
+    `{"file_id": ...}`, and `mask`, one such object. A multipart-style `image` is refused."""
+    from runner.simulator.images import EDITS
+    from runner.simulator.server import _bad
+    if not isinstance(body, dict):
+        raise _bad("Invalid request body: expected a JSON object.")
+    if tail != EDITS:
+        return body, {}
+    if "image" in body or "image[]" in body:
+        raise _bad("In a JSON body, give the images to edit as 'images': a list of objects with "
+                   "'image_url' or 'file_id'.", "image", "invalid_value")
+    refs = body.get("images")
+    if not isinstance(refs, list) or not refs:
+        raise _bad("Missing required parameter: 'images'.", "images", "missing_required_parameter")
+    uploads = {"image": [_image_ref(ref, "images", files) for ref in refs]}
+    if body.get("mask") is not None:
+        uploads["mask"] = [_image_ref(body["mask"], "mask", files)]
+    return {k: v for k, v in body.items() if k not in ("images", "mask")}, uploads
+
+
+def _image_ref(ref: Any, param: str, files: dict[str, bytes]) -> bytes:
+    """The bytes an image reference (`{"image_url": "data:..."}` or `{"file_id": ...}`) names."""
+    import base64
+    import binascii
+    from runner.simulator.server import _bad
+    if not isinstance(ref, dict) or len(ref) != 1 or not ({"image_url", "file_id"} & set(ref)):
+        raise _bad(f"Invalid '{param}': each image must be an object with exactly one of "
+                   "'image_url' or 'file_id'.", param, "invalid_value")
+    if "file_id" in ref:
+        data = files.get(ref["file_id"])
+        if data is None:
+            raise _bad(f"Invalid 'file_id': {ref['file_id']!r}. File not found.", param,
+                       "invalid_value")
+        return data
+    url = ref["image_url"]
+    head, sep, payload = url.partition(",") if isinstance(url, str) else ("", "", "")
+    if not (sep and head.startswith("data:image/") and head.endswith(";base64")):
+        raise _bad(f"Invalid '{param}': image_url must be a base64 data URL "
+                   "(data:image/png;base64,...) in the simulator.", param, "invalid_value")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(f"Invalid '{param}': the data URL is not base64.", param,
+                   "invalid_value") from None
