@@ -5,11 +5,11 @@
     1     finished, but some jobs failed (their error    nothing left for a plain rerun, but some
           lines are in OUTPUT), or INPUT has bad or      jobs failed permanently, or INPUT has bad
           duplicate lines                                or duplicate lines
-    2     usage error, unreadable input, or OUTPUT       INPUT or OUTPUT cannot be read, or a usage
-          in use by another run                          error
+    2     usage error, unreadable input, OUTPUT in use   INPUT or OUTPUT cannot be read, or a usage
+          by another run, or --redis unreachable         error
     3     stopped early and resumable: quota, key        work remains: jobs without a result line
           rejected, a signal, OUTPUT or INPUT could      or failed transiently; the same `runner
-          no longer be written or read                   run` command resumes them
+          no longer be written or read, --redis lost     run` command resumes them
     4     `--via batch --no-wait`: batches are still     batches of OUTPUT are still open at the
           running at the provider; run the same          provider (from its state file): run the
           command again later                            same `runner run` command again later

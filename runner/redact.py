@@ -15,9 +15,10 @@ words).
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Iterable
 
-__all__ = ["REDACTED", "MIN_SECRET_LEN", "redact", "redact_bytes", "mask_secrets"]
+__all__ = ["REDACTED", "MIN_SECRET_LEN", "redact", "redact_bytes", "redact_url", "mask_secrets"]
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LEN = 8
@@ -50,3 +51,18 @@ def mask_secrets(text: str) -> str:
     """`text` with anything shaped like an API key, or a secret URL parameter, masked."""
     text = _API_KEY.sub("sk-***", text)
     return _SECRET_PARAM.sub(r"\1=***", text)
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password of its user info (``redis://user:secret@host``) masked as ``***``;
+    a URL that does not parse is masked whole past its scheme."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url.split("://", 1)[0] + "://***"
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

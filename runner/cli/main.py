@@ -23,7 +23,10 @@ from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
 from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint, check_api_version
 from runner.pacing.limiter import DEFAULT_BURST_S
+from jobs.merge import merge_outputs
+from jobs.shard import Shard, parse_shard
 from runner.pacing.limiters import BUDGET_SCOPES
+from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisUnavailable
 from runner.cli.config import configurable, deployments as config_deployments
 from runner.report.prices import PriceTable, PriceTableError, load_prices
 from runner.report.progress import LOG_INTERVAL_S
@@ -77,6 +80,18 @@ class PositiveFloat(click.ParamType):
 POSITIVE = PositiveFloat()
 
 
+class ShardType(click.ParamType):
+    name = "K/N"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, Shard):
+            return value
+        try:
+            return parse_shard(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Run JSONL batch jobs (OpenAI Batch API format) against an OpenAI-compatible API:
@@ -101,6 +116,14 @@ def main() -> None:
               help="Folder for image files (default: beside OUTPUT, named after it: out.images).")
 @click.option("--inline-images", is_flag=True,
               help="Keep each image's b64_json in the result line too (files are saved anyway).")
+@click.option("--shard", type=ShardType(), default=None,
+              help="Run only the jobs whose custom_id falls in shard K of N (a stable hash): N "
+                   "processes, each with its own OUTPUT, split one INPUT; see `runner merge`.")
+@click.option("--redis", "redis_url", envvar="RUNNER_REDIS_URL", metavar="URL",
+              help="Keep the rate-limit budgets in this Redis (redis:// or rediss://, user and "
+                   "password in the URL), shared by every runner process on the same key.")
+@click.option("--redis-timeout", type=POSITIVE, default=DEFAULT_REDIS_TIMEOUT_S, show_default=True,
+              help="Seconds a lost Redis may stay away before the run stops (exit 3, resumable).")
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=DEFAULT_CONCURRENCY,
               show_default=True, help="Most requests in flight (and open connections).")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=MAX_ATTEMPTS, show_default=True,
@@ -157,7 +180,9 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                 images_dir: Path | None = None, inline_images: bool = False, via: str = "live",
                 wait: bool = True, poll_every: float | None = None,
                 batch_max_requests: int | None = None,
-                batch_max_bytes: int = BATCH_MAX_BYTES) -> None:
+                batch_max_bytes: int = BATCH_MAX_BYTES, redis_url: str | None = None,
+                redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S, shard: Shard | None = None
+                ) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
@@ -174,6 +199,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         _usage_error(f"{output} has {open_batches(output)} batch(es) open at the provider "
                      f"({output}.batches): carry on with --via batch, or `runner cancel` them "
                      "first; a job must not run both ways")
+    if via == "batch" and shard is not None:
+        _usage_error("--shard works with --via live only")
     if via == "batch":
         batch = BatchRunConfig(
             input=input_path, output=output, endpoint=endpoint, wait=wait, poll_every=poll_every,
@@ -187,7 +214,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         budget_scope=budget_scope, dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
                                 retry_failed=retry_failed),
         pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval,
-        ipm=ipm, images_dir=images_dir, inline_images=inline_images)
+        ipm=ipm, images_dir=images_dir, inline_images=inline_images, redis=redis_url or None,
+        redis_timeout=redis_timeout, shard=shard)
     sys.exit(_execute(config, progress=not no_progress, log_file=log_file,
                       summary_json=summary_json, prices=prices))
 
@@ -316,6 +344,33 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
     sys.exit(EXIT_IN_PROGRESS if code == 3 and open_batches(output) else code)
 
 
+@main.command("merge", epilog="Exit codes: 0 written; 2 an OUTPUT unreadable, or ALL is one of them.")
+@click.argument("outputs", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--output", "-o", "merged", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="Where the merged output goes.")
+def merge_command(outputs: tuple[Path, ...], merged: Path) -> None:
+    """Write one output with each job's final line once, from the OUTPUTS of several runs (the
+    shards of one input: `runner run --shard K/N`). A success beats a failure whichever output
+    holds it; torn, blank and non-JSON lines are dropped."""
+    if merged.resolve() in {path.resolve() for path in outputs}:
+        _usage_error(f"{merged} is one of the outputs merged: write the merge elsewhere")
+    try:
+        lines = merge_outputs(path.read_bytes().splitlines() for path in outputs)
+    except OSError as e:
+        _usage_error(f"cannot read {e.filename}: {e.strerror}")
+    partial = merged.with_name(merged.name + ".merging")
+    try:
+        with open(partial, "wb") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, merged)
+    except OSError as e:
+        _usage_error(f"cannot write {merged}: {e.strerror}")
+    click.echo(f"runner: {len(lines):,} jobs from {len(outputs)} outputs -> {merged}", err=True)
+
+
 @configurable(schema=run_command)
 @main.command("cancel", epilog="Exit codes: 0 every open batch cancelled and its finished lines "
                                "collected (other jobs stay pending); 1 some collected lines are "
@@ -384,7 +439,7 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
         log(f"runner: {config.input} -> {config.output}", echo=False)
         try:
             stats = asyncio.run(run(config, console=console, log=log, progress=progress))
-        except (CheckpointError, OSError) as e:
+        except (CheckpointError, OSError, RedisUnavailable) as e:
             log(f"runner: {e}")
             return EXIT_USAGE
         except Exception:  # a bug: say so plainly, keep the traceback for the report

@@ -10,11 +10,13 @@ from pathlib import Path
 from rich.console import Console
 
 from jobs.results import OutputState
+from jobs.shard import Shard
 from runner.files import checkpoint as ckpt
 from runner.live.dispatch import DispatchConfig, Dispatcher
 from runner.api.endpoint import Endpoint
 from runner.pacing.limiter import DEFAULT_BURST_S
 from runner.pacing.limiters import Limiters
+from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisBudgets
 from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
 from runner.report.stats import RunStats
 from runner.files.guard import check_output
@@ -42,6 +44,9 @@ class RunConfig:
     ipm: float | None = None  # images per minute, per image model (learned from the server too)
     images_dir: Path | None = None  # where images go (default: beside the output, named after it)
     inline_images: bool = False  # keep b64_json in result lines too
+    redis: str | None = None  # budgets shared with every process on this Redis (runner.pacing.redis_state)
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S  # a Redis lost longer than this stops the run
+    shard: Shard | None = None  # run only the jobs of this shard of the input (--shard K/N)
 
 
 class _Stop:
@@ -64,8 +69,29 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
     when the output is locked by another run or unusable (`OutputRefused` when it is the input,
     another job file or compressed: then nothing is written, not even the lock file). `limiters`
     paces the run (by default fresh ones from ``config.rpm``, ``config.tpm`` and
-    ``config.burst_s``); pass them to read what they learned afterwards."""
+    ``config.burst_s``, kept in ``config.redis`` when given: `RedisUnavailable` when it cannot be
+    reached); pass them to read what they learned afterwards."""
     check_output(config.input, config.output)  # before the lock: nothing beside OUTPUT changes
+    budgets = None
+    if config.redis is not None and limiters is None:
+        budgets = RedisBudgets(config.redis, config.endpoint.api_key, timeout_s=config.redis_timeout)
+        try:
+            await budgets.connect()  # RedisUnavailable: at once, before anything is touched
+        except BaseException:
+            await budgets.close()
+            raise
+        limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s,
+                            scope=config.budget_scope, states=budgets.state)
+    try:
+        return await _run(config, send, console, log, progress, handle_signals, limiters, budgets)
+    finally:
+        if budgets is not None:
+            await budgets.close()
+
+
+async def _run(config: RunConfig, send: Send | None, console: Console | None,
+               log: Callable[[str], None] | None, progress: bool, handle_signals: bool,
+               limiters: Limiters | None, budgets: RedisBudgets | None) -> RunStats:
     console = console or Console(stderr=True)
     log = log or (lambda message: console.print(message, highlight=False, markup=False, soft_wrap=True))
     loop = asyncio.get_running_loop()
@@ -93,7 +119,7 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
         stats = None
         try:
             stats = await _dispatch(config, state, checkpoint, send, console, log, progress, stop,
-                                    limiters)
+                                    limiters, budgets)
         finally:
             try:
                 await checkpoint.sync()
@@ -112,7 +138,8 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
 
 async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Checkpoint,
                     send: Send | None, console: Console, log: Callable[[str], None],
-                    progress: bool, stop: _Stop, limiters: Limiters | None) -> RunStats:
+                    progress: bool, stop: _Stop, limiters: Limiters | None,
+                    budgets: RedisBudgets | None = None) -> RunStats:
     loop = asyncio.get_running_loop()
     session = None
     if send is None:
@@ -124,7 +151,9 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
         limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s,
                             scope=config.budget_scope)
     # image lanes: per model (images per minute), their second bucket counting images
-    image_limiters = Limiters(rpm=config.rpm, tpm=config.ipm, burst_s=config.burst_s, scope="model")
+    image_limiters = Limiters(
+        rpm=config.rpm, tpm=config.ipm, burst_s=config.burst_s, scope="model",
+        states=None if budgets is None else lambda url, model: budgets.state(url, model + "#images"))
     input_dir = Path.cwd() if config.input == "-" else Path(config.input).resolve().parent
     images = ImageStore(config.images_dir or default_images_dir(config.output),
                         relative_to=config.output.resolve().parent, send=send,
@@ -151,7 +180,9 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                         limits=lambda: describe_limits(limiters), log=log,
                                         log_interval=config.status_interval)
             helpers.append(asyncio.create_task(reporter.run()))
-        stats = await dispatcher.run(read_items(config.input), state)
+        items = read_items(config.input)
+        stats = await dispatcher.run(items if config.shard is None else config.shard.only(items),
+                                     state)
         for model in stats.model_requests:
             limiter = (image_limiters if model in stats.model_images else limiters).get(
                 config.endpoint.budget_key(model))  # an image model's: (rpm, ipm)

@@ -220,6 +220,8 @@ class RateLimiter:
         self._sleep = sleep if sleep is not None else asyncio.sleep
         self._state: BudgetState = state if state is not None else MemoryBudgetState(
             clock=self._clock)
+        # A state shared over the network (`SharedBudgetState`) admits by a round trip.
+        self._admit_async = getattr(self._state, "admit_async", None)
         # Trusting the server's count (see `observe`): kinds whose level follows the server's
         # `remaining` both ways, the most it has said it holds of each, and the kinds it restores
         # at `reset` (windows) rather than gradually.
@@ -362,7 +364,7 @@ class RateLimiter:
             while True:
                 self._check_fits(tokens)
                 charged = self._charged(tokens)
-                delay = self._take(charged)
+                delay = await self._take(charged)
                 if delay == 0.0:
                     break
                 self._head_need = charged
@@ -388,13 +390,19 @@ class RateLimiter:
         snapshot = self._state.read()
         return not self._observed and (snapshot.requests is None or snapshot.tokens is None)
 
-    def _take(self, charged: int) -> float:
+    async def _take(self, charged: int) -> float:
         """Take one request and `charged` tokens from the state if it admits them now (0.0), else
-        the seconds until the head may be admitted; inf while it waits on a probe's answer."""
+        the seconds until the head may be admitted; inf while it waits on a probe's answer. A
+        state shared over the network (`SharedBudgetState`) is awaited; a local one never
+        suspends here."""
         probing = self._probing()
         if probing and self._probe_in_flight:
             return math.inf
-        admission = self._state.admit(charged)
+        if self._admit_async is not None:
+            admission = await self._admit_async(charged)
+            probing = self._probing()  # the answer may bring limits other processes learned
+        else:
+            admission = self._state.admit(charged)
         if admission.requests_bound:
             self._requests_bound_at = self._clock()  # the requests limit is holding requests back
         if admission.taken and probing:

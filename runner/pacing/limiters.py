@@ -7,14 +7,17 @@ from collections.abc import Awaitable, Callable
 
 from runner.api.headers import RateLimitInfo
 from runner.pacing.limiter import DEFAULT_BURST_S, Permit, RateLimiter
-from runner.pacing.state import MINUTE_S
+from runner.pacing.state import MINUTE_S, BudgetState
 
-__all__ = ["BUDGET_SCOPES", "Limiters", "SHARED_429S", "SHARED_429_SPAN_S", "SHARED_EXCESS_MIN",
-           "SHARED_EXCESS_SHARE"]
+__all__ = ["BUDGET_SCOPES", "KEY_BUDGET", "Limiters", "SHARED_429S", "SHARED_429_SPAN_S",
+           "SHARED_EXCESS_MIN", "SHARED_EXCESS_SHARE"]
 
 BUDGET_SCOPES = ("auto", "model", "key")
 """``model``: one budget per model (OpenAI, Azure deployments). ``key``: one budget for the key over
 every model of a base URL (some gateways). ``auto``: per model until the server shows otherwise."""
+
+KEY_BUDGET = "*"
+"""The model name under which ``scope="key"`` keeps the one budget of a base URL's models."""
 
 SHARED_EXCESS_MIN = 3  # see SHARED_EXCESS_SHARE
 SHARED_EXCESS_SHARE = 0.05
@@ -40,7 +43,8 @@ class Limiters:
     configured defaults. With ``scope="key"`` every model of a base URL gets the same limiter;
     with ``scope="auto"`` each model gets its own until `notice` learns that the server counts
     them together (then they share the limiter of the model that showed it); ``"model"`` never
-    shares."""
+    shares. ``states(base_url, model)``, when given, builds the `BudgetState` of each new limiter
+    (`runner.pacing.redis_state.RedisBudgets.state`: budgets shared with other processes)."""
 
     def __init__(
         self,
@@ -51,12 +55,14 @@ class Limiters:
         scope: str = "auto",
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[object]] | None = None,
+        states: Callable[[str, str], BudgetState] | None = None,
     ) -> None:
         if scope not in BUDGET_SCOPES:
             raise ValueError(f"scope must be one of {', '.join(BUDGET_SCOPES)}, got {scope!r}")
         self._defaults = dict(rpm=rpm, tpm=tpm, burst_s=burst_s, clock=clock, sleep=sleep)
         RateLimiter(**self._defaults)  # validate the defaults now, not on first use
         self.scope = scope
+        self._states = states
         self._limiters: dict[tuple[str, str], RateLimiter] = {}
         self._shared: dict[str, RateLimiter] = {}  # base URL -> its one limiter, once shared
         self._429s: dict[tuple[str, str], deque[float]] = {}  # recent 429 times per key
@@ -69,11 +75,19 @@ class Limiters:
             base_url = key[0]
             limiter = self._shared.get(base_url)
             if limiter is None:
-                limiter = RateLimiter(**self._defaults)
+                limiter = RateLimiter(**self._defaults, state=self._state(key))
                 if self.scope == "key":
                     self._shared[base_url] = limiter
             self._limiters[key] = limiter
         return limiter
+
+    def _state(self, key: tuple[str, str]) -> BudgetState | None:
+        """Where a new limiter keeps its numbers: from `states` (a budget shared between
+        processes, named by base URL and model, or `KEY_BUDGET` for the key's one budget), else
+        in the limiter itself."""
+        if self._states is None:
+            return None
+        return self._states(key[0], KEY_BUDGET if self.scope == "key" else key[1])
 
     def shared(self, base_url: str) -> bool:
         """Whether the models of `base_url` share one budget."""

@@ -11,7 +11,8 @@ Each `BudgetState` operation is one atomic step, so a store shared between proce
 in one round trip; `admit` in particular checks and takes both buckets at once ("take one request
 and N tokens if both fit, else say how long to wait"). Reads come as one `Snapshot`. The levels are
 not in it: they move with the clock, and reading them is for display (`level`).
-`MemoryBudgetState` keeps the state in this process and is the default.
+`MemoryBudgetState` keeps the state in this process and is the default; a `SharedBudgetState`
+(`runner.pacing.redis_state.RedisBudgetState`) keeps it where several processes share it.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ __all__ = [
     "Kind",
     "Limit",
     "MemoryBudgetState",
+    "SharedBudgetState",
     "Snapshot",
 ]
 
@@ -139,6 +141,17 @@ class BudgetState(Protocol):
 
     def level(self, kind: Kind) -> float | None:
         """`kind`'s bucket level now (for display); None with no limit."""
+        ...
+
+
+class SharedBudgetState(BudgetState, Protocol):
+    """A `BudgetState` kept outside this process (`runner.pacing.redis_state`): admission is a
+    round trip, so the limiter awaits `admit_async` instead of calling `admit`. Its other methods
+    stay synchronous and return at once (the store applies them in order before any later
+    admission of this process); `read` answers from what the last round trip brought back."""
+
+    async def admit_async(self, tokens: float) -> Admission:
+        """`admit`, over the network."""
         ...
 
 

@@ -1,0 +1,115 @@
+-- One budget's state (runner.pacing.state.BudgetState) in a Redis hash, every operation one call of
+-- this script: atomic on the server, on the server's clock (TIME), so machines need no shared clock.
+--
+-- KEYS[1]: the budget's hash. ARGV[1]: the operation. ARGV[2]: the key's TTL in ms (every call
+-- renews it: a budget nobody uses for that long is gone). ARGV[3..]: the operation's arguments.
+--
+-- Fields, per kind k in {r (requests), t (tokens)}: k_pm (per-minute limit), k_src (its source),
+-- k_cap (bucket capacity), k_lvl (level at k_ts, may be negative: debt), k_ts (server seconds).
+-- hold: server seconds before which nothing is admitted. factor: the calibration factor.
+--
+-- Every call answers the state after it:
+--   {r_pm, r_src, r_cap, r_lvl, t_pm, t_src, t_cap, t_lvl, factor, wait, r_bound, t_bound}
+-- as strings ('' for a kind without a limit): Lua numbers would be truncated to integers.
+
+local key, op, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local EPSILON = 1e-9 -- runner.pacing.bucket.TIME_EPSILON_S
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
+
+local s = {}
+local raw = redis.call('HGETALL', key)
+for i = 1, #raw, 2 do s[raw[i]] = raw[i + 1] end
+local dirty = {}
+
+local function num(field) return tonumber(s[field]) end
+local function put(field, value)
+  if type(value) == 'number' then value = string.format('%.17g', value) end
+  s[field] = value
+  dirty[#dirty + 1] = field
+end
+
+-- The level of kind k now (refilled since k_ts, never above capacity); nil without a limit.
+local function level(k)
+  local pm = num(k .. '_pm')
+  if not pm then return nil end
+  local cap, lvl, ts = num(k .. '_cap'), num(k .. '_lvl'), num(k .. '_ts')
+  if now > ts then
+    lvl = math.min(cap, lvl + (now - ts) * pm / 60)
+    put(k .. '_lvl', lvl)
+    put(k .. '_ts', now)
+  end
+  return lvl
+end
+
+-- Seconds until amount fits kind k (an amount above capacity fits when full); 0 without a limit.
+local function wait_for(k, amount)
+  local lvl = level(k)
+  if not lvl then return 0 end
+  local need = math.min(amount, num(k .. '_cap'))
+  local wait = (need - lvl) / (num(k .. '_pm') / 60)
+  if wait > EPSILON then return wait end
+  return 0
+end
+
+local wait, r_bound, t_bound = 0, 0, 0
+local kind = ARGV[3]
+
+if op == 'admit' then
+  local tokens = tonumber(ARGV[3])
+  local r_wait, t_wait = wait_for('r', 1), wait_for('t', tokens)
+  wait = math.max((num('hold') or 0) - now, r_wait, t_wait)
+  if wait > EPSILON then
+    if r_wait > 0 then r_bound = 1 end
+    if t_wait > 0 then t_bound = 1 end
+  else
+    wait = 0
+    if num('r_pm') then put('r_lvl', num('r_lvl') - 1) end
+    if num('t_pm') then put('t_lvl', num('t_lvl') - tokens) end
+  end
+elseif op == 'set_limit' then
+  local pm, src, cap = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+  -- A user's number never overrides what the server said (a late joiner's --rpm, say).
+  if not (src == 'user' and s[kind .. '_src'] == 'server') then
+    local lvl = level(kind)
+    if lvl then lvl = math.min(lvl, cap) else lvl = cap end
+    put(kind .. '_pm', pm)
+    put(kind .. '_src', src)
+    put(kind .. '_cap', cap)
+    put(kind .. '_lvl', lvl)
+    put(kind .. '_ts', now)
+  end
+elseif op == 'lower' then
+  local lvl = level(kind)
+  if lvl then put(kind .. '_lvl', math.min(lvl, tonumber(ARGV[4]))) end
+elseif op == 'set_level' then
+  local lvl = level(kind)
+  if lvl then put(kind .. '_lvl', math.min(num(kind .. '_cap'), tonumber(ARGV[4]))) end
+elseif op == 'hold' then
+  local untill = now + tonumber(ARGV[3])
+  if untill > (num('hold') or 0) then put('hold', untill) end
+elseif op == 'set_factor' then
+  put('factor', tonumber(ARGV[3]))
+elseif op ~= 'read' then
+  return redis.error_reply('unknown operation ' .. op)
+end
+
+if #dirty > 0 then
+  local args = {}
+  for _, field in ipairs(dirty) do
+    args[#args + 1] = field
+    args[#args + 1] = s[field]
+  end
+  redis.call('HSET', key, unpack(args))
+end
+if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, ttl) end
+
+local function out(field) return s[field] or '' end
+local function lvl_out(k)
+  local lvl = level(k)
+  if lvl then return string.format('%.17g', lvl) end
+  return ''
+end
+return {out('r_pm'), out('r_src'), out('r_cap'), lvl_out('r'),
+        out('t_pm'), out('t_src'), out('t_cap'), lvl_out('t'),
+        out('factor'), string.format('%.17g', wait), r_bound, t_bound}

@@ -1,0 +1,336 @@
+"""A budget's state kept in Redis, shared by every runner process pointed at it (`--redis URL`).
+
+`RedisBudgetState` is a `BudgetState` whose numbers live in one Redis hash per budget, changed only
+by `budget.lua` (beside this file): each operation is one call of that script, atomic on the
+server and on the server's clock (``TIME``), so processes on machines whose clocks disagree still
+never together admit more than the budget.
+
+The limiter calls the state synchronously, and must not block the event loop on the network. So:
+
+* `admit_async` is the one operation the limiter awaits: a round trip that takes (or refuses)
+  both buckets at once. It is what keeps the shared budget exact.
+* The writes (`set_limit`, `lower`, `set_level`, `hold`, `set_factor`) return at once: they change
+  the local copy and queue the script call; one flusher sends everything queued in one pipeline,
+  in order, before any later admission of this process.
+* `read` and `level` answer from the copy the last round trip brought back (every call answers the
+  whole state), so what other processes learned reaches this one with its next admission.
+
+Keys: ``runner:budget:<fingerprint>``, the fingerprint a keyed BLAKE2b of (API key, base URL,
+model) under a random salt stored once in the Redis (``runner:salt``): nothing in the Redis leads
+back to the key. Every call renews the key's TTL (`STATE_TTL_S`), so what dead processes left
+expires. Nothing is leased or reserved, so a process that dies holds nothing back.
+
+Redis lost mid-run: admissions wait (nothing is sent) while the flusher retries with backoff; if
+Redis is not back within ``timeout_s`` every waiting call raises `RedisLost`, a `StopRunError`
+(the run stops, resumable: exit 3). It never falls back to pacing alone.
+
+Errors::
+
+    RunnerError
+     ├── RedisUnavailable   Redis cannot be reached at the start (the CLI exits 2)
+     └── StopRunError
+          └── RedisLost     Redis was lost mid-run for longer than the timeout (exit 3)
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import secrets
+from collections.abc import Callable
+from importlib import resources
+
+from typing import TYPE_CHECKING
+
+from runner.errors import RunnerError, StopRunError
+from runner.pacing.state import Admission, Kind, Limit, Snapshot
+from runner.redact import redact_url
+
+if TYPE_CHECKING:  # redis is imported on first use: `runner --help` does not pay for it
+    import redis.asyncio as aioredis
+
+__all__ = ["DEFAULT_REDIS_TIMEOUT_S", "KEY_PREFIX", "RedisBudgets", "RedisBudgetState",
+           "RedisLost", "RedisUnavailable", "STATE_TTL_S"]
+
+KEY_PREFIX = "runner:budget:"
+SALT_KEY = "runner:salt"
+STATE_TTL_S = 600.0
+"""A budget untouched this long is forgotten (a bucket refills within a minute; what was learned
+beyond that is relearned from the next answer's headers)."""
+DEFAULT_REDIS_TIMEOUT_S = 60.0
+"""How long a run waits for a lost Redis before it stops (resumable)."""
+CONNECT_TIMEOUT_S = 5.0
+CLOSE_WAIT_S = 2.0  # see RedisBudgets.close
+RETRY_FIRST_S = 0.1  # backoff between reconnection attempts: doubles up to RETRY_MAX_S
+RETRY_MAX_S = 5.0
+_KINDS: dict[str, str] = {"requests": "r", "tokens": "t"}
+_SCRIPT = resources.files("runner.pacing").joinpath("budget.lua").read_text(encoding="utf-8")
+_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+
+
+class RedisUnavailable(RunnerError):
+    """Redis cannot be reached (or refuses us) when the run starts."""
+
+
+class RedisLost(StopRunError):
+    """Redis was unreachable for longer than the timeout during the run: stop, resumable."""
+
+
+def fingerprint(salt: bytes, api_key: str, base_url: str, model: str) -> str:
+    """A budget's name in Redis: keyed BLAKE2b of the key, base URL and model under `salt`."""
+    data = b"\0".join(part.encode() for part in (api_key, base_url, model))
+    return hashlib.blake2b(data, key=salt, digest_size=20, person=b"runner-budget").hexdigest()
+
+
+def _float(text: bytes | str) -> float | None:
+    return float(text) if text not in (b"", "") else None
+
+
+def _decode(reply: list) -> tuple[Snapshot, dict[str, float | None], Admission]:
+    """The script's answer: the snapshot, both levels, and the admission it decided."""
+    limits: list[Limit | None] = []
+    levels: dict[str, float | None] = {}
+    for kind, at in (("requests", 0), ("tokens", 4)):
+        per_minute, source, capacity, level = reply[at:at + 4]
+        if per_minute in (b"", ""):
+            limits.append(None)
+            levels[kind] = None
+        else:
+            source = source.decode() if isinstance(source, bytes) else source
+            limits.append(Limit(float(per_minute), source, float(capacity)))
+            levels[kind] = _float(level)
+    factor = _float(reply[8])
+    wait = float(reply[9])
+    snapshot = Snapshot(limits[0], limits[1], factor if factor is not None else 1.0)
+    return snapshot, levels, Admission(wait, bool(reply[10]), bool(reply[11]))
+
+
+class _Call:
+    """One queued script call; `done` resolves with its decoded answer (or `RedisLost`)."""
+
+    __slots__ = ("args", "done")
+
+    def __init__(self, args: tuple[str, ...], done: asyncio.Future | None) -> None:
+        self.args, self.done = args, done
+
+
+class RedisBudgetState:
+    """`BudgetState` of one budget in Redis (see the module docstring). Built by `RedisBudgets`.
+
+    ``clock``: the limiter's clock (to turn a `hold` deadline into a duration the server adds to
+    its own time). ``timeout_s``: how long Redis may be unreachable before `RedisLost`.
+    """
+
+    def __init__(self, client: "aioredis.Redis", key: str, *, url: str,
+                 timeout_s: float = DEFAULT_REDIS_TIMEOUT_S,
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], object] | None = None) -> None:
+        self._client = client
+        self.key = key
+        self._url = url
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._sleep = sleep or asyncio.sleep
+        self._snapshot = Snapshot()
+        self._levels: dict[str, float | None] = {"requests": None, "tokens": None}
+        self._levels_at = 0.0
+        self._queue: list[_Call] = []
+        self._flusher: asyncio.Task | None = None
+        self._lost: RedisLost | None = None
+        self.round_trips = 0
+
+    def _now(self) -> float:
+        if self._clock is None:
+            self._clock = asyncio.get_running_loop().time
+        return self._clock()
+
+    # -- BudgetState ---------------------------------------------------------------------------
+
+    def read(self) -> Snapshot:
+        return self._snapshot
+
+    def admit(self, tokens: float) -> Admission:
+        raise TypeError("RedisBudgetState admits over the network: await admit_async")
+
+    async def admit_async(self, tokens: float) -> Admission:
+        """`BudgetState.admit` as one round trip (after every write queued before it)."""
+        done = asyncio.get_running_loop().create_future()
+        self._enqueue(("admit", repr(float(tokens))), done)
+        _, _, admission = await done
+        return admission
+
+    def set_limit(self, kind: Kind, limit: Limit) -> None:
+        snapshot = self._snapshot
+        self._snapshot = Snapshot(limit if kind == "requests" else snapshot.requests,
+                                  limit if kind == "tokens" else snapshot.tokens, snapshot.factor)
+        if self._levels[kind] is None:
+            self._levels[kind] = limit.capacity
+        self._enqueue(("set_limit", _KINDS[kind], repr(limit.per_minute), limit.source,
+                       repr(limit.capacity)))
+
+    def lower(self, kind: Kind, level: float) -> None:
+        if math.isfinite(level):
+            current = self._levels[kind]
+            if current is not None:
+                self._levels[kind] = min(current, level)
+            self._enqueue(("lower", _KINDS[kind], repr(float(level))))
+
+    def set_level(self, kind: Kind, level: float) -> None:
+        if math.isfinite(level):
+            self._enqueue(("set_level", _KINDS[kind], repr(float(level))))
+
+    def hold(self, until: float) -> None:
+        duration = until - self._now()
+        if duration > 0 and math.isfinite(duration):
+            self._enqueue(("hold", repr(duration)))
+
+    def set_factor(self, factor: float) -> None:
+        snapshot = self._snapshot
+        self._snapshot = Snapshot(snapshot.requests, snapshot.tokens, factor)
+        self._enqueue(("set_factor", repr(float(factor))))
+
+    def level(self, kind: Kind) -> float | None:
+        """`kind`'s level as of the last round trip, refilled locally since (for display)."""
+        level, limit = self._levels[kind], self._snapshot.limit(kind)
+        if level is None or limit is None:
+            return None
+        return min(limit.capacity, level + limit.rate * max(0.0, self._now() - self._levels_at))
+
+    async def refresh(self) -> None:
+        """Read the shared state now (a process joining learns what the others learned)."""
+        done = asyncio.get_running_loop().create_future()
+        self._enqueue(("read",), done)
+        await done
+
+    # -- the flusher ---------------------------------------------------------------------------
+
+    def _enqueue(self, args: tuple[str, ...], done: asyncio.Future | None = None) -> None:
+        if self._lost is not None:
+            if done is not None:
+                done.set_exception(self._lost)
+            return
+        self._queue.append(_Call(args, done))
+        if self._flusher is None or self._flusher.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # before the loop runs (a limiter built early): the next admission sends it
+            self._flusher = loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._queue:
+            calls, self._queue = self._queue, []
+            try:
+                replies = await self._send(calls)
+            except Exception as exc:  # RedisLost; anything else is a bug, surfaced to the waiters
+                if isinstance(exc, RedisLost):
+                    self._lost = exc
+                for call in calls + self._queue:
+                    if call.done is not None and not call.done.done():
+                        call.done.set_exception(exc)
+                self._queue = []
+                return
+            self.round_trips += 1
+            for call, reply in zip(calls, replies):
+                decoded = _decode(reply)
+                if call.done is not None and not call.done.done():
+                    call.done.set_result(decoded)
+            if not self._queue:  # a fresher local copy waits behind queued writes otherwise
+                self._snapshot, self._levels, _ = _decode(replies[-1])
+                self._levels_at = self._now()
+
+    async def _send(self, calls: list[_Call]) -> list:
+        """Every call in one pipeline, in order; retried with backoff while Redis is unreachable,
+        up to the timeout (then `RedisLost`). A Redis that lost the script gets it again."""
+        from redis.exceptions import NoScriptError, RedisError, ResponseError  # noqa: PLC0415
+
+        delay, deadline = RETRY_FIRST_S, None
+        while True:
+            try:
+                return await self._pipeline(calls)
+            except NoScriptError:
+                await self._client.script_load(_SCRIPT)
+                continue
+            except (RedisError, OSError) as exc:
+                if isinstance(exc, ResponseError):
+                    raise  # the script itself failed: a bug, not an outage
+                now = self._now()
+                deadline = deadline if deadline is not None else now + self._timeout_s
+                if now >= deadline:
+                    raise RedisLost(f"Redis at {redact_url(self._url)} unreachable for "
+                                    f"{self._timeout_s:g} s: stopping") from None
+                await self._sleep(min(delay, max(0.0, deadline - now)))
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _pipeline(self, calls: list[_Call]) -> list:
+        ttl_ms = str(int(STATE_TTL_S * 1000))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(_SHA, 1, self.key, call.args[0], ttl_ms, *call.args[1:])
+            return await pipe.execute()
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is in Redis (or Redis is lost)."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    def cancel(self) -> None:
+        """Stop the flusher, dropping what it had not sent."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self._queue = []
+
+    def __repr__(self) -> str:
+        return f"RedisBudgetState({self.key!r}, {self._snapshot!r})"
+
+
+class RedisBudgets:
+    """The connection to one Redis and the budgets in it of one API key: `state(base_url, model)`
+    builds each budget's `RedisBudgetState`. `connect` first (raises `RedisUnavailable`)."""
+
+    def __init__(self, url: str, api_key: str, *, timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
+                 ) -> None:
+        self.url = url
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        import redis.asyncio as aioredis  # noqa: PLC0415 (see TYPE_CHECKING above)
+
+        self._client = aioredis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                               socket_timeout=CONNECT_TIMEOUT_S)
+        self._salt: bytes | None = None
+        self.states: list[RedisBudgetState] = []
+
+    async def connect(self) -> None:
+        """Reach the Redis, load the script and read (or set, once) the salt."""
+        from redis.exceptions import RedisError  # noqa: PLC0415
+
+        try:
+            await self._client.script_load(_SCRIPT)
+            await self._client.set(SALT_KEY, secrets.token_bytes(32), nx=True)
+            salt = await self._client.get(SALT_KEY)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"cannot reach Redis at {redact_url(self.url)}: "
+                                   f"{type(exc).__name__}") from None
+        self._salt = salt
+
+    def state(self, base_url: str, model: str, *, clock: Callable[[], float] | None = None
+              ) -> RedisBudgetState:
+        """The shared state of the budget of (this key, `base_url`, `model`)."""
+        if self._salt is None:
+            raise RuntimeError("RedisBudgets.connect() first")
+        key = KEY_PREFIX + fingerprint(self._salt, self._api_key, base_url, model)
+        state = RedisBudgetState(self._client, key, url=self.url, timeout_s=self._timeout_s,
+                                 clock=clock)
+        self.states.append(state)
+        return state
+
+    async def close(self) -> None:
+        """Send what is queued, waiting at most `CLOSE_WAIT_S` (a run ending while Redis is away
+        does not wait out the timeout: what it had not sent only ages out of the budget)."""
+        flushes = [asyncio.ensure_future(state.flush()) for state in self.states]
+        if flushes:
+            await asyncio.wait(flushes, timeout=CLOSE_WAIT_S)
+        for state in self.states:
+            state.cancel()
+        await asyncio.gather(*flushes, return_exceptions=True)
+        await self._client.aclose()

@@ -1,0 +1,171 @@
+"""Budgets shared through a real Redis (`runner.pacing.redis_state`): limiters of separate
+"processes" (each its own connection and state) pointed at one redis-server, on real time (Redis's
+clock cannot be virtual), with small limits and sub-second windows."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from runner.api.headers import RateLimitInfo
+from runner.pacing.limiter import RateLimiter
+from runner.pacing.redis_state import RedisBudgets, RedisLost, RedisUnavailable
+from tests.servers import free_port
+
+API_KEY = "sk-proj-THISKEYMUSTNEVERREACHREDIS0123456789"
+BASE_URL = "https://api.example.test/v1"
+MODEL = "gpt-4o-mini"
+
+
+async def process(url: str, *, rpm=None, tpm=None, timeout_s=5.0, api_key=API_KEY, model=MODEL):
+    """One runner process's view: its own connection and its own limiter on the shared budget."""
+    budgets = RedisBudgets(url, api_key, timeout_s=timeout_s)
+    await budgets.connect()
+    limiter = RateLimiter(rpm=rpm, tpm=tpm, state=budgets.state(BASE_URL, model))
+    return budgets, limiter
+
+
+async def admit_for(limiter: RateLimiter, seconds: float, tokens: int = 0) -> list[float]:
+    """Admission times (monotonic) of one caller admitting as fast as the budget allows."""
+    times: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            await asyncio.wait_for(limiter.acquire(tokens), end - time.monotonic())
+        except asyncio.TimeoutError:
+            break
+        times.append(time.monotonic())
+    return times
+
+
+@pytest.mark.slow  # over a second of real time
+async def test_three_processes_together_never_exceed_the_requests_budget(redis_server):
+    # 600 RPM = 10 a second, 1 s burst: over 1.5 s the budget holds 10 + 15 requests at most.
+    procs = [await process(redis_server.url, rpm=600, tpm=600_000) for _ in range(3)]
+    start = time.monotonic()
+    runs = await asyncio.gather(*(admit_for(limiter, 1.5) for _, limiter in procs))
+    elapsed = time.monotonic() - start
+    total = sum(len(times) for times in runs)
+    assert total <= 10 + 10 * elapsed + 1
+    assert total >= 0.8 * (10 + 10 * 1.5)  # and the budget is used, not wasted
+    assert all(len(times) >= 3 for times in runs)  # nobody starves
+    for budgets, _ in procs:
+        await budgets.close()
+
+
+@pytest.mark.slow  # over a second of real time
+async def test_two_processes_together_never_exceed_the_tokens_budget(redis_server):
+    # 60,000 TPM = 1,000 tokens a second, capacity 1,000; requests of 100 tokens.
+    procs = [await process(redis_server.url, rpm=60_000, tpm=60_000) for _ in range(2)]
+    start = time.monotonic()
+    runs = await asyncio.gather(*(admit_for(limiter, 1.2, tokens=100) for _, limiter in procs))
+    elapsed = time.monotonic() - start
+    tokens = 100 * sum(len(times) for times in runs)
+    assert tokens <= 1_000 + 1_000 * elapsed + 100
+    assert tokens >= 0.8 * (1_000 + 1_000 * 1.2)
+    for budgets, _ in procs:
+        await budgets.close()
+
+
+@pytest.mark.slow  # over a second of real time
+async def test_a_429_seen_by_one_process_holds_back_the_other(redis_server):
+    budgets_a, a = await process(redis_server.url, rpm=600, tpm=600_000)
+    budgets_b, b = await process(redis_server.url, rpm=600, tpm=600_000)
+    await a.acquire(0)
+    a.on_rate_limited(None, 1.0, None)  # the server says: nothing for a second
+    await budgets_a.states[0].flush()  # in Redis (a write reaches it one round trip later)
+    start = time.monotonic()
+    await b.acquire(0)
+    assert time.monotonic() - start >= 0.8
+    await budgets_a.close()
+    await budgets_b.close()
+
+
+async def test_a_late_joiner_takes_the_limits_others_learned(redis_server):
+    budgets_a, a = await process(redis_server.url)
+    permit = await a.acquire(10)  # the probe
+    a.observe(permit, RateLimitInfo(limit_requests=600, remaining_requests=599, reset_requests=0.1,
+                                    limit_tokens=60_000, remaining_tokens=59_990,
+                                    reset_tokens=0.01))
+    await a.acquire(10)  # sends the learned limits ahead of it
+    budgets_b, b = await process(redis_server.url)
+    assert b.rpm is None
+    await b.acquire(10)
+    assert (b.rpm, b.tpm) == (600, 60_000)
+    await budgets_a.close()
+    await budgets_b.close()
+
+
+async def test_other_keys_and_models_have_budgets_of_their_own(redis_server):
+    budgets_a, a = await process(redis_server.url, rpm=60, tpm=600_000)  # capacity 1
+    budgets_b, b = await process(redis_server.url, rpm=60, tpm=600_000,
+                                 api_key="sk-another-key-0123456789")
+    budgets_c, c = await process(redis_server.url, rpm=60, tpm=600_000, model="gpt-4o")
+    for limiter in (a, b, c):
+        await asyncio.wait_for(limiter.acquire(0), 0.5)  # each its own full bucket
+    for budgets in (budgets_a, budgets_b, budgets_c):
+        await budgets.close()
+
+
+async def test_the_api_key_never_reaches_redis(redis_server):
+    budgets, limiter = await process(redis_server.url, rpm=600, tpm=60_000)
+    await limiter.acquire(10)
+    limiter.on_rate_limited(None, 0.1, None)
+    await limiter.acquire(10)
+    await budgets.close()
+    client = aioredis.Redis.from_url(redis_server.url)
+    dump = b""
+    async for key in client.scan_iter("*"):
+        dump += key
+        kind = await client.type(key)
+        if kind == b"hash":
+            for field, value in (await client.hgetall(key)).items():
+                dump += field + value
+        else:
+            dump += await client.get(key)
+        if key.startswith(b"runner:budget:"):
+            assert 0 < await client.ttl(key) <= 600  # what a dead process leaves expires
+    await client.aclose()
+    assert b"runner:budget:" in dump
+    for secret in (API_KEY, API_KEY[3:], API_KEY[-20:]):
+        assert secret.encode() not in dump
+
+
+async def test_unreachable_redis_at_start_names_the_url_without_its_password():
+    url = f"redis://:hunter2-password@127.0.0.1:{free_port()}/0"
+    budgets = RedisBudgets(url, API_KEY)
+    with pytest.raises(RedisUnavailable) as caught:
+        await budgets.connect()
+    message = str(caught.value)
+    assert "hunter2" not in message and API_KEY not in message
+    assert f"redis://:***@127.0.0.1:" in message
+    await budgets.close()
+
+
+async def test_redis_lost_longer_than_the_timeout_stops_admissions(redis_server):
+    budgets, limiter = await process(redis_server.url, rpm=600, tpm=600_000, timeout_s=0.5)
+    await limiter.acquire(0)
+    redis_server.stop()
+    start = time.monotonic()
+    with pytest.raises(RedisLost) as caught:
+        await asyncio.wait_for(limiter.acquire(0), 5.0)
+    assert 0.4 <= time.monotonic() - start < 3.0
+    assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
+    with pytest.raises(RedisLost):  # and it stays lost: no pacing alone
+        await asyncio.wait_for(limiter.acquire(0), 1.0)
+    await budgets.close()
+
+
+async def test_redis_back_within_the_timeout_resumes_admissions(redis_server):
+    budgets, limiter = await process(redis_server.url, rpm=600, tpm=600_000, timeout_s=10.0)
+    await limiter.acquire(0)
+    port = redis_server.port
+    redis_server.stop()
+    waiting = asyncio.ensure_future(limiter.acquire(0))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # nothing is admitted while Redis is away
+    await asyncio.to_thread(redis_server.start, port=port)  # empty: the script is loaded anew
+    await asyncio.wait_for(waiting, 8.0)
+    await budgets.close()
