@@ -294,7 +294,7 @@ class SimConfig:
     `x-ratelimit-{model_per_key|api_key}-{remaining|limit}-{requests|tokens}`, no reset;
     "litellm-router": its router's, for a deployment's limits: OpenAI's limit and remaining names, no
     reset, and 429s with no rate-limit header and only `llm_provider-retry-after: 60`; its windows
-    refuse their rpm-th request (`rpm - 1` pass, as LiteLLM 1.80's router does); "ietf":
+    refuse their rpm-th request (`rpm - 1` pass, as LiteLLM 1.108.7's router does); "ietf":
     the IETF draft's `RateLimit-Limit/-Remaining/-Reset/-Policy`; "none": no rate-limit headers.
     """
 
@@ -883,7 +883,7 @@ def _window_limited(verdict: Admission, states: Sequence[LimitState], descriptor
 def _router_limited(model: str, budget: ModelBudget | WindowBudget) -> ApiError:
     """LiteLLM proxy's 429 when its router has no deployment under its rpm/tpm
     (usage-based-routing-v2): no rate-limit header, the delay only as `llm_provider-retry-after`,
-    always 60 (as a real proxy answered it, litellm 1.80)."""
+    always 60 (as a real proxy answered it, litellm 1.108.7)."""
     return ApiError(429, {"error": {
         "message": f"litellm.RateLimitError: No deployments available for selected model. Passed "
                    f"model={model}. Deployments={{'{_sha(model)}': {{'current_rpm': "
