@@ -131,3 +131,40 @@ def test_json_and_table_report_the_same_counts(files, capsys):
     print_report(status_table(s))
     text = capsys.readouterr().out
     assert "content_filter 1" in text and f"{inp}:4:" in text and "exit 3" in text
+
+
+def test_status_over_the_shards_of_one_input_counts_each_job_once(tmp_path):
+    from runner.report.status import status as status_of
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(
+        f'{{"custom_id": "j{i}", "method": "POST", "url": "/v1/chat/completions", '
+        f'"body": {{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "q"}}]}}}}\n'
+        for i in range(4)))
+    ok = '{{"id": "r", "custom_id": "{0}", "response": {{"status_code": 200, "request_id": "x", "body": {{}}}}, "error": null}}\n'
+    (tmp_path / "a.jsonl").write_text(ok.format("j0") + ok.format("j1"))
+    (tmp_path / "b.jsonl").write_text(ok.format("j2"))
+    result = status_of(str(source), [tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
+    assert (result.jobs, result.done, result.pending, result.unknown_ids) == (4, 3, 1, 0)
+    assert result.output.endswith("a.jsonl, " + str(tmp_path / "b.jsonl"))
+
+
+def test_the_status_command_reads_a_glob_of_shard_outputs(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from runner.cli.main import main
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(
+        f'{{"custom_id": "j{i}", "method": "POST", "url": "/v1/chat/completions", '
+        f'"body": {{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "q"}}]}}}}\n'
+        for i in range(3)))
+    ok = '{{"id": "r", "custom_id": "{0}", "response": {{"status_code": 200, "request_id": "x", "body": {{}}}}, "error": null}}\n'
+    for k in range(3):
+        (tmp_path / f"in.shard-{k}.jsonl").write_text(ok.format(f"j{k}"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["status", "in.jsonl", "-o", "in.shard-*.jsonl", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"done": 3' in result.output
+    missing = CliRunner().invoke(main, ["status", "in.jsonl", "-o", "nothing-*.jsonl"])
+    assert missing.exit_code == 2 and "no output matches" in missing.output

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import glob
 import os
 import stat
 import sys
@@ -313,7 +314,9 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
 @main.command("status", epilog=STATUS_EXIT_CODES_HELP)
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The result file of `runner run` (only read, never changed; no lock taken).")
+              help="The result file of `runner run` (only read, never changed; no lock taken); "
+                   "a quoted glob such as 'big.shard-*.jsonl' reads the shards of --shard K/N "
+                   "together.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--refresh", "refresh_", is_flag=True,
               help="--via batch outputs: also ask the provider for its open batches (key and URL "
@@ -321,10 +324,17 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
 def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool = False) -> None:
     """Show which jobs of INPUT are done, failed (by error code, permanent or transient) or still
     pending in OUTPUT, without calling the API. Safe to run while a run is writing OUTPUT."""
+    outputs = _outputs(output)
     try:
-        result = status(input_path, output)
+        result = status(input_path, outputs)
     except StatusError as e:
         _usage_error(str(e))
+    if len(outputs) > 1:  # shards: their jobs together; batches are per output
+        if as_json:
+            click.echo(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+        else:
+            print_report(status_table(result))
+        sys.exit(result.exit_code())
     state = read_state(output)
     if as_json:
         data = result.to_json()
@@ -342,6 +352,17 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
         print_refresh(asyncio.run(refresh(output, endpoint)))
     code = result.exit_code()
     sys.exit(EXIT_IN_PROGRESS if code == 3 and open_batches(output) else code)
+
+
+def _outputs(output: Path) -> list[Path]:
+    """OUTPUT, or the files its glob names (sorted) when it has wildcards and is no file itself."""
+    text = str(output)
+    if output.exists() or not any(c in text for c in "*?["):
+        return [output]
+    matches = sorted(Path(p) for p in glob.glob(text))
+    if not matches:
+        _usage_error(f"no output matches {text}")
+    return matches
 
 
 @main.command("merge", epilog="Exit codes: 0 written; 2 an OUTPUT unreadable, or ALL is one of them.")

@@ -19,7 +19,7 @@ finished, so a cron script needs one `case` for both commands:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,21 @@ def scan_output(path: Path, state: OutputState) -> LoadReport:
         return scan(path, state)
     except CheckpointError as e:
         raise StatusError(str(e)) from None
+
+
+def _combined(reports: list[LoadReport]) -> LoadReport:
+    """One report for several outputs read together (the first bad line numbers of the first
+    output that has any)."""
+    if len(reports) == 1:
+        return reports[0]
+    combined = LoadReport(exists=any(r.exists for r in reports))
+    for report in reports:
+        combined.lines += report.lines
+        combined.torn_bytes += report.torn_bytes
+        combined.bad_lines += report.bad_lines
+        if not combined.first_bad_lines:
+            combined.first_bad_lines = list(report.first_bad_lines)
+    return combined
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -129,15 +144,18 @@ class Status:
         }
 
 
-def status(input_path: str, output: Path) -> Status:
-    """The status of INPUT's jobs in OUTPUT; StatusError when either cannot be read.
+def status(input_path: str, output: Path | Sequence[Path]) -> Status:
+    """The status of INPUT's jobs in OUTPUT (or in several outputs together, such as the shards of
+    `--shard K/N`: read in the order given, a job's last line in the last of them wins);
+    StatusError when any cannot be read.
 
-    Memory: the ids of OUTPUT (as a run holds them) and of INPUT (as the reader's duplicate check
-    holds them); never a result body.
+    Memory: the ids of the outputs (as a run holds them) and of INPUT (as the reader's duplicate
+    check holds them); never a result body.
     """
+    outputs = [output] if isinstance(output, Path) else list(output)
     state = _TrackedState()
-    result = Status(input=input_name(input_path), output=str(output))
-    result.scan = scan_output(output, state)
+    result = Status(input=input_name(input_path), output=", ".join(str(o) for o in outputs))
+    result.scan = _combined([scan_output(path, state) for path in outputs])
     try:
         for item in read_jobs(input_lines(input_path), result.input):
             _classify(item, state, result)
