@@ -2,17 +2,14 @@
 batch parts of `runner status` and `runner estimate`. Thin: options in, one function called."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
-import traceback
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import click
-import orjson
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -20,12 +17,9 @@ from runner.api.endpoint import Endpoint
 from runner.batch.plan import AZURE_MAX_REQUESTS, OPENAI_MAX_REQUESTS
 from runner.batch.run import BatchRunConfig, BatchStats, run_batch
 from runner.batch.state import BatchState, read_state
-from runner.exit_codes import EXIT_BUG, EXIT_USAGE
+from runner.cli.execute import execute
 from runner.files.checkpoint import CheckpointError
-from runner.redact import redact
-from runner.report.log import RunLog
 from runner.report.prices import PriceTable
-from runner.report.summary import summary_dict, summary_lines
 
 # OpenAI's Batch API costs 50% of the Standard tier's list price for the models it serves
 # (https://platform.openai.com/docs/guides/batch: "50% lower costs"; Azure global batch: "50% less
@@ -49,42 +43,15 @@ def batch_price_table(prices: PriceTable) -> PriceTable:
 def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Path | None = None,
                   summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
     """Run (or cancel) through the Batch API; the exit code (0, 1, 2, 3, 4 or 70)."""
-    console = Console(stderr=True)
-    try:
-        log = RunLog(lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True),
-                     log_file, secrets=(config.endpoint.api_key,))
-    except OSError as e:
-        click.echo(f"runner: cannot open log file {log_file}: {e.strerror}", err=True)
-        return EXIT_USAGE
-    try:
-        what = "cancel" if config.cancel else "batch"
-        log(f"runner ({what}): {config.input} -> {config.output}", echo=False)
-        try:
-            stats = asyncio.run(run_batch(config, console=console, log=log, progress=progress))
-        except (CheckpointError, OSError) as e:
-            log(f"runner: {e}")
-            return EXIT_USAGE
-        except Exception:  # a bug: say so plainly, keep the traceback for the report
-            log("runner: internal error (a bug; please report it with this log):\n"
-                + traceback.format_exc())
-            return EXIT_BUG
-        batch_prices = batch_price_table(prices) if prices is not None else None
-        for line in summary_lines(stats, str(config.output), batch_prices):
-            log(line)
-        log(batch_summary(stats))
-        code = stats.exit_code()
-        if summary_json is not None:
-            data = summary_dict(stats, str(config.output), batch_prices)
-            data["batch"] = batch_json(stats)
-            text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
-            try:
-                summary_json.write_text(redact(text, (config.endpoint.api_key,)))
-            except OSError as e:
-                log(f"runner: cannot write the summary {summary_json}: {e.strerror}")
-        log(f"runner: exit code {code}", echo=False)
-        return code
-    finally:
-        log.close()
+    what = "cancel" if config.cancel else "batch"
+    return execute(
+        lambda console, log: run_batch(config, console=console, log=log, progress=progress),
+        title=f"runner ({what}): {config.input} -> {config.output}", output=config.output,
+        api_key=config.endpoint.api_key, usage_errors=(CheckpointError, OSError),
+        log_file=log_file, summary_json=summary_json,
+        prices=batch_price_table(prices) if prices is not None else None,
+        more_lines=lambda stats: [batch_summary(stats)],
+        more_json=lambda stats: {"batch": batch_json(stats)})
 
 
 def batch_json(stats: BatchStats) -> dict[str, Any]:

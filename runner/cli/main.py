@@ -7,19 +7,14 @@ import glob
 import os
 import stat
 import sys
-import traceback
 from pathlib import Path
 from typing import NoReturn
 
 import click
-from rich.console import Console
 
 import orjson
 
-from runner.exit_codes import EXIT_BUG, EXIT_USAGE
-from runner.redact import redact
-from runner.report.log import RunLog
-from runner.report.summary import summary_dict, summary_lines
+from runner.exit_codes import EXIT_USAGE
 from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
 from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint, check_api_version
@@ -28,6 +23,7 @@ from jobs.merge import merge_outputs
 from jobs.shard import Shard, parse_shard
 from runner.pacing.limiters import BUDGET_SCOPES
 from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisUnavailable
+from runner.cli.execute import execute
 from runner.cli.config import configurable, deployments as config_deployments
 from runner.report.prices import PriceTable, PriceTableError, load_prices
 from runner.report.progress import LOG_INTERVAL_S
@@ -449,38 +445,11 @@ def _usage_error(message: str) -> NoReturn:
 
 def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None = None,
              summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
-    console = Console(stderr=True)
-    try:
-        log = RunLog(lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True),
-                            log_file, secrets=(config.endpoint.api_key,))
-    except OSError as e:
-        click.echo(f"runner: cannot open log file {log_file}: {e.strerror}", err=True)
-        return EXIT_USAGE
-    try:
-        log(f"runner: {config.input} -> {config.output}", echo=False)
-        try:
-            stats = asyncio.run(run(config, console=console, log=log, progress=progress))
-        except (CheckpointError, OSError, RedisUnavailable) as e:
-            log(f"runner: {e}")
-            return EXIT_USAGE
-        except Exception:  # a bug: say so plainly, keep the traceback for the report
-            log("runner: internal error (a bug; please report it with this log):\n"
-                + traceback.format_exc())
-            return EXIT_BUG
-        for line in summary_lines(stats, str(config.output), prices):
-            log(line)
-        code = stats.exit_code()
-        if summary_json is not None:
-            data = summary_dict(stats, str(config.output), prices)
-            text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
-            try:
-                summary_json.write_text(redact(text, (config.endpoint.api_key,)))
-            except OSError as e:
-                log(f"runner: cannot write the summary {summary_json}: {e.strerror}")
-        log(f"runner: exit code {code}", echo=False)
-        return code
-    finally:
-        log.close()
+    return execute(lambda console, log: run(config, console=console, log=log, progress=progress),
+                   title=f"runner: {config.input} -> {config.output}", output=config.output,
+                   api_key=config.endpoint.api_key,
+                   usage_errors=(CheckpointError, OSError, RedisUnavailable),
+                   log_file=log_file, summary_json=summary_json, prices=prices)
 
 
 @main.command()

@@ -1,0 +1,68 @@
+"""One run from the command line, whichever backend: open the log, run, summarise, write the JSON
+summary, and turn what happened into the exit code. Both `runner run` (live) and `--via batch`
+(`runner.batch.cli`) go through `execute`."""
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+
+from runner.exit_codes import EXIT_BUG, EXIT_USAGE
+from runner.redact import redact
+from runner.report.log import RunLog
+from runner.report.prices import PriceTable
+from runner.report.stats import RunStats
+from runner.report.summary import summary_dict, summary_lines
+
+__all__ = ["execute"]
+
+
+def execute(start: Callable[[Console, RunLog], Awaitable[RunStats]], *, title: str, output: Path,
+            api_key: str | None, usage_errors: tuple[type[BaseException], ...],
+            log_file: Path | None = None, summary_json: Path | None = None,
+            prices: PriceTable | None = None,
+            more_lines: Callable[[RunStats], list[str]] = lambda stats: [],
+            more_json: Callable[[RunStats], Mapping[str, Any]] = lambda stats: {}) -> int:
+    """Run `start(console, log)` and report it; the exit code. `usage_errors` end the run with
+    exit 2 and their message (an output in use, an unreachable Redis, ...); any other exception is
+    a bug (exit 70, the traceback in the log). `more_lines` and `more_json` add a backend's own
+    summary lines and JSON keys. The API key never reaches the log or the JSON summary."""
+    console = Console(stderr=True)
+    secrets = (api_key,) if api_key else ()
+    try:
+        log = RunLog(lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True),
+                     log_file, secrets=secrets)
+    except OSError as e:
+        click.echo(f"runner: cannot open log file {log_file}: {e.strerror}", err=True)
+        return EXIT_USAGE
+    try:
+        log(title, echo=False)
+        try:
+            stats = asyncio.run(start(console, log))
+        except usage_errors as e:
+            log(f"runner: {e}")
+            return EXIT_USAGE
+        except Exception:  # a bug: say so plainly, keep the traceback for the report
+            log("runner: internal error (a bug; please report it with this log):\n"
+                + traceback.format_exc())
+            return EXIT_BUG
+        for line in [*summary_lines(stats, str(output), prices), *more_lines(stats)]:
+            log(line)
+        code = stats.exit_code()
+        if summary_json is not None:
+            data = {**summary_dict(stats, str(output), prices), **more_json(stats)}
+            text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
+            try:
+                summary_json.write_text(redact(text, secrets))
+            except OSError as e:
+                log(f"runner: cannot write the summary {summary_json}: {e.strerror}")
+        log(f"runner: exit code {code}", echo=False)
+        return code
+    finally:
+        log.close()
