@@ -595,3 +595,21 @@ def test_responses_and_moderations_jobs_run_through_batches_too(loop, tmp_path, 
         assert records[f"m{i}"]["response"]["body"]["results"] == [moderation_result(f"text number {i}")]
     assert {b["endpoint"] for b in sim.batches.batches.values()} == {"/v1/responses", "/v1/moderations"}
     assert stats.batch_lines < 60  # the moderations were packed
+
+
+def test_a_job_larger_than_a_whole_batch_file_fails_alone_and_the_rest_runs(loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 12)
+    big = jobs[4]  # a completions job, packed with others until the pack is found too large
+    assert big["url"] == "/v1/completions"
+    big["body"]["prompt"] = "x" * 3000
+    (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps(j) + b"\n" for j in jobs))
+    sim = sim_factory()
+    stats = run(loop, sim, tmp_path, max_bytes=2048)
+    assert stats.exit_code() == EXIT_SOME_FAILED
+    records = read_results(tmp_path / "out.jsonl")
+    [failed] = [r for r in records if r["error"]]
+    assert failed["custom_id"] == big["custom_id"]
+    assert failed["error"]["code"] == "request_too_large"
+    assert "over the batch file limit of 2,048 bytes" in failed["error"]["message"]
+    assert_exactly_once([j for j in jobs if j is not big], [r for r in records if not r["error"]])
+    assert stats.failed["request_too_large"] == 1 and stats.succeeded == 11

@@ -8,7 +8,7 @@ import pytest
 from jobs.job import Job
 from jobs.packing import pack, single
 from jobs.tokens import rate_limit_charge
-from runner.batch.plan import Splitter, job_requests
+from runner.batch.plan import LineTooLarge, Splitter, job_requests
 from runner.batch.state import BatchState, Chunk
 
 
@@ -50,8 +50,11 @@ def test_each_file_has_one_url_and_one_model():
 
 
 def test_a_line_larger_than_the_file_limit_is_refused_at_once():
-    with pytest.raises(ValueError, match="over the file limit"):
-        splitter(max_bytes=50).add(chat(0))
+    s = splitter(max_bytes=50)
+    with pytest.raises(LineTooLarge, match="over the batch file limit of 50 bytes") as raised:
+        s.add(chat(0))
+    assert raised.value.size > 50 and raised.value.request.jobs[0].custom_id
+    assert s.flush() == []
 
 
 def test_jobs_over_the_enqueued_token_room_are_held_back():

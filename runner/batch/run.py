@@ -47,7 +47,8 @@ from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohtt
 from runner.batch.client import BatchClient, batch_url
 from runner.batch.collect import judge_line
 from runner.batch.plan import (
-    AZURE_MAX_REQUESTS, MAX_FILE_BYTES, OPENAI_MAX_REQUESTS, Draft, Splitter, job_requests,
+    AZURE_MAX_REQUESTS, MAX_FILE_BYTES, OPENAI_MAX_REQUESTS, Draft, LineTooLarge, MIN_FILE_BYTES,
+    Splitter, job_requests,
 )
 from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
 from runner.errors import APIError, RunnerError, UnusableInput
@@ -103,8 +104,8 @@ class BatchRunConfig:
             raise ValueError("max_attempts must be at least 1")
         if self.max_requests is not None and self.max_requests < 1:
             raise ValueError("max_requests must be at least 1")
-        if self.max_bytes < 1:
-            raise ValueError("max_bytes must be at least 1")
+        if self.max_bytes < MIN_FILE_BYTES:
+            raise ValueError(f"max_bytes must be at least {MIN_FILE_BYTES}")
         if self.poll_every is not None and not self.poll_every > 0:
             raise ValueError("poll_every must be a positive number of seconds")
 
@@ -741,7 +742,16 @@ class _Engine:
 
         def add(requests: list[Request]) -> None:
             for request in requests:
-                drafts.extend(splitter.add(request))
+                try:
+                    drafts.extend(splitter.add(request))
+                except LineTooLarge as e:
+                    if len(request.jobs) > 1:  # a pack: its jobs may fit one by one
+                        add([single(j, tokens.rate_limit_charge(j.url, j.body))
+                             for j in request.jobs])
+                    else:
+                        [job] = request.jobs
+                        self.write_failures((job.custom_id,), codes.REQUEST_TOO_LARGE, str(e),
+                                            f"big-{state.run_id}-{job.line}")
 
         async for item in read_items(self.config.input):
             if self.stop.is_set():
