@@ -613,3 +613,19 @@ def test_a_job_larger_than_a_whole_batch_file_fails_alone_and_the_rest_runs(loop
     assert "over the batch file limit of 2,048 bytes" in failed["error"]["message"]
     assert_exactly_once([j for j in jobs if j is not big], [r for r in records if not r["error"]])
     assert stats.failed["request_too_large"] == 1 and stats.succeeded == 11
+
+
+def test_a_custom_id_with_the_pack_prefix_is_a_bad_line_and_cannot_take_a_packs_answer(
+        loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 12, kinds=("completions",))
+    jobs[5]["custom_id"] = "runner-pack-1-job 0/ü"  # the id the first pack line gets ...
+    jobs[5]["body"]["max_tokens"] = 7  # ... in the same file, on a line of its own
+    (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps(j) + b"\n" for j in jobs))
+    sim = sim_factory()
+    logs = []
+    stats = run(loop, sim, tmp_path, log=logs.append)
+    assert stats.bad_lines == 1
+    assert f"{tmp_path / 'in.jsonl'}:6: custom_id 'runner-pack-1-job 0/ü' starts with " \
+           "'runner-pack-'" in "\n".join(logs)
+    records = read_results(tmp_path / "out.jsonl")
+    assert_exactly_once([j for j in jobs if j is not jobs[5]], records)

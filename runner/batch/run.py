@@ -48,7 +48,7 @@ from runner.batch.client import BatchClient, batch_url
 from runner.batch.collect import judge_line
 from runner.batch.plan import (
     AZURE_MAX_REQUESTS, MAX_FILE_BYTES, OPENAI_MAX_REQUESTS, Draft, LineTooLarge, MIN_FILE_BYTES,
-    Splitter, job_requests,
+    PACK_LINE_PREFIX, Splitter, job_requests,
 )
 from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
 from runner.errors import APIError, RunnerError, UnusableInput
@@ -818,7 +818,13 @@ class _Engine:
         """The job as its batch line carries it, or a `BadLine` naming file and line: an endpoint
         the Batch API does not take (image variations: run them with --via live), or an image
         to edit that cannot be read (relative paths are relative to the job file's folder, as
-        live); an edit's images go into the line as data URLs (`as_json_edit`)."""
+        live); an edit's images go into the line as data URLs (`as_json_edit`). A custom_id starting
+        with `PACK_LINE_PREFIX` is a bad line: batch line ids are either a job's custom_id or a
+        pack's id with that prefix, so reserving it keeps every line id of a file distinct."""
+        if job.custom_id.startswith(PACK_LINE_PREFIX):
+            return BadLine(self.config.input, job.line, f"custom_id {job.custom_id!r} starts with "
+                           f"{PACK_LINE_PREFIX!r}, reserved for packed lines with --via batch; "
+                           "rename it (or run it with --via live)", job.custom_id)
         if not spec_of(job.url).batch:
             return BadLine(self.config.input, job.line, f"{job.url} is not taken by the Batch API; "
                            "run these jobs with --via live (the other jobs run as batches)",
