@@ -45,7 +45,7 @@ def test_sigkill_three_times_across_submit_poll_and_collect_then_no_wait_runs_fi
     records = read_results(out)
     assert len(records) == len(jobs)
     assert_exactly_once(jobs, records)
-    twice = {cid: ids for cid, ids in batches.succeeded.items() if len(ids) > 1}
+    twice = {key: ids for key, ids in batches.paid.items() if len(ids) > 1}
     assert not twice  # no job answered by two batches
     state = [orjson.loads(x) for x in (tmp_path / "out.jsonl.batches").read_bytes().splitlines()]
     assert b"sk-test-key" not in (tmp_path / "out.jsonl.batches").read_bytes()

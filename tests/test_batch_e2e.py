@@ -53,8 +53,8 @@ def sim_factory(loop):
 
 
 def ran_twice(sim):
-    """Line custom_ids that two batches both answered 200: a job paid for twice."""
-    return {cid: ids for cid, ids in sim.batches.stats.succeeded.items() if len(ids) > 1}
+    """Jobs (by what they asked, packed or not) that two batches both answered 200: paid twice."""
+    return {key: ids for key, ids in sim.batches.stats.paid.items() if len(ids) > 1}
 
 
 def test_a_job_file_over_several_batches_with_faults_and_poison_gets_each_job_once(
