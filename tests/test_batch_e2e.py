@@ -629,3 +629,55 @@ def test_a_custom_id_with_the_pack_prefix_is_a_bad_line_and_cannot_take_a_packs_
            "'runner-pack-'" in "\n".join(logs)
     records = read_results(tmp_path / "out.jsonl")
     assert_exactly_once([j for j in jobs if j is not jobs[5]], records)
+
+
+@pytest.mark.parametrize("kill_at", ["close", "write"])
+def test_a_batch_refused_at_create_gets_its_failure_lines_once_across_a_kill(
+        loop, tmp_path, sim_factory, monkeypatch, kill_at):
+    from runner.api.transport import aiohttp_sender, open_session
+    from runner.batch import run as batch_run
+    from runner.batch.state import BatchState
+    jobs = write_jobs(tmp_path / "in.jsonl", 5, kinds=("chat",))
+    sim = sim_factory()
+
+    async def main():
+        async with open_session(max_connections=4) as session:
+            real = aiohttp_sender(session)
+
+            async def send(request):  # every create refused as a whole
+                if request.method == "POST" and request.url.endswith("/batches"):
+                    return HttpResponse(400, {}, orjson.dumps({"error": {
+                        "code": "invalid_batch", "type": "invalid_request_error", "param": None,
+                        "message": "this batch is not acceptable"}}))
+                return await real(request)
+
+            config = BatchRunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / "out.jsonl",
+                                    endpoint=Endpoint(base_url=sim.base_url, api_key=KEY),
+                                    poll_every=1.0)
+            return await run_batch(config, send=send, progress=False, handle_signals=False,
+                                   log=lambda m: None)
+
+    real_close, real_sink = BatchState.close_chunk, batch_run._Engine.sink
+
+    def close_chunk(self, *args, **kwargs):
+        raise Killed
+
+    def sink(self, record):
+        if record["error"] is not None:
+            raise Killed
+        real_sink(self, record)
+
+    if kill_at == "close":
+        monkeypatch.setattr(BatchState, "close_chunk", close_chunk)
+    else:
+        monkeypatch.setattr(batch_run._Engine, "sink", sink)
+    with pytest.raises(Killed):
+        loop.run_until_complete(main())
+    monkeypatch.setattr(BatchState, "close_chunk", real_close)
+    monkeypatch.setattr(batch_run._Engine, "sink", real_sink)
+    stats = loop.run_until_complete(main())
+    assert stats.exit_code() == EXIT_SOME_FAILED
+    records = read_results(tmp_path / "out.jsonl")
+    assert sorted(r["custom_id"] for r in records) == sorted(j["custom_id"] for j in jobs)
+    assert {r["error"]["code"] for r in records} == {"invalid_batch"}
+    assert not read_state(tmp_path / "out.jsonl").open_chunks()

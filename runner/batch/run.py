@@ -530,7 +530,9 @@ class _Engine:
             after = page["data"][-1]["id"]
 
     async def refused(self, chunk: Chunk, code: str, message: str) -> None:
-        """A batch that never ran as a whole (refused at create, or failed without naming lines)."""
+        """A batch that never ran as a whole (refused at create, or failed without naming lines).
+        Its chunk is closed before its failure lines are written (see `_SeenState`: only chunks
+        with a final status are watched for lines written before a kill)."""
         if code in TOKEN_LIMIT_CODES and not self.never_fits(chunk, message):
             self.token_limit(chunk, message)
             self.requeued += chunk.job_count
@@ -539,10 +541,12 @@ class _Engine:
             if code in TOKEN_LIMIT_CODES:  # one job over the whole limit: it can never run
                 code = codes.REQUEST_TOO_LARGE
             self.log(f"batch {chunk.chunk} refused: {code}: {message}; its {chunk.job_count} jobs fail")
+            # closed first: a kill before the lines are all written leaves the jobs without them
+            # pending (nothing ran), never a rerun refusing the chunk again and writing them twice
+            self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
             for line_id, ids in chunk.lines:
                 self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}")
             await self.checkpoint.sync()
-            self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
         await self.forget_file(chunk)
 
     def never_fits(self, chunk: Chunk, message: str) -> bool:
