@@ -302,6 +302,8 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
         data = result.to_json()
         if state is not None:
             data["batches"] = {"open": len(state.open_chunks()), "total": len(state.chunks)}
+            if state.open_chunks():
+                data["exit_code"] = EXIT_IN_PROGRESS
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
         print_report(status_table(result))
@@ -313,7 +315,7 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
                              os.environ.get("OPENAI_API_VERSION"), (), None)
         print_refresh(asyncio.run(refresh(output, endpoint)))
     code = result.exit_code()
-    sys.exit(EXIT_IN_PROGRESS if code == 3 and open_batches(output) else code)
+    sys.exit(EXIT_IN_PROGRESS if open_batches(output) else code)  # 4 whenever a batch is open
 
 
 @configurable(schema=run_command)
