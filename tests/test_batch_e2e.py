@@ -307,6 +307,8 @@ def test_killed_half_way_through_appending_results_the_rerun_writes_each_line_on
     assert len(read_results(tmp_path / "out.jsonl")) == 12
     stats = run(loop, sim, tmp_path)
     assert stats.exit_code() == EXIT_OK
+    # counted as written: 28 lines by this run, 12 by the killed one
+    assert (stats.succeeded, stats.already_done, stats.jobs) == (28, 12, 40)
     records = read_results(tmp_path / "out.jsonl")
     assert len(records) == 40 and sim.batches.stats.created == 1
     assert_exactly_once(jobs, records)

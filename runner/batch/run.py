@@ -655,15 +655,17 @@ class _Engine:
             assert request is not None
             if not await self.save_images(chunk, request, outcome.records[0], gave_up):
                 return
-        for record in outcome.records:
-            self.sink(record)
-        for usage in outcome.usage:
-            self.stats.add_usage(chunk.model, usage)
-        if outcome.usage:
-            self.stats.succeeded += len(ids)
+        # counted only as written: lines a killed run wrote are its, not this run's
+        written = [record for record in outcome.records if self.sink(record)]
+        if outcome.usage and written:
+            for usage in outcome.usage:
+                self.stats.add_usage(chunk.model, usage)
+            self.stats.succeeded += sum(1 for record in written if record.get("error") is None)
         if outcome.gave_up:  # a later run starts these with fresh attempts, as live
             gave_up.extend(outcome.gave_up)
-            self.stats.failed[outcome.code] += len(outcome.gave_up)
+            final = set(outcome.gave_up)
+            self.stats.failed[outcome.code] += sum(1 for record in written
+                                                   if record["custom_id"] in final)
         if outcome.halves:
             bisect.extend(list(part) for part in outcome.halves)
             self.stats.bisect_requests += len(outcome.halves)
@@ -681,31 +683,33 @@ class _Engine:
         saved = await self.images.save_job(job, record["response"]["body"])
         if isinstance(saved, SaveFailed):
             response = record["response"]
-            self.sink(error_record(job.custom_id, saved.code, saved.message, record_id=record["id"],
-                                   status=response["status_code"], body=response["body"],
-                                   request_id=response["request_id"]))
-            self.stats.failed[saved.code] += 1
+            if self.sink(error_record(job.custom_id, saved.code, saved.message,
+                                      record_id=record["id"], status=response["status_code"],
+                                      body=response["body"], request_id=response["request_id"])):
+                self.stats.failed[saved.code] += 1
             gave_up.append(job.custom_id)
             return False
         record["response"]["body"] = saved
         self.stats.count_images(chunk.model, job.url, job.body)
         return True
 
-    def sink(self, record: dict[str, Any]) -> None:
-        """Append a result line unless this very line (by id) is already in OUTPUT. A job
-        given a failure line is final for this run, transient or not (a later run retries it)."""
+    def sink(self, record: dict[str, Any]) -> bool:
+        """Append a result line unless this very line (by id) is already in OUTPUT; True when
+        appended (counts follow what this run wrote). A job given a failure line is final for
+        this run, transient or not (a later run retries it)."""
         if record.get("error") is not None and record["error"].get("code") != DUPLICATE:
             self.failed_here.add(record["custom_id"])
         if record["id"] in self.seen.ids:
-            return
+            return False
         self.checkpoint.append(record)
         self.seen.add(record)
+        return True
 
     def write_failures(self, ids: tuple[str, ...], code: str, message: str, record_id: str) -> None:
         for i, cid in enumerate(ids):
-            self.sink(error_record(cid, code, message,
-                                   record_id=record_id if len(ids) == 1 else f"{record_id}-{i}"))
-            self.stats.failed[code] += 1
+            if self.sink(error_record(cid, code, message,
+                                      record_id=record_id if len(ids) == 1 else f"{record_id}-{i}")):
+                self.stats.failed[code] += 1
 
     async def validation_failed(self, chunk: Chunk, named: list[dict[str, Any]]) -> None:
         """A batch that failed validation naming lines: those jobs fail with the provider's
