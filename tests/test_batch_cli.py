@@ -45,7 +45,7 @@ def test_sigkill_three_times_across_submit_poll_and_collect_then_no_wait_runs_fi
     records = read_results(out)
     assert len(records) == len(jobs)
     assert_exactly_once(jobs, records)
-    twice = {cid: ids for cid, ids in batches.succeeded.items() if len(ids) > 1}
+    twice = {key: ids for key, ids in batches.paid.items() if len(ids) > 1}
     assert not twice  # no job answered by two batches
     state = [orjson.loads(x) for x in (tmp_path / "out.jsonl.batches").read_bytes().splitlines()]
     assert b"sk-test-key" not in (tmp_path / "out.jsonl.batches").read_bytes()
@@ -131,3 +131,15 @@ def test_via_and_wait_come_from_the_environment_and_the_config_file(tmp_path, mo
         assert done.exit_code == 0, done.output
     assert sim.batches.stats.created == 1
     assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+
+
+def test_a_batch_max_bytes_too_small_for_any_line_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+    from runner.cli.main import main
+    write_jobs(tmp_path / "in.jsonl", 3, kinds=("chat",))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "in.jsonl"), "-o",
+                                       str(tmp_path / "out.jsonl"), "--via", "batch",
+                                       "--batch-max-bytes", "100", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "--batch-max-bytes" in result.output and "1024" in result.output
+    assert not (tmp_path / "out.jsonl").exists()

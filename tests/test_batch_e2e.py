@@ -53,8 +53,8 @@ def sim_factory(loop):
 
 
 def ran_twice(sim):
-    """Line custom_ids that two batches both answered 200: a job paid for twice."""
-    return {cid: ids for cid, ids in sim.batches.stats.succeeded.items() if len(ids) > 1}
+    """Jobs (by what they asked, packed or not) that two batches both answered 200: paid twice."""
+    return {key: ids for key, ids in sim.batches.stats.paid.items() if len(ids) > 1}
 
 
 def test_a_job_file_over_several_batches_with_faults_and_poison_gets_each_job_once(
@@ -307,6 +307,8 @@ def test_killed_half_way_through_appending_results_the_rerun_writes_each_line_on
     assert len(read_results(tmp_path / "out.jsonl")) == 12
     stats = run(loop, sim, tmp_path)
     assert stats.exit_code() == EXIT_OK
+    # counted as written: 28 lines by this run, 12 by the killed one
+    assert (stats.succeeded, stats.already_done, stats.jobs) == (28, 12, 40)
     records = read_results(tmp_path / "out.jsonl")
     assert len(records) == 40 and sim.batches.stats.created == 1
     assert_exactly_once(jobs, records)
@@ -595,3 +597,89 @@ def test_responses_and_moderations_jobs_run_through_batches_too(loop, tmp_path, 
         assert records[f"m{i}"]["response"]["body"]["results"] == [moderation_result(f"text number {i}")]
     assert {b["endpoint"] for b in sim.batches.batches.values()} == {"/v1/responses", "/v1/moderations"}
     assert stats.batch_lines < 60  # the moderations were packed
+
+
+def test_a_job_larger_than_a_whole_batch_file_fails_alone_and_the_rest_runs(loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 12)
+    big = jobs[4]  # a completions job, packed with others until the pack is found too large
+    assert big["url"] == "/v1/completions"
+    big["body"]["prompt"] = "x" * 3000
+    (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps(j) + b"\n" for j in jobs))
+    sim = sim_factory()
+    stats = run(loop, sim, tmp_path, max_bytes=2048)
+    assert stats.exit_code() == EXIT_SOME_FAILED
+    records = read_results(tmp_path / "out.jsonl")
+    [failed] = [r for r in records if r["error"]]
+    assert failed["custom_id"] == big["custom_id"]
+    assert failed["error"]["code"] == "request_too_large"
+    assert "over the batch file limit of 2,048 bytes" in failed["error"]["message"]
+    assert_exactly_once([j for j in jobs if j is not big], [r for r in records if not r["error"]])
+    assert stats.failed["request_too_large"] == 1 and stats.succeeded == 11
+
+
+def test_a_custom_id_with_the_pack_prefix_is_a_bad_line_and_cannot_take_a_packs_answer(
+        loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 12, kinds=("completions",))
+    jobs[5]["custom_id"] = "runner-pack-1-job 0/ü"  # the id the first pack line gets ...
+    jobs[5]["body"]["max_tokens"] = 7  # ... in the same file, on a line of its own
+    (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps(j) + b"\n" for j in jobs))
+    sim = sim_factory()
+    logs = []
+    stats = run(loop, sim, tmp_path, log=logs.append)
+    assert stats.bad_lines == 1
+    assert f"{tmp_path / 'in.jsonl'}:6: custom_id 'runner-pack-1-job 0/ü' starts with " \
+           "'runner-pack-'" in "\n".join(logs)
+    records = read_results(tmp_path / "out.jsonl")
+    assert_exactly_once([j for j in jobs if j is not jobs[5]], records)
+
+
+@pytest.mark.parametrize("kill_at", ["close", "write"])
+def test_a_batch_refused_at_create_gets_its_failure_lines_once_across_a_kill(
+        loop, tmp_path, sim_factory, monkeypatch, kill_at):
+    from runner.api.transport import aiohttp_sender, open_session
+    from runner.batch import run as batch_run
+    from runner.batch.state import BatchState
+    jobs = write_jobs(tmp_path / "in.jsonl", 5, kinds=("chat",))
+    sim = sim_factory()
+
+    async def main():
+        async with open_session(max_connections=4) as session:
+            real = aiohttp_sender(session)
+
+            async def send(request):  # every create refused as a whole
+                if request.method == "POST" and request.url.endswith("/batches"):
+                    return HttpResponse(400, {}, orjson.dumps({"error": {
+                        "code": "invalid_batch", "type": "invalid_request_error", "param": None,
+                        "message": "this batch is not acceptable"}}))
+                return await real(request)
+
+            config = BatchRunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / "out.jsonl",
+                                    endpoint=Endpoint(base_url=sim.base_url, api_key=KEY),
+                                    poll_every=1.0)
+            return await run_batch(config, send=send, progress=False, handle_signals=False,
+                                   log=lambda m: None)
+
+    real_close, real_sink = BatchState.close_chunk, batch_run._Engine.sink
+
+    def close_chunk(self, *args, **kwargs):
+        raise Killed
+
+    def sink(self, record):
+        if record["error"] is not None:
+            raise Killed
+        real_sink(self, record)
+
+    if kill_at == "close":
+        monkeypatch.setattr(BatchState, "close_chunk", close_chunk)
+    else:
+        monkeypatch.setattr(batch_run._Engine, "sink", sink)
+    with pytest.raises(Killed):
+        loop.run_until_complete(main())
+    monkeypatch.setattr(BatchState, "close_chunk", real_close)
+    monkeypatch.setattr(batch_run._Engine, "sink", real_sink)
+    stats = loop.run_until_complete(main())
+    assert stats.exit_code() == EXIT_SOME_FAILED
+    records = read_results(tmp_path / "out.jsonl")
+    assert sorted(r["custom_id"] for r in records) == sorted(j["custom_id"] for j in jobs)
+    assert {r["error"]["code"] for r in records} == {"invalid_batch"}
+    assert not read_state(tmp_path / "out.jsonl").open_chunks()

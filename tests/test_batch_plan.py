@@ -8,7 +8,7 @@ import pytest
 from jobs.job import Job
 from jobs.packing import pack, single
 from jobs.tokens import rate_limit_charge
-from runner.batch.plan import Splitter, job_requests
+from runner.batch.plan import LineTooLarge, Splitter, job_requests
 from runner.batch.state import BatchState, Chunk
 
 
@@ -50,8 +50,11 @@ def test_each_file_has_one_url_and_one_model():
 
 
 def test_a_line_larger_than_the_file_limit_is_refused_at_once():
-    with pytest.raises(ValueError, match="over the file limit"):
-        splitter(max_bytes=50).add(chat(0))
+    s = splitter(max_bytes=50)
+    with pytest.raises(LineTooLarge, match="over the batch file limit of 50 bytes") as raised:
+        s.add(chat(0))
+    assert raised.value.size > 50 and raised.value.request.jobs[0].custom_id
+    assert s.flush() == []
 
 
 def test_jobs_over_the_enqueued_token_room_are_held_back():
@@ -183,3 +186,24 @@ def test_an_embeddings_file_holds_at_most_50000_inputs_however_they_are_packed()
     files = drain(splitter(), packs)
     assert [f.inputs for f in files] == [2048 * 24, 2048 * 6]
     assert all(f.inputs <= MAX_EMBEDDING_INPUTS for f in files)
+
+
+def test_status_exits_4_while_a_batch_is_open_even_when_some_jobs_failed(tmp_path):
+    from click.testing import CliRunner
+    from jobs.results import error_record, success_record
+    from runner.cli.main import main
+    from tests.test_e2e import write_jobs
+    write_jobs(tmp_path / "in.jsonl", 3, kinds=("chat",))
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in (
+        success_record("job 0/ü", {"ok": 1}, record_id="r0", request_id=None),
+        success_record("job 1/ü", {"ok": 1}, record_id="r1", request_id=None),
+        error_record("job 2/ü", "invalid_request", "no", record_id="r2", status=400))))
+    state = BatchState(out)
+    state.open("0123456789abcdef")  # job 2 retried (--retry-failed) in a batch still open
+    state.plan(Chunk("c00001", "/v1/chat/completions", "gpt-4o-mini", 30,
+                     [("job 2/ü", ("job 2/ü",))]), b"{}\n")
+    state.record({"event": "created", "chunk": "c00001", "batch_id": "batch_abc"})
+    state.close()
+    result = CliRunner().invoke(main, ["status", str(tmp_path / "in.jsonl"), "-o", str(out)])
+    assert result.exit_code == 4, result.output

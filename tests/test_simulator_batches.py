@@ -202,3 +202,22 @@ def test_files_can_be_read_back_and_deleted(loop):
 
     content, listed, status = with_client(loop, BatchConfig(), scenario)
     assert content == chat_line(0) and listed == ["a.jsonl"] and status == 404
+
+
+def test_a_job_packed_into_two_batches_under_different_line_ids_shows_as_paid_twice(loop):
+    def pack(line_id, prompts):
+        body = {"model": "gpt-3.5-turbo-instruct", "prompt": prompts, "max_tokens": 4}
+        return orjson.dumps({"custom_id": line_id, "method": "POST", "url": "/v1/completions",
+                             "body": body}) + b"\n"
+
+    async def scenario(sim, client):
+        for data in (pack("runner-pack-1-a", ["pa", "pb"]), pack("runner-pack-7-b", ["pb", "pc"])):
+            file = await client.upload("in.jsonl", data)
+            await wait_final(client, (await client.create(file["id"], "/v1/completions", {}))["id"])
+        return sim.batches.stats
+
+    stats = with_client(loop, BatchConfig(lines_per_s=10, validate_s=1, finalize_s=1), scenario)
+    assert not any(len(ids) > 1 for ids in stats.succeeded.values())  # per line: invisible
+    twice = {key: ids for key, ids in stats.paid.items() if len(ids) > 1}
+    assert list(twice) == ['completions "pb"'] and len(set(twice['completions "pb"'])) == 2
+    assert len(stats.paid) == 3

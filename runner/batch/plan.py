@@ -29,6 +29,18 @@ MAX_FILE_BYTES = 200 * 1024 * 1024
 # requests in the batch" (OpenAI's and Azure's create-batch reference): packed lines count each input.
 MAX_EMBEDDING_INPUTS = 50_000
 PACK_LINE_PREFIX = "runner-pack-"
+# The smallest `max_bytes` worth running: below it hardly any line fits (a line's JSON envelope
+# alone is about 100 bytes), and every job would fail as too large.
+MIN_FILE_BYTES = 1024
+
+
+class LineTooLarge(ValueError):
+    """One batch line is larger than a whole batch file may be: it can never be submitted."""
+
+    def __init__(self, request: Request, size: int, limit: int) -> None:
+        super().__init__(f"its batch line is {size:,} bytes, over the batch file limit of "
+                         f"{limit:,} bytes (--batch-max-bytes)")
+        self.request, self.size, self.limit = request, size, limit
 
 
 @dataclass(slots=True)
@@ -75,7 +87,8 @@ class Splitter:
         self.held = 0  # jobs kept for later: no enqueued-token room for them now
 
     def add(self, request: Request) -> list[Draft]:
-        """Drafts now full (possibly none) after adding `request` as one line."""
+        """Drafts now full (possibly none) after adding `request` as one line. Raises
+        `LineTooLarge` (nothing added) when the line alone is over `max_bytes`."""
         key = (request.url, request.model)
         model = request.model
         if len(request.jobs) > 1:
@@ -85,8 +98,7 @@ class Splitter:
             line_id = request.jobs[0].custom_id
         raw = line_bytes(line_id, request, self._wire_url(request.url), self._wire_model(model))
         if len(raw) > self.max_bytes:
-            raise ValueError(f"one batch line is {len(raw):,} bytes, over the file limit of "
-                             f"{self.max_bytes:,} bytes")
+            raise LineTooLarge(request, len(raw), self.max_bytes)
         room = self._room(model)
         spent = self._spent.get(model, 0)
         if room is not None and spent + request.charge > room \

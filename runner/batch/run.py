@@ -47,7 +47,8 @@ from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohtt
 from runner.batch.client import BatchClient, batch_url
 from runner.batch.collect import judge_line
 from runner.batch.plan import (
-    AZURE_MAX_REQUESTS, MAX_FILE_BYTES, OPENAI_MAX_REQUESTS, Draft, Splitter, job_requests,
+    AZURE_MAX_REQUESTS, MAX_FILE_BYTES, OPENAI_MAX_REQUESTS, Draft, LineTooLarge, MIN_FILE_BYTES,
+    PACK_LINE_PREFIX, Splitter, job_requests,
 )
 from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
 from runner.errors import APIError, RunnerError, UnusableInput
@@ -103,8 +104,8 @@ class BatchRunConfig:
             raise ValueError("max_attempts must be at least 1")
         if self.max_requests is not None and self.max_requests < 1:
             raise ValueError("max_requests must be at least 1")
-        if self.max_bytes < 1:
-            raise ValueError("max_bytes must be at least 1")
+        if self.max_bytes < MIN_FILE_BYTES:
+            raise ValueError(f"max_bytes must be at least {MIN_FILE_BYTES}")
         if self.poll_every is not None and not self.poll_every > 0:
             raise ValueError("poll_every must be a positive number of seconds")
 
@@ -529,7 +530,9 @@ class _Engine:
             after = page["data"][-1]["id"]
 
     async def refused(self, chunk: Chunk, code: str, message: str) -> None:
-        """A batch that never ran as a whole (refused at create, or failed without naming lines)."""
+        """A batch that never ran as a whole (refused at create, or failed without naming lines).
+        Its chunk is closed before its failure lines are written (see `_SeenState`: only chunks
+        with a final status are watched for lines written before a kill)."""
         if code in TOKEN_LIMIT_CODES and not self.never_fits(chunk, message):
             self.token_limit(chunk, message)
             self.requeued += chunk.job_count
@@ -538,10 +541,12 @@ class _Engine:
             if code in TOKEN_LIMIT_CODES:  # one job over the whole limit: it can never run
                 code = codes.REQUEST_TOO_LARGE
             self.log(f"batch {chunk.chunk} refused: {code}: {message}; its {chunk.job_count} jobs fail")
+            # closed first: a kill before the lines are all written leaves the jobs without them
+            # pending (nothing ran), never a rerun refusing the chunk again and writing them twice
+            self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
             for line_id, ids in chunk.lines:
                 self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}")
             await self.checkpoint.sync()
-            self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
         await self.forget_file(chunk)
 
     def never_fits(self, chunk: Chunk, message: str) -> bool:
@@ -650,15 +655,17 @@ class _Engine:
             assert request is not None
             if not await self.save_images(chunk, request, outcome.records[0], gave_up):
                 return
-        for record in outcome.records:
-            self.sink(record)
-        for usage in outcome.usage:
-            self.stats.add_usage(chunk.model, usage)
-        if outcome.usage:
-            self.stats.succeeded += len(ids)
+        # counted only as written: lines a killed run wrote are its, not this run's
+        written = [record for record in outcome.records if self.sink(record)]
+        if outcome.usage and written:
+            for usage in outcome.usage:
+                self.stats.add_usage(chunk.model, usage)
+            self.stats.succeeded += sum(1 for record in written if record.get("error") is None)
         if outcome.gave_up:  # a later run starts these with fresh attempts, as live
             gave_up.extend(outcome.gave_up)
-            self.stats.failed[outcome.code] += len(outcome.gave_up)
+            final = set(outcome.gave_up)
+            self.stats.failed[outcome.code] += sum(1 for record in written
+                                                   if record["custom_id"] in final)
         if outcome.halves:
             bisect.extend(list(part) for part in outcome.halves)
             self.stats.bisect_requests += len(outcome.halves)
@@ -676,31 +683,33 @@ class _Engine:
         saved = await self.images.save_job(job, record["response"]["body"])
         if isinstance(saved, SaveFailed):
             response = record["response"]
-            self.sink(error_record(job.custom_id, saved.code, saved.message, record_id=record["id"],
-                                   status=response["status_code"], body=response["body"],
-                                   request_id=response["request_id"]))
-            self.stats.failed[saved.code] += 1
+            if self.sink(error_record(job.custom_id, saved.code, saved.message,
+                                      record_id=record["id"], status=response["status_code"],
+                                      body=response["body"], request_id=response["request_id"])):
+                self.stats.failed[saved.code] += 1
             gave_up.append(job.custom_id)
             return False
         record["response"]["body"] = saved
         self.stats.count_images(chunk.model, job.url, job.body)
         return True
 
-    def sink(self, record: dict[str, Any]) -> None:
-        """Append a result line unless this very line (by id) is already in OUTPUT. A job
-        given a failure line is final for this run, transient or not (a later run retries it)."""
+    def sink(self, record: dict[str, Any]) -> bool:
+        """Append a result line unless this very line (by id) is already in OUTPUT; True when
+        appended (counts follow what this run wrote). A job given a failure line is final for
+        this run, transient or not (a later run retries it)."""
         if record.get("error") is not None and record["error"].get("code") != DUPLICATE:
             self.failed_here.add(record["custom_id"])
         if record["id"] in self.seen.ids:
-            return
+            return False
         self.checkpoint.append(record)
         self.seen.add(record)
+        return True
 
     def write_failures(self, ids: tuple[str, ...], code: str, message: str, record_id: str) -> None:
         for i, cid in enumerate(ids):
-            self.sink(error_record(cid, code, message,
-                                   record_id=record_id if len(ids) == 1 else f"{record_id}-{i}"))
-            self.stats.failed[code] += 1
+            if self.sink(error_record(cid, code, message,
+                                      record_id=record_id if len(ids) == 1 else f"{record_id}-{i}")):
+                self.stats.failed[code] += 1
 
     async def validation_failed(self, chunk: Chunk, named: list[dict[str, Any]]) -> None:
         """A batch that failed validation naming lines: those jobs fail with the provider's
@@ -741,7 +750,16 @@ class _Engine:
 
         def add(requests: list[Request]) -> None:
             for request in requests:
-                drafts.extend(splitter.add(request))
+                try:
+                    drafts.extend(splitter.add(request))
+                except LineTooLarge as e:
+                    if len(request.jobs) > 1:  # a pack: its jobs may fit one by one
+                        add([single(j, tokens.rate_limit_charge(j.url, j.body))
+                             for j in request.jobs])
+                    else:
+                        [job] = request.jobs
+                        self.write_failures((job.custom_id,), codes.REQUEST_TOO_LARGE, str(e),
+                                            f"big-{state.run_id}-{job.line}")
 
         async for item in read_items(self.config.input):
             if self.stop.is_set():
@@ -808,7 +826,13 @@ class _Engine:
         """The job as its batch line carries it, or a `BadLine` naming file and line: an endpoint
         the Batch API does not take (image variations: run them with --via live), or an image
         to edit that cannot be read (relative paths are relative to the job file's folder, as
-        live); an edit's images go into the line as data URLs (`as_json_edit`)."""
+        live); an edit's images go into the line as data URLs (`as_json_edit`). A custom_id starting
+        with `PACK_LINE_PREFIX` is a bad line: batch line ids are either a job's custom_id or a
+        pack's id with that prefix, so reserving it keeps every line id of a file distinct."""
+        if job.custom_id.startswith(PACK_LINE_PREFIX):
+            return BadLine(self.config.input, job.line, f"custom_id {job.custom_id!r} starts with "
+                           f"{PACK_LINE_PREFIX!r}, reserved for packed lines with --via batch; "
+                           "rename it (or run it with --via live)", job.custom_id)
         if not spec_of(job.url).batch:
             return BadLine(self.config.input, job.line, f"{job.url} is not taken by the Batch API; "
                            "run these jobs with --via live (the other jobs run as batches)",

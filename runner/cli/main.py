@@ -38,7 +38,7 @@ from runner.batch.cli import (
     batch_files, batch_price_table, batches_table, default_max_requests, execute_batch,
     open_batches, print_refresh, refresh,
 )
-from runner.batch.plan import MAX_FILE_BYTES as BATCH_MAX_BYTES
+from runner.batch.plan import MAX_FILE_BYTES as BATCH_MAX_BYTES, MIN_FILE_BYTES
 from runner.batch.run import BatchRunConfig
 from runner.batch.state import read_state
 from runner.exit_codes import EXIT_IN_PROGRESS
@@ -166,7 +166,7 @@ def main() -> None:
               help="--via batch: seconds between polls [default: 10, growing to 300].")
 @click.option("--batch-max-requests", type=click.IntRange(1), default=None,
               help="--via batch: lines per batch file [default: 50,000; Azure 100,000].")
-@click.option("--batch-max-bytes", type=click.IntRange(1), default=BATCH_MAX_BYTES,
+@click.option("--batch-max-bytes", type=click.IntRange(MIN_FILE_BYTES), default=BATCH_MAX_BYTES,
               show_default=True, help="--via batch: bytes per batch file.")
 def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | None, burst_s: float,
                 budget_scope: str, concurrency: int, max_attempts: int, retry_failed: bool, base_url: str,
@@ -336,6 +336,8 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
         data = result.to_json()
         if state is not None:
             data["batches"] = {"open": len(state.open_chunks()), "total": len(state.chunks)}
+            if state.open_chunks():
+                data["exit_code"] = EXIT_IN_PROGRESS
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
         print_report(status_table(result))
@@ -347,7 +349,7 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
                              os.environ.get("OPENAI_API_VERSION"), (), None)
         print_refresh(asyncio.run(refresh(output, endpoint)))
     code = result.exit_code()
-    sys.exit(EXIT_IN_PROGRESS if code == 3 and open_batches(output) else code)
+    sys.exit(EXIT_IN_PROGRESS if open_batches(output) else code)  # 4 whenever a batch is open
 
 
 def _outputs(output: Path) -> list[Path]:

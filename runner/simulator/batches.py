@@ -100,7 +100,10 @@ class BatchConfig:
 class BatchStats:
     """What the simulated Batch API saw: files uploaded and deleted, batches created, and per
     line `custom_id` the ids of the batches that ran it (`ran`: any answer) and of those that
-    answered it 200 (`succeeded`): a job paid for twice shows two batch ids there."""
+    answered it 200 (`succeeded`). `paid` is per job, not per line: keyed by what the job asked
+    (`job_keys`: each prompt / input of a packed line, else the line's body without its model),
+    the ids of the batches that answered it 200, so a job paid for twice shows two batch ids
+    there even when it went in packs with different line ids."""
 
     uploaded: int = 0
     deleted: int = 0
@@ -108,8 +111,23 @@ class BatchStats:
     by_status: Counter[str] = field(default_factory=Counter)  # final statuses
     ran: defaultdict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     succeeded: defaultdict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    paid: defaultdict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     lines_answered: int = 0
     max_enqueued: Counter[str] = field(default_factory=Counter)  # most tokens enqueued per model
+
+
+def job_keys(endpoint: str, body: dict[str, Any]) -> list[str]:
+    """One key per job a batch line carries: each item of a completions `prompt` or embeddings
+    `input` list of strings (a packed line) or the string itself, else the body without `model`.
+    Keys ignore the other fields: tests give every job its own prompt."""
+    tail = endpoint.removeprefix("/v1").lstrip("/")
+    name = {"completions": "prompt", "embeddings": "input"}.get(tail)
+    items = body.get(name) if name else None
+    items = [items] if isinstance(items, str) else items  # one job alone: keyed as if packed
+    if isinstance(items, list) and items and all(isinstance(i, str) for i in items):
+        return [f"{tail} {orjson.dumps(i).decode()}" for i in items]
+    rest = {k: v for k, v in body.items() if k != "model"}
+    return [f"{tail} {orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode()}"]
 
 
 def _error(status: int, message: str, code: str | None = None,
@@ -433,6 +451,8 @@ class BatchService:
                     "error": None})
                 if status == 200:
                     self.stats.succeeded[line["custom_id"]].append(batch["id"])
+                    for key in job_keys(endpoint, line["body"]):
+                        self.stats.paid[key].append(batch["id"])
                     outputs.append(record)
                     counts["completed"] += 1
                 else:
