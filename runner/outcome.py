@@ -32,7 +32,7 @@ from typing import Any
 
 from jobs import codes
 from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
-from runner.api.transport import NO_ANSWER_ERRORS, no_answer_error
+from runner.api.transport import no_answer_error, no_answer_errors
 from runner.errors import (
     APIConnectionError, APIError, APITimeoutError, AuthenticationError, BadRequestError,
     BadResponseError, NChoicesIgnoredError, QuotaExceededError, RateLimitError, ServerError, describe,
@@ -201,7 +201,7 @@ def _rate_limit_delay(headers: Mapping[str, str], kind: str | None, message: str
 def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
     if not isinstance(exc, Exception):
         raise exc  # CancelledError, KeyboardInterrupt: never swallowed as a "failure"
-    if isinstance(exc, NO_ANSWER_ERRORS):
+    if isinstance(exc, no_answer_errors()):
         exc = no_answer_error(exc)  # as the transport raises it
     if isinstance(exc, APIError):
         return classify(exc.status, exc.headers, exc.body, now=now)

@@ -493,6 +493,17 @@ def test_cautious_start_without_rate_limit_headers_makes_the_unknown_limit_unlim
     assert t == [0.0] + [0.25] * 49
 
 
+def test_with_both_limits_given_no_request_waits_for_a_first_answer():
+    async def main():
+        limiter = RateLimiter(rpm=600, tpm=60_000_000, burst_s=1.0)
+        log: list = []
+        await asyncio.gather(*(admit(limiter, log, str(i), 10) for i in range(12)))
+        return times(log)
+
+    # nothing is ever observed: the bucket's second of budget goes at once, then 10 per second
+    assert run_virtual(main) == pytest.approx([0.0] * 10 + [0.1, 0.2], abs=EXACT)
+
+
 def test_cautious_start_applies_when_only_one_limit_is_unknown():
     async def main():
         limiter = RateLimiter(rpm=6000, tpm=None)

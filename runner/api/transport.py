@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from runner.errors import APIConnectionError, APITimeoutError, describe
 from runner.redact import mask_secrets
+
+if TYPE_CHECKING:
+    import aiohttp
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0  # a completion with many output tokens can take a while
@@ -37,14 +39,18 @@ class HttpResponse:
 
 Send = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
-# What aiohttp and the OS raise when no answer arrived. (TimeoutError is asyncio.TimeoutError and
-# aiohttp.ServerTimeoutError; it is an OSError too.)
-NO_ANSWER_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
+def no_answer_errors() -> tuple[type[BaseException], ...]:
+    """What aiohttp and the OS raise when no answer arrived. (TimeoutError is asyncio.TimeoutError
+    and aiohttp.ServerTimeoutError; it is an OSError too.) aiohttp is imported on first use: a
+    command that sends nothing does not pay for it."""
+    import aiohttp
+    return (TimeoutError, aiohttp.ClientError, OSError)
 
 
 def no_answer_error(exc: TimeoutError | aiohttp.ClientError | OSError) -> APIConnectionError:
-    """The tree's error for one of `NO_ANSWER_ERRORS`: `APITimeoutError` for a timeout, else
+    """The tree's error for one of `no_answer_errors()`: `APITimeoutError` for a timeout, else
     `APIConnectionError`, with a one-line, masked message naming the original error."""
+    import aiohttp
     if isinstance(exc, aiohttp.ClientResponseError):
         # We never raise for a status, so this is aiohttp failing to parse the answer (a broken
         # proxy, an oversized header): no answer from the API, worth another try.
@@ -59,6 +65,7 @@ def open_session(*, max_connections: int, connect_timeout: float = CONNECT_TIMEO
     """One shared session for a run: at most `max_connections` sockets. An answer must start within
     `read_timeout` and be complete within `connect_timeout + read_timeout` (a server trickling
     bytes cannot hold a request forever)."""
+    import aiohttp
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
     timeout = aiohttp.ClientTimeout(total=connect_timeout + read_timeout, connect=connect_timeout,
                                     sock_read=read_timeout)
@@ -68,6 +75,7 @@ def open_session(*, max_connections: int, connect_timeout: float = CONNECT_TIMEO
 
 def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
     """A `send` function over an aiohttp session; see the module docstring for what it raises."""
+    no_answer = no_answer_errors()
 
     async def send(request: HttpRequest) -> HttpResponse:
         try:
@@ -76,7 +84,7 @@ def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
                 body = await response.read()
                 headers = {k.lower(): v for k, v in response.headers.items()}
                 return HttpResponse(response.status, headers, body)
-        except NO_ANSWER_ERRORS as exc:
+        except no_answer as exc:
             raise no_answer_error(exc) from exc
 
     return send
