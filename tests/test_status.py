@@ -168,3 +168,19 @@ def test_the_status_command_reads_a_glob_of_shard_outputs(tmp_path, monkeypatch)
     assert '"done": 3' in result.output
     missing = CliRunner().invoke(main, ["status", "in.jsonl", "-o", "nothing-*.jsonl"])
     assert missing.exit_code == 2 and "no output matches" in missing.output
+
+
+def test_over_several_outputs_a_job_done_in_any_is_done_as_merge_keeps_it(tmp_path):
+    from runner.report.status import status as status_of
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        '{"custom_id": "j0", "method": "POST", "url": "/v1/chat/completions", '
+        '"body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "q"}]}}\n')
+    ok = '{"id": "r", "custom_id": "j0", "response": {"status_code": 200, "request_id": "x", "body": {}}, "error": null}\n'
+    failed = ('{"id": "r2", "custom_id": "j0", "response": null, '
+              '"error": {"code": "server_error", "message": "boom"}}\n')
+    (tmp_path / "new.jsonl").write_text(ok)
+    (tmp_path / "old.jsonl").write_text(failed)  # read after new.jsonl
+    result = status_of(str(source), [tmp_path / "new.jsonl", tmp_path / "old.jsonl"])
+    assert (result.done, result.failed_permanent, sum(result.transient.values())) == (1, 0, 0)

@@ -321,6 +321,7 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
     """Show which jobs of INPUT are done, failed (by error code, permanent or transient) or still
     pending in OUTPUT, without calling the API. Safe to run while a run is writing OUTPUT."""
     outputs = _outputs(output)
+    output = outputs[0]  # a glob matching one file names that file
     try:
         result = status(input_path, outputs)
     except StatusError as e:

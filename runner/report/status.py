@@ -31,7 +31,7 @@ from rich.text import Text
 from jobs.flags import FlagSample
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, NotAJobFile, read_jobs
-from jobs.results import OutputState, failure_code
+from jobs.results import Outcome, OutputState, failure_code, record_outcome
 from runner.files.checkpoint import CheckpointError, LoadReport, scan
 from runner.files.inputs import UnreadableInput, input_lines, input_name
 from runner.report.render import flag_notes
@@ -47,15 +47,21 @@ class StatusError(Exception):
 # --- reading ------------------------------------------------------------------------------------
 
 class _TrackedState(OutputState):
-    """`OutputState` that also remembers the code of each transient failure."""
+    """`OutputState` that also remembers the code of each transient failure. With `done_sticks`
+    (several outputs read together) a job done in any of them stays done, as `runner merge`
+    keeps a success whichever output holds it."""
 
-    __slots__ = ("transient_codes",)
+    __slots__ = ("transient_codes", "done_sticks")
 
     def __init__(self) -> None:
         super().__init__()
         self.transient_codes: dict[str, str] = {}
+        self.done_sticks = False
 
     def add(self, record: Mapping[str, Any]) -> None:
+        if (self.done_sticks and record.get("custom_id") in self.done
+                and record_outcome(record) is not Outcome.DONE):
+            return
         super().add(record)
         custom_id = record.get("custom_id")
         if isinstance(custom_id, str) and custom_id in self.transient:
@@ -146,7 +152,8 @@ class Status:
 
 def status(input_path: str, output: Path | Sequence[Path]) -> Status:
     """The status of INPUT's jobs in OUTPUT (or in several outputs together, such as the shards of
-    `--shard K/N`: read in the order given, a job's last line in the last of them wins);
+    `--shard K/N`: a job done in any of them is done, as `runner merge` keeps it; otherwise its
+    last line in the last of them counts);
     StatusError when any cannot be read.
 
     Memory: the ids of the outputs (as a run holds them) and of INPUT (as the reader's duplicate
@@ -154,6 +161,7 @@ def status(input_path: str, output: Path | Sequence[Path]) -> Status:
     """
     outputs = [output] if isinstance(output, Path) else list(output)
     state = _TrackedState()
+    state.done_sticks = len(outputs) > 1
     result = Status(input=input_name(input_path), output=", ".join(str(o) for o in outputs))
     result.scan = _combined([scan_output(path, state) for path in outputs])
     try:
