@@ -158,6 +158,8 @@ def test_status_lists_the_batches_of_an_output_and_exits_4_while_one_is_open(tmp
     state.close()
     result = CliRunner().invoke(main, ["status", str(tmp_path / "in.jsonl"), "-o", str(out)])
     assert result.exit_code == 4, result.output
+    assert "batches still open at the provider" in result.output and "(exit 4)" in result.output
+    assert "--retry-failed (exit 1)" not in result.output  # no advice the exit code contradicts
     assert "batch_abc" in result.output and "in_progress" in result.output
 
 
@@ -207,3 +209,5 @@ def test_status_exits_4_while_a_batch_is_open_even_when_some_jobs_failed(tmp_pat
     state.close()
     result = CliRunner().invoke(main, ["status", str(tmp_path / "in.jsonl"), "-o", str(out)])
     assert result.exit_code == 4, result.output
+    assert "batches still open at the provider" in result.output and "(exit 4)" in result.output
+    assert "--retry-failed (exit 1)" not in result.output  # no advice the exit code contradicts

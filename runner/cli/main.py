@@ -333,15 +333,16 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
             print_report(status_table(result))
         sys.exit(result.exit_code())
     state = read_state(output)
+    still_open = len(state.open_chunks()) if state is not None else 0
     if as_json:
         data = result.to_json()
         if state is not None:
-            data["batches"] = {"open": len(state.open_chunks()), "total": len(state.chunks)}
-            if state.open_chunks():
+            data["batches"] = {"open": still_open, "total": len(state.chunks)}
+            if still_open:
                 data["exit_code"] = EXIT_IN_PROGRESS
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
-        print_report(status_table(result))
+        print_report(status_table(result, open_batches=still_open))
         if state is not None:
             print_report(batches_table(state))
     if refresh_ and state is not None:
@@ -349,8 +350,7 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
                              os.environ.get("AZURE_OPENAI_ENDPOINT"),
                              os.environ.get("OPENAI_API_VERSION"), (), None)
         print_refresh(asyncio.run(refresh(output, endpoint)))
-    code = result.exit_code()
-    sys.exit(EXIT_IN_PROGRESS if open_batches(output) else code)  # 4 whenever a batch is open
+    sys.exit(EXIT_IN_PROGRESS if still_open else result.exit_code())  # 4 whenever one is open
 
 
 def _outputs(output: Path) -> list[Path]:

@@ -202,8 +202,9 @@ def _classify(item: Job | BadLine | Duplicate, state: _TrackedState, result: Sta
         result.pending += 1
 
 
-def status_table(s: Status) -> Group:
-    """The human-readable status report."""
+def status_table(s: Status, *, open_batches: int = 0) -> Group:
+    """The human-readable status report (`open_batches`: of `--via batch`, still at the
+    provider)."""
     table = Table(title=f"{s.input} -> {s.output}", title_justify="left", box=None,
                   header_style="bold underline")
     table.add_column("jobs")
@@ -230,11 +231,14 @@ def status_table(s: Status) -> Group:
         more = f" and {s.unknown_ids - len(s.first_unknown_ids):,} more" if s.unknown_ids > len(s.first_unknown_ids) else ""
         notes.append(Text(f"{s.unknown_ids:,} result custom_ids are not in {s.input} "
                           f"(wrong input file?): {shown}{more}"))
-    notes.append(Text(_verdict(s), style="bold"))
+    notes.append(Text(_verdict(s, open_batches), style="bold"))
     return Group(table, *notes)
 
 
-def _verdict(s: Status) -> str:
+def _verdict(s: Status, open_batches: int = 0) -> str:
+    if open_batches:
+        return (f"{open_batches:,} batches still open at the provider: run the same `runner run "
+                "--via batch` command again later (exit 4)")
     code = s.exit_code()
     if code == EXIT_OK:
         return "all jobs done (exit 0)"
