@@ -109,6 +109,17 @@ class BatchState:
         self._fd: int | None = None
 
     # -- reading ---------------------------------------------------------------------------------
+    def _apply_all(self, data: bytes) -> None:
+        """Apply each event of the journal's bytes in order; lines that are not JSON objects (a
+        torn line, a hand edit) are skipped."""
+        for raw in data.splitlines():
+            try:
+                event = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                self._apply(event)
+
     def load(self) -> int:
         """Read the journal (if any); cut off a torn last line; returns the bytes cut."""
         try:
@@ -119,13 +130,7 @@ class BatchState:
             raise CheckpointError(f"cannot read the batch state {self.path}: {e.strerror}") from None
         good = data.rfind(b"\n") + 1
         torn = len(data) - good
-        for raw in data[:good].splitlines():
-            try:
-                event = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
-                self._apply(event)
+        self._apply_all(data[:good])
         if torn:
             try:
                 with open(self.path, "r+b") as f:
@@ -275,11 +280,5 @@ def read_state(output: Path) -> BatchState | None:
         data = state.path.read_bytes()
     except OSError:
         return None
-    for raw in data.splitlines():
-        try:
-            event = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(event, dict):
-            state._apply(event)
+    state._apply_all(data)
     return state
