@@ -667,13 +667,22 @@ def test_audit_skips_windows_that_start_inside_a_burst_the_server_counted_in_ano
                            for estimated, charged in samples)
 
 
+class SharedState(MemoryBudgetState):
+    """Stands in for a budget kept outside this process (Redis, a `SharedBudgetState`)."""
+
+    async def admit_async(self, tokens: float) -> Admission:
+        return self.admit(tokens)
+
+
 def calibration_run(*, factor: float, same_task: bool = True, headers: str = "all",
-                    rpm: float | None = None, tpm: float | None = None) -> float:
+                    rpm: float | None = None, tpm: float | None = None,
+                    shared: bool = False) -> float:
     """200 requests of 100 estimated tokens through a limiter, answered by a server charging
     `factor` × 100 (TPM 60,000); the calibration after them."""
 
     async def main() -> float:
-        limiter = RateLimiter(rpm=rpm, tpm=tpm)
+        state = SharedState(clock=now) if shared else None
+        limiter = RateLimiter(rpm=rpm, tpm=tpm, state=state)
         server = ServerBucket(1000.0, 60_000.0, clock=now)  # a minute's worth, as OpenAI holds
         answers: asyncio.Queue = asyncio.Queue()
 
@@ -986,3 +995,9 @@ def test_a_limit_and_remaining_without_reset_are_a_gateways_and_trusted():
     limiter = run_virtual(main())
     assert limiter.trusts_server
     assert limiter.requests_bucket.capacity == pytest.approx(60.0)
+
+
+def test_a_budget_shared_with_other_processes_is_not_calibrated_from_remaining():
+    """With Redis, `remaining` also drops by other processes' requests: read as our undercount,
+    they raised the shared factor (0.55 of a TPM budget used by two processes)."""
+    assert calibration_run(factor=1.3, shared=True) == 1.0
