@@ -169,3 +169,69 @@ async def test_redis_back_within_the_timeout_resumes_admissions(redis_server):
     await asyncio.to_thread(redis_server.start, port=port)  # empty: the script is loaded anew
     await asyncio.wait_for(waiting, 8.0)
     await budgets.close()
+
+
+@pytest.mark.slow  # a few seconds of real time
+async def test_a_process_asking_for_large_requests_is_not_starved_by_one_asking_for_small(
+        redis_server):
+    # 60,000 TPM: 1,000 tokens a second, capacity 1,000. The small asker alone would keep the
+    # bucket below 100 tokens for ever; the large one needs it full. Admission is FIFO across
+    # processes, so the large request goes once the bucket has refilled for it.
+    budgets_big, big = await process(redis_server.url, rpm=60_000, tpm=60_000)
+    budgets_small, small = await process(redis_server.url, rpm=60_000, tpm=60_000)
+    hammering = asyncio.ensure_future(admit_for(small, 4.0, tokens=100))
+    await asyncio.sleep(0.3)  # the small one has drained the bucket and keeps it drained
+    start = time.monotonic()
+    await asyncio.wait_for(big.acquire(1_000), 3.5)
+    assert time.monotonic() - start < 2.5
+    small_times = await hammering
+    assert len(small_times) >= 15  # and the small one carried on after it
+    for budgets in (budgets_big, budgets_small):
+        await budgets.close()
+
+
+@pytest.mark.slow  # a few seconds of real time
+async def test_a_waiting_process_that_dies_gives_its_place_back_within_seconds(redis_server):
+    budgets_dead, dead = await process(redis_server.url, rpm=60_000, tpm=60_000)
+    budgets_live, live = await process(redis_server.url, rpm=60_000, tpm=60_000)
+    await live.acquire(1_000)  # the bucket is empty
+    waiting = asyncio.ensure_future(dead.acquire(1_000))  # first in the queue ...
+    await asyncio.sleep(0.2)
+    waiting.cancel()  # ... and gone without a word (as under SIGKILL)
+    budgets_dead.states[0].cancel()
+    start = time.monotonic()
+    await asyncio.wait_for(live.acquire(1_000), 6.0)
+    assert time.monotonic() - start < 4.5  # its place expired: a poll (1 s) and a grace (2 s)
+    await budgets_live.close()
+    await budgets_dead.client.aclose()
+
+
+async def test_after_a_redis_restart_the_processes_still_share_one_budget_with_its_limits(
+        redis_server):
+    budgets_a, a = await process(redis_server.url, rpm=600, tpm=60_000, timeout_s=10.0)
+    await a.acquire(0)
+    port = redis_server.port
+    redis_server.stop()
+    await asyncio.to_thread(redis_server.start, port=port)  # empty: no salt, no budget
+    await a.acquire(0)  # the salt is set again and the limits A was told restored
+    budgets_b, b = await process(redis_server.url)  # a newcomer told nothing
+    await budgets_b.states[0].refresh()
+    assert budgets_b.states[0].key == budgets_a.states[0].key
+    assert budgets_b.states[0].read().requests.per_minute == 600
+    assert budgets_b.states[0].read().tokens.per_minute == 60_000
+    for budgets in (budgets_a, budgets_b):
+        await budgets.close()
+
+
+async def test_a_process_adopts_the_salt_a_newcomer_set_after_a_restart(redis_server):
+    budgets_a, a = await process(redis_server.url, rpm=600, tpm=60_000, timeout_s=10.0)
+    await a.acquire(0)
+    port = redis_server.port
+    redis_server.stop()
+    await asyncio.to_thread(redis_server.start, port=port)
+    budgets_b, b = await process(redis_server.url, rpm=600, tpm=60_000)  # connects first
+    await b.acquire(0)
+    await a.acquire(0)  # finds the salt not its own: adopts it
+    assert budgets_a.states[0].key == budgets_b.states[0].key
+    for budgets in (budgets_a, budgets_b):
+        await budgets.close()

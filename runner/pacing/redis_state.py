@@ -18,7 +18,15 @@ The limiter calls the state synchronously, and must not block the event loop on 
 Keys: ``runner:budget:<fingerprint>``, the fingerprint a keyed BLAKE2b of (API key, base URL,
 model) under a random salt stored once in the Redis (``runner:salt``): nothing in the Redis leads
 back to the key. Every call renews the key's TTL (`STATE_TTL_S`), so what dead processes left
-expires. Nothing is leased or reserved, so a process that dies holds nothing back.
+expires. Nothing is leased or reserved, so a process that dies holds nothing back; admission is
+FIFO across processes (a refused process keeps a place in the budget's queue, which expires
+within seconds unless it asks again: see `budget.lua`).
+
+Redis restarted without persistence (or flushed) mid-run: the script finds the salt gone and says
+so; the process sets it again, or adopts the one a process that connected first set, renames its
+budgets, and restores in them the limits and factor it knew, before what it was sending. So the
+processes keep sharing one budget, and a budget is never left without its limits (which would
+admit everything).
 
 Redis lost mid-run: admissions wait (nothing is sent) while the flusher retries with backoff; if
 Redis is not back within ``timeout_s`` every waiting call raises `RedisLost`, a `StopRunError`
@@ -105,6 +113,10 @@ def _decode(reply: list) -> tuple[Snapshot, dict[str, float | None], Admission]:
     return snapshot, levels, Admission(wait, bool(reply[10]), bool(reply[11]))
 
 
+class _SaltLost(Exception):
+    """The script's RUNNER_SALT error: the salt in Redis is gone or another's."""
+
+
 class _Call:
     """One queued script call; `done` resolves with its decoded answer (or `RedisLost`)."""
 
@@ -121,13 +133,16 @@ class RedisBudgetState:
     its own time). ``timeout_s``: how long Redis may be unreachable before `RedisLost`.
     """
 
-    def __init__(self, client: "aioredis.Redis", key: str, *, url: str,
+    def __init__(self, budgets: "RedisBudgets", base_url: str, model: str, *,
                  timeout_s: float = DEFAULT_REDIS_TIMEOUT_S,
                  clock: Callable[[], float] | None = None,
                  sleep: Callable[[float], object] | None = None) -> None:
-        self._client = client
-        self.key = key
-        self._url = url
+        self._budgets = budgets
+        self._client = budgets.client
+        self._url = budgets.url
+        self.base_url, self.model = base_url, model
+        self.key = budgets.key(base_url, model)
+        self._waiter = secrets.token_hex(8)  # this process's place in the budget's queue
         self._timeout_s = timeout_s
         self._clock = clock
         self._sleep = sleep or asyncio.sleep
@@ -241,17 +256,24 @@ class RedisBudgetState:
 
     async def _send(self, calls: list[_Call]) -> list:
         """Every call in one pipeline, in order; retried with backoff while Redis is unreachable,
-        up to the timeout (then `RedisLost`). A Redis that lost the script gets it again."""
+        up to the timeout (then `RedisLost`). A Redis that lost the script gets it again; one that
+        lost the salt gets it again and the budget's limits restored (module docstring)."""
         from redis.exceptions import NoScriptError, RedisError, ResponseError  # noqa: PLC0415
 
         delay, deadline = RETRY_FIRST_S, None
+        restore: list[_Call] = []
         while True:
             try:
-                return await self._pipeline(calls)
+                replies = await self._pipeline(restore + calls)
+                return replies[len(restore):]
             except NoScriptError:
                 await self._client.script_load(_SCRIPT)
                 continue
             except (RedisError, OSError) as exc:
+                if isinstance(exc, ResponseError) and "RUNNER_SALT" in str(exc):
+                    await self._budgets.resalt()
+                    restore = self._restoring()
+                    continue
                 if isinstance(exc, ResponseError):
                     raise  # the script itself failed: a bug, not an outage
                 now = self._now()
@@ -262,17 +284,35 @@ class RedisBudgetState:
                 await self._sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, RETRY_MAX_S)
 
+    def _restoring(self) -> list[_Call]:
+        """The calls that put back what this process knew of a budget Redis lost: its limits and
+        its factor (its levels start full, as on a fresh start)."""
+        snapshot, calls = self._snapshot, []
+        for kind, limit in (("requests", snapshot.requests), ("tokens", snapshot.tokens)):
+            if limit is not None:
+                calls.append(_Call(("set_limit", _KINDS[kind], repr(limit.per_minute),
+                                    limit.source, repr(limit.capacity)), None))
+        if snapshot.factor != 1.0:
+            calls.append(_Call(("set_factor", repr(float(snapshot.factor))), None))
+        return calls
+
     async def _pipeline(self, calls: list[_Call]) -> list:
         ttl_ms = str(int(STATE_TTL_S * 1000))
+        salt_tag = self._budgets.salt_tag
         async with self._client.pipeline(transaction=False) as pipe:
             for call in calls:
-                pipe.evalsha(_SHA, 1, self.key, call.args[0], ttl_ms, *call.args[1:])
+                pipe.evalsha(_SHA, 2, self.key, SALT_KEY, call.args[0], ttl_ms, salt_tag,
+                             self._waiter, *call.args[1:])
             return await pipe.execute()
 
     async def flush(self) -> None:
         """Return once everything queued so far is in Redis (or Redis is lost)."""
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+
+    def leave(self) -> None:
+        """Give up this process's place in the budget's queue (it is done with the budget)."""
+        self._enqueue(("leave",))
 
     def cancel(self) -> None:
         """Stop the flusher, dropping what it had not sent."""
@@ -295,9 +335,10 @@ class RedisBudgets:
         self._timeout_s = timeout_s
         import redis.asyncio as aioredis  # noqa: PLC0415 (see TYPE_CHECKING above)
 
-        self._client = aioredis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                               socket_timeout=CONNECT_TIMEOUT_S)
+        self.client = aioredis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                              socket_timeout=CONNECT_TIMEOUT_S)
         self._salt: bytes | None = None
+        self.salt_tag = ""  # the salt's SHA-1, which the script checks (budget.lua)
         self.states: list[RedisBudgetState] = []
 
     async def connect(self) -> None:
@@ -305,32 +346,49 @@ class RedisBudgets:
         from redis.exceptions import RedisError  # noqa: PLC0415
 
         try:
-            await self._client.script_load(_SCRIPT)
-            await self._client.set(SALT_KEY, secrets.token_bytes(32), nx=True)
-            salt = await self._client.get(SALT_KEY)
+            await self.client.script_load(_SCRIPT)
+            await self._set_salt(secrets.token_bytes(32))
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"cannot reach Redis at {redact_url(self.url)}: "
                                    f"{type(exc).__name__}") from None
-        self._salt = salt
+
+    async def _set_salt(self, salt: bytes) -> None:
+        """Store `salt` unless Redis has one; use whichever Redis then has."""
+        await self.client.set(SALT_KEY, salt, nx=True)
+        stored = await self.client.get(SALT_KEY)
+        if stored != self._salt:
+            self._salt = stored
+            self.salt_tag = hashlib.sha1(stored).hexdigest()
+            for state in self.states:  # the budgets' names follow the salt
+                state.key = self.key(state.base_url, state.model)
+
+    async def resalt(self) -> None:
+        """Redis lost the salt (restarted without persistence, flushed): set ours again, or adopt
+        the one another process set first (so every process keeps naming budgets alike)."""
+        await self._set_salt(self._salt or secrets.token_bytes(32))
+
+    def key(self, base_url: str, model: str) -> str:
+        """The Redis key of the budget of (this key, `base_url`, `model`)."""
+        if self._salt is None:
+            raise RuntimeError("RedisBudgets.connect() first")
+        return KEY_PREFIX + fingerprint(self._salt, self._api_key, base_url, model)
 
     def state(self, base_url: str, model: str, *, clock: Callable[[], float] | None = None
               ) -> RedisBudgetState:
         """The shared state of the budget of (this key, `base_url`, `model`)."""
-        if self._salt is None:
-            raise RuntimeError("RedisBudgets.connect() first")
-        key = KEY_PREFIX + fingerprint(self._salt, self._api_key, base_url, model)
-        state = RedisBudgetState(self._client, key, url=self.url, timeout_s=self._timeout_s,
-                                 clock=clock)
+        state = RedisBudgetState(self, base_url, model, timeout_s=self._timeout_s, clock=clock)
         self.states.append(state)
         return state
 
     async def close(self) -> None:
         """Send what is queued, waiting at most `CLOSE_WAIT_S` (a run ending while Redis is away
         does not wait out the timeout: what it had not sent only ages out of the budget)."""
+        for state in self.states:
+            state.leave()
         flushes = [asyncio.ensure_future(state.flush()) for state in self.states]
         if flushes:
             await asyncio.wait(flushes, timeout=CLOSE_WAIT_S)
         for state in self.states:
             state.cancel()
         await asyncio.gather(*flushes, return_exceptions=True)
-        await self._client.aclose()
+        await self.client.aclose()
