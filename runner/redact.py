@@ -26,7 +26,8 @@ MIN_SECRET_LEN = 8
 # An API key as OpenAI-style services print it ("sk-...", "sk-proj-...", masked "sk-abc***xyz").
 _API_KEY = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*.]{3,}")
 # A secret in a URL's query string ("?api-key=...", "&sig=...") as a connection error may print it.
-_SECRET_PARAM = re.compile(r"\b(api[-_]?key|key|token|sig|code)=[^&\s'\"]+", re.IGNORECASE)
+_SECRET_PARAM = re.compile(r"\b(api[-_]?key|key|token|sig|code|password|passwd|pwd|secret)"
+                           r"=[^&\s'\"]+", re.IGNORECASE)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -54,15 +55,18 @@ def mask_secrets(text: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """`url` with the password of its user info (``redis://user:secret@host``) masked as ``***``;
-    a URL that does not parse is masked whole past its scheme."""
+    """`url` with the password of its user info (``redis://user:secret@host``) and any secret
+    query parameter (``?password=...``) masked as ``***``; a URL that does not parse is masked
+    whole past its scheme."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
         return url.split("://", 1)[0] + "://***"
-    if not password:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if password:
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    if parts.query:
+        parts = parts._replace(query=_SECRET_PARAM.sub(r"\1=***", parts.query))
+    return urlunsplit(parts)

@@ -1,7 +1,7 @@
 """runner.redact: known secrets are replaced everywhere; key-shaped text from outside is masked."""
 import pytest
 
-from runner.redact import REDACTED, mask_secrets, redact, redact_bytes
+from runner.redact import REDACTED, mask_secrets, redact, redact_bytes, redact_url
 
 KEY = "sk-proj-0123456789abcdef"
 
@@ -27,3 +27,14 @@ def test_redact_replaces_every_known_secret(text, secrets, expected):
 ])
 def test_mask_secrets_masks_what_looks_like_a_secret(text, expected):
     assert mask_secrets(text) == expected
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("redis://:hunter2@h:6379/0", "redis://:***@h:6379/0"),
+    ("rediss://runner:hunter2@h:6380/0", "rediss://runner:***@h:6380/0"),
+    ("redis://h:6379/0?password=hunter2&db=1", "redis://h:6379/0?password=***&db=1"),
+    ("redis://runner@h:6379/0", "redis://runner@h:6379/0"),
+    ("redis://h:6379/0", "redis://h:6379/0"),
+])
+def test_redact_url_masks_the_password_in_user_info_and_query(url, expected):
+    assert redact_url(url) == expected
