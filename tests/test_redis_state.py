@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from runner.api.headers import RateLimitInfo
 from runner.pacing.limiter import RateLimiter
+from runner.pacing.limiters import KEY_BUDGET, Limiters
 from runner.pacing.redis_state import RedisBudgets, RedisLost, RedisUnavailable
 from tests.servers import free_port
 
@@ -234,4 +235,30 @@ async def test_a_process_adopts_the_salt_a_newcomer_set_after_a_restart(redis_se
     await a.acquire(0)  # finds the salt not its own: adopts it
     assert budgets_a.states[0].key == budgets_b.states[0].key
     for budgets in (budgets_a, budgets_b):
+        await budgets.close()
+
+
+async def test_processes_that_learn_the_keys_budget_from_different_models_share_it(redis_server):
+    # --budget-scope auto: each process learns from its own model's answers that the server
+    # counts one budget for the key; both then keep it under the key's one name.
+    processes = []
+    for model in ("gpt-4o-mini", "gpt-4o"):
+        budgets = RedisBudgets(redis_server.url, API_KEY)
+        await budgets.connect()
+        limiters = Limiters(rpm=None, tpm=None, scope="auto",
+                            states=lambda base_url, name, b=budgets: b.state(base_url, name))
+        key = (BASE_URL, model)
+        limiter = limiters.get(key)
+        info = RateLimitInfo(limit_requests=600, remaining_requests=590, limit_tokens=60_000,
+                             remaining_tokens=59_000, window_s=60.0, scope="key", style="litellm")
+        permit = await limiter.acquire(10)
+        assert limiters.notice(key, info, permit)
+        limiter.observe(permit, info)
+        await limiter.acquire(10)
+        processes.append((budgets, limiter))
+    (budgets_a, a), (budgets_b, b) = processes
+    assert budgets_a.states[0].key == budgets_b.states[0].key
+    assert budgets_a.states[0].key == budgets_a.key(BASE_URL, KEY_BUDGET)
+    assert (b.rpm, b.tpm) == (600, 60_000)
+    for budgets, _ in processes:
         await budgets.close()

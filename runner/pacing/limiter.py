@@ -339,6 +339,13 @@ class RateLimiter:
         while admissions and now - admissions[0] > MINUTE_S:
             admissions.popleft()
 
+    def rename_budget(self, model: str) -> None:
+        """Name this budget after `model` in a state shared with other processes (see
+        `SharedBudgetState.rename`); a state of this process alone has no name to change."""
+        rename = getattr(self._state, "rename", None)
+        if rename is not None:
+            rename(model)
+
     def charge(self, estimate: int) -> int:
         """Tokens to deduct for a request we estimate at `estimate`: ``ceil(estimate × factor)``."""
         factor = self._state.read().factor

@@ -130,6 +130,9 @@ class Limiters:
 
     def _share(self, base_url: str, limiter: RateLimiter) -> bool:
         self._shared[base_url] = limiter
+        # Shared with other processes, the key's budget goes by the one name every process gives
+        # it, whichever model showed it to each.
+        limiter.rename_budget(KEY_BUDGET)
         for other in self._limiters:
             if other[0] == base_url:
                 self._limiters[other] = limiter

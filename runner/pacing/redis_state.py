@@ -204,6 +204,17 @@ class RedisBudgetState:
         self._snapshot = Snapshot(snapshot.requests, snapshot.tokens, factor)
         self._enqueue(("set_factor", repr(float(factor))))
 
+    def rename(self, model: str) -> None:
+        """Keep this budget under `model`'s name from now on (`SharedBudgetState.rename`): what
+        this process knows (limits, factor) is written there (a user's limit does not override a
+        server's another process wrote), and a budget already there keeps its level."""
+        if model == self.model:
+            return
+        self.model = model
+        self.key = self._budgets.key(self.base_url, model)
+        for call in self._restoring():
+            self._enqueue(call.args)
+
     def level(self, kind: Kind) -> float | None:
         """`kind`'s level as of the last round trip, refilled locally since (for display)."""
         level, limit = self._levels[kind], self._snapshot.limit(kind)

@@ -154,6 +154,11 @@ class SharedBudgetState(BudgetState, Protocol):
         """`admit`, over the network."""
         ...
 
+    def rename(self, model: str) -> None:
+        """Keep this budget under `model`'s name from now on, taking what it knows along (the
+        key's one budget, `runner.pacing.limiters.KEY_BUDGET`, once the models share it)."""
+        ...
+
 
 class MemoryBudgetState:
     """`BudgetState` kept in this process: two `TokenBucket`\\ s on `clock`, a hold, a factor."""
