@@ -10,6 +10,7 @@ from collections import Counter
 import orjson
 import pytest
 
+from jobs.shard import Shard
 from runner.api.endpoint import Endpoint
 from runner.api.transport import HttpResponse
 from runner.batch.run import BatchRunConfig, run_batch
@@ -683,3 +684,22 @@ def test_a_batch_refused_at_create_gets_its_failure_lines_once_across_a_kill(
     assert sorted(r["custom_id"] for r in records) == sorted(j["custom_id"] for j in jobs)
     assert {r["error"]["code"] for r in records} == {"invalid_batch"}
     assert not read_state(tmp_path / "out.jsonl").open_chunks()
+
+
+def test_shards_through_the_batch_api_then_merge_run_every_job_exactly_once(
+        loop, tmp_path, sim_factory):
+    jobs = write_jobs(tmp_path / "in.jsonl", 90)
+    sim = sim_factory()
+    records = []
+    for k in (1, 2, 3):
+        config = BatchRunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / f"{k}.jsonl",
+                                endpoint=Endpoint(base_url=sim.base_url, api_key=KEY),
+                                poll_every=1.0, shard=Shard(k, 3))
+        stats = loop.run_until_complete(run_batch(config, progress=False, handle_signals=False,
+                                                  log=lambda m: None))
+        assert stats.exit_code() == EXIT_OK
+        shard = read_results(tmp_path / f"{k}.jsonl")
+        assert 15 < len(shard) < 45 and stats.jobs == len(shard)  # its own share, no more
+        records += shard
+    assert_exactly_once(jobs, records)
+    assert not ran_twice(sim)

@@ -159,3 +159,15 @@ def test_a_tiny_zstd_file_is_refused_before_the_run_and_compressed_files_have_no
     packed = tmp_path / "jobs.jsonl.gz"
     packed.write_bytes(gzip.compress(b"\n".join(job_lines(5))))
     assert count_lines(str(packed)) is None  # progress shows no total rather than decompress twice
+
+
+def test_a_shards_progress_total_counts_the_lines_of_that_shard_only(tmp_path):
+    from jobs.shard import Shard
+    from runner.files.inputs import count_lines
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(job_lines(60)) + b"\nnot json\n")  # a bad line goes to shard 1
+    totals = [count_lines(str(path), Shard(k, 3).holds) for k in (1, 2, 3)]
+    assert sum(totals) == 61 and min(totals) > 5
+    held = [sum(1 for line in job_lines(60) if Shard(k, 3).holds(orjson.loads(line)["custom_id"]))
+            for k in (1, 2, 3)]
+    assert totals == [held[0] + 1, held[1], held[2]]

@@ -41,6 +41,7 @@ from jobs.endpoints import IMAGES_EDITS, spec_of
 from jobs.job import Job
 from jobs.packing import Packer, Request, pack, single
 from jobs.reader import BadLine, Duplicate, NotAJobFile
+from jobs.shard import Shard
 from jobs.results import OutputState, error_record
 from runner.api.endpoint import Endpoint
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
@@ -98,6 +99,7 @@ class BatchRunConfig:
     read_timeout: float = READ_TIMEOUT_S
     images_dir: Path | None = None  # where images go (default: beside the output, named after it)
     inline_images: bool = False  # keep b64_json in result lines too
+    shard: Shard | None = None  # submit only the jobs of this shard of the input (--shard K/N)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -761,7 +763,10 @@ class _Engine:
                         self.write_failures((job.custom_id,), codes.REQUEST_TOO_LARGE, str(e),
                                             f"big-{state.run_id}-{job.line}")
 
-        async for item in read_items(self.config.input):
+        items = read_items(self.config.input)
+        if self.config.shard is not None:
+            items = self.config.shard.only(items)
+        async for item in items:
             if self.stop.is_set():
                 raise _Stopped
             if isinstance(item, (BadLine, Duplicate)):

@@ -196,14 +196,13 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         _usage_error(f"{output} has {open_batches(output)} batch(es) open at the provider "
                      f"({output}.batches): carry on with --via batch, or `runner cancel` them "
                      "first; a job must not run both ways")
-    if via == "batch" and shard is not None:
-        _usage_error("--shard works with --via live only")
     if via == "batch":
         batch = BatchRunConfig(
             input=input_path, output=output, endpoint=endpoint, wait=wait, poll_every=poll_every,
             max_requests=batch_max_requests, max_bytes=batch_max_bytes, max_attempts=max_attempts,
             retry_failed=retry_failed, pack=not no_pack, status_interval=status_interval,
-            read_timeout=read_timeout, images_dir=images_dir, inline_images=inline_images)
+            read_timeout=read_timeout, images_dir=images_dir, inline_images=inline_images,
+            shard=shard)
         sys.exit(execute_batch(batch, progress=not no_progress, log_file=log_file,
                                summary_json=summary_json, prices=prices))
     config = RunConfig(

@@ -21,10 +21,11 @@ import asyncio
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import BinaryIO
 
 import aiofiles.threadpool
+import orjson
 
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, JobReader
@@ -147,17 +148,30 @@ def input_lines(path: str) -> Iterator[bytes]:
         raise UnreadableInput(f"cannot read input {path}: {e.strerror}") from None
 
 
-def count_lines(path: str) -> int | None:
+def count_lines(path: str, holds: Callable[[str | None], bool] | None = None) -> int | None:
     """Non-blank lines of a regular file, for progress totals; None for stdin, pipes and FIFOs
-    (counting would consume them) and compressed files. OSError or UnreadableFormat when it cannot be read. Blocking:
-    call it in a thread."""
+    (counting would consume them) and compressed files. With `holds` (`Shard.holds`), only the
+    lines whose custom_id it holds (None: the line has none readable). OSError or
+    UnreadableFormat when it cannot be read. Blocking: call it in a thread."""
     if path == STDIN or not _is_regular(path):
         return None
     with open_input(path) as f:
         if sniff(f.read(MAGIC_BYTES)) is not None:
             return None  # compressed: counting would decompress it all once more
         f.seek(0)
-        return sum(1 for line in _lines_of(f, path) if line.strip())
+        lines = (line for line in _lines_of(f, path) if line.strip())
+        if holds is None:
+            return sum(1 for _ in lines)
+        return sum(1 for line in lines if holds(_custom_id(line)))
+
+
+def _custom_id(line: bytes) -> str | None:
+    """The custom_id of a job line, if it has a readable one (for counting a shard's lines)."""
+    try:
+        custom_id = orjson.loads(line).get("custom_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return custom_id if isinstance(custom_id, str) and custom_id else None
 
 
 def check_format(path: str) -> None:

@@ -175,7 +175,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
     helpers = [asyncio.create_task(sync_often())]
     try:
         if progress:
-            total = await asyncio.to_thread(count_lines, config.input)
+            holds = config.shard.holds if config.shard is not None else None
+            total = await asyncio.to_thread(count_lines, config.input, holds)
             reporter = ProgressReporter(dispatcher.stats, total, console=console, clock=loop.time,
                                         limits=lambda: describe_limits(limiters), log=log,
                                         log_interval=config.status_interval)
