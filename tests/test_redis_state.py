@@ -172,21 +172,27 @@ async def test_redis_back_within_the_timeout_resumes_admissions(redis_server):
     await budgets.close()
 
 
-@pytest.mark.slow  # a few seconds of real time
+@pytest.mark.slow  # several seconds of real time
 async def test_a_process_asking_for_large_requests_is_not_starved_by_one_asking_for_small(
         redis_server):
-    # 60,000 TPM: 1,000 tokens a second, capacity 1,000. The small asker alone would keep the
-    # bucket below 100 tokens for ever; the large one needs it full. Admission is FIFO across
-    # processes, so the large request goes once the bucket has refilled for it.
-    budgets_big, big = await process(redis_server.url, rpm=60_000, tpm=60_000)
-    budgets_small, small = await process(redis_server.url, rpm=60_000, tpm=60_000)
-    hammering = asyncio.ensure_future(admit_for(small, 4.0, tokens=100))
-    await asyncio.sleep(0.3)  # the small one has drained the bucket and keeps it drained
+    # 24,000 TPM: 400 tokens a second, a 3 s bucket of 1,200. The small asker alone keeps the
+    # bucket near empty for ever (it takes each 100 tokens as soon as they come); the large one
+    # needs it full, more than the 2 s ahead a request may be taken for. Admission is FIFO across
+    # processes: once the large one waits, the small one waits behind it.
+    async def make():
+        budgets = RedisBudgets(redis_server.url, API_KEY)
+        await budgets.connect()
+        return budgets, RateLimiter(rpm=60_000, tpm=24_000, burst_s=3.0,
+                                    state=budgets.state(BASE_URL, MODEL))
+    (budgets_big, big), (budgets_small, small) = await make(), await make()
+    hammering = asyncio.ensure_future(admit_for(small, 8.5, tokens=100))
+    await asyncio.sleep(3.0)  # the small one has drained the bucket and keeps it drained
     start = time.monotonic()
-    await asyncio.wait_for(big.acquire(1_000), 3.5)
-    assert time.monotonic() - start < 2.5
+    await asyncio.wait_for(big.acquire(1_200), 5.0)
+    admitted = time.monotonic()
+    assert admitted - start < 4.5
     small_times = await hammering
-    assert len(small_times) >= 15  # and the small one carried on after it
+    assert any(t > admitted for t in small_times)  # and the small one carried on after it
     for budgets in (budgets_big, budgets_small):
         await budgets.close()
 
@@ -261,4 +267,33 @@ async def test_processes_that_learn_the_keys_budget_from_different_models_share_
     assert budgets_a.states[0].key == budgets_a.key(BASE_URL, KEY_BUDGET)
     assert (b.rpm, b.tpm) == (600, 60_000)
     for budgets, _ in processes:
+        await budgets.close()
+
+
+@pytest.mark.slow  # two seconds of real time
+async def test_a_tightly_bound_budget_costs_about_one_round_trip_per_admission(redis_server):
+    # A request that fits within 2 s is taken at once, to be sent when its turn comes: the
+    # process does not ask again (without that, every admission was a refusal and a retry).
+    procs = [await process(redis_server.url, rpm=1_200, tpm=6_000_000) for _ in range(2)]
+    runs = await asyncio.gather(*(admit_for(limiter, 2.0) for _, limiter in procs))
+    admitted = sum(len(times) for times in runs)
+    round_trips = sum(budgets.states[0].round_trips for budgets, _ in procs)
+    assert admitted >= 0.8 * (20 + 20 * 2.0)
+    assert round_trips <= 1.15 * admitted + 4  # + the first limits' writes
+    for budgets, _ in procs:
+        await budgets.close()
+
+
+async def test_a_request_taken_ahead_but_not_sent_is_given_back(redis_server):
+    budgets_a, a = await process(redis_server.url, rpm=60, tpm=600_000)  # 1 a second, bucket 1
+    budgets_b, b = await process(redis_server.url, rpm=60, tpm=600_000)
+    await a.acquire(0)  # the bucket is empty
+    ahead = asyncio.ensure_future(a.acquire(0))  # taken for a second from now ...
+    await asyncio.sleep(0.2)
+    ahead.cancel()  # ... and given up (the run stopped)
+    await budgets_a.states[0].flush()
+    start = time.monotonic()
+    await b.acquire(0)
+    assert time.monotonic() - start < 1.3  # 0.8 s; without the refund 1.8 s
+    for budgets in (budgets_a, budgets_b):
         await budgets.close()

@@ -22,8 +22,15 @@
 -- waiting holds nothing back for more than a few seconds. Nothing is reserved: a place in the
 -- queue only makes later arrivals wait their turn.
 --
+-- A caller whose request fits within RESERVE_S is admitted at once and told to send it in that
+-- many seconds (send_in): the budget is taken now, in order, so it need not ask again (one round
+-- trip per admission however tightly the budget binds). A process that dies before sending loses
+-- that one request's budget once (the server never sees it: the budget is under-, never
+-- over-spent); one that stops gives it back (refund).
+--
 -- Every call answers the state after it:
---   {r_pm, r_src, r_cap, r_lvl, t_pm, t_src, t_cap, t_lvl, factor, wait, r_bound, t_bound}
+--   {r_pm, r_src, r_cap, r_lvl, t_pm, t_src, t_cap, t_lvl, factor, wait, r_bound, t_bound,
+--    send_in}
 -- as strings ('' for a kind without a limit): Lua numbers would be truncated to integers.
 
 local key, op, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
@@ -33,7 +40,7 @@ if not salt or redis.sha1hex(salt) ~= ARGV[3] then
 end
 local waiter = 'q:' .. ARGV[4]
 local EPSILON = 1e-9 -- runner.pacing.bucket.TIME_EPSILON_S
-local POLL_S, GRACE_S = 1.0, 2.0
+local POLL_S, GRACE_S, RESERVE_S = 1.0, 2.0, 2.0
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
 
@@ -74,7 +81,7 @@ local function wait_for(k, amount, exact)
   return 0
 end
 
-local wait, r_bound, t_bound = 0, 0, 0
+local wait, r_bound, t_bound, send_in = 0, 0, 0, 0
 local kind = ARGV[5]
 
 if op == 'admit' then
@@ -105,12 +112,13 @@ if op == 'admit' then
     r_wait, t_wait = wait_for('r', ahead_n + 1, true), wait_for('t', ahead_t + tokens, true)
   end
   wait = math.max((num('hold') or 0) - now, r_wait, t_wait)
-  if wait > EPSILON then
-    if r_wait > 0 then r_bound = 1 end
-    if t_wait > 0 then t_bound = 1 end
+  if r_wait > EPSILON then r_bound = 1 end
+  if t_wait > EPSILON then t_bound = 1 end
+  if wait > RESERVE_S then
     wait = math.min(wait, POLL_S)
     put(waiter, string.format('%.17g %.17g %.17g', my_arrival, now + wait + GRACE_S, tokens))
-  else
+  else -- taken now; sent in `wait` seconds (a reservation, after everything taken before it)
+    if wait > EPSILON then send_in = wait end
     wait = 0
     if num('r_pm') then put('r_lvl', num('r_lvl') - 1) end
     if num('t_pm') then put('t_lvl', num('t_lvl') - tokens) end
@@ -130,6 +138,11 @@ elseif op == 'set_limit' then
     put(kind .. '_cap', cap)
     put(kind .. '_lvl', lvl)
     put(kind .. '_ts', now)
+  end
+elseif op == 'refund' then -- an admission taken but never sent: back into the buckets
+  for k, amount in pairs({r = 1, t = tonumber(ARGV[5])}) do
+    local lvl = level(k)
+    if lvl then put(k .. '_lvl', math.min(num(k .. '_cap'), lvl + amount)) end
   end
 elseif op == 'lower' then
   local lvl = level(kind)
@@ -169,4 +182,5 @@ local function lvl_out(k)
 end
 return {out('r_pm'), out('r_src'), out('r_cap'), lvl_out('r'),
         out('t_pm'), out('t_src'), out('t_cap'), lvl_out('t'),
-        out('factor'), string.format('%.17g', wait), r_bound, t_bound}
+        out('factor'), string.format('%.17g', wait), r_bound, t_bound,
+        string.format('%.17g', send_in)}

@@ -412,6 +412,12 @@ class RateLimiter:
             admission = self._state.admit(charged)
         if admission.requests_bound:
             self._requests_bound_at = self._clock()  # the requests limit is holding requests back
+        if admission.send_in_s > 0.0:  # taken now for later (a shared state's reservation)
+            try:
+                await self._sleep(admission.send_in_s)
+            except BaseException:
+                self._state.refund(charged)  # stopped before sending: the budget is not spent
+                raise
         if admission.taken and probing:
             self._probe_in_flight = True
         return admission.wait_s

@@ -110,7 +110,8 @@ def _decode(reply: list) -> tuple[Snapshot, dict[str, float | None], Admission]:
     factor = _float(reply[8])
     wait = float(reply[9])
     snapshot = Snapshot(limits[0], limits[1], factor if factor is not None else 1.0)
-    return snapshot, levels, Admission(wait, bool(reply[10]), bool(reply[11]))
+    return snapshot, levels, Admission(wait, bool(reply[10]), bool(reply[11]),
+                                       send_in_s=float(reply[12]))
 
 
 class _SaltLost(Exception):
@@ -173,6 +174,9 @@ class RedisBudgetState:
         self._enqueue(("admit", repr(float(tokens))), done)
         _, _, admission = await done
         return admission
+
+    def refund(self, tokens: float) -> None:
+        self._enqueue(("refund", repr(float(tokens))))
 
     def set_limit(self, kind: Kind, limit: Limit) -> None:
         snapshot = self._snapshot

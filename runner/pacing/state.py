@@ -88,11 +88,16 @@ class Snapshot:
 @dataclass(frozen=True, slots=True)
 class Admission:
     """The answer of `BudgetState.admit`: taken (``wait_s == 0.0``), or the seconds until it
-    would be and which buckets hold it back (a hold alone binds neither)."""
+    would be and which buckets hold it back (a hold alone binds neither).
+
+    ``send_in_s``: taken, but to be sent only this many seconds from now (a reservation: a state
+    shared over the network takes a request that fits within a second or two at once, so the
+    caller need not ask again; `SharedBudgetState.refund` gives it back if it is not sent)."""
 
     wait_s: float = 0.0
     requests_bound: bool = False
     tokens_bound: bool = False
+    send_in_s: float = 0.0
 
     @property
     def taken(self) -> bool:
@@ -152,6 +157,11 @@ class SharedBudgetState(BudgetState, Protocol):
 
     async def admit_async(self, tokens: float) -> Admission:
         """`admit`, over the network."""
+        ...
+
+    def refund(self, tokens: float) -> None:
+        """Give back an admission taken but not sent (a reservation its caller gave up): one
+        request and `tokens` tokens."""
         ...
 
     def rename(self, model: str) -> None:
