@@ -198,3 +198,13 @@ def test_azure_without_api_version_is_a_usage_error(tmp_path):
                            "--azure-endpoint", "http://127.0.0.1:9"], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "api-version" in proc.stderr
+
+
+def test_a_short_runs_rate_above_the_limit_is_explained_by_the_opening_burst():
+    stats = summary_stats()
+    stats.finished = 6.0  # 12 requests in 6 s: 120 a minute, of 90 allowed
+    stats.limits["gpt-4o-mini"] = (90.0, 240_000.0)
+    [line] = [line for line in summary_lines(stats, "o") if line.startswith("gpt-4o-mini")]
+    assert "120 of 90 RPM" in line and "opening burst" in line
+    [line] = [line for line in summary_lines(summary_stats(), "o") if line.startswith("gpt-4o-mini")]
+    assert "opening burst" not in line

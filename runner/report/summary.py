@@ -123,6 +123,8 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
             allowed_tpm = f"{m['allowed_tpm']:,.0f}" if m["allowed_tpm"] else "?"
             rates = (f" · {m['achieved_rpm']:,.0f} of {allowed_rpm} RPM"
                      f" · {m['achieved_tpm']:,.0f} of {allowed_tpm} TPM")
+            if any(m[f"allowed_{k}"] and m[f"achieved_{k}"] > m[f"allowed_{k}"] for k in ("rpm", "tpm")):
+                rates += " (a run this short counts the opening burst, sent at once)"
         cost = m["estimated_cost_usd"]
         cost_text = f" · ~${cost:,.4f}" if cost is not None else (" · cost unknown" if prices else "")
         lines.append(f"{model}: {m['prompt_tokens']:,} tokens in · {m['completion_tokens']:,} out"
