@@ -59,3 +59,52 @@ def test_no_answer_errors_name_their_cause_and_classify_alike(raw, error, messag
     assert type(wrapped) is error and str(wrapped) == message
     assert classify(None, {}, None, exc=wrapped) == classify(None, {}, None, exc=raw)
     assert classify(None, {}, None, exc=raw).message == message
+
+
+async def test_a_body_asked_into_a_file_is_streamed_there_and_an_error_body_is_not(tmp_path):
+    from aiohttp import web
+    big = b"".join(b'{"custom_id": "j%d", "pad": "%s"}\n' % (i, b"x" * 900) for i in range(3000))
+
+    async def content(request):
+        if request.match_info["id"] == "gone":
+            return web.json_response({"error": {"message": "No such File"}}, status=404)
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for at in range(0, len(big), 65536):  # arrives in pieces
+            await response.write(big[at:at + 65536])
+        return response
+
+    app = web.Application()
+    app.router.add_get("/files/{id}/content", content)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with open_session(max_connections=1) as session:
+            send = aiohttp_sender(session)
+            path = tmp_path / "out.download"
+            response = await send(HttpRequest("GET", f"http://127.0.0.1:{port}/files/f1/content",
+                                              {}, save_to=str(path)))
+            assert response.status == 200 and response.body == b""  # not held in memory
+            assert path.read_bytes() == big
+            gone = tmp_path / "gone.download"
+            response = await send(HttpRequest("GET", f"http://127.0.0.1:{port}/files/gone/content",
+                                              {}, save_to=str(gone)))
+            assert response.status == 404 and b"No such File" in response.body
+            assert not gone.exists()
+    finally:
+        await runner.cleanup()
+
+
+def test_a_line_index_reads_lines_by_custom_id_from_disk(tmp_path):
+    from runner.batch.lineindex import LineIndex
+    (tmp_path / "a.jsonl").write_bytes(b'{"custom_id": "x", "n": 1}\nnot json\n[1]\n'
+                                       b'{"custom_id": 7}\n{"custom_id": "y", "n": 2}\n')
+    (tmp_path / "b.jsonl").write_bytes(b'{"custom_id": "x", "n": 3}\n')
+    with LineIndex([tmp_path / "a.jsonl", tmp_path / "missing.jsonl", tmp_path / "b.jsonl"]) as index:
+        assert len(index) == 2
+        assert index.get("x") == {"custom_id": "x", "n": 3}  # the last line of an id counts
+        assert index.get("y") == {"custom_id": "y", "n": 2}
+        assert index.get("z") is None

@@ -7,6 +7,7 @@
     files() -> batch input files         GET {base}/files?purpose=batch
     file(file_id)                        GET {base}/files/{id}   (Azure: wait for "processed")
     content(file_id) -> bytes            GET {base}/files/{id}/content
+    content_to(file_id, path)            the same, streamed into a file (output files)
     delete_file(file_id)                 DELETE {base}/files/{id}
 
 OpenAI: `{base_url}/files`, `Authorization: Bearer KEY`, the batch `endpoint` as the job's url
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import orjson
 
 from runner.api.endpoint import USER_AGENT, Endpoint
-from runner.api.transport import HttpRequest, HttpResponse, Send
+from runner.api.transport import HttpRequest, HttpResponse, Send, body_to_file
 from runner.errors import BadResponseError
 from runner.outcome import api_error
 
@@ -70,8 +72,10 @@ class BatchClient:
 
     async def _call(self, method: str, path: str, *, body: bytes = b"",
                     query: dict[str, str] | None = None,
-                    content_type: str | None = "application/json") -> HttpResponse:
-        request = HttpRequest(method, self._url(path, query), self._headers(content_type), body)
+                    content_type: str | None = "application/json",
+                    save_to: str | None = None) -> HttpResponse:
+        request = HttpRequest(method, self._url(path, query), self._headers(content_type), body,
+                              save_to)
         response = await self._send(request)
         if not 200 <= response.status < 300:
             raise api_error(response.status, response.headers, response.body,
@@ -128,6 +132,12 @@ class BatchClient:
     async def content(self, file_id: str) -> bytes:
         response = await self._call("GET", f"/files/{quote(file_id, safe='')}/content")
         return response.body
+
+    async def content_to(self, file_id: str, path: Path) -> None:
+        """A file's content into `path`, streamed (an output file may be larger than memory)."""
+        response = await self._call("GET", f"/files/{quote(file_id, safe='')}/content",
+                                    save_to=str(path))
+        await body_to_file(response, str(path))
 
     async def delete_file(self, file_id: str) -> None:
         await self._call("DELETE", f"/files/{quote(file_id, safe='')}")

@@ -51,6 +51,7 @@ from runner.batch.plan import (
     AZURE_MAX_REQUESTS, MAX_FILE_BYTES, OPENAI_MAX_REQUESTS, Draft, LineTooLarge, MIN_FILE_BYTES,
     PACK_LINE_PREFIX, Splitter, job_requests,
 )
+from runner.batch.lineindex import LineIndex
 from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
 from runner.errors import APIError, RunnerError, UnusableInput
 from runner.files import checkpoint as ckpt
@@ -594,54 +595,44 @@ class _Engine:
                                    str(first.get("message") or "the batch failed"))
             self.stats.batches_collected += 1
             return
-        answers: dict[str, dict[str, Any]] = {}
-        for key in ("output_file_id", "error_file_id"):
-            file_id = batch.get(key)
-            if file_id:
-                try:
-                    data = await self.call(f"download {file_id}",
-                                           lambda f=file_id: self.client.content(f))
-                except APIError as exc:
-                    if exc.status != 404:
-                        raise
-                    self.log(f"the {key.removesuffix('_id').replace('_', ' ')} {file_id} of batch "
-                             f"{chunk.batch_id} is gone: its jobs go into a later batch")
-                    continue
-                for raw in data.splitlines():
+        downloads: list[Path] = []
+        try:
+            for key in ("output_file_id", "error_file_id"):
+                file_id = batch.get(key)
+                if file_id:
+                    path = self.state.chunk_file(chunk.chunk).with_suffix(f".{key[:-8]}.download")
                     try:
-                        line = orjson.loads(raw)
-                    except orjson.JSONDecodeError:
+                        await self.call(f"download {file_id}",
+                                        lambda f=file_id, p=path: self.client.content_to(f, p))
+                    except APIError as exc:
+                        if exc.status != 404:
+                            raise
+                        self.log(f"the {key.removesuffix('_id').replace('_', ' ')} {file_id} of "
+                                 f"batch {chunk.batch_id} is gone: its jobs go into a later batch")
                         continue
-                    if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
-                        answers[line["custom_id"]] = line
-        retry: list[str] = []
-        bisect: list[list[str]] = []
-        gave_up: list[str] = []
-        url = chunk.url
-        bodies = self.line_bodies(chunk)
-        for line_id, ids in chunk.lines:
-            answer = answers.get(line_id)
-            if answer is None:
-                continue  # not run (expired or cancelled without a line): pending again
-            request = job_requests(url, bodies.get(line_id, {}), ids) if line_id in bodies else None
-            await self.judge(chunk, line_id, ids, request, answer, retry, bisect, gave_up)
+                    downloads.append(path)
+            # Indexed on disk, parsed a line at a time: an output file may not fit in memory.
+            answers = await asyncio.to_thread(LineIndex, downloads)
+            with answers, await asyncio.to_thread(
+                    LineIndex, [self.state.chunk_file(chunk.chunk)]) as uploaded:
+                retry: list[str] = []
+                bisect: list[list[str]] = []
+                gave_up: list[str] = []
+                for line_id, ids in chunk.lines:
+                    answer = answers.get(line_id)
+                    if answer is None:
+                        continue  # not run (expired or cancelled without a line): pending again
+                    line = uploaded.get(line_id)  # the body as uploaded, the job's model back
+                    request = (job_requests(chunk.url, {**line["body"], "model": chunk.model}, ids)
+                               if line is not None else None)
+                    await self.judge(chunk, line_id, ids, request, answer, retry, bisect, gave_up)
+        finally:
+            for path in downloads:
+                path.unlink(missing_ok=True)
         await self.checkpoint.sync()
         self.state.close_chunk(chunk, status, retry=retry, bisect=bisect, reset=gave_up)
         self.stats.batches_collected += 1
         await self.forget_file(chunk)
-
-    def line_bodies(self, chunk: Chunk) -> dict[str, dict[str, Any]]:
-        """Each line's body as uploaded (from the chunk's local input file), with the job's own
-        model name back (Azure files carry the deployment)."""
-        bodies: dict[str, dict[str, Any]] = {}
-        try:
-            data = self.state.chunk_file(chunk.chunk).read_bytes()
-        except OSError:
-            return bodies
-        for raw in data.splitlines():
-            line = orjson.loads(raw)
-            bodies[line["custom_id"]] = {**line["body"], "model": chunk.model}
-        return bodies
 
     async def judge(self, chunk: Chunk, line_id: str, ids: tuple[str, ...], request: Request | None,
                     answer: dict[str, Any], retry: list[str], bisect: list[list[str]],
