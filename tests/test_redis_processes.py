@@ -287,3 +287,23 @@ def test_runs_wait_while_redis_is_away_then_finish_sharing_one_budget(tmp_path, 
     assert sim.stats.rate_limited <= FEW_429S, sim.stats.by_status  # still paced as one
     assert len(budget_keys(redis_server.url)) == 1
 
+
+def test_a_process_started_after_a_redis_restart_shares_the_budget_of_those_running(
+        tmp_path, redis_server, runs):
+    sizes = {"a": 160, "b": 160, "c": 80}
+    ids = {name: write_chat_jobs(tmp_path / f"{name}.jsonl", n) for name, n in sizes.items()}
+    sim = budget()
+    with run_in_thread(simulator=sim) as base_url, Watch(sim, tmp_path, "abc") as watch:
+        procs = [runs(name, base_url, redis_server.url, "--redis-timeout", "20") for name in "ab"]
+        watch.wait(lambda s: s.lines["a"] + s.lines["b"] >= 60, "60 results", procs)
+        redis_server.stop()
+        redis_server.start(port=redis_server.port)  # empty: the salt is gone with the budgets
+        procs.append(runs("c", base_url, redis_server.url))
+        finish_all(procs)
+    for name in sizes:
+        assert sorted(output_ids(watch.output(name))) == sorted(ids[name])
+    # One (API key, base URL, model), one budget: else the runs started before the restart pace
+    # on one and the run started after on another, together sending twice the limit.
+    keys = budget_keys(redis_server.url)
+    assert sim.stats.rate_limited <= FEW_429S, (sim.stats.by_status, keys)
+    assert len(keys) == 1, keys
