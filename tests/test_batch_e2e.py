@@ -703,3 +703,37 @@ def test_shards_through_the_batch_api_then_merge_run_every_job_exactly_once(
         records += shard
     assert_exactly_once(jobs, records)
     assert not ran_twice(sim)
+
+
+@pytest.mark.parametrize("status, code, exit_code, failed_lines", [
+    (401, "invalid_api_key", EXIT_STOPPED, 0),  # the key is refused: stop, resumable, no job failed
+    (503, "server_error", EXIT_STOPPED, 0),  # never an answer: given up after a while, resumable
+])
+def test_a_create_refused_for_the_key_or_never_answered_stops_the_run_and_fails_no_job(
+        loop, tmp_path, sim_factory, status, code, exit_code, failed_lines):
+    from runner.api.transport import aiohttp_sender, open_session
+    write_jobs(tmp_path / "in.jsonl", 5, kinds=("chat",))
+    sim = sim_factory()
+
+    async def main():
+        async with open_session(max_connections=4) as session:
+            real = aiohttp_sender(session)
+
+            async def send(request):
+                if request.method == "POST" and request.url.endswith("/batches"):
+                    return HttpResponse(status, {}, orjson.dumps({"error": {
+                        "code": code, "type": "invalid_request_error", "param": None,
+                        "message": "no"}}))
+                return await real(request)
+
+            config = BatchRunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / "out.jsonl",
+                                    endpoint=Endpoint(base_url=sim.base_url, api_key=KEY),
+                                    poll_every=1.0)
+            return await run_batch(config, send=send, progress=False, handle_signals=False,
+                                   log=lambda m: None)
+
+    stats = loop.run_until_complete(main())
+    assert stats.exit_code() == exit_code
+    out = tmp_path / "out.jsonl"
+    assert (out.read_bytes().count(b"\n") if out.exists() else 0) == failed_lines
+    assert sim.batches.stats.created == 0

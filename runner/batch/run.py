@@ -27,7 +27,7 @@ import os
 import re
 import signal
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,14 +340,21 @@ class _Engine:
             raise _Stopped
         return task.result()
 
-    async def call(self, what: str, fn: Callable[[], Any]) -> Any:
+    async def call(self, what: str, fn: Callable[[], Any],
+                   recover: Callable[[], Awaitable[Any]] | None = None) -> Any:
         """One Files/Batches call, retried until it answers: 429, 5xx and no answer back off
         (the server's delay when it gives one) and never fail a job; after `CALL_GIVE_UP_S` of
         nothing else the run stops, resumable (exit 3), as 401/403/quota stop it at once; any
-        other refusal is raised as the `APIError` for the caller to judge."""
+        other refusal is raised as the `APIError` for the caller to judge. `recover`, before each
+        retry, looks for what an unclear failure may have done all the same (a batch created
+        though its answer was lost): what it finds, if anything, is returned instead."""
         attempt = 0
         first_failure = None
         while True:
+            if attempt and recover is not None:
+                found = await recover()
+                if found is not None:
+                    return found
             try:
                 return await self.unless_stopped(fn())
             except (RunnerError, OSError, asyncio.TimeoutError) as exc:
@@ -486,36 +493,32 @@ class _Engine:
         looked for first, by listing batches and their metadata (run id and chunk id)."""
         if not await self.file_ready(chunk):
             return
-        recovering = chunk.chunk not in self.fresh
         metadata = {RUN_TAG: self.state.run_id or "", CHUNK_TAG: chunk.chunk}
-        attempt = 0
-        while True:
-            if self.stop.is_set():
-                raise _Stopped
-            found = await self.find(chunk) if recovering else None
-            if found is not None:
-                break
+        found = await self.find(chunk) if chunk.chunk not in self.fresh else None
+        if found is None:
+            recovered: list[dict[str, Any]] = []
+
+            async def look() -> dict[str, Any] | None:  # created though its answer was lost?
+                batch = await self.find(chunk)
+                if batch is not None:
+                    recovered.append(batch)
+                return batch
+
             try:
-                found = await self.unless_stopped(self.client.create(chunk.file_id, chunk.url, metadata))
-            except (RunnerError, OSError, asyncio.TimeoutError) as exc:
+                found = await self.call(
+                    f"create {chunk.chunk}",
+                    lambda: self.client.create(chunk.file_id, chunk.url, metadata), recover=look)
+            except _StopRun:
+                raise
+            except (RunnerError, OSError, asyncio.TimeoutError) as exc:  # refused as a whole
                 verdict = classify(None, {}, None, exc=exc)
-                if verdict.action is Action.STOP_RUN:
-                    raise _StopRun(f"{verdict.code}: {verdict.message}") from None
-                if verdict.action is Action.FAIL_JOB:  # refused as a whole: like a failed batch
-                    await self.refused(chunk, verdict.code, verdict.message)
-                    return
-                recovering = True  # it may have been created all the same
-                delay = retry_delay(verdict, attempt, self.backoff)
-                attempt += 1
-                self.log(f"create {chunk.chunk}: {verdict.code}: {verdict.message}; looking for it "
-                         f"and trying again in {delay:.0f} s")
-                await self.pause(delay)
-                continue
-            self.stats.batches_created += 1
-            self.stats.batch_lines += len(chunk.lines)
-            self.stats.requests += len(chunk.lines)
-            self.stats.model_requests[chunk.model] += len(chunk.lines)
-            break
+                await self.refused(chunk, verdict.code, verdict.message)
+                return
+            if not recovered:
+                self.stats.batches_created += 1
+                self.stats.batch_lines += len(chunk.lines)
+                self.stats.requests += len(chunk.lines)
+                self.stats.model_requests[chunk.model] += len(chunk.lines)
         self.state.record({"event": "created", "chunk": chunk.chunk, "batch_id": found["id"]})
         self.note(chunk, found)
 
