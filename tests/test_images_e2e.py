@@ -2,6 +2,8 @@
 overwritten, url answers downloaded through faults, uploads checked before sending, IPM pacing."""
 
 import base64
+import errno
+import os
 import hashlib
 
 import orjson
@@ -212,3 +214,27 @@ def test_azure_image_deployments_are_paced_and_saved(loop, tmp_path):
         [item] = orjson.loads([l for l in out.read_bytes().splitlines()
                                if f'"product/{i}"'.encode() in l][0])["response"]["body"]["data"]
         assert (tmp_path / item["file"]).read_bytes() == image_bytes(f"a red chair, view {i}", 0)
+
+
+@pytest.mark.parametrize("error, stops", [(errno.ENOSPC, True), (errno.ENAMETOOLONG, False)])
+def test_a_full_disk_stops_the_run_before_paying_for_more_images_but_one_bad_name_fails_one_job(
+        loop, tmp_path, monkeypatch, error, stops):
+    from runner.files import images
+    real = images.write_new_file
+
+    def failing(directory, stem, ext, data, **kwargs):
+        if stem.startswith("product_3-"):
+            raise OSError(error, os.strerror(error))
+        return real(directory, stem, ext, data, **kwargs)
+
+    monkeypatch.setattr(images, "write_new_file", failing)
+    jobs = [gen(i, model="dall-e-2") for i in range(40)]
+    records, stats, sim, _, logs = run_file(loop, tmp_path, jobs, SimConfig(rpm=60, ipm=60))
+    if stops:  # resumable, and the job whose image was lost is pending, not failed
+        assert stats.exit_code() == 3 and "No space left on device" in stats.stop_reason
+        assert "product/3" not in records and len(records) < 20
+        assert sim.stats.requests < 20  # it did not go on paying for images it could not keep
+        assert all(r["error"] is None for r in records.values())
+    else:
+        assert stats.exit_code() == 1 and len(records) == 40
+        assert records["product/3"]["error"]["code"] == "image_save_failed"

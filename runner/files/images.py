@@ -18,6 +18,12 @@ a real name, and the run's first save removes such files left by processes no lo
 `url` answers are downloaded at once (they expire after about an hour) through the run's `send`
 function, with full-jitter retries; a download that keeps failing raises `DownloadFailed` and the
 job fails with a transient code, so a later run redoes it.
+
+A folder that cannot take the file (disk full, over quota, read-only, permission denied, I/O
+error) stops the run, resumable (`ImagesUnwritable`): every later image would be paid for and
+lost the same way. The job whose image it was stays pending (nothing is written for it) and is
+sent again on resume. Any other error writing one file (its name, say) fails only that job,
+with a transient code.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -39,7 +46,7 @@ from jobs.endpoints import UPLOAD_FIELDS
 from jobs.job import Job
 from jobs.reader import BadLine
 from runner.api.transport import HttpRequest, Send
-from runner.errors import RunnerError
+from runner.errors import RunnerError, StopRunError
 
 MAX_SAFE_CHARS = 100
 DOWNLOAD_ATTEMPTS = 5
@@ -58,6 +65,15 @@ class DownloadFailed(RunnerError):
 
 class BadImageData(RunnerError):
     """A `b64_json` that is not base64."""
+
+
+class ImagesUnwritable(StopRunError):
+    """The images folder cannot take files (full, read-only, refused): the run stops, resumable."""
+
+
+# errnos of a folder that cannot take any file (not of one file's name)
+FOLDER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                           errno.EIO})
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +247,10 @@ class ImageStore:
             return SaveFailed(codes.IMAGE_DOWNLOAD_FAILED, str(exc))
         except BadImageData as exc:
             return SaveFailed(codes.BAD_RESPONSE, str(exc))
-        except OSError as exc:  # the images folder cannot be written: transient, redone on resume
+        except OSError as exc:
+            if exc.errno in FOLDER_ERRNOS:  # no image can be saved: stop before paying for more
+                raise ImagesUnwritable(f"cannot save images in {self.directory}: {exc.strerror}; "
+                                       "stopping (resume to run the rest)") from None
             return SaveFailed(codes.IMAGE_SAVE_FAILED, f"cannot save an image: {exc}")
 
     async def _download(self, url: str) -> bytes:
