@@ -53,6 +53,38 @@ def sim_factory(loop):
         loop.run_until_complete(sim.stop())
 
 
+def run_intercepted(loop, sim, tmp_path, intercept, **kwargs):
+    """One `run_batch` against `sim` over real HTTP whose every request passes `intercept` first:
+    the `HttpResponse` it returns is the answer; None sends the request on."""
+    from runner.api.transport import aiohttp_sender, open_session
+
+    async def main():
+        async with open_session(max_connections=4) as session:
+            real = aiohttp_sender(session)
+
+            async def send(request):
+                answer = intercept(request)
+                return answer if answer is not None else await real(request)
+
+            config = BatchRunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / "out.jsonl",
+                                    endpoint=Endpoint(base_url=sim.base_url, api_key=KEY),
+                                    poll_every=1.0, **kwargs)
+            return await run_batch(config, send=send, progress=False, handle_signals=False,
+                                   log=lambda m: None)
+
+    return main()
+
+
+def refuse_creates(status, code, message):
+    """An `intercept` answering every batch create with `status` and this error."""
+    def refuse(request):
+        if request.method == "POST" and request.url.endswith("/batches"):
+            return HttpResponse(status, {}, orjson.dumps({"error": {
+                "code": code, "type": "invalid_request_error", "param": None, "message": message}}))
+        return None
+    return refuse
+
+
 def ran_twice(sim):
     """Jobs (by what they asked, packed or not) that two batches both answered 200: paid twice."""
     return {key: ids for key, ids in sim.batches.stats.paid.items() if len(ids) > 1}
@@ -197,28 +229,17 @@ def test_azure_shapes_files_batches_and_deployment_names(loop, tmp_path, sim_fac
 def test_polls_answered_429_or_5xx_back_off_and_never_fail_the_run(loop, tmp_path, sim_factory):
     jobs = write_jobs(tmp_path / "in.jsonl", 20, kinds=("chat",))
     sim = sim_factory()
-    from runner.api.transport import aiohttp_sender, open_session
     refused = Counter()
 
-    async def main():
-        async with open_session(max_connections=4) as session:
-            real = aiohttp_sender(session)
+    def busy(request):
+        if request.method == "GET" and "/batches/" in request.url and refused["n"] < 6:
+            refused["n"] += 1
+            status = 429 if refused["n"] % 2 else 503
+            return HttpResponse(status, {"retry-after": "2"} if status == 429 else {},
+                                b'{"error": {"message": "busy", "code": null}}')
+        return None
 
-            async def send(request):
-                if request.method == "GET" and "/batches/" in request.url and refused["n"] < 6:
-                    refused["n"] += 1
-                    status = 429 if refused["n"] % 2 else 503
-                    return HttpResponse(status, {"retry-after": "2"} if status == 429 else {},
-                                        b'{"error": {"message": "busy", "code": null}}')
-                return await real(request)
-
-            config = BatchRunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / "out.jsonl",
-                                    endpoint=Endpoint(base_url=sim.base_url, api_key=KEY),
-                                    poll_every=1.0)
-            return await run_batch(config, send=send, progress=False, handle_signals=False,
-                                   log=lambda m: None)
-
-    stats = loop.run_until_complete(main())
+    stats = loop.run_until_complete(run_intercepted(loop, sim, tmp_path, busy))
     assert refused["n"] == 6 and stats.exit_code() == EXIT_OK
     assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
 
@@ -637,28 +658,14 @@ def test_a_custom_id_with_the_pack_prefix_is_a_bad_line_and_cannot_take_a_packs_
 @pytest.mark.parametrize("kill_at", ["close", "write"])
 def test_a_batch_refused_at_create_gets_its_failure_lines_once_across_a_kill(
         loop, tmp_path, sim_factory, monkeypatch, kill_at):
-    from runner.api.transport import aiohttp_sender, open_session
     from runner.batch import run as batch_run
     from runner.batch.state import BatchState
     jobs = write_jobs(tmp_path / "in.jsonl", 5, kinds=("chat",))
     sim = sim_factory()
 
-    async def main():
-        async with open_session(max_connections=4) as session:
-            real = aiohttp_sender(session)
-
-            async def send(request):  # every create refused as a whole
-                if request.method == "POST" and request.url.endswith("/batches"):
-                    return HttpResponse(400, {}, orjson.dumps({"error": {
-                        "code": "invalid_batch", "type": "invalid_request_error", "param": None,
-                        "message": "this batch is not acceptable"}}))
-                return await real(request)
-
-            config = BatchRunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / "out.jsonl",
-                                    endpoint=Endpoint(base_url=sim.base_url, api_key=KEY),
-                                    poll_every=1.0)
-            return await run_batch(config, send=send, progress=False, handle_signals=False,
-                                   log=lambda m: None)
+    def main():
+        return run_intercepted(loop, sim, tmp_path, refuse_creates(400, "invalid_batch",
+                                                                   "this batch is not acceptable"))
 
     real_close, real_sink = BatchState.close_chunk, batch_run._Engine.sink
 
@@ -711,28 +718,10 @@ def test_shards_through_the_batch_api_then_merge_run_every_job_exactly_once(
 ])
 def test_a_create_refused_for_the_key_or_never_answered_stops_the_run_and_fails_no_job(
         loop, tmp_path, sim_factory, status, code, exit_code, failed_lines):
-    from runner.api.transport import aiohttp_sender, open_session
     write_jobs(tmp_path / "in.jsonl", 5, kinds=("chat",))
     sim = sim_factory()
-
-    async def main():
-        async with open_session(max_connections=4) as session:
-            real = aiohttp_sender(session)
-
-            async def send(request):
-                if request.method == "POST" and request.url.endswith("/batches"):
-                    return HttpResponse(status, {}, orjson.dumps({"error": {
-                        "code": code, "type": "invalid_request_error", "param": None,
-                        "message": "no"}}))
-                return await real(request)
-
-            config = BatchRunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / "out.jsonl",
-                                    endpoint=Endpoint(base_url=sim.base_url, api_key=KEY),
-                                    poll_every=1.0)
-            return await run_batch(config, send=send, progress=False, handle_signals=False,
-                                   log=lambda m: None)
-
-    stats = loop.run_until_complete(main())
+    stats = loop.run_until_complete(run_intercepted(loop, sim, tmp_path,
+                                                    refuse_creates(status, code, "no")))
     assert stats.exit_code() == exit_code
     out = tmp_path / "out.jsonl"
     assert (out.read_bytes().count(b"\n") if out.exists() else 0) == failed_lines

@@ -28,6 +28,13 @@ async def process(url: str, *, rpm=None, tpm=None, timeout_s=5.0, api_key=API_KE
     return budgets, limiter
 
 
+async def restart_empty(server) -> None:
+    """Stop the redis-server and start it again on its port: empty (it keeps nothing)."""
+    port = server.port
+    server.stop()
+    await asyncio.to_thread(server.start, port=port)
+
+
 async def admit_for(limiter: RateLimiter, seconds: float, tokens: int = 0) -> list[float]:
     """Admission times (monotonic) of one caller admitting as fast as the budget allows."""
     times: list[float] = []
@@ -217,9 +224,7 @@ async def test_after_a_redis_restart_the_processes_still_share_one_budget_with_i
         redis_server):
     budgets_a, a = await process(redis_server.url, rpm=600, tpm=60_000, timeout_s=10.0)
     await a.acquire(0)
-    port = redis_server.port
-    redis_server.stop()
-    await asyncio.to_thread(redis_server.start, port=port)  # empty: no salt, no budget
+    await restart_empty(redis_server)  # empty: no salt, no budget
     await a.acquire(0)  # the salt is set again and the limits A was told restored
     budgets_b, b = await process(redis_server.url)  # a newcomer told nothing
     await budgets_b.states[0].refresh()
@@ -233,9 +238,7 @@ async def test_after_a_redis_restart_the_processes_still_share_one_budget_with_i
 async def test_a_process_adopts_the_salt_a_newcomer_set_after_a_restart(redis_server):
     budgets_a, a = await process(redis_server.url, rpm=600, tpm=60_000, timeout_s=10.0)
     await a.acquire(0)
-    port = redis_server.port
-    redis_server.stop()
-    await asyncio.to_thread(redis_server.start, port=port)
+    await restart_empty(redis_server)
     budgets_b, b = await process(redis_server.url, rpm=600, tpm=60_000)  # connects first
     await b.acquire(0)
     await a.acquire(0)  # finds the salt not its own: adopts it
