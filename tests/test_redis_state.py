@@ -300,3 +300,66 @@ async def test_a_request_taken_ahead_but_not_sent_is_given_back(redis_server):
     assert time.monotonic() - start < 1.3  # 0.8 s; without the refund 1.8 s
     for budgets in (budgets_a, budgets_b):
         await budgets.close()
+
+
+async def test_after_a_redis_restart_every_budget_gets_its_limits_back_not_only_the_first(
+        redis_server):
+    # Process A paces two models, process B one of them; Redis restarts empty. Whichever budget
+    # meets the lost salt first sets it again; the others must still get their limits back, or
+    # they would admit everything (a budget without limits has no bucket).
+    budgets_a = RedisBudgets(redis_server.url, API_KEY, timeout_s=10.0)
+    await budgets_a.connect()
+    a1 = RateLimiter(rpm=60, tpm=600_000, state=budgets_a.state(BASE_URL, "m1"))
+    a2 = RateLimiter(rpm=60, tpm=600_000, state=budgets_a.state(BASE_URL, "m2"))
+    budgets_b = RedisBudgets(redis_server.url, API_KEY, timeout_s=10.0)
+    await budgets_b.connect()
+    b2 = RateLimiter(rpm=60, tpm=600_000, state=budgets_b.state(BASE_URL, "m2"))
+    for limiter in (a1, a2, b2):
+        await limiter.acquire(0)
+    await restart_empty(redis_server)
+    await asyncio.wait_for(a1.acquire(0), 3.0)  # m1 meets the lost salt and sets it again
+    for limiter in (a2, b2):  # m2 (both processes): one bucket of 1 a second, and the limit kept
+        admitted = await admit_for(limiter, 1.5)
+        assert len(admitted) <= 3, len(admitted)
+        assert limiter.rpm == 60
+    for budgets in (budgets_a, budgets_b):
+        await budgets.close()
+
+
+async def test_a_process_on_one_model_follows_its_budget_when_another_finds_it_is_the_keys(
+        redis_server):
+    # A single-model process cannot learn that the key's models share one budget (nothing of its
+    # own is spent by others); a process running two models can, and moves the budget.
+    budgets_one = RedisBudgets(redis_server.url, API_KEY)
+    await budgets_one.connect()
+    one = RateLimiter(rpm=600, tpm=600_000, state=budgets_one.state(BASE_URL, "m1"))
+    await one.acquire(0)
+    budgets_two = RedisBudgets(redis_server.url, API_KEY)
+    await budgets_two.connect()
+    limiters = Limiters(rpm=600, tpm=600_000, scope="auto",
+                        states=lambda base_url, name: budgets_two.state(base_url, name))
+    learner = limiters.get((BASE_URL, "m1"))
+    permit = await learner.acquire(0)
+    info = RateLimitInfo(limit_requests=600, remaining_requests=590, limit_tokens=600_000,
+                         remaining_tokens=590_000, window_s=60.0, scope="key", style="litellm")
+    assert limiters.notice((BASE_URL, "m1"), info, permit)
+    await budgets_two.states[0].flush()
+    await one.acquire(0)  # its answer says where the budget went ...
+    await budgets_one.states[0].flush()
+    await one.acquire(0)
+    assert budgets_one.states[0].key == budgets_two.key(BASE_URL, KEY_BUDGET)  # ... and it follows
+    for budgets in (budgets_one, budgets_two):
+        await budgets.close()
+
+
+async def test_a_429_while_a_request_waits_its_turn_puts_it_back_behind_the_servers_delay(
+        redis_server):
+    budgets, limiter = await process(redis_server.url, rpm=60, tpm=600_000)  # 1 a second
+    await limiter.acquire(0)  # the bucket is empty
+    waiting = asyncio.ensure_future(limiter.acquire(0))  # taken for a second from now
+    await asyncio.sleep(0.2)
+    start = time.monotonic()
+    limiter.on_rate_limited(None, 3.0, None)  # the server: nothing for 3 s
+    await asyncio.wait_for(waiting, 6.0)
+    assert time.monotonic() - start >= 2.7  # not at its old turn, 0.8 s later
+    await budgets.close()

@@ -80,8 +80,10 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
         except BaseException:
             await budgets.close()
             raise
+        follow = config.budget_scope == "auto"
         limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s,
-                            scope=config.budget_scope, states=budgets.state)
+                            scope=config.budget_scope,
+                            states=lambda url, model: budgets.state(url, model, follow_moves=follow))
     try:
         return await _run(config, send, console, log, progress, handle_signals, limiters, budgets)
     finally:

@@ -13,14 +13,15 @@
 -- Fields, per kind k in {r (requests), t (tokens)}: k_pm (per-minute limit), k_src (its source),
 -- k_cap (bucket capacity), k_lvl (level at k_ts, may be negative: debt), k_ts (server seconds).
 -- hold: server seconds before which nothing is admitted. factor: the calibration factor.
+-- moved: where the budget went (see the answer below).
 -- q:<waiter>: "arrival expires tokens" of a process refused admission and waiting (the queue).
 --
--- Admission is FIFO across processes: a caller is admitted only when the budget holds what every
+-- Admission is FIFO across processes: a caller is taken only when the budget will hold what every
 -- waiter ahead of it (earlier arrival) asked for as well as its own request, so a process asking
 -- for large requests is not starved by others asking for small ones. A refused caller is told to
 -- ask again within POLL_S and its place expires GRACE_S after that, so a process that dies while
--- waiting holds nothing back for more than a few seconds. Nothing is reserved: a place in the
--- queue only makes later arrivals wait their turn.
+-- waiting holds nothing back for more than a few seconds: a place in the queue only makes later
+-- arrivals wait their turn.
 --
 -- A caller whose request fits within RESERVE_S is admitted at once and told to send it in that
 -- many seconds (send_in): the budget is taken now, in order, so it need not ask again (one round
@@ -30,7 +31,8 @@
 --
 -- Every call answers the state after it:
 --   {r_pm, r_src, r_cap, r_lvl, t_pm, t_src, t_cap, t_lvl, factor, wait, r_bound, t_bound,
---    send_in}
+--    send_in, moved}
+-- moved: the model name the budget went to (a process found it to be the key's: `move`), or ''.
 -- as strings ('' for a kind without a limit): Lua numbers would be truncated to integers.
 
 local key, op, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
@@ -155,6 +157,8 @@ elseif op == 'hold' then
   if untill > (num('hold') or 0) then put('hold', untill) end
 elseif op == 'set_factor' then
   put('factor', tonumber(ARGV[5]))
+elseif op == 'move' then -- the budget is the key's, kept under this model name from now on
+  put('moved', ARGV[5])
 elseif op == 'leave' then -- a process done with this budget gives up its place in the queue
   if s[waiter] then
     s[waiter] = nil
@@ -183,4 +187,4 @@ end
 return {out('r_pm'), out('r_src'), out('r_cap'), lvl_out('r'),
         out('t_pm'), out('t_src'), out('t_cap'), lvl_out('t'),
         out('factor'), string.format('%.17g', wait), r_bound, t_bound,
-        string.format('%.17g', send_in)}
+        string.format('%.17g', send_in), out('moved')}

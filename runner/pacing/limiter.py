@@ -72,6 +72,9 @@ DEFAULT_BURST_S = 1.0
 shorter slices (60,000 RPM as 1,000 requests per second), so a burst above 1 s can draw 429s at the
 start of a run while a smaller one gains nothing: steady-state throughput is the full rate anyway."""
 
+ASK_AGAIN_S = 1e-3
+"""How soon a request whose reservation a 429 undid asks again (the state then says how long)."""
+
 FALLBACK_RETRY_AFTER_S = 1.0
 """Debt horizon for a 429 whose response gave no usable ``retry-after``. Our choice, not the
 server's: one second, the slice a per-minute limit may be enforced in (see `DEFAULT_BURST_S`)."""
@@ -238,6 +241,7 @@ class RateLimiter:
         self._observed = False
         self._probe_in_flight = False
         self._lock = asyncio.Lock()  # FIFO; its holder is the head of the queue
+        self._reserved_wake: asyncio.Future | None = None  # a 429 ends a reserved request's sleep
         self._wake: asyncio.Future[None] | None = None  # resolves when the head should re-check
         self._head_need = 0  # tokens the head of the queue is waiting for
         self._admitted_requests = 0
@@ -414,13 +418,31 @@ class RateLimiter:
             self._requests_bound_at = self._clock()  # the requests limit is holding requests back
         if admission.send_in_s > 0.0:  # taken now for later (a shared state's reservation)
             try:
-                await self._sleep(admission.send_in_s)
+                kept = await self._sleep_reserved(admission.send_in_s)
             except BaseException:
                 self._state.refund(charged)  # stopped before sending: the budget is not spent
                 raise
+            if not kept:  # a 429 meanwhile: give it back and ask again (the server's delay wins)
+                self._state.refund(charged)
+                return ASK_AGAIN_S
         if admission.taken and probing:
             self._probe_in_flight = True
         return admission.wait_s
+
+    async def _sleep_reserved(self, delay: float) -> bool:
+        """Sleep until a reserved request's turn; False if a 429 came meanwhile (`on_rate_limited`
+        ends the sleep: what the reservation assumed no longer holds)."""
+        rate_limited = self._reserved_wake = asyncio.get_running_loop().create_future()
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        try:
+            await asyncio.wait((sleeper, rate_limited), return_when=asyncio.FIRST_COMPLETED)
+            if sleeper.done():
+                sleeper.result()
+            return not rate_limited.done()
+        finally:
+            self._reserved_wake = None
+            if not sleeper.done():
+                sleeper.cancel()
 
     async def _wait(self, delay: float) -> None:
         """Sleep `delay` (forever if inf), or less if the state changes meanwhile."""
@@ -727,9 +749,11 @@ class RateLimiter:
         left; if both are cleared, both are blamed. With no bucket to blame (limits unknown or
         unlimited) admission is held for ``retry_after`` instead. Headers in ``info`` are
         `observe`d first (aged by `permit`, as there). During a cautious start this frees the
-        probe slot.
+        probe slot. A request taken ahead (`_sleep_reserved`) is given back and asks again.
         """
         self._rate_limited += 1
+        if self._reserved_wake is not None and not self._reserved_wake.done():
+            self._reserved_wake.set_result(None)
         if permit is not None:
             self._audit.rejected(permit.seq, permit.estimate)
         if info is not None and not info.empty:

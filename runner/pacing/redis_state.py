@@ -18,15 +18,17 @@ The limiter calls the state synchronously, and must not block the event loop on 
 Keys: ``runner:budget:<fingerprint>``, the fingerprint a keyed BLAKE2b of (API key, base URL,
 model) under a random salt stored once in the Redis (``runner:salt``): nothing in the Redis leads
 back to the key. Every call renews the key's TTL (`STATE_TTL_S`), so what dead processes left
-expires. Nothing is leased or reserved, so a process that dies holds nothing back; admission is
-FIFO across processes (a refused process keeps a place in the budget's queue, which expires
-within seconds unless it asks again: see `budget.lua`).
+expires. Nothing is leased. Admission is FIFO across processes (a refused process keeps a place
+in the budget's queue, which expires within seconds unless it asks again), and a request that
+fits within 2 s is taken at once, to be sent when its turn comes: a process killed in between
+loses that one request's budget once (see `budget.lua`).
 
 Redis restarted without persistence (or flushed) mid-run: the script finds the salt gone and says
 so; the process sets it again, or adopts the one a process that connected first set, renames its
-budgets, and restores in them the limits and factor it knew, before what it was sending. So the
-processes keep sharing one budget, and a budget is never left without its limits (which would
-admit everything).
+budgets, and restores in every budget of its own the limits and factor it knew, before what it
+was sending. Any process whose round trip shows a budget without a limit it knows (emptied, or
+expired) writes it back too. So the processes keep sharing one budget, and a budget is not left
+without its limits (which would admit everything) beyond one admission.
 
 Redis lost mid-run: admissions wait (nothing is sent) while the flusher retries with backoff; if
 Redis is not back within ``timeout_s`` every waiting call raises `RedisLost`, a `StopRunError`
@@ -114,17 +116,23 @@ def _decode(reply: list) -> tuple[Snapshot, dict[str, float | None], Admission]:
                                        send_in_s=float(reply[12]))
 
 
-class _SaltLost(Exception):
-    """The script's RUNNER_SALT error: the salt in Redis is gone or another's."""
+def _moved(reply: list) -> str | None:
+    """The model name a budget moved to (`RedisBudgetState.rename` by another process), if any."""
+    moved = reply[13]
+    if moved in (b"", ""):
+        return None
+    return moved.decode() if isinstance(moved, bytes) else moved
 
 
 class _Call:
-    """One queued script call; `done` resolves with its decoded answer (or `RedisLost`)."""
+    """One queued script call; `done` resolves with its decoded answer (or `RedisLost`). `key`:
+    the budget it is for when not the state's current one (a refund after a rename)."""
 
-    __slots__ = ("args", "done")
+    __slots__ = ("args", "done", "key")
 
-    def __init__(self, args: tuple[str, ...], done: asyncio.Future | None) -> None:
-        self.args, self.done = args, done
+    def __init__(self, args: tuple[str, ...], done: asyncio.Future | None,
+                 key: str | None = None) -> None:
+        self.args, self.done, self.key = args, done, key
 
 
 class RedisBudgetState:
@@ -135,7 +143,7 @@ class RedisBudgetState:
     """
 
     def __init__(self, budgets: "RedisBudgets", base_url: str, model: str, *,
-                 timeout_s: float = DEFAULT_REDIS_TIMEOUT_S,
+                 follow_moves: bool = True, timeout_s: float = DEFAULT_REDIS_TIMEOUT_S,
                  clock: Callable[[], float] | None = None,
                  sleep: Callable[[float], object] | None = None) -> None:
         self._budgets = budgets
@@ -143,7 +151,10 @@ class RedisBudgetState:
         self._url = budgets.url
         self.base_url, self.model = base_url, model
         self.key = budgets.key(base_url, model)
+        self.follow_moves = follow_moves  # go where another process moved the budget (`rename`)
         self._waiter = secrets.token_hex(8)  # this process's place in the budget's queue
+        self._reserved_key = self.key  # where the last admission was taken (for its refund)
+        self._salt_seen = budgets.salt_generation  # the salt this budget's limits were written under
         self._timeout_s = timeout_s
         self._clock = clock
         self._sleep = sleep or asyncio.sleep
@@ -173,10 +184,11 @@ class RedisBudgetState:
         done = asyncio.get_running_loop().create_future()
         self._enqueue(("admit", repr(float(tokens))), done)
         _, _, admission = await done
+        self._reserved_key = self.key
         return admission
 
     def refund(self, tokens: float) -> None:
-        self._enqueue(("refund", repr(float(tokens))))
+        self._enqueue(("refund", repr(float(tokens))), key=self._reserved_key)
 
     def set_limit(self, kind: Kind, limit: Limit) -> None:
         snapshot = self._snapshot
@@ -209,15 +221,25 @@ class RedisBudgetState:
         self._enqueue(("set_factor", repr(float(factor))))
 
     def rename(self, model: str) -> None:
-        """Keep this budget under `model`'s name from now on (`SharedBudgetState.rename`): what
-        this process knows (limits, factor) is written there (a user's limit does not override a
-        server's another process wrote), and a budget already there keeps its level."""
+        """Keep this budget under `model`'s name from now on (`SharedBudgetState.rename`). The
+        old budget says where it went (processes still on it follow with their next call) and
+        this process leaves its queue; what this process knows (limits, factor, and its levels,
+        so the move opens no fresh burst) is written under the new name: a user's limit does not
+        override a server's another process wrote there, and a budget already there keeps its
+        level if lower."""
         if model == self.model:
             return
+        old = self.key
+        self._enqueue(("move", model), key=old)
+        self._enqueue(("leave",), key=old)
         self.model = model
         self.key = self._budgets.key(self.base_url, model)
+        levels = {kind: self.level(kind) for kind in ("requests", "tokens")}
         for call in self._restoring():
             self._enqueue(call.args)
+        for kind, level in levels.items():
+            if level is not None:
+                self._enqueue(("lower", _KINDS[kind], repr(float(level))))
 
     def level(self, kind: Kind) -> float | None:
         """`kind`'s level as of the last round trip, refilled locally since (for display)."""
@@ -234,12 +256,13 @@ class RedisBudgetState:
 
     # -- the flusher ---------------------------------------------------------------------------
 
-    def _enqueue(self, args: tuple[str, ...], done: asyncio.Future | None = None) -> None:
+    def _enqueue(self, args: tuple[str, ...], done: asyncio.Future | None = None, *,
+                 key: str | None = None) -> None:
         if self._lost is not None:
             if done is not None:
                 done.set_exception(self._lost)
             return
-        self._queue.append(_Call(args, done))
+        self._queue.append(_Call(args, done, key))
         if self._flusher is None or self._flusher.done():
             try:
                 loop = asyncio.get_running_loop()
@@ -265,32 +288,58 @@ class RedisBudgetState:
                 decoded = _decode(reply)
                 if call.done is not None and not call.done.done():
                     call.done.set_result(decoded)
-            if not self._queue:  # a fresher local copy waits behind queued writes otherwise
-                self._snapshot, self._levels, _ = _decode(replies[-1])
-                self._levels_at = self._now()
+            moved = _moved(replies[-1])
+            if (moved is not None and moved != self.model and calls[-1].key is None
+                    and self.follow_moves):
+                self.rename(moved)  # another process found this budget to be the key's
+            elif not self._queue:  # a fresher local copy waits behind queued writes otherwise
+                self._take_copy(_decode(replies[-1]))
+
+    def _take_copy(self, decoded: tuple[Snapshot, dict[str, float | None], Admission]) -> None:
+        """The state a round trip brought back becomes the local copy. A limit (or factor) this
+        process knows that the budget in Redis lacks is written back: Redis lost it (restarted
+        empty, or the budget went unused past its TTL), and a budget without limits admits all."""
+        snapshot, levels, _ = decoded
+        known = self._snapshot
+        lost = [(kind, limit) for kind, limit in (("requests", known.requests),
+                                                  ("tokens", known.tokens))
+                if limit is not None and snapshot.limit(kind) is None]
+        for kind, limit in lost:
+            self._enqueue(("set_limit", _KINDS[kind], repr(limit.per_minute), limit.source,
+                           repr(limit.capacity)))
+        if lost and known.factor != 1.0 and snapshot.factor == 1.0:
+            self._enqueue(("set_factor", repr(float(known.factor))))
+        if lost:
+            return  # the copy stays as it was until those writes come back
+        self._snapshot, self._levels = snapshot, levels
+        self._levels_at = self._now()
 
     async def _send(self, calls: list[_Call]) -> list:
         """Every call in one pipeline, in order; retried with backoff while Redis is unreachable,
         up to the timeout (then `RedisLost`). A Redis that lost the script gets it again; one that
-        lost the salt gets it again and the budget's limits restored (module docstring)."""
+        lost the salt gets it again (`RedisBudgets.resalt`) and, before anything else, the
+        limits this process knows of the budget. Calls the server already ran are not sent again
+        (a pipeline is not a transaction: a salt set again midway fails only its tail)."""
         from redis.exceptions import NoScriptError, RedisError, ResponseError  # noqa: PLC0415
 
         delay, deadline = RETRY_FIRST_S, None
-        restore: list[_Call] = []
+        replies: list = [None] * len(calls)
+        pending = list(range(len(calls)))
+        need_script = need_salt = False
         while True:
             try:
-                replies = await self._pipeline(restore + calls)
-                return replies[len(restore):]
-            except NoScriptError:
-                await self._client.script_load(_SCRIPT)
-                continue
-            except (RedisError, OSError) as exc:
-                if isinstance(exc, ResponseError) and "RUNNER_SALT" in str(exc):
+                if need_script:
+                    await self._client.script_load(_SCRIPT)
+                    need_script = False
+                if need_salt:
                     await self._budgets.resalt()
-                    restore = self._restoring()
-                    continue
+                    need_salt = False
+                generation = self._budgets.salt_generation
+                restore = self._restoring() if self._salt_seen != generation else []  # Redis was emptied
+                results = await self._pipeline(restore + [calls[i] for i in pending])
+            except (RedisError, OSError) as exc:
                 if isinstance(exc, ResponseError):
-                    raise  # the script itself failed: a bug, not an outage
+                    raise  # not an outage: a bug
                 now = self._now()
                 deadline = deadline if deadline is not None else now + self._timeout_s
                 if now >= deadline:
@@ -298,6 +347,26 @@ class RedisBudgetState:
                                     f"{self._timeout_s:g} s: stopping") from None
                 await self._sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            failed = [e for e in results if isinstance(e, Exception)]
+            if not any(isinstance(e, Exception) for e in results[:len(restore)]):
+                self._salt_seen = generation
+            still = []
+            for i, result in zip(pending, results[len(restore):]):
+                if isinstance(result, Exception):
+                    still.append(i)
+                else:
+                    replies[i] = result
+            pending = still
+            if not failed:
+                return replies
+            error = failed[0]
+            if isinstance(error, NoScriptError):
+                need_script = True
+            elif isinstance(error, ResponseError) and "RUNNER_SALT" in str(error):
+                need_salt = True
+            else:
+                raise error  # the script itself failed: a bug, not an outage
 
     def _restoring(self) -> list[_Call]:
         """The calls that put back what this process knew of a budget Redis lost: its limits and
@@ -312,13 +381,14 @@ class RedisBudgetState:
         return calls
 
     async def _pipeline(self, calls: list[_Call]) -> list:
+        """The calls in one pipeline; each one's reply, or the error it met."""
         ttl_ms = str(int(STATE_TTL_S * 1000))
         salt_tag = self._budgets.salt_tag
         async with self._client.pipeline(transaction=False) as pipe:
             for call in calls:
-                pipe.evalsha(_SHA, 2, self.key, SALT_KEY, call.args[0], ttl_ms, salt_tag,
-                             self._waiter, *call.args[1:])
-            return await pipe.execute()
+                pipe.evalsha(_SHA, 2, call.key or self.key, SALT_KEY, call.args[0], ttl_ms,
+                             salt_tag, self._waiter, *call.args[1:])
+            return await pipe.execute(raise_on_error=False)
 
     async def flush(self) -> None:
         """Return once everything queued so far is in Redis (or Redis is lost)."""
@@ -354,6 +424,7 @@ class RedisBudgets:
                                               socket_timeout=CONNECT_TIMEOUT_S)
         self._salt: bytes | None = None
         self.salt_tag = ""  # the salt's SHA-1, which the script checks (budget.lua)
+        self.salt_generation = 0  # bumped each time the salt is set (see RedisBudgetState._send)
         self.states: list[RedisBudgetState] = []
 
     async def connect(self) -> None:
@@ -369,13 +440,16 @@ class RedisBudgets:
 
     async def _set_salt(self, salt: bytes) -> None:
         """Store `salt` unless Redis has one; use whichever Redis then has."""
-        await self.client.set(SALT_KEY, salt, nx=True)
-        stored = await self.client.get(SALT_KEY)
+        stored = None
+        while stored is None:  # (gone again between the two calls: set it again)
+            await self.client.set(SALT_KEY, salt, nx=True)
+            stored = await self.client.get(SALT_KEY)
         if stored != self._salt:
             self._salt = stored
             self.salt_tag = hashlib.sha1(stored).hexdigest()
             for state in self.states:  # the budgets' names follow the salt
                 state.key = self.key(state.base_url, state.model)
+        self.salt_generation += 1  # every budget of this process writes back what it knows
 
     async def resalt(self) -> None:
         """Redis lost the salt (restarted without persistence, flushed): set ours again, or adopt
@@ -388,10 +462,13 @@ class RedisBudgets:
             raise RuntimeError("RedisBudgets.connect() first")
         return KEY_PREFIX + fingerprint(self._salt, self._api_key, base_url, model)
 
-    def state(self, base_url: str, model: str, *, clock: Callable[[], float] | None = None
-              ) -> RedisBudgetState:
-        """The shared state of the budget of (this key, `base_url`, `model`)."""
-        state = RedisBudgetState(self, base_url, model, timeout_s=self._timeout_s, clock=clock)
+    def state(self, base_url: str, model: str, *, clock: Callable[[], float] | None = None,
+              follow_moves: bool = True) -> RedisBudgetState:
+        """The shared state of the budget of (this key, `base_url`, `model`); `follow_moves`:
+        to the key's one budget when another process finds the model's to be it (for
+        ``--budget-scope auto``; ``model`` says the budgets are the models' own)."""
+        state = RedisBudgetState(self, base_url, model, follow_moves=follow_moves,
+                                 timeout_s=self._timeout_s, clock=clock)
         self.states.append(state)
         return state
 
