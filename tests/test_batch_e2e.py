@@ -726,3 +726,44 @@ def test_a_create_refused_for_the_key_or_never_answered_stops_the_run_and_fails_
     out = tmp_path / "out.jsonl"
     assert (out.read_bytes().count(b"\n") if out.exists() else 0) == failed_lines
     assert sim.batches.stats.created == 0
+
+
+def test_a_create_with_no_clear_answer_whose_lookup_fails_stops_rather_than_fail_its_jobs(
+        loop, tmp_path, sim_factory):
+    # The create may have worked (its answer was lost); looking for it fails: its jobs must not
+    # be judged refused (failure lines, then a second batch on the next run: paid twice).
+    write_jobs(tmp_path / "in.jsonl", 5, kinds=("chat",))
+    sim = sim_factory()
+
+    def unclear(request):
+        if request.method == "POST" and request.url.endswith("/batches"):
+            return HttpResponse(503, {}, b'{"error": {"message": "busy", "code": null}}')
+        if request.method == "GET" and "/batches?" in request.url:
+            return HttpResponse(404, {}, b'{"error": {"message": "no list here", "code": null}}')
+        return None
+
+    stats = loop.run_until_complete(run_intercepted(loop, sim, tmp_path, unclear))
+    assert stats.exit_code() == EXIT_STOPPED and "cannot tell whether it was done" in stats.stop_reason
+    out = tmp_path / "out.jsonl"
+    assert not out.exists() or out.read_bytes() == b""
+
+
+def test_a_download_that_cannot_be_written_stops_the_run_and_leaves_no_partial_file(
+        loop, tmp_path, sim_factory, monkeypatch):
+    from runner.batch.client import BatchClient
+    from runner.errors import StopRunError
+    write_jobs(tmp_path / "in.jsonl", 5, kinds=("chat",))
+    sim = sim_factory()
+
+    async def full_disk(self, file_id, path):
+        path.write_bytes(b'{"custom_id": "half')  # part of it, then the disk is full
+        raise StopRunError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(BatchClient, "content_to", full_disk)
+    stats = loop.run_until_complete(run_intercepted(loop, sim, tmp_path, lambda request: None))
+    assert stats.exit_code() == EXIT_STOPPED and "No space left" in stats.stop_reason
+    assert not list((tmp_path / "out.jsonl.batches.d").glob("*.download"))
+    assert read_state(tmp_path / "out.jsonl").open_chunks()  # still open: collected on resume
+    monkeypatch.undo()
+    stats = loop.run_until_complete(run_intercepted(loop, sim, tmp_path, lambda request: None))
+    assert stats.exit_code() == EXIT_OK and sim.batches.stats.created == 1  # not paid twice

@@ -208,3 +208,7 @@ def test_a_short_runs_rate_above_the_limit_is_explained_by_the_opening_burst():
     assert "120 of 90 RPM" in line and "opening burst" in line
     [line] = [line for line in summary_lines(summary_stats(), "o") if line.startswith("gpt-4o-mini")]
     assert "opening burst" not in line
+    stats.finished = 600.0  # a long run above a limit lowered on the way: no such excuse
+    stats.model_requests["gpt-4o-mini"] = 1200
+    [line] = [line for line in summary_lines(stats, "o") if line.startswith("gpt-4o-mini")]
+    assert "120 of 90 RPM" in line and "opening burst" not in line

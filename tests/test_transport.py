@@ -108,3 +108,35 @@ def test_a_line_index_reads_lines_by_custom_id_from_disk(tmp_path):
         assert index.get("x") == {"custom_id": "x", "n": 3}  # the last line of an id counts
         assert index.get("y") == {"custom_id": "y", "n": 2}
         assert index.get("z") is None
+
+
+async def test_a_download_slower_than_the_total_timeout_completes_while_bytes_keep_coming(tmp_path):
+    from aiohttp import web
+    body = b"x" * 1000
+
+    async def slow(request):  # 2 s in all, a piece every 0.2 s: never idle for a read timeout
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(10):
+            await response.write(body)
+            await asyncio.sleep(0.2)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/f", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:  # total = connect + read = 1.0 s, which a plain request may not outlast
+        async with open_session(max_connections=1, connect_timeout=0.5, read_timeout=0.5) as session:
+            send = aiohttp_sender(session)
+            path = tmp_path / "f.download"
+            response = await send(HttpRequest("GET", f"http://127.0.0.1:{port}/f", {},
+                                              save_to=str(path)))
+            assert response.status == 200 and path.read_bytes() == body * 10
+            with pytest.raises(APITimeoutError):
+                await send(HttpRequest("GET", f"http://127.0.0.1:{port}/f", {}))
+    finally:
+        await runner.cleanup()

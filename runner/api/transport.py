@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from runner.errors import APIConnectionError, APITimeoutError, describe
+from runner.errors import APIConnectionError, APITimeoutError, StopRunError, describe
 from runner.redact import mask_secrets
 
 if TYPE_CHECKING:
@@ -80,12 +80,18 @@ def open_session(*, max_connections: int, connect_timeout: float = CONNECT_TIMEO
 
 def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
     """A `send` function over an aiohttp session; see the module docstring for what it raises."""
+    import aiohttp  # noqa: PLC0415 (see no_answer_errors)
+
     no_answer = no_answer_errors()
 
     async def send(request: HttpRequest) -> HttpResponse:
+        timeout = session.timeout
+        if request.save_to is not None:  # a long download is fine while bytes keep coming
+            timeout = aiohttp.ClientTimeout(total=None, connect=timeout.connect,
+                                            sock_read=timeout.sock_read)
         try:
             async with session.request(request.method, request.url, headers=request.headers,
-                                       data=request.body) as response:
+                                       data=request.body, timeout=timeout) as response:
                 headers = {k.lower(): v for k, v in response.headers.items()}
                 if request.save_to is not None and 200 <= response.status < 300:
                     await _stream_to(response, request.save_to)
@@ -102,12 +108,23 @@ STREAM_CHUNK = 1 << 20  # one thread hop per MiB written
 
 
 async def _stream_to(response: aiohttp.ClientResponse, path: str) -> None:
-    """The answer's body into `path` (replaced), a MiB at a time, off the event loop."""
+    """The answer's body into `path` (replaced), a MiB at a time, off the event loop. The file
+    that cannot be written (disk full, say) raises `StopRunError`: not an error of the network,
+    and not one that trying again would mend."""
     import aiofiles  # noqa: PLC0415 (with aiohttp: only a run that sends pays for it)
 
-    async with aiofiles.open(path, "wb") as f:
+    try:
+        f = await aiofiles.open(path, "wb", buffering=0)  # a write that fails says so at once
+    except OSError as exc:
+        raise StopRunError(f"cannot write {path}: {exc.strerror}") from None
+    try:
         async for chunk in response.content.iter_chunked(STREAM_CHUNK):
-            await f.write(chunk)
+            try:
+                await f.write(chunk)
+            except OSError as exc:
+                raise StopRunError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        await f.close()
 
 
 async def body_to_file(response: HttpResponse, path: str) -> None:

@@ -53,7 +53,7 @@ from runner.batch.plan import (
 )
 from runner.batch.lineindex import LineIndex
 from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
-from runner.errors import APIError, RunnerError, UnusableInput
+from runner.errors import APIError, RunnerError, StopRunError, UnusableInput
 from runner.files import checkpoint as ckpt
 from runner.files.guard import check_output
 from runner.files.images import (
@@ -352,11 +352,19 @@ class _Engine:
         first_failure = None
         while True:
             if attempt and recover is not None:
-                found = await recover()
+                try:
+                    found = await recover()
+                except _StopRun:
+                    raise
+                except (RunnerError, OSError, asyncio.TimeoutError) as exc:
+                    # It may have been done all the same: never judge it refused; stop, resumable
+                    raise _StopRun(f"{what}: cannot tell whether it was done: {exc}") from None
                 if found is not None:
                     return found
             try:
                 return await self.unless_stopped(fn())
+            except StopRunError:
+                raise  # (a file of ours that cannot be written: not the API's doing)
             except (RunnerError, OSError, asyncio.TimeoutError) as exc:
                 verdict = classify(None, {}, None, exc=exc)
                 if verdict.action is Action.STOP_RUN:
@@ -604,6 +612,8 @@ class _Engine:
                 file_id = batch.get(key)
                 if file_id:
                     path = self.state.chunk_file(chunk.chunk).with_suffix(f".{key[:-8]}.download")
+                    path.unlink(missing_ok=True)  # a part left by a killed run is not an answer
+                    downloads.append(path)  # removed below, whole or not
                     try:
                         await self.call(f"download {file_id}",
                                         lambda f=file_id, p=path: self.client.content_to(f, p))
@@ -613,7 +623,6 @@ class _Engine:
                         self.log(f"the {key.removesuffix('_id').replace('_', ' ')} {file_id} of "
                                  f"batch {chunk.batch_id} is gone: its jobs go into a later batch")
                         continue
-                    downloads.append(path)
             # Indexed on disk, parsed a line at a time: an output file may not fit in memory.
             answers = await asyncio.to_thread(LineIndex, downloads)
             with answers, await asyncio.to_thread(
