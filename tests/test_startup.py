@@ -1,7 +1,7 @@
 """Start-up: a command loads what it runs and nothing else.
 
-`runner --help` (like `import runner.cli.main`) loads no HTTP client, no batch backend and no
-report of another command. Which modules load is checked, not how long it takes (the time is
+`runner --help` (like `import runner.cli.main`) loads no HTTP client, no batch backend, no report
+of another command and no tokenizer (tiktoken loads with the first encoding built). Which modules load is checked, not how long it takes (the time is
 measured by `bench/startup.py`, figures in the README).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 NEEDED_BY_NO_COMMAND_AT_START = (
-    "aiohttp",
+    "aiohttp", "tiktoken",
     "runner.batch.run", "runner.batch.cli", "runner.batch.client", "runner.batch.collect",
     "runner.report.estimate", "runner.report.status", "runner.report.render",
     "jobs.estimate", "jobs.merge", "runner.simulator.server",
@@ -36,7 +36,7 @@ def test_the_cli_loads_without_aiohttp():
     assert out.stdout.strip() == "False"
 
 
-def test_help_loads_no_batch_backend_and_no_other_commands_report():
+def test_help_loads_no_batch_backend_other_commands_report_or_tokenizer():
     code = ("from runner.cli.main import main\n"
             "for argv in (['--help'], ['run', '--help']):\n"
             "    try:\n"
