@@ -1,22 +1,31 @@
 """Start-up: a command loads what it runs and nothing else.
 
 `runner --help` (like `import runner.cli.main`) loads no HTTP client, no batch backend, no report
-of another command and no tokenizer (tiktoken loads with the first encoding built). Which modules load is checked, not how long it takes (the time is
-measured by `bench/startup.py`, figures in the README).
+of another command, no tokenizer and no rich. A live `runner run` whose stderr is no terminal
+writes plain lines (no rich), and loads neither the batch backend nor tiktoken while every prompt
+fits its context window by its byte length. Which modules load is checked, not how long it takes
+(the time is measured by `bench/startup.py`, figures in the README).
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import orjson
+
 ROOT = Path(__file__).resolve().parent.parent
 
 NEEDED_BY_NO_COMMAND_AT_START = (
-    "aiohttp", "tiktoken",
+    "aiohttp", "rich", "tiktoken",
     "runner.batch.run", "runner.batch.cli", "runner.batch.client", "runner.batch.collect",
     "runner.report.estimate", "runner.report.status", "runner.report.render",
     "jobs.estimate", "jobs.merge", "runner.simulator.server",
+)
+NEEDED_BY_NO_LIVE_RUN = (
+    "rich", "tiktoken", "runner.batch.run", "runner.batch.cli", "runner.batch.client",
+    "runner.report.estimate", "runner.report.status",
 )
 
 
@@ -36,7 +45,7 @@ def test_the_cli_loads_without_aiohttp():
     assert out.stdout.strip() == "False"
 
 
-def test_help_loads_no_batch_backend_other_commands_report_or_tokenizer():
+def test_help_loads_no_backend_report_tokenizer_or_rich():
     code = ("from runner.cli.main import main\n"
             "for argv in (['--help'], ['run', '--help']):\n"
             "    try:\n"
@@ -45,3 +54,22 @@ def test_help_loads_no_batch_backend_other_commands_report_or_tokenizer():
             "        assert e.code == 0, e.code\n")
     assert loaded(code, NEEDED_BY_NO_COMMAND_AT_START) == []
 
+
+def test_a_live_run_off_a_terminal_loads_neither_rich_nor_the_batch_backend_nor_tiktoken(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b"".join(orjson.dumps(
+        {"custom_id": f"job-{i}", "method": "POST", "url": "/v1/completions",
+         "body": {"model": "gpt-3.5-turbo-instruct", "prompt": f"question {i}", "max_tokens": 20}})
+        + b"\n" for i in range(5)))
+    code = ("from runner.simulator.server import SimConfig, run_in_thread\n"
+            "from runner.cli.main import main\n"
+            "with run_in_thread(SimConfig(rpm=600, tpm=100_000)) as url:\n"
+            "    try:\n"
+            f"        main(['run', {str(jobs)!r}, '-o', {str(tmp_path / 'out.jsonl')!r},\n"
+            "              '--base-url', url, '--rpm', '600', '--tpm', '100000'])\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code == 0, e.code\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    env["OPENAI_API_KEY"] = "sk-test-startup"
+    assert loaded(code, NEEDED_BY_NO_LIVE_RUN, env) == []
+    assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 5
