@@ -73,3 +73,22 @@ def test_a_live_run_off_a_terminal_loads_neither_rich_nor_the_batch_backend_nor_
     env["OPENAI_API_KEY"] = "sk-test-startup"
     assert loaded(code, NEEDED_BY_NO_LIVE_RUN, env) == []
     assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 5
+
+
+def test_the_entry_point_runs_the_command_with_the_collector_on_and_start_up_objects_frozen():
+    """`runner` and `python -m runner` freeze what start-up imported (`runner.__main__`); the
+    command itself runs with garbage collection on, and its exit code comes through."""
+    code = ("import gc, sys\n"
+            "import runner.cli.main as cli\n"
+            "@cli.main.command('gc-probe')\n"
+            "def probe():\n"
+            "    print('probe:', gc.isenabled(), gc.get_freeze_count() > 10_000)\n"
+            "    sys.exit(3)\n"
+            "sys.argv = ['runner', 'gc-probe']\n"
+            "from runner.__main__ import main\n"
+            "main()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 3, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["probe: True True"]
+    project = (ROOT / "pyproject.toml").read_text()
+    assert 'runner = "runner.__main__:main"' in project
