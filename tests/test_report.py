@@ -142,6 +142,13 @@ def test_off_a_terminal_messages_are_written_as_plain_lines_exactly_as_given(cap
     assert capsys.readouterr().err == "line 3: not JSON: 'a :x: [bold]b[/bold]'\n\n"
 
 
+def test_on_a_terminal_messages_pass_through_rich_as_given():
+    out = io.StringIO()
+    console_echo(Console(file=out, force_terminal=True, width=20))(
+        "line 3: not JSON: 'a :x: [bold]b[/bold]' and more than twenty columns")
+    assert out.getvalue() == "line 3: not JSON: 'a :x: [bold]b[/bold]' and more than twenty columns\n"
+
+
 def test_force_color_makes_a_pipe_a_terminal_as_rich_says(monkeypatch):
     monkeypatch.setenv("FORCE_COLOR", "1")
     assert terminal_console() is not None

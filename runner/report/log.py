@@ -37,10 +37,10 @@ def _isatty(stream: object) -> bool:
 
 def console_echo(console: Console | None) -> Callable[[str], None]:
     """How a message reaches stderr: through `console` (above its live display) when there is
-    one, else as plain lines written to the `sys.stderr` of the moment. The text is the same
-    either way: no markup, no highlighting, no wrapping."""
+    one, else as plain lines written to the `sys.stderr` of the moment. Either way the text is
+    the message as given: no markup, emoji codes, highlighting or wrapping."""
     if console is not None:
-        return lambda message: console.print(message, highlight=False, markup=False,
+        return lambda message: console.print(message, highlight=False, markup=False, emoji=False,
                                              soft_wrap=True)
     return _write_line
 
