@@ -1,16 +1,23 @@
 """Issue 13 benchmark: start-up time, and a short TPM-bound run against a minimal client.
 
-    python bench/startup.py [--jobs 200] [--repeat 3]
+    python bench/startup.py [--jobs 200] [--repeat 3] [--source]
 
 Measures, in one run:
 
 * ``runner --help``: wall time of the process (best of ``--repeat``), and ``python -c pass`` for
-  the interpreter's own share;
+  the interpreter's own share; then where its imports go (``python -X importtime``, self time
+  summed by top-level package, once: importtime's own overhead inflates them);
 * a short TPM-bound run: ``--jobs`` completions jobs of 525 tokens each (a 100-character prompt,
   ``max_tokens`` 500) against the simulator holding TPM 300,000 with a 2 s bucket (RPM 10,000, so
   tokens bind), limits given on the command line; wall time of the ``runner run`` process, start-up
   included, against the minimal client below in its own process on the same file and server
   (median of ``--repeat``, a fresh simulator for each run so both start from a full bucket).
+
+Bytecode: by default every process reads bytecode compiled beforehand, as an installed package
+has it (pip compiles at install), from a private ``PYTHONPYCACHEPREFIX`` written by one untimed
+warm-up round; the source tree is not touched. ``--source`` runs in the environment as it is: in
+a source checkout under ``PYTHONDONTWRITEBYTECODE`` runner then compiles each of its modules at
+every start (about 0.1 s), which no installed runner does.
 
 The minimal client is the plain script a careful user writes: one token bucket of one second of
 the limit, starting full, refilled continuously; a request goes when the bucket holds its tokens;
@@ -105,6 +112,38 @@ async def minimal_client(jobs: Path, out: Path, base_url: str, tpm: float) -> No
 
 # -- the measurement ---------------------------------------------------------------------------
 
+def bytecode_env(tmp: Path, source: bool) -> dict[str, str]:
+    """The environment of every process measured (see the module docstring)."""
+    env = {**os.environ, "OPENAI_API_KEY": "sk-bench"}
+    if not source:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+    return env
+
+
+def import_breakdown(env: dict[str, str], top: int = 5) -> list[tuple[str, float]]:
+    """Self import time of what `import runner.cli.main` (all `runner --help` imports) adds to a
+    bare interpreter's start, in ms, summed by top-level package, largest first, then the rest."""
+    def self_ms(code: str) -> dict[str, float]:
+        err = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=ROOT, env=env,
+                             check=True, capture_output=True, text=True).stderr
+        times = {}
+        for line in err.splitlines():
+            fields = line.removeprefix("import time:").split("|")
+            if len(fields) == 3 and fields[0].strip().isdigit():  # not the header
+                times[fields[2].strip()] = int(fields[0]) / 1000
+        return times
+
+    bare = self_ms("pass")
+    by_package: dict[str, float] = {}
+    for name, ms in self_ms("import runner.cli.main").items():
+        if name not in bare:
+            package = name.split(".")[0]
+            by_package[package] = by_package.get(package, 0.0) + ms
+    ranked = sorted(by_package.items(), key=lambda item: -item[1])
+    return ranked[:top] + [("other", sum(ms for _, ms in ranked[top:]))]
+
+
 def timed(argv: list[str], env: dict | None = None) -> float:
     started = time.perf_counter()
     subprocess.run(argv, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
@@ -112,12 +151,12 @@ def timed(argv: list[str], env: dict | None = None) -> float:
     return time.perf_counter() - started
 
 
-def with_simulator(fn):  # type: ignore[no-untyped-def]
+def with_simulator(fn, env: dict | None = None):  # type: ignore[no-untyped-def]
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "runner", "simulate", "--port", str(port),
                             "--rpm", str(SIM_RPM), "--tpm", str(SIM_TPM),
                             "--burst", str(SIM_BURST_S)],
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert sim.stdout is not None
         sim.stdout.readline()  # the base URL: it is listening
@@ -136,6 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--source", action="store_true",
+                        help="no bytecode prepared: the environment as it is (see above)")
     parser.add_argument("--client", nargs=3, metavar=("JOBS", "OUT", "BASE_URL"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -144,24 +185,41 @@ def main() -> None:
         asyncio.run(minimal_client(Path(jobs), Path(out), base_url, SIM_TPM))
         return
 
-    python = min(timed([sys.executable, "-c", "pass"]) for _ in range(args.repeat))
-    helps = min(timed([sys.executable, "-m", "runner", "--help"]) for _ in range(args.repeat))
-    print(f"python -c pass:  {python:.3f} s")
-    print(f"runner --help:   {helps:.3f} s (best of {args.repeat})")
-
-    env = {**os.environ, "OPENAI_API_KEY": "sk-bench"}
-    runner_s, client_s = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        env = bytecode_env(Path(tmp), args.source)
         jobs = Path(tmp) / "jobs.jsonl"
         write_jobs(jobs, args.jobs)
+
+        def runner_run(url: str, out: Path, source: Path = jobs) -> float:
+            return timed([sys.executable, "-m", "runner", "run", str(source), "-o", str(out),
+                          "--base-url", url, "--rpm", str(SIM_RPM), "--tpm", str(SIM_TPM),
+                          "--no-progress"], env)
+
+        def client_run(url: str, out: Path, source: Path = jobs) -> float:
+            return timed([sys.executable, __file__, "--client", str(source), str(out), url], env)
+
+        if not args.source:  # the warm-up round writes the bytecode of every module either loads
+            few = Path(tmp) / "few.jsonl"
+            write_jobs(few, 5)
+            timed([sys.executable, "-m", "runner", "--help"], env)
+            with_simulator(lambda url: (runner_run(url, Path(tmp) / "warm-r.jsonl", few),
+                                        client_run(url, Path(tmp) / "warm-c.jsonl", few)), env)
+        print("bytecode:", "as the environment has it (--source)" if args.source else
+              "compiled beforehand, as installed")
+
+        python = min(timed([sys.executable, "-c", "pass"], env) for _ in range(args.repeat))
+        helps = min(timed([sys.executable, "-m", "runner", "--help"], env)
+                    for _ in range(args.repeat))
+        print(f"python -c pass:  {python:.3f} s")
+        print(f"runner --help:   {helps:.3f} s (best of {args.repeat})")
+        print("  its imports (-X importtime, self ms by package): " + ", ".join(
+            f"{name} {ms:.0f}" for name, ms in import_breakdown(env)))
+
+        runner_s, client_s = [], []
         for i in range(args.repeat):
             out_r, out_c = Path(tmp) / f"runner-{i}.jsonl", Path(tmp) / f"client-{i}.jsonl"
-            runner_s.append(with_simulator(lambda url: timed(
-                [sys.executable, "-m", "runner", "run", str(jobs), "-o", str(out_r),
-                 "--base-url", url, "--rpm", str(SIM_RPM), "--tpm", str(SIM_TPM),
-                 "--no-progress"], env)))
-            client_s.append(with_simulator(lambda url: timed(
-                [sys.executable, __file__, "--client", str(jobs), str(out_c), url])))
+            runner_s.append(with_simulator(lambda url: runner_run(url, out_r), env))
+            client_s.append(with_simulator(lambda url: client_run(url, out_c), env))
             for out in (out_r, out_c):
                 if count_lines(out) != args.jobs:
                     raise SystemExit(f"{out.name}: {count_lines(out)} of {args.jobs} succeeded")

@@ -23,11 +23,13 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import tiktoken
+from typing import TYPE_CHECKING
 
 from jobs.tokens import (CHARS_PER_TOKEN, CL100K_BASE, O200K_BASE, CountTokens,
                          encoding_name_for_model)
+
+if TYPE_CHECKING:
+    import tiktoken
 
 _ENDOFTEXT = "<|endoftext|>"
 _FIM_PREFIX = "<|fim_prefix|>"
@@ -159,7 +161,9 @@ def get_encoding(name: str) -> tiktoken.Encoding | None:
     """The tiktoken encoding `name` ("o200k_base" or "cl100k_base"), built offline and verified
     against tiktoken's sha256; None (with a one-time warning) when no verified data is available.
 
-    Built once per process. Never touches the network. ValueError for any other name.
+    Built once per process, on first use: tiktoken itself is imported then, so a run whose
+    prompts all fit their context window by their byte length never loads it. Never touches the
+    network. ValueError for any other name.
     """
     if name not in _SPECS:
         raise ValueError(f"unknown encoding {name!r}; expected one of {sorted(_SPECS)}")
@@ -170,6 +174,7 @@ def get_encoding(name: str) -> tiktoken.Encoding | None:
                       f"not in tiktoken's cache): token counts are approximated as "
                       f"ceil(chars / {CHARS_PER_TOKEN})", RuntimeWarning, stacklevel=2)
         return None
+    import tiktoken
     return tiktoken.Encoding(name, pat_str=spec.pat_str, mergeable_ranks=ranks,
                              special_tokens=dict(spec.special_tokens))
 

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from jobs.results import OutputState
+from runner.files import checkpoint
 from runner.files.checkpoint import Checkpoint, CheckpointError, RunLock, load
 from tests.conftest import error_record, success_record
 
@@ -63,6 +64,35 @@ async def test_appended_lines_are_written_at_once_and_synced(tmp_path):
     await cp.sync()  # nothing new: no second fsync
     assert len(synced) == 1
     cp.close()
+
+
+async def test_a_new_outputs_directory_entry_is_synced_with_its_first_lines_not_when_opened(
+        tmp_path, monkeypatch):
+    """Nothing waits on the disk before the first request; the name is durable with the lines."""
+    dirs = []
+    monkeypatch.setattr(checkpoint, "_fsync_dir", dirs.append)
+    cp = Checkpoint(tmp_path / "out.jsonl", fsync=lambda fd: None)
+    cp.open()
+    assert dirs == []
+    cp.append(success_record("a", {}, request_id=None))
+    await cp.sync()
+    cp.append(success_record("b", {}, request_id=None))
+    await cp.sync()
+    assert dirs == [tmp_path]  # once
+    cp.close()
+
+    again = Checkpoint(tmp_path / "out.jsonl", fsync=lambda fd: None)  # exists: nothing new
+    again.open()
+    again.append(success_record("c", {}, request_id=None))
+    await again.sync()
+    again.close()
+    assert dirs == [tmp_path]
+
+    unsynced = Checkpoint(tmp_path / "other.jsonl", fsync=lambda fd: None)
+    unsynced.open()
+    unsynced.append(success_record("d", {}, request_id=None))
+    unsynced.close()  # closed before any sync: the entry is synced with the last lines
+    assert dirs == [tmp_path, tmp_path]
 
 
 def test_second_run_on_the_same_output_is_refused(tmp_path):

@@ -15,7 +15,7 @@ from runner.clock import run_virtual
 from runner.report.prices import load_prices
 from runner.report.progress import ProgressReporter, Speed, fmt_duration, status_line
 from runner.redact import redact
-from runner.report.log import RunLog
+from runner.report.log import RunLog, console_echo, terminal_console
 from runner.report.stats import ModelUsage, RunStats
 from runner.report.summary import summary_dict, summary_lines
 from runner.live.run import RunConfig, run
@@ -128,6 +128,32 @@ def test_log_file_lines_are_timestamped_and_redacted(tmp_path):
         "2026-11-25T03:00:00+00:00 server said: Incorrect API key provided: [REDACTED]",
         "2026-11-25T03:00:00+00:00 quiet line"]
     assert redact("short", ("abc",)) == "short"
+
+
+def test_off_a_terminal_messages_are_written_as_plain_lines_exactly_as_given(capsys, monkeypatch):
+    """No rich there: nothing is replaced (":x:" is no emoji) and the stderr of the moment gets it."""
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    console = terminal_console()
+    assert console is None
+    echo = console_echo(console)
+    echo("line 3: not JSON: 'a :x: [bold]b[/bold]'")
+    echo("")
+    assert capsys.readouterr().err == "line 3: not JSON: 'a :x: [bold]b[/bold]'\n\n"
+
+
+def test_on_a_terminal_messages_pass_through_rich_as_given():
+    out = io.StringIO()
+    console_echo(Console(file=out, force_terminal=True, width=20))(
+        "line 3: not JSON: 'a :x: [bold]b[/bold]' and more than twenty columns")
+    assert out.getvalue() == "line 3: not JSON: 'a :x: [bold]b[/bold]' and more than twenty columns\n"
+
+
+def test_force_color_makes_a_pipe_a_terminal_as_rich_says(monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert terminal_console() is not None
+    monkeypatch.setenv("FORCE_COLOR", "")
+    assert terminal_console() is None
 
 
 def test_the_key_never_reaches_output_lines_even_if_a_server_echoes_it(tmp_path):

@@ -93,11 +93,6 @@ def batches_table(state: BatchState) -> Group:
     return Group(table, note)
 
 
-def open_batches(output: Path) -> int:
-    state = read_state(output)
-    return len(state.open_chunks()) if state is not None else 0
-
-
 async def refresh(output: Path, endpoint: Endpoint) -> list[dict[str, Any]]:
     """Ask the provider for each open batch of `output` (read only: the state file is not written)."""
     from runner.api.transport import aiohttp_sender, open_session

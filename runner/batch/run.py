@@ -30,10 +30,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from rich.console import Console
 
 from jobs import codes, tokens
 from jobs.codes import DUPLICATE
@@ -61,9 +60,13 @@ from runner.files.images import (
 )
 from runner.files.inputs import read_items
 from runner.outcome import Action, Backoff, classify, retry_delay
+from runner.report.log import console_echo
 from runner.report.stats import RunStats
 from runner.exit_codes import EXIT_IN_PROGRESS
 from runner.tokenizer import token_counter
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 POLL_START_S = 10.0    # the first poll of a batch: most small batches need minutes, not seconds
 POLL_GROWTH = 1.5      # each poll that sees no batch finish waits this much longer ...
@@ -168,8 +171,7 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
         raise ckpt.CheckpointError(f"--via batch reads INPUT again as batches finish: give a "
                                    f"file, not {config.input!r}")
     check_output(config.input, config.output)
-    console = console or Console(stderr=True)
-    log = log or (lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
+    log = log or console_echo(console)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stats = BatchStats()

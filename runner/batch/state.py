@@ -282,3 +282,9 @@ def read_state(output: Path) -> BatchState | None:
         return None
     state._apply_all(data)
     return state
+
+
+def open_batches(output: Path) -> int:
+    """How many batches of `output` are open at the provider, by its state file (0 without one)."""
+    state = read_state(output)
+    return len(state.open_chunks()) if state is not None else 0

@@ -7,23 +7,25 @@ import asyncio
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
-from rich.console import Console
 
 from runner.exit_codes import EXIT_BUG, EXIT_USAGE
 from runner.redact import redact
-from runner.report.log import RunLog
+from runner.report.log import RunLog, console_echo, terminal_console
 from runner.report.prices import PriceTable
 from runner.report.stats import RunStats
 from runner.report.summary import summary_dict, summary_lines
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 __all__ = ["execute"]
 
 
-def execute(start: Callable[[Console, RunLog], Awaitable[RunStats]], *, title: str, output: Path,
+def execute(start: Callable[[Console | None, RunLog], Awaitable[RunStats]], *, title: str, output: Path,
             api_key: str | None, usage_errors: tuple[type[BaseException], ...],
             log_file: Path | None = None, summary_json: Path | None = None,
             prices: PriceTable | None = None,
@@ -32,12 +34,12 @@ def execute(start: Callable[[Console, RunLog], Awaitable[RunStats]], *, title: s
     """Run `start(console, log)` and report it; the exit code. `usage_errors` end the run with
     exit 2 and their message (an output in use, an unreachable Redis, ...); any other exception is
     a bug (exit 70, the traceback in the log). `more_lines` and `more_json` add a backend's own
-    summary lines and JSON keys. The API key never reaches the log or the JSON summary."""
-    console = Console(stderr=True)
+    summary lines and JSON keys. The API key never reaches the log or the JSON summary. `start`
+    gets a rich console on a terminal (for a live display), else None (`terminal_console`)."""
+    console = terminal_console()
     secrets = (api_key,) if api_key else ()
     try:
-        log = RunLog(lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True),
-                     log_file, secrets=secrets)
+        log = RunLog(console_echo(console), log_file, secrets=secrets)
     except OSError as e:
         click.echo(f"runner: cannot open log file {log_file}: {e.strerror}", err=True)
         return EXIT_USAGE

@@ -1,4 +1,8 @@
-"""The command line: click parses and checks, builds a config, calls one function."""
+"""The command line: click parses and checks, builds a config, calls one function.
+
+Start-up: what only one command runs (the batch backend, the reports of `estimate` and `status`,
+`merge`, the simulator) is imported by that command, so `runner --help` and a live `runner run`
+load none of it."""
 from __future__ import annotations
 
 import asyncio
@@ -14,12 +18,11 @@ import click
 
 import orjson
 
-from runner.exit_codes import EXIT_USAGE
+from runner.exit_codes import EXIT_IN_PROGRESS, EXIT_USAGE
 from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
 from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint, check_api_version
 from runner.pacing.limiter import DEFAULT_BURST_S
-from jobs.merge import merge_outputs
 from jobs.shard import Shard, parse_shard
 from runner.pacing.limiters import BUDGET_SCOPES
 from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisUnavailable
@@ -28,20 +31,9 @@ from runner.cli.config import configurable, deployments as config_deployments
 from runner.report.prices import PriceTable, PriceTableError, load_prices
 from runner.report.progress import LOG_INTERVAL_S
 from runner.live.run import RunConfig, run
-from runner.report.estimate import estimate_file, estimate_json, estimate_table
-from runner.report.render import print_report
-from runner.report.status import StatusError, status, status_table
-from jobs.reader import NotAJobFile
-from runner.files.inputs import UnreadableFormat, UnreadableInput, check_format
+from runner.files.inputs import UnreadableFormat, check_format
 from runner.api.transport import READ_TIMEOUT_S
-from runner.batch.cli import (
-    batch_files, batch_price_table, batches_table, default_max_requests, execute_batch,
-    open_batches, print_refresh, refresh,
-)
 from runner.batch.plan import MAX_FILE_BYTES as BATCH_MAX_BYTES, MIN_FILE_BYTES
-from runner.batch.run import BatchRunConfig
-from runner.batch.state import read_state
-from runner.exit_codes import EXIT_IN_PROGRESS
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -192,11 +184,14 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
     prices = _load_prices(prices_file)
     endpoint = _endpoint(base_url, api_key_env, azure_endpoint, api_version, deployments,
                          azure_ad_token_env)
+    from runner.batch.state import open_batches
     if via == "live" and open_batches(output):
         _usage_error(f"{output} has {open_batches(output)} batch(es) open at the provider "
                      f"({output}.batches): carry on with --via batch, or `runner cancel` them "
                      "first; a job must not run both ways")
     if via == "batch":
+        from runner.batch.cli import execute_batch
+        from runner.batch.run import BatchRunConfig
         batch = BatchRunConfig(
             input=input_path, output=output, endpoint=endpoint, wait=wait, poll_every=poll_every,
             max_requests=batch_max_requests, max_bytes=batch_max_bytes, max_attempts=max_attempts,
@@ -283,6 +278,11 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
     """Report what INPUT will take before spending anything: jobs, bad and duplicate lines,
     requests after packing, tokens, time under --rpm/--tpm, an upper bound on the cost per model,
     and prompts over their model's context window."""
+    from jobs.reader import NotAJobFile
+    from runner.batch.cli import batch_files, batch_price_table, default_max_requests
+    from runner.files.inputs import UnreadableInput
+    from runner.report.estimate import estimate_file, estimate_json, estimate_table
+    from runner.report.render import print_report
     try:
         prices = load_prices(prices_path)
         if via == "batch":
@@ -319,6 +319,10 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
 def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool = False) -> None:
     """Show which jobs of INPUT are done, failed (by error code, permanent or transient) or still
     pending in OUTPUT, without calling the API. Safe to run while a run is writing OUTPUT."""
+    from runner.batch.cli import batches_table, print_refresh, refresh
+    from runner.batch.state import read_state
+    from runner.report.render import print_report
+    from runner.report.status import StatusError, status, status_table
     outputs = _outputs(output)
     output = outputs[0]  # a glob matching one file names that file
     try:
@@ -372,6 +376,7 @@ def merge_command(outputs: tuple[Path, ...], merged: Path) -> None:
     """Write one output with each job's final line once, from the OUTPUTS of several runs (the
     shards of one input: `runner run --shard K/N`). A success beats a failure whichever output
     holds it; torn, blank and non-JSON lines are dropped."""
+    from jobs.merge import merge_outputs
     if merged.resolve() in {path.resolve() for path in outputs}:
         _usage_error(f"{merged} is one of the outputs merged: write the merge elsewhere")
     try:
@@ -417,6 +422,8 @@ def cancel_command(input_path: str, output: Path, wait: bool, poll_every: float 
                    azure_ad_token_env: str | None, log_file: Path | None) -> None:
     """Cancel every batch of OUTPUT still running at the provider (from OUTPUT.batches) and
     collect what they finished; their other jobs stay pending for a later `runner run`."""
+    from runner.batch.cli import execute_batch
+    from runner.batch.run import BatchRunConfig
     endpoint = _endpoint(base_url, api_key_env, azure_endpoint, api_version, deployments,
                          azure_ad_token_env)
     config = BatchRunConfig(input=input_path, output=output, endpoint=endpoint, wait=wait,

@@ -177,20 +177,19 @@ class Checkpoint:
         self._secrets = tuple(secrets)
         self._fd: int | None = None
         self._dirty = False
+        self._new_entry = False  # created by `open`, its directory not synced yet
         self.written = 0
 
     def open(self) -> None:
+        """Open (or create) the output for appending. A new file's directory entry is made durable
+        by the first sync, with its first lines, not here: nothing waits on a disk before the
+        first request, and until that sync no line is durable anyway."""
         created = not self.path.exists()
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            if created:  # make the new file's directory entry durable too
-                dir_fd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
         except OSError as e:
             raise CheckpointError(f"cannot open the output {self.path}: {e.strerror}") from None
+        self._new_entry = created
 
     def append(self, record: dict[str, Any]) -> None:
         """Hand one result line to the OS at once (one write: whole, or not at all, on a kill)."""
@@ -222,6 +221,9 @@ class Checkpoint:
         self._dirty = False
         try:
             await aiofiles.os.wrap(self._fsync)(self._fd)
+            if self._new_entry:
+                await aiofiles.os.wrap(_fsync_dir)(self.path.parent)
+                self._new_entry = False
             deleted = os.fstat(self._fd).st_nlink == 0
         except OSError as e:
             self._dirty = True
@@ -242,5 +244,16 @@ class Checkpoint:
             try:
                 if self._dirty:
                     self._fsync(fd)
+                    if self._new_entry:
+                        _fsync_dir(self.path.parent)
             finally:
                 os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the entries of directory `path` durable (a new file's name, not only its data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

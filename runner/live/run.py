@@ -6,8 +6,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from jobs.results import OutputState
 from jobs.shard import Shard
@@ -17,12 +16,16 @@ from runner.api.endpoint import Endpoint
 from runner.pacing.limiter import DEFAULT_BURST_S
 from runner.pacing.limiters import Limiters
 from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisBudgets
+from runner.report.log import console_echo, terminal_console
 from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
 from runner.report.stats import RunStats
 from runner.files.guard import check_output
 from runner.files.images import ImageStore, check_uploads, default_images_dir
 from runner.files.inputs import count_lines, read_items
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +97,8 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
 async def _run(config: RunConfig, send: Send | None, console: Console | None,
                log: Callable[[str], None] | None, progress: bool, handle_signals: bool,
                limiters: Limiters | None, budgets: RedisBudgets | None) -> RunStats:
-    console = console or Console(stderr=True)
-    log = log or (lambda message: console.print(message, highlight=False, markup=False, soft_wrap=True))
+    console = console if console is not None else terminal_console()
+    log = log or console_echo(console)
     loop = asyncio.get_running_loop()
     stop = _Stop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
@@ -139,7 +142,7 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
 
 
 async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Checkpoint,
-                    send: Send | None, console: Console, log: Callable[[str], None],
+                    send: Send | None, console: Console | None, log: Callable[[str], None],
                     progress: bool, stop: _Stop, limiters: Limiters | None,
                     budgets: RedisBudgets | None = None) -> RunStats:
     loop = asyncio.get_running_loop()

@@ -1,21 +1,22 @@
 """Progress: a live display on a terminal, periodic one-line status logs otherwise (cron).
 
 Rates come from a bounded deque of (time, done, tokens) samples, so they follow the last
-`WINDOW_S` seconds rather than the whole run; time is injected (`clock`).
+`WINDOW_S` seconds rather than the whole run; time is injected (`clock`). rich is imported only
+for the live display.
 """
 from __future__ import annotations
 
 import asyncio
 from collections import deque
 from collections.abc import Callable
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from runner.pacing.limiters import Limiters
+from runner.report.log import console_echo
 from runner.report.stats import RunStats
+
+if TYPE_CHECKING:
+    from rich.console import Console, Group
 
 WINDOW_S = 30.0          # rates are measured over this trailing window
 TTY_REFRESH_S = 0.5
@@ -81,9 +82,11 @@ def status_line(stats: RunStats, total: int | None, speed: Speed,
 
 
 class ProgressReporter:
-    """Shows `stats` while a run goes: rich Live on a terminal, status lines every LOG_INTERVAL_S otherwise."""
+    """Shows `stats` while a run goes: rich Live on a terminal, status lines every LOG_INTERVAL_S
+    otherwise. `console`: the terminal's (`runner.report.log.terminal_console`), None when there
+    is none."""
 
-    def __init__(self, stats: RunStats, total: int | None, *, console: Console,
+    def __init__(self, stats: RunStats, total: int | None, *, console: Console | None,
                  clock: Callable[[], float], limits: Callable[[], str] = lambda: "",
                  tty: bool | None = None, log_interval: float = LOG_INTERVAL_S,
                  log: Callable[[str], None] | None = None) -> None:
@@ -92,9 +95,9 @@ class ProgressReporter:
         self.console = console
         self.clock = clock
         self.limits = limits
-        self.tty = console.is_terminal if tty is None else tty
+        self.tty = (console is not None and console.is_terminal) if tty is None else tty
         self.log_interval = log_interval
-        self.log = log or (lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+        self.log = log or console_echo(console)
         self.speed = Speed()
 
     def line(self) -> str:
@@ -103,6 +106,9 @@ class ProgressReporter:
         return status_line(self.stats, self.total, self.speed, self.limits())
 
     def renderable(self) -> Group:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.text import Text
         line = self.line()
         done = self.stats.finished_jobs + self.stats.already_done + self.stats.kept_failed
         bar = ProgressBar(total=float(self.total) if self.total else None, completed=float(done))
@@ -112,6 +118,7 @@ class ProgressReporter:
         """Report until cancelled."""
         self.line()  # first speed sample: rates are known from the first report on
         if self.tty:
+            from rich.live import Live
             with Live(self.renderable(), console=self.console, refresh_per_second=4,
                       transient=False) as live:
                 try:
