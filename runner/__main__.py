@@ -5,7 +5,9 @@ Everything imported at start-up (modules, classes, functions: most of the object
 ever has) lives until the process ends. So the collector is off while they are made, and they are
 then frozen (`gc.freeze`): later collections skip them, which also leaves the interpreter's final
 collections at exit almost nothing to scan. Objects made later are collected as usual, and
-whatever is still alive at exit is frozen too: the process's end frees it. The command itself
+whatever is still alive at the end of a successful command is frozen too: the process's end frees
+it. (After a failure the final collections run in full, so asyncio's and aiohttp's warnings about
+what was left open still show.) The command itself
 closes what it opened (output, lock, log file, HTTP session) before it returns.
 """
 import gc
@@ -20,8 +22,10 @@ def main() -> None:
         gc.enable()
     try:
         command()
-    finally:
-        gc.freeze()
+    except SystemExit as done:
+        if done.code in (0, None):  # else the final collections may still report what leaked
+            gc.freeze()
+        raise
 
 
 if __name__ == "__main__":

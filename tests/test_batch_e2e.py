@@ -743,9 +743,15 @@ def test_a_create_with_no_clear_answer_whose_lookup_fails_stops_rather_than_fail
         return None
 
     stats = loop.run_until_complete(run_intercepted(loop, sim, tmp_path, unclear))
-    assert stats.exit_code() == EXIT_STOPPED and "cannot tell whether it was done" in stats.stop_reason
+    assert stats.exit_code() == EXIT_STOPPED and "cannot tell whether" in stats.stop_reason
+    assert "runner cancel" in stats.stop_reason  # the way on, for a provider that cannot list
     out = tmp_path / "out.jsonl"
     assert not out.exists() or out.read_bytes() == b""
+    again = loop.run_until_complete(run_intercepted(loop, sim, tmp_path, unclear))
+    assert again.exit_code() == EXIT_STOPPED and "runner cancel" in again.stop_reason
+    loop.run_until_complete(run_intercepted(loop, sim, tmp_path, unclear, cancel=True))
+    stats = loop.run_until_complete(run_intercepted(loop, sim, tmp_path, lambda request: None))
+    assert stats.exit_code() == EXIT_OK and sim.batches.stats.created == 1
 
 
 def test_a_download_that_cannot_be_written_stops_the_run_and_leaves_no_partial_file(

@@ -81,18 +81,25 @@ async def test_a_new_outputs_directory_entry_is_synced_with_its_first_lines_not_
     assert dirs == [tmp_path]  # once
     cp.close()
 
-    again = Checkpoint(tmp_path / "out.jsonl", fsync=lambda fd: None)  # exists: nothing new
+    # A run that finds the file synced its name too: the run that created it may have ended
+    # before syncing a line (killed; `--via batch --no-wait`), and then nobody else would.
+    again = Checkpoint(tmp_path / "out.jsonl", fsync=lambda fd: None)
     again.open()
     again.append(success_record("c", {}, request_id=None))
     await again.sync()
     again.close()
-    assert dirs == [tmp_path]
+    assert dirs == [tmp_path, tmp_path]
 
     unsynced = Checkpoint(tmp_path / "other.jsonl", fsync=lambda fd: None)
     unsynced.open()
     unsynced.append(success_record("d", {}, request_id=None))
     unsynced.close()  # closed before any sync: the entry is synced with the last lines
-    assert dirs == [tmp_path, tmp_path]
+    assert dirs == [tmp_path] * 3
+
+    nothing = Checkpoint(tmp_path / "none.jsonl", fsync=lambda fd: None)
+    nothing.open()
+    nothing.close()  # no line: nothing to make durable yet (a later run will)
+    assert dirs == [tmp_path] * 3
 
 
 def test_second_run_on_the_same_output_is_refused(tmp_path):

@@ -238,3 +238,18 @@ def test_a_short_runs_rate_above_the_limit_is_explained_by_the_opening_burst():
     stats.model_requests["gpt-4o-mini"] = 1200
     [line] = [line for line in summary_lines(stats, "o") if line.startswith("gpt-4o-mini")]
     assert "120 of 90 RPM" in line and "opening burst" not in line
+
+
+def test_a_stderr_that_is_gone_does_not_stop_the_log_file_or_the_run(tmp_path, monkeypatch):
+    from runner.report.log import RunLog, console_echo
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stderr", ClosedPipe())
+    log = RunLog(console_echo(None), tmp_path / "run.log")
+    log("first")  # `runner ... 2>&1 | head -1` has gone away
+    log("summary: 60 succeeded")
+    log.close()
+    assert (tmp_path / "run.log").read_text().count("\n") == 2

@@ -119,8 +119,10 @@ async def _stream_to(response: aiohttp.ClientResponse, path: str) -> None:
         raise StopRunError(f"cannot write {path}: {exc.strerror}") from None
     try:
         async for chunk in response.content.iter_chunked(STREAM_CHUNK):
+            view = memoryview(chunk)
             try:
-                await f.write(chunk)
+                while view:  # a raw write may take less than it was given (a disk filling up)
+                    view = view[await f.write(view):]
             except OSError as exc:
                 raise StopRunError(f"cannot write {path}: {exc.strerror}") from None
     finally:

@@ -79,6 +79,10 @@ TOKEN_LIMIT_CODES = frozenset({"token_limit_exceeded", "enqueued_token_limit_exc
                                "tokens_enqueued_limit_exceeded"})
 _LIMIT_IN_MESSAGE = re.compile(r"Limit:\s*([\d,]+)\s*enqueued tokens", re.IGNORECASE)
 RUN_TAG, CHUNK_TAG = "runner_run", "runner_chunk"  # batch metadata keys
+LOOKUP_HINT = ("; a batch may have been created for these jobs, so they are not submitted again "
+               "until the provider lists its batches. If it cannot, `runner cancel INPUT -o "
+               "OUTPUT` gives them up (they become pending; were the batch created after all, "
+               "they would be paid twice)")
 FILE_PENDING = frozenset({"uploaded", "pending", "running"})  # a file not yet usable (Azure)
 FILE_POLL_S = 1.0      # the first look at a file still being processed
 
@@ -360,7 +364,8 @@ class _Engine:
                     raise
                 except (RunnerError, OSError, asyncio.TimeoutError) as exc:
                     # It may have been done all the same: never judge it refused; stop, resumable
-                    raise _StopRun(f"{what}: cannot tell whether it was done: {exc}") from None
+                    raise _StopRun(f"{what}: cannot tell whether it was done: {exc}{LOOKUP_HINT}"
+                                   ) from None
                 if found is not None:
                     return found
             try:
@@ -533,10 +538,15 @@ class _Engine:
         self.note(chunk, found)
 
     async def find(self, chunk: Chunk) -> dict[str, Any] | None:
-        """A batch of this run and chunk at the provider (listing every page), or None."""
+        """A batch of this run and chunk at the provider (listing every page), or None. A
+        listing refused for good stops the run, saying how to go on."""
         after = None
         while True:
-            page = await self.call("list batches", lambda: self.client.batches(after))
+            try:
+                page = await self.call("list batches", lambda: self.client.batches(after))
+            except APIError as exc:
+                raise _StopRun(f"cannot tell whether the batch of {chunk.chunk} was created: "
+                               f"list batches: {exc}{LOOKUP_HINT}") from None
             for batch in page.get("data") or ():
                 meta = batch.get("metadata") or {}
                 if meta.get(RUN_TAG) == self.state.run_id and meta.get(CHUNK_TAG) == chunk.chunk:

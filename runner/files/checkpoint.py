@@ -177,19 +177,20 @@ class Checkpoint:
         self._secrets = tuple(secrets)
         self._fd: int | None = None
         self._dirty = False
-        self._new_entry = False  # created by `open`, its directory not synced yet
+        self._new_entry = False  # its directory entry not synced by this process yet
         self.written = 0
 
     def open(self) -> None:
-        """Open (or create) the output for appending. A new file's directory entry is made durable
-        by the first sync, with its first lines, not here: nothing waits on a disk before the
-        first request, and until that sync no line is durable anyway."""
-        created = not self.path.exists()
+        """Open (or create) the output for appending. Its directory entry is made durable by the
+        first sync, with its first lines, not here: nothing waits on a disk before the first
+        request, and until that sync no line is durable anyway. Every run syncs it once, not
+        only the run that created the file: that run may have ended before syncing any line
+        (killed, or `--via batch --no-wait`), leaving a name no later run would make durable."""
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
             raise CheckpointError(f"cannot open the output {self.path}: {e.strerror}") from None
-        self._new_entry = created
+        self._new_entry = True
 
     def append(self, record: dict[str, Any]) -> None:
         """Hand one result line to the OS at once (one write: whole, or not at all, on a kill)."""
@@ -246,6 +247,8 @@ class Checkpoint:
                     self._fsync(fd)
                     if self._new_entry:
                         _fsync_dir(self.path.parent)
+            except OSError as e:
+                raise CheckpointError(f"cannot sync the output {self.path}: {e.strerror}") from None
             finally:
                 os.close(fd)
 

@@ -183,8 +183,7 @@ class RedisBudgetState:
         """`BudgetState.admit` as one round trip (after every write queued before it)."""
         done = asyncio.get_running_loop().create_future()
         self._enqueue(("admit", repr(float(tokens))), done)
-        _, _, admission = await done
-        self._reserved_key = self.key
+        _, _, admission, self._reserved_key = await done
         return admission
 
     def refund(self, tokens: float) -> None:
@@ -285,15 +284,14 @@ class RedisBudgetState:
                 return
             self.round_trips += 1
             for call, reply in zip(calls, replies):
-                decoded = _decode(reply)
-                if call.done is not None and not call.done.done():
-                    call.done.set_result(decoded)
+                if call.done is not None and not call.done.done():  # with the budget it was for
+                    call.done.set_result((*_decode(reply), call.key or self.key))
             moved = _moved(replies[-1])
             if (moved is not None and moved != self.model and calls[-1].key is None
                     and self.follow_moves):
                 self.rename(moved)  # another process found this budget to be the key's
-            elif not self._queue:  # a fresher local copy waits behind queued writes otherwise
-                self._take_copy(_decode(replies[-1]))
+            elif not self._queue and calls[-1].key is None:  # (else: another budget's state,
+                self._take_copy(_decode(replies[-1]))       # or queued writes make it stale)
 
     def _take_copy(self, decoded: tuple[Snapshot, dict[str, float | None], Admission]) -> None:
         """The state a round trip brought back becomes the local copy. A limit (or factor) this

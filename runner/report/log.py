@@ -46,10 +46,15 @@ def console_echo(console: Console | None) -> Callable[[str], None]:
 
 
 def _write_line(message: str) -> None:
+    """One line on stderr; a stderr that is gone (a closed pipe: `runner ... 2>&1 | head`) is
+    let be: the run, its output, log file and summary JSON do not depend on it."""
     stream = sys.stderr
     if stream is not None:
-        stream.write(message + "\n")
-        stream.flush()
+        try:
+            stream.write(message + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # BrokenPipeError; ValueError: closed
+            pass
 
 
 class RunLog:
@@ -69,12 +74,12 @@ class RunLog:
 
     def __call__(self, message: str, *, echo: bool = True) -> None:
         message = redact(message, self._secrets)
-        if echo:
-            self._echo(message)
-        if self._file is not None:
+        if self._file is not None:  # first: the file keeps it even if stderr fails
             stamp = self._now().isoformat(timespec="seconds")
             for line in message.splitlines() or [""]:
                 self._file.write(f"{stamp} {line}\n")
+        if echo:
+            self._echo(message)
 
     def close(self) -> None:
         if self._file is not None:
