@@ -70,7 +70,7 @@ async def test_a_new_outputs_directory_entry_is_synced_with_its_first_lines_not_
         tmp_path, monkeypatch):
     """Nothing waits on the disk before the first request; the name is durable with the lines."""
     dirs = []
-    monkeypatch.setattr(checkpoint, "_fsync_dir", dirs.append)
+    monkeypatch.setattr(checkpoint, "fsync_dir", dirs.append)
     cp = Checkpoint(tmp_path / "out.jsonl", fsync=lambda fd: None)
     cp.open()
     assert dirs == []

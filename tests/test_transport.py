@@ -1,5 +1,6 @@
 """runner.api.transport: when no answer arrives, `send` raises the tree's errors, from the cause."""
 import asyncio
+import contextlib
 import socket
 
 import aiohttp
@@ -14,6 +15,22 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def serving(path: str, handler):
+    """An aiohttp server answering GET `path` with `handler`, on a free port (yielded)."""
+    from aiohttp import web
+    app = web.Application()
+    app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]
+    finally:
+        await runner.cleanup()
 
 
 async def _send_to(url: str, *, read_timeout: float = 5.0):
@@ -74,14 +91,7 @@ async def test_a_body_asked_into_a_file_is_streamed_there_and_an_error_body_is_n
             await response.write(big[at:at + 65536])
         return response
 
-    app = web.Application()
-    app.router.add_get("/files/{id}/content", content)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
+    async with serving("/files/{id}/content", content) as port:
         async with open_session(max_connections=1) as session:
             send = aiohttp_sender(session)
             path = tmp_path / "out.download"
@@ -94,8 +104,6 @@ async def test_a_body_asked_into_a_file_is_streamed_there_and_an_error_body_is_n
                                               {}, save_to=str(gone)))
             assert response.status == 404 and b"No such File" in response.body
             assert not gone.exists()
-    finally:
-        await runner.cleanup()
 
 
 def test_a_line_index_reads_lines_by_custom_id_from_disk(tmp_path):
@@ -122,21 +130,12 @@ async def test_a_download_slower_than_the_total_timeout_completes_while_bytes_ke
             await asyncio.sleep(0.2)
         return response
 
-    app = web.Application()
-    app.router.add_get("/f", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:  # total = connect + read = 1.0 s, which a plain request may not outlast
+    async with serving("/f", slow) as port:  # total = connect + read = 1.0 s: a plain request
         async with open_session(max_connections=1, connect_timeout=0.5, read_timeout=0.5) as session:
             send = aiohttp_sender(session)
             path = tmp_path / "f.download"
             response = await send(HttpRequest("GET", f"http://127.0.0.1:{port}/f", {},
                                               save_to=str(path)))
             assert response.status == 200 and path.read_bytes() == body * 10
-            with pytest.raises(APITimeoutError):
+            with pytest.raises(APITimeoutError):  # ... may not outlast it
                 await send(HttpRequest("GET", f"http://127.0.0.1:{port}/f", {}))
-    finally:
-        await runner.cleanup()

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from runner.files.checkpoint import CheckpointError
+from runner.files.checkpoint import CheckpointError, fsync_dir
 from runner.redact import mask_secrets
 
 STATE_SUFFIX = ".batches"
@@ -197,7 +197,7 @@ class BatchState:
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             if created:
-                _sync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
         except OSError as e:
             raise CheckpointError(f"cannot open the batch state {self.path}: {e.strerror}") from None
         if self.run_id is None:
@@ -237,7 +237,7 @@ class BatchState:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            _sync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as e:
             raise CheckpointError(f"cannot write the batch input {path}: {e.strerror}") from None
         self.record({"event": "planned", "chunk": chunk.chunk, "url": chunk.url,
@@ -261,14 +261,6 @@ class BatchState:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_state(output: Path) -> BatchState | None:

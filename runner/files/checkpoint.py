@@ -223,7 +223,7 @@ class Checkpoint:
         try:
             await aiofiles.os.wrap(self._fsync)(self._fd)
             if self._new_entry:
-                await aiofiles.os.wrap(_fsync_dir)(self.path.parent)
+                await aiofiles.os.wrap(fsync_dir)(self.path.parent)
                 self._new_entry = False
             deleted = os.fstat(self._fd).st_nlink == 0
         except OSError as e:
@@ -246,14 +246,14 @@ class Checkpoint:
                 if self._dirty:
                     self._fsync(fd)
                     if self._new_entry:
-                        _fsync_dir(self.path.parent)
+                        fsync_dir(self.path.parent)
             except OSError as e:
                 raise CheckpointError(f"cannot sync the output {self.path}: {e.strerror}") from None
             finally:
                 os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make the entries of directory `path` durable (a new file's name, not only its data)."""
     fd = os.open(path, os.O_RDONLY)
     try:
