@@ -25,15 +25,17 @@ The numbers:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jobs import tokens
 from jobs.endpoints import images_requested, spec_of
 from jobs.flags import MAX_FLAGGED, FlagSample
+from jobs.intake import ChangedPolicy, Intake, Pending, Skip
 from jobs.job import Job
 from jobs.packing import Budget, Packer, Request
 from jobs.reader import BadLine, Duplicate, read_jobs
+from jobs.results import OutputState
 
 
 CostFn = Callable[[str, int, int], "float | None"]  # (model, prompt, completion) -> USD or None
@@ -93,6 +95,10 @@ class Estimate:
     duplicates: FlagSample
     over_context: FlagSample
     ipm: float | None = None
+    # Against an OUTPUT (`runner estimate -o`): jobs a rerun leaves alone (their final result is
+    # there), and jobs changed since their result (counted in the estimate: --changed rerun)
+    kept: int = 0
+    changed: FlagSample = field(default_factory=FlagSample)
 
     @property
     def images(self) -> int:
@@ -135,6 +141,7 @@ class Estimate:
             "jobs": self.jobs, "requests": self.requests, "images": self.images,
             "bad_lines": self.bad_lines.to_json(), "duplicates": self.duplicates.to_json(),
             "over_context": self.over_context.to_json(),
+            "kept_from_output": self.kept, "changed": self.changed.to_json(),
             "models": [m.to_json(self.budget, self.ipm) for m in self.models],
             "total": {"minutes": self.minutes, "cost_usd": self.cost,
                       "cost_is_upper_bound": self.uncapped == 0,
@@ -160,8 +167,13 @@ class Estimator:
     def __init__(self, path: str, *, counter: tokens.TokenCounter, rpm: float | None = None,
                  tpm: float | None = None, cost: CostFn = _no_prices,
                  max_flagged: int = MAX_FLAGGED, ipm: float | None = None,
-                 image_price: ImagePriceFn = _no_image_prices) -> None:
+                 image_price: ImagePriceFn = _no_image_prices,
+                 output: OutputState | None = None) -> None:
         self.path = path
+        # with `output`: only what a rerun into it would send (changed jobs included)
+        self._intake = None if output is None else Intake(output, changed=ChangedPolicy.RERUN)
+        self._kept = 0
+        self._changed = FlagSample(max_flagged)
         self.ipm = ipm
         self._image_price = image_price
         self._counter = counter
@@ -187,6 +199,14 @@ class Estimator:
         if isinstance(item, Duplicate):
             self._duplicates.add(item)
             return
+        if self._intake is not None:
+            decision = self._intake.decide(item)
+            if isinstance(decision, Skip):
+                self._kept += 1
+                return
+            if isinstance(decision, Pending) and decision.changed:
+                self._changed.add(BadLine(self.path, item.line, "changed since its result was "
+                                          "written", item.custom_id))
         model = self._model(item.model)
         model.jobs += 1
         overflow = tokens.context_overflow(item.url, item.body, self._counter)
@@ -224,18 +244,20 @@ class Estimator:
                 model.cost = model.image_cost
         return Estimate(path=self.path, budget=self.budget, ipm=self.ipm,
                         models=tuple(sorted(self._models.values(), key=lambda m: m.model)),
-                        bad_lines=self._bad, duplicates=self._duplicates, over_context=self._over)
+                        bad_lines=self._bad, duplicates=self._duplicates, over_context=self._over,
+                        kept=self._kept, changed=self._changed)
 
 
 def estimate_lines(lines: Iterable[bytes], path: str, *, counter: tokens.TokenCounter,
                    rpm: float | None = None, tpm: float | None = None,
                    cost: CostFn = _no_prices, max_flagged: int = MAX_FLAGGED,
-                   ipm: float | None = None, image_price: ImagePriceFn = _no_image_prices
-                   ) -> Estimate:
+                   ipm: float | None = None, image_price: ImagePriceFn = _no_image_prices,
+                   output: OutputState | None = None) -> Estimate:
     """The estimate of a stream of raw input lines (`path` names them in messages); true token
-    counts by `counter`."""
+    counts by `counter`; with `output` (what an OUTPUT holds), of what a rerun into it sends."""
     estimator = Estimator(path, counter=counter, rpm=rpm, tpm=tpm, cost=cost,
-                          max_flagged=max_flagged, ipm=ipm, image_price=image_price)
+                          max_flagged=max_flagged, ipm=ipm, image_price=image_price,
+                          output=output)
     for item in read_jobs(lines, path):
         estimator.feed(item)
     return estimator.finish()

@@ -26,6 +26,9 @@ class Job:
     url: str
     body: dict[str, Any]
     line: int
+    # `jobs.results.fingerprint` of the line as read (set by the intake; a body rewritten for
+    # sending, such as uploads made absolute, keeps the fingerprint of what the file says)
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if self.url not in ENDPOINTS:

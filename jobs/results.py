@@ -9,16 +9,37 @@ A failed job keeps the final non-200 `response` (or null when no answer arrived)
 `"error": {"code": ..., "message": ...}`. An output may hold several lines for one id (a job retried
 by a later run appends a new line): **the last line for an id is its result**, except lines whose
 error code is `duplicate_custom_id`, which report a repeated input line and are never a job's result.
+
+Every line runner writes for a job also carries `"fingerprint"`: a digest of the job it answers
+(method, url and body in canonical JSON; not the custom_id), so a job edited under the same
+custom_id is told apart from the job its result answered (`changed`). Readers of the Batch API
+format ignore the extra key. A line without one (written by an older runner, or by the hosted
+Batch API itself) counts as the answer to whatever job has its custom_id now.
 """
 from __future__ import annotations
 
 import enum
+import hashlib
 import itertools
 import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from jobs.codes import DUPLICATE, PERMANENT_CODES, TRANSIENT_CODES, http_status_code
+
+FINGERPRINT = "fingerprint"  # the result line's key holding its job's fingerprint
+FINGERPRINT_BYTES = 16        # a BLAKE2b digest this long (32 hex digits): collisions are not a concern
+
+
+def fingerprint(url: str, body: Mapping[str, Any], method: str = "POST") -> str:
+    """The fingerprint of a job: BLAKE2b of its method, url and body as canonical JSON (keys
+    sorted, no whitespace), as 32 hex digits. Equal for equal jobs whatever their key order or
+    custom_id; any edit of the body (a prompt, a parameter, the model) changes it."""
+    canonical = orjson.dumps([method, url, body], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=FINGERPRINT_BYTES).hexdigest()
+
 
 # Final statuses worth retrying when a line names no code of ours (a hosted Batch API line).
 TRANSIENT_STATUSES = frozenset({408, 409, 429})
@@ -45,22 +66,30 @@ class RecordIds:
 
 
 def success_record(custom_id: str, body: Mapping[str, Any], *, record_id: str,
-                   request_id: str | None, status: int = 200) -> dict[str, Any]:
-    """The result line (with id `record_id`) of a job the API answered."""
-    return {"id": record_id, "custom_id": custom_id,
-            "response": {"status_code": status, "request_id": request_id, "body": body},
-            "error": None}
+                   request_id: str | None, status: int = 200,
+                   fingerprint: str | None = None) -> dict[str, Any]:
+    """The result line (with id `record_id`) of a job the API answered; `fingerprint` is the
+    job's (`fingerprint()`), omitted when None."""
+    record = {"id": record_id, "custom_id": custom_id,
+              "response": {"status_code": status, "request_id": request_id, "body": body},
+              "error": None}
+    if fingerprint is not None:
+        record[FINGERPRINT] = fingerprint
+    return record
 
 
 def error_record(custom_id: str, code: str, message: str, *, record_id: str,
                  status: int | None = None, body: Any = None,
-                 request_id: str | None = None) -> dict[str, Any]:
+                 request_id: str | None = None, fingerprint: str | None = None) -> dict[str, Any]:
     """The result line (with id `record_id`) of a job that failed; `status`/`body` are the final
-    answer, if any."""
+    answer, if any; `fingerprint` as for `success_record`."""
     response = None if status is None else {
         "status_code": status, "request_id": request_id, "body": body}
-    return {"id": record_id, "custom_id": custom_id, "response": response,
-            "error": {"code": code, "message": message}}
+    record = {"id": record_id, "custom_id": custom_id, "response": response,
+              "error": {"code": code, "message": message}}
+    if fingerprint is not None:
+        record[FINGERPRINT] = fingerprint
+    return record
 
 
 def is_transient(code: str | None, status: int | None) -> bool:
@@ -111,16 +140,18 @@ def failure_code(record: Mapping[str, Any]) -> str:
 class OutputState:
     """What an existing output says of each custom_id: the last line wins.
 
-    Holds only ids (and a failure code per failed id), never result bodies.
+    Holds only ids (a failure code per failed id, and the fingerprint of each final result that
+    carries one), never result bodies.
     """
 
-    __slots__ = ("done", "transient", "permanent", "noted_duplicates")
+    __slots__ = ("done", "transient", "permanent", "noted_duplicates", "fingerprints")
 
     def __init__(self) -> None:
         self.done: set[str] = set()
         self.transient: set[str] = set()
         self.permanent: dict[str, str] = {}
         self.noted_duplicates: set[str] = set()
+        self.fingerprints: dict[str, str] = {}  # custom_id -> its final result's job fingerprint
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Account for one result line, in file order."""
@@ -134,6 +165,11 @@ class OutputState:
         self.done.discard(custom_id)
         self.transient.discard(custom_id)
         self.permanent.pop(custom_id, None)
+        printed = record.get(FINGERPRINT)
+        if outcome is not Outcome.TRANSIENT and isinstance(printed, str):
+            self.fingerprints[custom_id] = printed
+        else:
+            self.fingerprints.pop(custom_id, None)
         if outcome is Outcome.DONE:
             self.done.add(custom_id)
         elif outcome is Outcome.TRANSIENT:
@@ -142,9 +178,17 @@ class OutputState:
             self.permanent[custom_id] = failure_code(record)
 
     def needs_run(self, custom_id: str, *, retry_failed: bool = False) -> bool:
-        """Resume rule: run a job unless it succeeded, or failed permanently (without --retry-failed)."""
+        """Resume rule: run a job unless it succeeded, or failed permanently (without --retry-failed).
+        (Whether the job changed since is `changed`; `jobs.intake` applies both.)"""
         if custom_id in self.done:
             return False
         if custom_id in self.permanent:
             return retry_failed
         return True
+
+    def changed(self, custom_id: str, fingerprint: str | None) -> bool:
+        """Whether the job now under `custom_id` (its `fingerprint`) differs from the job its final
+        result answered. Never for a result without a fingerprint (written before they existed:
+        it counts as unchanged), nor for a job with no final result."""
+        printed = self.fingerprints.get(custom_id)
+        return printed is not None and fingerprint is not None and printed != fingerprint

@@ -19,8 +19,10 @@
      │    └── CheckpointError        (runner.files.checkpoint) the output cannot be locked, read,
      │                               repaired, written or synced
      └── UnusableInput               the input is not something runner can run (not a job file,
-                                     compressed in a format not read, corrupt compressed data):
-                                     the run stops, and rerunning as it is will not help (exit 2)
+          │                          compressed in a format not read, corrupt compressed data):
+          │                          the run stops, and rerunning as it is will not help (exit 2)
+          └── ChangedJobsError       (runner.files.session) jobs changed since their results and
+                                     the run was not told what to do with them (--changed)
 
 Why a tree rather than none: the transport (`runner.api.transport`) raises `APIConnectionError`
 or `APITimeoutError` (from the aiohttp or OS error) when no answer arrived, so every backend speaks
@@ -42,7 +44,7 @@ from typing import Any
 __all__ = [
     "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
     "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError", "BadResponseError",
-    "NChoicesIgnoredError", "StopRunError", "UnusableInput", "describe",
+    "NChoicesIgnoredError", "StopRunError", "UnusableInput", "ChangedJobsError", "describe",
 ]
 
 
@@ -109,6 +111,11 @@ class StopRunError(RunnerError):
 class UnusableInput(RunnerError):
     """The input is not something runner can run: not a job file, compressed in a format it does
     not read, or corrupt compressed data. The run stops (what was done is kept) and exits 2."""
+
+
+class ChangedJobsError(UnusableInput):
+    """Jobs of INPUT changed since OUTPUT got their results, and the run was not told whether to
+    send them again or keep the old results (`--changed`): it refuses before sending anything."""
 
 
 def describe(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ from runner.batch.plan import AZURE_MAX_REQUESTS, OPENAI_MAX_REQUESTS
 from runner.batch.run import BatchRunConfig, BatchStats, run_batch
 from runner.batch.state import BatchState, read_state
 from runner.cli.execute import execute
+from runner.errors import ChangedJobsError
 from runner.files.checkpoint import CheckpointError
 from runner.report.prices import PriceTable
 
@@ -47,7 +48,7 @@ def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Pa
     return execute(
         lambda console, log: run_batch(config, console=console, log=log, progress=progress),
         title=f"runner ({what}): {config.input} -> {config.output}", output=config.output,
-        api_key=config.endpoint.api_key, usage_errors=(CheckpointError, OSError),
+        api_key=config.endpoint.api_key, usage_errors=(CheckpointError, OSError, ChangedJobsError),
         log_file=log_file, summary_json=summary_json,
         prices=batch_price_table(prices) if prices is not None else None,
         more_lines=lambda stats: [batch_summary(stats)],

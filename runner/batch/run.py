@@ -25,9 +25,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,9 +38,11 @@ from jobs.codes import DUPLICATE
 from jobs.endpoints import IMAGES_EDITS, spec_of
 from jobs.job import Job
 from jobs.packing import Packer, Request, pack, single
+from jobs import intake as intake_
+from jobs.intake import ChangedPolicy, ChangedReport, Fail, Intake, Pending, Refuse, Reject
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.shard import Shard
-from jobs.results import OutputState, error_record
+from jobs.results import FINGERPRINT, OutputState, error_record
 from runner.api.endpoint import Endpoint
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
 from runner.batch.client import BatchClient, batch_url
@@ -52,9 +53,9 @@ from runner.batch.plan import (
 )
 from runner.batch.lineindex import LineIndex
 from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
-from runner.errors import APIError, RunnerError, StopRunError, UnusableInput
+from runner.errors import APIError, ChangedJobsError, RunnerError, StopRunError, UnusableInput
 from runner.files import checkpoint as ckpt
-from runner.files.guard import check_output
+from runner.files.session import OutputSession, Stop
 from runner.files.images import (
     ImageStore, SaveFailed, as_json_edit, check_uploads, default_images_dir,
 )
@@ -100,6 +101,7 @@ class BatchRunConfig:
     max_bytes: int = MAX_FILE_BYTES
     max_attempts: int = 6
     retry_failed: bool = False
+    changed: ChangedPolicy = ChangedPolicy.REFUSE  # jobs edited since their result (--changed)
     pack: bool = True
     cancel: bool = False  # `runner cancel`: cancel open batches, collect them, submit nothing
     status_interval: float = 30.0
@@ -174,60 +176,63 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
     if config.input == "-" or not os.path.isfile(config.input):
         raise ckpt.CheckpointError(f"--via batch reads INPUT again as batches finish: give a "
                                    f"file, not {config.input!r}")
-    check_output(config.input, config.output)
     log = log or console_echo(console)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     stats = BatchStats()
-    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
-
-    def on_signal(name: str) -> None:
-        stats.stop_reason = stats.stop_reason or f"interrupted by {name}"
-        stop.set()
-
-    for sig in signals:
-        loop.add_signal_handler(sig, on_signal, sig.name)
-    lock = ckpt.RunLock(config.output)
     session = None
-    try:
-        lock.acquire()
+    async with OutputSession(config.input, config.output, log=log,
+                             secrets=(config.endpoint.api_key,),
+                             handle_signals=handle_signals) as output:
         state = BatchState(config.output)
         if state.load():
             log(f"{state.path}: cut off a torn last line left by an interrupted run")
         seen = _SeenState({cid for chunk in state.open_chunks() if chunk.status in FINAL_STATUSES
                            for cid in chunk.jobs})
-        loaded = ckpt.load(config.output, seen)
-        if loaded.torn_bytes:
-            log(f"{config.output}: cut off a torn last line ({loaded.torn_bytes} bytes); its job runs again")
+        output.load(seen)
+        if not config.cancel:
+            await output.check_changed(seen, config.changed, lambda: _items(config))
         state.open(os.urandom(8).hex())
-        state.use_endpoint(config.endpoint.base_url)
-        checkpoint = ckpt.Checkpoint(config.output, secrets=(config.endpoint.api_key,))
-        checkpoint.open()
-        if send is None:
-            session = open_session(max_connections=8, connect_timeout=config.connect_timeout,
-                                   read_timeout=config.read_timeout)
-            send = aiohttp_sender(session)
-        images = ImageStore(config.images_dir or default_images_dir(config.output),
-                            relative_to=config.output.resolve().parent, send=send, sleep=sleep,
-                            inline=config.inline_images, reuse_identical=True)
-        engine = _Engine(config, BatchClient(send, config.endpoint), state, checkpoint, seen,
-                         stats, log, clock or loop.time, sleep, stop, progress=progress,
-                         images=images)
         try:
-            await engine.run()
-        finally:
+            state.use_endpoint(config.endpoint.base_url)
+            checkpoint = output.open()
+            if send is None:
+                session = open_session(max_connections=8, connect_timeout=config.connect_timeout,
+                                       read_timeout=config.read_timeout)
+                send = aiohttp_sender(session)
+            images = ImageStore(config.images_dir or default_images_dir(config.output),
+                                relative_to=config.output.resolve().parent, send=send,
+                                sleep=sleep, inline=config.inline_images, reuse_identical=True)
+            engine = _Engine(config, BatchClient(send, config.endpoint), state, checkpoint, seen,
+                             stats, log, clock or loop.time, sleep, output.stop,
+                             progress=progress, images=images)
             try:
-                await checkpoint.sync()
+                await engine.run()
             finally:
-                checkpoint.close()
-                state.close()
-        return stats
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        if session is not None:
-            await session.close()
-        lock.release()
+                problem = await output.finish()
+                if problem is not None and stats.stop_reason is None:
+                    stats.stop_reason = problem
+        finally:
+            state.close()
+            if session is not None:
+                await session.close()
+    return stats
+
+
+def printed(record: dict[str, Any], fingerprints: Mapping[str, str] | None) -> dict[str, Any]:
+    """`record` carrying its job's fingerprint from `fingerprints` (the chunk's: the job as it
+    was sent), when it has one; a duplicate note carries none (it answers no job)."""
+    error = record.get("error")
+    if fingerprints and not (error is not None and error.get("code") == DUPLICATE):
+        value = fingerprints.get(record["custom_id"])
+        if value:
+            record[FINGERPRINT] = value
+    return record
+
+
+def _items(config: BatchRunConfig) -> AsyncIterator[Job | BadLine | Duplicate]:
+    """The items of INPUT this run takes (its shard's, with --shard)."""
+    items = read_items(config.input)
+    return items if config.shard is None else config.shard.only(items)
 
 
 class _Engine:
@@ -237,7 +242,7 @@ class _Engine:
     def __init__(self, config: BatchRunConfig, client: BatchClient, state: BatchState,
                  checkpoint: ckpt.Checkpoint, seen: _SeenState, stats: BatchStats,
                  log: Callable[[str], None], clock: Callable[[], float],
-                 sleep: Callable[[float], Any], stop: asyncio.Event, *, progress: bool = True,
+                 sleep: Callable[[float], Any], stop: Stop, *, progress: bool = True,
                  backoff: Backoff | None = None, images: ImageStore | None = None) -> None:
         self.config, self.client, self.state = config, client, state
         self.checkpoint, self.seen, self.stats = checkpoint, seen, stats
@@ -246,8 +251,10 @@ class _Engine:
         self.progress = progress
         self.images = images  # saves image answers as files before their lines are written
         self.backoff = backoff or Backoff(base=CALL_BACKOFF_BASE_S, cap=CALL_BACKOFF_MAX_S)
-        # --retry-failed retries the permanent failures found at the start, once per run
-        self.retry_ids = set(seen.permanent) if config.retry_failed else set()
+        # --retry-failed retries the permanent failures found at the start, once per run (a job
+        # failed by this run is in `failed_here`: not sent again)
+        self.intake = Intake(seen, retry_failed=config.retry_failed, changed=config.changed,
+                             counter=token_counter, prepare=self.prepare)
         self.planned_once = False
         self.dirty = True  # something changed since the input was last read: plan again
         self.last_status = -1e18
@@ -264,7 +271,7 @@ class _Engine:
         stats.started = self.clock()
         polls = 0
         try:
-            while not self.stop.is_set():
+            while not self.stop.asked:
                 finished = stats.finished_jobs
                 changed = await self.advance()
                 if not self.config.cancel and (self.dirty or changed):
@@ -286,6 +293,8 @@ class _Engine:
             stats.stop_reason = stats.stop_reason or str(e)
             stats.unusable_input = isinstance(e, UnusableInput)
             self.log(f"stopping: {e}")
+        if self.stop.asked:  # a signal (the engine's own stops set their reason first)
+            stats.stop_reason = stats.stop_reason or self.stop.reason
         stats.in_progress = bool(self.state.open_chunks() or self.waiting)
         if self.waiting and not self.state.open_chunks():
             self.log(f"{self.waiting:,} jobs wait for the enqueued-token limit to have room")
@@ -301,7 +310,7 @@ class _Engine:
     async def pause(self, seconds: float) -> None:
         """Sleep `seconds` on the injected sleep, looking for a stop every STOP_POLL_S."""
         end = self.clock() + seconds
-        while not self.stop.is_set():
+        while not self.stop.asked:
             left = end - self.clock()
             if left <= 0:
                 return
@@ -331,7 +340,7 @@ class _Engine:
     async def unless_stopped(self, coro: Any) -> Any:
         """`await coro`, abandoned (cancelled) when a stop comes first: every call is safe to cut
         short (an upload or create that may have happened is found again by the next run)."""
-        if self.stop.is_set():
+        if self.stop.asked:
             coro.close()
             raise _Stopped
         task = asyncio.ensure_future(coro)
@@ -571,7 +580,8 @@ class _Engine:
             # pending (nothing ran), never a rerun refusing the chunk again and writing them twice
             self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
             for line_id, ids in chunk.lines:
-                self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}")
+                self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}",
+                                    chunk.fingerprints)
             await self.checkpoint.sync()
         await self.forget_file(chunk)
 
@@ -673,7 +683,8 @@ class _Engine:
             if not await self.save_images(chunk, request, outcome.records[0], gave_up):
                 return
         # counted only as written: lines a killed run wrote are its, not this run's
-        written = [record for record in outcome.records if self.sink(record)]
+        written = [record for record in outcome.records
+                   if self.sink(printed(record, chunk.fingerprints))]
         if outcome.usage and written:
             for usage in outcome.usage:
                 self.stats.add_usage(chunk.model, usage)
@@ -700,9 +711,10 @@ class _Engine:
         saved = await self.images.save_job(job, record["response"]["body"])
         if isinstance(saved, SaveFailed):
             response = record["response"]
-            if self.sink(error_record(job.custom_id, saved.code, saved.message,
+            if self.sink(printed(error_record(job.custom_id, saved.code, saved.message,
                                       record_id=record["id"], status=response["status_code"],
-                                      body=response["body"], request_id=response["request_id"])):
+                                      body=response["body"], request_id=response["request_id"]),
+                                 chunk.fingerprints)):
                 self.stats.failed[saved.code] += 1
             gave_up.append(job.custom_id)
             return False
@@ -722,10 +734,12 @@ class _Engine:
         self.seen.add(record)
         return True
 
-    def write_failures(self, ids: tuple[str, ...], code: str, message: str, record_id: str) -> None:
+    def write_failures(self, ids: tuple[str, ...], code: str, message: str, record_id: str,
+                       fingerprints: Mapping[str, str] | None = None) -> None:
         for i, cid in enumerate(ids):
-            if self.sink(error_record(cid, code, message,
-                                      record_id=record_id if len(ids) == 1 else f"{record_id}-{i}")):
+            if self.sink(printed(error_record(
+                    cid, code, message, record_id=record_id if len(ids) == 1 else f"{record_id}-{i}"),
+                    fingerprints)):
                 self.stats.failed[code] += 1
 
     async def validation_failed(self, chunk: Chunk, named: list[dict[str, Any]]) -> None:
@@ -737,7 +751,7 @@ class _Engine:
                 line_id, ids = chunk.lines[number - 1]
                 message = f"the Batch API refused this line: {error.get('message') or 'invalid'}"
                 self.write_failures(ids, str(error.get("code") or codes.INVALID_REQUEST), message,
-                                    f"{chunk.chunk}-line{number}")
+                                    f"{chunk.chunk}-line{number}", chunk.fingerprints)
         self.log(f"batch {chunk.chunk} failed validation: {len(named)} line(s) refused; the other "
                  "jobs go into a later batch")
         await self.checkpoint.sync()
@@ -776,44 +790,38 @@ class _Engine:
                     else:
                         [job] = request.jobs
                         self.write_failures((job.custom_id,), codes.REQUEST_TOO_LARGE, str(e),
-                                            f"big-{state.run_id}-{job.line}")
+                                            f"big-{state.run_id}-{job.line}",
+                                            {job.custom_id: job.fingerprint or ""})
 
-        items = read_items(self.config.input)
-        if self.config.shard is not None:
-            items = self.config.shard.only(items)
-        async for item in items:
-            if self.stop.is_set():
+        intake = self.intake
+        async for item in _items(self.config):
+            if self.stop.asked:
                 raise _Stopped
-            if isinstance(item, (BadLine, Duplicate)):
-                if first:
-                    self.note_bad(item)
-                continue
-            cid = item.custom_id
+            decision = intake.decide(item)
             if first:
-                stats.jobs += 1
+                stats.count_decision(decision)
+                self.note_bad(decision)
+            if isinstance(decision, Refuse):  # INPUT changed since the run began
+                changed = ChangedReport()
+                changed.add(decision.job)
+                raise ChangedJobsError(changed.message(sent=True))
+            if not isinstance(decision, Pending):
+                continue
+            cid = decision.job.custom_id
             if cid in busy or cid in self.failed_here:
                 continue
-            if cid in seen.done:
-                if first:
-                    stats.already_done += 1
+            ready = intake.ready(decision)
+            if first:
+                stats.count_decision(ready)
+                self.note_bad(ready)
+            if isinstance(ready, Reject):  # not for the Batch API, or an upload unreadable
                 continue
-            if cid in seen.permanent and cid not in self.retry_ids:
-                if first:
-                    stats.kept_failed += 1
+            if isinstance(ready, Fail):
+                self.write_failures((cid,), ready.code, ready.message,
+                                    f"ctx-{state.run_id}-{ready.job.line}",
+                                    {cid: ready.job.fingerprint or ""})
                 continue
-            self.retry_ids.discard(cid)  # retried once per run
-            prepared = self.prepare(item)
-            if isinstance(prepared, BadLine):  # not for the Batch API, or an upload unreadable
-                if first:
-                    stats.bad_lines += 1
-                    self.log(str(prepared))
-                continue
-            item = prepared
-            overflow = tokens.context_overflow(item.url, item.body, token_counter)
-            if overflow is not None:
-                self.write_failures((cid,), codes.CONTEXT_LENGTH_EXCEEDED, overflow,
-                                    f"ctx-{state.run_id}-{item.line}")
-                continue
+            item = ready.job
             counts["pending"] += 1
             group = group_of.get(cid)
             if group is not None:
@@ -825,7 +833,7 @@ class _Engine:
                     await self.submit_all(drafts)
                     drafts = []
                 continue
-            charge = tokens.rate_limit_charge(item.url, item.body)
+            charge = ready.charge
             add(packer.add(item, charge) if packer else [single(item, charge)])
             if drafts:  # submit full files as the input is read: memory stays bounded
                 await self.submit_all(drafts)
@@ -872,22 +880,25 @@ class _Engine:
             return None
         return max(0, limit - self.state.tokens_in_flight(model))
 
-    def note_bad(self, item: BadLine | Duplicate) -> None:
-        self.log(str(item))
-        if isinstance(item, BadLine):
-            self.stats.bad_lines += 1
-            return
-        self.stats.duplicates += 1
-        if item.custom_id not in self.seen.noted_duplicates:
-            self.sink(error_record(item.custom_id, DUPLICATE, str(item),
-                                   record_id=f"dup-{self.state.run_id}-{item.line}"))
+    def note_bad(self, decision: object) -> None:
+        """Report a line the intake rejected, and note a duplicate once per id in OUTPUT."""
+        if isinstance(decision, Reject):
+            self.log(str(decision.bad))
+        elif isinstance(decision, intake_.Duplicate):
+            self.log(str(decision.duplicate))
+            if decision.note:
+                item = decision.duplicate
+                self.sink(error_record(item.custom_id, DUPLICATE, str(item),
+                                       record_id=f"dup-{self.state.run_id}-{item.line}"))
 
     async def submit_all(self, drafts: list[Draft]) -> None:
         for draft in drafts:
             if not draft.lines:
                 continue
             chunk = Chunk(self.state.next_chunk_id(), draft.url, draft.model, draft.tokens,
-                          [(line_id, tuple(j.custom_id for j in r.jobs)) for line_id, r in draft.lines])
+                          [(line_id, tuple(j.custom_id for j in r.jobs)) for line_id, r in draft.lines],
+                          fingerprints={j.custom_id: j.fingerprint for _, r in draft.lines
+                                        for j in r.jobs if j.fingerprint is not None})
             self.state.plan(chunk, b"".join(draft.data))
             self.planned_here.add(chunk.chunk)
             chunk = self.state.chunks[chunk.chunk]

@@ -3,9 +3,12 @@
 An append-only journal, one JSON object a line, each line fsync'd before the action it enables:
 
     {"event": "run", "run_id": HEX}                                first line: tags this output's batches
-    {"event": "planned", "chunk": ID, "url", "model", "tokens", "lines": [...]}   written with the
+    {"event": "planned", "chunk": ID, "url", "model", "tokens", "lines": [...],
+     "fingerprints": {custom_id: fingerprint}}                     written with the
           chunk's local input file (OUTPUT.batches.d/ID.jsonl) before anything is sent; `lines`
-          lists each batch line: a job's custom_id, or [line id, [custom_ids]] for a pack
+          lists each batch line: a job's custom_id, or [line id, [custom_ids]] for a pack;
+          `fingerprints` the job each custom_id stood for (`jobs.results.fingerprint`), written
+          into its result lines when the batch is collected
     {"event": "uploaded", "chunk": ID, "file_id": F}               after the upload answered
     {"event": "created", "chunk": ID, "batch_id": B}               after the create answered (or
           after finding, by listing batches and their metadata, one created but not recorded)
@@ -68,6 +71,7 @@ class Chunk:
     status: str | None = None  # the provider's, as last polled
     counts: dict[str, int] = field(default_factory=dict)
     closed: bool = False
+    fingerprints: dict[str, str] = field(default_factory=dict)  # custom_id -> its job's, as sent
 
     @property
     def jobs(self) -> Iterator[str]:
@@ -148,8 +152,10 @@ class BatchState:
         elif kind == "endpoint":
             self.base_url = e["base_url"]
         elif kind == "planned":
+            printed = e.get("fingerprints")
             self.chunks[e["chunk"]] = Chunk(e["chunk"], e["url"], e["model"], int(e["tokens"]),
-                                            _lines_from(e["lines"]))
+                                            _lines_from(e["lines"]),
+                                            fingerprints=printed if isinstance(printed, dict) else {})
         elif chunk is None:
             if kind == "token_limit":
                 self.token_limits[e["model"]] = int(e["limit"])
@@ -162,6 +168,7 @@ class BatchState:
             chunk.counts = dict(e.get("counts") or {})
         elif kind == "closed":
             chunk.closed = True
+            chunk.fingerprints = {}  # its result lines are written
             chunk.status = e.get("status", chunk.status)
             self.attempts.update(e.get("retry", ()))
             for cid in e.get("reset", ()):
@@ -240,8 +247,12 @@ class BatchState:
             fsync_dir(self.dir)
         except OSError as e:
             raise CheckpointError(f"cannot write the batch input {path}: {e.strerror}") from None
-        self.record({"event": "planned", "chunk": chunk.chunk, "url": chunk.url,
-                     "model": chunk.model, "tokens": chunk.tokens, "lines": _lines_json(chunk.lines)})
+        event: dict[str, Any] = {"event": "planned", "chunk": chunk.chunk, "url": chunk.url,
+                                 "model": chunk.model, "tokens": chunk.tokens,
+                                 "lines": _lines_json(chunk.lines)}
+        if chunk.fingerprints:
+            event["fingerprints"] = chunk.fingerprints
+        self.record(event)
 
     def close_chunk(self, chunk: Chunk, status: str, *, retry: list[str], bisect: list[list[str]],
                     reset: list[str] = (), note: str = "") -> None:  # type: ignore[assignment]

@@ -18,11 +18,13 @@ import click
 
 import orjson
 
+from runner.errors import ChangedJobsError
 from runner.exit_codes import EXIT_IN_PROGRESS, EXIT_USAGE
 from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
 from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint, check_api_version
 from runner.pacing.limiter import DEFAULT_BURST_S
+from jobs.intake import ChangedPolicy
 from jobs.shard import Shard, parse_shard
 from runner.pacing.limiters import BUDGET_SCOPES
 from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisUnavailable
@@ -39,9 +41,10 @@ EXIT_CODES_HELP = """\b
 Exit codes:
   0  every job succeeded
   1  the run finished but some jobs failed (their error lines are in OUTPUT)
-  2  usage error, unreadable input or one that is not a job file, or an
+  2  usage error, unreadable input or one that is not a job file, an
      output that must not receive results (the job file itself, another
-     job file, a compressed file, or one in use by another run)
+     job file, a compressed file, or one in use by another run), or jobs
+     changed since their results (see --changed)
   3  stopped early and resumable: quota exhausted, key rejected, interrupted
      by a signal, or the output could no longer be written; run the same
      command again to resume
@@ -118,6 +121,11 @@ def main() -> None:
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=MAX_ATTEMPTS, show_default=True,
               help="Attempts per request before a transient failure is written (a rerun retries it).")
 @click.option("--retry-failed", is_flag=True, help="Also retry jobs that failed permanently (400, 404, ...) before.")
+@click.option("--changed", type=click.Choice([p.value for p in ChangedPolicy]), default="refuse",
+              show_default=True,
+              help="Jobs edited since OUTPUT got their result (same custom_id, another method, url "
+                   "or body): refuse to start and name them, rerun them (the new result "
+                   "supersedes the old), or keep the old results.")
 @click.option("--base-url", envvar="OPENAI_BASE_URL", default=DEFAULT_BASE_URL, show_default=True,
               help="API base URL [env: OPENAI_BASE_URL].")
 @click.option("--api-key-env", default=None,
@@ -170,13 +178,13 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                 wait: bool = True, poll_every: float | None = None,
                 batch_max_requests: int | None = None,
                 batch_max_bytes: int = BATCH_MAX_BYTES, redis_url: str | None = None,
-                redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S, shard: Shard | None = None
-                ) -> None:
+                redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S, shard: Shard | None = None,
+                changed: str = "refuse") -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
     permanent failures unless --retry-failed. Reruns match jobs by custom_id, so stdin is resumable
-    when the same jobs are piped again. With --via batch the jobs go through the hosted Batch API
+    when the same jobs are piped again; a job edited since its result is refused (see --changed). With --via batch the jobs go through the hosted Batch API
     instead (half price, within 24 h), recorded in OUTPUT.batches.
     """
     if input_path != "-":
@@ -195,15 +203,16 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         batch = BatchRunConfig(
             input=input_path, output=output, endpoint=endpoint, wait=wait, poll_every=poll_every,
             max_requests=batch_max_requests, max_bytes=batch_max_bytes, max_attempts=max_attempts,
-            retry_failed=retry_failed, pack=not no_pack, status_interval=status_interval,
-            read_timeout=read_timeout, images_dir=images_dir, inline_images=inline_images,
-            shard=shard)
+            retry_failed=retry_failed, changed=ChangedPolicy(changed), pack=not no_pack,
+            status_interval=status_interval, read_timeout=read_timeout, images_dir=images_dir,
+            inline_images=inline_images, shard=shard)
         sys.exit(execute_batch(batch, progress=not no_progress, log_file=log_file,
                                summary_json=summary_json, prices=prices))
     config = RunConfig(
         input=input_path, output=output, endpoint=endpoint, rpm=rpm, tpm=tpm, burst_s=burst_s,
-        budget_scope=budget_scope, dispatch=DispatchConfig(max_attempts=max_attempts, concurrency=concurrency,
-                                retry_failed=retry_failed),
+        budget_scope=budget_scope, dispatch=DispatchConfig(
+            max_attempts=max_attempts, concurrency=concurrency, retry_failed=retry_failed,
+            changed=ChangedPolicy(changed)),
         pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval,
         ipm=ipm, images_dir=images_dir, inline_images=inline_images, redis=redis_url or None,
         redis_timeout=redis_timeout, shard=shard)
@@ -268,13 +277,16 @@ Exit codes (the same meanings as `runner run`):
 @click.option("--prices", "prices_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML price file (format of runner/report/prices.toml); its entries replace the built-in ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Estimate only what a rerun into this OUTPUT would send: jobs with their result "
+                   "there are left out, jobs changed since their result counted.")
 @click.option("--via", type=click.Choice(["live", "batch"]), default="live", show_default=True,
               help="batch: Batch API prices (half the list price) and the number of batch files.")
 @click.option("--batch-max-requests", type=click.IntRange(1), default=None,
               help="--via batch: lines per batch file [default: 50,000; Azure 100,000].")
 def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path: Path | None,
              as_json: bool, ipm: float | None = None, via: str = "live",
-             batch_max_requests: int | None = None) -> None:
+             batch_max_requests: int | None = None, output: Path | None = None) -> None:
     """Report what INPUT will take before spending anything: jobs, bad and duplicate lines,
     requests after packing, tokens, time under --rpm/--tpm, an upper bound on the cost per model,
     and prompts over their model's context window."""
@@ -287,8 +299,8 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
         prices = load_prices(prices_path)
         if via == "batch":
             prices = batch_price_table(prices)
-        result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices, ipm=ipm)
-    except (PriceTableError, UnreadableInput, NotAJobFile) as e:
+        result = estimate_file(input_path, rpm=rpm, tpm=tpm, prices=prices, ipm=ipm, output=output)
+    except (PriceTableError, UnreadableInput, NotAJobFile, CheckpointError) as e:
         _usage_error(str(e))
     files = batch_files(result, batch_max_requests or default_max_requests(False))
     if as_json:
@@ -457,7 +469,7 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
     return execute(lambda console, log: run(config, console=console, log=log, progress=progress),
                    title=f"runner: {config.input} -> {config.output}", output=config.output,
                    api_key=config.endpoint.api_key,
-                   usage_errors=(CheckpointError, OSError, RedisUnavailable),
+                   usage_errors=(CheckpointError, OSError, RedisUnavailable, ChangedJobsError),
                    log_file=log_file, summary_json=summary_json, prices=prices)
 
 

@@ -31,6 +31,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -306,7 +307,7 @@ def check_uploads(job: Job, base: Path, input_name: str) -> Job | BadLine:
                                job.custom_id)
             resolved.append(str(path))
         body[name] = resolved if isinstance(value, list) else resolved[0]
-    return Job(custom_id=job.custom_id, url=job.url, body=body, line=job.line)
+    return dataclasses.replace(job, body=body)
 
 
 def data_url(path: str) -> str:
@@ -331,4 +332,4 @@ def as_json_edit(job: Job, input_name: str) -> Job | BadLine:
             body["mask"] = {"image_url": data_url(body["mask"])}
     except OSError as exc:
         return BadLine(input_name, job.line, f"cannot read an image to edit: {exc}", job.custom_id)
-    return Job(custom_id=job.custom_id, url=job.url, body=body, line=job.line)
+    return dataclasses.replace(job, body=body)

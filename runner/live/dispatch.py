@@ -44,6 +44,10 @@ from jobs.job import Job
 from jobs.packing import (
     Budget, MissingChoices, NChoicesIgnored, Packer, Request, halves, single, split_response,
 )
+from jobs import intake as intake_
+from jobs.intake import (
+    ChangedPolicy, ChangedReport, Fail, Intake, Pending, Refuse, Reject, Run,
+)
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.codes import DUPLICATE
 from jobs.results import OutputState, RecordIds, error_record, success_record
@@ -52,8 +56,8 @@ from runner.api.headers import RateLimitInfo
 from runner.api.imagelimits import as_token_headers
 from runner.files.images import ImageStore, SaveFailed
 from runner.errors import (
-    APITimeoutError, BadResponseError, NChoicesIgnoredError, RunnerError, StopRunError,
-    UnusableInput,
+    APITimeoutError, BadResponseError, ChangedJobsError, NChoicesIgnoredError, RunnerError,
+    StopRunError, UnusableInput,
 )
 from runner.live.capabilities import PACK_FAILURE_CODES, LaneCapabilities, PackState
 from runner.live.concurrency import ConcurrencyLimit, lane_limit
@@ -81,6 +85,7 @@ class DispatchConfig:
     concurrency: int = DEFAULT_CONCURRENCY
     grace_s: float = GRACE_S
     retry_failed: bool = False
+    changed: ChangedPolicy = ChangedPolicy.REFUSE  # jobs edited since their result (--changed)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -331,6 +336,8 @@ class Dispatcher:
         await asyncio.gather(producer, *self._tasks, return_exceptions=True)
 
     async def _produce(self, items: AsyncIterable[Job | BadLine | Duplicate], state: OutputState) -> None:
+        intake = Intake(state, retry_failed=self.config.retry_failed, changed=self.config.changed,
+                        counter=self._counter, prepare=self._prepare)
         lines: asyncio.Queue[Job | BadLine | Duplicate | RunnerError | None] = asyncio.Queue(maxsize=1024)
 
         async def read() -> None:
@@ -365,46 +372,37 @@ class Dispatcher:
                     break
                 if isinstance(item, (InputError, UnusableInput)):
                     raise item
-                await self._submit_all(self._admit(item, state))
+                await self._submit_all(self._admit(item, intake))
             if not self.stopping:
                 await self._submit_all(self._packer.flush())
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
-    def _admit(self, item: Job | BadLine | Duplicate, state: OutputState) -> list[Request]:
-        """One input item: report it, skip it, fail it, or hand it to the packer."""
-        stats = self.stats
-        if isinstance(item, BadLine):
-            stats.bad_lines += 1
-            self._log(str(item))
-            return []
-        if isinstance(item, Duplicate):
-            stats.duplicates += 1
-            self._log(str(item))
-            if item.custom_id not in state.noted_duplicates:
-                self._sink(error_record(item.custom_id, DUPLICATE, str(item),
-                                        record_id=self._record_id()))
-            return []
-        stats.jobs += 1
-        if not state.needs_run(item.custom_id, retry_failed=self.config.retry_failed):
-            if item.custom_id in state.done:
-                stats.already_done += 1
-            else:
-                stats.kept_failed += 1
-            return []
-        if self._prepare is not None:
-            prepared = self._prepare(item)
-            if isinstance(prepared, BadLine):  # a named upload is missing or unreadable
-                stats.bad_lines += 1
-                self._log(str(prepared))
-                return []
-            item = prepared
-        overflow = tokens.context_overflow(item.url, item.body, self._counter)
-        if overflow is not None:
-            self._fail_jobs((item,), codes.CONTEXT_LENGTH_EXCEEDED, overflow)
-            return []
-        return self._packer.add(item, tokens.rate_limit_charge(item.url, item.body))
+    def _admit(self, item: Job | BadLine | Duplicate, intake: Intake) -> list[Request]:
+        """One input item, as the intake decides: reported, skipped, failed, or packed."""
+        decision = intake.decide(item)
+        self.stats.count_decision(decision)
+        if isinstance(decision, Pending):
+            decision = intake.ready(decision)
+            self.stats.count_decision(decision)
+        match decision:
+            case Reject(bad):
+                self._log(str(bad))
+            case intake_.Duplicate(duplicate, note):
+                self._log(str(duplicate))
+                if note:
+                    self._sink(error_record(duplicate.custom_id, DUPLICATE, str(duplicate),
+                                            record_id=self._record_id()))
+            case Refuse(job):  # stdin (not read twice), or INPUT changed since the run began
+                changed = ChangedReport()
+                changed.add(job)
+                raise ChangedJobsError(changed.message(sent=True))
+            case Fail(job, code, message):
+                self._fail_jobs((job,), code, message)
+            case Run(job, charge):
+                return self._packer.add(job, charge)
+        return []
 
     async def _submit_all(self, requests: list[Request]) -> None:
         for request in requests:
@@ -677,7 +675,7 @@ class Dispatcher:
         request_id = response.headers.get("x-request-id")
         for job, answer in zip(request.jobs, answers):
             self._sink(success_record(job.custom_id, answer, record_id=self._record_id(),
-                                      request_id=request_id))
+                                      request_id=request_id, fingerprint=job.fingerprint))
             self.stats.add_usage(job.model, answer.get("usage"))
         self.stats.succeeded += len(request.jobs)
 
@@ -723,5 +721,6 @@ class Dispatcher:
                 body = None
         for job in jobs:
             self._sink(error_record(job.custom_id, code, message, record_id=self._record_id(),
-                                    status=status, body=body, request_id=request_id))
+                                    status=status, body=body, request_id=request_id,
+                                    fingerprint=job.fingerprint))
             self.stats.failed[code] += 1

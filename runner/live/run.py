@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jobs.job import Job
+from jobs.reader import BadLine, Duplicate
 from jobs.results import OutputState
 from jobs.shard import Shard
 from runner.files import checkpoint as ckpt
@@ -19,7 +20,7 @@ from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisBudgets
 from runner.report.log import console_echo, terminal_console
 from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
 from runner.report.stats import RunStats
-from runner.files.guard import check_output
+from runner.files.session import OutputSession, Stop
 from runner.files.images import ImageStore, check_uploads, default_images_dir
 from runner.files.inputs import count_lines, read_items
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
@@ -52,19 +53,6 @@ class RunConfig:
     shard: Shard | None = None  # run only the jobs of this shard of the input (--shard K/N)
 
 
-class _Stop:
-    """A stop request that may arrive (by signal) before there is a dispatcher to stop."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self.target: Callable[[str], None] | None = None
-
-    def __call__(self, reason: str) -> None:
-        self.reason = self.reason or reason
-        if self.target is not None:
-            self.target(reason)
-
-
 async def run(config: RunConfig, *, send: Send | None = None, console: Console | None = None,
               log: Callable[[str], None] | None = None, progress: bool = True,
               handle_signals: bool = True, limiters: Limiters | None = None) -> RunStats:
@@ -74,7 +62,6 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
     paces the run (by default fresh ones from ``config.rpm``, ``config.tpm`` and
     ``config.burst_s``, kept in ``config.redis`` when given: `RedisUnavailable` when it cannot be
     reached); pass them to read what they learned afterwards."""
-    check_output(config.input, config.output)  # before the lock: nothing beside OUTPUT changes
     budgets = None
     if config.redis is not None and limiters is None:
         budgets = RedisBudgets(config.redis, config.endpoint.api_key, timeout_s=config.redis_timeout)
@@ -99,51 +86,35 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
                limiters: Limiters | None, budgets: RedisBudgets | None) -> RunStats:
     console = console if console is not None else terminal_console()
     log = log or console_echo(console)
-    loop = asyncio.get_running_loop()
-    stop = _Stop()
-    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
-    for sig in signals:  # from the start: a signal while a large output is read is honoured too
-        loop.add_signal_handler(sig, stop, f"interrupted by {sig.name}")
-    lock = ckpt.RunLock(config.output)
-    try:
-        lock.acquire()
+    async with OutputSession(config.input, config.output, log=log,
+                             secrets=(config.endpoint.api_key,),
+                             handle_signals=handle_signals) as session:
         state = OutputState()
-        loaded = ckpt.load(config.output, state)
-        if loaded.torn_bytes:
-            log(f"{config.output}: cut off a torn last line ({loaded.torn_bytes} bytes) left by an "
-                "interrupted run; its job runs again")
-        for number in loaded.first_bad_lines:
-            log(f"{config.output}:{number}: not a result line (skipped; its job runs again)")
-        if loaded.bad_lines > len(loaded.first_bad_lines):
-            log(f"{config.output}: {loaded.bad_lines - len(loaded.first_bad_lines):,} more lines "
-                "that are not result lines")
-        if stop.reason is not None:
-            return RunStats(stop_reason=stop.reason)
-        checkpoint = ckpt.Checkpoint(config.output, secrets=(config.endpoint.api_key,))
-        checkpoint.open()
+        session.load(state)
+        if session.stop.asked:
+            return RunStats(stop_reason=session.stop.reason)
+        await session.check_changed(state, config.dispatch.changed, lambda: _items(config))
+        checkpoint = session.open()
         stats = None
         try:
-            stats = await _dispatch(config, state, checkpoint, send, console, log, progress, stop,
-                                    limiters, budgets)
+            stats = await _dispatch(config, state, checkpoint, send, console, log, progress,
+                                    session.stop, limiters, budgets)
         finally:
-            try:
-                await checkpoint.sync()
-            except ckpt.CheckpointError as e:
-                log(f"runner: {e}")
-                if stats is not None and stats.stop_reason is None:
-                    stats.stop_reason = str(e)
-            finally:
-                checkpoint.close()
+            problem = await session.finish()
+            if problem is not None and stats is not None and stats.stop_reason is None:
+                stats.stop_reason = problem
         return stats
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        lock.release()
+
+
+def _items(config: RunConfig) -> AsyncIterator[Job | BadLine | Duplicate]:
+    """The items of INPUT this run takes (its shard's, with --shard)."""
+    items = read_items(config.input)
+    return items if config.shard is None else config.shard.only(items)
 
 
 async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Checkpoint,
                     send: Send | None, console: Console | None, log: Callable[[str], None],
-                    progress: bool, stop: _Stop, limiters: Limiters | None,
+                    progress: bool, stop: Stop, limiters: Limiters | None,
                     budgets: RedisBudgets | None = None) -> RunStats:
     loop = asyncio.get_running_loop()
     session = None
@@ -167,9 +138,7 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                             sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log,
                             images=images, image_limiters=image_limiters,
                             prepare=lambda job: check_uploads(job, input_dir, config.input))
-    stop.target = dispatcher.stop
-    if stop.reason is not None:
-        dispatcher.stop(stop.reason)
+    stop.connect(dispatcher.stop)
 
     async def sync_often() -> None:
         try:
@@ -186,16 +155,14 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                         limits=lambda: describe_limits(limiters), log=log,
                                         log_interval=config.status_interval)
             helpers.append(asyncio.create_task(reporter.run()))
-        items = read_items(config.input)
-        stats = await dispatcher.run(items if config.shard is None else config.shard.only(items),
-                                     state)
+        stats = await dispatcher.run(_items(config), state)
         for model in stats.model_requests:
             limiter = (image_limiters if model in stats.model_images else limiters).get(
                 config.endpoint.budget_key(model))  # an image model's: (rpm, ipm)
             stats.limits[model] = (limiter.rpm, limiter.tpm)
         return stats
     finally:
-        stop.target = None
+        stop.disconnect(dispatcher.stop)
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)

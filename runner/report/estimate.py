@@ -7,7 +7,11 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from pathlib import Path
+
 from jobs.estimate import Estimate, estimate_lines
+from jobs.results import OutputState
+from runner.files.checkpoint import scan
 from runner.files.inputs import input_lines, input_name
 from runner.report.prices import PriceTable
 from runner.report.render import flag_notes
@@ -15,12 +19,18 @@ from runner.tokenizer import token_counter
 
 
 def estimate_file(input_path: str, *, rpm: float | None, tpm: float | None,
-                  prices: PriceTable, ipm: float | None = None) -> Estimate:
+                  prices: PriceTable, ipm: float | None = None,
+                  output: Path | None = None) -> Estimate:
     """Stream INPUT through `jobs.estimate`, with true token counts by `runner.tokenizer`;
-    `runner.files.inputs.UnreadableInput` when INPUT cannot be read."""
+    `runner.files.inputs.UnreadableInput` when INPUT cannot be read. With `output`, only what a
+    rerun into it would send (read without changing it; `CheckpointError` when unreadable)."""
+    state = None
+    if output is not None:
+        state = OutputState()
+        scan(output, state)
     return estimate_lines(input_lines(input_path), input_name(input_path), counter=token_counter,
                           rpm=rpm, tpm=tpm, cost=prices.cost, ipm=ipm,
-                          image_price=prices.image_price)
+                          image_price=prices.image_price, output=state)
 
 
 def estimate_json(est: Estimate, prices: PriceTable) -> dict[str, Any]:
@@ -66,6 +76,11 @@ def estimate_table(est: Estimate, prices: PriceTable) -> Group:
     if est.unpriced:
         notes.append(Text(f"no price for: {', '.join(est.unpriced)} (not in the price table; "
                           "add them with --prices FILE)", style="yellow"))
+    if est.kept:
+        notes.append(Text(f"{est.kept:,} jobs of the input have their result in the output and "
+                          "are not counted (a rerun leaves them alone)"))
+    notes += flag_notes(est.changed, "jobs changed since their results (counted: a run sends "
+                                     "them again with --changed rerun)")
     notes += flag_notes(est.over_context, "jobs over their model's context window "
                                            "(never sent; they get an error line)")
     notes += flag_notes(est.bad_lines, "bad lines (skipped)")

@@ -65,7 +65,7 @@ def describe_limits(limiters: Limiters) -> str:
 def status_line(stats: RunStats, total: int | None, speed: Speed,
                 limits: str = "") -> str:
     """One line: done / failed / pending, speeds, 429s, ETA, current limits."""
-    done = stats.succeeded + stats.already_done
+    done = stats.succeeded + stats.already_done + stats.kept_changed
     failed = stats.failed_total + stats.kept_failed
     jobs_s, tokens_s = speed.rates()
     parts = [f"{done:,}{f'/{total:,}' if total else ''} done", f"{failed:,} failed"]
@@ -110,7 +110,8 @@ class ProgressReporter:
         from rich.progress_bar import ProgressBar
         from rich.text import Text
         line = self.line()
-        done = self.stats.finished_jobs + self.stats.already_done + self.stats.kept_failed
+        done = (self.stats.finished_jobs + self.stats.already_done + self.stats.kept_failed
+                + self.stats.kept_changed)
         bar = ProgressBar(total=float(self.total) if self.total else None, completed=float(done))
         return Group(Text(line), bar)
 

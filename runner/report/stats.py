@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from jobs import intake
 from jobs.endpoints import images_requested, read_usage
 from runner.exit_codes import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED, EXIT_USAGE
 
@@ -30,6 +31,8 @@ class RunStats:
     jobs: int = 0                 # valid, unique jobs in the input
     already_done: int = 0         # skipped: a success line exists
     kept_failed: int = 0          # skipped: a permanent failure exists (no --retry-failed)
+    kept_changed: int = 0         # skipped: changed since its result, kept (--changed keep)
+    changed: int = 0              # sent again: changed since its result (--changed rerun)
     bad_lines: int = 0
     duplicates: int = 0
     succeeded: int = 0
@@ -59,6 +62,26 @@ class RunStats:
     @property
     def finished_jobs(self) -> int:
         return self.succeeded + self.failed_total
+
+    def count_decision(self, decision: object) -> None:
+        """Count what the intake (`jobs.intake`) decided for one input item."""
+        match decision:
+            case intake.Reject():
+                self.bad_lines += 1
+            case intake.Duplicate():
+                self.duplicates += 1
+            case intake.Skip(why=why):
+                self.jobs += 1
+                if why is intake.SkipReason.DONE:
+                    self.already_done += 1
+                elif why is intake.SkipReason.KEPT_FAILED:
+                    self.kept_failed += 1
+                else:
+                    self.kept_changed += 1
+            case intake.Refuse() | intake.Pending():
+                self.jobs += 1
+            case intake.Run(changed=True):
+                self.changed += 1
 
     def add_usage(self, model: str, usage: object) -> None:
         """Count one job's `usage` (tokens in and out) under its model."""

@@ -31,7 +31,7 @@ from rich.text import Text
 from jobs.flags import FlagSample
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, NotAJobFile, read_jobs
-from jobs.results import Outcome, OutputState, failure_code, record_outcome
+from jobs.results import Outcome, OutputState, failure_code, fingerprint, record_outcome
 from runner.files.checkpoint import CheckpointError, LoadReport, scan
 from runner.files.inputs import UnreadableInput, input_lines, input_name
 from runner.report.render import flag_notes
@@ -107,6 +107,8 @@ class Status:
     permanent: Counter[str] = field(default_factory=Counter)
     transient: Counter[str] = field(default_factory=Counter)
     pending: int = 0
+    changed: FlagSample = field(default_factory=lambda: FlagSample(MAX_SHOWN))  # edited since their result
+    unprinted: int = 0                    # final results without a fingerprint (counted unchanged)
     bad_lines: FlagSample = field(default_factory=lambda: FlagSample(MAX_SHOWN))
     duplicates: FlagSample = field(default_factory=lambda: FlagSample(MAX_SHOWN))
     unknown_ids: int = 0                  # result ids that INPUT does not contain
@@ -127,8 +129,9 @@ class Status:
         return self.pending + self.failed_transient
 
     def exit_code(self) -> int:
-        """0 all done; 3 a rerun has work; else 1 if anything failed or INPUT has bad lines."""
-        if self.remaining:
+        """0 all done; 3 a rerun has work (or jobs changed since their results, for a run with
+        --changed); else 1 if anything failed or INPUT has bad lines."""
+        if self.remaining or self.changed.count:
             return EXIT_STOPPED
         if self.failed_permanent or self.bad_lines.count or self.duplicates.count:
             return EXIT_SOME_FAILED
@@ -140,7 +143,8 @@ class Status:
             "jobs": self.jobs, "done": self.done, "pending": self.pending,
             "failed_permanent": {"total": self.failed_permanent, "by_code": dict(self.permanent)},
             "failed_transient": {"total": self.failed_transient, "by_code": dict(self.transient)},
-            "remaining": self.remaining,
+            "remaining": self.remaining, "changed": self.changed.to_json(),
+            "results_without_fingerprint": self.unprinted,
             "bad_lines": self.bad_lines.to_json(), "duplicates": self.duplicates.to_json(),
             "unknown_ids": {"count": self.unknown_ids, "first": self.first_unknown_ids},
             "output_file": {"exists": self.scan.exists, "lines": self.scan.lines,
@@ -190,7 +194,15 @@ def _classify(item: Job | BadLine | Duplicate, state: _TrackedState, result: Sta
     result.jobs += 1
     custom_id = item.custom_id
     # Each id is claimed (removed from `state`) once, so leftovers are ids not in INPUT.
-    if custom_id in state.done:
+    final = custom_id in state.done or custom_id in state.permanent
+    if final and custom_id not in state.fingerprints:
+        result.unprinted += 1
+    if final and state.changed(custom_id, fingerprint(item.url, item.body)):
+        state.done.discard(custom_id)
+        state.permanent.pop(custom_id, None)
+        result.changed.add(BadLine(result.input, item.line, "changed since its result was written",
+                                   custom_id))
+    elif custom_id in state.done:
         state.done.discard(custom_id)
         result.done += 1
     elif custom_id in state.permanent:
@@ -214,6 +226,8 @@ def status_table(s: Status, *, open_batches: int = 0) -> Group:
     table.add_row("failed, permanent", f"{s.failed_permanent:,}", _codes(s.permanent))
     table.add_row("failed, transient", f"{s.failed_transient:,}", _codes(s.transient))
     table.add_row("pending", f"{s.pending:,}", "no result line yet")
+    if s.changed.count:
+        table.add_row("changed", f"{s.changed.count:,}", "edited since their result")
     table.add_row("total", f"{s.jobs:,}", "valid, unique jobs in input", style="bold")
     notes: list[Text] = []
     if not s.scan.exists:
@@ -224,6 +238,11 @@ def status_table(s: Status, *, open_batches: int = 0) -> Group:
     if s.scan.bad_lines:
         notes.append(Text(f"{s.output}: {s.scan.bad_lines:,} lines are not result lines (lines "
                           f"{_numbers(s.scan.first_bad_lines, s.scan.bad_lines)}); their jobs run again"))
+    if s.unprinted:
+        notes.append(Text(f"{s.unprinted:,} results carry no job fingerprint (written before runner "
+                          "recorded them, or by another tool): they count as answers to the jobs as "
+                          "they are now"))
+    notes += flag_notes(s.changed, "jobs changed since their results")
     notes += flag_notes(s.bad_lines, "bad input lines")
     notes += flag_notes(s.duplicates, "duplicate custom_ids (only the first line runs)")
     if s.unknown_ids:
@@ -240,6 +259,10 @@ def _verdict(s: Status, open_batches: int = 0) -> str:
         return (f"{open_batches:,} batches still open at the provider: run the same `runner run "
                 "--via batch` command again later (exit 4)")
     code = s.exit_code()
+    if s.changed.count:
+        return (f"{s.changed.count:,} jobs changed since their results: `runner run` refuses "
+                "them until told --changed rerun (send them again) or --changed keep (keep the "
+                "old results) (exit 3)")
     if code == EXIT_OK:
         return "all jobs done (exit 0)"
     if code == EXIT_STOPPED:

@@ -62,7 +62,8 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
         "wall_seconds": round(wall, 3),
         "jobs": {"in_input": stats.jobs, "succeeded": stats.succeeded,
                  "already_done": stats.already_done, "failed": stats.failed_total,
-                 "kept_failed": stats.kept_failed, "bad_lines": stats.bad_lines,
+                 "kept_failed": stats.kept_failed, "changed_rerun": stats.changed,
+                 "changed_kept": stats.kept_changed, "bad_lines": stats.bad_lines,
                  "duplicates": stats.duplicates},
         "failures_by_code": dict(stats.failed.most_common()),
         "images_saved": stats.images,
@@ -99,6 +100,9 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
         f"{stats.already_done:,} already done · {stats.failed_total:,} failed now · "
         f"{stats.kept_failed:,} kept failed from earlier runs",
     ]
+    if stats.changed or stats.kept_changed:
+        lines.append(f"changed since their results: {stats.changed:,} sent again · "
+                     f"{stats.kept_changed:,} kept with their old results")
     if stats.bad_lines or stats.duplicates:
         lines.append(f"input problems: {stats.bad_lines:,} bad lines · "
                      f"{stats.duplicates:,} duplicate custom_ids (see messages above)")
