@@ -170,6 +170,7 @@ def test_an_edited_job_file_is_refused_before_anything_is_sent_then_rerun_or_kep
         assert "--changed rerun" in refused.output and "--changed keep" in refused.output
         assert out.read_bytes() == before  # nothing written ...
         assert sim.stats.requests + sim.batches.stats.created == sent  # ... nothing sent
+        assert not (tmp_path / "out.jsonl.lock").exists()  # a run that ends removes its lock
 
         status = CliRunner().invoke(main, ["status", str(jobs_path), "-o", str(out), "--json"])
         assert status.exit_code == 3

@@ -168,9 +168,40 @@ def test_a_symlinked_output_name_shares_the_lock(tmp_path):
             RunLock(tmp_path / "latest.jsonl").acquire()
 
 
-def test_an_output_in_a_missing_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(CheckpointError, match="cannot create the lock file"):
+def test_an_output_in_a_missing_directory_is_a_clear_error_naming_the_folder(tmp_path):
+    with pytest.raises(CheckpointError, match=f"folder of the output does not exist: "
+                                              f"{tmp_path / 'nope'} "):
         RunLock(tmp_path / "nope" / "out.jsonl").acquire()
+
+
+def test_a_released_lock_leaves_no_lock_file_and_a_stale_one_is_harmless(tmp_path):
+    out = tmp_path / "out.jsonl"
+    lock = RunLock(out)
+    with lock:
+        assert lock.path.exists()
+    assert not lock.path.exists()
+    lock.path.write_text("12345")  # left by a killed run: nobody holds it
+    with RunLock(out):
+        pass
+    assert not lock.path.exists()
+
+
+def test_a_run_waiting_on_a_lock_file_its_holder_removes_locks_the_file_that_is_there(tmp_path):
+    """Between B's open and B's flock, A releases (removing the file) and C creates and locks a
+    new one: B must not believe it holds the lock on the removed file."""
+    out = tmp_path / "out.jsonl"
+    a = RunLock(out)
+    a.acquire()
+    opened = os.open(a.path, os.O_RDWR)  # B's open of the old file, before A lets go
+    a.release()
+    c = RunLock(out)
+    c.acquire()
+    b = RunLock(out)
+    first, real_open = iter([opened]), b._open
+    b._open = lambda: next(first, None) or real_open()  # B's first open is the one made above
+    with pytest.raises(CheckpointError, match="another run"):
+        b.acquire()  # the old file locks, but the name holds C's: B tries that one and is refused
+    c.release()
 
 
 async def test_a_deleted_output_is_noticed_at_the_next_sync(tmp_path):

@@ -7,7 +7,8 @@ and a lost line only means its job runs again on resume. A line torn by a crash 
 is cut off when the file is next opened.
 
 Only one run may append to an output at a time: `RunLock` holds an OS lock (flock) on
-`OUTPUT.lock`, released by the kernel however the process ends.
+`OUTPUT.lock`, released by the kernel however the process ends. A run that ends removes the lock
+file (while still holding it); one left by a killed run is harmless: the next run locks it.
 """
 from __future__ import annotations
 
@@ -62,18 +63,27 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise CheckpointError(f"cannot create the lock file {self.path}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise CheckpointError(
-                f"{self.output} is being written by another run (pid {holder}, "
-                f"lock {self.path}); wait for it to finish") from None
+        """Take the lock, or raise CheckpointError (held by another run, or no lock file can be
+        made: a missing folder is named as such). A lock file removed by the run that held it,
+        between our open and our lock, is opened anew: the lock is always on the file the name
+        holds now, so two runs can never hold locks on two different files."""
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise CheckpointError(
+                    f"{self.output} is being written by another run (pid {holder}, "
+                    f"lock {self.path}); wait for it to finish") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # removed (or replaced) by the run that held it: lock the new one
         try:
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
@@ -81,8 +91,24 @@ class RunLock:
             pass  # the pid is a courtesy for the message above; the lock is what counts
         self._fd = fd
 
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            raise CheckpointError(f"the folder of the output does not exist: {self.path.parent} "
+                                  f"(for {self.output}); create it first") from None
+        except OSError as e:
+            raise CheckpointError(f"cannot create the lock file {self.path}: {e.strerror}") from None
+
     def release(self) -> None:
+        """Remove the lock file, then let go of the lock (a run waiting on the old file sees it
+        gone and locks a new one)."""
         if self._fd is not None:
+            try:
+                if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                    os.unlink(self.path)
+            except OSError:
+                pass  # already gone, or the folder is read-only now: a lock file is harmless
             os.close(self._fd)
             self._fd = None
 
