@@ -8,7 +8,10 @@
      │    ├── BadRequestError        400 / 404 / 422 / other 4xx      -> fails the job, no retry
      │    └── ServerError            408 / 409 / 5xx                  -> retry
      ├── APIConnectionError          no answer arrived                -> retry
-     │    └── APITimeoutError        ... because a timeout fired       -> retry
+     │    ├── APITimeoutError        ... because a timeout fired       -> retry
+     │    └── APIUnreachableError    ... no connection could be made (refused, no such host, TLS)
+     │                               -> retry; before any success, or once a request's attempts
+     │                                  are used up, it stops the run (nothing listens there)
      ├── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
      │    └── NChoicesIgnoredError   ... one choice per prompt where n asked for more
      │                                 -> retried once to confirm, then n_not_supported (permanent)
@@ -43,7 +46,7 @@ from typing import Any
 
 __all__ = [
     "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
-    "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError", "BadResponseError",
+    "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError", "APIUnreachableError", "BadResponseError",
     "NChoicesIgnoredError", "StopRunError", "UnusableInput", "ChangedJobsError", "describe",
 ]
 
@@ -93,6 +96,10 @@ class APIConnectionError(RunnerError):
 
 class APITimeoutError(APIConnectionError):
     """No answer arrived within the connect or read timeout."""
+
+
+class APIUnreachableError(APIConnectionError):
+    """No connection could be made: refused, the host name does not resolve, TLS failed."""
 
 
 class BadResponseError(RunnerError):

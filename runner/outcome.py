@@ -34,8 +34,9 @@ from jobs import codes
 from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
 from runner.api.transport import no_answer_error, no_answer_errors
 from runner.errors import (
-    APIConnectionError, APIError, APITimeoutError, AuthenticationError, BadRequestError,
-    BadResponseError, NChoicesIgnoredError, QuotaExceededError, RateLimitError, ServerError, describe,
+    APIConnectionError, APIError, APITimeoutError, APIUnreachableError, AuthenticationError,
+    BadRequestError, BadResponseError, NChoicesIgnoredError, QuotaExceededError, RateLimitError,
+    ServerError, describe,
 )
 from runner.redact import mask_secrets
 
@@ -83,7 +84,10 @@ class Verdict:
     human-readable, at most `MAX_MESSAGE_CHARS`, and never contains an API key. `delay` is the
     server-directed wait in seconds, already capped at `MAX_SERVER_DELAY_S`; None means "use
     backoff". Only RETRY verdicts carry a delay. `blames_prompt` marks a refusal that one prompt of
-    a packed request can cause (see `classify`); only FAIL_JOB verdicts carry it.
+    a packed request can cause (see `classify`); only FAIL_JOB verdicts carry it. `endpoint_fault`
+    marks an outcome that says the endpoint as configured may not work at all (a route it does
+    not serve, an Azure deployment it lacks, nothing listening): before the run's first success
+    it stops the run instead of costing a job (`decide`).
     """
 
     action: Action
@@ -91,6 +95,7 @@ class Verdict:
     message: str = ""
     delay: float | None = None
     blames_prompt: bool = False
+    endpoint_fault: bool = False
 
     def __post_init__(self) -> None:
         if not self.code:
@@ -102,6 +107,8 @@ class Verdict:
                 raise ValueError(f"delay must be within [0, {MAX_SERVER_DELAY_S}], got {self.delay}")
         if self.blames_prompt and self.action is not Action.FAIL_JOB:
             raise ValueError("only a FAIL_JOB verdict blames a prompt")
+        if self.endpoint_fault and self.action not in (Action.FAIL_JOB, Action.RETRY):
+            raise ValueError("only a FAIL_JOB or RETRY verdict is an endpoint fault")
 
     @property
     def rate_limited(self) -> bool:
@@ -209,9 +216,11 @@ def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
         return Verdict(Action.RETRY, codes.N_NOT_SUPPORTED, _clean_message(str(exc)))
     if isinstance(exc, BadResponseError):
         return classify_bad_response(str(exc))
-    if isinstance(exc, APIConnectionError):
-        code = codes.TIMEOUT if isinstance(exc, APITimeoutError) else codes.CONNECTION_ERROR
-        return Verdict(Action.RETRY, code, _clean_message(str(exc) or describe(exc)))
+    if isinstance(exc, APITimeoutError):
+        return Verdict(Action.RETRY, codes.TIMEOUT, _clean_message(str(exc) or describe(exc)))
+    if isinstance(exc, APIConnectionError):  # refused, no such host, TLS failed: nothing there
+        return Verdict(Action.RETRY, codes.CONNECTION_ERROR, _clean_message(str(exc) or describe(exc)),
+                       endpoint_fault=isinstance(exc, APIUnreachableError))
     return Verdict(Action.FAIL_JOB, codes.INTERNAL_ERROR, _clean_message(describe(exc)))
 
 
@@ -273,10 +282,28 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
         return Verdict(Action.RETRY, codes.TIMEOUT if status == 408 else codes.SERVER_ERROR, text,
                        _cap(parse_retry_after(headers, now=now)))
     if 400 <= status < 500:
+        route = status == 404 and _route_not_found(code, message, body)
         code = code or _CLIENT_ERROR_CODES.get(status) or codes.http_status_code(status)
         blames = status == 400 and _blames_a_prompt(body)
-        return Verdict(Action.FAIL_JOB, code, text, blames_prompt=blames)
+        return Verdict(Action.FAIL_JOB, code, text, blames_prompt=blames, endpoint_fault=route)
     return Verdict(Action.FAIL_JOB, codes.UNEXPECTED_STATUS, text)
+
+
+# 404 bodies that blame the URL, not the job: OpenAI's "Invalid URL (POST /chat/completions)",
+# a web framework's "Not Found" ({"detail": "Not Found"}, "404 page not found"), an HTML page;
+# Azure's DeploymentNotFound. A 404 naming a model ("model_not_found", vLLM's "The model `x`
+# does not exist") is the job's own.
+_ROUTE_404_CODES = frozenset({"DeploymentNotFound", "404"})
+_ROUTE_404_MESSAGE = re.compile(r"^\s*(invalid url\b|(404:?\s*)?(page\s+)?not found\b|<)", re.IGNORECASE)
+
+
+def _route_not_found(code: str | None, message: str | None, body: Any) -> bool:
+    """Whether a 404 says the URL itself is wrong (see `_ROUTE_404_CODES`), not the job."""
+    if code is not None:
+        return code in _ROUTE_404_CODES
+    if message is None:
+        return True  # no message at all ({"detail": "Not Found"} has none we read): the route
+    return bool(_ROUTE_404_MESSAGE.match(message))
 
 
 _RETRY_ANSWER_CODES = frozenset({codes.SERVER_ERROR, codes.RATE_LIMITED})
@@ -395,7 +422,7 @@ class Step(enum.Enum):
 _STEPS = {
     Action.OK: frozenset({Step.SUCCEED}),
     Action.STOP_RUN: frozenset({Step.STOP_RUN}),
-    Action.FAIL_JOB: frozenset({Step.FAIL, Step.BISECT}),
+    Action.FAIL_JOB: frozenset({Step.FAIL, Step.BISECT, Step.STOP_RUN}),  # STOP: an endpoint fault
     Action.RETRY: frozenset({Step.RETRY_PACED, Step.RETRY_AFTER_SLEEP, Step.FAIL, Step.UNPACK,
                              Step.STOP_RUN}),
 }
@@ -463,7 +490,8 @@ class Decision:
 
 
 def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: int,
-           since_success: float = 0.0, confirmed: bool = False) -> Decision:
+           since_success: float = 0.0, confirmed: bool = False,
+           answered: bool = True) -> Decision:
     """What to do about `verdict`, the outcome of one request (of `packed` jobs, or one), given
     what it has spent so far. Pure; the same for every backend.
 
@@ -482,9 +510,14 @@ def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: 
         RETRY, a 429 with a delay                RETRY_PACED         no
           ... no success for RATE_LIMIT_STALL_S  STOP_RUN            -
         RETRY, otherwise                         RETRY_AFTER_SLEEP   yes
+        endpoint_fault, not `answered`           STOP_RUN            -
 
     A RETRY whose count reaches `max_attempts` is a FAIL instead, with the verdict's code and the
-    message "gave up after N requests[, M of them rate-limited]: <verdict's message>". An answer
+    message "gave up after N requests[, M of them rate-limited]: <verdict's message>"; but an
+    endpoint fault never fails a job: when nothing listens any more (the server went away) the
+    run stops (resumable) rather than write failures for jobs that never reached it. `answered`: the run
+    has had a success (any 2xx answer): until then an endpoint fault (a wrong URL, nothing
+    listening) stops the run instead of failing every job of the file. An answer
     ignoring `n` needs one confirmation, not `max_attempts` retries; an unconfirmed one to a pack
     is sent again job by job, since its shape may be a server answering only the first prompt.
     """
@@ -494,6 +527,9 @@ def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: 
         raise ValueError(f"since_success must be a finite number >= 0, got {since_success!r}")
     sent = attempts.sent + 1
     action = verdict.action
+    if verdict.endpoint_fault and not answered:
+        return Decision(Step.STOP_RUN, verdict, Attempts(sent, attempts.paced, attempts.counted),
+                        f"before any answer from it: {verdict.message}")
     if action is not Action.RETRY:
         after = Attempts(sent, attempts.paced, attempts.counted)
         if action is Action.OK:
@@ -516,6 +552,10 @@ def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: 
                             f"(the limit is {RATE_LIMIT_STALL_S:.0f} s): {verdict.message}")
         return Decision(Step.RETRY_PACED, verdict, after, verdict.message)
     after = Attempts(sent, paced, attempts.counted + 1)
+    if after.counted >= max_attempts and verdict.endpoint_fault:
+        return Decision(Step.STOP_RUN, verdict, after,
+                        f"the server stopped answering ({sent} requests in a row found nothing "
+                        f"listening): {verdict.message}")
     if after.counted >= max_attempts:
         note = f", {paced} of them rate-limited" if paced else ""
         return Decision(Step.FAIL, verdict, after,

@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 
 from runner.api.transport import HttpRequest, aiohttp_sender, no_answer_error, open_session
-from runner.errors import APIConnectionError, APITimeoutError
+from runner.errors import APIConnectionError, APIUnreachableError, APITimeoutError
 from runner.outcome import classify
 
 
@@ -41,7 +41,7 @@ async def _send_to(url: str, *, read_timeout: float = 5.0):
 async def test_a_refused_connection_raises_api_connection_error_from_the_os_error():
     with pytest.raises(APIConnectionError) as info:
         await _send_to(f"http://127.0.0.1:{_free_port()}/v1/completions?api-key=SECRET123")
-    assert type(info.value) is APIConnectionError
+    assert type(info.value) is APIUnreachableError  # nothing listens: an endpoint fault
     assert isinstance(info.value.__cause__, aiohttp.ClientError)
     assert "SECRET123" not in str(info.value)
     assert classify(None, {}, None, exc=info.value) == classify(None, {}, None, exc=info.value.__cause__)

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 
+from jobs import codes
 from jobs.endpoints import RESPONSES, spec_of
 from jobs.packing import Request
 from runner.api.multipart import multipart_body
@@ -81,3 +82,29 @@ class Endpoint:
         if self.azure and request.url == RESPONSES and self.deployment(request.model) != body.get("model"):
             body = {**body, "model": self.deployment(request.model)}  # no deployment in the URL
         return HttpRequest("POST", url, self.headers(), orjson.dumps(body))
+
+
+def setup_hint(endpoint: Endpoint, job_url: str, model: str, code: str) -> str:
+    """One line for a run stopped because the endpoint as configured does not work (`code`: the
+    verdict's): the URL it called (no secrets: keys never go in URLs) and the likely fix."""
+    url = endpoint.url_for(job_url, model).split("?")[0]
+    base = endpoint.base_url
+    path = urlsplit(base).path.rstrip("/")
+    if code == codes.CONNECTION_ERROR:
+        where = urlsplit(base).netloc or base
+        return (f"cannot reach {url}: is the server running at {where}, and is --base-url"
+                f"{' / --azure-endpoint' if endpoint.azure else ''} right?")
+    if endpoint.azure:
+        if path:  # e.g. https://x.openai.azure.com/openai/
+            fixed = base[: len(base) - len(urlsplit(base).path)]
+            return (f"{url} answered 404: --azure-endpoint is the resource's address alone; "
+                    f"did you mean {fixed}?")
+        if code == "DeploymentNotFound":
+            return (f"{url} answered 404: Azure has no deployment "
+                    f"{endpoint.deployment(model)!r} here (map models to deployments with "
+                    "--deployment MODEL=NAME)")
+        return f"{url} answered 404: check --azure-endpoint and --api-version"
+    if not path.endswith("/v1") and "/v1/" not in path + "/":
+        return f"{url} answered 404 for the route itself: did you mean --base-url {base}/v1?"
+    return (f"{url} answered 404 for the route itself: this server does not serve {job_url} "
+            f"(check --base-url {base})")

@@ -9,11 +9,14 @@ original aiohttp or OS error (`no_answer_error`). Their messages are masked (`ru
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from runner.errors import APIConnectionError, APITimeoutError, StopRunError, describe
+from runner.errors import (
+    APIConnectionError, APITimeoutError, APIUnreachableError, StopRunError, describe,
+)
 from runner.redact import mask_secrets
 
 if TYPE_CHECKING:
@@ -62,6 +65,8 @@ def no_answer_error(exc: TimeoutError | aiohttp.ClientError | OSError) -> APICon
         return APIConnectionError(mask_secrets(f"malformed HTTP answer: {exc.message}"))
     if isinstance(exc, TimeoutError):
         return APITimeoutError(mask_secrets(describe(exc)))
+    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError, socket.gaierror)):
+        return APIUnreachableError(mask_secrets(describe(exc)))  # refused, no such host, TLS
     return APIConnectionError(mask_secrets(describe(exc)))
 
 

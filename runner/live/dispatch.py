@@ -51,7 +51,7 @@ from jobs.intake import (
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.codes import DUPLICATE
 from jobs.results import OutputState, RecordIds, error_record, success_record
-from runner.api.endpoint import Endpoint
+from runner.api.endpoint import Endpoint, setup_hint
 from runner.api.headers import RateLimitInfo
 from runner.api.imagelimits import as_token_headers
 from runner.files.images import ImageStore, SaveFailed
@@ -494,7 +494,11 @@ class Dispatcher:
                 self._succeed(request, answers, response)
                 return
             if decision.step is Step.STOP_RUN:
-                self.stop(f"{verdict.code}: {decision.message}")
+                why = f"{verdict.code}: {decision.message}"
+                if verdict.endpoint_fault:  # the URL and the likely fix first
+                    why = (f"{setup_hint(self._endpoint, request.url, request.model, verdict.code)}"
+                           f" ({why})")
+                self.stop(why)
                 return
             if decision.step is Step.FAIL:
                 self._fail_jobs(request.jobs, decision.code, decision.message, response)
@@ -606,7 +610,7 @@ class Dispatcher:
                           f"there asking for n > 1 fail as {codes.N_NOT_SUPPORTED} without being sent")
         decision = decide(verdict, attempts, packed=request.packed,
                           max_attempts=self.config.max_attempts, since_success=max(0.0, since),
-                          confirmed=confirmed)
+                          confirmed=confirmed, answered=self._last_success is not None)
         if not request.packed or caps.packs is PackState.TRUSTED:
             return decision
         if decision.step is Step.SUCCEED:

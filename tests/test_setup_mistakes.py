@@ -1,0 +1,103 @@
+"""A setup mistake never burns the file: an endpoint that cannot work (a route that answers 404
+for itself, nothing listening) stops the run within seconds, naming the URL and the likely fix,
+with no failure line for any job; a job's own 404 stays that job's failure; a server that goes
+away mid-run leaves its pending jobs pending."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from runner.errors import APIConnectionError, APIUnreachableError
+from runner.live.dispatch import DispatchConfig
+from runner.outcome import Action, Attempts, Step, classify, decide
+from runner.simulator.server import SimConfig, Simulator, run_in_thread
+from tests.conftest import Script, error
+from tests.test_dispatch import chat_job, dispatch
+from tests.test_e2e import cli, finish, read_results, write_jobs
+
+
+@pytest.mark.parametrize("body, fault", [
+    (b'{"error": {"message": "Invalid URL (POST /chat/completions)", "type": '
+     b'"invalid_request_error", "param": null, "code": null}}', True),     # OpenAI, no /v1
+    (b'{"detail": "Not Found"}', True),                                   # FastAPI's default
+    (b"404 page not found", True),                                        # Go's default
+    (b"<html><body>Not Found</body></html>", True),                       # a proxy's page
+    (b'{"error": {"code": "DeploymentNotFound", "message": "The API deployment for this '
+     b'resource does not exist."}}', True),                               # Azure
+    (b'{"error": {"message": "The model `gpt-5x` does not exist", "type": '
+     b'"invalid_request_error", "code": "model_not_found"}}', False),     # the job's own model
+    (b'{"object": "error", "message": "The model `foo` does not exist.", "type": '
+     b'"NotFoundError", "code": 404}', False),                            # vLLM's unknown model
+])
+def test_a_404_for_the_route_itself_is_an_endpoint_fault_and_one_for_a_model_is_the_jobs(body, fault):
+    verdict = classify(404, {}, body)
+    assert verdict.action is Action.FAIL_JOB
+    assert verdict.endpoint_fault is fault
+
+
+def test_nothing_listening_is_an_endpoint_fault_and_a_reset_is_not():
+    assert classify(None, {}, None, exc=APIUnreachableError("refused")).endpoint_fault
+    reset = classify(None, {}, None, exc=APIConnectionError("reset by peer"))
+    assert reset.action is Action.RETRY and not reset.endpoint_fault
+
+
+def test_an_endpoint_fault_before_any_success_stops_the_run_and_after_one_fails_only_the_job():
+    route = classify(404, {}, b'{"detail": "Not Found"}')
+    assert decide(route, Attempts(), packed=True, max_attempts=6, answered=False).step is Step.STOP_RUN
+    assert decide(route, Attempts(), packed=False, max_attempts=6).step is Step.FAIL
+    gone = classify(None, {}, None, exc=APIUnreachableError("refused"))
+    assert decide(gone, Attempts(), packed=False, max_attempts=6, answered=False).step is Step.STOP_RUN
+    assert decide(gone, Attempts(), packed=False, max_attempts=6).step is Step.RETRY_AFTER_SLEEP
+    spent = Attempts(sent=5, paced=0, counted=5)
+    last = decide(gone, spent, packed=False, max_attempts=6)
+    assert last.step is Step.STOP_RUN and "stopped answering" in last.message  # never FAIL
+
+
+def test_a_server_that_goes_away_mid_run_leaves_the_jobs_it_did_not_answer_pending():
+    def rule(n, req, body):
+        return None if n <= 3 else APIUnreachableError("Cannot connect to host api.test:443")
+    records, stats = dispatch([chat_job(i) for i in range(10)], Script(rule),
+                              config=DispatchConfig(max_attempts=4, concurrency=1))
+    assert stats.stop_reason is not None and "cannot reach" in stats.stop_reason
+    assert stats.exit_code() == 3
+    assert len(records) == 3 and all(r["error"] is None for r in records)  # no failure line
+
+
+def test_a_404_on_one_model_after_successes_fails_only_its_jobs():
+    def rule(n, req, body):
+        if body["model"] == "gpt-5x":
+            return error(404, "model_not_found", "The model `gpt-5x` does not exist")
+        return None
+    jobs = [chat_job(i) for i in range(4)]
+    jobs.insert(2, chat_job(9, model="gpt-5x"))
+    records, stats = dispatch(jobs, Script(rule))
+    assert stats.stop_reason is None
+    failed = [r for r in records if r["error"] is not None]
+    assert [r["custom_id"] for r in failed] == ["job 9"] and failed[0]["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ("no_v1", "did you mean --base-url {base}/v1?"),
+    ("dead_port", "is the server running at 127.0.0.1:9"),
+])
+def test_a_wrong_base_url_stops_within_seconds_writes_no_failure_and_the_fixed_rerun_completes(
+        tmp_path, mistake, hint):
+    jobs_path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jobs(jobs_path, 200)
+    with run_in_thread(simulator=Simulator(SimConfig())) as base_url:
+        base = base_url.removesuffix("/v1")
+        wrong = base if mistake == "no_v1" else "http://127.0.0.1:9/v1"
+        started = time.monotonic()
+        code, _, err = finish(cli("run", str(jobs_path), "-o", str(out), "--no-progress",
+                                  env={"OPENAI_BASE_URL": wrong}))
+        assert time.monotonic() - started < 10
+        assert code == 3, err
+        assert hint.format(base=base) in err
+        assert "sk-test-key" not in err
+        assert read_results(out) == []  # no job paid for the mistake
+        code, _, err = finish(cli("run", str(jobs_path), "-o", str(out), "--no-progress",
+                                  env={"OPENAI_BASE_URL": base_url}))
+    assert code == 0, err
+    assert len(read_results(out)) == 200
+    assert all(r["error"] is None for r in read_results(out))
