@@ -21,7 +21,7 @@ from runner.simulator.server import SimConfig, Simulator, chat_prompt, completio
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The README promises that SIGINT and SIGTERM end a run with exit 3 "well within 10 s": the run
+# docs/resume.md promises that SIGINT and SIGTERM end a run with exit 3 "well within 10 s": the run
 # waits at most GRACE_S for answers already on the wire, then exits (a fsync, closing sockets, the
 # interpreter's shutdown: well under a second on an idle machine, unbounded on a loaded one). The
 # wall-clock checks below give that exit work a margin no loaded machine should exceed, and each

@@ -84,17 +84,17 @@ def test_the_installed_runner_demo_runs_every_job_from_anywhere(venv, tmp_path):
     assert {r["custom_id"] for r in records if r["error"] is None} == jobs
 
 
-def test_the_wheel_requires_what_the_readme_lists(wheel):
-    """Runtime dependencies are the README's "What the install pulls in" list; the bench's
-    asyncio-throttle is an extra."""
+def test_the_wheel_requires_what_the_docs_list(wheel):
+    """Runtime dependencies are the "What the install pulls in" list of docs/architecture.md;
+    the bench's asyncio-throttle is an extra."""
     with zipfile.ZipFile(wheel) as zf:
         [name] = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
         metadata = zf.read(name).decode()
     requires = re.findall(r"^Requires-Dist: ([A-Za-z0-9_.-]+)(.*)$", metadata, re.MULTILINE)
     runtime = {dist for dist, rest in requires if "extra ==" not in rest}
     assert ("asyncio-throttle", '>=1.0.2; extra == "bench"') in requires
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## What the install pulls in and why", 1)[1].split("\n## ", 1)[0]
+    docs = (ROOT / "docs" / "architecture.md").read_text()
+    section = docs.split("## What the install pulls in and why", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^- \*\*([A-Za-z0-9_.-]+)\*\*", section, re.MULTILINE))
     assert runtime == listed
 

@@ -1,6 +1,6 @@
 """runner against a real third-party OpenAI-compatible server: llmock (PyPI), started by the
-fixtures in conftest.py on a free loopback port. What llmock does and does not do is in the
-README ("Real servers"); its journal (`Llmock.requests()`) counts what reached it."""
+fixtures in conftest.py on a free loopback port. What llmock does and does not do is in
+docs/real-servers.md; its journal (`Llmock.requests()`) counts what reached it."""
 import os
 import subprocess
 import sys

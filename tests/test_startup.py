@@ -4,7 +4,7 @@
 of another command, no tokenizer and no rich. A live `runner run` whose stderr is no terminal
 writes plain lines (no rich), and loads neither the batch backend nor tiktoken while every prompt
 fits its context window by its byte length. Which modules load is checked, not how long it takes
-(the time is measured by `bench/startup.py`, figures in the README).
+(the time is measured by `bench/startup.py`, figures in docs/benchmarks.md).
 """
 from __future__ import annotations
 
