@@ -668,7 +668,9 @@ def test_audit_skips_windows_that_start_inside_a_burst_the_server_counted_in_ano
 
 
 class SharedState(MemoryBudgetState):
-    """Stands in for a budget kept outside this process (Redis, a `SharedBudgetState`)."""
+    """Stands in for a budget kept outside this process (Redis: `BudgetState.shared`)."""
+
+    shared = True
 
     async def admit_async(self, tokens: float) -> Admission:
         return self.admit(tokens)

@@ -13,13 +13,16 @@ trusted — a gateway's headers (LiteLLM's, the IETF draft's, a limit and remain
 or a budget shown to be a fixed window (by its ``reset``, or by a window-length 429) — the bucket's
 level follows the server's ``remaining`` both ways and may hold as much as the server has shown
 it holds at once; a spent window holds every request until its end (or one probe every
-`WINDOW_PROBE_S` finds it). Against OpenAI's own buckets none of this applies: the 1 s burst stays.
+`runner.pacing.learning.WINDOW_PROBE_S` finds it). Against OpenAI's own buckets none of this
+applies: the 1 s burst stays.
 
 `RateLimiter` pairs a requests bucket and a tokens bucket (`runner.pacing.bucket`), queues callers
-FIFO, and learns from response headers (`observe`), 429s (`on_rate_limited`) and charge mismatches
-(`calibrate`, fed by `runner.pacing.calibration.ChargeAudit` from the ``remaining-tokens``
-deltas). It makes every decision; the numbers it decides on (limits, bucket levels, a hold, the
-charge factor) sit behind `runner.pacing.state.BudgetState`, in this process by default.
+FIFO and admits them. What response headers (`observe`) and 429s (`on_rate_limited`) teach is
+decided by the pure functions of `runner.pacing.learning`, whose lessons the limiter applies;
+charge mismatches calibrate the charge (`calibrate`, fed by
+`runner.pacing.calibration.ChargeAudit` from the ``remaining-tokens`` deltas). The numbers it
+admits by (limits, bucket levels, a hold, the charge factor) sit behind
+`runner.pacing.state.BudgetState`, in this process by default.
 `runner.pacing.limiters.Limiters` holds one `RateLimiter` per (base_url, model).
 
 The dispatcher's side of the contract, per admitted request: `acquire` returns a `Permit`; call
@@ -45,8 +48,10 @@ from dataclasses import dataclass
 
 from runner.api.headers import RateLimitInfo
 from runner.errors import RunnerError
+from runner.pacing import learning
 from runner.pacing.bucket import TokenBucket, check_positive
 from runner.pacing.calibration import CALIBRATION_ALPHA, ChargeAudit, moved_factor
+from runner.pacing.learning import FALLBACK_RETRY_AFTER_S, Answer, Known, Lesson
 from runner.pacing.state import (
     MINUTE_S,
     REQUEST,
@@ -54,7 +59,6 @@ from runner.pacing.state import (
     Kind,
     Limit,
     MemoryBudgetState,
-    Snapshot,
 )
 
 __all__ = [
@@ -75,48 +79,9 @@ start of a run while a smaller one gains nothing: steady-state throughput is the
 ASK_AGAIN_S = 1e-3
 """How soon a request whose reservation a 429 undid asks again (the state then says how long)."""
 
-FALLBACK_RETRY_AFTER_S = 1.0
-"""Debt horizon for a 429 whose response gave no usable ``retry-after``. Our choice, not the
-server's: one second, the slice a per-minute limit may be enforced in (see `DEFAULT_BURST_S`)."""
-
-INFER_FROM_429_SHARE = 0.75
-"""When 429s arrive and no limit is known at all (a server that announces none, like Azure without
-limit headers), the requests limit is inferred as this share of the rate the server was answering
-at; each later 429 episode (at most one per second or per retry-after) lowers an inferred limit by
-the same factor, and every `INFER_RAISE_AFTER_S` without a 429, while the limit is holding requests
-back, raises it by `INFER_RAISE_STEP` to probe for more (a limit nobody presses is not raised).
-The three numbers were tuned together on the simulator (tests/test_pacing.py, Azure without
-limits: 0.87 of the ideal time, 4.5 % 429s)."""
-INFER_RAISE_AFTER_S = 10.0  # tuned with INFER_FROM_429_SHARE
-INFER_RAISE_STEP = 1.02  # tuned with INFER_FROM_429_SHARE
-ANSWERS_KEPT = 2048  # answer times kept for that rate: the last minute's, at most this many (memory)
+ANSWERS_KEPT = 2048  # answer times kept for the rate 429s infer a limit from (memory)
 ADMISSIONS_KEPT = 65536  # admission times kept for `admitted_last_minute` (memory)
-ANSWERED_KEPT = 4096  # admission numbers of answers kept for `_since` (memory)
-
-INFER_MAX_RESET_S = 30.0
-"""Infer a missing limit from ``remaining / (1 - reset / 60)`` only while ``reset`` is below this,
-i.e. while the server's bucket is at least half full; closer to empty the division amplifies the
-rounding of the headers into a wild guess."""
-
-
-WINDOW_SHAPE_MARGIN = 0.1
-"""A budget is window-shaped when the server says it is further from fully restored than a
-continuously refilling bucket could be: ``reset × rate`` exceeds the units spent
-(``limit - remaining``) by more than this share of the limit (and at least one unit). OpenAI's
-buckets give ``reset × rate == limit - remaining`` to the millisecond; a window restores all its
-quota at once, so after one request of a fresh 60 s window ``reset`` is about 60 s where a bucket
-would say one request's worth. The margin absorbs headers rounded to whole seconds."""
-
-WINDOW_PROBE_S = 5.0
-"""After a window-length 429, when the window's end is not known (no reset header, no window start
-seen), one request goes every this many seconds to find it: the first answered one opens the new
-window's whole quota at once (a calendar-minute window ends at most this long before we notice)."""
-
-WINDOW_429_MIN_S = 10.0
-"""A 429 asking for at least this long and carrying no rate-limit header is taken for a fixed
-window's end (gateways such as LiteLLM say ``retry-after: 60``, the window's length): the requests
-budget becomes a window; where no limit is known, it is inferred as what was admitted since the
-last such 429, per that many seconds, not cut by a share."""
+ANSWERED_KEPT = 4096  # admission numbers of answers kept for `_answer` (memory)
 
 
 class RequestTooLarge(RunnerError, ValueError):
@@ -186,7 +151,8 @@ class RateLimiter:
     seconds of budget each bucket holds. ``clock`` defaults to the running loop's ``time()``,
     ``sleep`` to `asyncio.sleep`; both must tell the same time. ``state``: where the budget's
     shared numbers live (`BudgetState`; by default a `MemoryBudgetState` on ``clock``): the
-    limiter makes every decision, the state only keeps the numbers and admits atomically.
+    limiter decides (what answers teach, by `runner.pacing.learning`'s lessons), the state only
+    keeps the numbers and admits atomically.
 
     Contract of `acquire`:
 
@@ -223,21 +189,12 @@ class RateLimiter:
         self._sleep = sleep if sleep is not None else asyncio.sleep
         self._state: BudgetState = state if state is not None else MemoryBudgetState(
             clock=self._clock)
-        # A state shared over the network (`SharedBudgetState`) admits by a round trip.
-        self._admit_async = getattr(self._state, "admit_async", None)
-        # Trusting the server's count (see `observe`): kinds whose level follows the server's
-        # `remaining` both ways, the most it has said it holds of each, and the kinds it restores
-        # at `reset` (windows) rather than gradually.
-        self._trusted: set[Kind] = set()
-        self._window: set[Kind] = set()
-        self._held_most: dict[Kind, int] = {}
-        self._window_start: dict[Kind, float] = {}  # the earliest the current window can have begun
-        self._spent_at: dict[Kind, float] = {}  # the last admission that found its window spent
-        self._window_s: dict[Kind, float] = {}  # a window's length, where known
-        self._announces_remaining: dict[Kind, bool] = {}  # the server's answers say what is left
+        # What the answers taught (`runner.pacing.learning`); changed only by `_apply`.
+        self._known = Known()
         for kind, value, name in (("requests", rpm, "rpm"), ("tokens", tpm, "tpm")):
             if value is not None:
-                self._set_limit(kind, check_positive(value, name), "user")
+                limit = check_positive(value, name)
+                self._state.set_limit(kind, Limit(limit, "user", limit * self._burst_s / MINUTE_S))
         self._observed = False
         self._probe_in_flight = False
         self._lock = asyncio.Lock()  # FIFO; its holder is the head of the queue
@@ -254,12 +211,8 @@ class RateLimiter:
         self._answers: deque[float] = deque(maxlen=ANSWERS_KEPT)  # recent answers (not 429s)
         self._admissions: deque[float] = deque(maxlen=ADMISSIONS_KEPT)  # recent admission times
         self._alone: TokenBucket | None = None  # the server's requests bucket if only we spent it
-        self._answered: list[int] = []  # admission numbers of recent answers, sorted (see _since)
-        self._last_429 = -math.inf
-        self._episode_end = -math.inf  # a 429 before this belongs to the episode already counted
-        self._probed_at = -math.inf  # when a probed requests limit was last set, cut or raised
+        self._answered: list[int] = []  # admission numbers of recent answers, sorted (see _answer)
         self._requests_bound_at = -math.inf  # when the requests limit last made a request wait
-        self._window_answers = 0  # answers since the last window-length 429 (limits unknown)
 
     # -- what callers read -------------------------------------------------------------------
 
@@ -304,8 +257,9 @@ class RateLimiter:
         """Whether requests are paced at the limit the server announced, by our own bucket (not
         by a gateway's count or a window's, whose edges draw 429s of their own)."""
         limit = self._state.read().requests
+        shape = self._known.requests
         return (limit is not None and limit.source == "server"
-                and "requests" not in self._trusted and "requests" not in self._window)
+                and not shape.trusted and not shape.window)
 
     def now(self) -> float:
         """The limiter's clock."""
@@ -319,10 +273,11 @@ class RateLimiter:
         window)."""
         limit, remaining = info.limit_requests, info.remaining_requests
         if (limit is None or remaining is None or info.reset_requests is None
-                or info.window_s not in (None, MINUTE_S) or "requests" in self._window):
+                or info.window_s not in (None, MINUTE_S) or self._known.requests.window):
             return 0.0  # only a bucket shown by its reset refills as the bucket below does
         rate = limit / MINUTE_S
-        server_now = remaining + self._since("requests", Limit(limit, "server", 1.0), permit)
+        server_now = remaining + learning.since(self._answer(permit), "requests",
+                                                Limit(limit, "server", 1.0))
         if self._alone is None or self._alone.rate != rate:
             self._alone = TokenBucket(rate, float(limit), clock=self._clock,
                                       level=server_now)
@@ -331,7 +286,7 @@ class RateLimiter:
 
     def held_most(self, kind: Kind) -> int:
         """The most of `kind` the server has said it holds at once (from ``remaining``)."""
-        return self._held_most.get(kind, 0)
+        return self._known.shape(kind).held_most
 
     def admitted_last_minute(self) -> int:
         """Requests admitted in the last minute (at most `ADMISSIONS_KEPT`: memory)."""
@@ -344,11 +299,9 @@ class RateLimiter:
             admissions.popleft()
 
     def rename_budget(self, model: str) -> None:
-        """Name this budget after `model` in a state shared with other processes (see
-        `SharedBudgetState.rename`); a state of this process alone has no name to change."""
-        rename = getattr(self._state, "rename", None)
-        if rename is not None:
-            rename(model)
+        """Name this budget after `model` (`BudgetState.rename`: a state shared with other
+        processes keeps it under that name from now on; one of this process alone has none)."""
+        self._state.rename(model)
 
     def charge(self, estimate: int) -> int:
         """Tokens to deduct for a request we estimate at `estimate`: ``ceil(estimate × factor)``."""
@@ -404,16 +357,12 @@ class RateLimiter:
     async def _take(self, charged: int) -> float:
         """Take one request and `charged` tokens from the state if it admits them now (0.0), else
         the seconds until the head may be admitted; inf while it waits on a probe's answer. A
-        state shared over the network (`SharedBudgetState`) is awaited; a local one never
-        suspends here."""
+        state shared over the network is a round trip; a local one never suspends here."""
         probing = self._probing()
         if probing and self._probe_in_flight:
             return math.inf
-        if self._admit_async is not None:
-            admission = await self._admit_async(charged)
-            probing = self._probing()  # the answer may bring limits other processes learned
-        else:
-            admission = self._state.admit(charged)
+        admission = await self._state.admit_async(charged)
+        probing = self._probing()  # a shared state's answer may bring limits others learned
         if admission.requests_bound:
             self._requests_bound_at = self._clock()  # the requests limit is holding requests back
         if admission.send_in_s > 0.0:  # taken now for later (a shared state's reservation)
@@ -477,145 +426,43 @@ class RateLimiter:
         self._audit.admitted(permit.seq, permit.at, tokens, permit.estimated_total)
         return permit
 
-    # -- learning ----------------------------------------------------------------------------
-
-    def _set_limit(self, kind: Kind, limit: float, source: str) -> None:
-        """Put `limit` in force; its bucket holds `burst_s` of it, or what a trusted server has
-        shown it holds at once when that is more."""
-        capacity = limit * self._burst_s / MINUTE_S
-        if kind in self._trusted:
-            capacity = max(capacity, float(self._held_most.get(kind, 0)))
-        self._state.set_limit(kind, Limit(limit, source, capacity))
+    # -- learning (the lessons are `runner.pacing.learning`'s; the limiter applies them) -------
 
     @property
     def trusts_server(self) -> bool:
         """Whether the server's own count paces this budget beyond our steady bucket (see
         `observe`): its headers are a gateway's, or show a window."""
-        return bool(self._trusted)
+        return self._known.trusted
 
     @property
     def windowed(self) -> bool:
         """Whether the server restores this budget at once when a window ends."""
-        return bool(self._window)
+        return self._known.windowed
 
-    def _shape(self, kind: Kind, info: RateLimitInfo, quota: int, remaining: int | None,
-               reset: float | None) -> None:
-        """Decide from one answer whether `kind`'s budget is a window and whether the server's
-        count is trusted beyond our steady bucket (decisions are kept for the run)."""
-        if info.style in ("litellm", "ietf") or (remaining is not None and reset is None):
-            # A gateway's count: what it says it holds, it holds. (A limit and a remaining with no
-            # reset is a gateway's too: OpenAI sends all three, Azure no limit; LiteLLM's router
-            # sends OpenAI's names for a deployment's calendar-minute limits, without a reset.)
-            self._trusted.add(kind)
-        window_s = info.window_s or MINUTE_S
-        if (remaining is not None and reset is not None and math.isfinite(reset)
-                and reset * quota / window_s
-                > (quota - remaining) + max(1.0, WINDOW_SHAPE_MARGIN * quota)):
-            self._window.add(kind)
-            self._trusted.add(kind)
-        if remaining is not None:
-            spent = REQUEST if kind == "requests" else 0
-            held = min(quota, remaining + spent)
-            self._held_most[kind] = max(self._held_most.get(kind, 0), held)
+    def _apply(self, lesson: Lesson) -> None:
+        """What an answer taught becomes what is known, and its changes go to the state."""
+        self._known = lesson.known
+        learning.apply(self._state, lesson.changes)
 
-    def _learn(self, kind: Kind, info: RateLimitInfo, permit: Permit | None) -> None:
-        limit: int | None = getattr(info, f"limit_{kind}")
-        remaining: int | None = getattr(info, f"remaining_{kind}")
-        reset: float | None = getattr(info, f"reset_{kind}")
-        known = self._state.read().limit(kind)
-        source = known.source if known is not None else None
-        if limit is not None and limit > 0:
-            self._shape(kind, info, limit, remaining, reset)
-            per_minute = limit * MINUTE_S / (info.window_s or MINUTE_S)
-            self._set_limit(kind, per_minute, "server")
-        elif remaining is not None and remaining > 0 and source != "server":
-            # No limit header (Azure). With a reset time, remaining / (1 - reset/60) estimates the
-            # per-minute limit. Without one, `remaining` may count a window shorter than a minute
-            # (Azure enforces quotas over 1 s or 10 s windows), so it says nothing of the limit:
-            # it only raises a user's number that is certainly too low, and otherwise the limit
-            # stays unknown and 429s with their retry-after pace the run.
-            estimate = None
-            if reset is not None and 0 < reset < INFER_MAX_RESET_S and math.isfinite(reset):
-                estimate = remaining / (1 - reset / MINUTE_S)
-            elif source == "user":
-                estimate = float(remaining)
-            if estimate is not None and (known is None or estimate > known.per_minute):
-                self._set_limit(kind, estimate, "user" if source == "user" else "inferred")
-        if remaining is not None:
-            self._announces_remaining[kind] = True
-            now_known = self._state.read().limit(kind)
-            if now_known is not None:
-                windowed = kind in self._window
-                level = remaining + self._since(kind, now_known, permit, refills=not windowed)
-                if kind in self._trusted:
-                    self._state.set_level(kind, level)
-                else:
-                    self._state.lower(kind, level)
-                if windowed:
-                    self._note_window(kind, info, remaining, permit)
-                    if level < REQUEST:  # spent: nothing until it comes back
-                        self._spent_at[kind] = permit.at if permit is not None else self._clock()
-                        end = self._window_end(kind, reset, permit)
-                        if end is not None:
-                            self._state.hold(end)
-
-    def _note_window(self, kind: Kind, info: RateLimitInfo, remaining: int,
-                     permit: Permit | None) -> None:
-        """A fresh window (``remaining`` all but this request's) began after the last admission
-        that found the old one spent and at `permit`'s admission at the latest: remember the
-        earliest it can have begun, to know when it ends at the earliest. (Before any window was
-        seen spent its start is unknown: windows may begin at a request, as LiteLLM's key limits
-        do, or on the clock's minute, as its router's do.)"""
-        if info.window_s is not None:
-            self._window_s[kind] = info.window_s
-        if permit is None:
-            return
-        spent = REQUEST if kind == "requests" else permit.charged
-        if remaining + spent < self._held_most.get(kind, 0):
-            return
-        spent_at = self._spent_at.get(kind)
-        start = self._window_start.get(kind)
-        if spent_at is not None and (start is None or spent_at > start):
-            self._window_start[kind] = spent_at
-
-    def _window_end(self, kind: Kind, reset: float | None,
-                    permit: Permit | None) -> float | None:
-        """When `kind`'s window ends: the server's `reset` (counted from when it took `permit`'s
-        request, about its admission: a slow answer does not push the end later), else its start
-        plus its length while that is still ahead; None when unknown."""
+    def _answer(self, permit: Permit | None) -> Answer:
+        """The answer to `permit`'s request, now, as the lessons need it: what we admitted after
+        that request and have had no answer to before this one (``permit=None``: tied to no
+        admission)."""
         now = self._clock()
-        if reset is not None and math.isfinite(reset):
-            return max(now, (permit.at if permit is not None else now) + reset)
-        start = self._window_start.get(kind)
-        if start is not None:
-            end = start + self._window_s.get(kind, MINUTE_S)
-            if end > now:
-                return end
-        return None
-
-    def _since(self, kind: Kind, limit: Limit, permit: Permit | None, *,
-               refills: bool = True) -> float:
-        """How far the server's count has moved since it wrote the headers of `permit`'s request:
-        its refill since that admission (none in a window), less what we admitted after it and
-        have had no answer to before this one (0 without a permit)."""
         if permit is None:
-            return 0.0
+            return Answer(now)
         later = self._admitted_requests - permit.seq
         # Requests admitted after this one whose answers came first were most likely counted
         # first: a burst answered out of order must not read as spending.
         answered = self._answered
         counted = len(answered) - bisect.bisect_right(answered, permit.seq)
         unseen = max(0, later - counted)
-        if kind == "requests":
-            after = float(unseen)
-        else:
-            after_tokens = self._admitted_tokens - permit.charged_total
-            after = after_tokens * unseen / later if later else 0.0
-        refill = limit.rate * max(0.0, self._clock() - permit.at) if refills else 0.0
-        return refill - after
+        after_tokens = self._admitted_tokens - permit.charged_total
+        return Answer(now, permit.at, permit.charged, float(unseen),
+                      after_tokens * unseen / later if later else 0.0)
 
     def _answered_now(self, permit: Permit | None) -> None:
-        """Remember that `permit`'s request was answered (after `_since` used the others)."""
+        """Remember that `permit`'s request was answered (after `_answer` counted the others)."""
         if permit is None:
             return
         bisect.insort(self._answered, permit.seq)
@@ -633,94 +480,36 @@ class RateLimiter:
           admitted, less what we admitted after it: an answer that took seconds does not reset
           the bucket to a level long past. With ``permit=None`` it is ``remaining`` itself.
         * No ``limit_*`` (Azure sends only ``remaining_*``): with ``reset_*`` a limit is inferred
-          (see `INFER_MAX_RESET_S`); without it ``remaining`` only raises a user's number it
-          exceeds, since it may count a window shorter than a minute.
+          (see `runner.pacing.learning.INFER_MAX_RESET_S`); without it ``remaining`` only raises
+          a user's number it exceeds, since it may count a window shorter than a minute.
+        * A gateway's headers, or a ``reset`` that shows a fixed window, make the server's count
+          trusted: the level follows ``remaining`` both ways (`runner.pacing.learning`).
         * The first call (or a 429 carrying headers) ends the cautious start; a limit still unknown
           then counts as unlimited.
         * Given the `permit`, the token headers also calibrate the charge (see the class
           docstring).
         """
-        self._update(info, permit)
+        self._learn_headers(info, self._answer(permit))
         self._answered_now(permit)
         if permit is not None:
             self._audit_tokens(permit, info)
-        self._note_answer()
-        self._notify()
-
-    def _note_answer(self) -> None:
         now = self._clock()
-        self._window_answers += 1
         self._answers.append(now)
         while now - self._answers[0] > MINUTE_S:
             self._answers.popleft()
-        limit = self._state.read().requests
-        if (limit is not None and limit.source == "probed"
-                and self._requests_bound_at > self._probed_at
-                and now - max(self._last_429, self._probed_at) >= INFER_RAISE_AFTER_S):
-            self._probed_at = now
-            self._set_limit("requests", limit.per_minute * INFER_RAISE_STEP, "probed")
+        self._apply(learning.learn_answer(self._known, self._state.read(), now=now,
+                                          requests_bound_at=self._requests_bound_at,
+                                          burst_s=self._burst_s))
+        self._notify()
 
-    def _infer_from_429(self, retry_after: float, announced: bool) -> None:
-        """A 429 with no limit known: infer one from the rate the server was answering at; an
-        inferred limit shrinks once per episode (see `INFER_FROM_429_SHARE`). A window-length
-        429 that carries no rate-limit header is a fixed window's end instead: of a limit the
-        server announced (`_window_learned`), or of one to infer (`_infer_window`)."""
-        now = self._clock()
-        snapshot = self._state.read()
-        limit = snapshot.requests
-        if (retry_after >= WINDOW_429_MIN_S and not announced and limit is not None
-                and limit.source == "server"):
-            self._window_learned(retry_after)  # its number is the server's; its shape is a window
-            self._last_429 = now
-        elif (retry_after >= WINDOW_429_MIN_S and not announced and snapshot.tokens is None
-                and (limit is None or limit.source in ("probed", "user"))):
-            self._infer_window(now, retry_after, keep=limit is not None and limit.source == "user")
-        elif limit is not None and limit.source == "probed":
-            if now >= self._episode_end:
-                self._set_limit("requests", max(1.0, limit.per_minute * INFER_FROM_429_SHARE),
-                                "probed")
-                self._episode_end = now + max(1.0, retry_after)
-                self._probed_at = now
-        elif limit is None and snapshot.tokens is None and len(self._answers) >= 2:
-            span = max(now - self._answers[0], 1.0)
-            per_minute = len(self._answers) / span * MINUTE_S
-            self._set_limit("requests", max(1.0, per_minute * INFER_FROM_429_SHARE), "probed")
-            self._episode_end = now + max(1.0, retry_after)
-            self._probed_at = now
-        self._last_429 = now
-
-    def _window_learned(self, length: float) -> None:
-        """A window-length 429: the requests budget is a window of `length` seconds."""
-        self._trusted.add("requests")
-        self._window.add("requests")
-        self._window_s.setdefault("requests", length)
-
-    def _infer_window(self, now: float, retry_after: float, *, keep: bool) -> None:
-        """A window-length 429 with no limit announced: the server allows what it answered since
-        the last such 429 per `retry_after` seconds, all at once (see `WINDOW_429_MIN_S`). With
-        `keep` (the user's limit) only the window is learned, not the number."""
-        if now >= self._episode_end:
-            admitted = self._window_answers
-            if admitted >= 1:
-                self._window_learned(retry_after)
-                self._held_most["requests"] = admitted
-                limit = self._state.read().requests
-                per_minute = (limit.per_minute if keep and limit is not None
-                              else admitted * MINUTE_S / retry_after)
-                self._set_limit("requests", per_minute, "user" if keep else "probed")
-            self._window_answers = 0
-            self._episode_end = now + retry_after
-            self._probed_at = now
-        self._last_429 = now
-
-    def _update(self, info: RateLimitInfo, permit: Permit | None) -> None:
-        self._learn("requests", info, permit)
-        self._learn("tokens", info, permit)
+    def _learn_headers(self, info: RateLimitInfo, answer: Answer) -> None:
+        self._apply(learning.learn_headers(self._known, self._state.read(), info, answer,
+                                           burst_s=self._burst_s))
         self._observed = True
         self._probe_in_flight = False
 
     def _audit_tokens(self, permit: Permit, info: RateLimitInfo) -> None:
-        if self._admit_async is not None:
+        if self._state.shared:
             # A budget shared with other processes (Redis): the server's `remaining` drops by
             # their requests too, which this process's admissions cannot explain; read as our
             # own undercount, they would raise the shared factor for everyone (measured: 704
@@ -739,8 +528,8 @@ class RateLimiter:
     def on_rate_limited(self, permit: Permit | None, retry_after: float | None,
                         info: RateLimitInfo | None) -> None:
         """A 429: admit nothing before ``retry_after`` seconds from now (when None or unusable:
-        `FALLBACK_RETRY_AFTER_S`, or `WINDOW_PROBE_S` for a gateway's budget), and no more than
-        the buckets allow after that.
+        `FALLBACK_RETRY_AFTER_S`, or `runner.pacing.learning.WINDOW_PROBE_S` for a gateway's
+        budget), and no more than the buckets allow after that.
 
         The bucket(s) to blame go into debt such that they refill to the head waiter's need
         exactly when ``retry_after`` elapses; repeated 429s for the same episode do not stack
@@ -750,67 +539,31 @@ class RateLimiter:
         unlimited) admission is held for ``retry_after`` instead. Headers in ``info`` are
         `observe`d first (aged by `permit`, as there). During a cautious start this frees the
         probe slot. A request taken ahead (`_sleep_reserved`) is given back and asks again.
+        (`runner.pacing.learning.learn_429` says what a 429 teaches.)
         """
         self._rate_limited += 1
         if self._reserved_wake is not None and not self._reserved_wake.done():
             self._reserved_wake.set_result(None)
         if permit is not None:
             self._audit.rejected(permit.seq, permit.estimate)
+        answer = self._answer(permit)
         if info is not None and not info.empty:
-            self._update(info, permit)
+            self._learn_headers(info, answer)
         self._answered_now(permit)  # refused, not charged: not unseen by later answers either
-        if retry_after is None or not (math.isfinite(retry_after) and retry_after >= 0):
-            # A gateway that counts windows may give no delay at all (LiteLLM's router for
-            # completions): ask it once per probe period, not once a second.
-            retry_after = WINDOW_PROBE_S if self._window or self._trusted else FALLBACK_RETRY_AFTER_S
         self._probe_in_flight = False
-        if info is not None:  # a window's end, where the server says it: not a gateway's fixed 60 s
-            resets = [reset for kind in self._window
-                      if (reset := getattr(info, f"reset_{kind}")) is not None]
-            if resets:
-                retry_after = min(retry_after, max(resets))
-        self._infer_from_429(retry_after, announced=info is not None and not info.empty)
-        snapshot = self._state.read()
-        debted = False
-        for kind, need in self._blame(info, snapshot):
-            limit = snapshot.limit(kind)
-            if limit is None:
-                continue
-            if kind in self._window:  # all of a window's quota comes back when it ends
-                self._spent_at[kind] = permit.at if permit is not None else self._clock()
-                reset = getattr(info, f"reset_{kind}") if info is not None else None
-                end = self._window_end(kind, reset, permit)
-                if end is None and self._announces_remaining.get(kind):
-                    # Its end unknown, but the answers say what is left: one request at a time
-                    # finds the new window, whose first answer opens its whole quota.
-                    # (from the refused request's admission: its answer's latency is not added)
-                    sent = permit.at if permit is not None else self._clock()
-                    wait = max(0.0, sent + min(retry_after, WINDOW_PROBE_S) - self._clock())
-                    self._state.hold(self._clock() + wait)
-                    self._state.set_level(kind, REQUEST - limit.rate * wait)  # one when it ends
-                else:
-                    self._state.hold(self._clock() + retry_after if end is None
-                                     else min(end, self._clock() + retry_after))
-                    self._state.set_level(kind, limit.capacity)
-            else:
-                self._state.lower(kind, min(need, limit.capacity) - limit.rate * retry_after)
-            debted = True
-        if not debted:
-            self._state.hold(self._clock() + retry_after)
+        self._apply(learning.learn_429(
+            self._known, self._state.read(), info, retry_after, answer,
+            head_need=self._head_need, answer_rate=self._answer_rate(answer.now),
+            burst_s=self._burst_s))
         self._notify()
 
-    def _blame(self, info: RateLimitInfo | None, snapshot: Snapshot) -> list[tuple[Kind, float]]:
-        token_need = max(self._head_need, 0)
-        requests_ok = (info is not None and info.remaining_requests is not None
-                       and info.remaining_requests >= REQUEST)
-        tokens = snapshot.tokens
-        tokens_ok = (info is not None and info.remaining_tokens is not None
-                     and tokens is not None
-                     and info.remaining_tokens >= max(tokens.capacity, token_need))
-        both: list[tuple[Kind, float]] = [("requests", float(REQUEST)),
-                                          ("tokens", float(token_need))]
-        blamed = [pair for pair, ok in zip(both, (requests_ok, tokens_ok)) if not ok]
-        return blamed or both
+    def _answer_rate(self, now: float) -> float | None:
+        """Answers per minute over the recent ones (at least a second's span); None with fewer
+        than two."""
+        if len(self._answers) < 2:
+            return None
+        span = max(now - self._answers[0], 1.0)
+        return len(self._answers) / span * MINUTE_S
 
     def on_failure(self, permit: Permit | None) -> None:
         """The request admitted with `permit` ended with no response at all (connection error,

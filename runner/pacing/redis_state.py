@@ -173,14 +173,13 @@ class RedisBudgetState:
 
     # -- BudgetState ---------------------------------------------------------------------------
 
+    shared = True  # every process pointed at the Redis spends it
+
     def read(self) -> Snapshot:
         return self._snapshot
 
-    def admit(self, tokens: float) -> Admission:
-        raise TypeError("RedisBudgetState admits over the network: await admit_async")
-
     async def admit_async(self, tokens: float) -> Admission:
-        """`BudgetState.admit` as one round trip (after every write queued before it)."""
+        """`BudgetState.admit_async` as one round trip (after every write queued before it)."""
         done = asyncio.get_running_loop().create_future()
         self._enqueue(("admit", repr(float(tokens))), done)
         _, _, admission, self._reserved_key = await done
@@ -220,7 +219,7 @@ class RedisBudgetState:
         self._enqueue(("set_factor", repr(float(factor))))
 
     def rename(self, model: str) -> None:
-        """Keep this budget under `model`'s name from now on (`SharedBudgetState.rename`). The
+        """Keep this budget under `model`'s name from now on (`BudgetState.rename`). The
         old budget says where it went (processes still on it follow with their next call) and
         this process leaves its queue; what this process knows (limits, factor, and its levels,
         so the move opens no fresh burst) is written under the new name: a user's limit does not

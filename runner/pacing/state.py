@@ -3,16 +3,17 @@ have to share, behind one small interface, so that the pacing logic does not car
 
 State (here): each limit in force (its per-minute number, where that number came from, its bucket's
 rate and capacity), the two buckets' levels, the time before which nothing is admitted (a hold),
-and the calibration factor. Not state (in `runner.pacing.limiter.RateLimiter`, per process): the
-FIFO queue, the cautious start's probe, which bucket a 429 blames, what headers teach, when and
-by how much calibration moves, and the counters.
+and the calibration factor. Not state (per process): the FIFO queue, the cautious start's probe,
+when and by how much calibration moves, and the counters (`runner.pacing.limiter.RateLimiter`);
+what answers and 429s teach, which bucket a 429 blames (`runner.pacing.learning`).
 
 Each `BudgetState` operation is one atomic step, so a store shared between processes can do each
-in one round trip; `admit` in particular checks and takes both buckets at once ("take one request
-and N tokens if both fit, else say how long to wait"). Reads come as one `Snapshot`. The levels are
-not in it: they move with the clock, and reading them is for display (`level`).
-`MemoryBudgetState` keeps the state in this process and is the default; a `SharedBudgetState`
-(`runner.pacing.redis_state.RedisBudgetState`) keeps it where several processes share it.
+in one round trip; `admit_async` in particular checks and takes both buckets at once ("take one
+request and N tokens if both fit, else say how long to wait"). Reads come as one `Snapshot`. The
+levels are not in it: they move with the clock, and reading them is for display (`level`).
+`MemoryBudgetState` keeps the state in this process and is the default;
+`runner.pacing.redis_state.RedisBudgetState` keeps it where several processes share it
+(``shared``). Both implement the whole protocol, so the limiter never asks what a state can do.
 """
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ __all__ = [
     "Kind",
     "Limit",
     "MemoryBudgetState",
-    "SharedBudgetState",
     "Snapshot",
 ]
 
@@ -92,7 +92,7 @@ class Admission:
 
     ``send_in_s``: taken, but to be sent only this many seconds from now (a reservation: a state
     shared over the network takes a request that fits within a second or two at once, so the
-    caller need not ask again; `SharedBudgetState.refund` gives it back if it is not sent)."""
+    caller need not ask again; `BudgetState.refund` gives it back if it is not sent)."""
 
     wait_s: float = 0.0
     requests_bound: bool = False
@@ -108,17 +108,32 @@ _TAKEN = Admission()
 
 
 class BudgetState(Protocol):
-    """The shared numbers of one budget; every method is one atomic step on them."""
+    """The shared numbers of one budget; every method is one atomic step on them.
+
+    The writes (`set_limit`, `lower`, `set_level`, `hold`, `set_factor`, `refund`, `rename`)
+    return at once; a state kept outside this process applies them in order before any later
+    admission of this process, and `read` answers from what its last round trip brought back."""
+
+    shared: bool
+    """Whether other processes spend this budget too (their requests move the server's count,
+    and no admission of ours explains them)."""
 
     def read(self) -> Snapshot:
         """Both limits in force and the charge factor."""
         ...
 
-    def admit(self, tokens: float) -> Admission:
+    async def admit_async(self, tokens: float) -> Admission:
         """If the hold has passed and each limited bucket has room (one request; `tokens` tokens;
         an amount above a bucket's capacity has room when it is full), take both and return a
         taken `Admission`. Otherwise take nothing and return the seconds until all of them allow
-        it; a wait under `TIME_EPSILON_S` is no wait."""
+        it; a wait under `TIME_EPSILON_S` is no wait. A state of this process answers without
+        suspending; one kept elsewhere answers after one round trip, and may take a request for
+        later (`Admission.send_in_s`)."""
+        ...
+
+    def refund(self, tokens: float) -> None:
+        """Give back the last admission, taken but not sent (a reservation its caller gave up):
+        one request and `tokens` tokens, to the budget it was taken from."""
         ...
 
     def set_limit(self, kind: Kind, limit: Limit) -> None:
@@ -144,36 +159,24 @@ class BudgetState(Protocol):
         """The calibration factor applied to token estimates from now on."""
         ...
 
+    def rename(self, model: str) -> None:
+        """Keep this budget under `model`'s name from now on, taking what it knows along (the
+        key's one budget, `runner.pacing.limiters.KEY_BUDGET`, once the models share it). A state
+        no other process sees has no name: nothing changes."""
+        ...
+
     def level(self, kind: Kind) -> float | None:
         """`kind`'s bucket level now (for display); None with no limit."""
         ...
 
 
-class SharedBudgetState(BudgetState, Protocol):
-    """A `BudgetState` kept outside this process (`runner.pacing.redis_state`): admission is a
-    round trip, so the limiter awaits `admit_async` instead of calling `admit`. Its other methods
-    stay synchronous and return at once (the store applies them in order before any later
-    admission of this process); `read` answers from what the last round trip brought back."""
-
-    async def admit_async(self, tokens: float) -> Admission:
-        """`admit`, over the network."""
-        ...
-
-    def refund(self, tokens: float) -> None:
-        """Give back an admission taken but not sent (a reservation its caller gave up): one
-        request and `tokens` tokens."""
-        ...
-
-    def rename(self, model: str) -> None:
-        """Keep this budget under `model`'s name from now on, taking what it knows along (the
-        key's one budget, `runner.pacing.limiters.KEY_BUDGET`, once the models share it)."""
-        ...
-
-
 class MemoryBudgetState:
-    """`BudgetState` kept in this process: two `TokenBucket`\\ s on `clock`, a hold, a factor."""
+    """`BudgetState` kept in this process: two `TokenBucket`\\ s on `clock`, a hold, a factor.
+    `admit` is `admit_async` without the coroutine."""
 
     __slots__ = ("_clock", "_buckets", "_hold_until", "_snapshot")
+
+    shared = False
 
     def __init__(self, *, clock: Callable[[], float]) -> None:
         self._clock = clock
@@ -197,6 +200,19 @@ class MemoryBudgetState:
         if token_bucket is not None:
             token_bucket.take(tokens)
         return _TAKEN
+
+    async def admit_async(self, tokens: float) -> Admission:
+        return self.admit(tokens)
+
+    def refund(self, tokens: float) -> None:
+        requests, token_bucket = self._buckets["requests"], self._buckets["tokens"]
+        if requests is not None:
+            requests.refund(REQUEST)
+        if token_bucket is not None:
+            token_bucket.refund(tokens)
+
+    def rename(self, model: str) -> None:
+        pass  # this process's alone: no name to change
 
     def set_limit(self, kind: Kind, limit: Limit) -> None:
         bucket = self._buckets[kind]
