@@ -52,7 +52,7 @@ from runner.batch.plan import (
 )
 from runner.batch.lineindex import LineIndex
 from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
-from runner.errors import APIError, RunnerError, StopRunError, UnusableInput
+from runner.errors import APIError, ConfigurationError, RunnerError, StopRunError, UnusableInput
 from runner.files import checkpoint as ckpt
 from runner.files.guard import check_output
 from runner.files.images import (
@@ -285,6 +285,7 @@ class _Engine:
         except RunnerError as e:  # a stop (quota, key, unwritable output) or an unusable input
             stats.stop_reason = stats.stop_reason or str(e)
             stats.unusable_input = isinstance(e, UnusableInput)
+            stats.misconfigured = isinstance(e, ConfigurationError)
             self.log(f"stopping: {e}")
         stats.in_progress = bool(self.state.open_chunks() or self.waiting)
         if self.waiting and not self.state.open_chunks():
@@ -360,7 +361,7 @@ class _Engine:
             if attempt and recover is not None:
                 try:
                     found = await recover()
-                except _StopRun:
+                except (_StopRun, StopRunError):
                     raise
                 except (RunnerError, OSError, asyncio.TimeoutError) as exc:
                     # It may have been done all the same: never judge it refused; stop, resumable
@@ -523,7 +524,7 @@ class _Engine:
                 found = await self.call(
                     f"create {chunk.chunk}",
                     lambda: self.client.create(chunk.file_id, chunk.url, metadata), recover=look)
-            except _StopRun:
+            except (_StopRun, StopRunError):
                 raise
             except (RunnerError, OSError, asyncio.TimeoutError) as exc:  # refused as a whole
                 verdict = classify(None, {}, None, exc=exc)

@@ -496,6 +496,8 @@ class Dispatcher:
                 self._succeed(request, answers, response)
                 return
             if decision.step is Step.STOP_RUN:
+                if not self.stopping:  # the first stop's reason is the run's, and so its exit code
+                    self.stats.misconfigured = verdict.misconfigured
                 self.stop(f"{verdict.code}: {decision.message}")
                 return
             if decision.step is Step.FAIL:
