@@ -19,8 +19,13 @@
      │                                                 -> fails the job; a pack is sent in halves
      ├── StopRunError                the run cannot go on; it stops early, resumably
      │    ├── InputError             (runner.live.dispatch) the input cannot be read to its end
-     │    └── CheckpointError        (runner.files.checkpoint) the output cannot be locked, read,
-     │                               repaired, written or synced
+     │    ├── CheckpointError        (runner.files.checkpoint) the output cannot be locked, read,
+     │    │                          repaired, written or synced
+     │    ├── TokenUnavailable       (runner.api.entra) no Entra ID token could be had (exit 3)
+     │    └── ConfigurationError     a setting is wrong: rerunning as it is cannot help (exit 2)
+     │         ├── CrossOriginRedirect  the API redirected a call carrying the key to another
+     │         │                        origin: not followed, nothing more is sent
+     │         └── TokenRejected     a freshly fetched Entra ID token was refused (401)
      └── UnusableInput               the input is not something runner can run (not a job file,
           │                          compressed in a format not read, corrupt compressed data):
           │                          the run stops, and rerunning as it is will not help (exit 2)
@@ -31,7 +36,9 @@ Why a tree rather than none: the transport (`runner.api.transport`) raises `APIC
 or `APITimeoutError` (from the aiohttp or OS error) when no answer arrived, so every backend speaks
 one vocabulary and `runner.outcome.classify(exc=...)` understands every error of the first three
 branches; the API's answers themselves are values (a status and a body), turned into an `APIError`
-only by a caller that must raise one (`runner.outcome.api_error`). The dispatcher catches
+only by a caller that must raise one (`runner.outcome.api_error`). A `StopRunError` raised by `send` itself (a token that cannot be had, a
+redirect refused) is classified as a stop of the run, a `ConfigurationError` as one that exits 2.
+The dispatcher catches
 `StopRunError` to stop resumably without importing the modules that raise it; anything else
 escaping it is a bug.
 
@@ -43,11 +50,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
+
+from runner.redact import redact_url
 
 __all__ = [
     "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
-    "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError", "APIUnreachableError", "BadResponseError",
-    "NChoicesIgnoredError", "StopRunError", "UnusableInput", "ChangedJobsError", "describe",
+    "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError",
+    "APIUnreachableError", "BadResponseError", "NChoicesIgnoredError", "StopRunError",
+    "ConfigurationError", "CrossOriginRedirect", "TokenUnavailable", "TokenRejected",
+    "UnusableInput", "ChangedJobsError", "describe",
 ]
 
 
@@ -113,6 +125,56 @@ class NChoicesIgnoredError(BadResponseError):
 class StopRunError(RunnerError):
     """The run cannot go on for a reason outside the API (its input or output failed): it stops
     early and resumably, with this error's message as the reason."""
+
+
+class TokenUnavailable(StopRunError):
+    """No Microsoft Entra ID token could be had (the token command failed, the credential found no
+    identity): the run stops, resumable (exit 3); the message names the command or credential."""
+
+    code = "token_unavailable"
+
+
+class ConfigurationError(StopRunError):
+    """A setting is wrong, so nothing more can succeed and rerunning as it is would only fail
+    again: the run stops at once (what was done is kept, a rerun after the fix resumes) and exits 2.
+    `code` names the kind of stop (never written into a result line)."""
+
+    code = "misconfigured"
+
+
+class CrossOriginRedirect(ConfigurationError):
+    """The API answered a call that carries the key or a token with a redirect to another origin
+    (scheme, host, port): not followed, since the credential would go with it. An API that
+    redirects is almost always a wrong base URL."""
+
+    code = "cross_origin_redirect"
+
+    def __init__(self, url: str, location: str, status: int) -> None:
+        self.url, self.location, self.status = url, location, status
+        super().__init__(
+            f"{redact_url(url)} answered {status}, a redirect to {redact_url(location)}: another "
+            f"origin, so it was not followed and nothing more is sent (the key goes to "
+            f"{origin_text(url)} only); an API that redirects usually means a wrong "
+            f"--base-url or --azure-endpoint")
+
+
+class TokenRejected(ConfigurationError):
+    """A Microsoft Entra ID token fetched moments before was refused (401): a new one would be
+    too (wrong tenant, audience or resource). The message is the API's."""
+
+    code = "token_rejected"
+
+
+def origin_text(url: str) -> str:
+    """`scheme://host[:port]` of `url`, for messages."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "?"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
 class UnusableInput(RunnerError):

@@ -35,8 +35,8 @@ from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
 from runner.api.transport import no_answer_error, no_answer_errors
 from runner.errors import (
     APIConnectionError, APIError, APITimeoutError, APIUnreachableError, AuthenticationError,
-    BadRequestError, BadResponseError, NChoicesIgnoredError, QuotaExceededError, RateLimitError,
-    ServerError, describe,
+    BadRequestError, BadResponseError, ConfigurationError, NChoicesIgnoredError,
+    QuotaExceededError, RateLimitError, ServerError, StopRunError, describe,
 )
 from runner.redact import mask_secrets
 
@@ -57,6 +57,7 @@ MAX_MESSAGE_CHARS = 500  # error messages written into result lines are trimmed 
 RATE_LIMIT_STALL_S = 300.0
 
 OK_CODE = "ok"  # the code of an OK verdict; never written into a result line
+STOPPED_CODE = "stopped"  # a StopRunError naming no code of its own; never written either
 
 # Default result code of a 4xx that fails the job when the body names none.
 _CLIENT_ERROR_CODES = {400: codes.INVALID_REQUEST, 404: codes.NOT_FOUND,
@@ -87,7 +88,8 @@ class Verdict:
     a packed request can cause (see `classify`); only FAIL_JOB verdicts carry it. `endpoint_fault`
     marks an outcome that says the endpoint as configured may not work at all (a route it does
     not serve, an Azure deployment it lacks, nothing listening): before the run's first success
-    it stops the run instead of costing a job (`decide`).
+    it stops the run instead of costing a job (`decide`). `misconfigured` marks a STOP_RUN that
+    rerunning as it is cannot mend (a `ConfigurationError`: the run exits 2).
     """
 
     action: Action
@@ -96,6 +98,7 @@ class Verdict:
     delay: float | None = None
     blames_prompt: bool = False
     endpoint_fault: bool = False
+    misconfigured: bool = False
 
     def __post_init__(self) -> None:
         if not self.code:
@@ -109,6 +112,8 @@ class Verdict:
             raise ValueError("only a FAIL_JOB verdict blames a prompt")
         if self.endpoint_fault and self.action not in (Action.FAIL_JOB, Action.RETRY):
             raise ValueError("only a FAIL_JOB or RETRY verdict is an endpoint fault")
+        if self.misconfigured and self.action is not Action.STOP_RUN:
+            raise ValueError("only a STOP_RUN verdict is misconfigured")
 
     @property
     def rate_limited(self) -> bool:
@@ -212,6 +217,10 @@ def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
         exc = no_answer_error(exc)  # as the transport raises it
     if isinstance(exc, APIError):
         return classify(exc.status, exc.headers, exc.body, now=now)
+    if isinstance(exc, StopRunError):  # from `send`: no token to be had, a redirect refused
+        return Verdict(Action.STOP_RUN, getattr(exc, "code", None) or STOPPED_CODE,
+                       _clean_message(str(exc) or describe(exc)),
+                       misconfigured=isinstance(exc, ConfigurationError))
     if isinstance(exc, NChoicesIgnoredError):  # unusable now; permanent once confirmed (`decide`)
         return Verdict(Action.RETRY, codes.N_NOT_SUPPORTED, _clean_message(str(exc)))
     if isinstance(exc, BadResponseError):
@@ -253,7 +262,9 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
     - 1xx/3xx: FAIL_JOB "unexpected_status".
     - `APITimeoutError`: RETRY "timeout"; `APIConnectionError`: RETRY "connection_error", with the
       error's message; a raw aiohttp / OS error or timeout is classified as the transport would
-      raise it (`runner.api.transport.no_answer_error`); `NChoicesIgnoredError`: RETRY
+      raise it (`runner.api.transport.no_answer_error`); a `StopRunError` (raised by `send`: no
+      Entra ID token to be had, a redirect to another origin refused): STOP_RUN with the error's
+      `code` and message, `misconfigured` for a `ConfigurationError`; `NChoicesIgnoredError`: RETRY
       "n_not_supported" (see `decide`); other `BadResponseError`s: RETRY "bad_response";
       an `APIError`: as its status, headers and body; any other exception: FAIL_JOB
       "internal_error".

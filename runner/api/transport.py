@@ -5,17 +5,29 @@ real one. `send` returns any answer the server gives, whatever its status, and r
 answer arrived: `APITimeoutError` when a timeout fired, `APIConnectionError` otherwise (refused or
 reset connections, a body cut short, an HTTP answer aiohttp cannot parse), each raised from the
 original aiohttp or OS error (`no_answer_error`). Their messages are masked (`runner.redact`).
+
+Redirects (`follow_redirects`, which `aiohttp_sender` applies; aiohttp's own following is off):
+a call that carries a credential (`CREDENTIAL_HEADERS`: the `Authorization` bearer key or token,
+Azure's `api-key`, ...) never leaves its origin (scheme, host and port). A redirect to another
+origin raises `CrossOriginRedirect` instead of being followed: nothing is sent there, and the run
+stops (exit 2). aiohttp alone would drop only `Authorization` and carry `api-key` along. A redirect
+within the origin is followed with the same headers (307/308 with the same method and body;
+301/302/303 for GET only, up to `MAX_REDIRECTS`); any other is returned as the answer it is. A call
+with no credential (an image download from a signed URL) follows redirects anywhere.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urljoin, urlsplit
 
 from runner.errors import (
-    APIConnectionError, APITimeoutError, APIUnreachableError, StopRunError, describe,
+    APIConnectionError, APITimeoutError, APIUnreachableError, CrossOriginRedirect, StopRunError,
+    describe,
 )
 from runner.redact import mask_secrets
 
@@ -46,6 +58,66 @@ class HttpResponse:
 
 
 Send = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+MAX_REDIRECTS = 5  # same-origin redirects followed for one call; the last answer is returned after
+CREDENTIAL_HEADERS = frozenset({
+    "authorization", "api-key", "proxy-authorization", "cookie", "x-api-key",
+    "ocp-apim-subscription-key",  # Azure API Management's key, for a gateway in front of Azure
+})
+"""Request headers that carry a secret (lower-case): a call with any of them stays on its origin."""
+_FOLLOWED = frozenset({301, 302, 303, 307, 308})
+_KEEP_METHOD = frozenset({307, 308})  # 301/302/303 turn a POST into a GET: never for an API call
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of an absolute URL, lower-case, the default port filled in; a URL that
+    does not parse is an origin of its own (never equal to a real one)."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return "", url, -1
+
+
+def carries_credentials(headers: Mapping[str, str]) -> bool:
+    """Whether a request's headers hold a secret (see `CREDENTIAL_HEADERS`)."""
+    return any(name.lower() in CREDENTIAL_HEADERS for name in headers)
+
+
+def redirect_target(request: HttpRequest, response: HttpResponse) -> str | None:
+    """The absolute URL a redirect answer points to, or None when it is not one (no `location`)."""
+    if response.status not in _FOLLOWED:
+        return None
+    location = response.headers.get("location")
+    return urljoin(request.url, location.strip()) if location and location.strip() else None
+
+
+def follow_redirects(send: Send, max_redirects: int = MAX_REDIRECTS) -> Send:
+    """`send` that follows redirects by the rules of the module docstring: a credential never
+    leaves the origin of the call (`CrossOriginRedirect`, raised before anything is sent there)."""
+
+    async def following(request: HttpRequest) -> HttpResponse:
+        response = await send(request)
+        followed = 0
+        while (target := redirect_target(request, response)) is not None:
+            if origin(target) != origin(request.url) and carries_credentials(request.headers):
+                raise CrossOriginRedirect(request.url, target, response.status)
+            if followed == max_redirects:
+                break
+            if response.status in _KEEP_METHOD:
+                request = dataclasses.replace(request, url=target)
+            elif request.method in ("GET", "HEAD"):
+                request = dataclasses.replace(request, url=target, body=b"")
+            else:
+                break  # a POST moved with 301/302/303: the answer it is (a 3xx)
+            followed += 1
+            response = await send(request)
+        return response
+
+    return following
+
 
 def no_answer_errors() -> tuple[type[BaseException], ...]:
     """What aiohttp and the OS raise when no answer arrived. (TimeoutError is asyncio.TimeoutError
@@ -84,7 +156,8 @@ def open_session(*, max_connections: int, connect_timeout: float = CONNECT_TIMEO
 
 
 def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
-    """A `send` function over an aiohttp session; see the module docstring for what it raises."""
+    """A `send` function over an aiohttp session, following redirects by `follow_redirects`; see
+    the module docstring for what it raises."""
     import aiohttp  # noqa: PLC0415 (see no_answer_errors)
 
     no_answer = no_answer_errors()
@@ -96,7 +169,8 @@ def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
                                             sock_read=timeout.sock_read)
         try:
             async with session.request(request.method, request.url, headers=request.headers,
-                                       data=request.body, timeout=timeout) as response:
+                                       data=request.body, timeout=timeout,
+                                       allow_redirects=False) as response:
                 headers = {k.lower(): v for k, v in response.headers.items()}
                 if request.save_to is not None and 200 <= response.status < 300:
                     await _stream_to(response, request.save_to)
@@ -106,7 +180,7 @@ def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
         except no_answer as exc:
             raise no_answer_error(exc) from exc
 
-    return send
+    return follow_redirects(send)
 
 
 STREAM_CHUNK = 1 << 20  # one thread hop per MiB written

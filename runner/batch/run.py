@@ -53,7 +53,9 @@ from runner.batch.plan import (
 )
 from runner.batch.lineindex import LineIndex
 from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
-from runner.errors import APIError, ChangedJobsError, RunnerError, StopRunError, UnusableInput
+from runner.errors import (
+    APIError, ChangedJobsError, ConfigurationError, RunnerError, StopRunError, UnusableInput,
+)
 from runner.files import checkpoint as ckpt
 from runner.files.session import OutputSession, Stop
 from runner.files.images import (
@@ -292,6 +294,7 @@ class _Engine:
         except RunnerError as e:  # a stop (quota, key, unwritable output) or an unusable input
             stats.stop_reason = stats.stop_reason or str(e)
             stats.unusable_input = isinstance(e, UnusableInput)
+            stats.misconfigured = isinstance(e, ConfigurationError)
             self.log(f"stopping: {e}")
         if self.stop.asked:  # a signal (the engine's own stops set their reason first)
             stats.stop_reason = stats.stop_reason or self.stop.reason
@@ -369,7 +372,7 @@ class _Engine:
             if attempt and recover is not None:
                 try:
                     found = await recover()
-                except _StopRun:
+                except (_StopRun, StopRunError):
                     raise
                 except (RunnerError, OSError, asyncio.TimeoutError) as exc:
                     # It may have been done all the same: never judge it refused; stop, resumable
@@ -532,7 +535,7 @@ class _Engine:
                 found = await self.call(
                     f"create {chunk.chunk}",
                     lambda: self.client.create(chunk.file_id, chunk.url, metadata), recover=look)
-            except _StopRun:
+            except (_StopRun, StopRunError):
                 raise
             except (RunnerError, OSError, asyncio.TimeoutError) as exc:  # refused as a whole
                 verdict = classify(None, {}, None, exc=exc)

@@ -40,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from runner.files import PRIVATE_DIR, PRIVATE_FILE
 from runner.files.checkpoint import CheckpointError, fsync_dir
 from runner.redact import mask_secrets
 
@@ -202,7 +203,7 @@ class BatchState:
         """Open for appending (creating it, with a run id, if new)."""
         created = not self.path.exists()
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
             if created:
                 fsync_dir(self.path.parent)
         except OSError as e:
@@ -237,7 +238,7 @@ class BatchState:
         """Write the chunk's input file (durably), then record it as planned."""
         path = self.chunk_file(chunk.chunk)
         try:
-            self.dir.mkdir(exist_ok=True)
+            self.dir.mkdir(mode=PRIVATE_DIR, exist_ok=True)  # chunk files hold the prompts
             tmp = path.with_suffix(".tmp")
             with open(tmp, "wb") as f:
                 f.write(data)

@@ -20,6 +20,7 @@ import orjson
 
 from runner.errors import ChangedJobsError
 from runner.exit_codes import EXIT_IN_PROGRESS, EXIT_USAGE
+from runner.files import PRIVATE_FILE
 from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
 from runner.api.endpoint import DEFAULT_BASE_URL, Endpoint, check_api_version
@@ -397,7 +398,7 @@ def merge_command(outputs: tuple[Path, ...], merged: Path) -> None:
         _usage_error(f"cannot read {e.filename}: {e.strerror}")
     partial = merged.with_name(merged.name + ".merging")
     try:
-        with open(partial, "wb") as f:
+        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE), "wb") as f:
             f.writelines(lines)
             f.flush()
             os.fsync(f.fileno())

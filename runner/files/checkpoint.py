@@ -25,6 +25,7 @@ import orjson
 
 from jobs.results import OutputState
 from runner.errors import StopRunError
+from runner.files import PRIVATE_FILE
 from runner.files.lines import LineSplitter
 from runner.redact import redact_bytes
 
@@ -213,7 +214,7 @@ class Checkpoint:
         only the run that created the file: that run may have ended before syncing any line
         (killed, or `--via batch --no-wait`), leaving a name no later run would make durable."""
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
         except OSError as e:
             raise CheckpointError(f"cannot open the output {self.path}: {e.strerror}") from None
         self._new_entry = True

@@ -48,6 +48,7 @@ from jobs.job import Job
 from jobs.reader import BadLine
 from runner.api.transport import HttpRequest, Send
 from runner.errors import RunnerError, StopRunError
+from runner.files import PRIVATE_DIR, PRIVATE_FILE
 
 MAX_SAFE_CHARS = 100
 DOWNLOAD_ATTEMPTS = 5
@@ -110,13 +111,13 @@ def write_new_file(directory: Path, stem: str, ext: str, data: bytes, *,
     (temp file, fsync, link, fsync the folder); never replaces an existing file. With
     `reuse_identical`, a file of those names already holding exactly `data` is returned instead
     (a collect redone after a kill finds the images it saved before its line was written)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     if reuse_identical:
         found = _identical(directory, stem, ext, data)
         if found is not None:
             return found
     tmp = directory / f".{stem}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
     try:
         view = memoryview(data)
         while view:

@@ -498,6 +498,8 @@ class Dispatcher:
                 if verdict.endpoint_fault:  # the URL and the likely fix first
                     why = (f"{setup_hint(self._endpoint, request.url, request.model, verdict.code)}"
                            f" ({why})")
+                if not self.stopping:  # the first stop's reason is the run's, and so its exit code
+                    self.stats.misconfigured = verdict.misconfigured
                 self.stop(why)
                 return
             if decision.step is Step.FAIL:

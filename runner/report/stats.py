@@ -54,6 +54,7 @@ class RunStats:
     limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # model -> (rpm, tpm)
     stop_reason: str | None = None
     unusable_input: bool = False  # stopped because the input cannot be run at all (exit 2)
+    misconfigured: bool = False  # stopped by a setting rerunning cannot mend (a ConfigurationError: exit 2)
 
     @property
     def failed_total(self) -> int:
@@ -102,9 +103,10 @@ class RunStats:
 
     def exit_code(self) -> int:
         """0: all jobs succeeded; 1: finished, some failed; 2: stopped because the input cannot be
-        run (not a job file, an unreadable compression); 3: stopped early, resumable."""
+        run (not a job file, an unreadable compression) or a setting is wrong (the API redirects
+        to another origin, a fresh token is refused); 3: stopped early, resumable."""
         if self.stop_reason is not None:
-            return EXIT_USAGE if self.unusable_input else EXIT_STOPPED
+            return EXIT_USAGE if self.unusable_input or self.misconfigured else EXIT_STOPPED
         if self.failed_total or self.kept_failed or self.bad_lines or self.duplicates:
             return EXIT_SOME_FAILED
         return EXIT_OK

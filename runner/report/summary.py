@@ -145,6 +145,9 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
     if stats.stop_reason and stats.unusable_input:
         lines.append("STOPPED: the input cannot be run as it is (see above); results written so far "
                      "are kept")
+    elif stats.stop_reason and stats.misconfigured:
+        lines.append("STOPPED: a setting is wrong (see above); results written so far are kept: "
+                     "fix it, then run the same command again to resume")
     elif stats.stop_reason:
         lines.append(f"STOPPED EARLY ({stats.stop_reason}); run the same command again to resume")
     return lines
