@@ -49,3 +49,51 @@ def test_runner_merge_writes_one_output(tmp_path):
                             "-o", str(tmp_path / "1.jsonl")], cwd=ROOT, capture_output=True,
                            text=True, timeout=60)
     assert again.returncode == 2  # never over one of its inputs
+
+
+# -- the command's guard and the forgotten shard -------------------------------------------------------
+
+def _merge_cli(*args):
+    from click.testing import CliRunner
+    from runner.cli.main import main
+    return CliRunner().invoke(main, ["merge", *map(str, args)])
+
+
+def _result(cid):
+    import orjson
+    return orjson.dumps({"id": f"r-{cid}", "custom_id": cid, "error": None,
+                         "response": {"status_code": 200, "request_id": None, "body": {}}}) + b"\n"
+
+
+def _job(cid):
+    import orjson
+    return orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/embeddings",
+                         "body": {"model": "text-embedding-3-small", "input": cid}}) + b"\n"
+
+
+def test_merge_refuses_to_write_over_a_job_file_and_changes_nothing(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(_job("a") + _job("b"))
+    part = tmp_path / "big.1.jsonl"
+    part.write_bytes(_result("a"))
+    before = jobs.read_bytes()
+    result = _merge_cli(part, "-o", jobs)
+    assert result.exit_code == 2 and "holds job lines" in result.output
+    assert jobs.read_bytes() == before
+    result = _merge_cli(part, "-o", jobs, "--jobs", jobs)
+    assert result.exit_code == 2 and jobs.read_bytes() == before
+
+
+def test_merge_given_the_job_file_reports_jobs_no_output_holds_and_exits_3(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b"".join(_job(c) for c in "abcd"))
+    one, two = tmp_path / "big.1.jsonl", tmp_path / "big.2.jsonl"
+    one.write_bytes(_result("a") + _result("b"))
+    two.write_bytes(_result("d"))
+    merged = tmp_path / "all.jsonl"
+    result = _merge_cli(one, two, "-o", merged, "--jobs", jobs)
+    assert result.exit_code == 3, result.output
+    assert "1 jobs of" in result.output and "'c' (line 3)" in result.output
+    assert len(merged.read_bytes().splitlines()) == 3
+    two.write_bytes(_result("c") + _result("d"))
+    assert _merge_cli(one, two, "-o", merged, "--jobs", jobs).exit_code == 0

@@ -19,7 +19,7 @@ import click
 import orjson
 
 from runner.errors import ChangedJobsError
-from runner.exit_codes import EXIT_IN_PROGRESS, EXIT_USAGE
+from runner.exit_codes import EXIT_IN_PROGRESS, EXIT_STOPPED, EXIT_USAGE
 from runner.files import PRIVATE_FILE
 from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
@@ -380,18 +380,30 @@ def _outputs(output: Path) -> list[Path]:
     return matches
 
 
-@main.command("merge", epilog="Exit codes: 0 written; 2 an OUTPUT unreadable, or ALL is one of them.")
+@main.command("merge", epilog="Exit codes: 0 written; 2 an OUTPUT unreadable, or -o names one of "
+                              "them, the job file or another job file (nothing written); 3 with "
+                              "--jobs: written, but jobs of INPUT have no line in any OUTPUT.")
 @click.argument("outputs", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--output", "-o", "merged", required=True,
               type=click.Path(dir_okay=False, path_type=Path), help="Where the merged output goes.")
-def merge_command(outputs: tuple[Path, ...], merged: Path) -> None:
+@click.option("--jobs", "jobs_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="INPUT", help="The job file the outputs answer: jobs that no output holds (a "
+                                    "shard forgotten) are reported, and the exit code is 3.")
+def merge_command(outputs: tuple[Path, ...], merged: Path, jobs_path: str | None = None) -> None:
     """Write one output with each job's final line once, from the OUTPUTS of several runs (the
     shards of one input: `runner run --shard K/N`). A success beats a failure whichever output
-    holds it; torn, blank and non-JSON lines are dropped."""
+    holds it; torn, blank and non-JSON lines are dropped. The merge is written atomically (a
+    temporary file renamed over -o, its folder synced)."""
     from jobs.merge import merge_outputs
+    from runner.files.checkpoint import fsync_dir
+    from runner.files.guard import check_output
     if merged.resolve() in {path.resolve() for path in outputs}:
         _usage_error(f"{merged} is one of the outputs merged: write the merge elsewhere")
+    try:  # never over a job file (the one given, or any other), nor a compressed file
+        check_output(jobs_path or "", merged)
+    except CheckpointError as e:
+        _usage_error(str(e))
     try:
         lines = merge_outputs(path.read_bytes().splitlines() for path in outputs)
     except OSError as e:
@@ -403,9 +415,23 @@ def merge_command(outputs: tuple[Path, ...], merged: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, merged)
+        fsync_dir(merged.resolve().parent)
     except OSError as e:
         _usage_error(f"cannot write {merged}: {e.strerror}")
     click.echo(f"runner: {len(lines):,} jobs from {len(outputs)} outputs -> {merged}", err=True)
+    if jobs_path is not None:
+        from jobs.job import Job
+        from jobs.reader import read_jobs
+        from runner.files.inputs import input_lines
+        held = {orjson.loads(line).get("custom_id") for line in lines}
+        missing = [item for item in read_jobs(input_lines(jobs_path), jobs_path)
+                   if isinstance(item, Job) and item.custom_id not in held]
+        if missing:
+            shown = ", ".join(f"{m.custom_id!r} (line {m.line})" for m in missing[:5])
+            more = f" and {len(missing) - 5:,} more" if len(missing) > 5 else ""
+            click.echo(f"runner: {len(missing):,} jobs of {jobs_path} are in no output merged: "
+                       f"{shown}{more} (a shard forgotten, or not run yet)", err=True)
+            sys.exit(EXIT_STOPPED)
 
 
 @configurable(schema=run_command)
