@@ -7,7 +7,8 @@ Two complementary guards:
   `redact_bytes` (a server may echo the key back in an error body).
 - `mask_secrets` masks what *looks like* a secret in text from outside (an error message or an
   exception): OpenAI-style keys (`sk-...`, `sk-proj-...`, a masked `sk-abc***xyz`) become `sk-***`,
-  and secret query parameters in URLs (`?api-key=...`, `&sig=...`) become `api-key=***`.
+  JSON Web Tokens (a Microsoft Entra ID token: `eyJ....eyJ....sig`) become `eyJ***`, and secret
+  query parameters in URLs (`?api-key=...`, `&sig=...`) become `api-key=***`.
 
 Strings shorter than `MIN_SECRET_LEN` are never treated as secrets (they would redact ordinary
 words).
@@ -25,6 +26,8 @@ MIN_SECRET_LEN = 8
 
 # An API key as OpenAI-style services print it ("sk-...", "sk-proj-...", masked "sk-abc***xyz").
 _API_KEY = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*.]{3,}")
+# A JSON Web Token (header.payload.signature, base64url; both JSON parts start `{"` = `eyJ`).
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 # A secret in a URL's query string ("?api-key=...", "&sig=...") as a connection error may print it.
 _SECRET_PARAM = re.compile(r"\b(api[-_]?key|key|token|sig|code|password|passwd|pwd|secret)"
                            r"=[^&\s'\"]+", re.IGNORECASE)
@@ -51,6 +54,7 @@ def redact_bytes(data: bytes, secrets: Iterable[str]) -> bytes:
 def mask_secrets(text: str) -> str:
     """`text` with anything shaped like an API key, or a secret URL parameter, masked."""
     text = _API_KEY.sub("sk-***", text)
+    text = _JWT.sub("eyJ***", text)
     return _SECRET_PARAM.sub(r"\1=***", text)
 
 

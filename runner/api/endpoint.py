@@ -3,14 +3,16 @@
 OpenAI: `{base_url}/chat/completions` with `Authorization: Bearer KEY`; the job's `url`
 (`/v1/chat/completions`) is taken relative to the base URL, which ends in `/v1`.
 Azure OpenAI: `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=V` with an
-`api-key` header (or a Microsoft Entra ID bearer token); the job's `model` names the deployment
-unless `deployments` maps it to another name.
+`api-key` header (or a Microsoft Entra ID bearer token: a fixed one in `api_key`, or one that
+refreshes itself from `tokens`, put into each call by the `send` that `authorize` wraps); the
+job's `model` names the deployment unless `deployments` maps it to another name.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -19,7 +21,10 @@ from jobs import codes
 from jobs.endpoints import RESPONSES, spec_of
 from jobs.packing import Request
 from runner.api.multipart import multipart_body
-from runner.api.transport import HttpRequest
+from runner.api.transport import HttpRequest, Send
+
+if TYPE_CHECKING:
+    from runner.api.entra import TokenSource
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 USER_AGENT = "runner/0.1"
@@ -43,6 +48,8 @@ class Endpoint:
     api_version: str | None = None
     bearer: bool = False  # Azure with a Microsoft Entra ID token instead of an api-key
     deployments: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    tokens: TokenSource | None = field(default=None, repr=False, compare=False)
+    """Entra ID tokens that refresh themselves (`runner.api.entra`), instead of `api_key`."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
@@ -66,9 +73,24 @@ class Endpoint:
         return (self.base_url, self.deployment(model) if self.azure else model)
 
     def headers(self) -> dict[str, str]:
-        auth = ({"api-key": self.api_key} if self.azure and not self.bearer
-                else {"Authorization": f"Bearer {self.api_key}"})
+        """The headers of every call, with the credential (with `tokens`, the token current now:
+        the `send` that `authorize` wraps puts in the one current when the call leaves)."""
+        if self.tokens is not None:
+            auth = {"Authorization": f"Bearer {self.tokens.current}"}
+        elif self.azure and not self.bearer:
+            auth = {"api-key": self.api_key}
+        else:
+            auth = {"Authorization": f"Bearer {self.api_key}"}
         return {**auth, "Content-Type": "application/json", "User-Agent": USER_AGENT}
+
+    def authorize(self, send: Send) -> Send:
+        """`send` for this endpoint's calls: with `tokens`, each call gets the current Entra ID
+        token and a 401 is judged (`runner.api.entra.authorized`); otherwise `send` itself."""
+        if self.tokens is None:
+            return send
+        from runner.api.entra import authorized  # noqa: PLC0415 (only Entra runs need it)
+
+        return authorized(send, self.tokens, self.base_url)
 
     def build(self, request: Request) -> HttpRequest:
         """The HTTP request for an API call; the body is the request's body, unchanged (as JSON),

@@ -12,7 +12,7 @@
 
 OpenAI: `{base_url}/files`, `Authorization: Bearer KEY`, the batch `endpoint` as the job's url
 (`/v1/chat/completions`). Azure OpenAI: `{endpoint}/openai/files?api-version=V`, an `api-key`
-header (or Entra ID bearer), and the batch `endpoint` without the `/v1` prefix (`/chat/completions`),
+header (or Entra ID bearer, refreshed as it expires: `Endpoint.authorize`), and the batch `endpoint` without the `/v1` prefix (`/chat/completions`),
 as Azure's global batch takes it (checked against api-version 2024-10-21).
 
 Every call returns the answer's JSON (bytes for `content`) or raises: `APIError` for a non-2xx
@@ -47,7 +47,7 @@ class BatchClient:
 
     def __init__(self, send: Send, endpoint: Endpoint, *,
                  boundary: str | None = None) -> None:
-        self._send = send
+        self._send = endpoint.authorize(send)  # Entra ID tokens that refresh themselves
         self.endpoint = endpoint
         self._boundary = boundary or "runner-" + os.urandom(12).hex()
 

@@ -18,7 +18,7 @@ import click
 
 import orjson
 
-from runner.errors import ChangedJobsError
+from runner.errors import ChangedJobsError, RunnerError
 from runner.exit_codes import EXIT_IN_PROGRESS, EXIT_STOPPED, EXIT_USAGE
 from runner.files import PRIVATE_FILE
 from runner.files.checkpoint import CheckpointError
@@ -85,6 +85,20 @@ class ShardType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+def entra_options(command):  # type: ignore[no-untyped-def]
+    """--azure-ad-token-command and --azure-identity: Entra ID tokens that refresh themselves."""
+    command = click.option(
+        "--azure-identity", is_flag=True,
+        help="Azure: Microsoft Entra ID tokens from DefaultAzureCredential (managed identity, "
+             "workload identity, environment, Azure CLI), refreshed before they expire; needs "
+             "the azure-identity extra.")(command)
+    return click.option(
+        "--azure-ad-token-command", metavar="CMD",
+        help="Azure: a command printing a Microsoft Entra ID token (e.g. az account "
+             "get-access-token --resource https://cognitiveservices.azure.com --query "
+             "accessToken -o tsv), run at the start and again before the token expires.")(command)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Run JSONL batch jobs (OpenAI Batch API format) against an OpenAI-compatible API:
@@ -143,6 +157,7 @@ def main() -> None:
 @click.option("--azure-ad-token-env", metavar="NAME",
               help="Azure: name of the variable holding a Microsoft Entra ID token, sent as a "
                    "bearer token instead of an api-key.")
+@entra_options
 @click.option("--timeout", "read_timeout", type=POSITIVE, default=READ_TIMEOUT_S, show_default=True,
               help="Seconds to wait for an answer before retrying.")
 @click.option("--no-pack", is_flag=True,
@@ -180,7 +195,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                 batch_max_requests: int | None = None,
                 batch_max_bytes: int = BATCH_MAX_BYTES, redis_url: str | None = None,
                 redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S, shard: Shard | None = None,
-                changed: str = "refuse") -> None:
+                changed: str = "refuse", azure_ad_token_command: str | None = None,
+                azure_identity: bool = False) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
@@ -192,7 +208,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         _check_readable(input_path)
     prices = _load_prices(prices_file)
     endpoint = _endpoint(base_url, api_key_env, azure_endpoint, api_version, deployments,
-                         azure_ad_token_env)
+                         azure_ad_token_env, token_command=azure_ad_token_command,
+                         identity=azure_identity)
     from runner.batch.state import open_batches
     if via == "live" and open_batches(output):
         _usage_error(f"{output} has {open_batches(output)} batch(es) open at the provider "
@@ -223,11 +240,15 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
 
 def _endpoint(base_url: str, api_key_env: str | None, azure_endpoint: str | None,
               api_version: str | None, deployments: tuple[str, ...],
-              azure_ad_token_env: str | None) -> Endpoint:
+              azure_ad_token_env: str | None, *, token_command: str | None = None,
+              identity: bool = False) -> Endpoint:
     """The endpoint and its credentials from the options and the environment (exit 2 if missing)."""
     azure = bool(azure_endpoint)
-    if not azure and (deployments or azure_ad_token_env):
-        _usage_error("--deployment and --azure-ad-token-env need --azure-endpoint (or AZURE_OPENAI_ENDPOINT)")
+    if not azure and (deployments or azure_ad_token_env or token_command or identity):
+        _usage_error("--deployment, --azure-ad-token-env, --azure-ad-token-command and "
+                     "--azure-identity need --azure-endpoint (or AZURE_OPENAI_ENDPOINT)")
+    if sum(map(bool, (azure_ad_token_env, token_command, identity))) > 1:
+        _usage_error("give one of --azure-ad-token-env, --azure-ad-token-command and --azure-identity")
     mapping: dict[str, str] = dict(config_deployments())  # [deployments] of the config file
     for item in deployments:
         model, sep, name = item.partition("=")
@@ -238,6 +259,9 @@ def _endpoint(base_url: str, api_key_env: str | None, azure_endpoint: str | None
         check_api_version(azure, api_version)
     except ValueError as e:
         _usage_error(str(e))
+    if token_command or identity:
+        return Endpoint(base_url=azure_endpoint or "", azure=True, api_version=api_version,
+                        bearer=True, deployments=mapping, tokens=_tokens(token_command))
     key_env = azure_ad_token_env or api_key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY")
     api_key = os.environ.get(key_env, "")
     if not api_key:
@@ -249,6 +273,21 @@ def _endpoint(base_url: str, api_key_env: str | None, azure_endpoint: str | None
                         api_version=api_version, bearer=bool(azure_ad_token_env),
                         deployments=mapping)
     return Endpoint(base_url=base_url, api_key=api_key)
+
+
+def _tokens(command: str | None):  # type: ignore[no-untyped-def]
+    """The Entra ID token source of --azure-ad-token-command CMD, or of --azure-identity."""
+    from runner.api.entra import TokenSource, command_provider, identity_provider
+    from runner.redact import mask_secrets
+    if command:
+        return TokenSource(command_provider(command),
+                           what=f"--azure-ad-token-command {mask_secrets(command)!r}")
+    try:
+        provider = identity_provider()
+    except ImportError:
+        _usage_error("--azure-identity needs the azure-identity package: "
+                     "pip install 'runner[azure-identity]'")
+    return TokenSource(provider, what="--azure-identity (DefaultAzureCredential)")
 
 
 def _load_prices(path: Path | None) -> PriceTable:
@@ -329,7 +368,9 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
 @click.option("--refresh", "refresh_", is_flag=True,
               help="--via batch outputs: also ask the provider for its open batches (key and URL "
                    "from the environment, as for `run`).")
-def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool = False) -> None:
+@entra_options
+def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool = False,
+                   azure_ad_token_command: str | None = None, azure_identity: bool = False) -> None:
     """Show which jobs of INPUT are done, failed (by error code, permanent or transient) or still
     pending in OUTPUT, without calling the API. Safe to run while a run is writing OUTPUT."""
     from runner.batch.cli import batches_table, print_refresh, refresh
@@ -364,8 +405,12 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
     if refresh_ and state is not None:
         endpoint = _endpoint(os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL), None,
                              os.environ.get("AZURE_OPENAI_ENDPOINT"),
-                             os.environ.get("OPENAI_API_VERSION"), (), None)
-        print_refresh(asyncio.run(refresh(output, endpoint)))
+                             os.environ.get("OPENAI_API_VERSION"), (), None,
+                             token_command=azure_ad_token_command, identity=azure_identity)
+        try:
+            print_refresh(asyncio.run(refresh(output, endpoint)))
+        except RunnerError as e:
+            _usage_error(f"--refresh: {e}")
     sys.exit(EXIT_IN_PROGRESS if still_open else result.exit_code())  # 4 whenever one is open
 
 
@@ -453,18 +498,21 @@ def merge_command(outputs: tuple[Path, ...], merged: Path, jobs_path: str | None
 @click.option("--deployment", "deployments", multiple=True, metavar="MODEL=NAME",
               help="Azure: MODEL's deployment NAME (repeatable).")
 @click.option("--azure-ad-token-env", metavar="NAME", help="Azure: variable of an Entra ID token.")
+@entra_options
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Append timestamped messages to this file.")
 def cancel_command(input_path: str, output: Path, wait: bool, poll_every: float | None,
                    base_url: str, api_key_env: str | None, azure_endpoint: str | None,
                    api_version: str | None, deployments: tuple[str, ...],
-                   azure_ad_token_env: str | None, log_file: Path | None) -> None:
+                   azure_ad_token_env: str | None, log_file: Path | None,
+                   azure_ad_token_command: str | None = None, azure_identity: bool = False) -> None:
     """Cancel every batch of OUTPUT still running at the provider (from OUTPUT.batches) and
     collect what they finished; their other jobs stay pending for a later `runner run`."""
     from runner.batch.cli import execute_batch
     from runner.batch.run import BatchRunConfig
     endpoint = _endpoint(base_url, api_key_env, azure_endpoint, api_version, deployments,
-                         azure_ad_token_env)
+                         azure_ad_token_env, token_command=azure_ad_token_command,
+                         identity=azure_identity)
     config = BatchRunConfig(input=input_path, output=output, endpoint=endpoint, wait=wait,
                             poll_every=poll_every, cancel=True)
     sys.exit(execute_batch(config, log_file=log_file))

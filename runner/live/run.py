@@ -123,6 +123,7 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                connect_timeout=config.connect_timeout,
                                read_timeout=config.read_timeout)
         send = aiohttp_sender(session)
+    send = config.endpoint.authorize(send)  # Entra ID tokens that refresh themselves
     if limiters is None:
         limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s,
                             scope=config.budget_scope)
