@@ -144,6 +144,8 @@ class Intake:
         state, cid = self.state, job.custom_id
         final = cid in state.done or cid in state.permanent
         if final and state.changed(cid, job.fingerprint):
+            if cid in state.permanent and self.retry_failed:
+                return Pending(job, changed=True)  # retried anyway: --retry-failed said so
             if self.changed is ChangedPolicy.REFUSE:
                 return Refuse(job)
             if self.changed is ChangedPolicy.KEEP:

@@ -312,8 +312,15 @@ def _route_not_found(code: str | None, message: str | None, body: Any) -> bool:
     """Whether a 404 says the URL itself is wrong (see `_ROUTE_404_CODES`), not the job."""
     if code is not None:
         return code in _ROUTE_404_CODES
+    if message is None and isinstance(body, (bytes, str)):
+        try:  # a web framework's {"detail": "..."}: the route only when it says just that
+            detail = json.loads(body).get("detail")
+        except (ValueError, AttributeError):
+            detail = None
+        if isinstance(detail, str):
+            return detail.strip().lower() == "not found"
     if message is None:
-        return True  # no message at all ({"detail": "Not Found"} has none we read): the route
+        return True  # no message at all (an empty body): the route
     return bool(_ROUTE_404_MESSAGE.match(message))
 
 

@@ -245,3 +245,10 @@ def test_estimate_against_an_output_counts_only_what_a_rerun_sends_and_the_chang
     assert data["jobs"] == 2 and data["kept_from_output"] == 4
     assert data["changed"]["count"] == 2
     assert [f["custom_id"] for f in data["changed"]["first"]] == ["job 0/ü", "job 4/ü"]
+
+
+def test_a_fixed_permanent_failure_is_retried_with_retry_failed_not_refused():
+    state = state_with(a=("permanent", "p"))
+    for policy in ChangedPolicy:
+        decision = Intake(state, retry_failed=True, changed=policy).decide(job("a", "fixed"))
+        assert isinstance(decision, Pending) and decision.changed

@@ -101,3 +101,8 @@ def test_a_wrong_base_url_stops_within_seconds_writes_no_failure_and_the_fixed_r
     assert code == 0, err
     assert len(read_results(out)) == 200
     assert all(r["error"] is None for r in read_results(out))
+
+
+def test_a_frameworks_404_naming_a_model_is_the_jobs_own():
+    assert not classify(404, {}, b'{"detail": "Model bad not found"}').endpoint_fault
+    assert classify(404, {}, b'{"detail": "Not Found"}').endpoint_fault

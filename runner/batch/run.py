@@ -581,10 +581,10 @@ class _Engine:
             self.log(f"batch {chunk.chunk} refused: {code}: {message}; its {chunk.job_count} jobs fail")
             # closed first: a kill before the lines are all written leaves the jobs without them
             # pending (nothing ran), never a rerun refusing the chunk again and writing them twice
+            printed = dict(chunk.fingerprints)  # closing the chunk forgets them
             self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
             for line_id, ids in chunk.lines:
-                self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}",
-                                    chunk.fingerprints)
+                self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}", printed)
             await self.checkpoint.sync()
         await self.forget_file(chunk)
 

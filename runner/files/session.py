@@ -26,7 +26,7 @@ from jobs.intake import ChangedPolicy, ChangedReport, Intake, Refuse
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate
 from jobs.results import OutputState
-from runner.errors import ChangedJobsError
+from runner.errors import ChangedJobsError, RunnerError
 from runner.files import checkpoint as ckpt
 from runner.files.guard import check_output
 from runner.files.inputs import STDIN, input_name
@@ -146,11 +146,14 @@ class OutputSession:
             return
         report = ChangedReport()
         intake = Intake(state)
-        async for item in items():
-            if self.stop.asked:
-                return
-            if isinstance(item, Job) and isinstance(intake.decide(item), Refuse):
-                report.add(item)
+        try:
+            async for item in items():
+                if self.stop.asked:
+                    return
+                if isinstance(item, Job) and isinstance(intake.decide(item), Refuse):
+                    report.add(item)
+        except (RunnerError, ValueError, OSError):  # not a job file, unreadable: the backend's
+            return                                  # own reading reports it as it always has
         if report.count:
             raise ChangedJobsError(report.message(input_name(self.input), str(self.output)))
 
