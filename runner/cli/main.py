@@ -204,6 +204,7 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
     when the same jobs are piped again; a job edited since its result is refused (see --changed). With --via batch the jobs go through the hosted Batch API
     instead (half price, within 24 h), recorded in OUTPUT.batches.
     """
+    _warn_password_in_argv(redis_url)
     if input_path != "-":
         _check_readable(input_path)
     prices = _load_prices(prices_file)
@@ -273,6 +274,17 @@ def _endpoint(base_url: str, api_key_env: str | None, azure_endpoint: str | None
                         api_version=api_version, bearer=bool(azure_ad_token_env),
                         deployments=mapping)
     return Endpoint(base_url=base_url, api_key=api_key)
+
+
+def _warn_password_in_argv(redis_url: str | None) -> None:
+    """A Redis URL with a password given as a flag is in every process listing: say so."""
+    from click.core import ParameterSource
+    from runner.redact import redact_url
+    source = click.get_current_context().get_parameter_source("redis_url")
+    if redis_url and source is ParameterSource.COMMANDLINE and redact_url(redis_url) != redis_url:
+        click.echo("runner: warning: the --redis URL holds a password, which every user of this "
+                   "machine can read in process listings; set RUNNER_REDIS_URL or `redis` in the "
+                   "config file instead", err=True)
 
 
 def _tokens(command: str | None):  # type: ignore[no-untyped-def]
