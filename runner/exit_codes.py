@@ -6,7 +6,10 @@
           lines are in OUTPUT), or INPUT has bad or      jobs failed permanently, or INPUT has bad
           duplicate lines                                or duplicate lines
     2     usage error, unreadable input, OUTPUT in use   INPUT or OUTPUT cannot be read, or a usage
-          by another run, or --redis unreachable         error
+          by another run, --redis unreachable, or a      error
+          setting that cannot work (a redirect to
+          another origin, a fresh Entra ID token
+          refused: `runner.errors.ConfigurationError`)
     3     stopped early and resumable: quota, key        work remains: jobs without a result line
           rejected, a signal, OUTPUT or INPUT could      or failed transiently; the same `runner
           no longer be written or read, --redis lost     run` command resumes them

@@ -157,7 +157,7 @@ def after(successes: int):
 @pytest.mark.parametrize("successes", [0, 5])
 async def test_live_a_redirect_to_another_origin_stops_the_run_with_exit_2_and_sends_nothing_more(
         tmp_path, style, successes):
-    jobs = write_jobs(tmp_path / "in.jsonl", 20, kinds=("chat",))
+    write_jobs(tmp_path / "in.jsonl", 20, kinds=("chat",))
     messages: list[str] = []
     async with Simulator(SimConfig()) as sim:
         b = Front(sim.azure_endpoint)
@@ -178,7 +178,6 @@ async def test_live_a_redirect_to_another_origin_stops_the_run_with_exit_2_and_s
     done = read_results(tmp_path / "out.jsonl") if successes else []
     assert len(done) == successes and all(r["error"] is None for r in done)  # kept, resumable
     assert not any(KEY in m for m in messages)
-    del jobs
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -206,8 +205,8 @@ async def test_live_an_image_edit_upload_redirected_elsewhere_is_not_sent_there(
 async def test_live_a_same_origin_redirect_is_followed_and_the_run_succeeds(tmp_path, style):
     jobs = write_jobs(tmp_path / "in.jsonl", 6, kinds=("chat",))
     async with Simulator(SimConfig()) as sim:
-        b = Front(sim.azure_endpoint)
-        async with serving(b) as b_url:
+        b = Front(sim.azure_endpoint)  # another origin, which must see nothing
+        async with serving(b):
             a = Front(sim.azure_endpoint)
             async with serving(a) as a_url:
                 # every first call of a job is moved to the same path at A itself, once

@@ -56,7 +56,7 @@ from runner.redact import mask_secrets
 
 __all__ = [
     "COGNITIVE_SCOPE", "REFRESH_BEFORE_S", "EXPIRY_MARGIN_S", "RETRY_FETCH_S", "MIN_REFETCH_S",
-    "COMMAND_TIMEOUT_S", "Token", "TokenProvider", "TokenSource", "jwt_expiry", "parse_token",
+    "COMMAND_TIMEOUT_S", "Token", "TokenProvider", "Lease", "TokenSource", "jwt_expiry", "parse_token",
     "command_provider", "identity_provider", "authorized",
 ]
 

@@ -44,8 +44,10 @@ Exit codes:
   1  the run finished but some jobs failed (their error lines are in OUTPUT)
   2  usage error, unreadable input or one that is not a job file, an
      output that must not receive results (the job file itself, another
-     job file, a compressed file, or one in use by another run), or jobs
-     changed since their results (see --changed)
+     job file, a compressed file, or one in use by another run), jobs
+     changed since their results (see --changed), or a setting that cannot
+     work: the API redirected to another origin (the key is not sent there),
+     a fresh Entra ID token refused; results kept
   3  stopped early and resumable: quota exhausted, key rejected, interrupted
      by a signal, or the output could no longer be written; run the same
      command again to resume
