@@ -180,6 +180,9 @@ def test_an_edited_job_file_is_refused_before_anything_is_sent_then_rerun_or_kep
         assert kept.exit_code == 0, kept.output
         assert out.read_bytes() == before
         assert "2 kept with their old results" in kept.output
+        kept_status = CliRunner().invoke(main, ["status", str(jobs_path), "-o", str(out),
+                                                "--changed", "keep"])
+        assert kept_status.exit_code == 0, kept_status.output  # as the kept run sees it
 
         rerun = CliRunner().invoke(main, [*args, "--changed", "rerun"])
         assert rerun.exit_code == 0, rerun.output

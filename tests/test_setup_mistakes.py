@@ -106,3 +106,30 @@ def test_a_wrong_base_url_stops_within_seconds_writes_no_failure_and_the_fixed_r
 def test_a_frameworks_404_naming_a_model_is_the_jobs_own():
     assert not classify(404, {}, b'{"detail": "Model bad not found"}').endpoint_fault
     assert classify(404, {}, b'{"detail": "Not Found"}').endpoint_fault
+
+
+def test_a_route_this_server_lacks_fails_only_its_jobs_when_other_routes_answer():
+    """The embeddings job's 404 comes back at once, while the chat request is still on the wire:
+    once that succeeds, the 404 is the job's own failure, not a wrong base URL."""
+    import asyncio
+    from jobs.job import Job
+    chat = Script()
+
+    async def send(req):
+        if req.url.endswith("/embeddings"):
+            return error(404, None, "Invalid URL (POST /v1/embeddings)")
+        await asyncio.sleep(0.5)
+        return await chat(req)
+    embed = Job("embed", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"}, 1)
+    records, stats = dispatch([chat_job(1), embed, *(chat_job(i) for i in range(2, 5))], send)
+    assert stats.stop_reason is None
+    failed = [r for r in records if r["error"] is not None]
+    assert [r["custom_id"] for r in failed] == ["embed"]
+    assert sum(r["error"] is None for r in records) == 4
+
+
+def test_when_nothing_answers_the_route_fault_still_stops_the_run():
+    records, stats = dispatch([chat_job(i) for i in range(6)],
+                              Script(lambda n, req, body: error(404, None, "Invalid URL")))
+    assert stats.exit_code() == 3 and "404 for the route itself" in stats.stop_reason
+    assert records == []

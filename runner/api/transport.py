@@ -18,8 +18,10 @@ with no credential (an image download from a signed URL) follows redirects anywh
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -137,9 +139,26 @@ def no_answer_error(exc: TimeoutError | aiohttp.ClientError | OSError) -> APICon
         return APIConnectionError(mask_secrets(f"malformed HTTP answer: {exc.message}"))
     if isinstance(exc, TimeoutError):
         return APITimeoutError(mask_secrets(describe(exc)))
-    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError, socket.gaierror)):
-        return APIUnreachableError(mask_secrets(describe(exc)))  # refused, no such host, TLS
+    if _unreachable(exc):
+        return APIUnreachableError(mask_secrets(describe(exc)))
     return APIConnectionError(mask_secrets(describe(exc)))
+
+
+UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether no connection could be made to the server at all: refused, no route, the host
+    name does not resolve, TLS failed. Not a local shortage (too many open files) nor a
+    connection lost after it was made (reset, disconnected)."""
+    import aiohttp
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return True
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        exc = exc.os_error
+    if isinstance(exc, (socket.gaierror, ssl.SSLError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in UNREACHABLE_ERRNOS
 
 
 def open_session(*, max_connections: int, connect_timeout: float = CONNECT_TIMEOUT_S,

@@ -382,9 +382,14 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
 @click.option("--refresh", "refresh_", is_flag=True,
               help="--via batch outputs: also ask the provider for its open batches (key and URL "
                    "from the environment, as for `run`).")
+@click.option("--changed", type=click.Choice([p.value for p in ChangedPolicy]), default="refuse",
+              show_default=True,
+              help="As for `run`: with keep, jobs edited since their result count as their old "
+                   "result says (the old result is kept); otherwise they count as changed.")
 @entra_options
 def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool = False,
-                   azure_ad_token_command: str | None = None, azure_identity: bool = False) -> None:
+                   azure_ad_token_command: str | None = None, azure_identity: bool = False,
+                   changed: str = "refuse") -> None:
     """Show which jobs of INPUT are done, failed (by error code, permanent or transient) or still
     pending in OUTPUT, without calling the API. Safe to run while a run is writing OUTPUT."""
     from runner.batch.cli import batches_table, print_refresh, refresh
@@ -394,7 +399,8 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
     outputs = _outputs(output)
     output = outputs[0]  # a glob matching one file names that file
     try:
-        result = status(input_path, outputs)
+        result = status(input_path, outputs,
+                        keep_changed=ChangedPolicy(changed) is ChangedPolicy.KEEP)
     except StatusError as e:
         _usage_error(str(e))
     if len(outputs) > 1:  # shards: their jobs together; batches are per output

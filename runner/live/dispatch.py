@@ -247,6 +247,7 @@ class Dispatcher:
         self._sending: set[asyncio.Task[Any]] = set()
         self._room = Room(config.max_pending, MAX_PENDING_JOBS)
         self._stopped = asyncio.Event()
+        self._left_wire = asyncio.Event()  # set whenever a request's answer (or failure) arrives
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -485,6 +486,13 @@ class Dispatcher:
                     self._fail_jobs(request.jobs, codes.REQUEST_TOO_LARGE, message)
                 return
             decision = self._decide(request, caps, verdict, attempts)
+            if decision.step is Step.STOP_RUN and verdict.endpoint_fault:
+                # Nothing has answered yet: if requests on the wire to other routes or models
+                # succeed, this fault is this request's own (a route this server lacks), not a
+                # wrong base URL; the run stops only when nothing works.
+                await self._settle()
+                if self._last_success is not None:
+                    decision = self._decide(request, caps, verdict, attempts)
             attempts = decision.attempts
             if decision.step is Step.SUCCEED:
                 if self._images is not None and spec_of(request.url).images:
@@ -546,6 +554,7 @@ class Dispatcher:
             self._sending.discard(task)
             self.stats.in_flight -= 1
             lane.in_flight -= 1
+            self._left_wire.set()
         headers = response.headers
         images = spec_of(request.url).images
         if images:  # images per minute, in the place of tokens
@@ -592,6 +601,12 @@ class Dispatcher:
             self._fail_jobs(request.jobs, codes.N_NOT_SUPPORTED, f"not sent: {caps.n_message}")
             return True
         return False
+
+    async def _settle(self) -> None:
+        """Wait until the run has a success, or no request is on the wire any more."""
+        while self._last_success is None and self.stats.in_flight > 0 and not self.stopping:
+            self._left_wire.clear()
+            await self._left_wire.wait()
 
     def _decide(self, request: Request, caps: LaneCapabilities, verdict: Verdict,
                 attempts: Attempts) -> Decision:

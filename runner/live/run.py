@@ -20,6 +20,7 @@ from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisBudgets
 from runner.report.log import console_echo, terminal_console
 from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
 from runner.report.stats import RunStats
+from runner.files.guard import check_output
 from runner.files.session import OutputSession, Stop
 from runner.files.images import ImageStore, check_uploads, default_images_dir
 from runner.files.inputs import count_lines, read_items
@@ -62,6 +63,7 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
     paces the run (by default fresh ones from ``config.rpm``, ``config.tpm`` and
     ``config.burst_s``, kept in ``config.redis`` when given: `RedisUnavailable` when it cannot be
     reached); pass them to read what they learned afterwards."""
+    check_output(config.input, config.output)  # first: a refused OUTPUT before Redis is asked
     budgets = None
     if config.redis is not None and limiters is None:
         budgets = RedisBudgets(config.redis, config.endpoint.api_key, timeout_s=config.redis_timeout)

@@ -154,10 +154,12 @@ class Status:
         }
 
 
-def status(input_path: str, output: Path | Sequence[Path]) -> Status:
+def status(input_path: str, output: Path | Sequence[Path], *,
+           keep_changed: bool = False) -> Status:
     """The status of INPUT's jobs in OUTPUT (or in several outputs together, such as the shards of
     `--shard K/N`: a job done in any of them is done, as `runner merge` keeps it; otherwise its
-    last line in the last of them counts);
+    last line in the last of them counts); with `keep_changed` (`--changed keep`) a job edited
+    since its result counts as that result says;
     StatusError when any cannot be read.
 
     Memory: the ids of the outputs (as a run holds them) and of INPUT (as the reader's duplicate
@@ -170,7 +172,7 @@ def status(input_path: str, output: Path | Sequence[Path]) -> Status:
     result.scan = _combined([scan_output(path, state) for path in outputs])
     try:
         for item in read_jobs(input_lines(input_path), result.input):
-            _classify(item, state, result)
+            _classify(item, state, result, keep_changed)
     except (UnreadableInput, NotAJobFile) as e:
         raise StatusError(str(e)) from None
     # What `_classify` did not claim belongs to no input line.
@@ -184,7 +186,8 @@ def status(input_path: str, output: Path | Sequence[Path]) -> Status:
     return result
 
 
-def _classify(item: Job | BadLine | Duplicate, state: _TrackedState, result: Status) -> None:
+def _classify(item: Job | BadLine | Duplicate, state: _TrackedState, result: Status,
+              keep_changed: bool = False) -> None:
     if isinstance(item, BadLine):
         result.bad_lines.add(item)
         return
@@ -197,7 +200,7 @@ def _classify(item: Job | BadLine | Duplicate, state: _TrackedState, result: Sta
     final = custom_id in state.done or custom_id in state.permanent
     if final and custom_id not in state.fingerprints:
         result.unprinted += 1
-    if final and state.changed(custom_id, fingerprint(item.url, item.body)):
+    if final and not keep_changed and state.changed(custom_id, fingerprint(item.url, item.body)):
         state.done.discard(custom_id)
         state.permanent.pop(custom_id, None)
         result.changed.add(BadLine(result.input, item.line, "changed since its result was written",
