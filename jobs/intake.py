@@ -121,14 +121,16 @@ class Intake:
     readable, an endpoint it serves) and may rewrite its body; `counter` counts true tokens for
     the context-window check."""
 
-    __slots__ = ("state", "retry_failed", "changed", "_counter", "_prepare")
+    __slots__ = ("state", "retry_failed", "retry_codes", "changed", "_counter", "_prepare")
 
     def __init__(self, state: OutputState, *, retry_failed: bool = False,
+                 retry_codes: frozenset[str] = frozenset(),
                  changed: ChangedPolicy = ChangedPolicy.REFUSE,
                  counter: tokens.TokenCounter | None = None,
                  prepare: Callable[[Job], Job | BadLine] | None = None) -> None:
         self.state = state
         self.retry_failed = retry_failed
+        self.retry_codes = frozenset(retry_codes)  # permanent failures with these codes run again
         self.changed = changed
         self._counter = counter
         self._prepare = prepare
@@ -144,14 +146,15 @@ class Intake:
         state, cid = self.state, job.custom_id
         final = cid in state.done or cid in state.permanent
         if final and state.changed(cid, job.fingerprint):
-            if cid in state.permanent and self.retry_failed:
-                return Pending(job, changed=True)  # retried anyway: --retry-failed said so
+            if cid in state.permanent and state.needs_run(cid, retry_failed=self.retry_failed,
+                                                          retry_codes=self.retry_codes):
+                return Pending(job, changed=True)  # retried anyway: --retry-failed/-codes said so
             if self.changed is ChangedPolicy.REFUSE:
                 return Refuse(job)
             if self.changed is ChangedPolicy.KEEP:
                 return Skip(job, SkipReason.KEPT_CHANGED)
             return Pending(job, changed=True)
-        if not state.needs_run(cid, retry_failed=self.retry_failed):
+        if not state.needs_run(cid, retry_failed=self.retry_failed, retry_codes=self.retry_codes):
             why = SkipReason.DONE if cid in state.done else SkipReason.KEPT_FAILED
             return Skip(job, why, unprinted=cid not in state.fingerprints)
         return Pending(job)

@@ -177,13 +177,15 @@ class OutputState:
         else:
             self.permanent[custom_id] = failure_code(record)
 
-    def needs_run(self, custom_id: str, *, retry_failed: bool = False) -> bool:
-        """Resume rule: run a job unless it succeeded, or failed permanently (without --retry-failed).
-        (Whether the job changed since is `changed`; `jobs.intake` applies both.)"""
+    def needs_run(self, custom_id: str, *, retry_failed: bool = False,
+                  retry_codes: frozenset[str] = frozenset()) -> bool:
+        """Resume rule: run a job unless it succeeded, or failed permanently (unless
+        --retry-failed, or --retry-codes names its failure's code). (Whether the job changed
+        since is `changed`; `jobs.intake` applies both.)"""
         if custom_id in self.done:
             return False
         if custom_id in self.permanent:
-            return retry_failed
+            return retry_failed or self.permanent[custom_id] in retry_codes
         return True
 
     def changed(self, custom_id: str, fingerprint: str | None) -> bool:

@@ -255,3 +255,22 @@ def test_a_fixed_permanent_failure_is_retried_with_retry_failed_not_refused():
     for policy in ChangedPolicy:
         decision = Intake(state, retry_failed=True, changed=policy).decide(job("a", "fixed"))
         assert isinstance(decision, Pending) and decision.changed
+
+
+def test_retry_codes_from_the_command_line_reruns_only_those_failures(tmp_path, monkeypatch):
+    jobs_path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jobs(jobs_path, 3, kinds=("chat",))
+    lines = [error_record("job 0/ü", "not_found", "m", record_id="a", status=404),
+             error_record("job 1/ü", "invalid_request", "m", record_id="b", status=400)]
+    out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
+    with run_in_thread(simulator=Simulator(SimConfig())) as base_url:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+        result = CliRunner().invoke(main, ["run", str(jobs_path), "-o", str(out), "--no-progress",
+                                           "--retry-codes", "not_found, bogus"])
+        assert result.exit_code == 1, result.output  # job 1 is still kept failed
+        last = {r["custom_id"]: r for r in read_results(out)}
+        assert last["job 0/ü"]["error"] is None and last["job 2/ü"]["error"] is None
+        assert last["job 1/ü"]["error"]["code"] == "invalid_request"
+        bad = CliRunner().invoke(main, ["run", str(jobs_path), "-o", str(out), "--retry-codes", "a b"])
+        assert bad.exit_code == 2

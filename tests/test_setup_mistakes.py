@@ -133,3 +133,40 @@ def test_when_nothing_answers_the_route_fault_still_stops_the_run():
                               Script(lambda n, req, body: error(404, None, "Invalid URL")))
     assert stats.exit_code() == 3 and "404 for the route itself" in stats.stop_reason
     assert records == []
+
+
+# -- --retry-codes: send again only the failures a user can name ----------------------------------
+
+def test_retry_codes_sends_again_only_jobs_whose_last_line_failed_with_those_codes():
+    from jobs.intake import Intake, Pending, Skip
+    from jobs.results import OutputState
+    from tests.conftest import error_record
+    state = OutputState()
+    state.add(error_record("job 1", "not_found", "m", status=404))
+    state.add(error_record("job 2", "invalid_request", "m", status=400))
+    state.add(error_record("job 3", "context_length_exceeded", "m", status=400))
+    intake = Intake(state, retry_codes=frozenset({"not_found", "invalid_request"}))
+    kinds = [type(intake.decide(chat_job(i))) for i in (1, 2, 3)]
+    assert kinds == [Pending, Pending, Skip]
+
+
+def test_status_suggests_retry_codes_with_the_codes_it_sees_and_no_retry_for_bad_lines(tmp_path):
+    import orjson
+    from click.testing import CliRunner
+    from runner.cli.main import main
+    from tests.conftest import error_record
+    jobs = tmp_path / "in.jsonl"
+    write_jobs(jobs, 3, kinds=("chat",))
+    with open(jobs, "ab") as f:
+        f.write(b"not json\n")
+    out = tmp_path / "out.jsonl"
+    lines = [error_record("job 0/\u00fc", "not_found", "m", status=404),
+             error_record("job 1/\u00fc", "model_not_found", "m", status=404),
+             error_record("job 2/\u00fc", "not_found", "m", status=404)]
+    out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
+    result = CliRunner().invoke(main, ["status", str(jobs), "-o", str(out)])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "--retry-codes not_found,model_not_found" in text
+    assert "fix the bad or duplicate input lines (no retry can" in text
+    assert "--retry-failed" not in text

@@ -103,6 +103,7 @@ class BatchRunConfig:
     max_bytes: int = MAX_FILE_BYTES
     max_attempts: int = 6
     retry_failed: bool = False
+    retry_codes: frozenset[str] = frozenset()  # retry permanent failures with these codes only
     changed: ChangedPolicy = ChangedPolicy.REFUSE  # jobs edited since their result (--changed)
     pack: bool = True
     cancel: bool = False  # `runner cancel`: cancel open batches, collect them, submit nothing
@@ -255,7 +256,8 @@ class _Engine:
         self.backoff = backoff or Backoff(base=CALL_BACKOFF_BASE_S, cap=CALL_BACKOFF_MAX_S)
         # --retry-failed retries the permanent failures found at the start, once per run (a job
         # failed by this run is in `failed_here`: not sent again)
-        self.intake = Intake(seen, retry_failed=config.retry_failed, changed=config.changed,
+        self.intake = Intake(seen, retry_failed=config.retry_failed,
+                             retry_codes=config.retry_codes, changed=config.changed,
                              counter=token_counter, prepare=self.prepare)
         self.planned_once = False
         self.dirty = True  # something changed since the input was last read: plan again

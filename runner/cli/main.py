@@ -57,6 +57,22 @@ Exit codes:
 """
 
 
+class CodeList(click.ParamType):
+    """`a,b,c` -> frozenset of error codes (blank items dropped)."""
+
+    name = "codes"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, frozenset):
+            return value
+        text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        items = [v.strip() for v in text.split(",")]
+        for item in items:
+            if item and not all(c.isalnum() or c in "_.-" for c in item):
+                self.fail(f"{item!r} is not an error code (letters, digits, _ . -)", param, ctx)
+        return frozenset(i for i in items if i)
+
+
 class PositiveFloat(click.ParamType):
     name = "number"
 
@@ -138,6 +154,9 @@ def main() -> None:
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=MAX_ATTEMPTS, show_default=True,
               help="Attempts per request before a transient failure is written (a rerun retries it).")
 @click.option("--retry-failed", is_flag=True, help="Also retry jobs that failed permanently (400, 404, ...) before.")
+@click.option("--retry-codes", type=CodeList(), default="", metavar="CODE[,CODE...]",
+              help="Also retry jobs whose last line failed permanently with one of these error "
+                   "codes (as `runner status` lists them: not_found, invalid_request, ...).")
 @click.option("--changed", type=click.Choice([p.value for p in ChangedPolicy]), default="refuse",
               show_default=True,
               help="Jobs edited since OUTPUT got their result (same custom_id, another method, url "
@@ -197,7 +216,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                 batch_max_requests: int | None = None,
                 batch_max_bytes: int = BATCH_MAX_BYTES, redis_url: str | None = None,
                 redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S, shard: Shard | None = None,
-                changed: str = "refuse", azure_ad_token_command: str | None = None,
+                changed: str = "refuse", retry_codes: frozenset[str] = frozenset(),
+                azure_ad_token_command: str | None = None,
                 azure_identity: bool = False) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
@@ -224,7 +244,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         batch = BatchRunConfig(
             input=input_path, output=output, endpoint=endpoint, wait=wait, poll_every=poll_every,
             max_requests=batch_max_requests, max_bytes=batch_max_bytes, max_attempts=max_attempts,
-            retry_failed=retry_failed, changed=ChangedPolicy(changed), pack=not no_pack,
+            retry_failed=retry_failed, retry_codes=retry_codes, changed=ChangedPolicy(changed),
+            pack=not no_pack,
             status_interval=status_interval, read_timeout=read_timeout, images_dir=images_dir,
             inline_images=inline_images, shard=shard)
         sys.exit(execute_batch(batch, progress=not no_progress, log_file=log_file,
@@ -233,6 +254,7 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         input=input_path, output=output, endpoint=endpoint, rpm=rpm, tpm=tpm, burst_s=burst_s,
         budget_scope=budget_scope, dispatch=DispatchConfig(
             max_attempts=max_attempts, concurrency=concurrency, retry_failed=retry_failed,
+            retry_codes=retry_codes,
             changed=ChangedPolicy(changed)),
         pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval,
         ipm=ipm, images_dir=images_dir, inline_images=inline_images, redis=redis_url or None,

@@ -85,6 +85,7 @@ class DispatchConfig:
     concurrency: int = DEFAULT_CONCURRENCY
     grace_s: float = GRACE_S
     retry_failed: bool = False
+    retry_codes: frozenset[str] = frozenset()  # retry permanent failures with these codes only
     changed: ChangedPolicy = ChangedPolicy.REFUSE  # jobs edited since their result (--changed)
 
     def __post_init__(self) -> None:
@@ -337,7 +338,8 @@ class Dispatcher:
         await asyncio.gather(producer, *self._tasks, return_exceptions=True)
 
     async def _produce(self, items: AsyncIterable[Job | BadLine | Duplicate], state: OutputState) -> None:
-        intake = Intake(state, retry_failed=self.config.retry_failed, changed=self.config.changed,
+        intake = Intake(state, retry_failed=self.config.retry_failed,
+                        retry_codes=self.config.retry_codes, changed=self.config.changed,
                         counter=self._counter, prepare=self._prepare)
         lines: asyncio.Queue[Job | BadLine | Duplicate | RunnerError | None] = asyncio.Queue(maxsize=1024)
 

@@ -271,7 +271,14 @@ def _verdict(s: Status, open_batches: int = 0) -> str:
     if code == EXIT_STOPPED:
         return (f"{s.remaining:,} jobs remain: run the same `runner run` command again to resume "
                 "(exit 3)")
-    return ("finished with failures: fix the input or rerun with --retry-failed (exit 1)")
+    advice = []
+    if s.permanent:
+        codes = ",".join(code for code, _ in s.permanent.most_common())
+        advice.append(f"send the failed jobs again with --retry-codes {codes} (or fix them "
+                      "first: an edited job is sent again with --changed rerun)")
+    if s.bad_lines.count or s.duplicates.count:
+        advice.append("fix the bad or duplicate input lines (no retry can: they were never sent)")
+    return f"finished with failures: {'; '.join(advice)} (exit 1)"
 
 
 def _codes(counter: Counter[str]) -> str:
