@@ -15,6 +15,7 @@ import orjson
 from jobs.endpoints import SPECS, body_problem
 from jobs.job import ENDPOINTS, METHODS, Job
 
+BOM = b"\xef\xbb\xbf"  # what some editors write at the start of a UTF-8 file
 MAX_SHOWN = 60  # characters of an offending value quoted in a message
 NOT_A_JOB_FILE_AFTER = 20  # bad lines in a row at the start, with no job yet, that end the reading
 
@@ -113,6 +114,8 @@ def parse_line(raw: bytes, line: int, path: str) -> Job | BadLine | None:
     method = obj.get("method", "POST")
     if method not in METHODS:
         return bad(f"unsupported method {_show(method)}; only POST", custom_id)
+    if "url" not in obj:
+        return bad("missing url", custom_id)
     url = obj.get("url")
     if url not in ENDPOINTS:
         return bad(f"unsupported url {_show(url)}; expected one of {', '.join(ENDPOINTS)}", custom_id)
@@ -148,6 +151,8 @@ class JobReader:
     def feed(self, raw: bytes) -> Job | BadLine | Duplicate | None:
         """The next line's verdict; None for a blank line."""
         self.line += 1
+        if self.line == 1 and raw.startswith(BOM):  # a UTF-8 byte order mark starts the file
+            raw = raw[len(BOM):]
         item = parse_line(raw, self.line, self.path)
         if isinstance(item, BadLine) and self._bad_at_start is not None:
             self._bad_at_start += 1

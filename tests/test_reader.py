@@ -27,7 +27,7 @@ def line(**changes):
     (line(body=[1]), "body must be a JSON object, got list"),
     (line(body={"messages": []}), "body.model must be a non-empty string"),
     (line(url="/v1/audio/speech"), "unsupported url '/v1/audio/speech'"),
-    (line(url=...), "unsupported url None"),
+    (line(url=...), "missing url"),
     (line(method="GET"), "unsupported method 'GET'"),
 ])
 def test_bad_line_is_reported_with_file_line_and_reason(raw, expected):

@@ -849,6 +849,8 @@ class _Engine:
             add(packer.flush())
         drafts.extend(splitter.flush())
         stats.already_done -= succeeded_before  # collected by this run before its first plan
+        if first:
+            stats.input_ended(sharded=self.config.shard is not None)
         await self.submit_all(drafts)
         self.waiting = splitter.held + self.requeued
         if splitter.held:

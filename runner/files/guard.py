@@ -6,7 +6,9 @@ itself. `check_output` refuses, naming both paths, when OUTPUT
 - is INPUT: the same file by device and inode, so through a symlink or a hard link too, and
   stdin redirected from it (`runner run - -o jobs.jsonl < jobs.jsonl`);
 - holds job lines rather than result lines (another job file);
-- is compressed (results are plain JSONL: appending them would corrupt it).
+- is compressed (results are plain JSONL: appending them would corrupt it);
+- is `-` or not a regular file (`/dev/stdout`, a pipe): the output is the checkpoint a rerun
+  reads back, so it must be a file.
 
 It only reads: the file, its lock and its contents are left exactly as they were.
 """
@@ -56,6 +58,10 @@ def check_output(input_path: str, output: Path) -> None:
     """Raise `OutputRefused` when results must not be appended to `output` (see the module
     docstring); return quietly when it is absent or holds result lines."""
     shown_input = "<stdin>" if input_path == STDIN else input_path
+    if str(output) == STDIN or str(output).startswith(("/dev/", "/proc/")):
+        raise OutputRefused(f"-o {output} is not an output file: the output is the checkpoint a rerun resumes "
+                            "from, so it must be a file (read it with `cat` or `runner merge` "
+                            "afterwards); nothing was written")
     try:
         out_stat = os.stat(output)
     except OSError:
@@ -71,7 +77,11 @@ def check_output(input_path: str, output: Path) -> None:
         raise OutputRefused(f"{what}: results would be appended to your jobs. Name another "
                             "output file; nothing was written")
     if not stat.S_ISREG(out_stat.st_mode):
-        return
+        if stat.S_ISDIR(out_stat.st_mode):
+            return  # the lock and the load say so
+        raise OutputRefused(f"the output {output} is not a regular file (a terminal, pipe or "
+                            "device): the output is the checkpoint a rerun resumes from, so it "
+                            "must be a file; nothing was written")
     try:
         with open(output, "rb") as f:
             head = f.read(PEEK_BYTES)

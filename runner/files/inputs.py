@@ -33,6 +33,7 @@ from runner.errors import UnusableInput
 from runner.files.compression import MAGIC_BYTES, CompressionError, Decompressor, refusal, sniff
 from runner.files.lines import LineSplitter
 
+BINARY_PEEK = 8192  # bytes of a regular INPUT looked at for NUL bytes (a binary file)
 CHUNK = 1 << 20  # one thread hop per MiB keeps aiofiles' per-call overhead negligible
 STDIN = "-"
 
@@ -181,9 +182,14 @@ def check_format(path: str) -> None:
     if path == STDIN or not _is_regular(path):
         return
     with open_input(path) as f:
-        kind = sniff(f.read(MAGIC_BYTES))
+        head = f.read(BINARY_PEEK)
+    kind = sniff(head[:MAGIC_BYTES])
     if kind in ("zstd", "zip"):
         raise UnreadableFormat(refusal(kind, input_name(path)))
+    if kind is None and b"\0" in head:
+        raise UnreadableFormat(f"{input_name(path)} is a binary file, not a JSONL job file (one "
+                               "JSON object a line with custom_id, method, url and body); "
+                               "nothing was run")
 
 
 # --- asynchronous ------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ class OutputSession:
             raise ChangedJobsError(report.message(input_name(self.input), str(self.output)))
 
     def open(self) -> ckpt.Checkpoint:
-        """Start appending to OUTPUT."""
+        """Start appending to OUTPUT (created if need be)."""
         self.checkpoint = ckpt.Checkpoint(self.output, secrets=self._secrets)
         self.checkpoint.open()
         return self.checkpoint

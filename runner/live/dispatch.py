@@ -247,6 +247,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[Any]] = set()
         self._room = Room(config.max_pending, MAX_PENDING_JOBS)
+        self.sharded = False  # the items are one shard of INPUT (an empty one is no mistake)
         self._stopped = asyncio.Event()
         self._left_wire = asyncio.Event()  # set whenever a request's answer (or failure) arrives
 
@@ -372,6 +373,7 @@ class Dispatcher:
                 else:
                     item = await lines.get()
                 if item is None:
+                    self.stats.input_ended(sharded=self.sharded)
                     break
                 if isinstance(item, (InputError, UnusableInput)):
                     raise item

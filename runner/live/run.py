@@ -141,6 +141,7 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                             sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log,
                             images=images, image_limiters=image_limiters,
                             prepare=lambda job: check_uploads(job, input_dir, config.input))
+    dispatcher.sharded = config.shard is not None
     stop.connect(dispatcher.stop)
 
     async def sync_often() -> None:

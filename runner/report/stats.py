@@ -53,6 +53,8 @@ class RunStats:
     model_charged: Counter = field(default_factory=Counter)    # model -> rate-limit tokens charged
     limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # model -> (rpm, tpm)
     stop_reason: str | None = None
+    input_read: bool = False      # INPUT was read to its end (else `jobs` counts what was read)
+    no_jobs: bool = False         # INPUT (not a shard of it) holds no job and no bad line: exit 2
     unusable_input: bool = False  # stopped because the input cannot be run at all (exit 2)
     misconfigured: bool = False  # stopped by a setting rerunning cannot mend (a ConfigurationError: exit 2)
 
@@ -63,6 +65,12 @@ class RunStats:
     @property
     def finished_jobs(self) -> int:
         return self.succeeded + self.failed_total
+
+    def input_ended(self, *, sharded: bool) -> None:
+        """INPUT was read to its end. One holding nothing at all (no job, no bad line) is worth
+        telling cron apart from a finished run (exit 2); a shard of it may well be empty."""
+        self.input_read = True
+        self.no_jobs = not (sharded or self.jobs or self.bad_lines or self.duplicates)
 
     def count_decision(self, decision: object) -> None:
         """Count what the intake (`jobs.intake`) decided for one input item."""
@@ -102,11 +110,13 @@ class RunStats:
         self.image_kinds[model, body.get("size"), body.get("quality")] += images
 
     def exit_code(self) -> int:
-        """0: all jobs succeeded; 1: finished, some failed; 2: stopped because the input cannot be
+        """0: all jobs succeeded; 1: finished, some failed; 2: INPUT holds no jobs, or stopped because the input cannot be
         run (not a job file, an unreadable compression) or a setting is wrong (the API redirects
         to another origin, a fresh token is refused); 3: stopped early, resumable."""
         if self.stop_reason is not None:
             return EXIT_USAGE if self.unusable_input or self.misconfigured else EXIT_STOPPED
+        if self.no_jobs:
+            return EXIT_USAGE
         if self.failed_total or self.kept_failed or self.bad_lines or self.duplicates:
             return EXIT_SOME_FAILED
         return EXIT_OK

@@ -60,7 +60,8 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
         "exit_code": stats.exit_code(),
         "stopped_early": stats.stop_reason,
         "wall_seconds": round(wall, 3),
-        "jobs": {"in_input": stats.jobs, "succeeded": stats.succeeded,
+        "jobs": {"in_input": stats.jobs, "input_read_to_end": stats.input_read,
+                 "succeeded": stats.succeeded,
                  "already_done": stats.already_done, "failed": stats.failed_total,
                  "kept_failed": stats.kept_failed, "changed_rerun": stats.changed,
                  "changed_kept": stats.kept_changed, "bad_lines": stats.bad_lines,
@@ -96,10 +97,13 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
     wall = max(0.0, stats.finished - stats.started)
     lines = [
         f"output: {output}",
-        f"jobs: {stats.jobs:,} in input · {stats.succeeded:,} succeeded now · "
+        f"jobs: {stats.jobs:,} {'in input' if stats.input_read else 'read so far'} · "
+        f"{stats.succeeded:,} succeeded now · "
         f"{stats.already_done:,} already done · {stats.failed_total:,} failed now · "
         f"{stats.kept_failed:,} kept failed from earlier runs",
     ]
+    if stats.no_jobs:
+        lines.append("INPUT holds no jobs: nothing to run (exit 2)")
     if stats.changed or stats.kept_changed:
         lines.append(f"changed since their results: {stats.changed:,} sent again · "
                      f"{stats.kept_changed:,} kept with their old results")
