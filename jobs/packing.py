@@ -48,6 +48,18 @@ class NChoicesIgnored(MissingChoices):
                          f"{n * prompts}")
 
 
+class PartialAnswer(MissingChoices):
+    """A 200 answer to a pack that lacks the choices of some jobs but holds every choice of
+    others, from more than the first prompt (so the server does take list prompts: this is a
+    fault, not a capability). `answers` maps the position in `request.jobs` of each job answered in
+    full to its own answer; `missing` lists the positions of the jobs to send again."""
+
+    def __init__(self, answers: dict[int, dict[str, Any]], missing: tuple[int, ...],
+                 message: str) -> None:
+        super().__init__(message)
+        self.answers, self.missing = answers, missing
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Request:
     """One API call: `body` is sent as is; `jobs` are answered by it, in prompt order."""
@@ -148,7 +160,11 @@ def split_response(request: Request, body: Any) -> list[dict[str, Any]]:
     hole. Items with an `index` are matched by it; moderation `results` carry none and are matched
     by position, so a count that differs from the inputs sent is MissingChoices (the whole request
     is retried; results are never shifted from one job to another). Raises `NChoicesIgnored` (a
-    MissingChoices) when `n` > 1 and exactly one choice per prompt came back.
+    MissingChoices) when `n` > 1 and exactly one choice per prompt came back. Raises
+    `PartialAnswer` (a MissingChoices) when an indexed pack's answer holds every choice of some
+    jobs, with choices beyond the first prompt's: those jobs' answers are kept, only the others
+    are sent again (a list answered with the first prompt's choices alone is MissingChoices: the
+    shape of a server that ignores list prompts).
     """
     if not isinstance(body, dict):
         raise MissingChoices("answer is not a JSON object")
@@ -181,27 +197,48 @@ def split_response(request: Request, body: Any) -> list[dict[str, Any]]:
         if per_prompt > 1 and len(items) == prompts and by_index.keys() == set(range(prompts)):
             raise NChoicesIgnored(per_prompt, prompts)
         missing = sorted(set(range(expected)) - by_index.keys())
-        raise MissingChoices(
-            f"answer lacks {len(missing)} of {expected} {key} (first missing index {missing[0]})")
+        message = (f"answer lacks {len(missing)} of {expected} {key} (first missing index "
+                   f"{missing[0]})")
+        first_width = counts[0] * per_prompt
+        if request.packed and spec.indexed and any(i >= first_width for i in by_index):
+            answers = _own_answers(request, body, key, spec, counts, per_prompt, by_index)
+            whole = {pos: own for pos, own in enumerate(answers) if own is not None}
+            if whole:
+                lacking = tuple(pos for pos, own in enumerate(answers) if own is None)
+                raise PartialAnswer(whole, lacking, message)
+        raise MissingChoices(message)
     if not request.packed:
         return [{**body, key: [by_index[i] for i in range(expected)]}]
+    return [own for own in _own_answers(request, body, key, spec, counts, per_prompt, by_index)
+            if own is not None]
+
+
+def _own_answers(request: Request, body: dict[str, Any], key: str, spec: Any, counts: list[int],
+                 per_prompt: int, by_index: dict[int, dict[str, Any]]
+                 ) -> list[dict[str, Any] | None]:
+    """Each job's own answer from a pack's answer (None for a job lacking any of its choices),
+    the answer's usage apportioned among the jobs."""
 
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    slices: list[list[dict[str, Any]]] = []
+    slices: list[list[dict[str, Any]] | None] = []
     offset = 0
     for count in counts:
         width = count * per_prompt
+        whole = all(offset + k in by_index for k in range(width))
         slices.append([{**by_index[offset + k], "index": k} if spec.indexed else by_index[offset + k]
-                       for k in range(width)])
+                       for k in range(width)] if whole else None)
         offset += width
     if spec.list_field == "input" and request.url != EMBEDDINGS:  # moderations: no usage
-        return [{**body, key: own} for own in slices]
+        return [None if own is None else {**body, key: own} for own in slices]
     prompt_parts = apportion(usage_count(usage.get("prompt_tokens")),
                              [_prompt_weight(j) for j in request.jobs])
     completion_parts = apportion(usage_count(usage.get("completion_tokens")),
-                                 [float(sum(_text_len(c) for c in s)) for s in slices])
-    answers = []
+                                 [float(sum(_text_len(c) for c in s)) if s else 0.0 for s in slices])
+    answers: list[dict[str, Any] | None] = []
     for own, p, c in zip(slices, prompt_parts, completion_parts):
+        if own is None:
+            answers.append(None)
+            continue
         own_usage = {"prompt_tokens": p, "total_tokens": p + c}
         if request.url != EMBEDDINGS:
             own_usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}

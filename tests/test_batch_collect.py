@@ -48,9 +48,16 @@ OK_PACK = line(200, answer_for("/v1/completions", PACK.body))
     (PACK, line(400, err("invalid_request", param="temperature")), 0,
      {"records": ["p:invalid_request", "q:invalid_request", "r:invalid_request", "s:invalid_request"],
       "gave_up": ["p", "q", "r", "s"]}),
-    # a 200 missing a choice: retried whole, never a hole
+    # a 200 missing a choice: the jobs answered in full are kept, only the other goes again
+    # (never a hole, never a choice paid twice)
     (PACK, line(200, {**OK_PACK["response"]["body"],
-                      "choices": OK_PACK["response"]["body"]["choices"][:3]}), 0,
+                      "choices": [c for c in OK_PACK["response"]["body"]["choices"]
+                                  if c["index"] != 3]}), 0,
+     {"records": ["p:ok", "q:ok", "r:ok"], "retry": ["s"], "retried": True}),
+    # ... but the first prompt's choices alone is a list not taken: retried whole
+    (PACK, line(200, {**OK_PACK["response"]["body"],
+                      "choices": [c for c in OK_PACK["response"]["body"]["choices"]
+                                  if c["index"] == 0]}), 0,
      {"retry": ["p", "q", "r", "s"], "retried": True}),
     # the line's request unknown (its local file gone): retried, not guessed
     (None, OK_ONE, 0, {"retry": ["a"], "retried": True}),
@@ -73,3 +80,14 @@ def test_judge_line(request_, answer, spent, expect):
     if out.halves:
         got["halves"] = list(out.halves)
     assert got == expect
+
+
+def test_a_packed_line_answered_in_part_writes_the_jobs_answered_and_sends_only_the_others():
+    body = answer_for("/v1/completions", PACK.body)
+    body["choices"] = [c for c in body["choices"] if c["index"] != 2]  # r's only choice
+    outcome = judge_line("L", ("p", "q", "r", "s"), PACK, line(200, body), spent=0,
+                         max_attempts=3, fallback_id="f")
+    assert [r["custom_id"] for r in outcome.records] == ["p", "q", "s"]
+    assert [r["id"] for r in outcome.records] == ["batch_req_1-0", "batch_req_1-1", "batch_req_1-3"]
+    assert all(r["error"] is None for r in outcome.records) and len(outcome.usage) == 3
+    assert outcome.retry == ("r",) and outcome.retried and not outcome.gave_up

@@ -415,3 +415,25 @@ def test_concurrency_caps_requests_in_flight_across_all_models_together():
     records, stats = dispatch(jobs, send, rpm=60_000, tpm=None, config=DispatchConfig(concurrency=16))
     assert len(records) == 200 and stats.exit_code() == 0
     assert in_flight[1] == 16
+
+
+def test_a_partial_answer_keeps_the_jobs_answered_and_sends_only_the_others_again():
+    from jobs.job import Job as J
+    jobs = [J(f"c{i}", "/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": f"p{i}",
+                                          "n": 2, "max_tokens": 3}, i + 1) for i in range(4)]
+    sent = []
+
+    def rule(n, req, body):
+        sent.append(body["prompt"])
+        if n == 1:
+            answer = orjson.loads(ok("/v1/completions", body).body)
+            answer["choices"] = [c for c in answer["choices"] if c["index"] != 5]  # p2's second
+            return HttpResponse(200, {}, orjson.dumps(answer))
+        return None
+    log = []
+    records, stats = dispatch(jobs, Script(rule), log=log)
+    assert sent[0] == ["p0", "p1", "p2", "p3"] and sent[1:] == ["p2"]  # only c2 again
+    assert sorted(r["custom_id"] for r in records) == ["c0", "c1", "c2", "c3"]
+    assert all(r["error"] is None and len(r["response"]["body"]["choices"]) == 2 for r in records)
+    assert stats.partial_answers == 1 and not stats.packing_off
+    assert any("lacked the choices of 1" in m for m in log)

@@ -108,3 +108,41 @@ def test_malformed_answers_are_missing_choices(body):
 def test_apportion_splits_exactly(total, weights, parts):
     assert apportion(total, weights) == parts
     assert sum(apportion(total, weights)) == total
+
+
+def test_a_pack_answered_in_part_keeps_every_job_answered_in_full():
+    from jobs.packing import PartialAnswer
+    prompts = ["a", "b", "c", "d"]
+    jobs = tuple(job(f"id{i}", prompt=p, n=2) for i, p in enumerate(prompts))
+    request = Request("/v1/completions", {"model": "m", "prompt": prompts, "n": 2}, jobs, 0)
+    answer = completion_answer(prompts, 2)
+    answer["choices"] = [c for c in answer["choices"] if c["index"] != 5]  # c's second choice
+    with pytest.raises(PartialAnswer) as caught:
+        split_response(request, answer)
+    partial = caught.value
+    assert sorted(partial.answers) == [0, 1, 3] and partial.missing == (2,)
+    assert [c["text"] for c in partial.answers[3]["choices"]] == ["d#0", "d#1"]
+    assert [c["index"] for c in partial.answers[3]["choices"]] == [0, 1]
+
+
+def test_only_the_first_prompts_choices_is_a_list_not_taken_not_a_partial_answer():
+    from jobs.packing import PartialAnswer
+    prompts = ["a", "b", "c"]
+    jobs = tuple(job(f"id{i}", prompt=p) for i, p in enumerate(prompts))
+    request = Request("/v1/completions", {"model": "m", "prompt": prompts}, jobs, 0)
+    answer = completion_answer(prompts, 1)
+    answer["choices"] = [c for c in answer["choices"] if c["index"] == 0]
+    with pytest.raises(MissingChoices) as caught:
+        split_response(request, answer)
+    assert not isinstance(caught.value, PartialAnswer)
+
+
+def test_moderations_with_a_result_short_are_never_split_by_position():
+    from jobs.packing import PartialAnswer
+    inputs = ["x", "y", "z"]
+    jobs = tuple(job(f"m{i}", url="/v1/moderations", input=t) for i, t in enumerate(inputs))
+    request = Request("/v1/moderations", {"model": "m", "input": inputs}, jobs, 0)
+    body = {"id": "modr", "model": "m", "results": [{"flagged": False}, {"flagged": True}]}
+    with pytest.raises(MissingChoices) as caught:
+        split_response(request, body)
+    assert not isinstance(caught.value, PartialAnswer)

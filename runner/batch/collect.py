@@ -2,7 +2,8 @@
 
 A line of a batch's output or error file is judged exactly as a live answer is: `classify()` reads
 its status and body, `jobs.packing.split_response` matches a packed answer back to its jobs by
-index, and `decide()` says what to do, given the attempts the jobs have spent (kept in the batch
+index (a partial answer keeps the jobs answered in full and sends only the others again), and
+`decide()` says what to do, given the attempts the jobs have spent (kept in the batch
 journal). The outcome is the result lines to write, or the jobs to send again (an attempt counted
 or not), or the halves of a refused pack to send as packs of their own.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.packing import MissingChoices, NChoicesIgnored, Request, split_response
+from jobs.packing import MissingChoices, NChoicesIgnored, PartialAnswer, Request, split_response
 from jobs.results import error_record, success_record
 from runner.errors import BadResponseError, NChoicesIgnoredError
 from runner.outcome import Action, Attempts, Step, classify, decide
@@ -63,6 +64,16 @@ def judge_line(line_id: str, ids: tuple[str, ...], request: Request | None, answ
             if request is None:
                 raise MissingChoices("the batch line's request is unknown (its local file is gone)")
             answers = split_response(request, body)
+        except PartialAnswer as exc:  # keep what came back: only the jobs lacking choices go again
+            assert request is not None
+            rid = lambda i: f"{record_id}-{i}"  # noqa: E731 (a pack's ids, as on success)
+            kept = sorted(exc.answers)
+            return LineOutcome(
+                records=tuple(success_record(request.jobs[i].custom_id, exc.answers[i],
+                                             record_id=rid(i), request_id=request_id)
+                              for i in kept),
+                usage=tuple(exc.answers[i].get("usage") for i in kept),
+                retry=tuple(request.jobs[i].custom_id for i in exc.missing), retried=True)
         except MissingChoices as exc:
             error_cls = NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else BadResponseError
             verdict = classify(None, {}, None, exc=error_cls(str(exc)))

@@ -42,7 +42,8 @@ from jobs import codes, tokens
 from jobs.endpoints import spec_of
 from jobs.job import Job
 from jobs.packing import (
-    Budget, MissingChoices, NChoicesIgnored, Packer, Request, halves, single, split_response,
+    Budget, MissingChoices, NChoicesIgnored, Packer, PartialAnswer, Request, halves, pack, single,
+    split_response,
 )
 from jobs import intake as intake_
 from jobs.intake import (
@@ -504,6 +505,8 @@ class Dispatcher:
                     if answers is None:
                         return
                 self._succeed(request, answers, response)
+                if answers is not None and None in answers:
+                    await self._send_rest(request, answers)
                 return
             if decision.step is Step.STOP_RUN:
                 why = f"{verdict.code}: {decision.message}"
@@ -581,6 +584,8 @@ class Dispatcher:
                 if verdict.action is not Action.OK:
                     return verdict, None, response
                 answers = split_response(request, body)
+            except PartialAnswer as exc:  # keep what came back; the rest is sent again
+                return verdict, [exc.answers.get(i) for i in range(len(request.jobs))], response
             except (orjson.JSONDecodeError, MissingChoices) as exc:  # jobs/ knows no runner errors
                 error = NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else BadResponseError
                 return classify(None, {}, None, exc=error(str(exc))), None, response
@@ -699,10 +704,27 @@ class Dispatcher:
         assert answers is not None and response is not None
         request_id = response.headers.get("x-request-id")
         for job, answer in zip(request.jobs, answers):
+            if answer is None:  # a partial answer lacked this job's choices: it goes again
+                continue
             self._sink(success_record(job.custom_id, answer, record_id=self._record_id(),
                                       request_id=request_id, fingerprint=job.fingerprint))
             self.stats.add_usage(job.model, answer.get("usage"))
-        self.stats.succeeded += len(request.jobs)
+            self.stats.succeeded += 1
+
+    async def _send_rest(self, request: Request, answers: list[dict[str, Any] | None]) -> None:
+        """A pack answered in part (a fault: choices of several prompts came back, some were
+        dropped): the jobs answered were written; the others go again as one pack, with fresh
+        attempts (every partial answer writes at least one job, so this ends)."""
+        if self.stopping:
+            return
+        rest = [job for job, answer in zip(request.jobs, answers) if answer is None]
+        self.stats.partial_answers += 1
+        self.stats.retries += 1
+        self._log(f"an answer to {len(request.jobs)} packed jobs lacked the choices of "
+                  f"{len(rest)}: the {len(request.jobs) - len(rest)} answered are kept, the "
+                  f"{len(rest)} others are sent again")
+        again = pack(rest, sum(tokens.rate_limit_charge(j.url, j.body) for j in rest))
+        await asyncio.wait([self._spawn(self._process(again))])
 
     async def _save_images(self, request: Request, answers: list[dict[str, Any]] | None,
                            response: HttpResponse | None) -> list[dict[str, Any]] | None:
