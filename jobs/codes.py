@@ -17,6 +17,7 @@ SERVER_ERROR = "server_error"  # 409, 5xx
 TIMEOUT = "timeout"  # 408, or no answer within the timeout
 CONNECTION_ERROR = "connection_error"  # no answer: refused, reset, cut short, malformed HTTP
 BAD_RESPONSE = "bad_response"  # a 2xx whose body is not JSON or lacks some job's choices
+LIST_NOT_TAKEN = "list_not_taken"  # a 2xx to a list of prompts answering only the first
 INTERNAL_ERROR = "internal_error"  # a bug on our side, not the job's fault
 IMAGE_DOWNLOAD_FAILED = "image_download_failed"  # an image `url` could not be fetched in time
 IMAGE_SAVE_FAILED = "image_save_failed"  # an image could not be written to --images-dir
@@ -40,7 +41,7 @@ INVALID_PROMPT = "invalid_prompt"
 STRING_ABOVE_MAX_LENGTH = "string_above_max_length"
 
 TRANSIENT_CODES = frozenset({
-    RATE_LIMITED, SERVER_ERROR, TIMEOUT, CONNECTION_ERROR, BAD_RESPONSE,
+    RATE_LIMITED, SERVER_ERROR, TIMEOUT, CONNECTION_ERROR, BAD_RESPONSE, LIST_NOT_TAKEN,
     QUOTA, INVALID_API_KEY, PERMISSION_DENIED, INTERNAL_ERROR, IMAGE_DOWNLOAD_FAILED,
     IMAGE_SAVE_FAILED,
 })

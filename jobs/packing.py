@@ -48,6 +48,11 @@ class NChoicesIgnored(MissingChoices):
                          f"{n * prompts}")
 
 
+class ListNotTaken(MissingChoices):
+    """A 200 answer to a pack holding exactly the first prompt's choices: the shape of a server
+    that reads one prompt of a list (a fault does not give it: it drops choices at random)."""
+
+
 class PartialAnswer(MissingChoices):
     """A 200 answer to a pack that lacks the choices of some jobs but holds every choice of
     others, from more than the first prompt (so the server does take list prompts: this is a
@@ -200,6 +205,9 @@ def split_response(request: Request, body: Any) -> list[dict[str, Any]]:
         message = (f"answer lacks {len(missing)} of {expected} {key} (first missing index "
                    f"{missing[0]})")
         first_width = counts[0] * per_prompt
+        if request.packed and spec.indexed and by_index.keys() == set(range(first_width)):
+            raise ListNotTaken(f"{message}: only the first prompt's {first_width} choice(s) came "
+                               "back, as from a server that does not take list prompts")
         if request.packed and spec.indexed and any(i >= first_width for i in by_index):
             answers = _own_answers(request, body, key, spec, counts, per_prompt, by_index)
             whole = {pos: own for pos, own in enumerate(answers) if own is not None}

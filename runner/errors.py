@@ -13,6 +13,8 @@
      │                               -> retry; before any success, or once a request's attempts
      │                                  are used up, it stops the run (nothing listens there)
      ├── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
+     │    ├── ListNotTakenError      ... only the first prompt of a list answered -> retry (a
+     │    │                          lane where it happens twice before any pack worked: jobs alone)
      │    └── NChoicesIgnoredError   ... one choice per prompt where n asked for more
      │                                 -> retried once to confirm, then n_not_supported (permanent)
      ├── RequestTooLarge             (runner.pacing.limiter) more tokens than the whole TPM
@@ -57,7 +59,7 @@ from runner.redact import redact_url
 __all__ = [
     "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
     "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError",
-    "APIUnreachableError", "BadResponseError", "NChoicesIgnoredError", "StopRunError",
+    "APIUnreachableError", "BadResponseError", "NChoicesIgnoredError", "ListNotTakenError", "StopRunError",
     "ConfigurationError", "CrossOriginRedirect", "TokenUnavailable", "TokenRejected",
     "UnusableInput", "ChangedJobsError", "describe",
 ]
@@ -116,6 +118,10 @@ class APIUnreachableError(APIConnectionError):
 
 class BadResponseError(RunnerError):
     """A 2xx answer whose body is truncated or malformed JSON, or lacks `choices`/`data`."""
+
+
+class ListNotTakenError(BadResponseError):
+    """A 2xx answer to a list of prompts holding exactly the first prompt's choices."""
 
 
 class NChoicesIgnoredError(BadResponseError):

@@ -35,7 +35,7 @@ from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
 from runner.api.transport import no_answer_error, no_answer_errors
 from runner.errors import (
     APIConnectionError, APIError, APITimeoutError, APIUnreachableError, AuthenticationError,
-    BadRequestError, BadResponseError, ConfigurationError, NChoicesIgnoredError,
+    BadRequestError, BadResponseError, ConfigurationError, ListNotTakenError, NChoicesIgnoredError,
     QuotaExceededError, RateLimitError, ServerError, StopRunError, describe,
 )
 from runner.redact import mask_secrets
@@ -221,6 +221,8 @@ def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
         return Verdict(Action.STOP_RUN, getattr(exc, "code", None) or STOPPED_CODE,
                        _clean_message(str(exc) or describe(exc)),
                        misconfigured=isinstance(exc, ConfigurationError))
+    if isinstance(exc, ListNotTakenError):  # a lesson only when seen twice (runner.live.capabilities)
+        return Verdict(Action.RETRY, codes.LIST_NOT_TAKEN, _clean_message(str(exc)))
     if isinstance(exc, NChoicesIgnoredError):  # unusable now; permanent once confirmed (`decide`)
         return Verdict(Action.RETRY, codes.N_NOT_SUPPORTED, _clean_message(str(exc)))
     if isinstance(exc, BadResponseError):

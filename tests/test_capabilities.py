@@ -5,7 +5,7 @@ import pytest
 
 from runner.clock import run_virtual
 from runner.live.capabilities import (
-    N_IGNORED_TO_CONFIRM, PACK_FAILURES_TO_STOP, LaneCapabilities, PackState,
+    N_IGNORED_TO_CONFIRM, PACK_FAILURES_TO_STOP, LaneCapabilities, PackState, refuses_lists,
 )
 
 
@@ -76,9 +76,36 @@ def test_a_probe_cancelled_on_the_wire_frees_the_lane():
     assert run_virtual(main()) is True
 
 
-def test_n_is_confirmed_by_a_second_prompt_or_a_pack_of_two():
-    single = LaneCapabilities()
-    assert single.note_n_ignored(1, "first") is False and not single.ignores_n
-    assert single.note_n_ignored(1, "second") is True and single.n_message == "second"
-    pack = LaneCapabilities()
-    assert pack.note_n_ignored(N_IGNORED_TO_CONFIRM, "a pack") is True and pack.ignores_n
+def test_n_is_confirmed_by_a_second_request_never_by_one_answer_however_many_prompts():
+    caps = LaneCapabilities()
+    assert caps.note_n_ignored("first") is False and not caps.ignores_n
+    assert caps.note_n_ignored("second") is True and caps.n_message == "second"
+    assert N_IGNORED_TO_CONFIRM == 2
+
+
+def test_a_lane_that_answered_n_in_full_never_concludes_it_ignores_n():
+    caps = LaneCapabilities()
+    caps.n_answered()
+    assert not any(caps.note_n_ignored(f"short {i}") for i in range(5)) and not caps.ignores_n
+    later = LaneCapabilities()
+    later.note_n_ignored("a")
+    later.note_n_ignored("b")
+    assert later.ignores_n and later.n_answered() is True and not later.ignores_n  # undone
+
+
+@pytest.mark.parametrize("code, message, refuses", [
+    ("list_not_taken", "only the first prompt's 2 choice(s) came back", True),
+    ("server_error", "HTTP 500", True),              # a blank 500: a server failing on lists
+    ("server_error", "The server had an error", False),
+    ("bad_response", "answer lacks 1 of 32 choices", False),
+    ("bad_response", "malformed or truncated JSON", False),
+    ("connection_error", "reset by peer", False),
+])
+def test_only_the_shapes_of_a_list_not_taken_count_against_packing(code, message, refuses):
+    assert refuses_lists(code, message) is refuses
+
+
+def test_a_forced_lane_takes_packs_from_the_start_and_never_turns_them_off():
+    caps = LaneCapabilities(trusted=True)
+    assert caps.packs is PackState.TRUSTED
+    assert not any(caps.pack_failed() for _ in range(5)) and caps.packs is PackState.TRUSTED

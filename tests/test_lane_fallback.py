@@ -200,3 +200,39 @@ def test_paced_429s_never_end_a_job_while_the_run_makes_progress(loop, tmp_path)
     limited = Counter(prompts[0] for _, prompts, status in result.sent if status == 429)
     assert result.stats.rate_limited > 40
     assert max(limited.values()) > 4 * 1  # a job met more than 4 x max_attempts paced 429s
+
+
+# -- a fault is not a capability -------------------------------------------------------------------
+
+FAULTS = ("500", "503", "reset", "truncated", "missing_choice")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_flaky_server_costs_retries_never_jobs_nor_packing_nor_n(loop, tmp_path, seed):
+    """A server that honours lists and n but now and then drops a choice, answers 500/503, resets or
+    cuts a body short: on any seed every job gets its own answer, packing stays on and n is never
+    concluded ignored (the issue's mixed run, smaller)."""
+    jobs = ([chat(i, n=2 if i % 3 == 0 else 1) for i in range(40)]
+            + [completion(i, n=2) for i in range(80)] + [embedding(i) for i in range(40)])
+    sim = SimConfig(rpm=3000, tpm=2_000_000, burst_s=2, fault_rate=0.08, faults=FAULTS, seed=seed)
+    result = run_jobs(loop, tmp_path, jobs, sim, rpm=3000, tpm=2_000_000, max_attempts=8)
+    assert result.stats.exit_code() == 0, (result.stats.failed, result.stats.stop_reason)
+    for job in jobs:
+        check_own_answer(job, result.records[job["custom_id"]])
+    assert result.stats.packing_off == [] and result.stats.n_ignored == []
+    assert result.packed(COMPLETIONS) and result.packed(EMBEDDINGS)  # packing stayed on
+    assert sum(result.sim.faults.values()) > 0
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_dropped_choices_never_turn_n_or_packing_off_and_never_fail_a_job(loop, tmp_path, seed):
+    """A server dropping one choice from 30 % of its answers: each job's own answer on any seed,
+    and the choices that did come back are kept (fewer requests than answers times attempts)."""
+    jobs = [chat(i, n=2) for i in range(40)] + [completion(i, n=2) for i in range(60)]
+    sim = SimConfig(rpm=3000, tpm=2_000_000, burst_s=2, fault_rate=0.3, faults=("missing_choice",),
+                    seed=seed)
+    result = run_jobs(loop, tmp_path, jobs, sim, rpm=3000, tpm=2_000_000, max_attempts=10)
+    assert result.stats.exit_code() == 0, (result.stats.failed, result.stats.stop_reason)
+    for job in jobs:
+        check_own_answer(job, result.records[job["custom_id"]])
+    assert result.stats.packing_off == [] and result.stats.n_ignored == []

@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.packing import MissingChoices, NChoicesIgnored, PartialAnswer, Request, split_response
+from jobs.packing import (
+    ListNotTaken, MissingChoices, NChoicesIgnored, PartialAnswer, Request, split_response,
+)
 from jobs.results import error_record, success_record
-from runner.errors import BadResponseError, NChoicesIgnoredError
+from runner.errors import BadResponseError, ListNotTakenError, NChoicesIgnoredError
 from runner.outcome import Action, Attempts, Step, classify, decide
 
 # Error codes of a line that never ran: its job goes into a later batch, no attempt spent.
@@ -75,7 +77,8 @@ def judge_line(line_id: str, ids: tuple[str, ...], request: Request | None, answ
                 usage=tuple(exc.answers[i].get("usage") for i in kept),
                 retry=tuple(request.jobs[i].custom_id for i in exc.missing), retried=True)
         except MissingChoices as exc:
-            error_cls = NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else BadResponseError
+            error_cls = (NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else
+                         ListNotTakenError if isinstance(exc, ListNotTaken) else BadResponseError)
             verdict = classify(None, {}, None, exc=error_cls(str(exc)))
     decision = decide(verdict, Attempts(spent, 0, spent), packed=len(ids) > 1,
                       max_attempts=max_attempts)

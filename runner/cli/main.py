@@ -184,6 +184,9 @@ def main() -> None:
 @click.option("--no-pack", is_flag=True,
               help="Send every job alone (by default completions and embeddings that differ only "
                    "in prompt/input share requests).")
+@click.option("--pack", "force_pack", is_flag=True,
+              help="Keep packing on whatever the answers look like (by default a lane whose first "
+                   "packs are answered for their first prompt only sends its jobs alone).")
 @click.option("--no-progress", is_flag=True, help="No live progress display or status lines.")
 @click.option("--status-every", "status_interval", type=POSITIVE, default=LOG_INTERVAL_S,
               show_default=True, help="Seconds between status lines when stderr is not a terminal (cron).")
@@ -217,6 +220,7 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                 batch_max_bytes: int = BATCH_MAX_BYTES, redis_url: str | None = None,
                 redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S, shard: Shard | None = None,
                 changed: str = "refuse", retry_codes: frozenset[str] = frozenset(),
+                force_pack: bool = False,
                 azure_ad_token_command: str | None = None,
                 azure_identity: bool = False) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
@@ -227,6 +231,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
     instead (half price, within 24 h), recorded in OUTPUT.batches.
     """
     _warn_password_in_argv(redis_url)
+    if force_pack and no_pack:
+        _usage_error("--pack and --no-pack contradict each other: choose one")
     if input_path != "-":
         _check_readable(input_path)
     prices = _load_prices(prices_file)
@@ -254,8 +260,7 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         input=input_path, output=output, endpoint=endpoint, rpm=rpm, tpm=tpm, burst_s=burst_s,
         budget_scope=budget_scope, dispatch=DispatchConfig(
             max_attempts=max_attempts, concurrency=concurrency, retry_failed=retry_failed,
-            retry_codes=retry_codes,
-            changed=ChangedPolicy(changed)),
+            retry_codes=retry_codes, changed=ChangedPolicy(changed), trust_packs=force_pack),
         pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval,
         ipm=ipm, images_dir=images_dir, inline_images=inline_images, redis=redis_url or None,
         redis_timeout=redis_timeout, shard=shard)

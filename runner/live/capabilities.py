@@ -4,21 +4,28 @@ means stays `runner.outcome`'s.
 
 Packs::
 
-    UNPROVEN ──a pack answered in full──────────────────────────► TRUSTED  (a later failed pack is an
-       │                                                                    ordinary transient failure)
-       └──PACK_FAILURES_TO_STOP packs failed (a short answer, a 5xx)──► OFF  (jobs go alone for the
+    UNPROVEN ──a pack answered in full (or in part: a fault)────────► TRUSTED  (a later failed pack is
+       │                                                                    an ordinary transient failure)
+       └──PACK_FAILURES_TO_STOP packs refused as lists are────────────► OFF  (jobs go alone for the
                                                                               rest of the run)
 
-While a lane is UNPROVEN only one pack at a time is on the wire there (`claim_pack`): the first
-pack is a probe, so a server that answers only the first item of a list, or a 500 to any list,
-costs at most PACK_FAILURES_TO_STOP packed requests however many packs are waiting. A pack that
-fails there is never failed as a pack: its jobs are sent alone.
+Only shapes a transient fault cannot give count against packing (`refuses_lists`): an answer
+holding exactly the first prompt's choices (`list_not_taken`: the server read one prompt), or a
+500 with a blank message (a server that fails on any list). A truncated body, a reset, a 503, an
+answer with a few choices missing are faults: retried, never a lesson. While a lane is UNPROVEN
+only one pack at a time is on the wire there (`claim_pack`): the first pack is a probe, so a
+server that answers only the first item of a list costs at most PACK_FAILURES_TO_STOP packed
+requests however many packs are waiting. A pack that fails there is never failed as a pack: its
+jobs are sent alone. `--pack` (`trusted=True`) starts the lane TRUSTED: packing is never turned
+off.
 
-`n`: each prompt answered with one choice where `n` asked for more is noted (`note_n_ignored`);
-N_IGNORED_TO_CONFIRM of them confirm that the lane ignores `n`: a single job's answer is retried
-once to confirm, a pack's answer of two or more prompts confirms at once. From then on the lane's
-jobs asking for more than one choice fail as `n_not_supported` without being sent: their answers
-could not be used, and a run does not pay for answers it cannot use.
+`n`: a request answered with exactly one choice per prompt, indexed 0..prompts-1, where `n`
+asked for more is noted (`note_n_ignored`); N_IGNORED_TO_CONFIRM such requests confirm that the
+lane ignores `n`, unless the lane has answered a request asking for `n` > 1 in full
+(`n_answered`): then it honours `n`, and a short answer was a fault. From confirmation on, the
+lane's jobs asking for more than one choice fail as `n_not_supported` without being sent: their
+answers could not be used, and a run does not pay for answers it cannot use. (The dispatcher
+sends a job whose own answer looked like this at least once more before it fails.)
 """
 from __future__ import annotations
 
@@ -28,12 +35,19 @@ from collections import deque
 
 from jobs import codes
 
-__all__ = ["PACK_FAILURES_TO_STOP", "PACK_FAILURE_CODES", "N_IGNORED_TO_CONFIRM", "PackState",
-           "LaneCapabilities"]
+__all__ = ["PACK_FAILURES_TO_STOP", "N_IGNORED_TO_CONFIRM", "PackState", "LaneCapabilities",
+           "refuses_lists"]
 
-PACK_FAILURES_TO_STOP = 2  # packs failed on a lane where none has worked yet: packing goes off there
-PACK_FAILURE_CODES = frozenset({codes.SERVER_ERROR, codes.BAD_RESPONSE})  # what a list not taken gives
-N_IGNORED_TO_CONFIRM = 2  # prompts answered ignoring `n` that confirm the lane ignores it
+PACK_FAILURES_TO_STOP = 2  # packs refused as lists on a lane where none has worked: packing goes off
+N_IGNORED_TO_CONFIRM = 2  # requests answered ignoring `n` that confirm the lane ignores it
+BLANK_500 = "HTTP 500"  # the message of a 500 whose body says nothing (`runner.outcome.classify`)
+
+
+def refuses_lists(code: str, message: str) -> bool:
+    """Whether a verdict (`code`, `message`) has the shape of a server that does not take list
+    prompts: only the first prompt answered, or a blank 500. Faults (a cut body, a 503, a few
+    choices missing) never do."""
+    return code == codes.LIST_NOT_TAKEN or (code == codes.SERVER_ERROR and message == BLANK_500)
 
 
 class PackState(enum.Enum):
@@ -46,19 +60,21 @@ class LaneCapabilities:
     """One lane's learned capabilities; see the module docstring. Only the event loop's thread
     touches it."""
 
-    __slots__ = ("packs", "pack_failures", "n_ignored", "n_message", "_probe", "_waiters")
+    __slots__ = ("packs", "pack_failures", "n_ignored", "n_honoured", "n_message", "_probe",
+                 "_waiters")
 
-    def __init__(self) -> None:
-        self.packs = PackState.UNPROVEN
+    def __init__(self, *, trusted: bool = False) -> None:
+        self.packs = PackState.TRUSTED if trusted else PackState.UNPROVEN
         self.pack_failures = 0
-        self.n_ignored = 0  # prompts answered ignoring n
+        self.n_ignored = 0  # requests answered ignoring n
+        self.n_honoured = False  # a request asking n > 1 was answered in full here
         self.n_message = ""  # what the confirming answer said
         self._probe: object | None = None  # the pack on the wire while UNPROVEN
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def ignores_n(self) -> bool:
-        return self.n_ignored >= N_IGNORED_TO_CONFIRM
+        return self.n_ignored >= N_IGNORED_TO_CONFIRM and not self.n_honoured
 
     async def claim_pack(self, pack: object) -> bool:
         """Whether `pack` may be sent now (False: packing is OFF here, send its jobs alone).
@@ -95,7 +111,7 @@ class LaneCapabilities:
             self._wake()
 
     def pack_failed(self) -> bool:
-        """A pack failed with one of `PACK_FAILURE_CODES`. True when this turned packing OFF."""
+        """A pack was refused as a list (`refuses_lists`). True when this turned packing OFF."""
         if self.packs is not PackState.UNPROVEN:
             return False
         self.pack_failures += 1
@@ -105,13 +121,20 @@ class LaneCapabilities:
         self._wake()
         return True
 
-    def note_n_ignored(self, prompts: int, message: str) -> bool:
-        """An answer gave `prompts` prompts one choice each where `n` asked for more (`message`
+    def note_n_ignored(self, message: str) -> bool:
+        """A request's answer gave each prompt one choice where `n` asked for more (`message`
         says how). True when the lane is now known to ignore `n`."""
-        self.n_ignored += prompts
+        self.n_ignored += 1
         if self.ignores_n and not self.n_message:
             self.n_message = message
         return self.ignores_n
+
+    def n_answered(self) -> bool:
+        """A request asking `n` > 1 was answered in full: the lane honours `n` (any earlier
+        short answer was a fault). True when this undid a conclusion."""
+        undone = self.ignores_n
+        self.n_honoured = True
+        return undone
 
     def _wake(self) -> None:
         """Every waiter re-checks (a woken waiter may be cancelled before it runs; waking all means

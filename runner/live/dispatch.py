@@ -42,8 +42,8 @@ from jobs import codes, tokens
 from jobs.endpoints import spec_of
 from jobs.job import Job
 from jobs.packing import (
-    Budget, MissingChoices, NChoicesIgnored, Packer, PartialAnswer, Request, halves, pack, single,
-    split_response,
+    Budget, ListNotTaken, MissingChoices, NChoicesIgnored, Packer, PartialAnswer, Request, halves,
+    pack, single, split_response,
 )
 from jobs import intake as intake_
 from jobs.intake import (
@@ -57,10 +57,11 @@ from runner.api.headers import RateLimitInfo
 from runner.api.imagelimits import as_token_headers
 from runner.files.images import ImageStore, SaveFailed
 from runner.errors import (
-    APITimeoutError, BadResponseError, ChangedJobsError, NChoicesIgnoredError, RunnerError,
+    APITimeoutError, BadResponseError, ChangedJobsError, ListNotTakenError, NChoicesIgnoredError,
+    RunnerError,
     StopRunError, UnusableInput,
 )
-from runner.live.capabilities import PACK_FAILURE_CODES, LaneCapabilities, PackState
+from runner.live.capabilities import LaneCapabilities, PackState, refuses_lists
 from runner.live.concurrency import ConcurrencyLimit, lane_limit
 from runner.pacing.limiter import Permit, RateLimiter, RequestTooLarge
 from runner.pacing.limiters import Limiters
@@ -88,6 +89,7 @@ class DispatchConfig:
     retry_failed: bool = False
     retry_codes: frozenset[str] = frozenset()  # retry permanent failures with these codes only
     changed: ChangedPolicy = ChangedPolicy.REFUSE  # jobs edited since their result (--changed)
+    trust_packs: bool = False  # --pack: lanes take packs from the start, never turned off
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -287,7 +289,7 @@ class Dispatcher:
         key = (self._endpoint.budget_key(request.model), request.url)
         caps = self._capabilities.get(key)
         if caps is None:
-            caps = self._capabilities[key] = LaneCapabilities()
+            caps = self._capabilities[key] = LaneCapabilities(trusted=self.config.trust_packs)
         return caps
 
     def _budget(self, model: str) -> Budget | None:
@@ -439,12 +441,12 @@ class Dispatcher:
 
     # -- one request -----------------------------------------------------------------------------
 
-    async def _process(self, request: Request) -> None:
+    async def _process(self, request: Request, sent_before: int = 0) -> None:
         lane = self._lane(request.model, request.url)
         caps = self._capabilities_of(request)
-        attempts = Attempts()
+        attempts = Attempts(sent_before, 0, 0)  # a job of a pack sent as a pack: sent once
         while not self.stopping:
-            if not await self._may_send(request, caps):
+            if not await self._may_send(request, caps, attempts):
                 return
             limiter = lane.limiter  # read anew: the lane's models may have come to share a budget
             # Slots first (the lane's, then the run's), then the budget: a request is admitted
@@ -464,7 +466,7 @@ class Dispatcher:
                 except RequestTooLarge as exc:
                     too_large = exc
                 else:
-                    if self.stopping or self._refuses_n(request, caps):
+                    if self.stopping or self._refuses_n(request, caps, attempts):
                         limiter.on_failure(permit)  # admitted but never sent
                         return
                     moved = lane.limiter is not limiter  # its models came to share one budget
@@ -524,7 +526,7 @@ class Dispatcher:
                 await self._bisect(request, verdict)
                 return
             if decision.step is Step.UNPACK:
-                await self._unpack(request)
+                await self._unpack(request, sent=True)
                 return
             self.stats.retries += 1
             if decision.step is Step.RETRY_PACED:
@@ -587,26 +589,31 @@ class Dispatcher:
             except PartialAnswer as exc:  # keep what came back; the rest is sent again
                 return verdict, [exc.answers.get(i) for i in range(len(request.jobs))], response
             except (orjson.JSONDecodeError, MissingChoices) as exc:  # jobs/ knows no runner errors
-                error = NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else BadResponseError
+                error = (NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else
+                         ListNotTakenError if isinstance(exc, ListNotTaken) else BadResponseError)
                 return classify(None, {}, None, exc=error(str(exc))), None, response
             return verdict, answers, response
         return verdict, None, response
 
-    async def _may_send(self, request: Request, caps: LaneCapabilities) -> bool:
+    async def _may_send(self, request: Request, caps: LaneCapabilities,
+                        attempts: Attempts = Attempts()) -> bool:
         """Whether to go on with `request` now. Not when its lane ignores the `n` it asks for (its
         jobs fail at once), nor a pack where packing is off (its jobs go alone). A pack on a lane
         whose packs are unproven waits until no other pack is on the wire there."""
-        if self._refuses_n(request, caps):
+        if self._refuses_n(request, caps, attempts):
             return False
         if not request.packed or await caps.claim_pack(request):
             return True
         await self._unpack(request)
         return False
 
-    def _refuses_n(self, request: Request, caps: LaneCapabilities) -> bool:
+    def _refuses_n(self, request: Request, caps: LaneCapabilities,
+                   attempts: Attempts = Attempts()) -> bool:
         """Fail the request's jobs, unsent, when they ask for an `n` their lane ignores (checked
-        again once admitted: the lane may have shown it while the request waited)."""
-        if request.n > 1 and caps.ignores_n:
+        again once admitted: the lane may have shown it while the request waited). A request
+        already sent (its own answer looked like that) is sent once more instead: its second
+        answer decides."""
+        if request.n > 1 and caps.ignores_n and attempts.sent == 0:
             self._fail_jobs(request.jobs, codes.N_NOT_SUPPORTED, f"not sent: {caps.n_message}")
             return True
         return False
@@ -627,13 +634,25 @@ class Dispatcher:
         if verdict.action is Action.OK:
             self._last_success = now
         since = now - (self.stats.started if self._last_success is None else self._last_success)
+        if verdict.action is Action.OK and request.n > 1 and caps.n_answered():
+            self._log(f"{request.model} ({request.url}): a request asking n={request.n} was "
+                      "answered in full: the lane honours n after all (earlier short answers "
+                      "were faults)")
         confirmed = caps.ignores_n
         # a pack holding as many prompts as n asked choices looks the same when lists are ignored
         if verdict.code == codes.N_NOT_SUPPORTED and request.prompts != request.n and not confirmed:
-            confirmed = caps.note_n_ignored(request.prompts, verdict.message)
+            confirmed = caps.note_n_ignored(verdict.message)
             if confirmed:
-                self._log(f"{request.model} ({request.url}): {verdict.message}; jobs "
-                          f"there asking for n > 1 fail as {codes.N_NOT_SUPPORTED} without being sent")
+                self.stats.n_ignored.append((request.model, request.url,
+                                             f"{caps.n_ignored} requests answered with one choice "
+                                             f"per prompt where n asked for more (last: "
+                                             f"{verdict.message})"))
+                self._log(f"{request.model} ({request.url}): {verdict.message}, on "
+                          f"{caps.n_ignored} requests; jobs there asking for n > 1 fail as "
+                          f"{codes.N_NOT_SUPPORTED} without being sent (after one more try for "
+                          "a job whose own answer showed it)")
+        # a job's own answer is not enough: it is sent once more before it fails on n
+        confirmed = confirmed and attempts.sent > 0
         decision = decide(verdict, attempts, packed=request.packed,
                           max_attempts=self.config.max_attempts, since_success=max(0.0, since),
                           confirmed=confirmed, answered=self._last_success is not None)
@@ -641,7 +660,7 @@ class Dispatcher:
             return decision
         if decision.step is Step.SUCCEED:
             caps.pack_answered()
-        elif verdict.action is Action.RETRY and verdict.code in PACK_FAILURE_CODES:
+        elif verdict.action is Action.RETRY and refuses_lists(verdict.code, verdict.message):
             if caps.pack_failed():
                 self._packing_off(request, caps, verdict)
             if caps.packs is PackState.OFF or decision.step is Step.FAIL:
@@ -670,8 +689,8 @@ class Dispatcher:
     def _packing_off(self, request: Request, caps: LaneCapabilities, verdict: Verdict) -> None:
         """Packing just went off for the request's lane: say so once; the packer's partial packs
         there go job by job."""
-        reason = (f"{caps.pack_failures} packs failed before any was answered in full "
-                  f"(last: {verdict.code}: {verdict.message})")
+        reason = (f"{caps.pack_failures} packs were refused as lists before any was answered "
+                  f"in full (last: {verdict.code}: {verdict.message})")
         self.stats.packing_off.append((request.model, request.url, reason))
         self._log(f"packing off for {request.model} ({request.url}): {reason}; its jobs are sent "
                   "alone for the rest of the run")
@@ -750,12 +769,12 @@ class Dispatcher:
                   f"{len(parts)} halves to find the job(s) at fault")
         await asyncio.wait([self._spawn(self._process(part)) for part in parts])
 
-    async def _unpack(self, request: Request) -> None:
+    async def _unpack(self, request: Request, sent: bool = False) -> None:
         """Send each job of a pack alone (packing is off on its lane, or its answer ignored `n`)."""
         if self.stopping:
             return
         parts = [single(job, tokens.rate_limit_charge(job.url, job.body)) for job in request.jobs]
-        await asyncio.wait([self._spawn(self._process(part)) for part in parts])
+        await asyncio.wait([self._spawn(self._process(part, int(sent))) for part in parts])
 
     def _fail_jobs(self, jobs: tuple[Job, ...], code: str, message: str,
                    response: HttpResponse | None = None) -> None:

@@ -43,6 +43,7 @@ class RunStats:
     bisect_requests: int = 0      # extra requests spent splitting refused packs
     partial_answers: int = 0      # packed answers lacking some jobs' choices: the rest sent again
     packing_off: list[tuple[str, str, str]] = field(default_factory=list)  # (model, url, why)
+    n_ignored: list[tuple[str, str, str]] = field(default_factory=list)  # (model, url, evidence)
     budget_shared: list[tuple[str, str]] = field(default_factory=list)  # (base URL, why)
     charged_tokens: int = 0       # our estimate of what the rate limiter charged
     images: int = 0               # images saved as files (image endpoints)

@@ -72,6 +72,9 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
                      "rate_limited_429": stats.rate_limited, "bisect_extra": stats.bisect_requests},
         "packing_off": [{"model": model, "url": url, "reason": reason}
                         for model, url, reason in stats.packing_off],
+        "n_ignored": [{"model": model, "url": url, "evidence": evidence}
+                      for model, url, evidence in stats.n_ignored],
+        "partial_answers": stats.partial_answers,
         "budget_shared": [{"base_url": base_url, "reason": reason}
                           for base_url, reason in stats.budget_shared],
         "models": models,
@@ -117,7 +120,14 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
     if stats.bisect_requests:
         lines.append(f"bisecting refused packs cost {stats.bisect_requests:,} extra requests")
     for model, url, reason in stats.packing_off:
-        lines.append(f"packing off for {model} ({url}): {reason}; its jobs were sent alone")
+        lines.append(f"packing off for {model} ({url}): {reason}; its jobs were sent alone "
+                     "(--pack keeps packing on)")
+    for model, url, evidence in stats.n_ignored:
+        lines.append(f"{model} ({url}) ignores n: {evidence}; its jobs asking for n > 1 failed "
+                     f"as n_not_supported")
+    if stats.partial_answers:
+        lines.append(f"{stats.partial_answers:,} packed answers lacked some jobs' choices: the "
+                     "jobs answered were kept, only the others sent again")
     for base_url, reason in stats.budget_shared:
         lines.append(f"one budget for the key over every model at {base_url} ({reason})")
     data = summary_dict(stats, output, prices)
