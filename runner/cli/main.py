@@ -526,7 +526,8 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
              batch_file_processing_s: float = 1.0) -> None:
     """Serve a simulated OpenAI-compatible API (and Azure OpenAI URL shapes), with the hosted
     Batch API's Files and Batches endpoints, for trying runner out."""
-    from runner.simulator.server import SimConfig, serve
+    from runner.simulator.config import SimConfig
+    from runner.simulator.server import serve
     from runner.simulator.batches import BatchConfig
     try:
         batch = BatchConfig(lines_per_s=batch_lines_per_s, validate_s=batch_validate_s,
@@ -556,7 +557,8 @@ DEMO_JOBS = "demo.jsonl"  # package data of runner.cli: 500 chat, completion and
 def demo(output: Path) -> None:
     """Run the demo jobs shipped with runner against the built-in simulated API: no key, no network."""
     from importlib import resources
-    from runner.simulator.server import SimConfig, run_in_thread
+    from runner.simulator.config import SimConfig
+    from runner.simulator.server import run_in_thread
     output.unlink(missing_ok=True)
     sim = SimConfig(rpm=3000, tpm=1_000_000, burst_s=2.0, latency_ms=80, fault_rate=0.03, seed=7)
     click.echo(f"runner demo: simulated API with RPM {sim.rpm}, TPM {sim.tpm:,}, "
