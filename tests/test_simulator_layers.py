@@ -11,7 +11,7 @@ import runner.simulator
 
 FOLDER = Path(runner.simulator.__file__).parent
 # Bottom first: a module may import only modules listed before it (server.py's docstring draws it)
-LAYERS = ("answers", "parsing", "budgets", "config", "responses", "images", "service",
+LAYERS = ("answers", "parsing", "budgets", "config", "faults", "responses", "images", "service",
           "completions", "routes", "batches", "server")
 
 

@@ -38,9 +38,8 @@ from runner.simulator import images as img
 from runner.simulator import responses as rsp
 from runner.simulator.answers import CHAT, COMPLETIONS, EMBEDDINGS
 from runner.simulator.completions import answer_line
-from runner.simulator.parsing import (
-    OVERLOADED_ERROR, SERVER_ERROR, ApiError, api_key_of, bad_request, parse_request,
-)
+from runner.simulator.faults import apply_fault
+from runner.simulator.parsing import ApiError, api_key_of, bad_request, parse_request
 from runner.simulator.routes import publish_image
 from runner.simulator.service import Service
 
@@ -529,26 +528,23 @@ def _other_answer(sim: Service, tail: str, body: Any,
             prompts = [image_req.seed]
     except ApiError as err:
         return err.status, err.body
-    fault = sim.pick_fault()
-    if fault == "503":
-        return 503, OVERLOADED_ERROR
-    if fault in ("500", "reset", "hang", "truncated"):
-        return 500, SERVER_ERROR
-    if tail == rsp.RESPONSES:
-        answer = rsp.response_answer(model, text, limit, response_id=sim.next_id("resp_", 32),
-                                     created=int(sim.wall_clock()))
-    elif tail != rsp.MODERATIONS:
-        answer = img.image_answer(image_req, created=int(sim.wall_clock()),
-                                  url_for=lambda raw, fmt: publish_image(sim, None, raw, fmt))
-        sim.stats.images += image_req.n
-    else:
-        answer = rsp.moderation_answer(model, prompts, response_id=sim.next_id("modr-", 24))
-        if fault == "missing_choice" and len(answer["results"]) > 1:
-            answer["results"].pop(sim.rng.randrange(len(answer["results"])))
-            return 200, answer
-    for prompt in prompts:
-        sim.stats.answered[prompt] += 1
-    return 200, answer
+
+    def answer() -> dict[str, Any]:
+        if tail == rsp.RESPONSES:
+            return rsp.response_answer(model, text, limit, response_id=sim.next_id("resp_", 32),
+                                       created=int(sim.wall_clock()))
+        if tail != rsp.MODERATIONS:
+            sim.stats.images += image_req.n
+            return img.image_answer(image_req, created=int(sim.wall_clock()),
+                                    url_for=lambda raw, fmt: publish_image(sim, None, raw, fmt))
+        return rsp.moderation_answer(model, prompts, response_id=sim.next_id("modr-", 24))
+
+    reply = apply_fault(sim.pick_fault(), answer, "results" if tail == rsp.MODERATIONS else None,
+                        rng=sim.rng, over_http=False)
+    if reply.complete:
+        for prompt in prompts:
+            sim.stats.answered[prompt] += 1
+    return reply.status, reply.body
 
 
 def _image_refs(tail: str, body: Any, files: dict[str, bytes]

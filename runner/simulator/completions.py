@@ -30,10 +30,10 @@ from runner.simulator.budgets import (
     LITELLM_DESCRIPTOR, RATE_WINDOW_S, WindowBudget, bucket_states, rate_limit_headers,
     rate_limited, router_limited, window_limited,
 )
+from runner.simulator.faults import Reply, apply_fault
 from runner.simulator.parsing import (
     AZURE, AZURE_DEFAULT_API_VERSION, AZURE_V1, BLANK_SERVER_ERROR, MALFORMED_JSON, OPENAI,
-    OVERLOADED_ERROR, QUOTA_ERROR, SERVER_ERROR, ApiError, api_key_of, azure_error, parse_request,
-    poisoned,
+    QUOTA_ERROR, ApiError, api_key_of, azure_error, parse_request, poisoned,
 )
 from runner.simulator.service import ConnectionDropped, Service, client_gone, json_response
 
@@ -128,27 +128,28 @@ async def _work(service: Service, request: web.Request, req: SimRequest, fault: 
     stats.served += 1
     if client_gone(request):
         stats.abandoned += 1
-    if fault == "500":
-        raise ApiError(500, SERVER_ERROR)
-    if fault == "503":
-        raise ApiError(503, OVERLOADED_ERROR)
-    if fault == "reset":
+    reply = _reply(service, req, fault, over_http=True)
+    if reply.reset:
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionDropped
-    kind = req.kind
-    answer = build_answer(req, rng=service.rng, shuffle=config.shuffle,
-                          created=int(service.wall_clock()),
-                          response_id=service.next_id("chatcmpl-" if kind == CHAT else "cmpl-", 29))
-    items = answer["data" if kind == EMBEDDINGS else "choices"]
-    if fault == "missing_choice" and len(items) > 1:
-        items.pop(service.rng.randrange(len(items)))
-    raw = orjson.dumps(answer)
-    if fault == "truncated":
-        raw = raw[:len(raw) // 2]
-    elif not client_gone(request):
-        _count_answered(service, req, items)
-    return web.Response(status=200, body=raw, content_type="application/json", headers=headers)
+    if reply.status != 200:
+        raise ApiError(reply.status, reply.body)
+    if not reply.truncated and not client_gone(request):
+        _count_answered(service, req, reply.body)
+    return web.Response(status=200, body=reply.raw, content_type="application/json",
+                        headers=headers)
+
+
+def _reply(service: Service, req: SimRequest, fault: str | None, *, over_http: bool) -> Reply:
+    """What the admitted `req` gets: its answer with `fault` applied (`faults.apply_fault`)."""
+    def answer() -> dict[str, Any]:
+        return build_answer(req, rng=service.rng, shuffle=service.config.shuffle,
+                            created=int(service.wall_clock()),
+                            response_id=service.next_id("chatcmpl-" if req.kind == CHAT else "cmpl-",
+                                                        29))
+    return apply_fault(fault, answer, "data" if req.kind == EMBEDDINGS else "choices",
+                       rng=service.rng, over_http=over_http)
 
 
 async def _in_turn(service: Service, work: Coroutine[Any, Any, web.Response]) -> web.Response:
@@ -199,23 +200,15 @@ def answer_line(service: Service, kind: str, body: Any, deployment: str | None =
             raise poisoned(kind, sum(text_tokens(p) for p in req.prompts))
     except ApiError as err:
         return err.status, err.body
-    fault = service.pick_fault()
-    if fault == "503":
-        return 503, OVERLOADED_ERROR
-    if fault in ("500", "reset", "hang", "truncated"):
-        return 500, SERVER_ERROR
-    answer = build_answer(req, rng=service.rng, shuffle=service.config.shuffle,
-                          created=int(service.wall_clock()),
-                          response_id=service.next_id("chatcmpl-" if kind == CHAT else "cmpl-", 29))
-    items = answer["data" if kind == EMBEDDINGS else "choices"]
-    if fault == "missing_choice" and len(items) > 1:
-        items.pop(service.rng.randrange(len(items)))
-    else:
-        _count_answered(service, req, items)
-    return 200, answer
+    reply = _reply(service, req, service.pick_fault(), over_http=False)
+    if reply.complete:
+        _count_answered(service, req, reply.body)
+    return reply.status, reply.body
 
 
-def _count_answered(service: Service, req: SimRequest, items: list[dict[str, Any]]) -> None:
+def _count_answered(service: Service, req: SimRequest, answer: dict[str, Any]) -> None:
+    """Count in `stats.answered` each prompt of `req` whose every choice `answer` holds."""
+    items = answer["data" if req.kind == EMBEDDINGS else "choices"]
     per_prompt = 1 if req.kind == EMBEDDINGS else req.n
     delivered = Counter(item["index"] // per_prompt for item in items) if req.kind != CHAT \
         else Counter({0: len(items)})

@@ -23,10 +23,10 @@ from runner.simulator import responses as rsp
 from runner.simulator.budgets import (
     ModelBudget, WindowBudget, bucket_states, format_duration, rate_limit_headers,
 )
+from runner.simulator.faults import apply_fault
 from runner.simulator.parsing import (
-    AZURE, AZURE_DEFAULT_API_VERSION, AZURE_V1, MALFORMED_JSON, OPENAI, ORGANIZATION,
-    OVERLOADED_ERROR, QUOTA_ERROR, SERVER_ERROR, ApiError, api_key_of, azure_error, bad_request,
-    openai_error,
+    AZURE, AZURE_DEFAULT_API_VERSION, AZURE_V1, MALFORMED_JSON, OPENAI, ORGANIZATION, QUOTA_ERROR,
+    ApiError, api_key_of, azure_error, bad_request, openai_error,
 )
 from runner.simulator.service import ConnectionDropped, Service, client_gone, json_response
 
@@ -169,37 +169,34 @@ async def _serve(sim: Service, request: web.Request, tail: str, shape: str) -> w
     if config.latency_ms > 0:
         await sim.sleep(config.latency_ms / 1000)
     sim.stats.served += 1
-    if fault == "500":
-        raise ApiError(500, SERVER_ERROR)
-    if fault == "503":
-        raise ApiError(503, OVERLOADED_ERROR)
-    if fault == "reset":
+
+    def answer() -> dict[str, Any]:
+        created = int(sim.wall_clock())
+        if tail == rsp.RESPONSES:
+            return rsp.response_answer(model, text, limit, response_id=sim.next_id("resp_", 32),
+                                       created=created)
+        if tail == rsp.MODERATIONS:
+            return rsp.moderation_answer(model, texts, response_id=sim.next_id("modr-", 24))
+        return img.image_answer(image_req, created=created,
+                                url_for=lambda raw, fmt: publish_image(sim, request, raw, fmt))
+
+    reply = apply_fault(fault, answer, "results" if tail == rsp.MODERATIONS else None,
+                        rng=sim.rng)
+    if reply.reset:
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionDropped
-    created = int(sim.wall_clock())
-    if tail == rsp.RESPONSES:
-        answer = rsp.response_answer(model, text, limit, response_id=sim.next_id("resp_", 32),
-                                     created=created)
-        prompts = [text]
-    elif tail == rsp.MODERATIONS:
-        answer = rsp.moderation_answer(model, texts, response_id=sim.next_id("modr-", 24))
-        if fault == "missing_choice" and len(answer["results"]) > 1:
-            answer["results"].pop(sim.rng.randrange(len(answer["results"])))
-        prompts = texts
-    else:
-        answer = img.image_answer(image_req, created=created,
-                                  url_for=lambda raw, fmt: publish_image(sim, request, raw, fmt))
-        prompts = [image_req.seed]
-    raw = orjson.dumps(answer)
-    if fault == "truncated":
-        raw = raw[:len(raw) // 2]
-    elif not client_gone(request):
+    if reply.status != 200:
+        raise ApiError(reply.status, reply.body)
+    if not reply.truncated and not client_gone(request):
+        prompts = [text] if tail == rsp.RESPONSES else texts if tail == rsp.MODERATIONS else \
+            [image_req.seed]
         for p in prompts:
             sim.stats.answered[p] += 1
         if image_req is not None:
             sim.stats.images += image_req.n
-    return web.Response(status=200, body=raw, content_type="application/json", headers=headers)
+    return web.Response(status=200, body=reply.raw, content_type="application/json",
+                        headers=headers)
 
 
 def publish_image(sim: Service, request: web.Request, raw: bytes, fmt: str) -> str:

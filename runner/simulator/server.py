@@ -35,6 +35,7 @@ The modules, each importing only those above it:
     parsing      request parsing and error bodies (400, 401, quota, server errors)
     budgets      rate-limit budgets (buckets, windows), their headers and their 429s
     config       `SimConfig` (how it behaves) and `SimStats` (what it saw)
+    faults       the fault draw and the one function that applies a fault to any answer
     responses,   the Responses, moderations and image endpoints' parsing and answers (pure)
     images
     service      `Service`: the one account every endpoint shares (budgets, seams, ids)

@@ -20,6 +20,7 @@ from aiohttp import web
 from runner.simulator.answers import sha_hex
 from runner.simulator.budgets import ModelBudget, WindowBudget
 from runner.simulator.config import SimConfig, SimStats
+from runner.simulator.faults import draw_fault
 
 
 class ConnectionDropped(Exception):
@@ -81,11 +82,10 @@ class Service:
         return budget
 
     def pick_fault(self) -> str | None:
-        config = self.config
-        if config.fault_rate <= 0 or self.rng.random() >= config.fault_rate:
-            return None
-        fault = self.rng.choice(config.faults)
-        self.stats.faults[fault] += 1
+        """The fault an admitted request meets (`faults.draw_fault`), counted in `stats.faults`."""
+        fault = draw_fault(self.config, self.rng)
+        if fault is not None:
+            self.stats.faults[fault] += 1
         return fault
 
 
