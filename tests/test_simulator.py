@@ -862,7 +862,9 @@ def test_simulate_command_passes_each_mode_to_the_config(monkeypatch) -> None:
     choices = {p.name: tuple(p.type.choices) for p in main.commands["simulate"].params
                if hasattr(p.type, "choices")}
     assert choices == {"list_prompts": config.LIST_PROMPT_MODES, "budget_scope": config.BUDGET_SCOPES,
-                       "limiter": config.LIMITERS, "header_style": config.HEADER_STYLES}
+                       "limiter": config.LIMITERS, "header_style": config.HEADER_STYLES,
+                       "image_budget_scope": config.IMAGE_BUDGET_SCOPES,
+                       "url_error": config.URL_ERRORS}
 
 
 def test_calendar_minute_windows_end_on_the_minute_and_the_router_refuses_the_rpm_th():

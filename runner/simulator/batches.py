@@ -38,7 +38,6 @@ from runner.simulator import images as img
 from runner.simulator import responses as rsp
 from runner.simulator.answers import CHAT, COMPLETIONS, EMBEDDINGS
 from runner.simulator.completions import answer_line
-from runner.simulator.faults import apply_fault
 from runner.simulator.parsing import ApiError, api_key_of, bad_request, parse_request
 from runner.simulator.routes import publish_image
 from runner.simulator.service import Service
@@ -539,8 +538,8 @@ def _other_answer(sim: Service, tail: str, body: Any,
                                     url_for=lambda raw, fmt: publish_image(sim, None, raw, fmt))
         return rsp.moderation_answer(model, prompts, response_id=sim.next_id("modr-", 24))
 
-    reply = apply_fault(sim.pick_fault(), answer, "results" if tail == rsp.MODERATIONS else None,
-                        rng=sim.rng, over_http=False)
+    reply = sim.reply(sim.pick_fault(), answer, "results" if tail == rsp.MODERATIONS else None,
+                      over_http=False)
     if reply.complete:
         for prompt in prompts:
             sim.stats.answered[prompt] += 1

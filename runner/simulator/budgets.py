@@ -111,33 +111,55 @@ class Admission:
 
 
 class ModelBudget:
-    """The request and token buckets of one model (or Azure deployment)."""
+    """The request and token buckets of one model (or Azure deployment); on the image endpoints
+    the second bucket counts images.
 
-    __slots__ = ("rpm", "tpm", "requests", "tokens")
+    `refused_takes` names the buckets a refused request still takes from (its one request,
+    its `charge` of "tokens"), as OpenAI counts failed requests against the per-minute limit;
+    the refusal's `retry_after_s` is then the time until the debt is paid. Empty: refusals are
+    free. A request too large to ever fit takes only its request.
+    """
+
+    __slots__ = ("rpm", "tpm", "requests", "tokens", "refused_takes")
 
     def __init__(self, rpm: int | None, tpm: int | None, burst_s: float, *,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], refused_takes: tuple[str, ...] = ()) -> None:
         self.rpm = rpm
         self.tpm = tpm
         self.requests = (TokenBucket(rpm / 60, rpm / 60 * burst_s, clock=clock)
                          if rpm is not None else None)
         self.tokens = (TokenBucket(tpm / 60, tpm / 60 * burst_s, clock=clock)
                        if tpm is not None else None)
+        unknown = set(refused_takes) - {"requests", "tokens"}
+        if unknown:
+            raise ValueError(f"refused_takes names unknown buckets {sorted(unknown)}")
+        self.refused_takes = tuple(refused_takes)
 
     def admit(self, charge: int) -> Admission:
         """Take one request and `charge` tokens if both buckets allow, else say why and how long."""
         if self.tpm is not None and charge > self.tpm:
+            if self.requests and "requests" in self.refused_takes:
+                self.requests.take(1)
             return Admission(False, "tokens", 0.0, too_large=True)
-        request_wait = self.requests.wait_time(1) if self.requests else 0.0
-        token_wait = self.tokens.wait_time(charge) if self.tokens else 0.0
+        request_wait, token_wait = self._waits(charge)
         if request_wait > 0 or token_wait > 0:
             limit = "requests" if request_wait > 0 else "tokens"
+            if self.refused_takes:
+                if self.requests and "requests" in self.refused_takes:
+                    self.requests.take(1)
+                if self.tokens and "tokens" in self.refused_takes:
+                    self.tokens.take(charge)
+                request_wait, token_wait = self._waits(charge)
             return Admission(False, limit, max(request_wait, token_wait))
         if self.requests:
             self.requests.take(1)
         if self.tokens:
             self.tokens.take(charge)
         return Admission(True)
+
+    def _waits(self, charge: int) -> tuple[float, float]:
+        return (self.requests.wait_time(1) if self.requests else 0.0,
+                self.tokens.wait_time(charge) if self.tokens else 0.0)
 
     def used(self, limit: str) -> int:
         bucket = self.requests if limit == "requests" else self.tokens

@@ -30,10 +30,10 @@ from runner.simulator.budgets import (
     LITELLM_DESCRIPTOR, RATE_WINDOW_S, WindowBudget, bucket_states, rate_limit_headers,
     rate_limited, router_limited, window_limited,
 )
-from runner.simulator.faults import Reply, apply_fault
+from runner.simulator.faults import Reply
 from runner.simulator.parsing import (
     AZURE, AZURE_DEFAULT_API_VERSION, AZURE_V1, BLANK_SERVER_ERROR, MALFORMED_JSON, OPENAI,
-    QUOTA_ERROR, ApiError, api_key_of, azure_error, parse_request, poisoned,
+    QUOTA_ERROR, ApiError, api_key_of, azure_error, check_model, parse_request, poisoned,
 )
 from runner.simulator.service import ConnectionDropped, Service, client_gone, json_response
 
@@ -67,11 +67,16 @@ async def _serve(service: Service, request: web.Request, kind: str, shape: str) 
         raise ApiError(400, azure_error("BadRequest",
                                         "Missing required query parameter: api-version"))
     key = api_key_of(request.headers, shape, config.api_key)
+    deployment = request.match_info.get("deployment")
+    if deployment is not None:
+        check_model(shape, deployment, models=config.models, deployments=config.deployments)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
         raise ApiError(400, MALFORMED_JSON) from None
-    req = parse_request(kind, body, request.match_info.get("deployment"))
+    req = parse_request(kind, body, deployment)
+    if deployment is None:
+        check_model(shape, req.model, models=config.models, deployments=config.deployments)
     listed = len(req.prompts) > 1
     req = _as_served(service, req)
     if config.poison is not None and any(config.poison in p for p in req.prompts):
@@ -148,8 +153,8 @@ def _reply(service: Service, req: SimRequest, fault: str | None, *, over_http: b
                             created=int(service.wall_clock()),
                             response_id=service.next_id("chatcmpl-" if req.kind == CHAT else "cmpl-",
                                                         29))
-    return apply_fault(fault, answer, "data" if req.kind == EMBEDDINGS else "choices",
-                       rng=service.rng, over_http=over_http)
+    return service.reply(fault, answer, "data" if req.kind == EMBEDDINGS else "choices",
+                         over_http=over_http)
 
 
 async def _in_turn(service: Service, work: Coroutine[Any, Any, web.Response]) -> web.Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 KNOWN_FAULTS = frozenset({"500", "503", "hang", "reset", "truncated", "missing_choice"})
@@ -14,6 +14,8 @@ LIST_PROMPT_MODES = ("ok", "ignore", "error")
 BUDGET_SCOPES = ("model", "key")
 HEADER_STYLES = ("openai", "litellm", "litellm-router", "ietf", "none")
 LIMITERS = ("bucket", "window", "minute")
+URL_ERRORS = ("invalid_url", "unknown_url")
+IMAGE_BUDGET_SCOPES = ("model", "key")
 
 
 def _check_number(name: str, value: float, *, minimum: float, strict: bool) -> None:
@@ -78,6 +80,28 @@ class SimConfig:
     reset, and 429s with no rate-limit header and only `llm_provider-retry-after: 60`; its windows
     refuse their rpm-th request (`rpm - 1` pass, as LiteLLM 1.108.7's router does); "ietf":
     the IETF draft's `RateLimit-Limit/-Remaining/-Reset/-Policy`; "none": no rate-limit headers.
+
+    Faults and refusals of the real service, each off by default (`runner.simulator.faults`):
+
+    fault_rates: each fault's own probability per admitted request, e.g. `{"500": 0.01,
+    "missing_choice": 0.01}` (a mapping or pairs; kept as pairs sorted by name; at most 1 in all);
+    instead of `fault_rate` with `faults`, not beside them. "missing_choice" is the partial
+    answer: a 200 whose answer has several items (a list prompt, `n` > 1, several inputs) comes
+    back valid but without 1 to `max_dropped` of them (at least one kept).
+    refused_count: a request refused 429 still takes one request from its budget (and, on the
+    image endpoints, its `n` images), as OpenAI's rate-limit guide says failed requests count;
+    `retry-after` then names the time until the debt is paid, so a client that waits it gets
+    through and a client that resends at once never does (bucket limiter only).
+    image_budget_scope: "model" keeps one image budget (RPM, `ipm`) per image model, as OpenAI
+    does; "key" one per API key shared by dall-e-2, dall-e-3 and gpt-image-1.
+    url_error: OpenAI's 404 body for a path it does not serve (`/chat/completions` without
+    `/v1`, `/v1/v1/...`): "invalid_url" `Invalid URL (POST /path)` (code null, as through 2023)
+    or "unknown_url" `Unknown request URL: POST /path. Please check the URL for typos, ...` (code
+    `unknown_url`, as since 2024). Paths under `/openai/` get Azure's `{"code": "404", "message":
+    "Resource not found"}` either way.
+    models: the models that exist on OpenAI URLs (None: every name); another answers 404
+    `model_not_found`. deployments: the same for Azure deployments (the URL's, or the body's
+    `model` on the v1 URLs); another answers 404 `DeploymentNotFound`.
     """
 
     rpm: int | None = None
@@ -102,6 +126,13 @@ class SimConfig:
     ipm: int | None = None  # images per minute per image model (runner.simulator.routes)
     image_url_ttl_s: float = 3600.0  # `url` image answers expire after this
     download_fault_rate: float = 0.0  # a GET of an image URL answers 500 with this probability
+    fault_rates: Mapping[str, float] | tuple[tuple[str, float], ...] = ()  # kept as sorted pairs
+    max_dropped: int = 1
+    refused_count: bool = False
+    image_budget_scope: str = "model"
+    url_error: str = "invalid_url"
+    models: tuple[str, ...] | None = None
+    deployments: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "quota_requests", "ipm"):
@@ -140,6 +171,37 @@ class SimConfig:
         _check_choice("header_style", self.header_style, HEADER_STYLES)
         _check_choice("limiter", self.limiter, LIMITERS)
         _check_flag("serial", self.serial)
+        self._check_fault_rates()
+        if isinstance(self.max_dropped, bool) or not isinstance(self.max_dropped, int) \
+                or self.max_dropped < 1:
+            raise ValueError(f"max_dropped must be an int >= 1, got {self.max_dropped!r}")
+        _check_flag("refused_count", self.refused_count)
+        _check_choice("image_budget_scope", self.image_budget_scope, IMAGE_BUDGET_SCOPES)
+        _check_choice("url_error", self.url_error, URL_ERRORS)
+        for name in ("models", "deployments"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"{name} must be a tuple of non-empty names or None, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+
+    def _check_fault_rates(self) -> None:
+        rates = self.fault_rates
+        pairs = list(rates.items()) if isinstance(rates, Mapping) else list(rates)
+        if not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
+            raise ValueError(f"fault_rates must map fault names to rates, got {rates!r}")
+        unknown = sorted({name for name, _ in pairs} - KNOWN_FAULTS)
+        if unknown or len({name for name, _ in pairs}) != len(pairs):
+            raise ValueError(f"fault_rates: unknown or repeated fault(s) {unknown or pairs}; "
+                             f"known: {sorted(KNOWN_FAULTS)}")
+        for name, rate in pairs:
+            _check_number(f"fault_rates[{name!r}]", rate, minimum=0, strict=False)
+        if sum(rate for _, rate in pairs) > 1 + 1e-9:
+            raise ValueError(f"fault_rates must add up to at most 1, got {rates!r}")
+        if pairs and self.fault_rate > 0:
+            raise ValueError("give fault_rate (with faults) or fault_rates, not both")
+        object.__setattr__(self, "fault_rates", tuple(sorted((n, float(r)) for n, r in pairs if r)))
 
 
 @dataclass(slots=True)
@@ -173,3 +235,4 @@ class SimStats:
     working: int = 0
     max_working: int = 0
     images: int = 0  # images generated and answered (image endpoints)
+    partial: int = 0  # 200 answers sent with items dropped (the "missing_choice" fault)

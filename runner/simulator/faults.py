@@ -13,8 +13,8 @@ as a line of a hosted batch alike.
                      one kept; an answer of one is sent whole
 
 Rates: `SimConfig.fault_rate` gives one probability, the fault then chosen evenly among
-`SimConfig.faults`. The draw is on the simulator's seeded random source only, so a run is
-reproducible.
+`SimConfig.faults`; `SimConfig.fault_rates` gives each fault its own probability, drawn with one
+number. Both draw on the simulator's seeded random source only, so a run is reproducible.
 """
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ from runner.simulator.parsing import OVERLOADED_ERROR, SERVER_ERROR
 
 def draw_fault(config: SimConfig, rng: random.Random) -> str | None:
     """The fault an admitted request meets, or None (no draw at all when no fault is set)."""
+    if config.fault_rates:
+        point = rng.random()
+        for fault, rate in config.fault_rates:
+            if point < rate:
+                return fault
+            point -= rate
+        return None
     if config.fault_rate <= 0 or rng.random() >= config.fault_rate:
         return None
     return rng.choice(config.faults)

@@ -232,3 +232,40 @@ def api_key_of(headers: Mapping[str, str], shape: str, expected: str | None) -> 
             f"Incorrect API key provided: {mask_key(key)}. You can find your API key at "
             "https://platform.openai.com/account/api-keys.", code="invalid_api_key"))
     return key
+
+
+# -- what does not exist: a route, a model, a deployment -----------------------------------------
+AZURE_NOT_FOUND = azure_error("404", "Resource not found")  # any path under /openai/ it lacks
+DEPLOYMENT_NOT_FOUND = azure_error(
+    "DeploymentNotFound", "The API deployment for this resource does not exist. If you created the "
+    "deployment within the last 5 minutes, please wait a moment and try again.")
+
+
+def unknown_route(method: str, path: str, style: str) -> dict[str, Any]:
+    """The 404 body for a path the service does not serve (`path` with its query, if any).
+
+    Under `/openai/` Azure's; else OpenAI's in `style` (`SimConfig.url_error`): "invalid_url",
+    `Invalid URL (POST /path)` with a null code, as OpenAI answered through 2023, or
+    "unknown_url", `Unknown request URL: POST /path. ...` with code `unknown_url`, as since 2024.
+    """
+    if path.startswith("/openai/"):
+        return AZURE_NOT_FOUND
+    if style == "unknown_url":
+        return openai_error(f"Unknown request URL: {method} {path}. Please check the URL for typos, "
+                            "or see the docs at https://platform.openai.com/docs/api-reference/.",
+                            code="unknown_url")
+    return openai_error(f"Invalid URL ({method} {path.split('?', 1)[0]})")
+
+
+def check_model(shape: str, name: str, *, models: tuple[str, ...] | None,
+                deployments: tuple[str, ...] | None) -> None:
+    """Raise the service's 404 when `name` does not exist: on OpenAI URLs a model not in `models`
+    (`model_not_found`), on Azure's a deployment not in `deployments` (`DeploymentNotFound`);
+    None stands for every name."""
+    if shape == OPENAI:
+        if models is not None and name not in models:
+            raise ApiError(404, openai_error(
+                f"The model `{name}` does not exist or you do not have access to it.",
+                code="model_not_found"))
+    elif deployments is not None and name not in deployments:
+        raise ApiError(404, DEPLOYMENT_NOT_FOUND)

@@ -23,10 +23,9 @@ from runner.simulator import responses as rsp
 from runner.simulator.budgets import (
     ModelBudget, WindowBudget, bucket_states, format_duration, rate_limit_headers,
 )
-from runner.simulator.faults import apply_fault
 from runner.simulator.parsing import (
     AZURE, AZURE_DEFAULT_API_VERSION, AZURE_V1, MALFORMED_JSON, OPENAI, ORGANIZATION, QUOTA_ERROR,
-    ApiError, api_key_of, azure_error, bad_request, openai_error,
+    ApiError, api_key_of, azure_error, bad_request, check_model, openai_error,
 )
 from runner.simulator.service import ConnectionDropped, Service, client_gone, json_response
 
@@ -130,6 +129,8 @@ async def _serve(sim: Service, request: web.Request, tail: str, shape: str) -> w
         raise ApiError(400, azure_error("BadRequest", "Missing required query parameter: api-version"))
     key = api_key_of(request.headers, shape, config.api_key)
     deployment = request.match_info.get("deployment")
+    if deployment is not None:
+        check_model(shape, deployment, models=config.models, deployments=config.deployments)
     fields, files = await _read(request, tail)
     if tail == rsp.RESPONSES:
         model, text, limit = rsp.parse_responses(fields, deployment)
@@ -141,10 +142,12 @@ async def _serve(sim: Service, request: web.Request, tail: str, shape: str) -> w
     else:
         image_req = img.parse_image_request(tail, fields, files, deployment)
         model, charge = deployment or image_req.model, image_req.n
+    if deployment is None:
+        check_model(shape, model, models=config.models, deployments=config.deployments)
     if config.quota_requests is not None and sim.admitted >= config.quota_requests:
         raise ApiError(429, QUOTA_ERROR)
     if image_req is not None:
-        budget = sim.image_budget(model)
+        budget = sim.image_budget(key if config.image_budget_scope == "key" else model)
         verdict = budget.admit(charge)
         headers = _image_headers(shape, budget)
         if not verdict.admitted:
@@ -168,6 +171,8 @@ async def _serve(sim: Service, request: web.Request, tail: str, shape: str) -> w
     fault = sim.pick_fault()
     if config.latency_ms > 0:
         await sim.sleep(config.latency_ms / 1000)
+    if fault == "hang":
+        await sim.sleep(config.hang_s)
     sim.stats.served += 1
 
     def answer() -> dict[str, Any]:
@@ -180,15 +185,14 @@ async def _serve(sim: Service, request: web.Request, tail: str, shape: str) -> w
         return img.image_answer(image_req, created=created,
                                 url_for=lambda raw, fmt: publish_image(sim, request, raw, fmt))
 
-    reply = apply_fault(fault, answer, "results" if tail == rsp.MODERATIONS else None,
-                        rng=sim.rng)
+    reply = sim.reply(fault, answer, "results" if tail == rsp.MODERATIONS else None)
     if reply.reset:
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionDropped
     if reply.status != 200:
         raise ApiError(reply.status, reply.body)
-    if not reply.truncated and not client_gone(request):
+    if reply.complete and not client_gone(request):
         prompts = [text] if tail == rsp.RESPONSES else texts if tail == rsp.MODERATIONS else \
             [image_req.seed]
         for p in prompts:

@@ -11,21 +11,28 @@ Endpoints (all POST, JSON in and out):
 
 What a request meets, in order (the first that applies answers it):
 
+    404  a path the service does not serve (`/chat/completions` without `/v1`, `/v1/v1/...`):
+         OpenAI's `Invalid URL (POST /path)` (or its 2024 `unknown_url`, `config.url_error`);
+         under `/openai/`, Azure's `Resource not found`
     400  Azure deployment URL without api-version (Azure's `BadRequest` body)
     401  no key / wrong key (OpenAI body masks the key: `sk-abcde***wxyz`; Azure has its own body)
+    404  an Azure deployment not in `config.deployments` (`DeploymentNotFound`)
     400  malformed JSON; unknown body field; missing or
          ill-typed model/messages/prompt/input; a list prompt/input longer than 2048; `stream: true`
-         (the simulator does not stream); a prompt containing `config.poison`
-         (`context_length_exceeded`)
+         (the simulator does not stream)
+    404  a model not in `config.models` (`model_not_found`; Azure v1: a deployment, as above)
+    400  a prompt containing `config.poison` (`context_length_exceeded`)
     429  `insufficient_quota` once `config.quota_requests` requests were admitted
     429  request larger than the whole TPM ("Request too large"), never retryable
-    429  rate limited on requests or tokens, with `retry-after` / `retry-after-ms`
+    429  rate limited on requests or tokens, with `retry-after` / `retry-after-ms` (with
+         `config.refused_count` the refusal still takes its request from the budget)
          -- from here on the request is admitted and charged;
     500  a list prompt/input of 2+ items, with `config.list_prompts == "error"` (blank message);
-         then (with `config.serial`, queued for the one slot) the latency; then, with probability
-         `config.fault_rate`, one of `config.faults`:
+         then (with `config.serial`, queued for the one slot) the latency; then the fault drawn
+         (`runner.simulator.faults`: `config.fault_rate` over `config.faults`, or each at its own
+         rate in `config.fault_rates`):
     500 / 503 / connection reset / hang `config.hang_s` then answer / 200 with the body cut in half /
-         200 with one choice (or embedding) dropped from a multi-item answer
+         200 without 1 to `config.max_dropped` choices (or embeddings) of a multi-item answer
     200  the answer, its choices in shuffled order (unless `config.shuffle` is False)
 
 The modules, each importing only those above it:
@@ -65,7 +72,7 @@ from runner.simulator import completions, routes
 from runner.simulator.batches import BatchConfig, BatchService
 from runner.simulator.budgets import ModelBudget, WindowBudget
 from runner.simulator.config import SimConfig
-from runner.simulator.parsing import ORGANIZATION, openai_error
+from runner.simulator.parsing import ORGANIZATION, openai_error, unknown_route
 from runner.simulator.service import ConnectionDropped, Service, json_response
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # aiohttp's 1 MiB default would refuse big packed requests
@@ -169,9 +176,13 @@ class Simulator:
             except ConnectionDropped:
                 return web.Response(status=499)  # never written: the transport is closed
             except web.HTTPException as exc:  # the router's 404 / 405, a body over MAX_BODY_BYTES
-                where = f"({request.method} {request.path})"
-                message = {404: f"Invalid URL {where}", 405: f"Invalid method for URL {where}"}
-                response = json_response(exc.status, openai_error(message.get(exc.status, exc.reason)))
+                if exc.status == 404:
+                    body = unknown_route(request.method, request.path_qs, self.config.url_error)
+                elif exc.status == 405:
+                    body = openai_error(f"Invalid method for URL ({request.method} {request.path})")
+                else:
+                    body = openai_error(exc.reason)
+                response = json_response(exc.status, body)
             stats.by_status[response.status] += 1
             if response.status == 429:
                 stats.rate_limited += 1

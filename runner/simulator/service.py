@@ -20,7 +20,7 @@ from aiohttp import web
 from runner.simulator.answers import sha_hex
 from runner.simulator.budgets import ModelBudget, WindowBudget
 from runner.simulator.config import SimConfig, SimStats
-from runner.simulator.faults import draw_fault
+from runner.simulator.faults import Reply, apply_fault, draw_fault
 
 
 class ConnectionDropped(Exception):
@@ -69,16 +69,19 @@ class Service:
                              aligned=self.wall_clock if config.limiter == "minute" else None,
                              refuse_last=config.header_style == "litellm-router")
                 if config.limiter in ("window", "minute") else
-                ModelBudget(config.rpm, config.tpm, config.burst_s, clock=self.clock))
+                ModelBudget(config.rpm, config.tpm, config.burst_s, clock=self.clock,
+                            refused_takes=("requests",) if config.refused_count else ()))
         return self.budgets[name]
 
-    def image_budget(self, model: str) -> ModelBudget:
-        """The budget of image model `model`: requests (RPM) and images per minute (`ipm`)."""
-        budget = self.image_budgets.get(model)
+    def image_budget(self, name: str) -> ModelBudget:
+        """The image budget of `name`, an image model or, with `image_budget_scope="key"`, an API
+        key: requests (RPM) and images per minute (`ipm`)."""
+        budget = self.image_budgets.get(name)
         if budget is None:
             config = self.config
-            budget = self.image_budgets[model] = ModelBudget(config.rpm, config.ipm, config.burst_s,
-                                                             clock=self.clock)
+            budget = self.image_budgets[name] = ModelBudget(
+                config.rpm, config.ipm, config.burst_s, clock=self.clock,
+                refused_takes=("requests", "tokens") if config.refused_count else ())
         return budget
 
     def pick_fault(self) -> str | None:
@@ -87,6 +90,16 @@ class Service:
         if fault is not None:
             self.stats.faults[fault] += 1
         return fault
+
+    def reply(self, fault: str | None, answer: Callable[[], dict[str, Any]], items: str | None, *,
+              over_http: bool = True) -> Reply:
+        """`faults.apply_fault` with this account's random source and `max_dropped`; a partial
+        answer is counted in `stats.partial`."""
+        reply = apply_fault(fault, answer, items, rng=self.rng, max_dropped=self.config.max_dropped,
+                            over_http=over_http)
+        if reply.dropped:
+            self.stats.partial += 1
+        return reply
 
 
 def client_gone(request: web.Request) -> bool:
