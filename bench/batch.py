@@ -28,7 +28,9 @@ from runner.clock import VirtualClockLoop
 from runner.report.estimate import estimate_file
 from runner.report.prices import load_prices
 from runner.simulator.batches import BatchConfig
-from runner.simulator.server import SimConfig, Simulator, chat_prompt, completion_text, embedding_vector
+from runner.simulator.answers import chat_prompt, completion_text, embedding_vector
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator
 
 PROVIDER = BatchConfig(lines_per_s=50, validate_s=30, finalize_s=30)
 

@@ -22,7 +22,8 @@ from runner.api.endpoint import Endpoint
 from runner.clock import run_virtual
 from runner.live.dispatch import DispatchConfig
 from runner.live.run import RunConfig, run
-from runner.simulator.server import SimConfig, Simulator
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator
 
 BURST_S = 5.0
 LATENCY_MS = 2000

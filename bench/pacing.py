@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jobs.tokens import rate_limit_charge  # noqa: E402
-from runner.simulator.server import chat_prompt, completion_text  # noqa: E402
+from runner.simulator.answers import chat_prompt, completion_text  # noqa: E402
 
 RPM = 900
 TPM = 240_000

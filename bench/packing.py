@@ -21,7 +21,9 @@ from runner.clock import run_virtual
 from runner.live.dispatch import DispatchConfig
 from runner.api.endpoint import Endpoint
 from runner.live.run import RunConfig, run
-from runner.simulator.server import SimConfig, Simulator, completion_text, embedding_vector
+from runner.simulator.answers import completion_text, embedding_vector
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator
 
 RPM, TPM, BURST_S, LATENCY_MS = 30, 10_000_000, 2.0, 500
 POISON = "<<poison>>"

@@ -62,7 +62,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner.simulator.server import chat_prompt, completion_text  # noqa: E402
+from runner.simulator.answers import chat_prompt, completion_text  # noqa: E402
 from tests.servers import (  # noqa: E402
     LITELLM_MASTER_KEY, LITELLM_MOCK_RESPONSE, LiteLLMProxy, Llmock, ServerDidNotStart, echo_text,
     free_port)

@@ -10,7 +10,7 @@ import pytest
 from jobs import results
 from runner.clock import VirtualClockLoop
 from runner.api.transport import HttpRequest, HttpResponse
-from runner.simulator.server import answer_for
+from runner.simulator.completions import answer_for
 from tests.servers import Llmock, RedisServer, ServerDidNotStart
 
 

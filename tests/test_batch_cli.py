@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from runner.simulator.batches import BatchConfig
-from runner.simulator.server import SimConfig, Simulator, run_in_thread
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator, run_in_thread
 from tests.test_e2e import assert_exactly_once, cli, finish, read_results, write_jobs
 
 

@@ -6,7 +6,7 @@ import pytest
 from jobs.job import Job
 from jobs.packing import pack, single
 from runner.batch.collect import judge_line
-from runner.simulator.server import answer_for
+from runner.simulator.completions import answer_for
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 ONE = single(Job("a", "/v1/chat/completions", CHAT, 1), 5)

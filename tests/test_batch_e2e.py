@@ -17,7 +17,8 @@ from runner.batch.run import BatchRunConfig, run_batch
 from runner.batch.state import read_state, state_path
 from runner.exit_codes import EXIT_IN_PROGRESS, EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
 from runner.simulator.batches import BatchConfig
-from runner.simulator.server import SimConfig, Simulator
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator
 from tests.test_e2e import assert_exactly_once, expected_ok, prompt_of, read_results, write_jobs
 
 KEY = "sk-batch-secret-0123456789abcdefXYZ"
@@ -600,7 +601,7 @@ def test_a_provider_that_never_answers_stops_the_run_resumably_after_ten_minutes
 
 def test_responses_and_moderations_jobs_run_through_batches_too(loop, tmp_path, sim_factory):
     from runner.simulator.responses import moderation_result
-    from runner.simulator.server import completion_text
+    from runner.simulator.answers import completion_text
     jobs = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
              "body": {"model": "gpt-4o-mini", "input": f"question {i}"}} for i in range(10)]
     jobs += [{"custom_id": f"m{i}", "method": "POST", "url": "/v1/moderations",

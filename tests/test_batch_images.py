@@ -17,7 +17,7 @@ from runner.exit_codes import EXIT_OK, EXIT_SOME_FAILED
 from runner.files.images import safe_stem
 from runner.simulator.batches import BatchConfig
 from runner.simulator.images import image_bytes
-from runner.simulator.server import SimConfig
+from runner.simulator.config import SimConfig
 from tests.conftest import ROOT
 from tests.test_batch_e2e import Killed, ran_twice, run, sim_factory  # noqa: F401 (fixture)
 from tests.test_e2e import read_results
@@ -142,14 +142,14 @@ def test_the_simulators_batch_edits_take_file_ids_and_refuse_multipart_style_pat
     png = image_bytes("source", 0)
     sim.batches.contents["file-img"] = png
     ok = {"model": "gpt-image-1", "prompt": "p", "images": [{"file_id": "file-img"}]}
-    status, body = _other_answer(sim, "images/edits", ok, sim.batches.contents)
+    status, body = _other_answer(sim.service, "images/edits", ok, sim.batches.contents)
     assert status == 200
     assert base64.b64decode(body["data"][0]["b64_json"]) == \
         image_bytes("p|" + hashlib.sha256(png).hexdigest(), 0)
     for bad in ({**ok, "images": [{"file_id": "file-none"}]}, {**ok, "images": []},
                 {**ok, "images": [{"image_url": "https://example.com/a.png"}]},
                 {"model": "gpt-image-1", "prompt": "p", "image": "a.png"}):
-        status, body = _other_answer(sim, "images/edits", bad, sim.batches.contents)
+        status, body = _other_answer(sim.service, "images/edits", bad, sim.batches.contents)
         assert status == 400 and body["error"]["message"], bad
 
 

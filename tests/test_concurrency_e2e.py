@@ -16,7 +16,8 @@ from runner.api.endpoint import Endpoint
 from runner.live.dispatch import DispatchConfig
 from runner.live.run import RunConfig, run
 from runner.report.stats import RunStats
-from runner.simulator.server import SimConfig, SimStats, Simulator
+from runner.simulator.config import SimConfig, SimStats
+from runner.simulator.server import Simulator
 from tests.test_pacing import assert_each_job_got_its_own_answer, chat_job
 
 from runner.clock import VirtualClockLoop

@@ -13,7 +13,7 @@ from runner.live.dispatch import DispatchConfig, Dispatcher, Slots
 from runner.api.endpoint import Endpoint
 from runner.pacing.limiters import Limiters
 from runner.outcome import RATE_LIMIT_STALL_S, Backoff
-from runner.simulator.server import chat_prompt, completion_text
+from runner.simulator.answers import chat_prompt, completion_text
 from runner.api.transport import HttpResponse
 from tests.conftest import Script, error, ok, success_record
 

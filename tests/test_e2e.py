@@ -17,7 +17,9 @@ import pytest
 from runner.live.dispatch import GRACE_S, DispatchConfig
 from runner.api.endpoint import Endpoint
 from runner.live.run import RunConfig, run
-from runner.simulator.server import SimConfig, Simulator, chat_prompt, completion_text, embedding_vector, run_in_thread
+from runner.simulator.answers import chat_prompt, completion_text, embedding_vector
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator, run_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,9 @@ from runner.live.dispatch import DispatchConfig
 from runner.live.run import RunConfig, run
 from runner.outcome import Action, classify
 from runner.simulator.responses import moderation_result, response_answer
-from runner.simulator.server import SimConfig, Simulator, completion_logprobs, completion_text
+from runner.simulator.answers import completion_logprobs, completion_text
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator
 
 
 def write(path, jobs):
@@ -174,7 +176,7 @@ def test_azure_responses_go_to_the_v1_surface_with_the_deployment_as_model(loop,
     assert stats.exit_code() == 0
     bodies = [orjson.loads(line)["response"]["body"] for line in out.read_bytes().splitlines()]
     assert {b["model"] for b in bodies} == {"mini-prod"}
-    assert "mini-prod" in sim._budgets
+    assert "mini-prod" in sim.service.budgets
 
 
 def test_moderations_and_responses_share_a_keys_budget_on_a_gateway(loop, tmp_path):

@@ -25,7 +25,8 @@ from runner.live.run import RunConfig, run
 from runner.pacing.limiter import DEFAULT_BURST_S
 from runner.pacing.limiters import Limiters
 from runner.report.stats import RunStats
-from runner.simulator.server import SimConfig, SimStats, Simulator
+from runner.simulator.config import SimConfig, SimStats
+from runner.simulator.server import Simulator
 from tests.test_pacing import assert_each_job_got_its_own_answer, chat_job
 
 WINDOW_S = 60.0

@@ -15,7 +15,8 @@ from runner.files.images import safe_stem, write_new_file
 from runner.live.dispatch import DispatchConfig
 from runner.live.run import RunConfig, run
 from runner.simulator.images import image_bytes
-from runner.simulator.server import SimConfig, Simulator
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator
 
 
 def write(path, jobs):
@@ -208,7 +209,7 @@ def test_azure_image_deployments_are_paced_and_saved(loop, tmp_path):
 
     stats, sim, elapsed = loop.run_until_complete(main())
     assert stats.exit_code() == 0 and stats.images == 8
-    assert "draw" in sim.image_budgets  # the deployment's budget
+    assert "draw" in sim.service.image_budgets  # the deployment's budget
     assert elapsed >= (8 - 1) / 6 * 60 * 0.95  # paced: one image every 10 s after the first
     for i in range(8):
         [item] = orjson.loads([l for l in out.read_bytes().splitlines()

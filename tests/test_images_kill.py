@@ -10,7 +10,8 @@ import pytest
 
 from runner.files.images import safe_stem
 from runner.simulator.images import image_bytes
-from runner.simulator.server import SimConfig, Simulator, run_in_thread
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator, run_in_thread
 from tests.test_e2e import cli, count_lines, finish
 
 

@@ -17,7 +17,9 @@ from runner.live.run import RunConfig, run
 from runner.report.estimate import estimate_file
 from runner.report.prices import load_prices
 from runner.report.status import StatusError, status
-from runner.simulator.server import SimConfig, Simulator, completion_text, embedding_vector
+from runner.simulator.answers import completion_text, embedding_vector
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator
 
 COMPRESS = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}
 

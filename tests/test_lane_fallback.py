@@ -16,7 +16,9 @@ from runner.live.capabilities import PACK_FAILURES_TO_STOP
 from runner.live.dispatch import DispatchConfig
 from runner.live.run import RunConfig, run
 from runner.report.summary import summary_dict, summary_lines
-from runner.simulator.server import SimConfig, Simulator, chat_prompt, completion_text, embedding_vector
+from runner.simulator.answers import chat_prompt, completion_text, embedding_vector
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator
 
 
 COMPLETIONS, EMBEDDINGS, CHAT = "/v1/completions", "/v1/embeddings", "/v1/chat/completions"

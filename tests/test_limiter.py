@@ -8,7 +8,7 @@ import math
 import pytest
 
 from runner.clock import run_virtual
-from runner.simulator.server import TokenBucket as ServerBucket
+from runner.simulator.budgets import TokenBucket as ServerBucket
 from runner.api.headers import RateLimitInfo
 from runner.pacing.bucket import TokenBucket
 from runner.pacing.calibration import (

@@ -24,7 +24,9 @@ from runner.api.endpoint import Endpoint
 from runner.pacing.limiter import DEFAULT_BURST_S
 from runner.pacing.limiters import Limiters
 from runner.live.run import RunConfig, run
-from runner.simulator.server import SimConfig, SimStats, Simulator, chat_prompt, completion_text
+from runner.simulator.answers import chat_prompt, completion_text
+from runner.simulator.config import SimConfig, SimStats
+from runner.simulator.server import Simulator
 
 MIN_EFFICIENCY = 0.95
 MAX_429_SHARE = 0.01

@@ -10,7 +10,9 @@ import pytest
 from runner.live.dispatch import DispatchConfig
 from runner.api.endpoint import Endpoint
 from runner.live.run import RunConfig, run
-from runner.simulator.server import SimConfig, Simulator, completion_text, embedding_vector
+from runner.simulator.answers import completion_text, embedding_vector
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator
 
 
 POISON = "<<poison>>"

@@ -14,7 +14,8 @@ from jobs.merge import merge_outputs
 from jobs.shard import Shard
 from runner.api.endpoint import Endpoint
 from runner.live.run import RunConfig, run
-from runner.simulator.server import SimConfig, Simulator
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator
 from tests.conftest import ROOT, run_offline
 from tests.servers import free_port
 from tests.test_e2e import write_jobs

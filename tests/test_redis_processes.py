@@ -22,7 +22,8 @@ import pytest
 import redis
 
 from runner.pacing.redis_state import KEY_PREFIX
-from runner.simulator.server import SimConfig, Simulator, run_in_thread
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator, run_in_thread
 from tests.test_e2e import cli, count_lines, finish
 
 pytestmark = pytest.mark.slow  # real time, several runner processes for seconds

@@ -20,7 +20,8 @@ from runner.report.stats import ModelUsage, RunStats
 from runner.report.summary import summary_dict, summary_lines
 from runner.live.run import RunConfig, run
 from runner.api.endpoint import Endpoint
-from runner.simulator.server import SimConfig, Simulator, run_in_thread
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator, run_in_thread
 from runner.api.transport import HttpResponse
 from tests.conftest import Script
 

@@ -18,28 +18,27 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from runner.simulator.server import (
-    KNOWN_FAULTS,
-    Admission,
-    ApiError,
-    LimitState,
-    ModelBudget,
-    SimConfig,
-    Simulator,
-    TokenBucket,
-    WindowBudget,
-    answer_for,
-    bucket_states,
+from runner.simulator.answers import (
     chat_prompt,
     completion_text,
     embedding_vector,
-    format_duration,
-    mask_key,
-    rate_limit_headers,
-    run_in_thread,
     text_tokens,
     token_charge,
 )
+from runner.simulator.budgets import (
+    Admission,
+    LimitState,
+    ModelBudget,
+    TokenBucket,
+    WindowBudget,
+    bucket_states,
+    format_duration,
+    rate_limit_headers,
+)
+from runner.simulator.completions import answer_for
+from runner.simulator.config import KNOWN_FAULTS, SimConfig
+from runner.simulator.parsing import ApiError, mask_key
+from runner.simulator.server import Simulator, run_in_thread
 
 AUTH = {"Authorization": "Bearer sk-test-key-0123456789"}
 AZURE_VERSION = "2024-10-21"
@@ -494,7 +493,7 @@ def test_run_in_thread_serves_blocking_clients() -> None:
 
 @pytest.mark.slow  # starts a subprocess
 def test_serve_prints_the_base_url_first_and_exits_cleanly_on_ctrl_c() -> None:
-    code = "from runner.simulator.server import serve, SimConfig; serve(SimConfig(), '127.0.0.1', 0)"
+    code = "from runner.simulator.config import SimConfig; from runner.simulator.server import serve; serve(SimConfig(), '127.0.0.1', 0)"
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
         try:
             line = proc.stdout.readline().strip()
@@ -848,7 +847,7 @@ def test_simulate_command_passes_each_mode_to_the_config(monkeypatch) -> None:
     from click.testing import CliRunner
 
     from runner.cli.main import main
-    from runner.simulator import server
+    from runner.simulator import config, server
     seen: list[SimConfig] = []
     monkeypatch.setattr(server, "serve", lambda config, host, port, **kw: seen.append(config))
     args = ["simulate", "--list-prompts", "ignore", "--ignore-n", "--budget-scope", "key",
@@ -862,12 +861,14 @@ def test_simulate_command_passes_each_mode_to_the_config(monkeypatch) -> None:
     assert refused.exit_code == 2 and "'x' is not one of" in refused.output
     choices = {p.name: tuple(p.type.choices) for p in main.commands["simulate"].params
                if hasattr(p.type, "choices")}
-    assert choices == {"list_prompts": server.LIST_PROMPT_MODES, "budget_scope": server.BUDGET_SCOPES,
-                       "limiter": server.LIMITERS, "header_style": server.HEADER_STYLES}
+    assert choices == {"list_prompts": config.LIST_PROMPT_MODES, "budget_scope": config.BUDGET_SCOPES,
+                       "limiter": config.LIMITERS, "header_style": config.HEADER_STYLES,
+                       "image_budget_scope": config.IMAGE_BUDGET_SCOPES,
+                       "url_error": config.URL_ERRORS}
 
 
 def test_calendar_minute_windows_end_on_the_minute_and_the_router_refuses_the_rpm_th():
-    from runner.simulator.server import WindowBudget
+    from runner.simulator.budgets import WindowBudget
     now = [125.0]  # 5 s into a minute
     budget = WindowBudget(3, None, clock=lambda: now[0], aligned=lambda: now[0], refuse_last=True)
     assert [budget.admit(1).admitted for _ in range(3)] == [True, True, False]  # rpm - 1 pass

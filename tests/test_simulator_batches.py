@@ -12,7 +12,9 @@ from runner.api.transport import aiohttp_sender, open_session
 from runner.batch.client import BatchClient
 from runner.errors import APIError
 from runner.simulator.batches import BatchConfig
-from runner.simulator.server import SimConfig, Simulator, completion_text
+from runner.simulator.answers import completion_text
+from runner.simulator.config import SimConfig
+from runner.simulator.server import Simulator
 
 
 def chat_line(i, url="/v1/chat/completions", model="gpt-4o-mini", text=None):

@@ -61,7 +61,8 @@ def test_a_live_run_off_a_terminal_loads_neither_rich_nor_the_batch_backend_nor_
         {"custom_id": f"job-{i}", "method": "POST", "url": "/v1/completions",
          "body": {"model": "gpt-3.5-turbo-instruct", "prompt": f"question {i}", "max_tokens": 20}})
         + b"\n" for i in range(5)))
-    code = ("from runner.simulator.server import SimConfig, run_in_thread\n"
+    code = ("from runner.simulator.config import SimConfig\n"
+            "from runner.simulator.server import run_in_thread\n"
             "from runner.cli.main import main\n"
             "with run_in_thread(SimConfig(rpm=600, tpm=100_000)) as url:\n"
             "    try:\n"

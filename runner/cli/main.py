@@ -647,6 +647,30 @@ def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None 
 @click.option("--batch-file-processing-s", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Batch API, Azure URLs: seconds an upload stays pending before processed.")
 @click.option("--ipm", type=click.IntRange(1), help="Images per minute per image model.")
+@click.option("--fault-rates", default="",
+              help="Each fault's own rate, e.g. 500=0.01,503=0.01,reset=0.005,truncated=0.005,"
+                   "missing_choice=0.01 (instead of --fault-rate/--faults).")
+@click.option("--partial-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Probability that an answer of several choices comes back without some "
+                   "(the missing_choice fault's rate).")
+@click.option("--max-dropped", type=click.IntRange(1), default=1, show_default=True,
+              help="A partial answer drops 1 to this many choices (at least one kept).")
+@click.option("--refused-count", is_flag=True,
+              help="A request refused 429 still uses its request (and images) budget, as OpenAI "
+                   "counts failed requests.")
+@click.option("--image-budget-scope", type=click.Choice(["model", "key"]), default="model",
+              show_default=True, help="One image budget per image model, or per key across them.")
+@click.option("--url-error", type=click.Choice(["invalid_url", "unknown_url"]),
+              default="invalid_url", show_default=True,
+              help="OpenAI's 404 body for an unknown path: 'Invalid URL (POST /x)' (to 2023) or "
+                   "'Unknown request URL' (2024 on).")
+@click.option("--api-key", "sim_api_key", default=None,
+              help="Accept only this key (401 invalid_api_key for another); default any key.")
+@click.option("--models", default=None,
+              help="Comma-separated models that exist; another answers 404 model_not_found.")
+@click.option("--deployments", "sim_deployments", default=None,
+              help="Comma-separated Azure deployments that exist; another answers 404 "
+                   "DeploymentNotFound.")
 def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: float,
              latency_ms: float, fault_rate: float, faults: str, quota_requests: int | None,
              seed: int, list_prompts: str, honour_n: bool, budget_scope: str, limiter: str,
@@ -657,10 +681,15 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
              sim_batch_max_requests: int | None = None,
              sim_batch_max_bytes: int = 200 * 1024 * 1024, batch_token_limit: int | None = None,
              batch_invalid_marker: str | None = None,
-             batch_file_processing_s: float = 1.0) -> None:
+             batch_file_processing_s: float = 1.0, fault_rates: str = "",
+             partial_rate: float = 0.0, max_dropped: int = 1, refused_count: bool = False,
+             image_budget_scope: str = "model", url_error: str = "invalid_url",
+             sim_api_key: str | None = None, models: str | None = None,
+             sim_deployments: str | None = None) -> None:
     """Serve a simulated OpenAI-compatible API (and Azure OpenAI URL shapes), with the hosted
     Batch API's Files and Batches endpoints, for trying runner out."""
-    from runner.simulator.server import SimConfig, serve
+    from runner.simulator.config import SimConfig
+    from runner.simulator.server import serve
     from runner.simulator.batches import BatchConfig
     try:
         batch = BatchConfig(lines_per_s=batch_lines_per_s, validate_s=batch_validate_s,
@@ -674,10 +703,33 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
                            faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
                            quota_requests=quota_requests, seed=seed, list_prompts=list_prompts,
                            honour_n=honour_n, budget_scope=budget_scope, limiter=limiter,
-                           header_style=header_style, serial=serial, ipm=ipm)
+                           header_style=header_style, serial=serial, ipm=ipm,
+                           fault_rates=_fault_rates(fault_rates, partial_rate),
+                           max_dropped=max_dropped, refused_count=refused_count,
+                           image_budget_scope=image_budget_scope, url_error=url_error,
+                           api_key=sim_api_key, models=_names(models),
+                           deployments=_names(sim_deployments))
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     serve(config, host, port, batch=batch)
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _fault_rates(text: str, partial_rate: float) -> dict[str, float]:
+    """`--fault-rates NAME=RATE,...` (and `--partial-rate`, the missing_choice rate) as a dict."""
+    rates: dict[str, float] = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        name, _, rate = item.partition("=")
+        try:
+            rates[name.strip()] = float(rate)
+        except ValueError:
+            raise ValueError(f"--fault-rates takes NAME=RATE items, got {item!r}") from None
+    if partial_rate:
+        rates["missing_choice"] = partial_rate
+    return rates
 
 
 DEMO_JOBS = "demo.jsonl"  # package data of runner.cli: 500 chat, completion and embedding jobs
@@ -690,7 +742,8 @@ DEMO_JOBS = "demo.jsonl"  # package data of runner.cli: 500 chat, completion and
 def demo(output: Path) -> None:
     """Run the demo jobs shipped with runner against the built-in simulated API: no key, no network."""
     from importlib import resources
-    from runner.simulator.server import SimConfig, run_in_thread
+    from runner.simulator.config import SimConfig
+    from runner.simulator.server import run_in_thread
     output.unlink(missing_ok=True)
     sim = SimConfig(rpm=3000, tpm=1_000_000, burst_s=2.0, latency_ms=80, fault_rate=0.03, seed=7)
     click.echo(f"runner demo: simulated API with RPM {sim.rpm}, TPM {sim.tpm:,}, "

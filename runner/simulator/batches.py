@@ -12,7 +12,7 @@ Endpoints (JSON out; the file upload is multipart, the file content raw JSONL):
 
 A batch goes `validating` -> `in_progress` -> `finalizing` -> `completed`, or `failed` (validation:
 a bad line, a file over the limits, the enqueued-token limit), `expired` (`expire_after_lines`),
-`cancelling` -> `cancelled`. Each line is answered by the live path's own logic (`Simulator`'s
+`cancelling` -> `cancelled`. Each line is answered by the live path's own logic (`completions.answer_line`:
 request parsing, poison, faults, deterministic answers; no rate limits: a batch has its own quota),
 at `lines_per_s`. Finished lines go to the output file (200) or the error file (any other status;
 `batch_expired` / `batch_cancelled` with no response for lines never run). Time is the simulator's
@@ -24,16 +24,23 @@ that no job ran in two batches.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from runner.simulator.server import Simulator
+from runner.simulator import images as img
+from runner.simulator import responses as rsp
+from runner.simulator.answers import CHAT, COMPLETIONS, EMBEDDINGS
+from runner.simulator.completions import answer_line
+from runner.simulator.parsing import ApiError, api_key_of, bad_request, parse_request
+from runner.simulator.routes import publish_image
+from runner.simulator.service import Service
 
 # Published limits (OpenAI: https://platform.openai.com/docs/guides/batch, "Rate limits")
 OPENAI_MAX_REQUESTS = 50_000
@@ -141,9 +148,9 @@ def _ok(body: Any) -> web.Response:
 
 
 class BatchService:
-    """The Files and Batches API of one `Simulator`; `install` adds its routes to the app."""
+    """The Files and Batches API of one `Service`; `install` adds its routes to the app."""
 
-    def __init__(self, sim: Simulator, config: BatchConfig) -> None:
+    def __init__(self, sim: Service, config: BatchConfig) -> None:
         self.sim = sim
         self.config = config
         self.stats = BatchStats()
@@ -174,15 +181,14 @@ class BatchService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _h(self, method: Any, shape: str) -> Any:
-        from runner.simulator.server import ApiError
-
         async def handle(request: web.Request) -> web.StreamResponse:
             if shape == "azure" and not request.query.get("api-version"):
                 return web.Response(status=400, content_type="application/json", body=orjson.dumps(
                     {"error": {"code": "BadRequest",
                                "message": "Missing required query parameter: api-version"}}))
             try:
-                self.sim._check_auth(request, "openai" if shape == "openai" else "azure")
+                api_key_of(request.headers, "openai" if shape == "openai" else "azure",
+                           self.sim.config.api_key)
             except ApiError as err:
                 return web.Response(status=err.status, body=orjson.dumps(err.body),
                                     content_type="application/json")
@@ -190,7 +196,7 @@ class BatchService:
         return handle
 
     def _now(self) -> int:
-        return int(self.sim._wall_clock())
+        return int(self.sim.wall_clock())
 
     # -- files -----------------------------------------------------------------------------------
     async def upload(self, request: web.Request, shape: str) -> web.Response:
@@ -207,7 +213,7 @@ class BatchService:
             return _error(400, "Missing required parameter: 'file'.", "missing_required_parameter",
                           param="file")
         data = upload.file.read()
-        file_id = self.sim._next_id("file-", 24)
+        file_id = self.sim.next_id("file-", 24)
         pending = shape == "azure" and self.config.file_processing_s > 0
         self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(data),
                                "created_at": self._now(), "filename": upload.filename or "file",
@@ -284,7 +290,7 @@ class BatchService:
             return _error(400, "Invalid 'metadata': up to 16 string keys (64 characters) and "
                                "string values (512 characters).", "invalid_value", param="metadata")
         now = self._now()
-        batch_id = self.sim._next_id("batch_", 24)
+        batch_id = self.sim.next_id("batch_", 24)
         batch = {
             "id": batch_id, "object": "batch", "endpoint": endpoint, "errors": None,
             "input_file_id": file_id, "completion_window": "24h", "status": "validating",
@@ -393,8 +399,7 @@ class BatchService:
         return lines, errors, model
 
     async def _process(self, batch: dict[str, Any], raw: bytes, shape: str) -> None:
-        from runner.simulator.server import EMBEDDINGS, CHAT, COMPLETIONS, parse_request, ApiError
-        config, sleep = self.config, self.sim._sleep
+        config, sleep = self.config, self.sim.sleep
         await sleep(config.validate_s)
         endpoint = batch["endpoint"]
         tail = endpoint.removeprefix("/v1").lstrip("/")
@@ -439,15 +444,15 @@ class BatchService:
                     return self._expired(batch, lines[done:], outputs, failures)
                 if done % step == 0:
                     await sleep(step / config.lines_per_s)
-                status, body = (self.sim.answer_line(kind, line["body"], deployment=None)
+                status, body = (answer_line(self.sim, kind, line["body"], deployment=None)
                                 if kind in (CHAT, COMPLETIONS, EMBEDDINGS)
                                 else _other_answer(self.sim, kind, line["body"], self.contents))
                 self.stats.ran[line["custom_id"]].append(batch["id"])
                 self.stats.lines_answered += 1
                 record = orjson.dumps({
-                    "id": self.sim._next_id("batch_req_", 32), "custom_id": line["custom_id"],
+                    "id": self.sim.next_id("batch_req_", 32), "custom_id": line["custom_id"],
                     "response": {"status_code": status,
-                                 "request_id": self.sim._next_id("req_", 32), "body": body},
+                                 "request_id": self.sim.next_id("req_", 32), "body": body},
                     "error": None})
                 if status == 200:
                     self.stats.succeeded[line["custom_id"]].append(batch["id"])
@@ -465,7 +470,7 @@ class BatchService:
         self._finish(batch, "completed", outputs=outputs, failures=failures)
 
     def _unfinished(self, lines: list[dict[str, Any]], code: str, message: str) -> list[bytes]:
-        return [orjson.dumps({"id": self.sim._next_id("batch_req_", 32),
+        return [orjson.dumps({"id": self.sim.next_id("batch_req_", 32),
                               "custom_id": line["custom_id"], "response": None,
                               "error": {"code": code, "message": message}}) for line in lines]
 
@@ -483,7 +488,7 @@ class BatchService:
 
     def _store(self, name: str, records: list[bytes]) -> str:
         data = b"".join(r + b"\n" for r in records)
-        file_id = self.sim._next_id("file-", 24)
+        file_id = self.sim.next_id("file-", 24)
         self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(data),
                                "created_at": self._now(), "filename": name,
                                "purpose": "batch_output", "status": "processed"}
@@ -505,15 +510,11 @@ class BatchService:
         self.stats.by_status[status] += 1
 
 
-def _other_answer(sim: Simulator, tail: str, body: Any,
+def _other_answer(sim: Service, tail: str, body: Any,
                   files: dict[str, bytes] | None = None) -> tuple[int, dict[str, Any]]:
     """(status, body) for a batch line to the Responses, moderations or image endpoints, by the
     live path's own parsing and answers (`runner.simulator.responses`, `images`) and the fault
     draw. `files`: the simulator's stored files, for edits naming an image by `file_id`."""
-    from runner.simulator import images as img
-    from runner.simulator import responses as rsp
-    from runner.simulator.routes import _publish
-    from runner.simulator.server import _OVERLOADED_ERROR, _SERVER_ERROR, ApiError
     try:
         if tail == rsp.RESPONSES:
             model, text, limit = rsp.parse_responses(body, None)
@@ -526,26 +527,23 @@ def _other_answer(sim: Simulator, tail: str, body: Any,
             prompts = [image_req.seed]
     except ApiError as err:
         return err.status, err.body
-    fault = sim._pick_fault()
-    if fault == "503":
-        return 503, _OVERLOADED_ERROR
-    if fault in ("500", "reset", "hang", "truncated"):
-        return 500, _SERVER_ERROR
-    if tail == rsp.RESPONSES:
-        answer = rsp.response_answer(model, text, limit, response_id=sim._next_id("resp_", 32),
-                                     created=int(sim._wall_clock()))
-    elif tail != rsp.MODERATIONS:
-        answer = img.image_answer(image_req, created=int(sim._wall_clock()),
-                                  url_for=lambda raw, fmt: _publish(sim, None, raw, fmt))
-        sim.stats_images += image_req.n
-    else:
-        answer = rsp.moderation_answer(model, prompts, response_id=sim._next_id("modr-", 24))
-        if fault == "missing_choice" and len(answer["results"]) > 1:
-            answer["results"].pop(sim._rng.randrange(len(answer["results"])))
-            return 200, answer
-    for prompt in prompts:
-        sim.stats.answered[prompt] += 1
-    return 200, answer
+
+    def answer() -> dict[str, Any]:
+        if tail == rsp.RESPONSES:
+            return rsp.response_answer(model, text, limit, response_id=sim.next_id("resp_", 32),
+                                       created=int(sim.wall_clock()))
+        if tail != rsp.MODERATIONS:
+            sim.stats.images += image_req.n
+            return img.image_answer(image_req, created=int(sim.wall_clock()),
+                                    url_for=lambda raw, fmt: publish_image(sim, None, raw, fmt))
+        return rsp.moderation_answer(model, prompts, response_id=sim.next_id("modr-", 24))
+
+    reply = sim.reply(sim.pick_fault(), answer, "results" if tail == rsp.MODERATIONS else None,
+                      over_http=False)
+    if reply.complete:
+        for prompt in prompts:
+            sim.stats.answered[prompt] += 1
+    return reply.status, reply.body
 
 
 def _image_refs(tail: str, body: Any, files: dict[str, bytes]
@@ -554,18 +552,16 @@ def _image_refs(tail: str, body: Any, files: dict[str, bytes]
     JSON, so an edit names its images as the Images API's JSON body does: `images`, a list of
     `{"image_url": ...}` (a base64 `data:` URL; the simulator fetches no other URL) or
     `{"file_id": ...}`, and `mask`, one such object. A multipart-style `image` is refused."""
-    from runner.simulator.images import EDITS
-    from runner.simulator.server import _bad
     if not isinstance(body, dict):
-        raise _bad("Invalid request body: expected a JSON object.")
-    if tail != EDITS:
+        raise bad_request("Invalid request body: expected a JSON object.")
+    if tail != img.EDITS:
         return body, {}
     if "image" in body or "image[]" in body:
-        raise _bad("In a JSON body, give the images to edit as 'images': a list of objects with "
+        raise bad_request("In a JSON body, give the images to edit as 'images': a list of objects with "
                    "'image_url' or 'file_id'.", "image", "invalid_value")
     refs = body.get("images")
     if not isinstance(refs, list) or not refs:
-        raise _bad("Missing required parameter: 'images'.", "images", "missing_required_parameter")
+        raise bad_request("Missing required parameter: 'images'.", "images", "missing_required_parameter")
     uploads = {"image": [_image_ref(ref, "images", files) for ref in refs]}
     if body.get("mask") is not None:
         uploads["mask"] = [_image_ref(body["mask"], "mask", files)]
@@ -574,25 +570,22 @@ def _image_refs(tail: str, body: Any, files: dict[str, bytes]
 
 def _image_ref(ref: Any, param: str, files: dict[str, bytes]) -> bytes:
     """The bytes an image reference (`{"image_url": "data:..."}` or `{"file_id": ...}`) names."""
-    import base64
-    import binascii
-    from runner.simulator.server import _bad
     if not isinstance(ref, dict) or len(ref) != 1 or not ({"image_url", "file_id"} & set(ref)):
-        raise _bad(f"Invalid '{param}': each image must be an object with exactly one of "
+        raise bad_request(f"Invalid '{param}': each image must be an object with exactly one of "
                    "'image_url' or 'file_id'.", param, "invalid_value")
     if "file_id" in ref:
         data = files.get(ref["file_id"])
         if data is None:
-            raise _bad(f"Invalid 'file_id': {ref['file_id']!r}. File not found.", param,
+            raise bad_request(f"Invalid 'file_id': {ref['file_id']!r}. File not found.", param,
                        "invalid_value")
         return data
     url = ref["image_url"]
     head, sep, payload = url.partition(",") if isinstance(url, str) else ("", "", "")
     if not (sep and head.startswith("data:image/") and head.endswith(";base64")):
-        raise _bad(f"Invalid '{param}': image_url must be a base64 data URL "
+        raise bad_request(f"Invalid '{param}': image_url must be a base64 data URL "
                    "(data:image/png;base64,...) in the simulator.", param, "invalid_value")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise _bad(f"Invalid '{param}': the data URL is not base64.", param,
+        raise bad_request(f"Invalid '{param}': the data URL is not base64.", param,
                    "invalid_value") from None

@@ -21,6 +21,7 @@ after `SimConfig.image_url_ttl_s` (403 then, as an expired signed URL does).
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
 import zlib
@@ -28,7 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runner.simulator.server import _bad, text_tokens
+from runner.simulator.answers import text_tokens
+from runner.simulator.parsing import bad_request
 
 GENERATIONS, EDITS, VARIATIONS = "images/generations", "images/edits", "images/variations"
 MAX_N = 10
@@ -79,58 +81,58 @@ def parse_image_request(kind: str, fields: Mapping[str, Any], files: Mapping[str
     the multipart uploads by field name (`image[]` counts as `image`)."""
     unknown = sorted(set(fields) - FIELDS[kind])
     if unknown:
-        raise _bad(f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter")
+        raise bad_request(f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter")
     # Azure: the deployment names the budget; the model it runs is the body's, or the
     # deployment's name when that is a model's, else dall-e-3 (Azure's image deployments)
     model = fields.get("model") or (deployment if deployment in SIZES else None) or \
         ("dall-e-3" if deployment else "dall-e-2")
     if model not in SIZES:
-        raise _bad(f"Invalid value for 'model': '{model}'.", "model", "invalid_value")
+        raise bad_request(f"Invalid value for 'model': '{model}'.", "model", "invalid_value")
     if kind == VARIATIONS and model != "dall-e-2":
-        raise _bad("Variations are only supported for dall-e-2.", "model", "invalid_value")
+        raise bad_request("Variations are only supported for dall-e-2.", "model", "invalid_value")
     if kind == EDITS and model == "dall-e-3":
-        raise _bad("Edits are not supported for dall-e-3.", "model", "invalid_value")
+        raise bad_request("Edits are not supported for dall-e-3.", "model", "invalid_value")
     prompt = fields.get("prompt")
     if kind != VARIATIONS and (not isinstance(prompt, str) or not prompt):
-        raise _bad("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+        raise bad_request("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
     n = _int(fields.get("n", 1), "n")
     if model == "dall-e-3" and n != 1:
-        raise _bad("You must provide n=1 for this model.")  # as the service words it: no param or code
+        raise bad_request("You must provide n=1 for this model.")  # as the service words it: no param or code
     if not 1 <= n <= MAX_N:
-        raise _bad(f"Invalid 'n': expected a value between 1 and {MAX_N}, got {n}.", "n",
+        raise bad_request(f"Invalid 'n': expected a value between 1 and {MAX_N}, got {n}.", "n",
                    "invalid_value")
     size = fields.get("size") or SIZES[model][-1 if model == "gpt-image-1" else 2 if model == "dall-e-2" else 0]
     if size not in SIZES[model]:
-        raise _bad(f"Invalid value: '{size}'. Supported values are: "
+        raise bad_request(f"Invalid value: '{size}'. Supported values are: "
                    f"{', '.join(repr(s) for s in SIZES[model])}.", "size", "invalid_value")
     quality = fields.get("quality") or ("auto" if model == "gpt-image-1" else "standard")
     if quality not in QUALITIES[model]:
-        raise _bad(f"Invalid value: '{quality}'. Supported values are: "
+        raise bad_request(f"Invalid value: '{quality}'. Supported values are: "
                    f"{', '.join(repr(q) for q in QUALITIES[model])}.", "quality", "invalid_value")
     fmt = fields.get("output_format") or "png"
     if model != "gpt-image-1" and "output_format" in fields:
-        raise _bad("output_format is only supported for gpt-image-1.", "output_format",
+        raise bad_request("output_format is only supported for gpt-image-1.", "output_format",
                    "invalid_value")
     if fmt not in FORMATS:
-        raise _bad(f"Invalid value: '{fmt}'. Supported values are: 'png', 'jpeg' and 'webp'.",
+        raise bad_request(f"Invalid value: '{fmt}'. Supported values are: 'png', 'jpeg' and 'webp'.",
                    "output_format", "invalid_value")
     response_format = fields.get("response_format")
     if model == "gpt-image-1" and response_format is not None:
-        raise _bad("Unknown parameter: 'response_format'.", "response_format", "unknown_parameter")
+        raise bad_request("Unknown parameter: 'response_format'.", "response_format", "unknown_parameter")
     if response_format not in (None, "url", "b64_json"):
-        raise _bad(f"Invalid value: '{response_format}'. Supported values are: 'url' and "
+        raise bad_request(f"Invalid value: '{response_format}'. Supported values are: 'url' and "
                    "'b64_json'.", "response_format", "invalid_value")
     uploads: list[bytes] = []
     if kind != GENERATIONS:
         images = files.get("image", [])
         if not images:
-            raise _bad("Missing required parameter: 'image'.", "image", "missing_required_parameter")
+            raise bad_request("Missing required parameter: 'image'.", "image", "missing_required_parameter")
         limit = MAX_EDIT_IMAGES if model == "gpt-image-1" else 1
         if len(images) > limit:
-            raise _bad(f"Too many images: at most {limit} for {model}.", "image", "invalid_value")
+            raise bad_request(f"Too many images: at most {limit} for {model}.", "image", "invalid_value")
         for data in images:
             if not data.startswith((b"\x89PNG", b"\xff\xd8\xff", b"RIFF")):
-                raise _bad("Invalid image file or mode for image 1, please check your image file.",
+                raise bad_request("Invalid image file or mode for image 1, please check your image file.",
                            "image", "invalid_image_format")
         uploads = images + files.get("mask", [])
     seed = (prompt or "") + "".join("|" + _sha(u) for u in uploads)
@@ -143,7 +145,7 @@ def _int(value: Any, name: str) -> int:
     if isinstance(value, str) and value.isdigit():  # multipart fields are text
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(f"Invalid type for '{name}': expected an integer.", name, "invalid_type")
+        raise bad_request(f"Invalid type for '{name}': expected an integer.", name, "invalid_type")
     return value
 
 
@@ -230,7 +232,6 @@ def _webp(r: int, g: int, b: int, tag: str) -> bytes:
 
 def image_answer(req: ImageRequest, *, created: int, url_for: Any) -> dict[str, Any]:
     """The 200 body: `data` of `n` images as `b64_json` or as `url`s (`url_for(bytes, fmt)`)."""
-    import base64
     data = []
     for i in range(req.n):
         raw = image_bytes(req.seed, i, req.fmt)

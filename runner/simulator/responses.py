@@ -19,9 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runner.simulator.server import (
-    CHARS_PER_TOKEN, MAX_LIST_ITEMS, ApiError, _bad, _sha, completion_text, text_tokens,
-)
+from runner.simulator.answers import CHARS_PER_TOKEN, completion_text, sha_hex, text_tokens
+from runner.simulator.parsing import MAX_LIST_ITEMS, bad_request
 
 RESPONSES, MODERATIONS = "responses", "moderations"
 MIN_OUTPUT_TOKENS = 16
@@ -61,29 +60,29 @@ def response_input_text(body: Mapping[str, Any]) -> str:
 def parse_responses(body: Any, deployment: str | None) -> tuple[str, str, int | None]:
     """(model, input text, max_output_tokens) of a valid Responses body; ApiError 400 else."""
     if not isinstance(body, dict):
-        raise _bad("Invalid request body: expected a JSON object.")
+        raise bad_request("Invalid request body: expected a JSON object.")
     unknown = sorted(set(body) - RESPONSES_FIELDS)
     if unknown:
-        raise _bad(f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter")
+        raise bad_request(f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter")
     model = body.get("model") or deployment
     if not isinstance(model, str) or not model:
-        raise _bad("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+        raise bad_request("Missing required parameter: 'model'.", "model", "missing_required_parameter")
     value = body.get("input")
     if value is None:
-        raise _bad("Missing required parameter: 'input'.", "input", "missing_required_parameter")
+        raise bad_request("Missing required parameter: 'input'.", "input", "missing_required_parameter")
     if not isinstance(value, (str, list)):
-        raise _bad("Invalid type for 'input': expected a string or an array of input items.",
+        raise bad_request("Invalid type for 'input': expected a string or an array of input items.",
                    "input", "invalid_type")
     if body.get("stream") or body.get("background"):
-        raise _bad("The simulator neither streams nor runs in the background.", "stream",
+        raise bad_request("The simulator neither streams nor runs in the background.", "stream",
                    "unsupported_value")
     limit = body.get("max_output_tokens")
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int):
-            raise _bad("Invalid type for 'max_output_tokens': expected an integer.",
+            raise bad_request("Invalid type for 'max_output_tokens': expected an integer.",
                        "max_output_tokens", "invalid_type")
         if limit < MIN_OUTPUT_TOKENS:
-            raise _bad(f"Invalid 'max_output_tokens': integer below minimum value. Expected a "
+            raise bad_request(f"Invalid 'max_output_tokens': integer below minimum value. Expected a "
                        f"value >= {MIN_OUTPUT_TOKENS}, but got {limit} instead.",
                        "max_output_tokens", "integer_below_min_value")
     return model, response_input_text(body), limit
@@ -116,7 +115,7 @@ def response_answer(model: str, text: str, max_output_tokens: int | None, *, res
         "id": response_id, "object": "response", "created_at": created, "model": model,
         "status": status, "error": None, "incomplete_details": details,
         "max_output_tokens": max_output_tokens,
-        "output": [{"type": "message", "id": "msg_" + _sha(text)[:24], "status": status,
+        "output": [{"type": "message", "id": "msg_" + sha_hex(text)[:24], "status": status,
                     "role": "assistant",
                     "content": [{"type": "output_text", "text": answer, "annotations": []}]}],
         "usage": {"input_tokens": input_tokens,
@@ -130,29 +129,29 @@ def response_answer(model: str, text: str, max_output_tokens: int | None, *, res
 def parse_moderations(body: Any) -> tuple[str, list[str]]:
     """(model, one text per input) of a valid moderations body; ApiError 400 else."""
     if not isinstance(body, dict):
-        raise _bad("Invalid request body: expected a JSON object.")
+        raise bad_request("Invalid request body: expected a JSON object.")
     unknown = sorted(set(body) - MODERATION_FIELDS)
     if unknown:
-        raise _bad(f"Unrecognized request argument supplied: {', '.join(unknown)}")
+        raise bad_request(f"Unrecognized request argument supplied: {', '.join(unknown)}")
     model = body.get("model") or "omni-moderation-latest"
     value = body.get("input")
     if value is None:
-        raise _bad("Missing required parameter: 'input'.", "input", "missing_required_parameter")
+        raise bad_request("Missing required parameter: 'input'.", "input", "missing_required_parameter")
     if isinstance(value, str):
         return model, [value]
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         if len(value) > MAX_LIST_ITEMS:
-            raise _bad("Invalid 'input': array too long.", "input", "array_above_max_length")
+            raise bad_request("Invalid 'input': array too long.", "input", "array_above_max_length")
         return model, list(value)
     if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
         return model, ["".join(p["text"] for p in value if isinstance(p.get("text"), str))]
-    raise _bad("Invalid type for 'input': expected a string, an array of strings or an array of "
+    raise bad_request("Invalid type for 'input': expected a string, an array of strings or an array of "
                "multimodal inputs.", "input", "invalid_type")
 
 
 def moderation_result(text: str) -> dict[str, Any]:
     """The result for one input: scores from its sha256; flagged when any score is over 0.5."""
-    digest = _sha(text)
+    digest = sha_hex(text)
     scores = {c: round(int(digest[2 * i:2 * i + 2], 16) / 255, 4)
               for i, c in enumerate(MODERATION_CATEGORIES)}
     return {"flagged": any(v > 0.5 for v in scores.values()),
@@ -166,5 +165,5 @@ def moderation_answer(model: str, texts: list[str], *, response_id: str) -> dict
     return {"id": response_id, "model": model, "results": [moderation_result(t) for t in texts]}
 
 
-__all__ = ["ApiError", "parse_responses", "response_answer", "response_charge",
+__all__ = ["parse_responses", "response_answer", "response_charge",
            "parse_moderations", "moderation_answer", "moderation_result"]

@@ -20,12 +20,14 @@ from aiohttp import web
 
 from runner.simulator import images as img
 from runner.simulator import responses as rsp
-from runner.simulator.server import (
-    AZURE, AZURE_DEFAULT_API_VERSION, AZURE_V1, OPENAI, ORGANIZATION, ApiError, ModelBudget,
-    Simulator, WindowBudget, _MALFORMED_JSON, _QUOTA_ERROR, _SERVER_ERROR, _OVERLOADED_ERROR, _ConnectionDropped,
-    _azure_error, _bad, _client_gone, _json, bucket_states, format_duration, openai_error,
-    rate_limit_headers,
+from runner.simulator.budgets import (
+    ModelBudget, WindowBudget, bucket_states, format_duration, rate_limit_headers,
 )
+from runner.simulator.parsing import (
+    AZURE, AZURE_DEFAULT_API_VERSION, AZURE_V1, MALFORMED_JSON, OPENAI, ORGANIZATION, QUOTA_ERROR,
+    ApiError, api_key_of, azure_error, bad_request, check_model, openai_error,
+)
+from runner.simulator.service import ConnectionDropped, Service, client_gone, json_response
 
 IMAGE_PATH = "/sim-images/"
 _TAILS = (rsp.RESPONSES, rsp.MODERATIONS, img.GENERATIONS, img.EDITS, img.VARIATIONS)
@@ -33,36 +35,33 @@ _AZURE_OPERATION = {img.GENERATIONS: "ImageGenerations_Create", img.EDITS: "Imag
                     img.VARIATIONS: "ImageVariations_Create"}
 
 
-def add_routes(sim: Simulator) -> None:
-    """Register the routes on `sim.app` (called by `Simulator.__init__`)."""
-    sim.image_budgets = {}  # model -> ModelBudget(rpm, ipm)
-    sim.image_files = {}    # name -> (bytes, expires at on sim's clock)
-    sim.stats_images = 0    # images generated and answered
+def add_routes(app: web.Application, sim: Service) -> None:
+    """Register the routes of `sim` on `app`."""
     for tail in _TAILS:
-        sim.app.router.add_post(f"/v1/{tail}", _handler(sim, tail, OPENAI))
-        sim.app.router.add_post(f"/openai/deployments/{{deployment}}/{tail}",
-                                _handler(sim, tail, AZURE))
-        sim.app.router.add_post(f"/openai/v1/{tail}", _handler(sim, tail, AZURE_V1))
-    sim.app.router.add_get(IMAGE_PATH + "{name}", _download(sim))
+        app.router.add_post(f"/v1/{tail}", _handler(sim, tail, OPENAI))
+        app.router.add_post(f"/openai/deployments/{{deployment}}/{tail}",
+                            _handler(sim, tail, AZURE))
+        app.router.add_post(f"/openai/v1/{tail}", _handler(sim, tail, AZURE_V1))
+    app.router.add_get(IMAGE_PATH + "{name}", _download(sim))
 
 
-def _handler(sim: Simulator, tail: str, shape: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _handler(sim: Service, tail: str, shape: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         try:
             return await _serve(sim, request, tail, shape)
         except ApiError as err:
-            return _json(err.status, err.body, err.headers)
+            return json_response(err.status, err.body, err.headers)
     return handle
 
 
-def _download(sim: Simulator) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _download(sim: Service) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         entry = sim.image_files.get(name)
-        if entry is None or sim._clock() >= entry[1]:
+        if entry is None or sim.clock() >= entry[1]:
             return web.Response(status=403, text="AuthenticationFailed: Signed expiry time has "
                                 "passed", content_type="application/xml")
-        if sim.config.download_fault_rate and sim._rng.random() < sim.config.download_fault_rate:
+        if sim.config.download_fault_rate and sim.rng.random() < sim.config.download_fault_rate:
             return web.Response(status=500, text="InternalError")
         fmt = name.rsplit(".", 1)[-1]
         return web.Response(status=200, body=entry[0], content_type=f"image/{fmt}")
@@ -73,7 +72,7 @@ async def _read(request: web.Request, tail: str) -> tuple[dict[str, Any], dict[s
     """(fields, uploads): a JSON body, or for edits and variations a multipart form."""
     if tail in (img.EDITS, img.VARIATIONS):
         if not request.content_type.startswith("multipart/"):
-            raise _bad("Invalid Content-Type header (application/json), expected "
+            raise bad_request("Invalid Content-Type header (application/json), expected "
                        "multipart/form-data.")
         fields: dict[str, Any] = {}
         files: dict[str, list[bytes]] = {}
@@ -88,19 +87,10 @@ async def _read(request: web.Request, tail: str) -> tuple[dict[str, Any], dict[s
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        raise ApiError(400, _MALFORMED_JSON) from None
+        raise ApiError(400, MALFORMED_JSON) from None
     if not isinstance(body, dict):
-        raise _bad("Invalid request body: expected a JSON object.")
+        raise bad_request("Invalid request body: expected a JSON object.")
     return body, {}
-
-
-def _image_budget(sim: Simulator, model: str) -> ModelBudget:
-    budget = sim.image_budgets.get(model)
-    if budget is None:
-        config = sim.config
-        budget = sim.image_budgets[model] = ModelBudget(config.rpm, config.ipm, config.burst_s,
-                                                        clock=sim._clock)
-    return budget
 
 
 def _image_headers(shape: str, budget: ModelBudget) -> dict[str, str]:
@@ -114,7 +104,7 @@ def _image_rate_limited(shape: str, tail: str, model: str, budget: ModelBudget, 
     headers["retry-after"] = str(max(1, math.ceil(wait - 1e-9)))
     headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000 - 1e-6)))
     if shape != OPENAI:
-        return ApiError(429, _azure_error("429", (
+        return ApiError(429, azure_error("429", (
             f"Requests to the {_AZURE_OPERATION[tail]} Operation under Azure OpenAI API version "
             f"{api_version} have exceeded rate limit of your current OpenAI S0 pricing tier. "
             f"Please retry after {headers['retry-after']} seconds.")), headers)
@@ -132,13 +122,15 @@ def _image_rate_limited(shape: str, tail: str, model: str, budget: ModelBudget, 
     return ApiError(429, openai_error(message, kind, None, "rate_limit_exceeded"), headers)
 
 
-async def _serve(sim: Simulator, request: web.Request, tail: str, shape: str) -> web.Response:
+async def _serve(sim: Service, request: web.Request, tail: str, shape: str) -> web.Response:
     config = sim.config
     api_version = request.query.get("api-version", "")
     if shape == AZURE and not api_version:
-        raise ApiError(400, _azure_error("BadRequest", "Missing required query parameter: api-version"))
-    key = sim._check_auth(request, shape)
+        raise ApiError(400, azure_error("BadRequest", "Missing required query parameter: api-version"))
+    key = api_key_of(request.headers, shape, config.api_key)
     deployment = request.match_info.get("deployment")
+    if deployment is not None:
+        check_model(shape, deployment, models=config.models, deployments=config.deployments)
     fields, files = await _read(request, tail)
     if tail == rsp.RESPONSES:
         model, text, limit = rsp.parse_responses(fields, deployment)
@@ -150,10 +142,12 @@ async def _serve(sim: Simulator, request: web.Request, tail: str, shape: str) ->
     else:
         image_req = img.parse_image_request(tail, fields, files, deployment)
         model, charge = deployment or image_req.model, image_req.n
-    if config.quota_requests is not None and sim._admitted >= config.quota_requests:
-        raise ApiError(429, _QUOTA_ERROR)
+    if deployment is None:
+        check_model(shape, model, models=config.models, deployments=config.deployments)
+    if config.quota_requests is not None and sim.admitted >= config.quota_requests:
+        raise ApiError(429, QUOTA_ERROR)
     if image_req is not None:
-        budget = _image_budget(sim, model)
+        budget = sim.image_budget(key if config.image_budget_scope == "key" else model)
         verdict = budget.admit(charge)
         headers = _image_headers(shape, budget)
         if not verdict.admitted:
@@ -171,48 +165,46 @@ async def _serve(sim: Simulator, request: web.Request, tail: str, shape: str) ->
                 f"{format_duration(verdict.retry_after_s)}.", verdict.limit, None,
                 "rate_limit_exceeded"),
                 {**headers, "retry-after-ms": str(max(1, math.ceil(verdict.retry_after_s * 1000)))})
-    sim._admitted += 1
+    sim.admitted += 1
     sim.stats.tokens_charged += charge if image_req is None else 0
     sim.stats.by_key[key] += 1
-    fault = sim._pick_fault()
+    fault = sim.pick_fault()
     if config.latency_ms > 0:
-        await sim._sleep(config.latency_ms / 1000)
+        await sim.sleep(config.latency_ms / 1000)
+    if fault == "hang":
+        await sim.sleep(config.hang_s)
     sim.stats.served += 1
-    if fault == "500":
-        raise ApiError(500, _SERVER_ERROR)
-    if fault == "503":
-        raise ApiError(503, _OVERLOADED_ERROR)
-    if fault == "reset":
+
+    def answer() -> dict[str, Any]:
+        created = int(sim.wall_clock())
+        if tail == rsp.RESPONSES:
+            return rsp.response_answer(model, text, limit, response_id=sim.next_id("resp_", 32),
+                                       created=created)
+        if tail == rsp.MODERATIONS:
+            return rsp.moderation_answer(model, texts, response_id=sim.next_id("modr-", 24))
+        return img.image_answer(image_req, created=created,
+                                url_for=lambda raw, fmt: publish_image(sim, request, raw, fmt))
+
+    reply = sim.reply(fault, answer, "results" if tail == rsp.MODERATIONS else None)
+    if reply.reset:
         if request.transport is not None:
             request.transport.abort()
-        raise _ConnectionDropped
-    created = int(sim._wall_clock())
-    if tail == rsp.RESPONSES:
-        answer = rsp.response_answer(model, text, limit, response_id=sim._next_id("resp_", 32),
-                                     created=created)
-        prompts = [text]
-    elif tail == rsp.MODERATIONS:
-        answer = rsp.moderation_answer(model, texts, response_id=sim._next_id("modr-", 24))
-        if fault == "missing_choice" and len(answer["results"]) > 1:
-            answer["results"].pop(sim._rng.randrange(len(answer["results"])))
-        prompts = texts
-    else:
-        answer = img.image_answer(image_req, created=created,
-                                  url_for=lambda raw, fmt: _publish(sim, request, raw, fmt))
-        prompts = [image_req.seed]
-    raw = orjson.dumps(answer)
-    if fault == "truncated":
-        raw = raw[:len(raw) // 2]
-    elif not _client_gone(request):
+        raise ConnectionDropped
+    if reply.status != 200:
+        raise ApiError(reply.status, reply.body)
+    if reply.complete and not client_gone(request):
+        prompts = [text] if tail == rsp.RESPONSES else texts if tail == rsp.MODERATIONS else \
+            [image_req.seed]
         for p in prompts:
             sim.stats.answered[p] += 1
         if image_req is not None:
-            sim.stats_images += image_req.n
-    return web.Response(status=200, body=raw, content_type="application/json", headers=headers)
+            sim.stats.images += image_req.n
+    return web.Response(status=200, body=reply.raw, content_type="application/json",
+                        headers=headers)
 
 
-def _publish(sim: Simulator, request: web.Request, raw: bytes, fmt: str) -> str:
+def publish_image(sim: Service, request: web.Request, raw: bytes, fmt: str) -> str:
     """A URL on this simulator serving `raw` until `image_url_ttl_s` from now."""
-    name = sim._next_id("img-", 24) + "." + fmt
-    sim.image_files[name] = (raw, sim._clock() + sim.config.image_url_ttl_s)
-    return f"{sim.azure_endpoint}{IMAGE_PATH}{name}?se=sim&sig=sim"
+    name = sim.next_id("img-", 24) + "." + fmt
+    sim.image_files[name] = (raw, sim.clock() + sim.config.image_url_ttl_s)
+    return f"{sim.origin}{IMAGE_PATH}{name}?se=sim&sig=sim"
