@@ -31,11 +31,13 @@ MAX_429_SHARE = 0.05
 
 
 class RefusalsCount:
-    """A `send`: the budget of one key shared by every model, `rpm` requests a minute, where a
-    refused request counts as a sent one (see the module docstring). Answers carry OpenAI's
-    request headers (``headers=False``: none); a 429 carries ``retry-after``: whole seconds until
-    the budget, this refusal counted, holds a request again (``honest_delay=False``: the time one
-    request takes to refill, in ``retry-after-ms``, the debt not counted)."""
+    """A `send`: the budget of one key shared by every model, `rpm` requests a minute, holding
+    `burst_s` seconds' worth (starting with `start`, default full), where a refused request counts
+    as a sent one (see the module docstring). Answers carry OpenAI's request headers
+    (``headers=False``: none) and come `latency_s[model]` late; a 429 carries ``retry-after``:
+    whole seconds until the budget, this refusal counted, holds a request again
+    (``honest_delay=False``: the time one request takes to refill, in ``retry-after-ms``, the debt
+    not counted)."""
 
     def __init__(self, rpm: int, *, burst_s: float = 60.0, start: float | None = None,
                  headers: bool = True, honest_delay: bool = True,
@@ -47,10 +49,10 @@ class RefusalsCount:
         self.level = self.capacity if start is None else start
         self.at: float | None = None
         self.requests = self.refused = 0
-        self.refusals: list[tuple[float, str]] = []
         self.answered: dict[str, int] = {}
 
-    def _take(self, now: float) -> bool:
+    def take(self, now: float) -> bool:
+        """One request at `now`: whether the budget admits it (it is counted either way)."""
         if self.at is not None:
             self.level = min(self.capacity, self.level + (now - self.at) * self.rate)
         self.at = now
@@ -61,19 +63,15 @@ class RefusalsCount:
     def _rate_headers(self) -> dict[str, str]:
         if not self.headers:
             return {}
-        headers = {"x-ratelimit-limit-requests": str(self.rpm),
-                   "x-ratelimit-remaining-requests": str(max(0, math.floor(self.level))),
-                   "x-ratelimit-reset-requests": f"{(self.capacity - self.level) / self.rate:.3f}s"}
-        if self.headers == "no-reset":
-            del headers["x-ratelimit-reset-requests"]
-        return headers
+        return {"x-ratelimit-limit-requests": str(self.rpm),
+                "x-ratelimit-remaining-requests": str(max(0, math.floor(self.level))),
+                "x-ratelimit-reset-requests": f"{(self.capacity - self.level) / self.rate:.3f}s"}
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         body = orjson.loads(request.body)
         self.requests += 1
-        if not self._take(asyncio.get_running_loop().time()):
+        if not self.take(asyncio.get_running_loop().time()):
             self.refused += 1
-            self.refusals.append((round(asyncio.get_running_loop().time(), 2), body["model"]))
             if self.honest_delay:
                 delay = {"retry-after": str(math.ceil((1 - self.level) / self.rate))}
             else:  # the time one request takes to refill, as if nothing were owed
@@ -144,7 +142,7 @@ def test_image_models_sharing_a_key_budget_that_counts_refusals_finish_with_few_
 def test_without_rate_limit_headers_no_run_livelocks_on_refusals_that_count(tmp_path,
                                                                             honest_delay):
     # no limit to learn: 429s and their delays alone pace the run (before: with a delay that did
-    # not count the debt, 5 jobs done and then only 429s until the run stopped after 300 s)
+    # not count the debt, 17 jobs done and then only 429s until the run stopped after 300 s)
     server = RefusalsCount(300, burst_s=1.0, headers=False, honest_delay=honest_delay,
                            latency_s=LATENCY_S)
     jobs = [image_job(i) for i in range(160)]
@@ -165,7 +163,7 @@ def test_under_persistent_429s_the_limiter_sends_below_the_refill_rate_until_the
         sent = []
         while loop.time() < 60.0:
             permit = await limiter.acquire(1)
-            admitted = server._take(loop.time())
+            admitted = server.take(loop.time())
             sent.append((loop.time(), admitted))
             if admitted:
                 limiter.observe(permit, RateLimitInfo())
