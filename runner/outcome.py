@@ -16,7 +16,8 @@ Backends act on decisions and never look at status codes; the errors they raise 
 are classified too (`classify(exc=...)`).
 
 Retry timing: the server's delay (`retry-after-ms`, `retry-after`, the `x-ratelimit-reset-*`
-header of the exhausted budget, or Azure's "Please retry after N seconds") wins, capped at
+header of the exhausted budget, Azure's "Please retry after N seconds", or the reset time LiteLLM
+writes into its message) wins, capped at
 `MAX_SERVER_DELAY_S`; without one, full-jitter exponential `Backoff`.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs import codes
-from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
+from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after, reset_from_message
 from runner.api.transport import no_answer_error, no_answer_errors
 from runner.errors import (
     APIConnectionError, APIError, APITimeoutError, APIUnreachableError, AuthenticationError,
@@ -52,8 +53,9 @@ SERVER_DELAY_JITTER_S = 0.5  # added on top of a server delay so waiters don't r
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 MAX_MESSAGE_CHARS = 500  # error messages written into result lines are trimmed to this
-# A 429 that names its delay is pacing and never counts against --max-attempts, unless the whole
-# run has had no success for this long: then the run stops (resumable), the budget is not coming back.
+# A 429 is pacing and never counts against --max-attempts (with no delay named, the limiter holds
+# its own: a gateway's 429 often names none), unless the whole run has had no success for this
+# long: then the run stops (resumable), the budget is not coming back.
 RATE_LIMIT_STALL_S = 300.0
 
 OK_CODE = "ok"  # the code of an OK verdict; never written into a result line
@@ -195,7 +197,8 @@ def _delay_from_message(message: str | None) -> float | None:
 
 def _rate_limit_delay(headers: Mapping[str, str], kind: str | None, message: str | None,
                       now: float | None) -> float | None:
-    """Server-directed wait for a 429: retry-after*, then the exhausted budget's reset, then prose."""
+    """Server-directed wait for a 429: retry-after*, then the exhausted budget's reset, then prose
+    (a delay, or the reset time a gateway writes: `reset_from_message`)."""
     delay = parse_retry_after(headers, now=now)
     if delay is not None:
         return delay
@@ -207,7 +210,8 @@ def _rate_limit_delay(headers: Mapping[str, str], kind: str | None, message: str
     resets = [r for r in (info.reset_requests, info.reset_tokens) if r is not None]
     if resets:
         return max(resets)
-    return _delay_from_message(message)
+    delay = _delay_from_message(message)
+    return delay if delay is not None else reset_from_message(message, headers, now=now)
 
 
 def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
@@ -254,7 +258,9 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
     - 429 `insufficient_quota` (error code or type): STOP_RUN "insufficient_quota".
     - other 429: RETRY "rate_limit_exceeded", delay from retry-after-ms / retry-after, else the
       reset header of the budget named by the body's `type` ("tokens"/"requests"; else the larger
-      reset), else "try again in 1.5s" / "retry after 2 seconds" in the message, else None.
+      reset), else "try again in 1.5s" / "retry after 2 seconds" in the message, else the reset
+      time LiteLLM writes there ("Limit resets at: 2026-12-07 12:41:08 UTC", from the answer's
+      `date` header, else `now`), else None.
     - 401: STOP_RUN "invalid_api_key"; 403: STOP_RUN "permission_denied".
     - 408: RETRY "timeout"; 409 and 5xx: RETRY "server_error"; both honour retry-after.
     - other 4xx: FAIL_JOB with the body's error code ("context_length_exceeded" etc.) or
@@ -452,10 +458,10 @@ _STEPS = {
 class Attempts:
     """What one request has spent so far; `decide` returns the next value. Start from `Attempts()`.
 
-    `sent`: outcomes seen (requests sent, answered or not). `paced`: how many of them were 429s
-    that said when to come back. `counted`: attempts used against `--max-attempts`: each retried
-    failure counts one, except paced 429s, which never count (a 429 that names its delay is
-    pacing, not failure; see `decide` for when they end the run instead).
+    `sent`: outcomes seen (requests sent, answered or not). `paced`: how many of them were 429s.
+    `counted`: attempts used against `--max-attempts`: each retried failure counts one, except
+    429s, which never count (a 429 is pacing, not failure; see `decide` for when they end the
+    run instead).
     """
 
     sent: int = 0
@@ -488,8 +494,8 @@ class Decision:
         if self.step not in _STEPS[self.verdict.action]:
             raise ValueError(f"a {self.verdict.action.value} verdict cannot lead to "
                              f"{self.step.value}")
-        if self.step is Step.RETRY_PACED and self.verdict.delay is None:
-            raise ValueError("a paced retry needs the server's delay")
+        if self.step is Step.RETRY_PACED and not self.verdict.rate_limited:
+            raise ValueError("a paced retry is a 429's")
 
     @property
     def code(self) -> str:
@@ -498,7 +504,8 @@ class Decision:
 
     @property
     def delay(self) -> float | None:
-        """The server's delay, capped: what a RETRY_PACED waits out in the limiter."""
+        """The server's delay, capped: what a RETRY_PACED waits out in the limiter (None: the
+        limiter's own, `runner.pacing.learning.FALLBACK_RETRY_AFTER_S` or a window's probe)."""
         return self.verdict.delay
 
     def wait(self, backoff: Backoff) -> float:
@@ -527,7 +534,7 @@ def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: 
         RETRY n_not_supported, confirmed         FAIL                -
         RETRY n_not_supported, packed            UNPACK              -
         RETRY n_not_supported, otherwise         RETRY_AFTER_SLEEP   yes
-        RETRY, a 429 with a delay                RETRY_PACED         no
+        RETRY, a 429 (a delay named or not)      RETRY_PACED         no
           ... no success for RATE_LIMIT_STALL_S  STOP_RUN            -
         RETRY, otherwise                         RETRY_AFTER_SLEEP   yes
         endpoint_fault, not `answered`           STOP_RUN            -
@@ -562,7 +569,7 @@ def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: 
     if verdict.code == codes.N_NOT_SUPPORTED and (packed or confirmed):
         after = Attempts(sent, attempts.paced, attempts.counted)
         return Decision(Step.FAIL if confirmed else Step.UNPACK, verdict, after, verdict.message)
-    paced_429 = verdict.rate_limited and verdict.delay is not None
+    paced_429 = verdict.rate_limited
     paced = attempts.paced + paced_429
     if paced_429:
         after = Attempts(sent, paced, attempts.counted)

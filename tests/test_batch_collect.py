@@ -37,9 +37,10 @@ OK_PACK = line(200, answer_for("/v1/completions", PACK.body))
     (ONE, line(error={"code": "batch_cancelled", "message": "x"}), 3, {}),
     # transient: into a later batch, an attempt counted ...
     (ONE, line(500, err(None)), 0, {"retry": ["a"], "retried": True}),
-    (ONE, line(429, err("rate_limit_exceeded")), 0, {"retry": ["a"], "retried": True}),
     (ONE, line(error={"code": "server_error", "message": "x"}), 0, {"retry": ["a"], "retried": True}),
     # ... until --max-attempts (3 here): then a final failure line
+    # a 429 is pacing, never an attempt: into a later batch, nothing counted, even at the last
+    (ONE, line(429, err("rate_limit_exceeded")), 2, {"retried": True}),
     (ONE, line(503, err(None)), 2, {"records": ["a:server_error"], "gave_up": ["a"]}),
     # permanent: a failure line at once
     (ONE, line(400, err("invalid_request")), 0, {"records": ["a:invalid_request"], "gave_up": ["a"]}),

@@ -164,6 +164,29 @@ def test_a_job_meeting_paced_429s_for_longer_than_the_stall_limit_succeeds_while
     assert script.calls[-1][0] > RATE_LIMIT_STALL_S * 3
 
 
+def test_a_gateways_429s_without_a_delay_never_use_up_a_jobs_attempts():
+    # LiteLLM on /v1/completions: a 429 with no retry-after and no rate-limit header; before,
+    # each counted as an attempt ("gave up after 6 requests")
+    bare = error(429, "429", "Rate limit exceeded for model_per_key: k:m.", type_="None")
+    script = Script(lambda n, req, body: bare if n <= 10 else None)
+    records, stats = dispatch([chat_job(1)], script, config=DispatchConfig(max_attempts=2))
+    assert stats.rate_limited == 10 and len(script.calls) == 11
+    assert [r["error"] for r in records] == [None]
+
+
+def test_the_reset_time_a_gateway_writes_in_its_429_message_is_waited_out():
+    # measured from the answer's date header: the run's clock and the server's may disagree
+    limited = error(429, "429", "Rate limit exceeded for model_per_key: k:m. Limit type: "
+                    "requests. Current limit: 60, Remaining: 0. Limit resets at: "
+                    "2026-12-07 12:41:08 UTC", headers={"date": "Mon, 07 Dec 2026 12:40:48 GMT"},
+                    type_="None")
+    script = Script(lambda n, req, body: limited if n == 1 else None)
+    records, stats = dispatch([chat_job(1)], script)
+    (t1, *_), (t2, *_) = script.calls
+    assert t2 - t1 == pytest.approx(20.0, abs=0.01)
+    assert stats.rate_limited == 1 and records[0]["error"] is None
+
+
 def test_a_server_answering_only_429s_stops_the_run_after_the_stall_limit():
     limited = error(429, "rate_limit_exceeded", "Rate limit reached", headers={"retry-after": "20"},
                     type_="requests")

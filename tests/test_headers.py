@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
+from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after, reset_from_message
 
 NOW = 1_445_412_470.0  # 2015-10-21 07:27:50 GMT
 
@@ -197,3 +197,28 @@ def test_kong_with_several_windows_reads_the_binding_one():
         "x-ratelimit-limit-second": "10", "x-ratelimit-remaining-second": "9",
         "x-ratelimit-limit-minute": "100", "x-ratelimit-remaining-minute": "3"})
     assert (info.limit_requests, info.remaining_requests, info.window_s) == (100, 3, 60.0)
+
+
+LITELLM_429 = ("Rate limit exceeded for model_per_key: 88dc:gpt-4o-mini. Limit type: requests. "
+               "Current limit: 60, Remaining: 0. Limit resets at: {} UTC")
+
+
+@pytest.mark.parametrize("message, headers, seconds", [
+    # measured from the server's own date header, whatever our clock says
+    (LITELLM_429.format("2015-10-21 07:28:30"), {"date": "Wed, 21 Oct 2015 07:28:00 GMT"}, 30.0),
+    (LITELLM_429.format("2015-10-21 07:28:30"), {"date": "Wed, 21 Oct 2015 07:28:20 GMT"}, 10.0),
+    # no date header (or a garbage one): from our clock (NOW is 07:27:50)
+    (LITELLM_429.format("2015-10-21 07:28:30"), {}, 40.0),
+    (LITELLM_429.format("2015-10-21 07:28:30"), {"date": "yesterday"}, 40.0),
+    (LITELLM_429.format("2015-10-21 07:28:30.500"), {}, 40.5),
+    (LITELLM_429.format("2015-10-21 07:27:00"), {}, 0.0),  # already past: now
+    ("Limit resets at: 2015-10-21T07:28:00Z", {}, 10.0),
+    (LITELLM_429.format("2015-13-45 99:00:00"), {}, None),  # not a date
+    ("Limit resets at: 2015-10-21 07:28:30", {}, None),  # no zone: not a time we can place
+    ("Rate limit reached. Please try again later.", {}, None),
+    ("", {}, None),
+    (None, {}, None),
+])
+def test_a_reset_time_in_a_429_message_is_read_from_the_servers_clock(message, headers, seconds):
+    got = reset_from_message(message, headers, now=NOW)
+    assert got == (None if seconds is None else pytest.approx(seconds))

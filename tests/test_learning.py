@@ -9,8 +9,8 @@ import pytest
 from runner.api.headers import RateLimitInfo as Info
 from runner.pacing.learning import (
     FALLBACK_RETRY_AFTER_S, INFER_FROM_429_SHARE, INFER_RAISE_AFTER_S, INFER_RAISE_STEP,
-    WINDOW_PROBE_S, Answer, Hold, Known, Lower, SetLevel, SetLimit, Shape, apply, blame,
-    learn_429, learn_answer, learn_headers, since, window_end,
+    REFUSED_MAX_S, WINDOW_PROBE_S, Answer, Hold, Known, Lower, SetLevel, SetLimit, Shape, apply,
+    blame, learn_429, learn_answer, learn_headers, refused_horizon, since, window_end,
 )
 from runner.pacing.state import Limit, MemoryBudgetState, Snapshot
 
@@ -220,7 +220,7 @@ def test_a_spent_window_whose_end_is_unknown_is_probed_one_request_at_a_time():
 def test_a_probed_limit_that_holds_requests_back_without_429s_is_raised(bound_at, last_429, raised):
     known = Known(last_429=last_429, probed_at=NOW - 2 * INFER_RAISE_AFTER_S, window_answers=4)
     snapshot = Snapshot(requests=Limit(100.0, "probed", 100 / 60))
-    lesson = learn_answer(known, snapshot, now=NOW, requests_bound_at=bound_at, burst_s=1.0)
+    lesson = learn_answer(known, snapshot, Answer(NOW), requests_bound_at=bound_at, burst_s=1.0)
     assert lesson.known.window_answers == 5
     limit = Limit(100.0 * INFER_RAISE_STEP, "probed", 100.0 * INFER_RAISE_STEP / 60)
     assert lesson.changes == ((SetLimit("requests", limit),) if raised else ())
@@ -243,3 +243,52 @@ def test_429s_within_a_windows_episode_infer_nothing_more():
                       head_need=0, answer_rate=None, burst_s=1.0)
     assert not any(isinstance(c, SetLimit) for c in again.changes)
     assert again.known.episode_end == NOW + 60.0
+
+
+# -- refusals in a row (a server that counts refused requests) ---------------------------------
+
+
+@pytest.mark.parametrize("retry_after, streak, horizon", [
+    (0.2, 0, 0.2), (0.2, 1, 0.2),  # the first 429 of a streak: the server's delay
+    (0.2, 2, 0.4), (0.2, 4, 1.6),  # each refusal in a row doubles it
+    (0.2, 30, REFUSED_MAX_S),  # up to a limit
+    (30.0, 3, 30.0),  # never shorter than the server asked
+    (0.0, 5, 0.0),
+])
+def test_the_debts_horizon_doubles_with_each_refusal_in_a_row(retry_after, streak, horizon):
+    assert refused_horizon(retry_after, streak) == pytest.approx(horizon)
+
+
+def test_a_streak_stretches_the_delay_to_two_requests_refill_of_a_slow_budget():
+    known = Known(refused_streak=20)
+    answer = Answer(NOW, sent_at=NOW, first_after_429=True)
+    lesson = lesson_429(known, Snapshot(requests=server(3)), None, 1.0, answer=answer)
+    assert lesson.changes == (Lower("requests", 0.05 - 0.05 * 40.0),)  # 3 RPM: 40 s
+
+
+@pytest.mark.parametrize("streak, first_after_429, after, debt_s", [
+    (0, False, 1, 0.2),  # a first 429
+    (0, True, 1, 0.2),
+    (1, True, 2, 0.4),  # the first request sent after the delay was refused: the delay was short
+    (1, False, 1, 0.2),  # one of a burst sent after it: we sent too much, the delay was right
+    (3, True, 4, 1.6),
+])
+def test_a_refusal_of_the_first_request_after_a_429_lengthens_the_debt(streak, first_after_429,
+                                                                       after, debt_s):
+    known = Known(refused_streak=streak, last_429=NOW - 1.0)
+    answer = Answer(NOW, sent_at=NOW, first_after_429=first_after_429)
+    lesson = lesson_429(known, Snapshot(requests=server(300)), None, 0.2, answer=answer)
+    assert lesson.known.refused_streak == after
+    assert lesson.changes == (Lower("requests", 1.0 - 5.0 * debt_s),)
+
+
+@pytest.mark.parametrize("sent_at, streak", [
+    (NOW - 0.5, 0),  # sent after the last 429 and answered: the debt is paid
+    (NOW - 2.0, 3),  # sent before it: says nothing of the debt now
+    (None, 0),
+])
+def test_only_an_answer_to_a_request_sent_after_the_last_429_ends_a_streak(sent_at, streak):
+    known = Known(refused_streak=3, last_429=NOW - 1.0)
+    lesson = learn_answer(known, Snapshot(), Answer(NOW, sent_at=sent_at),
+                          requests_bound_at=-math.inf, burst_s=1.0)
+    assert lesson.known.refused_streak == streak

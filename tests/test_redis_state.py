@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from runner.api.headers import RateLimitInfo
+from runner.live.run import IMAGES_BUDGET
 from runner.pacing.limiter import RateLimiter
 from runner.pacing.limiters import KEY_BUDGET, Limiters
 from runner.pacing.redis_state import RedisBudgets, RedisLost, RedisUnavailable
@@ -245,6 +246,29 @@ async def test_a_process_adopts_the_salt_a_newcomer_set_after_a_restart(redis_se
     assert budgets_a.states[0].key == budgets_b.states[0].key
     for budgets in (budgets_a, budgets_b):
         await budgets.close()
+
+
+async def test_image_models_sharing_the_keys_budget_keep_it_apart_from_the_text_models(
+        redis_server):
+    # the image lanes' budgets count images where the text lanes' count tokens: once their models
+    # are found to share the key's budget, it goes by a name of its own
+    budgets = RedisBudgets(redis_server.url, API_KEY)
+    await budgets.connect()
+    limiters = Limiters(rpm=None, tpm=None, scope="auto",
+                        states=lambda base_url, name: budgets.state(base_url, name + IMAGES_BUDGET),
+                        key_budget=KEY_BUDGET + IMAGES_BUDGET)
+    key = (BASE_URL, "dall-e-3")
+    limiter = limiters.get(key)
+    info = RateLimitInfo(limit_requests=300, remaining_requests=290, window_s=60.0, scope="key",
+                         style="litellm")
+    permit = await limiter.acquire(1)
+    assert limiters.notice(key, info, permit)
+    limiter.observe(permit, info)
+    await limiter.acquire(1)
+    [state] = budgets.states
+    assert state.key == budgets.key(BASE_URL, KEY_BUDGET + IMAGES_BUDGET)
+    assert state.key != budgets.key(BASE_URL, KEY_BUDGET)
+    await budgets.close()
 
 
 async def test_processes_that_learn_the_keys_budget_from_different_models_share_it(redis_server):

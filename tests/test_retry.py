@@ -57,6 +57,10 @@ CASES = [
      json.dumps({"error": {"code": "429", "message": "Requests ... have exceeded token rate "
                            "limit. Please retry after 2 seconds."}}).encode(),
      Action.RETRY, "rate_limit_exceeded", 2.0),
+    ("429 litellm's reset time", 429, {"date": "Wed, 21 Oct 2015 07:28:00 GMT"},
+     err("Rate limit exceeded for model_per_key: k:m. Limit type: requests. Current limit: 60, "
+         "Remaining: 0. Limit resets at: 2015-10-21 07:28:45 UTC"),
+     Action.RETRY, "rate_limit_exceeded", 45.0),
     ("429 no hint", 429, {}, b"", Action.RETRY, "rate_limit_exceeded", None),
     ("429 quota by code", 429, {"retry-after": "1"},
      err("You exceeded your current quota", type_="insufficient_quota", code="insufficient_quota"),
@@ -381,10 +385,11 @@ DECISIONS = [
      STALLED - 1, False, Step.RETRY_PACED, False, Attempts(11, 8, 5)),
     ("a paced 429 after the run stalled stops it", PACED_429, False, Attempts(2, 2, 0), 6, STALLED, False,
      Step.STOP_RUN, False, Attempts(3, 3, 0)),
-    ("429 without a delay backs off", BARE_429, False, Attempts(), 6, 0, False,
-     Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
-    ("a stall does not stop a 429 without a delay", BARE_429, False, Attempts(), 6, STALLED, False,
-     Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
+    # a gateway's 429 may name no delay: still pacing (the limiter holds its own), never counted
+    ("429 without a delay is pacing too", BARE_429, False, Attempts(5, 0, 5), 6, 0, False,
+     Step.RETRY_PACED, False, Attempts(6, 1, 5)),
+    ("a 429 without a delay after the run stalled stops it", BARE_429, False, Attempts(), 6,
+     STALLED, False, Step.STOP_RUN, False, Attempts(1, 1, 0)),
     ("500 backs off", SERVER_500, False, Attempts(), 6, 0, False,
      Step.RETRY_AFTER_SLEEP, True, Attempts(1, 0, 1)),
     ("503 with a delay sleeps it", SERVER_503_DELAY, False, Attempts(), 6, 0, False,

@@ -106,6 +106,41 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     return max(0.0, wait) if math.isfinite(wait) else None
 
 
+# LiteLLM's proxy (its v3 rate limiter) ends a 429's message with the window's end, in UTC:
+# "... Limit resets at: 2026-12-07 12:41:08 UTC" (on /v1/completions with no retry-after header).
+_RESETS_AT = re.compile(r"Limit resets at:\s*(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d+)?)"
+                        r"\s*(?:UTC|GMT|Z|\+00:00)", re.IGNORECASE)
+
+
+def reset_from_message(message: str | None, headers: Mapping[str, str], *,
+                       now: float | None = None) -> float | None:
+    """Seconds until the reset time a well-known server writes into its 429 message (LiteLLM:
+    "Limit resets at: 2026-12-07 12:41:08 UTC"), or None when the message names none. The time
+    is the server's: it is measured from the answer's `date` header when that is a usable HTTP
+    date (so a clock apart from the server's does not matter), else from `now` (epoch seconds,
+    default `time.time()`). A reset already past means "retry now" (0.0)."""
+    if not message:
+        return None
+    match = _RESETS_AT.search(message)
+    if match is None:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(f"{match.group(1)}T{match.group(2)}+00:00")
+    except ValueError:
+        return None
+    reference = None
+    date = _get(headers, "date")
+    if date is not None:
+        try:
+            reference = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            reference = None
+    if reference is None or not math.isfinite(reference):
+        reference = time.time() if now is None else now
+    wait = when.timestamp() - reference
+    return max(0.0, wait) if math.isfinite(wait) else None
+
+
 def _parse_count(raw: str | None) -> int | None:
     """A non-negative integer; Azure's -1 ("unknown") and garbage become None."""
     if raw is None or not _INTEGER.fullmatch(raw):

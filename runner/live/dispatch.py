@@ -570,8 +570,8 @@ class Dispatcher:
             headers = as_token_headers(headers, response.body if response.status == 429 else None)
         info = RateLimitInfo.from_headers(headers)
         verdict = classify(response.status, headers, response.body)
-        if not images:  # an image lane's budget is its model's alone
-            self._notice_budget(request.model, info, permit, rate_limited=verdict.rate_limited)
+        self._notice_budget(request.model, info, permit, rate_limited=verdict.rate_limited,
+                            images=images)
         if verdict.rate_limited:
             self.stats.rate_limited += 1
             limiter.on_rate_limited(permit, verdict.delay, info)
@@ -668,23 +668,26 @@ class Dispatcher:
         return decision
 
     def _notice_budget(self, model: str, info: RateLimitInfo, permit: Permit, *,
-                       rate_limited: bool = False) -> None:
+                       rate_limited: bool = False, images: bool = False) -> None:
         """Whether the answer shows the models of its base URL share one budget; if so they are
-        paced together from now on (said once in the log and the summary)."""
+        paced together from now on (said once in the log and the summary). Image lanes learn it
+        among themselves (their budgets count images, not tokens)."""
         key = self._endpoint.budget_key(model)
-        if rate_limited and self._limiters.notice_429(key):
+        limiters = self._image_limiters if images else self._limiters
+        if rate_limited and limiters.notice_429(key):
             why = f"{model} met 429s at its own limit while the other models were sending"
-        elif self._limiters.notice(key, info, permit):
+        elif limiters.notice(key, info, permit):
             why = ("its rate-limit headers name the key's budget" if info.scope == "key" else
                    f"{model}'s budget showed requests spent that only the other models sent")
         else:
             return
+        what = "image model" if images else "model"
         self.stats.budget_shared.append((key[0], why))
-        self._log(f"{key[0]}: one budget for the key over every model ({why}); pacing them "
+        self._log(f"{key[0]}: one budget for the key over every {what} ({why}); pacing them "
                   "together from now on (--budget-scope model to keep them apart)")
-        for other, lane in self._lanes.items():
-            if other[0] == key[0] and len(other) == 2:  # not the image lanes (base, model, "images")
-                lane.limiter = self._limiters.get(other)
+        for other, lane in self._lanes.items():  # image lanes are (base, model, "images")
+            if other[0] == key[0] and (len(other) == 3) == images:
+                lane.limiter = limiters.get(other[:2])
 
     def _packing_off(self, request: Request, caps: LaneCapabilities, verdict: Verdict) -> None:
         """Packing just went off for the request's lane: say so once; the packer's partial packs

@@ -15,7 +15,7 @@ from runner.files import checkpoint as ckpt
 from runner.live.dispatch import DispatchConfig, Dispatcher
 from runner.api.endpoint import Endpoint
 from runner.pacing.limiter import DEFAULT_BURST_S
-from runner.pacing.limiters import Limiters
+from runner.pacing.limiters import KEY_BUDGET, Limiters
 from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisBudgets
 from runner.report.log import console_echo, terminal_console
 from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
@@ -28,6 +28,8 @@ from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohtt
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+IMAGES_BUDGET = "#images"  # an image lane's budget in Redis: its model's name and this
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +131,14 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
     if limiters is None:
         limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s,
                             scope=config.budget_scope)
-    # image lanes: per model (images per minute), their second bucket counting images
+    # image lanes: their second bucket counts images (IPM), so their budgets are kept apart from
+    # the text lanes'; like those, they come to share one when the server shows it counts the key's
+    follow = config.budget_scope == "auto"
     image_limiters = Limiters(
-        rpm=config.rpm, tpm=config.ipm, burst_s=config.burst_s, scope="model",
-        states=None if budgets is None else lambda url, model: budgets.state(url, model + "#images"))
+        rpm=config.rpm, tpm=config.ipm, burst_s=config.burst_s, scope=config.budget_scope,
+        states=None if budgets is None else lambda url, model: budgets.state(
+            url, model + IMAGES_BUDGET, follow_moves=follow),
+        key_budget=KEY_BUDGET + IMAGES_BUDGET)
     input_dir = Path.cwd() if config.input == "-" else Path(config.input).resolve().parent
     images = ImageStore(config.images_dir or default_images_dir(config.output),
                         relative_to=config.output.resolve().parent, send=send,

@@ -38,9 +38,9 @@ from runner.pacing.state import MINUTE_S, REQUEST, BudgetState, Kind, Limit, Sna
 
 __all__ = [
     "FALLBACK_RETRY_AFTER_S", "INFER_FROM_429_SHARE", "INFER_MAX_RESET_S", "INFER_RAISE_AFTER_S",
-    "INFER_RAISE_STEP", "KINDS", "WINDOW_429_MIN_S", "WINDOW_PROBE_S", "WINDOW_SHAPE_MARGIN",
+    "INFER_RAISE_STEP", "KINDS", "REFUSED_AGAIN_FACTOR", "REFUSED_MAX_S", "WINDOW_429_MIN_S", "WINDOW_PROBE_S", "WINDOW_SHAPE_MARGIN",
     "Answer", "Change", "Hold", "Known", "Lesson", "Lower", "SetLevel", "SetLimit", "Shape",
-    "apply", "blame", "learn_429", "learn_answer", "learn_headers", "since", "window_end",
+    "apply", "blame", "learn_429", "refused_horizon", "learn_answer", "learn_headers", "since", "window_end",
 ]
 
 KINDS: tuple[Kind, Kind] = ("requests", "tokens")
@@ -78,6 +78,21 @@ WINDOW_PROBE_S = 5.0
 """After a window-length 429, when the window's end is not known (no reset header, no window start
 seen), one request goes every this many seconds to find it: the first answered one opens the new
 window's whole quota at once (a calendar-minute window ends at most this long before we notice)."""
+
+REFUSED_AGAIN_FACTOR = 2.0
+"""A 429 to the first request sent after the previous 429 came (once the server's delay had
+passed) says that delay was too short: as where refused requests count against the budget
+(OpenAI's rate-limit guide), so that sending again at the refill rate keeps the budget in debt for
+ever. Each such 429 in a row multiplies the debt's horizon by this factor (up to
+`REFUSED_MAX_S`), so the sending rate falls below the server's refill rate until the debt clears;
+an answer to a request sent after the last 429 ends the streak, and the rate is the limit's
+again. (A 429 to a later request of a burst sent after the delay says we sent too much, not that
+the delay was short: the limits learn that.)"""
+REFUSED_MAX_S = 10.0
+"""The longest a streak of refusals stretches the server's delay to (a server that asks for longer
+is heeded as it asks): one request every 10 s is below the refill rate of any budget of 6 RPM or
+more, and of a slower one the limit's own two requests' worth is waited instead. Longer would only
+leave the budget unused once the debt has cleared."""
 
 WINDOW_429_MIN_S = 10.0
 """A 429 asking for at least this long and carrying no rate-limit header is taken for a fixed
@@ -165,7 +180,9 @@ class Known:
     """What a budget's answers have taught so far: each kind's `Shape`, and the 429 history
     inference works from. last_429: when the last 429 came. episode_end: a 429 before this belongs
     to the episode already counted. probed_at: when a probed requests limit was last set, cut or
-    raised. window_answers: answers since the last window-length 429 (no limit announced)."""
+    raised. window_answers: answers since the last window-length 429 (no limit announced).
+    refused_streak: 429s in a row, each to the first request sent after the one before came (see
+    `REFUSED_AGAIN_FACTOR`); 0 after an answer to a request sent after the last 429."""
 
     requests: Shape = Shape()
     tokens: Shape = Shape()
@@ -173,6 +190,7 @@ class Known:
     episode_end: float = -math.inf
     probed_at: float = -math.inf
     window_answers: int = 0
+    refused_streak: int = 0
 
     def shape(self, kind: Kind) -> Shape:
         return self.requests if kind == "requests" else self.tokens
@@ -193,13 +211,16 @@ class Answer:
     """One answer, as the lessons need it. now: when it came (the limiter's clock). sent_at: the
     admission of the request it answers (None: tied to no admission). charged: tokens charged for
     that request. unseen_requests, unseen_tokens: what we admitted after that request and had no
-    answer to before this one (the server most likely had not counted it when it answered)."""
+    answer to before this one (the server most likely had not counted it when it answered).
+    first_after_429: the request was the first admitted after the last 429 came (sent once the
+    server's delay had passed, alone)."""
 
     now: float
     sent_at: float | None = None
     charged: int = 0
     unseen_requests: float = 0.0
     unseen_tokens: float = 0.0
+    first_after_429: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,13 +289,18 @@ def learn_headers(known: Known, snapshot: Snapshot, info: RateLimitInfo, answer:
     return draft.lesson()
 
 
-def learn_answer(known: Known, snapshot: Snapshot, *, now: float, requests_bound_at: float,
+def learn_answer(known: Known, snapshot: Snapshot, answer: Answer, *, requests_bound_at: float,
                  burst_s: float) -> Lesson:
     """What an answer (not a 429) teaches by coming at all: one more answer in the window being
-    counted, and a probed requests limit that held requests back (`requests_bound_at`: when it last
-    did) with no 429 for `INFER_RAISE_AFTER_S` goes up by `INFER_RAISE_STEP`."""
+    counted; the end of a streak of refusals, when its request was sent after the last 429 came
+    (an answer to one sent before says nothing of the debt now); and a probed requests limit that
+    held requests back (`requests_bound_at`: when it last did) with no 429 for
+    `INFER_RAISE_AFTER_S` goes up by `INFER_RAISE_STEP`."""
+    now = answer.now
     draft = _Draft(known, snapshot, burst_s)
     draft.update(window_answers=known.window_answers + 1)
+    if answer.sent_at is None or answer.sent_at >= known.last_429:
+        draft.update(refused_streak=0)
     limit = snapshot.requests
     if (limit is not None and limit.source == "probed"
             and requests_bound_at > known.probed_at
@@ -290,11 +316,13 @@ def learn_429(known: Known, snapshot: Snapshot, info: RateLimitInfo | None,
     """What a 429 teaches, after its headers (`learn_headers`, already applied to `known` and
     `snapshot`): a limit inferred or cut where none is announced, a window where the delay is a
     window's length, and the debt that holds admission until the server's delay has passed (see
-    `runner.pacing.limiter.RateLimiter.on_rate_limited`). `head_need`: tokens the head of the
-    queue waits for. `answer_rate`: answers per minute over the recent answers (None with fewer
-    than two)."""
+    `runner.pacing.limiter.RateLimiter.on_rate_limited`), or longer where 429s come in a row
+    (`refused_horizon`). `head_need`: tokens the head of the queue waits for. `answer_rate`:
+    answers per minute over the recent answers (None with fewer than two)."""
     draft = _Draft(known, snapshot, burst_s)
     now = answer.now
+    streak = known.refused_streak + answer.first_after_429  # refused though sent after the delay
+    draft.update(refused_streak=max(1, streak))
     if retry_after is None or not (math.isfinite(retry_after) and retry_after >= 0):
         # A gateway that counts windows may give no delay at all (LiteLLM's router for
         # completions): ask it once per probe period, not once a second.
@@ -306,6 +334,10 @@ def learn_429(known: Known, snapshot: Snapshot, info: RateLimitInfo | None,
             retry_after = min(retry_after, max(resets))
     _infer_from_429(draft, now, retry_after, info is not None and not info.empty, answer_rate)
     snapshot = draft.snapshot
+    longest = REFUSED_MAX_S
+    if snapshot.requests is not None:  # a slow budget: two of its requests' refill at least
+        longest = max(longest, 2 * REQUEST / snapshot.requests.rate)
+    horizon = refused_horizon(retry_after, draft.known.refused_streak, longest)
     debted = False
     for kind, need in blame(info, snapshot, head_need):
         limit = snapshot.limit(kind)
@@ -328,11 +360,21 @@ def learn_429(known: Known, snapshot: Snapshot, info: RateLimitInfo | None,
                                   else min(end, now + retry_after)))
                 draft.change(SetLevel(kind, limit.capacity))
         else:
-            draft.change(Lower(kind, min(need, limit.capacity) - limit.rate * retry_after))
+            draft.change(Lower(kind, min(need, limit.capacity) - limit.rate * horizon))
         debted = True
     if not debted:
-        draft.change(Hold(now + retry_after))
+        draft.change(Hold(now + horizon))
     return draft.lesson()
+
+
+def refused_horizon(retry_after: float, streak: int, longest: float = REFUSED_MAX_S) -> float:
+    """How long a 429's debt holds a bucket: the server's `retry_after` for the first 429 of a
+    streak, `REFUSED_AGAIN_FACTOR` times longer for each 429 in a row after it (`Known.
+    refused_streak`), up to `longest` (or the server's delay, when longer)."""
+    if streak <= 1:
+        return retry_after
+    longer = retry_after * REFUSED_AGAIN_FACTOR ** min(streak - 1, 64)
+    return max(retry_after, min(longer, longest))
 
 
 # -- the steps -----------------------------------------------------------------------------------

@@ -213,6 +213,7 @@ class RateLimiter:
         self._alone: TokenBucket | None = None  # the server's requests bucket if only we spent it
         self._answered: list[int] = []  # admission numbers of recent answers, sorted (see _answer)
         self._requests_bound_at = -math.inf  # when the requests limit last made a request wait
+        self._after_429: int | None = None  # the first admission after the last 429 (None: to come)
 
     # -- what callers read -------------------------------------------------------------------
 
@@ -424,6 +425,8 @@ class RateLimiter:
         if self._alone is not None:
             self._alone.take(REQUEST)
         self._audit.admitted(permit.seq, permit.at, tokens, permit.estimated_total)
+        if self._after_429 is None:
+            self._after_429 = permit.seq
         return permit
 
     # -- learning (the lessons are `runner.pacing.learning`'s; the limiter applies them) -------
@@ -459,7 +462,8 @@ class RateLimiter:
         unseen = max(0, later - counted)
         after_tokens = self._admitted_tokens - permit.charged_total
         return Answer(now, permit.at, permit.charged, float(unseen),
-                      after_tokens * unseen / later if later else 0.0)
+                      after_tokens * unseen / later if later else 0.0,
+                      first_after_429=permit.seq == self._after_429)
 
     def _answered_now(self, permit: Permit | None) -> None:
         """Remember that `permit`'s request was answered (after `_answer` counted the others)."""
@@ -489,15 +493,16 @@ class RateLimiter:
         * Given the `permit`, the token headers also calibrate the charge (see the class
           docstring).
         """
-        self._learn_headers(info, self._answer(permit))
+        answer = self._answer(permit)
+        self._learn_headers(info, answer)
         self._answered_now(permit)
         if permit is not None:
             self._audit_tokens(permit, info)
-        now = self._clock()
+        now = answer.now
         self._answers.append(now)
         while now - self._answers[0] > MINUTE_S:
             self._answers.popleft()
-        self._apply(learning.learn_answer(self._known, self._state.read(), now=now,
+        self._apply(learning.learn_answer(self._known, self._state.read(), answer,
                                           requests_bound_at=self._requests_bound_at,
                                           burst_s=self._burst_s))
         self._notify()
@@ -555,6 +560,7 @@ class RateLimiter:
             self._known, self._state.read(), info, retry_after, answer,
             head_need=self._head_need, answer_rate=self._answer_rate(answer.now),
             burst_s=self._burst_s))
+        self._after_429 = None  # the next admission is the first after it
         self._notify()
 
     def _answer_rate(self, now: float) -> float | None:

@@ -32,9 +32,11 @@ together then is the safe side.)"""
 
 SHARED_429S = 5  # see SHARED_429_SPAN_S
 SHARED_429_SPAN_S = 10.0
-"""A model's budget is also taken for a shared one when it meets `SHARED_429S` 429s within this many
-seconds while paced by our own bucket at the limit its server announced, and the run's other models
-of that base URL are sending: a budget paced at its own limit meets 429s only when others spend it.
+"""The models of a base URL are also taken to share one budget when, each paced by our own bucket
+at the limit its server announced, they meet `SHARED_429S` 429s among them within this many
+seconds while more than one of them is sending: a budget paced at its own limit meets 429s only
+when others spend it. (Counted over the models, not per model: where refused requests count
+against the budget, each model slows down after its own 429s, and the others' keep coming.)
 (Not for a gateway's count or a window: a window's edge draws 429s of its own.)"""
 
 
@@ -44,7 +46,10 @@ class Limiters:
     with ``scope="auto"`` each model gets its own until `notice` learns that the server counts
     them together (then they share the limiter of the model that showed it); ``"model"`` never
     shares. ``states(base_url, model)``, when given, builds the `BudgetState` of each new limiter
-    (`runner.pacing.redis_state.RedisBudgets.state`: budgets shared with other processes)."""
+    (`runner.pacing.redis_state.RedisBudgets.state`: budgets shared with other processes; the
+    key's one budget is asked for as `KEY_BUDGET`). ``key_budget``: the name that budget goes by
+    once found shared (`BudgetState.rename`): what ``states`` names `KEY_BUDGET`'s (the image
+    lanes', whose states are named apart, differs)."""
 
     def __init__(
         self,
@@ -56,6 +61,7 @@ class Limiters:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[object]] | None = None,
         states: Callable[[str, str], BudgetState] | None = None,
+        key_budget: str = KEY_BUDGET,
     ) -> None:
         if scope not in BUDGET_SCOPES:
             raise ValueError(f"scope must be one of {', '.join(BUDGET_SCOPES)}, got {scope!r}")
@@ -63,9 +69,10 @@ class Limiters:
         RateLimiter(**self._defaults)  # validate the defaults now, not on first use
         self.scope = scope
         self._states = states
+        self._key_budget = key_budget
         self._limiters: dict[tuple[str, str], RateLimiter] = {}
         self._shared: dict[str, RateLimiter] = {}  # base URL -> its one limiter, once shared
-        self._429s: dict[tuple[str, str], deque[float]] = {}  # recent 429 times per key
+        self._429s: dict[str, deque[float]] = {}  # recent 429 times of paced models, per base URL
 
     def get(self, key: tuple[str, str]) -> RateLimiter:
         """The limiter for ``(base_url, model)``; the same object on every call until `notice`
@@ -108,17 +115,17 @@ class Limiters:
         return self._share(base_url, limiter)
 
     def notice_429(self, key: tuple[str, str]) -> bool:
-        """Learn from one 429 for `key` whether its base URL's models share one budget: a model
-        paced at the limit its server announced keeps meeting 429s (`SHARED_429S` within
-        `SHARED_429_SPAN_S`) while the run's other models there are sending. True when this 429
-        made them share, as for `notice`."""
+        """Learn from one 429 for `key` whether its base URL's models share one budget: models
+        paced at the limit their server announced keep meeting 429s (`SHARED_429S` among them
+        within `SHARED_429_SPAN_S`) while the run's other models there are sending. True when this
+        429 made them share, as for `notice`."""
         base_url = key[0]
         if self.scope != "auto" or base_url in self._shared:
             return False
         limiter = self.get(key)
         if not limiter.server_paced:
             return False
-        times = self._429s.setdefault(key, deque(maxlen=SHARED_429S))
+        times = self._429s.setdefault(base_url, deque(maxlen=SHARED_429S))
         now = limiter.now()
         times.append(now)
         if len(times) < SHARED_429S or now - times[0] > SHARED_429_SPAN_S:
@@ -132,7 +139,7 @@ class Limiters:
         self._shared[base_url] = limiter
         # Shared with other processes, the key's budget goes by the one name every process gives
         # it, whichever model showed it to each.
-        limiter.rename_budget(KEY_BUDGET)
+        limiter.rename_budget(self._key_budget)
         for other in self._limiters:
             if other[0] == base_url:
                 self._limiters[other] = limiter
