@@ -308,12 +308,15 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
     return Verdict(Action.FAIL_JOB, codes.UNEXPECTED_STATUS, text)
 
 
-# 404 bodies that blame the URL, not the job: OpenAI's "Invalid URL (POST /chat/completions)",
+# 404 bodies that blame the URL, not the job: OpenAI's "Invalid URL (POST /chat/completions)" and
+# its later "Unknown request URL" (code unknown_url), Azure's "Resource not found",
 # a web framework's "Not Found" ({"detail": "Not Found"}, "404 page not found"), an HTML page;
 # Azure's DeploymentNotFound. A 404 naming a model ("model_not_found", vLLM's "The model `x`
 # does not exist") is the job's own.
-_ROUTE_404_CODES = frozenset({"DeploymentNotFound", "404"})
-_ROUTE_404_MESSAGE = re.compile(r"^\s*(invalid url\b|(404:?\s*)?(page\s+)?not found\b|<)", re.IGNORECASE)
+_ROUTE_404_CODES = frozenset({"DeploymentNotFound", "unknown_url", "404"})
+_ROUTE_404_MESSAGE = re.compile(
+    r"^\s*(invalid url\b|unknown request url\b|resource not found\b|(404:?\s*)?(page\s+)?not found\b|<)",
+    re.IGNORECASE)
 
 
 def _route_not_found(code: str | None, message: str | None, body: Any) -> bool:

@@ -20,6 +20,9 @@ from tests.test_e2e import cli, finish, read_results, write_jobs
 @pytest.mark.parametrize("body, fault", [
     (b'{"error": {"message": "Invalid URL (POST /chat/completions)", "type": '
      b'"invalid_request_error", "param": null, "code": null}}', True),     # OpenAI, no /v1
+    (b'{"error": {"message": "Unknown request URL: POST /chat/completions. Please check the URL '
+     b'for typos.", "type": "invalid_request_error", "param": null, "code": "unknown_url"}}', True),
+    (b'{"error": {"code": "404", "message": "Resource not found"}}', True),  # Azure, wrong path
     (b'{"detail": "Not Found"}', True),                                   # FastAPI's default
     (b"404 page not found", True),                                        # Go's default
     (b"<html><body>Not Found</body></html>", True),                       # a proxy's page
@@ -170,3 +173,20 @@ def test_status_suggests_retry_codes_with_the_codes_it_sees_and_no_retry_for_bad
     assert "--retry-codes not_found,model_not_found" in text
     assert "fix the bad or duplicate input lines (no retry can" in text
     assert "--retry-failed" not in text
+
+
+def test_an_azure_endpoint_with_a_path_stops_at_once_naming_the_endpoint_to_use(tmp_path):
+    jobs_path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jobs(jobs_path, 50, kinds=("chat",))
+    with run_in_thread(simulator=Simulator(SimConfig())) as base_url:
+        endpoint = base_url.removesuffix("/v1")
+        env = {"AZURE_OPENAI_API_KEY": "azure-test-key", "OPENAI_API_VERSION": "2024-10-21"}
+        code, _, err = finish(cli("run", str(jobs_path), "-o", str(out), "--no-progress",
+                                  "--azure-endpoint", endpoint + "/openai/", env=env))
+        assert code == 3, err
+        assert f"did you mean {endpoint}?" in err and "azure-test-key" not in err
+        assert read_results(out) == []
+        code, _, err = finish(cli("run", str(jobs_path), "-o", str(out), "--no-progress",
+                                  "--azure-endpoint", endpoint, env=env))
+    assert code == 0, err
+    assert len(read_results(out)) == 50
