@@ -260,7 +260,9 @@ def test_stop_gives_requests_on_the_wire_a_grace_period_and_drops_the_rest():
 
     stats, ended = run_virtual(main())
     assert stats.stop_reason == "interrupted by SIGTERM" and stats.exit_code() == 3
-    assert 1 <= len(records) <= 2 and all(r["error"] is None for r in records)
+    # one request fits the 1 s burst at t=0; the stop at t=1 comes before the budget admits the
+    # next (timers due at the same virtual time run in the order they were set): one answer
+    assert len(records) == 1 and records[0]["error"] is None
     assert ended == pytest.approx(2.0, abs=0.01)
 
 

@@ -412,8 +412,7 @@ async def test_hang_fault_outlasts_the_client_timeout_and_is_not_counted(session
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(post(session, sim.base_url + "/chat/completions", chat_body()),
                                    0.2)
-        await asyncio.sleep(0.05)
-        assert sim.stats.in_flight == 0  # the handler was cancelled with the connection
+        await until(lambda: sim.stats.in_flight == 0)  # cancelled with the connection
     assert sim.stats.answered == {} and sim.stats.faults == {"hang": 1}
 
 
@@ -784,10 +783,9 @@ async def test_serial_server_works_on_one_request_at_a_time(session) -> None:
         url = sim.base_url + "/chat/completions"
         posts = [asyncio.create_task(post(session, url, chat_body(str(i)))) for i in range(3)]
         await until(lambda: sim.stats.in_flight == 3 and len(sleep.gates) == 1)
-        await asyncio.sleep(0.05)
-        assert len(sleep.gates) == 1 and sim.stats.working == 1  # two wait for the slot
         for i in range(3):
             await until(lambda: len(sleep.gates) == i + 1)
+            assert sim.stats.working == 1  # the others wait for the slot
             sleep.open(i)
         results = await asyncio.gather(*posts)
     assert [r[0] for r in results] == [200] * 3
@@ -804,8 +802,7 @@ async def test_serial_server_finishes_abandoned_requests_before_the_next(session
         await until(lambda: sim.stats.in_flight == 0)  # the client left; its work goes on
         waiting = asyncio.create_task(post(session, url, chat_body("next")))
         await until(lambda: sim.stats.in_flight == 1)
-        await asyncio.sleep(0.05)
-        assert len(sleep.gates) == 1 and sim.stats.served == 0  # "next" queues behind "gone"
+        assert len(sleep.gates) == 1 and sim.stats.served == 0  # "gone" holds the slot
         sleep.open(0)
         await until(lambda: len(sleep.gates) == 2)
         assert sim.stats.served == 1 and sim.stats.abandoned == 1
@@ -813,6 +810,7 @@ async def test_serial_server_finishes_abandoned_requests_before_the_next(session
         status, _, body = await waiting
     assert status == 200 and body["choices"][0]["message"]["content"] == completion_text("next", 0)
     assert sim.stats.answered == {"next": 1}
+    assert sim.stats.max_working == 1  # "next" never worked beside "gone": it queued behind it
     assert sim.stats.served == 2 and sim.stats.abandoned == 1 and sim.stats.by_status == {200: 1}
 
 
