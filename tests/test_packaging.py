@@ -109,3 +109,19 @@ def test_token_counting_never_imports_numpy():
             "    assert tokens.get_encoding(name).encode_ordinary('hello world') , name\n")
     check([sys.executable, "-W", "error::RuntimeWarning", "-c", code], cwd=ROOT,
           env=outside_env(PYTHONPATH=str(ROOT)))
+
+
+def test_a_jobs_py_in_the_current_folder_never_stands_in_for_runners_own(tmp_path):
+    """`python -m runner` puts the current folder first on sys.path: a user's jobs.py there must
+    not be imported in place of runner's pure core."""
+    import subprocess
+    import sys
+    (tmp_path / "jobs.py").write_text("raise SystemExit('the wrong jobs.py was imported')\n")
+    proc = subprocess.run([sys.executable, "-m", "runner", "estimate", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrong jobs.py" not in proc.stdout + proc.stderr
+    probe = subprocess.run([sys.executable, "-c", "import runner, jobs, jobs.reader; "
+                            "print(jobs.__file__)"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60)
+    assert probe.returncode == 0 and str(tmp_path) not in probe.stdout, probe.stdout
