@@ -22,7 +22,8 @@ from pathlib import Path
 import orjson
 
 from runner.api.endpoint import Endpoint
-from runner.batch.cli import batch_files, batch_price_table
+from runner.report.batches import batch_files
+from runner.report.prices import batch_price_table
 from runner.batch.run import BatchRunConfig, run_batch
 from runner.clock import VirtualClockLoop
 from runner.report.estimate import estimate_file

@@ -23,7 +23,7 @@ from runner.api.entra import (
     command_provider, identity_provider, jwt_expiry, parse_token,
 )
 from runner.api.transport import HttpRequest, HttpResponse
-from runner.batch.cli import refresh
+from runner.cli.batch import refresh
 from runner.batch.run import BatchRunConfig, run_batch
 from runner.errors import TokenRejected, TokenUnavailable
 from runner.exit_codes import EXIT_IN_PROGRESS, EXIT_OK, EXIT_STOPPED, EXIT_USAGE

@@ -215,7 +215,7 @@ def test_killed_during_collect_the_rerun_redoes_nothing_and_leaves_no_half_image
 
 
 def test_batch_prices_halve_per_image_prices_too():
-    from runner.batch.cli import batch_price_table
+    from runner.report.prices import batch_price_table
     from runner.report.prices import load_prices
     prices = load_prices(None)
     half = batch_price_table(prices)

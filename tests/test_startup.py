@@ -19,12 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 NEEDED_BY_NO_COMMAND_AT_START = (
     "aiohttp", "rich", "tiktoken",
-    "runner.batch.run", "runner.batch.cli", "runner.batch.client", "runner.batch.collect",
+    "runner.batch.run", "runner.cli.batch", "runner.batch.client", "runner.batch.collect",
     "runner.report.estimate", "runner.report.status", "runner.report.render",
     "jobs.estimate", "jobs.merge", "runner.simulator.server",
 )
 NEEDED_BY_NO_LIVE_RUN = (
-    "rich", "tiktoken", "runner.batch.run", "runner.batch.cli", "runner.batch.client",
+    "rich", "tiktoken", "runner.batch.run", "runner.cli.batch", "runner.batch.client",
     "runner.report.estimate", "runner.report.status",
 )
 

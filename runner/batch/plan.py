@@ -143,3 +143,7 @@ def job_requests(url: str, body: dict[str, Any], ids: tuple[str, ...]) -> Reques
     jobs = [Job(custom_id=cid, url=url, body={**body, name: items[i]}, line=0)
             for i, cid in enumerate(ids)]
     return pack(jobs, rate_limit_charge(url, body))
+
+
+def default_max_requests(azure: bool) -> int:
+    return AZURE_MAX_REQUESTS if azure else OPENAI_MAX_REQUESTS

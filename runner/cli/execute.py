@@ -1,6 +1,6 @@
 """One run from the command line, whichever backend: open the log, run, summarise, write the JSON
 summary, and turn what happened into the exit code. Both `runner run` (live) and `--via batch`
-(`runner.batch.cli`) go through `execute`."""
+(`runner.cli.batch`) go through `execute`."""
 from __future__ import annotations
 
 import asyncio

@@ -245,7 +245,7 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                      f"({output}.batches): carry on with --via batch, or `runner cancel` them "
                      "first; a job must not run both ways")
     if via == "batch":
-        from runner.batch.cli import execute_batch
+        from runner.cli.batch import execute_batch
         from runner.batch.run import BatchRunConfig
         batch = BatchRunConfig(
             input=input_path, output=output, endpoint=endpoint, wait=wait, poll_every=poll_every,
@@ -372,7 +372,9 @@ def estimate(input_path: str, rpm: float | None, tpm: float | None, prices_path:
     requests after packing, tokens, time under --rpm/--tpm, an upper bound on the cost per model,
     and prompts over their model's context window."""
     from jobs.reader import NotAJobFile
-    from runner.batch.cli import batch_files, batch_price_table, default_max_requests
+    from runner.batch.plan import default_max_requests
+    from runner.report.batches import batch_files
+    from runner.report.prices import batch_price_table
     from runner.files.inputs import UnreadableInput
     from runner.report.estimate import estimate_file, estimate_json, estimate_table
     from runner.report.render import print_report
@@ -419,7 +421,8 @@ def status_command(input_path: str, output: Path, as_json: bool, refresh_: bool 
                    changed: str = "refuse") -> None:
     """Show which jobs of INPUT are done, failed (by error code, permanent or transient) or still
     pending in OUTPUT, without calling the API. Safe to run while a run is writing OUTPUT."""
-    from runner.batch.cli import batches_table, print_refresh, refresh
+    from runner.cli.batch import refresh
+    from runner.report.batches import batches_table, print_refresh
     from runner.batch.state import read_state
     from runner.report.render import print_report
     from runner.report.status import StatusError, status, status_table
@@ -555,7 +558,7 @@ def cancel_command(input_path: str, output: Path, wait: bool, poll_every: float 
                    azure_ad_token_command: str | None = None, azure_identity: bool = False) -> None:
     """Cancel every batch of OUTPUT still running at the provider (from OUTPUT.batches) and
     collect what they finished; their other jobs stay pending for a later `runner run`."""
-    from runner.batch.cli import execute_batch
+    from runner.cli.batch import execute_batch
     from runner.batch.run import BatchRunConfig
     endpoint = _endpoint(base_url, api_key_env, azure_endpoint, api_version, deployments,
                          azure_ad_token_env, token_command=azure_ad_token_command,

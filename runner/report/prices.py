@@ -8,6 +8,7 @@ from a similar name: `gpt-5-pro` is not `gpt-5`, a fine-tune is not its base mod
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.resources
 import math
@@ -164,3 +165,22 @@ def load_prices(override: Path | None = None) -> PriceTable:
 def cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
     """USD at the shipped list prices; None for a model the table does not know."""
     return packaged_prices().cost(model, prompt_tokens, completion_tokens)
+
+
+# OpenAI's Batch API costs 50% of the Standard tier's list price for the models it serves
+# (https://platform.openai.com/docs/guides/batch: "50% lower costs"; Azure global batch: "50% less
+# cost than global standard"). The shipped price table is the Standard tier's.
+BATCH_PRICE_FACTOR = 0.5
+
+
+def batch_price_table(prices: PriceTable) -> PriceTable:
+    """`prices` at the Batch API's discount (`BATCH_PRICE_FACTOR`), per token and per image."""
+    models = {name: dataclasses.replace(p, **{f.name: getattr(p, f.name) * BATCH_PRICE_FACTOR
+                                              for f in dataclasses.fields(p)
+                                              if isinstance(getattr(p, f.name), (int, float))})
+              for name, p in prices.models.items()}
+    images = {name: MappingProxyType({kind: usd * BATCH_PRICE_FACTOR for kind, usd in table.items()})
+              for name, table in prices.images.items()}  # per image (dall-e; gpt-image-1's equivalents)
+    return dataclasses.replace(prices, models=MappingProxyType(models),
+                               images=MappingProxyType(images),
+                               source=f"{prices.source} x {BATCH_PRICE_FACTOR:g} (Batch API)")

@@ -1,0 +1,46 @@
+"""The command-line side of the batch backend: `runner run --via batch` and `runner cancel` go
+through `execute_batch`; `status --refresh` asks the provider with `refresh`. Its reports are
+`runner.report.batches`'."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runner.api.endpoint import Endpoint
+from runner.batch.run import BatchRunConfig, run_batch
+from runner.batch.state import read_state
+from runner.cli.execute import execute
+from runner.errors import ChangedJobsError
+from runner.files.checkpoint import CheckpointError
+from runner.report.batches import batch_json, batch_summary
+from runner.report.prices import PriceTable, batch_price_table
+
+
+def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Path | None = None,
+                  summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
+    """Run (or cancel) through the Batch API; the exit code (0, 1, 2, 3, 4 or 70)."""
+    what = "cancel" if config.cancel else "batch"
+    return execute(
+        lambda console, log: run_batch(config, console=console, log=log, progress=progress),
+        title=f"runner ({what}): {config.input} -> {config.output}", output=config.output,
+        api_key=config.endpoint.api_key, usage_errors=(CheckpointError, OSError, ChangedJobsError),
+        log_file=log_file, summary_json=summary_json,
+        prices=batch_price_table(prices) if prices is not None else None,
+        more_lines=lambda stats: [batch_summary(stats)],
+        more_json=lambda stats: {"batch": batch_json(stats)})
+
+
+async def refresh(output: Path, endpoint: Endpoint) -> list[dict[str, Any]]:
+    """Ask the provider for each open batch of `output` (read only: the state file is not written)."""
+    from runner.api.transport import aiohttp_sender, open_session
+    from runner.batch.client import BatchClient
+    state = read_state(output)
+    if state is None:
+        return []
+    async with open_session(max_connections=4) as session:
+        client = BatchClient(aiohttp_sender(session), endpoint)
+        answers = []
+        for chunk in state.open_chunks():
+            if chunk.batch_id:
+                answers.append(await client.get(chunk.batch_id))
+        return answers
