@@ -6,7 +6,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from runner.cli.main import PositiveFloat
+from runner.cli.options import PositiveFloat
 from runner.cli.config import ConfigError, configurable, deployments, read_config
 
 
@@ -177,10 +177,11 @@ def test_the_example_config_is_valid_for_the_real_run_command():
 
 def test_precedence_on_the_real_run_command(tmp_path, monkeypatch):
     """flag > RUNNER_* > runner.toml > default, as `runner run` itself resolves them."""
+    from runner.cli import build
     from runner.cli import main as cli
 
     captured = {}
-    monkeypatch.setattr(cli, "_execute", lambda config, **kw: captured.setdefault("config", config) and 0)
+    monkeypatch.setattr(build, "execute_live", lambda config, **kw: captured.setdefault("config", config) and 0)
     (tmp_path / "in.jsonl").write_text("")
     (tmp_path / "runner.toml").write_text(
         'output = "from-file.jsonl"\nrpm = 100\ntpm = 5000\nmax_attempts = 3\nconcurrency = 7\n'
@@ -206,10 +207,11 @@ def test_precedence_on_the_real_run_command(tmp_path, monkeypatch):
 ])
 def test_budget_scope_comes_from_the_flag_the_environment_or_the_file(tmp_path, monkeypatch, how,
                                                                      expected):
+    from runner.cli import build
     from runner.cli import main as cli
 
     captured = {}
-    monkeypatch.setattr(cli, "_execute", lambda config, **kw: captured.setdefault("config", config) and 0)
+    monkeypatch.setattr(build, "execute_live", lambda config, **kw: captured.setdefault("config", config) and 0)
     (tmp_path / "in.jsonl").write_text("")
     if "file" in how:
         (tmp_path / "runner.toml").write_text('budget_scope = "key"\n')

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 
 from jobs import codes, tokens
 from jobs.codes import DUPLICATE
@@ -769,7 +768,7 @@ class _Engine:
         first = not self.planned_once
         self.planned_once = True
         self.requeued = 0  # jobs of batches refused for the enqueued-token limit during this plan
-        stats, state, seen = self.stats, self.state, self.seen
+        stats, state = self.stats, self.state
         succeeded_before = stats.succeeded if first else 0
         busy = state.busy_jobs()
         group_of = state.group_of()

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from runner.api.headers import RateLimitInfo
 from runner.pacing.limiter import DEFAULT_BURST_S, Permit, RateLimiter
-from runner.pacing.state import MINUTE_S, BudgetState
+from runner.pacing.state import BudgetState
 
 __all__ = ["BUDGET_SCOPES", "KEY_BUDGET", "Limiters", "SHARED_429S", "SHARED_429_SPAN_S",
            "SHARED_EXCESS_MIN", "SHARED_EXCESS_SHARE"]

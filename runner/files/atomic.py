@@ -1,0 +1,26 @@
+"""Writing a whole file atomically: readers see the old file or the new one, never a part, and
+the new one survives a power cut once `write_atomically` returns."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from runner.files import PRIVATE_FILE
+from runner.files.checkpoint import fsync_dir
+
+
+def write_atomically(path: Path, chunks: Iterable[bytes], *, mode: int = PRIVATE_FILE) -> None:
+    """Write `chunks` to `path.partial` (created with `mode`), fsync it, rename it over `path`
+    and fsync the folder. OSError when any step fails (the partial file is removed)."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
+            f.writelines(chunks)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.resolve().parent)
