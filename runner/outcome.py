@@ -12,22 +12,23 @@ Two pure steps, the same for every backend (the live dispatcher, or one reading 
    server's delay as debt), retry after a sleep, fail, bisect the pack, send its jobs alone, or
    stop the run; and whether this outcome counted against `--max-attempts`.
 
-Backends act on decisions and never look at status codes; the errors they raise (`runner.errors`)
-are classified too (`classify(exc=...)`).
+Backends act on decisions and never look at status codes; the errors they raise are classified
+too (`classify(exc=...)`), and only errors of the project's tree (`runner.errors`): a backend
+turns what aiohttp or the OS raised into the tree's errors first (`runner.api.transport.no_answer_error`).
 
 Retry timing: the server's delay (`retry-after-ms`, `retry-after`, the `x-ratelimit-reset-*`
 header of the exhausted budget, or Azure's "Please retry after N seconds") wins, capped at
-`MAX_SERVER_DELAY_S`; without one, full-jitter exponential `Backoff`.
+`MAX_SERVER_DELAY_S`; without one, full-jitter exponential `Backoff`. `Backoff` and `Attempts`
+are the retry vocabulary every retry loop shares (`runner.retry`); they are named here too.
 """
 from __future__ import annotations
 
 import enum
 import json
 import math
-import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jobs import codes
@@ -39,18 +40,17 @@ from runner.errors import (
     QuotaExceededError, RateLimitError, ServerError, StopRunError, describe,
 )
 from runner.redact import mask_secrets
+from runner.retry import BACKOFF_BASE_S, BACKOFF_CAP_S, Attempts, Backoff
 
 __all__ = [
     "MAX_SERVER_DELAY_S", "SERVER_DELAY_JITTER_S", "BACKOFF_BASE_S", "BACKOFF_CAP_S",
     "MAX_MESSAGE_CHARS", "RATE_LIMIT_STALL_S",
     "Action", "Verdict", "classify", "classify_bad_response", "api_error", "Backoff", "retry_delay",
-    "Step", "Attempts", "Decision", "decide",
+    "Step", "Attempts", "Decision", "decide", "stops_before_answer",
 ]
 
 MAX_SERVER_DELAY_S = 60.0  # a server-directed wait longer than this is cut to this
 SERVER_DELAY_JITTER_S = 0.5  # added on top of a server delay so waiters don't return in lockstep
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 30.0
 MAX_MESSAGE_CHARS = 500  # error messages written into result lines are trimmed to this
 # A 429 that names its delay is pacing and never counts against --max-attempts, unless the whole
 # run has had no success for this long: then the run stops (resumable), the budget is not coming back.
@@ -377,38 +377,6 @@ def api_error(status: int, headers: Mapping[str, str], body: bytes | str | Mappi
                headers=headers, code=verdict.code)
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Full-jitter exponential backoff (AWS "full jitter", tenacity's `wait_random_exponential`).
-
-    `delay(attempt)` is uniform in [0, min(cap, base * 2**attempt)]. Use it when the server gave
-    no delay: many clients retrying after the same failure spread out instead of returning in
-    lockstep. The random source is injected; seed it in tests.
-    """
-
-    base: float = BACKOFF_BASE_S
-    cap: float = BACKOFF_CAP_S
-    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.base) and self.base > 0):
-            raise ValueError(f"base must be a positive number, got {self.base}")
-        if not (math.isfinite(self.cap) and self.cap >= 0):
-            raise ValueError(f"cap must be a non-negative number, got {self.cap}")
-
-    def ceiling(self, attempt: int) -> float:
-        """The upper bound of `delay(attempt)`: min(cap, base * 2**attempt)."""
-        if attempt < 0:
-            raise ValueError(f"attempt is 0-based, got {attempt}")
-        if attempt >= 64:  # 2**64 * base exceeds any sane cap; avoids float overflow
-            return self.cap
-        return min(self.cap, self.base * 2.0 ** attempt)
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to sleep before retry number `attempt` (0-based: the first retry is 0)."""
-        return self.rng.uniform(0.0, self.ceiling(attempt))
-
-
 def retry_delay(verdict: Verdict, attempt: int, backoff: Backoff) -> float:
     """Seconds to wait before retrying after `verdict` (a RETRY) on 0-based `attempt`.
 
@@ -419,10 +387,18 @@ def retry_delay(verdict: Verdict, attempt: int, backoff: Backoff) -> float:
         raise ValueError(f"{verdict.action} is not a retry")
     if verdict.delay is None:
         return backoff.delay(attempt)
-    return min(verdict.delay, MAX_SERVER_DELAY_S) + backoff.rng.uniform(0.0, SERVER_DELAY_JITTER_S)
+    return min(verdict.delay, MAX_SERVER_DELAY_S) + backoff.jitter(SERVER_DELAY_JITTER_S)
 
 
 # -- the decision ----------------------------------------------------------------------------------
+
+def stops_before_answer(verdict: Verdict, *, answered: bool) -> bool:
+    """Whether `verdict` stops the run because the endpoint as configured does not work: an
+    endpoint fault (a route answering 404 for itself, nothing listening) before the run has had
+    any success (`answered`). Every backend stops on it rather than retry or fail a job: the
+    whole file would fail the same way."""
+    return verdict.endpoint_fault and not answered
+
 
 class Step(enum.Enum):
     """What a backend does next about one request (see `decide`)."""
@@ -444,27 +420,6 @@ _STEPS = {
     Action.RETRY: frozenset({Step.RETRY_PACED, Step.RETRY_AFTER_SLEEP, Step.FAIL, Step.UNPACK,
                              Step.STOP_RUN}),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Attempts:
-    """What one request has spent so far; `decide` returns the next value. Start from `Attempts()`.
-
-    `sent`: outcomes seen (requests sent, answered or not). `paced`: how many of them were 429s
-    that said when to come back. `counted`: attempts used against `--max-attempts`: each retried
-    failure counts one, except paced 429s, which never count (a 429 that names its delay is
-    pacing, not failure; see `decide` for when they end the run instead).
-    """
-
-    sent: int = 0
-    paced: int = 0
-    counted: int = 0
-
-    def __post_init__(self) -> None:
-        if min(self.sent, self.paced, self.counted) < 0:
-            raise ValueError("attempt counters cannot be negative")
-        if self.paced > self.sent or self.counted > self.sent:
-            raise ValueError("paced and counted outcomes are among those sent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,7 +500,7 @@ def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: 
         raise ValueError(f"since_success must be a finite number >= 0, got {since_success!r}")
     sent = attempts.sent + 1
     action = verdict.action
-    if verdict.endpoint_fault and not answered:
+    if stops_before_answer(verdict, answered=answered):
         return Decision(Step.STOP_RUN, verdict, Attempts(sent, attempts.paced, attempts.counted),
                         f"before any answer from it: {verdict.message}")
     if action is not Action.RETRY:

@@ -62,9 +62,10 @@ from runner.files.images import (
     ImageStore, SaveFailed, as_json_edit, check_uploads, default_images_dir,
 )
 from runner.files.inputs import read_items
-from runner.outcome import Action, Backoff, classify, retry_delay
+from runner.outcome import Action, classify, retry_delay
 from runner.report.log import console_echo
 from runner.report.stats import RunStats
+from runner.retry import Attempts, Backoff, GiveUpClock
 from runner.exit_codes import EXIT_IN_PROGRESS
 from runner.tokenizer import token_counter
 
@@ -366,36 +367,35 @@ class _Engine:
         other refusal is raised as the `APIError` for the caller to judge. `recover`, before each
         retry, looks for what an unclear failure may have done all the same (a batch created
         though its answer was lost): what it finds, if anything, is returned instead."""
-        attempt = 0
-        first_failure = None
+        attempts = Attempts()
+        give_up = GiveUpClock(CALL_GIVE_UP_S, self.clock)
         while True:
-            if attempt and recover is not None:
+            if attempts.sent and recover is not None:
                 try:
                     found = await recover()
-                except (_StopRun, StopRunError):
+                except StopRunError:
                     raise
-                except (RunnerError, OSError, asyncio.TimeoutError) as exc:
+                except RunnerError as exc:
                     # It may have been done all the same: never judge it refused; stop, resumable
-                    raise _StopRun(f"{what}: cannot tell whether it was done: {exc}{LOOKUP_HINT}"
-                                   ) from None
+                    raise StopRunError(f"{what}: cannot tell whether it was done: {exc}{LOOKUP_HINT}"
+                                       ) from None
                 if found is not None:
                     return found
             try:
                 return await self.unless_stopped(fn())
             except StopRunError:
                 raise  # (a file of ours that cannot be written: not the API's doing)
-            except (RunnerError, OSError, asyncio.TimeoutError) as exc:
+            except RunnerError as exc:
                 verdict = classify(None, {}, None, exc=exc)
                 if verdict.action is Action.STOP_RUN:
-                    raise _StopRun(f"{verdict.code}: {verdict.message}") from None
+                    raise StopRunError(f"{verdict.code}: {verdict.message}") from None
                 if verdict.action is not Action.RETRY:
                     raise
-                first_failure = self.clock() if first_failure is None else first_failure
-                if self.clock() - first_failure >= CALL_GIVE_UP_S:
-                    raise _StopRun(f"{what}: no usable answer for {CALL_GIVE_UP_S:.0f} s "
-                                   f"(last: {verdict.code}: {verdict.message})") from None
-                delay = retry_delay(verdict, attempt, self.backoff)
-                attempt += 1
+                attempts = attempts.then(counted=True)
+                if give_up.failed():
+                    raise StopRunError(f"{what}: no usable answer for {CALL_GIVE_UP_S:.0f} s "
+                                       f"(last: {verdict.code}: {verdict.message})") from None
+                delay = retry_delay(verdict, attempts.counted - 1, self.backoff)
                 self.log(f"{what}: {verdict.code}: {verdict.message}; trying again in {delay:.1f} s")
                 await self.pause(delay)
 
@@ -535,9 +535,9 @@ class _Engine:
                 found = await self.call(
                     f"create {chunk.chunk}",
                     lambda: self.client.create(chunk.file_id, chunk.url, metadata), recover=look)
-            except (_StopRun, StopRunError):
+            except StopRunError:
                 raise
-            except (RunnerError, OSError, asyncio.TimeoutError) as exc:  # refused as a whole
+            except RunnerError as exc:  # refused as a whole
                 verdict = classify(None, {}, None, exc=exc)
                 await self.refused(chunk, verdict.code, verdict.message)
                 return
@@ -557,8 +557,8 @@ class _Engine:
             try:
                 page = await self.call("list batches", lambda: self.client.batches(after))
             except APIError as exc:
-                raise _StopRun(f"cannot tell whether the batch of {chunk.chunk} was created: "
-                               f"list batches: {exc}{LOOKUP_HINT}") from None
+                raise StopRunError(f"cannot tell whether the batch of {chunk.chunk} was created: "
+                                   f"list batches: {exc}{LOOKUP_HINT}") from None
             for batch in page.get("data") or ():
                 meta = batch.get("metadata") or {}
                 if meta.get(RUN_TAG) == self.state.run_id and meta.get(CHUNK_TAG) == chunk.chunk:
@@ -908,7 +908,3 @@ class _Engine:
             await self.upload(chunk)
             if not chunk.closed:
                 await self.create(chunk)
-
-
-class _StopRun(RunnerError):
-    """The provider refused our key or quota: the run stops, resumable."""
