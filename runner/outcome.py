@@ -33,7 +33,6 @@ from typing import Any
 
 from jobs import codes
 from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after
-from runner.api.transport import no_answer_error, no_answer_errors
 from runner.errors import (
     APIConnectionError, APIError, APITimeoutError, APIUnreachableError, AuthenticationError,
     BadRequestError, BadResponseError, ConfigurationError, NChoicesIgnoredError,
@@ -213,8 +212,6 @@ def _rate_limit_delay(headers: Mapping[str, str], kind: str | None, message: str
 def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
     if not isinstance(exc, Exception):
         raise exc  # CancelledError, KeyboardInterrupt: never swallowed as a "failure"
-    if isinstance(exc, no_answer_errors()):
-        exc = no_answer_error(exc)  # as the transport raises it
     if isinstance(exc, APIError):
         return classify(exc.status, exc.headers, exc.body, now=now)
     if isinstance(exc, StopRunError):  # from `send`: no token to be had, a redirect refused
@@ -261,13 +258,13 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
       (`jobs.codes.PROMPT_FAULT_CODES`) or whose `error.param` is "prompt"/"input" blames a prompt.
     - 1xx/3xx: FAIL_JOB "unexpected_status".
     - `APITimeoutError`: RETRY "timeout"; `APIConnectionError`: RETRY "connection_error", with the
-      error's message; a raw aiohttp / OS error or timeout is classified as the transport would
-      raise it (`runner.api.transport.no_answer_error`); a `StopRunError` (raised by `send`: no
+      error's message (an `APIUnreachableError` is an endpoint fault); a `StopRunError` (raised by `send`: no
       Entra ID token to be had, a redirect to another origin refused): STOP_RUN with the error's
       `code` and message, `misconfigured` for a `ConfigurationError`; `NChoicesIgnoredError`: RETRY
       "n_not_supported" (see `decide`); other `BadResponseError`s: RETRY "bad_response";
-      an `APIError`: as its status, headers and body; any other exception: FAIL_JOB
-      "internal_error".
+      an `APIError`: as its status, headers and body; any other exception, a raw aiohttp or OS
+      error among them (a backend sends through `runner.api.transport.only_tree_errors`, so
+      one reaching here is a bug): FAIL_JOB "internal_error".
 
     Delays are capped at `MAX_SERVER_DELAY_S`. Messages come from the body's error message,
     trimmed to `MAX_MESSAGE_CHARS` with any API key masked; request headers are never consulted.

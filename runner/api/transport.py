@@ -142,6 +142,23 @@ def no_answer_error(exc: TimeoutError | aiohttp.ClientError | OSError) -> APICon
     return APIConnectionError(mask_secrets(describe(exc)))
 
 
+def only_tree_errors(send: Send) -> Send:
+    """`send` whose failures are all errors of the project's tree: what aiohttp or the OS raises
+    (a `send` other than `aiohttp_sender`, which converts them itself) becomes `no_answer_error`'s
+    error, raised from the original. Every backend sends through it, so `classify` reads only the
+    tree's errors."""
+
+    no_answer = no_answer_errors()
+
+    async def converting(request: HttpRequest) -> HttpResponse:
+        try:
+            return await send(request)
+        except no_answer as exc:
+            raise no_answer_error(exc) from exc
+
+    return converting
+
+
 def open_session(*, max_connections: int, connect_timeout: float = CONNECT_TIMEOUT_S,
                  read_timeout: float = READ_TIMEOUT_S) -> aiohttp.ClientSession:
     """One shared session for a run: at most `max_connections` sockets. An answer must start within
@@ -210,9 +227,13 @@ async def _stream_to(response: aiohttp.ClientResponse, path: str) -> None:
 
 async def body_to_file(response: HttpResponse, path: str) -> None:
     """After a `send` with ``save_to=path``: the body into `path` where `send` returned it in
-    memory instead of streaming it (a scripted `send` in tests)."""
+    memory instead of streaming it (a scripted `send` in tests). A file that cannot be written
+    raises `StopRunError`, as when the body is streamed."""
     if response.body or not os.path.exists(path):
         import aiofiles  # noqa: PLC0415
 
-        async with aiofiles.open(path, "wb") as f:
-            await f.write(response.body)
+        try:
+            async with aiofiles.open(path, "wb") as f:
+                await f.write(response.body)
+        except OSError as exc:
+            raise StopRunError(f"cannot write {path}: {exc.strerror}") from None

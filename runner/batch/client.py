@@ -20,7 +20,7 @@ tree (`runner.errors`), so `classify(exc=...)` reads it like any outcome: `APIEr
 answer (`runner.outcome.api_error`), `BadResponseError` for a 2xx that is not a JSON object,
 `APIConnectionError` / `APITimeoutError` / `APIUnreachableError` when no answer came (what
 aiohttp or the OS raised, from a `send` that lets it through, is converted as the transport
-converts it: `runner.api.transport.no_answer_error`), and `StopRunError` for a file of ours
+converts it: `runner.api.transport.only_tree_errors`), and `StopRunError` for a file of ours
 that cannot be written.
 """
 from __future__ import annotations
@@ -33,9 +33,7 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from runner.api.endpoint import USER_AGENT, Endpoint
-from runner.api.transport import (
-    HttpRequest, HttpResponse, Send, body_to_file, no_answer_error, no_answer_errors,
-)
+from runner.api.transport import HttpRequest, HttpResponse, Send, body_to_file, only_tree_errors
 from runner.errors import BadResponseError
 from runner.outcome import api_error
 
@@ -53,7 +51,7 @@ class BatchClient:
 
     def __init__(self, send: Send, endpoint: Endpoint, *,
                  boundary: str | None = None) -> None:
-        self._send = endpoint.authorize(send)  # Entra ID tokens that refresh themselves
+        self._send = endpoint.authorize(only_tree_errors(send))  # Entra ID tokens that refresh themselves
         self.endpoint = endpoint
         self._boundary = boundary or "runner-" + os.urandom(12).hex()
 
@@ -82,10 +80,7 @@ class BatchClient:
                     save_to: str | None = None) -> HttpResponse:
         request = HttpRequest(method, self._url(path, query), self._headers(content_type), body,
                               save_to)
-        try:
-            response = await self._send(request)
-        except no_answer_errors() as exc:  # raw, from a `send` other than the transport's
-            raise no_answer_error(exc) from exc
+        response = await self._send(request)
         if not 200 <= response.status < 300:
             raise api_error(response.status, response.headers, response.body,
                             request_id=response.headers.get("x-request-id"))
