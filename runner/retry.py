@@ -16,6 +16,9 @@ Three loops retry, each with its own rules, said in these words::
     an image download            Backoff(1 s, 30 s)                  DOWNLOAD_ATTEMPTS counted
     (`runner.files.images`)                                          Attempts, or at once on 403/404
 
+(Redis, lost mid-run, is tried again by `runner.pacing.redis_state` on a doubling delay of its
+own, 0.1 s to 5 s without jitter, until its `--redis-timeout`: a reconnection, not a request.)
+
 What the server's delay is, and whether an outcome is worth another try at all, is
 `runner.outcome.classify`'s; an endpoint that cannot work (nothing listening, a route that answers
 404 for itself) stops a live run or a batch run before its first success instead of being retried
