@@ -35,6 +35,9 @@ module, its module is named)::
      │    ├── RedisLost              (runner.pacing.redis_state) Redis lost mid-run for longer
      │    │                          than its timeout
      │    ├── ImagesUnwritable       (runner.files.images) the images folder cannot take files
+     │    ├── EndpointUnusable       a Files/Batches call found the endpoint not working (a route
+     │    │                          answering 404 for itself, nothing listening) before any
+     │    │                          success: stops at once naming the URL and the likely fix
      │    ├── TokenUnavailable       (runner.api.entra) no Entra ID token could be had (exit 3)
      │    └── ConfigurationError     a setting is wrong: rerunning as it is cannot help (exit 2)
      │         ├── CrossOriginRedirect  the API redirected a call carrying the key to another
@@ -89,8 +92,8 @@ __all__ = [
     "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
     "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError",
     "APIUnreachableError", "BadResponseError", "NChoicesIgnoredError", "StopRunError",
-    "ConfigurationError", "CrossOriginRedirect", "TokenUnavailable", "TokenRejected",
-    "UnusableInput", "ChangedJobsError", "describe",
+    "EndpointUnusable", "ConfigurationError", "CrossOriginRedirect", "TokenUnavailable",
+    "TokenRejected", "UnusableInput", "ChangedJobsError", "describe",
 ]
 
 
@@ -103,7 +106,7 @@ class APIError(RunnerError):
 
     def __init__(self, message: str, *, status: int, body: Any = None,
                  request_id: str | None = None, headers: Mapping[str, str] | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, url: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -111,6 +114,7 @@ class APIError(RunnerError):
         self.request_id = request_id
         self.headers = dict(headers or {})
         self.code = code
+        self.url = url  # the URL called, without its query (None when the raiser did not say)
 
 
 class RateLimitError(APIError):
@@ -134,7 +138,12 @@ class ServerError(APIError):
 
 
 class APIConnectionError(RunnerError):
-    """No answer arrived: the connection was refused, reset, or the body was cut short."""
+    """No answer arrived: the connection was refused, reset, or the body was cut short. `url` is
+    the URL called, without its query (None when the raiser did not say)."""
+
+    def __init__(self, message: str = "", *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class APITimeoutError(APIConnectionError):
@@ -157,6 +166,16 @@ class StopRunError(RunnerError):
     """The run cannot go on (the API refused the key or the quota, a call had no usable answer
     for its give-up time, the endpoint as configured does not work, its input or output failed):
     it stops early and resumably, with this error's message as the reason."""
+
+
+class EndpointUnusable(StopRunError):
+    """The endpoint as configured does not work (a route that answers 404 for itself, nothing
+    listening at the address) and nothing had succeeded there yet: the run stops at once,
+    resumable (exit 3), its message naming the URL called and the likely fix, before any job
+    fails for it (`runner.api.endpoint.batch_setup_hint`; the live dispatcher stops the same way
+    through `runner.outcome.decide`)."""
+
+    code = "endpoint_unusable"
 
 
 class TokenUnavailable(StopRunError):

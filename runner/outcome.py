@@ -359,8 +359,10 @@ _ERROR_CLASSES = {codes.RATE_LIMITED: RateLimitError, codes.QUOTA: QuotaExceeded
 
 
 def api_error(status: int, headers: Mapping[str, str], body: bytes | str | Mapping | None, *,
-              request_id: str | None = None, now: float | None = None) -> APIError:
-    """The `APIError` subclass for a non-2xx answer, carrying `classify()`'s code and message."""
+              request_id: str | None = None, now: float | None = None,
+              url: str | None = None) -> APIError:
+    """The `APIError` subclass for a non-2xx answer, carrying `classify()`'s code and message
+    (and the `url` called, for a message that must name it)."""
     verdict = classify(status, headers, body, now=now)
     if verdict.action is Action.OK:
         raise ValueError(f"status {status} is not an error")
@@ -371,7 +373,7 @@ def api_error(status: int, headers: Mapping[str, str], body: bytes | str | Mappi
     else:
         cls = BadRequestError
     return cls(verdict.message, status=status, body=body, request_id=request_id,
-               headers=headers, code=verdict.code)
+               headers=headers, code=verdict.code, url=url)
 
 
 def retry_delay(verdict: Verdict, attempt: int, backoff: Backoff) -> float:

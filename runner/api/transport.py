@@ -127,19 +127,22 @@ def no_answer_errors() -> tuple[type[BaseException], ...]:
     return (TimeoutError, aiohttp.ClientError, OSError)
 
 
-def no_answer_error(exc: TimeoutError | aiohttp.ClientError | OSError) -> APIConnectionError:
-    """The tree's error for one of `no_answer_errors()`: `APITimeoutError` for a timeout, else
-    `APIConnectionError`, with a one-line, masked message naming the original error."""
+def no_answer_error(exc: TimeoutError | aiohttp.ClientError | OSError,
+                    url: str | None = None) -> APIConnectionError:
+    """The tree's error for one of `no_answer_errors()`: `APITimeoutError` for a timeout,
+    `APIUnreachableError` when no connection could be made, else `APIConnectionError`, with a
+    one-line, masked message naming the original error, and the `url` called (its query cut)."""
     import aiohttp
+    url = url.split("?")[0] if url is not None else None
     if isinstance(exc, aiohttp.ClientResponseError):
         # We never raise for a status, so this is aiohttp failing to parse the answer (a broken
         # proxy, an oversized header): no answer from the API, worth another try.
-        return APIConnectionError(mask_secrets(f"malformed HTTP answer: {exc.message}"))
+        return APIConnectionError(mask_secrets(f"malformed HTTP answer: {exc.message}"), url=url)
     if isinstance(exc, TimeoutError):
-        return APITimeoutError(mask_secrets(describe(exc)))
+        return APITimeoutError(mask_secrets(describe(exc)), url=url)
     if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError, socket.gaierror)):
-        return APIUnreachableError(mask_secrets(describe(exc)))  # refused, no such host, TLS
-    return APIConnectionError(mask_secrets(describe(exc)))
+        return APIUnreachableError(mask_secrets(describe(exc)), url=url)  # refused, no such host, TLS
+    return APIConnectionError(mask_secrets(describe(exc)), url=url)
 
 
 def only_tree_errors(send: Send) -> Send:
@@ -154,7 +157,7 @@ def only_tree_errors(send: Send) -> Send:
         try:
             return await send(request)
         except no_answer as exc:
-            raise no_answer_error(exc) from exc
+            raise no_answer_error(exc, request.url) from exc
 
     return converting
 
@@ -195,7 +198,7 @@ def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
                 body = await response.read()
                 return HttpResponse(response.status, headers, body)
         except no_answer as exc:
-            raise no_answer_error(exc) from exc
+            raise no_answer_error(exc, request.url) from exc
 
     return follow_redirects(send)
 

@@ -13,13 +13,14 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from runner.api.endpoint import Endpoint
+from runner.api.endpoint import Endpoint, batch_setup_hint
 from runner.batch.plan import AZURE_MAX_REQUESTS, OPENAI_MAX_REQUESTS
 from runner.batch.run import BatchRunConfig, BatchStats, run_batch
 from runner.batch.state import BatchState, read_state
 from runner.cli.execute import execute
-from runner.errors import ChangedJobsError
+from runner.errors import ChangedJobsError, EndpointUnusable, RunnerError
 from runner.files.checkpoint import CheckpointError
+from runner.outcome import classify, stops_before_answer
 from runner.report.prices import PriceTable
 
 # OpenAI's Batch API costs 50% of the Standard tier's list price for the models it serves
@@ -95,7 +96,10 @@ def batches_table(state: BatchState) -> Group:
 
 
 async def refresh(output: Path, endpoint: Endpoint) -> list[dict[str, Any]]:
-    """Ask the provider for each open batch of `output` (read only: the state file is not written)."""
+    """Ask the provider for each open batch of `output` (read only: the state file is not
+    written). A first call finding the endpoint not working (nothing listening, a route that
+    answers 404 for itself) raises `EndpointUnusable`, naming the URL and the likely fix; any
+    other failure raises its own error."""
     from runner.api.transport import aiohttp_sender, open_session
     from runner.batch.client import BatchClient
     state = read_state(output)
@@ -106,7 +110,15 @@ async def refresh(output: Path, endpoint: Endpoint) -> list[dict[str, Any]]:
         answers = []
         for chunk in state.open_chunks():
             if chunk.batch_id:
-                answers.append(await client.get(chunk.batch_id))
+                try:
+                    answers.append(await client.get(chunk.batch_id))
+                except RunnerError as exc:
+                    verdict = classify(None, {}, None, exc=exc)
+                    if stops_before_answer(verdict, answered=bool(answers)):
+                        hint = batch_setup_hint(endpoint, getattr(exc, "url", None), verdict.code)
+                        raise EndpointUnusable(f"{hint} ({verdict.code}: {verdict.message})"
+                                               ) from None
+                    raise
         return answers
 
 

@@ -83,7 +83,8 @@ class BatchClient:
         response = await self._send(request)
         if not 200 <= response.status < 300:
             raise api_error(response.status, response.headers, response.body,
-                            request_id=response.headers.get("x-request-id"))
+                            request_id=response.headers.get("x-request-id"),
+                            url=request.url.split("?")[0])
         return response
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from jobs.intake import ChangedPolicy, ChangedReport, Fail, Intake, Pending, Ref
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.shard import Shard
 from jobs.results import FINGERPRINT, OutputState, error_record
-from runner.api.endpoint import Endpoint
+from runner.api.endpoint import Endpoint, batch_setup_hint
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
 from runner.batch.client import BatchClient, batch_url
 from runner.batch.collect import judge_line
@@ -54,7 +54,8 @@ from runner.batch.plan import (
 from runner.batch.lineindex import LineIndex
 from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
 from runner.errors import (
-    APIError, ChangedJobsError, ConfigurationError, RunnerError, StopRunError, UnusableInput,
+    APIError, ChangedJobsError, ConfigurationError, EndpointUnusable, RunnerError, StopRunError,
+    UnusableInput,
 )
 from runner.files import checkpoint as ckpt
 from runner.files.session import OutputSession, Stop
@@ -62,7 +63,7 @@ from runner.files.images import (
     ImageStore, SaveFailed, as_json_edit, check_uploads, default_images_dir,
 )
 from runner.files.inputs import read_items
-from runner.outcome import Action, classify, retry_delay
+from runner.outcome import Action, classify, retry_delay, stops_before_answer
 from runner.report.log import console_echo
 from runner.report.stats import RunStats
 from runner.retry import Attempts, Backoff, GiveUpClock
@@ -267,6 +268,7 @@ class _Engine:
         self.requeued = 0
         self.waiting = 0  # jobs the last plan could not submit: no room under the enqueued-token limit
         self.failed_here: set[str] = set()  # jobs given a failure line this run: not sent again
+        self.answered = False  # a Files/Batches call of this run has succeeded: the endpoint works
 
     # -- the loop --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -293,6 +295,8 @@ class _Engine:
             stats.stop_reason = str(e)
             self.log(str(e))
         except RunnerError as e:  # a stop (quota, key, unwritable output) or an unusable input
+            if isinstance(e, EndpointUnusable):
+                self.unplan_unsent()
             stats.stop_reason = stats.stop_reason or str(e)
             stats.unusable_input = isinstance(e, UnusableInput)
             stats.misconfigured = isinstance(e, ConfigurationError)
@@ -305,6 +309,14 @@ class _Engine:
         stats.batch_status = Counter(c.status or "submitting" for c in self.state.open_chunks())
         self.report(force=True)
         stats.finished = self.clock()
+
+    def unplan_unsent(self) -> None:
+        """Close the open chunks never uploaded (no batch can exist without a recorded upload):
+        their jobs are pending again, for the next run to plan wherever it sends them."""
+        for chunk in self.state.open_chunks():
+            if chunk.file_id is None:
+                self.state.close_chunk(chunk, "abandoned", retry=[], bisect=[],
+                                       note="never uploaded: the endpoint did not work")
 
     def poll_delay(self, polls: int) -> float:
         if self.config.poll_every is not None:
@@ -364,9 +376,12 @@ class _Engine:
         """One Files/Batches call, retried until it answers: 429, 5xx and no answer back off
         (the server's delay when it gives one) and never fail a job; after `CALL_GIVE_UP_S` of
         nothing else the run stops, resumable (exit 3), as 401/403/quota stop it at once; any
-        other refusal is raised as the `APIError` for the caller to judge. `recover`, before each
-        retry, looks for what an unclear failure may have done all the same (a batch created
-        though its answer was lost): what it finds, if anything, is returned instead."""
+        other refusal is raised as the `APIError` for the caller to judge. Before any call of
+        the run has succeeded, an endpoint that cannot work (nothing listening, a route that
+        answers 404 for itself) stops it at once (`EndpointUnusable`, naming the URL and the
+        likely fix). `recover`, before each retry, looks for what an unclear failure may have
+        done all the same (a batch created though its answer was lost): what it finds, if
+        anything, is returned instead."""
         attempts = Attempts()
         give_up = GiveUpClock(CALL_GIVE_UP_S, self.clock)
         while True:
@@ -382,11 +397,15 @@ class _Engine:
                 if found is not None:
                     return found
             try:
-                return await self.unless_stopped(fn())
+                answer = await self.unless_stopped(fn())
             except StopRunError:
                 raise  # (a file of ours that cannot be written: not the API's doing)
             except RunnerError as exc:
                 verdict = classify(None, {}, None, exc=exc)
+                if stops_before_answer(verdict, answered=self.answered):
+                    hint = batch_setup_hint(self.endpoint, getattr(exc, "url", None), verdict.code)
+                    raise EndpointUnusable(f"{hint} ({what}: {verdict.code}: {verdict.message})"
+                                           ) from None
                 if verdict.action is Action.STOP_RUN:
                     raise StopRunError(f"{verdict.code}: {verdict.message}") from None
                 if verdict.action is not Action.RETRY:
@@ -398,6 +417,9 @@ class _Engine:
                 delay = retry_delay(verdict, attempts.counted - 1, self.backoff)
                 self.log(f"{what}: {verdict.code}: {verdict.message}; trying again in {delay:.1f} s")
                 await self.pause(delay)
+            else:
+                self.answered = True
+                return answer
 
     # -- advancing open chunks -------------------------------------------------------------------
     async def advance(self) -> bool:
