@@ -1,4 +1,5 @@
-"""The errors runner raises, one tree rooted in `RunnerError`::
+"""The errors runner raises, one tree rooted in `RunnerError` (where a class lives outside this
+module, its module is named)::
 
     RunnerError
      ├── APIError (status, body, request_id, headers)     an answer with a non-2xx status
@@ -17,12 +18,28 @@
      │    │                          lane where it happens twice before any pack worked: jobs alone)
      │    └── NChoicesIgnoredError   ... one choice per prompt where n asked for more
      │                                 -> retried once to confirm, then n_not_supported (permanent)
-     ├── RequestTooLarge             (runner.pacing.limiter) more tokens than the whole TPM
-     │                                                 -> fails the job; a pack is sent in halves
-     ├── StopRunError                the run cannot go on; it stops early, resumably
+     ├── RequestTooLarge             (runner.pacing.limiter; also a ValueError) more tokens than the
+     │                               whole TPM -> fails the job; a pack is sent in halves
+     ├── DownloadFailed              (runner.files.images) an image `url` could not be downloaded
+     │                               -> the job fails, transient (image_download_failed)
+     ├── BadImageData                (runner.files.images) a `b64_json` that is not base64
+     │                               -> the job fails, transient (bad_response)
+     ├── RedisUnavailable            (runner.pacing.redis_state) Redis cannot be reached when the
+     │                               run starts -> nothing is sent (exit 2)
+     ├── StopRunError                the run cannot go on; it stops early, resumably (exit 3): the
+     │    │                          API refused the key or the quota, a Files/Batches call had no
+     │    │                          usable answer for its give-up time, or input or output failed
      │    ├── InputError             (runner.live.dispatch) the input cannot be read to its end
      │    ├── CheckpointError        (runner.files.checkpoint) the output cannot be locked, read,
-     │    │                          repaired, written or synced
+     │    │    │                     repaired, written or synced; the batch journal likewise
+     │    │    └── OutputRefused     (runner.files.guard) OUTPUT must not receive results: it is
+     │    │                          INPUT, a job file, or compressed (exit 2)
+     │    ├── RedisLost              (runner.pacing.redis_state) Redis lost mid-run for longer
+     │    │                          than its timeout
+     │    ├── ImagesUnwritable       (runner.files.images) the images folder cannot take files
+     │    ├── EndpointUnusable       a Files/Batches call found the endpoint not working (a route
+     │    │                          answering 404 for itself, nothing listening) before any
+     │    │                          success: stops at once naming the URL and the likely fix
      │    ├── TokenUnavailable       (runner.api.entra) no Entra ID token could be had (exit 3)
      │    └── ConfigurationError     a setting is wrong: rerunning as it is cannot help (exit 2)
      │         ├── CrossOriginRedirect  the API redirected a call carrying the key to another
@@ -31,22 +48,41 @@
      └── UnusableInput               the input is not something runner can run (not a job file,
           │                          compressed in a format not read, corrupt compressed data):
           │                          the run stops, and rerunning as it is will not help (exit 2)
-          └── ChangedJobsError       (runner.files.session) jobs changed since their results and
-                                     the run was not told what to do with them (--changed)
+          ├── ChangedJobsError       (runner.files.session) jobs changed since their results and
+          │                          the run was not told what to do with them (--changed)
+          └── UnreadableFormat       (runner.files.inputs; also an UnreadableInput) INPUT is
+                                     compressed in a format not read, or its data is corrupt
 
 Why a tree rather than none: the transport (`runner.api.transport`) raises `APIConnectionError`
-or `APITimeoutError` (from the aiohttp or OS error) when no answer arrived, so every backend speaks
-one vocabulary and `runner.outcome.classify(exc=...)` understands every error of the first three
-branches; the API's answers themselves are values (a status and a body), turned into an `APIError`
-only by a caller that must raise one (`runner.outcome.api_error`). A `StopRunError` raised by `send` itself (a token that cannot be had, a
-redirect refused) is classified as a stop of the run, a `ConfigurationError` as one that exits 2.
-The dispatcher catches
-`StopRunError` to stop resumably without importing the modules that raise it; anything else
-escaping it is a bug.
+or `APITimeoutError` (from the aiohttp or OS error) when no answer arrived, and every backend
+sends through `only_tree_errors`, so every backend speaks one vocabulary and
+`runner.outcome.classify(exc=...)` reads only the tree's errors (anything else it meets is a
+bug: internal_error); the API's answers themselves are values (a status and a body), turned
+into an `APIError` only by a caller that must raise one (`runner.outcome.api_error`: the batch
+client). A `StopRunError` raised by `send` itself (a token that cannot be had, a redirect
+refused) is classified as a stop of the run, a `ConfigurationError` as one that exits 2. Both
+backends catch `StopRunError` to stop resumably without importing the modules that raise it;
+anything else escaping them is a bug.
 
-`jobs.packing.MissingChoices` is not in the tree: the `jobs` package is pure and imports nothing
-of `runner`. The dispatcher converts it into a `BadResponseError` (its `NChoicesIgnored` into an
-`NChoicesIgnoredError`).
+Outside the tree, on purpose:
+
+- Values checked at the edge, `ValueError`s the command line turns into exit 2 (or, for a
+  batch line, a failure of its job): `ConfigError` (runner.cli.config, the config file),
+  `PriceTableError` (runner.report.prices), `CompressionError` (runner.files.compression,
+  raised again as `UnreadableFormat`), `LineTooLarge` (runner.batch.plan: the job fails
+  request_too_large).
+- `UnreadableInput` (runner.files.inputs): INPUT cannot be opened or read (`runner estimate`
+  and `runner status` exit 2; mid-run the live dispatcher raises `InputError` instead);
+  `StatusError` (runner.report.status): `runner status` cannot read INPUT or OUTPUT (exit 2).
+- The `jobs` package is pure and imports nothing of `runner`: `jobs.reader.NotAJobFile` stops
+  the run as unusable input (exit 2), and the dispatcher converts `jobs.packing.MissingChoices`
+  into a `BadResponseError` (its `NChoicesIgnored` into an `NChoicesIgnoredError`, its
+  `ListNotTaken` into a `ListNotTakenError`); its `PartialAnswer` never becomes an error: the
+  jobs answered are written and the others sent again.
+- The simulator's `ApiError` and `ConnectionDropped` (runner.simulator.service) never leave the
+  test double: they become its answers, or a connection it drops.
+- `runner.batch.run._Stopped` is no error: a signal asked the batch loop to stop while it
+  waited; it unwinds to the loop, which stops resumably.
 """
 from __future__ import annotations
 
@@ -59,9 +95,9 @@ from runner.redact import redact_url
 __all__ = [
     "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
     "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError",
-    "APIUnreachableError", "BadResponseError", "NChoicesIgnoredError", "ListNotTakenError", "StopRunError",
-    "ConfigurationError", "CrossOriginRedirect", "TokenUnavailable", "TokenRejected",
-    "UnusableInput", "ChangedJobsError", "describe",
+    "APIUnreachableError", "BadResponseError", "NChoicesIgnoredError", "ListNotTakenError",
+    "StopRunError", "EndpointUnusable", "ConfigurationError", "CrossOriginRedirect",
+    "TokenUnavailable", "TokenRejected", "UnusableInput", "ChangedJobsError", "describe",
 ]
 
 
@@ -74,7 +110,7 @@ class APIError(RunnerError):
 
     def __init__(self, message: str, *, status: int, body: Any = None,
                  request_id: str | None = None, headers: Mapping[str, str] | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, url: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -82,6 +118,7 @@ class APIError(RunnerError):
         self.request_id = request_id
         self.headers = dict(headers or {})
         self.code = code
+        self.url = url  # the URL called, without its query (None when the raiser did not say)
 
 
 class RateLimitError(APIError):
@@ -105,7 +142,12 @@ class ServerError(APIError):
 
 
 class APIConnectionError(RunnerError):
-    """No answer arrived: the connection was refused, reset, or the body was cut short."""
+    """No answer arrived: the connection was refused, reset, or the body was cut short. `url` is
+    the URL called, without its query (None when the raiser did not say)."""
+
+    def __init__(self, message: str = "", *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class APITimeoutError(APIConnectionError):
@@ -129,8 +171,19 @@ class NChoicesIgnoredError(BadResponseError):
 
 
 class StopRunError(RunnerError):
-    """The run cannot go on for a reason outside the API (its input or output failed): it stops
-    early and resumably, with this error's message as the reason."""
+    """The run cannot go on (the API refused the key or the quota, a call had no usable answer
+    for its give-up time, the endpoint as configured does not work, its input or output failed):
+    it stops early and resumably, with this error's message as the reason."""
+
+
+class EndpointUnusable(StopRunError):
+    """The endpoint as configured does not work (a route that answers 404 for itself, nothing
+    listening at the address) and nothing had succeeded there yet: the run stops at once,
+    resumable (exit 3), its message naming the URL called and the likely fix, before any job
+    fails for it (`runner.api.endpoint.batch_setup_hint`; the live dispatcher stops the same way
+    through `runner.outcome.decide`)."""
+
+    code = "endpoint_unusable"
 
 
 class TokenUnavailable(StopRunError):

@@ -12,46 +12,45 @@ Two pure steps, the same for every backend (the live dispatcher, or one reading 
    server's delay as debt), retry after a sleep, fail, bisect the pack, send its jobs alone, or
    stop the run; and whether this outcome counted against `--max-attempts`.
 
-Backends act on decisions and never look at status codes; the errors they raise (`runner.errors`)
-are classified too (`classify(exc=...)`).
+Backends act on decisions and never look at status codes; the errors they raise are classified
+too (`classify(exc=...)`), and only errors of the project's tree (`runner.errors`): a backend
+turns what aiohttp or the OS raised into the tree's errors first (`runner.api.transport.no_answer_error`).
 
 Retry timing: the server's delay (`retry-after-ms`, `retry-after`, the `x-ratelimit-reset-*`
 header of the exhausted budget, Azure's "Please retry after N seconds", or the reset time LiteLLM
-writes into its message) wins, capped at
-`MAX_SERVER_DELAY_S`; without one, full-jitter exponential `Backoff`.
+writes into its message) wins, capped at `MAX_SERVER_DELAY_S`; without one, full-jitter
+exponential `Backoff`. `Backoff` and `Attempts` are the retry vocabulary every retry loop shares
+(`runner.retry`); they are named here too.
 """
 from __future__ import annotations
 
 import enum
 import json
 import math
-import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jobs import codes
 from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after, reset_from_message
-from runner.api.transport import no_answer_error, no_answer_errors
 from runner.errors import (
     APIConnectionError, APIError, APITimeoutError, APIUnreachableError, AuthenticationError,
     BadRequestError, BadResponseError, ConfigurationError, ListNotTakenError, NChoicesIgnoredError,
     QuotaExceededError, RateLimitError, ServerError, StopRunError, describe,
 )
 from runner.redact import mask_secrets
+from runner.retry import BACKOFF_BASE_S, BACKOFF_CAP_S, Attempts, Backoff
 
 __all__ = [
     "MAX_SERVER_DELAY_S", "SERVER_DELAY_JITTER_S", "BACKOFF_BASE_S", "BACKOFF_CAP_S",
     "MAX_MESSAGE_CHARS", "RATE_LIMIT_STALL_S",
     "Action", "Verdict", "classify", "classify_bad_response", "api_error", "Backoff", "retry_delay",
-    "Step", "Attempts", "Decision", "decide",
+    "Step", "Attempts", "Decision", "decide", "stops_before_answer",
 ]
 
 MAX_SERVER_DELAY_S = 60.0  # a server-directed wait longer than this is cut to this
 SERVER_DELAY_JITTER_S = 0.5  # added on top of a server delay so waiters don't return in lockstep
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 30.0
 MAX_MESSAGE_CHARS = 500  # error messages written into result lines are trimmed to this
 # A 429 is pacing and never counts against --max-attempts (with no delay named, the limiter holds
 # its own: a gateway's 429 often names none), unless the whole run has had no success for this
@@ -217,8 +216,6 @@ def _rate_limit_delay(headers: Mapping[str, str], kind: str | None, message: str
 def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
     if not isinstance(exc, Exception):
         raise exc  # CancelledError, KeyboardInterrupt: never swallowed as a "failure"
-    if isinstance(exc, no_answer_errors()):
-        exc = no_answer_error(exc)  # as the transport raises it
     if isinstance(exc, APIError):
         return classify(exc.status, exc.headers, exc.body, now=now)
     if isinstance(exc, StopRunError):  # from `send`: no token to be had, a redirect refused
@@ -269,13 +266,13 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
       (`jobs.codes.PROMPT_FAULT_CODES`) or whose `error.param` is "prompt"/"input" blames a prompt.
     - 1xx/3xx: FAIL_JOB "unexpected_status".
     - `APITimeoutError`: RETRY "timeout"; `APIConnectionError`: RETRY "connection_error", with the
-      error's message; a raw aiohttp / OS error or timeout is classified as the transport would
-      raise it (`runner.api.transport.no_answer_error`); a `StopRunError` (raised by `send`: no
+      error's message (an `APIUnreachableError` is an endpoint fault); a `StopRunError` (raised by `send`: no
       Entra ID token to be had, a redirect to another origin refused): STOP_RUN with the error's
       `code` and message, `misconfigured` for a `ConfigurationError`; `NChoicesIgnoredError`: RETRY
       "n_not_supported" (see `decide`); other `BadResponseError`s: RETRY "bad_response";
-      an `APIError`: as its status, headers and body; any other exception: FAIL_JOB
-      "internal_error".
+      an `APIError`: as its status, headers and body; any other exception, a raw aiohttp or OS
+      error among them (a backend sends through `runner.api.transport.only_tree_errors`, so
+      one reaching here is a bug): FAIL_JOB "internal_error".
 
     Delays are capped at `MAX_SERVER_DELAY_S`. Messages come from the body's error message,
     trimmed to `MAX_MESSAGE_CHARS` with any API key masked; request headers are never consulted.
@@ -373,8 +370,10 @@ _ERROR_CLASSES = {codes.RATE_LIMITED: RateLimitError, codes.QUOTA: QuotaExceeded
 
 
 def api_error(status: int, headers: Mapping[str, str], body: bytes | str | Mapping | None, *,
-              request_id: str | None = None, now: float | None = None) -> APIError:
-    """The `APIError` subclass for a non-2xx answer, carrying `classify()`'s code and message."""
+              request_id: str | None = None, now: float | None = None,
+              url: str | None = None) -> APIError:
+    """The `APIError` subclass for a non-2xx answer, carrying `classify()`'s code and message
+    (and the `url` called, for a message that must name it)."""
     verdict = classify(status, headers, body, now=now)
     if verdict.action is Action.OK:
         raise ValueError(f"status {status} is not an error")
@@ -385,39 +384,7 @@ def api_error(status: int, headers: Mapping[str, str], body: bytes | str | Mappi
     else:
         cls = BadRequestError
     return cls(verdict.message, status=status, body=body, request_id=request_id,
-               headers=headers, code=verdict.code)
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Full-jitter exponential backoff (AWS "full jitter", tenacity's `wait_random_exponential`).
-
-    `delay(attempt)` is uniform in [0, min(cap, base * 2**attempt)]. Use it when the server gave
-    no delay: many clients retrying after the same failure spread out instead of returning in
-    lockstep. The random source is injected; seed it in tests.
-    """
-
-    base: float = BACKOFF_BASE_S
-    cap: float = BACKOFF_CAP_S
-    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.base) and self.base > 0):
-            raise ValueError(f"base must be a positive number, got {self.base}")
-        if not (math.isfinite(self.cap) and self.cap >= 0):
-            raise ValueError(f"cap must be a non-negative number, got {self.cap}")
-
-    def ceiling(self, attempt: int) -> float:
-        """The upper bound of `delay(attempt)`: min(cap, base * 2**attempt)."""
-        if attempt < 0:
-            raise ValueError(f"attempt is 0-based, got {attempt}")
-        if attempt >= 64:  # 2**64 * base exceeds any sane cap; avoids float overflow
-            return self.cap
-        return min(self.cap, self.base * 2.0 ** attempt)
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to sleep before retry number `attempt` (0-based: the first retry is 0)."""
-        return self.rng.uniform(0.0, self.ceiling(attempt))
+               headers=headers, code=verdict.code, url=url)
 
 
 def retry_delay(verdict: Verdict, attempt: int, backoff: Backoff) -> float:
@@ -430,10 +397,18 @@ def retry_delay(verdict: Verdict, attempt: int, backoff: Backoff) -> float:
         raise ValueError(f"{verdict.action} is not a retry")
     if verdict.delay is None:
         return backoff.delay(attempt)
-    return min(verdict.delay, MAX_SERVER_DELAY_S) + backoff.rng.uniform(0.0, SERVER_DELAY_JITTER_S)
+    return min(verdict.delay, MAX_SERVER_DELAY_S) + backoff.jitter(SERVER_DELAY_JITTER_S)
 
 
 # -- the decision ----------------------------------------------------------------------------------
+
+def stops_before_answer(verdict: Verdict, *, answered: bool) -> bool:
+    """Whether `verdict` stops the run because the endpoint as configured does not work: an
+    endpoint fault (a route answering 404 for itself, nothing listening) before the run has had
+    any success (`answered`). Every backend stops on it rather than retry or fail a job: the
+    whole file would fail the same way."""
+    return verdict.endpoint_fault and not answered
+
 
 class Step(enum.Enum):
     """What a backend does next about one request (see `decide`)."""
@@ -455,27 +430,6 @@ _STEPS = {
     Action.RETRY: frozenset({Step.RETRY_PACED, Step.RETRY_AFTER_SLEEP, Step.FAIL, Step.UNPACK,
                              Step.STOP_RUN}),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Attempts:
-    """What one request has spent so far; `decide` returns the next value. Start from `Attempts()`.
-
-    `sent`: outcomes seen (requests sent, answered or not). `paced`: how many of them were 429s.
-    `counted`: attempts used against `--max-attempts`: each retried failure counts one, except
-    429s, which never count (a 429 is pacing, not failure; see `decide` for when they end the
-    run instead).
-    """
-
-    sent: int = 0
-    paced: int = 0
-    counted: int = 0
-
-    def __post_init__(self) -> None:
-        if min(self.sent, self.paced, self.counted) < 0:
-            raise ValueError("attempt counters cannot be negative")
-        if self.paced > self.sent or self.counted > self.sent:
-            raise ValueError("paced and counted outcomes are among those sent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,7 +511,7 @@ def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: 
         raise ValueError(f"since_success must be a finite number >= 0, got {since_success!r}")
     sent = attempts.sent + 1
     action = verdict.action
-    if verdict.endpoint_fault and not answered:
+    if stops_before_answer(verdict, answered=answered):
         return Decision(Step.STOP_RUN, verdict, Attempts(sent, attempts.paced, attempts.counted),
                         f"before any answer from it: {verdict.message}")
     if action is not Action.RETRY:

@@ -14,6 +14,7 @@ from runner.errors import (
     APIConnectionError, APITimeoutError, AuthenticationError, BadRequestError, BadResponseError,
     NChoicesIgnoredError, QuotaExceededError, RateLimitError, ServerError,
 )
+from runner.api.transport import no_answer_error, no_answer_errors
 from runner.outcome import (
     MAX_MESSAGE_CHARS, MAX_SERVER_DELAY_S, RATE_LIMIT_STALL_S, SERVER_DELAY_JITTER_S, Action,
     Attempts, Backoff, Decision, Step, Verdict, api_error, classify, classify_bad_response, decide,
@@ -123,18 +124,28 @@ EXCEPTIONS = [
 @pytest.mark.parametrize("exc, action, code", EXCEPTIONS,
                          ids=[type(e[0]).__name__ for e in EXCEPTIONS])
 def test_classify_exceptions(exc, action, code):
+    # what aiohttp or the OS raise reaches classify as the transport raises it: the tree's errors
+    if isinstance(exc, no_answer_errors()):
+        exc = no_answer_error(exc)
     verdict = classify(None, {}, None, exc=exc)
     assert (verdict.action, verdict.code) == (action, code)
 
 
+@pytest.mark.parametrize("raw", [asyncio.TimeoutError(), aiohttp.ServerDisconnectedError(),
+                                 OSError("network unreachable")], ids=type)
+def test_classify_reads_only_the_trees_errors_a_raw_one_is_a_bug(raw):
+    verdict = classify(None, {}, None, exc=raw)
+    assert (verdict.action, verdict.code) == (Action.FAIL_JOB, "internal_error")
+
+
 def test_exception_wins_over_status():
-    assert classify(200, {}, b"{}", exc=asyncio.TimeoutError()).code == "timeout"
+    assert classify(200, {}, b"{}", exc=APITimeoutError("slow")).code == "timeout"
 
 
 def test_a_malformed_http_answer_is_retried_not_blamed_on_the_job():
     # aiohttp reports a header it cannot parse as a ClientResponseError with status 400
     exc = aiohttp.ClientResponseError(None, (), status=400, message="Invalid header token")
-    verdict = classify(None, {}, None, exc=exc)
+    verdict = classify(None, {}, None, exc=no_answer_error(exc))
     assert (verdict.action, verdict.code) == (Action.RETRY, "connection_error")
     assert "Invalid header token" in verdict.message
 
@@ -295,7 +306,7 @@ def test_retry_delay_only_for_retries():
 def test_connection_error_messages_mask_secrets_in_urls():
     exc = aiohttp.ClientConnectionError(
         "Cannot connect to https://x.openai.azure.com/openai/deployments/d?api-key=SECRET123&v=1")
-    verdict = classify(None, {}, None, exc=exc)
+    verdict = classify(None, {}, None, exc=no_answer_error(exc))
     assert "SECRET123" not in verdict.message and "api-key=***" in verdict.message
 
 

@@ -6,9 +6,11 @@ import socket
 import aiohttp
 import pytest
 
-from runner.api.transport import HttpRequest, aiohttp_sender, no_answer_error, open_session
+from runner.api.transport import (
+    HttpRequest, aiohttp_sender, no_answer_error, only_tree_errors, open_session,
+)
 from runner.errors import APIConnectionError, APIUnreachableError, APITimeoutError
-from runner.outcome import classify
+from runner.outcome import Action, classify
 
 
 def _free_port() -> int:
@@ -44,7 +46,8 @@ async def test_a_refused_connection_raises_api_connection_error_from_the_os_erro
     assert type(info.value) is APIUnreachableError  # nothing listens: an endpoint fault
     assert isinstance(info.value.__cause__, aiohttp.ClientError)
     assert "SECRET123" not in str(info.value)
-    assert classify(None, {}, None, exc=info.value) == classify(None, {}, None, exc=info.value.__cause__)
+    assert classify(None, {}, None, exc=info.value) == classify(None, {}, None,
+                                                                exc=no_answer_error(info.value.__cause__))
 
 
 async def test_a_server_that_never_answers_raises_api_timeout_error():
@@ -71,11 +74,19 @@ async def test_a_server_that_never_answers_raises_api_timeout_error():
     (ConnectionResetError(104, "reset by peer"), APIConnectionError,
      "ConnectionResetError: [Errno 104] reset by peer"),
 ], ids=lambda e: type(e).__name__ if isinstance(e, BaseException) else None)
-def test_no_answer_errors_name_their_cause_and_classify_alike(raw, error, message):
+async def test_no_answer_errors_name_their_cause_and_any_send_raises_them_for_classify(
+        raw, error, message):
     wrapped = no_answer_error(raw)
     assert type(wrapped) is error and str(wrapped) == message
-    assert classify(None, {}, None, exc=wrapped) == classify(None, {}, None, exc=raw)
-    assert classify(None, {}, None, exc=raw).message == message
+    verdict = classify(None, {}, None, exc=wrapped)
+    assert verdict.action is Action.RETRY and verdict.message == message
+
+    async def scripted(request):  # a send that lets the raw error through
+        raise raw
+
+    with pytest.raises(error) as info:
+        await only_tree_errors(scripted)(HttpRequest("GET", "http://x/v1/files", {}))
+    assert info.value.__cause__ is raw and str(info.value) == message
 
 
 async def test_a_body_asked_into_a_file_is_streamed_there_and_an_error_body_is_not(tmp_path):

@@ -109,7 +109,21 @@ class Endpoint:
 def setup_hint(endpoint: Endpoint, job_url: str, model: str, code: str) -> str:
     """One line for a run stopped because the endpoint as configured does not work (`code`: the
     verdict's): the URL it called (no secrets: keys never go in URLs) and the likely fix."""
-    url = endpoint.url_for(job_url, model).split("?")[0]
+    return _hint(endpoint, endpoint.url_for(job_url, model), code, serves=job_url,
+                 deployment=endpoint.deployment(model))
+
+
+def batch_setup_hint(endpoint: Endpoint, url: str | None, code: str) -> str:
+    """`setup_hint` for a Files or Batches API call (the batch backend, `runner cancel`, `status
+    --refresh`): `url` is the URL it called (None: the Files API's)."""
+    if url is None:
+        url = (f"{endpoint.base_url}/openai/files" if endpoint.azure
+               else f"{endpoint.base_url}/files")
+    return _hint(endpoint, url, code, serves="the Files and Batches API", deployment=None)
+
+
+def _hint(endpoint: Endpoint, url: str, code: str, *, serves: str, deployment: str | None) -> str:
+    url = url.split("?")[0]
     base = endpoint.base_url
     path = urlsplit(base).path.rstrip("/")
     if code == codes.CONNECTION_ERROR:
@@ -121,12 +135,11 @@ def setup_hint(endpoint: Endpoint, job_url: str, model: str, code: str) -> str:
             fixed = base[: len(base) - len(urlsplit(base).path)]
             return (f"{url} answered 404: --azure-endpoint is the resource's address alone; "
                     f"did you mean {fixed}?")
-        if code == "DeploymentNotFound":
-            return (f"{url} answered 404: Azure has no deployment "
-                    f"{endpoint.deployment(model)!r} here (map models to deployments with "
-                    "--deployment MODEL=NAME)")
+        if code == "DeploymentNotFound" and deployment is not None:
+            return (f"{url} answered 404: Azure has no deployment {deployment!r} here (map "
+                    "models to deployments with --deployment MODEL=NAME)")
         return f"{url} answered 404: check --azure-endpoint and --api-version"
     if not path.endswith("/v1") and "/v1/" not in path + "/":
         return f"{url} answered 404 for the route itself: did you mean --base-url {base}/v1?"
-    return (f"{url} answered 404 for the route itself: this server does not serve {job_url} "
+    return (f"{url} answered 404 for the route itself: this server does not serve {serves} "
             f"(check --base-url {base})")

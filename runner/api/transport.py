@@ -129,19 +129,39 @@ def no_answer_errors() -> tuple[type[BaseException], ...]:
     return (TimeoutError, aiohttp.ClientError, OSError)
 
 
-def no_answer_error(exc: TimeoutError | aiohttp.ClientError | OSError) -> APIConnectionError:
-    """The tree's error for one of `no_answer_errors()`: `APITimeoutError` for a timeout, else
-    `APIConnectionError`, with a one-line, masked message naming the original error."""
+def no_answer_error(exc: TimeoutError | aiohttp.ClientError | OSError,
+                    url: str | None = None) -> APIConnectionError:
+    """The tree's error for one of `no_answer_errors()`: `APITimeoutError` for a timeout,
+    `APIUnreachableError` when no connection could be made, else `APIConnectionError`, with a
+    one-line, masked message naming the original error, and the `url` called (its query cut)."""
     import aiohttp
+    url = url.split("?")[0] if url is not None else None
     if isinstance(exc, aiohttp.ClientResponseError):
         # We never raise for a status, so this is aiohttp failing to parse the answer (a broken
         # proxy, an oversized header): no answer from the API, worth another try.
-        return APIConnectionError(mask_secrets(f"malformed HTTP answer: {exc.message}"))
+        return APIConnectionError(mask_secrets(f"malformed HTTP answer: {exc.message}"), url=url)
     if isinstance(exc, TimeoutError):
-        return APITimeoutError(mask_secrets(describe(exc)))
+        return APITimeoutError(mask_secrets(describe(exc)), url=url)
     if _unreachable(exc):
-        return APIUnreachableError(mask_secrets(describe(exc)))
-    return APIConnectionError(mask_secrets(describe(exc)))
+        return APIUnreachableError(mask_secrets(describe(exc)), url=url)
+    return APIConnectionError(mask_secrets(describe(exc)), url=url)
+
+
+def only_tree_errors(send: Send) -> Send:
+    """`send` whose failures are all errors of the project's tree: what aiohttp or the OS raises
+    (a `send` other than `aiohttp_sender`, which converts them itself) becomes `no_answer_error`'s
+    error, raised from the original. Every backend sends through it, so `classify` reads only the
+    tree's errors."""
+
+    no_answer = no_answer_errors()
+
+    async def converting(request: HttpRequest) -> HttpResponse:
+        try:
+            return await send(request)
+        except no_answer as exc:
+            raise no_answer_error(exc, request.url) from exc
+
+    return converting
 
 
 UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
@@ -197,7 +217,7 @@ def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
                 body = await response.read()
                 return HttpResponse(response.status, headers, body)
         except no_answer as exc:
-            raise no_answer_error(exc) from exc
+            raise no_answer_error(exc, request.url) from exc
 
     return follow_redirects(send)
 
@@ -229,9 +249,13 @@ async def _stream_to(response: aiohttp.ClientResponse, path: str) -> None:
 
 async def body_to_file(response: HttpResponse, path: str) -> None:
     """After a `send` with ``save_to=path``: the body into `path` where `send` returned it in
-    memory instead of streaming it (a scripted `send` in tests)."""
+    memory instead of streaming it (a scripted `send` in tests). A file that cannot be written
+    raises `StopRunError`, as when the body is streamed."""
     if response.body or not os.path.exists(path):
         import aiofiles  # noqa: PLC0415
 
-        async with aiofiles.open(path, "wb") as f:
-            await f.write(response.body)
+        try:
+            async with aiofiles.open(path, "wb") as f:
+                await f.write(response.body)
+        except OSError as exc:
+            raise StopRunError(f"cannot write {path}: {exc.strerror}") from None

@@ -15,9 +15,13 @@ OpenAI: `{base_url}/files`, `Authorization: Bearer KEY`, the batch `endpoint` as
 header (or Entra ID bearer, refreshed as it expires: `Endpoint.authorize`), and the batch `endpoint` without the `/v1` prefix (`/chat/completions`),
 as Azure's global batch takes it (checked against api-version 2024-10-21).
 
-Every call returns the answer's JSON (bytes for `content`) or raises: `APIError` for a non-2xx
-answer (`runner.outcome.api_error`, so `classify(exc=...)` reads it like any answer), and
-`APIConnectionError` / `APITimeoutError` from `send` when no answer came.
+Every call returns the answer's JSON (bytes for `content`) or raises an error of the project's
+tree (`runner.errors`), so `classify(exc=...)` reads it like any outcome: `APIError` for a non-2xx
+answer (`runner.outcome.api_error`), `BadResponseError` for a 2xx that is not a JSON object,
+`APIConnectionError` / `APITimeoutError` / `APIUnreachableError` when no answer came (what
+aiohttp or the OS raised, from a `send` that lets it through, is converted as the transport
+converts it: `runner.api.transport.only_tree_errors`), and `StopRunError` for a file of ours
+that cannot be written.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from runner.api.endpoint import USER_AGENT, Endpoint
-from runner.api.transport import HttpRequest, HttpResponse, Send, body_to_file
+from runner.api.transport import HttpRequest, HttpResponse, Send, body_to_file, only_tree_errors
 from runner.errors import BadResponseError
 from runner.outcome import api_error
 
@@ -47,7 +51,7 @@ class BatchClient:
 
     def __init__(self, send: Send, endpoint: Endpoint, *,
                  boundary: str | None = None) -> None:
-        self._send = endpoint.authorize(send)  # Entra ID tokens that refresh themselves
+        self._send = endpoint.authorize(only_tree_errors(send))  # Entra ID tokens that refresh themselves
         self.endpoint = endpoint
         self._boundary = boundary or "runner-" + os.urandom(12).hex()
 
@@ -79,7 +83,8 @@ class BatchClient:
         response = await self._send(request)
         if not 200 <= response.status < 300:
             raise api_error(response.status, response.headers, response.body,
-                            request_id=response.headers.get("x-request-id"))
+                            request_id=response.headers.get("x-request-id"),
+                            url=request.url.split("?")[0])
         return response
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from jobs.intake import ChangedPolicy, ChangedReport, Fail, Intake, Pending, Ref
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.shard import Shard
 from jobs.results import FINGERPRINT, OutputState, error_record
-from runner.api.endpoint import Endpoint
+from runner.api.endpoint import Endpoint, batch_setup_hint
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
 from runner.batch.client import BatchClient, batch_url
 from runner.batch.collect import judge_line
@@ -53,7 +53,8 @@ from runner.batch.plan import (
 from runner.batch.lineindex import LineIndex
 from runner.batch.state import FINAL_STATUSES, BatchState, Chunk
 from runner.errors import (
-    APIError, ChangedJobsError, ConfigurationError, RunnerError, StopRunError, UnusableInput,
+    APIError, ChangedJobsError, ConfigurationError, EndpointUnusable, RunnerError, StopRunError,
+    UnusableInput,
 )
 from runner.files import checkpoint as ckpt
 from runner.files.session import OutputSession, Stop
@@ -61,9 +62,10 @@ from runner.files.images import (
     ImageStore, SaveFailed, as_json_edit, check_uploads, default_images_dir,
 )
 from runner.files.inputs import read_items
-from runner.outcome import Action, Backoff, classify, retry_delay
+from runner.outcome import Action, classify, retry_delay, stops_before_answer
 from runner.report.log import console_echo
 from runner.report.stats import RunStats
+from runner.retry import Attempts, Backoff, GiveUpClock
 from runner.exit_codes import EXIT_IN_PROGRESS
 from runner.tokenizer import token_counter
 
@@ -267,6 +269,7 @@ class _Engine:
         self.requeued = 0
         self.waiting = 0  # jobs the last plan could not submit: no room under the enqueued-token limit
         self.failed_here: set[str] = set()  # jobs given a failure line this run: not sent again
+        self.answered = False  # a Files/Batches call of this run has succeeded: the endpoint works
 
     # -- the loop --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -293,6 +296,8 @@ class _Engine:
             stats.stop_reason = str(e)
             self.log(str(e))
         except RunnerError as e:  # a stop (quota, key, unwritable output) or an unusable input
+            if isinstance(e, EndpointUnusable):
+                self.unplan_unsent()
             stats.stop_reason = stats.stop_reason or str(e)
             stats.unusable_input = isinstance(e, UnusableInput)
             stats.misconfigured = isinstance(e, ConfigurationError)
@@ -305,6 +310,14 @@ class _Engine:
         stats.batch_status = Counter(c.status or "submitting" for c in self.state.open_chunks())
         self.report(force=True)
         stats.finished = self.clock()
+
+    def unplan_unsent(self) -> None:
+        """Close the open chunks never uploaded (no batch can exist without a recorded upload):
+        their jobs are pending again, for the next run to plan wherever it sends them."""
+        for chunk in self.state.open_chunks():
+            if chunk.file_id is None:
+                self.state.close_chunk(chunk, "abandoned", retry=[], bisect=[],
+                                       note="never uploaded: the endpoint did not work")
 
     def poll_delay(self, polls: int) -> float:
         if self.config.poll_every is not None:
@@ -364,41 +377,50 @@ class _Engine:
         """One Files/Batches call, retried until it answers: 429, 5xx and no answer back off
         (the server's delay when it gives one) and never fail a job; after `CALL_GIVE_UP_S` of
         nothing else the run stops, resumable (exit 3), as 401/403/quota stop it at once; any
-        other refusal is raised as the `APIError` for the caller to judge. `recover`, before each
-        retry, looks for what an unclear failure may have done all the same (a batch created
-        though its answer was lost): what it finds, if anything, is returned instead."""
-        attempt = 0
-        first_failure = None
+        other refusal is raised as the `APIError` for the caller to judge. Before any call of
+        the run has succeeded, an endpoint that cannot work (nothing listening, a route that
+        answers 404 for itself) stops it at once (`EndpointUnusable`, naming the URL and the
+        likely fix). `recover`, before each retry, looks for what an unclear failure may have
+        done all the same (a batch created though its answer was lost): what it finds, if
+        anything, is returned instead."""
+        attempts = Attempts()
+        give_up = GiveUpClock(CALL_GIVE_UP_S, self.clock)
         while True:
-            if attempt and recover is not None:
+            if attempts.sent and recover is not None:
                 try:
                     found = await recover()
-                except (_StopRun, StopRunError):
+                except StopRunError:
                     raise
-                except (RunnerError, OSError, asyncio.TimeoutError) as exc:
+                except RunnerError as exc:
                     # It may have been done all the same: never judge it refused; stop, resumable
-                    raise _StopRun(f"{what}: cannot tell whether it was done: {exc}{LOOKUP_HINT}"
-                                   ) from None
+                    raise StopRunError(f"{what}: cannot tell whether it was done: {exc}{LOOKUP_HINT}"
+                                       ) from None
                 if found is not None:
                     return found
             try:
-                return await self.unless_stopped(fn())
+                answer = await self.unless_stopped(fn())
             except StopRunError:
                 raise  # (a file of ours that cannot be written: not the API's doing)
-            except (RunnerError, OSError, asyncio.TimeoutError) as exc:
+            except RunnerError as exc:
                 verdict = classify(None, {}, None, exc=exc)
+                if stops_before_answer(verdict, answered=self.answered):
+                    hint = batch_setup_hint(self.endpoint, getattr(exc, "url", None), verdict.code)
+                    raise EndpointUnusable(f"{hint} ({what}: {verdict.code}: {verdict.message})"
+                                           ) from None
                 if verdict.action is Action.STOP_RUN:
-                    raise _StopRun(f"{verdict.code}: {verdict.message}") from None
+                    raise StopRunError(f"{verdict.code}: {verdict.message}") from None
                 if verdict.action is not Action.RETRY:
                     raise
-                first_failure = self.clock() if first_failure is None else first_failure
-                if self.clock() - first_failure >= CALL_GIVE_UP_S:
-                    raise _StopRun(f"{what}: no usable answer for {CALL_GIVE_UP_S:.0f} s "
-                                   f"(last: {verdict.code}: {verdict.message})") from None
-                delay = retry_delay(verdict, attempt, self.backoff)
-                attempt += 1
+                attempts = attempts.then(counted=True)
+                if give_up.failed():
+                    raise StopRunError(f"{what}: no usable answer for {CALL_GIVE_UP_S:.0f} s "
+                                       f"(last: {verdict.code}: {verdict.message})") from None
+                delay = retry_delay(verdict, attempts.counted - 1, self.backoff)
                 self.log(f"{what}: {verdict.code}: {verdict.message}; trying again in {delay:.1f} s")
                 await self.pause(delay)
+            else:
+                self.answered = True
+                return answer
 
     # -- advancing open chunks -------------------------------------------------------------------
     async def advance(self) -> bool:
@@ -536,9 +558,9 @@ class _Engine:
                 found = await self.call(
                     f"create {chunk.chunk}",
                     lambda: self.client.create(chunk.file_id, chunk.url, metadata), recover=look)
-            except (_StopRun, StopRunError):
+            except StopRunError:
                 raise
-            except (RunnerError, OSError, asyncio.TimeoutError) as exc:  # refused as a whole
+            except RunnerError as exc:  # refused as a whole
                 verdict = classify(None, {}, None, exc=exc)
                 await self.refused(chunk, verdict.code, verdict.message)
                 return
@@ -558,8 +580,8 @@ class _Engine:
             try:
                 page = await self.call("list batches", lambda: self.client.batches(after))
             except APIError as exc:
-                raise _StopRun(f"cannot tell whether the batch of {chunk.chunk} was created: "
-                               f"list batches: {exc}{LOOKUP_HINT}") from None
+                raise StopRunError(f"cannot tell whether the batch of {chunk.chunk} was created: "
+                                   f"list batches: {exc}{LOOKUP_HINT}") from None
             for batch in page.get("data") or ():
                 meta = batch.get("metadata") or {}
                 if meta.get(RUN_TAG) == self.state.run_id and meta.get(CHUNK_TAG) == chunk.chunk:
@@ -911,7 +933,3 @@ class _Engine:
             await self.upload(chunk)
             if not chunk.closed:
                 await self.create(chunk)
-
-
-class _StopRun(RunnerError):
-    """The provider refused our key or quota: the run stops, resumable."""

@@ -20,7 +20,8 @@ An append-only journal, one JSON object a line, each line fsync'd before the act
           `reset` forgets the attempts of jobs given up on, so a later run starts them afresh)
     {"event": "token_limit", "model": M, "limit": N}               an enqueued-token limit learned
     {"event": "endpoint", "base_url": URL}                         where later batches go (a run
-          with another base URL is refused while batches sent elsewhere are open)
+          with another base URL is refused while chunks uploaded elsewhere are open; chunks
+          never uploaded are closed and planned again)
 
 **Never pay twice**: a job is in at most one open chunk (planned and not closed); a chunk is
 created at most once (a rerun that finds `uploaded` without `created` lists the batches and looks
@@ -212,15 +213,24 @@ class BatchState:
             self.record({"event": "run", "run_id": new_run_id})
 
     def use_endpoint(self, base_url: str) -> None:
-        """Record where batches go; CheckpointError if batches sent elsewhere are still open
-        (polling them at the wrong place would look like they were gone, and they would run twice)."""
+        """Record where batches go; CheckpointError if chunks uploaded elsewhere are still open
+        (their batches may exist there: polling them at the wrong place would look like they were
+        gone, and they would run twice). Open chunks never uploaded (planned at a base URL that
+        did not work, say) are bound to no place: they are closed, and their jobs planned again
+        for the new one (the chunk's lines follow the endpoint's shapes)."""
         if self.base_url == base_url:
             return
-        if self.base_url is not None and self.open_chunks():
-            raise CheckpointError(
-                f"{self.path}: {len(self.open_chunks())} batch(es) of this output are open at "
-                f"{mask_secrets(self.base_url)}, not {mask_secrets(base_url)}: run with that base "
-                "URL (or Azure endpoint) until they are collected")
+        if self.base_url is not None:
+            sent = [c for c in self.open_chunks() if c.file_id is not None]
+            if sent:
+                raise CheckpointError(
+                    f"{self.path}: {len(sent)} batch(es) of this output are open at "
+                    f"{mask_secrets(self.base_url)}, not {mask_secrets(base_url)}: run with that "
+                    "base URL (or Azure endpoint) until they are collected")
+            for chunk in self.open_chunks():
+                self.close_chunk(chunk, "abandoned", retry=[], bisect=[],
+                                 note=f"never uploaded to {self.base_url}; planned again for "
+                                      f"{base_url}")
         self.record({"event": "endpoint", "base_url": base_url})
 
     def record(self, event: dict[str, Any]) -> None:

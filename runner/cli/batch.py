@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runner.api.endpoint import Endpoint
+from runner.api.endpoint import Endpoint, batch_setup_hint
 from runner.batch.run import BatchRunConfig, run_batch
 from runner.batch.state import read_state
 from runner.cli.execute import execute
-from runner.errors import ChangedJobsError
+from runner.errors import ChangedJobsError, EndpointUnusable, RunnerError
 from runner.files.checkpoint import CheckpointError
+from runner.outcome import classify, stops_before_answer
 from runner.report.batches import batch_json, batch_summary
 from runner.report.prices import PriceTable, batch_price_table
 
@@ -31,7 +32,10 @@ def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Pa
 
 
 async def refresh(output: Path, endpoint: Endpoint) -> list[dict[str, Any]]:
-    """Ask the provider for each open batch of `output` (read only: the state file is not written)."""
+    """Ask the provider for each open batch of `output` (read only: the state file is not
+    written). A first call finding the endpoint not working (nothing listening, a route that
+    answers 404 for itself) raises `EndpointUnusable`, naming the URL and the likely fix; any
+    other failure raises its own error."""
     from runner.api.transport import aiohttp_sender, open_session
     from runner.batch.client import BatchClient
     state = read_state(output)
@@ -42,5 +46,13 @@ async def refresh(output: Path, endpoint: Endpoint) -> list[dict[str, Any]]:
         answers = []
         for chunk in state.open_chunks():
             if chunk.batch_id:
-                answers.append(await client.get(chunk.batch_id))
+                try:
+                    answers.append(await client.get(chunk.batch_id))
+                except RunnerError as exc:
+                    verdict = classify(None, {}, None, exc=exc)
+                    if stops_before_answer(verdict, answered=bool(answers)):
+                        hint = batch_setup_hint(endpoint, getattr(exc, "url", None), verdict.code)
+                        raise EndpointUnusable(f"{hint} ({verdict.code}: {verdict.message})"
+                                               ) from None
+                    raise
         return answers

@@ -49,10 +49,12 @@ from jobs.reader import BadLine
 from runner.api.transport import HttpRequest, Send
 from runner.errors import RunnerError, StopRunError
 from runner.files import PRIVATE_DIR, PRIVATE_FILE
+from runner.retry import Attempts, Backoff
 
 MAX_SAFE_CHARS = 100
 DOWNLOAD_ATTEMPTS = 5
-DOWNLOAD_BACKOFF_S = 1.0  # full jitter: uniform(0, this * 2**attempt)
+DOWNLOAD_BACKOFF_S = 1.0  # full jitter: uniform(0, min(cap, this * 2**attempt))
+DOWNLOAD_BACKOFF_CAP_S = 30.0  # (never reached within DOWNLOAD_ATTEMPTS: 8 s before the fifth)
 TMP_MARK = ".tmp-"  # temporary names: .STEM.tmp-PID-RANDOM
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _TMP_NAME = re.compile(r"\..+\.tmp-(\d+)-[0-9a-f]{8}")
@@ -76,6 +78,14 @@ class ImagesUnwritable(StopRunError):
 # errnos of a folder that cannot take any file (not of one file's name)
 FOLDER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
                            errno.EIO})
+
+
+@dataclass(frozen=True, slots=True)
+class _Draws:
+    """A random source (`runner.retry.RandomSource`) drawing from a bare function such as
+    `random.Random().random`, as `ImageStore(rng=...)` takes it."""
+
+    random: Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +210,8 @@ class ImageStore:
         self.inline = inline
         self.reuse_identical = reuse_identical
         self._sleep = sleep
-        self._rng = rng or random.Random().random  # full jitter between download tries
+        self._backoff = Backoff(DOWNLOAD_BACKOFF_S, DOWNLOAD_BACKOFF_CAP_S,  # between download tries
+                                rng=_Draws(rng) if rng is not None else random.Random())
         self._swept = False
         self.saved = 0  # images written this run
         self.downloads = 0  # url answers fetched (attempts that got an image)
@@ -256,9 +267,12 @@ class ImageStore:
             return SaveFailed(codes.IMAGE_SAVE_FAILED, f"cannot save an image: {exc}")
 
     async def _download(self, url: str) -> bytes:
-        """The bytes at `url` (no API key is sent: the URL is signed), retried with full jitter."""
+        """The bytes at `url` (no API key is sent: the URL is signed), tried up to
+        `DOWNLOAD_ATTEMPTS` times with full-jitter backoff; a 403 or 404 (expired, gone) at once
+        gives up."""
         last = ""
-        for attempt in range(DOWNLOAD_ATTEMPTS):
+        attempts = Attempts()
+        while True:
             try:
                 response = await self._send(HttpRequest("GET", url, {}))
             except RunnerError as exc:
@@ -270,8 +284,10 @@ class ImageStore:
                 last = f"HTTP {response.status}"
                 if response.status in (403, 404):  # expired or gone: waiting cannot help
                     break
-            if attempt + 1 < DOWNLOAD_ATTEMPTS:
-                await self._sleep(self._rng() * DOWNLOAD_BACKOFF_S * 2 ** attempt)
+            attempts = attempts.then(counted=True)
+            if attempts.counted >= DOWNLOAD_ATTEMPTS:
+                break
+            await self._sleep(self._backoff.delay(attempts.counted - 1))
         raise DownloadFailed(f"could not download an image ({last}); the job runs again on resume")
 
 

@@ -68,7 +68,7 @@ from runner.pacing.limiters import Limiters
 from runner.report.stats import RunStats
 from runner.outcome import Action, Attempts, Backoff, Decision, Step, Verdict, classify, decide
 from runner.tokenizer import token_counter
-from runner.api.transport import HttpRequest, HttpResponse, Send
+from runner.api.transport import HttpRequest, HttpResponse, Send, only_tree_errors
 
 MAX_ATTEMPTS = 6
 DEFAULT_CONCURRENCY = 128     # upper bound on requests in flight, and on open sockets
@@ -225,7 +225,7 @@ class Dispatcher:
                  record_ids: Callable[[], str] | None = None,
                  images: ImageStore | None = None, image_limiters: Limiters | None = None,
                  prepare: Callable[[Job], Job | BadLine] | None = None) -> None:
-        self._send = send
+        self._send = only_tree_errors(send)  # so `classify` reads the tree's errors only
         self._endpoint = endpoint
         self._limiters = limiters
         # image lanes: their own limiters, whose second bucket counts images (IPM), not tokens
