@@ -50,7 +50,13 @@ class NChoicesIgnored(MissingChoices):
 
 class ListNotTaken(MissingChoices):
     """A 200 answer to a pack holding exactly the first prompt's choices: the shape of a server
-    that reads one prompt of a list (a fault does not give it: it drops choices at random)."""
+    that reads one prompt of a list (a fault does not give it: it drops choices at random). Those
+    choices are still the first job's own answer (`first`, with the answer's whole usage: the
+    server charged that prompt alone), so the lesson costs no job a second request."""
+
+    def __init__(self, message: str, first: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.first = first
 
 
 class PartialAnswer(MissingChoices):
@@ -206,8 +212,9 @@ def split_response(request: Request, body: Any) -> list[dict[str, Any]]:
                    f"{missing[0]})")
         first_width = counts[0] * per_prompt
         if request.packed and spec.indexed and by_index.keys() == set(range(first_width)):
+            first = {**body, key: [{**by_index[k], "index": k} for k in range(first_width)]}
             raise ListNotTaken(f"{message}: only the first prompt's {first_width} choice(s) came "
-                               "back, as from a server that does not take list prompts")
+                               "back, as from a server that does not take list prompts", first)
         if request.packed and spec.indexed and any(i >= first_width for i in by_index):
             answers = _own_answers(request, body, key, spec, counts, per_prompt, by_index)
             whole = {pos: own for pos, own in enumerate(answers) if own is not None}

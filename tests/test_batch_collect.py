@@ -55,11 +55,12 @@ OK_PACK = line(200, answer_for("/v1/completions", PACK.body))
                       "choices": [c for c in OK_PACK["response"]["body"]["choices"]
                                   if c["index"] != 3]}), 0,
      {"records": ["p:ok", "q:ok", "r:ok"], "retry": ["s"], "retried": True}),
-    # ... but the first prompt's choices alone is a list not taken: retried whole
+    # ... and the first prompt's choices alone (a list not taken) answer the first job; the
+    # others go alone
     (PACK, line(200, {**OK_PACK["response"]["body"],
                       "choices": [c for c in OK_PACK["response"]["body"]["choices"]
                                   if c["index"] == 0]}), 0,
-     {"retry": ["p", "q", "r", "s"], "retried": True}),
+     {"records": ["p:ok"], "halves": [("q",), ("r",), ("s",)], "retried": True}),
     # the line's request unknown (its local file gone): retried, not guessed
     (None, OK_ONE, 0, {"retry": ["a"], "retried": True}),
 ])

@@ -238,3 +238,24 @@ def test_dropped_choices_never_turn_n_or_packing_off_and_never_fail_a_job(loop, 
     for job in jobs:
         check_own_answer(job, result.records[job["custom_id"]])
     assert result.stats.packing_off == [] and result.stats.n_ignored == []
+
+
+def test_finding_out_that_lists_are_ignored_costs_no_job_a_second_request(loop, tmp_path):
+    """A server answering only a list's first prompt: that answer is the first job's own, kept, so
+    the first job of each refused pack is never sent again, and every answer the server gave was
+    used once."""
+    jobs = [completion(i, n=2) for i in range(60)] + [embedding(i) for i in range(60)]
+    result = run_jobs(loop, tmp_path, jobs, SimConfig(rpm=600, tpm=1_000_000, burst_s=2,
+                                                      list_prompts="ignore", seed=3))
+    assert result.stats.exit_code() == 0
+    for job in jobs:
+        check_own_answer(job, result.records[job["custom_id"]])
+    alone = {prompts[0] for _, prompts, _ in result.sent if len(prompts) == 1}
+    for url in (COMPLETIONS, EMBEDDINGS):
+        packs = result.packed(url)
+        assert packs
+        for _, prompts, _ in packs:
+            assert prompts[0] not in alone  # answered by the refused pack itself, never again
+    assert max(result.requests_per_job().values()) <= 1 + PACK_FAILURES_TO_STOP
+    answered = sum(result.sim.answered.values())
+    assert answered == len(jobs)  # every prompt the server answered was used: none paid twice

@@ -76,6 +76,14 @@ def judge_line(line_id: str, ids: tuple[str, ...], request: Request | None, answ
                               for i in kept),
                 usage=tuple(exc.answers[i].get("usage") for i in kept),
                 retry=tuple(request.jobs[i].custom_id for i in exc.missing), retried=True)
+        except ListNotTaken as exc:  # the first job answered; the others go alone
+            assert request is not None
+            first = request.jobs[0]
+            return LineOutcome(
+                records=(success_record(first.custom_id, exc.first, record_id=f"{record_id}-0",
+                                        request_id=request_id),),
+                usage=(exc.first.get("usage"),),
+                halves=tuple((job.custom_id,) for job in request.jobs[1:]), retried=True)
         except MissingChoices as exc:
             error_cls = (NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else
                          ListNotTakenError if isinstance(exc, ListNotTaken) else BadResponseError)

@@ -501,6 +501,12 @@ class Dispatcher:
                 if self._last_success is not None:
                     decision = self._decide(request, caps, verdict, attempts)
             attempts = decision.attempts
+            if verdict.code == codes.LIST_NOT_TAKEN and answers and answers[0] is not None:
+                # the first job was answered all the same: written; what follows is the rest's
+                self._succeed(request, answers, response)
+                rest = request.jobs[1:]
+                request = pack(rest, sum(tokens.rate_limit_charge(j.url, j.body) for j in rest))
+                answers = None
             if decision.step is Step.SUCCEED:
                 if self._images is not None and spec_of(request.url).images:
                     answers = await self._save_images(request, answers, response)
@@ -588,6 +594,9 @@ class Dispatcher:
                 answers = split_response(request, body)
             except PartialAnswer as exc:  # keep what came back; the rest is sent again
                 return verdict, [exc.answers.get(i) for i in range(len(request.jobs))], response
+            except ListNotTaken as exc:  # a lesson, and still the first job's own answer
+                verdict = classify(None, {}, None, exc=ListNotTakenError(str(exc)))
+                return verdict, [exc.first] + [None] * (len(request.jobs) - 1), response
             except (orjson.JSONDecodeError, MissingChoices) as exc:  # jobs/ knows no runner errors
                 error = (NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else
                          ListNotTakenError if isinstance(exc, ListNotTaken) else BadResponseError)
