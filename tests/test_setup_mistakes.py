@@ -190,3 +190,14 @@ def test_an_azure_endpoint_with_a_path_stops_at_once_naming_the_endpoint_to_use(
                                   "--azure-endpoint", endpoint, env=env))
     assert code == 0, err
     assert len(read_results(out)) == 50
+
+
+def test_a_key_the_server_refuses_stops_the_run_naming_the_url_and_never_the_key(tmp_path):
+    jobs_path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jobs(jobs_path, 30, kinds=("chat",))
+    with run_in_thread(simulator=Simulator(SimConfig(api_key="sk-the-right-one"))) as base_url:
+        code, _, err = finish(cli("run", str(jobs_path), "-o", str(out), "--no-progress",
+                                  env={"OPENAI_BASE_URL": base_url}))
+    assert code == 3, err
+    assert f"{base_url}/chat/completions refused the key (401)" in err
+    assert "sk-test-key" not in err and read_results(out) == []

@@ -126,6 +126,11 @@ def _hint(endpoint: Endpoint, url: str, code: str, *, serves: str, deployment: s
     url = url.split("?")[0]
     base = endpoint.base_url
     path = urlsplit(base).path.rstrip("/")
+    if code in (codes.INVALID_API_KEY, codes.PERMISSION_DENIED):
+        what = "Entra ID token" if endpoint.bearer and endpoint.azure else "key"
+        return (f"{url} refused the {what} ({'401' if code == codes.INVALID_API_KEY else '403'}): "
+                f"check the {what} and that {'--azure-endpoint' if endpoint.azure else '--base-url'}"
+                f" {base} is the service it belongs to")
     if code == codes.CONNECTION_ERROR:
         where = urlsplit(base).netloc or base
         return (f"cannot reach {url}: is the server running at {where}, and is --base-url"

@@ -518,7 +518,9 @@ class Dispatcher:
                 return
             if decision.step is Step.STOP_RUN:
                 why = f"{verdict.code}: {decision.message}"
-                if verdict.endpoint_fault:  # the URL and the likely fix first
+                if verdict.endpoint_fault or verdict.code in (codes.INVALID_API_KEY,
+                                                              codes.PERMISSION_DENIED):
+                    # the URL and the likely fix first
                     why = (f"{setup_hint(self._endpoint, request.url, request.model, verdict.code)}"
                            f" ({why})")
                 if not self.stopping:  # the first stop's reason is the run's, and so its exit code
