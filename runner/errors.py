@@ -86,6 +86,8 @@ Outside the tree, on purpose:
 """
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,6 +100,7 @@ __all__ = [
     "APIUnreachableError", "BadResponseError", "NChoicesIgnoredError", "ListNotTakenError",
     "StopRunError", "EndpointUnusable", "ConfigurationError", "CrossOriginRedirect",
     "TokenUnavailable", "TokenRejected", "UnusableInput", "ChangedJobsError", "describe",
+    "error_fields",
 ]
 
 
@@ -254,3 +257,37 @@ def describe(exc: BaseException) -> str:
     except Exception:
         detail = ""
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+_ERROR_CODE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")  # an error body's `code`, if any
+
+
+def error_fields(body: bytes | str | Mapping | None) -> tuple[str | None, str | None, str | None]:
+    """(code, type, message) from an error body in any of the shapes servers send.
+
+    OpenAI/Azure: {"error": {"message", "type", "code"}}; vLLM-style: {"message", "type", "code"};
+    {"error": "text"}; or non-JSON text (a proxy's HTML page). Numeric codes (Azure's "429") are
+    dropped: they repeat the status.
+    """
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        body = bytes(body).decode("utf-8", errors="replace")
+    if isinstance(body, str):
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None, None, body or None
+        if not isinstance(parsed, Mapping):
+            return None, None, body or None
+        body = parsed
+    if not isinstance(body, Mapping):
+        return None, None, None
+    error = body.get("error", body)
+    if isinstance(error, str):
+        return None, None, error
+    if not isinstance(error, Mapping):
+        return None, None, None
+    code, kind, message = error.get("code"), error.get("type"), error.get("message")
+    code = code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else None
+    kind = kind if isinstance(kind, str) and kind else None
+    message = message if isinstance(message, str) and message else None
+    return code, kind, message

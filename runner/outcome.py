@@ -39,6 +39,7 @@ from runner.errors import (
     BadRequestError, BadResponseError, ConfigurationError, ListNotTakenError, NChoicesIgnoredError,
     QuotaExceededError, RateLimitError, ServerError, StopRunError, describe,
 )
+from runner.errors import error_fields as _error_fields
 from runner.redact import mask_secrets
 from runner.retry import BACKOFF_BASE_S, BACKOFF_CAP_S, Attempts, Backoff
 
@@ -65,7 +66,6 @@ _CLIENT_ERROR_CODES = {400: codes.INVALID_REQUEST, 404: codes.NOT_FOUND,
                        413: codes.REQUEST_TOO_LARGE, 422: codes.UNPROCESSABLE}
 _RETRY_STATUSES = frozenset({408, 409})
 
-_CODE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 # Azure / OpenAI prose: "Please retry after 2 seconds", "Please try again in 1.5s" / "in 6m0s".
 _MESSAGE_DELAY = re.compile(
     r"(?:retry after|try again in)\s+((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s)?)+)", re.IGNORECASE)
@@ -150,37 +150,6 @@ def _blames_a_prompt(body: bytes | str | Mapping | None) -> bool:
     code = error.get("code")
     prompt_code = isinstance(code, str) and code in codes.PROMPT_FAULT_CODES
     return prompt_code or error.get("param") in ("prompt", "input")
-
-
-def _error_fields(body: bytes | str | Mapping | None) -> tuple[str | None, str | None, str | None]:
-    """(code, type, message) from an error body in any of the shapes servers send.
-
-    OpenAI/Azure: {"error": {"message", "type", "code"}}; vLLM-style: {"message", "type", "code"};
-    {"error": "text"}; or non-JSON text (a proxy's HTML page). Numeric codes (Azure's "429") are
-    dropped: they repeat the status.
-    """
-    if isinstance(body, (bytes, bytearray, memoryview)):
-        body = bytes(body).decode("utf-8", errors="replace")
-    if isinstance(body, str):
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return None, None, body or None
-        if not isinstance(parsed, Mapping):
-            return None, None, body or None
-        body = parsed
-    if not isinstance(body, Mapping):
-        return None, None, None
-    error = body.get("error", body)
-    if isinstance(error, str):
-        return None, None, error
-    if not isinstance(error, Mapping):
-        return None, None, None
-    code, kind, message = error.get("code"), error.get("type"), error.get("message")
-    code = code if isinstance(code, str) and _CODE.fullmatch(code) else None
-    kind = kind if isinstance(kind, str) and kind else None
-    message = message if isinstance(message, str) and message else None
-    return code, kind, message
 
 
 def _cap(delay: float | None) -> float | None:

@@ -50,8 +50,7 @@ from typing import Any
 import orjson
 
 from runner.api.transport import HttpRequest, HttpResponse, Send, origin
-from runner.errors import TokenRejected, TokenUnavailable, describe
-from runner.outcome import classify
+from runner.errors import TokenRejected, TokenUnavailable, describe, error_fields
 from runner.redact import mask_secrets
 
 __all__ = [
@@ -326,7 +325,7 @@ def authorized(send: Send, source: TokenSource, base_url: str) -> Send:
         if response.status != 401:
             source.accepted(lease)
             return response
-        said = classify(response.status, response.headers, response.body).message
+        said = mask_secrets(" ".join((error_fields(response.body)[2] or "HTTP 401").split()))
         raise TokenRejected(f"the API refused a Microsoft Entra ID token just fetched from "
                             f"{source.what} (401): {said}")
 

@@ -64,9 +64,8 @@ from runner.files.images import (
 from runner.files.inputs import read_items
 from runner.outcome import Action, classify, retry_delay, stops_before_answer
 from runner.report.log import console_echo
-from runner.report.stats import RunStats
+from runner.report.stats import BatchStats
 from runner.retry import Attempts, Backoff, GiveUpClock
-from runner.exit_codes import EXIT_IN_PROGRESS
 from runner.tokenizer import token_counter
 
 if TYPE_CHECKING:
@@ -130,22 +129,6 @@ class BatchRunConfig:
         if self.max_requests is not None:
             return self.max_requests
         return AZURE_MAX_REQUESTS if self.endpoint.azure else OPENAI_MAX_REQUESTS
-
-
-@dataclass(slots=True)
-class BatchStats(RunStats):
-    """`RunStats` plus the batches: exit code 4 while batches are still open at the provider."""
-
-    batches_created: int = 0
-    batches_collected: int = 0
-    batch_lines: int = 0
-    batch_status: Counter = field(default_factory=Counter)  # open batches by provider status
-    in_progress: bool = False
-
-    def exit_code(self) -> int:
-        if self.stop_reason is None and self.in_progress:
-            return EXIT_IN_PROGRESS
-        return RunStats.exit_code(self)
 
 
 class _SeenState(OutputState):

@@ -4,7 +4,7 @@ Values in, text out: nothing here calls the provider or writes a file."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich.console import Group
@@ -13,9 +13,7 @@ from rich.text import Text
 
 from runner.report.prices import BATCH_PRICE_FACTOR
 
-if TYPE_CHECKING:
-    from runner.batch.run import BatchStats
-    from runner.batch.state import BatchState
+from runner.report.stats import BatchStats
 
 
 def batch_json(stats: BatchStats) -> dict[str, Any]:
@@ -34,8 +32,9 @@ def batch_summary(stats: BatchStats) -> str:
     return text
 
 
-def batches_table(state: BatchState) -> Group:
-    """The batches of an output from its state file (no network)."""
+def batches_table(state: Any) -> Group:
+    """The batches of an output from its state file (no network): `state` is the journal as
+    `runner.batch.state.read_state` reads it (report/ sits below batch/, so it is not imported)."""
     table = Table(title=f"batches of this output ({state.path.name})", title_justify="left",
                   box=None, header_style="bold underline")
     for name in ("chunk", "batch", "model", "lines", "jobs", "status", "done", "failed"):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from jobs import intake
 from jobs.endpoints import images_requested, read_usage
-from runner.exit_codes import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED, EXIT_USAGE
+from runner.exit_codes import EXIT_IN_PROGRESS, EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED, EXIT_USAGE
 
 
 @dataclass(slots=True)
@@ -124,3 +124,17 @@ class RunStats:
         return EXIT_OK
 
 
+@dataclass(slots=True)
+class BatchStats(RunStats):
+    """`RunStats` plus the batches: exit code 4 while batches are still open at the provider."""
+
+    batches_created: int = 0
+    batches_collected: int = 0
+    batch_lines: int = 0
+    batch_status: Counter = field(default_factory=Counter)  # open batches by provider status
+    in_progress: bool = False
+
+    def exit_code(self) -> int:
+        if self.stop_reason is None and self.in_progress:
+            return EXIT_IN_PROGRESS
+        return RunStats.exit_code(self)
