@@ -137,3 +137,15 @@ def loop():
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+@pytest.fixture
+def simulated(monkeypatch):
+    """The simulator in a thread, and the environment pointing `runner` (key, base URL) at it;
+    yields its base URL."""
+    from runner.simulator.config import SimConfig
+    from runner.simulator.server import Simulator, run_in_thread
+    with run_in_thread(simulator=Simulator(SimConfig())) as base_url:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+        yield base_url

@@ -198,19 +198,22 @@ def test_an_edited_job_file_is_refused_before_anything_is_sent_then_rerun_or_kep
     assert len(read_results(out)) == 10  # 8 first answers + 2 new ones that supersede theirs
 
 
-def test_results_written_before_fingerprints_count_as_unchanged_and_the_run_says_so(
-        tmp_path, monkeypatch):
+def run_once(tmp_path, jobs: int):
+    """A job file of `jobs` chat jobs run once into out.jsonl: (job file, output)."""
     jobs_path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_jobs(jobs_path, 4, kinds=("chat",))
-    with run_in_thread(simulator=Simulator(SimConfig())) as base_url:
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
-        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
-        args = ["run", str(jobs_path), "-o", str(out), "--no-progress"]
-        assert CliRunner().invoke(main, args).exit_code == 0
-        old = [{k: v for k, v in r.items() if k != "fingerprint"} for r in read_results(out)]
-        out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in old))
-        edit(jobs_path, {"job 1/ü"})
-        result = CliRunner().invoke(main, args)
+    write_jobs(jobs_path, jobs, kinds=("chat",))
+    result = CliRunner().invoke(main, ["run", str(jobs_path), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return jobs_path, out
+
+
+def test_results_written_before_fingerprints_count_as_unchanged_and_the_run_says_so(
+        tmp_path, simulated):
+    jobs_path, out = run_once(tmp_path, 4)
+    old = [{k: v for k, v in r.items() if k != "fingerprint"} for r in read_results(out)]
+    out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in old))
+    edit(jobs_path, {"job 1/ü"})
+    result = CliRunner().invoke(main, ["run", str(jobs_path), "-o", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "4 results carry no job fingerprint" in result.output
     assert "4 already done" in result.output
@@ -233,14 +236,8 @@ def test_a_changed_job_read_from_stdin_stops_the_run_with_exit_2(tmp_path):
 
 
 def test_estimate_against_an_output_counts_only_what_a_rerun_sends_and_the_changed_jobs(
-        tmp_path, monkeypatch):
-    jobs_path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_jobs(jobs_path, 6, kinds=("chat",))
-    with run_in_thread(simulator=Simulator(SimConfig())) as base_url:
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
-        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
-        assert CliRunner().invoke(main, ["run", str(jobs_path), "-o", str(out),
-                                         "--no-progress"]).exit_code == 0
+        tmp_path, simulated):
+    jobs_path, out = run_once(tmp_path, 6)
     edit(jobs_path, {"job 0/ü", "job 4/ü"})
     result = CliRunner().invoke(main, ["estimate", str(jobs_path), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output

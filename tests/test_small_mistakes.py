@@ -8,7 +8,6 @@ from click.testing import CliRunner
 
 from jobs.reader import BadLine, Job, read_jobs
 from runner.cli.main import main
-from runner.simulator.server import SimConfig, Simulator, run_in_thread
 from tests.test_e2e import read_results, write_jobs
 
 JOB = b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": "x"}}'
@@ -27,16 +26,8 @@ def test_a_job_without_url_is_reported_as_missing_url():
     assert isinstance(item, BadLine) and item.reason == "missing url"
 
 
-@pytest.fixture
-def sim(monkeypatch):
-    with run_in_thread(simulator=Simulator(SimConfig())) as base_url:
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
-        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
-        yield base_url
-
-
 @pytest.mark.parametrize("output", ["-", "/dev/stdout", "/dev/null"])
-def test_an_output_that_is_not_a_file_is_refused_once_with_exit_2(tmp_path, sim, output):
+def test_an_output_that_is_not_a_file_is_refused_once_with_exit_2(tmp_path, simulated, output):
     write_jobs(tmp_path / "in.jsonl", 2)
     result = CliRunner().invoke(main, ["run", str(tmp_path / "in.jsonl"), "-o", output,
                                        "--no-progress"])
@@ -45,7 +36,7 @@ def test_an_output_that_is_not_a_file_is_refused_once_with_exit_2(tmp_path, sim,
     assert not (tmp_path / "-").exists()
 
 
-def test_an_empty_job_file_says_so_and_exits_2_leaving_no_output(tmp_path, sim):
+def test_an_empty_job_file_says_so_and_exits_2_leaving_no_output(tmp_path, simulated):
     (tmp_path / "in.jsonl").write_bytes(b"\n\n")
     out = tmp_path / "out.jsonl"
     result = CliRunner().invoke(main, ["run", str(tmp_path / "in.jsonl"), "-o", str(out),
@@ -55,7 +46,7 @@ def test_an_empty_job_file_says_so_and_exits_2_leaving_no_output(tmp_path, sim):
     assert not (tmp_path / "out.jsonl.lock").exists() and not out.read_bytes()
 
 
-def test_an_empty_shard_is_no_mistake(tmp_path, sim):
+def test_an_empty_shard_is_no_mistake(tmp_path, simulated):
     (tmp_path / "in.jsonl").write_bytes(JOB + b"\n")
     codes = {CliRunner().invoke(main, ["run", str(tmp_path / "in.jsonl"), "-o",
                                        str(tmp_path / f"out.{k}.jsonl"), "--no-progress",
@@ -63,7 +54,7 @@ def test_an_empty_shard_is_no_mistake(tmp_path, sim):
     assert codes == {0}
 
 
-def test_a_binary_file_gets_one_message_and_nothing_is_created(tmp_path, sim):
+def test_a_binary_file_gets_one_message_and_nothing_is_created(tmp_path, simulated):
     (tmp_path / "in.jsonl").write_bytes(bytes(range(256)) * 20)
     result = CliRunner().invoke(main, ["run", str(tmp_path / "in.jsonl"), "-o",
                                        str(tmp_path / "out.jsonl"), "--no-progress"])
@@ -72,7 +63,7 @@ def test_a_binary_file_gets_one_message_and_nothing_is_created(tmp_path, sim):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
-def test_a_missing_output_folder_is_named(tmp_path, sim):
+def test_a_missing_output_folder_is_named(tmp_path, simulated):
     write_jobs(tmp_path / "in.jsonl", 2)
     result = CliRunner().invoke(main, ["run", str(tmp_path / "in.jsonl"), "-o",
                                        str(tmp_path / "nope" / "out.jsonl"), "--no-progress"])
@@ -80,7 +71,7 @@ def test_a_missing_output_folder_is_named(tmp_path, sim):
     assert f"the folder of the output does not exist: {tmp_path / 'nope'}" in result.output
 
 
-def test_a_clean_run_leaves_no_lock_file_and_a_stopped_one_says_read_so_far(tmp_path, sim):
+def test_a_clean_run_leaves_no_lock_file_and_a_stopped_one_says_read_so_far(tmp_path, simulated):
     write_jobs(tmp_path / "in.jsonl", 3)
     out = tmp_path / "out.jsonl"
     result = CliRunner().invoke(main, ["run", str(tmp_path / "in.jsonl"), "-o", str(out),

@@ -16,7 +16,7 @@ import asyncio
 import math
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -32,10 +32,11 @@ from runner.simulator.budgets import (
 )
 from runner.simulator.faults import Reply
 from runner.simulator.parsing import (
-    AZURE, AZURE_DEFAULT_API_VERSION, AZURE_V1, BLANK_SERVER_ERROR, MALFORMED_JSON, OPENAI,
-    QUOTA_ERROR, ApiError, api_key_of, azure_error, check_model, parse_request, poisoned,
+    AZURE, AZURE_DEFAULT_API_VERSION, BLANK_SERVER_ERROR, MALFORMED_JSON, QUOTA_ERROR, ApiError, api_key_of, azure_error, check_model, parse_request, poisoned,
 )
-from runner.simulator.service import ConnectionDropped, Service, client_gone, json_response
+from runner.simulator.service import (
+    ConnectionDropped, Service, add_three_shapes, client_gone,
+)
 
 LATENCY_JITTER = 0.1  # latency is latency_ms * (1 +- up to this fraction)
 PATH_TAILS = ((CHAT, "/chat/completions"), (COMPLETIONS, "/completions"), (EMBEDDINGS, "/embeddings"))
@@ -44,19 +45,8 @@ PATH_TAILS = ((CHAT, "/chat/completions"), (COMPLETIONS, "/completions"), (EMBED
 def add_routes(app: web.Application, service: Service) -> None:
     """Register the token endpoints of `service` on `app`, in the three URL shapes."""
     for kind, tail in PATH_TAILS:
-        app.router.add_post(f"/v1{tail}", _handler(service, kind, OPENAI))
-        app.router.add_post(f"/openai/deployments/{{deployment}}{tail}", _handler(service, kind, AZURE))
-        app.router.add_post(f"/openai/v1{tail}", _handler(service, kind, AZURE_V1))
-
-
-def _handler(service: Service, kind: str, shape: str
-             ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handle(request: web.Request) -> web.Response:
-        try:
-            return await _serve(service, request, kind, shape)
-        except ApiError as err:
-            return json_response(err.status, err.body, err.headers)
-    return handle
+        add_three_shapes(app, tail, lambda request, shape, kind=kind: _serve(service, request,
+                                                                              kind, shape))
 
 
 # -- the request path ------------------------------------------------------------------------

@@ -24,10 +24,12 @@ from runner.simulator.budgets import (
     ModelBudget, WindowBudget, bucket_states, format_duration, rate_limit_headers,
 )
 from runner.simulator.parsing import (
-    AZURE, AZURE_DEFAULT_API_VERSION, AZURE_V1, MALFORMED_JSON, OPENAI, ORGANIZATION, QUOTA_ERROR,
+    AZURE, AZURE_DEFAULT_API_VERSION, MALFORMED_JSON, OPENAI, ORGANIZATION, QUOTA_ERROR,
     ApiError, api_key_of, azure_error, bad_request, check_model, openai_error,
 )
-from runner.simulator.service import ConnectionDropped, Service, client_gone, json_response
+from runner.simulator.service import (
+    ConnectionDropped, Service, add_three_shapes, client_gone,
+)
 
 IMAGE_PATH = "/sim-images/"
 _TAILS = (rsp.RESPONSES, rsp.MODERATIONS, img.GENERATIONS, img.EDITS, img.VARIATIONS)
@@ -38,20 +40,9 @@ _AZURE_OPERATION = {img.GENERATIONS: "ImageGenerations_Create", img.EDITS: "Imag
 def add_routes(app: web.Application, sim: Service) -> None:
     """Register the routes of `sim` on `app`."""
     for tail in _TAILS:
-        app.router.add_post(f"/v1/{tail}", _handler(sim, tail, OPENAI))
-        app.router.add_post(f"/openai/deployments/{{deployment}}/{tail}",
-                            _handler(sim, tail, AZURE))
-        app.router.add_post(f"/openai/v1/{tail}", _handler(sim, tail, AZURE_V1))
+        add_three_shapes(app, f"/{tail}", lambda request, shape, tail=tail: _serve(sim, request,
+                                                                                   tail, shape))
     app.router.add_get(IMAGE_PATH + "{name}", _download(sim))
-
-
-def _handler(sim: Service, tail: str, shape: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handle(request: web.Request) -> web.Response:
-        try:
-            return await _serve(sim, request, tail, shape)
-        except ApiError as err:
-            return json_response(err.status, err.body, err.headers)
-    return handle
 
 
 def _download(sim: Service) -> Callable[[web.Request], Awaitable[web.Response]]:

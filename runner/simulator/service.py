@@ -21,6 +21,7 @@ from runner.simulator.answers import sha_hex
 from runner.simulator.budgets import ModelBudget, WindowBudget
 from runner.simulator.config import SimConfig, SimStats
 from runner.simulator.faults import Reply, apply_fault, draw_fault
+from runner.simulator.parsing import AZURE, AZURE_V1, OPENAI, ApiError
 
 
 class ConnectionDropped(Exception):
@@ -110,3 +111,18 @@ def client_gone(request: web.Request) -> bool:
 def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
                         headers=dict(headers or {}))
+
+
+def add_three_shapes(app: web.Application, tail: str,
+                     serve: Callable[[web.Request, str], Awaitable[web.Response]]) -> None:
+    """Register `serve(request, shape)` for `tail` ("/chat/completions") in the three URL shapes:
+    OpenAI's `/v1`, Azure's `/openai/deployments/{deployment}` and Azure's `/openai/v1`. An
+    `ApiError` it raises becomes the answer it carries."""
+    for prefix, shape in (("/v1", OPENAI), ("/openai/deployments/{deployment}", AZURE),
+                          ("/openai/v1", AZURE_V1)):
+        async def handle(request: web.Request, shape: str = shape) -> web.Response:
+            try:
+                return await serve(request, shape)
+            except ApiError as err:
+                return json_response(err.status, err.body, err.headers)
+        app.router.add_post(prefix + tail, handle)
