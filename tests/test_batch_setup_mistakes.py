@@ -51,6 +51,7 @@ def _batch_run(jobs_path, out, env):
                "--poll-every", "0.1", env=env)
 
 
+@pytest.mark.slow  # starts runner processes
 @pytest.mark.parametrize("mistake, hint", [
     ("no_v1", "{base}/files answered 404 for the route itself: did you mean --base-url {base}/v1?"),
     ("azure_openai_suffix", "--azure-endpoint is the resource's address alone; did you mean {base}?"),

@@ -219,6 +219,7 @@ def test_results_written_before_fingerprints_count_as_unchanged_and_the_run_says
     assert "4 already done" in result.output
 
 
+@pytest.mark.slow  # starts runner processes
 def test_a_changed_job_read_from_stdin_stops_the_run_with_exit_2(tmp_path):
     jobs_path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jobs(jobs_path, 6, kinds=("chat",))

@@ -111,6 +111,7 @@ def test_token_counting_never_imports_numpy():
           env=outside_env(PYTHONPATH=str(ROOT)))
 
 
+@pytest.mark.slow  # starts runner processes
 def test_a_jobs_py_in_the_current_folder_never_stands_in_for_runners_own(tmp_path):
     """`python -m runner` puts the current folder first on sys.path: a user's jobs.py there must
     not be imported in place of runner's pure core."""

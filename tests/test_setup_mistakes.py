@@ -80,6 +80,7 @@ def test_a_404_on_one_model_after_successes_fails_only_its_jobs():
     assert [r["custom_id"] for r in failed] == ["job 9"] and failed[0]["error"]["code"] == "model_not_found"
 
 
+@pytest.mark.slow  # starts runner processes
 @pytest.mark.parametrize("mistake, hint", [
     ("no_v1", "did you mean --base-url {base}/v1?"),
     ("dead_port", "is the server running at 127.0.0.1:9"),
@@ -175,6 +176,7 @@ def test_status_suggests_retry_codes_with_the_codes_it_sees_and_no_retry_for_bad
     assert "--retry-failed" not in text
 
 
+@pytest.mark.slow  # starts runner processes
 def test_an_azure_endpoint_with_a_path_stops_at_once_naming_the_endpoint_to_use(tmp_path):
     jobs_path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jobs(jobs_path, 50, kinds=("chat",))
@@ -192,6 +194,7 @@ def test_an_azure_endpoint_with_a_path_stops_at_once_naming_the_endpoint_to_use(
     assert len(read_results(out)) == 50
 
 
+@pytest.mark.slow  # starts runner processes
 def test_a_key_the_server_refuses_stops_the_run_naming_the_url_and_never_the_key(tmp_path):
     jobs_path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jobs(jobs_path, 30, kinds=("chat",))
