@@ -52,11 +52,13 @@ class ListNotTaken(MissingChoices):
     """A 200 answer to a pack holding exactly the first prompt's choices: the shape of a server
     that reads one prompt of a list (a fault does not give it: it drops choices at random). Those
     choices are still the first job's own answer (`first`, with the answer's whole usage: the
-    server charged that prompt alone), so the lesson costs no job a second request."""
+    server charged that prompt alone), so the lesson costs no job a second request. `first` is
+    None when the first job asked `n` > 1 and one choice came back (a server ignoring lists and
+    `n`): nothing of it is usable. `prompts`: how many prompts the pack held."""
 
-    def __init__(self, message: str, first: dict[str, Any]) -> None:
+    def __init__(self, message: str, first: dict[str, Any] | None, *, prompts: int) -> None:
         super().__init__(message)
-        self.first = first
+        self.first, self.prompts = first, prompts
 
 
 class PartialAnswer(MissingChoices):
@@ -214,7 +216,12 @@ def split_response(request: Request, body: Any) -> list[dict[str, Any]]:
         if request.packed and spec.indexed and by_index.keys() == set(range(first_width)):
             first = {**body, key: [{**by_index[k], "index": k} for k in range(first_width)]}
             raise ListNotTaken(f"{message}: only the first prompt's {first_width} choice(s) came "
-                               "back, as from a server that does not take list prompts", first)
+                               "back, as from a server that does not take list prompts", first,
+                               prompts=sum(counts))
+        if request.packed and spec.indexed and per_prompt > 1 and by_index.keys() == {0}:
+            raise ListNotTaken(f"{message}: one choice for the first prompt alone came back, as "
+                               "from a server that takes neither list prompts nor n", None,
+                               prompts=sum(counts))
         if request.packed and spec.indexed and any(i >= first_width for i in by_index):
             answers = _own_answers(request, body, key, spec, counts, per_prompt, by_index)
             whole = {pos: own for pos, own in enumerate(answers) if own is not None}

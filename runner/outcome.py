@@ -507,8 +507,8 @@ def decide(verdict: Verdict, attempts: Attempts, *, packed: bool, max_attempts: 
     after = Attempts(sent, paced, attempts.counted + 1)
     if after.counted >= max_attempts and verdict.endpoint_fault:
         return Decision(Step.STOP_RUN, verdict, after,
-                        f"the server stopped answering ({sent} requests in a row found nothing "
-                        f"listening): {verdict.message}")
+                        f"the server stopped answering (after {sent} requests, the last found "
+                        f"nothing listening): {verdict.message}")
     if after.counted >= max_attempts:
         note = f", {paced} of them rate-limited" if paced else ""
         return Decision(Step.FAIL, verdict, after,

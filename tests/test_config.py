@@ -234,3 +234,13 @@ def test_a_bad_budget_scope_in_the_file_is_a_usage_error_naming_it(tmp_path, mon
     result = CliRunner().invoke(cli.main, ["run", "in.jsonl", "-o", "out.jsonl"])
     assert result.exit_code == 2
     assert "budget_scope" in result.output
+
+
+def test_retry_codes_in_the_config_file_may_be_a_list_or_a_comma_separated_string(tmp_path):
+    from runner.cli.main import run_command
+    for text in ('retry_codes = ["not_found", "invalid_request"]\n',
+                 'retry_codes = "not_found,invalid_request"\n'):
+        path = tmp_path / "runner.toml"
+        path.write_text(text)
+        loaded = read_config(path, run_command)
+        assert loaded.defaults["retry_codes"] == "not_found,invalid_request"

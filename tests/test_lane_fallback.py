@@ -69,7 +69,8 @@ class Run:
 
 
 def run_jobs(loop, tmp_path, jobs, sim_config, *, rpm=600, tpm=1_000_000, max_attempts=6, pack=True,
-             retry_failed=False, output="out.jsonl"):
+             retry_failed=False, output="out.jsonl", trust_packs=False):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps(j) + b"\n" for j in jobs))
     out = tmp_path / output
     log, sent = [], []
@@ -90,7 +91,8 @@ def run_jobs(loop, tmp_path, jobs, sim_config, *, rpm=600, tpm=1_000_000, max_at
                                             endpoint=Endpoint(base_url=sim.base_url, api_key="k"),
                                             rpm=rpm, tpm=tpm, pack=pack,
                                             dispatch=DispatchConfig(max_attempts=max_attempts,
-                                                                    retry_failed=retry_failed)),
+                                                                    retry_failed=retry_failed,
+                                                                    trust_packs=trust_packs)),
                                   send=send, progress=False, handle_signals=False, log=log.append)
             finally:
                 await session.close()
@@ -259,3 +261,42 @@ def test_finding_out_that_lists_are_ignored_costs_no_job_a_second_request(loop, 
     assert max(result.requests_per_job().values()) <= 1 + PACK_FAILURES_TO_STOP
     answered = sum(result.sim.answered.values())
     assert answered == len(jobs)  # every prompt the server answered was used: none paid twice
+
+
+def test_a_server_taking_neither_lists_nor_n_fails_those_jobs_as_n_not_supported_cheaply(
+        loop, tmp_path):
+    """Its answer to a pack asking n=3 is one choice for the first prompt: a list not taken with
+    nothing usable; the jobs go alone, n is found ignored, and they fail as n_not_supported (a
+    permanent code a rerun keeps), not as transient bad_response that every rerun pays again."""
+    jobs = [completion(i, n=3) for i in range(100)]
+    result = run_jobs(loop, tmp_path, jobs, SimConfig(rpm=600, tpm=1_000_000, burst_s=2,
+                                                      list_prompts="ignore", honour_n=False, seed=2))
+    assert result.stats.failed == {"n_not_supported": 100}
+    assert len(result.sent) <= 12, len(result.sent)
+
+
+def test_a_dropped_choice_in_a_pack_of_two_is_no_evidence_against_lists(loop, tmp_path):
+    """A pack of two whose second prompt's choices were dropped looks like a list not taken:
+    with every answer partial, packing must still stay on for packs of two."""
+    jobs = [completion(i) for i in range(40)]
+    for i, job in enumerate(jobs):
+        job["body"]["max_tokens"] = 5 + i // 2  # packs of two: jobs differing only in prompt
+    for seed in range(8, 21):
+        result = run_jobs(loop, tmp_path / str(seed), jobs,
+                          SimConfig(rpm=3000, tpm=2_000_000, burst_s=2,
+                                    fault_rates={"missing_choice": 1.0}, seed=seed),
+                          rpm=3000, tpm=2_000_000, max_attempts=10)
+        assert result.stats.exit_code() == 0
+        assert result.stats.packing_off == [], seed
+
+
+def test_forced_packing_against_a_server_ignoring_lists_still_finishes_every_job(loop, tmp_path):
+    """--pack keeps packs going to a server that answers only their first prompt: each answer
+    still writes its first job and spends no attempt of the others, so every job finishes."""
+    jobs = [completion(i) for i in range(30)]
+    result = run_jobs(loop, tmp_path, jobs, SimConfig(rpm=3000, tpm=2_000_000, burst_s=2,
+                                                      list_prompts="ignore", seed=1),
+                      rpm=3000, tpm=2_000_000, trust_packs=True)
+    assert result.stats.exit_code() == 0
+    for job in jobs:
+        check_own_answer(job, result.records[job["custom_id"]])

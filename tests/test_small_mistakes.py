@@ -89,3 +89,11 @@ def test_a_run_stopped_before_the_end_of_its_input_says_read_so_far():
     assert "1,828 read so far" in summary_lines(stats, "out.jsonl", None)[1]
     stats.input_ended(sharded=False)
     assert "1,828 in input" in summary_lines(stats, "out.jsonl", None)[1]
+
+
+def test_a_binary_file_without_nul_bytes_is_refused_too(tmp_path, simulated):
+    (tmp_path / "in.jsonl").write_bytes(bytes(range(128, 256)) * 40)
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "in.jsonl"), "-o",
+                                       str(tmp_path / "out.jsonl"), "--no-progress"])
+    assert result.exit_code == 2 and "is a binary file" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

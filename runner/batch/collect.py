@@ -38,6 +38,7 @@ class LineOutcome:
     usage: tuple[Any, ...] = ()
     code: str | None = None  # the failure code of `gave_up`
     retried: bool = False
+    unpacked: bool = False  # `halves` are the jobs sent alone, not the halves of a bisection
 
 
 def judge_line(line_id: str, ids: tuple[str, ...], request: Request | None, answer: dict[str, Any],
@@ -76,14 +77,18 @@ def judge_line(line_id: str, ids: tuple[str, ...], request: Request | None, answ
                               for i in kept),
                 usage=tuple(exc.answers[i].get("usage") for i in kept),
                 retry=tuple(request.jobs[i].custom_id for i in exc.missing), retried=True)
-        except ListNotTaken as exc:  # the first job answered; the others go alone
+        except ListNotTaken as exc:  # the first job answered (mostly); the others go alone
             assert request is not None
+            if exc.first is None:
+                return LineOutcome(halves=tuple((job.custom_id,) for job in request.jobs),
+                                   retried=True, unpacked=True)
             first = request.jobs[0]
             return LineOutcome(
                 records=(success_record(first.custom_id, exc.first, record_id=f"{record_id}-0",
                                         request_id=request_id),),
                 usage=(exc.first.get("usage"),),
-                halves=tuple((job.custom_id,) for job in request.jobs[1:]), retried=True)
+                halves=tuple((job.custom_id,) for job in request.jobs[1:]), retried=True,
+                unpacked=True)
         except MissingChoices as exc:
             error_cls = (NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else
                          ListNotTakenError if isinstance(exc, ListNotTaken) else BadResponseError)
@@ -108,6 +113,6 @@ def judge_line(line_id: str, ids: tuple[str, ...], request: Request | None, answ
         mid = len(ids) // 2
         return LineOutcome(halves=tuple(p for p in (ids[:mid], ids[mid:]) if p))
     if step is Step.UNPACK:
-        return LineOutcome(halves=tuple((cid,) for cid in ids))
+        return LineOutcome(halves=tuple((cid,) for cid in ids), unpacked=True)
     # a retry (or a stop-like answer inside one line): into a later batch
     return LineOutcome(retry=ids if decision.counts else (), retried=True)

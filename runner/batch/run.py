@@ -705,7 +705,8 @@ class _Engine:
                                                    if record["custom_id"] in final)
         if outcome.halves:
             bisect.extend(list(part) for part in outcome.halves)
-            self.stats.bisect_requests += len(outcome.halves)
+            if not outcome.unpacked:  # jobs sent alone are no bisection's extra requests
+                self.stats.bisect_requests += len(outcome.halves)
         if outcome.retried:
             self.stats.retries += 1
             retry.extend(outcome.retry)

@@ -152,6 +152,9 @@ def _check(path: Path, key: str, option: click.Option, value: Any) -> Any:
 
 def _check_one(path: Path, key: str, option: click.Option, value: Any) -> Any:
     expected = _expected(option)
+    if getattr(option.type, "accepts_list", False) and isinstance(value, list) \
+            and all(isinstance(v, str) for v in value):
+        value = ",".join(value)  # a list of codes, as the flag's comma-separated text
     if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
         raise ConfigError(f"{path}: {key} must be {_type_name(expected)}, got {value!r}")
     if isinstance(option.type, click.Path) and isinstance(value, str):

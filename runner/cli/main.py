@@ -348,7 +348,9 @@ def merge_command(outputs: tuple[Path, ...], merged: Path, jobs_path: str | None
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The result file of a `runner run --via batch`.")
-@batch_wait_options
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Stay until every cancelled batch is collected, or exit 4 while some cancel.")
+@click.option("--poll-every", type=POSITIVE, default=None, help="Seconds between polls.")
 @endpoint_options
 @log_file_option
 def cancel_command(input_path: str, output: Path, wait: bool, poll_every: float | None,

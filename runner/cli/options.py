@@ -18,6 +18,7 @@ class CodeList(click.ParamType):
     """`a,b,c` -> frozenset of error codes (blank items dropped)."""
 
     name = "codes"
+    accepts_list = True  # a config file may give a TOML list of codes
 
     def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
         if isinstance(value, frozenset):
@@ -113,7 +114,7 @@ batch_wait_options = _options(
     click.option("--poll-every", type=POSITIVE, default=None,
                  help="--via batch: seconds between polls [default: 10, growing to 300]."),
 )
-"""How a batch run waits: `run --via batch` and `cancel`."""
+"""How `run --via batch` waits (`cancel` says it in its own words)."""
 
 log_file_option = click.option(
     "--log-file", type=click.Path(dir_okay=False, path_type=Path),

@@ -175,6 +175,15 @@ def _custom_id(line: bytes) -> str | None:
     return custom_id if isinstance(custom_id, str) and custom_id else None
 
 
+def _not_text(head: bytes) -> bool:
+    """Whether the first bytes of a file cannot be UTF-8 text (a cut at the end aside)."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start < len(head) - 3  # a character cut by the end of the sample is fine
+    return False
+
+
 def check_format(path: str) -> None:
     """Raise UnreadableFormat at once when a regular INPUT is in a format we do not read (zstd,
     zip), before a run starts; OSError when it cannot be read. Pipes and stdin are checked as
@@ -186,7 +195,7 @@ def check_format(path: str) -> None:
     kind = sniff(head[:MAGIC_BYTES])
     if kind in ("zstd", "zip"):
         raise UnreadableFormat(refusal(kind, input_name(path)))
-    if kind is None and b"\0" in head:
+    if kind is None and (b"\0" in head or _not_text(head)):
         raise UnreadableFormat(f"{input_name(path)} is a binary file, not a JSONL job file (one "
                                "JSON object a line with custom_id, method, url and body); "
                                "nothing was run")

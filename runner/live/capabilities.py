@@ -43,11 +43,17 @@ N_IGNORED_TO_CONFIRM = 2  # requests answered ignoring `n` that confirm the lane
 BLANK_500 = "HTTP 500"  # the message of a 500 whose body says nothing (`runner.outcome.classify`)
 
 
-def refuses_lists(code: str, message: str) -> bool:
-    """Whether a verdict (`code`, `message`) has the shape of a server that does not take list
-    prompts: only the first prompt answered, or a blank 500. Faults (a cut body, a 503, a few
-    choices missing) never do."""
-    return code == codes.LIST_NOT_TAKEN or (code == codes.SERVER_ERROR and message == BLANK_500)
+LIST_EVIDENCE_PROMPTS = 3  # a pack this large answered for its first prompt alone is evidence
+
+
+def refuses_lists(code: str, message: str, prompts: int = LIST_EVIDENCE_PROMPTS) -> bool:
+    """Whether a verdict (`code`, `message`) to a pack of `prompts` prompts has the shape of a
+    server that does not take list prompts: only the first prompt answered (of a pack of at
+    least LIST_EVIDENCE_PROMPTS: one dropped choice of a pack of two looks the same), or a blank
+    500. Faults (a cut body, a 503, a few choices missing) never do."""
+    if code == codes.LIST_NOT_TAKEN:
+        return prompts >= LIST_EVIDENCE_PROMPTS
+    return code == codes.SERVER_ERROR and message == BLANK_500
 
 
 class PackState(enum.Enum):

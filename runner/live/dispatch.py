@@ -502,11 +502,15 @@ class Dispatcher:
                     decision = self._decide(request, caps, verdict, attempts)
             attempts = decision.attempts
             if verdict.code == codes.LIST_NOT_TAKEN and answers and answers[0] is not None:
-                # the first job was answered all the same: written; what follows is the rest's
+                # the first job was answered all the same: written (a success of the run); what
+                # follows is the rest's, whose attempts this answer does not spend
+                self._last_success = self._now()
                 self._succeed(request, answers, response)
                 rest = request.jobs[1:]
                 request = pack(rest, sum(tokens.rate_limit_charge(j.url, j.body) for j in rest))
                 answers = None
+                attempts = Attempts(attempts.sent, attempts.paced, attempts.counted - int(
+                    decision.counts and attempts.counted > 0))
             if decision.step is Step.SUCCEED:
                 if self._images is not None and spec_of(request.url).images:
                     answers = await self._save_images(request, answers, response)
@@ -534,7 +538,9 @@ class Dispatcher:
                 await self._bisect(request, verdict)
                 return
             if decision.step is Step.UNPACK:
-                await self._unpack(request, sent=True)
+                # jobs of a pack whose answer ignored their n were seen once (each goes once
+                # more, alone); jobs of a pack refused as a list were never answered at all
+                await self._unpack(request, sent=verdict.code == codes.N_NOT_SUPPORTED)
                 return
             self.stats.retries += 1
             if decision.step is Step.RETRY_PACED:
@@ -596,8 +602,10 @@ class Dispatcher:
                 answers = split_response(request, body)
             except PartialAnswer as exc:  # keep what came back; the rest is sent again
                 return verdict, [exc.answers.get(i) for i in range(len(request.jobs))], response
-            except ListNotTaken as exc:  # a lesson, and still the first job's own answer
+            except ListNotTaken as exc:  # a lesson, and (mostly) still the first job's own answer
                 verdict = classify(None, {}, None, exc=ListNotTakenError(str(exc)))
+                if exc.first is None:
+                    return verdict, None, response
                 return verdict, [exc.first] + [None] * (len(request.jobs) - 1), response
             except (orjson.JSONDecodeError, MissingChoices) as exc:  # jobs/ knows no runner errors
                 error = (NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else
@@ -649,7 +657,7 @@ class Dispatcher:
             self._log(f"{request.model} ({request.url}): a request asking n={request.n} was "
                       "answered in full: the lane honours n after all (earlier short answers "
                       "were faults)")
-        confirmed = caps.ignores_n
+        confirmed = was_confirmed = caps.ignores_n
         # a pack holding as many prompts as n asked choices looks the same when lists are ignored
         if verdict.code == codes.N_NOT_SUPPORTED and request.prompts != request.n and not confirmed:
             confirmed = caps.note_n_ignored(verdict.message)
@@ -662,8 +670,9 @@ class Dispatcher:
                           f"{caps.n_ignored} requests; jobs there asking for n > 1 fail as "
                           f"{codes.N_NOT_SUPPORTED} without being sent (after one more try for "
                           "a job whose own answer showed it)")
-        # a job's own answer is not enough: it is sent once more before it fails on n
-        confirmed = confirmed and attempts.sent > 0
+        # a job whose own answer is what confirms the lane is sent once more before it fails on
+        # n; one answered after other requests had proved it fails at once
+        confirmed = confirmed and (was_confirmed or attempts.sent > 0)
         decision = decide(verdict, attempts, packed=request.packed,
                           max_attempts=self.config.max_attempts, since_success=max(0.0, since),
                           confirmed=confirmed, answered=self._last_success is not None)
@@ -671,7 +680,8 @@ class Dispatcher:
             return decision
         if decision.step is Step.SUCCEED:
             caps.pack_answered()
-        elif verdict.action is Action.RETRY and refuses_lists(verdict.code, verdict.message):
+        elif verdict.action is Action.RETRY and refuses_lists(verdict.code, verdict.message,
+                                                               request.prompts):
             if caps.pack_failed():
                 self._packing_off(request, caps, verdict)
             if caps.packs is PackState.OFF or decision.step is Step.FAIL:
