@@ -38,7 +38,8 @@ def batch_price_table(prices: PriceTable) -> PriceTable:
               for name, table in prices.images.items()}  # per image (dall-e; gpt-image-1's equivalents)
     return dataclasses.replace(prices, models=MappingProxyType(models),
                                images=MappingProxyType(images),
-                               source=f"{prices.source} x {BATCH_PRICE_FACTOR:g} (Batch API)")
+                               source=f"{prices.source} x {BATCH_PRICE_FACTOR:g} (Batch API)",
+                               basis=f"Batch API prices ({BATCH_PRICE_FACTOR:g} x list)")
 
 
 def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Path | None = None,
@@ -65,7 +66,7 @@ def batch_summary(stats: BatchStats) -> str:
     open_part = ", ".join(f"{n} {s}" for s, n in sorted(stats.batch_status.items())) or "none"
     text = (f"batches: {stats.batches_created} created ({stats.batch_lines:,} lines), "
             f"{stats.batches_collected} collected this run; still open at the provider: "
-            f"{open_part}; costs above at Batch API prices ({BATCH_PRICE_FACTOR:g} x list)")
+            f"{open_part}")
     if stats.in_progress and stats.stop_reason is None:
         text += " (exit 4: run the same command again later to collect them)"
     return text

@@ -181,7 +181,7 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
                                    f"file, not {config.input!r}")
     log = log or console_echo(console)
     loop = asyncio.get_running_loop()
-    stats = BatchStats()
+    stats = BatchStats(live=False, reads_input=not config.cancel)
     session = None
     async with OutputSession(config.input, config.output, log=log,
                              secrets=(config.endpoint.api_key,),

@@ -549,6 +549,7 @@ class Dispatcher:
         self.stats.in_flight += 1
         lane.in_flight += 1
         started = self._now()
+        self.stats.sent(request.model, started)
         try:
             response = await self._send(http)
         except asyncio.CancelledError:
@@ -563,6 +564,7 @@ class Dispatcher:
             self._sending.discard(task)
             self.stats.in_flight -= 1
             lane.in_flight -= 1
+            self.stats.answered(request.model, self._now())
             self._left_wire.set()
         headers = response.headers
         images = spec_of(request.url).images
