@@ -46,6 +46,9 @@ def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Pa
                   summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
     """Run (or cancel) through the Batch API; the exit code (0, 1, 2, 3, 4 or 70)."""
     what = "cancel" if config.cancel else "batch"
+    if config.max_cost is not None and config.prices is None:  # the cap counts at batch prices
+        from runner.report.prices import load_prices
+        config = dataclasses.replace(config, prices=batch_price_table(prices or load_prices()))
     return execute(
         lambda console, log: run_batch(config, console=console, log=log, progress=progress),
         title=f"runner ({what}): {config.input} -> {config.output}", output=config.output,

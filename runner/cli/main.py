@@ -208,6 +208,14 @@ def main() -> None:
               help="--via batch: lines per batch file [default: 50,000; Azure 100,000].")
 @click.option("--batch-max-bytes", type=click.IntRange(MIN_FILE_BYTES), default=BATCH_MAX_BYTES,
               show_default=True, help="--via batch: bytes per batch file.")
+@click.option("--max-cost", type=POSITIVE, metavar="USD",
+              help="Stop (exit 3, resumable) before this run's spend passes USD, counting each "
+                   "request on the wire at its most (prompt tokens + max tokens, at the price "
+                   "table in use; --via batch: what is submitted). Per run: a rerun may spend "
+                   "USD again.")
+@click.option("--limit", type=click.IntRange(1), metavar="N",
+              help="Run only the first N pending jobs (exit 3 when more remain): a check before "
+                   "the long run.")
 def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | None, burst_s: float,
                 budget_scope: str, concurrency: int, max_attempts: int, retry_failed: bool, base_url: str,
                 api_key_env: str | None, azure_endpoint: str | None, api_version: str | None,
@@ -222,7 +230,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                 changed: str = "refuse", retry_codes: frozenset[str] = frozenset(),
                 force_pack: bool = False,
                 azure_ad_token_command: str | None = None,
-                azure_identity: bool = False) -> None:
+                azure_identity: bool = False, max_cost: float | None = None,
+                limit: int | None = None) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
@@ -253,17 +262,18 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
             retry_failed=retry_failed, retry_codes=retry_codes, changed=ChangedPolicy(changed),
             pack=not no_pack,
             status_interval=status_interval, read_timeout=read_timeout, images_dir=images_dir,
-            inline_images=inline_images, shard=shard)
+            inline_images=inline_images, shard=shard, max_cost=max_cost, limit=limit)
         sys.exit(execute_batch(batch, progress=not no_progress, log_file=log_file,
                                summary_json=summary_json, prices=prices))
     config = RunConfig(
         input=input_path, output=output, endpoint=endpoint, rpm=rpm, tpm=tpm, burst_s=burst_s,
         budget_scope=budget_scope, dispatch=DispatchConfig(
             max_attempts=max_attempts, concurrency=concurrency, retry_failed=retry_failed,
-            retry_codes=retry_codes, changed=ChangedPolicy(changed), trust_packs=force_pack),
+            retry_codes=retry_codes, changed=ChangedPolicy(changed), trust_packs=force_pack,
+            max_cost=max_cost, limit=limit),
         pack=not no_pack, read_timeout=read_timeout, status_interval=status_interval,
         ipm=ipm, images_dir=images_dir, inline_images=inline_images, redis=redis_url or None,
-        redis_timeout=redis_timeout, shard=shard)
+        redis_timeout=redis_timeout, shard=shard, prices=prices)
     sys.exit(_execute(config, progress=not no_progress, log_file=log_file,
                       summary_json=summary_json, prices=prices))
 

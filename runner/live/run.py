@@ -5,7 +5,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate
@@ -54,6 +54,7 @@ class RunConfig:
     redis: str | None = None  # budgets shared with every process on this Redis (runner.pacing.redis_state)
     redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S  # a Redis lost longer than this stops the run
     shard: Shard | None = None  # run only the jobs of this shard of the input (--shard K/N)
+    prices: Any = None  # a PriceTable: what --max-cost counts with (default: the shipped one)
 
 
 async def run(config: RunConfig, *, send: Send | None = None, console: Console | None = None,
@@ -146,7 +147,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
     dispatcher = Dispatcher(send=send, endpoint=config.endpoint, limiters=limiters,
                             sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log,
                             images=images, image_limiters=image_limiters,
-                            prepare=lambda job: check_uploads(job, input_dir, config.input))
+                            prepare=lambda job: check_uploads(job, input_dir, config.input),
+                            prices=_prices(config))
     dispatcher.sharded = config.shard is not None
     stop.connect(dispatcher.stop)
 
@@ -178,3 +180,13 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
         await asyncio.gather(*helpers, return_exceptions=True)
         if session is not None:
             await session.close()
+
+
+def _prices(config: RunConfig) -> Any:
+    """The price table --max-cost counts with: the run's, else the shipped one; None uncapped."""
+    if config.dispatch.max_cost is None:
+        return None
+    if config.prices is not None:
+        return config.prices
+    from runner.report.prices import load_prices
+    return load_prices()

@@ -63,6 +63,10 @@ class RunStats:
     no_jobs: bool = False         # INPUT (not a shard of it) holds no job and no bad line: exit 2
     unusable_input: bool = False  # stopped because the input cannot be run at all (exit 2)
     misconfigured: bool = False  # stopped by a setting rerunning cannot mend (a ConfigurationError: exit 2)
+    spend_cap: float | None = None  # --max-cost: USD this run might spend
+    spent: float | None = None    # with a cap: USD spent (live: answers; batch: submitted, at most)
+    spend_capped: bool = False    # the cap stopped the run
+    limit: int | None = None      # --limit: this run took only the first so many pending jobs
 
     @property
     def failed_total(self) -> int:

@@ -106,6 +106,10 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
         "models": models,
         "estimated_cost_usd": None if total_cost is None else round(total_cost, 6),
         "prices": None if prices is None else prices.basis,  # type: ignore[attr-defined]
+        "spend_cap": None if stats.spend_cap is None else {
+            "max_cost_usd": stats.spend_cap, "spent_usd": round(stats.spent or 0.0, 6),
+            "stopped_by_cap": stats.spend_capped},
+        "limit": stats.limit,
     }
 
 
@@ -195,6 +199,11 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
         lines.append(f"images: {stats.images:,} saved as files")
     if data["estimated_cost_usd"] is not None:
         lines.append(f"estimated cost: ${data['estimated_cost_usd']:,.4f} at {data['prices']}")
+    if stats.spend_cap is not None and stats.spent is not None:
+        what = "spent" if stats.live else "submitted (at most, at their upper bound)"
+        lines.append(f"spend cap: ${stats.spent:,.4f} {what} of ${stats.spend_cap:g} "
+                     f"(--max-cost, at {data['prices']})"
+                     + ("; the cap stopped the run" if stats.spend_capped else ""))
     if stats.stop_reason and stats.unusable_input:
         lines.append("STOPPED: the input cannot be run as it is (see above); results written so far "
                      "are kept")
