@@ -43,9 +43,13 @@ def batch_price_table(prices: PriceTable) -> PriceTable:
 
 
 def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Path | None = None,
-                  summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
-    """Run (or cancel) through the Batch API; the exit code (0, 1, 2, 3, 4 or 70)."""
+                  summary_json: Path | None = None, prices: PriceTable | None = None,
+                  metrics: Any = None) -> int:
+    """Run (or cancel) through the Batch API; the exit code (0, 1, 2, 3, 4 or 70). `metrics`
+    (a `runner.report.metrics.MetricsFile`) is written at the end."""
     what = "cancel" if config.cancel else "batch"
+    if metrics is not None and prices is not None:
+        metrics.prices = batch_price_table(prices)
     if config.max_cost is not None and config.prices is None:  # the cap counts at batch prices
         from runner.report.prices import load_prices
         config = dataclasses.replace(config, prices=batch_price_table(prices or load_prices()))
@@ -56,7 +60,7 @@ def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Pa
         log_file=log_file, summary_json=summary_json,
         prices=batch_price_table(prices) if prices is not None else None,
         more_lines=lambda stats: [batch_summary(stats)],
-        more_json=lambda stats: {"batch": batch_json(stats)})
+        more_json=lambda stats: {"batch": batch_json(stats)}, metrics=metrics)
 
 
 def batch_json(stats: BatchStats) -> dict[str, Any]:

@@ -213,6 +213,10 @@ def main() -> None:
                    "request on the wire at its most (prompt tokens + max tokens, at the price "
                    "table in use; --via batch: what is submitted). Per run: a rerun may spend "
                    "USD again.")
+@click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="Write the run's metrics (jobs, requests, 429s, tokens and cost by model, last "
+                   "success, exit code) in the Prometheus text format to PATH, atomically, every "
+                   "15 s and at exit: for node_exporter's textfile collector (name it *.prom).")
 @click.option("--limit", type=click.IntRange(1), metavar="N",
               help="Run only the first N pending jobs (exit 3 when more remain): a check before "
                    "the long run.")
@@ -231,7 +235,7 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
                 force_pack: bool = False,
                 azure_ad_token_command: str | None = None,
                 azure_identity: bool = False, max_cost: float | None = None,
-                limit: int | None = None) -> None:
+                limit: int | None = None, metrics_file: Path | None = None) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
     A rerun with the same OUTPUT skips jobs that succeeded, retries transient failures, and keeps
@@ -264,7 +268,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
             status_interval=status_interval, read_timeout=read_timeout, images_dir=images_dir,
             inline_images=inline_images, shard=shard, max_cost=max_cost, limit=limit)
         sys.exit(execute_batch(batch, progress=not no_progress, log_file=log_file,
-                               summary_json=summary_json, prices=prices))
+                               summary_json=summary_json, prices=prices,
+                               metrics=_metrics(metrics_file, output, prices)))
     config = RunConfig(
         input=input_path, output=output, endpoint=endpoint, rpm=rpm, tpm=tpm, burst_s=burst_s,
         budget_scope=budget_scope, dispatch=DispatchConfig(
@@ -275,7 +280,8 @@ def run_command(input_path: str, output: Path, rpm: float | None, tpm: float | N
         ipm=ipm, images_dir=images_dir, inline_images=inline_images, redis=redis_url or None,
         redis_timeout=redis_timeout, shard=shard, prices=prices)
     sys.exit(_execute(config, progress=not no_progress, log_file=log_file,
-                      summary_json=summary_json, prices=prices))
+                      summary_json=summary_json, prices=prices,
+                      metrics=_metrics(metrics_file, output, prices)))
 
 
 def _endpoint(base_url: str, api_key_env: str | None, azure_endpoint: str | None,
@@ -596,13 +602,23 @@ def _usage_error(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
+def _metrics(path: Path | None, output: Path, prices: PriceTable):  # type: ignore[no-untyped-def]
+    """The --metrics-file writer (prometheus_client is imported only then)."""
+    if path is None:
+        return None
+    from runner.report.metrics import MetricsFile
+    return MetricsFile(path, output, prices=prices)
+
+
 def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None = None,
-             summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
-    return execute(lambda console, log: run(config, console=console, log=log, progress=progress),
+             summary_json: Path | None = None, prices: PriceTable | None = None,
+             metrics=None) -> int:  # type: ignore[no-untyped-def]
+    return execute(lambda console, log: run(config, console=console, log=log, progress=progress,
+                                            metrics=metrics),
                    title=f"runner: {config.input} -> {config.output}", output=config.output,
                    api_key=config.endpoint.api_key,
                    usage_errors=(CheckpointError, OSError, RedisUnavailable, ChangedJobsError),
-                   log_file=log_file, summary_json=summary_json, prices=prices)
+                   log_file=log_file, summary_json=summary_json, prices=prices, metrics=metrics)
 
 
 @main.command()

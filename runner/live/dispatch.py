@@ -34,7 +34,7 @@ import os
 from collections import deque
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -52,7 +52,6 @@ from jobs.intake import (
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.codes import DUPLICATE
 from jobs.results import OutputState, RecordIds, error_record, success_record
-from jobs.spend import Prices, Spend, Unpriceable, answer_cost, job_bound
 from runner.api.endpoint import Endpoint, setup_hint
 from runner.api.headers import RateLimitInfo
 from runner.api.imagelimits import as_token_headers
@@ -70,6 +69,9 @@ from runner.report.stats import RunStats
 from runner.outcome import Action, Attempts, Backoff, Decision, Step, Verdict, classify, decide
 from runner.tokenizer import token_counter
 from runner.api.transport import HttpRequest, HttpResponse, Send
+
+if TYPE_CHECKING:
+    from jobs.spend import Prices, Spend
 
 MAX_ATTEMPTS = 6
 DEFAULT_CONCURRENCY = 128     # upper bound on requests in flight, and on open sockets
@@ -263,7 +265,10 @@ class Dispatcher:
         self._left_wire = asyncio.Event()  # set whenever a request's answer (or failure) arrives
         # --max-cost: the money against the cap, at `prices` (`jobs.spend`)
         self._prices = prices
-        self.spend = None if config.max_cost is None else Spend(config.max_cost)
+        self.spend: Spend | None = None
+        if config.max_cost is not None:  # jobs.spend is loaded only for a capped run
+            from jobs.spend import Spend
+            self.spend = Spend(config.max_cost)
         self._spend_freed = asyncio.Event()
         self._admitted = 0  # jobs the intake let run (--limit counts them)
         self.limited = False  # --limit held back pending jobs
@@ -769,6 +774,7 @@ class Dispatcher:
             self.stats.add_usage(job.model, answer.get("usage"))
             self.stats.succeeded += 1
             if self.spend is not None and self._prices is not None:
+                from jobs.spend import answer_cost
                 self.spend.pay(answer_cost(job, answer.get("usage"), self._prices))
 
     async def _send_rest(self, request: Request, answers: list[dict[str, Any] | None]) -> None:
@@ -841,6 +847,7 @@ class Dispatcher:
         spend = self.spend
         if spend is None or self._prices is None:
             return 0.0
+        from jobs.spend import Unpriceable, job_bound
         try:
             bound = sum(job_bound(job, self._prices, self._counter) for job in request.jobs)
         except Unpriceable as exc:

@@ -29,6 +29,8 @@ from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohtt
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from runner.report.metrics import MetricsFile
+
 IMAGES_BUDGET = "#images"  # an image lane's budget in Redis: its model's name and this
 
 
@@ -59,13 +61,15 @@ class RunConfig:
 
 async def run(config: RunConfig, *, send: Send | None = None, console: Console | None = None,
               log: Callable[[str], None] | None = None, progress: bool = True,
-              handle_signals: bool = True, limiters: Limiters | None = None) -> RunStats:
+              handle_signals: bool = True, limiters: Limiters | None = None,
+              metrics: MetricsFile | None = None) -> RunStats:
     """Run the jobs of `config.input` still pending in `config.output`; raises CheckpointError
     when the output is locked by another run or unusable (`OutputRefused` when it is the input,
     another job file or compressed: then nothing is written, not even the lock file). `limiters`
     paces the run (by default fresh ones from ``config.rpm``, ``config.tpm`` and
     ``config.burst_s``, kept in ``config.redis`` when given: `RedisUnavailable` when it cannot be
-    reached); pass them to read what they learned afterwards."""
+    reached); pass them to read what they learned afterwards. `metrics` (--metrics-file) is
+    written every `METRICS_INTERVAL_S` while the jobs run."""
     check_output(config.input, config.output)  # first: a refused OUTPUT before Redis is asked
     budgets = None
     if config.redis is not None and limiters is None:
@@ -80,7 +84,8 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
                             scope=config.budget_scope,
                             states=lambda url, model: budgets.state(url, model, follow_moves=follow))
     try:
-        return await _run(config, send, console, log, progress, handle_signals, limiters, budgets)
+        return await _run(config, send, console, log, progress, handle_signals, limiters, budgets,
+                          metrics)
     finally:
         if budgets is not None:
             await budgets.close()
@@ -88,7 +93,8 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
 
 async def _run(config: RunConfig, send: Send | None, console: Console | None,
                log: Callable[[str], None] | None, progress: bool, handle_signals: bool,
-               limiters: Limiters | None, budgets: RedisBudgets | None) -> RunStats:
+               limiters: Limiters | None, budgets: RedisBudgets | None,
+               metrics: MetricsFile | None = None) -> RunStats:
     console = console if console is not None else terminal_console()
     log = log or console_echo(console)
     async with OutputSession(config.input, config.output, log=log,
@@ -103,7 +109,7 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
         stats = None
         try:
             stats = await _dispatch(config, state, checkpoint, send, console, log, progress,
-                                    session.stop, limiters, budgets)
+                                    session.stop, limiters, budgets, metrics)
         finally:
             problem = await session.finish()
             if problem is not None and stats is not None and stats.stop_reason is None:
@@ -120,7 +126,8 @@ def _items(config: RunConfig) -> AsyncIterator[Job | BadLine | Duplicate]:
 async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Checkpoint,
                     send: Send | None, console: Console | None, log: Callable[[str], None],
                     progress: bool, stop: Stop, limiters: Limiters | None,
-                    budgets: RedisBudgets | None = None) -> RunStats:
+                    budgets: RedisBudgets | None = None,
+                    metrics: MetricsFile | None = None) -> RunStats:
     loop = asyncio.get_running_loop()
     session = None
     if send is None:
@@ -160,9 +167,14 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
 
     helpers = [asyncio.create_task(sync_often())]
     try:
-        if progress:
+        if metrics is not None:
+            metrics.stats = dispatcher.stats
+            helpers.append(asyncio.create_task(metrics.run()))
+        if progress or metrics is not None:
             holds = config.shard.holds if config.shard is not None else None
             total = await asyncio.to_thread(count_lines, config.input, holds)
+            dispatcher.stats.input_lines = total
+        if progress:
             reporter = ProgressReporter(dispatcher.stats, total, console=console, clock=loop.time,
                                         limits=lambda: describe_limits(limiters), log=log,
                                         log_interval=config.status_interval)

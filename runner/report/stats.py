@@ -67,6 +67,7 @@ class RunStats:
     spent: float | None = None    # with a cap: USD spent (live: answers; batch: submitted, at most)
     spend_capped: bool = False    # the cap stopped the run
     limit: int | None = None      # --limit: this run took only the first so many pending jobs
+    input_lines: int | None = None  # lines of INPUT (of its shard), when counted: pending = the rest
 
     @property
     def failed_total(self) -> int:
