@@ -837,6 +837,7 @@ class Dispatcher:
                                     status=status, body=body, request_id=request_id,
                                     fingerprint=job.fingerprint))
             self.stats.failed[code] += 1
+            self.stats.model_failed[job.model] += 1
 
     # -- --max-cost and --limit ------------------------------------------------------------------
 

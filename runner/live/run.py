@@ -18,7 +18,7 @@ from runner.pacing.limiter import DEFAULT_BURST_S
 from runner.pacing.limiters import KEY_BUDGET, Limiters
 from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisBudgets
 from runner.report.log import console_echo, terminal_console
-from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
+from runner.report.progress import LOG_INTERVAL_S, Eta, ProgressReporter, describe_limits
 from runner.report.stats import RunStats
 from runner.files.guard import check_output
 from runner.files.session import OutputSession, Stop
@@ -175,9 +175,13 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
             total = await asyncio.to_thread(count_lines, config.input, holds)
             dispatcher.stats.input_lines = total
         if progress:
+            eta = Eta(dispatcher.stats, lambda model, images: (
+                image_limiters if images else limiters).get(config.endpoint.budget_key(model)))
+            if total is not None:  # a regular, uncompressed file: it can be read once more
+                helpers.append(asyncio.create_task(_plan_work(config, state, eta)))
             reporter = ProgressReporter(dispatcher.stats, total, console=console, clock=loop.time,
                                         limits=lambda: describe_limits(limiters), log=log,
-                                        log_interval=config.status_interval)
+                                        log_interval=config.status_interval, eta=eta)
             helpers.append(asyncio.create_task(reporter.run()))
         stats = await dispatcher.run(_items(config), state)
         for model in stats.model_requests:
@@ -202,3 +206,22 @@ def _prices(config: RunConfig) -> Any:
         return config.prices
     from runner.report.prices import load_prices
     return load_prices()
+
+
+async def _plan_work(config: RunConfig, state: OutputState, eta: Eta) -> None:
+    """The run's work per model, for the ETA (`jobs.estimate.work_plan`), read in a thread while
+    the jobs run (INPUT must be a regular file); none when that fails."""
+
+    def plan() -> dict[str, Any]:
+        from jobs.estimate import work_plan
+        from jobs.reader import read_jobs
+        from runner.files.inputs import input_lines, input_name
+        items = read_jobs(input_lines(config.input), input_name(config.input))
+        if config.shard is not None:
+            items = (i for i in items if config.shard.holds(getattr(i, "custom_id", None)))
+        return work_plan(items, state)
+
+    try:
+        eta.plan = await asyncio.to_thread(plan)
+    except Exception:  # the run reads INPUT itself and reports what is wrong with it
+        return

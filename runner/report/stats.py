@@ -53,6 +53,7 @@ class RunStats:
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     model_requests: Counter = field(default_factory=Counter)   # model -> requests sent
     model_charged: Counter = field(default_factory=Counter)    # model -> rate-limit tokens charged
+    model_failed: Counter = field(default_factory=Counter)     # model -> jobs failed this run
     limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # model -> (rpm, tpm)
     # model -> (first request sent, last answer received): the time its rates are measured over
     model_sending: dict[str, tuple[float, float]] = field(default_factory=dict)
