@@ -261,3 +261,54 @@ def estimate_lines(lines: Iterable[bytes], path: str, *, counter: tokens.TokenCo
     for item in read_jobs(lines, path):
         estimator.feed(item)
     return estimator.finish()
+
+
+# -- the time left, while a run goes ----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class BudgetWork:
+    """What one budget (a model's, or the key's when models share it) has left to do, and how
+    fast it may and does go: the ETA's model, the same as the estimate's `minutes`."""
+
+    requests: float                      # requests left
+    charge: float                        # rate-limit tokens left (images, on an image lane)
+    rpm: float | None = None             # the budget's limits, when known
+    tpm: float | None = None
+    requests_per_s: float | None = None  # achieved lately, when measured
+    charge_per_s: float | None = None
+
+    def seconds(self) -> float | None:
+        """The larger of the work over the limits (the least time the budget allows) and the
+        work over the achieved rates (what it has lately been taking: latency, retries, 429s, a
+        lower limit at the server); None when no rate is known for work left."""
+        if self.requests <= 0 and self.charge <= 0:
+            return 0.0
+        terms = [work / rate for work, rate in (
+            (self.requests, None if self.rpm is None else self.rpm / 60),
+            (self.charge, None if self.tpm is None else self.tpm / 60),
+            (self.requests, self.requests_per_s), (self.charge, self.charge_per_s))
+            if rate and work > 0]
+        return max(terms) if terms else None
+
+
+def time_left(budgets: Iterable[BudgetWork]) -> float | None:
+    """Seconds until the last budget is done: budgets run in parallel, so the slowest decides;
+    None when a budget with work left has no rate to go by."""
+    worst = 0.0
+    for budget in budgets:
+        seconds = budget.seconds()
+        if seconds is None:
+            return None
+        worst = max(worst, seconds)
+    return worst
+
+
+def work_plan(items: Iterable[Job | BadLine | Duplicate], output: OutputState | None = None
+              ) -> dict[str, ModelEstimate]:
+    """Per model, the jobs, requests and rate-limit charge a run into `output` has to send, for
+    the ETA: like the estimate, with the limiter's own approximation of prompt tokens (chars / 4)
+    instead of a tokenizer, and packs sized without a budget."""
+    estimator = Estimator("", counter=lambda model: None, output=output)
+    for item in items:
+        estimator.feed(item)
+    return {m.model: m for m in estimator.finish().models}

@@ -78,7 +78,8 @@ Outside the tree, on purpose:
   the run as unusable input (exit 2), and the dispatcher converts `jobs.packing.MissingChoices`
   into a `BadResponseError` (its `NChoicesIgnored` into an `NChoicesIgnoredError`, its
   `ListNotTaken` into a `ListNotTakenError`); its `PartialAnswer` never becomes an error: the
-  jobs answered are written and the others sent again.
+  jobs answered are written and the others sent again. `jobs.spend.Unpriceable` (a job whose
+  model the price table lacks, under --max-cost) becomes a `ConfigurationError` (exit 2).
 - The simulator's `ApiError` and `ConnectionDropped` (runner.simulator.service) never leave the
   test double: they become its answers, or a connection it drops.
 - `runner.batch.run._Stopped` is no error: a signal asked the batch loop to stop while it

@@ -93,6 +93,8 @@ def summary_stats():
     stats.model_requests["gpt-4o-mini"] = 12
     stats.model_charged["gpt-4o-mini"] = 6000
     stats.limits["gpt-4o-mini"] = (900.0, 240_000.0)
+    stats.sent("gpt-4o-mini", 0.0)
+    stats.answered("gpt-4o-mini", 120.0)
     return stats
 
 
@@ -108,6 +110,64 @@ def test_summary_json_has_counts_tokens_rates_and_cost():
     assert m["estimated_cost_usd"] == round(price.input + price.output / 2, 6)
     assert data["estimated_cost_usd"] == m["estimated_cost_usd"]
     assert any("failures: context_length_exceeded 2" in line for line in summary_lines(summary_stats(), "o"))
+
+
+def test_rates_are_over_the_time_requests_were_sent_not_the_wall_time():
+    stats = summary_stats()
+    stats.finished = 600.0  # e.g. a long read of the input before the first request
+    assert summary_dict(stats, "o")["models"]["gpt-4o-mini"]["achieved_rpm"] == 6.0
+
+
+def test_a_model_whose_every_request_was_refused_gets_no_rate():
+    # issue 21: a run answered 404 throughout reported "208,254 of ? RPM"
+    stats = RunStats(started=0.0, finished=90.0, jobs=5000, requests=5000)
+    stats.failed["not_found"] = 5000
+    stats.model_requests["gpt-4o-mini"] = 5000
+    stats.sent("gpt-4o-mini", 0.0)
+    stats.answered("gpt-4o-mini", 90.0)
+    data = summary_dict(stats, "o", load_prices())
+    assert data["models"]["gpt-4o-mini"]["achieved_rpm"] is None
+    text = "\n".join(summary_lines(stats, "o", load_prices()))
+    assert "RPM" not in text and "of ?" not in text
+
+
+def test_a_run_too_short_for_a_per_minute_rate_says_its_requests_and_time_instead():
+    # issue 21: the demo's first screen showed "3,589 of 3,000 RPM"
+    stats = summary_stats()
+    stats.answered("gpt-4o-mini", 8.6)
+    stats.model_sending["gpt-4o-mini"] = (0.0, 8.6)
+    assert summary_dict(stats, "o")["models"]["gpt-4o-mini"]["achieved_rpm"] is None
+    line = next(l for l in summary_lines(stats, "o") if l.startswith("gpt-4o-mini"))
+    assert "12 requests over 8.6s" in line and "RPM" not in line
+
+
+def test_an_unknown_limit_is_not_shown_as_of_question_mark():
+    stats = summary_stats()
+    stats.limits["gpt-4o-mini"] = (None, None)
+    line = next(l for l in summary_lines(stats, "o") if l.startswith("gpt-4o-mini"))
+    assert "6 RPM" in line and "?" not in line
+
+
+def test_batch_submissions_get_no_rate_and_one_statement_of_their_prices():
+    from runner.report.batches import batch_summary
+    from runner.report.prices import batch_price_table
+    from runner.batch.run import BatchStats
+    stats = BatchStats(**{k: getattr(summary_stats(), k) for k in (
+        "started", "finished", "jobs", "succeeded", "requests", "usage", "model_requests",
+        "model_sending", "limits")}, live=False)
+    prices = batch_price_table(load_prices())
+    data = summary_dict(stats, "o", prices)
+    assert data["models"]["gpt-4o-mini"]["achieved_rpm"] is None
+    text = "\n".join(summary_lines(stats, "o", prices) + [batch_summary(stats)])
+    assert "RPM" not in text and "list prices" not in text
+    assert text.count("Batch API prices (0.5 x list)") == 1
+
+
+def test_a_cancel_does_not_claim_an_empty_input():
+    from runner.batch.run import BatchStats
+    stats = BatchStats(live=False, reads_input=False, succeeded=3)
+    assert "0 in input" not in summary_lines(stats, "o")[1]
+    assert "INPUT not read" in summary_lines(stats, "o")[1]
 
 
 def test_unknown_models_have_no_cost_rather_than_a_guess():
@@ -229,14 +289,15 @@ def test_azure_without_api_version_is_a_usage_error(tmp_path):
 
 def test_a_short_runs_rate_above_the_limit_is_explained_by_the_opening_burst():
     stats = summary_stats()
-    stats.finished = 6.0  # 12 requests in 6 s: 120 a minute, of 90 allowed
-    stats.limits["gpt-4o-mini"] = (90.0, 240_000.0)
+    stats.model_sending["gpt-4o-mini"] = (0.0, 72.0)  # 12 requests in 72 s: 10 a minute, of 8
+    stats.limits["gpt-4o-mini"] = (8.0, 240_000.0)
     [line] = [line for line in summary_lines(stats, "o") if line.startswith("gpt-4o-mini")]
-    assert "120 of 90 RPM" in line and "opening burst" in line
+    assert "10 of 8 RPM" in line and "opening burst" in line
     [line] = [line for line in summary_lines(summary_stats(), "o") if line.startswith("gpt-4o-mini")]
     assert "opening burst" not in line
-    stats.finished = 600.0  # a long run above a limit lowered on the way: no such excuse
+    stats.model_sending["gpt-4o-mini"] = (0.0, 600.0)  # a long run above a limit lowered on the way
     stats.model_requests["gpt-4o-mini"] = 1200
+    stats.limits["gpt-4o-mini"] = (90.0, 240_000.0)
     [line] = [line for line in summary_lines(stats, "o") if line.startswith("gpt-4o-mini")]
     assert "120 of 90 RPM" in line and "opening burst" not in line
 

@@ -41,6 +41,7 @@ from jobs import intake as intake_
 from jobs.intake import ChangedPolicy, ChangedReport, Fail, Intake, Pending, Refuse, Reject
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.shard import Shard
+from jobs.spend import Spend, Unpriceable, job_bound
 from jobs.results import FINGERPRINT, OutputState, error_record
 from runner.api.endpoint import Endpoint, batch_setup_hint
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
@@ -113,6 +114,9 @@ class BatchRunConfig:
     images_dir: Path | None = None  # where images go (default: beside the output, named after it)
     inline_images: bool = False  # keep b64_json in result lines too
     shard: Shard | None = None  # submit only the jobs of this shard of the input (--shard K/N)
+    max_cost: float | None = None  # --max-cost: USD this run may submit, at its upper bound
+    limit: int | None = None  # --limit: submit only the first this many pending jobs
+    prices: Any = None  # the PriceTable --max-cost counts with (the CLI's: at Batch API prices)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -165,7 +169,7 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
                                    f"file, not {config.input!r}")
     log = log or console_echo(console)
     loop = asyncio.get_running_loop()
-    stats = BatchStats()
+    stats = BatchStats(live=False, reads_input=not config.cancel)
     session = None
     async with OutputSession(config.input, config.output, log=log,
                              secrets=(config.endpoint.api_key,),
@@ -253,6 +257,11 @@ class _Engine:
         self.waiting = 0  # jobs the last plan could not submit: no room under the enqueued-token limit
         self.failed_here: set[str] = set()  # jobs given a failure line this run: not sent again
         self.answered = False  # a Files/Batches call of this run has succeeded: the endpoint works
+        # --max-cost: what is submitted, at its upper bound; --limit: jobs planned by this run
+        self.spend = None if config.max_cost is None else Spend(config.max_cost)
+        self.capped: str | None = None  # why no more is submitted (the cap is reached)
+        self.planned_jobs = 0
+        self.limited = False
 
     # -- the loop --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -263,7 +272,7 @@ class _Engine:
             while not self.stop.asked:
                 finished = stats.finished_jobs
                 changed = await self.advance()
-                if not self.config.cancel and (self.dirty or changed):
+                if not self.config.cancel and not self.capped and (self.dirty or changed):
                     self.dirty = False
                     await self.plan()
                 if not (self.state.open_chunks() or self.waiting) or not self.config.wait:
@@ -291,6 +300,7 @@ class _Engine:
         if self.waiting and not self.state.open_chunks():
             self.log(f"{self.waiting:,} jobs wait for the enqueued-token limit to have room")
         stats.batch_status = Counter(c.status or "submitting" for c in self.state.open_chunks())
+        self.note_caps()
         self.report(force=True)
         stats.finished = self.clock()
 
@@ -301,6 +311,23 @@ class _Engine:
             if chunk.file_id is None:
                 self.state.close_chunk(chunk, "abandoned", retry=[], bisect=[],
                                        note="never uploaded: the endpoint did not work")
+
+    def note_caps(self) -> None:
+        """What --max-cost and --limit did, in the stats; once no batch is open, jobs they held
+        back stop the run, resumable (exit 3)."""
+        stats, limit = self.stats, self.config.limit
+        if self.spend is not None:
+            stats.spend_cap, stats.spent = self.spend.cap, self.spend.held
+            stats.spend_capped = self.capped is not None
+        if self.limited:
+            stats.limit = limit
+        if stats.in_progress or stats.stop_reason is not None:
+            return
+        if self.capped is not None:
+            stats.stop_reason = self.capped
+        elif self.limited:
+            stats.stop_reason = (f"--limit {limit:,}: submitted the first {limit:,} pending jobs; "
+                                 "the next run takes the rest")
 
     def poll_delay(self, polls: int) -> float:
         if self.config.poll_every is not None:
@@ -832,6 +859,10 @@ class _Engine:
                                     {cid: ready.job.fingerprint or ""})
                 continue
             item = ready.job
+            if self.config.limit is not None and self.planned_jobs >= self.config.limit:
+                self.limited = True
+                break
+            self.planned_jobs += 1
             counts["pending"] += 1
             group = group_of.get(cid)
             if group is not None:
@@ -907,6 +938,8 @@ class _Engine:
         for draft in drafts:
             if not draft.lines:
                 continue
+            if not self.afford(draft):
+                return
             chunk = Chunk(self.state.next_chunk_id(), draft.url, draft.model, draft.tokens,
                           [(line_id, tuple(j.custom_id for j in r.jobs)) for line_id, r in draft.lines],
                           fingerprints={j.custom_id: j.fingerprint for _, r in draft.lines
@@ -917,3 +950,22 @@ class _Engine:
             await self.upload(chunk)
             if not chunk.closed:
                 await self.create(chunk)
+
+
+    def afford(self, draft: Draft) -> bool:
+        """Whether --max-cost lets the draft be submitted (its upper bound is then held for the
+        rest of the run); once one does not fit, nothing more is submitted."""
+        if self.spend is None or self.capped is not None:
+            return self.capped is None
+        try:
+            bound = sum(job_bound(job, self.config.prices, token_counter)
+                        for _, request in draft.lines for job in request.jobs)
+        except Unpriceable as e:
+            raise ConfigurationError(str(e)) from None
+        if not self.spend.fits(bound):
+            self.capped = (f"--max-cost ${self.spend.cap:g} reached: ${self.spend.held:,.4f} "
+                           f"submitted at most, the next batch could cost up to ${bound:,.4f}")
+            self.log(f"{self.capped}; nothing more is submitted this run")
+            return False
+        self.spend.hold(bound)
+        return True

@@ -3,6 +3,7 @@ through `execute_batch`; `status --refresh` asks the provider with `refresh`. It
 `runner.report.batches`'."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,16 @@ from runner.report.prices import PriceTable, batch_price_table
 
 
 def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Path | None = None,
-                  summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
-    """Run (or cancel) through the Batch API; the exit code (0, 1, 2, 3, 4 or 70)."""
+                  summary_json: Path | None = None, prices: PriceTable | None = None,
+                  metrics: Any = None) -> int:
+    """Run (or cancel) through the Batch API; the exit code (0, 1, 2, 3, 4 or 70). `metrics`
+    (a `runner.report.metrics.MetricsFile`) is written at the end."""
     what = "cancel" if config.cancel else "batch"
+    if metrics is not None and prices is not None:
+        metrics.prices = batch_price_table(prices)
+    if config.max_cost is not None and config.prices is None:  # the cap counts at batch prices
+        from runner.report.prices import load_prices
+        config = dataclasses.replace(config, prices=batch_price_table(prices or load_prices()))
     return execute(
         lambda console, log: run_batch(config, console=console, log=log, progress=progress),
         title=f"runner ({what}): {config.input} -> {config.output}", output=config.output,
@@ -28,7 +36,7 @@ def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Pa
         log_file=log_file, summary_json=summary_json,
         prices=batch_price_table(prices) if prices is not None else None,
         more_lines=lambda stats: [batch_summary(stats)],
-        more_json=lambda stats: {"batch": batch_json(stats)})
+        more_json=lambda stats: {"batch": batch_json(stats)}, metrics=metrics)
 
 
 async def refresh(output: Path, endpoint: Endpoint) -> list[dict[str, Any]]:

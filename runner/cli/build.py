@@ -40,19 +40,20 @@ def endpoint_from(options: Mapping[str, Any]) -> Endpoint:
 
 
 def live_config(input_path: str, output: Path, endpoint: Endpoint,
-                o: Mapping[str, Any]) -> RunConfig:
-    """A live run's config from `runner run`'s options."""
+                o: Mapping[str, Any], *, prices: PriceTable | None = None) -> RunConfig:
+    """A live run's config from `runner run`'s options (`prices`: for --max-cost)."""
     return RunConfig(
         input=input_path, output=output, endpoint=endpoint, rpm=o["rpm"], tpm=o["tpm"],
         burst_s=o["burst_s"], budget_scope=o["budget_scope"],
         dispatch=DispatchConfig(
             max_attempts=o["max_attempts"], concurrency=o["concurrency"],
             retry_failed=o["retry_failed"], retry_codes=o["retry_codes"],
-            changed=ChangedPolicy(o["changed"]), trust_packs=o["force_pack"]),
+            changed=ChangedPolicy(o["changed"]), trust_packs=o["force_pack"],
+            max_cost=o["max_cost"], limit=o["limit"]),
         pack=not o["no_pack"], read_timeout=o["read_timeout"],
         status_interval=o["status_interval"], ipm=o["ipm"], images_dir=o["images_dir"],
         inline_images=o["inline_images"], redis=o["redis_url"] or None,
-        redis_timeout=o["redis_timeout"], shard=o["shard"])
+        redis_timeout=o["redis_timeout"], shard=o["shard"], prices=prices)
 
 
 def batch_config(input_path: str, output: Path, endpoint: Endpoint,
@@ -66,7 +67,16 @@ def batch_config(input_path: str, output: Path, endpoint: Endpoint,
         retry_failed=o["retry_failed"], retry_codes=o["retry_codes"],
         changed=ChangedPolicy(o["changed"]), pack=not o["no_pack"],
         status_interval=o["status_interval"], read_timeout=o["read_timeout"],
-        images_dir=o["images_dir"], inline_images=o["inline_images"], shard=o["shard"])
+        images_dir=o["images_dir"], inline_images=o["inline_images"], shard=o["shard"],
+        max_cost=o["max_cost"], limit=o["limit"])
+
+
+def metrics_file(path: Path | None, output: Path, prices: PriceTable):  # type: ignore[no-untyped-def]
+    """The --metrics-file writer, or None (prometheus_client is imported only then)."""
+    if path is None:
+        return None
+    from runner.report.metrics import MetricsFile
+    return MetricsFile(path, output, prices=prices)
 
 
 def endpoint(base_url: str, api_key_env: str | None, azure_endpoint: str | None,
@@ -161,9 +171,11 @@ def usage_error(message: str) -> NoReturn:
 
 
 def execute_live(config: RunConfig, *, progress: bool = True, log_file: Path | None = None,
-             summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
-    return execute(lambda console, log: run(config, console=console, log=log, progress=progress),
+                 summary_json: Path | None = None, prices: PriceTable | None = None,
+                 metrics: Any = None) -> int:
+    return execute(lambda console, log: run(config, console=console, log=log, progress=progress,
+                                            metrics=metrics),
                    title=f"runner: {config.input} -> {config.output}", output=config.output,
                    api_key=config.endpoint.api_key,
                    usage_errors=(CheckpointError, OSError, RedisUnavailable, ChangedJobsError),
-                   log_file=log_file, summary_json=summary_json, prices=prices)
+                   log_file=log_file, summary_json=summary_json, prices=prices, metrics=metrics)

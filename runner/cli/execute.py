@@ -22,6 +22,8 @@ from runner.report.summary import summary_dict, summary_lines
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from runner.report.metrics import MetricsFile
+
 __all__ = ["execute"]
 
 
@@ -30,12 +32,14 @@ def execute(start: Callable[[Console | None, RunLog], Awaitable[RunStats]], *, t
             log_file: Path | None = None, summary_json: Path | None = None,
             prices: PriceTable | None = None,
             more_lines: Callable[[RunStats], list[str]] = lambda stats: [],
-            more_json: Callable[[RunStats], Mapping[str, Any]] = lambda stats: {}) -> int:
+            more_json: Callable[[RunStats], Mapping[str, Any]] = lambda stats: {},
+            metrics: MetricsFile | None = None) -> int:
     """Run `start(console, log)` and report it; the exit code. `usage_errors` end the run with
     exit 2 and their message (an output in use, an unreachable Redis, ...); any other exception is
     a bug (exit 70, the traceback in the log). `more_lines` and `more_json` add a backend's own
     summary lines and JSON keys. The API key never reaches the log or the JSON summary. `start`
-    gets a rich console on a terminal (for a live display), else None (`terminal_console`)."""
+    gets a rich console on a terminal (for a live display), else None (`terminal_console`).
+    `metrics` (--metrics-file) gets its last write, with the exit code, whatever the end."""
     console = terminal_console()
     secrets = (api_key,) if api_key else ()
     try:
@@ -43,17 +47,22 @@ def execute(start: Callable[[Console | None, RunLog], Awaitable[RunStats]], *, t
     except OSError as e:
         click.echo(f"runner: cannot open log file {log_file}: {e.strerror}", err=True)
         return EXIT_USAGE
+    stats: RunStats | None = None
+    code = EXIT_BUG
     try:
         log(title, echo=False)
+        if metrics is not None:
+            metrics.log = log
         try:
             stats = asyncio.run(start(console, log))
         except usage_errors as e:
             log(f"runner: {e}")
-            return EXIT_USAGE
+            code = EXIT_USAGE
+            return code
         except Exception:  # a bug: say so plainly, keep the traceback for the report
             log("runner: internal error (a bug; please report it with this log):\n"
                 + traceback.format_exc())
-            return EXIT_BUG
+            return code
         for line in [*summary_lines(stats, str(output), prices), *more_lines(stats)]:
             log(line)
         code = stats.exit_code()
@@ -67,4 +76,6 @@ def execute(start: Callable[[Console | None, RunLog], Awaitable[RunStats]], *, t
         log(f"runner: exit code {code}", echo=False)
         return code
     finally:
+        if metrics is not None:
+            metrics.finish(code, stats)
         log.close()

@@ -130,6 +130,18 @@ main.add_command(simulate)
               help="--via batch: lines per batch file [default: 50,000; Azure 100,000].")
 @click.option("--batch-max-bytes", type=click.IntRange(MIN_FILE_BYTES), default=BATCH_MAX_BYTES,
               show_default=True, help="--via batch: bytes per batch file.")
+@click.option("--max-cost", type=POSITIVE, metavar="USD",
+              help="Stop (exit 3, resumable) before this run's spend passes USD, counting each "
+                   "request on the wire at its most (prompt tokens + max tokens, at the price "
+                   "table in use; --via batch: what is submitted). Per run: a rerun may spend "
+                   "USD again.")
+@click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="Write the run's metrics (jobs, requests, 429s, tokens and cost by model, last "
+                   "success, exit code) in the Prometheus text format to PATH, atomically, every "
+                   "15 s and at exit: for node_exporter's textfile collector (name it *.prom).")
+@click.option("--limit", type=click.IntRange(1), metavar="N",
+              help="Run only the first N pending jobs (exit 3 when more remain): a check before "
+                   "the long run.")
 def run_command(input_path: str, output: Path, **options: Any) -> None:
     """Run the jobs of INPUT ("-" for stdin), appending one result line per job to OUTPUT.
 
@@ -147,7 +159,8 @@ def run_command(input_path: str, output: Path, **options: Any) -> None:
     prices = build.load_prices_or_exit(options["prices_file"])
     endpoint = build.endpoint_from(options)
     report = dict(progress=not options["no_progress"], log_file=options["log_file"],
-                  summary_json=options["summary_json"], prices=prices)
+                  summary_json=options["summary_json"], prices=prices,
+                  metrics=build.metrics_file(options["metrics_file"], output, prices))
     from runner.batch.state import open_batches
     if options["via"] == "batch":
         from runner.cli.batch import execute_batch
@@ -156,7 +169,8 @@ def run_command(input_path: str, output: Path, **options: Any) -> None:
         build.usage_error(f"{output} has {open_batches(output)} batch(es) open at the provider "
                           f"({output}.batches): carry on with --via batch, or `runner cancel` "
                           "them first; a job must not run both ways")
-    sys.exit(build.execute_live(build.live_config(input_path, output, endpoint, options), **report))
+    sys.exit(build.execute_live(build.live_config(input_path, output, endpoint, options,
+                                                  prices=prices), **report))
 
 
 STATUS_EXIT_CODES_HELP = """\b

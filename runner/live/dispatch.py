@@ -34,7 +34,7 @@ import os
 from collections import deque
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -70,6 +70,9 @@ from runner.outcome import Action, Attempts, Backoff, Decision, Step, Verdict, c
 from runner.tokenizer import token_counter
 from runner.api.transport import HttpRequest, HttpResponse, Send, only_tree_errors
 
+if TYPE_CHECKING:
+    from jobs.spend import Prices, Spend
+
 MAX_ATTEMPTS = 6
 DEFAULT_CONCURRENCY = 128     # upper bound on requests in flight, and on open sockets
 PENDING_PER_SLOT = 4          # requests waiting for budget, per concurrency slot
@@ -90,12 +93,18 @@ class DispatchConfig:
     retry_codes: frozenset[str] = frozenset()  # retry permanent failures with these codes only
     changed: ChangedPolicy = ChangedPolicy.REFUSE  # jobs edited since their result (--changed)
     trust_packs: bool = False  # --pack: lanes take packs from the start, never turned off
+    max_cost: float | None = None  # --max-cost: USD this run may spend (`jobs.spend`)
+    limit: int | None = None  # --limit: run only the first this many pending jobs
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.max_cost is not None and not self.max_cost > 0:
+            raise ValueError("max_cost must be a positive number of USD")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be at least 1")
 
     @property
     def max_pending(self) -> int:
@@ -224,7 +233,8 @@ class Dispatcher:
                  counter: tokens.TokenCounter = token_counter,
                  record_ids: Callable[[], str] | None = None,
                  images: ImageStore | None = None, image_limiters: Limiters | None = None,
-                 prepare: Callable[[Job], Job | BadLine] | None = None) -> None:
+                 prepare: Callable[[Job], Job | BadLine] | None = None,
+                 prices: Prices | None = None) -> None:
         self._send = only_tree_errors(send)  # so `classify` reads the tree's errors only
         self._endpoint = endpoint
         self._limiters = limiters
@@ -253,6 +263,15 @@ class Dispatcher:
         self.sharded = False  # the items are one shard of INPUT (an empty one is no mistake)
         self._stopped = asyncio.Event()
         self._left_wire = asyncio.Event()  # set whenever a request's answer (or failure) arrives
+        # --max-cost: the money against the cap, at `prices` (`jobs.spend`)
+        self._prices = prices
+        self.spend: Spend | None = None
+        if config.max_cost is not None:  # jobs.spend is loaded only for a capped run
+            from jobs.spend import Spend
+            self.spend = Spend(config.max_cost)
+        self._spend_freed = asyncio.Event()
+        self._admitted = 0  # jobs the intake let run (--limit counts them)
+        self.limited = False  # --limit held back pending jobs
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -323,7 +342,20 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(producer, finished, stopped, return_exceptions=True)
         self.stats.finished = self._now()
+        self._note_caps()
         return self.stats
+
+    def _note_caps(self) -> None:
+        """What --max-cost and --limit did, in the stats (a limit that held jobs back stops the
+        run, resumable: exit 3 says work remains)."""
+        if self.spend is not None:
+            self.stats.spend_cap, self.stats.spent = self.spend.cap, self.spend.spent
+        if self.limited:
+            self.stats.limit = self.config.limit
+            if self.stats.stop_reason is None:
+                self.stats.stop_reason = (f"--limit {self.config.limit:,}: ran the first "
+                                          f"{self.config.limit:,} pending jobs; the next run "
+                                          "takes the rest")
 
     async def _drain(self, producer: asyncio.Task[None]) -> None:
         await producer
@@ -380,6 +412,8 @@ class Dispatcher:
                     break
                 if isinstance(item, (InputError, UnusableInput)):
                     raise item
+                if self._over_limit(item, intake):
+                    break
                 await self._submit_all(self._admit(item, intake))
             if not self.stopping:
                 await self._submit_all(self._packer.flush())
@@ -409,6 +443,7 @@ class Dispatcher:
             case Fail(job, code, message):
                 self._fail_jobs((job,), code, message)
             case Run(job, charge):
+                self._admitted += 1
                 return self._packer.add(job, charge)
         return []
 
@@ -458,6 +493,9 @@ class Dispatcher:
             except OSError as exc:  # an upload vanished or became unreadable since it was checked
                 self._fail_jobs(request.jobs, codes.INVALID_REQUEST, f"cannot read an upload: {exc}")
                 return
+            bound = await self._hold_spend(request)
+            if bound is None:
+                return
             await lane.slots.acquire()
             try:
                 await self.slots.acquire()
@@ -480,6 +518,7 @@ class Dispatcher:
             finally:
                 lane.slots.release()
             caps.release_pack(request)
+            self._release_spend(bound)
             if moved:
                 continue
             if too_large is not None:
@@ -563,6 +602,7 @@ class Dispatcher:
         self.stats.in_flight += 1
         lane.in_flight += 1
         started = self._now()
+        self.stats.sent(request.model, started)
         try:
             response = await self._send(http)
         except asyncio.CancelledError:
@@ -577,6 +617,7 @@ class Dispatcher:
             self._sending.discard(task)
             self.stats.in_flight -= 1
             lane.in_flight -= 1
+            self.stats.answered(request.model, self._now())
             self._left_wire.set()
         headers = response.headers
         images = spec_of(request.url).images
@@ -753,6 +794,9 @@ class Dispatcher:
                                       request_id=request_id, fingerprint=job.fingerprint))
             self.stats.add_usage(job.model, answer.get("usage"))
             self.stats.succeeded += 1
+            if self.spend is not None and self._prices is not None:
+                from jobs.spend import answer_cost
+                self.spend.pay(answer_cost(job, answer.get("usage"), self._prices))
 
     async def _send_rest(self, request: Request, answers: list[dict[str, Any] | None]) -> None:
         """A pack answered in part (a fault: choices of several prompts came back, some were
@@ -814,3 +858,50 @@ class Dispatcher:
                                     status=status, body=body, request_id=request_id,
                                     fingerprint=job.fingerprint))
             self.stats.failed[code] += 1
+            self.stats.model_failed[job.model] += 1
+
+    # -- --max-cost and --limit ------------------------------------------------------------------
+
+    async def _hold_spend(self, request: Request) -> float | None:
+        """Hold the request's upper bound against --max-cost (0.0 without a cap); waits while
+        answers on the wire may leave room. None when it cannot fit even with nothing on the
+        wire, or cannot be priced: the run stops (resumable; exit 2 for a job without a price)."""
+        spend = self.spend
+        if spend is None or self._prices is None:
+            return 0.0
+        from jobs.spend import Unpriceable, job_bound
+        try:
+            bound = sum(job_bound(job, self._prices, self._counter) for job in request.jobs)
+        except Unpriceable as exc:
+            if not self.stopping:
+                self.stats.misconfigured = True
+            self.stop(str(exc))
+            return None
+        while not spend.fits(bound) and not self.stopping:
+            if not spend.holding:  # nothing on the wire will leave room
+                self.stats.spend_capped = True
+                self.stop(f"--max-cost ${spend.cap:g} reached: ${spend.spent:,.4f} spent, "
+                          f"the next request could cost up to ${bound:,.4f}")
+                break
+            self._spend_freed.clear()
+            await self._spend_freed.wait()
+        if self.stopping:
+            return None
+        spend.hold(bound)
+        return bound
+
+    def _release_spend(self, bound: float) -> None:
+        if self.spend is not None and self._prices is not None:
+            self.spend.release(bound)
+            self._spend_freed.set()
+
+    def _over_limit(self, item: Job | BadLine | Duplicate, intake: Intake) -> bool:
+        """--limit N: N jobs were let run and `item` is one more that would run (it stays pending,
+        the run ends resumable)."""
+        limit = self.config.limit
+        if limit is None or self._admitted < limit or not isinstance(item, Job):
+            return False
+        if not isinstance(intake.decide(item), Pending):  # pure: `_admit` decides it again
+            return False
+        self.limited = True
+        return True

@@ -5,7 +5,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate
@@ -18,7 +18,7 @@ from runner.pacing.limiter import DEFAULT_BURST_S
 from runner.pacing.limiters import KEY_BUDGET, Limiters
 from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S, RedisBudgets
 from runner.report.log import console_echo, terminal_console
-from runner.report.progress import LOG_INTERVAL_S, ProgressReporter, describe_limits
+from runner.report.progress import LOG_INTERVAL_S, Eta, ProgressReporter, describe_limits
 from runner.report.stats import RunStats
 from runner.files.guard import check_output
 from runner.files.session import OutputSession, Stop
@@ -28,6 +28,8 @@ from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohtt
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from runner.report.metrics import MetricsFile
 
 IMAGES_BUDGET = "#images"  # an image lane's budget in Redis: its model's name and this
 
@@ -54,17 +56,20 @@ class RunConfig:
     redis: str | None = None  # budgets shared with every process on this Redis (runner.pacing.redis_state)
     redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S  # a Redis lost longer than this stops the run
     shard: Shard | None = None  # run only the jobs of this shard of the input (--shard K/N)
+    prices: Any = None  # a PriceTable: what --max-cost counts with (default: the shipped one)
 
 
 async def run(config: RunConfig, *, send: Send | None = None, console: Console | None = None,
               log: Callable[[str], None] | None = None, progress: bool = True,
-              handle_signals: bool = True, limiters: Limiters | None = None) -> RunStats:
+              handle_signals: bool = True, limiters: Limiters | None = None,
+              metrics: MetricsFile | None = None) -> RunStats:
     """Run the jobs of `config.input` still pending in `config.output`; raises CheckpointError
     when the output is locked by another run or unusable (`OutputRefused` when it is the input,
     another job file or compressed: then nothing is written, not even the lock file). `limiters`
     paces the run (by default fresh ones from ``config.rpm``, ``config.tpm`` and
     ``config.burst_s``, kept in ``config.redis`` when given: `RedisUnavailable` when it cannot be
-    reached); pass them to read what they learned afterwards."""
+    reached); pass them to read what they learned afterwards. `metrics` (--metrics-file) is
+    written every `METRICS_INTERVAL_S` while the jobs run."""
     check_output(config.input, config.output)  # first: a refused OUTPUT before Redis is asked
     budgets = None
     if config.redis is not None and limiters is None:
@@ -79,7 +84,8 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
                             scope=config.budget_scope,
                             states=lambda url, model: budgets.state(url, model, follow_moves=follow))
     try:
-        return await _run(config, send, console, log, progress, handle_signals, limiters, budgets)
+        return await _run(config, send, console, log, progress, handle_signals, limiters, budgets,
+                          metrics)
     finally:
         if budgets is not None:
             await budgets.close()
@@ -87,7 +93,8 @@ async def run(config: RunConfig, *, send: Send | None = None, console: Console |
 
 async def _run(config: RunConfig, send: Send | None, console: Console | None,
                log: Callable[[str], None] | None, progress: bool, handle_signals: bool,
-               limiters: Limiters | None, budgets: RedisBudgets | None) -> RunStats:
+               limiters: Limiters | None, budgets: RedisBudgets | None,
+               metrics: MetricsFile | None = None) -> RunStats:
     console = console if console is not None else terminal_console()
     log = log or console_echo(console)
     async with OutputSession(config.input, config.output, log=log,
@@ -102,7 +109,7 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
         stats = None
         try:
             stats = await _dispatch(config, state, checkpoint, send, console, log, progress,
-                                    session.stop, limiters, budgets)
+                                    session.stop, limiters, budgets, metrics)
         finally:
             problem = await session.finish()
             if problem is not None and stats is not None and stats.stop_reason is None:
@@ -119,7 +126,8 @@ def _items(config: RunConfig) -> AsyncIterator[Job | BadLine | Duplicate]:
 async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Checkpoint,
                     send: Send | None, console: Console | None, log: Callable[[str], None],
                     progress: bool, stop: Stop, limiters: Limiters | None,
-                    budgets: RedisBudgets | None = None) -> RunStats:
+                    budgets: RedisBudgets | None = None,
+                    metrics: MetricsFile | None = None) -> RunStats:
     loop = asyncio.get_running_loop()
     session = None
     if send is None:
@@ -146,7 +154,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
     dispatcher = Dispatcher(send=send, endpoint=config.endpoint, limiters=limiters,
                             sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log,
                             images=images, image_limiters=image_limiters,
-                            prepare=lambda job: check_uploads(job, input_dir, config.input))
+                            prepare=lambda job: check_uploads(job, input_dir, config.input),
+                            prices=_prices(config))
     dispatcher.sharded = config.shard is not None
     stop.connect(dispatcher.stop)
 
@@ -158,12 +167,21 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
 
     helpers = [asyncio.create_task(sync_often())]
     try:
-        if progress:
+        if metrics is not None:
+            metrics.stats = dispatcher.stats
+            helpers.append(asyncio.create_task(metrics.run()))
+        if progress or metrics is not None:
             holds = config.shard.holds if config.shard is not None else None
             total = await asyncio.to_thread(count_lines, config.input, holds)
+            dispatcher.stats.input_lines = total
+        if progress:
+            eta = Eta(dispatcher.stats, lambda model, images: (
+                image_limiters if images else limiters).get(config.endpoint.budget_key(model)))
+            if total is not None:  # a regular, uncompressed file: it can be read once more
+                helpers.append(asyncio.create_task(_plan_work(config, state, eta)))
             reporter = ProgressReporter(dispatcher.stats, total, console=console, clock=loop.time,
                                         limits=lambda: describe_limits(limiters), log=log,
-                                        log_interval=config.status_interval)
+                                        log_interval=config.status_interval, eta=eta)
             helpers.append(asyncio.create_task(reporter.run()))
         stats = await dispatcher.run(_items(config), state)
         for model in stats.model_requests:
@@ -178,3 +196,32 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
         await asyncio.gather(*helpers, return_exceptions=True)
         if session is not None:
             await session.close()
+
+
+def _prices(config: RunConfig) -> Any:
+    """The price table --max-cost counts with: the run's, else the shipped one; None uncapped."""
+    if config.dispatch.max_cost is None:
+        return None
+    if config.prices is not None:
+        return config.prices
+    from runner.report.prices import load_prices
+    return load_prices()
+
+
+async def _plan_work(config: RunConfig, state: OutputState, eta: Eta) -> None:
+    """The run's work per model, for the ETA (`jobs.estimate.work_plan`), read in a thread while
+    the jobs run (INPUT must be a regular file); none when that fails."""
+
+    def plan() -> dict[str, Any]:
+        from jobs.estimate import work_plan
+        from jobs.reader import read_jobs
+        from runner.files.inputs import input_lines, input_name
+        items = read_jobs(input_lines(config.input), input_name(config.input))
+        if config.shard is not None:
+            items = (i for i in items if config.shard.holds(getattr(i, "custom_id", None)))
+        return work_plan(items, state)
+
+    try:
+        eta.plan = await asyncio.to_thread(plan)
+    except Exception:  # the run reads INPUT itself and reports what is wrong with it
+        return

@@ -11,7 +11,6 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from runner.report.prices import BATCH_PRICE_FACTOR
 
 from runner.report.stats import BatchStats
 
@@ -26,7 +25,7 @@ def batch_summary(stats: BatchStats) -> str:
     open_part = ", ".join(f"{n} {s}" for s, n in sorted(stats.batch_status.items())) or "none"
     text = (f"batches: {stats.batches_created} created ({stats.batch_lines:,} lines), "
             f"{stats.batches_collected} collected this run; still open at the provider: "
-            f"{open_part}; costs above at Batch API prices ({BATCH_PRICE_FACTOR:g} x list)")
+            f"{open_part}")
     if stats.in_progress and stats.stop_reason is None:
         text += " (exit 4: run the same command again later to collect them)"
     return text

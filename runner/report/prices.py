@@ -56,6 +56,8 @@ class PriceTable:
     files: tuple[str, ...] = ()
     images: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
     """model -> "SIZE/QUALITY" -> USD per image."""
+    basis: str = "list prices"
+    """What the prices are, as the summary names them ("Batch API prices (0.5 x list)")."""
 
     def image_price(self, model: str, size: str | None, quality: str | None) -> float | None:
         """USD for one image of `model` at `size` and `quality` (the model's defaults when None:
@@ -92,7 +94,7 @@ class PriceTable:
                           images=MappingProxyType({**self.images, **other.images}),
                           source="; ".join(s for s in (self.source, other.source) if s),
                           as_of=other.as_of or self.as_of,
-                          files=self.files + other.files)
+                          files=self.files + other.files, basis=self.basis)
 
 
 def parse_prices(text: str, origin: str) -> PriceTable:
@@ -183,4 +185,5 @@ def batch_price_table(prices: PriceTable) -> PriceTable:
               for name, table in prices.images.items()}  # per image (dall-e; gpt-image-1's equivalents)
     return dataclasses.replace(prices, models=MappingProxyType(models),
                                images=MappingProxyType(images),
-                               source=f"{prices.source} x {BATCH_PRICE_FACTOR:g} (Batch API)")
+                               source=f"{prices.source} x {BATCH_PRICE_FACTOR:g} (Batch API)",
+                               basis=f"Batch API prices ({BATCH_PRICE_FACTOR:g} x list)")

@@ -3,6 +3,13 @@
 Rates come from a bounded deque of (time, done, tokens) samples, so they follow the last
 `WINDOW_S` seconds rather than the whole run; time is injected (`clock`). rich is imported only
 for the live display.
+
+The ETA is the estimate's model (`jobs.estimate.time_left`), not jobs left over jobs per second
+(which a fast model's jobs, done early, make far too hopeful): each budget's work left (its
+models' share of the run's requests and rate-limit charge not yet finished) over that budget's
+rate, the slowest budget deciding; and, when slower, the run's requests left over the requests
+per second the run has achieved over the last `WINDOW_S` seconds (latency, the concurrency cap,
+retries and 429s show there).
 """
 from __future__ import annotations
 
@@ -18,7 +25,10 @@ from runner.report.stats import RunStats
 if TYPE_CHECKING:
     from rich.console import Console, Group
 
+    from jobs.estimate import ModelEstimate
+
 WINDOW_S = 30.0          # rates are measured over this trailing window
+ETA_MIN_SPAN_S = 10.0    # an achieved rate counts for the ETA once measured over this long
 TTY_REFRESH_S = 0.5
 LOG_INTERVAL_S = 30.0    # one status line this often when stdout is not a terminal
 
@@ -52,6 +62,59 @@ class Speed:
         return ((d1 - d0) / span, (k1 - k0) / span) if span > 0 else (0.0, 0.0)
 
 
+class Eta:
+    """Seconds left in a run (see the module docstring). `plan`: the run's work per model
+    (`jobs.estimate.work_plan`), None until known; `budget_of(model, images)`: the limiter
+    pacing the model (models sharing a budget share one), read anew at each estimate."""
+
+    def __init__(self, stats: RunStats, budget_of: Callable[[str, bool], object],
+                 window: float = WINDOW_S, max_samples: int = 1000) -> None:
+        self.stats = stats
+        self.budget_of = budget_of
+        self.plan: dict[str, ModelEstimate] | None = None
+        self.window = window
+        self._samples: deque[tuple[float, dict[str, tuple[int, int]]]] = deque(maxlen=max_samples)
+
+    def sample(self, now: float) -> None:
+        sent = {m: (n, self.stats.model_charged.get(m, 0))
+                for m, n in self.stats.model_requests.items()}
+        self._samples.append((now, sent))
+        while len(self._samples) > 2 and now - self._samples[0][0] > self.window:
+            self._samples.popleft()
+
+    def seconds(self) -> float | None:
+        """Seconds until the slowest budget is done; None before the plan is known or while a
+        budget with work left has no rate yet.
+
+        Each budget's work left goes over its limits; the run's requests left go over the
+        requests per second the whole run has achieved lately, which is what binds when latency,
+        the concurrency cap, retries or 429s hold the run below its budgets (measured over the
+        run, not per budget: a budget's share of the concurrency grows as others finish)."""
+        if self.plan is None:
+            return None
+        from jobs.estimate import BudgetWork, time_left  # loaded once a plan exists
+        budgets: dict[int, list] = {}  # id(limiter) -> [limiter, requests left, charge left]
+        for model, work in self.plan.items():
+            if not work.jobs:
+                continue
+            usage = self.stats.usage.get(model)
+            finished = (usage.jobs if usage is not None else 0) + self.stats.model_failed.get(model, 0)
+            left = max(0, work.jobs - finished) / work.jobs
+            limiter = self.budget_of(model, bool(work.images))
+            entry = budgets.setdefault(id(limiter), [limiter, 0.0, 0.0])
+            entry[1] += work.requests * left
+            entry[2] += work.charge * left
+        works = [BudgetWork(requests, charge, getattr(limiter, "rpm", None),
+                            getattr(limiter, "tpm", None))
+                 for limiter, requests, charge in budgets.values()]
+        if self._samples and self._samples[-1][0] - self._samples[0][0] >= ETA_MIN_SPAN_S:
+            (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+            sent = sum(n for n, _ in last.values()) - sum(n for n, _ in first.values())
+            works.append(BudgetWork(sum(w.requests for w in works), 0.0,
+                                    requests_per_s=sent / (t1 - t0)))
+        return time_left(works)
+
+
 def describe_limits(limiters: Limiters) -> str:
     """The limits in force per model, e.g. "gpt-4o-mini 900 RPM / 240,000 TPM"."""
     parts = []
@@ -63,8 +126,9 @@ def describe_limits(limiters: Limiters) -> str:
 
 
 def status_line(stats: RunStats, total: int | None, speed: Speed,
-                limits: str = "") -> str:
-    """One line: done / failed / pending, speeds, 429s, ETA, current limits."""
+                limits: str = "", eta: Eta | None = None) -> str:
+    """One line: done / failed / pending, speeds, 429s, ETA, current limits. Without `eta`, the
+    ETA is jobs left over jobs per second."""
     done = stats.succeeded + stats.already_done + stats.kept_changed
     failed = stats.failed_total + stats.kept_failed
     jobs_s, tokens_s = speed.rates()
@@ -72,8 +136,8 @@ def status_line(stats: RunStats, total: int | None, speed: Speed,
     if total:
         pending = max(0, total - done - failed - stats.bad_lines - stats.duplicates)
         parts.append(f"{pending:,} pending")
-        eta = pending / jobs_s if jobs_s > 0 else None
-        parts.append(f"ETA {fmt_duration(eta)}")
+        left = eta.seconds() if eta is not None else pending / jobs_s if jobs_s > 0 else None
+        parts.append(f"ETA {fmt_duration(0.0 if not pending else left)}")
     parts += [f"{jobs_s:,.1f} jobs/s", f"{tokens_s:,.0f} tok/s", f"{stats.in_flight} in flight",
               f"429s {stats.rate_limited}"]
     if limits:
@@ -89,8 +153,9 @@ class ProgressReporter:
     def __init__(self, stats: RunStats, total: int | None, *, console: Console | None,
                  clock: Callable[[], float], limits: Callable[[], str] = lambda: "",
                  tty: bool | None = None, log_interval: float = LOG_INTERVAL_S,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, eta: Eta | None = None) -> None:
         self.stats = stats
+        self.eta = eta
         self.total = total
         self.console = console
         self.clock = clock
@@ -101,9 +166,12 @@ class ProgressReporter:
         self.speed = Speed()
 
     def line(self) -> str:
-        self.speed.sample(self.clock(), self.stats.finished_jobs,
+        now = self.clock()
+        self.speed.sample(now, self.stats.finished_jobs,
                           sum(u.prompt_tokens + u.completion_tokens for u in self.stats.usage.values()))
-        return status_line(self.stats, self.total, self.speed, self.limits())
+        if self.eta is not None:
+            self.eta.sample(now)
+        return status_line(self.stats, self.total, self.speed, self.limits(), self.eta)
 
     def renderable(self) -> Group:
         from rich.console import Group

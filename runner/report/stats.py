@@ -53,12 +53,22 @@ class RunStats:
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     model_requests: Counter = field(default_factory=Counter)   # model -> requests sent
     model_charged: Counter = field(default_factory=Counter)    # model -> rate-limit tokens charged
+    model_failed: Counter = field(default_factory=Counter)     # model -> jobs failed this run
     limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # model -> (rpm, tpm)
+    # model -> (first request sent, last answer received): the time its rates are measured over
+    model_sending: dict[str, tuple[float, float]] = field(default_factory=dict)
+    live: bool = True             # False for the Batch API: its "requests" are lines submitted
+    reads_input: bool = True      # False for `runner cancel`: it collects, it reads no INPUT
     stop_reason: str | None = None
     input_read: bool = False      # INPUT was read to its end (else `jobs` counts what was read)
     no_jobs: bool = False         # INPUT (not a shard of it) holds no job and no bad line: exit 2
     unusable_input: bool = False  # stopped because the input cannot be run at all (exit 2)
     misconfigured: bool = False  # stopped by a setting rerunning cannot mend (a ConfigurationError: exit 2)
+    spend_cap: float | None = None  # --max-cost: USD this run might spend
+    spent: float | None = None    # with a cap: USD spent (live: answers; batch: submitted, at most)
+    spend_capped: bool = False    # the cap stopped the run
+    limit: int | None = None      # --limit: this run took only the first so many pending jobs
+    input_lines: int | None = None  # lines of INPUT (of its shard), when counted: pending = the rest
 
     @property
     def failed_total(self) -> int:
@@ -110,6 +120,16 @@ class RunStats:
         self.images += images
         self.model_images[model] += images
         self.image_kinds[model, body.get("size"), body.get("quality")] += images
+
+    def sent(self, model: str, now: float) -> None:
+        """A request for `model` went on the wire at `now` (the first one opens its sending time)."""
+        if model not in self.model_sending:
+            self.model_sending[model] = (now, now)
+
+    def answered(self, model: str, now: float) -> None:
+        """A request for `model` left the wire at `now` (answered, refused or lost)."""
+        first, _ = self.model_sending.get(model, (now, now))
+        self.model_sending[model] = (first, now)
 
     def exit_code(self) -> int:
         """0: all jobs succeeded; 1: finished, some failed; 2: INPUT holds no jobs, or stopped because the input cannot be

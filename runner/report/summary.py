@@ -7,17 +7,40 @@ from runner.report.stats import ModelUsage, RunStats
 
 SHORT_RUN_S = 120.0
 """A run this short may show a rate above the limit: its opening burst is a good share of it."""
+MIN_RATE_SPAN_S = 60.0
+"""Per-minute rates are reported over at least this much sending time; over less, the opening
+burst and the last answers' latency would make most of the figure."""
+
+
+def rate_minutes(stats: RunStats, model: str) -> float | None:
+    """The minutes `model`'s achieved rates are measured over: from its first request sent to its
+    last answer. None where a rate would mean nothing: the Batch API (its requests are lines
+    submitted, not a pace), a model none of whose jobs succeeded (how fast refusals come back
+    says nothing of a budget), or sending shorter than `MIN_RATE_SPAN_S`."""
+    usage = stats.usage.get(model)
+    if not stats.live or not (stats.model_images.get(model) or (usage is not None and usage.jobs)):
+        return None
+    first, last = stats.model_sending.get(model, (0.0, 0.0))
+    span = last - first
+    return span / 60 if span >= MIN_RATE_SPAN_S else None
+
+
+def _sending_seconds(stats: RunStats, model: str) -> float | None:
+    if not stats.live or model not in stats.model_sending:
+        return None
+    first, last = stats.model_sending[model]
+    return round(last - first, 3)
 
 
 def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> dict:
     """The machine-readable summary (`--summary-json`). `prices`: a `runner.report.prices.PriceTable`.
 
-    Achieved rates are over the whole wall time; allowed ones are the limits in force at the end
-    (learned from the API's headers, else the user's). Costs are at list price from the price table;
-    null for models the table does not know.
+    Achieved rates are over each model's sending time, null where they would mean nothing
+    (`rate_minutes`); allowed ones are the limits in force at the end (learned from the API's
+    headers, else the user's). Costs are at the price table's prices (`PriceTable.basis`: list
+    prices, or the Batch API's); null for models the table does not know.
     """
     wall = max(0.0, stats.finished - stats.started)
-    minutes = wall / 60 if wall > 0 else None
     models: dict[str, dict] = {}
     total_cost: float | None = None
     for model in sorted(set(stats.usage) | set(stats.model_requests)):
@@ -27,6 +50,7 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
         if prices is not None:
             cost = prices.cost(model, usage.prompt_tokens, usage.completion_tokens)  # type: ignore[attr-defined]
         images = stats.model_images.get(model, 0)
+        minutes = rate_minutes(stats, model)
         if images and prices is not None and not (usage.prompt_tokens or usage.completion_tokens):
             cost = _image_cost(stats, model, prices)  # dall-e: per image; gpt-image-1: by usage
         if cost is not None:
@@ -40,6 +64,7 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
                 "allowed_rpm": rpm,
                 "achieved_ipm": round(images / minutes, 1) if minutes else None,
                 "allowed_ipm": tpm,  # an image lane's second budget counts images
+                "sending_seconds": _sending_seconds(stats, model),
                 "estimated_cost_usd": None if cost is None else round(cost, 6),
             }
             continue
@@ -53,6 +78,7 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
             "allowed_rpm": rpm,
             "achieved_tpm": round(stats.model_charged.get(model, 0) / minutes, 1) if minutes else None,
             "allowed_tpm": tpm,
+            "sending_seconds": _sending_seconds(stats, model),
             "estimated_cost_usd": None if cost is None else round(cost, 6),
         }
     return {
@@ -79,7 +105,25 @@ def summary_dict(stats: RunStats, output: str, prices: object | None = None) -> 
                           for base_url, reason in stats.budget_shared],
         "models": models,
         "estimated_cost_usd": None if total_cost is None else round(total_cost, 6),
+        "prices": None if prices is None else prices.basis,  # type: ignore[attr-defined]
+        "spend_cap": None if stats.spend_cap is None else {
+            "max_cost_usd": stats.spend_cap, "spent_usd": round(stats.spent or 0.0, 6),
+            "stopped_by_cap": stats.spend_capped},
+        "limit": stats.limit,
     }
+
+
+def _of(allowed: float | None) -> str:
+    """" of 900" against a known limit; nothing against an unknown one (no "of ?")."""
+    return f" of {allowed:,.0f}" if allowed else ""
+
+
+def _briefly(m: dict) -> str:
+    """The requests and their sending time, where a per-minute rate would mean nothing."""
+    seconds = m["sending_seconds"]
+    if seconds is None or not m["requests"]:
+        return ""
+    return f" · {m['requests']:,} request{'s' * (m['requests'] != 1)} over {seconds:,.1f}s"
 
 
 def _image_cost(stats: RunStats, model: str, prices: object) -> float | None:
@@ -98,9 +142,11 @@ def _image_cost(stats: RunStats, model: str, prices: object) -> float | None:
 def summary_lines(stats: RunStats, output: str, prices: object | None = None) -> list[str]:
     """The human-readable end-of-run summary (stderr)."""
     wall = max(0.0, stats.finished - stats.started)
+    jobs = (f"{stats.jobs:,} {'in input' if stats.input_read else 'read so far'} · "
+            if stats.reads_input else "INPUT not read (collecting only) · ")
     lines = [
         f"output: {output}",
-        f"jobs: {stats.jobs:,} {'in input' if stats.input_read else 'read so far'} · "
+        f"jobs: {jobs}"
         f"{stats.succeeded:,} succeeded now · "
         f"{stats.already_done:,} already done · {stats.failed_total:,} failed now · "
         f"{stats.kept_failed:,} kept failed from earlier runs",
@@ -115,7 +161,8 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
                      f"{stats.duplicates:,} duplicate custom_ids (see messages above)")
     if stats.failed:
         lines.append("failures: " + ", ".join(f"{code} {n:,}" for code, n in stats.failed.most_common()))
-    lines.append(f"requests: {stats.requests:,} sent · {stats.retries:,} retries · "
+    sent = "sent" if stats.live else "submitted in batch files"
+    lines.append(f"requests: {stats.requests:,} {sent} · {stats.retries:,} retries · "
                  f"{stats.rate_limited:,} rate-limited (429) · wall {wall:,.1f}s")
     if stats.bisect_requests:
         lines.append(f"bisecting refused packs cost {stats.bisect_requests:,} extra requests")
@@ -132,30 +179,31 @@ def summary_lines(stats: RunStats, output: str, prices: object | None = None) ->
         lines.append(f"one budget for the key over every model at {base_url} ({reason})")
     data = summary_dict(stats, output, prices)
     for model, m in data["models"].items():
-        rates = ""
-        if "images" in m:
-            cost = m["estimated_cost_usd"]
-            cost_text = f" · ~${cost:,.4f}" if cost is not None else (" · cost unknown" if prices else "")
-            allowed = f"{m['allowed_ipm']:,.0f}" if m["allowed_ipm"] else "?"
-            achieved = f" · {m['achieved_ipm']:,.1f} of {allowed} IPM" if m["achieved_ipm"] is not None else ""
-            lines.append(f"{model}: {m['images']:,} images{achieved}{cost_text}")
-            continue
-        if m["achieved_rpm"] is not None:
-            allowed_rpm = f"{m['allowed_rpm']:,.0f}" if m["allowed_rpm"] else "?"
-            allowed_tpm = f"{m['allowed_tpm']:,.0f}" if m["allowed_tpm"] else "?"
-            rates = (f" · {m['achieved_rpm']:,.0f} of {allowed_rpm} RPM"
-                     f" · {m['achieved_tpm']:,.0f} of {allowed_tpm} TPM")
-            if data["wall_seconds"] < SHORT_RUN_S and any(
-                    m[f"allowed_{k}"] and m[f"achieved_{k}"] > m[f"allowed_{k}"] for k in ("rpm", "tpm")):
-                rates += " (a run this short counts the opening burst, sent at once)"
         cost = m["estimated_cost_usd"]
         cost_text = f" · ~${cost:,.4f}" if cost is not None else (" · cost unknown" if prices else "")
+        if "images" in m:
+            achieved = (f" · {m['achieved_ipm']:,.1f}{_of(m['allowed_ipm'])} IPM"
+                        if m["achieved_ipm"] is not None else _briefly(m))
+            lines.append(f"{model}: {m['images']:,} images{achieved}{cost_text}")
+            continue
+        rates = _briefly(m)
+        if m["achieved_rpm"] is not None:
+            rates = (f" · {m['achieved_rpm']:,.0f}{_of(m['allowed_rpm'])} RPM"
+                     f" · {m['achieved_tpm']:,.0f}{_of(m['allowed_tpm'])} TPM")
+            if (m["sending_seconds"] or 0) < SHORT_RUN_S and any(
+                    m[f"allowed_{k}"] and m[f"achieved_{k}"] > m[f"allowed_{k}"] for k in ("rpm", "tpm")):
+                rates += " (a run this short counts the opening burst, sent at once)"
         lines.append(f"{model}: {m['prompt_tokens']:,} tokens in · {m['completion_tokens']:,} out"
                      f"{rates}{cost_text}")
     if stats.images:
         lines.append(f"images: {stats.images:,} saved as files")
     if data["estimated_cost_usd"] is not None:
-        lines.append(f"estimated cost: ${data['estimated_cost_usd']:,.4f} at list prices")
+        lines.append(f"estimated cost: ${data['estimated_cost_usd']:,.4f} at {data['prices']}")
+    if stats.spend_cap is not None and stats.spent is not None:
+        what = "spent" if stats.live else "submitted (at most, at their upper bound)"
+        lines.append(f"spend cap: ${stats.spent:,.4f} {what} of ${stats.spend_cap:g} "
+                     f"(--max-cost, at {data['prices']})"
+                     + ("; the cap stopped the run" if stats.spend_capped else ""))
     if stats.stop_reason and stats.unusable_input:
         lines.append("STOPPED: the input cannot be run as it is (see above); results written so far "
                      "are kept")
