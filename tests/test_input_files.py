@@ -146,9 +146,10 @@ def test_the_cli_exits_2_with_one_clear_message_for_input_it_cannot_use(tmp_path
     proc = run_offline(argument, "-o", str(output), stdin_path=source)
     message = proc.stderr.decode()
     assert proc.returncode == 2, message
-    expected = {"random bytes": "does not look like a JSONL job file", "zstd": "zstd -d",
+    expected = {"random bytes": "is a binary file, not a JSONL job file", "zstd": "zstd -d",
                 "zstd on stdin": "zstd -dc FILE | runner run -"}[case]
     assert message.count(expected) == 1, message
+    assert len(message.strip().splitlines()) == 1, message  # one message, not a line per bad line
     assert not output.exists() or output.read_bytes() == b""
 
 
