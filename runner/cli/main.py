@@ -758,5 +758,10 @@ def demo(output: Path) -> None:
     sys.exit(code)
 
 
+from runner.cli.dataset import prepare_command  # noqa: E402  (light: loads its work when run)
+
+main.add_command(prepare_command)
+
+
 if __name__ == "__main__":
     main()
