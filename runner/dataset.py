@@ -21,11 +21,18 @@ from typing import Any
 
 import orjson
 
+from jobs import export as columns
+from jobs.codes import DUPLICATE
+from jobs.job import Job
 from jobs.prepare import BadRow, Ids, Recipe
+from jobs.reader import BOM, parse_line
+from jobs.results import fingerprint
+from runner.files.inputs import input_lines
 from runner.files.keyindex import KeyIndex
-from runner.files.tables import AtomicFile, existing_kind, read_rows
+from runner.files.tables import AtomicFile, TableWriter, existing_kind, read_rows
 
-__all__ = ["DatasetError", "Prepared", "prepare", "MAX_SHOWN_ROWS"]
+__all__ = ["DatasetError", "Prepared", "prepare", "Exported", "export", "ResultIndex",
+           "MAX_SHOWN_ROWS"]
 
 MAX_SHOWN_ROWS = 20  # bad rows named one by one; the rest are counted
 
@@ -120,3 +127,150 @@ def rows_with_ids(data: Path, id_column: str | None) -> Iterator[tuple[str | Non
         for number, row in read_rows(data):
             custom_id = ids(row, number)
             yield (None if isinstance(custom_id, BadRow) else custom_id), row
+
+
+class ResultIndex:
+    """The final line of each custom_id in a result file, read from disk when asked: only where
+    each line is (offset, length) is kept, in a `KeyIndex`, so result files larger than memory
+    are fine. The last line of an id wins; duplicate notes (`duplicate_custom_id`) are never a
+    job's result. A missing file holds no results. Close it (or use ``with``)."""
+
+    def __init__(self, path: Path) -> None:
+        self._index = KeyIndex()
+        self.lines = 0
+        try:
+            self._file = open(path, "rb")
+        except FileNotFoundError:
+            self._file = None
+            return
+        offset = 0
+        for raw in self._file:
+            custom_id = _result_id(raw)
+            if custom_id is not None:
+                self._index.put(custom_id, offset, len(raw))
+                self.lines += 1
+            offset += len(raw)
+
+    def get(self, custom_id: str) -> dict[str, Any] | None:
+        """The final result line of `custom_id`, parsed; None when it has none."""
+        at = self._index.get(custom_id)
+        if at is None or self._file is None:
+            return None
+        self._file.seek(at[0])
+        return orjson.loads(self._file.read(at[1]))
+
+    def close(self) -> None:
+        self._index.close()
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> ResultIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _result_id(raw: bytes) -> str | None:
+    """The custom_id of a result line that is a job's result (not a duplicate note), else None."""
+    try:
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None  # a torn last line: the run repairs it, export ignores it
+    if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
+        return None
+    error = line.get("error")
+    if isinstance(error, dict) and error.get("code") == DUPLICATE:
+        return None
+    return line["custom_id"]
+
+
+def read_job_file(path: Path) -> Iterator[Job]:
+    """The jobs of a job file in order, streaming; bad lines and repeated custom_ids (only the
+    first runs) are skipped, as a run skips them. Ids are remembered in a `KeyIndex`."""
+    with KeyIndex() as seen:
+        for number, raw in enumerate(input_lines(str(path)), 1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            job = parse_line(raw, number, str(path))
+            if isinstance(job, Job) and seen.setdefault(job.custom_id, number)[0] == number:
+                yield job
+
+
+@dataclass(slots=True)
+class Exported:
+    """What `export` wrote: rows by status, data rows without a job (`--data`), and keys of
+    expanded answers that came too late to get a column (`dropped`)."""
+
+    rows: int = 0
+    statuses: dict[str, int] = field(default_factory=lambda: dict.fromkeys(columns.STATUSES, 0))
+    rows_without_job: int = 0
+    dropped: set[str] = field(default_factory=set)
+
+
+def _unique(name: str, taken: set[str], prefix: str) -> str:
+    while name in taken:
+        name = prefix + name
+    return name
+
+
+def export(jobs: Path, results: Path, table: Path, *, data: Path | None = None,
+           id_column: str | None = None, expand_json: bool = False, force: bool = False,
+           log: Callable[[str], None] = lambda line: None) -> Exported:
+    """Write one row per job of `jobs`, in its order, to `table` (.csv, .jsonl or .parquet):
+    `jobs.export.COLUMNS` from the job's final line in `results`, after the columns of its row
+    of `data` when given (matched by the id `prepare` gave it: `id_column`'s value, else the
+    row's number). Streaming: neither file is held in memory.
+
+    A column of `data` keeps its name; one of runner's that `data` has too is prefixed
+    `runner_`. With `expand_json`, an answer that is a JSON object adds its keys as columns
+    (prefixed `answer.` where a name is taken). DatasetError when a job is not in `data` in the
+    job file's order, or `table` must not be replaced; then nothing is written."""
+    check_replaceable(table, "table", force=force,
+                      inputs=tuple(p for p in (jobs, results, data) if p is not None))
+    done = Exported()
+    table_dir = table.resolve().parent
+    results_dir = results.resolve().parent
+
+    def image_path(file: str) -> str:
+        return os.path.relpath(results_dir / file, table_dir)
+
+    source = rows_with_ids(data, id_column) if data is not None else None
+    names: dict[str, str] | None = None  # runner's column -> its name in the table
+    with ResultIndex(results) as index, TableWriter(table) as writer:
+        for job in read_job_file(jobs):
+            record = index.get(job.custom_id)
+            row = columns.export_row(job.custom_id, job.url, fingerprint(job.url, job.body),
+                                     record, image_path)
+            data_row: dict[str, Any] = {}
+            if source is not None:
+                data_row = _next_match(source, job.custom_id, done, data, jobs)
+            if names is None:
+                taken = set(data_row)
+                names = {c: _unique(c, taken, "runner_") for c in columns.COLUMNS}
+            out = {**data_row, **{names[c]: v for c, v in row.items()}}
+            if expand_json:
+                taken = set(out)
+                fields = columns.expand(row["answer"]) or {}
+                out.update({_unique(k, taken, "answer."): v for k, v in fields.items()})
+            writer.write(out)
+            done.rows += 1
+            done.statuses[row["status"]] += 1
+        if source is not None:
+            done.rows_without_job += sum(1 for _ in source)
+        writer.commit()
+        done.dropped = writer.dropped
+    return done
+
+
+def _next_match(source: Iterator[tuple[str | None, dict[str, Any]]], custom_id: str,
+                done: Exported, data: Path | None, jobs: Path) -> dict[str, Any]:
+    """The next row of `source` whose id is `custom_id` (rows before it got no job: counted)."""
+    for key, row in source:
+        if key == custom_id:
+            return row
+        done.rows_without_job += 1
+    raise DatasetError(
+        f"job {custom_id!r} of {jobs} has no row in {data} after the rows matched before it: "
+        "--data joins rows in the job file's order by the id prepare gave them (the same "
+        "--id-column, else the row's number); nothing was written")

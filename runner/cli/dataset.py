@@ -128,3 +128,48 @@ def prepare_command(data: Path, output: Path, template: str, system: str | None,
     click.echo(f"runner: {done.jobs:,} jobs from {done.rows:,} rows of {data} -> {output}"
                + (f"; {done.bad_rows:,} rows got no job" if done.bad_rows else ""), err=True)
     sys.exit(EXIT_SOME_FAILED if done.bad_rows else EXIT_OK)
+
+
+@click.command("export", epilog=EXPORT_EXIT_CODES)
+@click.argument("jobs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--output", "results", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The result file of `runner run` (a missing one: every job pending).")
+@click.option("-o", "table", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The table to write: .csv, .jsonl or .parquet.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The table `prepare` read: its columns come first in each row, joined by "
+                   "the id prepare gave the row.")
+@click.option("--id-column", metavar="COL",
+              help="With --data: the column prepare took the ids from (default: row numbers).")
+@click.option("--expand-json", is_flag=True,
+              help="An answer that is a JSON object (structured outputs, moderation scores) "
+                   "adds its keys as columns.")
+@click.option("--force", is_flag=True, help="Replace TABLE even when it is a job file.")
+def export_command(jobs: Path, results: Path, table: Path, data: Path | None,
+                   id_column: str | None, expand_json: bool, force: bool) -> None:
+    """Write one row per job of JOBS, in its order, to TABLE: custom_id, status (done, failed,
+    pending, changed), the answer, finish_reason, token counts and the error, from the job's
+    last line in the result file (--output), streaming."""
+    from runner.dataset import DatasetError, export
+    from runner.files.tables import TableError
+    from runner.files.inputs import UnreadableInput
+    if id_column is not None and data is None:
+        _fail("--id-column joins --data: give both, or neither")
+    try:
+        done = export(jobs, results, table, data=data, id_column=id_column,
+                      expand_json=expand_json, force=force)
+    except (TableError, DatasetError, UnreadableInput) as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot write {table}: {e.strerror or e}")
+    counts = ", ".join(f"{n:,} {status}" for status, n in done.statuses.items() if n)
+    click.echo(f"runner: {done.rows:,} rows ({counts or 'no jobs'}) -> {table}", err=True)
+    if done.rows_without_job:
+        click.echo(f"runner: {done.rows_without_job:,} rows of {data} have no job (prepare "
+                   "reported them) and are not in the table", err=True)
+    if done.dropped:
+        click.echo(f"runner: answer keys first seen after the first rows got no column: "
+                   f"{', '.join(sorted(done.dropped)[:10])}", err=True)
+    pending = done.rows - done.statuses["done"]
+    sys.exit(EXIT_SOME_FAILED if pending else EXIT_OK)

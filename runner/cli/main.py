@@ -758,9 +758,10 @@ def demo(output: Path) -> None:
     sys.exit(code)
 
 
-from runner.cli.dataset import prepare_command  # noqa: E402  (light: loads its work when run)
+from runner.cli.dataset import export_command, prepare_command  # noqa: E402  (light)
 
 main.add_command(prepare_command)
+main.add_command(export_command)
 
 
 if __name__ == "__main__":

@@ -233,9 +233,6 @@ class TableWriter:
     def write(self, row: dict[str, Any]) -> None:
         """Add one row (its keys are column names; a missing one is an empty cell)."""
         self.rows += 1
-        if self.format == "jsonl" and self.columns is None:
-            self._file.write(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-            return
         self._buffer.append(row)
         if len(self._buffer) >= BUFFER_ROWS:
             self._flush()
