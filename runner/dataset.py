@@ -151,6 +151,11 @@ class ResultIndex:
                 self.lines += 1
             offset += len(raw)
 
+    def at(self, custom_id: str) -> int | None:
+        """Where the final result line of `custom_id` starts (a byte offset); None: it has none."""
+        found = self._index.get(custom_id)
+        return None if found is None else found[0]
+
     def get(self, custom_id: str) -> dict[str, Any] | None:
         """The final result line of `custom_id`, parsed; None when it has none."""
         at = self._index.get(custom_id)

@@ -588,7 +588,9 @@ def _usage_error(message: str) -> NoReturn:
 
 def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None = None,
              summary_json: Path | None = None, prices: PriceTable | None = None) -> int:
-    return execute(lambda console, log: run(config, console=console, log=log, progress=progress),
+    from runner.client import run_engine  # the Python API's engine: one path for both
+    return execute(lambda console, log: run_engine(config, console=console, log=log,
+                                                   progress=progress, handle_signals=True),
                    title=f"runner: {config.input} -> {config.output}", output=config.output,
                    api_key=config.endpoint.api_key,
                    usage_errors=(CheckpointError, OSError, RedisUnavailable, ChangedJobsError),
