@@ -15,8 +15,10 @@
      ├── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
      │    ├── ListNotTakenError      ... only the first prompt of a list answered -> retry (a
      │    │                          lane where it happens twice before any pack worked: jobs alone)
-     │    └── NChoicesIgnoredError   ... one choice per prompt where n asked for more
-     │                                 -> retried once to confirm, then n_not_supported (permanent)
+     │    ├── NChoicesIgnoredError   ... one choice per prompt where n asked for more
+     │    │                            -> retried once to confirm, then n_not_supported (permanent)
+     │    └── InvalidJSONError       ... not the JSON the job's response_format asked for
+     │                                 -> retry (counted), then invalid_json
      ├── RequestTooLarge             (runner.pacing.limiter) more tokens than the whole TPM
      │                                                 -> fails the job; a pack is sent in halves
      ├── StopRunError                the run cannot go on; it stops early, resumably
@@ -59,7 +61,8 @@ from runner.redact import redact_url
 __all__ = [
     "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
     "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError",
-    "APIUnreachableError", "BadResponseError", "NChoicesIgnoredError", "ListNotTakenError", "StopRunError",
+    "APIUnreachableError", "BadResponseError", "NChoicesIgnoredError", "ListNotTakenError",
+    "InvalidJSONError", "StopRunError",
     "ConfigurationError", "CrossOriginRedirect", "TokenUnavailable", "TokenRejected",
     "UnusableInput", "ChangedJobsError", "describe",
 ]
@@ -126,6 +129,11 @@ class ListNotTakenError(BadResponseError):
 
 class NChoicesIgnoredError(BadResponseError):
     """A 2xx answer with one choice per prompt where `n` asked for more: the server ignores `n`."""
+
+
+class InvalidJSONError(BadResponseError):
+    """A 2xx answer to a job asking for JSON (`response_format` json_object or json_schema) that
+    is not valid JSON or does not fit the schema (`jobs.structured`); the message says why."""
 
 
 class StopRunError(RunnerError):
