@@ -2,7 +2,7 @@
 holds: the last `MEMORY_KEYS` written live in a dict, the rest in a SQLite file on disk (a
 temporary file, deleted when closed). `runner export` keeps a result file's line offsets in one
 (custom_id -> where its last line is) and `runner prepare` the ids it has seen (id -> its row),
-so a table of ten million rows is handled in the memory of a few hundred thousand.
+so a table of ten million rows is handled in the memory of a few tens of thousands.
 
     put(key, a, b) ──► dict (recent keys) ──MEMORY_KEYS reached──► SQLite (INSERT OR REPLACE)
     get(key)       ──► dict, else SQLite once anything has spilled there
@@ -18,8 +18,8 @@ from pathlib import Path
 
 __all__ = ["KeyIndex", "MEMORY_KEYS"]
 
-MEMORY_KEYS = 200_000  # keys held in memory before they go to disk (~30 MB of short ids)
-CACHE_KIB = 16_384     # SQLite's page cache, in KiB (its memory does not grow past this)
+MEMORY_KEYS = 50_000  # keys held in memory before they go to disk (~10 MB of short ids)
+CACHE_KIB = 8_192     # SQLite's page cache, in KiB (its memory does not grow past this)
 
 
 class KeyIndex:
