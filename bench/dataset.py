@@ -3,7 +3,7 @@
 Generates a CSV of N rows (a quoted comma, a newline and non-ASCII text in every few rows), runs
 `runner prepare` on it with `--id-column`, writes a result line for every job (in reverse order,
 so export's index is really used, with a few retried lines), then `runner export --data` to CSV.
-Each command runs in a fresh process; its peak resident memory (ru_maxrss) and wall time are
+Each command runs in a fresh process; its peak resident memory (VmHWM) and wall time are
 printed per size. Flat memory: the peak hardly moves while N grows tenfold.
 
     python bench/dataset.py                       # 100,000 and 1,000,000 rows
@@ -23,14 +23,16 @@ from pathlib import Path
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-PROBE = ("import resource, sys\n"
+# The peak RSS of the command's own process: VmHWM (ru_maxrss would carry the parent's peak
+# across exec on Linux, and this script's parent holds a whole job file at one point).
+PROBE = ("import re, sys\n"
          "from runner.cli.main import main\n"
          "try:\n"
          "    main(sys.argv[1:])\n"
          "except SystemExit as e:\n"
          "    code = e.code\n"
-         "print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code,"
-         " file=sys.stderr)\n")
+         "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+         "print('maxrss_kib', hwm, code, file=sys.stderr)\n")
 TEXTS = ("Hello, world", "two\nlines", "Grüße, 你好", 'say "hi"', "plain text of a review " * 4)
 
 
