@@ -21,6 +21,11 @@ LIST_NOT_TAKEN = "list_not_taken"  # a 2xx to a list of prompts answering only t
 INTERNAL_ERROR = "internal_error"  # a bug on our side, not the job's fault
 IMAGE_DOWNLOAD_FAILED = "image_download_failed"  # an image `url` could not be fetched in time
 IMAGE_SAVE_FAILED = "image_save_failed"  # an image could not be written to --images-dir
+# A 2xx whose answer is not the JSON the job asked for (response_format json_object/json_schema):
+# not valid JSON, or not fitting the schema (`jobs.structured`). Transient, like bad_response:
+# answers are sampled, so another attempt (and another run) may well get valid JSON; a job that
+# can never get it (max_tokens too small for the object) fails again, with finish_reason length.
+INVALID_JSON = "invalid_json"
 
 # The job itself is wrong: another run would get the same answer.
 INVALID_REQUEST = "invalid_request"  # 400 naming no code
@@ -43,7 +48,7 @@ STRING_ABOVE_MAX_LENGTH = "string_above_max_length"
 TRANSIENT_CODES = frozenset({
     RATE_LIMITED, SERVER_ERROR, TIMEOUT, CONNECTION_ERROR, BAD_RESPONSE, LIST_NOT_TAKEN,
     QUOTA, INVALID_API_KEY, PERMISSION_DENIED, INTERNAL_ERROR, IMAGE_DOWNLOAD_FAILED,
-    IMAGE_SAVE_FAILED,
+    IMAGE_SAVE_FAILED, INVALID_JSON,
 })
 PERMANENT_CODES = frozenset({
     INVALID_REQUEST, NOT_FOUND, CONTEXT_LENGTH_EXCEEDED, UNPROCESSABLE, REQUEST_TOO_LARGE,

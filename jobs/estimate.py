@@ -36,6 +36,7 @@ from jobs.job import Job
 from jobs.packing import Budget, Packer, Request
 from jobs.reader import BadLine, Duplicate, read_jobs
 from jobs.results import OutputState
+from jobs.structured import json_request
 
 
 CostFn = Callable[[str, int, int], "float | None"]  # (model, prompt, completion) -> USD or None
@@ -66,6 +67,7 @@ class ModelEstimate:
     cost: float | None = None       # USD, filled in by `Estimator.finish`; None = unknown price
     images: int = 0                 # images asked for (image endpoints: n per job)
     image_cost: float | None = 0.0  # USD for them by the per-image table; None = some unpriced
+    structured: int = 0             # jobs asking for JSON: their answers are checked (jobs.structured)
 
     def minutes(self, budget: Budget, ipm: float | None = None) -> float | None:
         """max(requests / RPM, charge / TPM) over the limits known; for an image model
@@ -105,6 +107,11 @@ class Estimate:
         return sum(m.images for m in self.models)
 
     @property
+    def structured(self) -> int:
+        """Jobs asking for JSON (response_format): each answer is checked, a broken one retried."""
+        return sum(m.structured for m in self.models)
+
+    @property
     def jobs(self) -> int:
         """Valid, unique jobs (over-context ones included: they get an error line)."""
         return sum(m.jobs for m in self.models)
@@ -139,6 +146,7 @@ class Estimate:
             "input": self.path,
             "limits": {"rpm": self.budget.rpm, "tpm": self.budget.tpm, "ipm": self.ipm},
             "jobs": self.jobs, "requests": self.requests, "images": self.images,
+            "structured_jobs": self.structured,
             "bad_lines": self.bad_lines.to_json(), "duplicates": self.duplicates.to_json(),
             "over_context": self.over_context.to_json(),
             "kept_from_output": self.kept, "changed": self.changed.to_json(),
@@ -215,6 +223,7 @@ class Estimator:
             self._over.add(BadLine(self.path, item.line, overflow, item.custom_id))  # never sent
             return
         charge = tokens.rate_limit_charge(item.url, item.body)
+        model.structured += json_request(item.url, item.body) is not None
         model.prompt_tokens += tokens.prompt_tokens(item.url, item.body, self._counter)
         model.max_completion_tokens += tokens.max_completion_tokens(item.url, item.body)
         model.charge += charge

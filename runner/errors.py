@@ -16,8 +16,10 @@ module, its module is named)::
      ├── BadResponseError            200 with truncated/malformed JSON or no choices -> retry
      │    ├── ListNotTakenError      ... only the first prompt of a list answered -> retry (a
      │    │                          lane where it happens twice before any pack worked: jobs alone)
-     │    └── NChoicesIgnoredError   ... one choice per prompt where n asked for more
-     │                                 -> retried once to confirm, then n_not_supported (permanent)
+     │    ├── NChoicesIgnoredError   ... one choice per prompt where n asked for more
+     │    │                            -> retried once to confirm, then n_not_supported (permanent)
+     │    └── InvalidJSONError       ... not the JSON the job's response_format asked for
+     │                                 -> retry (counted), then invalid_json
      ├── RequestTooLarge             (runner.pacing.limiter; also a ValueError) more tokens than the
      │                               whole TPM -> fails the job; a pack is sent in halves
      ├── DownloadFailed              (runner.files.images) an image `url` could not be downloaded
@@ -80,6 +82,11 @@ Outside the tree, on purpose:
   `ListNotTaken` into a `ListNotTakenError`); its `PartialAnswer` never becomes an error: the
   jobs answered are written and the others sent again. `jobs.spend.Unpriceable` (a job whose
   model the price table lacks, under --max-cost) becomes a `ConfigurationError` (exit 2).
+  `jobs.prepare.TemplateProblem` (a template naming a column a row lacks) stops `runner
+  prepare` before anything is written.
+- The dataset commands' own: `TableError` (runner.files.tables: a table that cannot be read or
+  written) and `DatasetError` (runner.dataset: `export`'s inputs do not fit together) end
+  `runner prepare` / `runner export` with exit 2; no run is going on.
 - The simulator's `ApiError` and `ConnectionDropped` (runner.simulator.service) never leave the
   test double: they become its answers, or a connection it drops.
 - `runner.batch.run._Stopped` is no error: a signal asked the batch loop to stop while it
@@ -99,9 +106,9 @@ __all__ = [
     "RunnerError", "APIError", "RateLimitError", "QuotaExceededError", "AuthenticationError",
     "BadRequestError", "ServerError", "APIConnectionError", "APITimeoutError",
     "APIUnreachableError", "BadResponseError", "NChoicesIgnoredError", "ListNotTakenError",
-    "StopRunError", "EndpointUnusable", "ConfigurationError", "CrossOriginRedirect",
-    "TokenUnavailable", "TokenRejected", "UnusableInput", "ChangedJobsError", "describe",
-    "error_fields",
+    "InvalidJSONError", "StopRunError", "EndpointUnusable", "ConfigurationError",
+    "CrossOriginRedirect", "TokenUnavailable", "TokenRejected", "UnusableInput",
+    "ChangedJobsError", "describe", "error_fields",
 ]
 
 
@@ -172,6 +179,11 @@ class ListNotTakenError(BadResponseError):
 
 class NChoicesIgnoredError(BadResponseError):
     """A 2xx answer with one choice per prompt where `n` asked for more: the server ignores `n`."""
+
+
+class InvalidJSONError(BadResponseError):
+    """A 2xx answer to a job asking for JSON (`response_format` json_object or json_schema) that
+    is not valid JSON or does not fit the schema (`jobs.structured`); the message says why."""
 
 
 class StopRunError(RunnerError):

@@ -36,7 +36,8 @@ from jobs import codes
 from runner.api.headers import RateLimitInfo, parse_duration, parse_retry_after, reset_from_message
 from runner.errors import (
     APIConnectionError, APIError, APITimeoutError, APIUnreachableError, AuthenticationError,
-    BadRequestError, BadResponseError, ConfigurationError, ListNotTakenError, NChoicesIgnoredError,
+    BadRequestError, BadResponseError, ConfigurationError, InvalidJSONError, ListNotTakenError,
+    NChoicesIgnoredError,
     QuotaExceededError, RateLimitError, ServerError, StopRunError, describe,
 )
 from runner.errors import error_fields as _error_fields
@@ -195,6 +196,8 @@ def _classify_exception(exc: BaseException, now: float | None) -> Verdict:
         return Verdict(Action.RETRY, codes.LIST_NOT_TAKEN, _clean_message(str(exc)))
     if isinstance(exc, NChoicesIgnoredError):  # unusable now; permanent once confirmed (`decide`)
         return Verdict(Action.RETRY, codes.N_NOT_SUPPORTED, _clean_message(str(exc)))
+    if isinstance(exc, InvalidJSONError):  # retried like bad_response, under its own code
+        return Verdict(Action.RETRY, codes.INVALID_JSON, _clean_message(str(exc)))
     if isinstance(exc, BadResponseError):
         return classify_bad_response(str(exc))
     if isinstance(exc, APITimeoutError):
@@ -238,7 +241,8 @@ def classify(status: int | None, headers: Mapping[str, str], body: bytes | str |
       error's message (an `APIUnreachableError` is an endpoint fault); a `StopRunError` (raised by `send`: no
       Entra ID token to be had, a redirect to another origin refused): STOP_RUN with the error's
       `code` and message, `misconfigured` for a `ConfigurationError`; `NChoicesIgnoredError`: RETRY
-      "n_not_supported" (see `decide`); other `BadResponseError`s: RETRY "bad_response";
+      "n_not_supported" (see `decide`); `InvalidJSONError`: RETRY "invalid_json"; other
+      `BadResponseError`s: RETRY "bad_response";
       an `APIError`: as its status, headers and body; any other exception, a raw aiohttp or OS
       error among them (a backend sends through `runner.api.transport.only_tree_errors`, so
       one reaching here is a bug): FAIL_JOB "internal_error".

@@ -22,6 +22,7 @@ NEEDED_BY_NO_COMMAND_AT_START = (
     "runner.batch.run", "runner.cli.batch", "runner.batch.client", "runner.batch.collect",
     "runner.report.estimate", "runner.report.status", "runner.report.render",
     "jobs.estimate", "jobs.merge", "runner.simulator.server",
+    "jinja2", "jsonschema", "pyarrow", "runner.dataset", "runner.files.tables", "jobs.prepare",
 )
 NEEDED_BY_NO_LIVE_RUN = (
     "rich", "tiktoken", "runner.batch.run", "runner.cli.batch", "runner.batch.client",

@@ -16,7 +16,8 @@ from jobs.packing import (
     ListNotTaken, MissingChoices, NChoicesIgnored, PartialAnswer, Request, split_response,
 )
 from jobs.results import error_record, success_record
-from runner.errors import BadResponseError, ListNotTakenError, NChoicesIgnoredError
+from jobs.structured import first_problem
+from runner.errors import BadResponseError, InvalidJSONError, ListNotTakenError, NChoicesIgnoredError
 from runner.outcome import Action, Attempts, Step, classify, decide
 
 # Error codes of a line that never ran: its job goes into a later batch, no attempt spent.
@@ -67,6 +68,9 @@ def judge_line(line_id: str, ids: tuple[str, ...], request: Request | None, answ
             if request is None:
                 raise MissingChoices("the batch line's request is unknown (its local file is gone)")
             answers = split_response(request, body)
+            problem = first_problem(request.jobs, answers)  # structured outputs checked
+            if problem is not None:
+                verdict = classify(None, {}, None, exc=InvalidJSONError(problem))
         except PartialAnswer as exc:  # keep what came back: only the jobs lacking choices go again
             assert request is not None
             rid = lambda i: f"{record_id}-{i}"  # noqa: E731 (a pack's ids, as on success)

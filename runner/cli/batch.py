@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.api.endpoint import Endpoint, batch_setup_hint
-from runner.batch.run import BatchRunConfig, run_batch
+from runner.batch.run import BatchRunConfig
+from runner.client import run_engine
 from runner.batch.state import read_state
 from runner.cli.execute import execute
 from runner.errors import ChangedJobsError, EndpointUnusable, RunnerError
@@ -30,7 +31,8 @@ def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Pa
         from runner.report.prices import load_prices
         config = dataclasses.replace(config, prices=batch_price_table(prices or load_prices()))
     return execute(
-        lambda console, log: run_batch(config, console=console, log=log, progress=progress),
+        lambda console, log: run_engine(config, console=console, log=log, progress=progress,
+                                        handle_signals=True),
         title=f"runner ({what}): {config.input} -> {config.output}", output=config.output,
         api_key=config.endpoint.api_key, usage_errors=(CheckpointError, OSError, ChangedJobsError),
         log_file=log_file, summary_json=summary_json,

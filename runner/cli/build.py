@@ -23,7 +23,7 @@ from runner.exit_codes import EXIT_USAGE
 from runner.files.checkpoint import CheckpointError
 from runner.files.inputs import UnreadableFormat, check_format
 from runner.live.dispatch import DispatchConfig
-from runner.live.run import RunConfig, run
+from runner.live.run import RunConfig
 from runner.pacing.redis_state import RedisUnavailable
 from runner.report.prices import PriceTable, PriceTableError, load_prices
 
@@ -173,8 +173,10 @@ def usage_error(message: str) -> NoReturn:
 def execute_live(config: RunConfig, *, progress: bool = True, log_file: Path | None = None,
                  summary_json: Path | None = None, prices: PriceTable | None = None,
                  metrics: Any = None) -> int:
-    return execute(lambda console, log: run(config, console=console, log=log, progress=progress,
-                                            metrics=metrics),
+    from runner.client import run_engine  # the Python API's engine: one path for both
+    return execute(lambda console, log: run_engine(config, console=console, log=log,
+                                                   progress=progress, handle_signals=True,
+                                                   metrics=metrics),
                    title=f"runner: {config.input} -> {config.output}", output=config.output,
                    api_key=config.endpoint.api_key,
                    usage_errors=(CheckpointError, OSError, RedisUnavailable, ChangedJobsError),

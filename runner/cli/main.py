@@ -404,5 +404,11 @@ def demo(output: Path) -> None:
     sys.exit(code)
 
 
+from runner.cli.dataset import export_command, prepare_command  # noqa: E402  (light)
+
+main.add_command(prepare_command)
+main.add_command(export_command)
+
+
 if __name__ == "__main__":
     main()

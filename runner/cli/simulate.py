@@ -84,6 +84,9 @@ from runner.cli.options import POSITIVE
 @click.option("--deployments", "sim_deployments", default=None,
               help="Comma-separated Azure deployments that exist; another answers 404 "
                    "DeploymentNotFound.")
+@click.option("--json-fault-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Probability that a chat answer asking for JSON (response_format) comes back "
+                   "with its JSON broken: cut short, or missing the schema.")
 def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: float,
              latency_ms: float, fault_rate: float, faults: str, quota_requests: int | None,
              seed: int, list_prompts: str, honour_n: bool, budget_scope: str, limiter: str,
@@ -98,7 +101,7 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
              partial_rate: float = 0.0, max_dropped: int = 1, refused_count: bool = False,
              image_budget_scope: str = "model", url_error: str = "invalid_url",
              sim_api_key: str | None = None, models: str | None = None,
-             sim_deployments: str | None = None) -> None:
+             sim_deployments: str | None = None, json_fault_rate: float = 0.0) -> None:
     """Serve a simulated OpenAI-compatible API (and Azure OpenAI URL shapes), with the hosted
     Batch API's Files and Batches endpoints, for trying runner out."""
     from runner.simulator.config import SimConfig
@@ -121,7 +124,7 @@ def simulate(host: str, port: int, rpm: int | None, tpm: int | None, burst_s: fl
                            max_dropped=max_dropped, refused_count=refused_count,
                            image_budget_scope=image_budget_scope, url_error=url_error,
                            api_key=sim_api_key, models=_names(models),
-                           deployments=_names(sim_deployments))
+                           deployments=_names(sim_deployments), json_fault_rate=json_fault_rate)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     serve(config, host, port, batch=batch)

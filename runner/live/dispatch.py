@@ -52,12 +52,14 @@ from jobs.intake import (
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.codes import DUPLICATE
 from jobs.results import OutputState, RecordIds, error_record, success_record
+from jobs.structured import first_problem
 from runner.api.endpoint import Endpoint, setup_hint
 from runner.api.headers import RateLimitInfo
 from runner.api.imagelimits import as_token_headers
 from runner.files.images import ImageStore, SaveFailed
 from runner.errors import (
-    APITimeoutError, BadResponseError, ChangedJobsError, ListNotTakenError, NChoicesIgnoredError,
+    APITimeoutError, BadResponseError, ChangedJobsError, InvalidJSONError, ListNotTakenError,
+    NChoicesIgnoredError,
     RunnerError,
     StopRunError, UnusableInput,
 )
@@ -641,6 +643,9 @@ class Dispatcher:
                 if verdict.action is not Action.OK:
                     return verdict, None, response
                 answers = split_response(request, body)
+                problem = first_problem(request.jobs, answers)  # structured outputs checked
+                if problem is not None:
+                    return classify(None, {}, None, exc=InvalidJSONError(problem)), None, response
             except PartialAnswer as exc:  # keep what came back; the rest is sent again
                 return verdict, [exc.answers.get(i) for i in range(len(request.jobs))], response
             except ListNotTaken as exc:  # a lesson, and (mostly) still the first job's own answer

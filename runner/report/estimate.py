@@ -69,6 +69,10 @@ def estimate_table(est: Estimate, prices: PriceTable) -> Group:
         notes.append(Text(f"images: {est.images:,} asked for (n per job); image models are charged "
                           "images, not tokens (charge column), timed against --ipm, and priced per "
                           "image by model, size and quality"))
+    if est.structured:
+        notes.append(Text(f"structured outputs: {est.structured:,} jobs ask for JSON "
+                          "(response_format); each answer is checked (JSON, and the schema when "
+                          "given) and a broken one retried, counted against --max-attempts"))
     if est.uncapped:
         notes.append(Text(f"{est.uncapped:,} chat or Responses jobs set no max_tokens / "
                           "max_completion_tokens / max_output_tokens: "

@@ -7,13 +7,18 @@ plus `max_tokens * n` (chat: `max_completion_tokens`, else `max_tokens`, else 0;
 `max_tokens`, else 16); embeddings: `ceil(chars / 4)` per input.
 
 Answers are pure functions of the input (`completion_text`, `completion_logprobs`,
-`embedding_vector`), so a test can compute what each job must get back; `build_answer` puts them
-in OpenAI's shapes with correct indices and usage.
+`embedding_vector`, `structured_text`), so a test can compute what each job must get back;
+`build_answer` puts them in OpenAI's shapes with correct indices and usage. A chat request asking
+for JSON (`response_format` json_object or json_schema) gets `structured_text`: JSON that fits its
+schema, its values derived from the prompt; with `break_json` > 0 that JSON is broken at that
+rate (`broken_json`: cut short, or an object that misses the schema), as local servers and older
+models break it.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 import random
 import struct
@@ -78,6 +83,58 @@ def chat_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     return "".join(out)
 
 
+def schema_instance(schema: Any, seed: str) -> Any:
+    """A value fitting the JSON schema `schema` (objects with every property, the first of an
+    enum or anyOf, strings derived from `seed`): what a model following the schema answers."""
+    if not isinstance(schema, Mapping):
+        return f"sim:{sha_hex(seed)[:12]}"
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        options = schema["enum"]
+        return options[int(sha_hex(seed)[:8], 16) % len(options)]
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return schema_instance(schema[key][0], seed)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        return {name: schema_instance(sub, f"{seed}.{name}") for name, sub in props.items()}
+    if kind == "array":
+        return [schema_instance(schema.get("items"), f"{seed}[0]")]
+    if kind == "integer":
+        return int(sha_hex(seed)[:4], 16) % 100
+    if kind == "number":
+        return round(int(sha_hex(seed)[:4], 16) / 65536, 4)
+    if kind == "boolean":
+        return int(sha_hex(seed)[:2], 16) % 2 == 0
+    if kind == "null":
+        return None
+    return f"sim:{sha_hex(seed)[:12]}"
+
+
+def structured_text(prompt: str, j: int, response_format: Mapping[str, Any]) -> str:
+    """The JSON text of choice `j` for `prompt` under `response_format`: an instance of its
+    json_schema's schema, or `{"answer": completion_text(prompt, j)}` for json_object."""
+    if response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        value = schema_instance(schema, f"{prompt}#{j}")
+    else:
+        value = {"answer": completion_text(prompt, j)}
+    return json.dumps(value, ensure_ascii=False)
+
+
+def broken_json(text: str, rng: random.Random) -> str:
+    """`text` (JSON) broken as models break it: cut short half the time, else an object of
+    another shape (`{"oops": ...}`: valid JSON that misses a schema's properties)."""
+    if rng.random() < 0.5:
+        return text[: max(1, len(text) // 2)]
+    return json.dumps({"oops": text[:20]})
+
+
 def embedding_vector(text: str, dims: int = DEFAULT_EMBEDDING_DIMS) -> list[float]:
     """A deterministic unit-length vector of `dims` floats derived from `text`."""
     raw: list[float] = []
@@ -125,6 +182,7 @@ class SimRequest:
     base64: bool = False
     logprobs: int | None = None  # completions: top logprobs asked
     logit_bias: Mapping[str, float] | None = None
+    response_format: Mapping[str, Any] | None = None  # chat asking for JSON (json_object/_schema)
 
     @property
     def charge(self) -> int:
@@ -133,8 +191,9 @@ class SimRequest:
 
 
 def build_answer(req: SimRequest, *, rng: random.Random, shuffle: bool, created: int,
-                 response_id: str) -> dict[str, Any]:
-    """The 200 body for `req`: choices (or embeddings) with correct indices, usage, OpenAI shapes."""
+                 response_id: str, break_json: float = 0.0) -> dict[str, Any]:
+    """The 200 body for `req`: choices (or embeddings) with correct indices, usage, OpenAI shapes;
+    a structured choice's JSON broken with probability `break_json` (`broken_json`)."""
     prompt_tokens = sum(text_tokens(p) for p in req.prompts)
     if req.kind == EMBEDDINGS:
         items: list[dict[str, Any]] = []
@@ -152,6 +211,10 @@ def build_answer(req: SimRequest, *, rng: random.Random, shuffle: bool, created:
     for position, prompt in enumerate(req.prompts):
         for j in range(req.n):
             text = completion_text(prompt, j)
+            if req.kind == CHAT and req.response_format is not None:
+                text = structured_text(prompt, j, req.response_format)
+                if break_json and rng.random() < break_json:
+                    text = broken_json(text, rng)
             completion_tokens += text_tokens(text)
             if req.kind == CHAT:
                 choices.append({"index": j, "message": {"role": "assistant", "content": text,

@@ -531,7 +531,8 @@ def _other_answer(sim: Service, tail: str, body: Any,
     def answer() -> dict[str, Any]:
         if tail == rsp.RESPONSES:
             return rsp.response_answer(model, text, limit, response_id=sim.next_id("resp_", 32),
-                                       created=int(sim.wall_clock()))
+                                       created=int(sim.wall_clock()),
+                                       text_format=rsp.json_format(body))
         if tail != rsp.MODERATIONS:
             sim.stats.images += image_req.n
             return img.image_answer(image_req, created=int(sim.wall_clock()),

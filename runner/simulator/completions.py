@@ -140,6 +140,7 @@ def _reply(service: Service, req: SimRequest, fault: str | None, *, over_http: b
     """What the admitted `req` gets: its answer with `fault` applied (`faults.apply_fault`)."""
     def answer() -> dict[str, Any]:
         return build_answer(req, rng=service.rng, shuffle=service.config.shuffle,
+                            break_json=service.config.json_fault_rate,
                             created=int(service.wall_clock()),
                             response_id=service.next_id("chatcmpl-" if req.kind == CHAT else "cmpl-",
                                                         29))

@@ -99,6 +99,10 @@ class SimConfig:
     or "unknown_url" `Unknown request URL: POST /path. Please check the URL for typos, ...` (code
     `unknown_url`, as since 2024). Paths under `/openai/` get Azure's `{"code": "404", "message":
     "Resource not found"}` either way.
+    json_fault_rate: the probability that a structured answer (a chat request with
+    `response_format` json_object or json_schema) comes back with its JSON broken: cut short, or
+    an object that misses the schema (`answers.broken_json`), as local servers and older models
+    break it.
     models: the models that exist on OpenAI URLs (None: every name); another answers 404
     `model_not_found`. deployments: the same for Azure deployments (the URL's, or the body's
     `model` on the v1 URLs); another answers 404 `DeploymentNotFound`.
@@ -133,6 +137,7 @@ class SimConfig:
     url_error: str = "invalid_url"
     models: tuple[str, ...] | None = None
     deployments: tuple[str, ...] | None = None
+    json_fault_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "quota_requests", "ipm"):
@@ -149,6 +154,9 @@ class SimConfig:
         _check_number("hang_s", self.hang_s, minimum=0, strict=False)
         _check_number("fault_rate", self.fault_rate, minimum=0, strict=False)
         _check_number("charge_factor", self.charge_factor, minimum=0, strict=True)
+        _check_number("json_fault_rate", self.json_fault_rate, minimum=0, strict=False)
+        if self.json_fault_rate > 1:
+            raise ValueError(f"json_fault_rate must be <= 1, got {self.json_fault_rate!r}")
         if self.fault_rate > 1:
             raise ValueError(f"fault_rate must be <= 1, got {self.fault_rate!r}")
         if isinstance(self.faults, str):

@@ -117,6 +117,26 @@ def _text_list(body: Mapping[str, Any], name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _response_format(value: Any) -> Mapping[str, Any] | None:
+    """A chat `response_format` asking for JSON, checked as the service checks it; None for
+    text or none; ApiError 400 for another shape."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return value
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise bad_request("Missing required parameter: 'response_format.json_schema.name'.",
+                              "response_format.json_schema.name", "missing_required_parameter")
+        return value
+    raise bad_request(f"Invalid value: '{kind}'. Supported values are: 'text', 'json_object' and "
+                      "'json_schema'.", "response_format.type", "invalid_value")
+
+
 def parse_request(kind: str, body: Any, deployment: str | None = None) -> SimRequest:
     """Validate a request body the way the service does; raise `ApiError` (400) when it would.
 
@@ -158,7 +178,8 @@ def parse_request(kind: str, body: Any, deployment: str | None = None) -> SimReq
         max_tokens = _int_field(body, "max_completion_tokens", minimum=1)
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", minimum=1)
-        return SimRequest(kind, model, (chat_prompt(messages),), n=n, max_tokens=max_tokens)
+        return SimRequest(kind, model, (chat_prompt(messages),), n=n, max_tokens=max_tokens,
+                          response_format=_response_format(body.get("response_format")))
     bias = body.get("logit_bias")
     if bias is not None and not (isinstance(bias, dict) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and -100 <= v <= 100

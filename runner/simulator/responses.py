@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runner.simulator.answers import CHARS_PER_TOKEN, completion_text, sha_hex, text_tokens
+from runner.simulator.answers import (
+    CHARS_PER_TOKEN, completion_text, sha_hex, structured_text, text_tokens,
+)
 from runner.simulator.parsing import MAX_LIST_ITEMS, bad_request
 
 RESPONSES, MODERATIONS = "responses", "moderations"
@@ -93,10 +95,20 @@ def response_charge(text: str, max_output_tokens: int | None) -> int:
     return -(-len(text) // CHARS_PER_TOKEN) + (max_output_tokens or 0)
 
 
+def json_format(body: Any) -> Mapping[str, Any] | None:
+    """The body's `text.format` when it asks for JSON (json_object or json_schema), else None."""
+    text = body.get("text") if isinstance(body, Mapping) else None
+    fmt = text.get("format") if isinstance(text, Mapping) else None
+    return fmt if isinstance(fmt, Mapping) and fmt.get("type") in ("json_object", "json_schema") \
+        else None
+
+
 def response_answer(model: str, text: str, max_output_tokens: int | None, *, response_id: str,
-                    created: int) -> dict[str, Any]:
-    """The `response` object for this input (see the module docstring)."""
-    answer = completion_text(text, 0)
+                    created: int, text_format: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `response` object for this input (see the module docstring); with `text_format`
+    (`json_format` of the body) its text is `structured_text`, JSON fitting the schema."""
+    answer = completion_text(text, 0) if text_format is None else structured_text(
+        text, 0, {"type": text_format["type"], "json_schema": text_format})
     reasoning = 64 if model.startswith(("o1", "o3", "o4", "gpt-5")) else 0
     input_tokens = text_tokens(text)
     if FAIL_MARKER in text:
@@ -165,5 +177,5 @@ def moderation_answer(model: str, texts: list[str], *, response_id: str) -> dict
     return {"id": response_id, "model": model, "results": [moderation_result(t) for t in texts]}
 
 
-__all__ = ["parse_responses", "response_answer", "response_charge",
+__all__ = ["parse_responses", "response_answer", "json_format", "response_charge",
            "parse_moderations", "moderation_answer", "moderation_result"]

@@ -170,7 +170,7 @@ async def _serve(sim: Service, request: web.Request, tail: str, shape: str) -> w
         created = int(sim.wall_clock())
         if tail == rsp.RESPONSES:
             return rsp.response_answer(model, text, limit, response_id=sim.next_id("resp_", 32),
-                                       created=created)
+                                       created=created, text_format=rsp.json_format(fields))
         if tail == rsp.MODERATIONS:
             return rsp.moderation_answer(model, texts, response_id=sim.next_id("modr-", 24))
         return img.image_answer(image_req, created=created,
