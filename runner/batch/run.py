@@ -26,7 +26,7 @@ import asyncio
 import os
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,7 @@ from jobs import intake as intake_
 from jobs.intake import ChangedPolicy, ChangedReport, Fail, Intake, Pending, Refuse, Reject
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.shard import Shard
-from jobs.results import FINGERPRINT, OutputState, error_record
+from jobs.results import FINGERPRINT, LineFacts, OutputState, error_record
 from runner.api.endpoint import Endpoint
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
 from runner.batch.client import BatchClient, batch_url
@@ -159,10 +159,18 @@ class _SeenState(OutputState):
         self.ids: set[str] = set()
         self.watch = watch or set()
 
-    def add(self, record: Any) -> None:
-        super().add(record)
-        if record.get("custom_id") in self.watch and isinstance(record.get("id"), str):
-            self.ids.add(record["id"])
+    def account_lines(self, data: bytes, position: int, *,
+                      keep_done: bool = False) -> Iterator[tuple[int, bytes]]:
+        if not self.watch:
+            return super().account_lines(data, position, keep_done=keep_done)
+        return self._account_slow(data, 0, len(data), position, keep_done)  # every line's id
+
+    def account(self, facts: LineFacts, position: int, *, keep_done: bool = False) -> None:
+        super().account(facts, position, keep_done=keep_done)
+        if facts.custom_id in self.watch:
+            record_id = orjson.loads(self.lines.read(position)).get("id")
+            if isinstance(record_id, str):
+                self.ids.add(record_id)
 
 
 class _Stopped(Exception):
@@ -735,8 +743,7 @@ class _Engine:
             self.failed_here.add(record["custom_id"])
         if record["id"] in self.seen.ids:
             return False
-        self.checkpoint.append(record)
-        self.seen.add(record)
+        self.seen.add(record, self.checkpoint.append(record))
         return True
 
     def write_failures(self, ids: tuple[str, ...], code: str, message: str, record_id: str,
