@@ -115,6 +115,13 @@ class IdTable:
             self._grow()
         return -1
 
+    def setdefault(self, custom_id: str, position: int) -> int:
+        """The position `custom_id` has; when it has none, put it at `position` and return -1."""
+        held = self.find(custom_id)
+        if held < 0:
+            self.put(custom_id, position)
+        return held
+
     def put_all(self, ids: list[str], positions: list[int],
                 replaced: Callable[[int, int], None] | None = None) -> None:
         """`put` each of `ids` at the same index of `positions`, in order; `replaced(n, old)` is

@@ -139,3 +139,25 @@ def test_a_file_scanned_with_colliding_digests_gives_exact_counts_and_bad_lines(
     assert len(state.fingerprints) == 298  # job-5 failed transiently, job-7's last line has none
     assert state.needs_run("job-5") and not state.needs_run("job-7") and state.needs_run("job-300")
     assert state.final("job-7") == LineFacts("job-7", Outcome.DONE, None, None)
+
+
+# -- the reader's duplicate check -------------------------------------------------------------------
+
+def job_line(cid: str) -> bytes:
+    return orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": "m", "messages": [{"role": "user", "content": cid}]}})
+
+
+@pytest.mark.parametrize("digest", COLLIDE)
+def test_duplicates_are_reported_by_line_and_only_they_whatever_the_digests(digest):
+    from jobs.reader import BOM, Duplicate, JobReader
+    ids = [f"j{i}" for i in range(200)] + ["j7", "j150", "j199"]
+    lines = [BOM + job_line(ids[0])] + [job_line(cid) for cid in ids[1:100]] + [b"", b"  "] + \
+        [job_line(cid) for cid in ids[100:]]
+    data = b"\n".join(lines) + b"\n"
+    reader = JobReader("in.jsonl", reread=lambda offset, size: data[offset:offset + size],
+                       digest=digest)
+    items = [reader.feed(raw) for raw in data.split(b"\n")[:-1]]
+    duplicates = [(d.line, d.first_line, d.custom_id) for d in items if isinstance(d, Duplicate)]
+    assert duplicates == [(203, 8, "j7"), (204, 153, "j150"), (205, 202, "j199")]
+    assert sum(isinstance(i, Job) for i in items) == 200

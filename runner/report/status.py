@@ -33,7 +33,7 @@ from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, NotAJobFile, read_jobs
 from jobs.results import Outcome, OutputState, changed, fingerprint
 from runner.files.checkpoint import CheckpointError, LoadReport, scan
-from runner.files.inputs import UnreadableInput, input_lines, input_name
+from runner.files.inputs import Rereader, UnreadableInput, input_lines, input_name
 from runner.report.render import flag_notes
 from runner.exit_codes import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
 
@@ -147,8 +147,9 @@ def status(input_path: str, output: Path | Sequence[Path], *,
     result = Status(input=input_name(input_path), output=", ".join(str(o) for o in outputs))
     result.scan = _combined([scan_output(path, state, keep_done=keep_done) for path in outputs])
     try:
-        for item in read_jobs(input_lines(input_path), result.input):
-            _classify(item, state, result, keep_changed)
+        with Rereader.of(input_path) as reread:
+            for item in read_jobs(input_lines(input_path), result.input, reread=reread):
+                _classify(item, state, result, keep_changed)
     except (UnreadableInput, NotAJobFile) as e:
         raise StatusError(str(e)) from None
     # What `_classify` did not claim belongs to no input line.
