@@ -197,23 +197,12 @@ def record_facts(record: Mapping[str, Any]) -> LineFacts | None:
 def fast_facts(raw: bytes) -> tuple[str, str | None] | None:
     """(custom_id, fingerprint or None) of a runner success line read from its head and tail
     alone (see above); None when the line is not of that shape (`line_facts` parses it)."""
-    if raw[:7] != _ID_HEAD:
+    match = _SUCCESS_LINE.fullmatch(raw)
+    if match is None:
         return None
-    start = raw.find(_CUSTOM_ID, 7, MAX_HEAD) + len(_CUSTOM_ID)
-    end = raw.find(b'"', start, start + MAX_HEAD)
-    if start < len(_CUSTOM_ID) or end < 0 or raw[end:end + len(_RESPONSE_200)] != _RESPONSE_200:
-        return None
-    custom_id = raw[start:end]
-    if not custom_id or b"\\" in custom_id:
-        return None
-    if raw[-_PRINTED_LEN:-2 * FINGERPRINT_BYTES - 2] == _PRINTED_TAIL and raw[-2:] == b'"}':
-        printed = raw[-2 * FINGERPRINT_BYTES - 2:-2]
-        if not printed.isalnum():
-            return None
-        return custom_id.decode("utf-8", "surrogateescape"), printed.decode("ascii")
-    if raw.endswith(_PLAIN_TAIL):
-        return custom_id.decode("utf-8", "surrogateescape"), None
-    return None
+    printed = match[2]
+    return (match[1].decode("utf-8", "surrogateescape"),
+            None if printed is None else printed.decode("ascii"))
 
 
 def line_facts(raw: bytes) -> LineFacts | None:

@@ -32,7 +32,7 @@ from runner.redact import redact_bytes
 
 FSYNC_INTERVAL_S = 1.0  # at most this much of the newest results is at risk from a power cut
 READ_CHUNK = 1 << 20
-RECALL_READ = 4096  # bytes read at once to recall one result line (most fit)
+RECALL_WINDOW = 1 << 14  # bytes read around a result line recalled, kept for the next ones
 
 
 class CheckpointError(StopRunError):
@@ -126,17 +126,18 @@ class RunLock:
 class OutputFiles:
     """The lines of one or more outputs read back by position (`jobs.results.LineSource`): a
     position is a byte offset into the outputs laid end to end, in the order they were added
-    (`end` is where the next one starts). Each read is one `pread` (more for a line over
-    `RECALL_READ` bytes); the files are opened at the first read, closed by `close`."""
+    (`end` is where the next one starts). A read is one `pread` of `RECALL_WINDOW` bytes,
+    whose whole lines are kept for the reads that follow (a run asks for lines in about the order
+    they were written); the files are opened at the first read, closed by `close`."""
 
-    __slots__ = ("_paths", "_bases", "_fds", "end")
+    __slots__ = ("_paths", "_bases", "_fds", "end", "_window")
 
     def __init__(self) -> None:
         self._paths: list[Path] = []
         self._bases: list[int] = []
         self._fds: list[int | None] = []
         self.end = 0
-
+        self._window: tuple[int, bytes] = (0, b"")  # (position, bytes) last read
     def add(self, path: Path) -> int:
         """Take `path` as the next output; returns its base (set `end` past it once read)."""
         self._paths.append(path)
@@ -145,21 +146,29 @@ class OutputFiles:
         return self.end
 
     def read(self, position: int) -> bytes:
+        start, window = self._window
+        at = position - start
+        if 0 <= at < len(window):
+            end = window.find(b"\n", at)
+            if end >= 0:
+                return window[at:end]
         n = bisect.bisect_right(self._bases, position) - 1
         fd = self._fds[n]
         if fd is None:
             fd = self._fds[n] = os.open(self._paths[n], os.O_RDONLY)
         offset = position - self._bases[n]
-        data = os.pread(fd, RECALL_READ, offset)
-        end = data.find(b"\n")
+        before = min(offset, RECALL_WINDOW // 2)  # lines are asked for out of order, a little
+        data = os.pread(fd, RECALL_WINDOW, offset - before)
+        end = data.find(b"\n", before)
         while end < 0:
-            more = os.pread(fd, RECALL_READ, offset + len(data))
+            more = os.pread(fd, RECALL_WINDOW, offset - before + len(data))
             if not more:
-                return data
+                return data[before:]
             at = more.find(b"\n")
             end = -1 if at < 0 else len(data) + at
             data += more
-        return data[:end]
+        self._window = (position - before, data)
+        return data[before:end]
 
     def close(self) -> None:
         for n, fd in enumerate(self._fds):
