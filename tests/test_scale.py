@@ -161,3 +161,30 @@ def test_duplicates_are_reported_by_line_and_only_they_whatever_the_digests(dige
     duplicates = [(d.line, d.first_line, d.custom_id) for d in items if isinstance(d, Duplicate)]
     assert duplicates == [(203, 8, "j7"), (204, 153, "j150"), (205, 202, "j199")]
     assert sum(isinstance(i, Job) for i in items) == 200
+
+
+# -- the batch journal -------------------------------------------------------------------------------
+
+def test_a_closed_chunk_keeps_nothing_of_its_jobs_and_tokens_in_flight_follow_the_events(tmp_path):
+    from runner.batch.state import BatchState, Chunk
+    state = BatchState(tmp_path / "out.jsonl")
+    state.open("0123456789abcdef")
+    for n, model in enumerate(["a", "a", "b"], 1):
+        chunk = Chunk(f"c{n}", "/v1/chat/completions", model, 100 * n,
+                      [(f"j{n}-{i}", (f"j{n}-{i}",)) for i in range(1000)],
+                      fingerprints={f"j{n}-{i}": "f" for i in range(1000)})
+        state.plan(chunk, b"{}\n")
+    state.record({"event": "created", "chunk": "c1", "batch_id": "b1"})
+    state.record({"event": "created", "chunk": "c2", "batch_id": "b2"})
+    assert (state.tokens_in_flight("a"), state.tokens_in_flight("b")) == (300, 0)
+    state.close_chunk(state.chunks["c1"], "completed", retry=[], bisect=[])
+    state.close_chunk(state.chunks["c3"], "failed", retry=[], bisect=[])  # never created
+    assert (state.tokens_in_flight("a"), state.tokens_in_flight("b")) == (200, 0)
+    closed = state.chunks["c1"]
+    assert closed.lines == [] and closed.fingerprints == {} and closed.job_count == 1000
+    assert state.busy_jobs() == {f"j2-{i}" for i in range(1000)}
+    state.close()
+    again = BatchState(tmp_path / "out.jsonl")
+    again.load()  # read back as a stream: the same state
+    assert again.tokens_in_flight("a") == 200 and again.chunks["c1"].lines == []
+    assert again.chunks["c1"].line_count == 1000 and again.busy_jobs() == state.busy_jobs()

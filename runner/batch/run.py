@@ -591,9 +591,9 @@ class _Engine:
             self.log(f"batch {chunk.chunk} refused: {code}: {message}; its {chunk.job_count} jobs fail")
             # closed first: a kill before the lines are all written leaves the jobs without them
             # pending (nothing ran), never a rerun refusing the chunk again and writing them twice
-            printed = dict(chunk.fingerprints)  # closing the chunk forgets them
+            printed, lines = chunk.fingerprints, chunk.lines  # closing the chunk forgets them
             self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
-            for line_id, ids in chunk.lines:
+            for line_id, ids in lines:
                 self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}", printed)
             await self.checkpoint.sync()
         await self.forget_file(chunk)
@@ -601,7 +601,7 @@ class _Engine:
     def never_fits(self, chunk: Chunk, message: str) -> bool:
         """A one-line batch over the limit with nothing else enqueued can never run: fail it."""
         match = _LIMIT_IN_MESSAGE.search(message)
-        return (len(chunk.lines) == 1 and match is not None
+        return (chunk.line_count == 1 and match is not None
                 and chunk.tokens > int(match.group(1).replace(",", "")))
 
     def token_limit(self, chunk: Chunk, message: str) -> None:
