@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from jobs import codes, tokens
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate as DuplicateLine
-from jobs.results import OutputState, fingerprint
+from jobs.results import Outcome, OutputState, changed, fingerprint, needs_run
 
 MAX_CHANGED_SHOWN = 5  # changed jobs named in the refusal; the rest are counted
 
@@ -140,23 +140,24 @@ class Intake:
         if isinstance(item, BadLine):
             return Reject(item)
         if isinstance(item, DuplicateLine):
-            return Duplicate(item, item.custom_id not in self.state.noted_duplicates)
+            return Duplicate(item, not self.state.noted(item.custom_id))
         job = item if item.fingerprint is not None else dataclasses.replace(
             item, fingerprint=fingerprint(item.url, item.body))
-        state, cid = self.state, job.custom_id
-        final = cid in state.done or cid in state.permanent
-        if final and state.changed(cid, job.fingerprint):
-            if cid in state.permanent and state.needs_run(cid, retry_failed=self.retry_failed,
-                                                          retry_codes=self.retry_codes):
+        final = self.state.final(job.custom_id)  # one look at OUTPUT per job
+        if final is None or final.outcome is Outcome.TRANSIENT:
+            return Pending(job)
+        rerun = needs_run(final, retry_failed=self.retry_failed, retry_codes=self.retry_codes)
+        if changed(final, job.fingerprint):
+            if rerun:
                 return Pending(job, changed=True)  # retried anyway: --retry-failed/-codes said so
             if self.changed is ChangedPolicy.REFUSE:
                 return Refuse(job)
             if self.changed is ChangedPolicy.KEEP:
                 return Skip(job, SkipReason.KEPT_CHANGED)
             return Pending(job, changed=True)
-        if not state.needs_run(cid, retry_failed=self.retry_failed, retry_codes=self.retry_codes):
-            why = SkipReason.DONE if cid in state.done else SkipReason.KEPT_FAILED
-            return Skip(job, why, unprinted=cid not in state.fingerprints)
+        if not rerun:
+            why = SkipReason.DONE if final.outcome is Outcome.DONE else SkipReason.KEPT_FAILED
+            return Skip(job, why, unprinted=final.fingerprint is None)
         return Pending(job)
 
     def ready(self, pending: Pending) -> Run | Fail | Reject:

@@ -2,22 +2,28 @@
 
 Pure: `parse_line` turns one raw line into a `Job`, a `BadLine`, or None (a blank line);
 `read_jobs` streams many lines and flags a second line with an already seen `custom_id` as a
-`Duplicate`. Memory grows only with the set of ids seen (one small int per id), never with the
-jobs themselves.
+`Duplicate`. Memory grows only with the ids seen, never with the jobs themselves: 8 bytes a slot
+of a `jobs.idtable.IdTable` (the line number, confirmed by reading the line again) when the input
+can be read again at an offset (`reread`: a regular, uncompressed file), else a dict of ids (stdin,
+pipes, compressed inputs, which cannot be read twice).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import orjson
 
 from jobs.endpoints import SPECS, body_problem
+from jobs.idtable import IdTable
 from jobs.job import ENDPOINTS, METHODS, Job
 
 BOM = b"\xef\xbb\xbf"  # what some editors write at the start of a UTF-8 file
 MAX_SHOWN = 60  # characters of an offending value quoted in a message
 NOT_A_JOB_FILE_AFTER = 20  # bad lines in a row at the start, with no job yet, that end the reading
+LINES_PER_MARK = 64  # the reader keeps the byte offset of every this-many-th line (to read one again)
+REREAD_SIZE = 1 << 16  # bytes read at once to find one line again
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,20 +143,56 @@ def parse_line(raw: bytes, line: int, path: str) -> Job | BadLine | None:
 class JobReader:
     """Feeds raw lines one at a time (from a sync or async source), numbering them and spotting
     duplicates. Raises `NotAJobFile` on the `NOT_A_JOB_FILE_AFTER`th bad line in a row at the start
-    of an input that has shown no job yet."""
+    of an input that has shown no job yet.
 
-    __slots__ = ("path", "line", "_first_line", "_bad_at_start", "_results_at_start")
+    `reread(offset, size)` reads the input again (the bytes at `offset`): given when the lines fed
+    are the input's bytes exactly (each followed by one newline), it lets the duplicate check keep
+    a line number per id instead of the id (see the module docstring)."""
 
-    def __init__(self, path: str) -> None:
+    __slots__ = ("path", "line", "_first_line", "_bad_at_start", "_results_at_start", "_reread",
+                 "_offset", "_marks")
+
+    def __init__(self, path: str, *, reread: Callable[[int, int], bytes] | None = None,
+                 digest: Callable[[str], int] | None = None) -> None:
         self.path = path
         self.line = 0
-        self._first_line: dict[str, int] = {}
+        self._reread = reread
+        self._offset = 0  # of the next line
+        self._marks = array("Q")  # the offset of lines 1, 1 + LINES_PER_MARK, ...
+        self._first_line: dict[str, int] | IdTable = {} if reread is None else (
+            IdTable(self._recall) if digest is None else IdTable(self._recall, digest=digest))
         self._bad_at_start: int | None = 0  # None once a job was seen
         self._results_at_start = 0
+
+    def _recall(self, line: int) -> str | None:
+        """The custom_id of line `line`, read from the input again."""
+        assert self._reread is not None
+        mark = (line - 1) // LINES_PER_MARK
+        skip = line - 1 - mark * LINES_PER_MARK
+        offset = self._marks[mark]
+        data = b""
+        while True:
+            more = self._reread(offset + len(data), REREAD_SIZE)
+            data += more
+            lines = data.split(b"\n", skip + 1)
+            if len(lines) > skip + 1 or not more:
+                break
+        raw = lines[skip] if len(lines) > skip else b""
+        if line == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
+        try:
+            custom_id = orjson.loads(raw).get("custom_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return custom_id if isinstance(custom_id, str) else None
 
     def feed(self, raw: bytes) -> Job | BadLine | Duplicate | None:
         """The next line's verdict; None for a blank line."""
         self.line += 1
+        if self._reread is not None:
+            if (self.line - 1) % LINES_PER_MARK == 0:
+                self._marks.append(self._offset)
+            self._offset += len(raw) + 1
         if self.line == 1 and raw.startswith(BOM):  # a UTF-8 byte order mark starts the file
             raw = raw[len(BOM):]
         item = parse_line(raw, self.line, self.path)
@@ -163,7 +205,7 @@ class JobReader:
         if isinstance(item, Job):
             self._bad_at_start = None
             seen = self._first_line.setdefault(item.custom_id, item.line)
-            if seen != item.line:
+            if seen >= 0 and seen != item.line:
                 return Duplicate(self.path, item.line, seen, item.custom_id)
         return item
 
@@ -174,9 +216,11 @@ class JobReader:
                               self._results_at_start == self._bad_at_start)
 
 
-def read_jobs(lines: Iterable[bytes], path: str) -> Iterator[Job | BadLine | Duplicate]:
-    """Jobs, bad lines and duplicates of a stream of raw lines, in file order; blank lines skipped."""
-    reader = JobReader(path)
+def read_jobs(lines: Iterable[bytes], path: str, *,
+              reread: Callable[[int, int], bytes] | None = None) -> Iterator[Job | BadLine | Duplicate]:
+    """Jobs, bad lines and duplicates of a stream of raw lines, in file order; blank lines skipped
+    (`reread` as for `JobReader`)."""
+    reader = JobReader(path, reread=reread)
     for raw in lines:
         item = reader.feed(raw)
         if item is not None:

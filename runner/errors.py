@@ -83,7 +83,8 @@ Outside the tree, on purpose:
   jobs answered are written and the others sent again. `jobs.spend.Unpriceable` (a job whose
   model the price table lacks, under --max-cost) becomes a `ConfigurationError` (exit 2).
   `jobs.prepare.TemplateProblem` (a template naming a column a row lacks) stops `runner
-  prepare` before anything is written.
+  prepare` before anything is written. `jobs.results.NotARecord` (a line of OUTPUT that is not
+  a JSON object) is counted and skipped when OUTPUT is read: its job runs again.
 - The dataset commands' own: `TableError` (runner.files.tables: a table that cannot be read or
   written) and `DatasetError` (runner.dataset: `export`'s inputs do not fit together) end
   `runner prepare` / `runner export` with exit 2; no run is going on.

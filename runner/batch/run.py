@@ -26,11 +26,13 @@ import asyncio
 import os
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+
+import orjson
 
 from jobs import codes, tokens
 from jobs.codes import DUPLICATE
@@ -42,7 +44,7 @@ from jobs.intake import ChangedPolicy, ChangedReport, Fail, Intake, Pending, Ref
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.shard import Shard
 from jobs.spend import Spend, Unpriceable, job_bound
-from jobs.results import FINGERPRINT, OutputState, error_record
+from jobs.results import FINGERPRINT, LineFacts, OutputState, error_record
 from runner.api.endpoint import Endpoint, batch_setup_hint
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
 from runner.batch.client import BatchClient, batch_url
@@ -147,10 +149,18 @@ class _SeenState(OutputState):
         self.ids: set[str] = set()
         self.watch = watch or set()
 
-    def add(self, record: Any) -> None:
-        super().add(record)
-        if record.get("custom_id") in self.watch and isinstance(record.get("id"), str):
-            self.ids.add(record["id"])
+    def account_lines(self, data: bytes, position: int, *,
+                      keep_done: bool = False) -> Iterator[tuple[int, bytes]]:
+        if not self.watch:
+            return super().account_lines(data, position, keep_done=keep_done)
+        return self._account_slow(data, 0, len(data), position, keep_done)  # every line's id
+
+    def account(self, facts: LineFacts, position: int, *, keep_done: bool = False) -> None:
+        super().account(facts, position, keep_done=keep_done)
+        if facts.custom_id in self.watch:
+            record_id = orjson.loads(self.lines.read(position)).get("id")
+            if isinstance(record_id, str):
+                self.ids.add(record_id)
 
 
 class _Stopped(Exception):
@@ -614,9 +624,9 @@ class _Engine:
             self.log(f"batch {chunk.chunk} refused: {code}: {message}; its {chunk.job_count} jobs fail")
             # closed first: a kill before the lines are all written leaves the jobs without them
             # pending (nothing ran), never a rerun refusing the chunk again and writing them twice
-            printed = dict(chunk.fingerprints)  # closing the chunk forgets them
+            printed, lines = chunk.fingerprints, chunk.lines  # closing the chunk forgets them
             self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
-            for line_id, ids in chunk.lines:
+            for line_id, ids in lines:
                 self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}", printed)
             await self.checkpoint.sync()
         await self.forget_file(chunk)
@@ -624,7 +634,7 @@ class _Engine:
     def never_fits(self, chunk: Chunk, message: str) -> bool:
         """A one-line batch over the limit with nothing else enqueued can never run: fail it."""
         match = _LIMIT_IN_MESSAGE.search(message)
-        return (len(chunk.lines) == 1 and match is not None
+        return (chunk.line_count == 1 and match is not None
                 and chunk.tokens > int(match.group(1).replace(",", "")))
 
     def token_limit(self, chunk: Chunk, message: str) -> None:
@@ -767,8 +777,7 @@ class _Engine:
             self.failed_here.add(record["custom_id"])
         if record["id"] in self.seen.ids:
             return False
-        self.checkpoint.append(record)
-        self.seen.add(record)
+        self.seen.add(record, self.checkpoint.append(record))
         return True
 
     def write_failures(self, ids: tuple[str, ...], code: str, message: str, record_id: str,

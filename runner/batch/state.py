@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,8 @@ from typing import Any
 import orjson
 
 from runner.files import PRIVATE_DIR, PRIVATE_FILE
-from runner.files.checkpoint import CheckpointError, fsync_dir
+from runner.files.checkpoint import READ_CHUNK, CheckpointError, fsync_dir
+from runner.files.lines import LineSplitter
 from runner.redact import mask_secrets
 
 STATE_SUFFIX = ".batches"
@@ -67,22 +68,31 @@ class Chunk:
     url: str
     model: str
     tokens: int
-    lines: list[tuple[str, tuple[str, ...]]]  # (line custom_id, the jobs it carries)
+    lines: list[tuple[str, tuple[str, ...]]]  # (line custom_id, the jobs it carries); [] once closed
     file_id: str | None = None
     batch_id: str | None = None
     status: str | None = None  # the provider's, as last polled
     counts: dict[str, int] = field(default_factory=dict)
     closed: bool = False
     fingerprints: dict[str, str] = field(default_factory=dict)  # custom_id -> its job's, as sent
+    line_count: int = -1  # lines and jobs it had (kept once closed: `lines` is emptied then)
+    job_count: int = -1
+
+    def __post_init__(self) -> None:
+        if self.line_count < 0:
+            self.line_count = len(self.lines)
+        if self.job_count < 0:
+            self.job_count = sum(len(ids) for _, ids in self.lines)
 
     @property
     def jobs(self) -> Iterator[str]:
         for _, ids in self.lines:
             yield from ids
 
-    @property
-    def job_count(self) -> int:
-        return sum(len(ids) for _, ids in self.lines)
+    def forget(self) -> None:
+        """Closed: its results are in OUTPUT; nothing is kept of its jobs (memory stays flat)."""
+        self.lines = []
+        self.fingerprints = {}
 
 
 def _lines_json(lines: list[tuple[str, tuple[str, ...]]]) -> list[Any]:
@@ -112,13 +122,14 @@ class BatchState:
         self.groups: list[tuple[str, ...]] = []  # packs to send as they are (halves of refused packs)
         self.token_limits: dict[str, int] = {}
         self.base_url: str | None = None  # where the batches of this output were sent
+        self._in_flight: Counter[str] = Counter()  # tokens of open, created chunks per model
         self._fd: int | None = None
 
     # -- reading ---------------------------------------------------------------------------------
-    def _apply_all(self, data: bytes) -> None:
-        """Apply each event of the journal's bytes in order; lines that are not JSON objects (a
+    def _apply_all(self, lines: Iterable[bytes]) -> None:
+        """Apply each event of the journal's lines in order; lines that are not JSON objects (a
         torn line, a hand edit) are skipped."""
-        for raw in data.splitlines():
+        for raw in lines:
             try:
                 event = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -126,21 +137,27 @@ class BatchState:
             if isinstance(event, dict):
                 self._apply(event)
 
+    def _read(self) -> int:
+        """Apply the journal's whole lines, read a piece at a time (a closed chunk's lines are
+        dropped as soon as its "closed" event is read); returns the bytes of a torn last line."""
+        splitter = LineSplitter()
+        with open(self.path, "rb") as f:
+            while chunk := f.read(READ_CHUNK):
+                self._apply_all(splitter.feed(chunk))
+        return len(splitter.tail)
+
     def load(self) -> int:
         """Read the journal (if any); cut off a torn last line; returns the bytes cut."""
         try:
-            data = self.path.read_bytes()
+            torn = self._read()
         except FileNotFoundError:
             return 0
         except OSError as e:
             raise CheckpointError(f"cannot read the batch state {self.path}: {e.strerror}") from None
-        good = data.rfind(b"\n") + 1
-        torn = len(data) - good
-        self._apply_all(data[:good])
         if torn:
             try:
                 with open(self.path, "r+b") as f:
-                    f.truncate(good)
+                    f.truncate(f.seek(0, os.SEEK_END) - torn)
                     os.fsync(f.fileno())
             except OSError as e:
                 raise CheckpointError(f"cannot repair the batch state {self.path}: {e.strerror}") from None
@@ -164,13 +181,17 @@ class BatchState:
         elif kind == "uploaded":
             chunk.file_id = e["file_id"]
         elif kind == "created":
+            if chunk.batch_id is None and not chunk.closed:
+                self._in_flight[chunk.model] += chunk.tokens
             chunk.batch_id = e["batch_id"]
         elif kind == "polled":
             chunk.status = e["status"]
             chunk.counts = dict(e.get("counts") or {})
         elif kind == "closed":
+            if chunk.batch_id is not None and not chunk.closed:
+                self._in_flight[chunk.model] -= chunk.tokens
             chunk.closed = True
-            chunk.fingerprints = {}  # its result lines are written
+            chunk.forget()  # its result lines are written
             chunk.status = e.get("status", chunk.status)
             self.attempts.update(e.get("retry", ()))
             for cid in e.get("reset", ()):
@@ -187,7 +208,8 @@ class BatchState:
         return {cid for c in self.open_chunks() for cid in c.jobs}
 
     def tokens_in_flight(self, model: str) -> int:
-        return sum(c.tokens for c in self.open_chunks() if c.model == model and c.batch_id)
+        """Tokens of the model's batches created and not closed (kept as events apply: O(1))."""
+        return self._in_flight[model]
 
     def group_of(self) -> dict[str, int]:
         """Job -> the index in `groups` of the latest pack it must go in (halves of a refused pack)."""
@@ -291,10 +313,9 @@ def read_state(output: Path) -> BatchState | None:
     if not state.path.exists():
         return None
     try:
-        data = state.path.read_bytes()
+        state._read()
     except OSError:
         return None
-    state._apply_all(data)
     return state
 
 

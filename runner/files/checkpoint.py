@@ -13,6 +13,7 @@ file (while still holding it); one left by a killed run is harmless: the next ru
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fcntl
 import os
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 import aiofiles.os
 import orjson
 
-from jobs.results import OutputState
+from jobs.results import OutputState, line_facts
 from runner.errors import StopRunError
 from runner.files import PRIVATE_FILE
 from runner.files.lines import LineSplitter
@@ -31,6 +32,7 @@ from runner.redact import redact_bytes
 
 FSYNC_INTERVAL_S = 1.0  # at most this much of the newest results is at risk from a power cut
 READ_CHUNK = 1 << 20
+RECALL_WINDOW = 1 << 14  # bytes read around a result line recalled, kept for the next ones
 
 
 class CheckpointError(StopRunError):
@@ -121,36 +123,130 @@ class RunLock:
         self.release()
 
 
-def scan(path: Path, state: OutputState) -> LoadReport:
-    """Read an output into `state` without changing it (safe while a run writes it).
+class OutputFiles:
+    """The lines of one or more outputs read back by position (`jobs.results.LineSource`): a
+    position is a byte offset into the outputs laid end to end, in the order they were added
+    (`end` is where the next one starts). A read is one `pread` of `RECALL_WINDOW` bytes,
+    whose whole lines are kept for the reads that follow (a run asks for lines in about the order
+    they were written); the files are opened at the first read, closed by `close`."""
+
+    __slots__ = ("_paths", "_bases", "_fds", "end", "_window")
+
+    def __init__(self) -> None:
+        self._paths: list[Path] = []
+        self._bases: list[int] = []
+        self._fds: list[int | None] = []
+        self.end = 0
+        self._window: tuple[int, bytes] = (0, b"")  # (position, bytes) last read
+    def add(self, path: Path) -> int:
+        """Take `path` as the next output; returns its base (set `end` past it once read)."""
+        self._paths.append(path)
+        self._bases.append(self.end)
+        self._fds.append(None)
+        return self.end
+
+    def read(self, position: int) -> bytes:
+        start, window = self._window
+        at = position - start
+        if 0 <= at < len(window):
+            end = window.find(b"\n", at)
+            if end >= 0:
+                return window[at:end]
+        n = bisect.bisect_right(self._bases, position) - 1
+        fd = self._fds[n]
+        if fd is None:
+            fd = self._fds[n] = os.open(self._paths[n], os.O_RDONLY)
+        offset = position - self._bases[n]
+        before = min(offset, RECALL_WINDOW // 2)  # lines are asked for out of order, a little
+        data = os.pread(fd, RECALL_WINDOW, offset - before)
+        end = data.find(b"\n", before)
+        while end < 0:
+            more = os.pread(fd, RECALL_WINDOW, offset - before + len(data))
+            if not more:
+                return data[before:]
+            at = more.find(b"\n")
+            end = -1 if at < 0 else len(data) + at
+            data += more
+        self._window = (position - before, data)
+        return data[before:end]
+
+    def close(self) -> None:
+        for n, fd in enumerate(self._fds):
+            if fd is not None:
+                os.close(fd)
+                self._fds[n] = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass
+
+
+def scan(path: Path, state: OutputState, *, keep_done: bool = False) -> LoadReport:
+    """Read an output into `state` without changing it (safe while a run writes it); `state`
+    reads its lines back from the file from then on (`OutputFiles`: several outputs may be
+    scanned into one state; `keep_done` as for `OutputState.account`).
 
     The last line for a custom_id wins; a torn last line is ignored; lines that are not JSON
     objects (hand edits, disk corruption) are counted and skipped. A missing file is empty."""
     report = LoadReport()
-    if not path.exists():
-        return report
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not an output file")
+    files = _files_of(state)
+    base = position = files.add(path)  # a missing file too: a run appends to it, and reads back
+    if not path.exists():
+        return report
     report.exists = True
     lines = LineSplitter()
+    account = state.account
     try:
         with open(path, "rb") as f:
             while chunk := f.read(READ_CHUNK):
-                for raw in lines.feed(chunk):
-                    report.lines += 1
-                    _account(raw, report, state)
+                data = lines.whole(chunk)  # the lines this chunk completes, newlines kept
+                if not data:
+                    continue
+                first = report.lines
+                if report.bad_lines < MAX_BAD_SHOWN:  # line numbers of bad lines: count as we go
+                    for at, _ in state.account_lines(data, position, keep_done=keep_done):
+                        _bad(report, first + data.count(b"\n", 0, at) + 1)
+                else:
+                    for _ in state.account_lines(data, position, keep_done=keep_done):
+                        report.bad_lines += 1
+                report.lines += data.count(b"\n")
+                position += len(data)
     except OSError as e:
         raise CheckpointError(f"cannot read the output {path}: {e.strerror}") from None
     report.good_end = lines.complete
+    files.end = base + report.good_end
     tail = lines.tail
     if tail:
         if _is_record(tail):  # whole, only its newline missing (written by another tool)
             report.lines += 1
             report.unterminated = True
-            _account(tail, report, state)
+            facts = line_facts(tail)
+            if facts is not None:
+                account(facts, position, keep_done=keep_done)
+            files.end += len(tail) + 1
         else:
             report.torn_bytes = len(tail)
     return report
+
+
+def _files_of(state: OutputState) -> OutputFiles:
+    """The files `state` reads its lines back from (made so while it is still empty)."""
+    if not isinstance(state.lines, OutputFiles):
+        if len(state.done) or len(state.transient) or len(state.permanent) \
+                or len(state.noted_duplicates):
+            raise ValueError("a state holding records cannot read an output file too")
+        state.lines = OutputFiles()
+    return state.lines
+
+
+def _bad(report: LoadReport, number: int) -> None:
+    report.bad_lines += 1
+    if len(report.first_bad_lines) < MAX_BAD_SHOWN:
+        report.first_bad_lines.append(number)
 
 
 def load(path: Path, state: OutputState) -> LoadReport:
@@ -178,21 +274,6 @@ def _is_record(raw: bytes) -> bool:
         return False
 
 
-def _account(raw: bytes, report: LoadReport, state: OutputState) -> None:
-    if not raw.strip():
-        return
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        record = None
-    if not isinstance(record, dict):
-        report.bad_lines += 1
-        if len(report.first_bad_lines) < MAX_BAD_SHOWN:
-            report.first_bad_lines.append(report.lines)
-        return
-    state.add(record)
-
-
 class Checkpoint:
     """Appends result lines to the output; `sync()` makes them durable, `run_syncer()` does it often."""
 
@@ -206,6 +287,7 @@ class Checkpoint:
         self._dirty = False
         self._new_entry = False  # its directory entry not synced by this process yet
         self.written = 0
+        self.size = 0  # the file's length: where the next line goes
 
     def open(self) -> None:
         """Open (or create) the output for appending. Its directory entry is made durable by the
@@ -217,10 +299,12 @@ class Checkpoint:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
         except OSError as e:
             raise CheckpointError(f"cannot open the output {self.path}: {e.strerror}") from None
+        self.size = os.fstat(self._fd).st_size
         self._new_entry = True
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Hand one result line to the OS at once (one write: whole, or not at all, on a kill)."""
+    def append(self, record: dict[str, Any]) -> int:
+        """Hand one result line to the OS at once (one write: whole, or not at all, on a kill);
+        returns its offset in the file (as long as this run alone appends, as its lock ensures)."""
         assert self._fd is not None, "Checkpoint.open() first"
         data = redact_bytes(orjson.dumps(record) + b"\n", self._secrets)
         size = None  # the file's size before this line, known once a write fell short
@@ -240,6 +324,8 @@ class Checkpoint:
             raise CheckpointError(f"cannot write to the output {self.path}: {e.strerror}") from None
         self._dirty = True
         self.written += 1
+        offset, self.size = self.size, self.size + len(data)
+        return offset
 
     async def sync(self) -> None:
         """fsync off the event loop (aiofiles runs it in a worker thread). Raises CheckpointError

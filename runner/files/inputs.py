@@ -18,6 +18,7 @@ refused with a message saying how to decompress them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import sys
@@ -251,9 +252,42 @@ async def read_lines(path: str) -> AsyncIterator[bytes]:
 
 async def read_items(path: str) -> AsyncIterator[Job | BadLine | Duplicate]:
     """The jobs, bad lines and duplicates of INPUT, in file order (blank lines skipped)."""
-    reader = JobReader(input_name(path))
-    async for raw in read_lines(path):
-        item = reader.feed(raw)
-        if item is not None:
-            yield item
-    reader.finish()
+    with Rereader.of(path) as reread:
+        reader = JobReader(input_name(path), reread=reread)
+        async for raw in read_lines(path):
+            item = reader.feed(raw)
+            if item is not None:
+                yield item
+        reader.finish()
+
+
+class Rereader:
+    """Reads a regular, uncompressed INPUT again at an offset (`JobReader`'s `reread`: its
+    duplicate check then keeps line numbers, not ids). `Rereader.of(path)` is a context giving
+    one, or None for stdin, pipes and compressed files (they cannot be read twice)."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __call__(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def of(path: str) -> Iterator[Rereader | None]:
+        fd = None
+        if path != STDIN and _is_regular(path):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                if sniff(os.pread(fd, MAGIC_BYTES, 0)) is not None:
+                    os.close(fd)
+                    fd = None
+            except OSError:
+                fd = None  # the readers proper report it
+        try:
+            yield None if fd is None else Rereader(fd)
+        finally:
+            if fd is not None:
+                os.close(fd)

@@ -26,6 +26,17 @@ class LineSplitter:
         self.tail = lines.pop()
         return lines
 
+    def whole(self, chunk: bytes) -> bytes:
+        """The lines `chunk` completes as one buffer, each with its newline (`feed` without
+        splitting); the rest of it becomes `tail`."""
+        self._fed += len(chunk)
+        end = chunk.rfind(b"\n") + 1
+        if not end:
+            self.tail += chunk
+            return b""
+        data, self.tail = self.tail + chunk[:end], chunk[end:]
+        return data
+
     @property
     def complete(self) -> int:
         """Bytes fed in complete lines: the stream offset just past the last newline."""

@@ -44,7 +44,7 @@ def batches_table(state: Any) -> Group:
             continue
         shown += 1
         status = chunk.status or ("submitting" if not chunk.closed else "closed")
-        table.add_row(chunk.chunk, chunk.batch_id or "-", chunk.model, f"{len(chunk.lines):,}",
+        table.add_row(chunk.chunk, chunk.batch_id or "-", chunk.model, f"{chunk.line_count:,}",
                       f"{chunk.job_count:,}", status + ("" if chunk.closed else " (open)"),
                       f"{chunk.counts.get('completed', 0):,}", f"{chunk.counts.get('failed', 0):,}")
     open_n = len(state.open_chunks())

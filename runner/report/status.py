@@ -19,7 +19,7 @@ finished, so a cron script needs one `case` for both commands:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,9 @@ from rich.text import Text
 from jobs.flags import FlagSample
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, NotAJobFile, read_jobs
-from jobs.results import Outcome, OutputState, failure_code, fingerprint, record_outcome
+from jobs.results import Outcome, OutputState, changed, fingerprint
 from runner.files.checkpoint import CheckpointError, LoadReport, scan
-from runner.files.inputs import UnreadableInput, input_lines, input_name
+from runner.files.inputs import Rereader, UnreadableInput, input_lines, input_name
 from runner.report.render import flag_notes
 from runner.exit_codes import EXIT_OK, EXIT_SOME_FAILED, EXIT_STOPPED
 
@@ -46,34 +46,10 @@ class StatusError(Exception):
 
 # --- reading ------------------------------------------------------------------------------------
 
-class _TrackedState(OutputState):
-    """`OutputState` that also remembers the code of each transient failure. With `done_sticks`
-    (several outputs read together) a job done in any of them stays done, as `runner merge`
-    keeps a success whichever output holds it."""
-
-    __slots__ = ("transient_codes", "done_sticks")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.transient_codes: dict[str, str] = {}
-        self.done_sticks = False
-
-    def add(self, record: Mapping[str, Any]) -> None:
-        if (self.done_sticks and record.get("custom_id") in self.done
-                and record_outcome(record) is not Outcome.DONE):
-            return
-        super().add(record)
-        custom_id = record.get("custom_id")
-        if isinstance(custom_id, str) and custom_id in self.transient:
-            self.transient_codes[custom_id] = failure_code(record)
-        elif isinstance(custom_id, str):
-            self.transient_codes.pop(custom_id, None)
-
-
-def scan_output(path: Path, state: OutputState) -> LoadReport:
+def scan_output(path: Path, state: OutputState, *, keep_done: bool = False) -> LoadReport:
     """Read OUTPUT into `state` without writing to it (`runner.files.checkpoint.scan`)."""
     try:
-        return scan(path, state)
+        return scan(path, state, keep_done=keep_done)
     except CheckpointError as e:
         raise StatusError(str(e)) from None
 
@@ -166,27 +142,25 @@ def status(input_path: str, output: Path | Sequence[Path], *,
     check holds them); never a result body.
     """
     outputs = [output] if isinstance(output, Path) else list(output)
-    state = _TrackedState()
-    state.done_sticks = len(outputs) > 1
+    state = OutputState()
+    keep_done = len(outputs) > 1  # a job done in any output stays done, as merge keeps it
     result = Status(input=input_name(input_path), output=", ".join(str(o) for o in outputs))
-    result.scan = _combined([scan_output(path, state) for path in outputs])
+    result.scan = _combined([scan_output(path, state, keep_done=keep_done) for path in outputs])
     try:
-        for item in read_jobs(input_lines(input_path), result.input):
-            _classify(item, state, result, keep_changed)
+        with Rereader.of(input_path) as reread:
+            for item in read_jobs(input_lines(input_path), result.input, reread=reread):
+                _classify(item, state, result, keep_changed)
     except (UnreadableInput, NotAJobFile) as e:
         raise StatusError(str(e)) from None
     # What `_classify` did not claim belongs to no input line.
-    leftovers = [state.done, state.transient, state.permanent.keys()]
-    result.unknown_ids = sum(len(ids) for ids in leftovers)
-    for ids in leftovers:
-        for custom_id in ids:
-            if len(result.first_unknown_ids) >= MAX_SHOWN:
-                break
-            result.first_unknown_ids.append(custom_id)
+    for final in state.unclaimed():
+        result.unknown_ids += 1
+        if len(result.first_unknown_ids) < MAX_SHOWN:
+            result.first_unknown_ids.append(final.custom_id)
     return result
 
 
-def _classify(item: Job | BadLine | Duplicate, state: _TrackedState, result: Status,
+def _classify(item: Job | BadLine | Duplicate, state: OutputState, result: Status,
               keep_changed: bool = False) -> None:
     if isinstance(item, BadLine):
         result.bad_lines.add(item)
@@ -196,25 +170,22 @@ def _classify(item: Job | BadLine | Duplicate, state: _TrackedState, result: Sta
         return
     result.jobs += 1
     custom_id = item.custom_id
-    # Each id is claimed (removed from `state`) once, so leftovers are ids not in INPUT.
-    final = custom_id in state.done or custom_id in state.permanent
-    if final and custom_id not in state.fingerprints:
-        result.unprinted += 1
-    if final and not keep_changed and state.changed(custom_id, fingerprint(item.url, item.body)):
-        state.done.discard(custom_id)
-        state.permanent.pop(custom_id, None)
-        result.changed.add(BadLine(result.input, item.line, "changed since its result was written",
-                                   custom_id))
-    elif custom_id in state.done:
-        state.done.discard(custom_id)
-        result.done += 1
-    elif custom_id in state.permanent:
-        result.permanent[state.permanent.pop(custom_id)] += 1
-    elif custom_id in state.transient:
-        state.transient.discard(custom_id)
-        result.transient[state.transient_codes.pop(custom_id, "unknown")] += 1
-    else:
+    # Each id is claimed once (the reader drops repeats), so the unclaimed are ids not in INPUT.
+    final = state.claim(custom_id)
+    if final is None:
         result.pending += 1
+    elif final.outcome is Outcome.TRANSIENT:
+        result.transient[final.code or "unknown"] += 1
+    else:
+        if final.fingerprint is None:
+            result.unprinted += 1
+        if not keep_changed and changed(final, fingerprint(item.url, item.body)):
+            result.changed.add(BadLine(result.input, item.line, "changed since its result was "
+                                       "written", custom_id))
+        elif final.outcome is Outcome.DONE:
+            result.done += 1
+        else:
+            result.permanent[final.code or "unknown"] += 1
 
 
 def status_table(s: Status, *, open_batches: int = 0) -> Group:

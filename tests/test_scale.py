@@ -1,0 +1,190 @@
+"""Issue 22: the compact structures stay exact. Digests of a few bits (or none) force collisions:
+every answer must still be the one a set of strings would give."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from jobs.idtable import IdTable
+from jobs.intake import Intake, Pending, Skip, SkipReason
+from jobs.job import Job
+from jobs.results import (
+    FINGERPRINT, LineFacts, Outcome, OutputState, error_record, fingerprint, line_facts,
+    record_facts, success_record,
+)
+from runner.files.checkpoint import scan
+
+COLLIDE = [lambda cid: 0, lambda cid: hash(cid) & 3, lambda cid: (hash(cid) & 3) << 62]
+
+
+def table_of(ids: list[str], digest) -> tuple[IdTable, list[str]]:
+    written: list[str] = []
+    table = IdTable(lambda position: written[position], digest=digest)
+    for cid in ids:
+        written.append(cid)
+        table.put(cid, len(written) - 1)
+    return table, written
+
+
+@pytest.mark.parametrize("digest", COLLIDE)
+def test_an_id_table_with_colliding_digests_finds_exactly_the_ids_put(digest):
+    ids = [f"job-{i}" for i in range(3000)]  # past two doublings
+    table, written = table_of(ids + ids[:10], digest)  # the first ten put again: last wins
+    assert len(table) == 3000
+    assert all(table.find(cid) == i for i, cid in enumerate(ids[10:], 10))
+    assert all(table.find(cid) == 3000 + i for i, cid in enumerate(ids[:10]))
+    assert table.find("job-3000") == -1 and table.find("") == -1 and table.find("job-01") == -1
+    assert sorted(table.positions()) == list(range(10, 3010))
+
+
+def test_marks_name_exactly_the_ids_not_marked_even_when_digests_collide():
+    table, written = table_of(["a", "b", "c", "d"], lambda cid: 7)
+    assert table.mark("b") == 1 and table.mark("zz") == -1
+    assert sorted(written[p] for p in table.unmarked()) == ["a", "c", "d"]
+
+
+def lines_state(records: list[dict], digest) -> OutputState:
+    state = OutputState(digest=digest)
+    for record in records:
+        state.add(record)
+    return state
+
+
+def ok(cid: str, printed: str | None = None) -> dict:
+    return success_record(cid, {"x": 1}, record_id=f"r-{cid}", request_id=None, fingerprint=printed)
+
+
+def failed(cid: str, code: str, status: int) -> dict:
+    return error_record(cid, code, "m", record_id=f"e-{cid}", status=status)
+
+
+@pytest.mark.parametrize("digest", COLLIDE)
+def test_a_collision_never_makes_a_job_done_and_the_last_line_still_wins(digest):
+    state = lines_state([ok("a"), failed("b", "server_error", 500), ok("b"),
+                         failed("c", "invalid_request", 400), ok("d"),
+                         failed("d", "server_error", 500)], digest)
+    assert not state.needs_run("a") and not state.needs_run("b")
+    assert not state.needs_run("c") and state.needs_run("c", retry_failed=True)
+    assert state.needs_run("d")  # transient after success: the last line is the result
+    for absent in ("e", "aa", "A", "a ", "job-1"):  # every digest equal to a done id's
+        assert state.needs_run(absent) and state.final(absent) is None
+    assert (len(state.done), len(state.transient), len(state.permanent)) == (2, 1, 1)
+    assert set(state.done) == {"a", "b"} and dict(state.permanent) == {"c": "invalid_request"}
+
+
+@pytest.mark.parametrize("digest", COLLIDE)
+def test_fingerprints_and_changed_jobs_survive_collisions(digest):
+    url, body = "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "q"}]}
+    now = fingerprint(url, body)
+    other = fingerprint(url, {**body, "n": 2})
+    state = lines_state([ok("same", now), ok("edited", other), ok("old"),
+                         ok("x", now)], digest)
+    intake = Intake(state)
+
+    def decide(cid: str):
+        return intake.decide(Job(custom_id=cid, url=url, body=body, line=1))
+
+    same = decide("same")
+    assert isinstance(same, Skip) and same.why is SkipReason.DONE and not same.unprinted
+    assert type(decide("edited")).__name__ == "Refuse"
+    assert decide("old").unprinted  # no fingerprint: taken as the answer to the job as it is
+    assert isinstance(decide("new"), Pending)
+    assert dict(state.fingerprints) == {"same": now, "edited": other, "x": now}
+
+
+def test_noted_duplicates_are_exact_under_collisions():
+    note = error_record("a", "duplicate_custom_id", "m", record_id="n1")
+    state = lines_state([note, ok("b")], lambda cid: 0)
+    assert "a" in state.noted_duplicates and "b" not in state.noted_duplicates
+    assert state.needs_run("a")  # a note is not a result
+
+
+TRICKY = [
+    ok("plain", "0123456789abcdef0123456789abcdef"),
+    ok("no-print"),
+    ok('quote"inside', "0123456789abcdef0123456789abcdef"),
+    ok("back\\slash"),
+    ok("ünïcode ✓", "0123456789abcdef0123456789abcdef"),
+    ok("short-print", "f1"),
+    failed("failed", "invalid_request", 400),
+    failed("later", "server_error", 500),
+    error_record("dup", "duplicate_custom_id", "m", record_id="n"),
+    {"custom_id": "other-order", "error": None, "response": {"status_code": 200, "body": {}}},
+    {"id": "x", "custom_id": "fake-tail", "response": {"status_code": 200, "body": {
+        "text": '},"error":null,"fingerprint":"0123456789abcdef0123456789abcdef"}'}},
+     "error": {"code": "server_error"}},
+]
+
+
+@pytest.mark.parametrize("record", TRICKY, ids=lambda r: r["custom_id"])
+def test_reading_a_line_without_parsing_it_gives_what_parsing_gives(record):
+    raw = orjson.dumps(record)
+    assert line_facts(raw) == record_facts(record)
+    assert line_facts(raw + b"\r") == record_facts(record)
+
+
+def test_a_file_scanned_with_colliding_digests_gives_exact_counts_and_bad_lines(tmp_path: Path):
+    out = tmp_path / "out.jsonl"
+    records = [ok(f"job-{i}", "0123456789abcdef0123456789abcdef") for i in range(300)]
+    records += [failed("job-5", "server_error", 500), ok("job-7"), failed("z", "invalid_request", 400)]
+    data = b"".join(orjson.dumps(r) + b"\n" for r in records[:100]) + b"not json\n\n"
+    data += b"".join(orjson.dumps(r) + b"\n" for r in records[100:])
+    out.write_bytes(data)
+    state = OutputState(digest=lambda cid: hash(cid) & 1)
+    report = scan(out, state)
+    assert (report.lines, report.bad_lines, report.first_bad_lines) == (305, 1, [101])
+    assert (len(state.done), len(state.transient), len(state.permanent)) == (299, 1, 1)
+    assert len(state.fingerprints) == 298  # job-5 failed transiently, job-7's last line has none
+    assert state.needs_run("job-5") and not state.needs_run("job-7") and state.needs_run("job-300")
+    assert state.final("job-7") == LineFacts("job-7", Outcome.DONE, None, None)
+
+
+# -- the reader's duplicate check -------------------------------------------------------------------
+
+def job_line(cid: str) -> bytes:
+    return orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": "m", "messages": [{"role": "user", "content": cid}]}})
+
+
+@pytest.mark.parametrize("digest", COLLIDE)
+def test_duplicates_are_reported_by_line_and_only_they_whatever_the_digests(digest):
+    from jobs.reader import BOM, Duplicate, JobReader
+    ids = [f"j{i}" for i in range(200)] + ["j7", "j150", "j199"]
+    lines = [BOM + job_line(ids[0])] + [job_line(cid) for cid in ids[1:100]] + [b"", b"  "] + \
+        [job_line(cid) for cid in ids[100:]]
+    data = b"\n".join(lines) + b"\n"
+    reader = JobReader("in.jsonl", reread=lambda offset, size: data[offset:offset + size],
+                       digest=digest)
+    items = [reader.feed(raw) for raw in data.split(b"\n")[:-1]]
+    duplicates = [(d.line, d.first_line, d.custom_id) for d in items if isinstance(d, Duplicate)]
+    assert duplicates == [(203, 8, "j7"), (204, 153, "j150"), (205, 202, "j199")]
+    assert sum(isinstance(i, Job) for i in items) == 200
+
+
+# -- the batch journal -------------------------------------------------------------------------------
+
+def test_a_closed_chunk_keeps_nothing_of_its_jobs_and_tokens_in_flight_follow_the_events(tmp_path):
+    from runner.batch.state import BatchState, Chunk
+    state = BatchState(tmp_path / "out.jsonl")
+    state.open("0123456789abcdef")
+    for n, model in enumerate(["a", "a", "b"], 1):
+        chunk = Chunk(f"c{n}", "/v1/chat/completions", model, 100 * n,
+                      [(f"j{n}-{i}", (f"j{n}-{i}",)) for i in range(1000)],
+                      fingerprints={f"j{n}-{i}": "f" for i in range(1000)})
+        state.plan(chunk, b"{}\n")
+    state.record({"event": "created", "chunk": "c1", "batch_id": "b1"})
+    state.record({"event": "created", "chunk": "c2", "batch_id": "b2"})
+    assert (state.tokens_in_flight("a"), state.tokens_in_flight("b")) == (300, 0)
+    state.close_chunk(state.chunks["c1"], "completed", retry=[], bisect=[])
+    state.close_chunk(state.chunks["c3"], "failed", retry=[], bisect=[])  # never created
+    assert (state.tokens_in_flight("a"), state.tokens_in_flight("b")) == (200, 0)
+    closed = state.chunks["c1"]
+    assert closed.lines == [] and closed.fingerprints == {} and closed.job_count == 1000
+    assert state.busy_jobs() == {f"j2-{i}" for i in range(1000)}
+    state.close()
+    again = BatchState(tmp_path / "out.jsonl")
+    again.load()  # read back as a stream: the same state
+    assert again.tokens_in_flight("a") == 200 and again.chunks["c1"].lines == []
+    assert again.chunks["c1"].line_count == 1000 and again.busy_jobs() == state.busy_jobs()
