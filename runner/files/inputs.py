@@ -177,12 +177,18 @@ def _custom_id(line: bytes) -> str | None:
 
 
 def _not_text(head: bytes) -> bool:
-    """Whether the first bytes of a file cannot be UTF-8 text (a cut at the end aside)."""
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return e.start < len(head) - 3  # a character cut by the end of the sample is fine
-    return False
+    """Whether the first bytes of a file are not text: most of its lines are not UTF-8 (one bad
+    line in a job file is that line's problem, reported by line like any other)."""
+    lines = head.split(b"\n")
+    if len(lines) > 1:
+        lines = lines[:-1]  # the last may be cut by the end of the sample
+    bad = 0
+    for line in lines:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad += 1
+    return bad * 2 > len(lines)
 
 
 def check_format(path: str) -> None:
