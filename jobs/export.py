@@ -119,7 +119,8 @@ def export_row(custom_id: str, url: str, fingerprint: str | None,
     if outcome is None:
         row["status"] = PENDING
         return row
-    if isinstance(printed, str) and fingerprint is not None and printed != fingerprint:
+    final = outcome is not Outcome.TRANSIENT  # a transient failure is no answer: it just runs again
+    if final and isinstance(printed, str) and fingerprint is not None and printed != fingerprint:
         row["status"] = CHANGED
         return row
     assert record is not None

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import itertools
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Set as AbstractSet
 from typing import Any, NamedTuple, Protocol
 
@@ -255,8 +256,8 @@ class OutputState:
     the id its line names, whatever the digests. Each question costs one read of that line.
     """
 
-    __slots__ = ("lines", "_results", "_notes", "_last", "_counts", "done", "transient",
-                 "permanent", "fingerprints", "noted_duplicates")
+    __slots__ = ("lines", "_results", "_notes", "_last", "_asking", "_counts", "done",
+                 "transient", "permanent", "fingerprints", "noted_duplicates")
 
     def __init__(self, lines: LineSource | None = None, *,
                  digest: Callable[[str], int] = default_digest) -> None:
@@ -264,6 +265,9 @@ class OutputState:
         self._results = IdTable(self._recall, digest=digest)
         self._notes = IdTable(self._recall, digest=digest)
         self._last: LineFacts | None = None  # the facts of the line `_recall` read last
+        # one question at a time: a question reads `_last` after its lookup set it, and the run's
+        # ETA asks from a worker thread while the run asks from its own
+        self._asking = threading.Lock()
         # final results by outcome, and final results (done or permanent) with a fingerprint
         self._counts = {Outcome.DONE: 0, Outcome.TRANSIENT: 0, Outcome.PERMANENT: 0, FINGERPRINT: 0}
         self.done = _Ids(self, Outcome.DONE)
@@ -370,10 +374,17 @@ class OutputState:
                     self.account(facts, position + start, keep_done=keep_done)
             start = stop + 1
 
+    def close(self) -> None:
+        """Let go of the files the lines are read back from (the state answers no more)."""
+        close = getattr(self.lines, "close", None)
+        if close is not None:
+            close()
+
     # -- questions ---------------------------------------------------------------------------
     def final(self, custom_id: str) -> LineFacts | None:
         """The facts of the last result line of `custom_id`; None when it has none."""
-        return self._last if self._results.find(custom_id) >= 0 else None
+        with self._asking:
+            return self._last if self._results.find(custom_id) >= 0 else None
 
     def needs_run(self, custom_id: str, *, retry_failed: bool = False,
                   retry_codes: frozenset[str] = frozenset()) -> bool:
@@ -390,7 +401,8 @@ class OutputState:
 
     def claim(self, custom_id: str) -> LineFacts | None:
         """`final`, marking the id as claimed (by a line of INPUT: `unclaimed` are the others)."""
-        return self._last if self._results.mark(custom_id) >= 0 else None
+        with self._asking:
+            return self._last if self._results.mark(custom_id) >= 0 else None
 
     def unclaimed(self) -> Iterator[LineFacts]:
         """The final lines of the ids not claimed (in no particular order)."""
@@ -401,7 +413,8 @@ class OutputState:
 
     def noted(self, custom_id: str) -> bool:
         """Whether OUTPUT holds a duplicate note for `custom_id`."""
-        return self._notes.find(custom_id) >= 0
+        with self._asking:
+            return self._notes.find(custom_id) >= 0
 
     def finals(self) -> Iterator[tuple[int, LineFacts]]:
         """(position, facts) of every id's final line, in no particular order."""

@@ -87,6 +87,8 @@ class RunOptions:
     via: str = "live"
     wait: bool = True
     poll_every: float | None = None
+    max_cost: float | None = None  # USD this run may spend at most (--max-cost)
+    limit: int | None = None  # run only the first N pending jobs (--limit)
 
     def __post_init__(self) -> None:
         ChangedPolicy(self.changed)  # ValueError for another word
@@ -118,17 +120,28 @@ class RunOptions:
                 retry_failed=self.retry_failed, retry_codes=self.retry_codes,
                 changed=ChangedPolicy(self.changed), pack=self.pack,
                 read_timeout=self.read_timeout, images_dir=self.images_dir,
-                inline_images=self.inline_images, shard=self.shard)
+                inline_images=self.inline_images, shard=self.shard, max_cost=self.max_cost,
+                limit=self.limit, prices=self._prices(batch=True))
         return RunConfig(
             input=jobs, output=output, endpoint=endpoint, rpm=self.rpm, tpm=self.tpm,
             burst_s=self.burst_s, budget_scope=self.budget_scope,
             dispatch=DispatchConfig(max_attempts=self.max_attempts, concurrency=self.concurrency,
                                     retry_failed=self.retry_failed, retry_codes=self.retry_codes,
                                     changed=ChangedPolicy(self.changed),
-                                    trust_packs=self.force_pack),
+                                    trust_packs=self.force_pack, max_cost=self.max_cost,
+                                    limit=self.limit),
             pack=self.pack, read_timeout=self.read_timeout, ipm=self.ipm,
             images_dir=self.images_dir, inline_images=self.inline_images, redis=self.redis,
-            redis_timeout=self.redis_timeout, shard=self.shard)
+            redis_timeout=self.redis_timeout, shard=self.shard, prices=self._prices(batch=False))
+
+    def _prices(self, *, batch: bool) -> Any:
+        """The price table --max-cost counts at (the Batch API's for batch runs); None without a
+        cap."""
+        if self.max_cost is None:
+            return None
+        from runner.report.prices import batch_price_table, load_prices  # noqa: PLC0415
+        prices = load_prices()
+        return batch_price_table(prices) if batch else prices
 
 
 @dataclass(frozen=True, slots=True)

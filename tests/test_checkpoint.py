@@ -213,3 +213,24 @@ async def test_a_deleted_output_is_noticed_at_the_next_sync(tmp_path):
     with pytest.raises(CheckpointError, match="deleted"):
         await cp.sync()
     cp.close()
+
+
+async def test_a_run_lets_go_of_the_output_it_read_back_when_it_ends(tmp_path):
+    """The session closes the files a loaded state reads its lines back from: a resumed run (or a
+    notebook calling runner.run again and again) leaks no descriptor on OUTPUT."""
+    from jobs.results import OutputState
+    from runner.files.session import OutputSession
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(orjson.dumps(success_record("a", {}, request_id=None)) + b"\n")
+    (tmp_path / "in.jsonl").write_text("")
+
+    def open_on_output() -> int:
+        return sum(1 for fd in os.listdir("/proc/self/fd")
+                   if os.path.realpath(f"/proc/self/fd/{fd}") == str(out.resolve()))
+    before = open_on_output()
+    async with OutputSession(str(tmp_path / "in.jsonl"), out, log=lambda m: None,
+                             handle_signals=False) as session:
+        state = OutputState()
+        session.load(state)
+        assert state.final("a") is not None  # reads the line back: a descriptor is open now
+    assert open_on_output() == before

@@ -106,3 +106,14 @@ def test_options_are_checked_and_a_missing_key_is_named(tmp_path, monkeypatch):
         runner.run(jobs(1), tmp_path / "o.jsonl", rpn=5)
     with pytest.raises(ValueError):
         RunOptions(changed="sometimes")
+
+
+def test_the_python_api_takes_the_spend_cap_and_the_limit():
+    from runner.client import RunOptions
+    options = RunOptions(api_key="k", max_cost=5.0, limit=10)
+    config = options.config("jobs.jsonl", __import__("pathlib").Path("out.jsonl"))
+    assert config.dispatch.max_cost == 5.0 and config.dispatch.limit == 10
+    assert config.prices is not None
+    batch = RunOptions(api_key="k", max_cost=5.0, via="batch").config(
+        "jobs.jsonl", __import__("pathlib").Path("out.jsonl"))
+    assert batch.max_cost == 5.0 and "Batch API" in batch.prices.basis

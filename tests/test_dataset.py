@@ -45,6 +45,10 @@ def chat_answer(*texts, reason="stop"):
     (error_record("a", "invalid_request", "bad", record_id="r", status=400), "failed", "invalid_request"),
     (ok("a", chat_answer("hi"), printed="0" * 32), "changed", None),
     (ok("a", chat_answer("hi"), printed=None), "done", None),  # no fingerprint: taken as this job's
+    # a transient failure of an older version is no answer: the job just runs again (as run
+    # and status see it), not "changed"
+    (error_record("a", "server_error", "boom", record_id="r", status=500, fingerprint="0" * 32),
+     "failed", "server_error"),
 ])
 def test_each_job_gets_its_status_from_its_final_line(record, status, code):
     row = export_row("a", CHAT, PRINT, record)

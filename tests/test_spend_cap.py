@@ -212,3 +212,29 @@ def test_batch_limit_submits_only_the_first_n_pending_jobs(loop, sim_factory, tm
     assert stats.exit_code() == 3 and stats.limit == 12
     stats = run(loop, sim_factory(), tmp_path, pack=False)
     assert stats.exit_code() == 0 and len(read(tmp_path / "out.jsonl")) == 30
+
+
+def test_answers_no_job_could_use_are_paid_all_the_same_and_the_cap_holds():
+    """A 200 whose JSON does not fit the job's schema is billed: its usage counts against the cap
+    (and the run's tokens), so retrying broken answers can never spend past --max-cost."""
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+        "type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}}
+    jobs = [Job(f"job-{i}", "/v1/chat/completions",
+                {"model": MODEL, "max_tokens": 400, "response_format": schema,
+                 "messages": [{"role": "user", "content": f"question number {i}"}]}, i + 1)
+            for i in range(20)]
+    billed = []
+
+    def broken(n, req, body):
+        response = at_the_bound(n, req, body)
+        answer = orjson.loads(response.body)
+        answer["choices"][0]["message"]["content"] = "{not json"
+        billed.append(answer["usage"])
+        return HttpResponse(200, {}, orjson.dumps(answer))
+    cap = 0.01
+    records, stats = run_capped(jobs, cap, rule=broken)
+    paid = sum(PRICES.cost(MODEL, u["prompt_tokens"], u["completion_tokens"]) for u in billed)
+    assert paid <= cap + 1e-12, paid
+    assert stats.spent == pytest.approx(paid)
+    assert stats.usage[MODEL].completion_tokens == sum(u["completion_tokens"] for u in billed)
+    assert stats.usage[MODEL].jobs == 0  # billed, but no job was answered

@@ -85,6 +85,7 @@ class OutputSession:
         self._signals = SIGNALS if handle_signals else ()
         self._lock = ckpt.RunLock(output)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._states: list[OutputState] = []  # loaded here: their files are let go at the end
 
     async def __aenter__(self) -> OutputSession:
         check_output(self.input, self.output)  # before the lock: nothing beside OUTPUT changes
@@ -108,6 +109,8 @@ class OutputSession:
                     self._log(f"runner: {e}")
                 self.checkpoint = None
         finally:
+            for state in self._states:
+                state.close()
             self._remove_signals()
             self._lock.release()
 
@@ -120,6 +123,7 @@ class OutputSession:
         """Read OUTPUT into `state` and repair it for appending (`checkpoint.load`); say what was
         cut off or skipped, and how many results carry no fingerprint."""
         output = self.output
+        self._states.append(state)
         loaded = ckpt.load(output, state)
         if loaded.torn_bytes:
             self._log(f"{output}: cut off a torn last line ({loaded.torn_bytes} bytes) left by an "

@@ -637,6 +637,7 @@ class Dispatcher:
         if verdict.action is Action.OK:  # refusals come back at once: they say nothing of latency
             self._observe_latency(lane, self._now() - started)
         if verdict.action is Action.OK:
+            body = None
             try:
                 body = orjson.loads(response.body)
                 verdict = classify(response.status, response.headers, body)  # the answer's shape
@@ -645,15 +646,18 @@ class Dispatcher:
                 answers = split_response(request, body)
                 problem = first_problem(request.jobs, answers)  # structured outputs checked
                 if problem is not None:
+                    self._billed(request, body)
                     return classify(None, {}, None, exc=InvalidJSONError(problem)), None, response
             except PartialAnswer as exc:  # keep what came back; the rest is sent again
                 return verdict, [exc.answers.get(i) for i in range(len(request.jobs))], response
             except ListNotTaken as exc:  # a lesson, and (mostly) still the first job's own answer
                 verdict = classify(None, {}, None, exc=ListNotTakenError(str(exc)))
                 if exc.first is None:
+                    self._billed(request, body)
                     return verdict, None, response
                 return verdict, [exc.first] + [None] * (len(request.jobs) - 1), response
             except (orjson.JSONDecodeError, MissingChoices) as exc:  # jobs/ knows no runner errors
+                self._billed(request, body)
                 error = (NChoicesIgnoredError if isinstance(exc, NChoicesIgnored) else
                          ListNotTakenError if isinstance(exc, ListNotTaken) else BadResponseError)
                 return classify(None, {}, None, exc=error(str(exc))), None, response
@@ -803,6 +807,17 @@ class Dispatcher:
                 from jobs.spend import answer_cost
                 self.spend.pay(answer_cost(job, answer.get("usage"), self._prices))
 
+    def _billed(self, request: Request, body: Any) -> None:
+        """A 2xx answer no job could use (broken JSON for its schema, choices missing): the
+        server billed its `usage` all the same, so the run's tokens and --max-cost count it."""
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            return
+        self.stats.add_billed(request.model, usage)
+        if self.spend is not None and self._prices is not None:
+            from jobs.spend import answer_cost
+            self.spend.pay(answer_cost(request.jobs[0], usage, self._prices))
+
     async def _send_rest(self, request: Request, answers: list[dict[str, Any] | None]) -> None:
         """A pack answered in part (a fault: choices of several prompts came back, some were
         dropped): the jobs answered were written; the others go again as one pack, with fresh
@@ -885,8 +900,8 @@ class Dispatcher:
         while not spend.fits(bound) and not self.stopping:
             if not spend.holding:  # nothing on the wire will leave room
                 self.stats.spend_capped = True
-                self.stop(f"--max-cost ${spend.cap:g} reached: ${spend.spent:,.4f} spent, "
-                          f"the next request could cost up to ${bound:,.4f}")
+                self.stop(f"--max-cost ${spend.cap:g} reached: {usd(spend.spent)} spent, the "
+                          f"next request could cost up to {usd(bound)}")
                 break
             self._spend_freed.clear()
             await self._spend_freed.wait()
@@ -910,3 +925,10 @@ class Dispatcher:
             return False
         self.limited = True
         return True
+
+
+def usd(amount: float) -> str:
+    """Dollars with the digits a small amount needs (never "$0.0000" for a cent's fraction)."""
+    if amount == 0 or amount >= 0.01:
+        return f"${amount:,.4f}"
+    return f"${amount:.2g}" if amount >= 1e-6 else f"${amount:.1e}"

@@ -25,12 +25,16 @@ def estimate_file(input_path: str, *, rpm: float | None, tpm: float | None,
     `runner.files.inputs.UnreadableInput` when INPUT cannot be read. With `output`, only what a
     rerun into it would send (read without changing it; `CheckpointError` when unreadable)."""
     state = None
-    if output is not None:
-        state = OutputState()
-        scan(output, state)
-    return estimate_lines(input_lines(input_path), input_name(input_path), counter=token_counter,
-                          rpm=rpm, tpm=tpm, cost=prices.cost, ipm=ipm,
-                          image_price=prices.image_price, output=state)
+    try:
+        if output is not None:
+            state = OutputState()
+            scan(output, state)
+        return estimate_lines(input_lines(input_path), input_name(input_path),
+                              counter=token_counter, rpm=rpm, tpm=tpm, cost=prices.cost,
+                              ipm=ipm, image_price=prices.image_price, output=state)
+    finally:
+        if state is not None:
+            state.close()
 
 
 def estimate_json(est: Estimate, prices: PriceTable) -> dict[str, Any]:

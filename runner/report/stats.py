@@ -114,6 +114,15 @@ class RunStats:
         entry.cached_tokens += counts.cached
         entry.reasoning_tokens += counts.reasoning
 
+    def add_billed(self, model: str, usage: object) -> None:
+        """Count the tokens of an answer no job could use (billed all the same), not as a job."""
+        entry = self.usage.setdefault(model, ModelUsage())
+        counts = read_usage(usage)
+        entry.prompt_tokens += counts.input
+        entry.completion_tokens += counts.output
+        entry.cached_tokens += counts.cached
+        entry.reasoning_tokens += counts.reasoning
+
     def count_images(self, model: str, url: str, body: dict) -> None:
         """Count the images one job's answer saved (its `n`), by model and by size and quality."""
         images = images_requested(url, body)

@@ -145,18 +145,22 @@ def status(input_path: str, output: Path | Sequence[Path], *,
     state = OutputState()
     keep_done = len(outputs) > 1  # a job done in any output stays done, as merge keeps it
     result = Status(input=input_name(input_path), output=", ".join(str(o) for o in outputs))
-    result.scan = _combined([scan_output(path, state, keep_done=keep_done) for path in outputs])
     try:
-        with Rereader.of(input_path) as reread:
-            for item in read_jobs(input_lines(input_path), result.input, reread=reread):
-                _classify(item, state, result, keep_changed)
-    except (UnreadableInput, NotAJobFile) as e:
-        raise StatusError(str(e)) from None
-    # What `_classify` did not claim belongs to no input line.
-    for final in state.unclaimed():
-        result.unknown_ids += 1
-        if len(result.first_unknown_ids) < MAX_SHOWN:
-            result.first_unknown_ids.append(final.custom_id)
+        result.scan = _combined([scan_output(path, state, keep_done=keep_done)
+                                 for path in outputs])
+        try:
+            with Rereader.of(input_path) as reread:
+                for item in read_jobs(input_lines(input_path), result.input, reread=reread):
+                    _classify(item, state, result, keep_changed)
+        except (UnreadableInput, NotAJobFile) as e:
+            raise StatusError(str(e)) from None
+        # What `_classify` did not claim belongs to no input line.
+        for final in state.unclaimed():
+            result.unknown_ids += 1
+            if len(result.first_unknown_ids) < MAX_SHOWN:
+                result.first_unknown_ids.append(final.custom_id)
+    finally:
+        state.close()
     return result
 
 
