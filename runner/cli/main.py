@@ -613,6 +613,9 @@ def _metrics(path: Path | None, output: Path, prices: PriceTable):  # type: igno
 def _execute(config: RunConfig, *, progress: bool = True, log_file: Path | None = None,
              summary_json: Path | None = None, prices: PriceTable | None = None,
              metrics=None) -> int:  # type: ignore[no-untyped-def]
+    if config.prices is None and prices is not None:  # the live display's spend so far
+        import dataclasses
+        config = dataclasses.replace(config, prices=prices)
     return execute(lambda console, log: run(config, console=console, log=log, progress=progress,
                                             metrics=metrics),
                    title=f"runner: {config.input} -> {config.output}", output=config.output,
