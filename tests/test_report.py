@@ -315,3 +315,34 @@ def test_a_stderr_that_is_gone_does_not_stop_the_log_file_or_the_run(tmp_path, m
     log("summary: 60 succeeded")
     log.close()
     assert (tmp_path / "run.log").read_text().count("\n") == 2
+
+
+def test_status_lines_show_tokens_and_spend_so_far():
+    from runner.report.progress import ProgressReporter
+    stats = summary_stats()
+    reporter = ProgressReporter(stats, 10, console=None, clock=lambda: 0.0, tty=False,
+                                prices=load_prices())
+    price = load_prices().lookup("gpt-4o-mini")
+    assert "tokens 1,000,000 in / 500,000 out" in reporter.line()
+    assert f"~${price.input + price.output / 2:,.4f} spent" in reporter.line()
+
+
+def test_status_lines_under_a_cap_show_spend_against_it():
+    from jobs.spend import Spend
+    from runner.report.progress import ProgressReporter
+    spend = Spend(5.0)
+    spend.pay(1.25)
+    reporter = ProgressReporter(summary_stats(), 10, console=None, clock=lambda: 0.0, tty=False,
+                                prices=load_prices(), spend=spend)
+    assert "$1.2500 spent of the $5 cap" in reporter.line()
+
+
+def test_image_lanes_show_images_per_minute_against_their_limit():
+    from runner.report.progress import ProgressReporter
+    stats, now = RunStats(), [0.0]
+    reporter = ProgressReporter(stats, 100, console=None, clock=lambda: now[0], tty=False,
+                                image_limit=lambda model: 120.0)
+    stats.model_images["dall-e-2"] = 10
+    reporter.line()
+    now[0], stats.model_images["dall-e-2"] = 30.0, 70  # 60 images in 30 s
+    assert "dall-e-2 120 of 120 IPM" in reporter.line()

@@ -173,6 +173,9 @@ def usage_error(message: str) -> NoReturn:
 def execute_live(config: RunConfig, *, progress: bool = True, log_file: Path | None = None,
                  summary_json: Path | None = None, prices: PriceTable | None = None,
                  metrics: Any = None) -> int:
+    if config.prices is None and prices is not None:  # the live display's spend so far
+        import dataclasses
+        config = dataclasses.replace(config, prices=prices)
     from runner.client import run_engine  # the Python API's engine: one path for both
     return execute(lambda console, log: run_engine(config, console=console, log=log,
                                                    progress=progress, handle_signals=True,

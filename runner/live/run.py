@@ -181,7 +181,10 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                 helpers.append(asyncio.create_task(_plan_work(config, state, eta)))
             reporter = ProgressReporter(dispatcher.stats, total, console=console, clock=loop.time,
                                         limits=lambda: describe_limits(limiters), log=log,
-                                        log_interval=config.status_interval, eta=eta)
+                                        log_interval=config.status_interval, eta=eta,
+                                        prices=config.prices, spend=dispatcher.spend,
+                                        image_limit=lambda model: image_limiters.get(
+                                            config.endpoint.budget_key(model)).tpm)
             helpers.append(asyncio.create_task(reporter.run()))
         stats = await dispatcher.run(_items(config), state)
         for model in stats.model_requests:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from runner.pacing.limiters import Limiters
@@ -115,6 +115,44 @@ class Eta:
         return time_left(works)
 
 
+class ImageSpeed:
+    """Images saved per minute, per image model, over a trailing window of samples."""
+
+    def __init__(self, window: float = WINDOW_S, max_samples: int = 1000) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=max_samples)
+
+    def sample(self, now: float, images: dict[str, int]) -> None:
+        self._samples.append((now, dict(images)))
+        while len(self._samples) > 2 and now - self._samples[0][0] > self.window:
+            self._samples.popleft()
+
+    def per_minute(self) -> dict[str, float]:
+        if len(self._samples) < 2:
+            return {}
+        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+        if t1 <= t0:
+            return {}
+        return {model: (n - first.get(model, 0)) * 60 / (t1 - t0) for model, n in last.items()}
+
+
+def spend_text(stats: RunStats, prices: object | None, spend: object | None = None) -> str:
+    """Tokens so far and what they cost: "tokens 12,345 in / 678 out · ~$0.0123 spent" (with
+    --max-cost: "of the $5 cap"); the cost at the price table in use, left out when unknown."""
+    prompt = sum(u.prompt_tokens for u in stats.usage.values())
+    completion = sum(u.completion_tokens for u in stats.usage.values())
+    text = f"tokens {prompt:,} in / {completion:,} out"
+    if spend is not None:
+        return text + (f" · ${spend.spent:,.4f} spent of the ${spend.cap:g} cap"  # type: ignore[attr-defined]
+                       )
+    if prices is not None:
+        from runner.report.summary import summary_dict
+        cost = summary_dict(stats, "", prices)["estimated_cost_usd"]
+        if cost is not None:
+            text += f" · ~${cost:,.4f} spent"
+    return text
+
+
 def describe_limits(limiters: Limiters) -> str:
     """The limits in force per model, e.g. "gpt-4o-mini 900 RPM / 240,000 TPM"."""
     parts = []
@@ -126,9 +164,9 @@ def describe_limits(limiters: Limiters) -> str:
 
 
 def status_line(stats: RunStats, total: int | None, speed: Speed,
-                limits: str = "", eta: Eta | None = None) -> str:
-    """One line: done / failed / pending, speeds, 429s, ETA, current limits. Without `eta`, the
-    ETA is jobs left over jobs per second."""
+                limits: str = "", eta: Eta | None = None, more: Sequence[str] = ()) -> str:
+    """One line: done / failed / pending, speeds, 429s, ETA, `more` (tokens and spend, images per
+    minute), current limits. Without `eta`, the ETA is jobs left over jobs per second."""
     done = stats.succeeded + stats.already_done + stats.kept_changed
     failed = stats.failed_total + stats.kept_failed
     jobs_s, tokens_s = speed.rates()
@@ -139,7 +177,7 @@ def status_line(stats: RunStats, total: int | None, speed: Speed,
         left = eta.seconds() if eta is not None else pending / jobs_s if jobs_s > 0 else None
         parts.append(f"ETA {fmt_duration(0.0 if not pending else left)}")
     parts += [f"{jobs_s:,.1f} jobs/s", f"{tokens_s:,.0f} tok/s", f"{stats.in_flight} in flight",
-              f"429s {stats.rate_limited}"]
+              f"429s {stats.rate_limited}", *more]
     if limits:
         parts.append(limits)
     return " · ".join(parts)
@@ -153,9 +191,15 @@ class ProgressReporter:
     def __init__(self, stats: RunStats, total: int | None, *, console: Console | None,
                  clock: Callable[[], float], limits: Callable[[], str] = lambda: "",
                  tty: bool | None = None, log_interval: float = LOG_INTERVAL_S,
-                 log: Callable[[str], None] | None = None, eta: Eta | None = None) -> None:
+                 log: Callable[[str], None] | None = None, eta: Eta | None = None,
+                 prices: object | None = None, spend: object | None = None,
+                 image_limit: Callable[[str], float | None] = lambda model: None) -> None:
         self.stats = stats
         self.eta = eta
+        self.prices = prices  # a PriceTable: spend so far at its prices
+        self.spend = spend  # --max-cost: a `jobs.spend.Spend`
+        self.image_limit = image_limit  # an image model's IPM limit, when known
+        self.image_speed = ImageSpeed()
         self.total = total
         self.console = console
         self.clock = clock
@@ -171,7 +215,13 @@ class ProgressReporter:
                           sum(u.prompt_tokens + u.completion_tokens for u in self.stats.usage.values()))
         if self.eta is not None:
             self.eta.sample(now)
-        return status_line(self.stats, self.total, self.speed, self.limits(), self.eta)
+        more = [spend_text(self.stats, self.prices, self.spend)]
+        if self.stats.model_images:
+            self.image_speed.sample(now, self.stats.model_images)
+            for model, ipm in sorted(self.image_speed.per_minute().items()):
+                limit = self.image_limit(model)
+                more.append(f"{model} {ipm:,.0f}{f' of {limit:,.0f}' if limit else ''} IPM")
+        return status_line(self.stats, self.total, self.speed, self.limits(), self.eta, more)
 
     def renderable(self) -> Group:
         from rich.console import Group
