@@ -103,6 +103,7 @@ def p90_error(found, end, total) -> float:
     # the same, but answers take 4 s and 40 requests may be out at once: the concurrency binds
     (SimConfig(rpm=1200, tpm=400_000, burst_s=2.0, latency_ms=4000), 40),
 ], ids=["budget-bound", "latency-bound"])
+@pytest.mark.slow  # over a second of real time
 def test_a_mixed_runs_eta_holds_within_a_fifth_of_its_length_after_a_tenth_of_its_jobs(
         loop, tmp_path, sim, concurrency):
     # 2,000 jobs. Jobs left over jobs per second (issue 21: 75 % off at the 90th percentile; 54 %

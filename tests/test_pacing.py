@@ -197,6 +197,7 @@ def test_with_2_s_latency_concurrency_rises_to_keep_the_rpm_used(loop, tmp_path)
     assert_paced(outcome, ideal_seconds(len(jobs), RPM, latency_s=2.0))
 
 
+@pytest.mark.slow  # over a second of real time
 def test_requests_held_back_by_the_concurrency_cap_do_not_burst_out_into_429s(loop, tmp_path):
     # --concurrency 16 with 2 s answers caps the run at 8 requests a second, below RPM 900; when
     # answers get fast, whatever the limiter admitted meanwhile must not go out in one burst

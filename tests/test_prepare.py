@@ -236,6 +236,7 @@ def test_empty_and_repeated_keys_are_reported_by_row_and_the_rest_written(tmp_pa
     assert [j["custom_id"] for j in lines] == ["x", "y", "z"]
 
 
+@pytest.mark.slow  # over a second of real time
 def test_prepare_never_writes_over_results_and_replaces_other_files_only_with_force(tmp_path):
     data = write_csv(tmp_path / "d.csv", ROWS)
     results = tmp_path / "results.jsonl"

@@ -311,6 +311,7 @@ async def test_a_tightly_bound_budget_costs_about_one_round_trip_per_admission(r
         await budgets.close()
 
 
+@pytest.mark.slow  # over a second of real time
 async def test_a_request_taken_ahead_but_not_sent_is_given_back(redis_server):
     budgets_a, a = await process(redis_server.url, rpm=60, tpm=600_000)  # 1 a second, bucket 1
     budgets_b, b = await process(redis_server.url, rpm=60, tpm=600_000)
@@ -326,6 +327,7 @@ async def test_a_request_taken_ahead_but_not_sent_is_given_back(redis_server):
         await budgets.close()
 
 
+@pytest.mark.slow  # over a second of real time
 async def test_after_a_redis_restart_every_budget_gets_its_limits_back_not_only_the_first(
         redis_server):
     # Process A paces two models, process B one of them; Redis restarts empty. Whichever budget
@@ -376,6 +378,7 @@ async def test_a_process_on_one_model_follows_its_budget_when_another_finds_it_i
         await budgets.close()
 
 
+@pytest.mark.slow  # over a second of real time
 async def test_a_429_while_a_request_waits_its_turn_puts_it_back_behind_the_servers_delay(
         redis_server):
     budgets, limiter = await process(redis_server.url, rpm=60, tpm=600_000)  # 1 a second

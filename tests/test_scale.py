@@ -29,6 +29,7 @@ def table_of(ids: list[str], digest) -> tuple[IdTable, list[str]]:
 
 
 @pytest.mark.parametrize("digest", COLLIDE)
+@pytest.mark.slow  # over a second of real time
 def test_an_id_table_with_colliding_digests_finds_exactly_the_ids_put(digest):
     ids = [f"job-{i}" for i in range(3000)]  # past two doublings
     table, written = table_of(ids + ids[:10], digest)  # the first ten put again: last wins

@@ -109,6 +109,7 @@ def jobs_file(path: Path, n: int) -> Path:
 
 
 @pytest.mark.parametrize("rate, attempts, all_valid", [(0.3, 12, True), (1.0, 2, False)])
+@pytest.mark.slow  # over a second of real time
 async def test_a_live_run_retries_broken_json_and_fails_it_as_invalid_json_at_last(
         tmp_path, rate, attempts, all_valid):
     with run_in_thread(SimConfig(json_fault_rate=rate, seed=5)) as url:

@@ -129,6 +129,7 @@ def test_a_line_index_reads_lines_by_custom_id_from_disk(tmp_path):
         assert index.get("z") is None
 
 
+@pytest.mark.slow  # over a second of real time
 async def test_a_download_slower_than_the_total_timeout_completes_while_bytes_keep_coming(tmp_path):
     from aiohttp import web
     body = b"x" * 1000
