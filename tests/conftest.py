@@ -82,6 +82,31 @@ LLMOCK_RPM = 600
 just over it shows the pacing in seconds, not minutes)."""
 
 
+PROCESS_FIXTURES = frozenset({"llmock_echo", "llmock_rpm", "redis_server"})
+"""Fixtures that start a process: a test using one is slow, as the marker says."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _a_test_that_starts_a_process_is_marked_slow(request, monkeypatch):
+    """The `slow` marker's rule, kept: a test not marked slow that starts a process fails, naming
+    the mark it lacks (`python -m pytest -m 'not slow'` stays the quick loop)."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process: mark it "
+                             "@pytest.mark.slow (tests/conftest.py)")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
 def started(server):
     """The server, started; a test that needs it fails (never skips) when it cannot start."""
     try:

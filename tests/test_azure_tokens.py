@@ -278,6 +278,7 @@ def python_command(code: str) -> str:
     return f"{sys.executable} -c {json.dumps(code)}"
 
 
+@pytest.mark.slow  # starts a process
 async def test_a_token_command_runs_without_blocking_the_event_loop():
     token = jwt(EPOCH + 3600)
     fetch = command_provider(python_command(f"import time; time.sleep(0.5); print({token!r})"))
@@ -298,6 +299,7 @@ async def test_a_token_command_runs_without_blocking_the_event_loop():
     assert ticks >= 10  # the loop ran on while the command slept
 
 
+@pytest.mark.slow  # starts a process
 async def test_a_failing_command_names_itself_and_its_last_stderr_line_never_the_token():
     command = python_command("import sys; print('eyJ' + 'secret.eyJpart.sig'); "
                              "sys.stderr.write('ERROR: AADSTS700082: refresh token expired\\n'); "
@@ -309,6 +311,7 @@ async def test_a_failing_command_names_itself_and_its_last_stderr_line_never_the
     assert "AADSTS700082" in message and "eyJsecret" not in message
 
 
+@pytest.mark.slow  # starts a process
 async def test_a_command_that_hangs_is_killed_after_its_timeout():
     fetch = command_provider(python_command("import time; time.sleep(30)"), timeout_s=0.3)
     with pytest.raises(TokenUnavailable, match="did not finish within 0.3 s"):

@@ -41,6 +41,7 @@ def simulator():
         yield url
 
 
+@pytest.mark.slow  # starts a process
 def test_runner_exports_the_api_without_loading_it_at_import():
     code = ("import sys, runner\nassert 'runner.client' not in sys.modules\n"
             "assert runner.run is __import__('runner.client').client.run\nprint('ok')")

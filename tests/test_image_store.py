@@ -67,6 +67,7 @@ def test_b64_is_decoded_and_removed_unless_inline_and_garbage_is_refused(tmp_pat
         asyncio.run(store(tmp_path, Downloads([])).save("k", {"data": [{"b64_json": "%%%"}]}))
 
 
+@pytest.mark.slow  # starts a process
 def test_orphaned_temporary_files_of_dead_processes_are_swept_live_ones_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()

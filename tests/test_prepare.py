@@ -190,6 +190,7 @@ def test_the_key_index_spills_to_disk_and_keeps_the_last_value(tmp_path):
 
 # -- the command ------------------------------------------------------------------------------
 
+@pytest.mark.slow  # starts a process
 def test_prepare_writes_a_job_file_run_reads_one_job_per_row_in_order(tmp_path):
     data = write_csv(tmp_path / "d.csv", ROWS)
     out = cli("prepare", data, "-o", tmp_path / "jobs.jsonl", "-t", "Say {{ text }} ({{ lang }})",
@@ -203,6 +204,7 @@ def test_prepare_writes_a_job_file_run_reads_one_job_per_row_in_order(tmp_path):
     assert jobs[0].body["max_tokens"] == 64 and jobs[0].body["temperature"] == 0
 
 
+@pytest.mark.slow  # starts a process
 def test_a_template_from_a_file_and_a_missing_column_stops_before_anything_is_written(tmp_path):
     data = write_csv(tmp_path / "d.csv", ROWS)
     jobs = tmp_path / "jobs.jsonl"
@@ -224,6 +226,7 @@ def test_a_column_missing_from_a_later_jsonl_row_stops_naming_that_row(tmp_path)
     assert not (tmp_path / "jobs.jsonl").exists()
 
 
+@pytest.mark.slow  # starts a process
 def test_empty_and_repeated_keys_are_reported_by_row_and_the_rest_written(tmp_path):
     rows = [{"key": k, "text": f"t{i}"} for i, k in enumerate(["x", "y", "", "x", "z"], 1)]
     data = write_csv(tmp_path / "d.csv", rows)
@@ -253,6 +256,7 @@ def test_prepare_never_writes_over_results_and_replaces_other_files_only_with_fo
         prepare(data, data, recipe())
 
 
+@pytest.mark.slow  # starts a process
 def test_prepare_again_replaces_its_own_job_file(tmp_path):
     data = write_csv(tmp_path / "d.csv", ROWS)
     jobs = tmp_path / "jobs.jsonl"

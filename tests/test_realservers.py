@@ -177,11 +177,13 @@ class _Silent(_Process):
         return ["sh", "-c", "echo starting...; exec sleep 60"]
 
 
+@pytest.mark.slow  # starts a process
 def test_a_server_that_exits_is_reported_with_its_exit_code_and_output():
     with pytest.raises(ServerDidNotStart, match=r"(?s)exits exited with code 3.*cannot bind, say"):
         _Exits().start()
 
 
+@pytest.mark.slow  # starts a process
 def test_a_server_that_never_answers_is_stopped_and_reported_after_the_wait():
     server = _Silent()
     with pytest.raises(ServerDidNotStart, match=r"(?s)did not answer /health within 0.5 s.*starting"):
@@ -189,6 +191,7 @@ def test_a_server_that_never_answers_is_stopped_and_reported_after_the_wait():
     assert server.proc.returncode is not None  # stopped, not left running
 
 
+@pytest.mark.slow  # starts a process
 def test_a_fixture_whose_server_cannot_start_fails_the_test_rather_than_skipping_it():
     with pytest.raises(pytest.fail.Exception, match="pip install -e '.\\[test\\]'"):
         started(_Exits())

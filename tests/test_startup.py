@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,12 +41,14 @@ def loaded(code: str, modules: tuple[str, ...], env: dict[str, str] | None = Non
     return out.stdout.splitlines()[-1].split()[1:]
 
 
+@pytest.mark.slow  # starts a process
 def test_the_cli_loads_without_aiohttp():
     code = "import sys, runner.cli.main; print('aiohttp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow  # starts a process
 def test_help_loads_no_backend_report_tokenizer_or_rich():
     code = ("from runner.cli.main import main\n"
             "for argv in (['--help'], ['run', '--help']):\n"
@@ -56,6 +59,7 @@ def test_help_loads_no_backend_report_tokenizer_or_rich():
     assert loaded(code, NEEDED_BY_NO_COMMAND_AT_START) == []
 
 
+@pytest.mark.slow  # starts a process
 def test_a_live_run_off_a_terminal_loads_neither_rich_nor_the_batch_backend_nor_tiktoken(tmp_path):
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_bytes(b"".join(orjson.dumps(
@@ -77,6 +81,7 @@ def test_a_live_run_off_a_terminal_loads_neither_rich_nor_the_batch_backend_nor_
     assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 5
 
 
+@pytest.mark.slow  # starts a process
 def test_the_entry_point_runs_the_command_with_the_collector_on_and_start_up_objects_frozen():
     """`runner` and `python -m runner` freeze what start-up imported (`runner.__main__`); the
     command itself runs with garbage collection on, and its exit code comes through."""
