@@ -2,11 +2,14 @@
 
 tiktoken would download its BPE files on first use; instead we read the copies shipped as data
 files by the `quicktok-v1` dependency (`quicktok/data/{o200k,cl100k}.vocab`: little-endian u32
-count, then per entry u16 length, token bytes, u32 rank), re-serialise them in tiktoken's format
-and check tiktoken's own sha256 before use. If those files are missing or wrong, a file already in
-tiktoken's cache (`TIKTOKEN_CACHE_DIR`, `DATA_GYM_CACHE_DIR`, or `<tmp>/data-gym-cache`) is used,
-verified the same way. Otherwise the encoding is None, a warning is issued once per encoding, and
-counts fall back to the documented approximation ceil(chars / 4). Nothing here ever downloads.
+count, then per entry u16 length, token bytes, u32 rank) and check them before use. A file whose own
+sha256 is the one pinned here (quicktok-v1 0.4.0's; tests/test_tokenizer.py re-serialises it in
+tiktoken's format against tiktoken's sha256) is used as read; any other is re-serialised and checked
+against tiktoken's own sha256, which costs as much again as reading it. If those files are missing
+or wrong, a file already in tiktoken's cache (`TIKTOKEN_CACHE_DIR`, `DATA_GYM_CACHE_DIR`, or
+`<tmp>/data-gym-cache`) is used, verified the same way. Otherwise the encoding is None, a warning is
+issued once per encoding, and counts fall back to the documented approximation ceil(chars / 4).
+Nothing here ever downloads.
 
 This is the I/O half of token counting (files, environment, warnings); the arithmetic is pure, in
 `jobs.tokens`, which takes `token_counter` as its `TokenCounter`.
@@ -43,6 +46,7 @@ class _EncodingSpec:
     """What tiktoken_ext/openai_public.py declares for one encoding, and where our copy lives."""
 
     vocab_file: str  # in quicktok/data/
+    vocab_sha256: str  # of that file as quicktok-v1 0.4.0 ships it
     url: str  # tiktoken's download URL; names its cache file
     sha256: str  # of the tiktoken-format file
     pat_str: str
@@ -52,6 +56,7 @@ class _EncodingSpec:
 _SPECS = {
     O200K_BASE: _EncodingSpec(
         vocab_file="o200k.vocab",
+        vocab_sha256="6b17521f79788c7ace48fc75f6edde125637a90b0018427e68f28d051b2ac1fe",
         url="https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
         sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
         pat_str="|".join([
@@ -67,6 +72,7 @@ _SPECS = {
     ),
     CL100K_BASE: _EncodingSpec(
         vocab_file="cl100k.vocab",
+        vocab_sha256="4a945d497c213acde921bc8d69bc8dad9c603ea97c50c014e04ad0fadc09eecb",
         url="https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
         sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
         pat_str=r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
@@ -131,9 +137,12 @@ def _ranks_from_quicktok(spec: _EncodingSpec) -> dict[bytes, int] | None:
     if data_dir is None:
         return None
     try:
-        ranks = _read_quicktok_vocab((data_dir / spec.vocab_file).read_bytes())
+        data = (data_dir / spec.vocab_file).read_bytes()
+        ranks = _read_quicktok_vocab(data)
     except (OSError, ValueError):
         return None
+    if hashlib.sha256(data).hexdigest() == spec.vocab_sha256:
+        return ranks  # the very file whose ranks are tiktoken's (tests/test_tokenizer.py)
     return ranks if _tiktoken_file_sha256(ranks) == spec.sha256 else None
 
 

@@ -63,7 +63,7 @@ def test_offline_encoding_matches_quicktok_without_any_download(name, monkeypatc
     assert get_encoding(name) is encoding  # built once per process
 
 
-def test_special_tokens_match_tiktoken_ext(fresh_encodings):
+def test_special_tokens_match_tiktoken_ext():
     assert get_encoding("o200k_base")._special_tokens == {
         "<|endoftext|>": 199999, "<|endofprompt|>": 200018}
     assert get_encoding("cl100k_base")._special_tokens == {
@@ -72,10 +72,27 @@ def test_special_tokens_match_tiktoken_ext(fresh_encodings):
 
 
 def test_shipped_data_has_tiktokens_sha256():
+    # and the file's own pinned sha256, which spares a run this re-serialisation, is that file's
     data_dir = tokenizer._quicktok_data_dir()
     for spec in tokenizer._SPECS.values():
-        ranks = tokenizer._read_quicktok_vocab((data_dir / spec.vocab_file).read_bytes())
-        assert tokenizer._tiktoken_file_sha256(ranks) == spec.sha256
+        data = (data_dir / spec.vocab_file).read_bytes()
+        assert tokenizer._tiktoken_file_sha256(tokenizer._read_quicktok_vocab(data)) == spec.sha256
+        assert hashlib.sha256(data).hexdigest() == spec.vocab_sha256
+
+
+def test_a_vocab_file_laid_out_otherwise_is_checked_against_tiktokens_sha256(tmp_path, monkeypatch):
+    # another quicktok release: not the pinned file, the same ranks: accepted after the full check
+    spec = tokenizer._SPECS["cl100k_base"]
+    ranks = tokenizer._read_quicktok_vocab((tokenizer._quicktok_data_dir() / spec.vocab_file).read_bytes())
+    blob = struct.pack("<I", len(ranks)) + b"".join(
+        struct.pack("<H", len(t)) + t + struct.pack("<I", r) for t, r in reversed(ranks.items()))
+    (tmp_path / spec.vocab_file).write_bytes(blob)
+    monkeypatch.setattr(tokenizer, "_quicktok_data_dir", lambda: tmp_path)
+    checked, full_check = [], tokenizer._tiktoken_file_sha256
+    monkeypatch.setattr(tokenizer, "_tiktoken_file_sha256",
+                        lambda r: checked.append(len(r)) or full_check(r))
+    assert tokenizer._ranks_from_quicktok(spec) == ranks
+    assert checked == [len(ranks)]
 
 
 def test_tampered_shipped_vocab_is_refused(tmp_path, monkeypatch):
