@@ -227,14 +227,14 @@ async def run_engine(config: Any, *, console: Console | None = None,
                      handle_signals: bool = False, metrics: Any = None) -> RunStats:
     """Run `config` (a `RunConfig`, or a `BatchRunConfig`) on the engine: the one path every
     run takes, from the command line or from Python. Its stats; the engine's exceptions.
-    `metrics` (a `runner.report.metrics.MetricsFile`) is written while a live run goes."""
+    `metrics` (a `runner.report.metrics.MetricsFile`) is written while the run goes."""
     if isinstance(config, RunConfig):
         from runner.live.run import run as run_live  # noqa: PLC0415
         return await run_live(config, console=console, log=log, progress=progress,
                               handle_signals=handle_signals, metrics=metrics)
     from runner.batch.run import run_batch  # noqa: PLC0415
     return await run_batch(config, console=console, log=log, progress=progress,
-                           handle_signals=handle_signals)
+                           handle_signals=handle_signals, metrics=metrics)
 
 
 def _options(options: RunOptions | None, overrides: Mapping[str, Any]) -> RunOptions:

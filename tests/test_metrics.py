@@ -144,3 +144,40 @@ def test_the_file_is_written_at_every_interval_while_the_run_goes(tmp_path):
         task.cancel()
     run_virtual(go())
     assert writes == [0.0, 15.0, 30.0]
+
+
+def test_a_batch_run_writes_its_metrics_while_it_waits_for_its_batches(tmp_path, loop):
+    # a batch takes minutes: monitoring must see the run going (and its lines submitted) during
+    # them, not only at its end
+    from runner.api.endpoint import Endpoint
+    from runner.batch.run import BatchRunConfig, run_batch
+    from runner.simulator.batches import BatchConfig
+
+    write_jobs(tmp_path / "in.jsonl", 30)
+    sim = Simulator(SimConfig(), clock=loop.time,
+                    batch=BatchConfig(lines_per_s=0.1, validate_s=2, finalize_s=1))
+    loop.run_until_complete(sim.start())
+    metrics = MetricsFile(tmp_path / "m.prom", tmp_path / "out.jsonl")
+    seen = []
+    write = metrics.write
+
+    def record():
+        write()
+        found = samples(tmp_path / "m.prom")
+        seen.append((loop.time(), value(found, "runner_running"),
+                     value(found, "runner_requests_total")))
+
+    metrics.write = record
+    config = BatchRunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / "out.jsonl",
+                            endpoint=Endpoint(base_url=sim.base_url, api_key=KEY), poll_every=5.0)
+    try:
+        stats = loop.run_until_complete(run_batch(config, progress=False, handle_signals=False,
+                                                  log=lambda m: None, metrics=metrics))
+    finally:
+        loop.run_until_complete(sim.stop())
+    assert stats.exit_code() == 0 and stats.succeeded == 30
+    started = seen[0][0]
+    during = [(t - started, requests) for t, running, requests in seen if running == 1]
+    assert len(during) >= 5  # the batch took about two minutes: a write every 15 s
+    assert during[-1][0] >= 60  # the lines submitted, seen while the batch was still running
+    assert stats.requests > 0 and during[-1][1] == stats.requests

@@ -74,6 +74,8 @@ from runner.tokenizer import token_counter
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from runner.report.metrics import MetricsFile
+
 POLL_START_S = 10.0    # the first poll of a batch: most small batches need minutes, not seconds
 POLL_GROWTH = 1.5      # each poll that sees no batch finish waits this much longer ...
 POLL_MAX_S = 300.0     # ... up to five minutes
@@ -171,9 +173,11 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
                     console: Console | None = None, log: Callable[[str], None] | None = None,
                     progress: bool = True, handle_signals: bool = True,
                     clock: Callable[[], float] | None = None,
-                    sleep: Callable[[float], Any] = asyncio.sleep) -> BatchStats:
+                    sleep: Callable[[float], Any] = asyncio.sleep,
+                    metrics: MetricsFile | None = None) -> BatchStats:
     """Run the pending jobs of `config.input` through the Batch API (see the module docstring).
-    Raises CheckpointError when OUTPUT is in use or unusable, like the live run."""
+    Raises CheckpointError when OUTPUT is in use or unusable, like the live run. `metrics`
+    (--metrics-file) is written every `METRICS_INTERVAL_S` while the run goes, waits included."""
     if config.input == "-" or not os.path.isfile(config.input):
         raise ckpt.CheckpointError(f"--via batch reads INPUT again as batches finish: give a "
                                    f"file, not {config.input!r}")
@@ -206,9 +210,16 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
             engine = _Engine(config, BatchClient(send, config.endpoint), state, checkpoint, seen,
                              stats, log, clock or loop.time, sleep, output.stop,
                              progress=progress, images=images)
+            writer = None
+            if metrics is not None:  # the hours a batch takes are when monitoring asks
+                metrics.stats = stats
+                writer = asyncio.create_task(metrics.run())
             try:
                 await engine.run()
             finally:
+                if writer is not None:
+                    writer.cancel()
+                    await asyncio.gather(writer, return_exceptions=True)
                 problem = await output.finish()
                 if problem is not None and stats.stop_reason is None:
                     stats.stop_reason = problem

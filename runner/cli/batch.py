@@ -23,7 +23,7 @@ def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Pa
                   summary_json: Path | None = None, prices: PriceTable | None = None,
                   metrics: Any = None) -> int:
     """Run (or cancel) through the Batch API; the exit code (0, 1, 2, 3, 4 or 70). `metrics`
-    (a `runner.report.metrics.MetricsFile`) is written at the end."""
+    (a `runner.report.metrics.MetricsFile`) is written while the run goes and at its end."""
     what = "cancel" if config.cancel else "batch"
     if metrics is not None and prices is not None:
         metrics.prices = batch_price_table(prices)
@@ -32,7 +32,7 @@ def execute_batch(config: BatchRunConfig, *, progress: bool = True, log_file: Pa
         config = dataclasses.replace(config, prices=batch_price_table(prices or load_prices()))
     return execute(
         lambda console, log: run_engine(config, console=console, log=log, progress=progress,
-                                        handle_signals=True),
+                                        handle_signals=True, metrics=metrics),
         title=f"runner ({what}): {config.input} -> {config.output}", output=config.output,
         api_key=config.endpoint.api_key, usage_errors=(CheckpointError, OSError, ChangedJobsError),
         log_file=log_file, summary_json=summary_json,

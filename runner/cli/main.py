@@ -138,7 +138,7 @@ main.add_command(simulate)
 @click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
               help="Write the run's metrics (jobs, requests, 429s, tokens and cost by model, last "
                    "success, exit code) in the Prometheus text format to PATH, atomically, every "
-                   "15 s and at exit (--via batch: at exit only): for node_exporter's textfile "
+                   "15 s and at exit: for node_exporter's textfile "
                    "collector (name it *.prom).")
 @click.option("--limit", type=click.IntRange(1), metavar="N",
               help="Run only the first N pending jobs (exit 3 when more remain): a check before "
