@@ -153,13 +153,15 @@ class JobReader:
                  "_offset", "_marks")
 
     def __init__(self, path: str, *, reread: Callable[[int, int], bytes] | None = None,
-                 digest: Callable[[str], int] | None = None) -> None:
+                 digest: Callable[[str], int] | None = None, duplicates: bool = True) -> None:
         self.path = path
         self.line = 0
-        self._reread = reread
+        self._reread = reread if duplicates else None
         self._offset = 0  # of the next line
         self._marks = array("Q")  # the offset of lines 1, 1 + LINES_PER_MARK, ...
-        self._first_line: dict[str, int] | IdTable = {} if reread is None else (
+        # `duplicates=False`: no check (the resume index vouches that INPUT holds none)
+        self._first_line: dict[str, int] | IdTable | None = None if not duplicates else (
+            {} if reread is None else
             IdTable(self._recall) if digest is None else IdTable(self._recall, digest=digest))
         self._bad_at_start: int | None = 0  # None once a job was seen
         self._results_at_start = 0
@@ -204,10 +206,19 @@ class JobReader:
                                   self._results_at_start == self._bad_at_start)
         if isinstance(item, Job):
             self._bad_at_start = None
-            seen = self._first_line.setdefault(item.custom_id, item.line)
-            if seen >= 0 and seen != item.line:
-                return Duplicate(self.path, item.line, seen, item.custom_id)
+            if self._first_line is not None:
+                seen = self._first_line.setdefault(item.custom_id, item.line)
+                if seen >= 0 and seen != item.line:
+                    return Duplicate(self.path, item.line, seen, item.custom_id)
         return item
+
+    def skip(self, count: int) -> None:
+        """Number `count` lines without reading them: jobs the resume index says need nothing
+        (`jobs.settled`). Only for a reader without the duplicate check (`duplicates=False`)."""
+        assert self._first_line is None, "skipping lines needs duplicates=False"
+        if count:
+            self.line += count
+            self._bad_at_start = None
 
     def finish(self) -> None:
         """The input has ended: raise `NotAJobFile` if it held bad lines and no job at all."""

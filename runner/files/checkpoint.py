@@ -288,6 +288,8 @@ class Checkpoint:
         self._new_entry = False  # its directory entry not synced by this process yet
         self.written = 0
         self.size = 0  # the file's length: where the next line goes
+        self.hasher: Any = None  # fed every line appended (the resume index's digest of OUTPUT)
+        self.broken = False  # a line could not be written whole
 
     def open(self) -> None:
         """Open (or create) the output for appending. Its directory entry is made durable by the
@@ -321,7 +323,10 @@ class Checkpoint:
                     os.ftruncate(self._fd, size)
                 except OSError:
                     pass
+            self.broken = True
             raise CheckpointError(f"cannot write to the output {self.path}: {e.strerror}") from None
+        if self.hasher is not None:
+            self.hasher.update(data)
         self._dirty = True
         self.written += 1
         offset, self.size = self.size, self.size + len(data)

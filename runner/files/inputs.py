@@ -30,6 +30,7 @@ import orjson
 
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate, JobReader
+from jobs.settled import Settled
 from runner.errors import UnusableInput
 from runner.files.compression import MAGIC_BYTES, CompressionError, Decompressor, refusal, sniff
 from runner.files.lines import LineSplitter
@@ -256,8 +257,16 @@ async def read_lines(path: str) -> AsyncIterator[bytes]:
         yield lines.tail
 
 
-async def read_items(path: str) -> AsyncIterator[Job | BadLine | Duplicate]:
-    """The jobs, bad lines and duplicates of INPUT, in file order (blank lines skipped)."""
+async def read_items(path: str, settled: Settled | None = None
+                     ) -> AsyncIterator[Job | BadLine | Duplicate]:
+    """The jobs, bad lines and duplicates of INPUT, in file order (blank lines skipped). With
+    `settled` (from the resume index of a regular, uncompressed INPUT, vouching it holds no
+    duplicate), its DONE and KEPT lines are numbered but never parsed: runs of them are passed
+    over a chunk at a time."""
+    if settled is not None:
+        async for item in _unsettled_items(path, settled):
+            yield item
+        return
     with Rereader.of(path) as reread:
         reader = JobReader(input_name(path), reread=reread)
         async for raw in read_lines(path):
@@ -265,6 +274,35 @@ async def read_items(path: str) -> AsyncIterator[Job | BadLine | Duplicate]:
             if item is not None:
                 yield item
         reader.finish()
+
+
+async def _unsettled_items(path: str, settled: Settled) -> AsyncIterator[Job | BadLine | Duplicate]:
+    reader = JobReader(input_name(path), duplicates=False)
+    lines = LineSplitter()
+    async for chunk in _chunks(path):
+        data = lines.whole(chunk)
+        count = data.count(b"\n")
+        if settled.settled_from(reader.line + 1, count):
+            reader.skip(count)
+            continue
+        for raw in data[:-1].split(b"\n") if data else ():
+            if settled.is_settled(reader.line + 1):
+                reader.skip(1)
+            elif (item := reader.feed(raw)) is not None:
+                yield item
+    if lines.tail:
+        if settled.is_settled(reader.line + 1):
+            reader.skip(1)
+        elif (item := reader.feed(lines.tail)) is not None:
+            yield item
+    reader.finish()
+
+
+def unsettled_lines(path: str, settled: Settled) -> Iterator[bytes]:
+    """The raw lines of INPUT that `settled` leaves to read (its PENDING lines), blocking."""
+    for number, raw in enumerate(input_lines(path), 1):
+        if not settled.is_settled(number):
+            yield raw
 
 
 class Rereader:

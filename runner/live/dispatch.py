@@ -47,11 +47,12 @@ from jobs.packing import (
 )
 from jobs import intake as intake_
 from jobs.intake import (
-    ChangedPolicy, ChangedReport, Fail, Intake, Pending, Refuse, Reject, Run,
+    ChangedPolicy, ChangedReport, Fail, Intake, Pending, Refuse, Reject, Run, Skip, SkipReason,
 )
 from jobs.reader import BadLine, Duplicate, NotAJobFile
 from jobs.codes import DUPLICATE
-from jobs.results import OutputState, RecordIds, error_record, success_record
+from jobs.results import Outcome, OutputState, RecordIds, error_record, record_outcome, success_record
+from jobs.settled import DONE, KEPT, PENDING, Settled
 from jobs.structured import first_problem
 from runner.api.endpoint import Endpoint, setup_hint
 from runner.api.headers import RateLimitInfo
@@ -236,8 +237,10 @@ class Dispatcher:
                  record_ids: Callable[[], str] | None = None,
                  images: ImageStore | None = None, image_limiters: Limiters | None = None,
                  prepare: Callable[[Job], Job | BadLine] | None = None,
-                 prices: Prices | None = None) -> None:
+                 prices: Prices | None = None, settled: Settled | None = None) -> None:
         self._send = only_tree_errors(send)  # so `classify` reads the tree's errors only
+        # what each line of INPUT came to, for the resume index (`runner.files.resume_index`)
+        self.settled = settled if settled is not None else Settled()
         self._endpoint = endpoint
         self._limiters = limiters
         # image lanes: their own limiters, whose second bucket counts images (IPM), not tokens
@@ -411,6 +414,7 @@ class Dispatcher:
                     item = await lines.get()
                 if item is None:
                     self.stats.input_ended(sharded=self.sharded)
+                    self.settled.read_all = True
                     break
                 if isinstance(item, (InputError, UnusableInput)):
                     raise item
@@ -430,6 +434,7 @@ class Dispatcher:
         if isinstance(decision, Pending):
             decision = intake.ready(decision)
             self.stats.count_decision(decision)
+        self._note_settled(decision)
         match decision:
             case Reject(bad):
                 self._log(str(bad))
@@ -448,6 +453,19 @@ class Dispatcher:
                 self._admitted += 1
                 return self._packer.add(job, charge)
         return []
+
+    def _note_settled(self, decision: object) -> None:
+        """What the intake's decision says of its line, for the resume index (`jobs.settled`);
+        a job sent settles when its line is written (`_succeed`, `_fail_jobs`)."""
+        match decision:
+            case Skip(job, SkipReason.DONE):
+                self.settled.set(job.line, DONE)
+            case Skip(job, SkipReason.KEPT_FAILED):
+                self.settled.set(job.line, KEPT)
+            case Skip():
+                self.settled.spoil("a job changed since the result it keeps")
+            case intake_.Duplicate():
+                self.settled.spoil("duplicate custom_ids")
 
     async def _submit_all(self, requests: list[Request]) -> None:
         for request in requests:
@@ -801,6 +819,7 @@ class Dispatcher:
                 continue
             self._sink(success_record(job.custom_id, answer, record_id=self._record_id(),
                                       request_id=request_id, fingerprint=job.fingerprint))
+            self.settled.set(job.line, DONE)
             self.stats.add_usage(job.model, answer.get("usage"))
             self.stats.succeeded += 1
             if self.spend is not None and self._prices is not None:
@@ -874,9 +893,12 @@ class Dispatcher:
             except orjson.JSONDecodeError:
                 body = None
         for job in jobs:
-            self._sink(error_record(job.custom_id, code, message, record_id=self._record_id(),
-                                    status=status, body=body, request_id=request_id,
-                                    fingerprint=job.fingerprint))
+            record = error_record(job.custom_id, code, message, record_id=self._record_id(),
+                                  status=status, body=body, request_id=request_id,
+                                  fingerprint=job.fingerprint)
+            self._sink(record)
+            self.settled.set(job.line, KEPT if record_outcome(record) is Outcome.PERMANENT
+                             else PENDING)
             self.stats.failed[code] += 1
             self.stats.model_failed[job.model] += 1
 

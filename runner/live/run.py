@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate
 from jobs.results import OutputState
+from jobs.settled import DONE, KEPT, Settled
 from jobs.shard import Shard
 from runner.files import checkpoint as ckpt
+from runner.files import resume_index
 from runner.live.dispatch import DispatchConfig, Dispatcher
 from runner.api.endpoint import Endpoint
 from runner.pacing.limiter import DEFAULT_BURST_S
@@ -100,26 +102,73 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
     async with OutputSession(config.input, config.output, log=log,
                              secrets=(config.endpoint.api_key,),
                              handle_signals=handle_signals) as session:
-        state = OutputState()
-        session.load(state)
+        stamp = resume_index.InputStamp.of(config.input)  # None: INPUT can have no index
+        index = None
+        if stamp is not None:
+            retrying = config.dispatch.retry_failed or bool(config.dispatch.retry_codes)
+            index = await asyncio.to_thread(resume_index.load, config.output, config.input,
+                                            config.shard, retrying=retrying)
+        state = OutputState()  # left empty when the index answers: OUTPUT is not read
+        if index is None:
+            session.load(state)
         if session.stop.asked:
             return RunStats(stop_reason=session.stop.reason)
         await session.check_changed(state, config.dispatch.changed, lambda: _items(config))
         checkpoint = session.open()
+        if stamp is not None:
+            checkpoint.hasher = index.output_hasher if index is not None else \
+                await _output_hasher(checkpoint)
+        settled = index.settled if index is not None else Settled()
         stats = None
         try:
             stats = await _dispatch(config, state, checkpoint, send, console, log, progress,
-                                    session.stop, limiters, budgets, metrics)
+                                    session.stop, limiters, budgets, metrics, settled,
+                                    trusted=index is not None)
         finally:
+            appended = checkpoint.written
             problem = await session.finish()
             if problem is not None and stats is not None and stats.stop_reason is None:
                 stats.stop_reason = problem
+        if stamp is not None:
+            await _save_index(config, stamp, index, settled, checkpoint, appended,
+                              clean=problem is None, log=log)
         return stats
 
 
-def _items(config: RunConfig) -> AsyncIterator[Job | BadLine | Duplicate]:
-    """The items of INPUT this run takes (its shard's, with --shard)."""
-    items = read_items(config.input)
+async def _output_hasher(checkpoint: ckpt.Checkpoint) -> Any:
+    """OUTPUT's digest so far, to go on with what this run appends (None when unreadable)."""
+    try:
+        return await asyncio.to_thread(resume_index.file_sha256, checkpoint.path, checkpoint.size)
+    except (OSError, ValueError):
+        return None
+
+
+async def _save_index(config: RunConfig, stamp: resume_index.InputStamp,
+                      index: resume_index.Index | None, settled: Settled,
+                      checkpoint: ckpt.Checkpoint, appended: int, *, clean: bool,
+                      log: Callable[[str], None]) -> None:
+    """Write OUTPUT's resume index when this run may (see `runner.files.resume_index`); else
+    remove an index this run's lines made stale."""
+    if (clean and settled.read_all and settled.void is None and checkpoint.hasher is not None
+            and not checkpoint.broken and resume_index.InputStamp.of(config.input) == stamp):
+        try:
+            await asyncio.to_thread(
+                resume_index.save, config.output, config.input, config.shard, settled,
+                input_sha256=None if index is None else index.input_sha256,
+                output_bytes=checkpoint.size, output_hasher=checkpoint.hasher)
+            return
+        except (OSError, ValueError) as e:
+            log(f"runner: cannot write the resume index of {config.output} ({e}); the next run "
+                "reads OUTPUT whole")
+    if appended:
+        resume_index.discard(config.output)
+
+
+def _items(config: RunConfig, settled: Settled | None = None
+           ) -> AsyncIterator[Job | BadLine | Duplicate]:
+    """The items of INPUT this run takes (its shard's, with --shard; with `settled`, from a
+    resume index, only the lines it leaves to read)."""
+    items = read_items(config.input, settled)
     return items if config.shard is None else config.shard.only(items)
 
 
@@ -127,7 +176,10 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                     send: Send | None, console: Console | None, log: Callable[[str], None],
                     progress: bool, stop: Stop, limiters: Limiters | None,
                     budgets: RedisBudgets | None = None,
-                    metrics: MetricsFile | None = None) -> RunStats:
+                    metrics: MetricsFile | None = None, settled: Settled | None = None,
+                    trusted: bool = False) -> RunStats:
+    """Dispatch the run's jobs; `settled` gathers what each line came to (`trusted`: loaded from
+    a resume index, whose DONE and KEPT lines are not read again)."""
     loop = asyncio.get_running_loop()
     session = None
     if send is None:
@@ -155,8 +207,11 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                             sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log,
                             images=images, image_limiters=image_limiters,
                             prepare=lambda job: check_uploads(job, input_dir, config.input),
-                            prices=_prices(config))
+                            prices=_prices(config), settled=settled)
     dispatcher.sharded = config.shard is not None
+    if trusted:
+        dispatcher.stats.count_settled(dispatcher.settled.count(DONE),
+                                       dispatcher.settled.count(KEPT))
     stop.connect(dispatcher.stop)
 
     async def sync_often() -> None:
@@ -178,7 +233,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
             eta = Eta(dispatcher.stats, lambda model, images: (
                 image_limiters if images else limiters).get(config.endpoint.budget_key(model)))
             if total is not None:  # a regular, uncompressed file: it can be read once more
-                helpers.append(asyncio.create_task(_plan_work(config, state, eta)))
+                helpers.append(asyncio.create_task(
+                    _plan_work(config, state, eta, dispatcher.settled if trusted else None)))
             reporter = ProgressReporter(dispatcher.stats, total, console=console, clock=loop.time,
                                         limits=lambda: describe_limits(limiters), log=log,
                                         log_interval=config.status_interval, eta=eta,
@@ -186,7 +242,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                         image_limit=lambda model: image_limiters.get(
                                             config.endpoint.budget_key(model)).tpm)
             helpers.append(asyncio.create_task(reporter.run()))
-        stats = await dispatcher.run(_items(config), state)
+        stats = await dispatcher.run(_items(config, dispatcher.settled if trusted else None),
+                                     state)
         for model in stats.model_requests:
             limiter = (image_limiters if model in stats.model_images else limiters).get(
                 config.endpoint.budget_key(model))  # an image model's: (rpm, ipm)
@@ -211,15 +268,19 @@ def _prices(config: RunConfig) -> Any:
     return load_prices()
 
 
-async def _plan_work(config: RunConfig, state: OutputState, eta: Eta) -> None:
+async def _plan_work(config: RunConfig, state: OutputState, eta: Eta,
+                     settled: Settled | None = None) -> None:
     """The run's work per model, for the ETA (`jobs.estimate.work_plan`), read in a thread while
-    the jobs run (INPUT must be a regular file); none when that fails."""
+    the jobs run (INPUT must be a regular file); none when that fails. With `settled` (a resume
+    index), only the lines it leaves to read."""
 
     def plan() -> dict[str, Any]:
         from jobs.estimate import work_plan
         from jobs.reader import read_jobs
-        from runner.files.inputs import input_lines, input_name
-        items = read_jobs(input_lines(config.input), input_name(config.input))
+        from runner.files.inputs import input_lines, input_name, unsettled_lines
+        lines = input_lines(config.input) if settled is None else \
+            unsettled_lines(config.input, settled)
+        items = read_jobs(lines, input_name(config.input))
         if config.shard is not None:
             items = (i for i in items if config.shard.holds(getattr(i, "custom_id", None)))
         return work_plan(items, state)

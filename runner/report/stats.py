@@ -84,6 +84,13 @@ class RunStats:
         self.input_read = True
         self.no_jobs = not (sharded or self.jobs or self.bad_lines or self.duplicates)
 
+    def count_settled(self, done: int, kept: int) -> None:
+        """Jobs the resume index settled without reading them (`jobs.settled`): counted as the
+        intake's Skip decisions would have been."""
+        self.jobs += done + kept
+        self.already_done += done
+        self.kept_failed += kept
+
     def count_decision(self, decision: object) -> None:
         """Count what the intake (`jobs.intake`) decided for one input item."""
         match decision:

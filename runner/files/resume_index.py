@@ -1,0 +1,148 @@
+"""The resume index: what each line of INPUT came to (`jobs.settled`), saved beside OUTPUT as
+`OUTPUT.resume` by a live run that decided every line of INPUT, so that the next run over the
+same two files reads neither OUTPUT's lines nor its finished jobs again.
+
+    OUTPUT.resume   {"version":1,"input_bytes":…,"input_sha256":…,"output_bytes":…,
+                     "output_sha256":…,"shard":"K/N"|null,"lines":N}\\n
+                    N bytes: the state of INPUT's line k at offset k - 1
+
+Trusted only while both files are byte for byte what they were when it was written: before use,
+INPUT and OUTPUT are read once each and their SHA-256 compared (sequential reads, about 1.7 GB/s
+here: 4 s for ten million result lines), so an edited job, a line added to OUTPUT by hand or by
+`--via batch`, a merged, repaired or truncated OUTPUT, another shard's run, all leave it unused:
+that run reads OUTPUT as it always has (and writes a new index if it can). A hash collision of
+SHA-256 is the only way a wrong index could be taken, which is why nothing weaker is used.
+
+Written (atomically) only at the end of a run whose INPUT, a regular uncompressed file, kept its
+size and modification time during the run, that read INPUT to its end, wrote every line whole and
+synced OUTPUT; not when INPUT holds duplicate ids or a job changed since the result it kept
+(`Settled.void`). A run with --retry-failed or --retry-codes does not use an index holding kept
+failures (their codes are in OUTPUT). Losing the index only costs time.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from jobs.settled import KEPT, Settled
+from jobs.shard import Shard
+from runner.files.atomic import write_atomically
+from runner.files.compression import MAGIC_BYTES, sniff
+from runner.files.inputs import STDIN
+
+VERSION = 1
+SUFFIX = ".resume"
+HASH_CHUNK = 1 << 20
+
+
+def index_path(output: Path) -> Path:
+    return output.with_name(output.name + SUFFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class InputStamp:
+    """What says INPUT did not change during a run: its size, modification time and inode."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @staticmethod
+    def of(path: str) -> InputStamp | None:
+        """INPUT's stamp when it can have an index (a regular, uncompressed file), else None."""
+        if path == STDIN:
+            return None
+        try:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            with open(path, "rb") as f:
+                if sniff(f.read(MAGIC_BYTES)) is not None:
+                    return None
+        except OSError:
+            return None
+        return InputStamp(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def file_sha256(path: str | Path, size: int, hasher: Any = None) -> Any:
+    """A sha256 hasher fed the first `size` bytes of `path` (blocking). OSError when unreadable;
+    ValueError when the file is shorter."""
+    hasher = hasher if hasher is not None else hashlib.sha256()
+    left = size
+    with open(path, "rb", buffering=0) as f:
+        while left > 0:
+            chunk = f.read(min(HASH_CHUNK, left))
+            if not chunk:
+                raise ValueError(f"{path} is shorter than {size} bytes")
+            hasher.update(chunk)
+            left -= len(chunk)
+    return hasher
+
+
+def _shard_text(shard: Shard | None) -> str | None:
+    return None if shard is None else f"{shard.index}/{shard.count}"
+
+
+@dataclass(slots=True)
+class Index:
+    """A resume index found valid for this run: the lines' states, INPUT's digest, and OUTPUT's
+    hasher fed its whole content (to go on with what this run appends)."""
+
+    settled: Settled
+    input_sha256: str
+    output_hasher: Any
+
+
+def load(output: Path, input_path: str, shard: Shard | None, *, retrying: bool) -> Index | None:
+    """The index of `output`, if it answers this run exactly (see the module docstring); else
+    None. Blocking (it reads both files): call it in a thread."""
+    path = index_path(output)
+    try:
+        with open(path, "rb") as f:
+            header = orjson.loads(f.readline())
+            states = bytearray(f.read())
+        if not isinstance(header, dict) or header.get("version") != VERSION:
+            return None
+        if header.get("shard") != _shard_text(shard) or header.get("lines") != len(states):
+            return None
+        if os.stat(input_path).st_size != header["input_bytes"] \
+                or os.stat(output).st_size != header["output_bytes"]:
+            return None
+        if retrying and KEPT in states:
+            return None
+        input_sha256 = file_sha256(input_path, header["input_bytes"]).hexdigest()
+        if input_sha256 != header["input_sha256"]:
+            return None
+        hasher = file_sha256(output, header["output_bytes"])
+        if hasher.hexdigest() != header["output_sha256"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return None
+    return Index(Settled(states), input_sha256, hasher)
+
+
+def save(output: Path, input_path: str, shard: Shard | None, settled: Settled, *,
+         input_sha256: str | None, output_bytes: int, output_hasher: Any) -> None:
+    """Write the index of this run atomically (blocking). `input_sha256` when known (the index
+    this run used), else INPUT is hashed here. OSError when it cannot be written."""
+    input_bytes = os.stat(input_path).st_size
+    if input_sha256 is None:
+        input_sha256 = file_sha256(input_path, input_bytes).hexdigest()
+    header = {"version": VERSION, "input_bytes": input_bytes, "input_sha256": input_sha256,
+              "output_bytes": output_bytes, "output_sha256": output_hasher.hexdigest(),
+              "shard": _shard_text(shard), "lines": len(settled.states)}
+    write_atomically(index_path(output), [orjson.dumps(header), b"\n", bytes(settled.states)])
+
+
+def discard(output: Path) -> None:
+    """Remove the index of `output`, if any (it no longer answers OUTPUT)."""
+    try:
+        index_path(output).unlink()
+    except OSError:
+        pass

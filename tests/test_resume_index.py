@@ -1,0 +1,218 @@
+"""The resume index (issue 22): a run that decided every line of INPUT leaves `OUTPUT.resume`, and
+the next run over the same two files takes each line's state from it, reading neither OUTPUT's
+lines nor its finished jobs, and decides exactly as reading OUTPUT would have. Anything that makes
+either file differ by a byte leaves the index unused."""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from jobs.reader import JobReader
+from jobs.settled import DONE, KEPT, PENDING, Settled
+from jobs.shard import Shard
+from runner.api.endpoint import Endpoint
+from runner.files import checkpoint as ckpt
+from runner.files import resume_index
+from runner.files.inputs import read_items
+from runner.live.dispatch import DispatchConfig
+from runner.live.run import RunConfig, run
+from tests.conftest import Script, error
+
+
+def chat_jobs(n, prefix="job"):
+    return [{"custom_id": f"{prefix}-{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}],
+                      "max_tokens": 5}} for i in range(n)]
+
+
+def write(path, jobs):
+    path.write_bytes(b"".join(orjson.dumps(job) + b"\n" for job in jobs))
+
+
+def failing(permanent=(), transient=()):
+    """A `send`: prompts `q{i}` for i in `permanent` are refused (400, permanent), in `transient`
+    answered 500 (transient: the run gives up after one attempt), the others answered."""
+    def rule(n, req, body):
+        i = int(body["messages"][0]["content"][1:])
+        if i in permanent:
+            return error(400, "invalid_value", "bad")
+        if i in transient:
+            return error(500, None, "boom", type_="server_error")
+        return None
+    return Script(rule)
+
+
+async def go(tmp_path, send, *, jobs_file="in.jsonl", **dispatch):
+    shard = dispatch.pop("shard", None)
+    config = RunConfig(input=str(tmp_path / jobs_file), output=tmp_path / "out.jsonl",
+                       endpoint=Endpoint(base_url="http://server.test/v1", api_key="sk-test"),
+                       dispatch=DispatchConfig(max_attempts=1, **dispatch), pack=False,
+                       shard=shard)
+    return await run(config, send=send, progress=False, handle_signals=False,
+                     log=lambda message: None)
+
+
+def sent(script):
+    return sorted(int(body["messages"][0]["content"][1:]) for _, _, body in script.calls)
+
+
+def counts(stats):
+    return (stats.jobs, stats.already_done, stats.kept_failed, stats.succeeded,
+            dict(stats.failed), stats.exit_code())
+
+
+async def test_a_finished_run_leaves_an_index_and_the_rerun_reads_neither_output_nor_its_jobs(
+        tmp_path, monkeypatch):
+    write(tmp_path / "in.jsonl", chat_jobs(30))
+    first = await go(tmp_path, Script())
+    assert first.exit_code() == 0 and (tmp_path / "out.jsonl.resume").exists()
+    output = (tmp_path / "out.jsonl").read_bytes()
+    parsed = []
+    feed = JobReader.feed
+    monkeypatch.setattr(JobReader, "feed", lambda self, raw: parsed.append(raw) or feed(self, raw))
+    monkeypatch.setattr(ckpt, "load", lambda *a, **k: pytest.fail("OUTPUT was read"))
+    again = Script()
+    second = await go(tmp_path, again)
+    assert again.calls == [] and parsed == []
+    assert counts(second) == (30, 30, 0, 0, {}, 0)
+    assert (tmp_path / "out.jsonl").read_bytes() == output
+
+
+async def test_the_index_decides_each_line_as_reading_output_would(tmp_path):
+    # done, kept failures and transient failures: the rerun with the index and the rerun without
+    # it (the index removed) send the same jobs and count the same, with and without
+    # --retry-failed (which does not use an index holding kept failures)
+    jobs = chat_jobs(40)
+    for retry_failed in (False, True):
+        results = []
+        for use_index in (True, False):
+            folder = tmp_path / f"{retry_failed}-{use_index}"
+            folder.mkdir()
+            write(folder / "in.jsonl", jobs)
+            await go(folder, failing(permanent={3, 17, 30}, transient={5, 6, 22}))
+            assert (folder / "out.jsonl.resume").exists()
+            if not use_index:
+                (folder / "out.jsonl.resume").unlink()
+            script = failing(permanent={30}, transient={6})
+            stats = await go(folder, script, retry_failed=retry_failed)
+            results.append((sent(script), counts(stats)))
+        assert results[0] == results[1]
+        expected = [3, 5, 6, 17, 22, 30] if retry_failed else [5, 6, 22]
+        assert results[0][0] == expected
+
+
+async def test_an_index_is_used_only_while_both_files_are_what_it_says(tmp_path, monkeypatch):
+    jobs = chat_jobs(12)
+    write(tmp_path / "in.jsonl", jobs)
+    await go(tmp_path, Script())
+    out = tmp_path / "out.jsonl"
+    index = (tmp_path / "out.jsonl.resume").read_bytes()
+    loads = []
+    real_load = ckpt.load
+    monkeypatch.setattr(ckpt, "load", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+
+    async def rerun():
+        (tmp_path / "out.jsonl.resume").write_bytes(index)
+        loads.clear()
+        script = Script()
+        stats = await go(tmp_path, script)
+        return stats, sent(script), bool(loads)
+
+    stats, calls, read = await rerun()
+    assert (calls, read) == ([], False)
+
+    original = out.read_bytes()
+    # a byte of OUTPUT changed in place (same size): a success turned into a failure by hand
+    edited = original.replace(b'"job-4"', b'"job-X"', 1)
+    assert len(edited) == len(original)
+    out.write_bytes(edited)
+    stats, calls, read = await rerun()
+    assert read and calls == [4]  # OUTPUT read again: job-4 has no result now
+    out.write_bytes(original)
+
+    # a line added to OUTPUT (by hand, or another backend)
+    out.write_bytes(original + orjson.dumps({"custom_id": "other", "error": None}) + b"\n")
+    stats, calls, read = await rerun()
+    assert read and calls == []
+    out.write_bytes(original)
+
+    # a job of INPUT edited: the changed-job check must see it (the run refuses, exit 2)
+    edited_jobs = [dict(job) for job in jobs]
+    edited_jobs[7] = {**jobs[7], "body": {**jobs[7]["body"], "max_tokens": 6}}
+    write(tmp_path / "in.jsonl", edited_jobs)
+    with pytest.raises(Exception, match="changed"):
+        await rerun()
+    write(tmp_path / "in.jsonl", jobs)
+
+    # OUTPUT truncated to its first 5 lines
+    out.write_bytes(b"".join(original.splitlines(keepends=True)[:5]))
+    stats, calls, read = await rerun()
+    assert read and len(calls) == 7
+
+
+async def test_no_index_is_written_for_duplicates_nor_for_a_run_that_did_not_read_everything(
+        tmp_path):
+    jobs = chat_jobs(10)
+    write(tmp_path / "in.jsonl", jobs + [jobs[2]])
+    await go(tmp_path, Script())
+    assert not (tmp_path / "out.jsonl.resume").exists()
+
+    write(tmp_path / "in.jsonl", jobs)
+    (tmp_path / "out.jsonl").unlink()
+    stats = await go(tmp_path, Script(), limit=4)  # --limit: the rest of INPUT not decided
+    assert stats.exit_code() == 3 and not (tmp_path / "out.jsonl.resume").exists()
+    stats = await go(tmp_path, Script())
+    assert stats.succeeded == 6 and (tmp_path / "out.jsonl.resume").exists()
+
+
+async def test_a_run_that_appends_without_writing_an_index_removes_the_stale_one(tmp_path):
+    jobs = chat_jobs(10)
+    write(tmp_path / "in.jsonl", jobs)
+    await go(tmp_path, failing(transient={1}))
+    assert (tmp_path / "out.jsonl.resume").exists()
+    write(tmp_path / "in.jsonl", jobs + [jobs[0]])  # now with a duplicate: no index may be written
+    stats = await go(tmp_path, Script())
+    assert stats.succeeded == 1 and not (tmp_path / "out.jsonl.resume").exists()
+
+
+async def test_a_shards_index_never_answers_another_shards_run(tmp_path):
+    # an unsharded run answered every job; shard 1/2's run leaves an index in which the other
+    # shard's lines are PENDING: shard 2/2's run must not take them for unanswered (paying twice)
+    jobs = chat_jobs(20)
+    write(tmp_path / "in.jsonl", jobs)
+    await go(tmp_path, Script())
+    (tmp_path / "out.jsonl.resume").unlink()
+    first = Script()
+    await go(tmp_path, first, shard=Shard(1, 2))
+    assert first.calls == [] and (tmp_path / "out.jsonl.resume").exists()
+    second = Script()
+    stats = await go(tmp_path, second, shard=Shard(2, 2))
+    assert second.calls == [] and stats.already_done > 0
+
+
+async def test_settled_lines_are_numbered_but_never_parsed(tmp_path):
+    jobs = chat_jobs(5000)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(job) + b"\n" for job in jobs[:4000]) + b"not json\n\n"
+                     + b"".join(orjson.dumps(job) + b"\n" for job in jobs[4000:]))
+    states = bytearray([DONE]) * 4000 + bytearray([PENDING, PENDING]) + bytearray([KEPT]) * 1000
+    states[1234] = PENDING
+    states[4500] = PENDING
+    items = [item async for item in read_items(str(path), Settled(states))]
+    assert [(type(i).__name__, i.line) for i in items] == [
+        ("Job", 1235), ("BadLine", 4001), ("Job", 4501)]
+    assert items[0].custom_id == "job-1234" and items[2].custom_id == "job-4498"
+
+
+def test_the_index_names_its_shard_and_both_files_digests(tmp_path):
+    (tmp_path / "in.jsonl").write_bytes(b'{"a":1}\n')
+    (tmp_path / "out.jsonl").write_bytes(b"x\n")
+    settled = Settled(bytearray([DONE]))
+    hasher = resume_index.file_sha256(tmp_path / "out.jsonl", 2)
+    resume_index.save(tmp_path / "out.jsonl", str(tmp_path / "in.jsonl"), Shard(1, 3), settled,
+                      input_sha256=None, output_bytes=2, output_hasher=hasher)
+    found = resume_index.load(tmp_path / "out.jsonl", str(tmp_path / "in.jsonl"), Shard(1, 3),
+                              retrying=False)
+    assert found is not None and found.settled.states == bytearray([DONE])
+    assert resume_index.load(tmp_path / "out.jsonl", str(tmp_path / "in.jsonl"), None,
+                             retrying=False) is None
