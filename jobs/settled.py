@@ -47,13 +47,11 @@ class Settled:
         if self.void is None:
             self.void = why
 
-    def count(self, state: int) -> int:
-        return self.states.count(state)
-
     def settled_from(self, first: int, count: int) -> bool:
         """Whether lines `first` .. `first + count - 1` are all DONE or KEPT (none to read)."""
         end = first - 1 + count
         return end <= len(self.states) and self.states.find(PENDING, first - 1, end) < 0
 
     def is_settled(self, line: int) -> bool:
+        """Whether line `line` is DONE or KEPT (nothing to read)."""
         return line <= len(self.states) and self.states[line - 1] != PENDING

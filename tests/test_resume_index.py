@@ -4,16 +4,21 @@ lines nor its finished jobs, and decides exactly as reading OUTPUT would have. A
 either file differ by a byte leaves the index unused."""
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
+
+from jobs.intake import ChangedPolicy
 
 from jobs.reader import JobReader
 from jobs.settled import DONE, KEPT, PENDING, Settled
 from jobs.shard import Shard
 from runner.api.endpoint import Endpoint
+from runner.errors import ChangedJobsError
 from runner.files import checkpoint as ckpt
 from runner.files import resume_index
-from runner.files.inputs import read_items
+from runner.files.inputs import read_unsettled
 from runner.live.dispatch import DispatchConfig
 from runner.live.run import RunConfig, run
 from tests.conftest import Script, error
@@ -198,10 +203,149 @@ async def test_settled_lines_are_numbered_but_never_parsed(tmp_path):
     states = bytearray([DONE]) * 4000 + bytearray([PENDING, PENDING]) + bytearray([KEPT]) * 1000
     states[1234] = PENDING
     states[4500] = PENDING
-    items = [item async for item in read_items(str(path), Settled(states))]
+    with open(path, "rb") as source:
+        items = [item async for item in read_unsettled(str(path), source, path.stat().st_size,
+                                                       Settled(states))]
     assert [(type(i).__name__, i.line) for i in items] == [
         ("Job", 1235), ("BadLine", 4001), ("Job", 4501)]
     assert items[0].custom_id == "job-1234" and items[2].custom_id == "job-4498"
+
+
+def stopping(stop_on=(), hang=()):
+    """A `send`: prompts `q{i}` for i in `stop_on` answered 401 (the run stops) a little late,
+    once the run has read all of INPUT; in `hang` never answered (in flight at the stop); the
+    others answered."""
+    class Send(Script):
+        async def __call__(self, req):
+            body = orjson.loads(req.body)
+            i = int(body["messages"][0]["content"][1:])
+            if i in hang:
+                self.calls.append((0, req, body))
+                await asyncio.sleep(3600)
+            if i in stop_on:
+                await asyncio.sleep(0.05)
+            return await super().__call__(req)
+
+    return Send(lambda n, req, body: error(401, "invalid_api_key", "no")
+                if int(body["messages"][0]["content"][1:]) in stop_on else None)
+
+
+async def test_a_run_stopped_with_jobs_started_leaves_no_index(tmp_path):
+    # --retry-failed sends kept failures again; stopped while they are on the wire, their lines in
+    # OUTPUT are still the kept failures: a later plain run must keep them, not send them
+    results = []
+    for use_index in (True, False):
+        folder = tmp_path / str(use_index)
+        folder.mkdir()
+        write(folder / "in.jsonl", chat_jobs(10))
+        await go(folder, failing(permanent={3, 7}))
+        stopped = await go(folder, stopping(stop_on={3}, hang={7}), retry_failed=True,
+                           grace_s=0.01)
+        assert stopped.stop_reason is not None and stopped.input_read
+        if not use_index:
+            (folder / "out.jsonl.resume").unlink(missing_ok=True)
+        script = Script()
+        stats = await go(folder, script)
+        results.append((sent(script), counts(stats)))
+    assert results[0] == results[1] == ([], (10, 8, 2, 0, {}, 1))
+
+
+@pytest.mark.parametrize("policy", [ChangedPolicy.KEEP, ChangedPolicy.REFUSE])
+async def test_a_changed_job_stopped_on_the_wire_is_decided_as_reading_output_would(tmp_path,
+                                                                                  policy):
+    jobs = chat_jobs(10)
+    edited = [dict(job) for job in jobs]
+    edited[4] = {**jobs[4], "body": {**jobs[4]["body"], "max_tokens": 6}}
+    results = []
+    for use_index in (True, False):
+        folder = tmp_path / str(use_index)
+        folder.mkdir()
+        write(folder / "in.jsonl", jobs)
+        await go(folder, Script())
+        write(folder / "in.jsonl", edited)
+        stopped = await go(folder, stopping(stop_on={4}), changed=ChangedPolicy.RERUN)
+        assert stopped.stop_reason is not None and stopped.input_read
+        if not use_index:
+            (folder / "out.jsonl.resume").unlink(missing_ok=True)
+        script = Script()
+        try:
+            outcome = counts(await go(folder, script, changed=policy))
+        except ChangedJobsError:
+            outcome = "refused"
+        results.append((sent(script), outcome))
+    assert results[0] == results[1]
+    assert results[0][0] == []
+
+
+async def test_a_limited_rerun_counts_only_the_lines_it_read(tmp_path):
+    results = []
+    for use_index in (True, False):
+        folder = tmp_path / str(use_index)
+        folder.mkdir()
+        write(folder / "in.jsonl", chat_jobs(10))
+        await go(folder, failing(transient={1, 2}))
+        if not use_index:
+            (folder / "out.jsonl.resume").unlink()
+        script = Script()
+        stats = await go(folder, script, limit=1)
+        results.append((sent(script), counts(stats), stats.input_read))
+    assert results[0] == results[1]
+    assert results[0][:2] == ([1], (2, 1, 0, 1, {}, 3))
+
+
+async def test_bom_crlf_blank_bad_and_unterminated_lines_are_decided_as_reading_output_would(
+        tmp_path):
+    jobs = chat_jobs(8)
+    raw = (b"\xef\xbb\xbf" + b"\r\n".join(orjson.dumps(j) for j in jobs[:4])
+           + b"\r\n\r\n  \nnot json\r\n" + b"\n".join(orjson.dumps(j) for j in jobs[4:]))
+    results = []
+    for use_index in (True, False):
+        folder = tmp_path / str(use_index)
+        folder.mkdir()
+        (folder / "in.jsonl").write_bytes(raw)
+        await go(folder, failing(transient={0, 7}, permanent={5}))
+        assert (folder / "out.jsonl.resume").exists()
+        if not use_index:
+            (folder / "out.jsonl.resume").unlink()
+        script = failing(transient={7})
+        stats = await go(folder, script)
+        results.append((sent(script), counts(stats), stats.bad_lines))
+    assert results[0] == results[1]
+    assert results[0][0] == [0, 7]
+
+
+@pytest.mark.parametrize("change", ["append a done job again", "rename a new file over INPUT"])
+async def test_input_changed_after_the_check_is_not_read_by_that_run(tmp_path, monkeypatch,
+                                                                      change):
+    # the run reads the very bytes it checked (the file it opened, up to the size it hashed): a
+    # producer's later edit waits for the next run, which reads OUTPUT; no job is paid twice
+    jobs = chat_jobs(10)
+    renamed = [*jobs[:3], {**jobs[3], "custom_id": "new-3"}, *jobs[4:]]  # the same size
+    write(tmp_path / "in.jsonl", jobs)
+    await go(tmp_path, Script())
+    real_load = resume_index.load
+
+    def load_then_change(output, input_path, *args, **kwargs):
+        found = real_load(output, input_path, *args, **kwargs)
+        if change.startswith("append"):
+            with open(input_path, "ab") as f:
+                f.write(orjson.dumps(jobs[0]) + b"\n")
+        else:
+            write(tmp_path / "next.jsonl", renamed)
+            (tmp_path / "next.jsonl").replace(input_path)
+        return found
+
+    monkeypatch.setattr(resume_index, "load", load_then_change)
+    script = Script()
+    stats = await go(tmp_path, script)
+    assert script.calls == [] and stats.exit_code() == 0
+    monkeypatch.setattr(resume_index, "load", real_load)
+    script = Script()
+    stats = await go(tmp_path, script)
+    if change.startswith("append"):
+        assert script.calls == [] and stats.duplicates == 1
+    else:
+        assert sent(script) == [3]
 
 
 def test_the_index_names_its_shard_and_both_files_digests(tmp_path):

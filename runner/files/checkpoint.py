@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiofiles.os
 import orjson
@@ -29,6 +29,9 @@ from runner.errors import StopRunError
 from runner.files import PRIVATE_FILE
 from runner.files.lines import LineSplitter
 from runner.redact import redact_bytes
+
+if TYPE_CHECKING:
+    from runner.files.resume_index import Digest
 
 FSYNC_INTERVAL_S = 1.0  # at most this much of the newest results is at risk from a power cut
 READ_CHUNK = 1 << 20
@@ -288,7 +291,7 @@ class Checkpoint:
         self._new_entry = False  # its directory entry not synced by this process yet
         self.written = 0
         self.size = 0  # the file's length: where the next line goes
-        self.hasher: Any = None  # fed every line appended (the resume index's digest of OUTPUT)
+        self.hasher: Digest | None = None  # fed every line appended (resume index's digest)
         self.broken = False  # a line could not be written whole
 
     def open(self) -> None:

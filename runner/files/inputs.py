@@ -257,16 +257,8 @@ async def read_lines(path: str) -> AsyncIterator[bytes]:
         yield lines.tail
 
 
-async def read_items(path: str, settled: Settled | None = None
-                     ) -> AsyncIterator[Job | BadLine | Duplicate]:
-    """The jobs, bad lines and duplicates of INPUT, in file order (blank lines skipped). With
-    `settled` (from the resume index of a regular, uncompressed INPUT, vouching it holds no
-    duplicate), its DONE and KEPT lines are numbered but never parsed: runs of them are passed
-    over a chunk at a time."""
-    if settled is not None:
-        async for item in _unsettled_items(path, settled):
-            yield item
-        return
+async def read_items(path: str) -> AsyncIterator[Job | BadLine | Duplicate]:
+    """The jobs, bad lines and duplicates of INPUT, in file order (blank lines skipped)."""
     with Rereader.of(path) as reread:
         reader = JobReader(input_name(path), reread=reread)
         async for raw in read_lines(path):
@@ -276,10 +268,18 @@ async def read_items(path: str, settled: Settled | None = None
         reader.finish()
 
 
-async def _unsettled_items(path: str, settled: Settled) -> AsyncIterator[Job | BadLine | Duplicate]:
+async def read_unsettled(path: str, source: BinaryIO, size: int, settled: Settled
+                         ) -> AsyncIterator[Job | BadLine]:
+    """The items of INPUT's lines that `settled` (a resume index) leaves to read, in file order,
+    read from `source` (INPUT, open; its first `size` bytes, the ones the index vouches for, and
+    no further). Its DONE and KEPT lines are numbered but never parsed, runs of them a chunk at a
+    time. No duplicate check: the index vouches that INPUT holds none."""
     reader = JobReader(input_name(path), duplicates=False)
     lines = LineSplitter()
-    async for chunk in _chunks(path):
+    chunks = aiofiles.threadpool.wrap(source)
+    left = size
+    while left > 0 and (chunk := await chunks.read(min(CHUNK, left))):
+        left -= len(chunk)
         data = lines.whole(chunk)
         count = data.count(b"\n")
         if settled.settled_from(reader.line + 1, count):

@@ -13,10 +13,11 @@ here: 4 s for ten million result lines), so an edited job, a line added to OUTPU
 that run reads OUTPUT as it always has (and writes a new index if it can). A hash collision of
 SHA-256 is the only way a wrong index could be taken, which is why nothing weaker is used.
 
-Written (atomically) only at the end of a run whose INPUT, a regular uncompressed file, kept its
-size and modification time during the run, that read INPUT to its end, wrote every line whole and
-synced OUTPUT; not when INPUT holds duplicate ids or a job changed since the result it kept
-(`Settled.void`). A run with --retry-failed or --retry-codes does not use an index holding kept
+Written (atomically) only at the end of a run that was not stopped (so every job it started got
+its line), read INPUT to its end, wrote every line whole and synced OUTPUT, and whose INPUT, a
+regular uncompressed file, kept its size, inode and modification time meanwhile; not when INPUT
+holds duplicate ids or a job changed since the result it kept (`Settled.void`). A run using an
+index reads its jobs from the file it hashed (`Index.input_file`), no further than that size. A run with --retry-failed or --retry-codes does not use an index holding kept
 failures (their codes are in OUTPUT). Losing the index only costs time.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO, Protocol
 
 import orjson
 
@@ -70,18 +71,30 @@ class InputStamp:
         return InputStamp(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def file_sha256(path: str | Path, size: int, hasher: Any = None) -> Any:
+class Digest(Protocol):
+    """A running SHA-256 (`hashlib.sha256()`): what OUTPUT's digest is carried on in."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def file_sha256(path: str | Path, size: int) -> Digest:
     """A sha256 hasher fed the first `size` bytes of `path` (blocking). OSError when unreadable;
     ValueError when the file is shorter."""
-    hasher = hasher if hasher is not None else hashlib.sha256()
-    left = size
     with open(path, "rb", buffering=0) as f:
-        while left > 0:
-            chunk = f.read(min(HASH_CHUNK, left))
-            if not chunk:
-                raise ValueError(f"{path} is shorter than {size} bytes")
-            hasher.update(chunk)
-            left -= len(chunk)
+        return _hash(f, size)
+
+
+def _hash(f: BinaryIO, size: int) -> Digest:
+    hasher = hashlib.sha256()
+    left = size
+    while left > 0:
+        chunk = f.read(min(HASH_CHUNK, left))
+        if not chunk:
+            raise ValueError(f"{getattr(f, 'name', 'a file')} is shorter than {size} bytes")
+        hasher.update(chunk)
+        left -= len(chunk)
     return hasher
 
 
@@ -91,18 +104,26 @@ def _shard_text(shard: Shard | None) -> str | None:
 
 @dataclass(slots=True)
 class Index:
-    """A resume index found valid for this run: the lines' states, INPUT's digest, and OUTPUT's
-    hasher fed its whole content (to go on with what this run appends)."""
+    """A resume index found valid for this run: the lines' states; INPUT, open, the very file
+    whose `input_bytes` were hashed (the run reads its jobs from it, never past that size, so a
+    file renamed over INPUT or lines added to it meanwhile are not read); INPUT's digest; and
+    OUTPUT's hasher fed its whole content (to go on with what this run appends)."""
 
     settled: Settled
+    input_file: BinaryIO
+    input_bytes: int
     input_sha256: str
-    output_hasher: Any
+    output_hasher: Digest
+
+    def close(self) -> None:
+        self.input_file.close()
 
 
 def load(output: Path, input_path: str, shard: Shard | None, *, retrying: bool) -> Index | None:
     """The index of `output`, if it answers this run exactly (see the module docstring); else
-    None. Blocking (it reads both files): call it in a thread."""
+    None. Blocking (it reads both files): call it in a thread. The caller closes the index."""
     path = index_path(output)
+    source = None
     try:
         with open(path, "rb") as f:
             header = orjson.loads(f.readline())
@@ -111,24 +132,29 @@ def load(output: Path, input_path: str, shard: Shard | None, *, retrying: bool) 
             return None
         if header.get("shard") != _shard_text(shard) or header.get("lines") != len(states):
             return None
-        if os.stat(input_path).st_size != header["input_bytes"] \
-                or os.stat(output).st_size != header["output_bytes"]:
-            return None
         if retrying and KEPT in states:
             return None
-        input_sha256 = file_sha256(input_path, header["input_bytes"]).hexdigest()
+        input_bytes = header["input_bytes"]
+        source = open(input_path, "rb", buffering=0)
+        if os.fstat(source.fileno()).st_size != input_bytes \
+                or os.stat(output).st_size != header["output_bytes"]:
+            raise ValueError("not the files the index was written for")
+        input_sha256 = _hash(source, input_bytes).hexdigest()
         if input_sha256 != header["input_sha256"]:
-            return None
+            raise ValueError("INPUT changed")
         hasher = file_sha256(output, header["output_bytes"])
         if hasher.hexdigest() != header["output_sha256"]:
-            return None
+            raise ValueError("OUTPUT changed")
+        source.seek(0)
     except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        if source is not None:
+            source.close()
         return None
-    return Index(Settled(states), input_sha256, hasher)
+    return Index(Settled(states), source, input_bytes, input_sha256, hasher)
 
 
 def save(output: Path, input_path: str, shard: Shard | None, settled: Settled, *,
-         input_sha256: str | None, output_bytes: int, output_hasher: Any) -> None:
+         input_sha256: str | None, output_bytes: int, output_hasher: Digest) -> None:
     """Write the index of this run atomically (blocking). `input_sha256` when known (the index
     this run used), else INPUT is hashed here. OSError when it cannot be written."""
     input_bytes = os.stat(input_path).st_size

@@ -237,10 +237,14 @@ class Dispatcher:
                  record_ids: Callable[[], str] | None = None,
                  images: ImageStore | None = None, image_limiters: Limiters | None = None,
                  prepare: Callable[[Job], Job | BadLine] | None = None,
-                 prices: Prices | None = None, settled: Settled | None = None) -> None:
+                 prices: Prices | None = None, settled: Settled | None = None,
+                 settled_unread: bool = False) -> None:
         self._send = only_tree_errors(send)  # so `classify` reads the tree's errors only
-        # what each line of INPUT came to, for the resume index (`runner.files.resume_index`)
+        # what each line of INPUT came to, for the resume index (`runner.files.resume_index`);
+        # `settled_unread`: from an index, whose DONE and KEPT lines the items leave out (they are
+        # counted as the lines after them are admitted, as their Skip decisions would have been)
         self.settled = settled if settled is not None else Settled()
+        self._passed_to: int | None = 0 if settled_unread else None  # lines accounted for
         self._endpoint = endpoint
         self._limiters = limiters
         # image lanes: their own limiters, whose second bucket counts images (IPM), not tokens
@@ -413,6 +417,7 @@ class Dispatcher:
                 else:
                     item = await lines.get()
                 if item is None:
+                    self._pass_settled(len(self.settled.states) + 1)
                     self.stats.input_ended(sharded=self.sharded)
                     self.settled.read_all = True
                     break
@@ -429,6 +434,7 @@ class Dispatcher:
 
     def _admit(self, item: Job | BadLine | Duplicate, intake: Intake) -> list[Request]:
         """One input item, as the intake decides: reported, skipped, failed, or packed."""
+        self._pass_settled(item.line)
         decision = intake.decide(item)
         self.stats.count_decision(decision)
         if isinstance(decision, Pending):
@@ -453,6 +459,17 @@ class Dispatcher:
                 self._admitted += 1
                 return self._packer.add(job, charge)
         return []
+
+    def _pass_settled(self, line: int) -> None:
+        """Count the index's DONE and KEPT lines before `line` not counted yet (lines the items
+        left out), as the intake's Skip decisions count; `line` itself is accounted for."""
+        if self._passed_to is None:
+            return
+        first, end = self._passed_to, line - 1
+        if end > first:
+            states = self.settled.states
+            self.stats.count_settled(states.count(DONE, first, end), states.count(KEPT, first, end))
+        self._passed_to = max(first, line)
 
     def _note_settled(self, decision: object) -> None:
         """What the intake's decision says of its line, for the resume index (`jobs.settled`);

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate
 from jobs.results import OutputState
-from jobs.settled import DONE, KEPT, Settled
+from jobs.settled import Settled
 from jobs.shard import Shard
 from runner.files import checkpoint as ckpt
 from runner.files import resume_index
@@ -25,7 +25,7 @@ from runner.report.stats import RunStats
 from runner.files.guard import check_output
 from runner.files.session import OutputSession, Stop
 from runner.files.images import ImageStore, check_uploads, default_images_dir
-from runner.files.inputs import count_lines, read_items
+from runner.files.inputs import count_lines, read_items, read_unsettled
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
 
 if TYPE_CHECKING:
@@ -108,34 +108,40 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
             retrying = config.dispatch.retry_failed or bool(config.dispatch.retry_codes)
             index = await asyncio.to_thread(resume_index.load, config.output, config.input,
                                             config.shard, retrying=retrying)
-        state = OutputState()  # left empty when the index answers: OUTPUT is not read
-        if index is None:
-            session.load(state)
-        if session.stop.asked:
-            return RunStats(stop_reason=session.stop.reason)
-        await session.check_changed(state, config.dispatch.changed, lambda: _items(config))
-        checkpoint = session.open()
-        if stamp is not None:
-            checkpoint.hasher = index.output_hasher if index is not None else \
-                await _output_hasher(checkpoint)
-        settled = index.settled if index is not None else Settled()
-        stats = None
         try:
-            stats = await _dispatch(config, state, checkpoint, send, console, log, progress,
-                                    session.stop, limiters, budgets, metrics, settled,
-                                    trusted=index is not None)
+            state = OutputState()  # left empty when the index answers: OUTPUT is not read
+            if index is None:
+                session.load(state)
+            if session.stop.asked:
+                return RunStats(stop_reason=session.stop.reason)
+            await session.check_changed(state, config.dispatch.changed, lambda: _items(config))
+            checkpoint = session.open()
+            if stamp is not None:
+                checkpoint.hasher = index.output_hasher if index is not None else \
+                    await _output_hasher(checkpoint)
+            settled = index.settled if index is not None else Settled()
+            stats = None
+            try:
+                stats = await _dispatch(config, state, checkpoint, send, console, log, progress,
+                                        session.stop, limiters, budgets, metrics, settled, index)
+            finally:
+                appended = checkpoint.written
+                problem = await session.finish()
+                if problem is not None and stats is not None and stats.stop_reason is None:
+                    stats.stop_reason = problem
         finally:
-            appended = checkpoint.written
-            problem = await session.finish()
-            if problem is not None and stats is not None and stats.stop_reason is None:
-                stats.stop_reason = problem
+            if index is not None:
+                index.close()
         if stamp is not None:
+            # a run stopped early leaves jobs it had started with their old lines in OUTPUT (a
+            # kept failure retried, a changed job rerun): their states are not PENDING, nor known
+            finished = problem is None and stats.stop_reason is None
             await _save_index(config, stamp, index, settled, checkpoint, appended,
-                              clean=problem is None, log=log)
+                              finished=finished, log=log)
         return stats
 
 
-async def _output_hasher(checkpoint: ckpt.Checkpoint) -> Any:
+async def _output_hasher(checkpoint: ckpt.Checkpoint) -> resume_index.Digest | None:
     """OUTPUT's digest so far, to go on with what this run appends (None when unreadable)."""
     try:
         return await asyncio.to_thread(resume_index.file_sha256, checkpoint.path, checkpoint.size)
@@ -145,11 +151,12 @@ async def _output_hasher(checkpoint: ckpt.Checkpoint) -> Any:
 
 async def _save_index(config: RunConfig, stamp: resume_index.InputStamp,
                       index: resume_index.Index | None, settled: Settled,
-                      checkpoint: ckpt.Checkpoint, appended: int, *, clean: bool,
+                      checkpoint: ckpt.Checkpoint, appended: int, *, finished: bool,
                       log: Callable[[str], None]) -> None:
-    """Write OUTPUT's resume index when this run may (see `runner.files.resume_index`); else
-    remove an index this run's lines made stale."""
-    if (clean and settled.read_all and settled.void is None and checkpoint.hasher is not None
+    """Write OUTPUT's resume index when this run may (see `runner.files.resume_index`): it
+    `finished` (no stop: every job it started got its line) having decided every line of INPUT,
+    which did not change meanwhile; else remove an index this run's lines made stale."""
+    if (finished and settled.read_all and settled.void is None and checkpoint.hasher is not None
             and not checkpoint.broken and resume_index.InputStamp.of(config.input) == stamp):
         try:
             await asyncio.to_thread(
@@ -164,11 +171,14 @@ async def _save_index(config: RunConfig, stamp: resume_index.InputStamp,
         resume_index.discard(config.output)
 
 
-def _items(config: RunConfig, settled: Settled | None = None
+def _items(config: RunConfig, index: resume_index.Index | None = None
            ) -> AsyncIterator[Job | BadLine | Duplicate]:
-    """The items of INPUT this run takes (its shard's, with --shard; with `settled`, from a
-    resume index, only the lines it leaves to read)."""
-    items = read_items(config.input, settled)
+    """The items of INPUT this run takes (its shard's, with --shard); with a resume `index`, only
+    the lines it leaves to read."""
+    if index is None:
+        items = read_items(config.input)
+    else:
+        items = read_unsettled(config.input, index.input_file, index.input_bytes, index.settled)
     return items if config.shard is None else config.shard.only(items)
 
 
@@ -177,9 +187,9 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                     progress: bool, stop: Stop, limiters: Limiters | None,
                     budgets: RedisBudgets | None = None,
                     metrics: MetricsFile | None = None, settled: Settled | None = None,
-                    trusted: bool = False) -> RunStats:
-    """Dispatch the run's jobs; `settled` gathers what each line came to (`trusted`: loaded from
-    a resume index, whose DONE and KEPT lines are not read again)."""
+                    index: resume_index.Index | None = None) -> RunStats:
+    """Dispatch the run's jobs; `settled` gathers what each line came to (from a resume `index`
+    when one answers: its DONE and KEPT lines are not read again)."""
     loop = asyncio.get_running_loop()
     session = None
     if send is None:
@@ -207,11 +217,9 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                             sink=checkpoint.append, config=config.dispatch, pack=config.pack, log=log,
                             images=images, image_limiters=image_limiters,
                             prepare=lambda job: check_uploads(job, input_dir, config.input),
-                            prices=_prices(config), settled=settled)
+                            prices=_prices(config), settled=settled,
+                            settled_unread=index is not None)
     dispatcher.sharded = config.shard is not None
-    if trusted:
-        dispatcher.stats.count_settled(dispatcher.settled.count(DONE),
-                                       dispatcher.settled.count(KEPT))
     stop.connect(dispatcher.stop)
 
     async def sync_often() -> None:
@@ -233,8 +241,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
             eta = Eta(dispatcher.stats, lambda model, images: (
                 image_limiters if images else limiters).get(config.endpoint.budget_key(model)))
             if total is not None:  # a regular, uncompressed file: it can be read once more
-                helpers.append(asyncio.create_task(
-                    _plan_work(config, state, eta, dispatcher.settled if trusted else None)))
+                to_read = None if index is None else Settled(bytearray(index.settled.states))
+                helpers.append(asyncio.create_task(_plan_work(config, state, eta, to_read)))
             reporter = ProgressReporter(dispatcher.stats, total, console=console, clock=loop.time,
                                         limits=lambda: describe_limits(limiters), log=log,
                                         log_interval=config.status_interval, eta=eta,
@@ -242,8 +250,7 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                         image_limit=lambda model: image_limiters.get(
                                             config.endpoint.budget_key(model)).tpm)
             helpers.append(asyncio.create_task(reporter.run()))
-        stats = await dispatcher.run(_items(config, dispatcher.settled if trusted else None),
-                                     state)
+        stats = await dispatcher.run(_items(config, index), state)
         for model in stats.model_requests:
             limiter = (image_limiters if model in stats.model_images else limiters).get(
                 config.endpoint.budget_key(model))  # an image model's: (rpm, ipm)
@@ -271,8 +278,8 @@ def _prices(config: RunConfig) -> Any:
 async def _plan_work(config: RunConfig, state: OutputState, eta: Eta,
                      settled: Settled | None = None) -> None:
     """The run's work per model, for the ETA (`jobs.estimate.work_plan`), read in a thread while
-    the jobs run (INPUT must be a regular file); none when that fails. With `settled` (a resume
-    index), only the lines it leaves to read."""
+    the jobs run (INPUT must be a regular file); none when that fails. With `settled` (a copy of
+    the resume index's states, as the run began), only the lines it leaves to read."""
 
     def plan() -> dict[str, Any]:
         from jobs.estimate import work_plan
