@@ -65,6 +65,18 @@ class IdTable:
     def __len__(self) -> int:
         return self._count
 
+    def reserve(self, count: int) -> None:
+        """Make room for `count` ids at once, while the table is empty: it is then allocated once
+        instead of doubling through every power of two, whose last doubling holds the old slots
+        and the new (half again of the table's memory) at the same time."""
+        if self._count:
+            raise ValueError("reserve() is for an empty table")
+        size = len(self._slots)
+        while size * MAX_LOAD < count:
+            size <<= 1
+        if size > len(self._slots):
+            self._allocate(size)
+
     @property
     def nbytes(self) -> int:
         return self._slots.itemsize * len(self._slots)

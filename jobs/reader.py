@@ -153,7 +153,8 @@ class JobReader:
                  "_offset", "_marks")
 
     def __init__(self, path: str, *, reread: Callable[[int, int], bytes] | None = None,
-                 digest: Callable[[str], int] | None = None, duplicates: bool = True) -> None:
+                 digest: Callable[[str], int] | None = None, duplicates: bool = True,
+                 expected_lines: int | None = None) -> None:
         self.path = path
         self.line = 0
         self._reread = reread if duplicates else None
@@ -163,6 +164,8 @@ class JobReader:
         self._first_line: dict[str, int] | IdTable | None = None if not duplicates else (
             {} if reread is None else
             IdTable(self._recall) if digest is None else IdTable(self._recall, digest=digest))
+        if expected_lines and isinstance(self._first_line, IdTable):
+            self._first_line.reserve(expected_lines)  # one allocation, no doubling on the way
         self._bad_at_start: int | None = 0  # None once a job was seen
         self._results_at_start = 0
 

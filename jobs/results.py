@@ -276,6 +276,11 @@ class OutputState:
         self.fingerprints = _Fingerprints(self)
         self.noted_duplicates = _Noted(self)
 
+    def reserve(self, lines: int) -> None:
+        """Make room for about `lines` result lines at once (`IdTable.reserve`), while empty."""
+        if not len(self._results):
+            self._results.reserve(lines)
+
     def _recall(self, position: int) -> str | None:
         try:
             facts = line_facts(self.lines.read(position))

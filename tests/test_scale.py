@@ -189,3 +189,49 @@ def test_a_closed_chunk_keeps_nothing_of_its_jobs_and_tokens_in_flight_follow_th
     again.load()  # read back as a stream: the same state
     assert again.tokens_in_flight("a") == 200 and again.chunks["c1"].lines == []
     assert again.chunks["c1"].line_count == 1000 and again.busy_jobs() == state.busy_jobs()
+
+
+@pytest.mark.parametrize("digest", [lambda cid: hash(cid) & 3, None])
+def test_a_reserved_table_holds_its_ids_in_one_allocation_and_stays_exact(digest):
+    # sized once: no doubling on the way, whose last step would hold old and new slots at once
+    written: list[str] = []
+    kwargs = {} if digest is None else {"digest": digest}
+    table = IdTable(lambda position: written[position], **kwargs)
+    table.reserve(1500)
+    slots = table.nbytes
+    for i in range(1500):
+        written.append(f"job-{i}")
+        table.put(f"job-{i}", i)
+    assert table.nbytes == slots == 8 * 2048
+    assert all(table.find(f"job-{i}") == i for i in range(1500)) and table.find("job-1500") == -1
+    with pytest.raises(ValueError):
+        table.reserve(10)  # only while empty
+
+
+def test_a_files_lines_are_estimated_from_its_head_within_its_shortest_line():
+    from runner.files.lines import estimate_lines
+    assert estimate_lines(b"a" * 99 + b"\n" + b"b" * 99 + b"\n", 10_000, 64) == 100
+    assert estimate_lines(b"x\n" * 50, 10_000, 64) == 156  # lines of 2 bytes: capped at 64
+    assert estimate_lines(b"no newline yet", 10_000, 64) == 0 and estimate_lines(b"", 0, 64) == 0
+
+
+def test_the_readers_and_outputs_tables_are_sized_once_for_a_file(tmp_path):
+    from runner.files.inputs import Rereader
+    jobs = tmp_path / "in.jsonl"
+    jobs.write_bytes(b"".join(b'{"custom_id":"job-%d","method":"POST","url":"/v1/embeddings",'
+                              b'"body":{"model":"m","input":"w%d"}}\n' % (i, i)
+                              for i in range(5000)))
+    from jobs.reader import JobReader
+    with Rereader.of(str(jobs)) as reread:
+        reader = JobReader("in.jsonl", reread=reread, expected_lines=reread.lines())
+        first = reader._first_line.nbytes
+        for raw in jobs.read_bytes().splitlines():
+            reader.feed(raw)
+        assert reader._first_line.nbytes == first == 8 * 8192  # 5,000 ids at most 75 % full
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"".join(orjson.dumps(success_record(f"job-{i}", {"data": []}, record_id="r",
+                                                         request_id=None)) + b"\n"
+                             for i in range(5000)))
+    state = OutputState()
+    scan(out, state)
+    assert len(state.done) == 5000 and state._results.nbytes == 8 * 8192

@@ -27,7 +27,7 @@ import orjson
 from jobs.results import OutputState, line_facts
 from runner.errors import StopRunError
 from runner.files import PRIVATE_FILE
-from runner.files.lines import LineSplitter
+from runner.files.lines import ESTIMATE_SAMPLE, LineSplitter, estimate_lines
 from runner.redact import redact_bytes
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 FSYNC_INTERVAL_S = 1.0  # at most this much of the newest results is at risk from a power cut
 READ_CHUNK = 1 << 20
+SHORTEST_RESULT_LINE = 64  # bytes: a result line names its id, custom_id, response and error
 RECALL_WINDOW = 1 << 14  # bytes read around a result line recalled, kept for the next ones
 
 
@@ -205,6 +206,9 @@ def scan(path: Path, state: OutputState, *, keep_done: bool = False) -> LoadRepo
     account = state.account
     try:
         with open(path, "rb") as f:
+            state.reserve(estimate_lines(f.read(ESTIMATE_SAMPLE), os.fstat(f.fileno()).st_size,
+                                         SHORTEST_RESULT_LINE))
+            f.seek(0)
             while chunk := f.read(READ_CHUNK):
                 data = lines.whole(chunk)  # the lines this chunk completes, newlines kept
                 if not data:

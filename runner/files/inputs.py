@@ -33,9 +33,10 @@ from jobs.reader import BadLine, Duplicate, JobReader
 from jobs.settled import Settled
 from runner.errors import UnusableInput
 from runner.files.compression import MAGIC_BYTES, CompressionError, Decompressor, refusal, sniff
-from runner.files.lines import LineSplitter
+from runner.files.lines import ESTIMATE_SAMPLE, LineSplitter, estimate_lines
 
 BINARY_PEEK = 8192  # bytes of a regular INPUT looked at for NUL bytes (a binary file)
+SHORTEST_JOB_LINE = 64  # bytes: {"custom_id":"1","method":"POST","url":"/v1/embeddings","body":{}}
 CHUNK = 1 << 20  # one thread hop per MiB keeps aiofiles' per-call overhead negligible
 STDIN = "-"
 
@@ -260,7 +261,8 @@ async def read_lines(path: str) -> AsyncIterator[bytes]:
 async def read_items(path: str) -> AsyncIterator[Job | BadLine | Duplicate]:
     """The jobs, bad lines and duplicates of INPUT, in file order (blank lines skipped)."""
     with Rereader.of(path) as reread:
-        reader = JobReader(input_name(path), reread=reread)
+        reader = JobReader(input_name(path), reread=reread,
+                           expected_lines=None if reread is None else reread.lines())
         async for raw in read_lines(path):
             item = reader.feed(raw)
             if item is not None:
@@ -317,6 +319,12 @@ class Rereader:
 
     def __call__(self, offset: int, size: int) -> bytes:
         return os.pread(self._fd, size, offset)
+
+    def lines(self) -> int:
+        """About how many lines INPUT holds (`lines.estimate_lines`), for sizing the reader's
+        table once."""
+        return estimate_lines(os.pread(self._fd, ESTIMATE_SAMPLE, 0), os.fstat(self._fd).st_size,
+                              SHORTEST_JOB_LINE)
 
     @staticmethod
     @contextlib.contextmanager

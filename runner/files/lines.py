@@ -41,3 +41,17 @@ class LineSplitter:
     def complete(self) -> int:
         """Bytes fed in complete lines: the stream offset just past the last newline."""
         return self._fed - len(self.tail)
+
+
+ESTIMATE_SAMPLE = 1 << 20  # bytes of a file's head read to estimate how many lines it holds
+
+
+def estimate_lines(head: bytes, size: int, shortest: int) -> int:
+    """How many lines a file of `size` bytes holds, judged by its first bytes (`head`); never more
+    than `size / shortest` (`shortest`: the shortest line the file can hold), 0 when unknown. For
+    sizing tables once instead of growing them: a file whose head is not like the rest only costs
+    a table one doubling larger or smaller than it needs."""
+    lines = head.count(b"\n")
+    if not lines or not size:
+        return 0
+    return min(size * lines // len(head), size // shortest)
