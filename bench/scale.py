@@ -7,7 +7,10 @@ Tiny jobs (embeddings of one word, packed by runner) against `runner simulate` i
 no rate limits; each step is its own `python -m runner` process, its peak RSS read with `wait4`:
 
 - run:     a fresh OUTPUT, every job;
-- resume:  the same command again over the finished OUTPUT (nothing left to do);
+- resume:  the same command again over the finished OUTPUT (nothing left to do): the run left
+           OUTPUT.resume, so this reads the index and hashes both files (docs/resume.md);
+- noindex: the same with OUTPUT.resume removed first: OUTPUT read line by line (as after a
+           change, or a killed run), which writes the index again;
 - kill:    a fresh OUTPUT, SIGKILL once half the jobs have lines, then the same command to the end
            (its RSS is the resume's); every job must then have exactly one line;
 - status:  `runner status` of the finished OUTPUT;
@@ -119,11 +122,15 @@ def main() -> None:
 
     try:
         for path in (out, killed):
-            for extra in (path, path.with_name(path.name + ".lock")):
+            for extra in (path, path.with_name(path.name + ".lock"),
+                          path.with_name(path.name + ".resume")):
                 extra.unlink(missing_ok=True)
         row("run", runner("run", str(jobs), "-o", str(out), *common), n, "jobs")
         if "resume" not in skip:
             row("resume", runner("run", str(jobs), "-o", str(out), *common), n, "jobs")
+        if "noindex" not in skip:
+            out.with_name(out.name + ".resume").unlink(missing_ok=True)
+            row("noindex", runner("run", str(jobs), "-o", str(out), *common), n, "jobs")
         if "kill" not in skip:
             size = out.stat().st_size
             row("kill", runner("run", str(jobs), "-o", str(killed), *common, kill_when=killed,
