@@ -70,3 +70,21 @@ def test_jobs_whose_digest_collides_with_an_open_batch_wait_for_it_and_run_once(
     order = [(e["event"], e.get("chunk")) for e in events if e["event"] in ("planned", "closed")]
     assert order == [("planned", "c00001"), ("closed", "c00001"), ("planned", "c00002"),
                      ("closed", "c00002")]  # the other 40 jobs waited for c00001 to close
+
+
+def test_draft_files_never_planned_are_removed_on_close_or_by_the_next_run(tmp_path):
+    state = BatchState(tmp_path / "out.jsonl")
+    state.open("0123456789abcdef")
+    planned, cut_short = state.draft_file(), state.draft_file()
+    planned.write(b'{"custom_id": "a"}\n')
+    cut_short.write(b'{"custom_id": "b"}\n')
+    state.plan(Chunk("c1", "/v1/embeddings", "m", 1, [("a", ("a",))]), planned)
+    assert state.chunk_file("c1").read_bytes() == b'{"custom_id": "a"}\n'
+    state.close()  # a plan stopped half way: its draft goes
+    assert sorted(p.name for p in state.dir.iterdir()) == ["c1.jsonl"]
+    (state.dir / "left-by-a-kill.draft").write_bytes(b"{}\n")
+    again = BatchState(tmp_path / "out.jsonl")
+    again.load()
+    again.open("ffffffffffffffff")
+    assert sorted(p.name for p in again.dir.iterdir()) == ["c1.jsonl"]
+    again.close()

@@ -840,7 +840,8 @@ class _Engine:
             max_lines=self.config.line_limit, max_bytes=self.config.max_bytes,
             wire_url=lambda url: batch_url(url, endpoint),
             wire_model=lambda model: endpoint.deployment(model) if endpoint.azure else model,
-            room=self.room, idle=lambda model: state.tokens_in_flight(model) == 0)
+            room=self.room, idle=lambda model: state.tokens_in_flight(model) == 0,
+            new_file=state.draft_file)
         packer = Packer() if self.config.pack else None
         counts = Counter()
         drafts: list[Draft] = []
@@ -848,7 +849,7 @@ class _Engine:
         def add(requests: list[Request]) -> None:
             for request in requests:
                 try:
-                    drafts.extend(splitter.add(request))
+                    drafts.extend(splitter.add(request, self.bound(request)))
                 except LineTooLarge as e:
                     if len(request.jobs) > 1:  # a pack: its jobs may fit one by one
                         add([single(j, tokens.rate_limit_charge(j.url, j.body))
@@ -970,10 +971,8 @@ class _Engine:
             if not self.afford(draft):
                 return
             chunk = Chunk(self.state.next_chunk_id(), draft.url, draft.model, draft.tokens,
-                          [(line_id, tuple(j.custom_id for j in r.jobs)) for line_id, r in draft.lines],
-                          fingerprints={j.custom_id: j.fingerprint for _, r in draft.lines
-                                        for j in r.jobs if j.fingerprint is not None})
-            self.state.plan(chunk, b"".join(draft.data))
+                          draft.lines, fingerprints=draft.fingerprints)
+            self.state.plan(chunk, draft.out)
             self.planned_here.add(chunk.chunk)
             chunk = self.state.chunks[chunk.chunk]
             await self.upload(chunk)
@@ -981,16 +980,21 @@ class _Engine:
                 await self.create(chunk)
 
 
-    def afford(self, draft: Draft) -> bool:
-        """Whether --max-cost lets the draft be submitted (its upper bound is then held for the
-        rest of the run); once one does not fit, nothing more is submitted."""
-        if self.spend is None or self.capped is not None:
-            return self.capped is None
+    def bound(self, request: Request) -> float:
+        """What the request's jobs may cost at most, for --max-cost (0 without it)."""
+        if self.spend is None:
+            return 0.0
         try:
-            bound = sum(job_bound(job, self.config.prices, token_counter)
-                        for _, request in draft.lines for job in request.jobs)
+            return sum(job_bound(job, self.config.prices, token_counter) for job in request.jobs)
         except Unpriceable as e:
             raise ConfigurationError(str(e)) from None
+
+    def afford(self, draft: Draft) -> bool:
+        """Whether --max-cost lets the draft be submitted (its upper bound, `Draft.cost`, is
+        then held for the rest of the run); once one does not fit, nothing more is submitted."""
+        if self.spend is None or self.capped is not None:
+            return self.capped is None
+        bound = draft.cost
         if not self.spend.fits(bound):
             self.capped = (f"--max-cost ${self.spend.cap:g} reached: ${self.spend.held:,.4f} "
                            f"submitted at most, the next batch could cost up to ${bound:,.4f}")

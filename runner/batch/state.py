@@ -38,11 +38,12 @@ written here: the journal holds ids, statuses and counts only.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -54,6 +55,7 @@ from runner.redact import mask_secrets
 
 STATE_SUFFIX = ".batches"
 CHUNKS_SUFFIX = ".batches.d"
+DRAFT_SUFFIX = ".draft"  # a batch input file being written (a chunk's once planned)
 OPEN_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 FINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -144,6 +146,7 @@ class BatchState:
         self._in_flight: Counter[str] = Counter()  # tokens of open, created chunks per model
         self._fd: int | None = None
         self._end = 0  # the journal's size: where the next event goes
+        self._drafts: list[BinaryIO] = []  # draft files not planned (yet)
 
     # -- reading ---------------------------------------------------------------------------------
     def _apply_all(self, lines: Iterable[bytes]) -> None:
@@ -283,6 +286,7 @@ class BatchState:
             raise CheckpointError(f"cannot open the batch state {self.path}: {e.strerror}") from None
         if self.run_id is None:
             self.record({"event": "run", "run_id": new_run_id})
+        self._sweep_drafts()
 
     def use_endpoint(self, base_url: str) -> None:
         """Record where batches go; CheckpointError if chunks uploaded elsewhere are still open
@@ -320,16 +324,47 @@ class BatchState:
         self._end += len(data)
         self._apply(event, at, len(data) - 1)
 
-    def plan(self, chunk: Chunk, data: bytes) -> None:
-        """Write the chunk's input file (durably), then record it as planned."""
+    def draft_file(self) -> BinaryIO:
+        """A new file for a batch input file being filled (in the chunks folder: it holds
+        prompts): the chunk's once `plan` is given it, else removed by `close` (or, after a
+        kill, by the next `open`)."""
+        try:
+            self.dir.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+            fd, name = tempfile.mkstemp(suffix=DRAFT_SUFFIX, dir=self.dir)  # mode 0600
+            os.close(fd)
+            draft = open(name, "wb", buffering=1 << 20)  # noqa: SIM115 (closed by plan or close)
+        except OSError as e:
+            raise CheckpointError(f"cannot write a batch input file in {self.dir}: "
+                                  f"{e.strerror}") from None
+        self._drafts.append(draft)
+        return draft
+
+    def _sweep_drafts(self) -> None:
+        """Remove draft files a killed run left (never planned: nothing was sent from them)."""
+        try:
+            for path in self.dir.glob("*" + DRAFT_SUFFIX):
+                path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    def plan(self, chunk: Chunk, data: bytes | BinaryIO) -> None:
+        """Make the chunk's input file (`data`: its bytes, or a `draft_file` holding them)
+        durable, then record it as planned."""
         path = self.chunk_file(chunk.chunk)
         try:
             self.dir.mkdir(mode=PRIVATE_DIR, exist_ok=True)  # chunk files hold the prompts
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            if isinstance(data, bytes):
+                tmp = path.with_suffix(".tmp")
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            else:
+                self._drafts.remove(data)
+                tmp = Path(data.name)  # type: ignore[arg-type]
+                with data:
+                    data.flush()
+                    os.fsync(data.fileno())
             os.replace(tmp, path)
             fsync_dir(self.dir)
         except OSError as e:
@@ -356,6 +391,11 @@ class BatchState:
             pass
 
     def close(self) -> None:
+        """Close the journal; remove the draft files never planned (a plan cut short)."""
+        for draft in self._drafts:
+            draft.close()
+            Path(draft.name).unlink(missing_ok=True)  # type: ignore[arg-type]
+        self._drafts = []
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
