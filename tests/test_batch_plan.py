@@ -23,6 +23,11 @@ def splitter(**kwargs):
                     **{"max_lines": 1000, "max_bytes": 10**9, **kwargs})
 
 
+def data(draft):
+    """The lines of a draft's file (a `BytesIO` in these tests)."""
+    return draft.out.getvalue().splitlines(keepends=True)
+
+
 def drain(s, requests):
     out = []
     for r in requests:
@@ -38,7 +43,7 @@ def test_a_file_holds_at_most_max_lines():
 def test_a_file_holds_at_most_max_bytes():
     files = drain(splitter(max_bytes=400), [chat(i) for i in range(10)])
     assert all(f.size <= 400 for f in files) and sum(len(f.lines) for f in files) == 10
-    assert all(b"".join(f.data).count(b"\n") == len(f.lines) for f in files)
+    assert all(b"".join(data(f)).count(b"\n") == len(f.lines) for f in files)
 
 
 def test_each_file_has_one_url_and_one_model():
@@ -46,7 +51,7 @@ def test_each_file_has_one_url_and_one_model():
     files = drain(splitter(), requests)
     assert sorted((f.model, len(f.lines)) for f in files) == [("gpt-4o", 3), ("gpt-4o-mini", 3)]
     for f in files:
-        assert {orjson.loads(x)["body"]["model"] for x in f.data} == {f.model}
+        assert {orjson.loads(x)["body"]["model"] for x in data(f)} == {f.model}
 
 
 def test_a_line_larger_than_the_file_limit_is_refused_at_once():
@@ -73,7 +78,7 @@ def test_a_job_too_large_for_the_room_still_goes_alone_when_nothing_is_enqueued(
 def test_azure_lines_carry_the_deployment_and_the_url_without_v1():
     s = Splitter(max_lines=10, max_bytes=10**6, wire_url=lambda u: u.removeprefix("/v1"),
                  wire_model=lambda m: "my-deployment")
-    line = orjson.loads(drain(s, [chat(0)])[0].data[0])
+    line = orjson.loads(data(drain(s, [chat(0)])[0])[0])
     assert line["url"] == "/chat/completions" and line["body"]["model"] == "my-deployment"
     assert line["custom_id"] == "c0"
 
@@ -83,9 +88,9 @@ def test_a_packed_line_is_rebuilt_into_its_jobs_in_order():
             for i in range(3)]
     packed = pack(jobs, 30)
     files = drain(splitter(), [packed])
-    line_id, request = files[0].lines[0]
-    assert line_id.startswith("runner-pack-")
-    rebuilt = job_requests("/v1/completions", orjson.loads(files[0].data[0])["body"],
+    line_id, ids = files[0].lines[0]
+    assert line_id.startswith("runner-pack-") and ids == ("j0", "j1", "j2")
+    rebuilt = job_requests("/v1/completions", orjson.loads(data(files[0])[0])["body"],
                            tuple(j.custom_id for j in jobs))
     assert [j.custom_id for j in rebuilt.jobs] == ["j0", "j1", "j2"]
     assert [j.body["prompt"] for j in rebuilt.jobs] == ["p0", "p1", "p2"]
@@ -107,7 +112,9 @@ def test_the_journal_survives_a_torn_last_line_and_knows_what_is_open(tmp_path):
     again = BatchState(out)
     assert again.load() > 0
     assert [c.batch_id for c in again.open_chunks()] == ["batch_1"]
-    assert again.busy_jobs() == {"a", "b", "c"} and again.tokens_in_flight("m") == 10
+    busy = again.busy_jobs()
+    assert all(cid in busy for cid in "abc") and "d" not in busy and again.tokens_in_flight("m") == 10
+    assert again.planned(again.chunks["c00001"]).lines == [("a", ("a",)), ("p1", ("b", "c"))]
     assert again.run_id == "0123456789abcdef"
     again.open("ffffffffffffffff")  # an existing journal keeps its run id
     again.close_chunk(again.chunks["c00001"], "completed", retry=["b"], bisect=[["b"], ["c"]])
@@ -211,3 +218,14 @@ def test_status_exits_4_while_a_batch_is_open_even_when_some_jobs_failed(tmp_pat
     assert result.exit_code == 4, result.output
     assert "batches still open at the provider" in result.output and "(exit 4)" in result.output
     assert "--retry-failed (exit 1)" not in result.output  # no advice the exit code contradicts
+
+
+def test_a_draft_keeps_each_jobs_id_and_fingerprint_and_writes_its_bytes_as_they_come():
+    jobs = [Job(f"j{i}", "/v1/completions", {"model": "m", "prompt": f"p{i}"}, i, fingerprint=f"f{i}")
+            for i in range(3)]
+    s = splitter()
+    assert s.add(pack(jobs[:2], 20), 0.5) == [] and s.add(single(jobs[2], 10), 0.25) == []
+    [draft] = s.drafts()
+    assert draft.lines[1] == ("j2", ("j2",)) and draft.lines[0][1] == ("j0", "j1")
+    assert draft.fingerprints == {"j0": "f0", "j1": "f1", "j2": "f2"} and draft.cost == 0.75
+    assert len(data(draft)) == 2 and draft.size == len(draft.out.getvalue())  # written already

@@ -183,12 +183,14 @@ def test_a_closed_chunk_keeps_nothing_of_its_jobs_and_tokens_in_flight_follow_th
     assert (state.tokens_in_flight("a"), state.tokens_in_flight("b")) == (200, 0)
     closed = state.chunks["c1"]
     assert closed.lines == [] and closed.fingerprints == {} and closed.job_count == 1000
-    assert state.busy_jobs() == {f"j2-{i}" for i in range(1000)}
+    busy = state.busy_jobs()
+    assert all(f"j2-{i}" in busy for i in range(1000)) and len(busy) == 1000
     state.close()
     again = BatchState(tmp_path / "out.jsonl")
     again.load()  # read back as a stream: the same state
     assert again.tokens_in_flight("a") == 200 and again.chunks["c1"].lines == []
-    assert again.chunks["c1"].line_count == 1000 and again.busy_jobs() == state.busy_jobs()
+    assert again.chunks["c1"].line_count == 1000 and all(f"j2-{i}" in again.busy_jobs()
+                                                         for i in range(1000))
 
 
 @pytest.mark.parametrize("digest", [lambda cid: hash(cid) & 3, None])

@@ -127,6 +127,9 @@ def test_a_line_index_reads_lines_by_custom_id_from_disk(tmp_path):
         assert index.get("x") == {"custom_id": "x", "n": 3}  # the last line of an id counts
         assert index.get("y") == {"custom_id": "y", "n": 2}
         assert index.get("z") is None
+    with LineIndex([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], digest=lambda cid: 5) as index:
+        assert index.get("x")["n"] == 3 and index.get("y")["n"] == 2  # every digest collides
+        assert index.get("z") is None and len(index) == 2
 
 
 @pytest.mark.slow  # over a second of real time

@@ -6,12 +6,17 @@ the enqueued-token limit, which is per model, be kept exactly), at most `max_lin
 `max_bytes` bytes. A line is a `jobs.packing.Request`: one job (custom_id = the job's), or a pack
 of completions / embeddings jobs (custom_id = a line id of ours, the jobs listed in the state file),
 its answer split back per job by index exactly as live (`jobs.packing.split_response`).
+
+A draft keeps of each job only its custom_id and fingerprint: its line's bytes go to the draft's
+file (`new_file`: a file beside the journal in a run, memory in tests) as they are made, so a
+file of 50,000 lines costs its ids, not its requests.
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -45,15 +50,18 @@ class LineTooLarge(ValueError):
 
 @dataclass(slots=True)
 class Draft:
-    """A batch input file being filled: its lines (line id, request) and their bytes."""
+    """A batch input file being filled: its lines (line id, the custom_ids it carries), its
+    jobs' fingerprints, and its bytes, written to `out` as lines are added."""
 
     url: str
     model: str
-    lines: list[tuple[str, Request]] = field(default_factory=list)
-    data: list[bytes] = field(default_factory=list)
+    out: BinaryIO
+    lines: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)
     size: int = 0
     tokens: int = 0
     inputs: int = 0  # prompts / inputs over all lines (embeddings files have a cap on them)
+    cost: float = 0.0  # what the caller said its requests may cost (`Splitter.add`)
 
 
 def line_bytes(line_id: str, request: Request, url: str, model: str) -> bytes:
@@ -70,25 +78,29 @@ class Splitter:
     `/v1`, the deployment). `room(model)` is how many more tokens the model may enqueue now (None:
     no limit known): drafts handed out by this splitter count against it. A line that does not fit
     the room is held back (`held` counts its jobs; they stay pending), except on a model with
-    nothing enqueued and nothing drafted, where it goes alone (the provider decides)."""
+    nothing enqueued and nothing drafted, where it goes alone (the provider decides).
+    `new_file()` opens the file a new draft's bytes go to."""
 
     def __init__(self, *, max_lines: int, max_bytes: int, wire_url: Callable[[str], str],
                  wire_model: Callable[[str], str],
                  room: Callable[[str], int | None] = lambda model: None,
-                 idle: Callable[[str], bool] = lambda model: True) -> None:
+                 idle: Callable[[str], bool] = lambda model: True,
+                 new_file: Callable[[], BinaryIO] = io.BytesIO) -> None:
         if max_lines < 1 or max_bytes < 1:
             raise ValueError("max_lines and max_bytes must be at least 1")
         self.max_lines, self.max_bytes = max_lines, max_bytes
         self._wire_url, self._wire_model = wire_url, wire_model
         self._room, self._idle = room, idle
+        self._new_file = new_file
         self._drafts: dict[tuple[str, str], Draft] = {}
         self._spent: dict[str, int] = {}  # tokens drafted so far (handed out or open), per model
         self._packs = 0
         self.held = 0  # jobs kept for later: no enqueued-token room for them now
 
-    def add(self, request: Request) -> list[Draft]:
-        """Drafts now full (possibly none) after adding `request` as one line. Raises
-        `LineTooLarge` (nothing added) when the line alone is over `max_bytes`."""
+    def add(self, request: Request, cost: float = 0.0) -> list[Draft]:
+        """Drafts now full (possibly none) after adding `request` as one line (`cost`: what it
+        may cost, summed in `Draft.cost`). Raises `LineTooLarge` (nothing added) when the line
+        alone is over `max_bytes`."""
         key = (request.url, request.model)
         model = request.model
         if len(request.jobs) > 1:
@@ -115,17 +127,25 @@ class Splitter:
             ready.append(self._close(key))
             draft = None
         if draft is None:
-            draft = self._drafts[key] = Draft(request.url, model)
-        draft.lines.append((line_id, request))
-        draft.data.append(raw)
+            draft = self._drafts[key] = Draft(request.url, model, self._new_file())
+        draft.lines.append((line_id, tuple(job.custom_id for job in request.jobs)))
+        for job in request.jobs:
+            if job.fingerprint is not None:
+                draft.fingerprints[job.custom_id] = job.fingerprint
+        draft.out.write(raw)
         draft.size += len(raw)
         draft.tokens += request.charge
         draft.inputs += inputs
+        draft.cost += cost
         self._spent[model] = spent + request.charge
         return ready
 
     def flush(self) -> list[Draft]:
         return [self._close(key) for key in list(self._drafts)]
+
+    def drafts(self) -> list[Draft]:
+        """The drafts still being filled (to discard them when planning stops half way)."""
+        return list(self._drafts.values())
 
     def _close(self, key: tuple[str, str]) -> Draft:
         return self._drafts.pop(key)

@@ -36,6 +36,7 @@ import orjson
 
 from jobs import codes, tokens
 from jobs.codes import DUPLICATE
+from jobs.digests import DigestSet
 from jobs.endpoints import IMAGES_EDITS, spec_of
 from jobs.job import Job
 from jobs.packing import Packer, Request, pack, single
@@ -142,14 +143,16 @@ class BatchRunConfig:
 class _SeenState(OutputState):
     """`OutputState` that also keeps the result-line ids of the jobs in `watch`: the jobs of
     batches a killed run may have started to collect, so collecting them again skips the lines
-    already written (memory grows with those jobs only, not with OUTPUT)."""
+    already written (memory grows with those lines only, not with OUTPUT; `watch` is digests,
+    so a job colliding with one adds its lines' ids too, which only skips lines never written
+    again: result-line ids are unique)."""
 
     __slots__ = ("ids", "watch")
 
-    def __init__(self, watch: set[str] | None = None) -> None:
+    def __init__(self, watch: DigestSet | None = None) -> None:
         super().__init__()
         self.ids: set[str] = set()
-        self.watch = watch or set()
+        self.watch = watch if watch is not None else DigestSet()
 
     def account_lines(self, data: bytes, position: int, *,
                       keep_done: bool = False) -> Iterator[tuple[int, bytes]]:
@@ -191,8 +194,8 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
         state = BatchState(config.output)
         if state.load():
             log(f"{state.path}: cut off a torn last line left by an interrupted run")
-        seen = _SeenState({cid for chunk in state.open_chunks() if chunk.status in FINAL_STATUSES
-                           for cid in chunk.jobs})
+        seen = _SeenState(state.jobs_of(chunk for chunk in state.open_chunks()
+                                        if chunk.status in FINAL_STATUSES))
         output.load(seen)
         if not config.cancel:
             await output.check_changed(seen, config.changed, lambda: _items(config))
@@ -597,9 +600,9 @@ class _Engine:
                 return
             if not recovered:
                 self.stats.batches_created += 1
-                self.stats.batch_lines += len(chunk.lines)
-                self.stats.requests += len(chunk.lines)
-                self.stats.model_requests[chunk.model] += len(chunk.lines)
+                self.stats.batch_lines += chunk.line_count
+                self.stats.requests += chunk.line_count
+                self.stats.model_requests[chunk.model] += chunk.line_count
         self.state.record({"event": "created", "chunk": chunk.chunk, "batch_id": found["id"]})
         self.note(chunk, found)
 
@@ -635,10 +638,11 @@ class _Engine:
             self.log(f"batch {chunk.chunk} refused: {code}: {message}; its {chunk.job_count} jobs fail")
             # closed first: a kill before the lines are all written leaves the jobs without them
             # pending (nothing ran), never a rerun refusing the chunk again and writing them twice
-            printed, lines = chunk.fingerprints, chunk.lines  # closing the chunk forgets them
+            planned = self.state.planned(chunk)
             self.state.close_chunk(chunk, "failed", retry=[], bisect=[], note=message)
-            for line_id, ids in lines:
-                self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}", printed)
+            for line_id, ids in planned.lines:
+                self.write_failures(ids, code, message, f"{chunk.chunk}-{line_id}",
+                                    planned.fingerprints)
             await self.checkpoint.sync()
         await self.forget_file(chunk)
 
@@ -704,19 +708,21 @@ class _Engine:
                         continue
             # Indexed on disk, parsed a line at a time: an output file may not fit in memory.
             answers = await asyncio.to_thread(LineIndex, downloads)
+            planned = await asyncio.to_thread(self.state.planned, chunk)
             with answers, await asyncio.to_thread(
                     LineIndex, [self.state.chunk_file(chunk.chunk)]) as uploaded:
                 retry: list[str] = []
                 bisect: list[list[str]] = []
                 gave_up: list[str] = []
-                for line_id, ids in chunk.lines:
+                for line_id, ids in planned.lines:
                     answer = answers.get(line_id)
                     if answer is None:
                         continue  # not run (expired or cancelled without a line): pending again
                     line = uploaded.get(line_id)  # the body as uploaded, the job's model back
                     request = (job_requests(chunk.url, {**line["body"], "model": chunk.model}, ids)
                                if line is not None else None)
-                    await self.judge(chunk, line_id, ids, request, answer, retry, bisect, gave_up)
+                    await self.judge(chunk, planned.fingerprints, line_id, ids, request, answer,
+                                     retry, bisect, gave_up)
         finally:
             for path in downloads:
                 path.unlink(missing_ok=True)
@@ -725,11 +731,12 @@ class _Engine:
         self.stats.batches_collected += 1
         await self.forget_file(chunk)
 
-    async def judge(self, chunk: Chunk, line_id: str, ids: tuple[str, ...], request: Request | None,
-                    answer: dict[str, Any], retry: list[str], bisect: list[list[str]],
-                    gave_up: list[str]) -> None:
+    async def judge(self, chunk: Chunk, fingerprints: Mapping[str, str], line_id: str,
+                    ids: tuple[str, ...], request: Request | None, answer: dict[str, Any],
+                    retry: list[str], bisect: list[list[str]], gave_up: list[str]) -> None:
         """One batch line's answer (`runner.batch.collect.judge_line`), acted on: its result
-        lines written, its jobs noted for a retry, or its halves for the next submission."""
+        lines written (carrying `fingerprints`: the chunk's), its jobs noted for a retry, or its
+        halves for the next submission."""
         outcome = judge_line(line_id, ids, request, answer,
                              spent=max((self.state.attempts[cid] for cid in ids), default=0),
                              max_attempts=self.config.max_attempts,
@@ -737,11 +744,12 @@ class _Engine:
         if (outcome.usage and self.images is not None and spec_of(chunk.url).images
                 and outcome.records[0]["id"] not in self.seen.ids):  # not written before a kill
             assert request is not None
-            if not await self.save_images(chunk, request, outcome.records[0], gave_up):
+            if not await self.save_images(chunk, fingerprints, request, outcome.records[0],
+                                          gave_up):
                 return
         # counted only as written: lines a killed run wrote are its, not this run's
         written = [record for record in outcome.records
-                   if self.sink(printed(record, chunk.fingerprints))]
+                   if self.sink(printed(record, fingerprints))]
         if outcome.usage and written:
             for usage in outcome.usage:
                 self.stats.add_usage(chunk.model, usage)
@@ -759,8 +767,8 @@ class _Engine:
             self.stats.retries += 1
             retry.extend(outcome.retry)
 
-    async def save_images(self, chunk: Chunk, request: Request, record: dict[str, Any],
-                          gave_up: list[str]) -> bool:
+    async def save_images(self, chunk: Chunk, fingerprints: Mapping[str, str], request: Request,
+                          record: dict[str, Any], gave_up: list[str]) -> bool:
         """Before an image job's success line: every image of its answer saved as a file (the
         live path's `ImageStore.save_job`), the record's answer now naming the files. False when
         saving failed: the job's failure line is written instead (final for this run)."""
@@ -772,7 +780,7 @@ class _Engine:
             if self.sink(printed(error_record(job.custom_id, saved.code, saved.message,
                                       record_id=record["id"], status=response["status_code"],
                                       body=response["body"], request_id=response["request_id"]),
-                                 chunk.fingerprints)):
+                                 fingerprints)):
                 self.stats.failed[saved.code] += 1
             gave_up.append(job.custom_id)
             return False
@@ -802,13 +810,14 @@ class _Engine:
     async def validation_failed(self, chunk: Chunk, named: list[dict[str, Any]]) -> None:
         """A batch that failed validation naming lines: those jobs fail with the provider's
         message; the others are pending again."""
+        planned = self.state.planned(chunk)
         for error in named:
             number = error["line"]
-            if 1 <= number <= len(chunk.lines):
-                line_id, ids = chunk.lines[number - 1]
+            if 1 <= number <= len(planned.lines):
+                line_id, ids = planned.lines[number - 1]
                 message = f"the Batch API refused this line: {error.get('message') or 'invalid'}"
                 self.write_failures(ids, str(error.get("code") or codes.INVALID_REQUEST), message,
-                                    f"{chunk.chunk}-line{number}", chunk.fingerprints)
+                                    f"{chunk.chunk}-line{number}", planned.fingerprints)
         self.log(f"batch {chunk.chunk} failed validation: {len(named)} line(s) refused; the other "
                  "jobs go into a later batch")
         await self.checkpoint.sync()
@@ -831,7 +840,8 @@ class _Engine:
             max_lines=self.config.line_limit, max_bytes=self.config.max_bytes,
             wire_url=lambda url: batch_url(url, endpoint),
             wire_model=lambda model: endpoint.deployment(model) if endpoint.azure else model,
-            room=self.room, idle=lambda model: state.tokens_in_flight(model) == 0)
+            room=self.room, idle=lambda model: state.tokens_in_flight(model) == 0,
+            new_file=state.draft_file)
         packer = Packer() if self.config.pack else None
         counts = Counter()
         drafts: list[Draft] = []
@@ -839,7 +849,7 @@ class _Engine:
         def add(requests: list[Request]) -> None:
             for request in requests:
                 try:
-                    drafts.extend(splitter.add(request))
+                    drafts.extend(splitter.add(request, self.bound(request)))
                 except LineTooLarge as e:
                     if len(request.jobs) > 1:  # a pack: its jobs may fit one by one
                         add([single(j, tokens.rate_limit_charge(j.url, j.body))
@@ -961,10 +971,8 @@ class _Engine:
             if not self.afford(draft):
                 return
             chunk = Chunk(self.state.next_chunk_id(), draft.url, draft.model, draft.tokens,
-                          [(line_id, tuple(j.custom_id for j in r.jobs)) for line_id, r in draft.lines],
-                          fingerprints={j.custom_id: j.fingerprint for _, r in draft.lines
-                                        for j in r.jobs if j.fingerprint is not None})
-            self.state.plan(chunk, b"".join(draft.data))
+                          draft.lines, fingerprints=draft.fingerprints)
+            self.state.plan(chunk, draft.out)
             self.planned_here.add(chunk.chunk)
             chunk = self.state.chunks[chunk.chunk]
             await self.upload(chunk)
@@ -972,16 +980,21 @@ class _Engine:
                 await self.create(chunk)
 
 
-    def afford(self, draft: Draft) -> bool:
-        """Whether --max-cost lets the draft be submitted (its upper bound is then held for the
-        rest of the run); once one does not fit, nothing more is submitted."""
-        if self.spend is None or self.capped is not None:
-            return self.capped is None
+    def bound(self, request: Request) -> float:
+        """What the request's jobs may cost at most, for --max-cost (0 without it)."""
+        if self.spend is None:
+            return 0.0
         try:
-            bound = sum(job_bound(job, self.config.prices, token_counter)
-                        for _, request in draft.lines for job in request.jobs)
+            return sum(job_bound(job, self.config.prices, token_counter) for job in request.jobs)
         except Unpriceable as e:
             raise ConfigurationError(str(e)) from None
+
+    def afford(self, draft: Draft) -> bool:
+        """Whether --max-cost lets the draft be submitted (its upper bound, `Draft.cost`, is
+        then held for the rest of the run); once one does not fit, nothing more is submitted."""
+        if self.spend is None or self.capped is not None:
+            return self.capped is None
+        bound = draft.cost
         if not self.spend.fits(bound):
             self.capped = (f"--max-cost ${self.spend.cap:g} reached: ${self.spend.held:,.4f} "
                            f"submitted at most, the next batch could cost up to ${bound:,.4f}")

@@ -23,6 +23,11 @@ An append-only journal, one JSON object a line, each line fsync'd before the act
           with another base URL is refused while chunks uploaded elsewhere are open; chunks
           never uploaded are closed and planned again)
 
+**Memory**: what the journal says of each job (a chunk's `lines` and `fingerprints`) stays on
+disk. A loaded chunk is its counts and where its "planned" line is (`Chunk.planned_at`); its lines
+are read back when they are needed, one chunk at a time (`BatchState.planned`), and the jobs of
+the open chunks are asked about through a `jobs.digests.DigestSet` (`busy_jobs`), 8 bytes a slot.
+
 **Never pay twice**: a job is in at most one open chunk (planned and not closed); a chunk is
 created at most once (a rerun that finds `uploaded` without `created` lists the batches and looks
 for the chunk's metadata before creating). A SIGKILL at any moment leaves at most a torn last line,
@@ -33,21 +38,24 @@ written here: the journal holds ids, statuses and counts only.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from runner.files import PRIVATE_DIR, PRIVATE_FILE
 from runner.files.checkpoint import READ_CHUNK, CheckpointError, fsync_dir
+from jobs.digests import DigestSet
 from runner.files.lines import LineSplitter
 from runner.redact import mask_secrets
 
 STATE_SUFFIX = ".batches"
 CHUNKS_SUFFIX = ".batches.d"
+DRAFT_SUFFIX = ".draft"  # a batch input file being written (a chunk's once planned)
 OPEN_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 FINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -62,21 +70,25 @@ def chunks_dir(output: Path) -> Path:
 
 @dataclass(slots=True)
 class Chunk:
-    """One batch input file of the run and what became of it (rebuilt from the journal)."""
+    """One batch input file of the run and what became of it (rebuilt from the journal). `lines`
+    and `fingerprints` are given to `BatchState.plan`; the journal's chunks hold none of them
+    (`BatchState.planned(chunk)` reads them back)."""
 
     chunk: str
     url: str
     model: str
     tokens: int
-    lines: list[tuple[str, tuple[str, ...]]]  # (line custom_id, the jobs it carries); [] once closed
+    lines: list[tuple[str, tuple[str, ...]]]  # (line custom_id, the jobs it carries)
     file_id: str | None = None
     batch_id: str | None = None
     status: str | None = None  # the provider's, as last polled
     counts: dict[str, int] = field(default_factory=dict)
     closed: bool = False
     fingerprints: dict[str, str] = field(default_factory=dict)  # custom_id -> its job's, as sent
-    line_count: int = -1  # lines and jobs it had (kept once closed: `lines` is emptied then)
+    line_count: int = -1  # lines and jobs it has
     job_count: int = -1
+    planned_at: int = -1  # where its "planned" line is in the journal (offset, length)
+    planned_size: int = 0
 
     def __post_init__(self) -> None:
         if self.line_count < 0:
@@ -84,19 +96,28 @@ class Chunk:
         if self.job_count < 0:
             self.job_count = sum(len(ids) for _, ids in self.lines)
 
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A chunk's lines (line id, the custom_ids it carries) and its jobs' fingerprints, as its
+    "planned" line in the journal has them."""
+
+    lines: list[tuple[str, tuple[str, ...]]]
+    fingerprints: dict[str, str]
+
     @property
     def jobs(self) -> Iterator[str]:
         for _, ids in self.lines:
             yield from ids
 
-    def forget(self) -> None:
-        """Closed: its results are in OUTPUT; nothing is kept of its jobs (memory stays flat)."""
-        self.lines = []
-        self.fingerprints = {}
-
 
 def _lines_json(lines: list[tuple[str, tuple[str, ...]]]) -> list[Any]:
     return [ids[0] if len(ids) == 1 and ids[0] == line else [line, list(ids)] for line, ids in lines]
+
+
+def _counts(raw: list[Any]) -> tuple[int, int]:
+    """(lines, jobs) of a "planned" event's `lines`."""
+    return len(raw), sum(1 if isinstance(item, str) else len(item[1]) for item in raw)
 
 
 def _lines_from(raw: list[Any]) -> list[tuple[str, tuple[str, ...]]]:
@@ -124,23 +145,28 @@ class BatchState:
         self.base_url: str | None = None  # where the batches of this output were sent
         self._in_flight: Counter[str] = Counter()  # tokens of open, created chunks per model
         self._fd: int | None = None
+        self._end = 0  # the journal's size: where the next event goes
+        self._drafts: list[BinaryIO] = []  # draft files not planned (yet)
 
     # -- reading ---------------------------------------------------------------------------------
     def _apply_all(self, lines: Iterable[bytes]) -> None:
-        """Apply each event of the journal's lines in order; lines that are not JSON objects (a
-        torn line, a hand edit) are skipped."""
+        """Apply each event of the journal's lines in order (they start at `self._end`); lines
+        that are not JSON objects (a torn line, a hand edit) are skipped."""
         for raw in lines:
+            at = self._end
+            self._end += len(raw) + 1
             try:
                 event = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 continue
             if isinstance(event, dict):
-                self._apply(event)
+                self._apply(event, at, len(raw))
 
     def _read(self) -> int:
-        """Apply the journal's whole lines, read a piece at a time (a closed chunk's lines are
-        dropped as soon as its "closed" event is read); returns the bytes of a torn last line."""
+        """Apply the journal's whole lines, read a piece at a time (nothing of a chunk's jobs is
+        kept: see `planned`); returns the bytes of a torn last line."""
         splitter = LineSplitter()
+        self._end = 0
         with open(self.path, "rb") as f:
             while chunk := f.read(READ_CHUNK):
                 self._apply_all(splitter.feed(chunk))
@@ -163,7 +189,8 @@ class BatchState:
                 raise CheckpointError(f"cannot repair the batch state {self.path}: {e.strerror}") from None
         return torn
 
-    def _apply(self, e: dict[str, Any]) -> None:
+    def _apply(self, e: dict[str, Any], at: int = -1, size: int = 0) -> None:
+        """Apply one event, read from (or just written to) the journal at offset `at`."""
         kind = e.get("event")
         chunk = self.chunks.get(e.get("chunk", ""))
         if kind == "run":
@@ -171,10 +198,10 @@ class BatchState:
         elif kind == "endpoint":
             self.base_url = e["base_url"]
         elif kind == "planned":
-            printed = e.get("fingerprints")
+            lines, jobs = _counts(e["lines"])
             self.chunks[e["chunk"]] = Chunk(e["chunk"], e["url"], e["model"], int(e["tokens"]),
-                                            _lines_from(e["lines"]),
-                                            fingerprints=printed if isinstance(printed, dict) else {})
+                                            [], line_count=lines, job_count=jobs,
+                                            planned_at=at, planned_size=size)
         elif chunk is None:
             if kind == "token_limit":
                 self.token_limits[e["model"]] = int(e["limit"])
@@ -191,7 +218,6 @@ class BatchState:
             if chunk.batch_id is not None and not chunk.closed:
                 self._in_flight[chunk.model] -= chunk.tokens
             chunk.closed = True
-            chunk.forget()  # its result lines are written
             chunk.status = e.get("status", chunk.status)
             self.attempts.update(e.get("retry", ()))
             for cid in e.get("reset", ()):
@@ -203,9 +229,35 @@ class BatchState:
     def open_chunks(self) -> list[Chunk]:
         return [c for c in self.chunks.values() if not c.closed]
 
-    def busy_jobs(self) -> set[str]:
-        """Jobs in an open chunk: never planned again until it closes."""
-        return {cid for c in self.open_chunks() for cid in c.jobs}
+    def planned(self, chunk: Chunk) -> Planned:
+        """The chunk's lines and fingerprints, read back from its "planned" line (one chunk's
+        worth in memory while the caller holds it). Raises `CheckpointError` when unreadable."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(chunk.planned_at)
+                event = orjson.loads(f.read(chunk.planned_size))
+        except (OSError, orjson.JSONDecodeError, ValueError) as e:
+            raise CheckpointError(f"cannot read chunk {chunk.chunk} back from the batch state "
+                                  f"{self.path}: {e}") from None
+        if not (isinstance(event, dict) and event.get("chunk") == chunk.chunk):
+            raise CheckpointError(f"{self.path}: chunk {chunk.chunk}'s planned line is not where "
+                                  "it was (the file was changed while in use)")
+        printed = event.get("fingerprints")
+        return Planned(_lines_from(event["lines"]), printed if isinstance(printed, dict) else {})
+
+    def jobs_of(self, chunks: Iterable[Chunk]) -> DigestSet:
+        """The jobs of `chunks`, as digests (8 bytes a slot): a job of theirs is always `in`; any
+        other job only when its digest collides with one of theirs (see `jobs.digests`)."""
+        jobs = DigestSet()
+        for chunk in chunks:
+            for cid in self.planned(chunk).jobs:
+                jobs.add(cid)
+        return jobs
+
+    def busy_jobs(self) -> DigestSet:
+        """Jobs in an open chunk: never planned again until it closes (a job whose digest
+        collides with one of them waits too, for a plan after that chunk closes)."""
+        return self.jobs_of(self.open_chunks())
 
     def tokens_in_flight(self, model: str) -> int:
         """Tokens of the model's batches created and not closed (kept as events apply: O(1))."""
@@ -227,12 +279,14 @@ class BatchState:
         created = not self.path.exists()
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+            self._end = os.fstat(self._fd).st_size
             if created:
                 fsync_dir(self.path.parent)
         except OSError as e:
             raise CheckpointError(f"cannot open the batch state {self.path}: {e.strerror}") from None
         if self.run_id is None:
             self.record({"event": "run", "run_id": new_run_id})
+        self._sweep_drafts()
 
     def use_endpoint(self, base_url: str) -> None:
         """Record where batches go; CheckpointError if chunks uploaded elsewhere are still open
@@ -259,23 +313,58 @@ class BatchState:
         """Append one event and make it durable before returning."""
         assert self._fd is not None, "BatchState.open() first"
         data = orjson.dumps(event) + b"\n"
+        at = self._end
         try:
-            os.write(self._fd, data)
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(0, f"wrote {written} of {len(data)} bytes")
             os.fsync(self._fd)
         except OSError as e:
             raise CheckpointError(f"cannot write the batch state {self.path}: {e.strerror}") from None
-        self._apply(event)
+        self._end += len(data)
+        self._apply(event, at, len(data) - 1)
 
-    def plan(self, chunk: Chunk, data: bytes) -> None:
-        """Write the chunk's input file (durably), then record it as planned."""
+    def draft_file(self) -> BinaryIO:
+        """A new file for a batch input file being filled (in the chunks folder: it holds
+        prompts): the chunk's once `plan` is given it, else removed by `close` (or, after a
+        kill, by the next `open`)."""
+        try:
+            self.dir.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+            fd, name = tempfile.mkstemp(suffix=DRAFT_SUFFIX, dir=self.dir)  # mode 0600
+            os.close(fd)
+            draft = open(name, "wb", buffering=1 << 20)  # noqa: SIM115 (closed by plan or close)
+        except OSError as e:
+            raise CheckpointError(f"cannot write a batch input file in {self.dir}: "
+                                  f"{e.strerror}") from None
+        self._drafts.append(draft)
+        return draft
+
+    def _sweep_drafts(self) -> None:
+        """Remove draft files a killed run left (never planned: nothing was sent from them)."""
+        try:
+            for path in self.dir.glob("*" + DRAFT_SUFFIX):
+                path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    def plan(self, chunk: Chunk, data: bytes | BinaryIO) -> None:
+        """Make the chunk's input file (`data`: its bytes, or a `draft_file` holding them)
+        durable, then record it as planned."""
         path = self.chunk_file(chunk.chunk)
         try:
             self.dir.mkdir(mode=PRIVATE_DIR, exist_ok=True)  # chunk files hold the prompts
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            if isinstance(data, bytes):
+                tmp = path.with_suffix(".tmp")
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            else:
+                self._drafts.remove(data)
+                tmp = Path(data.name)  # type: ignore[arg-type]
+                with data:
+                    data.flush()
+                    os.fsync(data.fileno())
             os.replace(tmp, path)
             fsync_dir(self.dir)
         except OSError as e:
@@ -302,6 +391,11 @@ class BatchState:
             pass
 
     def close(self) -> None:
+        """Close the journal; remove the draft files never planned (a plan cut short)."""
+        for draft in self._drafts:
+            draft.close()
+            Path(draft.name).unlink(missing_ok=True)  # type: ignore[arg-type]
+        self._drafts = []
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)

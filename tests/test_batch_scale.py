@@ -1,0 +1,90 @@
+"""The batch backend at scale (issue 22): what it remembers of each job stays on disk or in 8-byte
+digests, and a digest that collides delays a job, never sends it twice."""
+from __future__ import annotations
+
+import orjson
+
+from jobs.digests import DigestSet
+from runner.batch import state as batch_state
+from runner.batch.state import BatchState, Chunk, state_path
+from runner.exit_codes import EXIT_IN_PROGRESS, EXIT_OK
+from runner.simulator.batches import BatchConfig
+from tests.test_batch_e2e import ran_twice, run, sim_factory  # noqa: F401 (a fixture)
+from tests.test_e2e import assert_exactly_once, read_results, write_jobs
+
+
+class Colliding(DigestSet):
+    """Every string has the same digest: once one job is in, every job is."""
+
+    def __init__(self, items=(), *, digest=None):
+        super().__init__(items, digest=lambda text: 7)
+
+
+def test_a_loaded_journal_keeps_no_job_of_an_open_chunk_and_reads_them_back_exactly(tmp_path):
+    state = BatchState(tmp_path / "out.jsonl")
+    state.open("0123456789abcdef")
+    lines = [(f"j{i}", (f"j{i}",)) for i in range(500)] + [("runner-pack-1-x", ("x", "y"))]
+    state.plan(Chunk("c1", "/v1/embeddings", "m", 10, lines, fingerprints={"x": "f1", "j3": "f2"}),
+               b"{}\n")
+    state.record({"event": "uploaded", "chunk": "c1", "file_id": "file-1"})
+    state.plan(Chunk("c2", "/v1/embeddings", "m", 10, [("z", ("z",))]), b"{}\n")
+    state.close()
+    again = BatchState(tmp_path / "out.jsonl")
+    again.load()
+    chunk = again.chunks["c1"]
+    assert (chunk.lines, chunk.fingerprints, chunk.line_count, chunk.job_count) == ([], {}, 501, 502)
+    planned = again.planned(chunk)
+    assert planned.lines == lines and planned.fingerprints == {"x": "f1", "j3": "f2"}
+    assert again.planned(again.chunks["c2"]).lines == [("z", ("z",))]
+    busy = again.busy_jobs()
+    assert all(f"j{i}" in busy for i in range(500)) and "x" in busy and "y" in busy
+    assert "j500" not in busy and busy.nbytes < 8 * 4 * 503  # 8 bytes a slot, not a str a job
+
+
+def test_a_journal_edited_under_a_run_is_refused_rather_than_misread(tmp_path):
+    state = BatchState(tmp_path / "out.jsonl")
+    state.open("0123456789abcdef")
+    state.plan(Chunk("c1", "/v1/embeddings", "m", 10, [("a", ("a",))]), b"{}\n")
+    path = state_path(tmp_path / "out.jsonl")
+    path.write_bytes(b"\n" + path.read_bytes())  # every line one byte further on
+    try:
+        state.planned(state.chunks["c1"])
+    except batch_state.CheckpointError as e:
+        assert "c1" in str(e)
+    else:
+        raise AssertionError("a moved planned line was read")
+
+
+def test_jobs_whose_digest_collides_with_an_open_batch_wait_for_it_and_run_once(
+        loop, tmp_path, sim_factory, monkeypatch):
+    jobs = write_jobs(tmp_path / "in.jsonl", 60, kinds=("chat",))
+    sim = sim_factory(batch=BatchConfig(lines_per_s=1, validate_s=5))
+    first = run(loop, sim, tmp_path, wait=False, limit=20)  # c00001: 20 jobs, still running
+    assert first.exit_code() == EXIT_IN_PROGRESS and first.batches_created == 1
+    monkeypatch.setattr(batch_state, "DigestSet", Colliding)  # every job looks busy while c00001 is open
+    second = run(loop, sim, tmp_path)
+    assert second.exit_code() == EXIT_OK
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+    assert not ran_twice(sim) and sim.batches.stats.created == 2
+    events = [orjson.loads(line) for line in state_path(tmp_path / "out.jsonl").read_bytes().splitlines()]
+    order = [(e["event"], e.get("chunk")) for e in events if e["event"] in ("planned", "closed")]
+    assert order == [("planned", "c00001"), ("closed", "c00001"), ("planned", "c00002"),
+                     ("closed", "c00002")]  # the other 40 jobs waited for c00001 to close
+
+
+def test_draft_files_never_planned_are_removed_on_close_or_by_the_next_run(tmp_path):
+    state = BatchState(tmp_path / "out.jsonl")
+    state.open("0123456789abcdef")
+    planned, cut_short = state.draft_file(), state.draft_file()
+    planned.write(b'{"custom_id": "a"}\n')
+    cut_short.write(b'{"custom_id": "b"}\n')
+    state.plan(Chunk("c1", "/v1/embeddings", "m", 1, [("a", ("a",))]), planned)
+    assert state.chunk_file("c1").read_bytes() == b'{"custom_id": "a"}\n'
+    state.close()  # a plan stopped half way: its draft goes
+    assert sorted(p.name for p in state.dir.iterdir()) == ["c1.jsonl"]
+    (state.dir / "left-by-a-kill.draft").write_bytes(b"{}\n")
+    again = BatchState(tmp_path / "out.jsonl")
+    again.load()
+    again.open("ffffffffffffffff")
+    assert sorted(p.name for p in again.dir.iterdir()) == ["c1.jsonl"]
+    again.close()
