@@ -322,37 +322,43 @@ def merge_command(outputs: tuple[Path, ...], merged: Path, jobs_path: str | None
     shards of one input: `runner run --shard K/N`). A success beats a failure whichever output
     holds it; torn, blank and non-JSON lines are dropped. The merge is written atomically (a
     temporary file renamed over -o, its folder synced)."""
-    from jobs.merge import merge_outputs
+    from jobs.merge import Merge
     from runner.files.atomic import write_atomically
     from runner.files.guard import check_output
+    from runner.files.outputs import OutputLines, UnreadableOutput
     if merged.resolve() in {path.resolve() for path in outputs}:
         usage_error(f"{merged} is one of the outputs merged: write the merge elsewhere")
     try:  # never over a job file (the one given, or any other), nor a compressed file
         check_output(jobs_path or "", merged)
     except CheckpointError as e:
         usage_error(str(e))
-    try:
-        lines = merge_outputs(path.read_bytes().splitlines() for path in outputs)
-    except OSError as e:
-        usage_error(f"cannot read {e.filename}: {e.strerror}")
-    try:
-        write_atomically(merged, lines)
-    except OSError as e:
-        usage_error(f"cannot write {merged}: {e.strerror}")
-    click.echo(f"runner: {len(lines):,} jobs from {len(outputs)} outputs -> {merged}", err=True)
-    if jobs_path is not None:
-        from jobs.job import Job
-        from jobs.reader import read_jobs
-        from runner.files.inputs import input_lines
-        held = {orjson.loads(line).get("custom_id") for line in lines}
-        missing = [item for item in read_jobs(input_lines(jobs_path), jobs_path)
-                   if isinstance(item, Job) and item.custom_id not in held]
-        if missing:
-            shown = ", ".join(f"{m.custom_id!r} (line {m.line})" for m in missing[:5])
-            more = f" and {len(missing) - 5:,} more" if len(missing) > 5 else ""
-            click.echo(f"runner: {len(missing):,} jobs of {jobs_path} are in no output merged: "
-                       f"{shown}{more} (a shard forgotten, or not run yet)", err=True)
-            sys.exit(EXIT_STOPPED)
+    with OutputLines(outputs) as source:
+        try:
+            merge = Merge(source)
+            write_atomically(merged, merge.lines())
+        except UnreadableOutput as e:
+            usage_error(str(e))
+        except OSError as e:
+            usage_error(f"cannot write {merged}: {e.strerror}")
+        click.echo(f"runner: {len(merge):,} jobs from {len(outputs)} outputs -> {merged}", err=True)
+        if jobs_path is not None:
+            from jobs.job import Job
+            from jobs.reader import read_jobs
+            from runner.files.inputs import Rereader, input_lines
+            missing = []
+            count = 0
+            with Rereader.of(jobs_path) as reread:
+                for item in read_jobs(input_lines(jobs_path), jobs_path, reread=reread):
+                    if isinstance(item, Job) and not merge.holds(item.custom_id):
+                        count += 1
+                        if len(missing) < 5:
+                            missing.append(item)
+            if count:
+                shown = ", ".join(f"{m.custom_id!r} (line {m.line})" for m in missing)
+                more = f" and {count - 5:,} more" if count > 5 else ""
+                click.echo(f"runner: {count:,} jobs of {jobs_path} are in no output merged: "
+                           f"{shown}{more} (a shard forgotten, or not run yet)", err=True)
+                sys.exit(EXIT_STOPPED)
 
 
 @configurable(schema=run_command)
