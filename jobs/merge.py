@@ -26,17 +26,20 @@ line and compared (`IdTable`).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
+
+import re
 
 import orjson
 
 from jobs.idtable import MAX_LOAD, IdTable, default_digest
 from jobs.results import Outcome, record_outcome
 
-__all__ = ["Merge", "MemoryOutputs", "MergeSource", "merge_outputs", "verdict"]
+__all__ = ["Merge", "MemoryOutputs", "MergeSource", "merge_outputs", "result_id", "verdict"]
 
 _RANK = {Outcome.TRANSIENT: 0, Outcome.PERMANENT: 1, Outcome.DONE: 2}
+DONE = _RANK[Outcome.DONE]
 RANK_BITS = 2  # a table position is the line number shifted left by this, or'ed with the rank
 RANK_MASK = (1 << RANK_BITS) - 1
 
@@ -50,24 +53,45 @@ def verdict(raw: bytes) -> tuple[str, int] | None:
     except orjson.JSONDecodeError:
         return None
     custom_id = record.get("custom_id") if isinstance(record, dict) else None
-    outcome = record_outcome(record) if isinstance(custom_id, str) else None
+    if not isinstance(custom_id, str):
+        return None
+    response = record.get("response")
+    if record.get("error") is None and type(response) is dict and response.get("status_code") == 200:
+        return custom_id, DONE  # what record_outcome says of a success, sooner
+    outcome = record_outcome(record)
     return None if outcome is None else (custom_id, _RANK[outcome])
 
 
+# The head of runner's own lines, `{"id":"…","custom_id":"…"`, both without escapes.
+_HEAD = re.compile(rb'\{"id":"[^"\\\n]*","custom_id":"([^"\\\n]*)"')
+
+
+def result_id(raw: bytes) -> str | None:
+    """The custom_id of a line `verdict` takes for a result (asked of no other line). Read
+    from the head when the line has no backslash and names `"custom_id"` once: every key is then
+    written as itself, so the head's is the only one."""
+    head = _HEAD.match(raw)
+    if head is not None and b"\\" not in raw and raw.count(b'"custom_id"') == 1:
+        return head[1].decode()
+    found = verdict(raw)
+    return None if found is None else found[0]
+
+
 class MergeSource(Protocol):
-    """The outputs merged, read as numbered lines (each without its line break)."""
+    """The outputs merged, read as numbered lines (each without its line break), a list of
+    lines at a time."""
 
     def __len__(self) -> int:
         """How many outputs."""
 
-    def output(self, k: int) -> Iterable[bytes]:
+    def output(self, k: int) -> Iterable[Sequence[bytes]]:
         """The lines of output `k`; outputs are asked for in order, 0 first, before `lines`."""
 
-    def lines(self) -> Iterable[bytes]:
+    def lines(self) -> Iterable[Sequence[bytes]]:
         """The lines of every output, end to end (line 0 first)."""
 
     def read(self, number: int) -> bytes:
-        """Line `number` again (any line already yielded)."""
+        """Line `number` again (any line already given)."""
 
 
 class MemoryOutputs:
@@ -82,31 +106,28 @@ class MemoryOutputs:
     def __len__(self) -> int:
         return len(self._outputs)
 
-    def output(self, k: int) -> Iterable[bytes]:
-        return self._outputs[k]
+    def output(self, k: int) -> Iterable[Sequence[bytes]]:
+        return [self._outputs[k]]
 
-    def lines(self) -> Iterable[bytes]:
-        return self._lines
+    def lines(self) -> Iterable[Sequence[bytes]]:
+        return [self._lines]
 
     def read(self, number: int) -> bytes:
         return self._lines[number]
-
-
-def _set(bits: bytearray, n: int) -> None:
-    bits[n >> 3] |= 1 << (n & 7)
 
 
 class Merge:
     """Each job's final line over the outputs of `source`, by the rule above. Building it reads
     the outputs twice; `lines()` reads them once more."""
 
-    __slots__ = ("_source", "_digest", "_firsts", "_finals", "_count", "_ids", "_table")
+    __slots__ = ("_source", "_digest", "_firsts", "_finals", "_ranks", "_count", "_ids", "_table")
 
     def __init__(self, source: MergeSource, *, digest: Callable[[str], int] = default_digest) -> None:
         self._source = source
         self._digest = digest
         self._firsts = bytearray()  # a line is its id's first (in its output, then overall)
         self._finals = bytearray()  # a line is its id's last in its output, then its winner
+        self._ranks = bytearray()   # the rank of each last line, 2 bits a line
         self._count = 0  # lines numbered so far
         self._ids = 0    # ids added up over the outputs (an id in two outputs counts twice)
         for k in range(len(source)):
@@ -115,48 +136,63 @@ class Merge:
         self._settle()
 
     def _id_at(self, position: int) -> str | None:
-        found = verdict(self._source.read(position >> RANK_BITS))
-        return None if found is None else found[0]
+        return result_id(self._source.read(position >> RANK_BITS))
 
-    def _scan_output(self, lines: Iterable[bytes]) -> None:
-        """Mark the first and the last line of each id of one output."""
+    def _scan_output(self, chunks: Iterable[Sequence[bytes]]) -> None:
+        """Mark the first and the last line of each id of one output, and the last's rank."""
         table = IdTable(self._id_at, digest=self._digest)
+        put = table.put
         firsts = self._firsts
         n = self._count
-        for raw in lines:
-            if n >> 3 >= len(firsts):
-                firsts.extend(bytes(len(firsts) + 1024))
-            found = verdict(raw)
-            if found is not None and table.put(found[0], n << RANK_BITS) < 0:
-                firsts[n >> 3] |= 1 << (n & 7)
-            n += 1
+        for lines in chunks:
+            end = n + len(lines)
+            if end >> 3 >= len(firsts):
+                firsts.extend(bytes(max(len(firsts), (end >> 3) + 1 - len(firsts))))
+            for found in map(verdict, lines):
+                if found is not None and put(found[0], n << RANK_BITS | found[1]) < 0:
+                    firsts[n >> 3] |= 1 << (n & 7)
+                n += 1
         self._count = n
         self._ids += len(table)
-        finals = self._finals
+        finals, ranks = self._finals, self._ranks
         finals.extend(bytes(len(firsts) - len(finals)))
+        ranks.extend(bytes(4 * len(firsts) - len(ranks)))
         for position in table.positions():
-            _set(finals, position >> RANK_BITS)
+            line = position >> RANK_BITS
+            finals[line >> 3] |= 1 << (line & 7)
+            ranks[line >> 2] |= (position & RANK_MASK) << 2 * (line & 3)
 
     def _settle(self) -> None:
         """Each id's winner: the last lines of each output, in order, by rank; the first line
         of each id overall."""
-        table, firsts, finals = self._table, self._firsts, self._finals
-        for n, raw in enumerate(self._source.lines()):
-            byte, bit = n >> 3, 1 << (n & 7)
-            first, final = firsts[byte] & bit, finals[byte] & bit
-            if not (first or final):
-                continue
-            found = verdict(raw)
-            assert found is not None, "a line marked in the first reading is a result"
-            custom_id, rank = found
-            held = table.find(custom_id)
-            if first and held >= 0:
-                firsts[byte] &= ~bit  # seen in an earlier output
-            if final and (held < 0 or rank >= held & RANK_MASK):
-                table.put(custom_id, n << RANK_BITS | rank)
+        table, firsts, finals, ranks = self._table, self._firsts, self._finals, self._ranks
+        find, put = table.find, table.put
+        n = 0
+        for lines in self._source.lines():
+            for raw in lines:
+                byte, bit = n >> 3, 1 << (n & 7)
+                if firsts[byte] & bit:
+                    if finals[byte] & bit:  # the only line of its id in its output
+                        rank = ranks[n >> 2] >> 2 * (n & 3) & RANK_MASK
+                        held = put(result_id(raw), n << RANK_BITS | rank)
+                        if held >= 0:
+                            firsts[byte] &= ~bit  # seen in an earlier output
+                            if rank < held & RANK_MASK:
+                                put(result_id(raw), held)  # which stays the winner
+                    elif find(result_id(raw)) >= 0:
+                        firsts[byte] &= ~bit
+                elif finals[byte] & bit:
+                    rank = ranks[n >> 2] >> 2 * (n & 3) & RANK_MASK
+                    custom_id = result_id(raw)
+                    held = find(custom_id)
+                    if held < 0 or rank >= held & RANK_MASK:
+                        put(custom_id, n << RANK_BITS | rank)
+                n += 1
+        self._ranks = bytearray()
         finals[:] = bytes(len(finals))
         for position in table.positions():
-            _set(finals, position >> RANK_BITS)
+            line = position >> RANK_BITS
+            finals[line >> 3] |= 1 << (line & 7)
 
     def __len__(self) -> int:
         """Jobs merged."""
@@ -169,16 +205,16 @@ class Merge:
     def lines(self) -> Iterator[bytes]:
         """Each job's final line, newline-terminated, in the order the jobs first appear."""
         table, firsts, finals, read = self._table, self._firsts, self._finals, self._source.read
-        for n, raw in enumerate(self._source.lines()):
-            byte, bit = n >> 3, 1 << (n & 7)
-            if not firsts[byte] & bit:
-                continue
-            if finals[byte] & bit:
-                yield raw + b"\n"
-            else:
-                found = verdict(raw)
-                assert found is not None, "a first line is a result"
-                yield read(table.find(found[0]) >> RANK_BITS) + b"\n"
+        n = 0
+        for lines in self._source.lines():
+            for raw in lines:
+                byte, bit = n >> 3, 1 << (n & 7)
+                if firsts[byte] & bit:
+                    if finals[byte] & bit:
+                        yield raw + b"\n"
+                    else:
+                        yield read(table.find(result_id(raw)) >> RANK_BITS) + b"\n"
+                n += 1
 
 
 def merge_outputs(outputs: Iterable[Iterable[bytes]], *,

@@ -141,8 +141,18 @@ def reference_merge(outputs: list[list[bytes]]) -> list[bytes]:
     return [raw for _, raw in merged.values()]
 
 
+def runner_ok(cid: str, text: str = "a") -> bytes:
+    """A success as runner writes it (`{"id":…,"custom_id":…` first: read from its head)."""
+    return _result(cid)[:-1].replace(b'"body":{}', b'"body":{"t":"%s"}' % text.encode())
+
+
+def runner_note(cid: str, text: str = "") -> bytes:
+    return orjson.dumps({"id": "r", "custom_id": cid, "response": None,
+                         "error": {"code": "duplicate_custom_id", "message": text}})
+
+
 def random_outputs(rng, outputs: int, lines: int, ids: int) -> list[list[bytes]]:
-    makers = [ok, transient, permanent, note]
+    makers = [ok, transient, permanent, note, runner_ok, runner_ok, runner_note]
     junk = [b"", b"not json", b"[1]", b'{"custom_id": 7}', b'{"no": "id"}']
     result = []
     for k in range(outputs):
@@ -190,6 +200,23 @@ def test_merge_puts_each_job_where_it_first_appears_with_its_winning_line():
                                       [ok("b", "2"), ok("a", "1"), ok("c", "2"), ok("d"), ok("e")]]
 
 
+@pytest.mark.parametrize("line", [
+    _result("a")[:-1],
+    _result("é ü")[:-1],
+    _result("")[:-1],
+    # a second custom_id key (JSON's last one counts), escaped or not, or an escaped head
+    _result("a")[:-2] + b',"custom_id":"b"}',
+    _result("a")[:-2] + b',"custom\\u005fid":"b"}',
+    b'{"id":"x","custom_id":"a\\"b","response":{"status_code":200},"error":null}',
+    b'{"id":"x\\"y","custom_id":"a","response":{"status_code":200},"error":null}',
+    b'{"id":"x","custom_id":"a","response":{"status_code":200,"body":{"k":"custom_id"}},"error":null}',
+    ok("a"), transient("a"), permanent("a"),
+])
+def test_a_result_lines_id_read_from_its_head_is_the_id_json_gives(line):
+    from jobs.merge import result_id, verdict
+    assert result_id(line) == verdict(line)[0] == orjson.loads(line)["custom_id"]
+
+
 def write_output(path, lines: list[bytes], breaks: list[bytes]) -> None:
     path.write_bytes(b"".join(line + brk for line, brk in zip(lines, breaks)))
 
@@ -219,7 +246,7 @@ def test_merging_files_read_in_small_pieces_gives_what_splitlines_gives(tmp_path
             merge = Merge(source, digest=digest)
             assert list(merge.lines()) == expected
             assert len(merge) == len(expected)
-            numbered = list(source.lines())
+            numbered = [line for lines in source.lines() for line in lines]
             order = rng.sample(range(len(numbered)), len(numbered))
             assert [source.read(n) for n in order] == [numbered[n] for n in order]
 
@@ -237,12 +264,13 @@ def test_output_lines_are_the_files_splitlines_and_read_back_by_number(tmp_path,
         paths[-1].write_bytes(data)
     with OutputLines(paths) as source:
         for k, data in enumerate(contents):
-            assert list(source.output(k)) == data.splitlines()
+            assert [line for lines in source.output(k) for line in lines] == data.splitlines()
         everything = [line for data in contents for line in data.splitlines()]
-        assert list(source.lines()) == everything
+        assert [line for lines in source.lines() for line in lines] == everything
         assert [source.read(n) for n in reversed(range(len(everything)))] == everything[::-1]
         paths[1].write_bytes(contents[1] + b"\nappended\n")
-        assert list(source.lines()) == everything  # what the first reading found, no more
+        # what the first reading found, no more
+        assert [line for lines in source.lines() for line in lines] == everything
 
 
 def test_merge_given_the_job_file_reports_each_missing_job_once_by_its_first_line(tmp_path):
@@ -261,6 +289,6 @@ def test_an_output_that_cannot_be_read_is_named_with_the_reason(tmp_path):
     from runner.files.outputs import OutputLines, UnreadableOutput
     (tmp_path / "1.jsonl").write_bytes(_result("a"))
     with OutputLines([tmp_path / "1.jsonl", tmp_path / "gone.jsonl"]) as source:
-        assert list(source.output(0)) == [_result("a")[:-1]]
+        assert list(source.output(0)) == [[_result("a")[:-1]]]
         with pytest.raises(UnreadableOutput, match="cannot read .*gone.jsonl: No such file"):
             list(source.output(1))

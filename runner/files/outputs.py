@@ -5,7 +5,7 @@ A file's lines are what `bytes.splitlines` makes of it (a break is `\\n`, `\\r\\
 line without one counts), numbered from 0 over the files laid end to end. The files are streamed
 in chunks, never held whole; the first reading of each keeps the byte offset of every
 `LINES_PER_MARK`th line (8 bytes per that many lines), from which a line is found again with one
-`pread`. The last span read is kept for the reads that follow.
+`pread`. The last span read of each file is kept for the reads that follow.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class OutputLines:
     through, for k = 0, 1, ... in turn, before `lines()` or `read()` asks for its lines.
     `UnreadableOutput` when a file cannot be read."""
 
-    __slots__ = ("_paths", "_starts", "_ends", "_marks", "_fds", "_window")
+    __slots__ = ("_paths", "_starts", "_ends", "_marks", "_fds", "_windows")
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self._paths = list(paths)
@@ -54,7 +54,8 @@ class OutputLines:
         self._ends: list[int] = []          # the number past its last line, once read through
         self._marks: list[array] = []       # per output: offsets of its lines 0, 16, 32, ...
         self._fds: list[int | None] = [None] * len(self._paths)
-        self._window: tuple[int, list[bytes]] = (0, [])  # (number of the first, lines) read last
+        # per output, the lines read back last: (number of the first, lines)
+        self._windows: list[tuple[int, list[bytes]]] = [(0, [])] * len(self._paths)
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -83,17 +84,18 @@ class OutputLines:
         if tail:
             yield split_lines(tail)
 
-    def output(self, k: int) -> Iterator[bytes]:
-        """The lines of output `k`; the first time, its marks are taken on the way. Read again,
-        it stops at the lines the first reading found (lines appended since are not merged)."""
+    def output(self, k: int) -> Iterator[list[bytes]]:
+        """The lines of output `k`, a chunk's worth at a time; the first time, its marks are
+        taken on the way. Read again, it stops at the lines the first reading found (lines
+        appended since are not merged)."""
         if k < len(self._ends):
             left = self._ends[k] - self._starts[k]
             for lines, _ in self._chunks(k):
                 if len(lines) >= left:
-                    yield from lines[:left]
+                    yield lines[:left]
                     return
                 left -= len(lines)
-                yield from lines
+                yield lines
             return
         if k != len(self._starts):
             raise ValueError(f"output {k} read before output {len(self._starts)}")
@@ -108,21 +110,21 @@ class OutputLines:
                 marks.extend(starts[skip:len(lines):LINES_PER_MARK])
             number += len(lines)
             offset += sum(lengths)
-            yield from lines
+            yield lines
         self._ends.append(self._starts[k] + number)
 
-    def lines(self) -> Iterator[bytes]:
-        """Every line of every output, end to end."""
+    def lines(self) -> Iterator[list[bytes]]:
+        """Every line of every output, end to end, a chunk's worth at a time."""
         for k in range(len(self._paths)):
             yield from self.output(k)
 
     def read(self, number: int) -> bytes:
         """Line `number` (of an output read through, or being read), without its line break."""
-        first, lines = self._window
+        k = bisect.bisect_right(self._starts, number) - 1
+        first, lines = self._windows[k]
         at = number - first
         if 0 <= at < len(lines):
             return lines[at]
-        k = bisect.bisect_right(self._starts, number) - 1
         within = number - self._starts[k]
         mark = within >> MARK_SHIFT
         offset = self._marks[k][mark]
@@ -145,7 +147,7 @@ class OutputLines:
             raise UnreadableOutput(f"cannot read {path}: {e.strerror}") from None
         if len(lines) <= skip:
             raise UnreadableOutput(f"cannot read {path}: it changed while being merged")
-        self._window = (number - skip, lines)
+        self._windows[k] = (number - skip, lines)
         return lines[skip]
 
     def close(self) -> None:
