@@ -10,26 +10,28 @@ in the order they first appear, each line newline-terminated.
 The picture. The lines of all outputs, laid end to end, are numbered from 0 (as
 `bytes.splitlines` splits each output). Nothing of a line is kept but its number:
 
-    per output, in order   a table of that output's ids ─► per line: `firsts` bit (its id's first
-    (`scan_output`)        line in this output), `finals` bit (its id's last line in it); the
-                           table is dropped after the output
-    all lines, once        the lines with a bit set are parsed again; one table of every id
-    (`__init__`)           holds its winning line so far (number and rank); a `firsts` bit stays
-                           only where the id is new to that table (its first line overall)
-    all lines, once more   at each first line, the id's winning line: the line itself when its
-    (`lines`)              `finals` bit (now: "wins") is set, else read back by number
+    each output, in turn   a table of that output's ids ─► per line: a `firsts` bit (its id's
+    (`_scan_output`)       first line in this output), a `finals` bit and 2 bits of rank (its
+                           id's last line in it); the table is dropped after the output
+    all lines, once more   the lines with a bit set are read again; one table of every id holds
+    (`_settle`)            its winning line so far (number and rank); a `firsts` bit stays only
+                           where the id is new to that table (its first line overall); then
+                           `finals` marks each id's winning line
+    all lines, a third     at each first line, the id's winning line: the line itself when it
+    time (`lines`)         wins, else read back by number
 
-Memory: one 8-byte slot per id at a time (`jobs.idtable.IdTable`, at most 75 % full, sized by the
-outputs' ids added up), two bits a line, and what the source keeps to read a line back; never an
-id, a line or a body. Exact whatever the digests: every id a table matches is read back from its
-line and compared (`IdTable`).
+Memory: one 8-byte slot per id at a time (`jobs.idtable.IdTable`, at most 75 % full, sized by
+the outputs' ids added up: an id held by k outputs counts k times), four bits a line, and what
+the source keeps to read a line back; never an id, a line or a body. Exact whatever the
+digests: every id a table matches is read back from its line and compared (`IdTable`). The
+first reading parses every line (`verdict`); the others take a result line's id from runner's
+head when that is exact (`result_id`).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
-
-import re
 
 import orjson
 
@@ -147,7 +149,7 @@ class Merge:
         for lines in chunks:
             end = n + len(lines)
             if end >> 3 >= len(firsts):
-                firsts.extend(bytes(max(len(firsts), (end >> 3) + 1 - len(firsts))))
+                firsts.extend(bytes((end >> 3) + 1 - len(firsts)))
             for found in map(verdict, lines):
                 if found is not None and put(found[0], n << RANK_BITS | found[1]) < 0:
                     firsts[n >> 3] |= 1 << (n & 7)
@@ -156,7 +158,7 @@ class Merge:
         self._ids += len(table)
         finals, ranks = self._finals, self._ranks
         finals.extend(bytes(len(firsts) - len(finals)))
-        ranks.extend(bytes(4 * len(firsts) - len(ranks)))
+        ranks.extend(bytes(2 * len(firsts) - len(ranks)))
         for position in table.positions():
             line = position >> RANK_BITS
             finals[line >> 3] |= 1 << (line & 7)

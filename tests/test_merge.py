@@ -225,6 +225,7 @@ def write_output(path, lines: list[bytes], breaks: list[bytes]) -> None:
 def test_merging_files_read_in_small_pieces_gives_what_splitlines_gives(tmp_path, monkeypatch,
                                                                         digest):
     import random
+
     from jobs.merge import Merge
     from runner.files import outputs as outputs_module
     from runner.files.outputs import OutputLines
