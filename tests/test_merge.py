@@ -293,3 +293,25 @@ def test_an_output_that_cannot_be_read_is_named_with_the_reason(tmp_path):
         assert list(source.output(0)) == [[_result("a")[:-1]]]
         with pytest.raises(UnreadableOutput, match="cannot read .*gone.jsonl: No such file"):
             list(source.output(1))
+
+
+def test_the_jobs_no_output_holds_are_the_same_read_once_or_twice(tmp_path):
+    from jobs.reader import BOM
+    from runner.files.missing import job_lines, missing_jobs
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(BOM + _job("a") + b"\n" + b"not json\n" + _job("b") + _job("a") + _job("c")
+                     + b'{"custom_id": "d"}\n' + _job("e") + _job("c"))
+    held = {"b"}
+    twice = list(missing_jobs(str(jobs), held.__contains__, job_lines(str(jobs))))
+    once = list(missing_jobs(str(jobs), held.__contains__, None))  # a pipe's way
+    assert twice == once == [(1, "a"), (6, "c"), (8, "e")]
+
+
+def test_merge_given_a_file_that_holds_no_jobs_writes_nothing_and_exits_2(tmp_path):
+    part = tmp_path / "big.1.jsonl"
+    part.write_bytes(_result("a"))
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"".join(b"line %d\n" % i for i in range(30)))
+    result = _merge_cli(part, "-o", tmp_path / "all.jsonl", "--jobs", notes)
+    assert result.exit_code == 2 and "does not look like a JSONL job file" in result.output
+    assert not (tmp_path / "all.jsonl").exists()

@@ -307,9 +307,9 @@ def _outputs(output: Path) -> list[Path]:
     return matches
 
 
-@main.command("merge", epilog="Exit codes: 0 written; 2 an OUTPUT unreadable, or -o names one of "
-                              "them, the job file or another job file (nothing written); 3 with "
-                              "--jobs: written, but jobs of INPUT have no line in any OUTPUT.")
+@main.command("merge", epilog="Exit codes: 0 written; 2 an OUTPUT or INPUT unreadable, or -o names "
+                              "one of them, the job file or another job file (nothing written); 3 "
+                              "with --jobs: written, but jobs of INPUT have no line in any OUTPUT.")
 @click.argument("outputs", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--output", "-o", "merged", required=True,
@@ -332,6 +332,15 @@ def merge_command(outputs: tuple[Path, ...], merged: Path, jobs_path: str | None
         check_output(jobs_path or "", merged)
     except CheckpointError as e:
         usage_error(str(e))
+    jobs = None
+    if jobs_path is not None:  # read first: the reader's table is gone before the merge's is made
+        from jobs.reader import NotAJobFile
+        from runner.files.inputs import UnreadableInput
+        from runner.files.missing import job_lines, missing_jobs
+        try:
+            jobs = job_lines(jobs_path)
+        except (UnreadableInput, NotAJobFile) as e:
+            usage_error(str(e))
     with OutputLines(outputs) as source:
         try:
             merge = Merge(source)
@@ -342,22 +351,18 @@ def merge_command(outputs: tuple[Path, ...], merged: Path, jobs_path: str | None
             usage_error(f"cannot write {merged}: {e.strerror}")
         click.echo(f"runner: {len(merge):,} jobs from {len(outputs)} outputs -> {merged}", err=True)
         if jobs_path is not None:
-            from jobs.job import Job
-            from jobs.reader import read_jobs
-            from runner.files.inputs import Rereader, input_lines
-            missing = []
-            count = 0
-            with Rereader.of(jobs_path) as reread:
-                for item in read_jobs(input_lines(jobs_path), jobs_path, reread=reread):
-                    if isinstance(item, Job) and not merge.holds(item.custom_id):
-                        count += 1
-                        if len(missing) < 5:
-                            missing.append(item)
+            shown, count = [], 0
+            try:
+                for line, custom_id in missing_jobs(jobs_path, merge.holds, jobs):
+                    count += 1
+                    if len(shown) < 5:
+                        shown.append(f"{custom_id!r} (line {line})")
+            except (UnreadableInput, NotAJobFile) as e:
+                usage_error(str(e))
             if count:
-                shown = ", ".join(f"{m.custom_id!r} (line {m.line})" for m in missing)
                 more = f" and {count - 5:,} more" if count > 5 else ""
                 click.echo(f"runner: {count:,} jobs of {jobs_path} are in no output merged: "
-                           f"{shown}{more} (a shard forgotten, or not run yet)", err=True)
+                           f"{', '.join(shown)}{more} (a shard forgotten, or not run yet)", err=True)
                 sys.exit(EXIT_STOPPED)
 
 
