@@ -8,6 +8,7 @@ pipe, a FIFO) is read once, after the merge, with both tables held.
 """
 from __future__ import annotations
 
+import gc
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -47,6 +48,8 @@ def job_lines(path: str) -> JobLines | None:
         if job.line >> 3 >= len(bits):
             bits.extend(bytes((job.line >> 3) + 1 - len(bits)))
         bits[job.line >> 3] |= 1 << (job.line & 7)
+    gc.collect()  # the reader and its table of ids hold each other (the table recalls through
+    # the reader): freed now, not whenever the collector next runs, before the merge makes its own
     return bits
 
 
