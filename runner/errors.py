@@ -76,6 +76,8 @@ Outside the tree, on purpose:
 - `UnreadableInput` (runner.files.inputs): INPUT cannot be opened or read (`runner estimate`
   and `runner status` exit 2; mid-run the live dispatcher raises `InputError` instead);
   `StatusError` (runner.report.status): `runner status` cannot read INPUT or OUTPUT (exit 2).
+  `UnreadableOutput` (runner.files.outputs): `runner merge` cannot read an OUTPUT (exit 2,
+  nothing written).
 - The `jobs` package is pure and imports nothing of `runner`: `jobs.reader.NotAJobFile` stops
   the run as unusable input (exit 2), and the dispatcher converts `jobs.packing.MissingChoices`
   into a `BadResponseError` (its `NChoicesIgnored` into an `NChoicesIgnoredError`, its

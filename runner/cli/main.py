@@ -307,9 +307,9 @@ def _outputs(output: Path) -> list[Path]:
     return matches
 
 
-@main.command("merge", epilog="Exit codes: 0 written; 2 an OUTPUT unreadable, or -o names one of "
-                              "them, the job file or another job file (nothing written); 3 with "
-                              "--jobs: written, but jobs of INPUT have no line in any OUTPUT.")
+@main.command("merge", epilog="Exit codes: 0 written; 2 an OUTPUT or INPUT unreadable, or -o names "
+                              "one of them, the job file or another job file (nothing written); 3 "
+                              "with --jobs: written, but jobs of INPUT have no line in any OUTPUT.")
 @click.argument("outputs", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--output", "-o", "merged", required=True,
@@ -322,37 +322,48 @@ def merge_command(outputs: tuple[Path, ...], merged: Path, jobs_path: str | None
     shards of one input: `runner run --shard K/N`). A success beats a failure whichever output
     holds it; torn, blank and non-JSON lines are dropped. The merge is written atomically (a
     temporary file renamed over -o, its folder synced)."""
-    from jobs.merge import merge_outputs
+    from jobs.merge import Merge
     from runner.files.atomic import write_atomically
     from runner.files.guard import check_output
+    from runner.files.outputs import OutputLines, UnreadableOutput
     if merged.resolve() in {path.resolve() for path in outputs}:
         usage_error(f"{merged} is one of the outputs merged: write the merge elsewhere")
     try:  # never over a job file (the one given, or any other), nor a compressed file
         check_output(jobs_path or "", merged)
     except CheckpointError as e:
         usage_error(str(e))
-    try:
-        lines = merge_outputs(path.read_bytes().splitlines() for path in outputs)
-    except OSError as e:
-        usage_error(f"cannot read {e.filename}: {e.strerror}")
-    try:
-        write_atomically(merged, lines)
-    except OSError as e:
-        usage_error(f"cannot write {merged}: {e.strerror}")
-    click.echo(f"runner: {len(lines):,} jobs from {len(outputs)} outputs -> {merged}", err=True)
-    if jobs_path is not None:
-        from jobs.job import Job
-        from jobs.reader import read_jobs
-        from runner.files.inputs import input_lines
-        held = {orjson.loads(line).get("custom_id") for line in lines}
-        missing = [item for item in read_jobs(input_lines(jobs_path), jobs_path)
-                   if isinstance(item, Job) and item.custom_id not in held]
-        if missing:
-            shown = ", ".join(f"{m.custom_id!r} (line {m.line})" for m in missing[:5])
-            more = f" and {len(missing) - 5:,} more" if len(missing) > 5 else ""
-            click.echo(f"runner: {len(missing):,} jobs of {jobs_path} are in no output merged: "
-                       f"{shown}{more} (a shard forgotten, or not run yet)", err=True)
-            sys.exit(EXIT_STOPPED)
+    jobs = None
+    if jobs_path is not None:  # read first: the reader's table is gone before the merge's is made
+        from jobs.reader import NotAJobFile
+        from runner.files.inputs import UnreadableInput
+        from runner.files.missing import job_lines, missing_jobs
+        try:
+            jobs = job_lines(jobs_path)
+        except (UnreadableInput, NotAJobFile) as e:
+            usage_error(str(e))
+    with OutputLines(outputs) as source:
+        try:
+            merge = Merge(source)
+            write_atomically(merged, merge.lines())
+        except UnreadableOutput as e:
+            usage_error(str(e))
+        except OSError as e:
+            usage_error(f"cannot write {merged}: {e.strerror}")
+        click.echo(f"runner: {len(merge):,} jobs from {len(outputs)} outputs -> {merged}", err=True)
+        if jobs_path is not None:
+            shown, count = [], 0
+            try:
+                for line, custom_id in missing_jobs(jobs_path, merge.holds, jobs):
+                    count += 1
+                    if len(shown) < 5:
+                        shown.append(f"{custom_id!r} (line {line})")
+            except (UnreadableInput, NotAJobFile) as e:
+                usage_error(str(e))
+            if count:
+                more = f" and {count - 5:,} more" if count > 5 else ""
+                click.echo(f"runner: {count:,} jobs of {jobs_path} are in no output merged: "
+                           f"{', '.join(shown)}{more} (a shard forgotten, or not run yet)", err=True)
+                sys.exit(EXIT_STOPPED)
 
 
 @configurable(schema=run_command)
