@@ -231,10 +231,11 @@ class JobReader:
 
 
 def read_jobs(lines: Iterable[bytes], path: str, *,
-              reread: Callable[[int, int], bytes] | None = None) -> Iterator[Job | BadLine | Duplicate]:
+              reread: Callable[[int, int], bytes] | None = None,
+              expected_lines: int | None = None) -> Iterator[Job | BadLine | Duplicate]:
     """Jobs, bad lines and duplicates of a stream of raw lines, in file order; blank lines skipped
-    (`reread` as for `JobReader`)."""
-    reader = JobReader(path, reread=reread)
+    (`reread` and `expected_lines` as for `JobReader`)."""
+    reader = JobReader(path, reread=reread, expected_lines=expected_lines)
     for raw in lines:
         item = reader.feed(raw)
         if item is not None:

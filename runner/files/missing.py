@@ -33,7 +33,8 @@ def _rereadable(path: str) -> bool:
 
 def _jobs(path: str) -> Iterator[Job]:
     with Rereader.of(path) as reread:
-        for item in read_jobs(input_lines(path), path, reread=reread):
+        for item in read_jobs(input_lines(path), path, reread=reread,
+                              expected_lines=None if reread is None else reread.lines()):
             if isinstance(item, Job):
                 yield item
 

@@ -150,7 +150,8 @@ def status(input_path: str, output: Path | Sequence[Path], *,
                                  for path in outputs])
         try:
             with Rereader.of(input_path) as reread:
-                for item in read_jobs(input_lines(input_path), result.input, reread=reread):
+                for item in read_jobs(input_lines(input_path), result.input, reread=reread,
+                                      expected_lines=None if reread is None else reread.lines()):
                     _classify(item, state, result, keep_changed)
         except (UnreadableInput, NotAJobFile) as e:
             raise StatusError(str(e)) from None
