@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -139,10 +140,12 @@ def load(output: Path, input_path: str, shard: Shard | None, *, retrying: bool) 
         if os.fstat(source.fileno()).st_size != input_bytes \
                 or os.stat(output).st_size != header["output_bytes"]:
             raise ValueError("not the files the index was written for")
-        input_sha256 = _hash(source, input_bytes).hexdigest()
+        with ThreadPoolExecutor(1) as pool:  # both files at once: hashlib lets go of the GIL
+            hashing = pool.submit(file_sha256, output, header["output_bytes"])
+            input_sha256 = _hash(source, input_bytes).hexdigest()
+            hasher = hashing.result()
         if input_sha256 != header["input_sha256"]:
             raise ValueError("INPUT changed")
-        hasher = file_sha256(output, header["output_bytes"])
         if hasher.hexdigest() != header["output_sha256"]:
             raise ValueError("OUTPUT changed")
         source.seek(0)
