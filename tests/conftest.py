@@ -1,4 +1,5 @@
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -91,6 +92,23 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_collection_finish(session):
+    """What collection built (modules, test items) lives as long as the session: frozen out of the
+    garbage collector's way, so each full collection walks only what the tests made."""
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """No simulator outlives its test: aiohttp keeps the last 1,024 (handler, app) pairs it wrapped
+    in an app's middlewares in a module-wide cache, which would hold every simulator of the
+    session (its app, routes and state: ~170,000 objects that each full collection walks)."""
+    web_app = sys.modules.get("aiohttp.web_app")
+    cache = getattr(web_app, "_cached_build_middleware", None)
+    if cache is not None:
+        cache.cache_clear()
 
 
 @pytest.fixture(autouse=True)
