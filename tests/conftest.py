@@ -94,11 +94,19 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+YOUNG_GC_THRESHOLD = 10_000
+"""Container allocations between two collections of the youngest generation during the tests
+(CPython's default: 700). The tests allocate in bursts (job files, JSON answers, HTTP exchanges):
+collecting less often walks the objects that survive a burst fewer times (GC time of the fast
+suite ~4.2 s -> ~3.3 s on this machine, loaded)."""
+
+
 def pytest_collection_finish(session):
     """What collection built (modules, test items) lives as long as the session: frozen out of the
     garbage collector's way, so each full collection walks only what the tests made."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def pytest_runtest_teardown(item, nextitem):
