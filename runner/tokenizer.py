@@ -104,20 +104,22 @@ def _tiktoken_cache_dir() -> Path | None:
     return Path(tempfile.gettempdir()) / "data-gym-cache"
 
 
+_U16 = struct.Struct("<H").unpack_from
+_U32 = struct.Struct("<I").unpack_from
+
+
 def _read_quicktok_vocab(data: bytes) -> dict[bytes, int]:
     """Parse quicktok's binary vocab; ValueError if it is malformed."""
     try:
-        (count,) = struct.unpack_from("<I", data, 0)
+        (count,) = _U32(data, 0)
         ranks: dict[bytes, int] = {}
         offset = 4
         for _ in range(count):
-            (length,) = struct.unpack_from("<H", data, offset)
-            offset += 2
-            token = data[offset:offset + length]
-            offset += length
-            (rank,) = struct.unpack_from("<I", data, offset)
+            (length,) = _U16(data, offset)
+            start = offset + 2
+            offset = start + length
+            (ranks[data[start:offset]],) = _U32(data, offset)
             offset += 4
-            ranks[token] = rank
     except struct.error as e:
         raise ValueError("truncated vocab file") from e
     if offset != len(data) or len(ranks) != count:

@@ -1,4 +1,5 @@
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -91,6 +92,31 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+YOUNG_GC_THRESHOLD = 10_000
+"""Container allocations between two collections of the youngest generation during the tests
+(CPython's default: 700). The tests allocate in bursts (job files, JSON answers, HTTP exchanges):
+collecting less often walks the objects that survive a burst fewer times (GC time of the fast
+suite ~4.2 s -> ~3.3 s on this machine, loaded)."""
+
+
+def pytest_collection_finish(session):
+    """What collection built (modules, test items) lives as long as the session: frozen out of the
+    garbage collector's way, so each full collection walks only what the tests made."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """No simulator outlives its test: aiohttp keeps the last 1,024 (handler, app) pairs it wrapped
+    in an app's middlewares in a module-wide cache, which would hold every simulator of the
+    session (its app, routes and state: ~170,000 objects that each full collection walks)."""
+    web_app = sys.modules.get("aiohttp.web_app")
+    cache = getattr(web_app, "_cached_build_middleware", None)
+    if cache is not None:
+        cache.cache_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis
 
 from runner.pacing.redis_state import KEY_PREFIX
 from runner.simulator.config import SimConfig
@@ -173,6 +172,7 @@ def finish_all(procs: list[subprocess.Popen]) -> None:
 
 def budget_keys(redis_url: str) -> list[bytes]:
     """The budgets kept in the Redis (one per (key, base URL, model) shared)."""
+    import redis  # here, not above: collecting the fast tests never loads redis
     client = redis.Redis.from_url(redis_url)
     try:
         return client.keys(KEY_PREFIX + "*")

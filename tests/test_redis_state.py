@@ -7,7 +7,6 @@ import asyncio
 import time
 
 import pytest
-import redis.asyncio as aioredis
 
 from runner.api.headers import RateLimitInfo
 from runner.live.run import IMAGES_BUDGET
@@ -119,6 +118,7 @@ async def test_other_keys_and_models_have_budgets_of_their_own(redis_server):
 
 
 async def test_the_api_key_never_reaches_redis(redis_server):
+    import redis.asyncio as aioredis  # here, not above: the fast tests never load redis
     budgets, limiter = await process(redis_server.url, rpm=600, tpm=60_000)
     await limiter.acquire(10)
     limiter.on_rate_limited(None, 0.1, None)

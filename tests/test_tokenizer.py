@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import struct
 
@@ -33,11 +34,25 @@ def context_overflow(url, body):
 
 
 @pytest.fixture
-def fresh_encodings():
-    """Each test that swaps the data sources builds encodings from scratch, and leaves no trace."""
-    get_encoding.cache_clear()
-    yield
-    get_encoding.cache_clear()
+def fresh_encodings(monkeypatch):
+    """Each test that swaps the data sources builds encodings from scratch, through a cache of its
+    own (`tokenizer.get_encoding` and `token_counter` use it), and leaves no trace: the encodings
+    the process built stay cached for the other tests."""
+    monkeypatch.setattr(tokenizer, "get_encoding", functools.cache(get_encoding.__wrapped__))
+
+
+@functools.cache
+def _shipped(name: str) -> tuple[bytes, dict[bytes, int]]:
+    """quicktok's vocab file of encoding `name`, and its ranks, read once for this module (callers
+    copy the ranks before changing them)."""
+    spec = tokenizer._SPECS[name]
+    data = (tokenizer._quicktok_data_dir() / spec.vocab_file).read_bytes()
+    return data, tokenizer._read_quicktok_vocab(data)
+
+
+def shipped_ranks(name: str) -> dict[bytes, int]:
+    """The ranks of quicktok's vocab file of encoding `name`: a copy of its own."""
+    return dict(_shipped(name)[1])
 
 
 def _forbid_downloads(monkeypatch):
@@ -54,13 +69,13 @@ def _forbid_downloads(monkeypatch):
 @pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
 def test_offline_encoding_matches_quicktok_without_any_download(name, monkeypatch, fresh_encodings):
     _forbid_downloads(monkeypatch)
-    encoding = get_encoding(name)
+    encoding = tokenizer.get_encoding(name)
     assert isinstance(encoding, tiktoken.Encoding) and encoding.name == name
     reference = quicktok.get_encoding(name)
     for text in SAMPLES:
         assert encoding.encode_ordinary(text) == list(reference.encode(text))
         assert encoding.decode(encoding.encode_ordinary(text)) == text
-    assert get_encoding(name) is encoding  # built once per process
+    assert tokenizer.get_encoding(name) is encoding  # built once per process
 
 
 def test_special_tokens_match_tiktoken_ext():
@@ -73,17 +88,16 @@ def test_special_tokens_match_tiktoken_ext():
 
 def test_shipped_data_has_tiktokens_sha256():
     # and the file's own pinned sha256, which spares a run this re-serialisation, is that file's
-    data_dir = tokenizer._quicktok_data_dir()
-    for spec in tokenizer._SPECS.values():
-        data = (data_dir / spec.vocab_file).read_bytes()
-        assert tokenizer._tiktoken_file_sha256(tokenizer._read_quicktok_vocab(data)) == spec.sha256
+    for name, spec in tokenizer._SPECS.items():
+        data, ranks = _shipped(name)  # tokenizer._read_quicktok_vocab(the file's bytes)
+        assert tokenizer._tiktoken_file_sha256(ranks) == spec.sha256
         assert hashlib.sha256(data).hexdigest() == spec.vocab_sha256
 
 
 def test_a_vocab_file_laid_out_otherwise_is_checked_against_tiktokens_sha256(tmp_path, monkeypatch):
     # another quicktok release: not the pinned file, the same ranks: accepted after the full check
     spec = tokenizer._SPECS["cl100k_base"]
-    ranks = tokenizer._read_quicktok_vocab((tokenizer._quicktok_data_dir() / spec.vocab_file).read_bytes())
+    ranks = shipped_ranks("cl100k_base")
     blob = struct.pack("<I", len(ranks)) + b"".join(
         struct.pack("<H", len(t)) + t + struct.pack("<I", r) for t, r in reversed(ranks.items()))
     (tmp_path / spec.vocab_file).write_bytes(blob)
@@ -97,7 +111,7 @@ def test_a_vocab_file_laid_out_otherwise_is_checked_against_tiktokens_sha256(tmp
 
 def test_tampered_shipped_vocab_is_refused(tmp_path, monkeypatch):
     spec = tokenizer._SPECS["cl100k_base"]
-    ranks = tokenizer._read_quicktok_vocab((tokenizer._quicktok_data_dir() / spec.vocab_file).read_bytes())
+    ranks = shipped_ranks("cl100k_base")
     ranks[b"hello"], ranks[b"world"] = ranks[b"world"], ranks[b"hello"]
     blob = struct.pack("<I", len(ranks)) + b"".join(
         struct.pack("<H", len(t)) + t + struct.pack("<I", r) for t, r in ranks.items())
@@ -115,7 +129,7 @@ def _tiktoken_file(ranks: dict[bytes, int]) -> bytes:
 def test_corrupt_data_falls_back_to_tiktokens_cache(tmp_path, monkeypatch, fresh_encodings):
     _forbid_downloads(monkeypatch)
     spec = tokenizer._SPECS["cl100k_base"]
-    real = tokenizer._read_quicktok_vocab((tokenizer._quicktok_data_dir() / spec.vocab_file).read_bytes())
+    real = shipped_ranks("cl100k_base")
     bad_dir = tmp_path / "quicktok-data"
     bad_dir.mkdir()
     tampered = dict(real)
@@ -130,11 +144,11 @@ def test_corrupt_data_falls_back_to_tiktokens_cache(tmp_path, monkeypatch, fresh
 
     cache_file.write_bytes(body)  # wrong hash: refused too
     with pytest.warns(RuntimeWarning):
-        assert get_encoding("cl100k_base") is None
-    get_encoding.cache_clear()
+        assert tokenizer.get_encoding("cl100k_base") is None
+    tokenizer.get_encoding.cache_clear()
 
     cache_file.write_bytes(_tiktoken_file(real))
-    encoding = get_encoding("cl100k_base")
+    encoding = tokenizer.get_encoding("cl100k_base")
     assert encoding is not None
     assert encoding.encode_ordinary(SAMPLES[1]) == list(quicktok.get_encoding("cl100k_base").encode(SAMPLES[1]))
 

@@ -395,10 +395,13 @@ class _Draft:
         return self.known.shape(kind)
 
     def update(self, **fields: object) -> None:
-        self.known = dataclasses.replace(self.known, **fields)
+        self.known = _replaced(self.known, fields)
 
     def update_shape(self, kind: Kind, **fields: object) -> None:
-        self.update(**{kind: dataclasses.replace(self.shape(kind), **fields)})
+        shape = self.shape(kind)
+        changed = _replaced(shape, fields)
+        if changed is not shape:
+            self.update(**{kind: changed})
 
     def change(self, change: Change) -> None:
         self.changes.append(change)
@@ -418,6 +421,16 @@ class _Draft:
 
     def lesson(self) -> Lesson:
         return Lesson(self.known, tuple(self.changes))
+
+
+def _replaced(record, fields: dict[str, object]):
+    """`record` with `fields` replaced; `record` itself when they hold those values already (most
+    answers teach nothing new: an answer is spared building records equal to the ones it has)."""
+    for name, value in fields.items():
+        old = getattr(record, name)
+        if type(old) is not type(value) or old != value:
+            return dataclasses.replace(record, **fields)
+    return record
 
 
 def _reading(info: RateLimitInfo, kind: Kind) -> tuple[int | None, int | None, float | None]:
