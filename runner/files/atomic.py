@@ -10,17 +10,23 @@ from runner.files import PRIVATE_FILE
 from runner.files.checkpoint import fsync_dir
 
 
-def write_atomically(path: Path, chunks: Iterable[bytes], *, mode: int = PRIVATE_FILE) -> None:
+def write_atomically(path: Path, chunks: Iterable[bytes], *, mode: int = PRIVATE_FILE,
+                     durable: bool = True) -> None:
     """Write `chunks` to `path.partial` (created with `mode`), fsync it, rename it over `path`
-    and fsync the folder. OSError when any step fails (the partial file is removed)."""
+    and fsync the folder. OSError when any step fails (the partial file is removed). Without
+    `durable`, no fsync: readers still see the old file or the new one, but after a power cut the
+    file may be missing, empty or short (for a file whose reader checks it whole, such as the
+    resume index, where that only costs time)."""
     partial = path.with_name(path.name + ".partial")
     try:
         with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
             f.writelines(chunks)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    fsync_dir(path.resolve().parent)
+    if durable:
+        fsync_dir(path.resolve().parent)
