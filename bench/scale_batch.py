@@ -20,30 +20,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from scale import free_port, write_jobs  # noqa: E402  (the same jobs as bench/scale.py's)
 
 PROVIDER = ["--batch-lines-per-s", "1000000", "--batch-validate-s", "0", "--batch-finalize-s", "0"]
 POLL_EVERY_S = "0.2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_jobs(path: Path, n: int) -> None:
-    """`n` tiny embeddings jobs, `job-0` .. (the same file as bench/scale.py's)."""
-    with open(path, "wb", buffering=1 << 20) as f:
-        for i in range(n):
-            f.write(b'{"custom_id":"job-%d","method":"POST","url":"/v1/embeddings","body":'
-                    b'{"model":"text-embedding-3-small","input":"w%d"}}\n' % (i, i))
 
 
 def runner(*args: str) -> dict:
