@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from runner.files import PRIVATE_FILE
-from runner.files.checkpoint import fsync_dir
 
 
 def write_atomically(path: Path, chunks: Iterable[bytes], *, mode: int = PRIVATE_FILE,
@@ -30,3 +29,12 @@ def write_atomically(path: Path, chunks: Iterable[bytes], *, mode: int = PRIVATE
         raise
     if durable:
         fsync_dir(path.resolve().parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory `path` durable (a new file's name, not only its data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

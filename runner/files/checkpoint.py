@@ -27,6 +27,7 @@ import orjson
 from jobs.results import OutputState, line_facts
 from runner.errors import StopRunError
 from runner.files import PRIVATE_FILE
+from runner.files.atomic import fsync_dir
 from runner.files.lines import ESTIMATE_SAMPLE, LineSplitter, estimate_lines
 from runner.redact import redact_bytes
 
@@ -376,12 +377,3 @@ class Checkpoint:
                 raise CheckpointError(f"cannot sync the output {self.path}: {e.strerror}") from None
             finally:
                 os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of directory `path` durable (a new file's name, not only its data)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
