@@ -48,6 +48,15 @@ def write_jobs(path: Path, n: int) -> None:
                     b'{"model":"text-embedding-3-small","input":"w%d"}}\n' % (i, i))
 
 
+def job_file(work: Path, n: int) -> Path:
+    """`work`/jobs-N.jsonl, written unless it is there already with its N lines."""
+    work.mkdir(parents=True, exist_ok=True)
+    jobs = work / f"jobs-{n}.jsonl"
+    if not jobs.exists() or sum(1 for _ in open(jobs, "rb")) != n:
+        write_jobs(jobs, n)
+    return jobs
+
+
 def runner(*args: str, kill_when: Path | None = None, kill_at: int = 0) -> dict:
     """One `python -m runner` process: exit code, wall seconds, peak RSS (MB)."""
     started = time.perf_counter()
@@ -98,10 +107,7 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     n = args.jobs
     work = args.dir
-    work.mkdir(parents=True, exist_ok=True)
-    jobs = work / f"jobs-{n}.jsonl"
-    if not jobs.exists() or sum(1 for _ in open(jobs, "rb")) != n:
-        write_jobs(jobs, n)
+    jobs = job_file(work, n)
     out, killed = work / f"out-{n}.jsonl", work / f"killed-{n}.jsonl"
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "runner", "simulate", "--port", str(port)],

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from scale import free_port, write_jobs  # noqa: E402  (the same jobs as bench/scale.py's)
+from scale import free_port, job_file  # noqa: E402  (the same jobs as bench/scale.py's)
 
 PROVIDER = ["--batch-lines-per-s", "1000000", "--batch-validate-s", "0", "--batch-finalize-s", "0"]
 POLL_EVERY_S = "0.2"
@@ -72,10 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     n = args.jobs
     work = args.dir
-    work.mkdir(parents=True, exist_ok=True)
-    jobs = work / f"jobs-{n}.jsonl"
-    if not jobs.exists() or sum(1 for _ in open(jobs, "rb")) != n:
-        write_jobs(jobs, n)
+    jobs = job_file(work, n)
     out = work / f"batch-out-{n}{'-nopack' if args.no_pack else ''}.jsonl"
     for extra in (out, out.with_name(out.name + ".lock"), out.with_name(out.name + ".batches")):
         extra.unlink(missing_ok=True)

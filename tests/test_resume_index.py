@@ -66,6 +66,20 @@ def counts(stats):
             dict(stats.failed), stats.exit_code())
 
 
+async def both_ways(tmp_path, before, rerun):
+    """`before(folder)` in two folders, then `rerun(folder)`: once with the index `before` left,
+    once with it removed (the run reads OUTPUT); the two reruns' results."""
+    results = []
+    for use_index in (True, False):
+        folder = tmp_path / ("index" if use_index else "no-index")
+        folder.mkdir()
+        await before(folder)
+        if not use_index:
+            (folder / "out.jsonl.resume").unlink(missing_ok=True)
+        results.append(await rerun(folder))
+    return results
+
+
 async def test_a_finished_run_leaves_an_index_and_the_rerun_reads_neither_output_nor_its_jobs(
         tmp_path, monkeypatch):
     write(tmp_path / "in.jsonl", chat_jobs(30))
@@ -233,20 +247,18 @@ def stopping(stop_on=(), hang=()):
 async def test_a_run_stopped_with_jobs_started_leaves_no_index(tmp_path):
     # --retry-failed sends kept failures again; stopped while they are on the wire, their lines in
     # OUTPUT are still the kept failures: a later plain run must keep them, not send them
-    results = []
-    for use_index in (True, False):
-        folder = tmp_path / str(use_index)
-        folder.mkdir()
+    async def before(folder):
         write(folder / "in.jsonl", chat_jobs(10))
         await go(folder, failing(permanent={3, 7}))
         stopped = await go(folder, stopping(stop_on={3}, hang={7}), retry_failed=True,
                            grace_s=0.01)
         assert stopped.stop_reason is not None and stopped.input_read
-        if not use_index:
-            (folder / "out.jsonl.resume").unlink(missing_ok=True)
+
+    async def rerun(folder):
         script = Script()
-        stats = await go(folder, script)
-        results.append((sent(script), counts(stats)))
+        return sent(script), counts(await go(folder, script))
+
+    results = await both_ways(tmp_path, before, rerun)
     assert results[0] == results[1] == ([], (10, 8, 2, 0, {}, 1))
 
 
@@ -256,39 +268,38 @@ async def test_a_changed_job_stopped_on_the_wire_is_decided_as_reading_output_wo
     jobs = chat_jobs(10)
     edited = [dict(job) for job in jobs]
     edited[4] = {**jobs[4], "body": {**jobs[4]["body"], "max_tokens": 6}}
-    results = []
-    for use_index in (True, False):
-        folder = tmp_path / str(use_index)
-        folder.mkdir()
+
+    async def before(folder):
         write(folder / "in.jsonl", jobs)
         await go(folder, Script())
         write(folder / "in.jsonl", edited)
         stopped = await go(folder, stopping(stop_on={4}), changed=ChangedPolicy.RERUN)
         assert stopped.stop_reason is not None and stopped.input_read
-        if not use_index:
-            (folder / "out.jsonl.resume").unlink(missing_ok=True)
+
+    async def rerun(folder):
         script = Script()
         try:
             outcome = counts(await go(folder, script, changed=policy))
         except ChangedJobsError:
             outcome = "refused"
-        results.append((sent(script), outcome))
+        return sent(script), outcome
+
+    results = await both_ways(tmp_path, before, rerun)
     assert results[0] == results[1]
     assert results[0][0] == []
 
 
 async def test_a_limited_rerun_counts_only_the_lines_it_read(tmp_path):
-    results = []
-    for use_index in (True, False):
-        folder = tmp_path / str(use_index)
-        folder.mkdir()
+    async def before(folder):
         write(folder / "in.jsonl", chat_jobs(10))
         await go(folder, failing(transient={1, 2}))
-        if not use_index:
-            (folder / "out.jsonl.resume").unlink()
+
+    async def rerun(folder):
         script = Script()
         stats = await go(folder, script, limit=1)
-        results.append((sent(script), counts(stats), stats.input_read))
+        return sent(script), counts(stats), stats.input_read
+
+    results = await both_ways(tmp_path, before, rerun)
     assert results[0] == results[1]
     assert results[0][:2] == ([1], (2, 1, 0, 1, {}, 3))
 
@@ -298,18 +309,18 @@ async def test_bom_crlf_blank_bad_and_unterminated_lines_are_decided_as_reading_
     jobs = chat_jobs(8)
     raw = (b"\xef\xbb\xbf" + b"\r\n".join(orjson.dumps(j) for j in jobs[:4])
            + b"\r\n\r\n  \nnot json\r\n" + b"\n".join(orjson.dumps(j) for j in jobs[4:]))
-    results = []
-    for use_index in (True, False):
-        folder = tmp_path / str(use_index)
-        folder.mkdir()
+
+    async def before(folder):
         (folder / "in.jsonl").write_bytes(raw)
         await go(folder, failing(transient={0, 7}, permanent={5}))
         assert (folder / "out.jsonl.resume").exists()
-        if not use_index:
-            (folder / "out.jsonl.resume").unlink()
+
+    async def rerun(folder):
         script = failing(transient={7})
         stats = await go(folder, script)
-        results.append((sent(script), counts(stats), stats.bad_lines))
+        return sent(script), counts(stats), stats.bad_lines
+
+    results = await both_ways(tmp_path, before, rerun)
     assert results[0] == results[1]
     assert results[0][0] == [0, 7]
 
