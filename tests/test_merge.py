@@ -2,13 +2,16 @@
 command itself."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
 from jobs.merge import merge_outputs
+from runner.cli.main import main
 from tests.conftest import ROOT
 
 
@@ -315,3 +318,20 @@ def test_merge_given_a_file_that_holds_no_jobs_writes_nothing_and_exits_2(tmp_pa
     result = _merge_cli(part, "-o", tmp_path / "all.jsonl", "--jobs", notes)
     assert result.exit_code == 2 and "does not look like a JSONL job file" in result.output
     assert not (tmp_path / "all.jsonl").exists()
+
+
+def test_an_output_that_is_a_pipe_is_refused_not_merged_empty(tmp_path):
+    # each output is read three times: a pipe (`runner merge <(cat a.jsonl) ...`) would read empty
+    # the second time and the merge would lose every job
+    line = orjson.dumps({"id": "r1", "custom_id": "j1",
+                         "response": {"status_code": 200, "body": {}}, "error": None})
+    read, write = os.pipe()
+    os.write(write, line + b"\n")
+    os.close(write)
+    merged = tmp_path / "m.jsonl"
+    try:
+        result = CliRunner().invoke(main, ["merge", f"/dev/fd/{read}", "-o", str(merged)])
+    finally:
+        os.close(read)
+    assert result.exit_code == 2 and "not a regular file" in result.output
+    assert not merged.exists()

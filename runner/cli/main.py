@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -328,6 +330,10 @@ def merge_command(outputs: tuple[Path, ...], merged: Path, jobs_path: str | None
     from runner.files.outputs import OutputLines, UnreadableOutput
     if merged.resolve() in {path.resolve() for path in outputs}:
         usage_error(f"{merged} is one of the outputs merged: write the merge elsewhere")
+    for path in outputs:  # each is read three times: a pipe would be empty the second time
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            usage_error(f"{path} is not a regular file: runner merge reads each output three "
+                        "times; save it to a file first")
     try:  # never over a job file (the one given, or any other), nor a compressed file
         check_output(jobs_path or "", merged)
     except CheckpointError as e:
