@@ -309,8 +309,9 @@ def _outputs(output: Path) -> list[Path]:
     return matches
 
 
-@main.command("merge", epilog="Exit codes: 0 written; 2 an OUTPUT or INPUT unreadable, or -o names "
-                              "one of them, the job file or another job file (nothing written); 3 "
+@main.command("merge", epilog="Exit codes: 0 written; 2 an OUTPUT or INPUT unreadable, an OUTPUT not "
+                              "a regular file (a pipe), or -o names one of them, the job file or "
+                              "another job file (nothing written); 3 "
                               "with --jobs: written, but jobs of INPUT have no line in any OUTPUT.")
 @click.argument("outputs", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
