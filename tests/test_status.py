@@ -133,6 +133,16 @@ def test_json_and_table_report_the_same_counts(files, capsys):
     assert "content_filter 1" in text and f"{inp}:4:" in text and "exit 3" in text
 
 
+def test_into_a_file_a_report_keeps_each_flagged_line_on_one_line_whatever_the_path(tmp_path,
+                                                                                    capsys):
+    deep = tmp_path / ("a-long-folder-name-" * 6) / ("another-one-" * 6)
+    deep.mkdir(parents=True)
+    inp = write(deep / "in.jsonl", [job("a"), b"junk"])
+    print_report(status_table(status(str(inp), deep / "out.jsonl")))
+    lines = capsys.readouterr().out.splitlines()
+    assert any(f"{inp}:2:" in line for line in lines), lines
+
+
 def test_status_over_the_shards_of_one_input_counts_each_job_once(tmp_path):
     from runner.report.status import status as status_of
 

@@ -18,6 +18,16 @@ def flag_notes(sample: FlagSample, what: str) -> list[Text]:
     return notes
 
 
+# Off a terminal nothing is wrapped: a `file:line` note stays on one line for grep, whatever the
+# length of the path (rich would wrap at 80 columns into a file or a pipe).
+UNWRAPPED_WIDTH = 10_000
+
+
 def print_report(renderable: Group, console: Console | None = None) -> None:
-    """Print a report to stdout (tables wider than the terminal wrap instead of being cut)."""
-    (console or Console()).print(renderable, highlight=False, soft_wrap=False)
+    """Print a report to stdout: on a terminal, tables wider than it wrap instead of being cut;
+    into a file or a pipe, no line is wrapped."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=UNWRAPPED_WIDTH)
+    console.print(renderable, highlight=False, soft_wrap=False)
