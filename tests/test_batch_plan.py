@@ -131,6 +131,26 @@ def test_the_journal_survives_a_torn_last_line_and_knows_what_is_open(tmp_path):
     third.close()
 
 
+def test_a_new_chunk_never_takes_the_id_of_one_the_journal_names_even_past_an_unreadable_line(
+        tmp_path):
+    out = tmp_path / "out.jsonl"
+    state = BatchState(out)
+    state.load()
+    state.open("0123456789abcdef")
+    for n in (1, 2, 3):
+        state.plan(Chunk(f"c{n:05d}", "/v1/chat/completions", "m", 5, [(f"j{n}", (f"j{n}",))]),
+                   b"{}\n")
+    state.record({"event": "created", "chunk": "c00003", "batch_id": "batch_3"})
+    state.close()
+    text = state.path.read_bytes()
+    cut = text.rfind(b"\n", 0, text.index(b"c00002")) + 1  # where c00002's planned line starts
+    state.path.write_bytes(text[:cut] + b"#" + text[cut + 1:])  # its "{": the line is not JSON
+    again = BatchState(out)
+    again.load()
+    assert sorted(again.chunks) == ["c00001", "c00003"]
+    assert again.next_chunk_id() == "c00004"  # not c00003, whose batch is open
+
+
 # -- the command line --------------------------------------------------------------------------------
 
 def test_estimate_via_batch_halves_the_cost_and_counts_batch_files(tmp_path):

@@ -120,6 +120,13 @@ def _counts(raw: list[Any]) -> tuple[int, int]:
     return len(raw), sum(1 if isinstance(item, str) else len(item[1]) for item in raw)
 
 
+def _chunk_number(chunk: Any) -> int:
+    """The number in a chunk id ("c00042" -> 42); 0 for anything else."""
+    if isinstance(chunk, str) and chunk[:1] == "c" and chunk[1:].isdigit():
+        return int(chunk[1:])
+    return 0
+
+
 def _lines_from(raw: list[Any]) -> list[tuple[str, tuple[str, ...]]]:
     out = []
     for item in raw:
@@ -144,6 +151,7 @@ class BatchState:
         self.token_limits: dict[str, int] = {}
         self.base_url: str | None = None  # where the batches of this output were sent
         self._in_flight: Counter[str] = Counter()  # tokens of open, created chunks per model
+        self._highest = 0  # the highest chunk number any event names: new chunks count on from it
         self._fd: int | None = None
         self._end = 0  # the journal's size: where the next event goes
         self._drafts: list[BinaryIO] = []  # draft files not planned (yet)
@@ -192,6 +200,7 @@ class BatchState:
     def _apply(self, e: dict[str, Any], at: int = -1, size: int = 0) -> None:
         """Apply one event, read from (or just written to) the journal at offset `at`."""
         kind = e.get("event")
+        self._highest = max(self._highest, _chunk_number(e.get("chunk")))
         chunk = self.chunks.get(e.get("chunk", ""))
         if kind == "run":
             self.run_id = self.run_id or e["run_id"]
@@ -268,7 +277,10 @@ class BatchState:
         return {cid: i for i, group in enumerate(self.groups) for cid in group}
 
     def next_chunk_id(self) -> str:
-        return f"c{len(self.chunks) + 1:05d}"
+        """A chunk id no event of the journal names (not even one whose "planned" line was lost
+        to a hand edit: counting the chunks loaded would give a later chunk's id again, and its
+        file and its batch would be taken for the new chunk's)."""
+        return f"c{self._highest + 1:05d}"
 
     def chunk_file(self, chunk: str) -> Path:
         return self.dir / f"{chunk}.jsonl"
