@@ -255,6 +255,28 @@ def test_a_fixed_permanent_failure_is_retried_with_retry_failed_not_refused():
         assert isinstance(decision, Pending) and decision.changed
 
 
+@pytest.mark.parametrize("via", ["live", "batch"])
+@pytest.mark.parametrize("retry", [["--retry-failed"], ["--retry-codes", "invalid_request"]])
+def test_a_failed_job_edited_then_retried_runs_and_is_not_refused(tmp_path, monkeypatch, via,
+                                                                  retry):
+    jobs_path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jobs(jobs_path, 3, kinds=("chat",))
+    old = orjson.loads(jobs_path.read_bytes().splitlines()[1])
+    out.write_bytes(orjson.dumps(error_record(
+        "job 1/ü", "invalid_request", "m", record_id="b", status=400,
+        fingerprint=fingerprint(old["url"], old["body"]))) + b"\n")
+    edit(jobs_path, {"job 1/ü"})  # the user fixes the failed prompt, then retries it
+    sim = Simulator(SimConfig(), batch=BatchConfig(lines_per_s=1000, validate_s=0.0, finalize_s=0.0))
+    with run_in_thread(simulator=sim) as base_url:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+        result = CliRunner().invoke(main, ["run", str(jobs_path), "-o", str(out), "--no-progress",
+                                           "--via", via, "--poll-every", "0.1", *retry])
+    assert result.exit_code == 0, result.output
+    last = {r["custom_id"]: r for r in read_results(out)}
+    assert all(r["error"] is None for r in last.values()) and len(last) == 3
+
+
 def test_retry_codes_from_the_command_line_reruns_only_those_failures(tmp_path, monkeypatch):
     jobs_path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jobs(jobs_path, 3, kinds=("chat",))

@@ -198,7 +198,9 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
                                         if chunk.status in FINAL_STATUSES))
         output.load(seen)
         if not config.cancel:
-            await output.check_changed(seen, config.changed, lambda: _items(config))
+            await output.check_changed(Intake(seen, retry_failed=config.retry_failed,
+                                              retry_codes=config.retry_codes,
+                                              changed=config.changed), lambda: _items(config))
         state.open(os.urandom(8).hex())
         try:
             state.use_endpoint(config.endpoint.base_url)

@@ -2,7 +2,7 @@
 
     async with OutputSession(input, output, log=...) as session:   guard, signals, lock
         report = session.load(state)       OUTPUT read into `state` (repaired, oddities logged)
-        await session.check_changed(...)   jobs edited since their results: refuse (exit 2)
+        await session.check_changed(intake, items)   jobs edited since their results: refuse (exit 2)
         checkpoint = session.open()        appending from here on
         ... the backend's loop, stopped by `session.stop` ...
         problem = await session.finish()   last sync, close
@@ -140,16 +140,18 @@ class OutputSession:
                       "jobs as they are now")
         return loaded
 
-    async def check_changed(self, state: OutputState, policy: ChangedPolicy,
+    async def check_changed(self, intake: Intake,
                             items: Callable[[], AsyncIterable[Job | BadLine | Duplicate]]) -> None:
         """Refuse the run (`ChangedJobsError`, exit 2) before anything is sent when jobs of INPUT
-        changed since their results and `policy` is REFUSE. INPUT is read once more for this, only
-        when OUTPUT holds fingerprinted results; stdin cannot be read twice: there the intake
-        stops the run at the first changed job it meets instead."""
-        if policy is not ChangedPolicy.REFUSE or not state.fingerprints or self.input == STDIN:
+        changed since their results and the run's `intake` would refuse them (its --changed
+        policy is REFUSE; a failure retried by --retry-failed or --retry-codes runs, edited or
+        not). INPUT is read once more for this, only when OUTPUT holds fingerprinted results;
+        stdin cannot be read twice: there the intake stops the run at the first changed job it
+        meets instead."""
+        if intake.changed is not ChangedPolicy.REFUSE or not intake.state.fingerprints \
+                or self.input == STDIN:
             return
         report = ChangedReport()
-        intake = Intake(state)
         try:
             async for item in items():
                 if self.stop.asked:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.intake import Intake
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate
 from jobs.results import OutputState
@@ -114,7 +115,10 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
                 session.load(state)
             if session.stop.asked:
                 return RunStats(stop_reason=session.stop.reason)
-            await session.check_changed(state, config.dispatch.changed, lambda: _items(config))
+            dispatch = config.dispatch
+            await session.check_changed(
+                Intake(state, retry_failed=dispatch.retry_failed, retry_codes=dispatch.retry_codes,
+                       changed=dispatch.changed), lambda: _items(config))
             checkpoint = session.open()
             if stamp is not None:
                 checkpoint.hasher = index.output_hasher if index is not None else \
