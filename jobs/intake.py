@@ -34,6 +34,7 @@ from jobs import codes, tokens
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate as DuplicateLine
 from jobs.results import Outcome, OutputState, changed, fingerprint, needs_run
+from jobs.settled import DONE, KEPT, Settled
 
 MAX_CHANGED_SHOWN = 5  # changed jobs named in the refusal; the rest are counted
 
@@ -113,6 +114,22 @@ class Run:
 
 
 Decision = Reject | Duplicate | Skip | Refuse | Pending
+
+
+def settle(settled: Settled, decision: Decision | Fail | Run) -> None:
+    """What the intake's decision says of its line, for `jobs.settled`: a job skipped as done or
+    as a kept failure is settled; a job kept though changed, or a duplicate id, leave decisions
+    that depend on more than a line's own state (no index of this run). A job sent settles when
+    its result is written (the backend's part)."""
+    match decision:
+        case Skip(job, SkipReason.DONE):
+            settled.set(job.line, DONE)
+        case Skip(job, SkipReason.KEPT_FAILED):
+            settled.set(job.line, KEPT)
+        case Skip():
+            settled.spoil("a job changed since the result it keeps")
+        case Duplicate():
+            settled.spoil("duplicate custom_ids")
 
 
 class Intake:

@@ -359,6 +359,72 @@ async def test_input_changed_after_the_check_is_not_read_by_that_run(tmp_path, m
         assert sent(script) == [3]
 
 
+# -- without an index: the check before the run settles the finished jobs ---------------------------
+
+async def test_without_an_index_each_finished_job_is_parsed_once_by_the_check_and_not_again(
+        tmp_path, monkeypatch):
+    write(tmp_path / "in.jsonl", chat_jobs(30))
+    await go(tmp_path, failing(permanent={4}))
+    (tmp_path / "out.jsonl.resume").unlink()  # as after a SIGKILL: OUTPUT must be read
+    write(tmp_path / "in.jsonl", [*chat_jobs(30), *chat_jobs(5, prefix="more")])
+    parsed = []
+    feed = JobReader.feed
+    monkeypatch.setattr(JobReader, "feed", lambda self, raw: parsed.append(raw) or feed(self, raw))
+    script = Script()
+    stats = await go(tmp_path, script)
+    assert sent(script) == [0, 1, 2, 3, 4]  # the new jobs, prompts q0..q4
+    assert counts(stats) == (35, 29, 1, 5, {}, 1)
+    assert len(parsed) == 35 + 5  # every line by the check, then only the 5 it left to run
+    assert (tmp_path / "out.jsonl.resume").exists()
+
+
+async def test_without_an_index_the_run_decides_as_reading_every_job_twice_would(tmp_path,
+                                                                               monkeypatch):
+    # done, kept, transient failures, new, bad and blank lines, with and without --retry-failed:
+    # the run settling from its check and the run deciding each line again agree
+    jobs = [*chat_jobs(20), "not json", "", *chat_jobs(4, prefix="more")]
+    text = b"".join((j if isinstance(j, str) else orjson.dumps(j).decode()).encode() + b"\n"
+                    for j in jobs)
+    results = []
+    for reuse in (True, False):
+        for retry_failed in (False, True):
+            folder = tmp_path / f"{reuse}-{retry_failed}"
+            folder.mkdir()
+            write(folder / "in.jsonl", chat_jobs(20))
+            await go(folder, failing(permanent={3, 11}, transient={5}))
+            (folder / "out.jsonl.resume").unlink()
+            (folder / "in.jsonl").write_bytes(text)
+            if not reuse:
+                monkeypatch.setattr("runner.live.run._checked_input", lambda *a: None)
+            script = failing(permanent={11})
+            stats = await go(folder, script, retry_failed=retry_failed)
+            monkeypatch.undo()
+            results.append((reuse, retry_failed, sent(script), counts(stats), stats.bad_lines))
+    assert [r[2:] for r in results[:2]] == [r[2:] for r in results[2:]]
+    assert results[0][2] == [0, 1, 2, 3, 5] and results[1][2] == [0, 1, 2, 3, 3, 5, 11]
+
+
+async def test_input_changed_while_the_run_skipped_checked_jobs_stops_it_resumable(tmp_path):
+    # the check settled job-0 as done; the producer edits job-0 while the run sends the new
+    # jobs: this run cannot vouch for job-0 any more (exit 3), the next one refuses it
+    write(tmp_path / "in.jsonl", chat_jobs(5))
+    await go(tmp_path, Script())
+    (tmp_path / "out.jsonl.resume").unlink()
+    edited = [{**chat_jobs(1)[0], "body": {**chat_jobs(1)[0]["body"], "max_tokens": 6}}]
+    write(tmp_path / "in.jsonl", [*chat_jobs(5), *chat_jobs(2, prefix="more")])
+
+    def edit_on_first_send(n, req, body):
+        if n == 1:
+            write(tmp_path / "in.jsonl", [*edited, *chat_jobs(5)[1:], *chat_jobs(2, prefix="more")])
+        return None
+
+    stats = await go(tmp_path, Script(edit_on_first_send))
+    assert stats.exit_code() == 3 and "changed while this run read it" in stats.stop_reason
+    assert not (tmp_path / "out.jsonl.resume").exists()
+    with pytest.raises(ChangedJobsError, match="job-0"):
+        await go(tmp_path, Script())
+
+
 def test_the_index_names_its_shard_and_both_files_digests(tmp_path):
     (tmp_path / "in.jsonl").write_bytes(b'{"a":1}\n')
     (tmp_path / "out.jsonl").write_bytes(b"x\n")

@@ -108,13 +108,15 @@ class Index:
     """A resume index found valid for this run: the lines' states; INPUT, open, the very file
     whose `input_bytes` were hashed (the run reads its jobs from it, never past that size, so a
     file renamed over INPUT or lines added to it meanwhile are not read); INPUT's digest; and
-    OUTPUT's hasher fed its whole content (to go on with what this run appends)."""
+    OUTPUT's hasher fed its whole content (to go on with what this run appends). Or the states
+    the run's own check of INPUT came to, before anything was sent (`runner.live.run`): then
+    no digest and no hasher, and INPUT's stamp vouches for it, checked again at the end."""
 
     settled: Settled
     input_file: BinaryIO
     input_bytes: int
-    input_sha256: str
-    output_hasher: Digest
+    input_sha256: str | None
+    output_hasher: Digest | None
 
     def close(self) -> None:
         self.input_file.close()

@@ -22,10 +22,11 @@ from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from types import TracebackType
 
-from jobs.intake import ChangedPolicy, ChangedReport, Intake, Refuse
+from jobs.intake import ChangedPolicy, ChangedReport, Intake, Refuse, settle
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate
 from jobs.results import OutputState
+from jobs.settled import Settled
 from runner.errors import ChangedJobsError, RunnerError
 from runner.files import checkpoint as ckpt
 from runner.files.guard import check_output
@@ -141,13 +142,15 @@ class OutputSession:
         return loaded
 
     async def check_changed(self, intake: Intake,
-                            items: Callable[[], AsyncIterable[Job | BadLine | Duplicate]]) -> None:
+                            items: Callable[[], AsyncIterable[Job | BadLine | Duplicate]],
+                            settled: Settled | None = None) -> None:
         """Refuse the run (`ChangedJobsError`, exit 2) before anything is sent when jobs of INPUT
         changed since their results and the run's `intake` would refuse them (its --changed
         policy is REFUSE; a failure retried by --retry-failed or --retry-codes runs, edited or
         not). INPUT is read once more for this, only when OUTPUT holds fingerprinted results;
         stdin cannot be read twice: there the intake stops the run at the first changed job it
-        meets instead."""
+        meets instead. `settled`, when given, is filled with what each line came to
+        (`jobs.intake.settle`), and `read_all` set once every item was decided."""
         if intake.changed is not ChangedPolicy.REFUSE or not intake.state.fingerprints \
                 or self.input == STDIN:
             return
@@ -156,12 +159,17 @@ class OutputSession:
             async for item in items():
                 if self.stop.asked:
                     return
-                if isinstance(item, Job) and isinstance(intake.decide(item), Refuse):
-                    report.add(item)
+                decision = intake.decide(item)
+                if isinstance(decision, Refuse):
+                    report.add(decision.job)
+                elif settled is not None:
+                    settle(settled, decision)
         except (RunnerError, ValueError, OSError):  # not a job file, unreadable: the backend's
             return                                  # own reading reports it as it always has
         if report.count:
             raise ChangedJobsError(report.message(input_name(self.input), str(self.output)))
+        if settled is not None:
+            settled.read_all = True
 
     def open(self) -> ckpt.Checkpoint:
         """Start appending to OUTPUT (created if need be)."""

@@ -440,7 +440,7 @@ class Dispatcher:
         if isinstance(decision, Pending):
             decision = intake.ready(decision)
             self.stats.count_decision(decision)
-        self._note_settled(decision)
+        intake_.settle(self.settled, decision)
         match decision:
             case Reject(bad):
                 self._log(str(bad))
@@ -470,19 +470,6 @@ class Dispatcher:
             states = self.settled.states
             self.stats.count_settled(states.count(DONE, first, end), states.count(KEPT, first, end))
         self._passed_to = max(first, line)
-
-    def _note_settled(self, decision: object) -> None:
-        """What the intake's decision says of its line, for the resume index (`jobs.settled`);
-        a job sent settles when its line is written (`_succeed`, `_fail_jobs`)."""
-        match decision:
-            case Skip(job, SkipReason.DONE):
-                self.settled.set(job.line, DONE)
-            case Skip(job, SkipReason.KEPT_FAILED):
-                self.settled.set(job.line, KEPT)
-            case Skip():
-                self.settled.spoil("a job changed since the result it keeps")
-            case intake_.Duplicate():
-                self.settled.spoil("duplicate custom_ids")
 
     async def _submit_all(self, requests: list[Request]) -> None:
         for request in requests:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,13 +117,16 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
             if session.stop.asked:
                 return RunStats(stop_reason=session.stop.reason)
             dispatch = config.dispatch
+            checked = Settled() if index is None and stamp is not None else None
             await session.check_changed(
                 Intake(state, retry_failed=dispatch.retry_failed, retry_codes=dispatch.retry_codes,
-                       changed=dispatch.changed), lambda: _items(config))
+                       changed=dispatch.changed), lambda: _items(config), checked)
+            if checked is not None:
+                index = _checked_input(config.input, stamp, checked)
             checkpoint = session.open()
             if stamp is not None:
-                checkpoint.hasher = index.output_hasher if index is not None else \
-                    await _output_hasher(checkpoint)
+                checkpoint.hasher = index.output_hasher if index is not None \
+                    and index.output_hasher is not None else await _output_hasher(checkpoint)
             settled = index.settled if index is not None else Settled()
             stats = None
             try:
@@ -137,6 +141,11 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
             if index is not None:
                 index.close()
         if stamp is not None:
+            if index is not None and index.input_sha256 is None and stats.stop_reason is None \
+                    and resume_index.InputStamp.of(config.input) != stamp:
+                stats.stop_reason = (f"{config.input} changed while this run read it (the jobs "
+                                     "it had checked were not read again): run again to check "
+                                     "every job")
             # a run stopped early leaves jobs it had started with their old lines in OUTPUT (a
             # kept failure retried, a changed job rerun): their states are not PENDING, nor known
             finished = problem is None and stats.stop_reason is None
@@ -173,6 +182,25 @@ async def _save_index(config: RunConfig, stamp: resume_index.InputStamp,
                 "reads OUTPUT whole")
     if appended:
         resume_index.discard(config.output)
+
+
+def _checked_input(path: str, stamp: resume_index.InputStamp, checked: Settled
+                   ) -> resume_index.Index | None:
+    """The check before the run read INPUT whole and settled its finished jobs: the run reads
+    only the lines left (as from a resume index), from INPUT opened now and no further than the
+    size checked, when INPUT is still the file it read (its stamp) and held no duplicate ids;
+    else None (the run reads INPUT whole again)."""
+    if not checked.read_all or checked.void is not None or not checked.states:
+        return None
+    try:
+        source = open(path, "rb", buffering=0)
+    except OSError:
+        return None
+    st = os.fstat(source.fileno())
+    if resume_index.InputStamp(st.st_size, st.st_mtime_ns, st.st_ino) != stamp:
+        source.close()
+        return None
+    return resume_index.Index(checked, source, stamp.size, None, None)
 
 
 def _items(config: RunConfig, index: resume_index.Index | None = None
