@@ -98,12 +98,12 @@ def parse_line(raw: bytes, line: int, path: str) -> Job | BadLine | None:
         return BadLine(path, line, reason, custom_id)
 
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return bad(f"invalid UTF-8 at byte {e.start}")
-    try:
-        obj = orjson.loads(raw)
+        obj = orjson.loads(raw)  # it refuses invalid UTF-8 too: said below, by byte
     except orjson.JSONDecodeError as e:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad_byte:
+            return bad(f"invalid UTF-8 at byte {bad_byte.start}")
         stripped = raw.strip()
         if stripped[:1] in (b"{", b"["):
             return bad(f"malformed or truncated JSON ({e})")
