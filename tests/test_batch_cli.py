@@ -93,7 +93,10 @@ def test_sigterm_exits_3_within_seconds_and_a_no_wait_run_carries_on(tmp_path):
         args = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--via", "batch",
                 "--base-url", base_url, "--log-file", str(log)]
         proc = cli(*args)  # --wait, polling every 10 s by default
-        time.sleep(2.0)
+        deadline = time.monotonic() + 30  # signalled once its batch runs (a loaded machine is slow)
+        while sim.batches.stats.created < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # the create's answer on its way back, the journal line written
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code, _, err = finish(proc, timeout=30)
