@@ -424,6 +424,7 @@ class Dispatcher:
                 if isinstance(item, (InputError, UnusableInput)):
                     raise item
                 if self._over_limit(item, intake):
+                    self._pass_settled(item.line)  # the settled lines before it were reached
                     break
                 await self._submit_all(self._admit(item, intake))
             if not self.stopping:
