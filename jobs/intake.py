@@ -159,7 +159,8 @@ class Intake:
         if isinstance(item, DuplicateLine):
             return Duplicate(item, not self.state.noted(item.custom_id))
         job = item if item.fingerprint is not None else Job(  # not dataclasses.replace: 2x dearer
-            item.custom_id, item.url, item.body, item.line, fingerprint(item.url, item.body))
+            custom_id=item.custom_id, url=item.url, body=item.body, line=item.line,
+            fingerprint=fingerprint(item.url, item.body))
         final = self.state.final(job.custom_id)  # one look at OUTPUT per job
         if final is None or final.outcome is Outcome.TRANSIENT:
             return Pending(job)

@@ -149,6 +149,11 @@ def test_a_new_chunk_never_takes_the_id_of_one_the_journal_names_even_past_an_un
     again.load()
     assert sorted(again.chunks) == ["c00001", "c00003"]
     assert again.next_chunk_id() == "c00004"  # not c00003, whose batch is open
+    with open(state.path, "ab") as f:  # a hand edit naming a chunk with no number
+        f.write('{"event": "polled", "chunk": "c²", "status": "x"}\n'.encode())
+    third = BatchState(out)
+    third.load()
+    assert third.next_chunk_id() == "c00004"
 
 
 # -- the command line --------------------------------------------------------------------------------

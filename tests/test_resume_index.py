@@ -404,6 +404,46 @@ async def test_without_an_index_the_run_decides_as_reading_every_job_twice_would
     assert results[0][2] == [0, 1, 2, 3, 5] and results[1][2] == [0, 1, 2, 3, 3, 5, 11]
 
 
+async def test_a_limited_rerun_counts_the_settled_jobs_before_the_one_it_holds_back(tmp_path,
+                                                                                 monkeypatch):
+    # job-1 done between job-0 (sent, the --limit) and job-2 (held back): counted as reached,
+    # from the check's states as from reading every line
+    results = []
+    for reuse in (True, False):
+        folder = tmp_path / str(reuse)
+        folder.mkdir()
+        write(folder / "in.jsonl", chat_jobs(3))
+        await go(folder, failing(transient={0, 2}))
+        (folder / "out.jsonl.resume").unlink(missing_ok=True)
+        if not reuse:
+            monkeypatch.setattr("runner.live.run._checked_input", lambda *a: None)
+        script = Script()
+        stats = await go(folder, script, limit=1)
+        monkeypatch.undo()
+        results.append((sent(script), counts(stats)))
+    assert results[0] == results[1] == ([0], (2, 1, 0, 1, {}, 3))
+
+
+async def test_the_eta_plans_the_lines_left_numbered_as_in_the_file(tmp_path):
+    # 20 bad lines among settled jobs are not "20 bad lines at the start" of a non-job file
+    from types import SimpleNamespace
+    from jobs.results import OutputState
+    from runner.live.run import _plan_work
+    rows = []
+    for job in chat_jobs(20):
+        rows += [orjson.dumps(job), b"not json"]
+    rows += [orjson.dumps(job) for job in chat_jobs(3, prefix="new")]
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(rows) + b"\n")
+    settled = Settled()
+    for line in range(1, 41, 2):
+        settled.set(line, DONE)
+    config = RunConfig(input=str(tmp_path / "in.jsonl"), output=tmp_path / "out.jsonl",
+                       endpoint=Endpoint(base_url="http://server.test/v1", api_key="sk-test"))
+    eta = SimpleNamespace(plan=None)
+    await _plan_work(config, OutputState(), eta, settled)
+    assert eta.plan is not None and eta.plan["gpt-4o-mini"].jobs == 3
+
+
 async def test_input_changed_while_the_run_skipped_checked_jobs_stops_it_resumable(tmp_path):
     # the check settled job-0 as done; the producer edits job-0 while the run sends the new
     # jobs: this run cannot vouch for job-0 any more (exit 3), the next one refuses it

@@ -122,7 +122,8 @@ def _counts(raw: list[Any]) -> tuple[int, int]:
 
 def _chunk_number(chunk: Any) -> int:
     """The number in a chunk id ("c00042" -> 42); 0 for anything else."""
-    if isinstance(chunk, str) and chunk[:1] == "c" and chunk[1:].isdigit():
+    if isinstance(chunk, str) and chunk[:1] == "c" and chunk[1:].isascii() \
+            and chunk[1:].isdecimal():
         return int(chunk[1:])
     return 0
 

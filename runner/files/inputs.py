@@ -300,11 +300,17 @@ async def read_unsettled(path: str, source: BinaryIO, size: int, settled: Settle
     reader.finish()
 
 
-def unsettled_lines(path: str, settled: Settled) -> Iterator[bytes]:
-    """The raw lines of INPUT that `settled` leaves to read (its PENDING lines), blocking."""
+def unsettled_items(path: str, settled: Settled) -> Iterator[Job | BadLine]:
+    """The items of INPUT's lines that `settled` leaves to read (its PENDING lines), numbered as
+    in the file, the others counted but never parsed (blocking; no duplicate check, as
+    `read_unsettled`)."""
+    reader = JobReader(input_name(path), duplicates=False)
     for number, raw in enumerate(input_lines(path), 1):
-        if not settled.is_settled(number):
-            yield raw
+        if settled.is_settled(number):
+            reader.skip(1)
+        elif (item := reader.feed(raw)) is not None:
+            yield item
+    reader.finish()
 
 
 class Rereader:

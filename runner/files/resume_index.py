@@ -118,6 +118,11 @@ class Index:
     input_sha256: str | None
     output_hasher: Digest | None
 
+    @property
+    def from_check(self) -> bool:
+        """The states of the run's own check, vouched for by INPUT's stamp alone."""
+        return self.input_sha256 is None
+
     def close(self) -> None:
         self.input_file.close()
 

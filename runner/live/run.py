@@ -141,7 +141,7 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
             if index is not None:
                 index.close()
         if stamp is not None:
-            if index is not None and index.input_sha256 is None and stats.stop_reason is None \
+            if index is not None and index.from_check and stats.stop_reason is None \
                     and resume_index.InputStamp.of(config.input) != stamp:
                 stats.stop_reason = (f"{config.input} changed while this run read it (the jobs "
                                      "it had checked were not read again): run again to check "
@@ -316,10 +316,9 @@ async def _plan_work(config: RunConfig, state: OutputState, eta: Eta,
     def plan() -> dict[str, Any]:
         from jobs.estimate import work_plan
         from jobs.reader import read_jobs
-        from runner.files.inputs import input_lines, input_name, unsettled_lines
-        lines = input_lines(config.input) if settled is None else \
-            unsettled_lines(config.input, settled)
-        items = read_jobs(lines, input_name(config.input))
+        from runner.files.inputs import input_lines, input_name, unsettled_items
+        items = read_jobs(input_lines(config.input), input_name(config.input)) if settled is None \
+            else unsettled_items(config.input, settled)
         if config.shard is not None:
             items = (i for i in items if config.shard.holds(getattr(i, "custom_id", None)))
         return work_plan(items, state)
