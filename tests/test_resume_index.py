@@ -375,7 +375,8 @@ async def test_without_an_index_each_finished_job_is_parsed_once_by_the_check_an
     assert sent(script) == [0, 1, 2, 3, 4]  # the new jobs, prompts q0..q4
     assert counts(stats) == (35, 29, 1, 5, {}, 1)
     assert len(parsed) == 35 + 5  # every line by the check, then only the 5 it left to run
-    assert (tmp_path / "out.jsonl.resume").exists()
+    parsed.clear()  # the index it left (INPUT's digest: the check's) answers the next run
+    assert counts(await go(tmp_path, Script())) == (35, 34, 1, 0, {}, 1) and parsed == []
 
 
 async def test_without_an_index_the_run_decides_as_reading_every_job_twice_would(tmp_path,
@@ -444,25 +445,43 @@ async def test_the_eta_plans_the_lines_left_numbered_as_in_the_file(tmp_path):
     assert eta.plan is not None and eta.plan["gpt-4o-mini"].jobs == 3
 
 
-async def test_input_changed_while_the_run_skipped_checked_jobs_stops_it_resumable(tmp_path):
-    # the check settled job-0 as done; the producer edits job-0 while the run sends the new
-    # jobs: this run cannot vouch for job-0 any more (exit 3), the next one refuses it
+@pytest.mark.parametrize("change", ["same size and time", "touch"])
+async def test_input_changed_after_the_check_stops_the_run_resumable_only_if_its_bytes_did(
+        tmp_path, monkeypatch, change):
+    # the check settled job-0 as done; the producer edits job-0 (same size, the modification
+    # time put back) before the run reads INPUT again: the run's own digest of what it read
+    # differs from the check's: exit 3, and the next run refuses job-0. A touch changes nothing.
+    import os
+    from runner.files.session import OutputSession
     write(tmp_path / "in.jsonl", chat_jobs(5))
     await go(tmp_path, Script())
     (tmp_path / "out.jsonl.resume").unlink()
-    edited = [{**chat_jobs(1)[0], "body": {**chat_jobs(1)[0]["body"], "max_tokens": 6}}]
-    write(tmp_path / "in.jsonl", [*chat_jobs(5), *chat_jobs(2, prefix="more")])
+    path = tmp_path / "in.jsonl"
+    write(path, [*chat_jobs(5), *chat_jobs(2, prefix="more")])
+    check = OutputSession.check_changed
 
-    def edit_on_first_send(n, req, body):
-        if n == 1:
-            write(tmp_path / "in.jsonl", [*edited, *chat_jobs(5)[1:], *chat_jobs(2, prefix="more")])
-        return None
+    async def check_then_edit(self, *args, **kwargs):
+        await check(self, *args, **kwargs)
+        st = os.stat(path)
+        if change == "touch":
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        else:
+            path.write_bytes(path.read_bytes().replace(b'"q0"', b'"x0"', 1))
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
-    stats = await go(tmp_path, Script(edit_on_first_send))
-    assert stats.exit_code() == 3 and "changed while this run read it" in stats.stop_reason
+    monkeypatch.setattr(OutputSession, "check_changed", check_then_edit)
+    script = Script()
+    stats = await go(tmp_path, script)
+    monkeypatch.undo()
+    assert sent(script) == [0, 1]  # the two new jobs, in either case
     assert not (tmp_path / "out.jsonl.resume").exists()
-    with pytest.raises(ChangedJobsError, match="job-0"):
-        await go(tmp_path, Script())
+    if change == "touch":
+        assert stats.exit_code() == 0
+        assert (await go(tmp_path, Script())).exit_code() == 0
+    else:
+        assert stats.exit_code() == 3 and "changed while this run read it" in stats.stop_reason
+        with pytest.raises(ChangedJobsError, match="job-0"):
+            await go(tmp_path, Script())
 
 
 def test_the_index_names_its_shard_and_both_files_digests(tmp_path):

@@ -23,7 +23,7 @@ import os
 import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import aiofiles.threadpool
 import orjson
@@ -270,18 +270,33 @@ async def read_items(path: str) -> AsyncIterator[Job | BadLine | Duplicate]:
         reader.finish()
 
 
-async def read_unsettled(path: str, source: BinaryIO, size: int, settled: Settled
-                         ) -> AsyncIterator[Job | BadLine]:
+class Digest(Protocol):
+    """A running SHA-256 (`hashlib.sha256()`): what a file's digest is carried on in."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+async def read_unsettled(path: str, source: BinaryIO, size: int, settled: Settled, *,
+                         duplicates: bool = False, hasher: Digest | None = None
+                         ) -> AsyncIterator[Job | BadLine | Duplicate]:
     """The items of INPUT's lines that `settled` (a resume index) leaves to read, in file order,
     read from `source` (INPUT, open; its first `size` bytes, the ones the index vouches for, and
     no further). Its DONE and KEPT lines are numbered but never parsed, runs of them a chunk at a
-    time. No duplicate check: the index vouches that INPUT holds none."""
-    reader = JobReader(input_name(path), duplicates=False)
+    time. No duplicate check (the index vouches that INPUT holds none) unless `duplicates`, for
+    a `settled` with nothing settled: every line read, as `read_items` reads it. `hasher` is fed
+    every byte read."""
+    reread = Rereader(source.fileno()) if duplicates else None
+    reader = JobReader(input_name(path), reread=reread, duplicates=duplicates,
+                       expected_lines=None if reread is None else reread.lines())
     lines = LineSplitter()
     chunks = aiofiles.threadpool.wrap(source)
     left = size
     while left > 0 and (chunk := await chunks.read(min(CHUNK, left))):
         left -= len(chunk)
+        if hasher is not None:
+            hasher.update(chunk)
         data = lines.whole(chunk)
         count = data.count(b"\n")
         if settled.settled_from(reader.line + 1, count):

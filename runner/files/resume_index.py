@@ -28,7 +28,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 import orjson
 
@@ -36,7 +36,7 @@ from jobs.settled import KEPT, Settled
 from jobs.shard import Shard
 from runner.files.atomic import write_atomically
 from runner.files.compression import MAGIC_BYTES, sniff
-from runner.files.inputs import STDIN
+from runner.files.inputs import STDIN, Digest
 
 VERSION = 1
 SUFFIX = ".resume"
@@ -72,14 +72,6 @@ class InputStamp:
         return InputStamp(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-class Digest(Protocol):
-    """A running SHA-256 (`hashlib.sha256()`): what OUTPUT's digest is carried on in."""
-
-    def update(self, data: bytes, /) -> None: ...
-
-    def hexdigest(self) -> str: ...
-
-
 def file_sha256(path: str | Path, size: int) -> Digest:
     """A sha256 hasher fed the first `size` bytes of `path` (blocking). OSError when unreadable;
     ValueError when the file is shorter."""
@@ -108,20 +100,23 @@ class Index:
     """A resume index found valid for this run: the lines' states; INPUT, open, the very file
     whose `input_bytes` were hashed (the run reads its jobs from it, never past that size, so a
     file renamed over INPUT or lines added to it meanwhile are not read); INPUT's digest; and
-    OUTPUT's hasher fed its whole content (to go on with what this run appends). Or the states
-    the run's own check of INPUT came to, before anything was sent (`runner.live.run`): then
-    no digest and no hasher, and INPUT's stamp vouches for it, checked again at the end."""
+    OUTPUT's hasher fed its whole content (to go on with what this run appends).
+
+    Or the states the run's own check of INPUT came to before anything was sent
+    (`runner.live.run`): then INPUT's digest is that of the bytes the check read, no OUTPUT
+    hasher, and `reread` is fed what the run reads again, to be compared at the end."""
 
     settled: Settled
     input_file: BinaryIO
     input_bytes: int
-    input_sha256: str | None
+    input_sha256: str
     output_hasher: Digest | None
+    reread: Digest | None = None
 
     @property
     def from_check(self) -> bool:
-        """The states of the run's own check, vouched for by INPUT's stamp alone."""
-        return self.input_sha256 is None
+        """The states of the run's own check (see above)."""
+        return self.reread is not None
 
     def close(self) -> None:
         self.input_file.close()

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from jobs.intake import Intake
 from jobs.job import Job
@@ -105,11 +106,13 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
                              secrets=(config.endpoint.api_key,),
                              handle_signals=handle_signals) as session:
         stamp = resume_index.InputStamp.of(config.input)  # None: INPUT can have no index
-        index = None
+        index = source = None
         if stamp is not None:
             retrying = config.dispatch.retry_failed or bool(config.dispatch.retry_codes)
             index = await asyncio.to_thread(resume_index.load, config.output, config.input,
                                             config.shard, retrying=retrying)
+            if index is None:
+                source = _open_stamped(config.input, stamp)
         try:
             state = OutputState()  # left empty when the index answers: OUTPUT is not read
             if index is None:
@@ -117,12 +120,20 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
             if session.stop.asked:
                 return RunStats(stop_reason=session.stop.reason)
             dispatch = config.dispatch
-            checked = Settled() if index is None and stamp is not None else None
-            await session.check_changed(
-                Intake(state, retry_failed=dispatch.retry_failed, retry_codes=dispatch.retry_codes,
-                       changed=dispatch.changed), lambda: _items(config), checked)
-            if checked is not None:
-                index = _checked_input(config.input, stamp, checked)
+            intake = Intake(state, retry_failed=dispatch.retry_failed,
+                            retry_codes=dispatch.retry_codes, changed=dispatch.changed)
+            if source is None:
+                await session.check_changed(intake, lambda: _items(config))
+            else:  # the check reads the file the run will read, and settles its finished jobs
+                checked, digest = Settled(), hashlib.sha256()
+                try:
+                    await session.check_changed(intake, lambda: _only_shard(config, read_unsettled(
+                        config.input, source, stamp.size, Settled(), duplicates=True,
+                        hasher=digest)), checked)
+                except BaseException:
+                    source.close()
+                    raise
+                index = _checked_input(source, stamp, checked, digest)
             checkpoint = session.open()
             if stamp is not None:
                 checkpoint.hasher = index.output_hasher if index is not None \
@@ -142,7 +153,7 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
                 index.close()
         if stamp is not None:
             if index is not None and index.from_check and stats.stop_reason is None \
-                    and resume_index.InputStamp.of(config.input) != stamp:
+                    and settled.read_all and index.reread.hexdigest() != index.input_sha256:
                 stats.stop_reason = (f"{config.input} changed while this run read it (the jobs "
                                      "it had checked were not read again): run again to check "
                                      "every job")
@@ -184,14 +195,8 @@ async def _save_index(config: RunConfig, stamp: resume_index.InputStamp,
         resume_index.discard(config.output)
 
 
-def _checked_input(path: str, stamp: resume_index.InputStamp, checked: Settled
-                   ) -> resume_index.Index | None:
-    """The check before the run read INPUT whole and settled its finished jobs: the run reads
-    only the lines left (as from a resume index), from INPUT opened now and no further than the
-    size checked, when INPUT is still the file it read (its stamp) and held no duplicate ids;
-    else None (the run reads INPUT whole again)."""
-    if not checked.read_all or checked.void is not None or not checked.states:
-        return None
+def _open_stamped(path: str, stamp: resume_index.InputStamp) -> BinaryIO | None:
+    """INPUT opened, when it is still the file `stamp` describes; else None."""
     try:
         source = open(path, "rb", buffering=0)
     except OSError:
@@ -200,7 +205,27 @@ def _checked_input(path: str, stamp: resume_index.InputStamp, checked: Settled
     if resume_index.InputStamp(st.st_size, st.st_mtime_ns, st.st_ino) != stamp:
         source.close()
         return None
-    return resume_index.Index(checked, source, stamp.size, None, None)
+    return source
+
+
+def _checked_input(source: BinaryIO, stamp: resume_index.InputStamp, checked: Settled,
+                   digest: resume_index.Digest) -> resume_index.Index | None:
+    """When the check before the run read INPUT whole (`source`, its first `stamp.size` bytes)
+    and settled finished jobs in a file without duplicate ids: the run reads only the lines left
+    (as from a resume index), from the start of the same file, as far, hashing what it reads
+    again to compare with the check's `digest` at the end. Else None, `source` closed: the run
+    reads INPUT whole again."""
+    if not checked.read_all or checked.void is not None or not checked.states:
+        source.close()
+        return None
+    source.seek(0)
+    return resume_index.Index(checked, source, stamp.size, digest.hexdigest(), None,
+                              reread=hashlib.sha256())
+
+
+def _only_shard(config: RunConfig, items: AsyncIterator[Job | BadLine | Duplicate]
+                ) -> AsyncIterator[Job | BadLine | Duplicate]:
+    return items if config.shard is None else config.shard.only(items)
 
 
 def _items(config: RunConfig, index: resume_index.Index | None = None
@@ -210,8 +235,9 @@ def _items(config: RunConfig, index: resume_index.Index | None = None
     if index is None:
         items = read_items(config.input)
     else:
-        items = read_unsettled(config.input, index.input_file, index.input_bytes, index.settled)
-    return items if config.shard is None else config.shard.only(items)
+        items = read_unsettled(config.input, index.input_file, index.input_bytes, index.settled,
+                               hasher=index.reread)
+    return _only_shard(config, items)
 
 
 async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Checkpoint,
