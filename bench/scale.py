@@ -58,7 +58,8 @@ def job_file(work: Path, n: int) -> Path:
 
 
 def runner(*args: str, kill_when: Path | None = None, kill_at: int = 0) -> dict:
-    """One `python -m runner` process: exit code, wall seconds, peak RSS (MB)."""
+    """One `python -m runner` process: exit code, wall seconds, CPU seconds (user and system:
+    steadier than wall time on a shared machine), peak RSS (MB)."""
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT,
                             env={**os.environ, "OPENAI_API_KEY": "sk-bench",
@@ -73,7 +74,7 @@ def runner(*args: str, kill_when: Path | None = None, kill_at: int = 0) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     err = proc.stderr.read().decode() if proc.stderr else ""
     return {"code": os.waitstatus_to_exitcode(status), "wall": time.perf_counter() - started,
-            "rss": usage.ru_maxrss / 1024, "err": err}
+            "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss / 1024, "err": err}
 
 
 def once_each(output: Path, n: int) -> bool:
@@ -122,7 +123,7 @@ def main() -> None:
         rate = items / r["wall"] if r["wall"] else 0
         rows.append((step, r["code"], r["wall"], rate, what, r["rss"]))
         print(f"{step:8} exit {r['code']}  {r['wall']:7.1f} s  {rate:>10,.0f} {what}/s  "
-              f"peak RSS {r['rss']:6.0f} MB", flush=True)
+              f"CPU {r['cpu']:7.1f} s  peak RSS {r['rss']:6.0f} MB", flush=True)
         if r["code"] not in (0,) and step != "kill":
             print(r["err"][-2000:], file=sys.stderr)
 

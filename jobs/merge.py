@@ -20,9 +20,9 @@ The picture. The lines of all outputs, laid end to end, are numbered from 0 (as
     all lines, a third     at each first line, the id's winning line: the line itself when it
     time (`lines`)         wins, else read back by number
 
-Memory: one 8-byte slot per id at a time (`jobs.idtable.IdTable`, at most 75 % full, sized by
-the outputs' ids added up: an id held by k outputs counts k times), four bits a line, and what
-the source keeps to read a line back; never an id, a line or a body. Exact whatever the
+Memory: one 8-byte slot per id at a time (`jobs.idtable.IdTable`, reserved for the outputs' ids
+added up: an id held by k outputs counts k times), four bits a line, and what the source keeps
+to read a line back; never an id, a line or a body. Exact whatever the
 digests: every id a table matches is read back from its line and compared (`IdTable`). The
 first reading parses every line (`verdict`); the others take a result line's id from runner's
 head when that is exact (`result_id`).
@@ -35,7 +35,7 @@ from typing import Protocol
 
 import orjson
 
-from jobs.idtable import MAX_LOAD, IdTable, default_digest
+from jobs.idtable import IdTable, default_digest
 from jobs.results import Outcome, record_outcome
 
 __all__ = ["Merge", "MemoryOutputs", "MergeSource", "merge_outputs", "result_id", "verdict"]
@@ -134,7 +134,8 @@ class Merge:
         self._ids = 0    # ids added up over the outputs (an id in two outputs counts twice)
         for k in range(len(source)):
             self._scan_output(source.output(k))
-        self._table = IdTable(self._id_at, digest=digest, slots=int(self._ids / MAX_LOAD) + 1)
+        self._table = IdTable(self._id_at, digest=digest)
+        self._table.reserve(self._ids)
         self._settle()
 
     def _id_at(self, position: int) -> str | None:

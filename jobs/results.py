@@ -250,7 +250,7 @@ class OutputState:
     """What an existing output says of each custom_id: the last line wins (a duplicate note is
     never a job's result: it only marks the id as noted).
 
-    Memory: one 8-byte slot per id (`jobs.idtable.IdTable`: at most 11 to 21 bytes an id), never
+    Memory: one 8-byte slot per id (`jobs.idtable.IdTable`: 9.4 to 19 bytes an id), never
     an id, a fingerprint or a body. What a line says is read back from `lines` (OUTPUT itself,
     by byte offset, for a run) when asked, so it is exact: an id is matched by comparing it with
     the id its line names, whatever the digests. Each question costs one read of that line.

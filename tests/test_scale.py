@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from jobs.idtable import IdTable
+from jobs.idtable import RESERVE_LOAD, IdTable
 from jobs.intake import Intake, Pending, Skip, SkipReason
 from jobs.job import Job
 from jobs.results import (
@@ -229,11 +229,11 @@ def test_the_readers_and_outputs_tables_are_sized_once_for_a_file(tmp_path):
         first = reader._first_line.nbytes
         for raw in jobs.read_bytes().splitlines():
             reader.feed(raw)
-        assert reader._first_line.nbytes == first == 8 * 8192  # 5,000 ids at most 75 % full
+        assert reader._first_line.nbytes == first == 8 * (int(5000 / RESERVE_LOAD) + 1)
     out = tmp_path / "out.jsonl"
     out.write_bytes(b"".join(orjson.dumps(success_record(f"job-{i}", {"data": []}, record_id="r",
                                                          request_id=None)) + b"\n"
                              for i in range(5000)))
     state = OutputState()
     scan(out, state)
-    assert len(state.done) == 5000 and state._results.nbytes == 8 * 8192
+    assert len(state.done) == 5000 and state._results.nbytes == 8 * (int(5000 / RESERVE_LOAD) + 1)
