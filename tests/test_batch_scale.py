@@ -2,6 +2,8 @@
 digests, and a digest that collides delays a job, never sends it twice."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 
 from jobs.digests import DigestSet
@@ -88,3 +90,27 @@ def test_draft_files_never_planned_are_removed_on_close_or_by_the_next_run(tmp_p
     again.open("ffffffffffffffff")
     assert sorted(p.name for p in again.dir.iterdir()) == ["c1.jsonl"]
     again.close()
+
+
+def test_a_batch_file_is_uploaded_from_its_chunk_file_not_from_memory(loop, tmp_path, sim_factory):
+    from runner.api.transport import FileBody
+    from tests.test_batch_e2e import run_intercepted
+    jobs = write_jobs(tmp_path / "in.jsonl", 30, kinds=("chat",))
+    sim = sim_factory()
+    uploads = []
+
+    def look(request):
+        if request.method == "POST" and request.url.endswith("/files"):
+            body = request.body
+            assert isinstance(body, FileBody)  # streamed by the sender: never read whole
+            chunk_file = Path(body.path)
+            assert chunk_file.parent == tmp_path / "out.jsonl.batches.d"
+            assert body.size == chunk_file.stat().st_size
+            uploads.append(body.read())
+        return None
+
+    stats = loop.run_until_complete(run_intercepted(loop, sim, tmp_path, look, max_requests=12))
+    assert stats.exit_code() == EXIT_OK and len(uploads) == 3
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+    sent = b"".join(uploads)
+    assert all(f'"custom_id":"{job["custom_id"]}"'.encode() in sent for job in jobs)

@@ -525,8 +525,11 @@ class _Engine:
                                "counts": counts})
 
     async def upload(self, chunk: Chunk) -> None:
+        """Upload the chunk's input file, streamed from disk (up to `--batch-max-bytes`: never
+        read whole), and record its file id."""
+        path = self.state.chunk_file(chunk.chunk)
         try:
-            data = self.state.chunk_file(chunk.chunk).read_bytes()
+            size = path.stat().st_size
         except OSError:  # planned, but its file is gone: nothing was sent with it
             self.state.close_chunk(chunk, "abandoned", retry=[], bisect=[],
                                    note="its local input file is gone")
@@ -534,9 +537,9 @@ class _Engine:
         name = self.file_name(chunk)
         file = None
         if chunk.chunk not in self.planned_here:  # an earlier run may have uploaded it unrecorded
-            file = await self.uploaded_unrecorded(chunk, len(data))
+            file = await self.uploaded_unrecorded(chunk, size)
         if file is None:
-            file = await self.call(f"upload {chunk.chunk}", lambda: self.client.upload(name, data))
+            file = await self.call(f"upload {chunk.chunk}", lambda: self.client.upload(name, path))
         self.state.record({"event": "uploaded", "chunk": chunk.chunk, "file_id": file["id"]})
         self.fresh.add(chunk.chunk)
         if file.get("status") not in FILE_PENDING:
