@@ -18,8 +18,8 @@ from tests.test_e2e import assert_exactly_once, read_results, write_jobs
 class Colliding(DigestSet):
     """Every string has the same digest: once one job is in, every job is."""
 
-    def __init__(self, items=(), *, digest=None):
-        super().__init__(items, digest=lambda text: 7)
+    def __init__(self, items=(), *, digest=None, expected=0):
+        super().__init__(items, digest=lambda text: 7, expected=expected)
 
 
 def test_a_loaded_journal_keeps_no_job_of_an_open_chunk_and_reads_them_back_exactly(tmp_path):
