@@ -114,3 +114,30 @@ def test_a_batch_file_is_uploaded_from_its_chunk_file_not_from_memory(loop, tmp_
     assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
     sent = b"".join(uploads)
     assert all(f'"custom_id":"{job["custom_id"]}"'.encode() in sent for job in jobs)
+
+
+def test_input_is_read_again_only_when_a_closed_batch_left_jobs_without_their_line(
+        loop, tmp_path, sim_factory, monkeypatch):
+    from runner.batch import run as batch_run
+    reads = []
+    items = batch_run._items
+
+    def counted(config):
+        reads.append(config.input)
+        return items(config)
+
+    monkeypatch.setattr(batch_run, "_items", counted)
+    jobs = write_jobs(tmp_path / "in.jsonl", 30, kinds=("chat",))
+    sim = sim_factory()
+    assert run(loop, sim, tmp_path, max_requests=12).exit_code() == EXIT_OK  # 3 batches
+    assert len(reads) == 1  # every job answered: nothing to plan again
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+
+    reads.clear()
+    other = tmp_path / "expiring"
+    other.mkdir()
+    jobs = write_jobs(other / "in.jsonl", 30, kinds=("chat",))
+    sim = sim_factory(batch=BatchConfig(lines_per_s=100, expire_after_lines=8))
+    assert run(loop, sim, other).exit_code() == EXIT_OK
+    assert len(reads) > 1  # lines of expired batches never ran: planned again
+    assert_exactly_once(jobs, read_results(other / "out.jsonl"))
