@@ -114,7 +114,7 @@ def test_the_journal_survives_a_torn_last_line_and_knows_what_is_open(tmp_path):
     assert [c.batch_id for c in again.open_chunks()] == ["batch_1"]
     busy = again.busy_jobs()
     assert all(cid in busy for cid in "abc") and "d" not in busy and again.tokens_in_flight("m") == 10
-    assert list(again.planned(again.chunks["c00001"]).lines) == [("a", ("a",)), ("p1", ("b", "c"))]
+    assert again.planned(again.chunks["c00001"]).lines == [("a", ("a",)), ("p1", ("b", "c"))]
     assert again.run_id == "0123456789abcdef"
     again.open("ffffffffffffffff")  # an existing journal keeps its run id
     again.close_chunk(again.chunks["c00001"], "completed", retry=["b"], bisect=[["b"], ["c"]])

@@ -36,10 +36,8 @@ def test_a_loaded_journal_keeps_no_job_of_an_open_chunk_and_reads_them_back_exac
     chunk = again.chunks["c1"]
     assert (chunk.lines, chunk.fingerprints, chunk.line_count, chunk.job_count) == ([], {}, 501, 502)
     planned = again.planned(chunk)
-    assert list(planned.lines) == lines and planned.fingerprints == {"x": "f1", "j3": "f2"}
-    assert len(planned.lines) == 501 and planned.lines[3] == ("j3", ("j3",))
-    assert planned.lines[-1] == ("runner-pack-1-x", ("x", "y"))
-    assert list(again.planned(again.chunks["c2"]).lines) == [("z", ("z",))]
+    assert planned.lines == lines and planned.fingerprints == {"x": "f1", "j3": "f2"}
+    assert again.planned(again.chunks["c2"]).lines == [("z", ("z",))]
     busy = again.busy_jobs()
     assert all(f"j{i}" in busy for i in range(500)) and "x" in busy and "y" in busy
     assert "j500" not in busy and busy.nbytes < 8 * 4 * 503  # 8 bytes a slot, not a str a job

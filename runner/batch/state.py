@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -97,33 +97,12 @@ class Chunk:
             self.job_count = sum(len(ids) for _, ids in self.lines)
 
 
-class PlannedLines(Sequence[tuple[str, tuple[str, ...]]]):
-    """A "planned" event's `lines` as (line id, the custom_ids it carries), each made when it is
-    read: a chunk's 50,000 lines cost the event's own strings and lists, not two tuples more a
-    line."""
-
-    __slots__ = ("_raw",)
-
-    def __init__(self, raw: list[Any]) -> None:
-        self._raw = raw
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-    def __getitem__(self, index: int) -> tuple[str, tuple[str, ...]]:  # type: ignore[override]
-        return _line(self._raw[index])
-
-    def __iter__(self) -> Iterator[tuple[str, tuple[str, ...]]]:
-        for item in self._raw:
-            yield _line(item)
-
-
 @dataclass(frozen=True, slots=True)
 class Planned:
     """A chunk's lines (line id, the custom_ids it carries) and its jobs' fingerprints, as its
     "planned" line in the journal has them."""
 
-    lines: PlannedLines
+    lines: list[tuple[str, tuple[str, ...]]]
     fingerprints: dict[str, str]
 
     @property
@@ -141,11 +120,14 @@ def _counts(raw: list[Any]) -> tuple[int, int]:
     return len(raw), sum(1 if isinstance(item, str) else len(item[1]) for item in raw)
 
 
-def _line(item: Any) -> tuple[str, tuple[str, ...]]:
-    """One item of a "planned" event's `lines` (see `_lines_json`) as (line id, its custom_ids)."""
-    if isinstance(item, str):
-        return item, (item,)
-    return item[0], tuple(item[1])
+def _lines_from(raw: list[Any]) -> list[tuple[str, tuple[str, ...]]]:
+    out = []
+    for item in raw:
+        if isinstance(item, str):
+            out.append((item, (item,)))
+        else:
+            out.append((item[0], tuple(item[1])))
+    return out
 
 
 class BatchState:
@@ -261,7 +243,7 @@ class BatchState:
             raise CheckpointError(f"{self.path}: chunk {chunk.chunk}'s planned line is not where "
                                   "it was (the file was changed while in use)")
         printed = event.get("fingerprints")
-        return Planned(PlannedLines(event["lines"]), printed if isinstance(printed, dict) else {})
+        return Planned(_lines_from(event["lines"]), printed if isinstance(printed, dict) else {})
 
     def jobs_of(self, chunks: Iterable[Chunk]) -> DigestSet:
         """The jobs of `chunks`, as digests (8 bytes a slot): a job of theirs is always `in`; any
