@@ -34,9 +34,15 @@ class DigestSet:
     __slots__ = ("_slots", "_count", "_digest")
 
     def __init__(self, items: Iterable[str] = (), *,
-                 digest: Callable[[str], int] = default_digest) -> None:
+                 digest: Callable[[str], int] = default_digest, expected: int = 0) -> None:
+        """`expected`: how many strings will be added, when known: the table is then allocated
+        once for them, instead of doubling on the way (its last doubling holds the old slots
+        and the new, half again of its memory, at once)."""
         self._digest = digest
-        self._slots = array("Q", bytes(8 * MIN_SLOTS))
+        size = MIN_SLOTS
+        while size * MAX_LOAD < expected:
+            size <<= 1
+        self._slots = array("Q", bytes(8 * size))
         self._count = 0
         for item in items:
             self.add(item)

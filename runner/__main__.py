@@ -9,11 +9,17 @@ whatever is still alive at the end of a successful command is frozen too: the pr
 it. (After a failure the final collections run in full, so asyncio's and aiohttp's warnings about
 what was left open still show.) The command itself
 closes what it opened (output, lock, log file, HTTP session) before it returns.
+
+Large blocks a command frees go back to the system as they are freed (`runner.heap`): a run's
+peak memory is what it holds, not what glibc kept of what it held before.
 """
 import gc
 
+from runner.heap import return_freed_memory
+
 
 def main() -> None:
+    return_freed_memory()
     gc.disable()
     try:
         from runner.cli.main import main as command

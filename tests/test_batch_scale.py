@@ -2,6 +2,8 @@
 digests, and a digest that collides delays a job, never sends it twice."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 
 from jobs.digests import DigestSet
@@ -16,8 +18,8 @@ from tests.test_e2e import assert_exactly_once, read_results, write_jobs
 class Colliding(DigestSet):
     """Every string has the same digest: once one job is in, every job is."""
 
-    def __init__(self, items=(), *, digest=None):
-        super().__init__(items, digest=lambda text: 7)
+    def __init__(self, items=(), *, digest=None, expected=0):
+        super().__init__(items, digest=lambda text: 7, expected=expected)
 
 
 def test_a_loaded_journal_keeps_no_job_of_an_open_chunk_and_reads_them_back_exactly(tmp_path):
@@ -88,3 +90,54 @@ def test_draft_files_never_planned_are_removed_on_close_or_by_the_next_run(tmp_p
     again.open("ffffffffffffffff")
     assert sorted(p.name for p in again.dir.iterdir()) == ["c1.jsonl"]
     again.close()
+
+
+def test_a_batch_file_is_uploaded_from_its_chunk_file_not_from_memory(loop, tmp_path, sim_factory):
+    from runner.api.transport import FileBody
+    from tests.test_batch_e2e import run_intercepted
+    jobs = write_jobs(tmp_path / "in.jsonl", 30, kinds=("chat",))
+    sim = sim_factory()
+    uploads = []
+
+    def look(request):
+        if request.method == "POST" and request.url.endswith("/files"):
+            body = request.body
+            assert isinstance(body, FileBody)  # streamed by the sender: never read whole
+            chunk_file = Path(body.path)
+            assert chunk_file.parent == tmp_path / "out.jsonl.batches.d"
+            assert body.size == chunk_file.stat().st_size
+            uploads.append(body.read())
+        return None
+
+    stats = loop.run_until_complete(run_intercepted(loop, sim, tmp_path, look, max_requests=12))
+    assert stats.exit_code() == EXIT_OK and len(uploads) == 3
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+    sent = b"".join(uploads)
+    assert all(f'"custom_id":"{job["custom_id"]}"'.encode() in sent for job in jobs)
+
+
+def test_input_is_read_again_only_when_a_closed_batch_left_jobs_without_their_line(
+        loop, tmp_path, sim_factory, monkeypatch):
+    from runner.batch import run as batch_run
+    reads = []
+    items = batch_run._items
+
+    def counted(config):
+        reads.append(config.input)
+        return items(config)
+
+    monkeypatch.setattr(batch_run, "_items", counted)
+    jobs = write_jobs(tmp_path / "in.jsonl", 30, kinds=("chat",))
+    sim = sim_factory()
+    assert run(loop, sim, tmp_path, max_requests=12).exit_code() == EXIT_OK  # 3 batches
+    assert len(reads) == 1  # every job answered: nothing to plan again
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+
+    reads.clear()
+    other = tmp_path / "expiring"
+    other.mkdir()
+    jobs = write_jobs(other / "in.jsonl", 30, kinds=("chat",))
+    sim = sim_factory(batch=BatchConfig(lines_per_s=100, expire_after_lines=8))
+    assert run(loop, sim, other).exit_code() == EXIT_OK
+    assert len(reads) > 1  # lines of expired batches never ran: planned again
+    assert_exactly_once(jobs, read_results(other / "out.jsonl"))

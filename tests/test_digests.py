@@ -25,3 +25,15 @@ def test_a_colliding_digest_can_only_say_in_never_not_in():
 def test_digest_zero_is_a_string_like_any_other():
     d = DigestSet(["a"], digest=lambda text: 0 if text == "a" else 5)
     assert "a" in d and "b" not in d and 42 not in d
+
+
+def test_a_set_told_how_many_strings_come_is_allocated_once_for_them():
+    d = DigestSet(expected=4096)
+    size = d.nbytes
+    assert size == 8 * 8192  # the smallest power of two holding 4,096 at most half full
+    for i in range(4096):
+        d.add(f"job-{i}")
+    assert d.nbytes == size and len(d) == 4096  # never doubled
+    assert all(f"job-{i}" in d for i in range(4096)) and "job-4096" not in d
+    d.add("one more")  # past what was said: it doubles as any set does
+    assert d.nbytes == 2 * size and "one more" in d and "job-0" in d

@@ -154,3 +154,46 @@ async def test_a_download_slower_than_the_total_timeout_completes_while_bytes_ke
             assert response.status == 200 and path.read_bytes() == body * 10
             with pytest.raises(APITimeoutError):  # ... may not outlast it
                 await send(HttpRequest("GET", f"http://127.0.0.1:{port}/f", {}))
+
+
+async def test_a_file_body_is_streamed_from_its_file_with_its_length_said_first(tmp_path):
+    from aiohttp import web
+    from runner.api.transport import STREAM_CHUNK, FileBody
+    data = bytes(range(256)) * (3 * STREAM_CHUNK // 256 + 7)  # several pieces and a bit
+    (tmp_path / "chunk.jsonl").write_bytes(data + b"not sent: past the size given")
+    body = FileBody(b"HEAD\r\n", str(tmp_path / "chunk.jsonl"), len(data), b"\r\nTAIL")
+    seen = {}
+
+    async def upload(request):
+        seen["length"] = request.headers.get("Content-Length")
+        seen["chunked"] = request.headers.get("Transfer-Encoding")
+        seen["body"] = await request.read()
+        return web.json_response({"id": "file-1"})
+
+    app = web.Application(client_max_size=len(data) + 1024)
+    app.router.add_post("/files", upload)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with open_session(max_connections=1) as session:
+            response = await aiohttp_sender(session)(
+                HttpRequest("POST", f"http://127.0.0.1:{port}/files", {"api-key": "k"}, body))
+    finally:
+        await runner.cleanup()
+    assert response.status == 200
+    assert seen["body"] == b"HEAD\r\n" + data + b"\r\nTAIL" == body.read()
+    assert seen["length"] == str(body.length) and seen["chunked"] is None
+
+
+async def test_a_file_body_whose_file_is_shorter_than_said_is_never_sent_short(tmp_path):
+    from runner.api.transport import FileBody
+    (tmp_path / "chunk.jsonl").write_bytes(b"12345")
+    body = FileBody(b"H", str(tmp_path / "chunk.jsonl"), 9, b"T")
+    with pytest.raises(OSError):
+        body.read()
+    with pytest.raises(OSError):
+        async for _ in body.chunks():
+            pass

@@ -22,7 +22,7 @@ import errno
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
@@ -41,11 +41,56 @@ READ_TIMEOUT_S = 120.0  # a completion with many output tokens can take a while
 
 
 @dataclass(frozen=True, slots=True)
+class FileBody:
+    """A request body sent from a file rather than from memory: `head`, the first `size` bytes of
+    the file at `path`, then `tail` (a batch input file's multipart upload: up to 200 MB, never
+    read whole). `aiohttp_sender` streams it a `STREAM_CHUNK` at a time, its `length` given as
+    the Content-Length; `read()` gives it whole, for a `send` that does not stream (tests)."""
+
+    head: bytes
+    path: str
+    size: int  # bytes of the file, as it was when the request was made
+    tail: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise ValueError("size must not be negative")
+
+    @property
+    def length(self) -> int:
+        return len(self.head) + self.size + len(self.tail)
+
+    def read(self) -> bytes:
+        """The whole body. OSError when the file cannot be read, or is shorter than `size`."""
+        with open(self.path, "rb") as f:
+            data = f.read(self.size)
+        if len(data) < self.size:
+            raise OSError(f"{self.path}: {len(data)} bytes, not {self.size}")
+        return self.head + data + self.tail
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body in pieces of at most `STREAM_CHUNK` bytes (the file read off the event loop).
+        OSError when the file cannot be read, or is shorter than `size`."""
+        import aiofiles  # noqa: PLC0415 (with aiohttp: only a run that sends pays for it)
+
+        yield self.head
+        async with aiofiles.open(self.path, "rb") as f:
+            left = self.size
+            while left:
+                piece = await f.read(min(STREAM_CHUNK, left))
+                if not piece:
+                    raise OSError(f"{self.path}: {self.size - left} bytes, not {self.size}")
+                left -= len(piece)
+                yield piece
+        yield self.tail
+
+
+@dataclass(frozen=True, slots=True)
 class HttpRequest:
     method: str
     url: str
     headers: Mapping[str, str] = field(repr=False)  # carries the API key: never printed
-    body: bytes = b""
+    body: bytes | FileBody = b""
     save_to: str | None = None
     """A file for a successful answer's body, written as it arrives (a batch output file may be
     far larger than memory should hold): the response's `body` is then empty. A `send` that does
@@ -206,9 +251,12 @@ def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
         if request.save_to is not None:  # a long download is fine while bytes keep coming
             timeout = aiohttp.ClientTimeout(total=None, connect=timeout.connect,
                                             sock_read=timeout.sock_read)
+        data, headers = request.body, request.headers
+        if isinstance(data, FileBody):  # streamed from its file, its length said first
+            data, headers = data.chunks(), {**headers, "Content-Length": str(data.length)}
         try:
-            async with session.request(request.method, request.url, headers=request.headers,
-                                       data=request.body, timeout=timeout,
+            async with session.request(request.method, request.url, headers=headers,
+                                       data=data, timeout=timeout,
                                        allow_redirects=False) as response:
                 headers = {k.lower(): v for k, v in response.headers.items()}
                 if request.save_to is not None and 200 <= response.status < 300:

@@ -1,6 +1,6 @@
 """The hosted Batch API's Files and Batches calls, over the same `send` function as live requests.
 
-    upload(name, data) -> file id        POST {base}/files (multipart, purpose=batch)
+    upload(name, content) -> file id     POST {base}/files (multipart, purpose=batch; a file streamed)
     create(file_id, url, metadata)       POST {base}/batches
     get(batch_id), cancel(batch_id)      GET {base}/batches/{id}, POST .../cancel
     batches(after) -> one page           GET {base}/batches?limit=100&after=ID
@@ -33,7 +33,9 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from runner.api.endpoint import USER_AGENT, Endpoint
-from runner.api.transport import HttpRequest, HttpResponse, Send, body_to_file, only_tree_errors
+from runner.api.transport import (
+    FileBody, HttpRequest, HttpResponse, Send, body_to_file, only_tree_errors,
+)
 from runner.errors import BadResponseError
 from runner.outcome import api_error
 
@@ -74,7 +76,7 @@ class BatchClient:
             headers["Content-Type"] = content_type
         return headers
 
-    async def _call(self, method: str, path: str, *, body: bytes = b"",
+    async def _call(self, method: str, path: str, *, body: bytes | FileBody = b"",
                     query: dict[str, str] | None = None,
                     content_type: str | None = "application/json",
                     save_to: str | None = None) -> HttpResponse:
@@ -97,13 +99,17 @@ class BatchClient:
             raise BadResponseError(f"{method} {path}: the answer is not a JSON object")
         return value
 
-    async def upload(self, name: str, data: bytes) -> dict[str, Any]:
-        """Upload a batch input file; its file object (`id`)."""
+    async def upload(self, name: str, content: bytes | Path) -> dict[str, Any]:
+        """Upload a batch input file (its bytes, or the file at a path: then streamed from it,
+        never read whole); its file object (`id`). OSError when the path cannot be read."""
         b = self._boundary.encode()
         safe = name.replace('"', "_").encode()
-        body = (b"--" + b + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        head = (b"--" + b + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
                 + b"--" + b + b'\r\nContent-Disposition: form-data; name="file"; filename="' + safe
-                + b'"\r\nContent-Type: application/jsonl\r\n\r\n' + data + b"\r\n--" + b + b"--\r\n")
+                + b'"\r\nContent-Type: application/jsonl\r\n\r\n')
+        tail = b"\r\n--" + b + b"--\r\n"
+        body = (head + content + tail if isinstance(content, bytes)
+                else FileBody(head, str(content), os.path.getsize(content), tail))
         return await self._json("POST", "/files", body=body,
                                 content_type=f"multipart/form-data; boundary={self._boundary}")
 

@@ -288,6 +288,7 @@ class _Engine:
         self.capped: str | None = None  # why no more is submitted (the cap is reached)
         self.planned_jobs = 0
         self.limited = False
+        self.skipped_busy = False  # the last plan skipped jobs in open chunks (see `advance`)
 
     # -- the loop --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -461,19 +462,23 @@ class _Engine:
     # -- advancing open chunks -------------------------------------------------------------------
     async def advance(self) -> bool:
         """Upload, create, poll and collect every open chunk as far as it goes now; True when one
-        closed (its jobs may need planning again)."""
+        closed leaving jobs to plan again: jobs without a final line (retried, bisected, not run,
+        or the whole chunk: refused, missing, abandoned), or any close after a plan that skipped
+        jobs as busy (one may only have looked busy: `BatchState.busy_jobs`). A chunk whose
+        every job got its final line needs no plan: INPUT is not read again for it."""
+        replan = False
         closed = False
         for chunk in self.state.open_chunks():
             if self.config.cancel and chunk.batch_id is None:
                 await self.abandon(chunk)
-                closed = True
+                replan = True
                 continue
             if chunk.file_id is None:
                 await self.upload(chunk)
             if chunk.batch_id is None and not chunk.closed:
                 await self.create(chunk)
             if chunk.closed:
-                closed = True
+                replan = True
                 continue
             try:
                 if self.config.cancel and chunk.status not in FINAL_STATUSES | {"cancelling"}:
@@ -487,15 +492,16 @@ class _Engine:
                 self.log(f"batch {chunk.batch_id} ({chunk.chunk}) is not known to the provider "
                          f"any more: its {chunk.job_count} jobs go into a later batch")
                 self.state.close_chunk(chunk, "missing", retry=[], bisect=[], note=str(exc))
-                closed = True
+                replan = True
                 continue
             self.note(chunk, batch)
             if batch.get("status") in FINAL_STATUSES:
-                await self.collect(chunk, batch)
+                replan = await self.collect(chunk, batch) or replan
                 closed = True
-        if closed:
+        replan = replan or (closed and self.skipped_busy)
+        if replan:
             self.dirty = True
-        return closed
+        return replan
 
     async def abandon(self, chunk: Chunk) -> None:
         """`runner cancel` on a chunk with no batch recorded: cancel the batch if one was created
@@ -527,8 +533,11 @@ class _Engine:
                                "counts": counts})
 
     async def upload(self, chunk: Chunk) -> None:
+        """Upload the chunk's input file, streamed from disk (up to `--batch-max-bytes`: never
+        read whole), and record its file id."""
+        path = self.state.chunk_file(chunk.chunk)
         try:
-            data = self.state.chunk_file(chunk.chunk).read_bytes()
+            size = path.stat().st_size
         except OSError:  # planned, but its file is gone: nothing was sent with it
             self.state.close_chunk(chunk, "abandoned", retry=[], bisect=[],
                                    note="its local input file is gone")
@@ -536,9 +545,9 @@ class _Engine:
         name = self.file_name(chunk)
         file = None
         if chunk.chunk not in self.planned_here:  # an earlier run may have uploaded it unrecorded
-            file = await self.uploaded_unrecorded(chunk, len(data))
+            file = await self.uploaded_unrecorded(chunk, size)
         if file is None:
-            file = await self.call(f"upload {chunk.chunk}", lambda: self.client.upload(name, data))
+            file = await self.call(f"upload {chunk.chunk}", lambda: self.client.upload(name, path))
         self.state.record({"event": "uploaded", "chunk": chunk.chunk, "file_id": file["id"]})
         self.fresh.add(chunk.chunk)
         if file.get("status") not in FILE_PENDING:
@@ -678,7 +687,9 @@ class _Engine:
             pass
 
     # -- collecting ------------------------------------------------------------------------------
-    async def collect(self, chunk: Chunk, batch: dict[str, Any]) -> None:
+    async def collect(self, chunk: Chunk, batch: dict[str, Any]) -> bool:
+        """Write the result lines of a finished batch and close its chunk; True when jobs of it
+        are left without a final line for this run (to plan again)."""
         status = batch["status"]
         errors = ((batch.get("errors") or {}).get("data")) or []
         if status == "failed" and not batch.get("output_file_id") and not batch.get("error_file_id"):
@@ -690,7 +701,8 @@ class _Engine:
                 await self.refused(chunk, str(first.get("code") or "batch_failed"),
                                    str(first.get("message") or "the batch failed"))
             self.stats.batches_collected += 1
-            return
+            return True
+        left = False  # jobs of the chunk are left without a final line (see `judge`)
         downloads: list[Path] = []
         try:
             for key in ("output_file_id", "error_file_id"):
@@ -719,12 +731,13 @@ class _Engine:
                 for line_id, ids in planned.lines:
                     answer = answers.get(line_id)
                     if answer is None:
-                        continue  # not run (expired or cancelled without a line): pending again
+                        left = True  # not run (expired or cancelled without a line): pending again
+                        continue
                     line = uploaded.get(line_id)  # the body as uploaded, the job's model back
                     request = (job_requests(chunk.url, {**line["body"], "model": chunk.model}, ids)
                                if line is not None else None)
-                    await self.judge(chunk, planned.fingerprints, line_id, ids, request, answer,
-                                     retry, bisect, gave_up)
+                    left = await self.judge(chunk, planned.fingerprints, line_id, ids, request,
+                                            answer, retry, bisect, gave_up) or left
         finally:
             for path in downloads:
                 path.unlink(missing_ok=True)
@@ -732,13 +745,15 @@ class _Engine:
         self.state.close_chunk(chunk, status, retry=retry, bisect=bisect, reset=gave_up)
         self.stats.batches_collected += 1
         await self.forget_file(chunk)
+        return left or bool(retry) or bool(bisect)
 
     async def judge(self, chunk: Chunk, fingerprints: Mapping[str, str], line_id: str,
                     ids: tuple[str, ...], request: Request | None, answer: dict[str, Any],
-                    retry: list[str], bisect: list[list[str]], gave_up: list[str]) -> None:
+                    retry: list[str], bisect: list[list[str]], gave_up: list[str]) -> bool:
         """One batch line's answer (`runner.batch.collect.judge_line`), acted on: its result
         lines written (carrying `fingerprints`: the chunk's), its jobs noted for a retry, or its
-        halves for the next submission."""
+        halves for the next submission. True when jobs of the line are left without a final
+        line (sent again, split, or never run): they are pending again."""
         outcome = judge_line(line_id, ids, request, answer,
                              spent=max((self.state.attempts[cid] for cid in ids), default=0),
                              max_attempts=self.config.max_attempts,
@@ -748,7 +763,7 @@ class _Engine:
             assert request is not None
             if not await self.save_images(chunk, fingerprints, request, outcome.records[0],
                                           gave_up):
-                return
+                return False  # its failure line written instead: final for this run
         # counted only as written: lines a killed run wrote are its, not this run's
         written = [record for record in outcome.records
                    if self.sink(printed(record, fingerprints))]
@@ -768,6 +783,7 @@ class _Engine:
         if outcome.retried:
             self.stats.retries += 1
             retry.extend(outcome.retry)
+        return len(outcome.records) < len(ids)  # a job's final line is one record of the outcome
 
     async def save_images(self, chunk: Chunk, fingerprints: Mapping[str, str], request: Request,
                           record: dict[str, Any], gave_up: list[str]) -> bool:
@@ -832,6 +848,7 @@ class _Engine:
         first = not self.planned_once
         self.planned_once = True
         self.requeued = 0  # jobs of batches refused for the enqueued-token limit during this plan
+        self.skipped_busy = False
         stats, state = self.stats, self.state
         succeeded_before = stats.succeeded if first else 0
         busy = state.busy_jobs()
@@ -877,7 +894,10 @@ class _Engine:
             if not isinstance(decision, Pending):
                 continue
             cid = decision.job.custom_id
-            if cid in busy or cid in self.failed_here:
+            if cid in busy:
+                self.skipped_busy = True
+                continue
+            if cid in self.failed_here:
                 continue
             ready = intake.ready(decision)
             if first:

@@ -258,7 +258,8 @@ class BatchState:
     def jobs_of(self, chunks: Iterable[Chunk]) -> DigestSet:
         """The jobs of `chunks`, as digests (8 bytes a slot): a job of theirs is always `in`; any
         other job only when its digest collides with one of theirs (see `jobs.digests`)."""
-        jobs = DigestSet()
+        chunks = list(chunks)
+        jobs = DigestSet(expected=sum(chunk.job_count for chunk in chunks))  # allocated once
         for chunk in chunks:
             for cid in self.planned(chunk).jobs:
                 jobs.add(cid)
