@@ -29,7 +29,7 @@ def return_freed_memory() -> bool:
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION"):
             return False
-    except (ValueError, OSError):  # not glibc
+    except (ValueError, OSError, AttributeError):  # not glibc (no confstr at all on Windows)
         return False
     import ctypes  # noqa: PLC0415 (only where it is used: ~2 ms of import)
 

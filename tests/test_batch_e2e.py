@@ -774,3 +774,38 @@ def test_a_download_that_cannot_be_written_stops_the_run_and_leaves_no_partial_f
     monkeypatch.undo()
     stats = loop.run_until_complete(run_intercepted(loop, sim, tmp_path, lambda request: None))
     assert stats.exit_code() == EXIT_OK and sim.batches.stats.created == 1  # not paid twice
+
+
+def test_a_chunk_whose_file_is_gone_before_its_upload_has_its_jobs_planned_again(
+        loop, tmp_path, sim_factory, monkeypatch):
+    from runner.batch import state as batch_state
+    planned = batch_state.BatchState.plan
+
+    def plan(self, chunk, data):
+        planned(self, chunk, data)
+        if chunk.chunk == "c00002":
+            self.chunk_file(chunk.chunk).unlink()  # gone between planning and uploading
+
+    monkeypatch.setattr(batch_state.BatchState, "plan", plan)
+    jobs = write_jobs(tmp_path / "in.jsonl", 30, kinds=("chat",))
+    stats = run(loop, sim_factory(), tmp_path, max_requests=12)
+    assert stats.exit_code() == EXIT_OK
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+
+
+def test_a_chunk_whose_file_goes_between_upload_attempts_is_planned_again_not_a_crash(
+        loop, tmp_path, sim_factory):
+    from pathlib import Path
+    jobs = write_jobs(tmp_path / "in.jsonl", 10, kinds=("chat",))
+    calls = []
+
+    def look(request):
+        if request.method == "POST" and request.url.endswith("/files") and not calls:
+            calls.append(1)
+            Path(request.body.path).unlink()
+            return HttpResponse(503, {}, b'{"error": {"message": "busy"}}')
+        return None
+
+    stats = loop.run_until_complete(run_intercepted(loop, sim_factory(), tmp_path, look))
+    assert calls and stats.exit_code() == EXIT_OK
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))

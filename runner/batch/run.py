@@ -302,7 +302,10 @@ class _Engine:
                 if not self.config.cancel and not self.capped and (self.dirty or changed):
                     self.dirty = False
                     await self.plan()
-                if not (self.state.open_chunks() or self.waiting) or not self.config.wait:
+                # dirty after a plan: a chunk it made was given up before it was sent (its file
+                # gone): its jobs are planned again after a pause, as the polls back off
+                if not (self.state.open_chunks() or self.waiting or self.replanning()) \
+                        or not self.config.wait:
                     break
                 self.report()
                 polls = 0 if stats.finished_jobs > finished else polls + 1
@@ -323,7 +326,7 @@ class _Engine:
             self.log(f"stopping: {e}")
         if self.stop.asked:  # a signal (the engine's own stops set their reason first)
             stats.stop_reason = stats.stop_reason or self.stop.reason
-        stats.in_progress = bool(self.state.open_chunks() or self.waiting)
+        stats.in_progress = bool(self.state.open_chunks() or self.waiting or self.replanning())
         if self.waiting and not self.state.open_chunks():
             self.log(f"{self.waiting:,} jobs wait for the enqueued-token limit to have room")
         stats.batch_status = Counter(c.status or "submitting" for c in self.state.open_chunks())
@@ -503,6 +506,10 @@ class _Engine:
             self.dirty = True
         return replan
 
+    def replanning(self) -> bool:
+        """Jobs wait for the next plan (a chunk given up before it was sent, say)."""
+        return self.dirty and not self.config.cancel and not self.capped
+
     async def abandon(self, chunk: Chunk) -> None:
         """`runner cancel` on a chunk with no batch recorded: cancel the batch if one was created
         unrecorded, else close the chunk (its jobs stay pending) and delete its file."""
@@ -538,16 +545,18 @@ class _Engine:
         path = self.state.chunk_file(chunk.chunk)
         try:
             size = path.stat().st_size
-        except OSError:  # planned, but its file is gone: nothing was sent with it
-            self.state.close_chunk(chunk, "abandoned", retry=[], bisect=[],
+            name = self.file_name(chunk)
+            file = None
+            if chunk.chunk not in self.planned_here:  # an earlier run may have uploaded it
+                file = await self.uploaded_unrecorded(chunk, size)  # without recording it
+            if file is None:
+                file = await self.call(f"upload {chunk.chunk}",
+                                       lambda: self.client.upload(name, path))
+        except OSError:  # planned, but its file is gone (before or between attempts): no batch
+            self.state.close_chunk(chunk, "abandoned", retry=[], bisect=[],  # was made with it
                                    note="its local input file is gone")
+            self.dirty = True  # its jobs go into a later plan
             return
-        name = self.file_name(chunk)
-        file = None
-        if chunk.chunk not in self.planned_here:  # an earlier run may have uploaded it unrecorded
-            file = await self.uploaded_unrecorded(chunk, size)
-        if file is None:
-            file = await self.call(f"upload {chunk.chunk}", lambda: self.client.upload(name, path))
         self.state.record({"event": "uploaded", "chunk": chunk.chunk, "file_id": file["id"]})
         self.fresh.add(chunk.chunk)
         if file.get("status") not in FILE_PENDING:
