@@ -809,3 +809,23 @@ def test_a_chunk_whose_file_goes_between_upload_attempts_is_planned_again_not_a_
     stats = loop.run_until_complete(run_intercepted(loop, sim_factory(), tmp_path, look))
     assert calls and stats.exit_code() == EXIT_OK
     assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+
+
+def test_with_no_wait_a_chunk_given_up_before_its_upload_leaves_the_run_in_progress(
+        loop, tmp_path, sim_factory, monkeypatch):
+    from runner.batch import state as batch_state
+    planned = batch_state.BatchState.plan
+
+    def plan(self, chunk, data):
+        planned(self, chunk, data)
+        if chunk.chunk == "c00001":
+            self.chunk_file(chunk.chunk).unlink()
+
+    monkeypatch.setattr(batch_state.BatchState, "plan", plan)
+    jobs = write_jobs(tmp_path / "in.jsonl", 6, kinds=("chat",))
+    sim = sim_factory()
+    first = run(loop, sim, tmp_path, wait=False)
+    assert first.exit_code() == EXIT_IN_PROGRESS  # not 0: its jobs have no line yet
+    monkeypatch.undo()
+    assert run(loop, sim, tmp_path).exit_code() == EXIT_OK
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
