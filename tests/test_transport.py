@@ -7,7 +7,8 @@ import aiohttp
 import pytest
 
 from runner.api.transport import (
-    HttpRequest, aiohttp_sender, no_answer_error, only_tree_errors, open_session,
+    UPLOAD_MIN_BYTES_S, FileBody, HttpRequest, aiohttp_sender, no_answer_error, only_tree_errors,
+    open_session, request_timeout,
 )
 from runner.errors import APIConnectionError, APIUnreachableError, APITimeoutError
 from runner.outcome import Action, classify
@@ -197,3 +198,18 @@ async def test_a_file_body_whose_file_is_shorter_than_said_is_never_sent_short(t
     with pytest.raises(OSError):
         async for _ in body.chunks():
             pass
+
+
+def test_an_upload_streamed_from_a_file_may_take_its_size_at_the_slowest_rate_downloads_no_total():
+    # a 200 MB batch file over a slow uplink: the session's total (130 s) alone would cut every
+    # attempt short, and the batch could never be sent
+    session = aiohttp.ClientTimeout(total=130, connect=10, sock_read=120)
+    upload = HttpRequest("POST", "https://api.test/v1/files", {},
+                         FileBody(b"head", "/nowhere", 200_000_000, b"tail"))
+    timeout = request_timeout(session, upload)
+    assert timeout.total == 130 + (200_000_008) / UPLOAD_MIN_BYTES_S  # over 33 minutes
+    assert (timeout.connect, timeout.sock_read) == (10, 120)
+    download = HttpRequest("GET", "https://api.test/v1/files/f/content", {}, save_to="/tmp/x")
+    assert request_timeout(session, download).total is None
+    call = HttpRequest("POST", "https://api.test/v1/chat/completions", {}, b"{}")
+    assert request_timeout(session, call) is session

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0  # a completion with many output tokens can take a while
+# A body streamed from a file (a batch input file, up to 200 MB) may take as long as its length at
+# this rate, on top of the usual total: a slow uplink still gets a whole batch file through
+UPLOAD_MIN_BYTES_S = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +242,20 @@ def open_session(*, max_connections: int, connect_timeout: float = CONNECT_TIMEO
                                  auto_decompress=True)
 
 
+def request_timeout(timeout: aiohttp.ClientTimeout, request: HttpRequest) -> aiohttp.ClientTimeout:
+    """The session's `timeout` for `request`, but: a download saved to a file has no total (a long
+    one is fine while bytes keep coming, `sock_read` apart); a body streamed from a file gets
+    its length at `UPLOAD_MIN_BYTES_S` more."""
+    import aiohttp  # noqa: PLC0415 (see no_answer_errors)
+    if request.save_to is not None:
+        return aiohttp.ClientTimeout(total=None, connect=timeout.connect,
+                                     sock_read=timeout.sock_read)
+    if isinstance(request.body, FileBody) and timeout.total is not None:
+        return aiohttp.ClientTimeout(total=timeout.total + request.body.length / UPLOAD_MIN_BYTES_S,
+                                     connect=timeout.connect, sock_read=timeout.sock_read)
+    return timeout
+
+
 def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
     """A `send` function over an aiohttp session, following redirects by `follow_redirects`; see
     the module docstring for what it raises."""
@@ -247,10 +264,7 @@ def aiohttp_sender(session: aiohttp.ClientSession) -> Send:
     no_answer = no_answer_errors()
 
     async def send(request: HttpRequest) -> HttpResponse:
-        timeout = session.timeout
-        if request.save_to is not None:  # a long download is fine while bytes keep coming
-            timeout = aiohttp.ClientTimeout(total=None, connect=timeout.connect,
-                                            sock_read=timeout.sock_read)
+        timeout = request_timeout(session.timeout, request)
         data, headers = request.body, request.headers
         if isinstance(data, FileBody):  # streamed from its file, its length said first
             data, headers = data.chunks(), {**headers, "Content-Length": str(data.length)}
