@@ -1,11 +1,13 @@
-"""A set of custom_ids in 8 bytes a slot, exact because every match is confirmed against the file.
+"""A set of custom_ids in 8 (or 4) bytes a slot, exact because every match is confirmed against the file.
 
-    slot (one 64-bit word of an `array('Q')`):   digest's top 24 bits │ position + 1 (40 bits)
-                                                 └─ where the table starts probing (and a filter)
+    slot, wide (one 64-bit word of an `array('Q')`):  digest's top 24 bits │ position + 1 (40 bits)
+    slot, narrow (a 32-bit word of an `array('I')`):  digest's top t bits  │ position + 1 (32 - t)
+                                                      └─ a filter (and, while they suffice, where
+                                                         the table starts probing)
 
 An id is never kept, only where it is written: a position the owner knows how to read back
 (`recall(position) -> custom_id`: the byte offset of a result line in OUTPUT, the line number of
-a job in INPUT). A lookup probes from the slot its digest picks; a slot whose 24 digest bits
+a job in INPUT). A lookup probes from the slot its digest picks; a slot whose kept digest bits
 match is **confirmed by recalling the id at its position and comparing it with the id asked
 for**. So two ids whose digests collide (entirely or in the bits kept) can never be taken for one
 another: a collision costs one more read of the file, never a wrong answer. That is the whole
@@ -13,20 +15,28 @@ exactness argument, and it does not depend on the digest: tests use a digest of 
 make every lookup collide.
 
 The table has any number of slots (not only a power of two), so it is sized to what it holds:
-the 24 kept bits, read as a fraction of 2**24 and scaled to the table's size, give the slot
-probing starts at (`tag * size >> 24`, "fastrange": a multiply where a power of two takes a
-shift); probing goes on slot by slot and wraps at the last. The start comes from the bits the
-slot keeps, so the table grows without reading anything back while it has at most
-2**`INDEX_BITS` slots (16.7 million: 12.5 million ids reserved); past that the start takes all
-64 bits of the digest (`digest * size >> 64`), so each growth recalls every id once.
+the kept bits, read as a fraction and scaled to the table's size, give the slot probing starts at
+(`tag * size >> 24`, "fastrange": a multiply where a power of two takes a shift); probing goes on
+slot by slot and wraps at the last. The start comes from the bits the slot keeps, so the table
+grows without reading anything back while it has at most 2**(kept bits) slots (16.7 million,
+wide: 12.5 million ids reserved); past that the start takes all 64 bits of the digest
+(`digest * size >> 64`), so each growth recalls every id once.
 
-Cost: 8 bytes a slot. `reserve(count)` allocates count / `RESERVE_LOAD` slots: 10.7 bytes an id,
-107 MB for 10 million ids (a power of two took 134 MB), with room for a count estimated 13 % low
-before `MAX_LOAD`; a table that grows doubles past `MAX_LOAD`: 9.4 to 19 bytes an id. One recall
-per id found (the owner reads that line anyway: it holds what the table is asked about), and up
-to one per other id whose 24 kept bits are the same (n / 2**24 of them on average: 0.6 at 10
-million ids). The digest (`hash()` of the str, salted per process, so no input can be crafted to
-collide) is never stored.
+A **narrow** table (`narrow=True`) is for positions that are small numbers, line numbers: its
+slot is half as wide, and `reserve(count)` gives positions the bits `count` needs (with a quarter
+more for lines the estimate missed) and the digest what is left: 8 bits at 10 million lines. They
+are the digest's lowest bits, unrelated to where probing starts (always the top 64 bits), so
+about one new id in 170 recalls an id that is not it (a read of INPUT; a wide table's kept bits,
+which also pick the start, are alike in neighbouring slots: one in 33 there). Any growth recalls
+every id; a position that outgrows its bits makes the table wide (every id recalled once).
+
+Cost: 8 bytes a slot (4 narrow). `reserve(count)` allocates count / `RESERVE_LOAD` slots: 10.7
+bytes an id wide, 5.3 narrow (107 and 53 MB for 10 million ids; a power of two took 134 MB), with
+room for a count estimated 13 % low before `MAX_LOAD`; a table that grows doubles past
+`MAX_LOAD`. One recall per id found (the owner reads that line anyway: it holds what the table is
+asked about), and up to one per other id whose kept bits are the same (n / 2**24 of them on
+average, wide: 0.6 at 10 million ids). The digest (`hash()` of the str, salted per process, so no
+input can be crafted to collide) is never stored.
 """
 from __future__ import annotations
 
@@ -35,10 +45,14 @@ from collections.abc import Callable, Iterator
 
 __all__ = ["IdTable", "default_digest"]
 
-POSITION_BITS = 40                 # positions below 2**40 - 1 (a 1 TiB file, a trillion lines)
-INDEX_BITS = 64 - POSITION_BITS    # digest bits kept in a slot: the probe start comes from them
+POSITION_BITS = 40                 # wide: positions below 2**40 - 1 (a 1 TiB file, a trillion lines)
+INDEX_BITS = 64 - POSITION_BITS    # wide: digest bits kept in a slot
 POSITION_MASK = (1 << POSITION_BITS) - 1
 MAX_POSITION = POSITION_MASK - 1
+NARROW_BITS = 32                   # a narrow slot's width
+NARROW_POSITION_BITS = 24          # a narrow table's position bits until `reserve` sizes them
+MIN_NARROW_TAG_BITS = 6            # fewer digest bits than this left by `reserve`: the table stays wide
+NARROW_HEADROOM = 1.25             # positions `reserve(count)` makes room for: count times this
 # loads chosen with bench/idtable.py: at 0.75 full, put_all and find take 1.2 to 1.4 times what
 # they take at 0.5 (a miss up to 1.7); at 0.9 a miss takes 4 to 7 times
 MAX_LOAD = 0.85                    # slots in use before the table doubles
@@ -54,25 +68,40 @@ def default_digest(custom_id: str) -> int:
 
 class IdTable:
     """Distinct custom_ids, each with the position it was last `put` at. `recall(position)` gives
-    the id written there (None when nothing readable is: the slot then matches no id)."""
+    the id written there (None when nothing readable is: the slot then matches no id). `narrow`:
+    positions are small numbers (see the module docstring)."""
 
     __slots__ = ("_slots", "_size", "_shift", "_bits", "_count", "_limit", "_recall", "_digest",
-                 "_marks")
+                 "_marks", "_pbits", "_mask", "_kept", "_tag_shift", "_tag_mask", "_narrow")
 
     def __init__(self, recall: Callable[[int], str | None], *,
-                 digest: Callable[[str], int] = default_digest, slots: int = MIN_SLOTS) -> None:
+                 digest: Callable[[str], int] = default_digest, slots: int = MIN_SLOTS,
+                 narrow: bool = False) -> None:
         self._recall = recall
         self._digest = digest
         self._count = 0
         self._marks: bytearray | None = None  # one bit a slot, once something is marked
+        self._narrow = narrow
+        self._layout(NARROW_POSITION_BITS if narrow else POSITION_BITS)
         self._allocate(max(slots, MIN_SLOTS))
 
+    def _layout(self, position_bits: int) -> None:
+        """Split a slot into kept digest bits and `position_bits` of position. A wide slot keeps
+        the digest's top bits (where probing starts, while they suffice); a narrow one its
+        lowest, which say nothing of where probing starts (from the top bits, always), so ids
+        probing the same slots do not share them."""
+        self._pbits = position_bits
+        self._mask = (1 << position_bits) - 1
+        self._kept = (NARROW_BITS if self._narrow else 64) - position_bits
+        self._tag_shift = 0 if self._narrow else 64 - self._kept  # the kept bits:
+        self._tag_mask = (1 << self._kept) - 1                     # digest >> shift & mask
+
     def _allocate(self, size: int) -> None:
-        self._slots = array("Q", bytes(8 * size))
+        self._slots = array("I" if self._narrow else "Q", bytes((4 if self._narrow else 8) * size))
         self._size = size
         # the probe start: the top `bits` of the digest (those a slot keeps while they suffice)
         # scaled to the size, `(digest >> shift) * size >> bits`
-        self._bits = INDEX_BITS if size <= 1 << INDEX_BITS else 64
+        self._bits = self._kept if size <= 1 << self._kept and not self._narrow else 64
         self._shift = 64 - self._bits
         self._limit = int(size * MAX_LOAD)
 
@@ -82,9 +111,17 @@ class IdTable:
     def reserve(self, count: int) -> None:
         """Make room for `count` ids at once, while the table is empty: it is then allocated once,
         `count / RESERVE_LOAD` slots, instead of doubling on the way, whose last doubling holds
-        the old slots and the new (half again of the table's memory) at the same time."""
+        the old slots and the new (half again of the table's memory) at the same time. A narrow
+        table gives positions the bits `count` needs (or turns wide when too few are left)."""
         if self._count:
             raise ValueError("reserve() is for an empty table")
+        if self._narrow:
+            bits = (int(count * NARROW_HEADROOM) + 2).bit_length()
+            if NARROW_BITS - bits < MIN_NARROW_TAG_BITS:
+                self._narrow = False
+                bits = POSITION_BITS
+            self._layout(max(bits, NARROW_POSITION_BITS) if self._narrow else bits)
+            self._allocate(self._size)
         size = int(count / RESERVE_LOAD) + 1
         if size > self._size:
             self._allocate(size)
@@ -96,17 +133,17 @@ class IdTable:
     def find(self, custom_id: str) -> int:
         """The position `custom_id` was last put at, or -1 when it is not in the table."""
         slot = self._slot_of(custom_id, self._digest(custom_id))
-        return -1 if slot < 0 else (self._slots[slot] & POSITION_MASK) - 1
+        return -1 if slot < 0 else (self._slots[slot] & self._mask) - 1
 
     def _slot_of(self, custom_id: str, digest: int) -> int:
-        slots, recall, size = self._slots, self._recall, self._size
-        tag = digest >> POSITION_BITS
+        slots, recall, size, pbits, mask = self._slots, self._recall, self._size, self._pbits, self._mask
+        tag = digest >> self._tag_shift & self._tag_mask
         i = (digest >> self._shift) * size >> self._bits
         while True:
             word = slots[i]
             if not word:
                 return -1
-            if word >> POSITION_BITS == tag and recall((word & POSITION_MASK) - 1) == custom_id:
+            if word >> pbits == tag and recall((word & mask) - 1) == custom_id:
                 return i
             i += 1
             if i == size:
@@ -121,26 +158,33 @@ class IdTable:
         """The position `custom_id` has; when it has none, put it at `position` and return -1."""
         return self._place(custom_id, position, False)
 
+    def _check(self, low: int, high: int) -> None:
+        """Positions from `low` to `high` fit (a narrow table turns wide for them), or ValueError."""
+        if not 0 <= low <= high <= MAX_POSITION:
+            raise ValueError(f"position out of range (0..{MAX_POSITION})")
+        if high >= self._mask - 1:
+            self._widen()
+
     def _place(self, custom_id: str, position: int, replace: bool) -> int:
         """`put` (`replace`) or `setdefault`, in one probe."""
-        if not 0 <= position <= MAX_POSITION:
-            raise ValueError(f"position {position} out of range (0..{MAX_POSITION})")
+        if not 0 <= position < self._mask - 1:
+            self._check(position, position)
         digest = self._digest(custom_id)
-        slots, recall, size = self._slots, self._recall, self._size
-        tag = digest >> POSITION_BITS
+        slots, recall, size, pbits, mask = self._slots, self._recall, self._size, self._pbits, self._mask
+        tag = digest >> self._tag_shift & self._tag_mask
         i = (digest >> self._shift) * size >> self._bits
         while True:
             held = slots[i]
             if not held:
                 break
-            if held >> POSITION_BITS == tag and recall((held & POSITION_MASK) - 1) == custom_id:
+            if held >> pbits == tag and recall((held & mask) - 1) == custom_id:
                 if replace:
-                    slots[i] = (tag << POSITION_BITS) | (position + 1)
-                return (held & POSITION_MASK) - 1
+                    slots[i] = (tag << pbits) | (position + 1)
+                return (held & mask) - 1
             i += 1
             if i == size:
                 i = 0
-        slots[i] = (tag << POSITION_BITS) | (position + 1)
+        slots[i] = (tag << pbits) | (position + 1)
         self._count += 1
         if self._count > self._limit:
             self._grow()
@@ -151,16 +195,17 @@ class IdTable:
         """`put` each of `ids` at the same index of `positions`, in order; `replaced(n, old)` is
         called for each one that was already in (`old`: its position before). The loop of a
         file's worth of `put`s, with nothing looked up twice."""
-        if positions and not (0 <= min(positions) and max(positions) <= MAX_POSITION):
-            raise ValueError(f"positions out of range (0..{MAX_POSITION})")
+        if positions:
+            self._check(min(positions), max(positions))
         digest, recall = self._digest, self._recall
         hashed = digest is default_digest
         slots, size, shift, bits = self._slots, self._size, self._shift, self._bits
+        pbits, mask, tag_shift, tag_mask = self._pbits, self._mask, self._tag_shift, self._tag_mask
         count, limit = self._count, self._limit
         for n, custom_id in enumerate(ids):
             key = hash(custom_id) & DIGEST_MASK if hashed else digest(custom_id)
-            tag = key >> POSITION_BITS
-            word = (tag << POSITION_BITS) | (positions[n] + 1)
+            tag = key >> tag_shift & tag_mask
+            word = (tag << pbits) | (positions[n] + 1)
             i = (key >> shift) * size >> bits
             while True:
                 held = slots[i]
@@ -173,10 +218,10 @@ class IdTable:
                         slots, size, shift, bits = self._slots, self._size, self._shift, self._bits
                         limit = self._limit
                     break
-                if held >> POSITION_BITS == tag and recall((held & POSITION_MASK) - 1) == custom_id:
+                if held >> pbits == tag and recall((held & mask) - 1) == custom_id:
                     slots[i] = word
                     if replaced is not None:
-                        replaced(n, (held & POSITION_MASK) - 1)
+                        replaced(n, (held & mask) - 1)
                     break
                 i += 1
                 if i == size:
@@ -193,38 +238,55 @@ class IdTable:
         if self._marks is None:
             self._marks = bytearray(self._size // 8 + 1)
         self._marks[slot >> 3] |= 1 << (slot & 7)
-        return (self._slots[slot] & POSITION_MASK) - 1
+        return (self._slots[slot] & self._mask) - 1
 
     def unmarked(self) -> Iterator[int]:
         """The position of every id not marked, in slot order."""
-        marks = self._marks
+        marks, mask = self._marks, self._mask
         for slot, word in enumerate(self._slots):
             if word and (marks is None or not marks[slot >> 3] & (1 << (slot & 7))):
-                yield (word & POSITION_MASK) - 1
+                yield (word & mask) - 1
 
     def positions(self) -> Iterator[int]:
         """The position of every id, in slot order."""
+        mask = self._mask
         for word in self._slots:
             if word:
-                yield (word & POSITION_MASK) - 1
+                yield (word & mask) - 1
 
     def _grow(self) -> None:
-        old = self._slots
+        self._rebuild(2 * self._size)
+
+    def _widen(self) -> None:
+        """Turn a narrow table wide (a position past its bits): every id recalled once."""
+        if self._narrow:
+            self._rebuild(self._size, wide=True)
+
+    def _rebuild(self, size: int, wide: bool = False) -> None:
+        """Place every id in a new array of `size` slots (wide ones, if `wide`)."""
+        old, old_pbits, old_mask, old_shift = self._slots, self._pbits, self._mask, self._tag_shift
         self._marks = None
-        self._allocate(2 * self._size)
-        slots, size, shift, bits = self._slots, self._size, self._shift, self._bits
-        kept = bits == INDEX_BITS  # the kept bits are those the start is taken from
+        if wide:
+            self._narrow = False
+            self._layout(POSITION_BITS)
+        self._allocate(size)
+        slots, pbits, shift, bits = self._slots, self._pbits, self._shift, self._bits
+        kept = bits == self._kept and not wide  # the kept bits are those the start is taken from
         for word in old:
             if not word:
                 continue
+            position = word & old_mask
             if kept:
-                i = (word >> POSITION_BITS) * size >> INDEX_BITS
-            else:  # past INDEX_BITS: read the id back for the bits not kept
-                custom_id = self._recall((word & POSITION_MASK) - 1)
-                digest = self._digest(custom_id) if custom_id is not None else word & ~POSITION_MASK
+                i = (word >> old_pbits) * size >> bits
+                new = word
+            else:  # read the id back for the bits not kept
+                custom_id = self._recall(position - 1)
+                digest = self._digest(custom_id) if custom_id is not None \
+                    else (word >> old_pbits) << old_shift
                 i = (digest >> shift) * size >> bits
+                new = (digest >> self._tag_shift & self._tag_mask) << pbits | position
             while slots[i]:
                 i += 1
                 if i == size:
                     i = 0
-            slots[i] = word
+            slots[i] = new

@@ -2,10 +2,10 @@
 
 Pure: `parse_line` turns one raw line into a `Job`, a `BadLine`, or None (a blank line);
 `read_jobs` streams many lines and flags a second line with an already seen `custom_id` as a
-`Duplicate`. Memory grows only with the ids seen, never with the jobs themselves: 8 bytes a slot
-of a `jobs.idtable.IdTable` (the line number, confirmed by reading the line again) when the input
-can be read again at an offset (`reread`: a regular, uncompressed file), else a dict of ids (stdin,
-pipes, compressed inputs, which cannot be read twice).
+`Duplicate`. Memory grows only with the ids seen, never with the jobs themselves: 4 bytes a slot
+of a narrow `jobs.idtable.IdTable` (the line number, confirmed by reading the line again) when the
+input can be read again at an offset (`reread`: a regular, uncompressed file), else a dict of ids
+(stdin, pipes, compressed inputs, which cannot be read twice).
 """
 from __future__ import annotations
 
@@ -163,7 +163,8 @@ class JobReader:
         # `duplicates=False`: no check (the resume index vouches that INPUT holds none)
         self._first_line: dict[str, int] | IdTable | None = None if not duplicates else (
             {} if reread is None else
-            IdTable(self._recall) if digest is None else IdTable(self._recall, digest=digest))
+            IdTable(self._recall, narrow=True) if digest is None
+            else IdTable(self._recall, digest=digest, narrow=True))
         if expected_lines and isinstance(self._first_line, IdTable):
             self._first_line.reserve(expected_lines)  # one allocation, no doubling on the way
         self._bad_at_start: int | None = 0  # None once a job was seen

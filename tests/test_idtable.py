@@ -144,3 +144,78 @@ def test_marks_of_a_reserved_table_name_exactly_the_ids_not_marked(digest, count
     assert all(table.mark(f"job-{i}") == i for i in sorted(marked))
     assert table.mark(f"job-{count}") == -1
     assert sorted(table.unmarked()) == [i for i in range(count) if i not in marked]
+
+
+# --- narrow tables: line numbers in 4 bytes a slot ------------------------------------------
+
+def test_a_narrow_table_takes_half_the_bytes_and_gives_the_digest_what_positions_leave():
+    table = IdTable(Written().recall, narrow=True)
+    table.reserve(10_000_000)  # line numbers up to 12.5 million: 24 bits, 8 left to the digest
+    assert table.nbytes == 4 * (int(10_000_000 / RESERVE_LOAD) + 1)  # 53 MB, not 107
+    assert (table._pbits, table._kept) == (24, 8)
+    small = IdTable(Written().recall, narrow=True)
+    small.reserve(1000)
+    assert small._kept == 8  # never fewer position bits than a table not reserved has
+    huge = IdTable(Written().recall, narrow=True)
+    huge.reserve(200_000_000)  # 28 bits of line number would leave 4 to the digest: wide
+    assert huge._slots.itemsize == 8 and huge._pbits == idtable.POSITION_BITS
+
+
+@pytest.mark.parametrize("digest", [idtable.default_digest, *COLLIDE])
+def test_a_narrow_table_finds_exactly_the_ids_put_and_grows_reading_each_back(digest):
+    written = Written()
+    table = IdTable(written.recall, digest=digest, narrow=True)
+    table.reserve(800)
+    for i in range(1200 if digest is not idtable.default_digest else 3000):
+        assert written.add(table, f"job-{i}") == -1
+    count = len(table)
+    assert table.nbytes > 4 * (int(800 / RESERVE_LOAD) + 1)  # grown past its estimate
+    assert all(table.find(f"job-{i}") == i for i in range(count))
+    assert table.setdefault("job-3", 5000) == 3 and table.find("job-3") == 3
+    assert table.find(f"job-{count}") == -1 and table.find("") == -1
+    assert sorted(table.positions()) == list(range(count))
+
+
+def test_past_its_kept_bits_a_narrow_table_grows_by_reading_every_id_back():
+    written = Written()
+    table = IdTable(written.recall, narrow=True, slots=200)  # 8 kept bits: 256 slots at most
+    assert table._kept == 8 and table.nbytes == 4 * idtable.MIN_SLOTS
+    full = int(idtable.MIN_SLOTS * MAX_LOAD)
+    for i in range(full):
+        written.add(table, f"job-{i}")
+    before = written.recalls
+    written.add(table, "grows")
+    assert table.nbytes == 8 * idtable.MIN_SLOTS and written.recalls - before >= full
+    assert all(table.find(f"job-{i}") == i for i in range(full)) and table.find("grows") == full
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["put", "put_all"])
+def test_a_position_past_a_narrow_tables_bits_makes_it_wide_keeping_every_id(bulk):
+    written = Written()
+    table = IdTable(written.recall, digest=lambda cid: hash(cid) & 7, narrow=True)
+    for i in range(300):
+        written.add(table, f"job-{i}")
+    marked_before = table.mark("job-1")
+    far = (1 << idtable.NARROW_POSITION_BITS) + 5  # does not fit 24 bits
+    recall = written.recall
+    written.recall = lambda position: "far" if position == far else recall(position)  # type: ignore[method-assign]
+    table._recall = written.recall
+    if bulk:
+        table.put_all(["far", "job-2"], [far, 2])
+    else:
+        assert table.put("far", far) == -1
+    assert table._slots.itemsize == 8 and table.nbytes == 8 * idtable.MIN_SLOTS
+    assert marked_before == 1 and table.find("far") == far and len(table) == 301
+    assert all(table.find(f"job-{i}") == i for i in range(300))
+
+
+def test_a_narrow_tables_few_kept_bits_still_spare_nearly_every_new_id_a_read_back():
+    # the kept bits are the digest's lowest: ids probing the same slots do not share them (kept
+    # from the top, as a wide table keeps them, 8 bits would match every neighbour's)
+    written = Written()
+    table = IdTable(written.recall, narrow=True)
+    table.reserve(50_000)
+    assert table._kept == 8
+    for i in range(50_000):
+        written.add(table, f"job-{i}")
+    assert written.recalls < 50_000 * 0.02
