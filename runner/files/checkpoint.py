@@ -28,7 +28,7 @@ from jobs.results import OutputState, line_facts
 from runner.errors import StopRunError
 from runner.files import PRIVATE_FILE
 from runner.files.atomic import fsync_dir
-from runner.files.lines import ESTIMATE_SAMPLE, LineSplitter, estimate_lines
+from runner.files.lines import LineSplitter, estimate_lines, sample
 from runner.redact import redact_bytes
 
 if TYPE_CHECKING:
@@ -207,7 +207,8 @@ def scan(path: Path, state: OutputState, *, keep_done: bool = False) -> LoadRepo
     account = state.account
     try:
         with open(path, "rb") as f:
-            state.reserve(estimate_lines(f.read(ESTIMATE_SAMPLE), os.fstat(f.fileno()).st_size,
+            size = os.fstat(f.fileno()).st_size
+            state.reserve(estimate_lines(sample(f.fileno(), size), size,
                                          SHORTEST_RESULT_LINE))
             f.seek(0)
             while chunk := f.read(READ_CHUNK):

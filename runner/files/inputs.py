@@ -33,7 +33,7 @@ from jobs.reader import BadLine, Duplicate, JobReader
 from jobs.settled import Settled
 from runner.errors import UnusableInput
 from runner.files.compression import MAGIC_BYTES, CompressionError, Decompressor, refusal, sniff
-from runner.files.lines import ESTIMATE_SAMPLE, LineSplitter, estimate_lines
+from runner.files.lines import LineSplitter, estimate_lines, sample
 
 BINARY_PEEK = 8192  # bytes of a regular INPUT looked at for NUL bytes (a binary file)
 SHORTEST_JOB_LINE = 64  # bytes: {"custom_id":"1","method":"POST","url":"/v1/embeddings","body":{}}
@@ -342,10 +342,10 @@ class Rereader:
         return os.pread(self._fd, size, offset)
 
     def lines(self) -> int:
-        """About how many lines INPUT holds (`lines.estimate_lines`), for sizing the reader's
-        table once."""
-        return estimate_lines(os.pread(self._fd, ESTIMATE_SAMPLE, 0), os.fstat(self._fd).st_size,
-                              SHORTEST_JOB_LINE)
+        """About how many lines INPUT holds (`lines.estimate_lines` of a `lines.sample`), for
+        sizing the reader's table once: a narrow table that grows reads every id back."""
+        size = os.fstat(self._fd).st_size
+        return estimate_lines(sample(self._fd, size), size, SHORTEST_JOB_LINE)
 
     @staticmethod
     @contextlib.contextmanager

@@ -1,9 +1,12 @@
 """Splitting a byte stream, read in chunks, into lines: the one place that does it.
 
-Pure. The input readers (`runner.files.inputs`) and the checkpoint (`runner.files.checkpoint`)
-feed it the chunks they read, of any size.
+Pure, but for `sample`, which reads some of a file to estimate its lines. The input readers
+(`runner.files.inputs`) and the checkpoint (`runner.files.checkpoint`) feed it the chunks they
+read, of any size.
 """
 from __future__ import annotations
+
+import os
 
 
 class LineSplitter:
@@ -43,14 +46,26 @@ class LineSplitter:
         return self._fed - len(self.tail)
 
 
-ESTIMATE_SAMPLE = 1 << 20  # bytes of a file's head read to estimate how many lines it holds
+ESTIMATE_SAMPLE = 1 << 20  # bytes of a file read to estimate how many lines it holds
+ESTIMATE_PIECES = 16       # ... in this many pieces spread evenly over it (the head, ..., the end)
+
+
+def sample(fd: int, size: int) -> bytes:
+    """About `ESTIMATE_SAMPLE` bytes of the open file `fd` (`size` bytes long): all of it when it
+    is that short, else `ESTIMATE_PIECES` pieces from its head to its end, laid end to end. For
+    `estimate_lines`: a file whose lines grow or shrink along it is judged by all of it."""
+    if size <= ESTIMATE_SAMPLE:
+        return os.pread(fd, ESTIMATE_SAMPLE, 0)
+    piece = ESTIMATE_SAMPLE // ESTIMATE_PIECES
+    step = (size - piece) // (ESTIMATE_PIECES - 1)
+    return b"".join(os.pread(fd, piece, k * step) for k in range(ESTIMATE_PIECES))
 
 
 def estimate_lines(head: bytes, size: int, shortest: int) -> int:
-    """How many lines a file of `size` bytes holds, judged by its first bytes (`head`); never more
-    than `size / shortest` (`shortest`: the shortest line the file can hold), 0 when unknown. For
-    sizing tables once instead of growing them: a file whose head is not like the rest only costs
-    a table one doubling larger or smaller than it needs."""
+    """How many lines a file of `size` bytes holds, judged by some of its bytes (`head`, or a
+    `sample`); never more than `size / shortest` (`shortest`: the shortest line the file can
+    hold), 0 when unknown. For sizing tables once instead of growing them: a file whose sample is
+    not like the rest only costs a table one doubling larger or smaller than it needs."""
     lines = head.count(b"\n")
     if not lines or not size:
         return 0
