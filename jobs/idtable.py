@@ -108,15 +108,17 @@ class IdTable:
     def __len__(self) -> int:
         return self._count
 
-    def reserve(self, count: int) -> None:
+    def reserve(self, count: int, *, max_position: int | None = None) -> None:
         """Make room for `count` ids at once, while the table is empty: it is then allocated once,
         `count / RESERVE_LOAD` slots, instead of doubling on the way, whose last doubling holds
         the old slots and the new (half again of the table's memory) at the same time. A narrow
-        table gives positions the bits `count` needs (or turns wide when too few are left)."""
+        table gives positions the bits `max_position` needs (by default `count`, and a quarter
+        more), or turns wide when too few are left for the digest."""
         if self._count:
             raise ValueError("reserve() is for an empty table")
         if self._narrow:
-            bits = (int(count * NARROW_HEADROOM) + 2).bit_length()
+            highest = int(count * NARROW_HEADROOM) if max_position is None else max_position
+            bits = (highest + 1).bit_length()  # a slot holds position + 1
             if NARROW_BITS - bits < MIN_NARROW_TAG_BITS:
                 self._narrow = False
                 bits = POSITION_BITS
@@ -162,12 +164,12 @@ class IdTable:
         """Positions from `low` to `high` fit (a narrow table turns wide for them), or ValueError."""
         if not 0 <= low <= high <= MAX_POSITION:
             raise ValueError(f"position out of range (0..{MAX_POSITION})")
-        if high >= self._mask - 1:
+        if high >= self._mask:
             self._widen()
 
     def _place(self, custom_id: str, position: int, replace: bool) -> int:
         """`put` (`replace`) or `setdefault`, in one probe."""
-        if not 0 <= position < self._mask - 1:
+        if not 0 <= position < self._mask:
             self._check(position, position)
         digest = self._digest(custom_id)
         slots, recall, size, pbits, mask = self._slots, self._recall, self._size, self._pbits, self._mask

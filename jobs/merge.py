@@ -20,8 +20,9 @@ The picture. The lines of all outputs, laid end to end, are numbered from 0 (as
     all lines, a third     at each first line, the id's winning line: the line itself when it
     time (`lines`)         wins, else read back by number
 
-Memory: one 8-byte slot per id at a time (`jobs.idtable.IdTable`, reserved for the outputs' ids
-added up: an id held by k outputs counts k times), four bits a line, and what the source keeps
+Memory: one slot per id at a time (`jobs.idtable.IdTable`: 8 bytes while one output is read,
+growing with its ids; 4 for the table of every id, narrow, line numbers and ranks, reserved for
+the outputs' ids added up: an id held by k outputs counts k times), four bits a line, and what the source keeps
 to read a line back; never an id, a line or a body. Exact whatever the
 digests: every id a table matches is read back from its line and compared (`IdTable`). The
 first reading parses every line (`verdict`); the others take a result line's id from runner's
@@ -134,8 +135,8 @@ class Merge:
         self._ids = 0    # ids added up over the outputs (an id in two outputs counts twice)
         for k in range(len(source)):
             self._scan_output(source.output(k))
-        self._table = IdTable(self._id_at, digest=digest)
-        self._table.reserve(self._ids)
+        self._table = IdTable(self._id_at, digest=digest, narrow=True)  # 4 bytes a slot
+        self._table.reserve(self._ids, max_position=self._count << RANK_BITS | RANK_MASK)
         self._settle()
 
     def _id_at(self, position: int) -> str | None:

@@ -219,3 +219,20 @@ def test_a_narrow_tables_few_kept_bits_still_spare_nearly_every_new_id_a_read_ba
     for i in range(50_000):
         written.add(table, f"job-{i}")
     assert written.recalls < 50_000 * 0.02
+
+
+def test_a_narrow_table_reserved_for_larger_positions_gives_them_the_bits():
+    # the merge's table: line numbers and a 2-bit rank, 4 times the line count
+    written = Written()
+    table = IdTable(written.recall, narrow=True)
+    table.reserve(1000, max_position=(1 << 26) - 2)  # + 1 in 26 bits
+    assert table._pbits == 26 and table._kept == 6 and table._slots.itemsize == 4
+    big = IdTable(written.recall, narrow=True)
+    big.reserve(1000, max_position=(1 << 26) - 1)  # 27 bits, 5 left: wide
+    assert big._slots.itemsize == 8
+    far = (1 << 26) - 2
+    written.ids.extend([""] * far + ["far"])
+    assert table.put("far", far) == -1 and table._slots.itemsize == 4 and table.find("far") == far
+    written.ids.append("next")
+    assert table.put("next", far + 1) == -1 and table._slots.itemsize == 8  # past 26 bits: wide
+    assert table.find("far") == far and table.find("next") == far + 1
