@@ -1,9 +1,9 @@
 """A set of custom_ids in 8 (or 4) bytes a slot, exact because every match is confirmed against the file.
 
     slot, wide (one 64-bit word of an `array('Q')`):  digest's top 24 bits │ position + 1 (40 bits)
-    slot, narrow (a 32-bit word of an `array('I')`):  digest's top t bits  │ position + 1 (32 - t)
-                                                      └─ a filter (and, while they suffice, where
-                                                         the table starts probing)
+    slot, narrow (a 32-bit word of an `array('I')`):  digest's lowest t bits │ position + 1 (32 - t)
+                                                      └─ a filter (and, wide, while they suffice,
+                                                         where the table starts probing)
 
 An id is never kept, only where it is written: a position the owner knows how to read back
 (`recall(position) -> custom_id`: the byte offset of a result line in OUTPUT, the line number of
@@ -46,7 +46,6 @@ from collections.abc import Callable, Iterator
 __all__ = ["IdTable", "default_digest"]
 
 POSITION_BITS = 40                 # wide: positions below 2**40 - 1 (a 1 TiB file, a trillion lines)
-INDEX_BITS = 64 - POSITION_BITS    # wide: digest bits kept in a slot
 POSITION_MASK = (1 << POSITION_BITS) - 1
 MAX_POSITION = POSITION_MASK - 1
 NARROW_BITS = 32                   # a narrow slot's width

@@ -136,7 +136,7 @@ class Merge:
         for k in range(len(source)):
             self._scan_output(source.output(k))
         self._table = IdTable(self._id_at, digest=digest, narrow=True)  # 4 bytes a slot
-        self._table.reserve(self._ids, max_position=self._count << RANK_BITS | RANK_MASK)
+        self._table.reserve(self._ids, max_position=max(self._count - 1, 0) << RANK_BITS | RANK_MASK)
         self._settle()
 
     def _id_at(self, position: int) -> str | None:

@@ -23,7 +23,7 @@ BOM = b"\xef\xbb\xbf"  # what some editors write at the start of a UTF-8 file
 MAX_SHOWN = 60  # characters of an offending value quoted in a message
 NOT_A_JOB_FILE_AFTER = 20  # bad lines in a row at the start, with no job yet, that end the reading
 LINES_PER_MARK = 64  # the reader keeps the byte offset of every this-many-th line (to read one again)
-REREAD_SIZE = 1 << 16  # bytes read at once to find one line again
+REREAD_SIZE = 1 << 13  # bytes read at first to find one line again (doubled until it is whole)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,9 +177,11 @@ class JobReader:
         skip = line - 1 - mark * LINES_PER_MARK
         offset = self._marks[mark]
         data = b""
+        size = REREAD_SIZE
         while True:
-            more = self._reread(offset + len(data), REREAD_SIZE)
+            more = self._reread(offset + len(data), size)
             data += more
+            size *= 2
             lines = data.split(b"\n", skip + 1)
             if len(lines) > skip + 1 or not more:
                 break

@@ -97,8 +97,6 @@ def test_past_the_kept_bits_growth_reads_each_id_back_and_lookups_use_more_bits(
     # the same table keeping 11 digest bits (2,048 slots) instead of 24: growing past them reads
     # every id back for the bits the slots do not keep, and lookups take those bits too
     monkeypatch.setattr(idtable, "POSITION_BITS", 53)
-    monkeypatch.setattr(idtable, "INDEX_BITS", 11)
-    monkeypatch.setattr(idtable, "POSITION_MASK", (1 << 53) - 1)
     written = Written()
     table = IdTable(written.recall, slots=1500)
     full = int(1500 * MAX_LOAD)
@@ -157,8 +155,21 @@ def test_a_narrow_table_takes_half_the_bytes_and_gives_the_digest_what_positions
     small.reserve(1000)
     assert small._kept == 8  # never fewer position bits than a table not reserved has
     huge = IdTable(Written().recall, narrow=True)
-    huge.reserve(200_000_000)  # 28 bits of line number would leave 4 to the digest: wide
+    huge.reserve(1000, max_position=200_000_000)  # 28 bits of line number leave 4: wide
     assert huge._slots.itemsize == 8 and huge._pbits == idtable.POSITION_BITS
+
+
+def test_a_reserved_narrow_table_takes_a_quarter_more_line_numbers_than_its_count():
+    written = Written()
+    table = IdTable(written.recall, narrow=True)
+    table.reserve(1 << 20)  # line numbers to 1.25 * 2**20: 21 bits, and never fewer than 24
+    assert table._pbits == 24
+    at = {int((1 << 23) * 1.2) + i: f"job-{i}" for i in range(10)}
+    tight = IdTable(at.get, narrow=True)
+    tight.reserve(1 << 23)  # 1.25 * 2**23 needs 24 bits: an estimate 20 % low still fits
+    assert tight._pbits == 24 and tight._slots.itemsize == 4
+    tight.put_all(list(at.values()), list(at))
+    assert tight._slots.itemsize == 4 and all(tight.find(cid) == n for n, cid in at.items())
 
 
 @pytest.mark.parametrize("digest", [idtable.default_digest, *COLLIDE])
@@ -176,9 +187,10 @@ def test_a_narrow_table_finds_exactly_the_ids_put_and_grows_reading_each_back(di
     assert sorted(table.positions()) == list(range(count))
 
 
-def test_past_its_kept_bits_a_narrow_table_grows_by_reading_every_id_back():
+def test_a_narrow_table_grows_by_reading_every_id_back():
+    # its kept bits are not where probing starts: a growth must read each id back for its digest
     written = Written()
-    table = IdTable(written.recall, narrow=True, slots=200)  # 8 kept bits: 256 slots at most
+    table = IdTable(written.recall, narrow=True)
     assert table._kept == 8 and table.nbytes == 4 * idtable.MIN_SLOTS
     full = int(idtable.MIN_SLOTS * MAX_LOAD)
     for i in range(full):
@@ -223,16 +235,16 @@ def test_a_narrow_tables_few_kept_bits_still_spare_nearly_every_new_id_a_read_ba
 
 def test_a_narrow_table_reserved_for_larger_positions_gives_them_the_bits():
     # the merge's table: line numbers and a 2-bit rank, 4 times the line count
-    written = Written()
-    table = IdTable(written.recall, narrow=True)
-    table.reserve(1000, max_position=(1 << 26) - 2)  # + 1 in 26 bits
-    assert table._pbits == 26 and table._kept == 6 and table._slots.itemsize == 4
-    big = IdTable(written.recall, narrow=True)
-    big.reserve(1000, max_position=(1 << 26) - 1)  # 27 bits, 5 left: wide
-    assert big._slots.itemsize == 8
     far = (1 << 26) - 2
-    written.ids.extend([""] * far + ["far"])
+    at = {n: f"job-{n}" for n in range(100)} | {far: "far", far + 1: "next"}
+    table = IdTable(at.get, narrow=True)
+    table.reserve(1000, max_position=far)  # + 1 in 26 bits
+    assert table._pbits == 26 and table._kept == 6 and table._slots.itemsize == 4
+    big = IdTable(at.get, narrow=True)
+    big.reserve(1000, max_position=far + 1)  # 27 bits, 5 left: wide
+    assert big._slots.itemsize == 8
+    table.put_all([f"job-{n}" for n in range(100)], list(range(100)))
     assert table.put("far", far) == -1 and table._slots.itemsize == 4 and table.find("far") == far
-    written.ids.append("next")
     assert table.put("next", far + 1) == -1 and table._slots.itemsize == 8  # past 26 bits: wide
     assert table.find("far") == far and table.find("next") == far + 1
+    assert all(table.find(f"job-{n}") == n for n in range(100))

@@ -250,6 +250,7 @@ def test_merging_files_read_in_small_pieces_gives_what_splitlines_gives(tmp_path
             merge = Merge(source, digest=digest)
             assert list(merge.lines()) == expected
             assert len(merge) == len(expected)
+            assert merge._table._slots.itemsize == 4  # narrow: line numbers and ranks
             numbered = [line for lines in source.lines() for line in lines]
             order = rng.sample(range(len(numbered)), len(numbered))
             assert [source.read(n) for n in order] == [numbered[n] for n in order]
@@ -335,3 +336,4 @@ def test_an_output_that_is_a_pipe_is_refused_not_merged_empty(tmp_path):
         os.close(read)
     assert result.exit_code == 2 and "not a regular file" in result.output
     assert not merged.exists()
+
