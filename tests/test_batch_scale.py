@@ -141,3 +141,30 @@ def test_input_is_read_again_only_when_a_closed_batch_left_jobs_without_their_li
     assert run(loop, sim, other).exit_code() == EXIT_OK
     assert len(reads) > 1  # lines of expired batches never ran: planned again
     assert_exactly_once(jobs, read_results(other / "out.jsonl"))
+
+
+def test_the_view_of_output_is_sized_once_for_every_job_of_input(loop, tmp_path, sim_factory,
+                                                                  monkeypatch):
+    # every result a batch run writes is accounted in its view of OUTPUT: a table grown by
+    # doubling held 67 + 134 MB at once at 10,000,000 jobs; sized from INPUT, it never grows
+    from jobs.idtable import IdTable
+    from runner.batch import run as batch_run
+    views, grown = [], []
+    seen_state, grow = batch_run._SeenState, IdTable._grow
+
+    def spy(*args, **kwargs):
+        views.append(seen_state(*args, **kwargs))
+        return views[-1]
+
+    def growing(table):
+        grown.append(table)
+        grow(table)
+
+    monkeypatch.setattr(batch_run, "_SeenState", spy)
+    monkeypatch.setattr(IdTable, "_grow", growing)
+    jobs = write_jobs(tmp_path / "in.jsonl", 3000, kinds=("embedding",))
+    sim = sim_factory()
+    assert run(loop, sim, tmp_path, pack=False).exit_code() == EXIT_OK
+    assert_exactly_once(jobs, read_results(tmp_path / "out.jsonl"))
+    table = views[0]._results
+    assert len(table) == 3000 and table not in grown
