@@ -71,7 +71,8 @@ class IdTable:
     positions are small numbers (see the module docstring)."""
 
     __slots__ = ("_slots", "_size", "_shift", "_bits", "_count", "_limit", "_recall", "_digest",
-                 "_marks", "_pbits", "_mask", "_kept", "_tag_shift", "_tag_mask", "_narrow")
+                 "_marks", "_pbits", "_mask", "_kept", "_tag_shift", "_tag_mask", "_narrow",
+                 "_expected")
 
     def __init__(self, recall: Callable[[int], str | None], *,
                  digest: Callable[[str], int] = default_digest, slots: int = MIN_SLOTS,
@@ -81,6 +82,7 @@ class IdTable:
         self._count = 0
         self._marks: bytearray | None = None  # one bit a slot, once something is marked
         self._narrow = narrow
+        self._expected = 0  # slots the next growth goes to at least (`expect`)
         self._layout(NARROW_POSITION_BITS if narrow else POSITION_BITS)
         self._allocate(max(slots, MIN_SLOTS))
 
@@ -255,8 +257,14 @@ class IdTable:
             if word:
                 yield (word & mask) - 1
 
+    def expect(self, count: int) -> None:
+        """The table will come to hold about `count` ids: when it next grows, it grows to hold
+        them at once (`count / RESERVE_LOAD` slots) rather than doubling on the way, each
+        doubling holding the old slots and the new at once. Nothing is allocated now."""
+        self._expected = max(self._expected, int(count / RESERVE_LOAD) + 1)
+
     def _grow(self) -> None:
-        self._rebuild(2 * self._size)
+        self._rebuild(max(2 * self._size, self._expected))
 
     def _widen(self) -> None:
         """Turn a narrow table wide (a position past its bits): every id recalled once."""

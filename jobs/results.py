@@ -281,6 +281,11 @@ class OutputState:
         if not len(self._results):
             self._results.reserve(lines)
 
+    def expect(self, ids: int) -> None:
+        """The state will come to hold about `ids` ids (a run accounting what it writes): its
+        table grows to them at once when it next grows (`IdTable.expect`)."""
+        self._results.expect(ids)
+
     def _recall(self, position: int) -> str | None:
         try:
             facts = line_facts(self.lines.read(position))

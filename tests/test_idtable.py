@@ -248,3 +248,16 @@ def test_a_narrow_table_reserved_for_larger_positions_gives_them_the_bits():
     assert table.put("next", far + 1) == -1 and table._slots.itemsize == 8  # past 26 bits: wide
     assert table.find("far") == far and table.find("next") == far + 1
     assert all(table.find(f"job-{n}") == n for n in range(100))
+
+
+def test_a_table_told_what_to_expect_grows_once_to_hold_it_and_keeps_every_id():
+    written = Written()
+    table = IdTable(written.recall)
+    table.expect(20_000)
+    assert table.nbytes == 8 * idtable.MIN_SLOTS  # nothing allocated before it is needed
+    sizes = {table.nbytes}
+    for i in range(20_000):
+        written.add(table, f"job-{i}")
+        sizes.add(table.nbytes)
+    assert sizes == {8 * idtable.MIN_SLOTS, 8 * (int(20_000 / RESERVE_LOAD) + 1)}
+    assert all(table.find(f"job-{i}") == i for i in range(20_000))

@@ -170,8 +170,9 @@ class _SeenState(OutputState):
 
 def _expected_jobs(config: BatchRunConfig) -> int:
     """About how many jobs INPUT holds for this run (its shard's share), from a sample of it:
-    the results a run accounts in its view of OUTPUT, whose table is then allocated once rather
-    than doubling on the way (its last doubling held 67 + 134 MB at 10,000,000 jobs)."""
+    the results a run accounts in its view of OUTPUT, whose table then grows once to hold them
+    rather than doubling on the way (its last doubling held 67 + 134 MB at 10,000,000 jobs).
+    Not allocated before it is needed: while the plan reads INPUT, the reader's table is held."""
     with Rereader.of(config.input) as reread:
         lines = 0 if reread is None else reread.lines()
     return lines if config.shard is None else lines // config.shard.count
@@ -206,7 +207,7 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
         seen = _SeenState(state.jobs_of(chunk for chunk in state.open_chunks()
                                         if chunk.status in FINAL_STATUSES))
         if not config.cancel:  # every result this run writes is accounted: room for them at once
-            seen.reserve(_expected_jobs(config))
+            seen.expect(_expected_jobs(config))  # (once past OUTPUT's, not beside the reader's)
         output.load(seen)
         if not config.cancel:
             await output.check_changed(Intake(seen, retry_failed=config.retry_failed,
