@@ -252,3 +252,27 @@ def test_a_files_lines_are_estimated_from_all_along_it_not_its_head_alone(tmp_pa
     path.write_bytes(b"".join(long + short))
     with Rereader.of(str(path)) as reread:
         assert abs(reread.lines() - 70_000) < 70_000 * 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("via", [[], ["--via", "batch"]], ids=["live", "batch"])
+def test_a_resume_with_nothing_to_send_never_loads_the_http_client(tmp_path, via):
+    # aiohttp is ~10 MB of a process: a resume of a finished file must not pay for it
+    import subprocess
+    import sys
+    jobs, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    body = {"model": "text-embedding-3-small", "input": "w"}
+    jobs.write_bytes(b"".join(orjson.dumps({"custom_id": f"j{i}", "method": "POST",
+                                            "url": "/v1/embeddings", "body": body}) + b"\n"
+                              for i in range(3)))
+    out.write_bytes(b"".join(orjson.dumps(success_record(
+        f"j{i}", {"data": []}, record_id=f"r{i}", request_id=None,
+        fingerprint=fingerprint("/v1/embeddings", body))) + b"\n" for i in range(3)))
+    code = ("import sys\nfrom runner.cli.main import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    print('exit', e.code, 'aiohttp' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code, "run", str(jobs), "-o", str(out),
+                           "--base-url", "http://127.0.0.1:9/v1", "--no-progress", *via],
+                          capture_output=True, text=True, timeout=60,
+                          env={**__import__("os").environ, "OPENAI_API_KEY": "sk-test"})
+    assert done.stdout.strip().splitlines()[-1] == "exit 0 False", done.stdout + done.stderr
+    assert out.read_bytes().count(b"\n") == 3

@@ -47,7 +47,7 @@ from jobs.shard import Shard
 from jobs.spend import Spend, Unpriceable, job_bound
 from jobs.results import FINGERPRINT, LineFacts, OutputState, error_record
 from runner.api.endpoint import Endpoint, batch_setup_hint
-from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
+from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, SessionSender
 from runner.batch.client import BatchClient, batch_url
 from runner.batch.collect import judge_line
 from runner.batch.plan import (
@@ -218,9 +218,9 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
             state.use_endpoint(config.endpoint.base_url)
             checkpoint = output.open()
             if send is None:
-                session = open_session(max_connections=8, connect_timeout=config.connect_timeout,
-                                       read_timeout=config.read_timeout)
-                send = aiohttp_sender(session)
+                send = session = SessionSender(max_connections=8,
+                                               connect_timeout=config.connect_timeout,
+                                               read_timeout=config.read_timeout)
             images = ImageStore(config.images_dir or default_images_dir(config.output),
                                 relative_to=config.output.resolve().parent, send=send,
                                 sleep=sleep, inline=config.inline_images, reuse_identical=True)

@@ -29,7 +29,7 @@ from runner.files.guard import check_output
 from runner.files.session import OutputSession, Stop
 from runner.files.images import ImageStore, check_uploads, default_images_dir
 from runner.files.inputs import count_lines, read_items, read_unsettled
-from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, aiohttp_sender, open_session
+from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, SessionSender
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -251,10 +251,9 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
     loop = asyncio.get_running_loop()
     session = None
     if send is None:
-        session = open_session(max_connections=config.dispatch.concurrency,
-                               connect_timeout=config.connect_timeout,
-                               read_timeout=config.read_timeout)
-        send = aiohttp_sender(session)
+        send = session = SessionSender(max_connections=config.dispatch.concurrency,
+                                       connect_timeout=config.connect_timeout,
+                                       read_timeout=config.read_timeout)
     send = config.endpoint.authorize(send)  # Entra ID tokens that refresh themselves
     if limiters is None:
         limiters = Limiters(rpm=config.rpm, tpm=config.tpm, burst_s=config.burst_s,
