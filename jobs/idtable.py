@@ -52,6 +52,8 @@ NARROW_BITS = 32                   # a narrow slot's width
 NARROW_POSITION_BITS = 24          # a narrow table's position bits until `reserve` sizes them
 MIN_NARROW_TAG_BITS = 6            # fewer digest bits than this left by `reserve`: the table stays wide
 NARROW_HEADROOM = 1.25             # positions `reserve(count)` makes room for: count times this
+EXPECT_HEADROOM = 1.15             # `expect(count)` makes room for this many times `count` (an
+                                   # estimate from a sample: past it, a doubling of the larger size)
 # loads chosen with bench/idtable.py: at 0.75 full, put_all and find take 1.2 to 1.4 times what
 # they take at 0.5 (a miss up to 1.7); at 0.9 a miss takes 4 to 7 times
 MAX_LOAD = 0.85                    # slots in use before the table doubles
@@ -258,10 +260,10 @@ class IdTable:
                 yield (word & mask) - 1
 
     def expect(self, count: int) -> None:
-        """The table will come to hold about `count` ids: when it next grows, it grows to hold
-        them at once (`count / RESERVE_LOAD` slots) rather than doubling on the way, each
-        doubling holding the old slots and the new at once. Nothing is allocated now."""
-        self._expected = max(self._expected, int(count / RESERVE_LOAD) + 1)
+        """The table will come to hold about `count` ids (an estimate): when it next grows, it
+        grows to hold them at once, and `EXPECT_HEADROOM` more, rather than doubling on the way,
+        each doubling holding the old slots and the new at once. Nothing is allocated now."""
+        self._expected = max(self._expected, int(count * EXPECT_HEADROOM / RESERVE_LOAD) + 1)
 
     def _grow(self) -> None:
         self._rebuild(max(2 * self._size, self._expected))

@@ -169,3 +169,18 @@ def test_the_view_of_output_grows_once_to_hold_every_job_of_input(loop, tmp_path
     table = views[0]._results
     assert len(table) == 3000 and grown.count(table) == 1  # once, from its least size to all
     assert table.nbytes >= 8 * int(3000 / RESERVE_LOAD)
+
+
+def test_a_run_expects_no_more_results_than_limit_max_cost_and_its_shard_allow(tmp_path):
+    from jobs.shard import Shard
+    from runner.batch.run import BatchRunConfig, _expected_jobs
+    write_jobs(tmp_path / "in.jsonl", 400, kinds=("embedding",))
+
+    def expected(**options) -> int:
+        return _expected_jobs(BatchRunConfig(input=str(tmp_path / "in.jsonl"),
+                                             output=tmp_path / "out.jsonl", **options))
+
+    assert 360 <= expected() <= 440  # estimated from a sample of INPUT
+    assert expected(limit=50) == 50  # a slice of a large file: no table for all of it
+    assert expected(max_cost=1.0) == 0  # may stop anywhere: the table doubles as it fills
+    assert expected(shard=Shard(1, 4)) == expected() // 4

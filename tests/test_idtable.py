@@ -259,5 +259,6 @@ def test_a_table_told_what_to_expect_grows_once_to_hold_it_and_keeps_every_id():
     for i in range(20_000):
         written.add(table, f"job-{i}")
         sizes.add(table.nbytes)
-    assert sizes == {8 * idtable.MIN_SLOTS, 8 * (int(20_000 / RESERVE_LOAD) + 1)}
+    assert sizes == {8 * idtable.MIN_SLOTS,
+                     8 * (int(20_000 * idtable.EXPECT_HEADROOM / RESERVE_LOAD) + 1)}
     assert all(table.find(f"job-{i}") == i for i in range(20_000))

@@ -213,3 +213,21 @@ def test_an_upload_streamed_from_a_file_may_take_its_size_at_the_slowest_rate_do
     assert request_timeout(session, download).total is None
     call = HttpRequest("POST", "https://api.test/v1/chat/completions", {}, b"{}")
     assert request_timeout(session, call) is session
+
+
+def test_a_session_sender_opens_its_session_with_the_first_request_and_none_after_close(loop):
+    from runner.api.transport import HttpRequest, SessionSender
+    sender = SessionSender(max_connections=2)
+    assert sender._session is None  # a run that sends nothing opens nothing
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]  # bound, not listening: the connection is refused
+        with pytest.raises(APIConnectionError):
+            loop.run_until_complete(only_tree_errors(sender)(
+                HttpRequest("GET", f"http://127.0.0.1:{port}/v1/models", {})))
+    assert sender._session is not None and not sender._session.closed
+    session = sender._session
+    loop.run_until_complete(sender.close())
+    assert session.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.run_until_complete(sender(HttpRequest("GET", f"http://127.0.0.1:{port}/", {})))

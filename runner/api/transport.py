@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from runner.errors import (
@@ -195,6 +197,13 @@ def no_answer_error(exc: TimeoutError | aiohttp.ClientError | OSError,
     return APIConnectionError(mask_secrets(describe(exc)), url=url)
 
 
+def _no_answer_loaded() -> tuple[type[BaseException], ...]:
+    """`no_answer_errors()` without importing aiohttp: an aiohttp error cannot be raised before
+    aiohttp is loaded (a run that sends nothing never loads it)."""
+    aiohttp = sys.modules.get("aiohttp")
+    return (TimeoutError, OSError) if aiohttp is None else (TimeoutError, aiohttp.ClientError, OSError)
+
+
 def only_tree_errors(send: Send) -> Send:
     """`send` whose failures are all errors of the project's tree: what aiohttp or the OS raises
     (a `send` other than `aiohttp_sender`, which converts them itself) becomes `no_answer_error`'s
@@ -204,7 +213,7 @@ def only_tree_errors(send: Send) -> Send:
     async def converting(request: HttpRequest) -> HttpResponse:
         try:
             return await send(request)
-        except no_answer_errors() as exc:  # (aiohttp imported by the first request, not before)
+        except _no_answer_loaded() as exc:
             raise no_answer_error(exc, request.url) from exc
 
     return converting
@@ -255,24 +264,31 @@ def request_timeout(timeout: aiohttp.ClientTimeout, request: HttpRequest) -> aio
 
 
 class SessionSender:
-    """A run's `send` over one aiohttp session (`open_session(**options)`), opened by the first
-    request: a run with nothing to send (a resume of a finished file) never imports aiohttp,
-    about 10 MB. `close()` closes the session if it was opened."""
+    """A run's `send` over one aiohttp session (`open_session`'s), opened by the first request:
+    a run with nothing to send (a resume of a finished file) never imports aiohttp, about 10 MB.
+    `close()` closes the session if it was opened; a request after it is a RuntimeError."""
 
-    __slots__ = ("_options", "_session", "_send")
+    __slots__ = ("_open", "_session", "_send", "_closed")
 
-    def __init__(self, **options: Any) -> None:
-        self._options = options
+    def __init__(self, *, max_connections: int, connect_timeout: float = CONNECT_TIMEOUT_S,
+                 read_timeout: float = READ_TIMEOUT_S) -> None:
+        self._open = functools.partial(open_session, max_connections=max_connections,
+                                       connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._send: Send | None = None
+        self._closed = False
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         if self._send is None:
-            self._session = open_session(**self._options)
+            if self._closed:
+                raise RuntimeError("the run's HTTP session is closed")
+            self._session = self._open()
             self._send = aiohttp_sender(self._session)
         return await self._send(request)
 
     async def close(self) -> None:
+        self._closed = True
+        self._send = None
         if self._session is not None:
             await self._session.close()
 

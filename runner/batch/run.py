@@ -169,13 +169,17 @@ class _SeenState(OutputState):
 
 
 def _expected_jobs(config: BatchRunConfig) -> int:
-    """About how many jobs INPUT holds for this run (its shard's share), from a sample of it:
-    the results a run accounts in its view of OUTPUT, whose table then grows once to hold them
-    rather than doubling on the way (its last doubling held 67 + 134 MB at 10,000,000 jobs).
-    Not allocated before it is needed: while the plan reads INPUT, the reader's table is held."""
+    """About how many results this run may write: INPUT's jobs (its shard's share, from a sample
+    of it; at most --limit; none said with --max-cost, which may stop it anywhere), accounted in
+    its view of OUTPUT, whose table then grows once to hold them rather than doubling on the way
+    (its last doubling held 67 + 134 MB at 10,000,000 jobs). Not allocated before it is needed:
+    while the plan reads INPUT, the reader's table is held."""
+    if config.max_cost is not None:
+        return 0
     with Rereader.of(config.input) as reread:
         lines = 0 if reread is None else reread.lines()
-    return lines if config.shard is None else lines // config.shard.count
+    lines = lines if config.shard is None else lines // config.shard.count
+    return lines if config.limit is None else min(lines, config.limit)
 
 
 class _Stopped(Exception):
@@ -206,9 +210,10 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
             log(f"{state.path}: cut off a torn last line left by an interrupted run")
         seen = _SeenState(state.jobs_of(chunk for chunk in state.open_chunks()
                                         if chunk.status in FINAL_STATUSES))
-        if not config.cancel:  # every result this run writes is accounted: room for them at once
-            seen.expect(_expected_jobs(config))  # (once past OUTPUT's, not beside the reader's)
         output.load(seen)
+        if not config.cancel:  # every result this run writes is accounted: room for them at once
+            seen.expect(len(seen.done) + len(seen.transient) + len(seen.permanent)
+                        + _expected_jobs(config))  # (when it next grows: not beside the reader's)
         if not config.cancel:
             await output.check_changed(Intake(seen, retry_failed=config.retry_failed,
                                               retry_codes=config.retry_codes,
