@@ -52,8 +52,8 @@ NARROW_BITS = 32                   # a narrow slot's width
 NARROW_POSITION_BITS = 24          # a narrow table's position bits until `reserve` sizes them
 MIN_NARROW_TAG_BITS = 6            # fewer digest bits than this left by `reserve`: the table stays wide
 NARROW_HEADROOM = 1.25             # positions `reserve(count)` makes room for: count times this
-EXPECT_HEADROOM = 1.15             # `expect(count)` makes room for this many times `count` (an
-                                   # estimate from a sample: past it, a doubling of the larger size)
+EXPECT_HEADROOM = 1.05             # `expect(count)` makes room for this many times `count`: with
+                                   # MAX_LOAD, for an estimate up to 19 % low before it doubles
 # loads chosen with bench/idtable.py: at 0.75 full, put_all and find take 1.2 to 1.4 times what
 # they take at 0.5 (a miss up to 1.7); at 0.9 a miss takes 4 to 7 times
 MAX_LOAD = 0.85                    # slots in use before the table doubles
