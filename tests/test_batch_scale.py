@@ -184,3 +184,26 @@ def test_a_run_expects_no_more_results_than_limit_max_cost_and_its_shard_allow(t
     assert expected(limit=50) == 50  # a slice of a large file: no table for all of it
     assert expected(max_cost=1.0) == 0  # may stop anywhere: the table doubles as it fills
     assert expected(shard=Shard(1, 4)) == expected() // 4
+
+
+def test_a_journal_loads_its_chunks_without_their_fingerprints_and_reads_them_back(tmp_path):
+    # the fingerprints (an id and a digest a job) are half a planned line's objects: loading the
+    # journal parses each line up to them; a chunk collected reads them back whole
+    tricky = 'x","fingerprints":{"y'  # the key's bytes, escaped inside an id
+    state = BatchState(tmp_path / "out.jsonl")
+    state.open("0123456789abcdef")
+    lines = [(f"j{i}", (f"j{i}",)) for i in range(100)] + [(tricky, (tricky,))]
+    printed = {f"j{i}": f"f{i}" for i in range(100)} | {tricky: "ft"}
+    state.plan(Chunk("c1", "/v1/embeddings", "m", 10, lines, fingerprints=printed), b"{}\n")
+    state.close()
+    raw = state_path(tmp_path / "out.jsonl").read_bytes().splitlines()
+    planned = next(line for line in raw if line.startswith(batch_state.PLANNED_HEAD))
+    event = batch_state._event(planned)
+    assert "fingerprints" not in event and len(event["lines"]) == 101
+    assert batch_state._event(b'{"event":"planned","chunk":"c2","lines":[],"fingerprints":{') is None
+    again = BatchState(tmp_path / "out.jsonl")
+    again.load()
+    chunk = again.chunks["c1"]
+    assert (chunk.line_count, chunk.job_count) == (101, 101)
+    back = again.planned(chunk)
+    assert back.lines == lines and back.fingerprints == printed

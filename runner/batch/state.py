@@ -120,6 +120,29 @@ def _counts(raw: list[Any]) -> tuple[int, int]:
     return len(raw), sum(1 if isinstance(item, str) else len(item[1]) for item in raw)
 
 
+PLANNED_HEAD = b'{"event":"planned",'
+FINGERPRINTS_KEY = b',"fingerprints":{'  # after "lines": a chunk's biggest part, not needed to load it
+
+
+def _event(raw: bytes) -> Any:
+    """One journal line, parsed; None when it is not JSON. A "planned" line is parsed without
+    its fingerprints (up to 50,000 ids and digests: read back by `planned` when needed), so a
+    chunk's line does not become some 30 MB of objects at once while the journal loads. The
+    key cannot occur earlier in the line: a quote inside an id is escaped. (A line whose
+    fingerprints alone are damaged loads; `planned` then refuses it, stopping the run.)"""
+    try:
+        if raw.startswith(PLANNED_HEAD) and raw.endswith(b"}}"):  # whole, as runner wrote it
+            cut = raw.find(FINGERPRINTS_KEY)
+            if cut > 0:
+                try:
+                    return orjson.loads(raw[:cut] + b"}")
+                except orjson.JSONDecodeError:
+                    pass  # not runner's own layout: the whole line, as any other
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def _chunk_number(chunk: Any) -> int:
     """The number in a chunk id ("c00042" -> 42); 0 for anything else."""
     if isinstance(chunk, str) and chunk[:1] == "c" and chunk[1:].isascii() \
@@ -164,10 +187,7 @@ class BatchState:
         for raw in lines:
             at = self._end
             self._end += len(raw) + 1
-            try:
-                event = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
+            event = _event(raw)
             if isinstance(event, dict):
                 self._apply(event, at, len(raw))
 
