@@ -22,8 +22,8 @@ The picture. The lines of all outputs, laid end to end, are numbered from 0 (as
 
 Memory: one slot per id at a time (`jobs.idtable.IdTable`: 8 bytes while one output is read,
 growing with its ids; 4 for the table of every id, narrow, line numbers and ranks, reserved for
-the outputs' ids added up: an id held by k outputs counts k times), four bits a line, and what the source keeps
-to read a line back; never an id, a line or a body. Exact whatever the
+the outputs' ids added up: an id held by k outputs counts k times), four bits a line, and what
+the source keeps to read a line back; never an id, a line or a body. Exact whatever the
 digests: every id a table matches is read back from its line and compared (`IdTable`). The
 first reading parses every line (`verdict`); the others take a result line's id from runner's
 head when that is exact (`result_id`).
@@ -136,7 +136,8 @@ class Merge:
         for k in range(len(source)):
             self._scan_output(source.output(k))
         self._table = IdTable(self._id_at, digest=digest, narrow=True)  # 4 bytes a slot
-        self._table.reserve(self._ids, max_position=max(self._count - 1, 0) << RANK_BITS | RANK_MASK)
+        last = max(self._count - 1, 0) << RANK_BITS | RANK_MASK  # the highest position put
+        self._table.reserve(self._ids, max_position=last)
         self._settle()
 
     def _id_at(self, position: int) -> str | None:

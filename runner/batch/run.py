@@ -214,7 +214,6 @@ async def run_batch(config: BatchRunConfig, *, send: Send | None = None,
         if not config.cancel:  # every result this run writes is accounted: room for them at once
             seen.expect(len(seen.done) + len(seen.transient) + len(seen.permanent)
                         + _expected_jobs(config))  # (when it next grows: not beside the reader's)
-        if not config.cancel:
             await output.check_changed(Intake(seen, retry_failed=config.retry_failed,
                                               retry_codes=config.retry_codes,
                                               changed=config.changed), lambda: _items(config))
