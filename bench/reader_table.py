@@ -36,22 +36,20 @@ def read_all(path: Path, narrow: bool) -> tuple[float, int, int]:
         kwargs["narrow"] = narrow
         original(self, recall, **kwargs)
 
-    idtable.IdTable.__init__ = init  # type: ignore[method-assign]
-    try:
-        with Rereader.of(str(path)) as reread:
-            reader = JobReader(str(path), reread=reread, expected_lines=reread.lines())
-    finally:
-        idtable.IdTable.__init__ = original  # type: ignore[method-assign]
-    table = reader._first_line
-    recall, recalls = table._recall, [0]
-
-    def counted(line: int) -> str | None:
-        recalls[0] += 1
-        return recall(line)
-
-    table._recall = counted
     with Rereader.of(str(path)) as reread:
-        reader._reread = reread
+        idtable.IdTable.__init__ = init  # type: ignore[method-assign]
+        try:
+            reader = JobReader(str(path), reread=reread, expected_lines=reread.lines())
+        finally:
+            idtable.IdTable.__init__ = original  # type: ignore[method-assign]
+        table = reader._first_line
+        recall, recalls = table._recall, [0]
+
+        def counted(line: int) -> str | None:
+            recalls[0] += 1
+            return recall(line)
+
+        table._recall = counted
         started = time.process_time()
         with open(path, "rb") as f:
             for raw in f:

@@ -140,6 +140,39 @@ def parse_line(raw: bytes, line: int, path: str) -> Job | BadLine | None:
     return Job(custom_id=custom_id, url=url, body=body, line=line)
 
 
+class _Recall:
+    """The custom_id of line `line` of an input, read from it again (`reread`), from the offsets of
+    every `LINES_PER_MARK`th line (`marks`, filled by the reader as it goes)."""
+
+    __slots__ = ("_marks", "_reread")
+
+    def __init__(self, marks: array, reread: Callable[[int, int], bytes]) -> None:
+        self._marks = marks
+        self._reread = reread
+
+    def __call__(self, line: int) -> str | None:
+        mark = (line - 1) // LINES_PER_MARK
+        skip = line - 1 - mark * LINES_PER_MARK
+        offset = self._marks[mark]
+        data = b""
+        size = REREAD_SIZE
+        while True:
+            more = self._reread(offset + len(data), size)
+            data += more
+            size *= 2
+            lines = data.split(b"\n", skip + 1)
+            if len(lines) > skip + 1 or not more:
+                break
+        raw = lines[skip] if len(lines) > skip else b""
+        if line == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
+        try:
+            custom_id = orjson.loads(raw).get("custom_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return custom_id if isinstance(custom_id, str) else None
+
+
 class JobReader:
     """Feeds raw lines one at a time (from a sync or async source), numbering them and spotting
     duplicates. Raises `NotAJobFile` on the `NOT_A_JOB_FILE_AFTER`th bad line in a row at the start
@@ -161,38 +194,17 @@ class JobReader:
         self._offset = 0  # of the next line
         self._marks = array("Q")  # the offset of lines 1, 1 + LINES_PER_MARK, ...
         # `duplicates=False`: no check (the resume index vouches that INPUT holds none)
+        # the table reads ids back through `_Recall`, not a method of the reader: no cycle, so
+        # the table (53 MB at 10 million lines) goes with the reader, not at a later full collect
+        recall = None if reread is None else _Recall(self._marks, reread)
         self._first_line: dict[str, int] | IdTable | None = None if not duplicates else (
-            {} if reread is None else
-            IdTable(self._recall, narrow=True) if digest is None
-            else IdTable(self._recall, digest=digest, narrow=True))
+            {} if recall is None else
+            IdTable(recall, narrow=True) if digest is None
+            else IdTable(recall, digest=digest, narrow=True))
         if expected_lines and isinstance(self._first_line, IdTable):
             self._first_line.reserve(expected_lines)  # one allocation, no doubling on the way
         self._bad_at_start: int | None = 0  # None once a job was seen
         self._results_at_start = 0
-
-    def _recall(self, line: int) -> str | None:
-        """The custom_id of line `line`, read from the input again."""
-        assert self._reread is not None
-        mark = (line - 1) // LINES_PER_MARK
-        skip = line - 1 - mark * LINES_PER_MARK
-        offset = self._marks[mark]
-        data = b""
-        size = REREAD_SIZE
-        while True:
-            more = self._reread(offset + len(data), size)
-            data += more
-            size *= 2
-            lines = data.split(b"\n", skip + 1)
-            if len(lines) > skip + 1 or not more:
-                break
-        raw = lines[skip] if len(lines) > skip else b""
-        if line == 1 and raw.startswith(BOM):
-            raw = raw[len(BOM):]
-        try:
-            custom_id = orjson.loads(raw).get("custom_id")
-        except (orjson.JSONDecodeError, AttributeError):
-            return None
-        return custom_id if isinstance(custom_id, str) else None
 
     def feed(self, raw: bytes) -> Job | BadLine | Duplicate | None:
         """The next line's verdict; None for a blank line."""

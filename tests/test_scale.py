@@ -276,3 +276,30 @@ def test_a_resume_with_nothing_to_send_never_loads_the_http_client(tmp_path, via
                           env={**__import__("os").environ, "OPENAI_API_KEY": "sk-test"})
     assert done.stdout.strip().splitlines()[-1] == "exit 0 False", done.stdout + done.stderr
     assert out.read_bytes().count(b"\n") == 3
+
+
+def test_a_readers_duplicate_table_goes_with_the_reader_not_at_a_later_full_collection(tmp_path):
+    # the table read ids back through a method of the reader: a cycle, so a check's table (53 MB
+    # at 10,000,000 lines) stayed beside the plan's until the cyclic collector ran
+    import asyncio
+    import gc
+
+    from runner.files.inputs import read_items
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(b'{"custom_id":"j%d","method":"POST","url":"/v1/embeddings",'
+                              b'"body":{"model":"m","input":"w"}}\n' % i for i in range(500)))
+
+    def tables() -> int:
+        return sum(isinstance(o, IdTable) for o in gc.get_objects())
+
+    async def read_all() -> int:
+        return len([item async for item in read_items(str(path))])
+
+    gc.collect()
+    before = tables()
+    gc.disable()
+    try:
+        assert asyncio.run(read_all()) == 500
+        assert tables() == before
+    finally:
+        gc.enable()

@@ -72,9 +72,12 @@ class LineIndex:
         return len(self._at)
 
     def close(self) -> None:
+        """Close the files and let go of the table (it reads ids back through this object: the
+        cycle would keep it until a full collection)."""
         for f in self._files:
             f.close()
         self._files = []
+        self._at = IdTable(self._recall)
 
     def __enter__(self) -> LineIndex:
         return self
