@@ -12,7 +12,11 @@ no rate limits; each step is its own `python -m runner` process, its peak RSS re
 - noindex: the same with OUTPUT.resume removed first: OUTPUT read line by line (as after a
            change, or a killed run), which writes the index again;
 - kill:    a fresh OUTPUT, SIGKILL once half the jobs have lines, then the same command to the end
-           (its RSS is the resume's); every job must then have exactly one line;
+           (its RSS is the resume's); every job must then have exactly one line. Before that
+           resume, on copies of the killed files, the same command with `--limit 1` (everything
+           a resume reads before its first request, and one job): `reread` from the run's last
+           partial index (saved every --index-every seconds, 30 by default), `reread0` with it
+           removed (OUTPUT and INPUT read whole); their rates count the killed run's lines;
 - status:  `runner status` of the finished OUTPUT;
 - merge:   the finished OUTPUT split into 4 shard outputs (by `--shard K/4`'s rule), merged back.
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,6 +109,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1_000_000)
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / "results" / "scale")
     ap.add_argument("--skip", default="", help="steps to skip, comma-separated (run needs none)")
+    ap.add_argument("--index-every", default="30", help="the kill step's --index-every (seconds)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     n = args.jobs
@@ -124,7 +130,7 @@ def main() -> None:
         rows.append((step, r["code"], r["wall"], rate, what, r["rss"]))
         print(f"{step:8} exit {r['code']}  {r['wall']:7.1f} s  {rate:>10,.0f} {what}/s  "
               f"CPU {r['cpu']:7.1f} s  peak RSS {r['rss']:6.0f} MB", flush=True)
-        if r["code"] not in (0,) and step != "kill":
+        if r["code"] not in ((0, 3) if step.startswith("reread") else (0,)) and step != "kill":
             print(r["err"][-2000:], file=sys.stderr)
 
     try:
@@ -140,9 +146,21 @@ def main() -> None:
             row("noindex", runner("run", str(jobs), "-o", str(out), *common), n, "jobs")
         if "kill" not in skip:
             size = out.stat().st_size
-            row("kill", runner("run", str(jobs), "-o", str(killed), *common, kill_when=killed,
-                               kill_at=size // 2), n // 2, "jobs")
+            row("kill", runner("run", str(jobs), "-o", str(killed), *common, "--index-every",
+                               args.index_every, kill_when=killed, kill_at=size // 2), n // 2, "jobs")
             half = sum(1 for _ in open(killed, "rb"))
+            index = killed.with_name(killed.name + ".resume")
+            probe = work / f"probe-{n}.jsonl"
+            for step, keep_index in (("reread", True), ("reread0", False)):
+                shutil.copyfile(killed, probe)
+                probe_index = probe.with_name(probe.name + ".resume")
+                probe_index.unlink(missing_ok=True)
+                if keep_index and index.exists():
+                    shutil.copyfile(index, probe_index)
+                row(step, runner("run", str(jobs), "-o", str(probe), *common, "--limit", "1"),
+                    half, "lines")
+            for path in (probe, probe.with_name(probe.name + ".resume")):
+                path.unlink(missing_ok=True)
             r = runner("run", str(jobs), "-o", str(killed), *common)
             row("resumed", r, n, "jobs")
             print(f"         killed with {half:,} lines; after the resume every job once: "

@@ -276,6 +276,10 @@ class OutputState:
         self.fingerprints = _Fingerprints(self)
         self.noted_duplicates = _Noted(self)
 
+    def empty(self) -> bool:
+        """Whether no line was accounted (no result, no note)."""
+        return not len(self._results) and not len(self._notes)
+
     def reserve(self, lines: int) -> None:
         """Make room for about `lines` result lines at once (`IdTable.reserve`), while empty."""
         if not len(self._results):

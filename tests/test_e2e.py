@@ -162,7 +162,9 @@ def snapshot(counter):
 
 
 @pytest.mark.slow
-def test_sigkill_three_times_then_resume_gives_each_job_exactly_one_success(tmp_path):
+@pytest.mark.parametrize("index_every", [None, 0.05], ids=["no-partial-index", "partial-index"])
+def test_sigkill_three_times_then_resume_gives_each_job_exactly_one_success(tmp_path, index_every):
+    # with partial resume indexes saved every 50 ms, each resume starts from the last one
     n, concurrency = 400, 8
     jobs = write_jobs(tmp_path / "in.jsonl", n)  # chat (alone), completions and embeddings (packed)
     out = tmp_path / "out.jsonl"
@@ -172,9 +174,12 @@ def test_sigkill_three_times_then_resume_gives_each_job_exactly_one_success(tmp_
     in_flight_at_kills = set()  # jobs the API answered that had no line in the output at a kill
     with run_in_thread(simulator=sim) as base_url:
         args = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", base_url,
-                "--concurrency", str(concurrency), "--no-progress"]
-        kills = 0
+                "--concurrency", str(concurrency), "--no-progress",
+                "--index-every", str(index_every or 3600)]
+        kills = partial_indexes = 0
         for target in sorted(rng.sample(range(20, n - 40), 3)):
+            index = out.with_name(out.name + ".resume")
+            partial_indexes += index.exists() and index.read_bytes().startswith(b'{"version":2')
             proc = cli(*args)
             deadline = time.monotonic() + 60
             while count_lines(out) < target and proc.poll() is None and time.monotonic() < deadline:
@@ -190,8 +195,11 @@ def test_sigkill_three_times_then_resume_gives_each_job_exactly_one_success(tmp_
             lost = answered - written
             assert len(lost) <= concurrency * 64  # requests in flight x the largest pack
             in_flight_at_kills |= lost
+        index = out.with_name(out.name + ".resume")
+        partial_indexes += index.exists() and index.read_bytes().startswith(b'{"version":2')
         code, _, err = finish(cli(*args))
     assert kills == 3
+    assert partial_indexes == (3 if index_every else 0)  # each resume after a kill began there
     assert code == 0, err
     records = read_results(out)
     assert_exactly_once(jobs, records)

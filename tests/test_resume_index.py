@@ -47,14 +47,15 @@ def failing(permanent=(), transient=()):
     return Script(rule)
 
 
-async def go(tmp_path, send, *, jobs_file="in.jsonl", **dispatch):
+async def go(tmp_path, send, *, jobs_file="in.jsonl", log=None, index_interval=3600.0,
+             **dispatch):
     shard = dispatch.pop("shard", None)
     config = RunConfig(input=str(tmp_path / jobs_file), output=tmp_path / "out.jsonl",
                        endpoint=Endpoint(base_url="http://server.test/v1", api_key="sk-test"),
                        dispatch=DispatchConfig(max_attempts=1, **dispatch), pack=False,
-                       shard=shard)
+                       shard=shard, index_interval=index_interval)
     return await run(config, send=send, progress=False, handle_signals=False,
-                     log=lambda message: None)
+                     log=log or (lambda message: None))
 
 
 def sent(script):
@@ -179,7 +180,7 @@ async def test_no_index_is_written_for_duplicates_nor_for_a_run_that_did_not_rea
     write(tmp_path / "in.jsonl", jobs)
     (tmp_path / "out.jsonl").unlink()
     stats = await go(tmp_path, Script(), limit=4)  # --limit: the rest of INPUT not decided
-    assert stats.exit_code() == 3 and not (tmp_path / "out.jsonl.resume").exists()
+    assert stats.exit_code() == 3 and index_version(tmp_path) == resume_index.PARTIAL
     stats = await go(tmp_path, Script())
     assert stats.succeeded == 6 and (tmp_path / "out.jsonl.resume").exists()
 
@@ -496,3 +497,9 @@ def test_the_index_names_its_shard_and_both_files_digests(tmp_path):
     assert found is not None and found.settled.states == bytearray([DONE])
     assert resume_index.load(tmp_path / "out.jsonl", str(tmp_path / "in.jsonl"), None,
                              retrying=False) is None
+
+
+def index_version(tmp_path) -> int | None:
+    """The version of OUTPUT's index (None when there is none)."""
+    path = tmp_path / "out.jsonl.resume"
+    return orjson.loads(path.read_bytes().split(b"\n", 1)[0])["version"] if path.exists() else None

@@ -53,7 +53,8 @@ def live_config(input_path: str, output: Path, endpoint: Endpoint,
         pack=not o["no_pack"], read_timeout=o["read_timeout"],
         status_interval=o["status_interval"], ipm=o["ipm"], images_dir=o["images_dir"],
         inline_images=o["inline_images"], redis=o["redis_url"] or None,
-        redis_timeout=o["redis_timeout"], shard=o["shard"], prices=prices)
+        redis_timeout=o["redis_timeout"], shard=o["shard"], prices=prices,
+        index_interval=o["index_interval"])
 
 
 def batch_config(input_path: str, output: Path, endpoint: Endpoint,

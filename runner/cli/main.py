@@ -32,7 +32,7 @@ from runner.errors import RunnerError
 from runner.exit_codes import EXIT_IN_PROGRESS, EXIT_STOPPED
 from runner.files.checkpoint import CheckpointError
 from runner.live.dispatch import DEFAULT_CONCURRENCY, MAX_ATTEMPTS, DispatchConfig
-from runner.live.run import RunConfig
+from runner.live.run import SNAPSHOT_INTERVAL_S, RunConfig
 from runner.pacing.limiter import DEFAULT_BURST_S
 from runner.pacing.limiters import BUDGET_SCOPES
 from runner.pacing.redis_state import DEFAULT_REDIS_TIMEOUT_S
@@ -119,6 +119,9 @@ main.add_command(simulate)
 @click.option("--no-progress", is_flag=True, help="No live progress display or status lines.")
 @click.option("--status-every", "status_interval", type=POSITIVE, default=LOG_INTERVAL_S,
               show_default=True, help="Seconds between status lines when stderr is not a terminal (cron).")
+@click.option("--index-every", "index_interval", type=POSITIVE, default=SNAPSHOT_INTERVAL_S,
+              show_default=True, help="Seconds between saves of the resume index while a run goes "
+                                      "(a killed run's resume reads only what followed the last).")
 @log_file_option
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the run summary as JSON to this file.")

@@ -188,10 +188,12 @@ class OutputFiles:
             pass
 
 
-def scan(path: Path, state: OutputState, *, keep_done: bool = False) -> LoadReport:
+def scan(path: Path, state: OutputState, *, keep_done: bool = False, start: int = 0
+         ) -> LoadReport:
     """Read an output into `state` without changing it (safe while a run writes it); `state`
     reads its lines back from the file from then on (`OutputFiles`: several outputs may be
-    scanned into one state; `keep_done` as for `OutputState.account`).
+    scanned into one state; `keep_done` as for `OutputState.account`). Only its lines from
+    offset `start` on (the end of a line) with `start`: those a partial resume index leaves.
 
     The last line for a custom_id wins; a torn last line is ignored; lines that are not JSON
     objects (hand edits, disk corruption) are counted and skipped. A missing file is empty."""
@@ -208,9 +210,12 @@ def scan(path: Path, state: OutputState, *, keep_done: bool = False) -> LoadRepo
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            state.reserve(estimate_lines(sample(f.fileno(), size), size,
-                                         SHORTEST_RESULT_LINE))
-            f.seek(0)
+            if start:
+                position += start
+            else:
+                state.reserve(estimate_lines(sample(f.fileno(), size), size,
+                                             SHORTEST_RESULT_LINE))
+            f.seek(start)
             while chunk := f.read(READ_CHUNK):
                 data = lines.whole(chunk)  # the lines this chunk completes, newlines kept
                 if not data:
@@ -226,7 +231,10 @@ def scan(path: Path, state: OutputState, *, keep_done: bool = False) -> LoadRepo
                 position += len(data)
     except OSError as e:
         raise CheckpointError(f"cannot read the output {path}: {e.strerror}") from None
-    report.good_end = lines.complete
+    if start and report.first_bad_lines:  # rare: number them in the whole file
+        before = _lines_before(path, start)
+        report.first_bad_lines = [number + before for number in report.first_bad_lines]
+    report.good_end = start + lines.complete
     files.end = base + report.good_end
     tail = lines.tail
     if tail:
@@ -240,6 +248,15 @@ def scan(path: Path, state: OutputState, *, keep_done: bool = False) -> LoadRepo
         else:
             report.torn_bytes = len(tail)
     return report
+
+
+def _lines_before(path: Path, offset: int) -> int:
+    count = 0
+    with open(path, "rb") as f:
+        while offset > 0 and (chunk := f.read(min(READ_CHUNK, offset))):
+            count += chunk.count(b"\n")
+            offset -= len(chunk)
+    return count
 
 
 def _files_of(state: OutputState) -> OutputFiles:
@@ -258,10 +275,10 @@ def _bad(report: LoadReport, number: int) -> None:
         report.first_bad_lines.append(number)
 
 
-def load(path: Path, state: OutputState) -> LoadReport:
-    """`scan`, then repair the file for appending: a torn last line left by a crash is cut off
-    (its job runs again); a whole last line missing its newline gets one."""
-    report = scan(path, state)
+def load(path: Path, state: OutputState, *, start: int = 0) -> LoadReport:
+    """`scan` (from `start`), then repair the file for appending: a torn last line left by a
+    crash is cut off (its job runs again); a whole last line missing its newline gets one."""
+    report = scan(path, state, start=start)
     try:
         if report.unterminated:
             with open(path, "ab") as f:

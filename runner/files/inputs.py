@@ -22,14 +22,14 @@ import contextlib
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import BinaryIO, Protocol
 
 import aiofiles.threadpool
 import orjson
 
 from jobs.job import Job
-from jobs.reader import BadLine, Duplicate, JobReader
+from jobs.reader import BadLine, Duplicate, JobReader, line_id
 from jobs.settled import Settled
 from runner.errors import UnusableInput
 from runner.files.compression import MAGIC_BYTES, CompressionError, Decompressor, refusal, sniff
@@ -171,11 +171,7 @@ def count_lines(path: str, holds: Callable[[str | None], bool] | None = None) ->
 
 def _custom_id(line: bytes) -> str | None:
     """The custom_id of a job line, if it has a readable one (for counting a shard's lines)."""
-    try:
-        custom_id = orjson.loads(line).get("custom_id")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return custom_id if isinstance(custom_id, str) and custom_id else None
+    return line_id(line) or None
 
 
 def _not_text(head: bytes) -> bool:
@@ -277,28 +273,44 @@ class Digest(Protocol):
 
     def hexdigest(self) -> str: ...
 
+    def copy(self) -> Digest: ...
 
-async def read_unsettled(path: str, source: BinaryIO, size: int, settled: Settled, *,
-                         duplicates: bool = False, hasher: Digest | None = None
-                         ) -> AsyncIterator[Job | BadLine | Duplicate]:
+
+class ReadMark:
+    """How far `read_unsettled` has read INPUT, at the end of a line: `lines` lines, their first
+    `size` bytes, and `hasher` fed those bytes (a partial resume index is written from it)."""
+
+    __slots__ = ("lines", "size", "hasher")
+
+    def __init__(self, hasher: Digest) -> None:
+        self.lines = 0
+        self.size = 0
+        self.hasher = hasher
+
+
+async def read_unsettled(path: str, source: BinaryIO, size: int | None, settled: Settled, *,
+                         duplicates: bool = False, hasher: Digest | None = None,
+                         mark: ReadMark | None = None) -> AsyncIterator[Job | BadLine | Duplicate]:
     """The items of INPUT's lines that `settled` (a resume index) leaves to read, in file order,
     read from `source` (INPUT, open; its first `size` bytes, the ones the index vouches for, and
-    no further). Its DONE and KEPT lines are numbered but never parsed, runs of them a chunk at a
-    time. No duplicate check (the index vouches that INPUT holds none) unless `duplicates`, for
-    a `settled` with nothing settled: every line read, as `read_items` reads it. `hasher` is fed
-    every byte read."""
+    no further; None: to its end). Its DONE and KEPT lines are numbered but never parsed, runs of
+    them a chunk at a time. No duplicate check (the index vouches that INPUT holds none) unless
+    `duplicates`, for a `settled` with nothing settled: every line read, as `read_items` reads
+    it. `hasher` is fed every byte read; or `mark` says how far it read, line by line, its
+    hasher fed those bytes (a last line without its newline is left out of it: bytes appended
+    to the file would change that line)."""
     reread = Rereader(source.fileno()) if duplicates else None
     reader = JobReader(input_name(path), reread=reread, duplicates=duplicates,
                        expected_lines=None if reread is None else reread.lines())
     lines = LineSplitter()
-    chunks = aiofiles.threadpool.wrap(source)
-    left = size
-    while left > 0 and (chunk := await chunks.read(min(CHUNK, left))):
-        left -= len(chunk)
-        if hasher is not None:
-            hasher.update(chunk)
-        data = lines.whole(chunk)
+    async for data in _whole_lines(source, size, lines):
         count = data.count(b"\n")
+        if hasher is not None:
+            hasher.update(data)
+        if mark is not None:
+            mark.hasher.update(data)
+            mark.lines += count
+            mark.size += len(data)
         if settled.settled_from(reader.line + 1, count):
             reader.skip(count)
             continue
@@ -307,12 +319,58 @@ async def read_unsettled(path: str, source: BinaryIO, size: int, settled: Settle
                 reader.skip(1)
             elif (item := reader.feed(raw)) is not None:
                 yield item
-    if lines.tail:
+    if tail := lines.tail:
+        if hasher is not None:
+            hasher.update(tail)
         if settled.is_settled(reader.line + 1):
             reader.skip(1)
-        elif (item := reader.feed(lines.tail)) is not None:
+        elif (item := reader.feed(tail)) is not None:
             yield item
     reader.finish()
+
+
+async def _whole_lines(source: BinaryIO, size: int | None,
+                       lines: LineSplitter) -> AsyncIterator[bytes]:
+    """The whole lines of `source`'s first `size` bytes (None: to its end), a chunk at a time,
+    each ending with its newline; what follows the last newline is left in `lines.tail`."""
+    chunks = aiofiles.threadpool.wrap(source)
+    left = size
+    while left is None or left > 0:
+        chunk = await chunks.read(CHUNK if left is None else min(CHUNK, left))
+        if not chunk:
+            break
+        if left is not None:
+            left -= len(chunk)
+        yield lines.whole(chunk)
+
+
+async def settle_lines(path: str, source: BinaryIO, size: int, settled: Settled,
+                       answered: Callable[[], Iterable[str]], *, hasher: Digest
+                       ) -> AsyncIterator[Job | BadLine | Duplicate]:
+    """The pass that settles a partial resume index (`runner.files.resume_index`): every line of
+    INPUT (`source`, its first `size` bytes, all fed to `hasher`) read once for its custom_id
+    alone, for the duplicate check (`JobReader.note_many`: a Duplicate is yielded and the pass
+    ends); then the items of the lines `settled` leaves whose ids `answered` gives (results
+    OUTPUT holds after the index), read again, in file order, for the caller to decide. The
+    other lines' jobs are not parsed: nothing answers them, or the index settled them."""
+    reread = Rereader(source.fileno())
+    reader = JobReader(input_name(path), reread=reread, expected_lines=reread.lines())
+    lines = LineSplitter()
+    async for data in _whole_lines(source, size, lines):
+        hasher.update(data)
+        if data and (duplicate := reader.note_many(data[:-1].split(b"\n"))) is not None:
+            yield duplicate
+            return
+    if tail := lines.tail:
+        hasher.update(tail)
+        if (duplicate := reader.note_many([tail])) is not None:
+            yield duplicate
+            return
+    numbers = {reader.line_of(custom_id) for custom_id in answered()}
+    for number in sorted(numbers):
+        if number > 0 and not settled.is_settled(number) \
+                and (item := reader.read_again(number)) is not None:
+            yield item
 
 
 def unsettled_items(path: str, settled: Settled) -> Iterator[Job | BadLine]:

@@ -19,6 +19,21 @@ regular uncompressed file, kept its size, inode and modification time meanwhile;
 holds duplicate ids or a job changed since the result it kept (`Settled.void`). A run using an
 index reads its jobs from the file it hashed (`Index.input_file`), no further than that size. A run with --retry-failed or --retry-codes does not use an index holding kept
 failures (their codes are in OUTPUT). Losing the index only costs time.
+
+A partial index ("version":2, same layout) is what a run that has not ended vouches for: saved
+every --index-every seconds while it goes and when it stops early (`runner.live.run._Snapshots`),
+so that the resume after a SIGKILL or a reboot hashes what it vouches for instead of parsing it.
+It gives the states of INPUT's first `lines` lines (all within its first `input_bytes`, which end
+with a newline) when OUTPUT was `output_bytes` long, and promises that no line of OUTPUT before
+that offset answers a line it leaves PENDING (or does not cover) but a transient failure. Only a
+run that knows it writes them: a first run over an empty OUTPUT (lines read but not yet decided
+are PENDING) and a run from an index (whole, from the check before the run, or a settled partial
+one), with the default --changed and no retries. It is taken while both prefixes are byte for
+byte as they were (lines added to INPUT or OUTPUT since are read): the run reads OUTPUT from
+`output_bytes` on, reads INPUT once for its ids alone (the duplicate check) and decides only the
+lines whose ids the lines of OUTPUT after the index answer (`runner.files.inputs.settle_lines`);
+a duplicate id makes it read OUTPUT whole after all. A run that appends without keeping partial
+indexes removes one (it would not know of that run's lines).
 """
 from __future__ import annotations
 
@@ -39,6 +54,7 @@ from runner.files.compression import MAGIC_BYTES, sniff
 from runner.files.inputs import STDIN, Digest
 
 VERSION = 1
+PARTIAL = 2  # the version of a partial index
 SUFFIX = ".resume"
 HASH_CHUNK = 1 << 20
 
@@ -79,8 +95,16 @@ def file_sha256(path: str | Path, size: int) -> Digest:
         return _hash(f, size)
 
 
-def _hash(f: BinaryIO, size: int) -> Digest:
-    hasher = hashlib.sha256()
+def hash_on(hasher: Digest, path: str | Path, start: int, end: int) -> Digest:
+    """A copy of `hasher` fed bytes `start` to `end` of `path` too (blocking; OSError, and
+    ValueError when the file is shorter)."""
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        return _hash(f, end - start, hasher.copy())
+
+
+def _hash(f: BinaryIO, size: int, hasher: Digest | None = None) -> Digest:
+    hasher = hashlib.sha256() if hasher is None else hasher
     left = size
     while left > 0:
         chunk = f.read(min(HASH_CHUNK, left))
@@ -112,6 +136,12 @@ class Index:
     input_sha256: str
     output_hasher: Digest | None
     reread: Digest | None = None
+    tail_from: int | None = None  # a partial index: OUTPUT's lines from here on are to be read
+
+    @property
+    def partial(self) -> bool:
+        """A snapshot of a run that did not end (see `save_partial`)."""
+        return self.tail_from is not None
 
     @property
     def from_check(self) -> bool:
@@ -131,19 +161,24 @@ def load(output: Path, input_path: str, shard: Shard | None, *, retrying: bool) 
         with open(path, "rb") as f:
             header = orjson.loads(f.readline())
             states = bytearray(f.read())
-        if not isinstance(header, dict) or header.get("version") != VERSION:
+        if not isinstance(header, dict) or header.get("version") not in (VERSION, PARTIAL):
             return None
+        partial = header["version"] == PARTIAL
         if header.get("shard") != _shard_text(shard) or header.get("lines") != len(states):
             return None
         if retrying and KEPT in states:
             return None
-        input_bytes = header["input_bytes"]
+        input_bytes, output_bytes = header["input_bytes"], header["output_bytes"]
         source = open(input_path, "rb", buffering=0)
-        if os.fstat(source.fileno()).st_size != input_bytes \
-                or os.stat(output).st_size != header["output_bytes"]:
+        input_size, output_size = os.fstat(source.fileno()).st_size, os.stat(output).st_size
+        if (input_size < input_bytes or output_size < output_bytes) if partial \
+                else (input_size != input_bytes or output_size != output_bytes):
             raise ValueError("not the files the index was written for")
+        if partial and input_size > input_bytes > 0 \
+                and os.pread(source.fileno(), 1, input_bytes - 1) != b"\n":
+            raise ValueError("bytes were added to INPUT's last line the index vouches for")
         with ThreadPoolExecutor(1) as pool:  # both files at once: hashlib lets go of the GIL
-            hashing = pool.submit(file_sha256, output, header["output_bytes"])
+            hashing = pool.submit(file_sha256, output, output_bytes)
             input_sha256 = _hash(source, input_bytes).hexdigest()
             hasher = hashing.result()
         if input_sha256 != header["input_sha256"]:
@@ -155,6 +190,8 @@ def load(output: Path, input_path: str, shard: Shard | None, *, retrying: bool) 
         if source is not None:
             source.close()
         return None
+    if partial:  # INPUT whole is read by the run (lines may follow the snapshot's), hashed anew
+        return Index(Settled(states), source, input_size, "", hasher, tail_from=output_bytes)
     return Index(Settled(states), source, input_bytes, input_sha256, hasher)
 
 
@@ -174,9 +211,32 @@ def save(output: Path, input_path: str, shard: Shard | None, settled: Settled, *
                      durable=False)
 
 
+def save_partial(output: Path, shard: Shard | None, states: bytes, *, input_bytes: int,
+                 input_sha256: str, output_bytes: int, output_sha256: str) -> None:
+    """Write a partial index atomically (blocking): the `states` of INPUT's first lines (its
+    first `input_bytes` bytes) for a run that has not ended, OUTPUT being `output_bytes` long.
+    See the module docstring for what the run vouches for."""
+    header = {"version": PARTIAL, "input_bytes": input_bytes, "input_sha256": input_sha256,
+              "output_bytes": output_bytes, "output_sha256": output_sha256,
+              "shard": _shard_text(shard), "lines": len(states)}
+    write_atomically(index_path(output), [orjson.dumps(header), b"\n", states], durable=False)
+
+
 def discard(output: Path) -> None:
     """Remove the index of `output`, if any (it no longer answers OUTPUT)."""
     try:
         index_path(output).unlink()
     except OSError:
         pass
+
+
+def discard_partial(output: Path) -> None:
+    """Remove the index of `output` if it is a partial one: a run that appends without keeping
+    it would leave it saying less than it should of the lines it answers."""
+    try:
+        with open(index_path(output), "rb") as f:
+            header = orjson.loads(f.readline())
+    except (OSError, orjson.JSONDecodeError):
+        return
+    if isinstance(header, dict) and header.get("version") == PARTIAL:
+        discard(output)

@@ -120,12 +120,13 @@ class OutputSession:
             for sig in self._signals:
                 self._loop.remove_signal_handler(sig)
 
-    def load(self, state: OutputState) -> ckpt.LoadReport:
-        """Read OUTPUT into `state` and repair it for appending (`checkpoint.load`); say what was
-        cut off or skipped, and how many results carry no fingerprint."""
+    def load(self, state: OutputState, *, start: int = 0) -> ckpt.LoadReport:
+        """Read OUTPUT into `state` (its lines from offset `start` on) and repair it for
+        appending (`checkpoint.load`); say what was cut off or skipped, and how many results
+        carry no fingerprint."""
         output = self.output
         self._states.append(state)
-        loaded = ckpt.load(output, state)
+        loaded = ckpt.load(output, state, start=start)
         if loaded.torn_bytes:
             self._log(f"{output}: cut off a torn last line ({loaded.torn_bytes} bytes) left by an "
                       "interrupted run; its job runs again")
@@ -143,16 +144,17 @@ class OutputSession:
 
     async def check_changed(self, intake: Intake,
                             items: Callable[[], AsyncIterable[Job | BadLine | Duplicate]],
-                            settled: Settled | None = None) -> None:
+                            settled: Settled | None = None, *, always: bool = False) -> None:
         """Refuse the run (`ChangedJobsError`, exit 2) before anything is sent when jobs of INPUT
         changed since their results and the run's `intake` would refuse them (its --changed
         policy is REFUSE; a failure retried by --retry-failed or --retry-codes runs, edited or
         not). INPUT is read once more for this, only when OUTPUT holds fingerprinted results;
         stdin cannot be read twice: there the intake stops the run at the first changed job it
         meets instead. `settled`, when given, is filled with what each line came to
-        (`jobs.intake.settle`), and `read_all` set once every item was decided."""
-        if intake.changed is not ChangedPolicy.REFUSE or not intake.state.fingerprints \
-                or self.input == STDIN:
+        (`jobs.intake.settle`), and `read_all` set once every item was decided; `always`: read
+        INPUT whatever the policy and OUTPUT hold (to settle a partial resume index)."""
+        if not always and (intake.changed is not ChangedPolicy.REFUSE
+                           or not intake.state.fingerprints or self.input == STDIN):
             return
         report = ChangedReport()
         try:

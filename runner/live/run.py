@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from jobs.intake import Intake
+from jobs.intake import ChangedPolicy, Intake
 from jobs.job import Job
 from jobs.reader import BadLine, Duplicate
 from jobs.results import OutputState
@@ -28,7 +28,7 @@ from runner.report.stats import RunStats
 from runner.files.guard import check_output
 from runner.files.session import OutputSession, Stop
 from runner.files.images import ImageStore, check_uploads, default_images_dir
-from runner.files.inputs import count_lines, read_items, read_unsettled
+from runner.files.inputs import ReadMark, count_lines, read_items, read_unsettled, settle_lines
 from runner.api.transport import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, Send, SessionSender
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from runner.report.metrics import MetricsFile
 
+SNAPSHOT_INTERVAL_S = 30.0  # seconds between partial resume indexes while a run goes
 IMAGES_BUDGET = "#images"  # an image lane's budget in Redis: its model's name and this
 
 
@@ -62,6 +63,7 @@ class RunConfig:
     redis_timeout: float = DEFAULT_REDIS_TIMEOUT_S  # a Redis lost longer than this stops the run
     shard: Shard | None = None  # run only the jobs of this shard of the input (--shard K/N)
     prices: Any = None  # a PriceTable: what --max-cost counts with (default: the shipped one)
+    index_interval: float = SNAPSHOT_INTERVAL_S  # seconds between partial resume indexes
 
 
 async def run(config: RunConfig, *, send: Send | None = None, console: Console | None = None,
@@ -106,24 +108,39 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
                              secrets=(config.endpoint.api_key,),
                              handle_signals=handle_signals) as session:
         stamp = resume_index.InputStamp.of(config.input)  # None: INPUT can have no index
-        index = source = None
+        index = source = mark = None
+        dispatch = config.dispatch
         if stamp is not None:
-            retrying = config.dispatch.retry_failed or bool(config.dispatch.retry_codes)
             index = await asyncio.to_thread(resume_index.load, config.output, config.input,
-                                            config.shard, retrying=retrying)
-            if index is None:
-                source = _open_stamped(config.input, stamp)
+                                            config.shard, retrying=_retrying(config))
         try:
             state = OutputState()  # left empty when the index answers: OUTPUT is not read
-            if index is None:
-                session.load(state)
+            if index is None or index.partial:  # a partial index: OUTPUT's lines after it
+                session.load(state, start=0 if index is None else index.tail_from)
             if session.stop.asked:
                 return RunStats(stop_reason=session.stop.reason)
-            dispatch = config.dispatch
             intake = Intake(state, retry_failed=dispatch.retry_failed,
                             retry_codes=dispatch.retry_codes, changed=dispatch.changed)
-            if source is None:
+            if index is not None and index.partial:
+                index = await _settle_partial(config, session, intake, index)
+                if session.stop.asked:
+                    return RunStats(stop_reason=session.stop.reason)
+                if index is None:  # it could not be settled: OUTPUT is read whole after all
+                    log(f"runner: {config.output}: reading it whole (its partial resume index "
+                        "left decisions to the whole file)")
+                    state = OutputState()
+                    session.load(state)
+                    intake = Intake(state, retry_failed=dispatch.retry_failed,
+                                    retry_codes=dispatch.retry_codes, changed=dispatch.changed)
+            if stamp is not None and index is None:
+                source = _open_stamped(config.input, stamp)
+            if index is not None:
+                pass  # checked: a whole index vouches for INPUT, a partial one was settled
+            elif source is None:
                 await session.check_changed(intake, lambda: _items(config))
+            elif _snapshots_allowed(config) and state.empty():
+                # a first run: INPUT read once, as it goes, its digest kept for snapshots
+                mark = ReadMark(hashlib.sha256())
             else:  # the check reads the file the run will read, and settles its finished jobs
                 checked, digest = Settled(), hashlib.sha256()
                 try:
@@ -133,16 +150,22 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
                 except BaseException:
                     source.close()
                     raise
-                index = _checked_input(source, stamp, checked, digest)
+                index, source = _checked_input(source, stamp, checked, digest), None
             checkpoint = session.open()
             if stamp is not None:
-                checkpoint.hasher = index.output_hasher if index is not None \
-                    and index.output_hasher is not None else await _output_hasher(checkpoint)
+                checkpoint.hasher = await _output_hasher(checkpoint, index)
             settled = index.settled if index is not None else Settled()
+            snapshots = None
+            if stamp is not None and (index is not None or mark is not None) \
+                    and _snapshots_allowed(config):
+                snapshots = _Snapshots(config, stamp, settled, checkpoint, index=index, mark=mark)
+            elif checkpoint.size:  # a partial index would not know what this run appends
+                resume_index.discard_partial(config.output)
             stats = None
             try:
                 stats = await _dispatch(config, state, checkpoint, send, console, log, progress,
-                                        session.stop, limiters, budgets, metrics, settled, index)
+                                        session.stop, limiters, budgets, metrics, settled, index,
+                                        snapshots, None if mark is None else (source, mark))
             finally:
                 appended = checkpoint.written
                 problem = await session.finish()
@@ -151,24 +174,134 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
         finally:
             if index is not None:
                 index.close()
+            if source is not None:
+                source.close()
         if stamp is not None:
             if index is not None and index.from_check and stats.stop_reason is None \
                     and settled.read_all and index.reread.hexdigest() != index.input_sha256:
                 stats.stop_reason = (f"{config.input} changed while this run read it (the jobs "
                                      "it had checked were not read again): run again to check "
                                      "every job")
+                snapshots = None
             # a run stopped early leaves jobs it had started with their old lines in OUTPUT (a
             # kept failure retried, a changed job rerun): their states are not PENDING, nor known
             finished = problem is None and stats.stop_reason is None
             await _save_index(config, stamp, index, settled, checkpoint, appended,
-                              finished=finished, log=log)
+                              finished=finished, log=log, snapshots=snapshots)
         return stats
 
 
-async def _output_hasher(checkpoint: ckpt.Checkpoint) -> resume_index.Digest | None:
-    """OUTPUT's digest so far, to go on with what this run appends (None when unreadable)."""
+def _retrying(config: RunConfig) -> bool:
+    return config.dispatch.retry_failed or bool(config.dispatch.retry_codes)
+
+
+def _snapshots_allowed(config: RunConfig) -> bool:
+    """Whether this run may write partial indexes: with the default --changed, no retries."""
+    return not _retrying(config) and config.dispatch.changed is ChangedPolicy.REFUSE
+
+
+async def _settle_partial(config: RunConfig, session: OutputSession, intake: Intake,
+                          index: resume_index.Index) -> resume_index.Index | None:
+    """Decide every line of INPUT a partial `index` leaves, against the lines of OUTPUT after
+    it (`intake.state`), as the check before a run does (`settle_lines`): a line none of them
+    answers stays PENDING unparsed (only its id read, for the duplicate check); the others are
+    decided (a changed job refused). The index then reads as a whole one (`_checked_input`).
+    None, the index closed, when that cannot be done (duplicate ids, an unreadable INPUT, a
+    stop)."""
+    state = intake.state
+    checked, digest = Settled(bytearray(index.settled.states)), hashlib.sha256()
     try:
-        return await asyncio.to_thread(resume_index.file_sha256, checkpoint.path, checkpoint.size)
+        await session.check_changed(intake, lambda: _only_shard(config, settle_lines(
+            config.input, index.input_file, index.input_bytes, checked,
+            lambda: (facts.custom_id for _, facts in state.finals()), hasher=digest)),
+            checked, always=True)
+    except BaseException:
+        index.close()
+        raise
+    if not checked.read_all or checked.void is not None or session.stop.asked:
+        index.close()
+        return None
+    index.input_file.seek(0)
+    return resume_index.Index(checked, index.input_file, index.input_bytes, digest.hexdigest(),
+                              index.output_hasher, reread=hashlib.sha256(),
+                              tail_from=index.tail_from)
+
+
+class _Snapshots:
+    """The partial resume indexes of a run (`resume_index.save_partial`), written every
+    `SNAPSHOT_INTERVAL_S` while it goes and once more when it stops early, so that a killed
+    run's next resume reads only what OUTPUT gained since. Only runs that know, for every line
+    of INPUT not settled, that no line of OUTPUT written before answers it write them: a run
+    from an index (its states cover INPUT whole), and a first run over an empty OUTPUT (its
+    states cover the lines read so far: `mark`; those not decided yet are PENDING). A line is
+    settled when its result is written, in the same step, so what `take` captures holds."""
+
+    def __init__(self, config: RunConfig, stamp: resume_index.InputStamp, settled: Settled,
+                 checkpoint: ckpt.Checkpoint, *, index: resume_index.Index | None = None,
+                 mark: ReadMark | None = None) -> None:
+        self._config = config
+        self._stamp = stamp
+        self._settled = settled
+        self._checkpoint = checkpoint
+        self._index = index
+        self._mark = mark
+        self._taken_at = checkpoint.size  # OUTPUT's size at the last snapshot (or the start)
+
+    def take(self) -> Callable[[], None] | None:
+        """What a snapshot now would say, captured at once, as a blocking function writing it
+        (None when there is nothing new, or it could not be trusted)."""
+        checkpoint, settled = self._checkpoint, self._settled
+        if checkpoint.size == self._taken_at or checkpoint.broken or checkpoint.hasher is None \
+                or settled.void is not None:
+            return None
+        self._taken_at = checkpoint.size
+        if self._index is not None:
+            lines = len(settled.states)
+            input_bytes, input_sha256 = self._index.input_bytes, self._index.input_sha256
+        else:
+            assert self._mark is not None
+            lines, input_bytes = self._mark.lines, self._mark.size
+            input_sha256 = self._mark.hasher.copy().hexdigest()
+        states = bytes(settled.states[:lines])
+        output_bytes, output_sha256 = checkpoint.size, checkpoint.hasher.copy().hexdigest()
+        config, stamp = self._config, self._stamp
+
+        def write() -> None:
+            if resume_index.InputStamp.of(config.input) == stamp:  # else INPUT changed: none
+                resume_index.save_partial(config.output, config.shard, states,
+                                          input_bytes=input_bytes, input_sha256=input_sha256,
+                                          output_bytes=output_bytes, output_sha256=output_sha256)
+        return write
+
+    async def save(self) -> None:
+        """Write a snapshot now, if there is one to write (OSError when it cannot be)."""
+        write = self.take()
+        if write is not None:
+            await asyncio.to_thread(write)
+
+    async def run(self, interval: float = SNAPSHOT_INTERVAL_S) -> None:
+        """Write one every `interval` seconds until cancelled; losing one only costs time."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.save()
+            except OSError:
+                pass
+
+
+async def _output_hasher(checkpoint: ckpt.Checkpoint, index: resume_index.Index | None
+                         ) -> resume_index.Digest | None:
+    """OUTPUT's digest so far, to go on with what this run appends (None when unreadable): the
+    index's when it has it, carried on over the lines after a partial one."""
+    hasher = None if index is None else index.output_hasher
+    if hasher is not None and not index.partial:
+        return hasher
+    try:
+        if hasher is None:
+            return await asyncio.to_thread(resume_index.file_sha256, checkpoint.path,
+                                           checkpoint.size)
+        return await asyncio.to_thread(resume_index.hash_on, hasher, checkpoint.path,
+                                       index.tail_from, checkpoint.size)
     except (OSError, ValueError):
         return None
 
@@ -176,21 +309,28 @@ async def _output_hasher(checkpoint: ckpt.Checkpoint) -> resume_index.Digest | N
 async def _save_index(config: RunConfig, stamp: resume_index.InputStamp,
                       index: resume_index.Index | None, settled: Settled,
                       checkpoint: ckpt.Checkpoint, appended: int, *, finished: bool,
-                      log: Callable[[str], None]) -> None:
+                      log: Callable[[str], None], snapshots: _Snapshots | None = None) -> None:
     """Write OUTPUT's resume index when this run may (see `runner.files.resume_index`): it
     `finished` (no stop: every job it started got its line) having decided every line of INPUT,
-    which did not change meanwhile; else remove an index this run's lines made stale."""
+    which did not change meanwhile; else a last partial index (`snapshots`), when it keeps
+    them; else remove an index this run's lines made stale."""
     if (finished and settled.read_all and settled.void is None and checkpoint.hasher is not None
             and not checkpoint.broken and resume_index.InputStamp.of(config.input) == stamp):
         try:
             await asyncio.to_thread(
                 resume_index.save, config.output, config.input, config.shard, settled,
-                input_sha256=None if index is None else index.input_sha256,
+                input_sha256=None if index is None else index.input_sha256 or None,
                 output_bytes=checkpoint.size, output_hasher=checkpoint.hasher)
             return
         except (OSError, ValueError) as e:
             log(f"runner: cannot write the resume index of {config.output} ({e}); the next run "
                 "reads OUTPUT whole")
+    elif snapshots is not None and not finished:
+        try:
+            await snapshots.save()
+            return
+        except OSError:
+            pass
     if appended:
         resume_index.discard(config.output)
 
@@ -228,15 +368,20 @@ def _only_shard(config: RunConfig, items: AsyncIterator[Job | BadLine | Duplicat
     return items if config.shard is None else config.shard.only(items)
 
 
-def _items(config: RunConfig, index: resume_index.Index | None = None
+def _items(config: RunConfig, index: resume_index.Index | None = None,
+           marked: tuple[BinaryIO, ReadMark] | None = None
            ) -> AsyncIterator[Job | BadLine | Duplicate]:
     """The items of INPUT this run takes (its shard's, with --shard); with a resume `index`, only
-    the lines it leaves to read."""
-    if index is None:
-        items = read_items(config.input)
-    else:
+    the lines it leaves to read; `marked`: every line, read from that source, to its end, how
+    far said by the mark (`_Snapshots`)."""
+    if index is not None:
         items = read_unsettled(config.input, index.input_file, index.input_bytes, index.settled,
                                hasher=index.reread)
+    elif marked is not None:
+        source, mark = marked
+        items = read_unsettled(config.input, source, None, Settled(), duplicates=True, mark=mark)
+    else:
+        items = read_items(config.input)
     return _only_shard(config, items)
 
 
@@ -245,7 +390,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                     progress: bool, stop: Stop, limiters: Limiters | None,
                     budgets: RedisBudgets | None = None,
                     metrics: MetricsFile | None = None, settled: Settled | None = None,
-                    index: resume_index.Index | None = None) -> RunStats:
+                    index: resume_index.Index | None = None, snapshots: _Snapshots | None = None,
+                    marked: tuple[BinaryIO, ReadMark] | None = None) -> RunStats:
     """Dispatch the run's jobs; `settled` gathers what each line came to (from a resume `index`
     when one answers: its DONE and KEPT lines are not read again)."""
     loop = asyncio.get_running_loop()
@@ -286,6 +432,8 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
             dispatcher.stop(str(e))
 
     helpers = [asyncio.create_task(sync_often())]
+    if snapshots is not None:
+        helpers.append(asyncio.create_task(snapshots.run(config.index_interval)))
     try:
         if metrics is not None:
             metrics.stats = dispatcher.stats
@@ -307,7 +455,7 @@ async def _dispatch(config: RunConfig, state: OutputState, checkpoint: ckpt.Chec
                                         image_limit=lambda model: image_limiters.get(
                                             config.endpoint.budget_key(model)).tpm)
             helpers.append(asyncio.create_task(reporter.run()))
-        stats = await dispatcher.run(_items(config, index), state)
+        stats = await dispatcher.run(_items(config, index, marked), state)
         for model in stats.model_requests:
             limiter = (image_limiters if model in stats.model_images else limiters).get(
                 config.endpoint.budget_key(model))  # an image model's: (rpm, ipm)

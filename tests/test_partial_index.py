@@ -1,0 +1,362 @@
+"""The partial resume index (issue 22): a run that has not ended saves `OUTPUT.resume` every
+--index-every seconds and when it stops, saying what INPUT's lines read so far came to and how
+long OUTPUT was. The next run hashes the two prefixes instead of parsing them, reads only the
+lines of OUTPUT that follow, and decides every job as reading OUTPUT whole would have: no job
+is sent twice, none is lost, a changed file leaves the index unused."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import orjson
+import pytest
+
+from jobs.reader import JobReader
+from jobs.settled import DONE, PENDING
+from runner.errors import ChangedJobsError
+from runner.files import checkpoint as ckpt
+from runner.files import resume_index
+from runner.live import run as live_run
+from tests.conftest import Script
+from tests.test_resume_index import chat_jobs, counts, go, sent, stopping, write
+
+
+def header(tmp_path):
+    """OUTPUT's index: (its header, its states); None when there is none."""
+    path = tmp_path / "out.jsonl.resume"
+    if not path.exists():
+        return None
+    head, states = path.read_bytes().split(b"\n", 1)
+    return orjson.loads(head), states
+
+
+def results(tmp_path):
+    return [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+
+
+def each_once(tmp_path, n):
+    ids = [r["custom_id"] for r in results(tmp_path) if r["error"] is None]
+    return sorted(ids) == sorted(f"job-{i}" for i in range(n))
+
+
+class Watch:
+    """What a run parses (INPUT's lines given to `JobReader.feed` or read again by the settling
+    pass), and where OUTPUT is read from."""
+
+    def __init__(self, monkeypatch):
+        self.parsed: list[int] = []
+        self.output_from: list[int] = []
+        feed, read_again, load = JobReader.feed, JobReader.read_again, ckpt.load
+
+        def watched_feed(reader, raw):
+            self.parsed.append(orjson.loads(raw)["custom_id"])
+            return feed(reader, raw)
+
+        def watched_read_again(reader, line):
+            item = read_again(reader, line)
+            self.parsed.append(item.custom_id)
+            return item
+
+        def watched_load(path, state, *, start=0):
+            self.output_from.append(start)
+            return load(path, state, start=start)
+
+        monkeypatch.setattr(JobReader, "feed", watched_feed)
+        monkeypatch.setattr(JobReader, "read_again", watched_read_again)
+        monkeypatch.setattr(ckpt, "load", watched_load)
+
+
+async def test_a_stopped_run_leaves_a_partial_index_and_the_next_reads_only_what_follows(
+        tmp_path, monkeypatch):
+    write(tmp_path / "in.jsonl", chat_jobs(10))
+    stats = await go(tmp_path, Script(), limit=4)
+    assert stats.exit_code() == 3
+    head, states = header(tmp_path)
+    size = (tmp_path / "out.jsonl").stat().st_size
+    assert head["version"] == resume_index.PARTIAL and head["output_bytes"] == size
+    assert head["input_bytes"] == (tmp_path / "in.jsonl").stat().st_size  # read ahead: all of it
+    assert states[:4] == bytes([DONE] * 4) and PENDING in states[4:] + bytes([PENDING])
+    watch = Watch(monkeypatch)
+    script = Script()
+    stats = await go(tmp_path, script)
+    assert sent(script) == [4, 5, 6, 7, 8, 9]
+    assert counts(stats) == (10, 4, 0, 6, {}, 0)
+    assert watch.output_from == [size]  # OUTPUT's lines before the index: hashed, never parsed
+    # the settling pass parses no line (nothing follows the index in OUTPUT); the run, the six
+    assert sorted(watch.parsed) == [f"job-{i}" for i in range(4, 10)]
+    assert header(tmp_path)[0]["version"] == resume_index.VERSION  # the run ended: a whole one
+    assert each_once(tmp_path, 10)
+
+
+async def test_lines_written_after_the_index_are_read_and_their_jobs_not_sent_again(
+        tmp_path, monkeypatch):
+    # as after a SIGKILL: the run wrote lines 5 to 8 after its last index
+    write(tmp_path / "in.jsonl", chat_jobs(12))
+    await go(tmp_path, Script(), limit=4)
+    shutil.copy(tmp_path / "out.jsonl.resume", tmp_path / "older")
+    await go(tmp_path, Script(), limit=4)  # --limit counts the jobs a run sends
+    shutil.copy(tmp_path / "older", tmp_path / "out.jsonl.resume")
+    watch = Watch(monkeypatch)
+    script = Script()
+    stats = await go(tmp_path, script)
+    assert sent(script) == [8, 9, 10, 11]
+    assert counts(stats) == (12, 8, 0, 4, {}, 0)
+    # lines 1-4: settled, unparsed; 5-8: answered after the index, decided by the settling pass
+    # (each parsed once); 9-12: read by the run
+    assert sorted(watch.parsed) == sorted(f"job-{i}" for i in range(4, 12))
+    assert each_once(tmp_path, 12)
+
+
+async def test_jobs_in_flight_at_a_stop_stay_pending_in_the_index(tmp_path):
+    write(tmp_path / "in.jsonl", chat_jobs(6))
+    stats = await go(tmp_path, stopping(stop_on={5}, hang={2}), concurrency=8, grace_s=0.1)
+    assert stats.exit_code() == 3
+    head, states = header(tmp_path)
+    assert head["version"] == resume_index.PARTIAL and states[2] == PENDING
+    script = Script()
+    await go(tmp_path, script)
+    assert 2 in sent(script) and each_once(tmp_path, 6)
+
+
+async def test_every_snapshot_while_the_run_goes_answers_a_resume_exactly(tmp_path, monkeypatch):
+    # snapshots are taken as the run goes (requests in flight, INPUT read ahead of the
+    # decisions); a resume from each one, its OUTPUT cut back to the end of the last line
+    # written after it (a kill), sends exactly the jobs without a result
+    n = 40
+    write(tmp_path / "in.jsonl", chat_jobs(n))
+    taken = []
+    take = live_run._Snapshots.take
+
+    def keep(snapshots):
+        write_it = take(snapshots)
+        if write_it is not None:
+            write_it()
+            taken.append(((tmp_path / "out.jsonl.resume").read_bytes(),
+                          (tmp_path / "out.jsonl").stat().st_size))
+        return write_it
+
+    monkeypatch.setattr(live_run._Snapshots, "take", keep)
+
+    class Slow(Script):
+        async def __call__(self, req):
+            await asyncio.sleep(0.002)
+            return await super().__call__(req)
+
+    await go(tmp_path, Slow(), concurrency=4, index_interval=0.001)
+    monkeypatch.undo()
+    assert len(taken) >= 3
+    output = (tmp_path / "out.jsonl").read_bytes()
+    for k, (index, size) in enumerate(taken):
+        folder = tmp_path / f"kill-{k}"
+        folder.mkdir()
+        shutil.copy(tmp_path / "in.jsonl", folder / "in.jsonl")
+        # killed a few lines after this snapshot
+        end = len(b"".join(output[size:].splitlines(keepends=True)[:3])) + size
+        (folder / "out.jsonl").write_bytes(output[:end])
+        (folder / "out.jsonl.resume").write_bytes(index)
+        before = {r["custom_id"] for r in results(folder)}
+        script = Script()
+        await go(folder, script)
+        assert {f"job-{i}" for i in sent(script)} == {f"job-{i}" for i in range(n)} - before
+        assert each_once(folder, n)
+
+
+async def test_a_partial_index_of_files_that_changed_is_not_used(tmp_path, monkeypatch):
+    jobs = chat_jobs(10)
+    for change in ("edit a finished job", "cut OUTPUT short", "append jobs to INPUT"):
+        folder = tmp_path / change.replace(" ", "-")
+        folder.mkdir()
+        write(folder / "in.jsonl", jobs)
+        await go(folder, Script(), limit=4)
+        index = header(folder)[0]
+        if change == "edit a finished job":
+            write(folder / "in.jsonl", [{**jobs[1], "body": {**jobs[1]["body"], "max_tokens": 6}},
+                                        *jobs[:1], *jobs[2:]])
+        elif change == "cut OUTPUT short":
+            lines = (folder / "out.jsonl").read_bytes().splitlines(keepends=True)
+            (folder / "out.jsonl").write_bytes(b"".join(lines[:2]))
+        else:
+            write(folder / "in.jsonl", [*jobs, *chat_jobs(3, prefix="more")])
+        loaded = resume_index.load(folder / "out.jsonl", str(folder / "in.jsonl"), None,
+                                   retrying=False)
+        if change == "append jobs to INPUT" and index["input_bytes"] < (folder / "in.jsonl").stat().st_size:
+            assert loaded is not None and loaded.partial  # the lines it vouches for are as they were
+            loaded.close()
+        else:
+            assert loaded is None
+    # and the runs over them decide as reading OUTPUT would
+    with pytest.raises(ChangedJobsError, match="job-1"):
+        await go(tmp_path / "edit-a-finished-job", Script())
+    script = Script()
+    await go(tmp_path / "cut-OUTPUT-short", script)
+    assert sent(script) == [2, 3, 4, 5, 6, 7, 8, 9]
+    script = Script()
+    await go(tmp_path / "append-jobs-to-INPUT", script)
+    assert sent(script) == [0, 1, 2, 4, 5, 6, 7, 8, 9]  # job-0..3, then more-0..2 (q0, q1, q2)
+
+
+async def test_a_duplicate_of_a_settled_job_is_still_found(tmp_path):
+    # INPUT gained a line repeating a job the index settled: the settling pass meets the id
+    # twice and gives up the index; OUTPUT is read whole and the duplicate reported, not sent
+    jobs = chat_jobs(10)
+    write(tmp_path / "in.jsonl", jobs)
+    await go(tmp_path, Script(), limit=4)
+    write(tmp_path / "in.jsonl", [*jobs, jobs[1]])
+    logged = []
+    script = Script()
+    stats = await go(tmp_path, script, log=logged.append)
+    assert sent(script) == [4, 5, 6, 7, 8, 9] and stats.duplicates == 1
+    assert any("reading it whole" in line for line in logged)
+
+
+async def test_a_run_that_keeps_no_index_removes_a_partial_one_before_appending(tmp_path):
+    # --retry-failed keeps none: left in place, the partial index would not know of its lines
+    write(tmp_path / "in.jsonl", chat_jobs(6))
+    await go(tmp_path, Script(), limit=3)
+    assert header(tmp_path)[0]["version"] == resume_index.PARTIAL
+    stop = stopping(stop_on={4})
+    await go(tmp_path, stop, retry_failed=True)
+    assert header(tmp_path) is None
+
+
+async def test_a_job_changed_since_its_result_after_the_index_is_refused_before_any_is_sent(
+        tmp_path):
+    # an index vouching for INPUT's first 4 lines and OUTPUT's first 4 results (job-1's a
+    # transient failure, to send again); job-6 is edited after its result, further on: the run
+    # must refuse it before sending job-1, as the check before a run does without an index
+    from tests.test_resume_index import failing
+    jobs = chat_jobs(10)
+    write(tmp_path / "in.jsonl", jobs)
+    await go(tmp_path, failing(transient={1}), concurrency=1)
+    assert [r["custom_id"] for r in results(tmp_path)] == [f"job-{i}" for i in range(10)]
+    output = (tmp_path / "out.jsonl").read_bytes()
+    input_bytes = len(b"".join(orjson.dumps(job) + b"\n" for job in jobs[:4]))
+    output_bytes = len(b"".join(output.splitlines(keepends=True)[:4]))
+    resume_index.save_partial(
+        tmp_path / "out.jsonl", None, bytes([DONE, PENDING, DONE, DONE]), input_bytes=input_bytes,
+        input_sha256=resume_index.file_sha256(tmp_path / "in.jsonl", input_bytes).hexdigest(),
+        output_bytes=output_bytes,
+        output_sha256=resume_index.file_sha256(tmp_path / "out.jsonl", output_bytes).hexdigest())
+    write(tmp_path / "in.jsonl", [*jobs[:6], {**jobs[6], "body": {**jobs[6]["body"],
+                                                                  "max_tokens": 9}}, *jobs[7:]])
+    script = Script()
+    with pytest.raises(ChangedJobsError, match="job-6"):
+        await go(tmp_path, script)
+    assert script.calls == []
+    # with --changed rerun it runs: job-1 again, job-6 as it is now, nothing else
+    script = Script()
+    from jobs.intake import ChangedPolicy
+    await go(tmp_path, script, changed=ChangedPolicy.RERUN)
+    assert sent(script) == [1, 6]
+
+
+# -- the pieces ----------------------------------------------------------------------------------
+
+def test_noting_lines_remembers_their_ids_for_the_duplicate_check_without_reading_the_jobs(
+        tmp_path):
+    from runner.files.inputs import Rereader
+    from jobs.reader import LINES_PER_MARK
+    jobs = chat_jobs(300)
+    raws = [orjson.dumps(job) for job in jobs]
+    raws[0] = b"\xef\xbb\xbf" + raws[0]  # a BOM: the id read all the same
+    raws[5] = b'{"custom_id":"b","anything":1}'  # not a job: its id counts all the same
+    raws[6] = b"not json"
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(raw + b"\n" for raw in raws) + b'{"custom_id":"b"}\n')
+    with open(path, "rb") as source:
+        reader = JobReader("in.jsonl", reread=Rereader(source.fileno()))
+        assert reader.note_many(raws[:100]) is None
+        assert reader.note_many(raws[100:]) is None and reader.line == 300
+        assert reader.line_of("job-250") == 251 and reader.line_of("job-6") == -1
+        for line in (1, 2, LINES_PER_MARK, LINES_PER_MARK + 1, 130, 251, 300):  # read again
+            assert reader.read_again(line).custom_id == f"job-{line - 1}"
+        assert reader.read_again(6).custom_id == "b" and type(reader.read_again(7)).__name__ \
+            == "BadLine"
+        again = reader.feed(orjson.dumps(jobs[3]))
+        assert type(again).__name__ == "Duplicate" and (again.line, again.first_line) == (301, 4)
+        noted = reader.note_many([b"x", b'{"custom_id":"b"}'])
+        assert (noted.line, noted.first_line, noted.custom_id) == (303, 6, "b")
+
+
+async def test_the_settling_pass_parses_only_lines_a_result_after_the_index_answers(tmp_path):
+    from jobs.settled import Settled
+    from runner.files.inputs import settle_lines
+    import hashlib
+    jobs = chat_jobs(8)
+    path = tmp_path / "in.jsonl"
+    write(path, jobs)
+    settled = Settled(bytearray([DONE, DONE, PENDING]))
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        items = [item async for item in settle_lines(
+            str(path), source, path.stat().st_size, settled,
+            lambda: ["job-5", "job-1", "job-2", "gone"], hasher=digest)]
+    # job-1 is settled, "gone" is not in INPUT: jobs 2 and 5 are read, in file order
+    assert [(type(i).__name__, i.line) for i in items] == [("Job", 3), ("Job", 6)]
+    assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+    write(path, [*jobs, jobs[1]])
+    with open(path, "rb") as source:
+        items = [item async for item in settle_lines(
+            str(path), source, path.stat().st_size, settled, lambda: ["job-5"],
+            hasher=hashlib.sha256())]
+    assert [(type(i).__name__, i.line, i.first_line) for i in items] == [("Duplicate", 9, 2)]
+
+
+async def test_the_mark_says_how_far_input_was_read_at_the_end_of_a_line(tmp_path, monkeypatch):
+    import hashlib
+
+    from jobs.settled import Settled
+    from runner.files import inputs
+    path = tmp_path / "in.jsonl"
+    write(path, chat_jobs(30))
+    with open(path, "ab") as f:
+        f.write(b'{"custom_id":"last"}')  # no newline at the end
+    data = path.read_bytes()
+    monkeypatch.setattr(inputs, "CHUNK", 500)
+    mark = inputs.ReadMark(hashlib.sha256())
+    seen = []
+    with open(path, "rb") as source:
+        async for item in inputs.read_unsettled(str(path), source, None, Settled(),
+                                                duplicates=True, mark=mark):
+            assert data[:mark.size].count(b"\n") == mark.lines >= min(item.line, 30) - 1
+            assert data[:mark.size].endswith(b"\n")
+            assert mark.hasher.copy().hexdigest() == hashlib.sha256(data[:mark.size]).hexdigest()
+            seen.append(mark.lines)
+    # the last line, without its newline, is not vouched for: bytes appended would change it
+    assert (mark.lines, mark.size) == (30, data.rindex(b"\n") + 1) and len(set(seen)) > 5
+
+
+def test_scanning_output_from_an_offset_accounts_only_the_lines_after_it(tmp_path):
+    from jobs.results import OutputState
+    from tests.conftest import error  # noqa: F401  (the records below are written by hand)
+    lines = [orjson.dumps({"id": f"r{i}", "custom_id": f"job-{i}", "response": {
+        "status_code": 200, "body": {}}, "error": None}) + b"\n" for i in range(6)]
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b"".join(lines[:3]) + b"garbage\n" + b"".join(lines[3:]))
+    start = len(b"".join(lines[:2]))
+    state = OutputState()
+    report = ckpt.scan(path, state, start=start)
+    assert sorted(state.done) == ["job-2", "job-3", "job-4", "job-5"]
+    assert report.first_bad_lines == [4]  # numbered in the whole file
+    assert state.final("job-4") is not None and state.final("job-0") is None
+
+
+def test_bytes_added_to_a_last_line_without_its_newline_leave_the_index_unused(tmp_path):
+    # an index vouching for INPUT to its end, its last line without a newline: bytes appended
+    # to the file change that line, so the index must not answer for it any more
+    jobs = chat_jobs(6)
+    path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    out.write_bytes(b"x\n")
+    for ending, usable in ((b"", False), (b"\n", True)):
+        path.write_bytes(b"\n".join(orjson.dumps(job) for job in jobs[:5]) + ending)
+        size = path.stat().st_size
+        resume_index.save_partial(
+            out, None, bytes([DONE] * 5), input_bytes=size,
+            input_sha256=resume_index.file_sha256(path, size).hexdigest(), output_bytes=2,
+            output_sha256=resume_index.file_sha256(out, 2).hexdigest())
+        with open(path, "ab") as f:
+            f.write(b"\n" + orjson.dumps(jobs[5]) + b"\n")
+        loaded = resume_index.load(out, str(path), None, retrying=False)
+        assert (loaded is not None) == usable
+        if loaded is not None:
+            loaded.close()
