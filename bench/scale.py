@@ -15,7 +15,7 @@ no rate limits; each step is its own `python -m runner` process, its peak RSS re
            (its RSS is the resume's); every job must then have exactly one line. Before that
            resume, on copies of the killed files, the same command with `--limit 1` (everything
            a resume reads before its first request, and one job): `reread` from the run's last
-           partial index (saved every --index-every seconds, 30 by default), `reread0` with it
+           partial index (saved every --index-every seconds, 10 by default), `reread0` with it
            removed (OUTPUT and INPUT read whole); their rates count the killed run's lines;
 - status:  `runner status` of the finished OUTPUT;
 - merge:   the finished OUTPUT split into 4 shard outputs (by `--shard K/4`'s rule), merged back.
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1_000_000)
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / "results" / "scale")
     ap.add_argument("--skip", default="", help="steps to skip, comma-separated (run needs none)")
-    ap.add_argument("--index-every", default="30", help="the kill step's --index-every (seconds)")
+    ap.add_argument("--index-every", default="10", help="the kill step's --index-every (seconds)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     n = args.jobs

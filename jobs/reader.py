@@ -152,10 +152,6 @@ class _Recall:
         self._reread = reread
 
     def __call__(self, line: int) -> str | None:
-        return line_id(self.raw(line))
-
-    def raw(self, line: int) -> bytes:
-        """Line `line` of the input, read again (a BOM at its start left out)."""
         mark = (line - 1) // LINES_PER_MARK
         skip = line - 1 - mark * LINES_PER_MARK
         offset = self._marks[mark]
@@ -169,7 +165,7 @@ class _Recall:
             if len(lines) > skip + 1 or not more:
                 break
         raw = lines[skip] if len(lines) > skip else b""
-        return raw[len(BOM):] if line == 1 and raw.startswith(BOM) else raw
+        return line_id(raw[len(BOM):] if line == 1 and raw.startswith(BOM) else raw)
 
 
 def line_id(raw: bytes) -> str | None:
@@ -181,8 +177,9 @@ def line_id(raw: bytes) -> str | None:
     return custom_id if isinstance(custom_id, str) else None
 
 
-def _ids(raws: list[bytes]) -> list[str | None]:
-    """`line_id` of each line: at once while every line is an object naming a string id."""
+def line_ids(raws: list[bytes], first: int = 2) -> list[str | None]:
+    """`line_id` of each line (the first of them line `first` of its file: a BOM on line 1 is
+    left out), at once while every line is an object naming a string id."""
     loads = orjson.loads
     try:
         ids = [loads(raw)["custom_id"] for raw in raws]
@@ -190,7 +187,10 @@ def _ids(raws: list[bytes]) -> list[str | None]:
             return ids
     except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
         pass
-    return [line_id(raw) for raw in raws]
+    ids = [line_id(raw) for raw in raws]
+    if first == 1 and raws and raws[0].startswith(BOM):
+        ids[0] = line_id(raws[0][len(BOM):])
+    return ids
 
 
 class JobReader:
@@ -253,44 +253,33 @@ class JobReader:
                 self._marks.append(self._offset)
             self._offset += len(raw) + 1
 
-    def note_many(self, raws: list[bytes]) -> Duplicate | None:
+    def note_many(self, raws: list[bytes], ids: list[str | None] | None = None
+                  ) -> Duplicate | None:
         """Number the next lines without checking their jobs, only remembering each one's
-        custom_id for the duplicate check (a line naming none is left out): the pass that
-        settles a partial resume index, which reads the jobs it needs afterwards (`line_of`,
-        `read_again`). The first Duplicate met, or None (stricter than `feed`, which remembers
-        the ids of valid jobs only: a bad line's id counts here). Needs `reread`."""
+        custom_id (`ids`, when the caller has them: `line_ids`) for the duplicate check; a line
+        naming none is left out. For the pass that settles a partial resume index, which parses
+        only the jobs it needs. The first Duplicate met, or None (stricter than `feed`, which
+        remembers the ids of valid jobs only: a bad line's id counts here). Needs `reread`."""
         assert isinstance(self._first_line, IdTable), "note_many needs reread and duplicates"
         first = self.line + 1
-        ids = _ids(raws)
-        if first == 1 and raws and raws[0].startswith(BOM):
-            ids[0] = line_id(raws[0][len(BOM):])
+        if ids is None:
+            ids = line_ids(raws, first)
         starts = list(accumulate((len(raw) + 1 for raw in raws), initial=self._offset))
         self._marks.extend(starts[n] for n in range(-(first - 1) % LINES_PER_MARK, len(raws),
                                                     LINES_PER_MARK))
         self._offset = starts[-1]
         self.line += len(raws)
-        named = [n for n, custom_id in enumerate(ids) if custom_id is not None]
+        named: list[int] | None = [n for n, custom_id in enumerate(ids) if custom_id is not None]
         if len(named) < len(ids):
             ids = [ids[n] for n in named]
         else:
             named = None
         seen = self._first_line.setdefault_all(
-            ids, [first + n for n in (named or range(len(ids)))])
+            ids, [first + n for n in (named if named is not None else range(len(ids)))])
         if not seen:
             return None
         n, line = seen[0]
-        return Duplicate(self.path, first + (named[n] if named else n), line, ids[n])
-
-    def line_of(self, custom_id: str) -> int:
-        """The line `custom_id` was first met on (noted or fed), -1 when never."""
-        assert isinstance(self._first_line, IdTable)
-        return self._first_line.find(custom_id)
-
-    def read_again(self, line: int) -> Job | BadLine | None:
-        """The verdict on line `line`, read again from the input (an earlier line, numbered by
-        this reader: see `note_many`); no duplicate check."""
-        assert self._reread is not None and 0 < line <= self.line
-        return parse_line(_Recall(self._marks, self._reread).raw(line), line, self.path)
+        return Duplicate(self.path, first + (named[n] if named is not None else n), line, ids[n])
 
     def skip(self, count: int) -> None:
         """Number `count` lines without reading them: jobs the resume index says need nothing

@@ -46,23 +46,23 @@ class Watch:
     def __init__(self, monkeypatch):
         self.parsed: list[int] = []
         self.output_from: list[int] = []
-        feed, read_again, load = JobReader.feed, JobReader.read_again, ckpt.load
+        from runner.files import inputs
+        feed, parse, load = JobReader.feed, inputs.parse_line, ckpt.load
 
         def watched_feed(reader, raw):
             self.parsed.append(orjson.loads(raw)["custom_id"])
             return feed(reader, raw)
 
-        def watched_read_again(reader, line):
-            item = read_again(reader, line)
-            self.parsed.append(item.custom_id)
-            return item
+        def watched_parse(raw, line, path):
+            self.parsed.append(orjson.loads(raw)["custom_id"])
+            return parse(raw, line, path)
 
         def watched_load(path, state, *, start=0):
             self.output_from.append(start)
             return load(path, state, start=start)
 
         monkeypatch.setattr(JobReader, "feed", watched_feed)
-        monkeypatch.setattr(JobReader, "read_again", watched_read_again)
+        monkeypatch.setattr(inputs, "parse_line", watched_parse)
         monkeypatch.setattr(ckpt, "load", watched_load)
 
 
@@ -267,15 +267,14 @@ def test_noting_lines_remembers_their_ids_for_the_duplicate_check_without_readin
         reader = JobReader("in.jsonl", reread=Rereader(source.fileno()))
         assert reader.note_many(raws[:100]) is None
         assert reader.note_many(raws[100:]) is None and reader.line == 300
-        assert reader.line_of("job-250") == 251 and reader.line_of("job-6") == -1
-        for line in (1, 2, LINES_PER_MARK, LINES_PER_MARK + 1, 130, 251, 300):  # read again
-            assert reader.read_again(line).custom_id == f"job-{line - 1}"
-        assert reader.read_again(6).custom_id == "b" and type(reader.read_again(7)).__name__ \
-            == "BadLine"
-        again = reader.feed(orjson.dumps(jobs[3]))
-        assert type(again).__name__ == "Duplicate" and (again.line, again.first_line) == (301, 4)
+        # each id is read back from INPUT at its line (the offsets noted) to confirm a repeat
+        for line in (1, 2, LINES_PER_MARK, LINES_PER_MARK + 1, 130, 251, 300):
+            again = reader.feed(orjson.dumps(jobs[line - 1]))
+            assert type(again).__name__ == "Duplicate"
+            assert (again.line, again.first_line) == (reader.line, line)
         noted = reader.note_many([b"x", b'{"custom_id":"b"}'])
-        assert (noted.line, noted.first_line, noted.custom_id) == (303, 6, "b")
+        assert (noted.line, noted.first_line, noted.custom_id) == (reader.line, 6, "b")
+        assert reader.note_many([b"not json", b'{"custom_id":7}']) is None  # no id: left out
 
 
 async def test_the_settling_pass_parses_only_lines_a_result_after_the_index_answers(tmp_path):
@@ -290,14 +289,14 @@ async def test_the_settling_pass_parses_only_lines_a_result_after_the_index_answ
     with open(path, "rb") as source:
         items = [item async for item in settle_lines(
             str(path), source, path.stat().st_size, settled,
-            lambda: ["job-5", "job-1", "job-2", "gone"], hasher=digest)]
+            ["job-5", "job-1", "job-2", "gone"], hasher=digest)]
     # job-1 is settled, "gone" is not in INPUT: jobs 2 and 5 are read, in file order
     assert [(type(i).__name__, i.line) for i in items] == [("Job", 3), ("Job", 6)]
     assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
     write(path, [*jobs, jobs[1]])
     with open(path, "rb") as source:
         items = [item async for item in settle_lines(
-            str(path), source, path.stat().st_size, settled, lambda: ["job-5"],
+            str(path), source, path.stat().st_size, settled, ["job-5"],
             hasher=hashlib.sha256())]
     assert [(type(i).__name__, i.line, i.first_line) for i in items] == [("Duplicate", 9, 2)]
 

@@ -29,7 +29,7 @@ import aiofiles.threadpool
 import orjson
 
 from jobs.job import Job
-from jobs.reader import BadLine, Duplicate, JobReader, line_id
+from jobs.reader import BOM, BadLine, Duplicate, JobReader, line_id, line_ids, parse_line
 from jobs.settled import Settled
 from runner.errors import UnusableInput
 from runner.files.compression import MAGIC_BYTES, CompressionError, Decompressor, refusal, sniff
@@ -345,32 +345,48 @@ async def _whole_lines(source: BinaryIO, size: int | None,
 
 
 async def settle_lines(path: str, source: BinaryIO, size: int, settled: Settled,
-                       answered: Callable[[], Iterable[str]], *, hasher: Digest
+                       answered: Iterable[str], *, hasher: Digest
                        ) -> AsyncIterator[Job | BadLine | Duplicate]:
     """The pass that settles a partial resume index (`runner.files.resume_index`): every line of
     INPUT (`source`, its first `size` bytes, all fed to `hasher`) read once for its custom_id
     alone, for the duplicate check (`JobReader.note_many`: a Duplicate is yielded and the pass
-    ends); then the items of the lines `settled` leaves whose ids `answered` gives (results
-    OUTPUT holds after the index), read again, in file order, for the caller to decide. The
-    other lines' jobs are not parsed: nothing answers them, or the index settled them."""
+    ends), and the items of the lines `settled` leaves whose ids are `answered` (results OUTPUT
+    holds after the index), in file order, for the caller to decide. No other job is parsed:
+    nothing answers it, or the index settled it."""
     reread = Rereader(source.fileno())
     reader = JobReader(input_name(path), reread=reread, expected_lines=reread.lines())
+    wanted = set(answered)
     lines = LineSplitter()
     async for data in _whole_lines(source, size, lines):
         hasher.update(data)
-        if data and (duplicate := reader.note_many(data[:-1].split(b"\n"))) is not None:
-            yield duplicate
-            return
+        if data:
+            for item in _settling(reader, data[:-1].split(b"\n"), settled, wanted):
+                yield item
+                if isinstance(item, Duplicate):
+                    return
     if tail := lines.tail:
         hasher.update(tail)
-        if (duplicate := reader.note_many([tail])) is not None:
-            yield duplicate
-            return
-    numbers = {reader.line_of(custom_id) for custom_id in answered()}
-    for number in sorted(numbers):
-        if number > 0 and not settled.is_settled(number) \
-                and (item := reader.read_again(number)) is not None:
+        for item in _settling(reader, [tail], settled, wanted):
             yield item
+
+
+def _settling(reader: JobReader, raws: list[bytes], settled: Settled,
+              wanted: set[str]) -> list[Job | BadLine | Duplicate]:
+    first = reader.line + 1
+    ids = line_ids(raws, first)
+    duplicate = reader.note_many(raws, ids)
+    if duplicate is not None:
+        return [duplicate]
+    if not wanted or wanted.isdisjoint(ids):
+        return []
+    items = []
+    for n, custom_id in enumerate(ids):
+        line = first + n
+        if custom_id in wanted and not settled.is_settled(line):
+            raw = raws[n][len(BOM):] if line == 1 and raws[n].startswith(BOM) else raws[n]
+            if (item := parse_line(raw, line, reader.path)) is not None:
+                items.append(item)
+    return items
 
 
 def unsettled_items(path: str, settled: Settled) -> Iterator[Job | BadLine]:
