@@ -359,3 +359,21 @@ def test_bytes_added_to_a_last_line_without_its_newline_leave_the_index_unused(t
         assert (loaded is not None) == usable
         if loaded is not None:
             loaded.close()
+
+
+async def test_opening_output_for_a_backend_that_keeps_no_partial_index_removes_one(tmp_path):
+    # `--via batch` appends through the same session: a partial index would not know its lines
+    from runner.files.session import OutputSession
+    write(tmp_path / "in.jsonl", chat_jobs(6))
+    await go(tmp_path, Script(), limit=3)
+    assert header(tmp_path)[0]["version"] == resume_index.PARTIAL
+    for keeps in (True, False):
+        async with OutputSession(str(tmp_path / "in.jsonl"), tmp_path / "out.jsonl",
+                                 log=lambda m: None, handle_signals=False) as session:
+            session.open(keeps_partial_index=keeps)
+        assert (tmp_path / "out.jsonl.resume").exists() == keeps
+    await go(tmp_path, Script())  # a whole index is left alone: it answers OUTPUT's exact size
+    async with OutputSession(str(tmp_path / "in.jsonl"), tmp_path / "out.jsonl",
+                             log=lambda m: None, handle_signals=False) as session:
+        session.open()
+    assert header(tmp_path)[0]["version"] == resume_index.VERSION

@@ -29,6 +29,7 @@ from jobs.results import OutputState
 from jobs.settled import Settled
 from runner.errors import ChangedJobsError, RunnerError
 from runner.files import checkpoint as ckpt
+from runner.files import resume_index
 from runner.files.guard import check_output
 from runner.files.inputs import STDIN, input_name
 
@@ -173,8 +174,12 @@ class OutputSession:
         if settled is not None:
             settled.read_all = True
 
-    def open(self) -> ckpt.Checkpoint:
-        """Start appending to OUTPUT (created if need be)."""
+    def open(self, *, keeps_partial_index: bool = False) -> ckpt.Checkpoint:
+        """Start appending to OUTPUT (created if need be). A partial resume index is removed
+        first unless this run `keeps_partial_index` (writes its own): it would not know what
+        this run appends (`runner.files.resume_index`)."""
+        if not keeps_partial_index:
+            resume_index.discard_partial(self.output)
         self.checkpoint = ckpt.Checkpoint(self.output, secrets=self._secrets)
         self.checkpoint.open()
         return self.checkpoint

@@ -151,16 +151,15 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
                     source.close()
                     raise
                 index, source = _checked_input(source, stamp, checked, digest), None
-            checkpoint = session.open()
+            keeps = stamp is not None and (index is not None or mark is not None) \
+                and _snapshots_allowed(config)
+            checkpoint = session.open(keeps_partial_index=keeps)
             if stamp is not None:
                 checkpoint.hasher = await _output_hasher(checkpoint, index)
             settled = index.settled if index is not None else Settled()
             snapshots = None
-            if stamp is not None and (index is not None or mark is not None) \
-                    and _snapshots_allowed(config):
+            if keeps:
                 snapshots = _Snapshots(config, stamp, settled, checkpoint, index=index, mark=mark)
-            elif checkpoint.size:  # a partial index would not know what this run appends
-                resume_index.discard_partial(config.output)
             stats = None
             try:
                 stats = await _dispatch(config, state, checkpoint, send, console, log, progress,
