@@ -200,6 +200,18 @@ class IdTable:
         """`put` each of `ids` at the same index of `positions`, in order; `replaced(n, old)` is
         called for each one that was already in (`old`: its position before). The loop of a
         file's worth of `put`s, with nothing looked up twice."""
+        self._place_all(ids, positions, True, replaced)
+
+    def setdefault_all(self, ids: list[str], positions: list[int]) -> list[tuple[int, int]]:
+        """`setdefault` each of `ids` at the same index of `positions`, in order; the (n, its
+        position) of each one that was already in (left as it was)."""
+        found: list[tuple[int, int]] = []
+        self._place_all(ids, positions, False, lambda n, held: found.append((n, held)))
+        return found
+
+    def _place_all(self, ids: list[str], positions: list[int], replace: bool,
+                   met: Callable[[int, int], None] | None) -> None:
+        """`put_all` (`replace`) or `setdefault_all`: `met(n, position)` for each id already in."""
         if positions:
             self._check(min(positions), max(positions))
         digest, recall = self._digest, self._recall
@@ -224,49 +236,15 @@ class IdTable:
                         limit = self._limit
                     break
                 if held >> pbits == tag and recall((held & mask) - 1) == custom_id:
-                    slots[i] = word
-                    if replaced is not None:
-                        replaced(n, (held & mask) - 1)
+                    if replace:
+                        slots[i] = word
+                    if met is not None:
+                        met(n, (held & mask) - 1)
                     break
                 i += 1
                 if i == size:
                     i = 0
         self._count = count
-
-    def setdefault_all(self, ids: list[str], positions: list[int]) -> list[tuple[int, int]]:
-        """`setdefault` each of `ids` at the same index of `positions`, in order; the (n, its
-        position) of each one that was already in (left as it was). `put_all`'s loop."""
-        if positions:
-            self._check(min(positions), max(positions))
-        digest, recall = self._digest, self._recall
-        hashed = digest is default_digest
-        slots, size, shift, bits = self._slots, self._size, self._shift, self._bits
-        pbits, mask, tag_shift, tag_mask = self._pbits, self._mask, self._tag_shift, self._tag_mask
-        count, limit = self._count, self._limit
-        found: list[tuple[int, int]] = []
-        for n, custom_id in enumerate(ids):
-            key = hash(custom_id) & DIGEST_MASK if hashed else digest(custom_id)
-            tag = key >> tag_shift & tag_mask
-            i = (key >> shift) * size >> bits
-            while True:
-                held = slots[i]
-                if not held:
-                    slots[i] = (tag << pbits) | (positions[n] + 1)
-                    count += 1
-                    if count > limit:
-                        self._count = count
-                        self._grow()
-                        slots, size, shift, bits = self._slots, self._size, self._shift, self._bits
-                        limit = self._limit
-                    break
-                if held >> pbits == tag and recall((held & mask) - 1) == custom_id:
-                    found.append((n, (held & mask) - 1))
-                    break
-                i += 1
-                if i == size:
-                    i = 0
-        self._count = count
-        return found
 
     def mark(self, custom_id: str) -> int:
         """Mark `custom_id` (as claimed, seen: the owner's meaning); returns its position, or -1

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from itertools import accumulate
 from dataclasses import dataclass
+from itertools import accumulate
 
 import orjson
 
@@ -269,17 +269,15 @@ class JobReader:
                                                     LINES_PER_MARK))
         self._offset = starts[-1]
         self.line += len(raws)
-        named: list[int] | None = [n for n, custom_id in enumerate(ids) if custom_id is not None]
-        if len(named) < len(ids):
-            ids = [ids[n] for n in named]
-        else:
-            named = None
-        seen = self._first_line.setdefault_all(
-            ids, [first + n for n in (named if named is not None else range(len(ids)))])
+        lines = list(range(first, first + len(ids)))
+        if None in ids:  # lines naming no id are left out
+            lines = [line for line, custom_id in zip(lines, ids) if custom_id is not None]
+            ids = [custom_id for custom_id in ids if custom_id is not None]
+        seen = self._first_line.setdefault_all(ids, lines)  # type: ignore[arg-type]
         if not seen:
             return None
-        n, line = seen[0]
-        return Duplicate(self.path, first + (named[n] if named is not None else n), line, ids[n])
+        n, earlier = seen[0]
+        return Duplicate(self.path, lines[n], earlier, ids[n])  # type: ignore[arg-type]
 
     def skip(self, count: int) -> None:
         """Number `count` lines without reading them: jobs the resume index says need nothing

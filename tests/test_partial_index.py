@@ -118,47 +118,165 @@ async def test_jobs_in_flight_at_a_stop_stay_pending_in_the_index(tmp_path):
     assert 2 in sent(script) and each_once(tmp_path, 6)
 
 
-async def test_every_snapshot_while_the_run_goes_answers_a_resume_exactly(tmp_path, monkeypatch):
-    # snapshots are taken as the run goes (requests in flight, INPUT read ahead of the
-    # decisions); a resume from each one, its OUTPUT cut back to the end of the last line
-    # written after it (a kill), sends exactly the jobs without a result
-    n = 40
-    write(tmp_path / "in.jsonl", chat_jobs(n))
-    taken = []
-    take = live_run._Snapshots.take
+async def run_taking_snapshots(tmp_path, monkeypatch, send, **options):
+    """Run INPUT in `tmp_path` once, saving a partial index as each request is sent (jobs on the
+    wire, INPUT read ahead of the decisions): each index, with OUTPUT's size then."""
+    taken, made = [], []
+    init = live_run._Snapshots.__init__
 
-    def keep(snapshots):
-        write_it = take(snapshots)
-        if write_it is not None:
+    def keep(snapshots, *args, **kwargs):
+        init(snapshots, *args, **kwargs)
+        made.append(snapshots)
+
+    async def sending(req):
+        if made and (write_it := made[-1].take()) is not None:
             write_it()
             taken.append(((tmp_path / "out.jsonl.resume").read_bytes(),
                           (tmp_path / "out.jsonl").stat().st_size))
-        return write_it
+        return await send(req)
 
-    monkeypatch.setattr(live_run._Snapshots, "take", keep)
+    with monkeypatch.context() as patch:
+        patch.setattr(live_run._Snapshots, "__init__", keep)
+        await go(tmp_path, sending, **options)
+    return taken
 
-    class Slow(Script):
-        async def __call__(self, req):
-            await asyncio.sleep(0.002)
-            return await super().__call__(req)
 
-    await go(tmp_path, Slow(), concurrency=4, index_interval=0.001)
-    monkeypatch.undo()
-    assert len(taken) >= 3
+async def resumes_as_reading_output_whole(tmp_path, taken, outcome, *, lines_after=3):
+    """For each snapshot: OUTPUT cut back `lines_after` lines after it (a kill), resumed once
+    from the index and once without it; the snapshots whose two `outcome(folder)` differ."""
     output = (tmp_path / "out.jsonl").read_bytes()
+    differ = []
     for k, (index, size) in enumerate(taken):
-        folder = tmp_path / f"kill-{k}"
-        folder.mkdir()
-        shutil.copy(tmp_path / "in.jsonl", folder / "in.jsonl")
-        # killed a few lines after this snapshot
-        end = len(b"".join(output[size:].splitlines(keepends=True)[:3])) + size
-        (folder / "out.jsonl").write_bytes(output[:end])
-        (folder / "out.jsonl.resume").write_bytes(index)
-        before = {r["custom_id"] for r in results(folder)}
+        end = size + len(b"".join(output[size:].splitlines(keepends=True)[:lines_after]))
+        both = []
+        for use in (True, False):
+            folder = tmp_path / f"kill-{k}-{use}"
+            folder.mkdir()
+            shutil.copy(tmp_path / "in.jsonl", folder / "in.jsonl")
+            (folder / "out.jsonl").write_bytes(output[:end])
+            if use:
+                (folder / "out.jsonl.resume").write_bytes(index)
+            both.append(await outcome(folder))
+        if both[0] != both[1]:
+            differ.append((k, both))
+    return differ
+
+
+async def test_a_resume_from_any_snapshot_decides_and_counts_as_reading_output_whole(
+        tmp_path, monkeypatch):
+    # failures kept and transient, a BOM, a blank line, bad lines, no newline at the end
+    from tests.test_resume_index import failing
+    raws = [orjson.dumps(job) for job in chat_jobs(40)]
+    raws[0] = b"\xef\xbb\xbf" + raws[0]
+    raws[7:7] = [b"", b"not json"]
+    raws.insert(15, b'{"custom_id":"bad-with-id"}')
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(raws))
+    taken = await run_taking_snapshots(tmp_path, monkeypatch,
+                                       failing(permanent={3, 17, 38}, transient={5, 21}),
+                                       concurrency=4)
+    assert len(taken) >= 20
+
+    async def outcome(folder):
+        script = failing()
+        stats = await go(folder, script)
+        return sent(script), counts(stats), stats.duplicates, header(folder)[1]  # its states
+
+    assert await resumes_as_reading_output_whole(tmp_path, taken, outcome) == []
+
+
+async def test_packed_jobs_resume_from_any_snapshot_as_reading_output_whole(tmp_path,
+                                                                           monkeypatch):
+    jobs = [{"custom_id": f"e-{i}", "method": "POST", "url": "/v1/embeddings",
+             "body": {"model": "text-embedding-3-small", "input": f"t{i}"}} for i in range(300)]
+    write(tmp_path / "in.jsonl", jobs)
+    taken = await run_taking_snapshots(tmp_path, monkeypatch, Script(), concurrency=3, pack=True)
+    assert len(taken) >= 2
+
+    async def outcome(folder):
         script = Script()
-        await go(folder, script)
-        assert {f"job-{i}" for i in sent(script)} == {f"job-{i}" for i in range(n)} - before
-        assert each_once(folder, n)
+        stats = await go(folder, script, pack=True)
+        inputs = sorted(text for _, _, body in script.calls for text in (
+            body["input"] if isinstance(body["input"], list) else [body["input"]]))
+        return inputs, counts(stats), header(folder)[1]
+
+    assert await resumes_as_reading_output_whole(tmp_path, taken, outcome, lines_after=70) == []
+
+
+async def test_an_answered_last_line_without_its_newline_is_not_sent_again(tmp_path):
+    jobs = chat_jobs(6)
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(orjson.dumps(job) for job in jobs))
+    stats = await go(tmp_path, stopping(stop_on={3}, hang={1}), concurrency=8, grace_s=0.1)
+    assert stats.exit_code() == 3 and header(tmp_path)[0]["version"] == resume_index.PARTIAL
+    assert "job-5" in {r["custom_id"] for r in results(tmp_path) if r["error"] is None}
+    script = Script()
+    await go(tmp_path, script)
+    assert 5 not in sent(script) and each_once(tmp_path, 6)
+
+
+async def test_a_duplicate_in_another_shard_does_not_hide_one_in_this_shard(tmp_path):
+    # the settling pass ends at the first duplicate id, whichever shard's: the index is given up
+    from jobs.shard import Shard, shard_of
+    assert shard_of("job-1", 2) == 2 and shard_of("job-0", 2) == shard_of("job-2", 2) == 1
+    jobs = {job["custom_id"]: job for job in chat_jobs(3)}
+    write(tmp_path / "in.jsonl", [jobs["job-1"], jobs["job-1"], jobs["job-0"], jobs["job-2"],
+                                  jobs["job-0"]])
+    await go(tmp_path, Script(), limit=1, shard=Shard(1, 2))
+    assert header(tmp_path)[0]["version"] == resume_index.PARTIAL
+    script = Script()
+    stats = await go(tmp_path, script, shard=Shard(1, 2))
+    assert sent(script) == [2] and stats.duplicates == 1  # line 5 repeats job-0: not sent
+
+
+async def test_a_line_added_after_the_index_for_a_job_it_settled_is_read_as_the_last_word(
+        tmp_path):
+    # a transient failure appended by another tool for job-0, done before the index: the last
+    # line for an id decides, so job-0 runs again, as reading OUTPUT whole decides
+    write(tmp_path / "in.jsonl", chat_jobs(6))
+    await go(tmp_path, Script(), limit=3)
+    failure = {"id": "x", "custom_id": "job-0", "response": {"status_code": 500, "body": {}},
+               "error": {"code": "server_error", "message": "boom"}}
+    with open(tmp_path / "out.jsonl", "ab") as f:
+        f.write(orjson.dumps(failure) + b"\n")
+    logged = []
+    script = Script()
+    await go(tmp_path, script, log=logged.append)
+    assert sent(script) == [0, 3, 4, 5]
+    assert any("answers a job it settled" in line for line in logged)
+
+
+async def test_the_last_periodic_save_lands_before_the_index_the_run_ends_with(tmp_path,
+                                                                             monkeypatch):
+    # a save runs in a thread, which goes on when its task is cancelled: the run waits for it
+    # before writing its last index, so a stale partial one never replaces that
+    import threading
+    import time
+    real = resume_index.save_partial
+    writing = threading.Event()
+    written = threading.Event()
+
+    def slow(*args, **kwargs):
+        writing.set()
+        time.sleep(0.2)  # a big index, a slow disk
+        real(*args, **kwargs)
+        written.set()
+
+    monkeypatch.setattr(resume_index, "save_partial", slow)
+
+    answered = []
+
+    async def send(req):
+        if answered:  # after a first line, the run ends while the first save is being written
+            for _ in range(5000):
+                if writing.is_set():
+                    break
+                await asyncio.sleep(0.001)
+        answered.append(req)
+        return await Script()(req)
+
+    write(tmp_path / "in.jsonl", chat_jobs(3))
+    stats = await go(tmp_path, send, index_interval=0.001, concurrency=1)
+    assert stats.exit_code() == 0 and written.is_set()
+    assert header(tmp_path)[0]["version"] == resume_index.VERSION
 
 
 async def test_a_partial_index_of_files_that_changed_is_not_used(tmp_path, monkeypatch):
@@ -180,7 +298,7 @@ async def test_a_partial_index_of_files_that_changed_is_not_used(tmp_path, monke
         loaded = resume_index.load(folder / "out.jsonl", str(folder / "in.jsonl"), None,
                                    retrying=False)
         if change == "append jobs to INPUT" and index["input_bytes"] < (folder / "in.jsonl").stat().st_size:
-            assert loaded is not None and loaded.partial  # the lines it vouches for are as they were
+            assert isinstance(loaded, resume_index.Partial)  # the lines it vouches for are intact
             loaded.close()
         else:
             assert loaded is None
@@ -254,8 +372,8 @@ async def test_a_job_changed_since_its_result_after_the_index_is_refused_before_
 
 def test_noting_lines_remembers_their_ids_for_the_duplicate_check_without_reading_the_jobs(
         tmp_path):
-    from runner.files.inputs import Rereader
     from jobs.reader import LINES_PER_MARK
+    from runner.files.inputs import Rereader
     jobs = chat_jobs(300)
     raws = [orjson.dumps(job) for job in jobs]
     raws[0] = b"\xef\xbb\xbf" + raws[0]  # a BOM: the id read all the same
@@ -278,27 +396,35 @@ def test_noting_lines_remembers_their_ids_for_the_duplicate_check_without_readin
 
 
 async def test_the_settling_pass_parses_only_lines_a_result_after_the_index_answers(tmp_path):
+    import hashlib
+
     from jobs.settled import Settled
     from runner.files.inputs import settle_lines
-    import hashlib
     jobs = chat_jobs(8)
     path = tmp_path / "in.jsonl"
+
+    async def settling(answered, states=(DONE, DONE, PENDING), vouched=None):
+        settled = Settled(bytearray(states))
+        digest = hashlib.sha256()
+        data = path.read_bytes()
+        end = len(b"".join(data.splitlines(keepends=True)[:3]))
+        vouched = vouched or (end, hashlib.sha256(data[:end]).hexdigest())
+        with open(path, "rb") as source:
+            items = [(type(i).__name__, i.line) async for i in settle_lines(
+                str(path), source, len(data), settled, answered, hasher=digest,
+                vouched=vouched)]
+        return items, settled.void, digest.hexdigest() == hashlib.sha256(data).hexdigest()
+
     write(path, jobs)
-    settled = Settled(bytearray([DONE, DONE, PENDING]))
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        items = [item async for item in settle_lines(
-            str(path), source, path.stat().st_size, settled,
-            ["job-5", "job-1", "job-2", "gone"], hasher=digest)]
-    # job-1 is settled, "gone" is not in INPUT: jobs 2 and 5 are read, in file order
-    assert [(type(i).__name__, i.line) for i in items] == [("Job", 3), ("Job", 6)]
-    assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+    # "gone" is not in INPUT: jobs 2 and 5 are read, in file order; INPUT hashed whole
+    assert await settling(["job-5", "job-2", "gone"]) == ([("Job", 3), ("Job", 6)], None, True)
+    items, void, _ = await settling(["job-5", "job-1"])  # job-1 was settled: answered again
+    assert "answers a job it settled" in void
+    items, void, _ = await settling([], vouched=(10, "0" * 64))
+    assert (items, void) == ([], "INPUT changed since its partial index was checked")
     write(path, [*jobs, jobs[1]])
-    with open(path, "rb") as source:
-        items = [item async for item in settle_lines(
-            str(path), source, path.stat().st_size, settled, ["job-5"],
-            hasher=hashlib.sha256())]
-    assert [(type(i).__name__, i.line, i.first_line) for i in items] == [("Duplicate", 9, 2)]
+    items, void, _ = await settling(["job-7"])
+    assert items == [] and void == "duplicate custom_ids"
 
 
 async def test_the_mark_says_how_far_input_was_read_at_the_end_of_a_line(tmp_path, monkeypatch):
@@ -317,12 +443,12 @@ async def test_the_mark_says_how_far_input_was_read_at_the_end_of_a_line(tmp_pat
     with open(path, "rb") as source:
         async for item in inputs.read_unsettled(str(path), source, None, Settled(),
                                                 duplicates=True, mark=mark):
-            assert data[:mark.size].count(b"\n") == mark.lines >= min(item.line, 30) - 1
-            assert data[:mark.size].endswith(b"\n")
+            assert mark.lines >= item.line - 1
+            assert data[:mark.size].count(b"\n") == mark.lines - (mark.size == len(data))
             assert mark.hasher.copy().hexdigest() == hashlib.sha256(data[:mark.size]).hexdigest()
             seen.append(mark.lines)
-    # the last line, without its newline, is not vouched for: bytes appended would change it
-    assert (mark.lines, mark.size) == (30, data.rindex(b"\n") + 1) and len(set(seen)) > 5
+    # the last line too, without its newline (an index checks no byte was added to it)
+    assert (mark.lines, mark.size) == (31, len(data)) and len(set(seen)) > 5
 
 
 def test_scanning_output_from_an_offset_accounts_only_the_lines_after_it(tmp_path):

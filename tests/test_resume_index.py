@@ -48,11 +48,11 @@ def failing(permanent=(), transient=()):
 
 
 async def go(tmp_path, send, *, jobs_file="in.jsonl", log=None, index_interval=3600.0,
-             **dispatch):
+             pack=False, **dispatch):
     shard = dispatch.pop("shard", None)
     config = RunConfig(input=str(tmp_path / jobs_file), output=tmp_path / "out.jsonl",
                        endpoint=Endpoint(base_url="http://server.test/v1", api_key="sk-test"),
-                       dispatch=DispatchConfig(max_attempts=1, **dispatch), pack=False,
+                       dispatch=DispatchConfig(max_attempts=1, **dispatch), pack=pack,
                        shard=shard, index_interval=index_interval)
     return await run(config, send=send, progress=False, handle_signals=False,
                      log=log or (lambda message: None))

@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import BinaryIO, Protocol
 
 import aiofiles.threadpool
-import orjson
 
 from jobs.job import Job
 from jobs.reader import BOM, BadLine, Duplicate, JobReader, line_id, line_ids, parse_line
@@ -277,10 +276,11 @@ class Digest(Protocol):
 
 
 class ReadMark:
-    """How far `read_unsettled` has read INPUT, at the end of a line: `lines` lines, their first
-    `size` bytes, and `hasher` fed those bytes (a partial resume index is written from it)."""
+    """How far `read_unsettled` has read INPUT, at the end of a line (or of the file): `lines`
+    lines, their first `size` bytes, and `hasher` fed those bytes (a partial resume index is
+    written from it)."""
 
-    __slots__ = ("lines", "size", "hasher")
+    __slots__ = ("hasher", "lines", "size")
 
     def __init__(self, hasher: Digest) -> None:
         self.lines = 0
@@ -297,8 +297,7 @@ async def read_unsettled(path: str, source: BinaryIO, size: int | None, settled:
     them a chunk at a time. No duplicate check (the index vouches that INPUT holds none) unless
     `duplicates`, for a `settled` with nothing settled: every line read, as `read_items` reads
     it. `hasher` is fed every byte read; or `mark` says how far it read, line by line, its
-    hasher fed those bytes (a last line without its newline is left out of it: bytes appended
-    to the file would change that line)."""
+    hasher fed those bytes."""
     reread = Rereader(source.fileno()) if duplicates else None
     reader = JobReader(input_name(path), reread=reread, duplicates=duplicates,
                        expected_lines=None if reread is None else reread.lines())
@@ -322,6 +321,10 @@ async def read_unsettled(path: str, source: BinaryIO, size: int | None, settled:
     if tail := lines.tail:
         if hasher is not None:
             hasher.update(tail)
+        if mark is not None:  # a resume index checks no byte was added to it
+            mark.hasher.update(tail)
+            mark.lines += 1
+            mark.size += len(tail)
         if settled.is_settled(reader.line + 1):
             reader.skip(1)
         elif (item := reader.feed(tail)) is not None:
@@ -345,47 +348,77 @@ async def _whole_lines(source: BinaryIO, size: int | None,
 
 
 async def settle_lines(path: str, source: BinaryIO, size: int, settled: Settled,
-                       answered: Iterable[str], *, hasher: Digest
-                       ) -> AsyncIterator[Job | BadLine | Duplicate]:
-    """The pass that settles a partial resume index (`runner.files.resume_index`): every line of
-    INPUT (`source`, its first `size` bytes, all fed to `hasher`) read once for its custom_id
-    alone, for the duplicate check (`JobReader.note_many`: a Duplicate is yielded and the pass
-    ends), and the items of the lines `settled` leaves whose ids are `answered` (results OUTPUT
-    holds after the index), in file order, for the caller to decide. No other job is parsed:
-    nothing answers it, or the index settled it."""
+                       answered: Iterable[str], *, hasher: Digest, vouched: tuple[int, str]
+                       ) -> AsyncIterator[Job | BadLine]:
+    """The pass that settles a partial resume index (`runner.files.resume_index`), whose
+    `settled` states vouch for INPUT's first `vouched` bytes (their count and SHA-256): every
+    line of INPUT (`source`, its first `size` bytes, all fed to `hasher`) read once for its
+    custom_id alone, for the duplicate check (`JobReader.note_many`), and the items of the lines
+    `settled` leaves whose ids are `answered` (results OUTPUT holds after the index), in file
+    order, for the caller to decide. No other job is parsed: nothing answers it, or the index
+    settled it. The pass ends early, `settled` spoilt (the index cannot be used: OUTPUT must be
+    read whole), at a duplicate id, at a later result for a line the index settled (appended by
+    another tool: the last line for an id decides), or when the vouched bytes changed."""
     reread = Rereader(source.fileno())
     reader = JobReader(input_name(path), reread=reread, expected_lines=reread.lines())
     wanted = set(answered)
     lines = LineSplitter()
+    done = 0  # bytes fed to `hasher`
     async for data in _whole_lines(source, size, lines):
-        hasher.update(data)
+        if not _hash_vouched(hasher, data, done, vouched, settled):
+            return
+        done += len(data)
         if data:
-            for item in _settling(reader, data[:-1].split(b"\n"), settled, wanted):
+            for item in _settle_chunk(reader, data[:-1].split(b"\n"), settled, wanted):
                 yield item
-                if isinstance(item, Duplicate):
-                    return
+            if settled.void is not None:
+                return
     if tail := lines.tail:
-        hasher.update(tail)
-        for item in _settling(reader, [tail], settled, wanted):
+        if not _hash_vouched(hasher, tail, done, vouched, settled):
+            return
+        for item in _settle_chunk(reader, [tail], settled, wanted):
             yield item
 
 
-def _settling(reader: JobReader, raws: list[bytes], settled: Settled,
-              wanted: set[str]) -> list[Job | BadLine | Duplicate]:
+def _hash_vouched(hasher: Digest, data: bytes, done: int, vouched: tuple[int, str],
+                  settled: Settled) -> bool:
+    """Feed `data` (found after `done` bytes) to `hasher`, comparing the digest where the
+    vouched bytes end; False, `settled` spoilt, when it differs (INPUT changed meanwhile)."""
+    end, digest = vouched
+    if not done < end <= done + len(data):
+        hasher.update(data)
+        return True
+    with memoryview(data) as view:
+        hasher.update(view[:end - done])
+        if hasher.copy().hexdigest() != digest:
+            settled.spoil("INPUT changed since its partial index was checked")
+            return False
+        hasher.update(view[end - done:])
+    return True
+
+
+def _settle_chunk(reader: JobReader, raws: list[bytes], settled: Settled,
+                  wanted: set[str]) -> list[Job | BadLine]:
+    """The next lines of the settling pass (`settle_lines`): their ids noted, the items of
+    those `wanted` parsed; none, `settled` spoilt, at a duplicate or a wanted settled line."""
     first = reader.line + 1
     ids = line_ids(raws, first)
-    duplicate = reader.note_many(raws, ids)
-    if duplicate is not None:
-        return [duplicate]
+    if reader.note_many(raws, ids) is not None:
+        settled.spoil("duplicate custom_ids")
+        return []
     if not wanted or wanted.isdisjoint(ids):
         return []
     items = []
     for n, custom_id in enumerate(ids):
         line = first + n
-        if custom_id in wanted and not settled.is_settled(line):
-            raw = raws[n][len(BOM):] if line == 1 and raws[n].startswith(BOM) else raws[n]
-            if (item := parse_line(raw, line, reader.path)) is not None:
-                items.append(item)
+        if custom_id not in wanted:
+            continue
+        if settled.is_settled(line):
+            settled.spoil("a line of OUTPUT after the partial index answers a job it settled")
+            return []
+        raw = raws[n][len(BOM):] if line == 1 and raws[n].startswith(BOM) else raws[n]
+        if (item := parse_line(raw, line, reader.path)) is not None:
+            items.append(item)
     return items
 
 

@@ -95,7 +95,7 @@ def file_sha256(path: str | Path, size: int) -> Digest:
         return _hash(f, size)
 
 
-def hash_on(hasher: Digest, path: str | Path, start: int, end: int) -> Digest:
+def sha256_on(hasher: Digest, path: str | Path, start: int, end: int) -> Digest:
     """A copy of `hasher` fed bytes `start` to `end` of `path` too (blocking; OSError, and
     ValueError when the file is shorter)."""
     with open(path, "rb", buffering=0) as f:
@@ -136,12 +136,6 @@ class Index:
     input_sha256: str
     output_hasher: Digest | None
     reread: Digest | None = None
-    tail_from: int | None = None  # a partial index: OUTPUT's lines from here on are to be read
-
-    @property
-    def partial(self) -> bool:
-        """A snapshot of a run that did not end (see `save_partial`)."""
-        return self.tail_from is not None
 
     @property
     def from_check(self) -> bool:
@@ -152,9 +146,30 @@ class Index:
         self.input_file.close()
 
 
-def load(output: Path, input_path: str, shard: Shard | None, *, retrying: bool) -> Index | None:
-    """The index of `output`, if it answers this run exactly (see the module docstring); else
-    None. Blocking (it reads both files): call it in a thread. The caller closes the index."""
+@dataclass(slots=True)
+class Partial:
+    """A partial index found valid for this run's files, to be settled before use
+    (`runner.live.run`): the `settled` states of INPUT's lines within its first `vouched` bytes
+    (their count and SHA-256: the run's own read of INPUT compares them again); INPUT, open,
+    `input_bytes` long now (read whole: lines may follow); OUTPUT's hasher fed its first
+    `tail_from` bytes, after which its lines are read."""
+
+    settled: Settled
+    input_file: BinaryIO
+    input_bytes: int
+    vouched: tuple[int, str]
+    output_hasher: Digest
+    tail_from: int
+
+    def close(self) -> None:
+        self.input_file.close()
+
+
+def load(output: Path, input_path: str, shard: Shard | None, *, retrying: bool
+         ) -> Index | Partial | None:
+    """The index of `output`, if it answers this run (see the module docstring): exactly, or
+    a partial one over the files' prefixes; else None. Blocking (it reads both files): call it
+    in a thread. The caller closes what it gets."""
     path = index_path(output)
     source = None
     try:
@@ -190,8 +205,9 @@ def load(output: Path, input_path: str, shard: Shard | None, *, retrying: bool) 
         if source is not None:
             source.close()
         return None
-    if partial:  # INPUT whole is read by the run (lines may follow the snapshot's), hashed anew
-        return Index(Settled(states), source, input_size, "", hasher, tail_from=output_bytes)
+    if partial:
+        return Partial(Settled(states), source, input_size, (input_bytes, input_sha256), hasher,
+                       output_bytes)
     return Index(Settled(states), source, input_bytes, input_sha256, hasher)
 
 

@@ -121,13 +121,21 @@ class OutputSession:
             for sig in self._signals:
                 self._loop.remove_signal_handler(sig)
 
-    def load(self, state: OutputState, *, start: int = 0) -> ckpt.LoadReport:
+    def load(self, state: OutputState, *, start: int = 0, report: bool = True
+             ) -> ckpt.LoadReport:
         """Read OUTPUT into `state` (its lines from offset `start` on) and repair it for
         appending (`checkpoint.load`); say what was cut off or skipped, and how many results
-        carry no fingerprint."""
-        output = self.output
+        carry no fingerprint (unless not `report`: then `report` it later, or not at all when
+        OUTPUT is read again)."""
         self._states.append(state)
-        loaded = ckpt.load(output, state, start=start)
+        loaded = ckpt.load(self.output, state, start=start)
+        if report:
+            self.report(loaded, state)
+        return loaded
+
+    def report(self, loaded: ckpt.LoadReport, state: OutputState) -> None:
+        """Say what `load` found (`loaded`, into `state`) that a user should know."""
+        output = self.output
         if loaded.torn_bytes:
             self._log(f"{output}: cut off a torn last line ({loaded.torn_bytes} bytes) left by an "
                       "interrupted run; its job runs again")
@@ -141,22 +149,27 @@ class OutputSession:
             self._log(f"{output}: {unprinted:,} results carry no job fingerprint (written before "
                       "runner recorded them, or by another tool): they count as answers to the "
                       "jobs as they are now")
-        return loaded
 
     async def check_changed(self, intake: Intake,
                             items: Callable[[], AsyncIterable[Job | BadLine | Duplicate]],
-                            settled: Settled | None = None, *, always: bool = False) -> None:
+                            settled: Settled | None = None) -> None:
         """Refuse the run (`ChangedJobsError`, exit 2) before anything is sent when jobs of INPUT
         changed since their results and the run's `intake` would refuse them (its --changed
         policy is REFUSE; a failure retried by --retry-failed or --retry-codes runs, edited or
         not). INPUT is read once more for this, only when OUTPUT holds fingerprinted results;
         stdin cannot be read twice: there the intake stops the run at the first changed job it
         meets instead. `settled`, when given, is filled with what each line came to
-        (`jobs.intake.settle`), and `read_all` set once every item was decided; `always`: read
-        INPUT whatever the policy and OUTPUT hold (to settle a partial resume index)."""
-        if not always and (intake.changed is not ChangedPolicy.REFUSE
-                           or not intake.state.fingerprints or self.input == STDIN):
+        (`jobs.intake.settle`), and `read_all` set once every item was decided."""
+        if intake.changed is not ChangedPolicy.REFUSE or not intake.state.fingerprints \
+                or self.input == STDIN:
             return
+        await self.decide_all(intake, items, settled)
+
+    async def decide_all(self, intake: Intake,
+                     items: Callable[[], AsyncIterable[Job | BadLine | Duplicate]],
+                         settled: Settled | None = None) -> None:
+        """Decide every item before anything is sent: `check_changed` whatever the policy and
+        OUTPUT hold (the check, and the pass that settles a partial resume index)."""
         report = ChangedReport()
         try:
             async for item in items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -108,50 +108,27 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
                              secrets=(config.endpoint.api_key,),
                              handle_signals=handle_signals) as session:
         stamp = resume_index.InputStamp.of(config.input)  # None: INPUT can have no index
-        index = source = mark = None
-        dispatch = config.dispatch
+        found = None
         if stamp is not None:
-            index = await asyncio.to_thread(resume_index.load, config.output, config.input,
+            found = await asyncio.to_thread(resume_index.load, config.output, config.input,
                                             config.shard, retrying=_retrying(config))
+        index = found if isinstance(found, resume_index.Index) else None
+        marked = None  # a first run's INPUT, read with a mark for its partial indexes
         try:
-            state = OutputState()  # left empty when the index answers: OUTPUT is not read
-            if index is None or index.partial:  # a partial index: OUTPUT's lines after it
-                session.load(state, start=0 if index is None else index.tail_from)
-            if session.stop.asked:
-                return RunStats(stop_reason=session.stop.reason)
-            intake = Intake(state, retry_failed=dispatch.retry_failed,
-                            retry_codes=dispatch.retry_codes, changed=dispatch.changed)
-            if index is not None and index.partial:
-                index = await _settle_partial(config, session, intake, index)
-                if session.stop.asked:
-                    return RunStats(stop_reason=session.stop.reason)
-                if index is None:  # it could not be settled: OUTPUT is read whole after all
-                    log(f"runner: {config.output}: reading it whole (its partial resume index "
-                        "left decisions to the whole file)")
+            state = OutputState()  # left empty when a whole index answers: OUTPUT is not read
+            if isinstance(found, resume_index.Partial):
+                index = await _settle_partial(config, session, state, found, log)
+                if index is None and not session.stop.asked:  # OUTPUT is read whole after all
                     state = OutputState()
                     session.load(state)
-                    intake = Intake(state, retry_failed=dispatch.retry_failed,
-                                    retry_codes=dispatch.retry_codes, changed=dispatch.changed)
-            if stamp is not None and index is None:
-                source = _open_stamped(config.input, stamp)
-            if index is not None:
-                pass  # checked: a whole index vouches for INPUT, a partial one was settled
-            elif source is None:
-                await session.check_changed(intake, lambda: _items(config))
-            elif _snapshots_allowed(config) and state.empty():
-                # a first run: INPUT read once, as it goes, its digest kept for snapshots
-                mark = ReadMark(hashlib.sha256())
-            else:  # the check reads the file the run will read, and settles its finished jobs
-                checked, digest = Settled(), hashlib.sha256()
-                try:
-                    await session.check_changed(intake, lambda: _only_shard(config, read_unsettled(
-                        config.input, source, stamp.size, Settled(), duplicates=True,
-                        hasher=digest)), checked)
-                except BaseException:
-                    source.close()
-                    raise
-                index, source = _checked_input(source, stamp, checked, digest), None
-            keeps = stamp is not None and (index is not None or mark is not None) \
+            elif index is None:
+                session.load(state)
+            if session.stop.asked:
+                return RunStats(stop_reason=session.stop.reason)
+            if index is None:
+                index, marked = await _first_reading(config, session, _intake(config, state),
+                                                     stamp)
+            keeps = stamp is not None and (index is not None or marked is not None) \
                 and _snapshots_allowed(config)
             checkpoint = session.open(keeps_partial_index=keeps)
             if stamp is not None:
@@ -159,12 +136,13 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
             settled = index.settled if index is not None else Settled()
             snapshots = None
             if keeps:
-                snapshots = _Snapshots(config, stamp, settled, checkpoint, index=index, mark=mark)
+                snapshots = _Snapshots(config, stamp, settled, checkpoint, index=index,
+                                       mark=None if marked is None else marked[1])
             stats = None
             try:
                 stats = await _dispatch(config, state, checkpoint, send, console, log, progress,
                                         session.stop, limiters, budgets, metrics, settled, index,
-                                        snapshots, None if mark is None else (source, mark))
+                                        snapshots, marked)
             finally:
                 appended = checkpoint.written
                 problem = await session.finish()
@@ -173,8 +151,8 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
         finally:
             if index is not None:
                 index.close()
-            if source is not None:
-                source.close()
+            if marked is not None:
+                marked[0].close()
         if stamp is not None:
             if index is not None and index.from_check and stats.stop_reason is None \
                     and settled.read_all and index.reread.hexdigest() != index.input_sha256:
@@ -191,6 +169,7 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
 
 
 def _retrying(config: RunConfig) -> bool:
+    """Whether this run sends kept failures again (--retry-failed, --retry-codes)."""
     return config.dispatch.retry_failed or bool(config.dispatch.retry_codes)
 
 
@@ -199,36 +178,76 @@ def _snapshots_allowed(config: RunConfig) -> bool:
     return not _retrying(config) and config.dispatch.changed is ChangedPolicy.REFUSE
 
 
-async def _settle_partial(config: RunConfig, session: OutputSession, intake: Intake,
-                          index: resume_index.Index) -> resume_index.Index | None:
-    """Decide every line of INPUT a partial `index` leaves, against the lines of OUTPUT after
-    it (`intake.state`), as the check before a run does (`settle_lines`): a line none of them
-    answers stays PENDING unparsed (only its id read, for the duplicate check); the others are
-    decided (a changed job refused). The index then reads as a whole one (`_checked_input`).
-    None, the index closed, when that cannot be done (duplicate ids, an unreadable INPUT, a
-    stop)."""
-    state = intake.state
-    checked, digest = Settled(bytearray(index.settled.states)), hashlib.sha256()
+def _intake(config: RunConfig, state: OutputState) -> Intake:
+    dispatch = config.dispatch
+    return Intake(state, retry_failed=dispatch.retry_failed, retry_codes=dispatch.retry_codes,
+                  changed=dispatch.changed)
+
+
+async def _settle_partial(config: RunConfig, session: OutputSession, state: OutputState,
+                          partial: resume_index.Partial, log: Callable[[str], None]
+                          ) -> resume_index.Index | None:
+    """Read into `state` OUTPUT's lines after a `partial` index, and decide against them every
+    line of INPUT the index leaves, as the check before a run does (`settle_lines`: a line none
+    of them answers stays PENDING unparsed, only its id read for the duplicate check; a changed
+    job is refused). The states then read as a whole index's, from the check (`_checked_input`).
+    None, `partial` closed, when that cannot be done (a duplicate id, a line after the index
+    answering a job it settled, INPUT changed or unreadable, a stop): OUTPUT is read whole."""
+    loaded = session.load(state, start=partial.tail_from, report=False)
+    checked, digest = Settled(bytearray(partial.settled.states)), hashlib.sha256()
     try:
-        await session.check_changed(intake, lambda: _only_shard(config, settle_lines(
-            config.input, index.input_file, index.input_bytes, checked,
-            (facts.custom_id for _, facts in state.finals()), hasher=digest)),
-            checked, always=True)
+        await session.decide_all(_intake(config, state), lambda: _only_shard(config, settle_lines(
+            config.input, partial.input_file, partial.input_bytes, checked,
+            (facts.custom_id for _, facts in state.finals()), hasher=digest,
+            vouched=partial.vouched)), checked)
     except BaseException:
-        index.close()
+        partial.close()
         raise
     if not checked.read_all or checked.void is not None or session.stop.asked:
-        index.close()
+        partial.close()
+        if not session.stop.asked:
+            log(f"runner: {config.output}: reading it whole: its partial resume index cannot be "
+                f"used ({checked.void or 'INPUT could not be read'})")
         return None
-    index.input_file.seek(0)
-    return resume_index.Index(checked, index.input_file, index.input_bytes, digest.hexdigest(),
-                              index.output_hasher, reread=hashlib.sha256(),
-                              tail_from=index.tail_from)
+    session.report(loaded, state)
+    partial.input_file.seek(0)
+    try:  # OUTPUT's digest carried on over its lines after the index (as repaired by the load)
+        hasher = await asyncio.to_thread(resume_index.sha256_on, partial.output_hasher,
+                                         config.output, partial.tail_from,
+                                         os.stat(config.output).st_size)
+    except (OSError, ValueError):
+        hasher = None
+    return resume_index.Index(checked, partial.input_file, partial.input_bytes,
+                              digest.hexdigest(), hasher, reread=hashlib.sha256())
+
+
+async def _first_reading(config: RunConfig, session: OutputSession, intake: Intake,
+                         stamp: resume_index.InputStamp | None
+                         ) -> tuple[resume_index.Index | None, tuple[BinaryIO, ReadMark] | None]:
+    """How a run that no index answers reads INPUT. A first run over an empty OUTPUT (that may
+    keep partial indexes) reads it once as it goes, with a mark (`_Snapshots`); otherwise the
+    check for changed jobs reads it first, and when it reads a regular file whole it settles the
+    finished jobs (`_checked_input`: the run then reads only the lines left)."""
+    source = None if stamp is None else _open_stamped(config.input, stamp)
+    if source is None:
+        await session.check_changed(intake, lambda: _items(config))
+        return None, None
+    if _snapshots_allowed(config) and intake.state.empty():
+        return None, (source, ReadMark(hashlib.sha256()))
+    checked, digest = Settled(), hashlib.sha256()
+    try:
+        await session.check_changed(intake, lambda: _only_shard(config, read_unsettled(
+            config.input, source, stamp.size, Settled(), duplicates=True, hasher=digest)),
+            checked)
+    except BaseException:
+        source.close()
+        raise
+    return _checked_input(source, stamp, checked, digest), None
 
 
 class _Snapshots:
     """The partial resume indexes of a run (`resume_index.save_partial`), written every
-    `SNAPSHOT_INTERVAL_S` while it goes and once more when it stops early, so that a killed
+    --index-every seconds while it goes and once more when it stops early, so that a killed
     run's next resume reads only what OUTPUT gained since. Only runs that know, for every line
     of INPUT not settled, that no line of OUTPUT written before answers it write them: a run
     from an index (its states cover INPUT whole), and a first run over an empty OUTPUT (its
@@ -238,6 +257,7 @@ class _Snapshots:
     def __init__(self, config: RunConfig, stamp: resume_index.InputStamp, settled: Settled,
                  checkpoint: ckpt.Checkpoint, *, index: resume_index.Index | None = None,
                  mark: ReadMark | None = None) -> None:
+        self._writing: asyncio.Future[None] | None = None
         self._config = config
         self._stamp = stamp
         self._settled = settled
@@ -274,15 +294,25 @@ class _Snapshots:
         return write
 
     async def save(self) -> None:
-        """Write a snapshot now, if there is one to write (OSError when it cannot be)."""
+        """Write a snapshot now, if there is one to write (OSError when it cannot be), after
+        the one under way: writes never overlap, and a write outlives the task that started
+        it (its thread goes on) until `idle`."""
+        await self.idle()
         write = self.take()
         if write is not None:
-            await asyncio.to_thread(write)
+            self._writing = asyncio.ensure_future(asyncio.to_thread(write))
+            await asyncio.shield(self._writing)
 
-    async def run(self, interval: float = SNAPSHOT_INTERVAL_S) -> None:
+    async def idle(self) -> None:
+        """Wait for a write under way, if any (whatever became of it)."""
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)
+
+    async def run(self, interval: float,
+                  sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         """Write one every `interval` seconds until cancelled; losing one only costs time."""
         while True:
-            await asyncio.sleep(interval)
+            await sleep(interval)
             try:
                 await self.save()
             except OSError:
@@ -292,16 +322,11 @@ class _Snapshots:
 async def _output_hasher(checkpoint: ckpt.Checkpoint, index: resume_index.Index | None
                          ) -> resume_index.Digest | None:
     """OUTPUT's digest so far, to go on with what this run appends (None when unreadable): the
-    index's when it has it, carried on over the lines after a partial one."""
-    hasher = None if index is None else index.output_hasher
-    if hasher is not None and not index.partial:
-        return hasher
+    index's when it has it."""
+    if index is not None and index.output_hasher is not None:
+        return index.output_hasher
     try:
-        if hasher is None:
-            return await asyncio.to_thread(resume_index.file_sha256, checkpoint.path,
-                                           checkpoint.size)
-        return await asyncio.to_thread(resume_index.hash_on, hasher, checkpoint.path,
-                                       index.tail_from, checkpoint.size)
+        return await asyncio.to_thread(resume_index.file_sha256, checkpoint.path, checkpoint.size)
     except (OSError, ValueError):
         return None
 
@@ -313,13 +338,16 @@ async def _save_index(config: RunConfig, stamp: resume_index.InputStamp,
     """Write OUTPUT's resume index when this run may (see `runner.files.resume_index`): it
     `finished` (no stop: every job it started got its line) having decided every line of INPUT,
     which did not change meanwhile; else a last partial index (`snapshots`), when it keeps
-    them; else remove an index this run's lines made stale."""
+    them (the one it had stays when it has nothing newer to say); else remove an index this
+    run's lines made stale."""
+    if snapshots is not None:
+        await snapshots.idle()  # the last periodic write, if still going, lands first
     if (finished and settled.read_all and settled.void is None and checkpoint.hasher is not None
             and not checkpoint.broken and resume_index.InputStamp.of(config.input) == stamp):
         try:
             await asyncio.to_thread(
                 resume_index.save, config.output, config.input, config.shard, settled,
-                input_sha256=None if index is None else index.input_sha256 or None,
+                input_sha256=None if index is None else index.input_sha256,
                 output_bytes=checkpoint.size, output_hasher=checkpoint.hasher)
             return
         except (OSError, ValueError) as e:
