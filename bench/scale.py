@@ -108,7 +108,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=1_000_000)
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / "results" / "scale")
-    ap.add_argument("--skip", default="", help="steps to skip, comma-separated (run needs none)")
+    ap.add_argument("--skip", default="", help="steps to skip, comma-separated (run: only when "
+                                                "its OUTPUT is there from an earlier time)")
     ap.add_argument("--index-every", default="10", help="the kill step's --index-every (seconds)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -134,11 +135,13 @@ def main() -> None:
             print(r["err"][-2000:], file=sys.stderr)
 
     try:
-        for path in (out, killed):
+        rerun = "run" not in skip or not out.exists()  # the later steps need its OUTPUT
+        for path in (out, killed) if rerun else (killed,):
             for extra in (path, path.with_name(path.name + ".lock"),
                           path.with_name(path.name + ".resume")):
                 extra.unlink(missing_ok=True)
-        row("run", runner("run", str(jobs), "-o", str(out), *common), n, "jobs")
+        if rerun:
+            row("run", runner("run", str(jobs), "-o", str(out), *common), n, "jobs")
         if "resume" not in skip:
             row("resume", runner("run", str(jobs), "-o", str(out), *common), n, "jobs")
         if "noindex" not in skip:
