@@ -144,6 +144,8 @@ async def _run(config: RunConfig, send: Send | None, console: Console | None,
                                         session.stop, limiters, budgets, metrics, settled, index,
                                         snapshots, marked)
             finally:
+                if snapshots is not None:  # a save still being written lands first
+                    await snapshots.idle()
                 appended = checkpoint.written
                 problem = await session.finish()
                 if problem is not None and stats is not None and stats.stop_reason is None:
@@ -340,8 +342,6 @@ async def _save_index(config: RunConfig, stamp: resume_index.InputStamp,
     which did not change meanwhile; else a last partial index (`snapshots`), when it keeps
     them (the one it had stays when it has nothing newer to say); else remove an index this
     run's lines made stale."""
-    if snapshots is not None:
-        await snapshots.idle()  # the last periodic write, if still going, lands first
     if (finished and settled.read_all and settled.void is None and checkpoint.hasher is not None
             and not checkpoint.broken and resume_index.InputStamp.of(config.input) == stamp):
         try:
