@@ -228,7 +228,11 @@ class JobReader:
 
     def feed(self, raw: bytes) -> Job | BadLine | Duplicate | None:
         """The next line's verdict; None for a blank line."""
-        self._number(raw)
+        self.line += 1
+        if self._reread is not None:
+            if (self.line - 1) % LINES_PER_MARK == 0:
+                self._marks.append(self._offset)
+            self._offset += len(raw) + 1
         if self.line == 1 and raw.startswith(BOM):  # a UTF-8 byte order mark starts the file
             raw = raw[len(BOM):]
         item = parse_line(raw, self.line, self.path)
@@ -245,13 +249,6 @@ class JobReader:
                 if seen >= 0 and seen != item.line:
                     return Duplicate(self.path, item.line, seen, item.custom_id)
         return item
-
-    def _number(self, raw: bytes) -> None:
-        self.line += 1
-        if self._reread is not None:
-            if (self.line - 1) % LINES_PER_MARK == 0:
-                self._marks.append(self._offset)
-            self._offset += len(raw) + 1
 
     def note_many(self, raws: list[bytes], ids: list[str | None] | None = None
                   ) -> Duplicate | None:

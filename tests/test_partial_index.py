@@ -417,13 +417,15 @@ async def test_the_settling_pass_parses_only_lines_a_result_after_the_index_answ
 
     write(path, jobs)
     # "gone" is not in INPUT: jobs 2 and 5 are read, in file order; INPUT hashed whole
-    assert await settling(["job-5", "job-2", "gone"]) == ([("Job", 3), ("Job", 6)], None, True)
-    items, void, _ = await settling(["job-5", "job-1"])  # job-1 was settled: answered again
+    answered = {"job-5", "job-2", "gone"}
+    assert await settling(answered) == ([("Job", 3), ("Job", 6)], None, True)
+    assert answered == {"gone"}  # the ids met are taken out: "gone" answers no line of INPUT
+    items, void, _ = await settling({"job-5", "job-1"})  # job-1 was settled: answered again
     assert "answers a job it settled" in void
-    items, void, _ = await settling([], vouched=(10, "0" * 64))
+    items, void, _ = await settling(set(), vouched=(10, "0" * 64))
     assert (items, void) == ([], "INPUT changed since its partial index was checked")
     write(path, [*jobs, jobs[1]])
-    items, void, _ = await settling(["job-7"])
+    items, void, _ = await settling({"job-7"})
     assert items == [] and void == "duplicate custom_ids"
 
 
@@ -478,7 +480,7 @@ def test_bytes_added_to_a_last_line_without_its_newline_leave_the_index_unused(t
         resume_index.save_partial(
             out, None, bytes([DONE] * 5), input_bytes=size,
             input_sha256=resume_index.file_sha256(path, size).hexdigest(), output_bytes=2,
-            output_sha256=resume_index.file_sha256(out, 2).hexdigest())
+            output_sha256=resume_index.file_sha256(out, 2).hexdigest(), grows=True)
         with open(path, "ab") as f:
             f.write(b"\n" + orjson.dumps(jobs[5]) + b"\n")
         loaded = resume_index.load(out, str(path), None, retrying=False)
@@ -503,3 +505,191 @@ async def test_opening_output_for_a_backend_that_keeps_no_partial_index_removes_
                              log=lambda m: None, handle_signals=False) as session:
         session.open()
     assert header(tmp_path)[0]["version"] == resume_index.VERSION
+
+
+async def test_a_resume_of_a_shard_or_a_limited_one_from_any_snapshot_is_as_reading_whole(
+        tmp_path, monkeypatch):
+    from jobs.shard import Shard
+    from tests.test_resume_index import failing
+    for name, run_options, resume_options in (("shard", {"shard": Shard(1, 2)},
+                                               {"shard": Shard(1, 2)}),
+                                              ("limit", {}, {"limit": 2})):
+        folder = tmp_path / name
+        folder.mkdir()
+        write(folder / "in.jsonl", chat_jobs(40))
+        taken = await run_taking_snapshots(folder, monkeypatch, failing(
+            permanent={3, 17, 38}, transient={5, 21}), concurrency=4, **run_options)
+        assert len(taken) >= 5
+
+        async def outcome(at, options=resume_options):
+            script = failing()
+            stats = await go(at, script, **options)
+            return sent(script), counts(stats), stats.duplicates, header(at)
+
+        def without_digests(result):  # record ids differ from run to run
+            *rest, (head, states) = result
+            return (*rest, head["version"], states)
+
+        differ = await resumes_as_reading_output_whole(folder, taken, outcome)
+        assert [(k, [without_digests(r) for r in both]) for k, both in differ
+                if without_digests(both[0]) != without_digests(both[1])] == []
+
+
+async def test_a_torn_line_after_the_index_is_cut_off_and_its_job_decided_as_reading_whole(
+        tmp_path, monkeypatch):
+    from tests.test_resume_index import failing
+    write(tmp_path / "in.jsonl", chat_jobs(30))
+    taken = await run_taking_snapshots(tmp_path, monkeypatch, failing(permanent={3}),
+                                       concurrency=4)
+    output = (tmp_path / "out.jsonl").read_bytes()
+    differ = []
+    for k, (index, size) in enumerate(taken):
+        lines = output[size:].splitlines(keepends=True)
+        if len(lines) < 3:
+            continue
+        killed = output[:size + len(b"".join(lines[:2]))] + lines[2][:len(lines[2]) // 2]
+        both = []
+        for use in (True, False):
+            folder = tmp_path / f"torn-{k}-{use}"
+            folder.mkdir()
+            shutil.copy(tmp_path / "in.jsonl", folder / "in.jsonl")
+            (folder / "out.jsonl").write_bytes(killed)
+            if use:
+                (folder / "out.jsonl.resume").write_bytes(index)
+            first, second = failing(), failing()
+            stats = await go(folder, first, limit=3)
+            kind = header(folder)[0]["version"]
+            loaded = resume_index.load(folder / "out.jsonl", str(folder / "in.jsonl"), None,
+                                       retrying=False)
+            usable = loaded is not None  # the index this resume left answers the next one
+            if loaded is not None:
+                loaded.close()
+            again = await go(folder, second)
+            both.append((sent(first), counts(stats), kind, usable, sent(second), counts(again)))
+        if both[0] != both[1]:
+            differ.append((k, both))
+    assert len(taken) >= 5 and differ == []
+
+
+async def test_a_chain_of_kills_resumes_as_reading_output_whole(tmp_path, monkeypatch):
+    # killed, resumed from a snapshot (saving its own), killed again, resumed again
+    from tests.test_resume_index import failing
+    write(tmp_path / "in.jsonl", chat_jobs(30))
+    taken = await run_taking_snapshots(tmp_path, monkeypatch,
+                                       failing(permanent={3, 12}, transient={5}), concurrency=4)
+    output = (tmp_path / "out.jsonl").read_bytes()
+    checked = 0
+    for k, (index, size) in enumerate(taken[::3]):
+        base = tmp_path / f"chain-{k}"
+        base.mkdir()
+        shutil.copy(tmp_path / "in.jsonl", base / "in.jsonl")
+        (base / "out.jsonl").write_bytes(
+            output[:size + len(b"".join(output[size:].splitlines(keepends=True)[:2]))])
+        (base / "out.jsonl.resume").write_bytes(index)
+        second = await run_taking_snapshots(base, monkeypatch, failing(transient={7}),
+                                            concurrency=3)
+
+        async def outcome(folder):
+            script = failing()
+            stats = await go(folder, script)
+            return sent(script), counts(stats), header(folder)[1]
+
+        assert await resumes_as_reading_output_whole(base, second, outcome, lines_after=1) == []
+        checked += len(second)
+    assert checked >= 5
+
+
+@pytest.mark.parametrize("edited", [False, True], ids=["as-it-was", "edited"])
+async def test_a_job_added_again_whose_result_is_before_the_index_is_decided_by_it(tmp_path,
+                                                                                 edited):
+    # OUTPUT holds job-9's result from when INPUT had it; a run from the check (INPUT without
+    # job-9) leaves a partial index; job-9 is added back at the end. Reading OUTPUT whole: done
+    # (or, edited, refused): the index of a run from another index does not cover added lines
+    async def case(use):
+        folder = tmp_path / f"{use}"
+        folder.mkdir()
+        jobs = chat_jobs(20)
+        write(folder / "in.jsonl", jobs[:10])
+        await go(folder, Script())
+        write(folder / "in.jsonl", jobs[:9] + jobs[10:])
+        await go(folder, Script(), limit=3)
+        assert header(folder)[0]["version"] == resume_index.PARTIAL
+        again = {**jobs[9], "body": {**jobs[9]["body"], "max_tokens": 7}} if edited else jobs[9]
+        with open(folder / "in.jsonl", "ab") as f:
+            f.write(orjson.dumps(again) + b"\n")
+        if not use:
+            (folder / "out.jsonl.resume").unlink()
+        script = Script()
+        try:
+            stats = await go(folder, script)
+        except ChangedJobsError:
+            return "refused", sent(script)
+        return sent(script), counts(stats)
+
+    with_index = await case(True)
+    assert with_index == await case(False)
+    assert with_index == ("refused", []) if edited else 9 not in with_index[0]
+
+
+async def test_input_cut_short_since_the_index_was_checked_is_caught_by_the_settling_pass(
+        tmp_path):
+    import hashlib
+
+    from jobs.settled import Settled
+    from runner.files.inputs import settle_lines
+    path = tmp_path / "in.jsonl"
+    write(path, chat_jobs(8))
+    data = path.read_bytes()
+    end = len(b"".join(data.splitlines(keepends=True)[:6]))
+    with open(path, "rb") as source:
+        write(path, chat_jobs(3, prefix="new"))  # rewritten in place, shorter
+        settled = Settled(bytearray([DONE, DONE, PENDING, DONE, DONE, DONE]))
+        [item async for item in settle_lines(
+            str(path), source, len(data), settled, set(), hasher=hashlib.sha256(),
+            vouched=(end, hashlib.sha256(data[:end]).hexdigest()))]
+    assert settled.void == "INPUT changed since its partial index was checked"
+
+
+def test_an_index_whose_states_were_damaged_is_not_used(tmp_path):
+    # written without a sync: after a power cut its bytes may be anything
+    path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write(path, chat_jobs(3))
+    out.write_bytes(b"x\n")
+    resume_index.save_partial(
+        out, None, bytes([DONE] * 3), input_bytes=path.stat().st_size,
+        input_sha256=resume_index.file_sha256(path, path.stat().st_size).hexdigest(),
+        output_bytes=2, output_sha256=resume_index.file_sha256(out, 2).hexdigest())
+    loaded = resume_index.load(out, str(path), None, retrying=False)
+    assert isinstance(loaded, resume_index.Partial)
+    loaded.close()
+    index = tmp_path / "out.jsonl.resume"
+    index.write_bytes(index.read_bytes()[:-3] + bytes(3))  # zeroed: PENDING, PENDING, PENDING
+    assert resume_index.load(out, str(path), None, retrying=False) is None
+
+
+async def test_an_index_stops_vouching_for_added_lines_once_output_answers_a_job_gone(tmp_path):
+    # a first run's index (lines added to INPUT allowed) vouching for 4 lines; OUTPUT after it
+    # answers jobs 4-9; job-7 is then replaced in INPUT: its result answers no line. The resume's
+    # own index must not vouch for added lines any more, or job-7 added back would run again
+    jobs = chat_jobs(12)
+    path = tmp_path / "in.jsonl"
+    write(path, jobs[:10])
+    await go(tmp_path, Script(), concurrency=1)
+    output = (tmp_path / "out.jsonl").read_bytes()
+    input_bytes = len(b"".join(orjson.dumps(job) + b"\n" for job in jobs[:4]))
+    output_bytes = len(b"".join(output.splitlines(keepends=True)[:4]))
+    resume_index.save_partial(
+        tmp_path / "out.jsonl", None, bytes([DONE] * 4), input_bytes=input_bytes,
+        input_sha256=resume_index.file_sha256(path, input_bytes).hexdigest(),
+        output_bytes=output_bytes,
+        output_sha256=resume_index.file_sha256(tmp_path / "out.jsonl", output_bytes).hexdigest(),
+        grows=True)
+    write(path, [*jobs[:7], *chat_jobs(1, prefix="new"), *jobs[8:10], jobs[10], jobs[11]])
+    script = Script()
+    await go(tmp_path, script, limit=2)  # new-0 and job-10 sent; job-11 left: a partial index
+    assert header(tmp_path)[0]["version"] == resume_index.PARTIAL
+    with open(path, "ab") as f:
+        f.write(orjson.dumps(jobs[7]) + b"\n")  # job-7 back, its result still in OUTPUT
+    script = Script()
+    await go(tmp_path, script)
+    assert sent(script) == [11]

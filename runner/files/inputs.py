@@ -313,6 +313,11 @@ async def read_unsettled(path: str, source: BinaryIO, size: int | None, settled:
         if settled.settled_from(reader.line + 1, count):
             reader.skip(count)
             continue
+        if not settled.states:  # nothing settled: every line read
+            for raw in data[:-1].split(b"\n") if data else ():
+                if (item := reader.feed(raw)) is not None:
+                    yield item
+            continue
         for raw in data[:-1].split(b"\n") if data else ():
             if settled.is_settled(reader.line + 1):
                 reader.skip(1)
@@ -348,20 +353,21 @@ async def _whole_lines(source: BinaryIO, size: int | None,
 
 
 async def settle_lines(path: str, source: BinaryIO, size: int, settled: Settled,
-                       answered: Iterable[str], *, hasher: Digest, vouched: tuple[int, str]
+                       answered: set[str], *, hasher: Digest, vouched: tuple[int, str]
                        ) -> AsyncIterator[Job | BadLine]:
     """The pass that settles a partial resume index (`runner.files.resume_index`), whose
     `settled` states vouch for INPUT's first `vouched` bytes (their count and SHA-256): every
     line of INPUT (`source`, its first `size` bytes, all fed to `hasher`) read once for its
     custom_id alone, for the duplicate check (`JobReader.note_many`), and the items of the lines
     `settled` leaves whose ids are `answered` (results OUTPUT holds after the index), in file
-    order, for the caller to decide. No other job is parsed: nothing answers it, or the index
-    settled it. The pass ends early, `settled` spoilt (the index cannot be used: OUTPUT must be
-    read whole), at a duplicate id, at a later result for a line the index settled (appended by
-    another tool: the last line for an id decides), or when the vouched bytes changed."""
+    order, for the caller to decide; the ids met are taken out of `answered` (those left answer
+    no line of INPUT). No other job is parsed: nothing answers it, or the index settled it. The
+    pass ends early, `settled` spoilt (the index cannot be used: OUTPUT must be read whole), at
+    a duplicate id, at a later result for a line the index settled (appended by another tool:
+    the last line for an id decides), or when the vouched bytes changed."""
     reread = Rereader(source.fileno())
     reader = JobReader(input_name(path), reread=reread, expected_lines=reread.lines())
-    wanted = set(answered)
+    wanted = answered
     lines = LineSplitter()
     done = 0  # bytes fed to `hasher`
     async for data in _whole_lines(source, size, lines):
@@ -376,8 +382,11 @@ async def settle_lines(path: str, source: BinaryIO, size: int, settled: Settled,
     if tail := lines.tail:
         if not _hash_vouched(hasher, tail, done, vouched, settled):
             return
+        done += len(tail)
         for item in _settle_chunk(reader, [tail], settled, wanted):
             yield item
+    if done < vouched[0]:  # cut short since: never compared
+        settled.spoil("INPUT changed since its partial index was checked")
 
 
 def _hash_vouched(hasher: Digest, data: bytes, done: int, vouched: tuple[int, str],
@@ -416,6 +425,7 @@ def _settle_chunk(reader: JobReader, raws: list[bytes], settled: Settled,
         if settled.is_settled(line):
             settled.spoil("a line of OUTPUT after the partial index answers a job it settled")
             return []
+        wanted.discard(custom_id)
         raw = raws[n][len(BOM):] if line == 1 and raws[n].startswith(BOM) else raws[n]
         if (item := parse_line(raw, line, reader.path)) is not None:
             items.append(item)

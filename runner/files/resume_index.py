@@ -23,13 +23,17 @@ failures (their codes are in OUTPUT). Losing the index only costs time.
 A partial index ("version":2, same layout) is what a run that has not ended vouches for: saved
 every --index-every seconds while it goes and when it stops early (`runner.live.run._Snapshots`),
 so that the resume after a SIGKILL or a reboot hashes what it vouches for instead of parsing it.
-It gives the states of INPUT's first `lines` lines (all within its first `input_bytes`, which end
-with a newline) when OUTPUT was `output_bytes` long, and promises that no line of OUTPUT before
-that offset answers a line it leaves PENDING (or does not cover) but a transient failure. Only a
-run that knows it writes them: a first run over an empty OUTPUT (lines read but not yet decided
-are PENDING) and a run from an index (whole, from the check before the run, or a settled partial
-one), with the default --changed and no retries. It is taken while both prefixes are byte for
-byte as they were (lines added to INPUT or OUTPUT since are read): the run reads OUTPUT from
+It gives the states of INPUT's first `lines` lines (all within its first `input_bytes`) when
+OUTPUT was `output_bytes` long, and promises that no line of OUTPUT before that offset answers a
+line it leaves PENDING (or does not cover) but a transient failure. Only a run that knows it
+writes them: a first run over an empty OUTPUT (lines read but not yet decided are PENDING) and a
+run from an index (whole, from the check before the run, or a settled partial one), with the
+default --changed and no retries. It is taken while both prefixes are byte for byte as they
+were. Lines added to OUTPUT since are read; lines added to INPUT only when the index says it
+`grows`: OUTPUT then answers no line it does not cover (a first run's, and those of runs from
+such an index that found every id OUTPUT answered since in INPUT; a run from another index may
+have results in OUTPUT for jobs no longer in INPUT, which a job added again would meet). The
+states carry their own SHA-256 (an index is written without a sync). The run reads OUTPUT from
 `output_bytes` on, reads INPUT once for its ids alone (the duplicate check) and decides only the
 lines whose ids the lines of OUTPUT after the index answer (`runner.files.inputs.settle_lines`);
 a duplicate id makes it read OUTPUT whole after all. A run that appends without keeping partial
@@ -136,6 +140,7 @@ class Index:
     input_sha256: str
     output_hasher: Digest | None
     reread: Digest | None = None
+    grows: bool = False  # a settled partial index whose partial indexes may read lines added
 
     @property
     def from_check(self) -> bool:
@@ -160,6 +165,7 @@ class Partial:
     vouched: tuple[int, str]
     output_hasher: Digest
     tail_from: int
+    grows: bool = False  # written by a run that vouched for INPUT's lines added after them
 
     def close(self) -> None:
         self.input_file.close()
@@ -179,15 +185,17 @@ def load(output: Path, input_path: str, shard: Shard | None, *, retrying: bool
         if not isinstance(header, dict) or header.get("version") not in (VERSION, PARTIAL):
             return None
         partial = header["version"] == PARTIAL
-        if header.get("shard") != _shard_text(shard) or header.get("lines") != len(states):
+        if header.get("shard") != _shard_text(shard) or header.get("lines") != len(states) \
+                or header["states_sha256"] != hashlib.sha256(states).hexdigest():
             return None
         if retrying and KEPT in states:
             return None
         input_bytes, output_bytes = header["input_bytes"], header["output_bytes"]
         source = open(input_path, "rb", buffering=0)
         input_size, output_size = os.fstat(source.fileno()).st_size, os.stat(output).st_size
-        if (input_size < input_bytes or output_size < output_bytes) if partial \
-                else (input_size != input_bytes or output_size != output_bytes):
+        grows = partial and header.get("grows") is True  # lines added to INPUT may be read
+        if input_size < input_bytes or (input_size > input_bytes and not grows) \
+                or output_size < output_bytes or (output_size > output_bytes and not partial):
             raise ValueError("not the files the index was written for")
         if partial and input_size > input_bytes > 0 \
                 and os.pread(source.fileno(), 1, input_bytes - 1) != b"\n":
@@ -207,7 +215,7 @@ def load(output: Path, input_path: str, shard: Shard | None, *, retrying: bool
         return None
     if partial:
         return Partial(Settled(states), source, input_size, (input_bytes, input_sha256), hasher,
-                       output_bytes)
+                       output_bytes, grows)
     return Index(Settled(states), source, input_bytes, input_sha256, hasher)
 
 
@@ -220,7 +228,8 @@ def save(output: Path, input_path: str, shard: Shard | None, settled: Settled, *
         input_sha256 = file_sha256(input_path, input_bytes).hexdigest()
     header = {"version": VERSION, "input_bytes": input_bytes, "input_sha256": input_sha256,
               "output_bytes": output_bytes, "output_sha256": output_hasher.hexdigest(),
-              "shard": _shard_text(shard), "lines": len(settled.states)}
+              "shard": _shard_text(shard), "lines": len(settled.states),
+              "states_sha256": hashlib.sha256(settled.states).hexdigest()}
     # not synced: after a power cut an index that is missing, empty or short is refused whole
     # (its header's line count, then both digests), which only costs the next run its time
     write_atomically(index_path(output), [orjson.dumps(header), b"\n", settled.states],  # no copy
@@ -228,13 +237,16 @@ def save(output: Path, input_path: str, shard: Shard | None, settled: Settled, *
 
 
 def save_partial(output: Path, shard: Shard | None, states: bytes, *, input_bytes: int,
-                 input_sha256: str, output_bytes: int, output_sha256: str) -> None:
+                 input_sha256: str, output_bytes: int, output_sha256: str,
+                 grows: bool = False) -> None:
     """Write a partial index atomically (blocking): the `states` of INPUT's first lines (its
-    first `input_bytes` bytes) for a run that has not ended, OUTPUT being `output_bytes` long.
-    See the module docstring for what the run vouches for."""
+    first `input_bytes` bytes) for a run that has not ended, OUTPUT being `output_bytes` long;
+    `grows`: lines added to INPUT after them are answered by nothing before that offset. See
+    the module docstring for what the run vouches for."""
     header = {"version": PARTIAL, "input_bytes": input_bytes, "input_sha256": input_sha256,
               "output_bytes": output_bytes, "output_sha256": output_sha256,
-              "shard": _shard_text(shard), "lines": len(states)}
+              "shard": _shard_text(shard), "lines": len(states), "grows": grows,
+              "states_sha256": hashlib.sha256(states).hexdigest()}
     write_atomically(index_path(output), [orjson.dumps(header), b"\n", states], durable=False)
 
 

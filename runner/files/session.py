@@ -133,12 +133,15 @@ class OutputSession:
             self.report(loaded, state)
         return loaded
 
-    def report(self, loaded: ckpt.LoadReport, state: OutputState) -> None:
-        """Say what `load` found (`loaded`, into `state`) that a user should know."""
+    def report(self, loaded: ckpt.LoadReport, state: OutputState, *, lines: bool = True) -> None:
+        """Say what `load` found (`loaded`, into `state`) that a user should know (only the
+        repair without `lines`: the lines are read and reported again)."""
         output = self.output
         if loaded.torn_bytes:
             self._log(f"{output}: cut off a torn last line ({loaded.torn_bytes} bytes) left by an "
                       "interrupted run; its job runs again")
+        if not lines:
+            return
         for number in loaded.first_bad_lines:
             self._log(f"{output}:{number}: not a result line (skipped; its job runs again)")
         if loaded.bad_lines > len(loaded.first_bad_lines):

@@ -195,19 +195,20 @@ async def _settle_partial(config: RunConfig, session: OutputSession, state: Outp
     job is refused). The states then read as a whole index's, from the check (`_checked_input`).
     None, `partial` closed, when that cannot be done (a duplicate id, a line after the index
     answering a job it settled, INPUT changed or unreadable, a stop): OUTPUT is read whole."""
-    loaded = session.load(state, start=partial.tail_from, report=False)
     checked, digest = Settled(bytearray(partial.settled.states)), hashlib.sha256()
     try:
+        loaded = session.load(state, start=partial.tail_from, report=False)
+        answered = {facts.custom_id for _, facts in state.finals()}
         await session.decide_all(_intake(config, state), lambda: _only_shard(config, settle_lines(
-            config.input, partial.input_file, partial.input_bytes, checked,
-            (facts.custom_id for _, facts in state.finals()), hasher=digest,
-            vouched=partial.vouched)), checked)
+            config.input, partial.input_file, partial.input_bytes, checked, answered,
+            hasher=digest, vouched=partial.vouched)), checked)
     except BaseException:
         partial.close()
         raise
     if not checked.read_all or checked.void is not None or session.stop.asked:
         partial.close()
         if not session.stop.asked:
+            session.report(loaded, state, lines=False)  # a torn line cut off, say so now
             log(f"runner: {config.output}: reading it whole: its partial resume index cannot be "
                 f"used ({checked.void or 'INPUT could not be read'})")
         return None
@@ -219,8 +220,11 @@ async def _settle_partial(config: RunConfig, session: OutputSession, state: Outp
                                          os.stat(config.output).st_size)
     except (OSError, ValueError):
         hasher = None
+    # its own partial indexes may read lines added to INPUT when OUTPUT answers no line
+    # outside INPUT: so was it for the index's, and every id answered since was met
     return resume_index.Index(checked, partial.input_file, partial.input_bytes,
-                              digest.hexdigest(), hasher, reread=hashlib.sha256())
+                              digest.hexdigest(), hasher, reread=hashlib.sha256(),
+                              grows=partial.grows and not answered)
 
 
 async def _first_reading(config: RunConfig, session: OutputSession, intake: Intake,
@@ -277,11 +281,11 @@ class _Snapshots:
             return None
         self._taken_at = checkpoint.size
         if self._index is not None:
-            lines = len(settled.states)
+            lines, grows = len(settled.states), self._index.grows
             input_bytes, input_sha256 = self._index.input_bytes, self._index.input_sha256
-        else:
+        else:  # a first run: OUTPUT answers nothing but the lines it read
             assert self._mark is not None
-            lines, input_bytes = self._mark.lines, self._mark.size
+            lines, input_bytes, grows = self._mark.lines, self._mark.size, True
             input_sha256 = self._mark.hasher.copy().hexdigest()
         with memoryview(settled.states) as view, view[:lines] as head:
             states = bytes(head)  # one copy (10 MB at ten million lines), no slice first
@@ -292,8 +296,14 @@ class _Snapshots:
             if resume_index.InputStamp.of(config.input) == stamp:  # else INPUT changed: none
                 resume_index.save_partial(config.output, config.shard, states,
                                           input_bytes=input_bytes, input_sha256=input_sha256,
-                                          output_bytes=output_bytes, output_sha256=output_sha256)
+                                          output_bytes=output_bytes, output_sha256=output_sha256,
+                                          grows=grows)
         return write
+
+    def input_sha256(self, size: int) -> str | None:
+        """The digest of INPUT's first `size` bytes when the mark read exactly those."""
+        mark = self._mark
+        return mark.hasher.hexdigest() if mark is not None and mark.size == size else None
 
     async def save(self) -> None:
         """Write a snapshot now, if there is one to write (OSError when it cannot be), after
@@ -347,7 +357,7 @@ async def _save_index(config: RunConfig, stamp: resume_index.InputStamp,
         try:
             await asyncio.to_thread(
                 resume_index.save, config.output, config.input, config.shard, settled,
-                input_sha256=None if index is None else index.input_sha256,
+                input_sha256=_input_sha256(index, snapshots, stamp),
                 output_bytes=checkpoint.size, output_hasher=checkpoint.hasher)
             return
         except (OSError, ValueError) as e:
@@ -361,6 +371,15 @@ async def _save_index(config: RunConfig, stamp: resume_index.InputStamp,
             pass
     if appended:
         resume_index.discard(config.output)
+
+
+def _input_sha256(index: resume_index.Index | None, snapshots: _Snapshots | None,
+                  stamp: resume_index.InputStamp) -> str | None:
+    """INPUT's digest as this run read it, when it read it whole: the index's, or the mark's of
+    a first run (None: INPUT is hashed once more to save the index)."""
+    if index is not None:
+        return index.input_sha256
+    return None if snapshots is None else snapshots.input_sha256(stamp.size)
 
 
 def _open_stamped(path: str, stamp: resume_index.InputStamp) -> BinaryIO | None:
