@@ -22,7 +22,7 @@ import contextlib
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import BinaryIO, Protocol
 
 import aiofiles.threadpool
